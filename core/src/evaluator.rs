@@ -1,0 +1,852 @@
+//! Evaluation of experiments and flags for one context. `docs/assignment.md` is the
+//! normative specification of everything in this file.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cmp::Ordering;
+
+use crate::condition;
+use crate::context::{Context, Value};
+use crate::envelope;
+use crate::error::{Error, Invalid};
+use crate::murmur3::{Murmur3, to_bucket};
+use crate::snapshot::{Allocation, Condition, FULL_BP, FlagValue, Id, Operand, Snapshot, Status};
+
+/// Conditions may nest at most this deep, which bounds the evaluator's recursion.
+pub const MAX_CONDITION_DEPTH: u32 = 32;
+
+/// Why an experiment did or did not assign a variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    NotRunning,
+    Shipped,
+    Forced,
+    MissingUnit,
+    NotTargeted,
+    Holdout,
+    NotInTraffic,
+    Assigned,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::NotRunning,
+        Reason::Shipped,
+        Reason::Forced,
+        Reason::MissingUnit,
+        Reason::NotTargeted,
+        Reason::Holdout,
+        Reason::NotInTraffic,
+        Reason::Assigned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotRunning => "not_running",
+            Reason::Shipped => "shipped",
+            Reason::Forced => "forced",
+            Reason::MissingUnit => "missing_unit",
+            Reason::NotTargeted => "not_targeted",
+            Reason::Holdout => "holdout",
+            Reason::NotInTraffic => "not_in_traffic",
+            Reason::Assigned => "assigned",
+        }
+    }
+}
+
+/// The outcome of one experiment for one context.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Assignment<'a> {
+    /// Index of the experiment in the snapshot.
+    pub index: u32,
+    pub experiment_key: &'a str,
+    pub experiment_id: &'a str,
+    pub variant: Option<&'a str>,
+    pub variant_index: Option<u32>,
+    /// The variant's configuration, JSON text.
+    pub config: Option<&'a str>,
+    pub reason: Reason,
+    /// Whether the caller should log an exposure event (only for `assigned`).
+    pub log_exposure: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlagReason {
+    /// The flag is switched off (its kill switch); the off value is served.
+    Disabled,
+    /// A rule with a fixed value matched.
+    Rule,
+    /// A rule that takes its value from an experiment's variant matched.
+    Experiment,
+    /// No rule matched; the default value is served.
+    Default,
+}
+
+impl FlagReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagReason::Disabled => "disabled",
+            FlagReason::Rule => "rule",
+            FlagReason::Experiment => "experiment",
+            FlagReason::Default => "default",
+        }
+    }
+}
+
+/// The outcome of one flag for one context.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlagResult<'a> {
+    pub index: u32,
+    pub flag_key: &'a str,
+    /// JSON text.
+    pub value: &'a str,
+    pub reason: FlagReason,
+    /// The matching rule, when `reason` is `Rule` or `Experiment`.
+    pub rule: Option<u32>,
+    /// For `Experiment`, the index of the experiment that supplied the value.
+    pub experiment: Option<u32>,
+}
+
+/// Everything evaluated for one context, in snapshot order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evaluation<'a> {
+    pub experiments: Vec<Assignment<'a>>,
+    pub flags: Vec<FlagResult<'a>>,
+}
+
+/// A validated snapshot, indexed for evaluation. Build it once per snapshot and share it;
+/// evaluation only reads it.
+#[derive(Debug)]
+pub struct Evaluator {
+    snapshot: Snapshot,
+    /// Attribute indices sorted by name, to resolve a context in one pass.
+    attributes_by_name: Vec<u32>,
+    experiments: Vec<Prepared>,
+    experiments_by_key: Vec<u32>,
+    experiments_by_id: Vec<u32>,
+    layers: Vec<PreparedLayer>,
+    /// Hash state after `"holdout:{holdout_id}:"`.
+    holdouts: Vec<Murmur3>,
+    /// Hash state after `"{flag_key}:"`.
+    flags: Vec<Murmur3>,
+    flags_by_key: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Prepared {
+    id_text: String,
+    /// Hash state after `"{experiment_id}:"`.
+    prefix: Murmur3,
+}
+
+#[derive(Debug)]
+struct PreparedLayer {
+    /// Hash state after `"{layer_id}:"`.
+    prefix: Murmur3,
+    /// Shared by all experiments of the layer; `None` for a layer without experiments.
+    unit: Option<LayerUnit>,
+}
+
+/// The unit attribute and switchback period that all experiments of a layer share.
+type LayerUnit = (u32, Option<u32>);
+
+fn prefix_state(parts: &[&[u8]]) -> Murmur3 {
+    let mut state = Murmur3::new(0);
+    for part in parts {
+        state.write(part);
+    }
+    state
+}
+
+impl Evaluator {
+    /// Decodes unsigned or signed snapshot bytes without checking a signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        Evaluator::new(envelope::decode(bytes)?)
+    }
+
+    /// Decodes snapshot bytes that must carry a valid signature by `public_key`.
+    pub fn from_verified_bytes(bytes: &[u8], public_key: &[u8]) -> Result<Self, Error> {
+        Evaluator::new(envelope::decode_verified(bytes, public_key)?)
+    }
+
+    /// Validates a snapshot and indexes it.
+    pub fn new(snapshot: Snapshot) -> Result<Self, Error> {
+        validate(&snapshot)?;
+        let layers_unit = layer_units(&snapshot)?;
+
+        let attributes = &snapshot.attributes;
+        let attributes_by_name =
+            sorted_indices(attributes.len(), &|a, b| attributes[a].cmp(&attributes[b]));
+
+        let experiments = snapshot
+            .experiments
+            .iter()
+            .map(|e| {
+                let id_text = String::from(e.id.to_text().as_str());
+                let prefix = prefix_state(&[id_text.as_bytes(), b":"]);
+                Prepared { id_text, prefix }
+            })
+            .collect();
+        let layers = snapshot
+            .layers
+            .iter()
+            .zip(layers_unit)
+            .map(|(layer, unit)| PreparedLayer {
+                prefix: prefix_state(&[layer.id.to_text().as_str().as_bytes(), b":"]),
+                unit,
+            })
+            .collect();
+        let holdouts = snapshot
+            .holdouts
+            .iter()
+            .map(|h| prefix_state(&[b"holdout:", h.id.to_text().as_str().as_bytes(), b":"]))
+            .collect();
+        let flags = snapshot
+            .flags
+            .iter()
+            .map(|f| prefix_state(&[f.key.as_bytes(), b":"]))
+            .collect();
+
+        let e = &snapshot.experiments;
+        let experiments_by_key = sorted_indices(e.len(), &|a, b| e[a].key.cmp(&e[b].key));
+        // Equal ids (which validation allows) stay in key order, then in snapshot order.
+        let experiments_by_id = sorted_indices(e.len(), &|a, b| {
+            (e[a].id, &e[a].key).cmp(&(e[b].id, &e[b].key))
+        });
+        let f = &snapshot.flags;
+        let flags_by_key = sorted_indices(f.len(), &|a, b| f[a].key.cmp(&f[b].key));
+
+        Ok(Evaluator {
+            snapshot,
+            attributes_by_name,
+            experiments,
+            experiments_by_key,
+            experiments_by_id,
+            layers,
+            holdouts,
+            flags,
+            flags_by_key,
+        })
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Index of the experiment with this key.
+    pub fn experiment_index(&self, key: &str) -> Option<u32> {
+        let found = self
+            .experiments_by_key
+            .binary_search_by(|&i| self.snapshot.experiments[i as usize].key.as_str().cmp(key));
+        found.ok().map(|pos| self.experiments_by_key[pos])
+    }
+
+    /// Index of the experiment with this id.
+    pub fn experiment_index_by_id(&self, id: &Id) -> Option<u32> {
+        let found = self
+            .experiments_by_id
+            .binary_search_by(|&i| self.snapshot.experiments[i as usize].id.cmp(id));
+        found.ok().map(|pos| self.experiments_by_id[pos])
+    }
+
+    /// Index of the flag with this key.
+    pub fn flag_index(&self, key: &str) -> Option<u32> {
+        let found = self
+            .flags_by_key
+            .binary_search_by(|&i| self.snapshot.flags[i as usize].key.as_str().cmp(key));
+        found.ok().map(|pos| self.flags_by_key[pos])
+    }
+
+    /// Evaluates every experiment and flag.
+    pub fn evaluate(&self, context: &Context, now_ms: i64) -> Evaluation<'_> {
+        let mut out = Evaluation::default();
+        self.evaluate_into(context, now_ms, &mut out);
+        out
+    }
+
+    /// Like [`Evaluator::evaluate`], reusing `out`'s allocations.
+    pub fn evaluate_into<'a>(&'a self, context: &Context, now_ms: i64, out: &mut Evaluation<'a>) {
+        out.experiments.clear();
+        out.flags.clear();
+        let mut pass = Pass::full(self, context, now_ms);
+        out.experiments
+            .extend((0..self.experiments.len() as u32).map(|i| pass.assign(i)));
+        let assignments = &out.experiments;
+        out.flags.extend(
+            (0..self.flags.len() as u32).map(|i| pass.flag(i, &mut |e| assignments[e as usize])),
+        );
+    }
+
+    /// Evaluates one experiment by key; `None` when the snapshot has no such experiment.
+    pub fn experiment(&self, key: &str, context: &Context, now_ms: i64) -> Option<Assignment<'_>> {
+        let index = self.experiment_index(key)?;
+        Some(Pass::new(self, context, now_ms).assign(index))
+    }
+
+    /// Evaluates one experiment by its index in the snapshot.
+    pub fn experiment_at(
+        &self,
+        index: u32,
+        context: &Context,
+        now_ms: i64,
+    ) -> Option<Assignment<'_>> {
+        (index < self.experiments.len() as u32)
+            .then(|| Pass::new(self, context, now_ms).assign(index))
+    }
+
+    /// Evaluates one flag by key; `None` when the snapshot has no such flag.
+    pub fn flag(&self, key: &str, context: &Context, now_ms: i64) -> Option<FlagResult<'_>> {
+        let index = self.flag_index(key)?;
+        let mut pass = Pass::new(self, context, now_ms);
+        // A flag evaluated alone computes the one experiment it may depend on.
+        let mut side = Pass::new(self, context, now_ms);
+        Some(pass.flag(index, &mut |e| side.assign(e)))
+    }
+}
+
+/// Checks every index and numeric invariant so that evaluation can never go out of bounds.
+fn validate(s: &Snapshot) -> Result<(), Invalid> {
+    let n_attrs = s.attributes.len() as u32;
+    let n_strings = s.strings.len() as u32;
+    let n_conds = s.conditions.len() as u32;
+    let check = |what: &'static str, index: u32, len: u32| {
+        if index < len {
+            Ok(())
+        } else {
+            Err(Invalid::IndexOutOfRange { what, index })
+        }
+    };
+    let check_bp = |what: &'static str, value: u16| {
+        if value <= FULL_BP {
+            Ok(())
+        } else {
+            Err(Invalid::BasisPoints { what, value })
+        }
+    };
+
+    for h in &s.holdouts {
+        check_bp("holdout", h.bp)?;
+    }
+    for seg in &s.segments {
+        check("segment condition", seg.condition, n_conds)?;
+    }
+    let mut depth = vec![0u32; s.conditions.len()];
+    for (i, node) in s.conditions.iter().enumerate() {
+        let node_index = i as u32;
+        let child = |c: u32| {
+            if c < node_index {
+                Ok(depth[c as usize])
+            } else {
+                Err(Invalid::ConditionOrder { node: node_index })
+            }
+        };
+        let deepest_child = match node {
+            Condition::All(children) | Condition::Any(children) => {
+                let mut deepest = 0;
+                for &c in children {
+                    deepest = deepest.max(child(c)?);
+                }
+                deepest
+            }
+            Condition::Not(c) => child(*c)?,
+            Condition::Segment(seg) => {
+                check("segment", *seg, s.segments.len() as u32)?;
+                child(s.segments[*seg as usize].condition)?
+            }
+            Condition::Attr { attr, operand, .. } => {
+                check("attribute", *attr, n_attrs)?;
+                match operand {
+                    Operand::Str(i) => check("string", *i, n_strings)?,
+                    Operand::StrList(list) => {
+                        for &i in list {
+                            check("string", i, n_strings)?;
+                        }
+                    }
+                    Operand::None | Operand::Num(_) | Operand::Bool(_) | Operand::NumList(_) => {}
+                }
+                0
+            }
+        };
+        depth[i] = deepest_child + 1;
+        if depth[i] > MAX_CONDITION_DEPTH {
+            return Err(Invalid::ConditionTooDeep { node: node_index });
+        }
+    }
+
+    for (i, e) in s.experiments.iter().enumerate() {
+        let experiment = i as u32;
+        check("unit attribute", e.unit, n_attrs)?;
+        if let Some(t) = e.targeting {
+            check("targeting condition", t, n_conds)?;
+        }
+        if let Some(h) = e.holdout {
+            check("holdout", h, s.holdouts.len() as u32)?;
+        }
+        match &e.allocation {
+            Allocation::Traffic { bp } => check_bp("traffic", *bp)?,
+            Allocation::Layer { layer, ranges } => {
+                check("layer", *layer, s.layers.len() as u32)?;
+                if ranges.iter().any(|r| r.start >= r.end || r.end > FULL_BP) {
+                    return Err(Invalid::SlotRange { experiment });
+                }
+            }
+        }
+        if e.variants.is_empty() {
+            return Err(Invalid::NoVariants { experiment });
+        }
+        let mut previous = 0;
+        for v in &e.variants {
+            check("variant key", v.key, n_strings)?;
+            if v.threshold < previous || v.threshold > FULL_BP {
+                return Err(Invalid::Thresholds { experiment });
+            }
+            previous = v.threshold;
+        }
+        if previous != FULL_BP {
+            return Err(Invalid::Thresholds { experiment });
+        }
+        let n_variants = e.variants.len() as u32;
+        for f in &e.forced {
+            check("forced variant", f.variant, n_variants)?;
+        }
+        if let Some(shipped) = e.shipped {
+            check("shipped variant", shipped, n_variants)?;
+        }
+        if e.switchback_period_s == Some(0) {
+            return Err(Invalid::SwitchbackPeriod { experiment });
+        }
+    }
+
+    for (i, f) in s.flags.iter().enumerate() {
+        check("flag unit attribute", f.unit, n_attrs)?;
+        for rule in &f.rules {
+            if let Some(c) = rule.condition {
+                check("flag condition", c, n_conds)?;
+            }
+            check_bp("rollout", rule.rollout_bp)?;
+            if let FlagValue::Experiment { experiment, values } = &rule.value {
+                check("flag experiment", *experiment, s.experiments.len() as u32)?;
+                if values.len() != s.experiments[*experiment as usize].variants.len() {
+                    return Err(Invalid::FlagVariants { flag: i as u32 });
+                }
+            }
+        }
+    }
+
+    check_unique_keys("experiment", s.experiments.iter().map(|e| e.key.as_str()))?;
+    check_unique_keys("flag", s.flags.iter().map(|f| f.key.as_str()))?;
+    Ok(())
+}
+
+fn check_unique_keys<'a>(
+    what: &'static str,
+    keys: impl Iterator<Item = &'a str>,
+) -> Result<(), Invalid> {
+    let keys: Vec<&str> = keys.collect();
+    let order = sorted_indices(keys.len(), &|a, b| keys[a].cmp(keys[b]));
+    match order
+        .windows(2)
+        .find(|pair| keys[pair[0] as usize] == keys[pair[1] as usize])
+    {
+        Some(pair) => Err(Invalid::DuplicateKey {
+            what,
+            index: pair[1],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Indices `0..len` sorted stably by `compare`. Every sort of the crate goes through this one
+/// function: the standard sort is generic over its comparator and each closure would
+/// instantiate a copy of it, several KB of WebAssembly apiece (docs/benchmarks.md, abx-wasm).
+fn sorted_indices(len: usize, compare: &dyn Fn(usize, usize) -> Ordering) -> Vec<u32> {
+    let mut indices: Vec<u32> = (0..len as u32).collect();
+    indices.sort_by(|&a, &b| compare(a as usize, b as usize));
+    indices
+}
+
+/// For each layer, the unit attribute and switchback period its experiments share, after
+/// checking that they do share them and that their slot ranges are disjoint.
+fn layer_units(s: &Snapshot) -> Result<Vec<Option<LayerUnit>>, Invalid> {
+    let mut units: Vec<Option<LayerUnit>> = vec![None; s.layers.len()];
+    let mut ranges: Vec<(u32, u16, u16)> = Vec::new();
+    for e in &s.experiments {
+        let Allocation::Layer {
+            layer,
+            ranges: owned,
+        } = &e.allocation
+        else {
+            continue;
+        };
+        let this = (e.unit, e.switchback_period_s);
+        match units[*layer as usize] {
+            None => units[*layer as usize] = Some(this),
+            Some(existing) if existing != this => return Err(Invalid::LayerUnit { layer: *layer }),
+            Some(_) => {}
+        }
+        ranges.extend(owned.iter().map(|r| (*layer, r.start, r.end)));
+    }
+    let order = sorted_indices(ranges.len(), &|a, b| ranges[a].cmp(&ranges[b]));
+    for pair in order.windows(2) {
+        let (layer_a, _, end_a) = ranges[pair[0] as usize];
+        let (layer_b, start_b, _) = ranges[pair[1] as usize];
+        if layer_a == layer_b && start_b < end_a {
+            return Err(Invalid::LayerOverlap { layer: layer_a });
+        }
+    }
+    Ok(units)
+}
+
+/// A unit value as the bytes that get hashed: a string, or an integer's decimal digits.
+#[derive(Clone, Copy)]
+enum Unit<'c> {
+    Text(&'c str),
+    Integer(Digits),
+}
+
+impl Unit<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Unit::Text(s) => s,
+            Unit::Integer(d) => d.as_str(),
+        }
+    }
+}
+
+/// Decimal text of an i64, on the stack.
+#[derive(Clone, Copy)]
+struct Digits {
+    buf: [u8; 20],
+    start: u8,
+}
+
+impl Digits {
+    fn new(n: i64) -> Digits {
+        let mut buf = [0u8; 20];
+        let mut pos = buf.len();
+        let mut rest = n.unsigned_abs();
+        loop {
+            pos -= 1;
+            buf[pos] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            pos -= 1;
+            buf[pos] = b'-';
+        }
+        Digits {
+            buf,
+            start: pos as u8,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
+    }
+}
+
+/// Largest integer that every runtime represents exactly (JavaScript's safe integers).
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+fn unit_of(value: Option<&Value>) -> Option<Unit<'_>> {
+    match value? {
+        Value::Str(s) if !s.is_empty() => Some(Unit::Text(s)),
+        Value::Num(n) if n.abs() <= MAX_SAFE_INTEGER && (*n as i64) as f64 == *n => {
+            Some(Unit::Integer(Digits::new(*n as i64)))
+        }
+        _ => None,
+    }
+}
+
+/// The hashed form of a unit: its bytes, plus `@{period}` for switchback experiments.
+#[derive(Clone, Copy)]
+struct HashedUnit<'c> {
+    unit: Unit<'c>,
+    period: Option<Digits>,
+}
+
+impl HashedUnit<'_> {
+    fn feed(&self, state: &mut Murmur3) {
+        state.write(self.unit.as_str().as_bytes());
+        if let Some(period) = &self.period {
+            state.write(b"@");
+            state.write(period.as_str().as_bytes());
+        }
+    }
+}
+
+const UNKNOWN: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const NO_SLOT: u16 = u16::MAX;
+const SLOT_UNKNOWN: u16 = u16::MAX - 1;
+
+/// State of one evaluation: the resolved context and memos, so that no condition is
+/// evaluated and no string hashed twice. Memos are allocated on first use, so evaluating one
+/// experiment without targeting or layers allocates nothing.
+struct Pass<'e, 'c> {
+    eval: &'e Evaluator,
+    context: &'c Context,
+    /// Every snapshot attribute resolved up front (full passes); `None` looks attributes up
+    /// in the context on demand (single evaluations, which read one or two).
+    attributes: Option<Vec<Option<&'c Value>>>,
+    now_ms: i64,
+    conditions: Vec<u8>,
+    layer_slots: Vec<u16>,
+    /// (holdout, unit attribute, switchback period) -> bucket.
+    holdout_buckets: Vec<(u32, u32, Option<u32>, u16)>,
+}
+
+impl<'e, 'c> Pass<'e, 'c> {
+    fn new(eval: &'e Evaluator, context: &'c Context, now_ms: i64) -> Self {
+        Pass {
+            eval,
+            context,
+            attributes: None,
+            now_ms,
+            conditions: Vec::new(),
+            layer_slots: Vec::new(),
+            holdout_buckets: Vec::new(),
+        }
+    }
+
+    /// A pass that resolves the whole context against the snapshot's attributes once.
+    fn full(eval: &'e Evaluator, context: &'c Context, now_ms: i64) -> Self {
+        let names = &eval.snapshot.attributes;
+        let by_name = &eval.attributes_by_name;
+        let mut attributes = vec![None; names.len()];
+        for (name, value) in context.iter() {
+            let first = by_name.partition_point(|&i| names[i as usize].as_str() < name);
+            for &i in by_name[first..]
+                .iter()
+                .take_while(|&&i| names[i as usize] == name)
+            {
+                attributes[i as usize] = Some(value);
+            }
+        }
+        Pass {
+            attributes: Some(attributes),
+            ..Pass::new(eval, context, now_ms)
+        }
+    }
+
+    fn attribute(&self, attr: u32) -> Option<&'c Value> {
+        match &self.attributes {
+            Some(resolved) => resolved[attr as usize],
+            None => self
+                .context
+                .get(&self.eval.snapshot.attributes[attr as usize]),
+        }
+    }
+
+    fn condition(&mut self, node: u32) -> bool {
+        if self.conditions.is_empty() {
+            self.conditions = vec![UNKNOWN; self.eval.snapshot.conditions.len()];
+        }
+        let memo = self.conditions[node as usize];
+        if memo != UNKNOWN {
+            return memo == TRUE;
+        }
+        let snapshot = &self.eval.snapshot;
+        let result = match &snapshot.conditions[node as usize] {
+            Condition::All(children) => children.iter().all(|&c| self.condition(c)),
+            Condition::Any(children) => children.iter().any(|&c| self.condition(c)),
+            Condition::Not(c) => !self.condition(*c),
+            Condition::Segment(seg) => self.condition(snapshot.segments[*seg as usize].condition),
+            Condition::Attr { attr, op, operand } => {
+                condition::test(self.attribute(*attr), *op, operand, &snapshot.strings)
+            }
+        };
+        self.conditions[node as usize] = if result { TRUE } else { FALSE };
+        result
+    }
+
+    fn hashed_unit(&self, unit: Unit<'c>, switchback_period_s: Option<u32>) -> HashedUnit<'c> {
+        let period = switchback_period_s.map(|p| {
+            let now_s = self.now_ms.div_euclid(1000);
+            Digits::new(now_s.div_euclid(i64::from(p)))
+        });
+        HashedUnit { unit, period }
+    }
+
+    fn holdout_bucket(
+        &mut self,
+        holdout: u32,
+        unit_attr: u32,
+        period: Option<u32>,
+        unit: &HashedUnit<'_>,
+    ) -> u16 {
+        let key = (holdout, unit_attr, period);
+        if let Some(&(.., bucket)) = self
+            .holdout_buckets
+            .iter()
+            .find(|(h, a, p, _)| (*h, *a, *p) == key)
+        {
+            return bucket;
+        }
+        let mut state = self.eval.holdouts[holdout as usize];
+        unit.feed(&mut state);
+        let bucket = to_bucket(state.finish());
+        self.holdout_buckets
+            .push((holdout, unit_attr, period, bucket));
+        bucket
+    }
+
+    /// The unit's slot in a layer, or `NO_SLOT` when the unit attribute is missing.
+    fn layer_slot(&mut self, layer: u32) -> u16 {
+        if self.layer_slots.is_empty() {
+            self.layer_slots = vec![SLOT_UNKNOWN; self.eval.layers.len()];
+        }
+        let memo = self.layer_slots[layer as usize];
+        if memo != SLOT_UNKNOWN {
+            return memo;
+        }
+        let prepared = &self.eval.layers[layer as usize];
+        let slot = match prepared.unit {
+            Some((attr, period)) => match unit_of(self.attribute(attr)) {
+                Some(unit) => {
+                    let mut state = prepared.prefix;
+                    self.hashed_unit(unit, period).feed(&mut state);
+                    to_bucket(state.finish())
+                }
+                None => NO_SLOT,
+            },
+            None => NO_SLOT,
+        };
+        self.layer_slots[layer as usize] = slot;
+        slot
+    }
+
+    fn assign(&mut self, index: u32) -> Assignment<'e> {
+        let eval = self.eval;
+        let e = &eval.snapshot.experiments[index as usize];
+        let prepared = &eval.experiments[index as usize];
+        let strings = &eval.snapshot.strings;
+        let outcome = |variant: Option<u32>, reason: Reason| {
+            let chosen = variant.map(|v| &e.variants[v as usize]);
+            Assignment {
+                index,
+                experiment_key: &e.key,
+                experiment_id: prepared.id_text.as_str(),
+                variant: chosen.map(|v| strings[v.key as usize].as_str()),
+                variant_index: variant,
+                config: chosen.map(|v| v.config.as_str()),
+                reason,
+                log_exposure: reason == Reason::Assigned,
+            }
+        };
+
+        // 1. Status.
+        match (e.status, e.shipped) {
+            (Status::Running, _) => {}
+            (Status::Completed, Some(shipped)) => return outcome(Some(shipped), Reason::Shipped),
+            _ => return outcome(None, Reason::NotRunning),
+        }
+        // 2. Forced overrides, keyed by the raw unit value.
+        let unit = unit_of(self.attribute(e.unit));
+        if let Some(unit) = &unit
+            && let Some(forced) = e.forced.iter().find(|f| f.unit == unit.as_str())
+        {
+            return outcome(Some(forced.variant), Reason::Forced);
+        }
+        // 3. Unit.
+        let Some(unit) = unit else {
+            return outcome(None, Reason::MissingUnit);
+        };
+        // 4. Targeting.
+        if let Some(root) = e.targeting
+            && !self.condition(root)
+        {
+            return outcome(None, Reason::NotTargeted);
+        }
+        // 8. Switchback changes the hashed unit for steps 5-7.
+        let hashed = self.hashed_unit(unit, e.switchback_period_s);
+        // 5. Holdout.
+        if let Some(h) = e.holdout {
+            let bp = eval.snapshot.holdouts[h as usize].bp;
+            if self.holdout_bucket(h, e.unit, e.switchback_period_s, &hashed) < bp {
+                return outcome(None, Reason::Holdout);
+            }
+        }
+        // 6. Traffic. The gate and variant hashes share the "{experiment_id}:{unit}" state.
+        let mut state = prepared.prefix;
+        hashed.feed(&mut state);
+        let in_traffic = match &e.allocation {
+            Allocation::Traffic { bp } => to_bucket(state.finish()) < *bp,
+            Allocation::Layer { layer, ranges } => {
+                let slot = self.layer_slot(*layer);
+                ranges.iter().any(|r| r.start <= slot && slot < r.end)
+            }
+        };
+        if !in_traffic {
+            return outcome(None, Reason::NotInTraffic);
+        }
+        // 7. Variant.
+        state.write(b":variant");
+        let v = to_bucket(state.finish());
+        let chosen = e.variants.iter().position(|variant| v < variant.threshold);
+        // Validation guarantees the last threshold is 10000, so a variant always matches.
+        outcome(Some(chosen.unwrap_or(0) as u32), Reason::Assigned)
+    }
+
+    fn flag(
+        &mut self,
+        index: u32,
+        experiment: &mut dyn FnMut(u32) -> Assignment<'e>,
+    ) -> FlagResult<'e> {
+        let eval = self.eval;
+        let f = &eval.snapshot.flags[index as usize];
+        let result =
+            |value: &'e String, reason, rule: Option<u32>, experiment: Option<u32>| FlagResult {
+                index,
+                flag_key: &f.key,
+                value,
+                reason,
+                rule,
+                experiment,
+            };
+        if !f.enabled {
+            return result(&f.off_value, FlagReason::Disabled, None, None);
+        }
+        let mut rollout_bucket: Option<Option<u16>> = None;
+        for (rule_index, rule) in f.rules.iter().enumerate() {
+            let rule_index = Some(rule_index as u32);
+            if let Some(c) = rule.condition
+                && !self.condition(c)
+            {
+                continue;
+            }
+            if rule.rollout_bp < FULL_BP {
+                let bucket = *rollout_bucket.get_or_insert_with(|| {
+                    unit_of(self.attribute(f.unit)).map(|unit| {
+                        let mut state = eval.flags[index as usize];
+                        state.write(unit.as_str().as_bytes());
+                        to_bucket(state.finish())
+                    })
+                });
+                // Without a unit there is nothing to bucket, so partial rollouts skip it.
+                if bucket.is_none_or(|b| b >= rule.rollout_bp) {
+                    continue;
+                }
+            }
+            match &rule.value {
+                FlagValue::Json(value) => return result(value, FlagReason::Rule, rule_index, None),
+                FlagValue::Experiment {
+                    experiment: e,
+                    values,
+                } => {
+                    let assignment = experiment(*e);
+                    if let Some(v) = assignment.variant_index {
+                        let value = &values[v as usize];
+                        return result(value, FlagReason::Experiment, rule_index, Some(*e));
+                    }
+                }
+            }
+        }
+        result(&f.default_value, FlagReason::Default, None, None)
+    }
+}

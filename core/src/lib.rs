@@ -1,0 +1,35 @@
+//! abx-core: deterministic experiment assignment and feature-flag evaluation.
+//!
+//! The crate is `no_std` + `alloc`, does no IO, reads no clock (time is an argument) and has
+//! no randomness: the same snapshot, context and time give the same answer in every runtime
+//! (native, WebAssembly in a browser, an edge worker or a wasmtime host).
+//!
+//! The flow is: [`decode`] (or [`decode_verified`]) snapshot bytes, build an [`Evaluator`]
+//! once, then [`Evaluator::evaluate`] contexts. `docs/assignment.md` and
+//! `docs/snapshot-format.md` are the normative specifications.
+#![no_std]
+
+extern crate alloc;
+
+pub mod builder;
+mod condition;
+pub use condition::is_semver;
+mod context;
+mod envelope;
+mod error;
+mod evaluator;
+mod murmur3;
+pub mod snapshot;
+
+pub use builder::{Expr, Literal, SnapshotBuilder, thresholds};
+pub use context::{Context, Value};
+pub use envelope::{
+    FORMAT_VERSION, MAGIC, MAX_PAYLOAD_LEN, SignedParts, crc32, decode, decode_verified, encode,
+    encode_signed, peek_version, public_key, signed_parts,
+};
+pub use error::{Error, Invalid};
+pub use evaluator::{
+    Assignment, Evaluation, Evaluator, FlagReason, FlagResult, MAX_CONDITION_DEPTH, Reason,
+};
+pub use murmur3::{Murmur3, bucket, murmur3_x86_32};
+pub use snapshot::Snapshot;

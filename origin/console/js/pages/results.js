@@ -1,0 +1,397 @@
+// An experiment's results, as GET /api/v1/experiments/{id}/results?granularity=day returns
+// them (origin/src/results.rs, docs/statistics.md §18). The console computes nothing
+// statistical: every figure shown is a field of that response, formatted. The one
+// exception is documented at `forestRows`.
+
+import { api, enc } from '../api.js';
+import { badge, fill, h, uid } from '../dom.js';
+import { forestPlot, liftChart } from '../charts.js';
+import { count, days, fixed, interval, metricEffect, metricValue, pValue, percent, sig, signedPercent } from '../format.js';
+
+function actionTone(text) {
+  if (text.startsWith('Ship')) return 'good';
+  if (/^(Stop|Invalid|Don't)/.test(text)) return 'bad';
+  return 'neutral';
+}
+
+function decision(c) {
+  if (c.significant) {
+    return c.improvement === false ? badge('significant harm', 'bad') : badge('significant improvement', 'good');
+  }
+  return badge('not significant', 'neutral');
+}
+
+function figure(field, estimate, ci) {
+  return h('td', { class: 'num', dataset: { field } }, h('span', { dataset: { part: 'estimate' } }, estimate), ci ? h('span', { class: 'ci', dataset: { part: 'ci' } }, ci) : null);
+}
+
+function th(text, numeric = true) {
+  return h('th', { scope: 'col', class: numeric ? 'num' : '' }, text);
+}
+
+const MODES = { sequential: 'sequential (always valid)', fixed_horizon: 'fixed horizon', group_sequential: 'group sequential' };
+
+/** The main table of one metric: each variant's value, and each treatment's effect. */
+function metricTable(r, m) {
+  const sequential = r.analysis_mode === 'sequential';
+  const level = `${Math.round((1 - r.alpha) * 1000) / 10}%`;
+  const control = r.variants[r.control];
+  const controlSummary = control && control.metrics[m.metric];
+  const rows = [
+    h(
+      'tr',
+      { dataset: { variant: r.control } },
+      h('th', { scope: 'row' }, r.control, h('span', { class: 'muted' }, ' (control)')),
+      figure('units', count(controlSummary ? controlSummary.units : 0)),
+      figure('value', metricValue(m.kind, controlSummary ? controlSummary.value : null)),
+      h('td', { colspan: 5, class: 'muted' }, 'baseline'),
+    ),
+  ];
+  for (const c of m.comparisons) {
+    const summary = r.variants[c.variant] && r.variants[c.variant].metrics[m.metric];
+    const cells = [
+      h('th', { scope: 'row' }, c.variant),
+      figure('units', count(summary ? summary.units : 0)),
+      figure('value', metricValue(m.kind, summary ? summary.value : null)),
+    ];
+    if (c.absolute) {
+      cells.push(
+        figure('absolute', metricEffect(m.kind, c.absolute.estimate), interval(c.absolute.ci, (x) => metricEffect(m.kind, x))),
+        c.relative ? figure('relative', signedPercent(c.relative.estimate), interval(c.relative.ci, (x) => signedPercent(x))) : h('td', { class: 'muted', dataset: { field: 'relative' } }, `unavailable (${c.relative_unavailable})`),
+        figure('p_value', pValue(c.p_value)),
+        figure('adjusted_p_value', pValue(c.adjusted_p_value)),
+        h('td', { dataset: { field: 'decision' } }, decision(c)),
+      );
+    } else {
+      cells.push(h('td', { colspan: 5, class: 'muted', dataset: { field: 'note' } }, c.note || 'not computed yet'));
+    }
+    rows.push(h('tr', { dataset: { variant: c.variant } }, cells));
+  }
+  return h(
+    'div',
+    { class: 'table-wrap', tabindex: '0' },
+    h(
+      'table',
+      { dataset: { metric: m.metric, table: 'effects' } },
+      h('caption', { class: 'visually-hidden' }, `${m.metric}: effects against ${r.control}`),
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          th('Variant', false),
+          th('Units'),
+          th(m.kind === 'conversion' ? 'Rate' : m.kind === 'ratio' ? 'Ratio' : 'Mean per unit'),
+          th(`Absolute effect [${level} CI]`),
+          th(`Relative lift [${level} CI]`),
+          th('p (fixed horizon)'),
+          th(sequential ? 'Adjusted always-valid p' : 'Adjusted p'),
+          th('Decision', false),
+        ),
+      ),
+      h('tbody', {}, rows),
+    ),
+  );
+}
+
+/** Sequential, group-sequential, Bayesian and CUPED figures of one metric's comparisons. */
+function detailTable(r, m) {
+  const withFigures = m.comparisons.filter((c) => c.absolute);
+  if (withFigures.length === 0) return null;
+  const groupSequential = withFigures.some((c) => c.group_sequential);
+  return h(
+    'details',
+    { open: r.analysis_mode === 'sequential' },
+    h('summary', {}, `Sequential, Bayesian and CUPED figures for ${m.metric}`),
+    h(
+      'div',
+      { class: 'table-wrap', tabindex: '0' },
+      h(
+        'table',
+        { dataset: { metric: m.metric, table: 'details' } },
+        h('caption', { class: 'visually-hidden' }, `${m.metric}: sequential, Bayesian and CUPED figures`),
+        h(
+          'thead',
+          {},
+          h(
+            'tr',
+            {},
+            th('Variant', false),
+            th('Always-valid p'),
+            th('Confidence sequence (absolute)'),
+            groupSequential ? th('Group-sequential look (z / boundary)') : null,
+            th('Chance to beat control'),
+            th('Expected loss'),
+            th('CUPED effect [CI]'),
+            th('Variance reduction'),
+          ),
+        ),
+        h(
+          'tbody',
+          {},
+          withFigures.map((c) =>
+            h(
+              'tr',
+              { dataset: { variant: c.variant } },
+              h('th', { scope: 'row' }, c.variant),
+              figure('sequential_p', c.sequential ? pValue(c.sequential.p_value) : '—'),
+              figure('sequential_ci', c.sequential ? interval(c.sequential.ci, (x) => metricEffect(m.kind, x)) : '—'),
+              groupSequential
+                ? figure(
+                    'group_sequential',
+                    c.group_sequential
+                      ? `${c.group_sequential.looks_passed}/${c.group_sequential.looks_planned}: ${fixed(c.group_sequential.z)} / ${c.group_sequential.z_boundary === null ? '—' : fixed(c.group_sequential.z_boundary)}${c.group_sequential.crossed ? ' (crossed)' : ''}`
+                      : '—',
+                  )
+                : null,
+              figure('chance_to_win', c.bayesian ? percent(c.bayesian.chance_to_win, 1) : '—'),
+              figure('expected_loss', c.bayesian ? sig(c.bayesian.expected_loss) : '—'),
+              c.cuped ? figure('cuped', metricEffect(m.kind, c.cuped.absolute.estimate), interval(c.cuped.absolute.ci, (x) => metricEffect(m.kind, x))) : figure('cuped', '—'),
+              figure('variance_reduction', c.cuped ? percent(c.cuped.variance_reduction, 1) : '—'),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+/**
+ * Rows of the forest plot: the relative effect of each treatment on each metric, with its
+ * interval. In sequential mode the decision rests on the always-valid confidence sequence,
+ * which the API gives for the absolute effect only; dividing it by the control's value puts
+ * it on the relative scale (the point estimate is then exactly the relative lift, and the
+ * control's value is treated as fixed, so the band is slightly narrower than a relative
+ * confidence sequence with the control's own uncertainty would be).
+ */
+export function forestRows(r) {
+  const sequential = r.analysis_mode === 'sequential';
+  const rows = [];
+  const missing = [];
+  for (const m of r.metrics) {
+    const control = r.variants[r.control] && r.variants[r.control].metrics[m.metric];
+    for (const c of m.comparisons) {
+      const label = `${m.metric} · ${c.variant}`;
+      const tone = c.significant ? (c.improvement === false ? 'bad' : 'good') : 'plain';
+      if (sequential && c.sequential && c.absolute && control && control.value > 0) {
+        rows.push({ label, tone, estimate: c.absolute.estimate / control.value, lo: c.sequential.ci[0] / control.value, hi: c.sequential.ci[1] / control.value });
+      } else if (!sequential && c.relative) {
+        rows.push({ label, tone, estimate: c.relative.estimate, lo: c.relative.ci[0], hi: c.relative.ci[1] });
+      } else {
+        missing.push(`${label}: ${c.note || (c.relative_unavailable ? `relative lift unavailable (${c.relative_unavailable})` : 'no interval yet')}`);
+      }
+    }
+  }
+  return { rows, missing };
+}
+
+function forest(r) {
+  const { rows, missing } = forestRows(r);
+  const sequential = r.analysis_mode === 'sequential';
+  const level = `${Math.round((1 - r.alpha) * 1000) / 10}%`;
+  const what = sequential
+    ? `always-valid ${level} confidence sequences (the absolute effect's, relative to the control's value)`
+    : `${level} confidence intervals of the relative lift`;
+  return h(
+    'section',
+    { class: 'panel', 'aria-labelledby': 'forest-title', id: 'forest' },
+    h('h3', { id: 'forest-title' }, 'Relative effects'),
+    rows.length
+      ? forestPlot(rows, { title: `Relative effect of each treatment on each metric`, description: `Squares are estimates; bars are ${what}. The dashed line is no effect.` })
+      : h('p', { class: 'muted' }, 'No intervals yet.'),
+    h('p', { class: 'note' }, `Bars: ${what}. Green: significant improvement; red: significant harm; grey: not significant.`),
+    missing.length ? h('ul', { class: 'note' }, missing.map((t) => h('li', {}, t))) : null,
+  );
+}
+
+function srmPanel(r) {
+  const srm = r.srm;
+  if (!srm) {
+    return h('section', { class: 'panel', id: 'srm', 'aria-labelledby': 'srm-title' }, h('h3', { id: 'srm-title' }, 'Sample ratio check'), h('p', { class: 'muted' }, 'Not computed yet (no exposures).'));
+  }
+  const total = Object.values(srm.counts).reduce((a, b) => a + b, 0);
+  return h(
+    'section',
+    { class: 'panel', id: 'srm', 'aria-labelledby': 'srm-title' },
+    h('h3', { id: 'srm-title' }, 'Sample ratio check ', srm.mismatch ? badge('mismatch', 'bad') : badge('ok', 'good')),
+    h(
+      'p',
+      {},
+      srm.mismatch ? 'The split differs from the configured weights (p < 0.001): results cannot be trusted. ' : 'The split matches the configured weights. ',
+      'χ² = ',
+      h('span', { dataset: { field: 'chi2' } }, fixed(srm.chi2, 3)),
+      ', p = ',
+      h('span', { dataset: { field: 'srm_p' } }, pValue(srm.p_value)),
+    ),
+    h(
+      'div',
+      { class: 'table-wrap', tabindex: '0' },
+      h(
+      'table',
+      {},
+      h('caption', { class: 'visually-hidden' }, 'Exposed units by variant against the configured weights'),
+      h('thead', {}, h('tr', {}, th('Variant', false), th('Exposed units'), th('Expected'), th('Share'))),
+      h(
+        'tbody',
+        {},
+        Object.entries(srm.counts).map(([variant, n]) =>
+          h(
+            'tr',
+            { dataset: { variant } },
+            h('th', { scope: 'row' }, variant),
+            figure('observed', count(n)),
+            figure('expected', count(Math.round(srm.expected[variant]))),
+            figure('share', total ? percent(n / total, 1) : '—'),
+          ),
+        ),
+      ),
+    ),
+    ),
+  );
+}
+
+function guardrailPanel(r, e) {
+  const body = r.guardrails.length
+    ? h(
+        'div',
+        { class: 'table-wrap', tabindex: '0' },
+        h(
+        'table',
+        {},
+        h('caption', { class: 'visually-hidden' }, 'Guardrail checks'),
+        h('thead', {}, h('tr', {}, th('Metric', false), th('Variant', false), th('Status', false), th('Harmful effect'), th('z'), th('Threshold (SE)'), th('Always-valid p'))),
+        h(
+          'tbody',
+          {},
+          r.guardrails.map((g) =>
+            h(
+              'tr',
+              { dataset: { metric: g.metric, variant: g.variant } },
+              h('th', { scope: 'row' }, g.metric),
+              h('td', {}, g.variant),
+              h('td', { dataset: { field: 'status' } }, badge(g.status.replace('_', ' '), g.status === 'alarm' ? 'bad' : g.status === 'healthy' ? 'good' : 'neutral')),
+              figure('harmful_effect', sig(g.harmful_effect)),
+              figure('z', fixed(g.z)),
+              figure('threshold', fixed(g.threshold, 1)),
+              figure('guardrail_p', pValue(g.p_value)),
+            ),
+          ),
+        ),
+      ),
+      )
+    : h('p', { class: 'muted' }, e.guardrail_metrics.length ? 'Not enough data for the guardrail checks yet.' : 'This experiment has no guardrail metrics.');
+  return h('section', { class: 'panel', id: 'guardrails', 'aria-labelledby': 'guardrails-title' }, h('h3', { id: 'guardrails-title' }, 'Guardrails'), body);
+}
+
+/** Points of the daily series for one metric, by treatment. */
+function dailyLines(r, metric) {
+  const series = (r.series || []).filter((p) => p.metric === metric);
+  const variants = [...new Set(series.map((p) => p.variant))];
+  return variants.map((variant) => ({
+    label: variant,
+    points: series
+      .filter((p) => p.variant === variant)
+      .map((p) => ({
+        date: p.date,
+        t: Date.parse(`${p.date}T00:00:00Z`) / 1000,
+        estimate: p.relative ? p.relative.estimate : null,
+        lo: p.relative ? p.relative.ci[0] : null,
+        hi: p.relative ? p.relative.ci[1] : null,
+        units: p.control_units + p.treatment_units,
+      })),
+  }));
+}
+
+function dailyTable(lines) {
+  return h(
+    'details',
+    {},
+    h('summary', {}, 'The daily figures as a table'),
+    h(
+      'table',
+      { dataset: { table: 'daily' } },
+      h('caption', { class: 'visually-hidden' }, 'Cumulative relative lift by day'),
+      h('thead', {}, h('tr', {}, th('Day', false), th('Variant', false), th('Units (both arms)'), th('Cumulative lift'), th('Interval'))),
+      h(
+        'tbody',
+        {},
+        lines.flatMap((line) =>
+          line.points.map((p) =>
+            h(
+              'tr',
+              {},
+              h('th', { scope: 'row' }, p.date),
+              h('td', {}, line.label),
+              figure('units', count(p.units)),
+              figure('lift', signedPercent(p.estimate)),
+              figure('interval', p.lo === null ? '—' : interval([p.lo, p.hi], (x) => signedPercent(x))),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+function dailyPanel(r) {
+  const metrics = [...new Set((r.series || []).map((p) => p.metric))];
+  const panel = h('section', { class: 'panel', id: 'daily', 'aria-labelledby': 'daily-title' }, h('h3', { id: 'daily-title' }, 'Cumulative lift by day'));
+  if (metrics.length === 0) {
+    panel.append(h('p', { class: 'muted' }, 'No daily data yet.'));
+    return panel;
+  }
+  const selectId = uid('daily-metric');
+  const select = h('select', { id: selectId }, metrics.map((m) => h('option', { value: m }, m)));
+  const holder = h('div', {});
+  const level = `${Math.round((1 - r.alpha) * 1000) / 10}%`;
+  const draw = () => {
+    const lines = dailyLines(r, select.value);
+    fill(holder,
+      liftChart(lines, { title: `Cumulative relative lift of ${select.value} by day, with ${level} intervals` }),
+      h('p', { class: 'note' }, `Each day's point uses all data up to the end of that day (UTC); the band is the ${level} fixed-horizon interval of that day's data.`, r.analysis_mode === 'sequential' ? ' Decisions use the always-valid figures above.' : ''),
+      dailyTable(lines),
+    );
+  };
+  select.addEventListener('change', draw);
+  panel.append(h('div', { class: 'field inline' }, h('label', { for: selectId }, 'Metric'), select), holder);
+  draw();
+  return panel;
+}
+
+export async function renderResults(container, e, ctx) {
+  fill(container, h('h2', { id: 'results-title' }, 'Results'), h('p', { class: 'loading' }, 'Loading results…'));
+  const r = await api(`/experiments/${enc(e.id)}/results?granularity=day`, { signal: ctx.signal });
+  const mode = MODES[r.analysis_mode] || r.analysis_mode;
+  const summary = h(
+    'dl',
+    { class: 'facts' },
+    h('dt', {}, 'Days running'),
+    h('dd', { dataset: { field: 'days_running' } }, days(r.days_running)),
+    h('dt', {}, 'Analysis'),
+    h('dd', {}, `${mode}, α = ${r.alpha}, ${r.correction === 'bh' ? 'Benjamini-Hochberg' : r.correction} correction over primary and secondary metrics`),
+    h('dt', {}, 'Excluded units'),
+    h('dd', { dataset: { field: 'multiple_exposures' } }, `${count(r.multiple_exposures)} seen in more than one variant`),
+    r.planned_sample_fraction !== null && r.planned_sample_fraction !== undefined
+      ? [h('dt', {}, 'Planned sample reached'), h('dd', { dataset: { field: 'planned' } }, percent(r.planned_sample_fraction, 1))]
+      : null,
+  );
+  fill(container,
+    h('h2', { id: 'results-title' }, 'Results'),
+    h('div', { class: `message action ${actionTone(r.recommended_action)}`, id: 'recommended-action' }, h('span', { class: 'visually-hidden' }, 'Recommended action: '), r.recommended_action),
+    h('div', { class: 'panel' }, summary),
+    h('div', { class: 'grid-2' }, srmPanel(r), guardrailPanel(r, e)),
+    forest(r),
+    dailyPanel(r),
+    r.metrics.map((m) =>
+      h(
+        'section',
+        { class: 'panel', dataset: { metric: m.metric }, 'aria-labelledby': `metric-${m.metric}` },
+        h('h3', { id: `metric-${m.metric}` }, m.metric, ' ', badge(m.role, m.role === 'primary' ? 'info' : 'neutral'), ' ', h('span', { class: 'note' }, `${m.kind}, ${m.direction === 'increase' ? 'higher' : 'lower'} is better`)),
+        metricTable(r, m),
+        detailTable(r, m),
+      ),
+    ),
+  );
+  return r;
+}

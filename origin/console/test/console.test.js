@@ -1,0 +1,290 @@
+// The console in headless Chromium against a real abx-origin: an admin creates, starts and
+// completes an experiment by clicking through the pages, and every figure the results page
+// shows is checked against the JSON the API returns for the same request. A viewer sees no
+// editing controls. Every page is checked with axe-core and must log no console errors.
+//
+// `ABX_CONSOLE_SCREENSHOTS=dir` also writes a screenshot of each main page into `dir`
+// (scripts/test-console.sh --screenshots refreshes docs/screenshots/).
+
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { chromium } from 'playwright-core';
+
+import { count, interval, metricEffect, metricValue, pValue, signedPercent } from '../js/format.js';
+import { ADMIN_KEY, CHECKOUT, CHECKOUT_TRAFFIC, Origin, seed, traffic } from './origin.js';
+
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SCREENSHOTS = process.env.ABX_CONSOLE_SCREENSHOTS;
+const missing = !existsSync(CHROMIUM);
+if (missing && process.env.ABX_REQUIRE_ALL) throw new Error(`Chromium is required (ABX_REQUIRE_ALL is set) but ${CHROMIUM} is missing`);
+const skip = missing ? `Chromium not found at ${CHROMIUM} (set CHROMIUM, or run scripts/test-console.sh)` : false;
+
+const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+let origin;
+let browser;
+let sdk;
+let seeded;
+
+before(async () => {
+  if (skip) return;
+  origin = await Origin.start();
+  sdk = await origin.key('sdk');
+  seeded = await seed(origin, sdk);
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+});
+
+after(async () => {
+  await browser?.close();
+  await origin?.stop();
+});
+
+/** A page that records console errors and uncaught exceptions; `expected` filters known ones. */
+async function openPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: 'light' });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('console', (message) => {
+    if (message.type() === 'error') errors.push(message.text());
+  });
+  page.on('pageerror', (error) => errors.push(`uncaught: ${error.message}`));
+  page.errors = errors;
+  return page;
+}
+
+async function signIn(page, key) {
+  await page.goto(`${origin.base}/#/signin`);
+  await page.getByLabel('API key').fill(key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Experiments' }).waitFor();
+}
+
+/** axe-core's WCAG 2 A/AA rules on the current page; returns the violations. */
+async function accessibility(page) {
+  // Evaluated through the DevTools protocol, which the page's CSP does not govern.
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, { runOnly: ['wcag2a', 'wcag2aa'] }));
+  return result.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join('; ')})`);
+}
+
+async function checkPage(page, name) {
+  assert.deepEqual(await accessibility(page), [], `accessibility violations on ${name}`);
+  if (SCREENSHOTS) {
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+  }
+}
+
+/** The text of a results cell, by metric, variant row and field. */
+async function cell(page, metric, variant, field, part) {
+  const selector = `table[data-metric="${metric}"][data-table="effects"] tr[data-variant="${variant}"] [data-field="${field}"]`;
+  const target = part ? `${selector} [data-part="${part}"]` : selector;
+  return (await page.locator(target).textContent()).trim();
+}
+
+test('an admin creates, starts and completes an experiment, and the results page shows the API numbers', { skip, timeout: 300_000 }, async () => {
+  const page = await openPage();
+  await signIn(page, ADMIN_KEY);
+
+  // The list: both seeded experiments with their badges.
+  const list = page.locator('main');
+  await list.getByRole('link', { name: 'search_ranking' }).waitFor();
+  await list.getByRole('link', { name: 'onboarding_flow' }).waitFor();
+  await checkPage(page, 'experiments');
+
+  // Create: first with a weight sum the API refuses, whose message lands at the field.
+  await page.getByRole('link', { name: 'New experiment' }).click();
+  await page.getByRole('heading', { level: 1, name: 'New experiment' }).waitFor();
+  const form = page.locator('form');
+  await form.locator('[name=key]').fill(CHECKOUT.key);
+  await form.locator('[name=name]').fill(CHECKOUT.name);
+  await form.locator('[name=hypothesis]').fill(CHECKOUT.hypothesis);
+  await form.locator('[name=layer]').selectOption(CHECKOUT.layer);
+  // The layer's free space is shown next to the choice: 30% is held by search_ranking.
+  await page.getByText('Layer checkout_ui: 70% free; held by search_ranking', { exact: false }).waitFor();
+  await form.locator('[name=traffic_percent]').fill(String(CHECKOUT.traffic_percent));
+  const weights = form.getByLabel(/Weight \(%\)/);
+  const names = form.getByLabel(/^Name( \(control\))? of variant/);
+  const configs = form.getByLabel(/Config \(JSON\)/);
+  await names.nth(0).fill('control');
+  await names.nth(1).fill('treatment');
+  await weights.nth(0).fill('50');
+  await weights.nth(1).fill('40');
+  await configs.nth(0).fill(JSON.stringify(CHECKOUT.variants[0].config));
+  await configs.nth(1).fill(JSON.stringify(CHECKOUT.variants[1].config));
+  await form.locator('[name=primary_metric]').selectOption(CHECKOUT.primary_metric);
+  await form.locator('[name=secondary_metrics][value=revenue]').check();
+  await form.locator('[name=guardrail_metrics][value=crash_rate]').check();
+  await checkPage(page, 'experiment-form');
+  await page.getByRole('button', { name: 'Create experiment' }).click();
+  await page.locator('#form-errors[role=alert]').waitFor();
+  const refusal = await page.locator('#form-errors').textContent();
+  assert.match(refusal, /The origin refused the experiment/);
+  assert.match(refusal, /100/, refusal);
+  // The message is also shown at the variants it is about.
+  assert.match(await form.locator('[data-field=variants] .field-error').first().textContent(), /100/);
+  // Chromium reports the refused request itself as a console error: expected here.
+  const refused = page.errors.findIndex((e) => e.includes('422'));
+  assert.notEqual(refused, -1, `the 422 was not seen: ${page.errors}`);
+  page.errors.splice(refused, 1);
+
+  await weights.nth(1).fill('50');
+  await page.getByRole('button', { name: 'Create experiment' }).click();
+  await page.getByRole('heading', { level: 1, name: CHECKOUT.key }).waitFor();
+  const listed = await origin.get(`/experiments?q=${CHECKOUT.key}`);
+  const created = listed.items.find((e) => e.key === CHECKOUT.key);
+  assert.ok(created, JSON.stringify(listed));
+  assert.equal(created.status, 'draft');
+  assert.deepEqual(
+    created.variants.map((v) => [v.name, v.weight, v.config]),
+    CHECKOUT.variants.map((v) => [v.name, v.weight, v.config]),
+  );
+  assert.equal(created.layer, CHECKOUT.layer);
+  assert.deepEqual(created.guardrail_metrics, ['crash_rate']);
+
+  // Start, confirmed in a dialog.
+  await page.getByRole('button', { name: 'Start', exact: true }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.getByRole('button', { name: 'Start' }).click();
+  await page.locator('.badge', { hasText: 'running' }).first().waitFor();
+  assert.equal((await origin.get(`/experiments/${created.id}`)).status, 'running');
+
+  // Traffic with a true +35% relative lift, then the results page against the API.
+  await traffic(origin, sdk, created, CHECKOUT_TRAFFIC);
+  await page.reload();
+  await page.locator('#recommended-action').waitFor();
+  const results = await origin.get(`/experiments/${created.id}/results?granularity=day`);
+  assert.equal((await page.locator('#recommended-action').textContent()).replace('Recommended action: ', ''), results.recommended_action);
+  let checked = 0;
+  for (const m of results.metrics) {
+    const control = results.variants[results.control].metrics[m.metric];
+    assert.equal(await cell(page, m.metric, results.control, 'units', 'estimate'), count(control.units));
+    assert.equal(await cell(page, m.metric, results.control, 'value', 'estimate'), metricValue(m.kind, control.value));
+    for (const c of m.comparisons) {
+      const summary = results.variants[c.variant].metrics[m.metric];
+      assert.equal(await cell(page, m.metric, c.variant, 'units', 'estimate'), count(summary.units));
+      assert.equal(await cell(page, m.metric, c.variant, 'value', 'estimate'), metricValue(m.kind, summary.value));
+      assert.equal(await cell(page, m.metric, c.variant, 'absolute', 'estimate'), metricEffect(m.kind, c.absolute.estimate));
+      assert.equal(await cell(page, m.metric, c.variant, 'absolute', 'ci'), interval(c.absolute.ci, (x) => metricEffect(m.kind, x)));
+      assert.equal(await cell(page, m.metric, c.variant, 'relative', 'estimate'), signedPercent(c.relative.estimate));
+      assert.equal(await cell(page, m.metric, c.variant, 'relative', 'ci'), interval(c.relative.ci, (x) => signedPercent(x)));
+      assert.equal(await cell(page, m.metric, c.variant, 'p_value', 'estimate'), pValue(c.p_value));
+      assert.equal(await cell(page, m.metric, c.variant, 'adjusted_p_value', 'estimate'), pValue(c.adjusted_p_value));
+      checked += 1;
+    }
+  }
+  assert.equal(checked, 3, 'purchase, revenue and crash_rate each have one comparison');
+  const purchase = results.metrics.find((m) => m.metric === 'purchase').comparisons[0];
+  assert.equal(purchase.significant, true, 'a +35% lift on 15,000 units is detected');
+  assert.match(await cell(page, 'purchase', 'treatment', 'decision'), /significant improvement/);
+  // The SRM panel, guardrails, forest plot and daily lift chart are drawn.
+  await page.locator('#srm').waitFor();
+  await page.locator('#guardrails').waitFor();
+  await page.locator('#daily canvas, #daily table').first().waitFor({ state: 'attached' });
+  await checkPage(page, 'experiment-results');
+
+  // Complete, shipping the treatment.
+  await page.getByRole('button', { name: 'Complete', exact: true }).click();
+  await dialog.getByLabel('Variant to ship').selectOption('treatment');
+  await dialog.getByRole('button', { name: 'Complete' }).click();
+  await page.locator('.badge', { hasText: 'shipped: treatment' }).waitFor();
+  const completed = await origin.get(`/experiments/${created.id}`);
+  assert.equal(completed.status, 'completed');
+  assert.equal(completed.shipped_variant, 'treatment');
+  const assignment = await origin.get(`/experiments/${CHECKOUT.key}/assignment?user_id=anyone-at-all`, sdk);
+  assert.equal(assignment.variant, 'treatment');
+
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('the other pages: layers, flags (rollout and kill switch), power calculator, audit log', { skip, timeout: 120_000 }, async () => {
+  const page = await openPage();
+  await signIn(page, ADMIN_KEY);
+
+  // Layers: the slot map names the experiment owning each range.
+  await page.getByRole('link', { name: 'Layers' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Layers' }).waitFor();
+  await page.getByText('search_ranking', { exact: false }).first().waitFor();
+  await checkPage(page, 'layers');
+
+  // Flags: move the rollout of new_checkout's last rule, save it, then kill the flag.
+  await page.getByRole('link', { name: 'Flags' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Feature flags' }).waitFor();
+  const flag = page.locator('[data-flag="new_checkout"]');
+  const slider = flag.locator('input[type=range]').last();
+  await slider.fill('40');
+  await flag.locator('[data-action=save-rollout]').last().click();
+  await flag.locator('[data-action=save-rollout]').last().isDisabled();
+  await expectEventually(async () => (await origin.get('/flags/new_checkout')).rules.at(-1).rollout_percent === 40, 'the rollout was saved');
+  await checkPage(page, 'flags');
+  await flag.locator('[data-action=disable]').click();
+  const dialog = page.getByRole('dialog');
+  if (await dialog.count()) await dialog.getByRole('button').first().click();
+  await expectEventually(async () => (await origin.get('/flags/new_checkout')).enabled === false, 'the kill switch turned the flag off');
+
+  // Power: the form's answer is the API's.
+  await page.getByRole('link', { name: 'Power calculator' }).click();
+  await page.getByLabel('Baseline').fill('0.1');
+  await page.getByLabel('Minimum detectable effect').fill('0.05');
+  await page.getByLabel('Units per day (optional)').fill('2000');
+  await page.getByRole('button', { name: 'Calculate' }).click();
+  await page.locator('[data-field=units_per_variant]').waitFor();
+  const power = await origin.post('/analysis/power', { metric: 'conversion', baseline: 0.1, mde: 0.05, mde_type: 'relative', alpha: 0.05, power: 0.8, variants: 2, daily_traffic: 2000 });
+  assert.equal((await page.locator('[data-field=units_per_variant]').textContent()).trim(), count(power.units_per_variant));
+  assert.equal((await page.locator('[data-field=total_units]').textContent()).trim(), count(power.total_units));
+  await checkPage(page, 'power');
+
+  // Audit: the flag changes above are listed.
+  await page.getByRole('link', { name: 'Audit log' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Audit log' }).waitFor();
+  await page.getByText('new_checkout', { exact: false }).first().waitFor();
+  await checkPage(page, 'audit');
+
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('a viewer sees everything and can change nothing; bad keys are refused', { skip, timeout: 60_000 }, async () => {
+  const page = await openPage();
+  await page.goto(`${origin.base}/#/signin`);
+  await page.getByLabel('API key').fill('abx_not_a_real_key_at_all');
+  await page.keyboard.press('Enter');
+  await page.getByText('does not know this key').waitFor();
+  const refused = page.errors.findIndex((e) => e.includes('401'));
+  assert.notEqual(refused, -1);
+  page.errors.splice(refused, 1);
+
+  await signIn(page, await origin.key('viewer'));
+  await page.getByText('read only').waitFor();
+  assert.equal(await page.getByRole('link', { name: 'New experiment' }).count(), 0);
+  await page.getByRole('link', { name: 'search_ranking' }).click();
+  await page.locator('#recommended-action').waitFor();
+  assert.equal(await page.locator('[data-action]').count(), 0, 'no lifecycle buttons for a viewer');
+  await page.getByRole('link', { name: 'Flags' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Feature flags' }).waitFor();
+  assert.equal(await page.locator('button[data-action]').count(), 0, 'no flag controls for a viewer');
+  // Keyboard: the skip link moves focus to the content, and Tab from the page heading
+  // reaches the flag tables (focusable so that wide ones can be scrolled).
+  await page.getByRole('link', { name: 'Skip to content' }).focus();
+  await page.keyboard.press('Enter');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'main');
+  await page.getByRole('heading', { level: 1, name: 'Feature flags' }).focus();
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.className), 'table-wrap');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+  assert.ok(seeded.ranking.id);
+});
+
+async function expectEventually(check, what) {
+  const deadline = Date.now() + 10_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

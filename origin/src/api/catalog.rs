@@ -1,0 +1,564 @@
+//! `/api/v1/layers`, `/holdouts`, `/segments`, `/metrics`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value as Json, json};
+use sqlx::AnyConnection;
+
+use super::experiments::segment_depths;
+use super::{ApiJson, json, merge_patch};
+use crate::AppState;
+use crate::auth::{Caller, Permission};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::model::catalog::{self, HoldoutInput, LayerInput, MetricInput, SegmentInput};
+use crate::model::experiment::Status;
+use crate::model::{Page, new_id, targeting};
+use crate::store::catalog::{Holdout, Layer, Metric, Segment};
+use crate::store::{self, Change};
+
+fn one<T>(mut found: Vec<T>, what: &str, id: &str) -> ApiResult<T> {
+    found
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("{what} `{id}`")))
+}
+
+fn key_unchanged(current: &str, next: &str) -> ApiResult<()> {
+    if current == next {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(
+            "not_editable",
+            "keys never change; create a new object instead",
+        ))
+    }
+}
+
+fn page<T>(items: Vec<T>) -> Page<T> {
+    Page {
+        items,
+        next_cursor: None,
+    }
+}
+
+/// Experiments that are running or paused, which pin parts of the configuration.
+async fn active_experiments(
+    conn: &mut AnyConnection,
+) -> Result<Vec<crate::store::experiments::Experiment>, sqlx::Error> {
+    store::experiments::with_status(conn, &[Status::Running, Status::Paused]).await
+}
+
+// ---- layers ----
+
+#[utoipa::path(get, path = "/api/v1/layers", tag = "layers", responses((status = 200, body = Page<Layer>)))]
+pub async fn list_layers(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &page(store::catalog::layers(&mut conn, None).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/layers/{id}", tag = "layers", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Layer), (status = 404, body = ErrorBody)))]
+pub async fn get_layer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &one(
+            store::catalog::layers(&mut conn, Some(&id)).await?,
+            "layer",
+            &id,
+        )?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/layers", tag = "layers", request_body = LayerInput,
+    responses((status = 201, body = Layer), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_layer(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<LayerInput>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let spec = catalog::validate_layer(&input)?;
+    let (id, actor) = (new_id(), caller.actor());
+    let layer = state
+        .mutate(async |conn| {
+            store::catalog::insert_layer(conn, &id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "layer.created",
+                    entity_type: "layer",
+                    entity_id: &id,
+                    details: json!({"key": spec.key}),
+                },
+            )
+            .await?;
+            one(store::catalog::layers(conn, Some(&id)).await?, "layer", &id)
+        })
+        .await?;
+    Ok(json(StatusCode::CREATED, &layer))
+}
+
+fn layer_input(layer: &Layer) -> LayerInput {
+    LayerInput {
+        key: layer.key.clone(),
+        name: Some(layer.name.clone()),
+        description: Some(layer.description.clone()),
+        unit: Some(layer.unit.clone()),
+    }
+}
+
+#[utoipa::path(patch, path = "/api/v1/layers/{id}", tag = "layers", params(("id" = String, Path, description = "Id or key")),
+    request_body(content = Object, description = "Fields of the create body to change"),
+    responses((status = 200, body = Layer), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch_layer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Json>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let actor = caller.actor();
+    let layer = state
+        .mutate(async |conn| {
+            let current = one(store::catalog::layers(conn, Some(&id)).await?, "layer", &id)?;
+            let spec = catalog::validate_layer(&merge_patch(&layer_input(&current), body)?)?;
+            key_unchanged(&current.key, &spec.key)?;
+            if spec.unit != current.unit {
+                let members = store::experiments::list(
+                    conn,
+                    &store::experiments::Filter {
+                        layer: Some(&current.id),
+                        limit: 1,
+                        include_archived: false,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                if !members.is_empty() {
+                    return Err(ApiError::conflict(
+                        "not_editable",
+                        "a layer's unit cannot change while it has experiments",
+                    ));
+                }
+            }
+            store::catalog::update_layer(conn, &current.id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "layer.updated",
+                    entity_type: "layer",
+                    entity_id: &current.id,
+                    details: json!({"key": spec.key}),
+                },
+            )
+            .await?;
+            one(
+                store::catalog::layers(conn, Some(&current.id)).await?,
+                "layer",
+                &id,
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &layer))
+}
+
+// ---- holdouts ----
+
+#[utoipa::path(get, path = "/api/v1/holdouts", tag = "holdouts", responses((status = 200, body = Page<Holdout>)))]
+pub async fn list_holdouts(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &page(store::catalog::holdouts(&mut conn, None).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/holdouts/{id}", tag = "holdouts", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Holdout), (status = 404, body = ErrorBody)))]
+pub async fn get_holdout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &one(
+            store::catalog::holdouts(&mut conn, Some(&id)).await?,
+            "holdout",
+            &id,
+        )?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/holdouts", tag = "holdouts", request_body = HoldoutInput,
+    responses((status = 201, body = Holdout), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_holdout(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<HoldoutInput>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let spec = catalog::validate_holdout(&input)?;
+    let (id, actor) = (new_id(), caller.actor());
+    let holdout = state
+        .mutate(async |conn| {
+            store::catalog::insert_holdout(conn, &id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "holdout.created",
+                    entity_type: "holdout",
+                    entity_id: &id,
+                    details: json!({"key": spec.key, "percent_bp": spec.percent_bp}),
+                },
+            )
+            .await?;
+            one(
+                store::catalog::holdouts(conn, Some(&id)).await?,
+                "holdout",
+                &id,
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::CREATED, &holdout))
+}
+
+fn holdout_input(h: &Holdout) -> HoldoutInput {
+    HoldoutInput {
+        key: h.key.clone(),
+        name: Some(h.name.clone()),
+        description: Some(h.description.clone()),
+        percent: h.percent,
+    }
+}
+
+#[utoipa::path(patch, path = "/api/v1/holdouts/{id}", tag = "holdouts", params(("id" = String, Path, description = "Id or key")),
+    request_body(content = Object, description = "Fields of the create body to change"),
+    responses((status = 200, body = Holdout), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch_holdout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Json>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let actor = caller.actor();
+    let holdout = state
+        .mutate(async |conn| {
+            let current = one(store::catalog::holdouts(conn, Some(&id)).await?, "holdout", &id)?;
+            let spec = catalog::validate_holdout(&merge_patch(&holdout_input(&current), body)?)?;
+            key_unchanged(&current.key, &spec.key)?;
+            if spec.percent_bp != current.percent_bp
+                && active_experiments(conn).await?.iter().any(|e| e.holdout_id.as_deref() == Some(current.id.as_str()))
+            {
+                return Err(ApiError::conflict("not_editable", "the holdout's size cannot change while running experiments respect it: it would move their units"));
+            }
+            store::catalog::update_holdout(conn, &current.id, &spec).await?;
+            store::record(conn, Change { actor: &actor, action: "holdout.updated", entity_type: "holdout", entity_id: &current.id, details: json!({"key": spec.key, "percent_bp": spec.percent_bp}) }).await?;
+            one(store::catalog::holdouts(conn, Some(&current.id)).await?, "holdout", &id)
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &holdout))
+}
+
+// ---- segments ----
+
+#[utoipa::path(get, path = "/api/v1/segments", tag = "segments", responses((status = 200, body = Page<Segment>)))]
+pub async fn list_segments(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &page(store::catalog::segments(&mut conn, None).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/segments/{id}", tag = "segments", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Segment), (status = 404, body = ErrorBody)))]
+pub async fn get_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &one(
+            store::catalog::segments(&mut conn, Some(&id)).await?,
+            "segment",
+            &id,
+        )?,
+    ))
+}
+
+/// Validates a segment against the others, refusing reference cycles.
+async fn validate_segment(
+    conn: &mut AnyConnection,
+    input: &SegmentInput,
+) -> ApiResult<catalog::SegmentSpec> {
+    let depths = segment_depths(conn).await?;
+    let conditions: HashMap<String, Json> = store::catalog::segments(conn, None)
+        .await?
+        .into_iter()
+        .map(|s| (s.key, s.condition))
+        .collect();
+    // Does segment `from` (transitively) refer to `target`?
+    let reaches = |from: &str, target: &str| {
+        let mut stack = vec![from.to_string()];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = stack.pop() {
+            if key == target {
+                return true;
+            }
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            if let Some(condition) = conditions.get(&key) {
+                let mut next = std::collections::BTreeSet::new();
+                targeting::references(condition, &mut next);
+                stack.extend(next);
+            }
+        }
+        false
+    };
+    catalog::validate_segment(input, &depths, reaches)
+}
+
+#[utoipa::path(post, path = "/api/v1/segments", tag = "segments", request_body = SegmentInput,
+    responses((status = 201, body = Segment), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<SegmentInput>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let (id, actor) = (new_id(), caller.actor());
+    let segment = state
+        .mutate(async |conn| {
+            let spec = validate_segment(conn, &input).await?;
+            store::catalog::insert_segment(conn, &id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "segment.created",
+                    entity_type: "segment",
+                    entity_id: &id,
+                    details: json!({"key": spec.key}),
+                },
+            )
+            .await?;
+            one(
+                store::catalog::segments(conn, Some(&id)).await?,
+                "segment",
+                &id,
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::CREATED, &segment))
+}
+
+fn segment_input(s: &Segment) -> SegmentInput {
+    SegmentInput {
+        key: s.key.clone(),
+        name: Some(s.name.clone()),
+        description: Some(s.description.clone()),
+        condition: s.condition.clone(),
+    }
+}
+
+#[utoipa::path(patch, path = "/api/v1/segments/{id}", tag = "segments", params(("id" = String, Path, description = "Id or key")),
+    request_body(content = Object, description = "Fields of the create body to change"),
+    responses((status = 200, body = Segment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Json>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let actor = caller.actor();
+    let segment = state
+        .mutate(async |conn| {
+            let current = one(
+                store::catalog::segments(conn, Some(&id)).await?,
+                "segment",
+                &id,
+            )?;
+            let spec =
+                validate_segment(conn, &merge_patch(&segment_input(&current), body)?).await?;
+            key_unchanged(&current.key, &spec.key)?;
+            store::catalog::update_segment(conn, &current.id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "segment.updated",
+                    entity_type: "segment",
+                    entity_id: &current.id,
+                    details: json!({"key": spec.key, "condition": spec.condition}),
+                },
+            )
+            .await?;
+            one(
+                store::catalog::segments(conn, Some(&current.id)).await?,
+                "segment",
+                &id,
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &segment))
+}
+
+// ---- metrics ----
+
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "metrics", responses((status = 200, body = Page<Metric>)))]
+pub async fn list_metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &page(store::catalog::metrics(&mut conn, None).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/metrics/{id}", tag = "metrics", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Metric), (status = 404, body = ErrorBody)))]
+pub async fn get_metric(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &one(
+            store::catalog::metrics(&mut conn, Some(&id)).await?,
+            "metric",
+            &id,
+        )?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/metrics", tag = "metrics", request_body = MetricInput,
+    responses((status = 201, body = Metric), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_metric(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<MetricInput>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let spec = catalog::validate_metric(&input)?;
+    let (id, actor) = (new_id(), caller.actor());
+    let metric = state
+        .mutate(async |conn| {
+            store::catalog::insert_metric(conn, &id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "metric.created",
+                    entity_type: "metric",
+                    entity_id: &id,
+                    details: json!({"key": spec.key}),
+                },
+            )
+            .await?;
+            one(
+                store::catalog::metrics(conn, Some(&id)).await?,
+                "metric",
+                &id,
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::CREATED, &metric))
+}
+
+fn metric_input(m: &Metric) -> MetricInput {
+    MetricInput {
+        key: m.key.clone(),
+        name: Some(m.name.clone()),
+        description: Some(m.description.clone()),
+        kind: m.kind,
+        event_type: m.event_type.clone(),
+        denominator_event_type: m.denominator_event_type.clone(),
+        direction: Some(m.direction),
+        guardrail_threshold: m.guardrail_threshold,
+    }
+}
+
+#[utoipa::path(patch, path = "/api/v1/metrics/{id}", tag = "metrics", params(("id" = String, Path, description = "Id or key")),
+    request_body(content = Object, description = "Fields of the create body to change"),
+    responses((status = 200, body = Metric), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch_metric(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Json>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let actor = caller.actor();
+    let metric = state
+        .mutate(async |conn| {
+            let current = one(
+                store::catalog::metrics(conn, Some(&id)).await?,
+                "metric",
+                &id,
+            )?;
+            let spec = catalog::validate_metric(&merge_patch(&metric_input(&current), body)?)?;
+            key_unchanged(&current.key, &spec.key)?;
+            let redefines = spec.kind != current.kind
+                || spec.event_type != current.event_type
+                || spec.denominator_event_type != current.denominator_event_type;
+            let in_use = active_experiments(conn).await?.iter().any(|e| {
+                e.primary_metric == current.key
+                    || e.secondary_metrics.contains(&current.key)
+                    || e.guardrail_metrics.contains(&current.key)
+            });
+            if redefines && in_use {
+                return Err(ApiError::conflict(
+                    "not_editable",
+                    "what a metric measures cannot change while running experiments use it",
+                ));
+            }
+            store::catalog::update_metric(conn, &current.id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "metric.updated",
+                    entity_type: "metric",
+                    entity_id: &current.id,
+                    details: json!({"key": spec.key}),
+                },
+            )
+            .await?;
+            one(
+                store::catalog::metrics(conn, Some(&current.id)).await?,
+                "metric",
+                &id,
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &metric))
+}

@@ -1,0 +1,379 @@
+//! Event ingestion (`POST /events` and the seed's per-experiment form), event lookup,
+//! pipeline status, dead letters and `/metrics`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::{ApiJson, json};
+use crate::AppState;
+use crate::auth::{Caller, Permission};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::events::{self, EventRecord, Kind, LIMITS};
+use crate::store::events::{self as event_store, DeadLetter};
+use crate::telemetry::Telemetry;
+use crate::{clock, pipeline};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Rejected {
+    pub index: usize,
+    pub reason: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IngestResult {
+    /// Events newly logged.
+    pub accepted: usize,
+    /// Events already logged earlier (same `event_id`); they are counted once.
+    pub duplicates: usize,
+    /// Invalid events, by position in the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Rejected>,
+}
+
+/// Refuses new events while the pipeline is too far behind, so memory and the log stay
+/// bounded; clients retry after the delay.
+fn check_backpressure(state: &AppState) -> ApiResult<()> {
+    if state.telemetry.lag_events() > state.settings.max_pipeline_lag {
+        Telemetry::add(&state.telemetry.ingest_overloaded, 1);
+        return Err(ApiError::Unavailable {
+            message: "the metric pipeline is behind; retry shortly".into(),
+            retry_after_s: 5,
+        });
+    }
+    Ok(())
+}
+
+/// Logs validated events; answers with what was new.
+async fn ingest(
+    state: &AppState,
+    records: Vec<EventRecord>,
+    rejected: Vec<Rejected>,
+) -> ApiResult<Response> {
+    Telemetry::add(&state.telemetry.events_rejected, rejected.len());
+    if records.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: "no_valid_events",
+            message: first_reasons(&rejected),
+        });
+    }
+    check_backpressure(state)?;
+    let flags = state.writer.submit(records).await?;
+    let accepted = flags.iter().filter(|new| **new).count();
+    let duplicates = flags.len() - accepted;
+    Telemetry::add(&state.telemetry.events_accepted, accepted);
+    Telemetry::add(&state.telemetry.events_duplicate, duplicates);
+    let status = if rejected.is_empty() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok(json(
+        status,
+        &IngestResult {
+            accepted,
+            duplicates,
+            rejected,
+        },
+    ))
+}
+
+fn first_reasons(rejected: &[Rejected]) -> String {
+    let shown: Vec<String> = rejected
+        .iter()
+        .take(5)
+        .map(|r| format!("event {}: {}", r.index, r.reason))
+        .collect();
+    format!("no valid events ({})", shown.join("; "))
+}
+
+/// A batch of exposure and metric events (docs/api.md, "Events"). 202 once durable; 207
+/// when some events were invalid (the valid ones are stored).
+#[utoipa::path(post, path = "/api/v1/events", tag = "events",
+    request_body(content = Object, description = "{\"events\": [...]} or a JSON array; application/json or text/plain; optionally gzip"),
+    responses((status = 202, body = IngestResult), (status = 207, body = IngestResult), (status = 400, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn post_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    caller.require(Permission::SendEvents)?;
+    let body = body.map_err(|_| ApiError::PayloadTooLarge {
+        limit: LIMITS.request,
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let beacon = content_type.starts_with("text/plain");
+    if !beacon && !content_type.starts_with("application/json") {
+        return Err(ApiError::BadRequest {
+            code: "unsupported_media_type",
+            message: "send application/json or text/plain".into(),
+        });
+    }
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let parsed = events::parse_body(
+        &body,
+        gzip,
+        beacon,
+        clock::now_ms(),
+        state.settings.event_window(),
+        LIMITS,
+    )?;
+    let rejected = parsed
+        .rejected
+        .into_iter()
+        .map(|(index, reason)| Rejected { index, reason })
+        .collect();
+    ingest(
+        &state,
+        parsed.events.into_iter().map(|(_, e)| e).collect(),
+        rejected,
+    )
+    .await
+}
+
+/// The seed's form: one metric event for an experiment's unit.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedEvent {
+    pub user_id: Json,
+    pub event_type: String,
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// Optional client id for deduplication; generated when absent.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<Json>,
+}
+
+#[utoipa::path(post, path = "/api/v1/experiments/{id}/events", tag = "events", request_body = SeedEvent,
+    params(("id" = String, Path, description = "Experiment id or key")),
+    responses((status = 202, body = IngestResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn post_experiment_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SeedEvent>,
+) -> ApiResult<Response> {
+    caller.require(Permission::SendEvents)?;
+    let published = state.published();
+    let evaluator = &published.evaluator;
+    let index = abx_core::snapshot::Id::parse(&id)
+        .and_then(|i| evaluator.experiment_index_by_id(&i))
+        .or_else(|| evaluator.experiment_index(&id))
+        .ok_or_else(|| ApiError::not_found(format!("experiment `{id}`")))?;
+    let snapshot = evaluator.snapshot();
+    let experiment = &snapshot.experiments[index as usize];
+    let attribute = &snapshot.attributes[experiment.unit as usize];
+    let event = serde_json::json!({
+        "event_id": body.event_id.unwrap_or_else(crate::model::new_id),
+        "kind": "metric", "unit": body.user_id, "unit_attribute": attribute,
+        "event_type": body.event_type, "value": body.value.unwrap_or(1.0), "timestamp": body.timestamp,
+    });
+    let bytes = serde_json::to_vec(&[event]).map_err(anyhow::Error::from)?;
+    let parsed = events::parse_body(
+        &bytes,
+        false,
+        false,
+        clock::now_ms(),
+        state.settings.event_window(),
+        LIMITS,
+    )?;
+    if let Some((_, reason)) = parsed.rejected.first() {
+        return Err(ApiError::invalid("event", reason.clone()));
+    }
+    ingest(
+        &state,
+        parsed.events.into_iter().map(|(_, e)| e).collect(),
+        Vec::new(),
+    )
+    .await
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event_id: String,
+    pub kind: &'static str,
+    pub unit_key: String,
+    pub experiment_id: Option<String>,
+    pub variant: Option<String>,
+    pub event_type: Option<String>,
+    pub value: f64,
+    pub timestamp: String,
+    pub received_at: String,
+    /// Whether the pipeline has consumed it.
+    pub processed: bool,
+}
+
+/// Looks up a logged event (while raw events are retained): did my event arrive?
+#[utoipa::path(get, path = "/api/v1/events/{event_id}", tag = "events", params(("event_id" = String, Path, description = "The client's event id")),
+    responses((status = 200, body = StoredEvent), (status = 404, body = ErrorBody)))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(event_id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let e = event_store::find_event(&mut conn, &event_id.to_ascii_lowercase())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("event `{event_id}`")))?;
+    let position = event_store::cursor(&mut conn, pipeline::CURSOR).await?;
+    let (kind, experiment_id, variant, event_type) = match e.kind {
+        Kind::Exposure {
+            experiment_id,
+            variant,
+        } => ("exposure", Some(experiment_id), Some(variant), None),
+        Kind::Metric { event_type } => ("metric", None, None, Some(event_type)),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &StoredEvent {
+            seq: e.seq,
+            event_id: e.event_id,
+            kind,
+            unit_key: e.unit_key,
+            experiment_id,
+            variant,
+            event_type,
+            value: e.value,
+            timestamp: clock::rfc3339(e.ts_ms),
+            received_at: clock::rfc3339(e.received_at_ms),
+            processed: e.seq <= position,
+        },
+    ))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PipelineStatus {
+    /// Last event sequence number consumed.
+    pub position: i64,
+    /// Last event sequence number logged.
+    pub head: i64,
+    pub lag_events: i64,
+    /// Age of the oldest unconsumed event.
+    pub lag_seconds: f64,
+    pub dead_letters: i64,
+}
+
+async fn status(state: &AppState) -> Result<PipelineStatus, sqlx::Error> {
+    let mut conn = state.db.pool.acquire().await?;
+    let position = event_store::cursor(&mut conn, pipeline::CURSOR).await?;
+    let head = event_store::max_seq(&mut conn).await?.max(position);
+    let oldest = event_store::oldest_after(&mut conn, position).await?;
+    let lag_seconds = oldest.map_or(0.0, |ms| (clock::now_ms() - ms).max(0) as f64 / 1_000.0);
+    Ok(PipelineStatus {
+        position,
+        head,
+        lag_events: head - position,
+        lag_seconds,
+        dead_letters: event_store::count_dead_letters(&mut conn).await?,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/pipeline", tag = "events", responses((status = 200, body = PipelineStatus)))]
+pub async fn pipeline_status(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    Ok(json(StatusCode::OK, &status(&state).await?))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeadLetters {
+    pub items: Vec<DeadLetter>,
+}
+
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "events", responses((status = 200, body = DeadLetters)))]
+pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &DeadLetters {
+            items: event_store::dead_letters(&mut conn, 1_000).await?,
+        },
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Which dead letters to replay; all when absent.
+    #[serde(default)]
+    pub seqs: Option<Vec<i64>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    pub replayed: u64,
+}
+
+/// Sends dead letters back through the pipeline (e.g. after fixing the configuration).
+#[utoipa::path(post, path = "/api/v1/dead-letters/replay", tag = "events", request_body = ReplayRequest,
+    responses((status = 200, body = Replayed), (status = 403, body = ErrorBody)))]
+pub async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<ReplayRequest>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let mut tx = state.db.begin_write().await?;
+    let replayed = event_store::replay_dead_letters(&mut tx, request.seqs.as_deref()).await?;
+    let details = serde_json::json!({"replayed": replayed, "seqs": request.seqs});
+    crate::store::record(
+        &mut tx,
+        crate::store::Change {
+            actor: &caller.actor(),
+            action: "dead_letters.replayed",
+            entity_type: "pipeline",
+            entity_id: pipeline::CURSOR,
+            details,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(json(StatusCode::OK, &Replayed { replayed }))
+}
+
+/// Prometheus metrics. Public, like `/health`: counts only, nothing sensitive.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let (lag_events, lag_seconds, dead) = match status(&state).await {
+        Ok(s) => (s.lag_events as f64, s.lag_seconds, s.dead_letters as f64),
+        Err(_) => (f64::NAN, f64::NAN, f64::NAN),
+    };
+    let gauges = [
+        (
+            "abx_pipeline_lag_events",
+            "Logged events not yet consumed by the pipeline.",
+            lag_events,
+        ),
+        (
+            "abx_pipeline_lag_seconds",
+            "Age of the oldest unconsumed event.",
+            lag_seconds,
+        ),
+        ("abx_dead_letters", "Events in the dead-letter table.", dead),
+        (
+            "abx_snapshot_version",
+            "Version of the snapshot being served.",
+            state.published().version as f64,
+        ),
+    ];
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.telemetry.render(&gauges),
+    )
+        .into_response()
+}

@@ -1,0 +1,478 @@
+//! `/api/v1/experiments`: definitions and the lifecycle.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use sqlx::AnyConnection;
+
+use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
+use crate::AppState;
+use crate::auth::{Caller, Permission};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::model::experiment::{self, Action, ExperimentInput, Known, Status};
+use crate::model::{Page, new_id, slots, targeting};
+use crate::store::experiments::{Experiment, Filter, StatusChange};
+use crate::store::{self, Change};
+
+/// Loads what validating an experiment needs to know.
+pub(super) async fn known(conn: &mut AnyConnection) -> Result<Known, sqlx::Error> {
+    let mut known = Known::default();
+    for layer in store::catalog::layers(conn, None).await? {
+        known
+            .layers
+            .insert(layer.key.clone(), (layer.id.clone(), layer.unit.clone()));
+        known
+            .layers
+            .insert(layer.id.clone(), (layer.id, layer.unit));
+    }
+    for holdout in store::catalog::holdouts(conn, None).await? {
+        known
+            .holdouts
+            .insert(holdout.key.clone(), holdout.id.clone());
+        known.holdouts.insert(holdout.id.clone(), holdout.id);
+    }
+    known.metrics = store::catalog::metrics(conn, None)
+        .await?
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    known.segments = segment_depths(conn).await?;
+    Ok(known)
+}
+
+/// Each segment's total condition depth, segments it refers to included.
+pub(super) async fn segment_depths(
+    conn: &mut AnyConnection,
+) -> Result<HashMap<String, u32>, sqlx::Error> {
+    let segments = store::catalog::segments(conn, None).await?;
+    let mut depths: HashMap<String, u32> = HashMap::new();
+    // Segments may refer to segments: settle depths in rounds (acyclic by validation).
+    for _ in 0..=segments.len() {
+        let mut progressed = false;
+        for s in &segments {
+            if depths.contains_key(&s.key) {
+                continue;
+            }
+            let mut references = std::collections::BTreeSet::new();
+            targeting::references(&s.condition, &mut references);
+            if references.iter().all(|r| depths.contains_key(r)) {
+                depths.insert(s.key.clone(), targeting::depth(&s.condition, &depths));
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    Ok(depths)
+}
+
+async fn load(conn: &mut AnyConnection, id: &str) -> ApiResult<Experiment> {
+    store::experiments::get(conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("experiment `{id}`")))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only experiments in this status (archived ones are listed only when asked for).
+    pub status: Option<Status>,
+    /// Layer key or id.
+    pub layer: Option<String>,
+    /// Substring of the key or name.
+    pub q: Option<String>,
+    /// 1 to 500; default 100.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {
+    let (ms, id) = cursor
+        .split_once('.')
+        .ok_or_else(|| ApiError::bad_request("malformed cursor"))?;
+    Ok((
+        ms.parse()
+            .map_err(|_| ApiError::bad_request("malformed cursor"))?,
+        id.to_string(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/experiments", tag = "experiments", params(ListQuery),
+    responses((status = 200, description = "A page of experiments, oldest first", body = Page<Experiment>),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let Query(query) = query?;
+    let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
+    let limit = crate::model::page_limit(query.limit)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let items = store::experiments::list(
+        &mut conn,
+        &Filter {
+            status: query.status,
+            layer: query.layer.as_deref(),
+            search: query.q.as_deref(),
+            after,
+            limit: limit + 1,
+            include_archived: false,
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &page(items, limit)))
+}
+
+fn page(mut items: Vec<Experiment>, limit: i64) -> Page<Experiment> {
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| {
+            items
+                .last()
+                .map(|e| format!("{}.{}", e.created_at_ms, e.id))
+        })
+        .flatten();
+    Page { items, next_cursor }
+}
+
+#[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments", request_body = ExperimentInput,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays return the first response")),
+    responses((status = 201, body = Experiment), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<ExperimentInput>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let id = new_id();
+    let actor = caller.actor();
+    let created = state
+        .mutate(async |conn| {
+            let spec = experiment::validate(&input, &known(conn).await?)?;
+            store::experiments::insert(conn, &id, &spec).await?;
+            let details = json!({"key": spec.key});
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "experiment.created",
+                    entity_type: "experiment",
+                    entity_id: &id,
+                    details,
+                },
+            )
+            .await?;
+            load(conn, &id).await
+        })
+        .await?;
+    let version = created.version;
+    Ok(with_version(json(StatusCode::CREATED, &created), version))
+}
+
+#[utoipa::path(get, path = "/api/v1/experiments/{id}", tag = "experiments", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Experiment), (status = 404, body = ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let found = load(&mut conn, &id).await?;
+    let version = found.version;
+    Ok(with_version(json(StatusCode::OK, &found), version))
+}
+
+#[utoipa::path(patch, path = "/api/v1/experiments/{id}", tag = "experiments", params(("id" = String, Path, description = "Id or key"),
+        ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
+    request_body(content = Object, description = "Fields of the create body to change"),
+    responses((status = 200, body = Experiment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Json>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let expected = if_match(&headers)?;
+    let actor = caller.actor();
+    let updated = state
+        .mutate(async |conn| {
+            let current = load(conn, &id).await?;
+            check_version(expected, current.version)?;
+            let changed: Vec<String> = body
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let input = merge_patch(&current.input(), body)?;
+            let spec = experiment::validate(&input, &known(conn).await?)?;
+            experiment::check_edit(current.status, &current.spec(), &spec)?;
+            if current.status.holds_slots()
+                && spec.traffic_bp > current.traffic_bp
+                && let Some(layer_id) = &current.layer_id
+            {
+                grow_allocation(conn, layer_id, &current, spec.traffic_bp).await?;
+            }
+            if !store::experiments::update(conn, &current.id, &spec, current.version).await? {
+                return Err(ApiError::conflict(
+                    "version_conflict",
+                    "the experiment changed concurrently; reload and retry",
+                ));
+            }
+            let details = json!({"fields": changed});
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "experiment.updated",
+                    entity_type: "experiment",
+                    entity_id: &current.id,
+                    details,
+                },
+            )
+            .await?;
+            load(conn, &current.id).await
+        })
+        .await?;
+    let version = updated.version;
+    Ok(with_version(json(StatusCode::OK, &updated), version))
+}
+
+/// Adds slots for a traffic increase of a running layered experiment; its existing ranges
+/// stay where they are.
+async fn grow_allocation(
+    conn: &mut AnyConnection,
+    layer_id: &str,
+    e: &Experiment,
+    traffic_bp: u16,
+) -> ApiResult<()> {
+    let ranges = store::catalog::layer_ranges(conn, layer_id).await?;
+    let taken: Vec<slots::Range> = ranges.iter().map(|(_, s, e)| (*s, *e)).collect();
+    let owned: u16 = e.slots.iter().map(|(s, e)| e - s).sum();
+    let extra = slots::allocate(&taken, traffic_bp.saturating_sub(owned)).map_err(layer_full)?;
+    let merged = slots::merge(e.slots.iter().copied().chain(extra).collect());
+    store::catalog::set_allocations(conn, layer_id, &e.id, &merged).await?;
+    Ok(())
+}
+
+fn layer_full(free_bp: u16) -> ApiError {
+    let free_percent = f64::from(free_bp) / 100.0;
+    ApiError::Conflict {
+        code: "layer_full",
+        message: format!("not enough free room in the layer: {free_percent}% is free"),
+        details: Some(json!({"free_percent": free_percent})),
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/experiments/{id}", tag = "experiments", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 204, description = "Deleted (drafts only)"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Permission::WriteConfig)?;
+    let actor = caller.actor();
+    state
+        .mutate(async |conn| {
+            let current = load(conn, &id).await?;
+            if !store::experiments::delete_draft(conn, &current.id).await? {
+                return Err(ApiError::conflict(
+                    "illegal_transition",
+                    format!("only drafts can be deleted; this experiment is {} (complete and archive it instead)", current.status.as_str()),
+                ));
+            }
+            let details = json!({"key": current.key});
+            store::record(conn, Change { actor: &actor, action: "experiment.deleted", entity_type: "experiment", entity_id: &current.id, details }).await?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Optional body of lifecycle requests.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleBody {
+    /// For `complete`: the variant to ship to everyone.
+    #[serde(default)]
+    pub ship: Option<String>,
+    /// Recorded in the audit log and shown as the status reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+async fn lifecycle(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    action: Action,
+    body: Option<LifecycleBody>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let body = body.unwrap_or_default();
+    let actor = caller.actor();
+    let changed = state
+        .mutate(async |conn| apply(conn, &actor, &id, action, &body).await)
+        .await?;
+    let version = changed.version;
+    Ok(with_version(json(StatusCode::OK, &changed), version))
+}
+
+/// Applies a lifecycle action inside a configuration change.
+pub(crate) async fn apply(
+    conn: &mut AnyConnection,
+    actor: &str,
+    id: &str,
+    action: Action,
+    body: &LifecycleBody,
+) -> ApiResult<Experiment> {
+    let current = load(conn, id).await?;
+    let to = experiment::transition(current.status, action)?;
+    if body.ship.is_some() && action != Action::Complete {
+        return Err(ApiError::invalid("ship", "only `complete` ships a variant"));
+    }
+    if let Some(ship) = &body.ship
+        && !current.variants.iter().any(|v| &v.name == ship)
+    {
+        return Err(ApiError::invalid(
+            "ship",
+            format!("unknown variant `{ship}`"),
+        ));
+    }
+    match action {
+        Action::Start => {
+            if let Some(layer_id) = &current.layer_id {
+                let ranges = store::catalog::layer_ranges(conn, layer_id).await?;
+                check_layer_companions(conn, &current, &ranges).await?;
+                let taken: Vec<slots::Range> = ranges.iter().map(|(_, s, e)| (*s, *e)).collect();
+                let mine = slots::allocate(&taken, current.traffic_bp).map_err(layer_full)?;
+                store::catalog::set_allocations(conn, layer_id, &current.id, &mine).await?;
+            }
+        }
+        Action::Complete => {
+            if let Some(layer_id) = &current.layer_id {
+                store::catalog::set_allocations(conn, layer_id, &current.id, &[]).await?;
+            }
+        }
+        Action::Pause | Action::Resume | Action::Archive => {}
+    }
+    let change = StatusChange {
+        status: to,
+        reason: body.reason.as_deref(),
+        shipped_variant: body.ship.as_deref(),
+        started: action == Action::Start,
+        ended: action == Action::Complete,
+    };
+    store::experiments::set_status(conn, &current.id, &change).await?;
+    let details = json!({"key": current.key, "from": current.status, "to": to, "ship": body.ship, "reason": body.reason});
+    let action_name = format!(
+        "experiment.{}",
+        match action {
+            Action::Start => "started",
+            Action::Pause => "paused",
+            Action::Resume => "resumed",
+            Action::Complete => "completed",
+            Action::Archive => "archived",
+        }
+    );
+    store::record(
+        conn,
+        Change {
+            actor,
+            action: &action_name,
+            entity_type: "experiment",
+            entity_id: &current.id,
+            details,
+        },
+    )
+    .await?;
+    load(conn, &current.id).await
+}
+
+/// Experiments sharing a layer must share the unit and switchback period, or the layer could
+/// no longer guarantee that a unit is in at most one of them.
+async fn check_layer_companions(
+    conn: &mut AnyConnection,
+    e: &Experiment,
+    ranges: &[(String, u16, u16)],
+) -> ApiResult<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (other_id, _, _) in ranges {
+        if other_id == &e.id || !seen.insert(other_id.clone()) {
+            continue;
+        }
+        let other = load(conn, other_id).await?;
+        if other.unit != e.unit || other.switchback_period_s != e.switchback_period_s {
+            return Err(ApiError::conflict(
+                "layer_mismatch",
+                format!(
+                    "experiment `{}` in this layer uses unit `{}` and switchback {:?}; experiments sharing a layer must match",
+                    other.key, other.unit, other.switchback_period_s
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+macro_rules! lifecycle_route {
+    ($name:ident, $action:expr, $path:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "experiments", params(("id" = String, Path, description = "Id or key")),
+            request_body(content = Option<LifecycleBody>),
+            responses((status = 200, body = Experiment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+                      (status = 422, body = ErrorBody)))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            caller: Caller,
+            Path(id): Path<String>,
+            body: Option<ApiJson<LifecycleBody>>,
+        ) -> ApiResult<Response> {
+            lifecycle(state, caller, id, $action, body.map(|b| b.0)).await
+        }
+    };
+}
+
+lifecycle_route!(
+    start,
+    Action::Start,
+    "/api/v1/experiments/{id}/start",
+    "Draft → running; allocates layer slots (409 `layer_full` when there is no room)."
+);
+lifecycle_route!(
+    pause,
+    Action::Pause,
+    "/api/v1/experiments/{id}/pause",
+    "Running → paused: nobody is assigned; slots are kept."
+);
+lifecycle_route!(
+    resume,
+    Action::Resume,
+    "/api/v1/experiments/{id}/resume",
+    "Paused → running."
+);
+lifecycle_route!(
+    complete,
+    Action::Complete,
+    "/api/v1/experiments/{id}/complete",
+    "Running or paused → completed, optionally shipping a variant to everyone; frees the slots."
+);
+lifecycle_route!(
+    archive,
+    Action::Archive,
+    "/api/v1/experiments/{id}/archive",
+    "Completed → archived: removed from snapshots."
+);

@@ -1,0 +1,213 @@
+//! `/api/v1/flags`: feature flags, their rollouts and kill switches.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Value as Json, json};
+use sqlx::AnyConnection;
+
+use super::experiments::segment_depths;
+use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
+use crate::AppState;
+use crate::auth::{Caller, Permission};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::model::flag::{self, FlagInput, FlagSpec};
+use crate::model::{Page, new_id};
+use crate::store::flags::Flag;
+use crate::store::{self, Change};
+
+async fn load(conn: &mut AnyConnection, id: &str) -> ApiResult<Flag> {
+    store::flags::flags(conn, Some(id))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("flag `{id}`")))
+}
+
+async fn validate(conn: &mut AnyConnection, input: &FlagInput) -> ApiResult<FlagSpec> {
+    let segments = segment_depths(conn).await?;
+    let mut experiments = HashMap::new();
+    for e in store::experiments::all_published(conn).await? {
+        experiments.insert(e.id.clone(), e.key.clone());
+        experiments.insert(e.key.clone(), e.key);
+    }
+    flag::validate(input, &segments, &experiments)
+}
+
+#[utoipa::path(get, path = "/api/v1/flags", tag = "flags", responses((status = 200, body = Page<Flag>)))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let items = store::flags::flags(&mut conn, None).await?;
+    Ok(json(
+        StatusCode::OK,
+        &Page {
+            items,
+            next_cursor: None,
+        },
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/flags/{id}", tag = "flags", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Flag), (status = 404, body = ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let found = load(&mut conn, &id).await?;
+    let version = found.version;
+    Ok(with_version(json(StatusCode::OK, &found), version))
+}
+
+#[utoipa::path(post, path = "/api/v1/flags", tag = "flags", request_body = FlagInput,
+    responses((status = 201, body = Flag), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<FlagInput>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let (id, actor) = (new_id(), caller.actor());
+    let created = state
+        .mutate(async |conn| {
+            let spec = validate(conn, &input).await?;
+            store::flags::insert(conn, &id, &spec).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "flag.created",
+                    entity_type: "flag",
+                    entity_id: &id,
+                    details: json!({"key": spec.key, "enabled": spec.enabled}),
+                },
+            )
+            .await?;
+            load(conn, &id).await
+        })
+        .await?;
+    let version = created.version;
+    Ok(with_version(json(StatusCode::CREATED, &created), version))
+}
+
+/// Applies a change to a flag's definition.
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    expected: Option<i64>,
+    edit: impl FnOnce(&Flag) -> ApiResult<FlagInput>,
+    action: &str,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let actor = caller.actor();
+    let updated = state
+        .mutate(async |conn| {
+            let current = load(conn, id).await?;
+            check_version(expected, current.version)?;
+            let spec = validate(conn, &edit(&current)?).await?;
+            if spec.key != current.key {
+                return Err(ApiError::conflict(
+                    "not_editable",
+                    "a flag's key never changes",
+                ));
+            }
+            if !store::flags::update(conn, &current.id, &spec, current.version).await? {
+                return Err(ApiError::conflict(
+                    "version_conflict",
+                    "the flag changed concurrently; reload and retry",
+                ));
+            }
+            let details = json!({"key": spec.key, "enabled": spec.enabled, "rules": spec.rules});
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action,
+                    entity_type: "flag",
+                    entity_id: &current.id,
+                    details,
+                },
+            )
+            .await?;
+            load(conn, &current.id).await
+        })
+        .await?;
+    let version = updated.version;
+    Ok(with_version(json(StatusCode::OK, &updated), version))
+}
+
+#[utoipa::path(patch, path = "/api/v1/flags/{id}", tag = "flags", params(("id" = String, Path, description = "Id or key"),
+        ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
+    request_body(content = Object, description = "Fields of the create body to change"),
+    responses((status = 200, body = Flag), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Json>,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    change(
+        &state,
+        &caller,
+        &id,
+        expected,
+        |current| merge_patch(&current.input(), body),
+        "flag.updated",
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/flags/{id}/enable", tag = "flags", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Flag), (status = 404, body = ErrorBody)))]
+pub async fn enable(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    change(
+        &state,
+        &caller,
+        &id,
+        None,
+        |current| {
+            Ok(FlagInput {
+                enabled: true,
+                ..current.input()
+            })
+        },
+        "flag.enabled",
+    )
+    .await
+}
+
+/// The kill switch: everyone gets the off value from the next snapshot on.
+#[utoipa::path(post, path = "/api/v1/flags/{id}/disable", tag = "flags", params(("id" = String, Path, description = "Id or key")),
+    responses((status = 200, body = Flag), (status = 404, body = ErrorBody)))]
+pub async fn disable(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    change(
+        &state,
+        &caller,
+        &id,
+        None,
+        |current| {
+            Ok(FlagInput {
+                enabled: false,
+                ..current.input()
+            })
+        },
+        "flag.disabled",
+    )
+    .await
+}

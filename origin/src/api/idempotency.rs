@@ -1,0 +1,148 @@
+//! `Idempotency-Key` on POST: the first response to a key is stored (per API key) and
+//! replayed for retries; the same key with a different request is a 409. Server errors and
+//! rate limits are not stored, so a retry after them really retries.
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::BODY_LIMIT;
+use crate::AppState;
+use crate::auth::{hash_key, hex, secret_from};
+use crate::error::ApiError;
+use crate::store::{self, StoredResponse};
+
+const HEADER: &str = "idempotency-key";
+
+pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST || !request.headers().contains_key(HEADER) {
+        return next.run(request).await;
+    }
+    match idempotent(state, request, next).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+/// Releases an in-flight key when the request finishes, however it finishes.
+struct InFlight<'a> {
+    state: &'a AppState,
+    slot: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.slot);
+    }
+}
+
+async fn idempotent(state: AppState, request: Request, next: Next) -> Result<Response, Response> {
+    let (parts, body) = request.into_parts();
+    let key = parts
+        .headers
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if key.is_empty() || key.len() > 255 {
+        return Err(
+            ApiError::bad_request("Idempotency-Key must be 1-255 visible characters")
+                .into_response(),
+        );
+    }
+    // Unauthenticated requests go through untouched; the handler answers 401.
+    let Some(secret) = secret_from(&parts) else {
+        return Ok(next.run(Request::from_parts(parts, body)).await);
+    };
+    let scope = hash_key(&secret);
+    let bytes = to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into_response())?;
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str());
+    hasher.update(b" ");
+    hasher.update(parts.uri.path());
+    hasher.update(b"\n");
+    hasher.update(&bytes);
+    let request_hash = hex(&hasher.finalize());
+
+    let slot = format!("{scope}/{key}");
+    if !state
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(slot.clone())
+    {
+        return Err(ApiError::conflict(
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is still in progress",
+        )
+        .into_response());
+    }
+    let _release = InFlight {
+        state: &state,
+        slot,
+    };
+
+    let stored = async {
+        let mut conn = state.db.pool.acquire().await?;
+        store::idempotent_response(&mut conn, &scope, &key).await
+    }
+    .await
+    .map_err(|e| ApiError::from(e).into_response())?;
+    if let Some(stored) = stored {
+        if stored.request_hash != request_hash {
+            return Err(ApiError::conflict(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request",
+            )
+            .into_response());
+        }
+        let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            stored.body,
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(response);
+    }
+
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let status = response.status();
+    let keep = status.is_success()
+        || (status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS);
+    if !keep {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, 16 * BODY_LIMIT).await.map_err(|_| {
+        ApiError::Internal(anyhow::anyhow!("response too large to store")).into_response()
+    })?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let record = StoredResponse {
+        request_hash,
+        status: status.as_u16(),
+        body: text,
+    };
+    let saved = async {
+        let mut conn = state.db.pool.acquire().await?;
+        store::store_idempotent_response(&mut conn, &scope, &key, &record).await
+    }
+    .await;
+    if let Err(error) = saved {
+        tracing::warn!(%error, "could not store an idempotent response");
+    }
+    Ok(Response::from_parts(parts, Body::from(body)))
+}

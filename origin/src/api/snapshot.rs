@@ -1,0 +1,216 @@
+//! Snapshot distribution: the latest bytes (CDN-cacheable, with a strong ETag), the
+//! readable twin, older versions, the signing key, and a server-sent change stream.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::json;
+use crate::AppState;
+use crate::auth::{Caller, Permission};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::store;
+
+pub const SNAPSHOT_MEDIA_TYPE: &str = "application/vnd.abx.snapshot";
+
+/// Whether `If-None-Match` already names this ETag.
+fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == etag
+        })
+}
+
+/// CDN-friendly: brief freshness, then served stale while revalidating, and for a day
+/// if the origin fails, so edges keep working through an origin outage.
+fn cache_control(state: &AppState) -> HeaderValue {
+    let max_age = state.settings.snapshot_max_age_s;
+    HeaderValue::from_str(&format!(
+        "public, max-age={max_age}, stale-while-revalidate=60, stale-if-error=86400"
+    ))
+    .unwrap_or(HeaderValue::from_static("public, max-age=10"))
+}
+
+fn respond(
+    state: &AppState,
+    headers: &HeaderMap,
+    etag: &str,
+    version: u64,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response {
+    let mut response = if not_modified(headers, etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+    };
+    let h = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, value);
+    }
+    h.insert(header::CACHE_CONTROL, cache_control(state));
+    h.insert("x-abx-snapshot-version", HeaderValue::from(version));
+    response
+}
+
+#[utoipa::path(get, path = "/api/v1/snapshot", tag = "snapshots",
+    params(("If-None-Match" = Option<String>, Header, description = "ETag of the copy the client holds")),
+    responses((status = 200, description = "The latest signed snapshot (docs/snapshot-format.md)", content_type = "application/vnd.abx.snapshot", body = Vec<u8>),
+              (status = 304, description = "The client's copy is current"), (status = 401, body = ErrorBody)))]
+pub async fn latest(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadSnapshot)?;
+    let published = state.published();
+    Ok(respond(
+        &state,
+        &headers,
+        &published.etag,
+        published.version,
+        SNAPSHOT_MEDIA_TYPE,
+        published.bytes.to_vec(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/snapshot.json", tag = "snapshots",
+    responses((status = 200, description = "The latest snapshot as readable JSON", content_type = "application/json", body = Object),
+              (status = 304, description = "The client's copy is current")))]
+pub async fn latest_json(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadSnapshot)?;
+    let published = state.published();
+    // The twin has its own ETag so a cache never confuses it with the binary.
+    let etag = format!("{}-json\"", published.etag.trim_end_matches('"'));
+    Ok(respond(
+        &state,
+        &headers,
+        &etag,
+        published.version,
+        "application/json",
+        published.json().as_bytes().to_vec(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/snapshots/{version}", tag = "snapshots", params(("version" = u64, Path, description = "Snapshot version")),
+    responses((status = 200, description = "An older snapshot (immutable)", content_type = "application/vnd.abx.snapshot", body = Vec<u8>),
+              (status = 404, body = ErrorBody)))]
+pub async fn by_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(version): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadSnapshot)?;
+    let version: i64 = version
+        .parse()
+        .map_err(|_| ApiError::bad_request("the version is a number"))?;
+    let mut conn = state.db.pool.acquire().await?;
+    let stored = store::snapshot_at(&mut conn, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("snapshot version {version}")))?;
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, SNAPSHOT_MEDIA_TYPE)],
+        stored.bytes,
+    )
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&stored.etag) {
+        h.insert(header::ETAG, value);
+    }
+    Ok(response)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PublicKey {
+    /// Always `ed25519`.
+    pub algorithm: &'static str,
+    /// The 32-byte public key, hex.
+    pub public_key: String,
+}
+
+/// Public: anyone may verify snapshots.
+#[utoipa::path(get, path = "/api/v1/snapshot/key", tag = "snapshots", security(()), responses((status = 200, body = PublicKey)))]
+pub async fn public_key(State(state): State<AppState>) -> Response {
+    json(
+        StatusCode::OK,
+        &PublicKey {
+            algorithm: "ed25519",
+            public_key: crate::auth::hex(&state.public_key),
+        },
+    )
+}
+
+/// One server-sent event of the change stream, as an SSE parser sees it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SnapshotEvent {
+    /// Always `snapshot`.
+    pub event: String,
+    /// JSON text: `{"version": N, "etag": "…"}`.
+    pub data: String,
+}
+
+#[derive(Serialize)]
+struct Announcement {
+    version: u64,
+    etag: String,
+}
+
+fn announcement(state: &AppState) -> Event {
+    let published = state.published();
+    let data = serde_json::to_string(&Announcement {
+        version: published.version,
+        etag: published.etag.clone(),
+    })
+    .unwrap_or_default();
+    Event::default().event("snapshot").data(data)
+}
+
+/// Server-sent events: a `snapshot` event with `{version, etag}` on connect and after every
+/// publication, so edges and browsers refresh at once instead of polling.
+#[utoipa::path(get, path = "/api/v1/snapshot/stream", tag = "snapshots",
+    responses((status = 200, description = "text/event-stream of `snapshot` events", content_type = "text/event-stream", body = SnapshotEvent)))]
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    caller.require(Permission::ReadSnapshot)?;
+    let receiver = state.subscribe();
+    let first = announcement(&state);
+    let events = stream::unfold(
+        (state, receiver, Some(first)),
+        |(state, mut receiver, first)| async move {
+            if let Some(first) = first {
+                return Some((Ok(first), (state, receiver, None)));
+            }
+            match receiver.recv().await {
+                // A lagging listener only needs the newest version.
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    Some((Ok(announcement(&state)), (state, receiver, None)))
+                }
+                Err(RecvError::Closed) => None,
+            }
+        },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,45 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Serialize;
+
+use super::json;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub snapshot_version: u64,
+    pub database: &'static str,
+}
+
+/// Public. 503 when the database cannot be reached (assignment still works from memory).
+#[utoipa::path(get, path = "/api/v1/health", tag = "system", security(()),
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub async fn health(State(state): State<AppState>) -> ApiResult<Response> {
+    sqlx::query("SELECT 1")
+        .execute(&state.db.pool)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "health check: database unreachable");
+            ApiError::Unavailable {
+                message: "the database is unreachable".into(),
+                retry_after_s: 5,
+            }
+        })?;
+    let backend = match state.db.backend {
+        crate::db::Backend::Sqlite => "sqlite",
+        crate::db::Backend::Postgres => "postgres",
+    };
+    Ok(json(
+        StatusCode::OK,
+        &Health {
+            status: "ok",
+            snapshot_version: state.published().version,
+            database: backend,
+        },
+    ))
+}

@@ -1,0 +1,113 @@
+//! The group-commit writer. Requests hand their validated events to one task, which writes
+//! everything waiting in a single transaction and answers each request only after the
+//! commit: durability at the cost of one fsync per group rather than per request.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::EventRecord;
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::store;
+use crate::telemetry::Telemetry;
+
+/// Requests waiting for the writer beyond this are refused with 503: memory stays bounded.
+const QUEUE: usize = 256;
+/// Events written per transaction, at most.
+const GROUP: usize = 20_000;
+
+/// For each submitted event, whether it was new (false: a duplicate of a logged event).
+pub type Outcome = Result<Vec<bool>, ApiError>;
+
+struct Job {
+    events: Vec<EventRecord>,
+    reply: oneshot::Sender<Outcome>,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn spawn(db: Db, telemetry: Arc<Telemetry>) -> Writer {
+        let (jobs, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(run(db, telemetry, receiver));
+        Writer { jobs }
+    }
+
+    /// Logs events durably; resolves after the commit.
+    pub async fn submit(&self, events: Vec<EventRecord>) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Job { events, reply })
+            .map_err(|_| ApiError::Unavailable {
+                message: "event ingestion is saturated; retry shortly".into(),
+                retry_after_s: 1,
+            })?;
+        answer.await.map_err(|_| ApiError::Unavailable {
+            message: "the event writer stopped".into(),
+            retry_after_s: 5,
+        })?
+    }
+}
+
+async fn run(db: Db, telemetry: Arc<Telemetry>, mut receiver: mpsc::Receiver<Job>) {
+    while let Some(first) = receiver.recv().await {
+        let mut size = first.events.len();
+        let mut jobs = vec![first];
+        while size < GROUP {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    size += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let written = write(&db, &jobs).await;
+        match written {
+            Ok((inserted, head)) => {
+                telemetry.log_head.fetch_max(head, Ordering::Relaxed);
+                // Attribute each inserted id to its first occurrence; later copies in the
+                // same group are duplicates.
+                let mut unclaimed: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+                for job in jobs {
+                    let flags: Vec<bool> = job
+                        .events
+                        .iter()
+                        .map(|e| unclaimed.remove(e.event_id.as_str()))
+                        .collect();
+                    let _ = job.reply.send(Ok(flags));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, events = size, "writing events failed");
+                let unavailable = crate::db::is_unavailable(&error);
+                for job in jobs {
+                    let reply = if unavailable {
+                        ApiError::Unavailable {
+                            message: "the event store is unavailable".into(),
+                            retry_after_s: 5,
+                        }
+                    } else {
+                        ApiError::Internal(anyhow::anyhow!("writing events: {error}"))
+                    };
+                    let _ = job.reply.send(Err(reply));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole group. Returns the inserted ids and the highest sequence.
+async fn write(db: &Db, jobs: &[Job]) -> Result<(Vec<String>, i64), sqlx::Error> {
+    let events: Vec<&EventRecord> = jobs.iter().flat_map(|j| j.events.iter()).collect();
+    let mut tx = db.begin_write().await?;
+    let (inserted, head) = store::events::insert_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok((inserted, head))
+}

@@ -1,0 +1,78 @@
+//! The guardrail monitor. On a schedule it computes every running experiment's guardrail
+//! checks (always-valid one-sided tests, so checking often does not inflate false alarms)
+//! and pauses an experiment whose treatment degrades a guardrail: the pause publishes a
+//! snapshot so edges and browsers stop assigning it, and the audit log and the webhook (via
+//! the outbox) receive the evidence.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::api::analysis_support::{LifecycleBody, apply, results_of};
+use crate::error::ApiResult;
+use crate::model::experiment::{Action, Status};
+use crate::{AppState, store};
+
+pub const ACTOR: &str = "guardrail-monitor";
+
+pub fn spawn(state: AppState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(
+            state.settings.guardrail_interval_s.max(1),
+        ));
+        loop {
+            tick.tick().await;
+            match check_all(&state).await {
+                Ok(paused) if !paused.is_empty() => {
+                    tracing::warn!(?paused, "guardrail monitor paused experiments")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "guardrail check failed"),
+            }
+        }
+    });
+}
+
+/// Checks every running experiment with guardrails; returns the keys of those it paused.
+pub async fn check_all(state: &AppState) -> ApiResult<Vec<String>> {
+    let mut conn = state.db.pool.acquire().await?;
+    let running = store::experiments::with_status(&mut conn, &[Status::Running]).await?;
+    let mut paused = Vec::new();
+    for experiment in running.iter().filter(|e| !e.guardrail_metrics.is_empty()) {
+        let results = results_of(&mut conn, &experiment.id, false).await?;
+        let Some(alarm) = results.guardrails.iter().find(|g| g.status == "alarm") else {
+            continue;
+        };
+        let reason = format!(
+            "guardrail {} degraded in {}: harmful effect {:.4} (z = {:.2}, always-valid p = {:.2e})",
+            alarm.metric, alarm.variant, alarm.harmful_effect, alarm.z, alarm.p_value
+        );
+        let evidence = json!({"key": experiment.key, "alarm": alarm, "guardrails": results.guardrails, "srm": results.srm});
+        let id = experiment.id.clone();
+        drop(conn);
+        state
+            .mutate(async |tx| {
+                let body = LifecycleBody {
+                    ship: None,
+                    reason: Some(reason.clone()),
+                };
+                let updated = apply(tx, ACTOR, &id, Action::Pause, &body).await?;
+                store::record(
+                    tx,
+                    store::Change {
+                        actor: ACTOR,
+                        action: "experiment.guardrail_alarm",
+                        entity_type: "experiment",
+                        entity_id: &updated.id,
+                        details: evidence.clone(),
+                    },
+                )
+                .await?;
+                Ok(())
+            })
+            .await?;
+        paused.push(experiment.key.clone());
+        conn = state.db.pool.acquire().await?;
+    }
+    Ok(paused)
+}

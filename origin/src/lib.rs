@@ -1,0 +1,385 @@
+//! abx-origin: the admin API, configuration store and snapshot publisher.
+//!
+//! `app(state)` builds the whole HTTP surface, so tests drive it in-process;
+//! `AppState::start` connects the database, applies migrations, loads or creates the signing
+//! key and the first admin key, and publishes the current configuration.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod guardrails;
+pub mod model;
+pub mod outbox;
+pub mod pipeline;
+pub mod publish;
+pub mod results;
+pub mod store;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use sqlx::AnyConnection;
+use tokio::sync::broadcast;
+
+pub use api::app;
+use auth::{KeyCache, Limit, RateLimiter, Role};
+use db::{Backend, Db};
+use error::{ApiError, ApiResult};
+use publish::Published;
+
+/// Everything the origin is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite://…`; default: SQLite at `{data_dir}/abx.db`.
+    pub database_url: Option<String>,
+    /// Ed25519 seed, 64 hex digits; default: created in `{data_dir}/signing.key`.
+    pub signing_key: Option<String>,
+    /// Registered as an admin key at start (for automated deployments).
+    pub bootstrap_admin_key: Option<String>,
+    pub admin_rate: Limit,
+    pub sdk_rate: Limit,
+    /// Receives outbox events (experiment lifecycle, guardrail alarms) as JSON POSTs.
+    pub webhook_url: Option<String>,
+    /// `Cache-Control: max-age` of the snapshot.
+    pub snapshot_max_age_s: u32,
+    pub max_connections: u32,
+    /// Raw events are kept (and deduplicated) this long; older timestamps are refused.
+    pub event_retention_days: i64,
+    /// Event requests get 503 while more events than this wait for the pipeline.
+    pub max_pipeline_lag: i64,
+    /// Whether this process runs the metric pipeline.
+    pub run_pipeline: bool,
+    /// Events the pipeline consumes per transaction.
+    pub pipeline_batch: i64,
+    /// Seconds between guardrail checks.
+    pub guardrail_interval_s: u64,
+}
+
+impl Settings {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            signing_key: None,
+            bootstrap_admin_key: None,
+            admin_rate: Limit {
+                per_second: 50.0,
+                burst: 200.0,
+            },
+            sdk_rate: Limit {
+                per_second: 5_000.0,
+                burst: 10_000.0,
+            },
+            webhook_url: None,
+            snapshot_max_age_s: 10,
+            max_connections: 8,
+            event_retention_days: 7,
+            max_pipeline_lag: 2_000_000,
+            run_pipeline: true,
+            pipeline_batch: 50_000,
+            guardrail_interval_s: 60,
+        }
+    }
+
+    pub fn event_window(&self) -> events::Window {
+        events::Window {
+            max_age_ms: self.event_retention_days * clock::DAY_MS,
+            max_future_ms: clock::DAY_MS,
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("abx.db").display()
+            )
+        })
+    }
+}
+
+/// Shared state of a running origin. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub db: Db,
+    pub settings: Settings,
+    pub keys: KeyCache,
+    pub limiter: RateLimiter,
+    published: RwLock<Arc<Published>>,
+    /// Serialises configuration changes so snapshot versions follow commit order.
+    write_lock: tokio::sync::Mutex<()>,
+    changes: broadcast::Sender<u64>,
+    signing_seed: [u8; 32],
+    pub public_key: [u8; 32],
+    pub telemetry: Arc<telemetry::Telemetry>,
+    pub writer: events::writer::Writer,
+    /// Idempotency keys whose first request is still running.
+    pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What `start` reports back to the binary.
+pub struct Started {
+    pub state: AppState,
+    /// A newly created admin key, to print once.
+    pub new_admin_key: Option<String>,
+}
+
+impl AppState {
+    pub async fn start(settings: Settings) -> anyhow::Result<Started> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let db = Db::connect(&settings.database_url(), settings.max_connections)
+            .await
+            .context("connecting to the database")?;
+        db.migrate().await?;
+        let signing_seed = signing_seed(&settings)?;
+        let (changes, _) = broadcast::channel(64);
+        let telemetry = Arc::new(telemetry::Telemetry::default());
+        let writer = events::writer::Writer::spawn(db.clone(), telemetry.clone());
+        let state = AppState(Arc::new(Shared {
+            telemetry,
+            writer,
+            limiter: RateLimiter::new(settings.admin_rate, settings.sdk_rate),
+            keys: KeyCache::default(),
+            published: RwLock::new(Arc::new(publish::genesis())),
+            write_lock: tokio::sync::Mutex::new(()),
+            changes,
+            public_key: abx_core::public_key(&signing_seed),
+            in_flight: Default::default(),
+            signing_seed,
+            settings,
+            db,
+        }));
+        let new_admin_key = state.bootstrap_admin().await?;
+        state.reload_keys().await?;
+        state.load_or_publish().await?;
+        Ok(Started {
+            state,
+            new_admin_key,
+        })
+    }
+
+    /// Runs the background work: key refresh, outbox delivery, housekeeping.
+    pub fn spawn_background(&self) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                if let Err(error) = state.reload_keys().await {
+                    tracing::warn!(%error, "refreshing API keys failed");
+                }
+                if let Err(error) = state.housekeeping().await {
+                    tracing::warn!(%error, "housekeeping failed");
+                }
+            }
+        });
+        outbox::spawn(self.clone());
+        if self.settings.run_pipeline {
+            pipeline::spawn(self.clone());
+            guardrails::spawn(self.clone());
+        }
+    }
+
+    async fn housekeeping(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.begin_write().await?;
+        store::prune_snapshots(&mut tx, 1_000).await?;
+        store::prune_idempotency_keys(&mut tx, clock::now_ms() - clock::DAY_MS).await?;
+        tx.commit().await
+    }
+
+    pub fn published(&self) -> Arc<Published> {
+        self.published
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn install(&self, published: Published) {
+        let version = published.version;
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(published);
+        // Nobody listening is fine.
+        let _ = self.changes.send(version);
+        tracing::info!(version, "published snapshot");
+    }
+
+    pub async fn reload_keys(&self) -> Result<(), sqlx::Error> {
+        let mut conn = self.db.pool.acquire().await?;
+        self.keys.replace(store::active_keys(&mut conn).await?);
+        Ok(())
+    }
+
+    /// Runs a configuration change: in one transaction it applies `change` (which records
+    /// its audit and outbox rows), compiles and stores the resulting snapshot, and commits;
+    /// then the new snapshot goes live. Changes are serialised.
+    pub async fn mutate<T>(
+        &self,
+        change: impl AsyncFnOnce(&mut AnyConnection) -> ApiResult<T>,
+    ) -> ApiResult<T> {
+        let _serial = self.write_lock.lock().await;
+        let mut tx = self.db.begin_write().await?;
+        if self.db.backend == Backend::Postgres {
+            // Serialises changes across origin processes sharing one PostgreSQL database.
+            sqlx::query("SELECT pg_advisory_xact_lock(727411)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let value = change(&mut tx).await?;
+        let current = self.published();
+        let next = publish::prepare(&mut tx, &current, &self.signing_seed, false)
+            .await
+            .map_err(ApiError::Internal)?;
+        tx.commit().await?;
+        if let Some(next) = next {
+            self.install(next);
+        }
+        Ok(value)
+    }
+
+    /// At start: serve the newest stored snapshot if it still matches the configuration
+    /// and is signed by the current key; otherwise publish afresh.
+    async fn load_or_publish(&self) -> anyhow::Result<()> {
+        let mut conn = self.db.pool.acquire().await?;
+        if let Some(stored) = store::latest_snapshot(&mut conn).await? {
+            match Published::from_bytes(&stored) {
+                Ok(published) => {
+                    let signed_by_us =
+                        abx_core::decode_verified(&stored.bytes, &self.public_key).is_ok();
+                    *self.published.write().unwrap_or_else(|e| e.into_inner()) =
+                        Arc::new(published);
+                    if !signed_by_us {
+                        tracing::warn!(
+                            "the stored snapshot is not signed by the current key; republishing"
+                        );
+                    }
+                    drop(conn);
+                    return self.republish(!signed_by_us).await;
+                }
+                Err(error) => tracing::warn!(%error, "ignoring the stored snapshot"),
+            }
+        }
+        drop(conn);
+        self.republish(true).await
+    }
+
+    /// Publishes the current configuration (only if it changed, unless `force`).
+    pub async fn republish(&self, force: bool) -> anyhow::Result<()> {
+        let _serial = self.write_lock.lock().await;
+        let mut tx = self.db.begin_write().await?;
+        let current = self.published();
+        let next = publish::prepare(&mut tx, &current, &self.signing_seed, force).await?;
+        tx.commit().await?;
+        if let Some(next) = next {
+            self.install(next);
+        }
+        Ok(())
+    }
+
+    /// Makes sure an admin key exists: registers `bootstrap_admin_key` if given, and creates
+    /// one if no admin key exists at all (returned so the binary can print it once).
+    async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
+        let mut conn = self.db.pool.acquire().await?;
+        if let Some(secret) = &self.settings.bootstrap_admin_key {
+            if secret.len() < 16 {
+                bail!("ABX_BOOTSTRAP_ADMIN_KEY must be at least 16 characters");
+            }
+            let key = auth::key_from_secret(secret);
+            if !store::active_keys(&mut conn).await?.contains_key(&key.hash) {
+                store::insert_key(
+                    &mut conn,
+                    &model::new_id(),
+                    "bootstrap admin",
+                    Role::Admin,
+                    &key,
+                )
+                .await?;
+            }
+            return Ok(None);
+        }
+        if store::count_admin_keys(&mut conn).await? > 0 {
+            return Ok(None);
+        }
+        let key = auth::generate_key(Role::Admin);
+        store::insert_key(
+            &mut conn,
+            &model::new_id(),
+            "first admin",
+            Role::Admin,
+            &key,
+        )
+        .await?;
+        Ok(Some(key.secret))
+    }
+}
+
+/// The snapshot signing seed: given, or read from (and on first start written to) the data
+/// directory with owner-only permissions.
+fn signing_seed(settings: &Settings) -> anyhow::Result<[u8; 32]> {
+    if let Some(hex) = &settings.signing_key {
+        return parse_seed(hex).context("ABX_SIGNING_KEY must be 64 hex digits");
+    }
+    let path = settings.data_dir.join("signing.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return parse_seed(text.trim())
+            .with_context(|| format!("{} is not 64 hex digits", path.display()));
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow!("random seed: {e}"))?;
+    write_private(&path, &auth::hex(&seed))?;
+    Ok(seed)
+}
+
+fn parse_seed(hex: &str) -> anyhow::Result<[u8; 32]> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("expected 64 hex digits");
+    }
+    let mut seed = [0u8; 32];
+    for (i, byte) in seed.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(seed)
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! `abx-origin serve` runs the origin; `abx-origin keys create` makes API keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use abx_origin::auth::{self, Limit, Role};
+use abx_origin::{AppState, Settings, app, db, model, store};
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+mod bench;
+mod demo;
+
+// The event path allocates per row and per bound value (sqlx, SQLite, serde); mimalloc's
+// thread-local heaps cut that cost substantially compared with the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "abx-origin",
+    version,
+    about = "The abx origin: admin API, snapshots, events and results"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the origin (API and console).
+    Serve(ServeArgs),
+    /// Manages API keys directly in the database.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Sends bounded, batched event load to an origin and reports throughput and latency.
+    BenchIngest(bench::Args),
+    /// Starts an origin with demo data and a few days of simulated traffic.
+    Demo(demo::Args),
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Where the embedded SQLite database and the signing key live.
+    #[arg(long, env = "ABX_DATA_DIR", default_value = "./abx-data")]
+    data_dir: PathBuf,
+    /// `postgres://user@host/db` for PostgreSQL; default: SQLite in the data directory.
+    #[arg(long, env = "ABX_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long, env = "ABX_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Ed25519 signing seed (64 hex digits); default: created in the data directory.
+    #[arg(long, env = "ABX_SIGNING_KEY", hide_env_values = true)]
+    signing_key: Option<String>,
+    /// Registered as an admin key at start, for automated deployments.
+    #[arg(long, env = "ABX_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
+    bootstrap_admin_key: Option<String>,
+    /// Receives lifecycle and guardrail events as JSON POSTs.
+    #[arg(long, env = "ABX_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Requests per second allowed per admin or viewer key.
+    #[arg(long, env = "ABX_ADMIN_RATE_LIMIT", default_value_t = 50.0)]
+    admin_rate_limit: f64,
+    /// Requests per second allowed per sdk key.
+    #[arg(long, env = "ABX_SDK_RATE_LIMIT", default_value_t = 5_000.0)]
+    sdk_rate_limit: f64,
+    /// `Cache-Control: max-age` of the snapshot, in seconds.
+    #[arg(long, env = "ABX_SNAPSHOT_MAX_AGE", default_value_t = 10)]
+    snapshot_max_age: u32,
+    /// Days raw events are kept and deduplicated; older event timestamps are refused.
+    #[arg(long, env = "ABX_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    event_retention_days: i64,
+    /// Do not run the metric pipeline in this process (another process runs it).
+    #[arg(long, env = "ABX_NO_PIPELINE", value_parser = clap::builder::BoolishValueParser::new())]
+    no_pipeline: bool,
+    /// Events the pipeline consumes per transaction.
+    #[arg(long, env = "ABX_PIPELINE_BATCH", default_value_t = 50_000)]
+    pipeline_batch: i64,
+    /// Seconds between guardrail checks of running experiments.
+    #[arg(long, env = "ABX_GUARDRAIL_INTERVAL", default_value_t = 60)]
+    guardrail_interval: u64,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Creates a key and prints its secret once.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::BenchIngest(args) => bench::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    store: location,
+                    role,
+                    name,
+                },
+        } => {
+            let Some(role) = Role::parse(&role) else {
+                bail!("--role must be admin, viewer or sdk")
+            };
+            let mut settings = Settings::new(&location.data_dir);
+            settings.database_url = location.database_url;
+            std::fs::create_dir_all(&settings.data_dir)?;
+            let database = db::Db::connect(&settings.database_url(), 1)
+                .await
+                .context("connecting to the database")?;
+            database.migrate().await?;
+            let key = auth::generate_key(role);
+            let mut conn = database.pool.acquire().await?;
+            store::insert_key(&mut conn, &model::new_id(), &name, role, &key).await?;
+            println!("{}", key.secret);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::new(&args.store.data_dir);
+    settings.listen = args.listen;
+    settings.database_url = args.store.database_url;
+    settings.signing_key = args.signing_key;
+    settings.bootstrap_admin_key = args.bootstrap_admin_key;
+    settings.webhook_url = args.webhook_url;
+    settings.admin_rate = Limit {
+        per_second: args.admin_rate_limit,
+        burst: args.admin_rate_limit * 4.0,
+    };
+    settings.sdk_rate = Limit {
+        per_second: args.sdk_rate_limit,
+        burst: args.sdk_rate_limit * 2.0,
+    };
+    settings.snapshot_max_age_s = args.snapshot_max_age;
+    settings.event_retention_days = args.event_retention_days;
+    settings.run_pipeline = !args.no_pipeline;
+    settings.pipeline_batch = args.pipeline_batch;
+    settings.guardrail_interval_s = args.guardrail_interval;
+
+    let started = AppState::start(settings.clone()).await?;
+    if let Some(secret) = &started.new_admin_key {
+        println!("Created the first admin key. It is shown only this once:\n\n    {secret}\n");
+    }
+    started.state.spawn_background();
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    println!(
+        "abx origin listening on http://{} (snapshot v{})",
+        settings.listen,
+        started.state.published().version
+    );
+    axum::serve(listener, app(started.state))
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

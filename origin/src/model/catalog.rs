@@ -1,0 +1,292 @@
+//! The smaller configuration objects: layers, holdouts, segments and metric definitions.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::{check_key, check_text, percent_to_bp, targeting};
+use crate::error::{ApiError, FieldError};
+
+fn finish<T>(value: T, errors: Vec<FieldError>) -> Result<T, ApiError> {
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(ApiError::Unprocessable(errors))
+    }
+}
+
+fn texts(
+    name: &Option<String>,
+    key: &str,
+    description: &Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> (String, String) {
+    let name = name.clone().unwrap_or_else(|| key.to_string());
+    let description = description.clone().unwrap_or_default();
+    check_text(&name, "name", 200, errors);
+    check_text(&description, "description", 10_000, errors);
+    (name, description)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LayerInput {
+    pub key: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The unit attribute all of the layer's experiments randomize by. Default `user_id`.
+    #[serde(default)]
+    pub unit: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSpec {
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub unit: String,
+}
+
+pub fn validate_layer(input: &LayerInput) -> Result<LayerSpec, ApiError> {
+    let mut errors = Vec::new();
+    check_key(&input.key, "key", &mut errors);
+    let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
+    let unit = input.unit.clone().unwrap_or_else(|| "user_id".into());
+    if !targeting::valid_attribute(&unit) {
+        errors.push(FieldError::new("unit", "must be an attribute name"));
+    }
+    finish(
+        LayerSpec {
+            key: input.key.clone(),
+            name,
+            description,
+            unit,
+        },
+        errors,
+    )
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldoutInput {
+    pub key: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Percent of units held out of every experiment that respects this holdout.
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldoutSpec {
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub percent_bp: u16,
+}
+
+pub fn validate_holdout(input: &HoldoutInput) -> Result<HoldoutSpec, ApiError> {
+    let mut errors = Vec::new();
+    check_key(&input.key, "key", &mut errors);
+    let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
+    let percent_bp = percent_to_bp(input.percent, "percent", &mut errors);
+    finish(
+        HoldoutSpec {
+            key: input.key.clone(),
+            name,
+            description,
+            percent_bp,
+        },
+        errors,
+    )
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentInput {
+    pub key: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[schema(value_type = Object)]
+    pub condition: Json,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentSpec {
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub condition: Json,
+}
+
+/// `segments` gives the total depth of every other segment; a reference back to this
+/// segment's own key is a cycle.
+pub fn validate_segment(
+    input: &SegmentInput,
+    segments: &std::collections::HashMap<String, u32>,
+    reaches: impl Fn(&str, &str) -> bool,
+) -> Result<SegmentSpec, ApiError> {
+    let mut errors = Vec::new();
+    check_key(&input.key, "key", &mut errors);
+    let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
+    let mut others = segments.clone();
+    others.remove(&input.key);
+    let referenced = targeting::validate(&input.condition, "condition", &others, &mut errors);
+    for key in referenced {
+        if reaches(&key, &input.key) {
+            errors.push(FieldError::new(
+                "condition",
+                format!("segment `{key}` refers back to `{}`: a cycle", input.key),
+            ));
+        }
+    }
+    finish(
+        SegmentSpec {
+            key: input.key.clone(),
+            name,
+            description,
+            condition: input.condition.clone(),
+        },
+        errors,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// Share of exposed units with at least one event of `event_type`.
+    Conversion,
+    /// Mean over exposed units of each unit's summed values (units without events count 0).
+    Mean,
+    /// Like `mean`, reported as totals per unit; analysed as the per-unit mean.
+    Sum,
+    /// Σ values of `event_type` / Σ values of `denominator_event_type`, per unit, analysed
+    /// with the delta method.
+    Ratio,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Conversion => "conversion",
+            MetricKind::Mean => "mean",
+            MetricKind::Sum => "sum",
+            MetricKind::Ratio => "ratio",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MetricKind> {
+        [
+            MetricKind::Conversion,
+            MetricKind::Mean,
+            MetricKind::Sum,
+            MetricKind::Ratio,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Higher is better (conversion, revenue).
+    Increase,
+    /// Lower is better (crashes, latency).
+    Decrease,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Increase => "increase",
+            Direction::Decrease => "decrease",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Direction> {
+        [Direction::Increase, Direction::Decrease]
+            .into_iter()
+            .find(|d| d.as_str() == text)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricInput {
+    pub key: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub kind: MetricKind,
+    /// The event type counted (numerator for ratios), e.g. `conversion`, `revenue`.
+    pub event_type: String,
+    /// Denominator event type, for ratio metrics only.
+    #[serde(default)]
+    pub denominator_event_type: Option<String>,
+    /// Which direction is good. Default `increase`.
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    /// For guardrails: how many standard errors of harmful movement trigger an alarm
+    /// (default 2, as in the seed).
+    #[serde(default)]
+    pub guardrail_threshold: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricSpec {
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub kind: MetricKind,
+    pub event_type: String,
+    pub denominator_event_type: Option<String>,
+    pub direction: Direction,
+    pub guardrail_threshold: Option<f64>,
+}
+
+pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, ApiError> {
+    let mut errors = Vec::new();
+    check_key(&input.key, "key", &mut errors);
+    let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
+    check_key(&input.event_type, "event_type", &mut errors);
+    match (&input.kind, &input.denominator_event_type) {
+        (MetricKind::Ratio, None) => errors.push(FieldError::new(
+            "denominator_event_type",
+            "ratio metrics need a denominator event type",
+        )),
+        (MetricKind::Ratio, Some(d)) => check_key(d, "denominator_event_type", &mut errors),
+        (_, Some(_)) => errors.push(FieldError::new(
+            "denominator_event_type",
+            "only ratio metrics have a denominator",
+        )),
+        (_, None) => {}
+    }
+    if input
+        .guardrail_threshold
+        .is_some_and(|t| !(t.is_finite() && t > 0.0 && t <= 10.0))
+    {
+        errors.push(FieldError::new(
+            "guardrail_threshold",
+            "between 0 and 10 standard errors",
+        ));
+    }
+    finish(
+        MetricSpec {
+            key: input.key.clone(),
+            name,
+            description,
+            kind: input.kind,
+            event_type: input.event_type.clone(),
+            denominator_event_type: input.denominator_event_type.clone(),
+            direction: input.direction.unwrap_or(Direction::Increase),
+            guardrail_threshold: input.guardrail_threshold,
+        },
+        errors,
+    )
+}

@@ -1,0 +1,76 @@
+//! Domain types of the admin API and their validation. Nothing here does IO; handlers load
+//! what validation needs (known layers, metrics, segments) and pass it in.
+
+pub mod catalog;
+pub mod experiment;
+pub mod flag;
+pub mod slots;
+pub mod targeting;
+
+use serde::Serialize;
+
+use crate::error::FieldError;
+
+/// Converts a percentage with at most two decimals to basis points.
+pub fn percent_to_bp(percent: f64, field: &str, errors: &mut Vec<FieldError>) -> u16 {
+    let bp = percent * 100.0;
+    if !(0.0..=10_000.0).contains(&bp) || !percent.is_finite() {
+        errors.push(FieldError::new(field, "must be between 0 and 100"));
+        return 0;
+    }
+    if (bp - bp.round()).abs() > 1e-6 {
+        errors.push(FieldError::new(field, "at most two decimals"));
+    }
+    bp.round() as u16
+}
+
+pub fn bp_to_percent(bp: i64) -> f64 {
+    bp as f64 / 100.0
+}
+
+/// Keys of experiments, layers, flags, metrics, segments and holdouts: stable identifiers
+/// used in URLs, SDK calls and snapshots.
+pub fn check_key(key: &str, field: &str, errors: &mut Vec<FieldError>) {
+    let ok = !key.is_empty()
+        && key.len() <= 100
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !ok {
+        errors.push(FieldError::new(
+            field,
+            "1-100 characters: letters, digits, `_`, `-`, `.`, starting with a letter or digit",
+        ));
+    }
+}
+
+pub fn check_text(text: &str, field: &str, max: usize, errors: &mut Vec<FieldError>) {
+    if text.chars().count() > max {
+        errors.push(FieldError::new(field, format!("at most {max} characters")));
+    }
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A list page: `next_cursor` continues the listing when more items exist.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Checks a page size: 1 to 500, default 100.
+pub fn page_limit(limit: Option<u32>) -> Result<i64, crate::error::ApiError> {
+    match limit.unwrap_or(100) {
+        n @ 1..=500 => Ok(i64::from(n)),
+        _ => Err(crate::error::ApiError::bad_request(
+            "limit must be between 1 and 500",
+        )),
+    }
+}

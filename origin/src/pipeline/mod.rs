@@ -1,0 +1,302 @@
+//! The metric pipeline: consumes the event log in order and maintains the per-unit state
+//! and the rollups that results are computed from.
+//!
+//! Each batch is one transaction that also advances the stored cursor, so a crash at any
+//! point leaves either the whole batch applied or none of it: restarting resumes from the
+//! cursor without loss or double counting. Attribution rules (docs/statistics.md):
+//! a unit's metric events count toward the variant of its first exposure in an experiment,
+//! and only events at or after that exposure (earlier ones form the CUPED covariate); units
+//! exposed to two variants are excluded from the analysis and counted.
+
+mod batch;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sqlx::AnyConnection;
+
+use crate::model::catalog::MetricKind;
+use crate::model::experiment::Status;
+use crate::store::events::{self as event_store, Logged, Sums};
+use crate::{AppState, clock, store};
+use batch::Batch;
+
+pub const CURSOR: &str = "rollups";
+const RETRY_BATCH: i64 = 500;
+/// An event that fails this many times becomes a dead letter.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// How one experiment's events are attributed and rolled up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentPlan {
+    pub variants: Vec<String>,
+    pub unit_attribute: String,
+    pub switchback_period_s: Option<u32>,
+    pub metrics: Vec<MetricPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricPlan {
+    pub key: String,
+    pub kind: MetricKind,
+    pub event_type: String,
+    pub denominator: Option<String>,
+}
+
+impl ExperimentPlan {
+    fn signature(&self) -> String {
+        let keys: Vec<String> = self
+            .metrics
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}:{}:{}",
+                    m.key,
+                    m.kind.as_str(),
+                    m.event_type,
+                    m.denominator.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        keys.join(",")
+    }
+}
+
+/// Plans of every experiment that may still receive events (archived ones do not).
+pub async fn load_plans(
+    conn: &mut AnyConnection,
+) -> Result<HashMap<String, ExperimentPlan>, sqlx::Error> {
+    let metrics: HashMap<String, MetricPlan> = store::catalog::metrics(conn, None)
+        .await?
+        .into_iter()
+        .map(|m| {
+            let plan = MetricPlan {
+                key: m.key.clone(),
+                kind: m.kind,
+                event_type: m.event_type,
+                denominator: m.denominator_event_type,
+            };
+            (m.key, plan)
+        })
+        .collect();
+    let experiments = store::experiments::all_published(conn).await?;
+    Ok(experiments
+        .into_iter()
+        .filter(|e| e.status != Status::Archived)
+        .map(|e| {
+            let mut keys: Vec<&String> = std::iter::once(&e.primary_metric)
+                .chain(&e.secondary_metrics)
+                .chain(&e.guardrail_metrics)
+                .collect();
+            let mut seen = HashSet::new();
+            keys.retain(|k| seen.insert(*k));
+            let plan = ExperimentPlan {
+                variants: e.variants.iter().map(|v| v.name.clone()).collect(),
+                unit_attribute: e.unit.clone(),
+                switchback_period_s: e.switchback_period_s,
+                metrics: keys
+                    .into_iter()
+                    .filter_map(|k| metrics.get(k).cloned())
+                    .collect(),
+            };
+            (e.id, plan)
+        })
+        .collect())
+}
+
+/// Whole days since the epoch (UTC).
+pub fn day(ms: i64) -> i64 {
+    ms.div_euclid(clock::DAY_MS)
+}
+
+/// The pipeline task: processes batches until the log is drained, then waits briefly.
+pub fn spawn(state: AppState) {
+    tokio::spawn(async move {
+        let mut last_prune = std::time::Instant::now();
+        loop {
+            match run_once(&state).await {
+                Ok(0) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "pipeline batch failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = std::time::Instant::now();
+                if let Err(error) = prune(&state).await {
+                    tracing::warn!(%error, "pruning raw events failed");
+                }
+            }
+        }
+    });
+}
+
+async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
+    let mut conn = state.db.begin_write().await?;
+    let position = event_store::cursor(&mut conn, CURSOR).await?;
+    // One day beyond the accepted age, so that no retried copy can outlive its original.
+    let cutoff = clock::now_ms() - state.settings.event_window().max_age_ms - clock::DAY_MS;
+    let removed = event_store::prune_events(&mut conn, position, cutoff).await?;
+    conn.commit().await?;
+    if removed > 0 {
+        tracing::info!(removed, "pruned raw events past retention");
+    }
+    Ok(())
+}
+
+/// Processes one batch (retries first, then new events); returns how many events it handled.
+///
+/// The pipeline is the only writer of its tables, so it reads and computes outside any
+/// transaction and then writes everything, with the cursor, in one short transaction. The
+/// cursor moves by compare-and-set: should a second pipeline share the database, one of
+/// them rolls back instead of double counting.
+pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
+    let started = std::time::Instant::now();
+    let mut conn = state.db.pool.acquire().await?;
+    let plans = load_plans(&mut conn).await?;
+    rebuild_changed(state, &mut conn, &plans).await?;
+    let position = event_store::cursor(&mut conn, CURSOR).await?;
+    let now = clock::now_ms();
+    let retries = event_store::due_retries(&mut conn, now, RETRY_BATCH).await?;
+    let attempts: HashMap<i64, i64> = retries.iter().copied().collect();
+    let retried = event_store::read_seqs(
+        &mut conn,
+        &retries.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+    )
+    .await?;
+    let fresh =
+        event_store::read_after(&mut conn, position, state.settings.pipeline_batch.max(1)).await?;
+    if retried.is_empty() && fresh.is_empty() {
+        state
+            .telemetry
+            .pipeline_position
+            .store(position, Ordering::Relaxed);
+        return Ok(0);
+    }
+    let new_position = fresh.last().map_or(position, |e| e.seq);
+
+    let read = started.elapsed();
+    let mut batch = Batch::load(&mut conn, &plans, &retried, &fresh).await?;
+    drop(conn);
+    let loaded = started.elapsed();
+    let mut succeeded = Vec::new();
+    let mut failures: Vec<(&Logged, String)> = Vec::new();
+    for event in &retried {
+        match batch.apply(event, position) {
+            Ok(()) => succeeded.push(event.seq),
+            Err(reason) => failures.push((event, reason)),
+        }
+    }
+    for event in &fresh {
+        if let Err(reason) = batch.apply(event, event.seq - 1) {
+            failures.push((event, reason));
+        }
+    }
+
+    let applied = started.elapsed();
+    let mut tx = state.db.begin_write().await?;
+    if !event_store::advance_cursor(&mut tx, CURSOR, position, new_position).await? {
+        tracing::warn!(
+            position,
+            "the pipeline cursor moved underneath this batch; another pipeline is running"
+        );
+        return Ok(0);
+    }
+    batch.write(&mut tx).await?;
+    for seq in succeeded {
+        event_store::clear_retry(&mut tx, seq).await?;
+    }
+    let mut dead = 0;
+    for (event, reason) in &failures {
+        let tries = attempts.get(&event.seq).copied().unwrap_or(0) + 1;
+        if tries >= MAX_ATTEMPTS {
+            event_store::add_dead_letter(&mut tx, event.seq, &event.event_id, reason, tries)
+                .await?;
+            dead += 1;
+        } else {
+            // 1 s, then 4 s: enough for configuration that lags the events to arrive.
+            let backoff = 1_000 * 4i64.pow(tries as u32 - 1);
+            event_store::set_retry(&mut tx, event.seq, tries, reason, now + backoff).await?;
+        }
+    }
+    tx.commit().await?;
+
+    let handled = retried.len() + fresh.len();
+    tracing::debug!(
+        events = handled,
+        read_ms = read.as_millis() as u64,
+        load_ms = (loaded - read).as_millis() as u64,
+        apply_ms = (applied - loaded).as_millis() as u64,
+        write_ms = (started.elapsed() - applied).as_millis() as u64,
+        "pipeline batch"
+    );
+    crate::telemetry::Telemetry::add(&state.telemetry.events_processed, handled);
+    crate::telemetry::Telemetry::add(&state.telemetry.events_dead_lettered, dead);
+    state
+        .telemetry
+        .pipeline_position
+        .store(new_position, Ordering::Relaxed);
+    state
+        .telemetry
+        .log_head
+        .fetch_max(new_position, Ordering::Relaxed);
+    Ok(handled)
+}
+
+/// Rebuilds the metric rollups of experiments whose metric list changed since they were
+/// built, from the per-unit totals. Rebuilt history is attributed to exposure days.
+async fn rebuild_changed(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    plans: &HashMap<String, ExperimentPlan>,
+) -> Result<(), sqlx::Error> {
+    let built = event_store::rollup_plans(conn).await?;
+    for (experiment_id, plan) in plans {
+        let signature = plan.signature();
+        if built.get(experiment_id) == Some(&signature) {
+            continue;
+        }
+        if built.contains_key(experiment_id) {
+            tracing::info!(experiment_id, "metrics changed; rebuilding rollups");
+        }
+        let mut tx = state.db.begin_write().await?;
+        rebuild(&mut tx, experiment_id, plan).await?;
+        event_store::set_rollup_plan(&mut tx, experiment_id, &signature).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Recomputes an experiment's metric rollups from scratch.
+pub async fn rebuild(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    plan: &ExperimentPlan,
+) -> Result<(), sqlx::Error> {
+    let units = event_store::experiment_units(conn, experiment_id).await?;
+    let mut sums: BTreeMap<(String, String, i64), Sums> = BTreeMap::new();
+    for (exposure, totals) in units.values() {
+        let values = batch::metric_values(plan, |event_type| {
+            totals.get(event_type).copied().unwrap_or_default()
+        });
+        for (metric, (x, y, c)) in plan.metrics.iter().zip(values) {
+            let entry = sums
+                .entry((
+                    exposure.variant.clone(),
+                    metric.key.clone(),
+                    day(exposure.first_exposure_ms),
+                ))
+                .or_default();
+            entry.add(&batch::contribution((0.0, 0.0, 0.0), (x, y, c)));
+        }
+    }
+    let rows: Vec<event_store::MetricDelta<'_>> = sums
+        .iter()
+        .map(|((variant, metric, d), s)| {
+            ((experiment_id, variant.as_str(), metric.as_str(), *d), *s)
+        })
+        .collect();
+    event_store::replace_metric_rollups(conn, experiment_id, &rows).await
+}

@@ -1,0 +1,349 @@
+//! Snapshot publishing. Every configuration change compiles the whole configuration into a
+//! snapshot inside the change's own transaction, so a change and its snapshot commit (or
+//! roll back) together; the new snapshot then replaces the one in memory and is announced
+//! on the change stream.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use abx_core::snapshot::{
+    Allocation, Experiment as CoreExperiment, Flag as CoreFlag, FlagRule as CoreRule, FlagValue,
+    Forced, Id, SlotRange, Status as CoreStatus, Variant,
+};
+use abx_core::{Evaluator, Snapshot, SnapshotBuilder};
+use anyhow::{Context as _, anyhow};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+
+use crate::clock;
+use crate::model::experiment::Status;
+use crate::model::targeting;
+use crate::store::catalog::{Holdout, Layer, Segment};
+use crate::store::experiments::Experiment;
+use crate::store::flags::Flag;
+use crate::store::{self, StoredSnapshot};
+
+/// The snapshot currently served.
+#[derive(Debug)]
+pub struct Published {
+    pub version: u64,
+    pub published_at_ms: i64,
+    /// Strong ETag, quoted.
+    pub etag: String,
+    pub bytes: Arc<[u8]>,
+    pub evaluator: Evaluator,
+    json: OnceLock<String>,
+}
+
+impl Published {
+    pub fn from_bytes(stored: &StoredSnapshot) -> anyhow::Result<Published> {
+        let evaluator =
+            Evaluator::from_bytes(&stored.bytes).map_err(|e| anyhow!("stored snapshot: {e}"))?;
+        Ok(Published {
+            version: stored.version as u64,
+            published_at_ms: stored.published_at_ms,
+            etag: stored.etag.clone(),
+            bytes: stored.bytes.clone().into(),
+            evaluator,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The readable twin, rendered on first request.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            serde_json::to_string_pretty(self.evaluator.snapshot()).unwrap_or_default()
+        })
+    }
+}
+
+pub fn etag(version: u64, bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{version}-{short}\"")
+}
+
+/// Everything a snapshot is compiled from.
+pub struct Config {
+    pub layers: Vec<Layer>,
+    pub holdouts: Vec<Holdout>,
+    pub segments: Vec<Segment>,
+    pub experiments: Vec<Experiment>,
+    pub flags: Vec<Flag>,
+}
+
+pub async fn load_config(conn: &mut AnyConnection) -> Result<Config, sqlx::Error> {
+    Ok(Config {
+        layers: store::catalog::layers(conn, None).await?,
+        holdouts: store::catalog::holdouts(conn, None).await?,
+        segments: store::catalog::segments(conn, None).await?,
+        experiments: store::experiments::all_published(conn).await?,
+        flags: store::flags::flags(conn, None).await?,
+    })
+}
+
+fn id(text: &str) -> anyhow::Result<Id> {
+    Id::parse(text).ok_or_else(|| anyhow!("stored id {text} is not a UUID"))
+}
+
+fn status(s: Status) -> CoreStatus {
+    match s {
+        Status::Draft => CoreStatus::Draft,
+        Status::Running => CoreStatus::Running,
+        Status::Paused => CoreStatus::Paused,
+        Status::Completed => CoreStatus::Completed,
+        Status::Archived => CoreStatus::Archived,
+    }
+}
+
+/// Segments ordered so that every segment comes after the segments it refers to.
+fn segments_in_dependency_order(segments: &[Segment]) -> anyhow::Result<Vec<&Segment>> {
+    let by_key: HashMap<&str, &Segment> = segments.iter().map(|s| (s.key.as_str(), s)).collect();
+    let mut ordered: Vec<&Segment> = Vec::with_capacity(segments.len());
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    fn visit<'a>(
+        segment: &'a Segment,
+        by_key: &HashMap<&str, &'a Segment>,
+        done: &mut BTreeSet<&'a str>,
+        path: &mut Vec<&'a str>,
+        ordered: &mut Vec<&'a Segment>,
+    ) -> anyhow::Result<()> {
+        if done.contains(segment.key.as_str()) {
+            return Ok(());
+        }
+        if path.contains(&segment.key.as_str()) {
+            return Err(anyhow!("segment reference cycle through {}", segment.key));
+        }
+        path.push(&segment.key);
+        let mut references = BTreeSet::new();
+        targeting::references(&segment.condition, &mut references);
+        for key in references {
+            let child = by_key
+                .get(key.as_str())
+                .ok_or_else(|| anyhow!("segment {} refers to unknown {key}", segment.key))?;
+            visit(child, by_key, done, path, ordered)?;
+        }
+        path.pop();
+        done.insert(&segment.key);
+        ordered.push(segment);
+        Ok(())
+    }
+    for segment in segments {
+        visit(segment, &by_key, &mut done, &mut Vec::new(), &mut ordered)?;
+    }
+    Ok(ordered)
+}
+
+/// Compiles the configuration. `version` and `published_at_ms` stamp the result.
+pub fn compile(config: &Config, version: u64, published_at_ms: i64) -> anyhow::Result<Snapshot> {
+    let mut b = SnapshotBuilder::new(version, published_at_ms);
+    let layers: HashMap<&str, u32> = config
+        .layers
+        .iter()
+        .map(|l| Ok((l.id.as_str(), b.layer(id(&l.id)?, &l.key))))
+        .collect::<anyhow::Result<_>>()?;
+    let holdouts: HashMap<&str, u32> = config
+        .holdouts
+        .iter()
+        .map(|h| Ok((h.id.as_str(), b.holdout(id(&h.id)?, &h.key, h.percent_bp))))
+        .collect::<anyhow::Result<_>>()?;
+    let mut segments: HashMap<String, u32> = HashMap::new();
+    for segment in segments_in_dependency_order(&config.segments)? {
+        let expr = targeting::compile(&segment.condition, &segments)
+            .map_err(|e| anyhow!("segment {}: {e}", segment.key))?;
+        let index = b.segment(id(&segment.id)?, &segment.key, &expr);
+        segments.insert(segment.key.clone(), index);
+    }
+
+    let mut experiment_index: HashMap<&str, u32> = HashMap::new();
+    for e in &config.experiments {
+        let unit = b.attribute(&e.unit);
+        let targeting = match &e.targeting {
+            Some(condition) => {
+                let expr = targeting::compile(condition, &segments)
+                    .map_err(|err| anyhow!("experiment {}: {err}", e.key))?;
+                Some(b.condition(&expr))
+            }
+            None => None,
+        };
+        // Only running and paused experiments own slots; the others never reach the traffic
+        // step, so they are published with a plain traffic gate and do not constrain the
+        // layer's shared unit.
+        let allocation = match (&e.layer_id, e.status.holds_slots()) {
+            (Some(layer), true) => Allocation::Layer {
+                layer: *layers.get(layer.as_str()).context("experiment's layer")?,
+                ranges: e
+                    .slots
+                    .iter()
+                    .map(|&(start, end)| SlotRange { start, end })
+                    .collect(),
+            },
+            _ => Allocation::Traffic { bp: e.traffic_bp },
+        };
+        let ends = abx_core::thresholds(&e.weights_bp)
+            .ok_or_else(|| anyhow!("experiment {}: weights", e.key))?;
+        let variants: Vec<Variant> = e
+            .variants
+            .iter()
+            .zip(ends)
+            .map(|(v, threshold)| Variant {
+                key: b.string(&v.name),
+                threshold,
+                config: v.config.to_string(),
+            })
+            .collect();
+        let position = |name: &str| {
+            e.variants
+                .iter()
+                .position(|v| v.name == name)
+                .map(|p| p as u32)
+        };
+        let forced = e
+            .forced
+            .iter()
+            .filter_map(|(unit, variant)| {
+                Some(Forced {
+                    unit: unit.clone(),
+                    variant: position(variant)?,
+                })
+            })
+            .collect();
+        let holdout = e
+            .holdout_id
+            .as_deref()
+            .and_then(|h| holdouts.get(h).copied());
+        let index = b.experiment(CoreExperiment {
+            id: id(&e.id)?,
+            key: e.key.clone(),
+            status: status(e.status),
+            unit,
+            targeting,
+            holdout,
+            allocation,
+            variants,
+            forced,
+            shipped: e.shipped_variant.as_deref().and_then(position),
+            switchback_period_s: e.switchback_period_s,
+        });
+        experiment_index.insert(e.key.as_str(), index);
+    }
+
+    for f in &config.flags {
+        let unit = b.attribute(&f.unit);
+        let mut rules = Vec::with_capacity(f.rules.len());
+        for rule in &f.rules {
+            let condition = match rule.condition.as_ref().filter(|c| !c.is_null()) {
+                Some(c) => Some(
+                    b.condition(
+                        &targeting::compile(c, &segments)
+                            .map_err(|err| anyhow!("flag {}: {err}", f.key))?,
+                    ),
+                ),
+                None => None,
+            };
+            let value = match (&rule.value, &rule.from_experiment) {
+                (Some(value), _) => FlagValue::Json(value.to_string()),
+                (None, Some(from)) => {
+                    // A rule whose experiment has been archived drops out of the snapshot.
+                    let Some(&experiment) = experiment_index.get(from.experiment.as_str()) else {
+                        continue;
+                    };
+                    let source = config
+                        .experiments
+                        .iter()
+                        .find(|e| e.key == from.experiment)
+                        .context("flag's experiment")?;
+                    let values = source
+                        .variants
+                        .iter()
+                        .map(|v| match &from.config_key {
+                            Some(key) => {
+                                v.config.get(key).cloned().unwrap_or(Json::Null).to_string()
+                            }
+                            None => v.config.to_string(),
+                        })
+                        .collect();
+                    FlagValue::Experiment { experiment, values }
+                }
+                (None, None) => continue,
+            };
+            rules.push(CoreRule {
+                condition,
+                rollout_bp: (rule.rollout_percent * 100.0).round() as u16,
+                value,
+            });
+        }
+        b.flag(CoreFlag {
+            key: f.key.clone(),
+            enabled: f.enabled,
+            unit,
+            off_value: f.off_value.to_string(),
+            default_value: f.default_value.to_string(),
+            rules,
+        });
+    }
+    Ok(b.build())
+}
+
+/// Whether two snapshots differ in anything but their version stamp.
+fn same_content(a: &Snapshot, b: &Snapshot) -> bool {
+    let strip = |s: &Snapshot| Snapshot {
+        snapshot_version: 0,
+        published_at_ms: 0,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Compiles, validates, signs and stores a new snapshot in the caller's transaction, unless
+/// the configuration compiles to the snapshot already published. Returns what to install
+/// once the transaction commits.
+pub async fn prepare(
+    conn: &mut AnyConnection,
+    current: &Published,
+    signing_seed: &[u8; 32],
+    force: bool,
+) -> anyhow::Result<Option<Published>> {
+    let config = load_config(conn).await?;
+    let version = current.version + 1;
+    let now = clock::now_ms();
+    let snapshot = compile(&config, version, now)?;
+    if !force && same_content(&snapshot, current.evaluator.snapshot()) {
+        return Ok(None);
+    }
+    let bytes = abx_core::encode_signed(&snapshot, signing_seed);
+    // The core validates exactly what every runtime will: a snapshot the runtimes would
+    // refuse is never published, and the change that produced it rolls back.
+    let evaluator =
+        Evaluator::new(snapshot).map_err(|e| anyhow!("compiled snapshot is invalid: {e}"))?;
+    let stored = StoredSnapshot {
+        version: version as i64,
+        published_at_ms: now,
+        etag: etag(version, &bytes),
+        bytes,
+    };
+    store::insert_snapshot(conn, &stored).await?;
+    Ok(Some(Published {
+        version,
+        published_at_ms: now,
+        etag: stored.etag,
+        bytes: stored.bytes.into(),
+        evaluator,
+        json: OnceLock::new(),
+    }))
+}
+
+/// The empty snapshot a brand-new origin starts from (version 0, never stored).
+pub fn genesis() -> Published {
+    let snapshot = SnapshotBuilder::new(0, 0).build();
+    let bytes = abx_core::encode(&snapshot);
+    Published {
+        version: 0,
+        published_at_ms: 0,
+        etag: etag(0, &bytes),
+        bytes: bytes.into(),
+        evaluator: Evaluator::new(snapshot).expect("the empty snapshot is valid"),
+        json: OnceLock::new(),
+    }
+}

@@ -1,0 +1,461 @@
+//! Layers (with their slot map), holdouts, segments and metric definitions.
+
+use serde::Serialize;
+use serde_json::Value as Json;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::json_column;
+use crate::clock;
+use crate::model::bp_to_percent;
+use crate::model::catalog::{
+    Direction, HoldoutSpec, LayerSpec, MetricKind, MetricSpec, SegmentSpec,
+};
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SlotOwner {
+    pub experiment_id: String,
+    pub experiment_key: String,
+    pub status: String,
+    pub start_percent: f64,
+    pub end_percent: f64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Layer {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub unit: String,
+    /// Slot ranges owned by running and paused experiments, in order.
+    pub allocations: Vec<SlotOwner>,
+    pub free_percent: f64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Layer {
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            unit: self.unit.clone(),
+        }
+    }
+}
+
+pub async fn insert_layer(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &LayerSpec,
+) -> Result<(), sqlx::Error> {
+    let now = clock::now_ms();
+    sqlx::query(
+        "INSERT INTO layers (id, key, name, description, unit, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(id)
+    .bind(&spec.key)
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(&spec.unit)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn update_layer(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &LayerSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE layers SET name = $1, description = $2, unit = $3, updated_at_ms = $4 WHERE id = $5")
+        .bind(&spec.name)
+        .bind(&spec.description)
+        .bind(&spec.unit)
+        .bind(clock::now_ms())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// All layers with their allocations; `reference` limits to one layer by id or key.
+pub async fn layers(
+    conn: &mut AnyConnection,
+    reference: Option<&str>,
+) -> Result<Vec<Layer>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, key, name, description, unit, created_at_ms, updated_at_ms FROM layers
+         WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
+    )
+    .bind(reference.unwrap_or(""))
+    .fetch_all(&mut *conn)
+    .await?;
+    let allocations = sqlx::query(
+        "SELECT a.layer_id, a.experiment_id, e.key, e.status, a.start_bp, a.end_bp
+         FROM layer_allocations a JOIN experiments e ON e.id = a.experiment_id ORDER BY a.layer_id, a.start_bp",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let mut owners = Vec::new();
+        let mut used: i64 = 0;
+        for a in &allocations {
+            let layer_id: String = a.try_get("layer_id")?;
+            if layer_id != id {
+                continue;
+            }
+            let start: i64 = a.try_get("start_bp")?;
+            let end: i64 = a.try_get("end_bp")?;
+            used += end - start;
+            owners.push(SlotOwner {
+                experiment_id: a.try_get("experiment_id")?,
+                experiment_key: a.try_get("key")?,
+                status: a.try_get("status")?,
+                start_percent: bp_to_percent(start),
+                end_percent: bp_to_percent(end),
+            });
+        }
+        out.push(Layer {
+            id,
+            key: row.try_get("key")?,
+            name: row.try_get("name")?,
+            description: row.try_get("description")?,
+            unit: row.try_get("unit")?,
+            allocations: owners,
+            free_percent: bp_to_percent(10_000 - used),
+            created_at: clock::rfc3339(row.try_get("created_at_ms")?),
+            updated_at: clock::rfc3339(row.try_get("updated_at_ms")?),
+        });
+    }
+    Ok(out)
+}
+
+/// Allocated ranges of a layer with the experiment owning each.
+pub async fn layer_ranges(
+    conn: &mut AnyConnection,
+    layer_id: &str,
+) -> Result<Vec<(String, u16, u16)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT experiment_id, start_bp, end_bp FROM layer_allocations WHERE layer_id = $1 ORDER BY start_bp")
+        .bind(layer_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let start: i64 = r.try_get("start_bp")?;
+            let end: i64 = r.try_get("end_bp")?;
+            Ok((r.try_get("experiment_id")?, start as u16, end as u16))
+        })
+        .collect()
+}
+
+pub async fn set_allocations(
+    conn: &mut AnyConnection,
+    layer_id: &str,
+    experiment_id: &str,
+    ranges: &[(u16, u16)],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM layer_allocations WHERE experiment_id = $1")
+        .bind(experiment_id)
+        .execute(&mut *conn)
+        .await?;
+    for (start, end) in ranges {
+        sqlx::query("INSERT INTO layer_allocations (layer_id, experiment_id, start_bp, end_bp) VALUES ($1, $2, $3, $4)")
+            .bind(layer_id)
+            .bind(experiment_id)
+            .bind(i64::from(*start))
+            .bind(i64::from(*end))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Holdout {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub percent: f64,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip)]
+    pub percent_bp: u16,
+}
+
+impl Holdout {
+    pub fn spec(&self) -> HoldoutSpec {
+        HoldoutSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            percent_bp: self.percent_bp,
+        }
+    }
+}
+
+pub async fn insert_holdout(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &HoldoutSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO holdouts (id, key, name, description, percent_bp, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(id)
+    .bind(&spec.key)
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(i64::from(spec.percent_bp))
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn update_holdout(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &HoldoutSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE holdouts SET name = $1, description = $2, percent_bp = $3, updated_at_ms = $4 WHERE id = $5")
+        .bind(&spec.name)
+        .bind(&spec.description)
+        .bind(i64::from(spec.percent_bp))
+        .bind(clock::now_ms())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn holdouts(
+    conn: &mut AnyConnection,
+    reference: Option<&str>,
+) -> Result<Vec<Holdout>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, key, name, description, percent_bp, created_at_ms, updated_at_ms FROM holdouts
+         WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
+    )
+    .bind(reference.unwrap_or(""))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let bp: i64 = r.try_get("percent_bp")?;
+            Ok(Holdout {
+                id: r.try_get("id")?,
+                key: r.try_get("key")?,
+                name: r.try_get("name")?,
+                description: r.try_get("description")?,
+                percent: bp_to_percent(bp),
+                percent_bp: bp as u16,
+                created_at: clock::rfc3339(r.try_get("created_at_ms")?),
+                updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Segment {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    #[schema(value_type = Object)]
+    pub condition: Json,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Segment {
+    pub fn spec(&self) -> SegmentSpec {
+        SegmentSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            condition: self.condition.clone(),
+        }
+    }
+}
+
+pub async fn insert_segment(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &SegmentSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO segments (id, key, name, description, condition, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(id)
+    .bind(&spec.key)
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(spec.condition.to_string())
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn update_segment(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &SegmentSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE segments SET name = $1, description = $2, condition = $3, updated_at_ms = $4 WHERE id = $5")
+        .bind(&spec.name)
+        .bind(&spec.description)
+        .bind(spec.condition.to_string())
+        .bind(clock::now_ms())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn segments(
+    conn: &mut AnyConnection,
+    reference: Option<&str>,
+) -> Result<Vec<Segment>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, key, name, description, condition, created_at_ms, updated_at_ms FROM segments
+         WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
+    )
+    .bind(reference.unwrap_or(""))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Segment {
+                id: r.try_get("id")?,
+                key: r.try_get("key")?,
+                name: r.try_get("name")?,
+                description: r.try_get("description")?,
+                condition: json_column(r, "condition")?,
+                created_at: clock::rfc3339(r.try_get("created_at_ms")?),
+                updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Metric {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub kind: MetricKind,
+    pub event_type: String,
+    pub denominator_event_type: Option<String>,
+    pub direction: Direction,
+    pub guardrail_threshold: Option<f64>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Metric {
+    pub fn spec(&self) -> MetricSpec {
+        MetricSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            kind: self.kind,
+            event_type: self.event_type.clone(),
+            denominator_event_type: self.denominator_event_type.clone(),
+            direction: self.direction,
+            guardrail_threshold: self.guardrail_threshold,
+        }
+    }
+}
+
+pub async fn insert_metric(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &MetricSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO metrics (id, key, name, description, kind, event_type, denominator_event_type, direction,
+                              guardrail_threshold, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+    )
+    .bind(id)
+    .bind(&spec.key)
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(spec.kind.as_str())
+    .bind(&spec.event_type)
+    .bind(spec.denominator_event_type.as_deref())
+    .bind(spec.direction.as_str())
+    .bind(spec.guardrail_threshold)
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn update_metric(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &MetricSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE metrics SET name = $1, description = $2, kind = $3, event_type = $4, denominator_event_type = $5,
+                direction = $6, guardrail_threshold = $7, updated_at_ms = $8 WHERE id = $9",
+    )
+    .bind(&spec.name)
+    .bind(&spec.description)
+    .bind(spec.kind.as_str())
+    .bind(&spec.event_type)
+    .bind(spec.denominator_event_type.as_deref())
+    .bind(spec.direction.as_str())
+    .bind(spec.guardrail_threshold)
+    .bind(clock::now_ms())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn metric(r: &AnyRow) -> Result<Metric, sqlx::Error> {
+    let kind: String = r.try_get("kind")?;
+    let direction: String = r.try_get("direction")?;
+    Ok(Metric {
+        id: r.try_get("id")?,
+        key: r.try_get("key")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        kind: MetricKind::parse(&kind)
+            .ok_or_else(|| sqlx::Error::Decode(format!("metric kind {kind}").into()))?,
+        event_type: r.try_get("event_type")?,
+        denominator_event_type: r.try_get("denominator_event_type")?,
+        direction: Direction::parse(&direction)
+            .ok_or_else(|| sqlx::Error::Decode(format!("direction {direction}").into()))?,
+        guardrail_threshold: r.try_get("guardrail_threshold")?,
+        created_at: clock::rfc3339(r.try_get("created_at_ms")?),
+        updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
+    })
+}
+
+pub async fn metrics(
+    conn: &mut AnyConnection,
+    reference: Option<&str>,
+) -> Result<Vec<Metric>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, key, name, description, kind, event_type, denominator_event_type, direction, guardrail_threshold,
+                created_at_ms, updated_at_ms
+         FROM metrics WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
+    )
+    .bind(reference.unwrap_or(""))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(metric).collect()
+}

@@ -1,0 +1,881 @@
+//! The event log, per-unit attribution state, rollups, retries and dead letters. Statements
+//! are batched (multi-row VALUES lists) because the pipeline handles thousands of events
+//! per transaction.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::placeholders;
+use crate::clock;
+use crate::events::{EventRecord, Kind};
+
+/// Rows per multi-row statement: keeps every statement under SQLite's 32,766 parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+/// Keys per lookup (`IN` list): one parameter each.
+const KEYS_PER_QUERY: usize = 5_000;
+
+/// Appends events, skipping ids already logged. Returns the ids actually inserted and the
+/// highest sequence number in the log afterwards.
+///
+/// Duplicates are rare (client retries), so rather than streaming every inserted id back
+/// with `RETURNING`, each statement's affected-row count is checked and only a chunk that
+/// had duplicates is looked up again.
+pub async fn insert_events(
+    conn: &mut AnyConnection,
+    events: &[&EventRecord],
+) -> Result<(Vec<String>, i64), sqlx::Error> {
+    let head_before = max_seq(conn).await?;
+    let mut inserted = Vec::with_capacity(events.len());
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(conn, 9, i * 9)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value)
+             VALUES {} ON CONFLICT (event_id) DO NOTHING",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for e in chunk {
+            let (kind, experiment_id, variant, event_type) = match &e.kind {
+                Kind::Exposure {
+                    experiment_id,
+                    variant,
+                } => (
+                    "exposure",
+                    Some(experiment_id.as_str()),
+                    Some(variant.as_str()),
+                    None,
+                ),
+                Kind::Metric { event_type } => ("metric", None, None, Some(event_type.as_str())),
+            };
+            query = query
+                .bind(e.event_id.as_str())
+                .bind(e.received_at_ms)
+                .bind(e.ts_ms)
+                .bind(kind)
+                .bind(e.unit_key.as_str())
+                .bind(experiment_id)
+                .bind(variant)
+                .bind(event_type)
+                .bind(e.value);
+        }
+        let affected = query.execute(&mut *conn).await?.rows_affected() as usize;
+        if affected == chunk.len() {
+            inserted.extend(chunk.iter().map(|e| e.event_id.clone()));
+            continue;
+        }
+        // Some were duplicates: the new ones are those logged by this transaction.
+        let sql = format!(
+            "SELECT event_id FROM events WHERE event_id IN ({}) AND seq > {}",
+            placeholders(conn, chunk.len(), 0),
+            placeholders(conn, 1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for e in chunk {
+            query = query.bind(e.event_id.as_str());
+        }
+        for row in query.bind(head_before).fetch_all(&mut *conn).await? {
+            inserted.push(row.try_get("event_id")?);
+        }
+    }
+    let head = if inserted.is_empty() {
+        head_before
+    } else {
+        max_seq(conn).await?
+    };
+    Ok((inserted, head))
+}
+
+/// An event read back from the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logged {
+    pub seq: i64,
+    pub event_id: String,
+    pub received_at_ms: i64,
+    pub ts_ms: i64,
+    pub kind: Kind,
+    pub unit_key: String,
+    pub value: f64,
+}
+
+const LOGGED: &str = "seq, event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value";
+
+fn logged(row: &AnyRow) -> Result<Logged, sqlx::Error> {
+    let kind: String = row.try_get("kind")?;
+    let kind = match kind.as_str() {
+        "exposure" => Kind::Exposure {
+            experiment_id: row.try_get("experiment_id")?,
+            variant: row.try_get("variant")?,
+        },
+        _ => Kind::Metric {
+            event_type: row.try_get("event_type")?,
+        },
+    };
+    Ok(Logged {
+        seq: row.try_get("seq")?,
+        event_id: row.try_get("event_id")?,
+        received_at_ms: row.try_get("received_at_ms")?,
+        ts_ms: row.try_get("ts_ms")?,
+        kind,
+        unit_key: row.try_get("unit_key")?,
+        value: row.try_get("value")?,
+    })
+}
+
+/// A bind parameter of a packed query.
+enum Param<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+/// Runs `SELECT {columns} {rest}` and receives every row in one JSON array of arrays built
+/// by the database. sqlx's SQLite driver hands each result row from its worker thread to the
+/// async runtime separately, which dominated the pipeline's time on reads of thousands of
+/// rows; one packed row costs a single hand-off and a fast parse.
+async fn fetch_packed<T: serde::de::DeserializeOwned>(
+    conn: &mut AnyConnection,
+    columns: &str,
+    rest: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<T>, sqlx::Error> {
+    let sql = if conn.backend_name() == "SQLite" {
+        format!(
+            "SELECT COALESCE(json_group_array(json_array({columns})), '[]') AS packed FROM (SELECT {columns} {rest}) AS t"
+        )
+    } else {
+        format!(
+            "SELECT COALESCE(json_agg(json_build_array({columns})), '[]'::json)::text AS packed FROM (SELECT {columns} {rest}) AS t"
+        )
+    };
+    let mut query = sqlx::query(&sql);
+    for param in params {
+        query = match param {
+            Param::Int(i) => query.bind(*i),
+            Param::Text(t) => query.bind(*t),
+        };
+    }
+    let packed: String = query.fetch_one(&mut *conn).await?.try_get("packed")?;
+    serde_json::from_str(&packed).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+type LoggedTuple = (
+    i64,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    f64,
+);
+
+fn from_tuple(t: LoggedTuple) -> Logged {
+    let (
+        seq,
+        event_id,
+        received_at_ms,
+        ts_ms,
+        kind,
+        unit_key,
+        experiment_id,
+        variant,
+        event_type,
+        value,
+    ) = t;
+    let kind = match kind.as_str() {
+        "exposure" => Kind::Exposure {
+            experiment_id: experiment_id.unwrap_or_default(),
+            variant: variant.unwrap_or_default(),
+        },
+        _ => Kind::Metric {
+            event_type: event_type.unwrap_or_default(),
+        },
+    };
+    Logged {
+        seq,
+        event_id,
+        received_at_ms,
+        ts_ms,
+        kind,
+        unit_key,
+        value,
+    }
+}
+
+/// Reads logged events by packed query, in log order.
+async fn read_packed(
+    conn: &mut AnyConnection,
+    rest: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<Logged>, sqlx::Error> {
+    let rows: Vec<LoggedTuple> = fetch_packed(conn, LOGGED, rest, params).await?;
+    let mut events: Vec<Logged> = rows.into_iter().map(from_tuple).collect();
+    // Aggregates do not promise to keep the subquery's order.
+    events.sort_by_key(|e| e.seq);
+    Ok(events)
+}
+
+pub async fn read_after(
+    conn: &mut AnyConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Logged>, sqlx::Error> {
+    let rest = format!(
+        "FROM events WHERE seq > {} ORDER BY seq LIMIT {}",
+        placeholders(conn, 1, 0),
+        placeholders(conn, 1, 1)
+    );
+    read_packed(conn, &rest, &[Param::Int(after), Param::Int(limit)]).await
+}
+
+pub async fn read_seqs(conn: &mut AnyConnection, seqs: &[i64]) -> Result<Vec<Logged>, sqlx::Error> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(KEYS_PER_QUERY) {
+        let rest = format!(
+            "FROM events WHERE seq IN ({})",
+            placeholders(conn, chunk.len(), 0)
+        );
+        let params: Vec<Param<'_>> = chunk.iter().map(|s| Param::Int(*s)).collect();
+        out.extend(read_packed(conn, &rest, &params).await?);
+    }
+    out.sort_by_key(|e| e.seq);
+    Ok(out)
+}
+
+pub async fn find_event(
+    conn: &mut AnyConnection,
+    event_id: &str,
+) -> Result<Option<Logged>, sqlx::Error> {
+    let sql = format!("SELECT {LOGGED} FROM events WHERE event_id = $1");
+    sqlx::query(&sql)
+        .bind(event_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .as_ref()
+        .map(logged)
+        .transpose()
+}
+
+/// Metric events of these units logged up to `max_seq`, for late attribution.
+pub async fn metric_events_of(
+    conn: &mut AnyConnection,
+    unit_keys: &[String],
+    max_seq: i64,
+) -> Result<Vec<Logged>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in unit_keys.chunks(KEYS_PER_QUERY) {
+        let rest = format!(
+            "FROM events WHERE unit_key IN ({}) AND kind = 'metric' AND seq <= {}",
+            placeholders(conn, chunk.len(), 0),
+            placeholders(conn, 1, chunk.len())
+        );
+        let mut params: Vec<Param<'_>> = chunk.iter().map(|k| Param::Text(k)).collect();
+        params.push(Param::Int(max_seq));
+        out.extend(read_packed(conn, &rest, &params).await?);
+    }
+    out.sort_by_key(|e| e.seq);
+    Ok(out)
+}
+
+pub async fn max_seq(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM events")
+        .fetch_one(&mut *conn)
+        .await?;
+    row.try_get("m")
+}
+
+/// Receipt time of the oldest event after `position` (for the lag in seconds).
+pub async fn oldest_after(
+    conn: &mut AnyConnection,
+    position: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row = sqlx::query("SELECT received_at_ms FROM events WHERE seq > $1 ORDER BY seq LIMIT 1")
+        .bind(position)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| r.try_get("received_at_ms")).transpose()
+}
+
+pub async fn cursor(conn: &mut AnyConnection, name: &str) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT position FROM pipeline_cursors WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("position")).transpose()?.unwrap_or(0))
+}
+
+/// Moves a cursor from `from` to `to`; false if it was not at `from`.
+pub async fn advance_cursor(
+    conn: &mut AnyConnection,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("INSERT INTO pipeline_cursors (name, position, updated_at_ms) VALUES ($1, 0, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(clock::now_ms())
+        .execute(&mut *conn)
+        .await?;
+    let moved = sqlx::query("UPDATE pipeline_cursors SET position = $1, updated_at_ms = $2 WHERE name = $3 AND position = $4")
+        .bind(to)
+        .bind(clock::now_ms())
+        .bind(name)
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+pub async fn set_cursor(
+    conn: &mut AnyConnection,
+    name: &str,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pipeline_cursors (name, position, updated_at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(name)
+    .bind(position)
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exposure {
+    pub variant: String,
+    pub first_exposure_ms: i64,
+    pub multiple: bool,
+}
+
+pub async fn exposures_of(
+    conn: &mut AnyConnection,
+    unit_keys: &[String],
+) -> Result<Vec<(String, String, Exposure)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in unit_keys.chunks(KEYS_PER_QUERY) {
+        let rest = format!(
+            "FROM exposures WHERE unit_key IN ({})",
+            placeholders(conn, chunk.len(), 0)
+        );
+        let params: Vec<Param<'_>> = chunk.iter().map(|k| Param::Text(k)).collect();
+        let rows: Vec<(String, String, String, i64, i64)> = fetch_packed(
+            conn,
+            "unit_key, experiment_id, variant, first_exposure_ms, multiple",
+            &rest,
+            &params,
+        )
+        .await?;
+        out.extend(rows.into_iter().map(
+            |(unit, experiment, variant, first_exposure_ms, multiple)| {
+                (
+                    unit,
+                    experiment,
+                    Exposure {
+                        variant,
+                        first_exposure_ms,
+                        multiple: multiple != 0,
+                    },
+                )
+            },
+        ));
+    }
+    Ok(out)
+}
+
+pub async fn upsert_exposures(
+    conn: &mut AnyConnection,
+    rows: &[(&str, &str, &Exposure)],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(conn, 5, i * 5)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO exposures (unit_key, experiment_id, variant, first_exposure_ms, multiple) VALUES {}
+             ON CONFLICT (unit_key, experiment_id) DO UPDATE SET variant = excluded.variant,
+                 first_exposure_ms = excluded.first_exposure_ms, multiple = excluded.multiple",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (unit, experiment, e) in chunk {
+            query = query
+                .bind(*unit)
+                .bind(*experiment)
+                .bind(e.variant.as_str())
+                .bind(e.first_exposure_ms)
+                .bind(i64::from(e.multiple));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// A unit's totals for one experiment and event type.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub post_sum: f64,
+    pub post_count: i64,
+    pub pre_sum: f64,
+    pub pre_count: i64,
+}
+
+pub async fn unit_totals_of(
+    conn: &mut AnyConnection,
+    unit_keys: &[String],
+) -> Result<Vec<(String, String, String, Totals)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in unit_keys.chunks(KEYS_PER_QUERY) {
+        let rest = format!(
+            "FROM unit_metrics WHERE unit_key IN ({})",
+            placeholders(conn, chunk.len(), 0)
+        );
+        let params: Vec<Param<'_>> = chunk.iter().map(|k| Param::Text(k)).collect();
+        let rows: Vec<(String, String, String, f64, i64, f64, i64)> = fetch_packed(
+            conn,
+            "unit_key, experiment_id, event_type, post_sum, post_count, pre_sum, pre_count",
+            &rest,
+            &params,
+        )
+        .await?;
+        out.extend(rows.into_iter().map(
+            |(unit, experiment, event_type, post_sum, post_count, pre_sum, pre_count)| {
+                (
+                    unit,
+                    experiment,
+                    event_type,
+                    Totals {
+                        post_sum,
+                        post_count,
+                        pre_sum,
+                        pre_count,
+                    },
+                )
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn totals(row: &AnyRow) -> Result<Totals, sqlx::Error> {
+    Ok(Totals {
+        post_sum: row.try_get("post_sum")?,
+        post_count: row.try_get("post_count")?,
+        pre_sum: row.try_get("pre_sum")?,
+        pre_count: row.try_get("pre_count")?,
+    })
+}
+
+pub async fn upsert_unit_totals(
+    conn: &mut AnyConnection,
+    rows: &[(&str, &str, &str, Totals)],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(conn, 7, i * 7)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO unit_metrics (unit_key, experiment_id, event_type, post_sum, post_count, pre_sum, pre_count) VALUES {}
+             ON CONFLICT (unit_key, experiment_id, event_type) DO UPDATE SET post_sum = excluded.post_sum,
+                 post_count = excluded.post_count, pre_sum = excluded.pre_sum, pre_count = excluded.pre_count",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (unit, experiment, event_type, t) in chunk {
+            query = query
+                .bind(*unit)
+                .bind(*experiment)
+                .bind(*event_type)
+                .bind(t.post_sum)
+                .bind(t.post_count)
+                .bind(t.pre_sum)
+                .bind(t.pre_count);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// A change to the exposure rollup: (experiment id, variant, day) → (units, multiple).
+pub type ExposureDelta<'a> = ((&'a str, &'a str, i64), (i64, i64));
+/// A change to the metric rollup: (experiment id, variant, metric, day) → sums.
+pub type MetricDelta<'a> = ((&'a str, &'a str, &'a str, i64), Sums);
+
+/// Additive changes to the exposure rollup.
+pub async fn add_exposure_rollups(
+    conn: &mut AnyConnection,
+    deltas: &[ExposureDelta<'_>],
+) -> Result<(), sqlx::Error> {
+    for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(conn, 5, i * 5)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO exposure_rollups (experiment_id, variant, day, units, multiple) VALUES {}
+             ON CONFLICT (experiment_id, variant, day) DO UPDATE SET units = exposure_rollups.units + excluded.units,
+                 multiple = exposure_rollups.multiple + excluded.multiple",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for ((experiment, variant, day), (units, multiple)) in chunk {
+            query = query
+                .bind(*experiment)
+                .bind(*variant)
+                .bind(*day)
+                .bind(*units)
+                .bind(*multiple);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Sufficient statistics of one metric for one variant (x: value, y: ratio denominator,
+/// c: pre-exposure covariate), summed over units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Sums {
+    pub sum_x: f64,
+    pub sum_x2: f64,
+    pub sum_y: f64,
+    pub sum_y2: f64,
+    pub sum_xy: f64,
+    pub sum_c: f64,
+    pub sum_c2: f64,
+    pub sum_xc: f64,
+}
+
+impl Sums {
+    pub fn add(&mut self, other: &Sums) {
+        self.sum_x += other.sum_x;
+        self.sum_x2 += other.sum_x2;
+        self.sum_y += other.sum_y;
+        self.sum_y2 += other.sum_y2;
+        self.sum_xy += other.sum_xy;
+        self.sum_c += other.sum_c;
+        self.sum_c2 += other.sum_c2;
+        self.sum_xc += other.sum_xc;
+    }
+}
+
+pub async fn add_metric_rollups(
+    conn: &mut AnyConnection,
+    deltas: &[MetricDelta<'_>],
+) -> Result<(), sqlx::Error> {
+    for chunk in deltas.chunks(ROWS_PER_STATEMENT / 2) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(conn, 12, i * 12)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO metric_rollups (experiment_id, variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc)
+             VALUES {} ON CONFLICT (experiment_id, variant, metric, day) DO UPDATE SET
+                 sum_x = metric_rollups.sum_x + excluded.sum_x, sum_x2 = metric_rollups.sum_x2 + excluded.sum_x2,
+                 sum_y = metric_rollups.sum_y + excluded.sum_y, sum_y2 = metric_rollups.sum_y2 + excluded.sum_y2,
+                 sum_xy = metric_rollups.sum_xy + excluded.sum_xy, sum_c = metric_rollups.sum_c + excluded.sum_c,
+                 sum_c2 = metric_rollups.sum_c2 + excluded.sum_c2, sum_xc = metric_rollups.sum_xc + excluded.sum_xc",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for ((experiment, variant, metric, day), s) in chunk {
+            query = query
+                .bind(*experiment)
+                .bind(*variant)
+                .bind(*metric)
+                .bind(*day)
+                .bind(s.sum_x)
+                .bind(s.sum_x2)
+                .bind(s.sum_y)
+                .bind(s.sum_y2)
+                .bind(s.sum_xy)
+                .bind(s.sum_c)
+                .bind(s.sum_c2)
+                .bind(s.sum_xc);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Exposure rollup rows of an experiment: (variant, day, units, multiple).
+pub async fn exposure_rollups(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+) -> Result<Vec<(String, i64, i64, i64)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT variant, day, units, multiple FROM exposure_rollups WHERE experiment_id = $1 ORDER BY day, variant")
+        .bind(experiment_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("variant")?,
+                r.try_get("day")?,
+                r.try_get("units")?,
+                r.try_get("multiple")?,
+            ))
+        })
+        .collect()
+}
+
+/// Metric rollup rows of an experiment: (variant, metric, day, sums).
+pub async fn metric_rollups(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+) -> Result<Vec<(String, String, i64, Sums)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc
+         FROM metric_rollups WHERE experiment_id = $1 ORDER BY day, variant, metric",
+    )
+    .bind(experiment_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("variant")?,
+                r.try_get("metric")?,
+                r.try_get("day")?,
+                Sums {
+                    sum_x: r.try_get("sum_x")?,
+                    sum_x2: r.try_get("sum_x2")?,
+                    sum_y: r.try_get("sum_y")?,
+                    sum_y2: r.try_get("sum_y2")?,
+                    sum_xy: r.try_get("sum_xy")?,
+                    sum_c: r.try_get("sum_c")?,
+                    sum_c2: r.try_get("sum_c2")?,
+                    sum_xc: r.try_get("sum_xc")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Replaces an experiment's metric rollups (after its metric list changed).
+pub async fn replace_metric_rollups(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    rows: &[MetricDelta<'_>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM metric_rollups WHERE experiment_id = $1")
+        .bind(experiment_id)
+        .execute(&mut *conn)
+        .await?;
+    add_metric_rollups(conn, rows).await
+}
+
+/// Every clean exposed unit of an experiment with its totals per event type.
+pub async fn experiment_units(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+) -> Result<HashMap<String, (Exposure, HashMap<String, Totals>)>, sqlx::Error> {
+    let mut units: HashMap<String, (Exposure, HashMap<String, Totals>)> = HashMap::new();
+    let rows = sqlx::query("SELECT unit_key, variant, first_exposure_ms, multiple FROM exposures WHERE experiment_id = $1 AND multiple = 0")
+        .bind(experiment_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    for r in &rows {
+        let exposure = Exposure {
+            variant: r.try_get("variant")?,
+            first_exposure_ms: r.try_get("first_exposure_ms")?,
+            multiple: false,
+        };
+        units.insert(r.try_get("unit_key")?, (exposure, HashMap::new()));
+    }
+    let rows = sqlx::query("SELECT unit_key, event_type, post_sum, post_count, pre_sum, pre_count FROM unit_metrics WHERE experiment_id = $1")
+        .bind(experiment_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    for r in &rows {
+        let key: String = r.try_get("unit_key")?;
+        if let Some((_, totals_by_type)) = units.get_mut(&key) {
+            totals_by_type.insert(r.try_get("event_type")?, totals(r)?);
+        }
+    }
+    Ok(units)
+}
+
+// ---- retries and dead letters ----
+
+pub async fn due_retries(
+    conn: &mut AnyConnection,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT seq, attempts FROM pipeline_retries WHERE next_attempt_ms <= $1 ORDER BY seq LIMIT $2")
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("seq")?, r.try_get("attempts")?)))
+        .collect()
+}
+
+pub async fn set_retry(
+    conn: &mut AnyConnection,
+    seq: i64,
+    attempts: i64,
+    error: &str,
+    next_attempt_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pipeline_retries (seq, attempts, last_error, next_attempt_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (seq) DO UPDATE SET attempts = excluded.attempts, last_error = excluded.last_error,
+             next_attempt_ms = excluded.next_attempt_ms",
+    )
+    .bind(seq)
+    .bind(attempts)
+    .bind(error)
+    .bind(next_attempt_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn clear_retry(conn: &mut AnyConnection, seq: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM pipeline_retries WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn add_dead_letter(
+    conn: &mut AnyConnection,
+    seq: i64,
+    event_id: &str,
+    error: &str,
+    attempts: i64,
+) -> Result<(), sqlx::Error> {
+    clear_retry(conn, seq).await?;
+    sqlx::query(
+        "INSERT INTO dead_letters (seq, event_id, error, attempts, failed_at_ms) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (seq) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, failed_at_ms = excluded.failed_at_ms",
+    )
+    .bind(seq)
+    .bind(event_id)
+    .bind(error)
+    .bind(attempts)
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub event_id: String,
+    pub error: String,
+    pub attempts: i64,
+    pub failed_at: String,
+}
+
+pub async fn dead_letters(
+    conn: &mut AnyConnection,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows = sqlx::query("SELECT seq, event_id, error, attempts, failed_at_ms FROM dead_letters ORDER BY seq LIMIT $1")
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeadLetter {
+                seq: r.try_get("seq")?,
+                event_id: r.try_get("event_id")?,
+                error: r.try_get("error")?,
+                attempts: r.try_get("attempts")?,
+                failed_at: clock::rfc3339(r.try_get("failed_at_ms")?),
+            })
+        })
+        .collect()
+}
+
+pub async fn count_dead_letters(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT COUNT(*) AS n FROM dead_letters")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("n")
+}
+
+/// Moves dead letters (all, or the given ones) back to the retry queue, due now.
+pub async fn replay_dead_letters(
+    conn: &mut AnyConnection,
+    seqs: Option<&[i64]>,
+) -> Result<u64, sqlx::Error> {
+    let chosen: Vec<i64> = match seqs {
+        Some(seqs) => seqs.to_vec(),
+        None => sqlx::query("SELECT seq FROM dead_letters")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get("seq"))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut moved = 0;
+    for seq in chosen {
+        let deleted = sqlx::query("DELETE FROM dead_letters WHERE seq = $1")
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+        if deleted.rows_affected() == 1 {
+            set_retry(conn, seq, 0, "replayed", clock::now_ms()).await?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// Deletes raw events that the pipeline has consumed and that are older than `cutoff_ms` by
+/// both receipt and timestamp (so a retried copy can never outlive its deduplication).
+pub async fn prune_events(
+    conn: &mut AnyConnection,
+    consumed_up_to: i64,
+    cutoff_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(
+        // Only the oldest 50,000 consumed events are examined per call: the log is in receipt
+        // order, so this bounds the work without an index on time.
+        "DELETE FROM events WHERE seq IN (
+             SELECT seq FROM (SELECT seq, received_at_ms, ts_ms FROM events WHERE seq <= $1 ORDER BY seq LIMIT 50000) oldest
+             WHERE received_at_ms < $2 AND ts_ms < $2
+               AND seq NOT IN (SELECT seq FROM pipeline_retries) AND seq NOT IN (SELECT seq FROM dead_letters))",
+    )
+    .bind(consumed_up_to)
+    .bind(cutoff_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+pub async fn rollup_plans(
+    conn: &mut AnyConnection,
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT experiment_id, metrics FROM rollup_plans")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("experiment_id")?, r.try_get("metrics")?)))
+        .collect()
+}
+
+pub async fn set_rollup_plan(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    metrics: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO rollup_plans (experiment_id, metrics) VALUES ($1, $2) ON CONFLICT (experiment_id) DO UPDATE SET metrics = excluded.metrics")
+        .bind(experiment_id)
+        .bind(metrics)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! Experiments with their variants and slot allocations.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::Value as Json;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{json_column, opt_json_column, placeholders, to_json_text, typed_json};
+use crate::clock;
+use crate::model::bp_to_percent;
+use crate::model::experiment::{
+    Analysis, ExperimentInput, ExperimentSpec, Status, VariantInput, VariantSpec,
+};
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SlotRange {
+    pub start_percent: f64,
+    pub end_percent: f64,
+}
+
+/// An experiment as the API returns it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Experiment {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub hypothesis: String,
+    pub description: String,
+    pub owner: String,
+    pub status: Status,
+    /// Why the status last changed when it was not a plain request (e.g. a guardrail).
+    pub status_reason: Option<String>,
+    /// Layer key.
+    pub layer: Option<String>,
+    pub layer_id: Option<String>,
+    pub traffic_percent: f64,
+    pub unit: String,
+    #[schema(value_type = Object, nullable = true)]
+    pub targeting: Option<Json>,
+    pub variants: Vec<VariantInput>,
+    pub primary_metric: String,
+    pub secondary_metrics: Vec<String>,
+    pub guardrail_metrics: Vec<String>,
+    /// Holdout key.
+    pub holdout: Option<String>,
+    pub holdout_id: Option<String>,
+    pub forced: BTreeMap<String, String>,
+    pub switchback_period_s: Option<u32>,
+    pub analysis: Analysis,
+    pub shipped_variant: Option<String>,
+    /// Slots owned in the layer while running or paused.
+    pub slot_ranges: Vec<SlotRange>,
+    /// Increases with every change; send it in `If-Match` to update safely.
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    #[serde(skip)]
+    pub traffic_bp: u16,
+    #[serde(skip)]
+    pub weights_bp: Vec<u16>,
+    #[serde(skip)]
+    pub slots: Vec<(u16, u16)>,
+    #[serde(skip)]
+    pub created_at_ms: i64,
+    #[serde(skip)]
+    pub started_at_ms: Option<i64>,
+    #[serde(skip)]
+    pub ended_at_ms: Option<i64>,
+}
+
+impl Experiment {
+    pub fn spec(&self) -> ExperimentSpec {
+        ExperimentSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            hypothesis: self.hypothesis.clone(),
+            description: self.description.clone(),
+            owner: self.owner.clone(),
+            layer_id: self.layer_id.clone(),
+            traffic_bp: self.traffic_bp,
+            unit: self.unit.clone(),
+            targeting: self.targeting.clone(),
+            variants: self
+                .variants
+                .iter()
+                .zip(&self.weights_bp)
+                .map(|(v, &weight_bp)| VariantSpec {
+                    name: v.name.clone(),
+                    weight_bp,
+                    config: v.config.clone(),
+                })
+                .collect(),
+            primary_metric: self.primary_metric.clone(),
+            secondary_metrics: self.secondary_metrics.clone(),
+            guardrail_metrics: self.guardrail_metrics.clone(),
+            holdout_id: self.holdout_id.clone(),
+            forced: self.forced.clone(),
+            switchback_period_s: self.switchback_period_s,
+            analysis: self.analysis.clone(),
+        }
+    }
+
+    /// The experiment as a create body, into which a PATCH is merged.
+    pub fn input(&self) -> ExperimentInput {
+        ExperimentInput {
+            key: self.key.clone(),
+            name: Some(self.name.clone()),
+            hypothesis: Some(self.hypothesis.clone()),
+            description: Some(self.description.clone()),
+            owner: Some(self.owner.clone()),
+            layer: self.layer_id.clone(),
+            traffic_percent: Some(self.traffic_percent),
+            unit: Some(self.unit.clone()),
+            targeting: self.targeting.clone(),
+            variants: self.variants.clone(),
+            primary_metric: self.primary_metric.clone(),
+            secondary_metrics: self.secondary_metrics.clone(),
+            guardrail_metrics: self.guardrail_metrics.clone(),
+            holdout: self.holdout_id.clone(),
+            forced: self.forced.clone(),
+            switchback_period_s: self.switchback_period_s,
+            analysis: Some(self.analysis.clone()),
+        }
+    }
+
+    pub fn control(&self) -> &str {
+        self.variants.first().map_or("", |v| v.name.as_str())
+    }
+
+    /// Days since start, up to the end for finished experiments.
+    pub fn days_running(&self, now_ms: i64) -> f64 {
+        match self.started_at_ms {
+            Some(start) => {
+                (self.ended_at_ms.unwrap_or(now_ms) - start).max(0) as f64 / clock::DAY_MS as f64
+            }
+            None => 0.0,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT e.id, e.key, e.name, e.hypothesis, e.description, e.owner, e.status, e.status_reason,
+        e.unit, e.layer_id, l.key AS layer_key, e.traffic_bp, e.targeting, e.holdout_id, h.key AS holdout_key,
+        e.forced, e.primary_metric, e.secondary_metrics, e.guardrail_metrics, e.switchback_period_s,
+        e.analysis, e.shipped_variant, e.version, e.created_at_ms, e.updated_at_ms, e.started_at_ms,
+        e.ended_at_ms
+    FROM experiments e LEFT JOIN layers l ON l.id = e.layer_id LEFT JOIN holdouts h ON h.id = e.holdout_id";
+
+fn experiment(row: &AnyRow) -> Result<Experiment, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let traffic_bp: i64 = row.try_get("traffic_bp")?;
+    let switchback: Option<i64> = row.try_get("switchback_period_s")?;
+    Ok(Experiment {
+        id: row.try_get("id")?,
+        key: row.try_get("key")?,
+        name: row.try_get("name")?,
+        hypothesis: row.try_get("hypothesis")?,
+        description: row.try_get("description")?,
+        owner: row.try_get("owner")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("status {status}").into()))?,
+        status_reason: row.try_get("status_reason")?,
+        layer: row.try_get("layer_key")?,
+        layer_id: row.try_get("layer_id")?,
+        traffic_percent: bp_to_percent(traffic_bp),
+        traffic_bp: traffic_bp as u16,
+        unit: row.try_get("unit")?,
+        targeting: opt_json_column(row, "targeting")?,
+        variants: Vec::new(),
+        weights_bp: Vec::new(),
+        primary_metric: row.try_get("primary_metric")?,
+        secondary_metrics: typed_json(row, "secondary_metrics")?,
+        guardrail_metrics: typed_json(row, "guardrail_metrics")?,
+        holdout: row.try_get("holdout_key")?,
+        holdout_id: row.try_get("holdout_id")?,
+        forced: typed_json(row, "forced")?,
+        switchback_period_s: switchback.map(|s| s as u32),
+        analysis: typed_json(row, "analysis")?,
+        shipped_variant: row.try_get("shipped_variant")?,
+        slot_ranges: Vec::new(),
+        slots: Vec::new(),
+        version: row.try_get("version")?,
+        created_at: clock::rfc3339(row.try_get("created_at_ms")?),
+        updated_at: clock::rfc3339(row.try_get("updated_at_ms")?),
+        started_at: clock::rfc3339_opt(row.try_get("started_at_ms")?),
+        ended_at: clock::rfc3339_opt(row.try_get("ended_at_ms")?),
+        created_at_ms: row.try_get("created_at_ms")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        ended_at_ms: row.try_get("ended_at_ms")?,
+    })
+}
+
+/// Fills in variants and slot ranges for a batch of experiments.
+async fn attach_children(
+    conn: &mut AnyConnection,
+    experiments: &mut [Experiment],
+) -> Result<(), sqlx::Error> {
+    if experiments.is_empty() {
+        return Ok(());
+    }
+    let index: HashMap<String, usize> = experiments
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id.clone(), i))
+        .collect();
+    // Bound the number of bind parameters per statement (SQLite allows 32766).
+    for chunk in experiments
+        .iter()
+        .map(|e| e.id.clone())
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+    {
+        let marks = placeholders(conn, chunk.len(), 0);
+        let sql = format!(
+            "SELECT experiment_id, name, weight_bp, config FROM experiment_variants
+             WHERE experiment_id IN ({marks}) ORDER BY experiment_id, position"
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let id: String = row.try_get("experiment_id")?;
+            let weight_bp: i64 = row.try_get("weight_bp")?;
+            let e = &mut experiments[index[&id]];
+            e.variants.push(VariantInput {
+                name: row.try_get("name")?,
+                weight: bp_to_percent(weight_bp),
+                config: json_column(&row, "config")?,
+            });
+            e.weights_bp.push(weight_bp as u16);
+        }
+        let sql = format!(
+            "SELECT experiment_id, start_bp, end_bp FROM layer_allocations WHERE experiment_id IN ({marks}) ORDER BY start_bp"
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let id: String = row.try_get("experiment_id")?;
+            let start: i64 = row.try_get("start_bp")?;
+            let end: i64 = row.try_get("end_bp")?;
+            let e = &mut experiments[index[&id]];
+            e.slots.push((start as u16, end as u16));
+            e.slot_ranges.push(SlotRange {
+                start_percent: bp_to_percent(start),
+                end_percent: bp_to_percent(end),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One experiment by id or key.
+pub async fn get(
+    conn: &mut AnyConnection,
+    reference: &str,
+) -> Result<Option<Experiment>, sqlx::Error> {
+    let sql = format!("{SELECT} WHERE e.id = $1 OR e.key = $1");
+    let Some(row) = sqlx::query(&sql)
+        .bind(reference)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut found = [experiment(&row)?];
+    attach_children(conn, &mut found).await?;
+    let [e] = found;
+    Ok(Some(e))
+}
+
+#[derive(Debug, Default)]
+pub struct Filter<'a> {
+    pub status: Option<Status>,
+    /// Layer key or id.
+    pub layer: Option<&'a str>,
+    /// Substring of key or name.
+    pub search: Option<&'a str>,
+    /// Continue after this (created_at_ms, id).
+    pub after: Option<(i64, String)>,
+    pub limit: i64,
+    pub include_archived: bool,
+}
+
+pub async fn list(
+    conn: &mut AnyConnection,
+    filter: &Filter<'_>,
+) -> Result<Vec<Experiment>, sqlx::Error> {
+    let sql = format!(
+        "{SELECT} WHERE ($1 = '' OR e.status = $1)
+           AND ($2 = '' OR e.layer_id = $2 OR l.key = $2)
+           AND ($3 = '' OR LOWER(e.key) LIKE $3 ESCAPE '\\' OR LOWER(e.name) LIKE $3 ESCAPE '\\')
+           AND ($4 = 1 OR e.status <> 'archived' OR $1 = 'archived')
+           AND (e.created_at_ms > $5 OR (e.created_at_ms = $5 AND e.id > $6))
+         ORDER BY e.created_at_ms, e.id LIMIT $7"
+    );
+    let (after_ms, after_id) = filter.after.clone().unwrap_or((i64::MIN, String::new()));
+    // A plain, case-insensitive substring: LIKE's wildcards in the text match themselves
+    // (keys are full of `_`).
+    let search = filter
+        .search
+        .map(|s| {
+            let escaped = s
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        })
+        .unwrap_or_default();
+    let rows = sqlx::query(&sql)
+        .bind(filter.status.map_or("", |s| s.as_str()))
+        .bind(filter.layer.unwrap_or(""))
+        .bind(search)
+        .bind(i64::from(filter.include_archived))
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(filter.limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut experiments = rows.iter().map(experiment).collect::<Result<Vec<_>, _>>()?;
+    attach_children(conn, &mut experiments).await?;
+    Ok(experiments)
+}
+
+/// Every experiment that is not archived, in creation order: what a snapshot contains.
+pub async fn all_published(conn: &mut AnyConnection) -> Result<Vec<Experiment>, sqlx::Error> {
+    let sql = format!("{SELECT} WHERE e.status <> 'archived' ORDER BY e.created_at_ms, e.id");
+    let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+    let mut experiments = rows.iter().map(experiment).collect::<Result<Vec<_>, _>>()?;
+    attach_children(conn, &mut experiments).await?;
+    Ok(experiments)
+}
+
+/// Experiments in these statuses (for monitors and results).
+pub async fn with_status(
+    conn: &mut AnyConnection,
+    statuses: &[Status],
+) -> Result<Vec<Experiment>, sqlx::Error> {
+    let marks = placeholders(conn, statuses.len(), 0);
+    let sql = format!("{SELECT} WHERE e.status IN ({marks}) ORDER BY e.created_at_ms, e.id");
+    let mut query = sqlx::query(&sql);
+    for s in statuses {
+        query = query.bind(s.as_str());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut experiments = rows.iter().map(experiment).collect::<Result<Vec<_>, _>>()?;
+    attach_children(conn, &mut experiments).await?;
+    Ok(experiments)
+}
+
+async fn write_variants(
+    conn: &mut AnyConnection,
+    id: &str,
+    variants: &[VariantSpec],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM experiment_variants WHERE experiment_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    for (position, v) in variants.iter().enumerate() {
+        sqlx::query("INSERT INTO experiment_variants (experiment_id, position, name, weight_bp, config) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(position as i64)
+            .bind(&v.name)
+            .bind(i64::from(v.weight_bp))
+            .bind(v.config.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn insert(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &ExperimentSpec,
+) -> Result<(), sqlx::Error> {
+    let now = clock::now_ms();
+    sqlx::query(
+        "INSERT INTO experiments (id, key, name, hypothesis, description, owner, status, unit, layer_id, traffic_bp,
+            targeting, holdout_id, forced, primary_metric, secondary_metrics, guardrail_metrics, switchback_period_s,
+            analysis, version, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1, $18, $18)",
+    )
+    .bind(id)
+    .bind(&spec.key)
+    .bind(&spec.name)
+    .bind(&spec.hypothesis)
+    .bind(&spec.description)
+    .bind(&spec.owner)
+    .bind(&spec.unit)
+    .bind(spec.layer_id.as_deref())
+    .bind(i64::from(spec.traffic_bp))
+    .bind(spec.targeting.as_ref().map(|t| t.to_string()))
+    .bind(spec.holdout_id.as_deref())
+    .bind(to_json_text(&spec.forced))
+    .bind(&spec.primary_metric)
+    .bind(to_json_text(&spec.secondary_metrics))
+    .bind(to_json_text(&spec.guardrail_metrics))
+    .bind(spec.switchback_period_s.map(i64::from))
+    .bind(to_json_text(&spec.analysis))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    write_variants(conn, id, &spec.variants).await
+}
+
+/// Replaces the definition and bumps the version. Returns false when `expected_version`
+/// no longer matches (a concurrent change won).
+pub async fn update(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &ExperimentSpec,
+    expected_version: i64,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE experiments SET name = $1, hypothesis = $2, description = $3, owner = $4, unit = $5, layer_id = $6,
+            traffic_bp = $7, targeting = $8, holdout_id = $9, forced = $10, primary_metric = $11,
+            secondary_metrics = $12, guardrail_metrics = $13, switchback_period_s = $14, analysis = $15,
+            version = version + 1, updated_at_ms = $16
+         WHERE id = $17 AND version = $18",
+    )
+    .bind(&spec.name)
+    .bind(&spec.hypothesis)
+    .bind(&spec.description)
+    .bind(&spec.owner)
+    .bind(&spec.unit)
+    .bind(spec.layer_id.as_deref())
+    .bind(i64::from(spec.traffic_bp))
+    .bind(spec.targeting.as_ref().map(|t| t.to_string()))
+    .bind(spec.holdout_id.as_deref())
+    .bind(to_json_text(&spec.forced))
+    .bind(&spec.primary_metric)
+    .bind(to_json_text(&spec.secondary_metrics))
+    .bind(to_json_text(&spec.guardrail_metrics))
+    .bind(spec.switchback_period_s.map(i64::from))
+    .bind(to_json_text(&spec.analysis))
+    .bind(clock::now_ms())
+    .bind(id)
+    .bind(expected_version)
+    .execute(&mut *conn)
+    .await?;
+    if result.rows_affected() == 0 {
+        return Ok(false);
+    }
+    write_variants(conn, id, &spec.variants).await?;
+    Ok(true)
+}
+
+/// A lifecycle change.
+pub struct StatusChange<'a> {
+    pub status: Status,
+    pub reason: Option<&'a str>,
+    pub shipped_variant: Option<&'a str>,
+    pub started: bool,
+    pub ended: bool,
+}
+
+pub async fn set_status(
+    conn: &mut AnyConnection,
+    id: &str,
+    change: &StatusChange<'_>,
+) -> Result<(), sqlx::Error> {
+    let now = clock::now_ms();
+    sqlx::query(
+        "UPDATE experiments SET status = $1, status_reason = $2,
+            shipped_variant = CASE WHEN $3 = '' THEN shipped_variant ELSE $3 END,
+            started_at_ms = CASE WHEN $4 = 1 AND started_at_ms IS NULL THEN $6 ELSE started_at_ms END,
+            ended_at_ms = CASE WHEN $5 = 1 THEN $6 ELSE ended_at_ms END,
+            version = version + 1, updated_at_ms = $6
+         WHERE id = $7",
+    )
+    .bind(change.status.as_str())
+    .bind(change.reason)
+    .bind(change.shipped_variant.unwrap_or(""))
+    .bind(i64::from(change.started))
+    .bind(i64::from(change.ended))
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_draft(conn: &mut AnyConnection, id: &str) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query("DELETE FROM experiments WHERE id = $1 AND status = 'draft'")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}

@@ -1,0 +1,120 @@
+//! Feature flags.
+
+use serde::Serialize;
+use serde_json::Value as Json;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{json_column, to_json_text, typed_json};
+use crate::clock;
+use crate::model::flag::{FlagInput, FlagRule, FlagSpec};
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Flag {
+    pub id: String,
+    pub key: String,
+    pub description: String,
+    pub enabled: bool,
+    pub unit: String,
+    #[schema(value_type = Object)]
+    pub off_value: Json,
+    #[schema(value_type = Object)]
+    pub default_value: Json,
+    pub rules: Vec<FlagRule>,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Flag {
+    pub fn input(&self) -> FlagInput {
+        FlagInput {
+            key: self.key.clone(),
+            description: Some(self.description.clone()),
+            enabled: self.enabled,
+            unit: Some(self.unit.clone()),
+            off_value: Some(self.off_value.clone()),
+            default_value: Some(self.default_value.clone()),
+            rules: self.rules.clone(),
+        }
+    }
+}
+
+fn flag(r: &AnyRow) -> Result<Flag, sqlx::Error> {
+    let enabled: i64 = r.try_get("enabled")?;
+    Ok(Flag {
+        id: r.try_get("id")?,
+        key: r.try_get("key")?,
+        description: r.try_get("description")?,
+        enabled: enabled != 0,
+        unit: r.try_get("unit")?,
+        off_value: json_column(r, "off_value")?,
+        default_value: json_column(r, "default_value")?,
+        rules: typed_json(r, "rules")?,
+        version: r.try_get("version")?,
+        created_at: clock::rfc3339(r.try_get("created_at_ms")?),
+        updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
+    })
+}
+
+pub async fn flags(
+    conn: &mut AnyConnection,
+    reference: Option<&str>,
+) -> Result<Vec<Flag>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, key, description, enabled, unit, off_value, default_value, rules, version, created_at_ms, updated_at_ms
+         FROM flags WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
+    )
+    .bind(reference.unwrap_or(""))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(flag).collect()
+}
+
+pub async fn insert(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &FlagSpec,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO flags (id, key, description, enabled, unit, off_value, default_value, rules, version, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
+    )
+    .bind(id)
+    .bind(&spec.key)
+    .bind(&spec.description)
+    .bind(i64::from(spec.enabled))
+    .bind(&spec.unit)
+    .bind(spec.off_value.to_string())
+    .bind(spec.default_value.to_string())
+    .bind(to_json_text(&spec.rules))
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn update(
+    conn: &mut AnyConnection,
+    id: &str,
+    spec: &FlagSpec,
+    expected_version: i64,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE flags SET description = $1, enabled = $2, unit = $3, off_value = $4, default_value = $5, rules = $6,
+            version = version + 1, updated_at_ms = $7
+         WHERE id = $8 AND version = $9",
+    )
+    .bind(&spec.description)
+    .bind(i64::from(spec.enabled))
+    .bind(&spec.unit)
+    .bind(spec.off_value.to_string())
+    .bind(spec.default_value.to_string())
+    .bind(to_json_text(&spec.rules))
+    .bind(clock::now_ms())
+    .bind(id)
+    .bind(expected_version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}

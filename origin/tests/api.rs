@@ -1,0 +1,1011 @@
+//! The admin API, end to end in-process, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+
+use abx_core::{Context, Evaluator};
+use axum::http::{Method, StatusCode};
+use common::{TestOrigin, experiment, metric};
+use serde_json::{Value as Json, json};
+
+async fn seed_metrics(o: &TestOrigin) {
+    for (key, kind) in [
+        ("checkout_conversion_rate", "conversion"),
+        ("crash_rate", "conversion"),
+        ("revenue", "mean"),
+    ] {
+        o.create("/api/v1/metrics", metric(key, kind)).await;
+    }
+}
+
+fn seed_body() -> Json {
+    json!({"name": "checkout_button_color", "key": "checkout_button_color",
+        "hypothesis": "Green button increases conversion by 5%", "layer": "checkout_ui",
+        "traffic_percent": 20, "unit": "user_id", "targeting": {"all": [{"attr": "country", "op": "in", "value": ["US","CA"]}]},
+        "variants": [{"name": "control", "weight": 50, "config": {"button_color": "blue"}},
+                     {"name": "treatment", "weight": 50, "config": {"button_color": "green"}}],
+        "primary_metric": "checkout_conversion_rate", "secondary_metrics": [],
+        "guardrail_metrics": ["crash_rate"], "holdout": null, "forced": {}})
+}
+
+async fn lifecycle(o: &TestOrigin) {
+    seed_metrics(o).await;
+    o.create("/api/v1/layers", json!({"key": "checkout_ui"}))
+        .await;
+    let created = o.create("/api/v1/experiments", seed_body()).await;
+    assert_eq!(created["status"], "draft");
+    assert_eq!(created["traffic_percent"], 20.0);
+    assert_eq!(created["layer"], "checkout_ui");
+    let id = created["id"].as_str().expect("id").to_string();
+    assert!(
+        abx_core::snapshot::Id::parse(&id).is_some(),
+        "ids are UUIDs"
+    );
+
+    // Get by id and by key; duplicate keys conflict.
+    assert_eq!(
+        o.get(&format!("/api/v1/experiments/{id}")).await.body["key"],
+        "checkout_button_color"
+    );
+    assert_eq!(
+        o.get("/api/v1/experiments/checkout_button_color")
+            .await
+            .body["id"],
+        id
+    );
+    assert_eq!(
+        o.post("/api/v1/experiments", seed_body()).await.status,
+        StatusCode::CONFLICT
+    );
+
+    // Illegal transitions are 409 with a reason.
+    for action in ["pause", "resume", "complete", "archive"] {
+        let reply = o
+            .post(&format!("/api/v1/experiments/{id}/{action}"), json!({}))
+            .await;
+        assert_eq!(reply.status, StatusCode::CONFLICT, "{action} from draft");
+        assert_eq!(reply.body["error"]["code"], "illegal_transition");
+    }
+    let started = o
+        .post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    assert_eq!(started.body["status"], "running");
+    assert_eq!(
+        started.body["slot_ranges"],
+        json!([{"start_percent": 0.0, "end_percent": 20.0}])
+    );
+    assert!(started.body["started_at"].is_string());
+    assert_eq!(
+        o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        o.post(&format!("/api/v1/experiments/{id}/pause"), json!({}))
+            .await
+            .body["status"],
+        "paused"
+    );
+    assert_eq!(
+        o.post(&format!("/api/v1/experiments/{id}/resume"), json!({}))
+            .await
+            .body["status"],
+        "running"
+    );
+
+    // Search is a case-insensitive substring of key or name, where `_` and `%` are literal.
+    for (q, found) in [
+        ("checkout_button", true),
+        ("CHECKOUT", true),
+        ("checkout%25button", false),
+        ("checkoutXbutton", false),
+    ] {
+        let items = o.get(&format!("/api/v1/experiments?q={q}")).await.body["items"].clone();
+        assert_eq!(
+            items.as_array().expect("items").len(),
+            usize::from(found),
+            "q={q}"
+        );
+    }
+
+    // Shipping an unknown variant is invalid; shipping a real one completes and frees slots.
+    let bad_ship = o
+        .post(
+            &format!("/api/v1/experiments/{id}/complete"),
+            json!({"ship": "purple"}),
+        )
+        .await;
+    assert_eq!(bad_ship.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let done = o
+        .post(
+            &format!("/api/v1/experiments/{id}/complete"),
+            json!({"ship": "treatment"}),
+        )
+        .await;
+    assert_eq!(done.body["status"], "completed");
+    assert_eq!(done.body["shipped_variant"], "treatment");
+    assert_eq!(done.body["slot_ranges"], json!([]));
+    let layer = o.get("/api/v1/layers/checkout_ui").await;
+    assert_eq!(layer.body["free_percent"], 100.0);
+
+    // Everyone now gets the shipped config, with no exposure.
+    let reply = o
+        .get("/api/v1/experiments/checkout_button_color/assignment?user_id=anyone&country=FR")
+        .await;
+    assert_eq!(reply.body["reason"], "shipped");
+    assert_eq!(reply.body["config"], json!({"button_color": "green"}));
+    assert_eq!(reply.body["log_exposure"], false);
+
+    assert_eq!(
+        o.post(&format!("/api/v1/experiments/{id}/archive"), json!({}))
+            .await
+            .body["status"],
+        "archived"
+    );
+    // Archived experiments leave the snapshot and the default listing.
+    let reply = o
+        .get("/api/v1/experiments/checkout_button_color/assignment?user_id=u1")
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(o.get("/api/v1/experiments").await.body["items"], json!([]));
+    assert_eq!(
+        o.get("/api/v1/experiments?status=archived").await.body["items"][0]["id"],
+        id
+    );
+
+    // The audit log tells the story, newest first.
+    let audit = o
+        .get(&format!(
+            "/api/v1/audit?entity_type=experiment&entity_id={id}"
+        ))
+        .await;
+    let actions: Vec<&str> = audit.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "experiment.archived",
+            "experiment.completed",
+            "experiment.resumed",
+            "experiment.paused",
+            "experiment.started",
+            "experiment.created"
+        ]
+    );
+}
+on_both_backends!(experiment_lifecycle, lifecycle);
+
+async fn validation(o: &TestOrigin) {
+    seed_metrics(o).await;
+    let reply = o
+        .post(
+            "/api/v1/experiments",
+            json!({"key": "bad key!", "traffic_percent": 101, "layer": "missing",
+                   "variants": [{"name": "a", "weight": 70}, {"name": "b", "weight": 20.5}],
+                   "primary_metric": "nope", "targeting": {"attr": "x", "op": "matches", "value": 1}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.body["error"]["code"], "validation_failed");
+    let fields: Vec<&str> = reply.body["error"]["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| d["field"].as_str().expect("field"))
+        .collect();
+    for field in [
+        "key",
+        "traffic_percent",
+        "layer",
+        "variants",
+        "primary_metric",
+        "targeting",
+    ] {
+        assert!(fields.contains(&field), "missing {field} in {fields:?}");
+    }
+    // Malformed JSON and missing fields are 400, in the same error shape.
+    let admin = o.admin.clone();
+    let reply = o
+        .send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&admin),
+            None,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["error"]["code"], "invalid_json");
+    let reply = o
+        .post("/api/v1/experiments", json!({"key": "no_variants"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("variants")
+    );
+    let reply = o
+        .post(
+            "/api/v1/experiments",
+            json!({"key": "k", "variants": [], "primary_metric": "revenue", "surprise": 1}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused"
+    );
+    // Wrong content type.
+    let reply = o
+        .send(
+            Method::POST,
+            "/api/v1/layers",
+            Some(&admin),
+            None,
+            &[("content-type", "text/plain")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    // Unknown routes and methods answer JSON too.
+    assert_eq!(
+        o.get("/api/v1/nowhere").await.body["error"]["code"],
+        "not_found"
+    );
+    let reply = o
+        .request(Method::PUT, "/api/v1/experiments", Some(&admin), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.body["error"]["code"], "method_not_allowed");
+    assert_eq!(
+        o.get("/api/v1/experiments/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Metric, layer, holdout, segment and flag validation.
+    assert_eq!(
+        o.post(
+            "/api/v1/metrics",
+            json!({"key": "r", "kind": "ratio", "event_type": "revenue"})
+        )
+        .await
+        .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        o.post("/api/v1/holdouts", json!({"key": "h", "percent": 150}))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        o.post("/api/v1/layers", json!({"key": "l", "unit": "not valid"}))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let reply = o
+        .post(
+            "/api/v1/flags",
+            json!({"key": "f", "rules": [{"rollout_percent": 10}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+on_both_backends!(validation_errors, validation);
+
+async fn roles(o: &TestOrigin) {
+    seed_metrics(o).await;
+    let viewer = o.key("viewer").await;
+    let sdk = o.key("sdk").await;
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/experiments", None, None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        o.request(
+            Method::GET,
+            "/api/v1/experiments",
+            Some("abx_admin_wrong"),
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/experiments", Some(&viewer), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = o
+        .request(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&viewer),
+            Some(experiment("e", "revenue")),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.body["error"]["code"], "forbidden");
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/experiments", Some(&sdk), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/snapshot", Some(&sdk), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/keys", Some(&viewer), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // Keys are listed without secrets, and revocation takes effect at once.
+    let keys = o.get("/api/v1/keys").await;
+    assert!(
+        !keys
+            .bytes
+            .windows(viewer.len())
+            .any(|w| w == viewer.as_bytes()),
+        "secrets never come back"
+    );
+    let viewer_id = keys.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|k| k["role"] == "viewer")
+        .expect("viewer")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let admin = o.admin.clone();
+    assert_eq!(
+        o.request(
+            Method::DELETE,
+            &format!("/api/v1/keys/{viewer_id}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/experiments", Some(&viewer), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The last admin key cannot be revoked.
+    let admin_id = keys.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|k| k["role"] == "admin")
+        .expect("admin")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(
+        o.request(
+            Method::DELETE,
+            &format!("/api/v1/keys/{admin_id}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+    // Keys also work from the x-abx-key header and the key query parameter.
+    assert_eq!(
+        o.send(
+            Method::GET,
+            "/api/v1/snapshot",
+            None,
+            None,
+            &[("x-abx-key", &sdk)]
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        o.request(
+            Method::GET,
+            &format!("/api/v1/snapshot?key={sdk}"),
+            None,
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+}
+on_both_backends!(keys_and_roles, roles);
+
+async fn layers(o: &TestOrigin) {
+    seed_metrics(o).await;
+    o.create("/api/v1/layers", json!({"key": "ui"})).await;
+    let mut ids = Vec::new();
+    for (key, traffic) in [("a", 40), ("b", 40), ("c", 30)] {
+        let mut body = experiment(key, "revenue");
+        body["layer"] = json!("ui");
+        body["traffic_percent"] = json!(traffic);
+        ids.push(
+            o.create("/api/v1/experiments", body).await["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        o.post(&format!("/api/v1/experiments/{}/start", ids[0]), json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        o.post(&format!("/api/v1/experiments/{}/start", ids[1]), json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let full = o
+        .post(&format!("/api/v1/experiments/{}/start", ids[2]), json!({}))
+        .await;
+    assert_eq!(full.status, StatusCode::CONFLICT);
+    assert_eq!(full.body["error"]["code"], "layer_full");
+    assert_eq!(full.body["error"]["details"]["free_percent"], 20.0);
+    assert!(
+        full.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("20% is free")
+    );
+    // Completing `a` frees its slots; `c` then takes the lowest free ones.
+    o.post(
+        &format!("/api/v1/experiments/{}/complete", ids[0]),
+        json!({}),
+    )
+    .await;
+    let c = o
+        .post(&format!("/api/v1/experiments/{}/start", ids[2]), json!({}))
+        .await;
+    assert_eq!(
+        c.body["slot_ranges"],
+        json!([{"start_percent": 0.0, "end_percent": 30.0}])
+    );
+    let map = o.get("/api/v1/layers/ui").await.body;
+    assert_eq!(map["free_percent"], 30.0);
+    assert_eq!(map["allocations"].as_array().expect("allocations").len(), 2);
+
+    // A unit is in at most one experiment of the layer.
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for i in 0..2_000 {
+        let reply = o
+            .post(
+                "/api/v1/evaluate",
+                json!({"context": {"user_id": format!("user-{i}")}}),
+            )
+            .await;
+        let assigned: Vec<&str> = ["b", "c"]
+            .into_iter()
+            .filter(|k| reply.body["experiments"][k]["variant"].is_string())
+            .collect();
+        assert!(assigned.len() <= 1, "user-{i} is in {assigned:?}");
+        *counts
+            .entry(assigned.first().copied().unwrap_or("none").to_string())
+            .or_default() += 1;
+    }
+    // About 40% in b, 30% in c, 30% in neither.
+    for (key, share) in [("b", 0.4), ("c", 0.3), ("none", 0.3)] {
+        let observed = f64::from(counts[key]) / 2_000.0;
+        assert!((observed - share).abs() < 0.05, "{key}: {observed}");
+    }
+}
+on_both_backends!(layer_slots, layers);
+
+async fn editing(o: &TestOrigin) {
+    seed_metrics(o).await;
+    o.create("/api/v1/layers", json!({"key": "ui"})).await;
+    let mut body = experiment("edit_me", "revenue");
+    body["layer"] = json!("ui");
+    body["traffic_percent"] = json!(10);
+    let created = o.create("/api/v1/experiments", body).await;
+    let path = format!(
+        "/api/v1/experiments/{}",
+        created["id"].as_str().expect("id")
+    );
+    // Drafts take any edit.
+    let reply = o.patch(&path, json!({"variants": [{"name": "control", "weight": 40}, {"name": "treatment", "weight": 60}]})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["version"], 2);
+    o.post(&format!("{path}/start"), json!({})).await;
+    // Running: safe edits pass, unsafe ones are 409 with the reason.
+    let reply = o
+        .patch(
+            &path,
+            json!({"description": "now with a description", "guardrail_metrics": ["crash_rate"]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = o.patch(&path, json!({"variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]})).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("already assigned")
+    );
+    assert_eq!(
+        o.patch(&path, json!({"traffic_percent": 5})).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        o.patch(
+            &path,
+            json!({"targeting": {"attr": "country", "op": "eq", "value": "US"}})
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        o.patch(&path, json!({"key": "renamed"})).await.status,
+        StatusCode::CONFLICT
+    );
+    // A traffic increase keeps the old slots and adds new ones.
+    let grown = o.patch(&path, json!({"traffic_percent": 25})).await;
+    assert_eq!(grown.status, StatusCode::OK, "{}", grown.body);
+    assert_eq!(
+        grown.body["slot_ranges"],
+        json!([{"start_percent": 0.0, "end_percent": 25.0}])
+    );
+    // Beyond the layer's room it is a conflict.
+    let mut other = experiment("other", "revenue");
+    other["layer"] = json!("ui");
+    other["traffic_percent"] = json!(70);
+    let other_id = o.create("/api/v1/experiments", other).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{other_id}/start"), json!({}))
+        .await;
+    assert_eq!(
+        o.patch(&path, json!({"traffic_percent": 40})).await.body["error"]["code"],
+        "layer_full"
+    );
+    // If-Match: the current version passes, a stale one is 412.
+    let version = o.get(&path).await.body["version"]
+        .as_i64()
+        .expect("version");
+    let admin = o.admin.clone();
+    let stale = o
+        .send(
+            Method::PATCH,
+            &path,
+            Some(&admin),
+            Some(json!({"owner": "a"})),
+            &[("if-match", &format!("\"{}\"", version - 1))],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    let fresh = o
+        .send(
+            Method::PATCH,
+            &path,
+            Some(&admin),
+            Some(json!({"owner": "a"})),
+            &[("if-match", &format!("\"{version}\""))],
+        )
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert_eq!(fresh.headers["etag"], format!("\"{}\"", version + 1));
+}
+on_both_backends!(editing_rules, editing);
+
+async fn snapshots(o: &TestOrigin) {
+    seed_metrics(o).await;
+    let sdk = o.key("sdk").await;
+    let first = o
+        .request(Method::GET, "/api/v1/snapshot", Some(&sdk), None)
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(
+        first.headers["content-type"],
+        "application/vnd.abx.snapshot"
+    );
+    let cache = first.headers["cache-control"].to_str().expect("text");
+    assert!(
+        cache.contains("max-age=")
+            && cache.contains("stale-while-revalidate")
+            && cache.contains("stale-if-error")
+    );
+    let etag = first.headers["etag"].to_str().expect("etag").to_string();
+    let v1 = first.headers["x-abx-snapshot-version"]
+        .to_str()
+        .expect("v")
+        .parse::<u64>()
+        .expect("number");
+
+    let not_modified = o
+        .send(
+            Method::GET,
+            "/api/v1/snapshot",
+            Some(&sdk),
+            None,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert!(not_modified.bytes.is_empty());
+
+    // Every change that alters the snapshot raises the version; the new bytes verify with
+    // the published public key and evaluate like the origin does.
+    let mut body = experiment("snap", "revenue");
+    body["forced"] = json!({"qa-user": "treatment"});
+    let id = o.create("/api/v1/experiments", body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    let second = o
+        .send(
+            Method::GET,
+            "/api/v1/snapshot",
+            Some(&sdk),
+            None,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::OK);
+    let v2: u64 = second.headers["x-abx-snapshot-version"]
+        .to_str()
+        .expect("v")
+        .parse()
+        .expect("number");
+    assert!(v2 > v1);
+    let key = o
+        .request(Method::GET, "/api/v1/snapshot/key", None, None)
+        .await;
+    assert_eq!(key.body["algorithm"], "ed25519");
+    let public_key: Vec<u8> = (0..32)
+        .map(|i| {
+            u8::from_str_radix(
+                &key.body["public_key"].as_str().expect("hex")[2 * i..2 * i + 2],
+                16,
+            )
+            .expect("hex")
+        })
+        .collect();
+    let evaluator =
+        Evaluator::from_verified_bytes(&second.bytes, &public_key).expect("signed by the origin");
+    let mut tampered = second.bytes.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 1;
+    assert!(Evaluator::from_verified_bytes(&tampered, &public_key).is_err());
+    for user in ["qa-user", "u-1", "u-2", "ユーザー", "42"] {
+        let local = evaluator
+            .experiment("snap", &Context::new().with("user_id", user), 0)
+            .expect("experiment");
+        let remote = o
+            .get(&format!(
+                "/api/v1/experiments/snap/assignment?user_id={}",
+                urlencode(user)
+            ))
+            .await
+            .body;
+        assert_eq!(remote["variant"].as_str(), local.variant, "{user}");
+        assert_eq!(remote["reason"], local.reason.as_str(), "{user}");
+    }
+    assert_eq!(
+        o.get("/api/v1/experiments/snap/assignment?user_id=qa-user")
+            .await
+            .body["reason"],
+        "forced"
+    );
+
+    // Metric definitions are not in snapshots: no new version for them.
+    o.create("/api/v1/metrics", metric("sessions", "mean"))
+        .await;
+    let after_metric = o
+        .request(Method::GET, "/api/v1/snapshot", Some(&sdk), None)
+        .await;
+    assert_eq!(
+        after_metric.headers["x-abx-snapshot-version"]
+            .to_str()
+            .expect("v")
+            .parse::<u64>()
+            .expect("n"),
+        v2
+    );
+
+    // Older versions stay addressable; the JSON twin describes the same snapshot.
+    let old = o
+        .request(
+            Method::GET,
+            &format!("/api/v1/snapshots/{v1}"),
+            Some(&sdk),
+            None,
+        )
+        .await;
+    assert_eq!(old.status, StatusCode::OK);
+    assert_eq!(old.bytes, first.bytes);
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/snapshots/999999", Some(&sdk), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let twin = o
+        .request(Method::GET, "/api/v1/snapshot.json", Some(&sdk), None)
+        .await;
+    assert_eq!(twin.body["snapshot_version"], v2);
+    assert_eq!(twin.body["experiments"][0]["key"], "snap");
+}
+on_both_backends!(snapshot_publishing, snapshots);
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn idempotency(o: &TestOrigin) {
+    seed_metrics(o).await;
+    let admin = o.admin.clone();
+    let body = experiment("once", "revenue");
+    let first = o
+        .send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&admin),
+            Some(body.clone()),
+            &[("idempotency-key", "create-once-1")],
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let replay = o
+        .send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&admin),
+            Some(body.clone()),
+            &[("idempotency-key", "create-once-1")],
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::CREATED);
+    assert_eq!(replay.body["id"], first.body["id"]);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    let mut other = body.clone();
+    other["key"] = json!("twice");
+    let reused = o
+        .send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&admin),
+            Some(other),
+            &[("idempotency-key", "create-once-1")],
+        )
+        .await;
+    assert_eq!(reused.status, StatusCode::CONFLICT);
+    assert_eq!(reused.body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(
+        o.get("/api/v1/experiments").await.body["items"]
+            .as_array()
+            .expect("items")
+            .len(),
+        1
+    );
+}
+on_both_backends!(idempotency_keys, idempotency);
+
+async fn flags_and_segments(o: &TestOrigin) {
+    seed_metrics(o).await;
+    o.create("/api/v1/segments", json!({"key": "staff", "condition": {"attr": "email", "op": "ends_with", "value": "@corp.com"}})).await;
+    o.create("/api/v1/segments", json!({"key": "staff_us", "condition": {"all": [{"segment": "staff"}, {"attr": "country", "op": "eq", "value": "US"}]}})).await;
+    // A reference cycle is refused.
+    let cycle = o
+        .patch(
+            "/api/v1/segments/staff",
+            json!({"condition": {"segment": "staff_us"}}),
+        )
+        .await;
+    assert_eq!(
+        cycle.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        cycle.body
+    );
+    let mut body = experiment("theme_test", "revenue");
+    body["variants"] = json!([{"name": "control", "weight": 50, "config": {"theme": "light"}}, {"name": "dark", "weight": 50, "config": {"theme": "dark"}}]);
+    let id = o.create("/api/v1/experiments", body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    o.create(
+        "/api/v1/flags",
+        json!({"key": "new_checkout", "off_value": false, "default_value": false,
+               "rules": [{"condition": {"segment": "staff_us"}, "value": true},
+                         {"rollout_percent": 50, "value": true}]}),
+    )
+    .await;
+    o.create("/api/v1/flags", json!({"key": "theme", "off_value": "light", "rules": [{"from_experiment": {"experiment": "theme_test", "config_key": "theme"}}]})).await;
+    let eval = |ctx: Json| async move {
+        o.post("/api/v1/evaluate", json!({"context": ctx}))
+            .await
+            .body
+    };
+    let staff = eval(json!({"user_id": "s1", "email": "a@corp.com", "country": "US"})).await;
+    assert_eq!(
+        staff["flags"]["new_checkout"],
+        json!({"value": true, "reason": "rule"})
+    );
+    // The 50% rollout: roughly half of other users.
+    let mut on = 0;
+    for i in 0..1_000 {
+        let result = eval(json!({"user_id": format!("u{i}")})).await;
+        if result["flags"]["new_checkout"]["value"] == json!(true) {
+            on += 1;
+        }
+        // The theme flag follows the experiment's variant.
+        let variant = result["experiments"]["theme_test"]["variant"]
+            .as_str()
+            .expect("assigned");
+        let expected = if variant == "dark" { "dark" } else { "light" };
+        assert_eq!(result["flags"]["theme"]["value"], expected);
+        assert_eq!(result["flags"]["theme"]["reason"], "experiment");
+    }
+    assert!((400..600).contains(&on), "{on} of 1000");
+    // The kill switch turns it off for everyone, staff included.
+    let killed = o
+        .post("/api/v1/flags/new_checkout/disable", json!({}))
+        .await;
+    assert_eq!(killed.body["enabled"], false);
+    let staff = eval(json!({"user_id": "s1", "email": "a@corp.com", "country": "US"})).await;
+    assert_eq!(
+        staff["flags"]["new_checkout"],
+        json!({"value": false, "reason": "disabled"})
+    );
+}
+on_both_backends!(flags_segments, flags_and_segments);
+
+async fn restart(o: &TestOrigin) {
+    seed_metrics(o).await;
+    let id = o
+        .create("/api/v1/experiments", experiment("survives", "revenue"))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    let before = o.state.published();
+    let restarted = o.restart().await;
+    let after = restarted.published();
+    assert_eq!(
+        after.version, before.version,
+        "a restart serves the stored snapshot"
+    );
+    assert_eq!(after.bytes, before.bytes);
+    assert_eq!(
+        restarted.public_key, o.state.public_key,
+        "the signing key persists"
+    );
+    restarted.db.pool.close().await;
+}
+on_both_backends!(restart_keeps_state, restart);
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let Some(o) = TestOrigin::with(common::Backend::Sqlite, |s| {
+        s.admin_rate = abx_origin::auth::Limit {
+            per_second: 1.0,
+            burst: 3.0,
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let statuses: Vec<StatusCode> = futures_statuses(&o, 5).await;
+    assert_eq!(&statuses[..3], &[StatusCode::OK; 3]);
+    let limited = o.get("/api/v1/experiments").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.body["error"]["code"], "rate_limited");
+    assert!(
+        limited.headers["retry-after"]
+            .to_str()
+            .expect("text")
+            .parse::<u64>()
+            .expect("seconds")
+            >= 1
+    );
+    o.finish().await;
+}
+
+async fn futures_statuses(o: &TestOrigin, n: usize) -> Vec<StatusCode> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(o.get("/api/v1/experiments").await.status);
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_503() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    o.state.db.pool.close().await;
+    let reply = o.get("/api/v1/experiments").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body["error"]["code"], "unavailable");
+    assert!(reply.headers.contains_key("retry-after"));
+    // Assignment keeps working from memory.
+    let sdk_snapshot = o.get("/api/v1/snapshot").await;
+    assert_eq!(sdk_snapshot.status, StatusCode::OK);
+    assert_eq!(
+        o.get("/api/v1/health").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    let doc = o
+        .request(Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .body;
+    let paths = doc["paths"].as_object().expect("paths");
+    for path in [
+        "/api/v1/experiments",
+        "/api/v1/experiments/{id}",
+        "/api/v1/experiments/{id}/start",
+        "/api/v1/experiments/{id}/assignment",
+        "/api/v1/layers/{id}",
+        "/api/v1/holdouts",
+        "/api/v1/segments/{id}",
+        "/api/v1/metrics",
+        "/api/v1/flags/{id}/disable",
+        "/api/v1/keys",
+        "/api/v1/snapshot",
+        "/api/v1/snapshot/stream",
+        "/api/v1/snapshots/{version}",
+        "/api/v1/evaluate",
+        "/api/v1/audit",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not documented");
+    }
+    assert!(doc["components"]["schemas"]["ExperimentInput"].is_object());
+    o.finish().await;
+}

@@ -1,0 +1,290 @@
+//! A fresh origin per test, on SQLite or PostgreSQL, driven in-process through `app(state)`.
+//!
+//! PostgreSQL tests use `ABX_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! to create a throwaway database per test. When the server is unreachable they are skipped
+//! with a printed reason, unless `ABX_REQUIRE_ALL` is set (as in CI), where they fail.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use abx_origin::auth::Limit;
+use abx_origin::{AppState, Settings, app};
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use serde_json::Value as Json;
+use sqlx::Connection;
+use tower::ServiceExt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestOrigin {
+    pub state: AppState,
+    pub router: Router,
+    pub admin: String,
+    pub settings: Settings,
+    pub dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Json,
+    pub bytes: Vec<u8>,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("ABX_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates a throwaway PostgreSQL database and returns its URL, or `None` (skip) locally.
+async fn fresh_postgres() -> Option<(String, String)> {
+    let admin = postgres_admin_url();
+    let connected =
+        tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await;
+    let mut conn = match connected {
+        Ok(Ok(conn)) => conn,
+        outcome => {
+            let reason = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            if std::env::var_os("ABX_REQUIRE_ALL").is_some() {
+                panic!(
+                    "PostgreSQL at {admin} is required (ABX_REQUIRE_ALL is set) but unreachable: {reason}"
+                );
+            }
+            eprintln!(
+                "skipping the PostgreSQL variant: {admin} unreachable ({reason}); set ABX_TEST_POSTGRES_URL"
+            );
+            return None;
+        }
+    };
+    let name = format!("abx_t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("CREATE DATABASE");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    Some((format!("{base}/{name}"), name))
+}
+
+impl TestOrigin {
+    pub async fn new(backend: Backend) -> Option<TestOrigin> {
+        Self::with(backend, |_| {}).await
+    }
+
+    /// A test origin with adjusted settings.
+    pub async fn with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Option<TestOrigin> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings::new(dir.path());
+        settings.bootstrap_admin_key = Some("abx_admin_test_bootstrap_key_0001".into());
+        settings.admin_rate = Limit {
+            per_second: 100_000.0,
+            burst: 100_000.0,
+        };
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres().await?),
+        };
+        settings.database_url = postgres.as_ref().map(|(url, _)| url.clone());
+        adjust(&mut settings);
+        let started = AppState::start(settings.clone())
+            .await
+            .expect("origin starts");
+        Some(TestOrigin {
+            router: app(started.state.clone()),
+            state: started.state,
+            admin: settings.bootstrap_admin_key.clone().expect("admin key"),
+            settings,
+            dir,
+            postgres,
+        })
+    }
+
+    /// Starts a second origin over the same database and data directory (a restart).
+    pub async fn restart(&self) -> AppState {
+        self.state.db.pool.close().await;
+        AppState::start(self.settings.clone())
+            .await
+            .expect("origin restarts")
+            .state
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Json>,
+    ) -> Reply {
+        self.send(method, path, key, body, &[]).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Json>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if body.is_some() {
+            all.push(("content-type", "application/json"));
+        }
+        let auth = key.map(|k| format!("Bearer {k}"));
+        if let Some(auth) = &auth {
+            all.push(("authorization", auth));
+        }
+        call(
+            &self.router,
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()),
+            &all,
+        )
+        .await
+    }
+
+    /// Sends raw bytes with exactly the given headers.
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        call(&self.router, method, path, Some(body), headers).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, Some(&self.admin.clone()), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Json) -> Reply {
+        self.request(Method::POST, path, Some(&self.admin.clone()), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Json) -> Reply {
+        self.request(Method::PATCH, path, Some(&self.admin.clone()), Some(body))
+            .await
+    }
+
+    /// Creates an object and returns its JSON, failing the test on anything but 201.
+    pub async fn create(&self, path: &str, body: Json) -> Json {
+        let reply = self.post(path, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "POST {path}: {}",
+            reply.body
+        );
+        reply.body
+    }
+
+    /// Creates a key with a role and returns its secret.
+    pub async fn key(&self, role: &str) -> String {
+        let created = self
+            .create(
+                "/api/v1/keys",
+                serde_json::json!({"name": format!("{role} key"), "role": role}),
+            )
+            .await;
+        created["secret"].as_str().expect("secret").to_string()
+    }
+
+    /// Drops the PostgreSQL database (call at the end of a test).
+    pub async fn finish(self) {
+        self.state.db.pool.close().await;
+        if let Some((_, name)) = &self.postgres {
+            let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+                .await
+                .expect("connect to drop");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .expect("DROP DATABASE");
+        }
+    }
+}
+
+/// One in-process request.
+pub async fn call(
+    router: &Router,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request");
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = to_bytes(response.into_body(), 64 << 20)
+        .await
+        .expect("body")
+        .to_vec();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        bytes,
+    }
+}
+
+/// Defines `mod $name { sqlite, postgres }` running the same async test body on both.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident, $test:path) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() {
+                if let Some(origin) = common::TestOrigin::new(common::Backend::Sqlite).await {
+                    $test(&origin).await;
+                    origin.finish().await;
+                }
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(origin) = common::TestOrigin::new(common::Backend::Postgres).await {
+                    $test(&origin).await;
+                    origin.finish().await;
+                }
+            }
+        }
+    };
+}
+
+/// A metric definition body.
+pub fn metric(key: &str, kind: &str) -> Json {
+    serde_json::json!({"key": key, "kind": kind, "event_type": key})
+}
+
+/// A minimal two-arm experiment body.
+pub fn experiment(key: &str, metric: &str) -> Json {
+    serde_json::json!({
+        "key": key,
+        "variants": [{"name": "control", "weight": 50, "config": {"color": "blue"}},
+                     {"name": "treatment", "weight": 50, "config": {"color": "green"}}],
+        "primary_metric": metric
+    })
+}

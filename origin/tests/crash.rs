@@ -1,0 +1,243 @@
+//! Crash safety with the real binary: events acknowledged before a `kill -9` are never lost,
+//! and killing the pipeline mid-batch, again and again, never double counts.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use abx_origin::db::Db;
+use abx_origin::store::events as event_store;
+use serde_json::{Value as Json, json};
+
+const ADMIN: &str = "abx_admin_crash_test_key_000001";
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn start(dir: &std::path::Path, pipeline: bool) -> Server {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_abx-origin"));
+    command
+        .args([
+            "serve",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("ABX_BOOTSTRAP_ADMIN_KEY", ADMIN)
+        .env("ABX_ADMIN_RATE_LIMIT", "100000")
+        // Small batches, so that kills can land between batches as well as inside them.
+        .env("ABX_PIPELINE_BATCH", "2000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if !pipeline {
+        command.env("ABX_NO_PIPELINE", "1");
+    }
+    Server {
+        child: command.spawn().expect("spawn abx-origin"),
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+impl Server {
+    async fn ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if client
+                .get(format!("{}/health", self.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("abx-origin did not become ready");
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no shutdown code runs.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+}
+
+async fn post(client: &reqwest::Client, url: &str, key: &str, body: Json) -> Json {
+    let response = client
+        .post(url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let body: Json = response.json().await.expect("json");
+    assert!(status.is_success(), "{url}: {status} {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::Client::new();
+    let server = start(dir.path(), false);
+    server.ready(&client).await;
+    let api = format!("{}/api/v1", server.url);
+    post(
+        &client,
+        &format!("{api}/metrics"),
+        ADMIN,
+        json!({"key": "conversion", "kind": "conversion", "event_type": "conversion"}),
+    )
+    .await;
+    let experiment = post(
+        &client,
+        &format!("{api}/experiments"),
+        ADMIN,
+        json!({"key": "crash", "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}], "primary_metric": "conversion"}),
+    )
+    .await;
+    let id = experiment["id"].as_str().expect("id").to_string();
+    post(
+        &client,
+        &format!("{api}/experiments/{id}/start"),
+        ADMIN,
+        json!({}),
+    )
+    .await;
+    let sdk = post(
+        &client,
+        &format!("{api}/keys"),
+        ADMIN,
+        json!({"name": "sdk", "role": "sdk"}),
+    )
+    .await["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+
+    // 12,000 units: an exposure each, and a conversion for every third unit; sent in
+    // batches of 500, each acknowledged (202) before the server is killed.
+    let units = 12_000u64;
+    let now = abx_origin::clock::now_ms();
+    let mut events = Vec::new();
+    for u in 0..units {
+        let variant = if u % 2 == 0 { "control" } else { "treatment" };
+        events.push(json!({"event_id": format!("00000000-0000-4000-8000-{u:012x}"), "kind": "exposure", "unit": format!("u{u}"),
+            "experiment_id": id, "variant": variant, "timestamp": now}));
+        if u % 3 == 0 {
+            events.push(json!({"event_id": format!("00000000-0000-4000-9000-{u:012x}"), "kind": "metric", "unit": format!("u{u}"),
+                "event_type": "conversion", "timestamp": now + 1}));
+        }
+    }
+    for chunk in events.chunks(500) {
+        let reply = post(
+            &client,
+            &format!("{api}/events"),
+            &sdk,
+            json!({"events": chunk}),
+        )
+        .await;
+        assert_eq!(reply["accepted"].as_u64(), Some(chunk.len() as u64));
+    }
+    server.kill();
+
+    // Start with the pipeline on and kill it at growing delays until the log is consumed,
+    // recording where the cursor stood after each kill.
+    let db_url = format!("sqlite://{}?mode=rw", dir.path().join("abx.db").display());
+    let head = events.len() as i64;
+    let mut positions = Vec::new();
+    for attempt in 0..12u64 {
+        let server = start(dir.path(), true);
+        server.ready(&client).await;
+        // Resend a few already-acknowledged events, as a retrying client would.
+        let reply = post(
+            &client,
+            &format!("{}/api/v1/events", server.url),
+            &sdk,
+            json!({"events": &events[..50]}),
+        )
+        .await;
+        assert_eq!(reply["duplicates"].as_u64(), Some(50));
+        tokio::time::sleep(Duration::from_millis(10 + 30 * attempt)).await;
+        server.kill();
+        let db = Db::connect(&db_url, 1).await.expect("open");
+        let mut conn = db.pool.acquire().await.expect("connection");
+        positions.push(
+            event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
+                .await
+                .expect("cursor"),
+        );
+        drop(conn);
+        db.pool.close().await;
+        if positions.last() == Some(&head) {
+            break;
+        }
+    }
+    assert!(positions.windows(2).all(|w| w[0] <= w[1]), "{positions:?}");
+    assert!(
+        positions.iter().any(|p| *p > 0 && *p < head),
+        "no kill landed mid-stream: {positions:?}"
+    );
+
+    let server = start(dir.path(), true);
+    server.ready(&client).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Json = client
+            .get(format!("{}/api/v1/pipeline", server.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if status["lag_events"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipeline did not drain: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+    println!("cursor after each kill: {positions:?} of {head}");
+
+    let db = Db::connect(&db_url, 1).await.expect("open");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let mut units_by_variant = std::collections::BTreeMap::new();
+    for (variant, _, n, multiple) in event_store::exposure_rollups(&mut conn, &id)
+        .await
+        .expect("rollups")
+    {
+        assert_eq!(multiple, 0);
+        *units_by_variant.entry(variant).or_insert(0) += n;
+    }
+    assert_eq!(units_by_variant["control"], 6_000);
+    assert_eq!(units_by_variant["treatment"], 6_000);
+    let mut conversions = std::collections::BTreeMap::new();
+    for (variant, metric, _, sums) in event_store::metric_rollups(&mut conn, &id)
+        .await
+        .expect("rollups")
+    {
+        assert_eq!(metric, "conversion");
+        *conversions.entry(variant).or_insert(0.0) += sums.sum_x;
+    }
+    // Units 0, 3, 6, …: 4,000 converters, 2,000 in each arm.
+    assert_eq!(conversions["control"], 2_000.0);
+    assert_eq!(conversions["treatment"], 2_000.0);
+}

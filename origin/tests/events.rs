@@ -1,0 +1,669 @@
+//! Event ingestion and the metric pipeline, on SQLite and PostgreSQL. Pipeline results are
+//! compared with a naive model of the attribution rules computed from the events sent.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+
+use abx_origin::store::events::{self as event_store, Sums};
+use axum::http::{Method, StatusCode};
+use common::{TestOrigin, experiment, metric};
+use serde_json::{Value as Json, json};
+
+/// Rollup totals over days: variant → (units, multiple), and (variant, metric) → sums.
+type Totals = (
+    BTreeMap<String, (i64, i64)>,
+    BTreeMap<(String, String), Sums>,
+);
+
+const T0: i64 = 1_700_000_000_000;
+
+fn now() -> i64 {
+    abx_origin::clock::now_ms()
+}
+
+/// A deterministic UUID from a number, so tests can resend the same event.
+fn event_id(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+fn exposure(n: u64, unit: &str, experiment_id: &str, variant: &str, ts: i64) -> Json {
+    json!({"event_id": event_id(n), "kind": "exposure", "unit": unit, "experiment_id": experiment_id, "variant": variant, "timestamp": ts})
+}
+
+fn conversion(n: u64, unit: &str, event_type: &str, value: f64, ts: i64) -> Json {
+    json!({"event_id": event_id(n), "kind": "metric", "unit": unit, "event_type": event_type, "value": value, "timestamp": ts})
+}
+
+async fn send(o: &TestOrigin, key: &str, events: &[Json]) -> common::Reply {
+    o.request(
+        Method::POST,
+        "/api/v1/events",
+        Some(key),
+        Some(json!({"events": events})),
+    )
+    .await
+}
+
+async fn drain(o: &TestOrigin) {
+    while abx_origin::pipeline::run_once(&o.state)
+        .await
+        .expect("pipeline batch")
+        > 0
+    {}
+}
+
+/// Sets up metrics (`conversion` conversion, `revenue` mean, `rps` ratio revenue/sessions)
+/// and a running A/B experiment using all three; returns (experiment id, sdk key).
+async fn running_experiment(o: &TestOrigin) -> (String, String) {
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    o.create("/api/v1/metrics", metric("revenue", "mean")).await;
+    o.create("/api/v1/metrics", json!({"key": "rps", "kind": "ratio", "event_type": "revenue", "denominator_event_type": "session"})).await;
+    let mut body = experiment("checkout", "conversion");
+    body["secondary_metrics"] = json!(["revenue", "rps"]);
+    let id = o.create("/api/v1/experiments", body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    (id, o.key("sdk").await)
+}
+
+/// Totals over days: variant → (units, multiple) and (variant, metric) → sums.
+async fn rollups(o: &TestOrigin, experiment_id: &str) -> Totals {
+    rollups_of(&o.state, experiment_id).await
+}
+
+async fn rollups_of(state: &abx_origin::AppState, experiment_id: &str) -> Totals {
+    let mut conn = state.db.pool.acquire().await.expect("connection");
+    let mut units = BTreeMap::new();
+    for (variant, _, u, m) in event_store::exposure_rollups(&mut conn, experiment_id)
+        .await
+        .expect("exposure rollups")
+    {
+        let entry = units.entry(variant).or_insert((0, 0));
+        entry.0 += u;
+        entry.1 += m;
+    }
+    let mut sums: BTreeMap<(String, String), Sums> = BTreeMap::new();
+    for (variant, metric, _, s) in event_store::metric_rollups(&mut conn, experiment_id)
+        .await
+        .expect("metric rollups")
+    {
+        sums.entry((variant, metric)).or_default().add(&s);
+    }
+    (units, sums)
+}
+
+/// The attribution rules, written plainly: per unit, the first exposure by timestamp; a
+/// unit seen in two variants is excluded; metric events at or after the first exposure
+/// count, earlier ones form the covariate.
+#[derive(Default)]
+struct Model {
+    exposures: HashMap<String, Vec<(i64, String)>>,
+    metrics: HashMap<String, Vec<(i64, String, f64)>>,
+}
+
+impl Model {
+    fn expected(&self) -> Totals {
+        let mut units = BTreeMap::new();
+        let mut sums: BTreeMap<(String, String), Sums> = BTreeMap::new();
+        for (unit, seen) in &self.exposures {
+            let first = seen.iter().min_by_key(|(ts, _)| *ts).expect("exposed");
+            let multiple = seen.iter().any(|(_, v)| *v != first.1);
+            let entry = units.entry(first.1.clone()).or_insert((0, 0));
+            if multiple {
+                entry.1 += 1;
+                continue;
+            }
+            entry.0 += 1;
+            let events = self.metrics.get(unit).cloned().unwrap_or_default();
+            let total = |post: bool, event_type: &str| -> (f64, usize) {
+                let chosen: Vec<f64> = events
+                    .iter()
+                    .filter(|(ts, t, _)| t == event_type && (*ts >= first.0) == post)
+                    .map(|(_, _, v)| *v)
+                    .collect();
+                (chosen.iter().sum(), chosen.len())
+            };
+            let (revenue, _) = total(true, "revenue");
+            let (pre_revenue, _) = total(false, "revenue");
+            let (_, conversions) = total(true, "conversion");
+            let (_, pre_conversions) = total(false, "conversion");
+            let (sessions, _) = total(true, "session");
+            let values = [
+                (
+                    "conversion",
+                    f64::from(u8::from(conversions > 0)),
+                    0.0,
+                    f64::from(u8::from(pre_conversions > 0)),
+                ),
+                ("revenue", revenue, 0.0, pre_revenue),
+                ("rps", revenue, sessions, 0.0),
+            ];
+            for (metric, x, y, c) in values {
+                let s = sums
+                    .entry((first.1.clone(), metric.to_string()))
+                    .or_default();
+                s.add(&Sums {
+                    sum_x: x,
+                    sum_x2: x * x,
+                    sum_y: y,
+                    sum_y2: y * y,
+                    sum_xy: x * y,
+                    sum_c: c,
+                    sum_c2: c * c,
+                    sum_xc: x * c,
+                });
+            }
+        }
+        (units, sums)
+    }
+}
+
+fn assert_same(got: &BTreeMap<(String, String), Sums>, want: &BTreeMap<(String, String), Sums>) {
+    for (key, w) in want {
+        let g = got.get(key).copied().unwrap_or_default();
+        for (name, a, b) in [
+            ("sum_x", g.sum_x, w.sum_x),
+            ("sum_x2", g.sum_x2, w.sum_x2),
+            ("sum_y", g.sum_y, w.sum_y),
+            ("sum_y2", g.sum_y2, w.sum_y2),
+            ("sum_xy", g.sum_xy, w.sum_xy),
+            ("sum_c", g.sum_c, w.sum_c),
+            ("sum_c2", g.sum_c2, w.sum_c2),
+            ("sum_xc", g.sum_xc, w.sum_xc),
+        ] {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{key:?} {name}: pipeline {a}, model {b}"
+            );
+        }
+    }
+}
+
+async fn attribution(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let now = now();
+    let mut model = Model::default();
+    let mut events = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    // 300 units; deterministic pseudo-random mix of orders, values and a few units that
+    // see both variants.
+    for u in 0..300u64 {
+        let unit = format!("u{u}");
+        let variant = if u % 2 == 0 { "control" } else { "treatment" };
+        let t = now - 3_600_000 + (u as i64) * 1_000;
+        let mut unit_events = vec![(t, exposure(next(), &unit, &id, variant, t))];
+        model
+            .exposures
+            .entry(format!("user_id:{unit}"))
+            .or_default()
+            .push((t, variant.to_string()));
+        if u % 37 == 0 {
+            let other = if variant == "control" {
+                "treatment"
+            } else {
+                "control"
+            };
+            unit_events.push((t + 5, exposure(next(), &unit, &id, other, t + 5)));
+            model
+                .exposures
+                .entry(format!("user_id:{unit}"))
+                .or_default()
+                .push((t + 5, other.to_string()));
+        }
+        for k in 0..(u % 4) {
+            // Some before the exposure (covariate), most after.
+            let ts = if k == 0 && u % 3 == 0 {
+                t - 60_000
+            } else {
+                t + 10 + k as i64
+            };
+            let (event_type, value) = match k % 3 {
+                0 => ("revenue", 1.5 + (u % 7) as f64),
+                1 => ("conversion", 1.0),
+                _ => ("session", 1.0),
+            };
+            unit_events.push((ts, conversion(next(), &unit, event_type, value, ts)));
+            model
+                .metrics
+                .entry(format!("user_id:{unit}"))
+                .or_default()
+                .push((ts, event_type.to_string(), value));
+        }
+        // Every fifth unit's events arrive in reverse: metrics logged before the exposure.
+        if u % 5 == 0 {
+            unit_events.reverse();
+        }
+        events.extend(unit_events.into_iter().map(|(_, e)| e));
+    }
+    for chunk in events.chunks(97) {
+        assert_eq!(send(o, &sdk, chunk).await.status, StatusCode::ACCEPTED);
+    }
+    drain(o).await;
+    let (units, sums) = rollups(o, &id).await;
+    let (want_units, want_sums) = model.expected();
+    assert_eq!(units, want_units);
+    assert_same(&sums, &want_sums);
+
+    // A full rebuild from the per-unit totals gives the same totals.
+    let plans = {
+        let mut conn = o.state.db.pool.acquire().await.expect("connection");
+        abx_origin::pipeline::load_plans(&mut conn)
+            .await
+            .expect("plans")
+    };
+    let mut tx = o.state.db.pool.begin().await.expect("tx");
+    abx_origin::pipeline::rebuild(&mut tx, &id, &plans[&id])
+        .await
+        .expect("rebuild");
+    tx.commit().await.expect("commit");
+    let (_, rebuilt) = rollups(o, &id).await;
+    assert_same(&rebuilt, &want_sums);
+}
+on_both_backends!(attribution_matches_the_model, attribution);
+
+async fn duplicates(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let t = now();
+    let batch = vec![
+        exposure(1, "a", &id, "control", t),
+        conversion(2, "a", "conversion", 1.0, t + 1),
+        conversion(2, "a", "conversion", 1.0, t + 1),
+    ];
+    let first = send(o, &sdk, &batch).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(first.body, json!({"accepted": 2, "duplicates": 1}));
+    drain(o).await;
+    // The same events again, after processing and after a restart: counted once.
+    assert_eq!(
+        send(o, &sdk, &batch).await.body,
+        json!({"accepted": 0, "duplicates": 3})
+    );
+    drain(o).await;
+    let restarted = o.restart().await;
+    let router = abx_origin::app(restarted.clone());
+    let body = json!({"events": batch}).to_string().into_bytes();
+    let auth = format!("Bearer {sdk}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let reply = common::call(
+        &router,
+        Method::POST,
+        "/api/v1/events",
+        Some(body),
+        &headers,
+    )
+    .await;
+    assert_eq!(reply.body, json!({"accepted": 0, "duplicates": 3}));
+    while abx_origin::pipeline::run_once(&restarted)
+        .await
+        .expect("batch")
+        > 0
+    {}
+    let (units, sums) = rollups_of(&restarted, &id).await;
+    assert_eq!(units["control"], (1, 0));
+    assert_eq!(
+        sums[&("control".to_string(), "conversion".to_string())].sum_x,
+        1.0
+    );
+    // Event lookup shows it logged and processed.
+    let auth = format!("Bearer {}", o.admin);
+    let stored = common::call(
+        &router,
+        Method::GET,
+        &format!("/api/v1/events/{}", event_id(2)),
+        None,
+        &[("authorization", auth.as_str())],
+    )
+    .await;
+    assert_eq!(stored.body["processed"], true);
+    assert_eq!(stored.body["kind"], "metric");
+    restarted.db.pool.close().await;
+}
+on_both_backends!(duplicates_count_once, duplicates);
+
+async fn partial_batches(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let t = now();
+    let reply = send(
+        o,
+        &sdk,
+        &[
+            exposure(1, "a", &id, "control", t),
+            json!({"kind": "metric"}),
+            conversion(3, "a", "conversion", 1.0, t + 2 * 86_400_000),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS);
+    assert_eq!(reply.body["accepted"], 1);
+    let rejected = reply.body["rejected"].as_array().expect("rejected");
+    assert_eq!(
+        rejected
+            .iter()
+            .map(|r| r["index"].as_u64().expect("index"))
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(
+        rejected[1]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("future")
+    );
+    // Nothing valid: 400 with the reasons; not JSON: 400.
+    let reply = send(o, &sdk, &[json!({"kind": "metric"})]).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["error"]["code"], "no_valid_events");
+    let reply = o
+        .send(
+            Method::POST,
+            "/api/v1/events",
+            Some(&sdk),
+            None,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    // Too large: one event over 32 KiB, or a beacon body over 64 KiB.
+    let mut big = conversion(9, "a", "conversion", 1.0, t);
+    big["pad"] = json!("x".repeat(33_000));
+    assert_eq!(
+        send(o, &sdk, &[big]).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // A viewer key may not send events.
+    let viewer = o.key("viewer").await;
+    assert_eq!(
+        send(o, &viewer, &[exposure(10, "b", &id, "control", t)])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+}
+on_both_backends!(partial_and_invalid_batches, partial_batches);
+
+async fn beacon_and_gzip(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let t = now();
+    // What navigator.sendBeacon sends: text/plain, key in the query string.
+    let body = json!({"events": [exposure(1, "b1", &id, "treatment", t)]}).to_string();
+    let reply = o
+        .send_raw(
+            Method::POST,
+            &format!("/api/v1/events?key={sdk}"),
+            body.into_bytes(),
+            &[("content-type", "text/plain;charset=UTF-8")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(
+        json!([exposure(2, "b2", &id, "control", t)])
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("gzip");
+    let reply = o
+        .send_raw(
+            Method::POST,
+            "/api/v1/events",
+            gz.finish().expect("gzip"),
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+                ("authorization", &format!("Bearer {sdk}")),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    // The seed's per-experiment form.
+    let reply = o
+        .request(
+            Method::POST,
+            &format!("/api/v1/experiments/{id}/events"),
+            Some(&sdk),
+            Some(json!({"user_id": "b1", "event_type": "conversion", "value": 1})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    drain(o).await;
+    let (units, sums) = rollups(o, &id).await;
+    assert_eq!(units["treatment"], (1, 0));
+    assert_eq!(units["control"], (1, 0));
+    assert_eq!(
+        sums[&("treatment".to_string(), "conversion".to_string())].sum_x,
+        1.0
+    );
+}
+on_both_backends!(beacon_and_gzip_bodies, beacon_and_gzip);
+
+async fn ordering(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let t = now() - 60_000;
+    // A metric whose timestamp precedes the exposure is not attributed (it is covariate),
+    // whatever order the events arrive in; one after it is, even if it arrived first.
+    send(
+        o,
+        &sdk,
+        &[
+            conversion(1, "early", "conversion", 1.0, t - 1),
+            conversion(2, "late", "conversion", 1.0, t + 1),
+        ],
+    )
+    .await;
+    drain(o).await;
+    send(
+        o,
+        &sdk,
+        &[
+            exposure(3, "early", &id, "control", t),
+            exposure(4, "late", &id, "treatment", t),
+        ],
+    )
+    .await;
+    drain(o).await;
+    let (_, sums) = rollups(o, &id).await;
+    let control = sums[&("control".to_string(), "conversion".to_string())];
+    let treatment = sums[&("treatment".to_string(), "conversion".to_string())];
+    assert_eq!(
+        (control.sum_x, control.sum_c),
+        (0.0, 1.0),
+        "pre-exposure conversion is covariate only"
+    );
+    assert_eq!((treatment.sum_x, treatment.sum_c), (1.0, 0.0));
+    // An exposure that arrives late but happened earlier moves the first exposure back.
+    send(o, &sdk, &[exposure(5, "early", &id, "control", t - 10)]).await;
+    drain(o).await;
+    let (units, sums) = rollups(o, &id).await;
+    assert_eq!(units["control"], (1, 0));
+    let control = sums[&("control".to_string(), "conversion".to_string())];
+    assert_eq!((control.sum_x, control.sum_c), (1.0, 0.0));
+}
+on_both_backends!(ordering_by_timestamp, ordering);
+
+async fn dead_letters(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let t = now();
+    let unknown = "11111111-2222-4333-8444-555555555555";
+    send(
+        o,
+        &sdk,
+        &[
+            exposure(1, "a", unknown, "control", t),
+            exposure(2, "b", &id, "purple", t),
+            exposure(3, "c", &id, "control", t),
+        ],
+    )
+    .await;
+    // Three failed attempts (the retry backoff is waited out by moving the clock of the
+    // retry rows).
+    for _ in 0..3 {
+        drain(o).await;
+        sqlx::query("UPDATE pipeline_retries SET next_attempt_ms = 0")
+            .execute(&o.state.db.pool)
+            .await
+            .expect("due now");
+    }
+    drain(o).await;
+    let admin = o.admin.clone();
+    let letters = o
+        .request(Method::GET, "/api/v1/dead-letters", Some(&admin), None)
+        .await
+        .body;
+    let items = letters["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert!(
+        items[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("unknown or archived experiment")
+    );
+    assert!(
+        items[1]["error"]
+            .as_str()
+            .expect("error")
+            .contains("no variant `purple`")
+    );
+    assert_eq!(items[0]["attempts"], 3);
+    // The valid event went through; the metrics endpoint counts the dead letters.
+    assert_eq!(rollups(o, &id).await.0["control"], (1, 0));
+    let metrics = String::from_utf8(o.request(Method::GET, "/metrics", None, None).await.bytes)
+        .expect("text");
+    assert!(metrics.contains("abx_dead_letters 2"), "{metrics}");
+    assert!(metrics.contains("abx_events_accepted_total 3"));
+    assert!(metrics.contains("abx_pipeline_lag_events 0"));
+    // Replaying sends them through again (still failing here, so they return).
+    let replayed = o
+        .request(
+            Method::POST,
+            "/api/v1/dead-letters/replay",
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await
+        .body;
+    assert_eq!(replayed["replayed"], 2);
+    assert_eq!(
+        o.request(Method::GET, "/api/v1/dead-letters", Some(&admin), None)
+            .await
+            .body["items"],
+        json!([])
+    );
+}
+on_both_backends!(dead_letter_queue, dead_letters);
+
+async fn multiple_exposures_and_switchback(o: &TestOrigin) {
+    o.create("/api/v1/metrics", metric("orders", "mean")).await;
+    let mut body = experiment("surge", "orders");
+    body["unit"] = json!("city");
+    body["switchback_period_s"] = json!(3600);
+    let id = o.create("/api/v1/experiments", body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    let sdk = o.key("sdk").await;
+    let hour = 3_600_000;
+    let base = (now() / hour - 3) * hour;
+    // Paris flips arm each hour: two cells, no "multiple exposure".
+    let events = vec![
+        json!({"event_id": event_id(1), "kind": "exposure", "unit": "paris", "unit_attribute": "city", "experiment_id": id, "variant": "control", "timestamp": base + 10}),
+        json!({"event_id": event_id(2), "kind": "metric", "unit": "paris", "unit_attribute": "city", "event_type": "orders", "value": 3, "timestamp": base + 20}),
+        json!({"event_id": event_id(3), "kind": "exposure", "unit": "paris", "unit_attribute": "city", "experiment_id": id, "variant": "treatment", "timestamp": base + hour + 10}),
+        json!({"event_id": event_id(4), "kind": "metric", "unit": "paris", "unit_attribute": "city", "event_type": "orders", "value": 5, "timestamp": base + hour + 20}),
+    ];
+    assert_eq!(send(o, &sdk, &events).await.status, StatusCode::ACCEPTED);
+    drain(o).await;
+    let (units, sums) = rollups(o, &id).await;
+    assert_eq!(units["control"], (1, 0));
+    assert_eq!(units["treatment"], (1, 0));
+    assert_eq!(
+        sums[&("control".to_string(), "orders".to_string())].sum_x,
+        3.0
+    );
+    assert_eq!(
+        sums[&("treatment".to_string(), "orders".to_string())].sum_x,
+        5.0
+    );
+}
+on_both_backends!(switchback_cells, multiple_exposures_and_switchback);
+
+#[tokio::test]
+async fn backpressure_answers_503_with_retry_after() {
+    let Some(o) = TestOrigin::with(common::Backend::Sqlite, |s| s.max_pipeline_lag = 0).await
+    else {
+        return;
+    };
+    let (id, sdk) = running_experiment(&o).await;
+    assert_eq!(
+        send(&o, &sdk, &[exposure(1, "a", &id, "control", now())])
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    // The pipeline has not run: one event of lag is now over the limit.
+    let reply = send(&o, &sdk, &[exposure(2, "b", &id, "control", now())]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.headers.contains_key("retry-after"));
+    drain(&o).await;
+    assert_eq!(
+        send(&o, &sdk, &[exposure(2, "b", &id, "control", now())])
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    o.finish().await;
+}
+
+#[tokio::test]
+async fn retention_prunes_consumed_events_only() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    let (id, sdk) = running_experiment(&o).await;
+    send(&o, &sdk, &[exposure(1, "a", &id, "control", now())]).await;
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    // Not yet consumed: kept even past the cutoff.
+    assert_eq!(
+        event_store::prune_events(&mut conn, 0, now() + 10 * T0)
+            .await
+            .expect("prune"),
+        0
+    );
+    drop(conn);
+    drain(&o).await;
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let position = event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
+        .await
+        .expect("cursor");
+    assert_eq!(
+        event_store::prune_events(&mut conn, position, now() - 60_000)
+            .await
+            .expect("prune"),
+        0,
+        "too recent"
+    );
+    assert_eq!(
+        event_store::prune_events(&mut conn, position, now() + 60_000)
+            .await
+            .expect("prune"),
+        1
+    );
+    drop(conn);
+    // The rollups survive pruning.
+    assert_eq!(rollups(&o, &id).await.0["control"], (1, 0));
+    o.finish().await;
+}

@@ -1,0 +1,97 @@
+# Sourced by scripts/test.sh and .ci/run: installs what the build and tests need, once per
+# machine. CLI tools go into a cache outside the clone, keyed by version, so that later runs
+# (and CI on the same machine) reuse them.
+
+ABX_TOOLS="${ABX_TOOLS:-$HOME/.cache/abx-tools}"
+mkdir -p "$ABX_TOOLS"
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# ensure_cargo_tool CRATE VERSION [BINARY] [extra cargo install flags...]
+# Puts the tool's bin directory on PATH, installing it first if needed.
+ensure_cargo_tool() {
+  local crate=$1 version=$2 binary=${3:-$1}
+  shift 3 || shift $#
+  local root="$ABX_TOOLS/$crate-$version"
+  if [ ! -x "$root/bin/$binary" ]; then
+    log "installing $crate $version into $root"
+    cargo install "$crate" --version "$version" --root "$root" "$@"
+  fi
+  export PATH="$root/bin:$PATH"
+}
+
+ensure_rust_targets() {
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    log "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+}
+
+have_nightly() {
+  rustup toolchain list 2>/dev/null | grep -q '^nightly'
+}
+
+apt_install() {
+  log "installing Debian packages: $*"
+  if [ -z "${ABX_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    export ABX_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# `npm ci` in a package folder, repeated only when its package-lock.json changes.
+ensure_npm_packages() {
+  local dir=$1 lock_hash
+  lock_hash=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$dir/node_modules/.abx-lock-hash" 2>/dev/null)" != "$lock_hash" ]; then
+    log "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$lock_hash" >"$dir/node_modules/.abx-lock-hash"
+  fi
+}
+
+# Debian's Chromium (and ChromeDriver) for the browser tests. Returns 1 when it is missing
+# and cannot be installed; with ABX_REQUIRE_ALL set that ends the run instead.
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    apt_install chromium chromium-driver || true
+  fi
+  if command -v chromium >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ -n "${ABX_REQUIRE_ALL:-}" ]; then
+    echo "Chromium is required (ABX_REQUIRE_ALL=1) but could not be installed" >&2
+    exit 1
+  fi
+  return 1
+}
+
+# PostgreSQL on 127.0.0.1:5432 for the storage tests: started if stopped, installed from
+# Debian's packages (with trusted loopback access, as on these machines) if absent.
+ensure_postgres() {
+  export ABX_TEST_POSTGRES_URL="${ABX_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    return
+  fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    apt_install postgresql postgresql-client
+    local conf
+    conf=$(ls -d /etc/postgresql/*/main | head -n 1)
+    sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$conf/pg_hba.conf"
+  fi
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+  for _ in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && return
+    sleep 1
+  done
+  echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2
+  return 1
+}
+
+# Drops databases left behind by test runs that were killed midway.
+drop_stale_test_databases() {
+  psql "$ABX_TEST_POSTGRES_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'abx_t_%'" 2>/dev/null |
+    while read -r name; do psql "$ABX_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" || true; done
+}

@@ -1,0 +1,51 @@
+//! The statistics engine of abx.
+//!
+//! Every function is pure: it takes sufficient statistics (counts, sums, sums of squares and
+//! cross-products per group, see [`sufficient`]) and returns a serialisable result or a
+//! [`StatsError`]. Nothing here reads the clock, does IO or draws random numbers, so the
+//! origin service can call these functions O(variants × metrics) times per request.
+//! `docs/statistics.md` is the normative description of every formula.
+//!
+//! | Question | Function |
+//! | --- | --- |
+//! | Did a conversion rate change? | [`two_proportion_z_test`] |
+//! | Did a mean or per-unit sum change? | [`welch_t_test`] |
+//! | Did a ratio metric change? | [`ratio_test`] |
+//! | Same, with a pre-exposure covariate | [`cuped_test`] |
+//! | Correct for many metrics × variants | [`adjust_p_values`] |
+//! | Peek daily without inflating errors | [`sequential`], [`group_sequential`] |
+//! | Chance to beat control | [`beta_binomial`], [`bayesian::gaussian`] |
+//! | Is the traffic split broken? | [`srm_test`] |
+//! | How many units are needed? | [`power`] |
+//! | Do two experiments interact? | [`interaction`] |
+//! | Is a guardrail harmed? | [`guardrail`] |
+
+mod distribution;
+
+pub mod bayesian;
+pub mod cuped;
+pub mod effect;
+pub mod error;
+pub mod fixed_horizon;
+pub mod group_sequential;
+pub mod guardrail;
+pub mod interaction;
+pub mod mean;
+pub mod multiple;
+pub mod power;
+pub mod proportion;
+pub mod ratio;
+pub mod sequential;
+pub mod srm;
+pub mod sufficient;
+
+pub use bayesian::{BayesianResult, beta_binomial};
+pub use cuped::{CupedComparison, cuped_test};
+pub use effect::{Comparison, Effect, LiftUnavailable, RelativeLift, relative_lift};
+pub use error::StatsError;
+pub use mean::welch_t_test;
+pub use multiple::{Correction, adjust_p_values};
+pub use proportion::two_proportion_z_test;
+pub use ratio::ratio_test;
+pub use srm::{SrmResult, srm_test};
+pub use sufficient::{CovariateMoments, Moments, Proportion, RatioMoments};

@@ -1,0 +1,267 @@
+//! Properties that must hold for every input, checked on random inputs with proptest:
+//! p-values in [0, 1], intervals that contain their estimate, antisymmetry when the groups
+//! are swapped, monotonicity of the multiple-comparison corrections, and identities that tie
+//! the Bayesian and sequential quantities together.
+
+use abx_stats::bayesian::{self, beta_binomial, prob_greater};
+use abx_stats::group_sequential::{SpendingFunction, boundaries};
+use abx_stats::power::{Mde, PowerConfig, conversion_power, conversion_sample_size};
+use abx_stats::sequential::{SequentialConfig, accumulate, always_valid};
+use abx_stats::{
+    Comparison, Correction, CovariateMoments, Effect, Moments, Proportion, RatioMoments,
+    adjust_p_values, cuped_test, ratio_test, two_proportion_z_test, welch_t_test,
+};
+use proptest::prelude::*;
+
+fn assert_effect_sane(effect: &Effect) {
+    assert!(
+        (0.0..=1.0).contains(&effect.p_value),
+        "p = {}",
+        effect.p_value
+    );
+    assert!(effect.std_error > 0.0 && effect.std_error.is_finite());
+    assert!(effect.ci_lower <= effect.estimate && effect.estimate <= effect.ci_upper);
+    assert!(effect.ci_lower.is_finite() && effect.ci_upper.is_finite());
+}
+
+fn assert_comparison_sane(c: &Comparison) {
+    assert_effect_sane(&c.absolute);
+    if let Some(lift) = c.relative.effect() {
+        assert_effect_sane(lift);
+    }
+}
+
+/// The same comparison with the groups swapped must mirror the original.
+fn assert_mirrored(forward: &Comparison, backward: &Comparison) {
+    let (f, b) = (&forward.absolute, &backward.absolute);
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * (1.0 + x.abs().max(y.abs()));
+    assert!(close(f.estimate, -b.estimate));
+    assert!(close(f.statistic, -b.statistic));
+    assert!(close(f.p_value, b.p_value));
+    assert!(close(f.ci_lower, -b.ci_upper) && close(f.ci_upper, -b.ci_lower));
+}
+
+fn proportion() -> impl Strategy<Value = Proportion> {
+    (1_u64..50_000)
+        .prop_flat_map(|units| (Just(units), 0..=units).prop_map(|(u, c)| Proportion::new(u, c)))
+}
+
+fn sample(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<f64>> {
+    prop::collection::vec(-1_000.0_f64..1_000.0, len)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn z_test_is_sane_and_antisymmetric(c in proportion(), t in proportion(), alpha in 0.001_f64..0.5) {
+        match (two_proportion_z_test(&c, &t, alpha), two_proportion_z_test(&t, &c, alpha)) {
+            (Ok(forward), Ok(backward)) => {
+                // The unpooled SE can be zero when each group is constant; the interval is
+                // then the single point estimate, which the general check would reject.
+                if forward.absolute.std_error > 0.0 {
+                    assert_comparison_sane(&forward);
+                }
+                assert_mirrored(&forward, &backward);
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "asymmetric outcome {a:?} / {b:?}"),
+        }
+    }
+
+    #[test]
+    fn welch_is_sane_and_antisymmetric(x in sample(2..60), y in sample(2..60), alpha in 0.001_f64..0.5) {
+        let (c, t) = (Moments::from_values(&x), Moments::from_values(&y));
+        let forward = welch_t_test(&c, &t, alpha).unwrap();
+        let backward = welch_t_test(&t, &c, alpha).unwrap();
+        assert_comparison_sane(&forward);
+        assert_mirrored(&forward, &backward);
+        let df = forward.absolute.df.unwrap();
+        // Welch's df lies between the smaller group's n − 1 and the pooled n_c + n_t − 2.
+        let lower = (x.len().min(y.len()) - 1) as f64;
+        prop_assert!(df >= lower * (1.0 - 1e-9) && df <= (x.len() + y.len() - 2) as f64 * (1.0 + 1e-9));
+    }
+
+    #[test]
+    fn ratio_is_sane_and_antisymmetric(
+        units in prop::collection::vec((0.0_f64..50.0, 1.0_f64..10.0), 4..80),
+        split in 2_usize..40,
+    ) {
+        let split = split.min(units.len() - 2);
+        let moments = |rows: &[(f64, f64)]| RatioMoments {
+            n: rows.len() as u64,
+            sum_num: rows.iter().map(|r| r.0).sum(),
+            sum_num_sq: rows.iter().map(|r| r.0 * r.0).sum(),
+            sum_den: rows.iter().map(|r| r.1).sum(),
+            sum_den_sq: rows.iter().map(|r| r.1 * r.1).sum(),
+            sum_num_den: rows.iter().map(|r| r.0 * r.1).sum(),
+        };
+        let (c, t) = (moments(&units[..split]), moments(&units[split..]));
+        if let (Ok(forward), Ok(backward)) = (ratio_test(&c, &t, 0.05), ratio_test(&t, &c, 0.05)) {
+            assert_comparison_sane(&forward);
+            assert_mirrored(&forward, &backward);
+        }
+    }
+
+    #[test]
+    fn cuped_is_invariant_to_shifting_the_covariate(
+        rows in prop::collection::vec((-50.0_f64..50.0, -20.0_f64..20.0), 6..80),
+        shift in -100.0_f64..100.0,
+    ) {
+        let split = rows.len() / 2;
+        let moments = |rows: &[(f64, f64)], shift: f64| {
+            let mut m = CovariateMoments { n: rows.len() as u64, sum_y: 0.0, sum_y_sq: 0.0, sum_x: 0.0, sum_x_sq: 0.0, sum_xy: 0.0 };
+            for &(y, x0) in rows {
+                let x = x0 + shift;
+                m.sum_y += y; m.sum_y_sq += y * y; m.sum_x += x; m.sum_x_sq += x * x; m.sum_xy += x * y;
+            }
+            m
+        };
+        let base = cuped_test(&moments(&rows[..split], 0.0), &moments(&rows[split..], 0.0), 0.05);
+        let moved = cuped_test(&moments(&rows[..split], shift), &moments(&rows[split..], shift), 0.05);
+        if let (Ok(a), Ok(b)) = (base, moved) {
+            assert_comparison_sane(&a.comparison);
+            let tol = |x: f64| 1e-6 * (1.0 + x.abs());
+            prop_assert!((a.theta - b.theta).abs() <= tol(a.theta));
+            prop_assert!((a.comparison.absolute.estimate - b.comparison.absolute.estimate).abs() <= tol(a.comparison.absolute.estimate));
+            prop_assert!((a.comparison.absolute.p_value - b.comparison.absolute.p_value).abs() <= 1e-6);
+        }
+    }
+
+    #[test]
+    fn corrections_are_monotone_bounded_and_ordered(p in prop::collection::vec(0.0_f64..=1.0, 0..40)) {
+        let bh = adjust_p_values(&p, Correction::BenjaminiHochberg);
+        let holm = adjust_p_values(&p, Correction::Holm);
+        let bonferroni = adjust_p_values(&p, Correction::Bonferroni);
+        for i in 0..p.len() {
+            prop_assert!(p[i] <= bh[i] + 1e-15 && bh[i] <= 1.0);
+            // Holm never rejects less than Bonferroni, BH never less than Holm.
+            prop_assert!(bh[i] <= holm[i] + 1e-15 && holm[i] <= bonferroni[i] + 1e-15);
+            for j in 0..p.len() {
+                if p[i] <= p[j] {
+                    prop_assert!(bh[i] <= bh[j] && holm[i] <= holm[j]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sequential_p_value_and_confidence_sequence_agree(
+        estimate in -1.0_f64..1.0, se in 0.001_f64..1.0, units in 1_u64..1_000_000, alpha in 0.001_f64..0.3,
+    ) {
+        let config = SequentialConfig { alpha, tuning_units: 10_000.0 };
+        let r = always_valid(estimate, se, units, &config).unwrap();
+        prop_assert!((0.0..=1.0).contains(&r.p_value));
+        prop_assert!(r.ci_lower <= estimate && estimate <= r.ci_upper);
+        // Rejecting H0: θ = 0 and excluding 0 from the sequence are the same event, up to
+        // rounding at the exact boundary.
+        let excluded = r.ci_lower > 0.0 || r.ci_upper < 0.0;
+        let margin = (r.p_value - alpha).abs() > 1e-9;
+        prop_assert!(!margin || r.reject == excluded);
+        // The always-valid p-value is never smaller than the fixed-horizon one.
+        let fixed = 2.0 * 0.5 * erfc_approx(estimate.abs() / se / std::f64::consts::SQRT_2);
+        prop_assert!(r.p_value >= fixed * (1.0 - 1e-6) - 1e-12);
+    }
+
+    #[test]
+    fn accumulated_sequence_is_monotone(
+        looks in prop::collection::vec((-0.05_f64..0.05, 0.001_f64..0.05), 1..20),
+    ) {
+        let config = SequentialConfig::default();
+        let mut running = None;
+        for (k, &(estimate, se)) in looks.iter().enumerate() {
+            let current = always_valid(estimate, se, (k as u64 + 1) * 1000, &config).unwrap();
+            let next = match &running { None => current, Some(prev) => accumulate(prev, &current) };
+            if let Some(prev) = &running {
+                prop_assert!(next.p_value <= prev.p_value);
+                prop_assert!(next.ci_lower <= next.ci_upper);
+            }
+            running = Some(next);
+        }
+    }
+
+    #[test]
+    fn chance_to_beat_is_complementary_and_losses_differ_by_the_mean_gap(c in proportion(), t in proportion()) {
+        let forward = beta_binomial(&c, &t).unwrap();
+        let backward = beta_binomial(&t, &c).unwrap();
+        prop_assert!((forward.chance_to_beat_control + backward.chance_to_beat_control - 1.0).abs() < 1e-9);
+        // E[(c − t)⁺] − E[(t − c)⁺] = E[c − t].
+        let gap = forward.control_mean - forward.treatment_mean;
+        prop_assert!((forward.expected_loss - forward.expected_loss_control - gap).abs() < 1e-9);
+        prop_assert!((forward.expected_loss - backward.expected_loss_control).abs() < 1e-12);
+    }
+
+    #[test]
+    fn prob_greater_respects_the_reflection_identity(
+        a1 in 1_u32..3000, b1 in 1_u32..3000, a2 in 1_u32..3000, b2 in 1_u32..3000,
+    ) {
+        // X₁ > X₂ ⇔ 1 − X₂ > 1 − X₁, and 1 − X ~ Beta(b, a): the two sums run over
+        // different indices, so agreement checks the summation itself.
+        let (a1, b1, a2, b2) = (f64::from(a1), f64::from(b1), f64::from(a2), f64::from(b2));
+        let direct = prob_greater(a1, b1, a2, b2);
+        let reflected = prob_greater(b2, a2, b1, a1);
+        prop_assert!((direct - reflected).abs() < 1e-10, "{direct} vs {reflected}");
+    }
+
+    #[test]
+    fn gaussian_bayes_is_complementary(x in sample(2..50), y in sample(2..50)) {
+        let (c, t) = (Moments::from_values(&x), Moments::from_values(&y));
+        let forward = bayesian::gaussian(&c, &t).unwrap();
+        let backward = bayesian::gaussian(&t, &c).unwrap();
+        prop_assert!((forward.chance_to_beat_control + backward.chance_to_beat_control - 1.0).abs() < 1e-12);
+        let gap = forward.control_mean - forward.treatment_mean;
+        prop_assert!((forward.expected_loss - forward.expected_loss_control - gap).abs() < 1e-9 * (1.0 + gap.abs()));
+    }
+
+    #[test]
+    fn planned_sample_reaches_the_requested_power(
+        baseline in 0.01_f64..0.9, relative in 0.02_f64..0.5, power in 0.5_f64..0.99, variants in 2_u32..6,
+    ) {
+        prop_assume!(baseline * (1.0 + relative) < 0.99);
+        let config = PowerConfig { alpha: 0.05, power, variants, daily_traffic: Some(1000.0) };
+        let plan = conversion_sample_size(baseline, Mde::Relative(relative), &config).unwrap();
+        let at_plan = conversion_power(baseline, Mde::Relative(relative), plan.units_per_variant as f64, 0.05, variants).unwrap();
+        prop_assert!(at_plan >= power - 1e-9);
+        let below = conversion_power(baseline, Mde::Relative(relative), plan.exact_units_per_variant * 0.99, 0.05, variants).unwrap();
+        prop_assert!(below < power);
+        prop_assert_eq!(plan.total_units, plan.units_per_variant * u64::from(variants));
+        prop_assert_eq!(plan.expected_days, Some((plan.total_units as f64 / 1000.0).ceil() as u64));
+    }
+}
+
+/// erfc through the normal survival function of the crate's public API would be circular, so
+/// the fixed-horizon comparison uses the Abramowitz–Stegun 7.1.26 bound, which is accurate to
+/// 1.5e-7 absolute: enough for an inequality with the 1e-6 slack above.
+fn erfc_approx(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    (poly * (-x * x).exp() - 1.5e-7).max(0.0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn group_sequential_spends_exactly_and_monotonically(
+        mut fractions in prop::collection::vec(0.05_f64..1.0, 1..6),
+        alpha in 0.005_f64..0.2,
+        pocock in any::<bool>(),
+    ) {
+        fractions.sort_by(f64::total_cmp);
+        fractions.dedup_by(|a, b| (*a - *b).abs() < 0.02);
+        let spending = if pocock { SpendingFunction::Pocock } else { SpendingFunction::OBrienFleming };
+        let looks = boundaries(&fractions, alpha, spending).unwrap();
+        let mut spent = 0.0;
+        for look in &looks {
+            prop_assert!(look.cumulative_alpha >= spent && look.cumulative_alpha <= alpha + 1e-15);
+            prop_assert!((look.cumulative_alpha - spent - look.incremental_alpha).abs() < 1e-15);
+            // A boundary can never be laxer than the unconditional quantile of its increment.
+            prop_assert!(look.nominal_p >= look.incremental_alpha * (1.0 - 1e-9));
+            prop_assert!(look.z_boundary.is_finite() && look.z_boundary > 0.0);
+            spent = look.cumulative_alpha;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The JSON results of the C ABI (`docs/wasm-abi.md`). Configs and flag values are JSON text
+//! that abx-core never parses, so they are passed on as strings (`config_json`,
+//! `value_json`) rather than spliced into the output: a malformed value in a snapshot then
+//! cannot make the whole result unparsable.
+
+use abx_core::snapshot::Snapshot;
+use abx_core::{Assignment, Evaluation, Evaluator, FlagResult};
+use serde::Serialize;
+use serde::ser::Serializer;
+
+use crate::packed::{FLAG_REASONS, REASONS, flag_values};
+
+#[derive(Serialize)]
+pub struct ExperimentJson<'a> {
+    pub experiment: &'a str,
+    pub experiment_id: &'a str,
+    pub variant: Option<&'a str>,
+    pub config_json: Option<&'a str>,
+    pub reason: &'static str,
+    pub log_exposure: bool,
+}
+
+impl<'a> From<&Assignment<'a>> for ExperimentJson<'a> {
+    fn from(a: &Assignment<'a>) -> Self {
+        ExperimentJson {
+            experiment: a.experiment_key,
+            experiment_id: a.experiment_id,
+            variant: a.variant,
+            config_json: a.config,
+            reason: a.reason.as_str(),
+            log_exposure: a.log_exposure,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct FlagJson<'a> {
+    pub flag: &'a str,
+    pub value_json: &'a str,
+    pub reason: &'static str,
+    /// The key of the experiment that supplied the value (reason `experiment`).
+    pub experiment: Option<&'a str>,
+}
+
+impl<'a> FlagJson<'a> {
+    pub fn new(snapshot: &'a Snapshot, f: &FlagResult<'a>) -> Self {
+        FlagJson {
+            flag: f.flag_key,
+            value_json: f.value,
+            reason: f.reason.as_str(),
+            experiment: f
+                .experiment
+                .and_then(|e| snapshot.experiments.get(e as usize))
+                .map(|e| e.key.as_str()),
+        }
+    }
+}
+
+/// `{"snapshot_version", "experiments": {key: …}, "flags": {key: …}}`, the shape of the
+/// origin's `POST /evaluate`.
+pub struct EvaluationJson<'a> {
+    pub evaluator: &'a Evaluator,
+    pub evaluation: &'a Evaluation<'a>,
+}
+
+impl Serialize for EvaluationJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let snapshot = self.evaluator.snapshot();
+        let experiments = self
+            .evaluation
+            .experiments
+            .iter()
+            .map(|a| (a.experiment_key, ExperimentJson::from(a)));
+        let flags = self
+            .evaluation
+            .flags
+            .iter()
+            .map(|f| (f.flag_key, FlagJson::new(snapshot, f)));
+        let mut out = serializer.serialize_struct("Evaluation", 3)?;
+        out.serialize_field("snapshot_version", &snapshot.snapshot_version)?;
+        out.serialize_field("experiments", &Map(experiments))?;
+        out.serialize_field("flags", &Map(flags))?;
+        out.end()
+    }
+}
+
+/// Serializes an iterator of pairs as a JSON object without collecting it first.
+struct Map<I>(I);
+
+impl<K: Serialize, V: Serialize, I: Iterator<Item = (K, V)> + Clone> Serialize for Map<I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.clone())
+    }
+}
+
+/// Serializes an iterator as a JSON array without collecting it first.
+struct Seq<I>(I);
+
+impl<T: Serialize, I: Iterator<Item = T> + Clone> Serialize for Seq<I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone())
+    }
+}
+
+/// The name tables a host needs to read packed results (`abx_describe`).
+pub struct Description<'a>(pub &'a Snapshot);
+
+impl Serialize for Description<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let s = self.0;
+        let text = |i: u32| s.strings.get(i as usize).map_or("", String::as_str);
+        let attribute = |i: u32| s.attributes.get(i as usize).map_or("", String::as_str);
+        let experiments = s.experiments.iter().map(|e| ExperimentTable {
+            key: &e.key,
+            id: e.id.to_text().as_str().into(),
+            unit: attribute(e.unit),
+            variants: e.variants.iter().map(|v| text(v.key)).collect(),
+            configs_json: e.variants.iter().map(|v| v.config.as_str()).collect(),
+        });
+        let flags = s.flags.iter().map(|f| FlagTable {
+            key: &f.key,
+            unit: attribute(f.unit),
+            values_json: flag_values(f).collect(),
+        });
+        let mut out = serializer.serialize_struct("Description", 6)?;
+        out.serialize_field("snapshot_version", &s.snapshot_version)?;
+        out.serialize_field("published_at_ms", &s.published_at_ms)?;
+        out.serialize_field("reasons", &Seq(REASONS.iter().map(|r| r.as_str())))?;
+        out.serialize_field(
+            "flag_reasons",
+            &Seq(FLAG_REASONS.iter().map(|r| r.as_str())),
+        )?;
+        out.serialize_field("experiments", &Seq(experiments))?;
+        out.serialize_field("flags", &Seq(flags))?;
+        out.end()
+    }
+}
+
+#[derive(Serialize)]
+struct ExperimentTable<'a> {
+    key: &'a str,
+    id: String,
+    unit: &'a str,
+    variants: Vec<&'a str>,
+    configs_json: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct FlagTable<'a> {
+    key: &'a str,
+    unit: &'a str,
+    values_json: Vec<&'a str>,
+}

@@ -1,0 +1,132 @@
+// One loaded snapshot: the module's engine plus the name tables that turn its packed results
+// (docs/wasm-abi.md, "Packed results") into objects. Tables are read from the module once per
+// snapshot, and per experiment or flag only when first needed.
+
+import { encodeContext } from './context.js';
+import { AbxError } from './errors.js';
+import { loadEngine, reasonNames } from './wasm.js';
+
+function parseJson(text) {
+  try {
+    return deepFreeze(JSON.parse(text));
+  } catch {
+    // abx-core never parses configs; one that is not JSON is served as its text.
+    return text;
+  }
+}
+
+// Parsed configs are shared by every caller, so they are frozen: one caller cannot change
+// what another sees.
+function deepFreeze(value) {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const key of Object.keys(value)) deepFreeze(value[key]);
+  }
+  return value;
+}
+
+class Texts {
+  constructor(texts) {
+    this.texts = texts;
+    this.parsed = new Array(texts.length);
+  }
+
+  parsedAt(i) {
+    if (i >= this.texts.length) return null;
+    if (this.parsed[i] === undefined) this.parsed[i] = parseJson(this.texts[i]);
+    return this.parsed[i];
+  }
+}
+
+export class LoadedSnapshot {
+  /**
+   * @param {Uint8Array} bytes
+   * @param {Uint8Array | undefined} publicKey
+   */
+  constructor(bytes, publicKey) {
+    const engine = loadEngine(bytes, publicKey);
+    this.engine = engine;
+    this.version = engine.snapshotVersion;
+    this.publishedAtMs = engine.publishedAtMs;
+    this.experimentKeys = engine.experimentKeys();
+    this.experimentIds = engine.experimentIds();
+    this.experimentUnits = engine.experimentUnits();
+    this.flagKeys = engine.flagKeys();
+    this.experimentIndex = new Map(this.experimentKeys.map((key, i) => [key, i]));
+    this.flagIndex = new Map(this.flagKeys.map((key, i) => [key, i]));
+    this.variantNames = new Array(this.experimentKeys.length);
+    this.variantConfigs = new Array(this.experimentKeys.length);
+    this.flagValues = new Array(this.flagKeys.length);
+    const names = reasonNames();
+    this.reasons = names.reasons;
+    this.flagReasons = names.flagReasons;
+  }
+
+  /** Releases the module memory now instead of at garbage collection. */
+  free() {
+    this.engine.free();
+  }
+
+  variants(i) {
+    return (this.variantNames[i] ??= this.engine.variantKeys(i));
+  }
+
+  configs(i) {
+    return (this.variantConfigs[i] ??= new Texts(this.engine.variantConfigs(i)));
+  }
+
+  values(i) {
+    return (this.flagValues[i] ??= new Texts(this.engine.flagValues(i)));
+  }
+
+  /** An experiment result from its two packed words. */
+  experimentResult(i, reason, variantPlusOne) {
+    const reasonName = this.reasons[reason];
+    if (variantPlusOne === 0) {
+      return { variant: null, config: null, configJson: null, reason: reasonName };
+    }
+    const v = variantPlusOne - 1;
+    const configs = this.configs(i);
+    return {
+      variant: this.variants(i)[v] ?? null,
+      config: configs.parsedAt(v),
+      configJson: configs.texts[v] ?? null,
+      reason: reasonName,
+    };
+  }
+
+  /** A flag result from its two packed words. */
+  flagResult(i, reason, valueIndex) {
+    const values = this.values(i);
+    return {
+      value: values.parsedAt(valueIndex),
+      valueJson: values.texts[valueIndex] ?? null,
+      reason: this.flagReasons[reason],
+    };
+  }
+
+  /** Every experiment and flag as packed words. */
+  evaluatePacked(context, nowMs) {
+    try {
+      return this.engine.evaluate(encodeContext(context), nowMs);
+    } catch (error) {
+      throw AbxError.from(error);
+    }
+  }
+
+  experimentPacked(i, context, nowMs) {
+    try {
+      return this.engine.experiment(i, encodeContext(context), nowMs);
+    } catch (error) {
+      throw AbxError.from(error);
+    }
+  }
+
+  flagPacked(i, context, nowMs) {
+    try {
+      return this.engine.flag(i, encodeContext(context), nowMs);
+    } catch (error) {
+      throw AbxError.from(error);
+    }
+  }
+}

@@ -1,0 +1,255 @@
+//! abx-core for browsers and Node through wasm-bindgen. This is the low-level module behind
+//! the JavaScript package in `js/` (which pages use); it holds no assignment logic.
+//!
+//! The interface is shaped for speed across the JavaScript boundary rather than for direct
+//! use: contexts arrive as postcard bytes (encoded by `js/src/context.js`, so the module needs
+//! no JSON parser), and results leave as packed `u32` words (`abx_wasm_abi::packed`) that the
+//! JavaScript side turns into objects using name tables it reads once per snapshot.
+//!
+//! The module is what every page downloads, so it is kept small (docs/benchmarks.md,
+//! "abx-wasm"):
+//! - It does not verify signatures: Ed25519 would be a quarter of it, and browsers and Node
+//!   have it in WebCrypto. [`signature_offset`] checks the envelope and says what to verify
+//!   (abx-core's `signed_parts`); the package verifies with WebCrypto, then calls
+//!   [`Engine::load`], so the error codes and their order are abx-core's `decode_verified`'s.
+//! - Failures are thrown as their stable code alone (a string, e.g. `"bad_magic"`); the
+//!   package turns codes into `AbxError`s with messages, so no `Display` code is linked.
+//! - On wasm32 it is `no_std`, with std's allocator (dlmalloc) and a panic handler that traps
+//!   without formatting a message: std's handler formats one for a hook whose output goes
+//!   nowhere on this target, and that pulls in `core::fmt`. Nothing here panics on any input
+//!   (snapshot and context bytes are decoded fallibly, indices are checked), so the handler
+//!   is only reached by a bug, and a trap is what std's handler ends in on this target too.
+
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use abx_core::{Context, Evaluator};
+use abx_wasm_abi::packed::{FLAG_REASONS, Packer, REASONS, experiment_words, flag_values};
+use wasm_bindgen::prelude::*;
+
+/// Error codes of the binding itself; snapshot errors use abx-core's `Error::code()`.
+mod code {
+    pub const INVALID_CONTEXT: &str = "invalid_context";
+    pub const INVALID_ARGUMENT: &str = "invalid_argument";
+    pub const INTERNAL: &str = "internal";
+}
+
+/// What is thrown: the error code as a string (the package adds the message).
+fn error(code: &str) -> JsValue {
+    JsValue::from_str(code)
+}
+
+fn context(bytes: &[u8]) -> Result<Context, JsValue> {
+    match postcard::take_from_bytes::<Context>(bytes) {
+        Ok((context, [])) => Ok(context),
+        _ => Err(error(code::INVALID_CONTEXT)),
+    }
+}
+
+/// JavaScript times are doubles; abx-core takes whole milliseconds.
+fn millis(now_ms: f64) -> Result<i64, JsValue> {
+    if now_ms.is_finite() {
+        // `f64::floor` needs std; `as` truncates toward zero (saturating), so step down for
+        // negative fractions.
+        let whole = now_ms as i64;
+        Ok(if (whole as f64) > now_ms {
+            whole.saturating_sub(1)
+        } else {
+            whole
+        })
+    } else {
+        Err(error(code::INVALID_ARGUMENT))
+    }
+}
+
+/// Checks the envelope of snapshot bytes that must be signed and returns where the signature
+/// starts: the bytes before it are what it signs, the 64 bytes from it the Ed25519 signature.
+/// Throws docs/snapshot-format.md's code of the envelope error, or `unsigned`.
+#[wasm_bindgen(js_name = signatureOffset)]
+pub fn signature_offset(snapshot: &[u8]) -> Result<u32, JsValue> {
+    let parts = abx_core::signed_parts(snapshot).map_err(|e| error(e.code()))?;
+    // Snapshots are at most 64 MiB (abx-core refuses longer payloads before this point).
+    u32::try_from(parts.signed.len()).map_err(|_| error(code::INTERNAL))
+}
+
+/// One decoded, validated and indexed snapshot.
+#[wasm_bindgen]
+pub struct Engine {
+    evaluator: Evaluator,
+    packer: Packer,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Decodes, validates and indexes snapshot bytes, checking the checksum but not a
+    /// signature (the package verifies that first, see [`signature_offset`]). Throws one of
+    /// docs/snapshot-format.md's error codes.
+    pub fn load(snapshot: &[u8]) -> Result<Engine, JsValue> {
+        let evaluator = Evaluator::from_bytes(snapshot).map_err(|e| error(e.code()))?;
+        let packer = Packer::new(evaluator.snapshot());
+        Ok(Engine { evaluator, packer })
+    }
+
+    /// The snapshot's version (a counter, exact as a double up to 2^53).
+    #[wasm_bindgen(getter, js_name = snapshotVersion)]
+    pub fn snapshot_version(&self) -> f64 {
+        self.evaluator.snapshot().snapshot_version as f64
+    }
+
+    #[wasm_bindgen(getter, js_name = publishedAtMs)]
+    pub fn published_at_ms(&self) -> f64 {
+        self.evaluator.snapshot().published_at_ms as f64
+    }
+
+    #[wasm_bindgen(js_name = experimentKeys)]
+    pub fn experiment_keys(&self) -> Vec<String> {
+        let experiments = &self.evaluator.snapshot().experiments;
+        experiments.iter().map(|e| e.key.clone()).collect()
+    }
+
+    #[wasm_bindgen(js_name = experimentIds)]
+    pub fn experiment_ids(&self) -> Vec<String> {
+        let experiments = &self.evaluator.snapshot().experiments;
+        experiments
+            .iter()
+            .map(|e| e.id.to_text().as_str().into())
+            .collect()
+    }
+
+    /// The unit attribute of each experiment (for exposure events).
+    #[wasm_bindgen(js_name = experimentUnits)]
+    pub fn experiment_units(&self) -> Vec<String> {
+        let snapshot = self.evaluator.snapshot();
+        let attribute = |i: u32| snapshot.attributes.get(i as usize).cloned();
+        snapshot
+            .experiments
+            .iter()
+            .map(|e| attribute(e.unit).unwrap_or_default())
+            .collect()
+    }
+
+    /// Variant keys of experiment `index`, in variant order.
+    #[wasm_bindgen(js_name = variantKeys)]
+    pub fn variant_keys(&self, index: u32) -> Vec<String> {
+        let snapshot = self.evaluator.snapshot();
+        let text = |i: u32| snapshot.strings.get(i as usize).cloned();
+        snapshot
+            .experiments
+            .get(index as usize)
+            .map(|e| {
+                e.variants
+                    .iter()
+                    .map(|v| text(v.key).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Variant configs (JSON text) of experiment `index`, in variant order.
+    #[wasm_bindgen(js_name = variantConfigs)]
+    pub fn variant_configs(&self, index: u32) -> Vec<String> {
+        let experiments = &self.evaluator.snapshot().experiments;
+        experiments
+            .get(index as usize)
+            .map(|e| e.variants.iter().map(|v| v.config.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[wasm_bindgen(js_name = flagKeys)]
+    pub fn flag_keys(&self) -> Vec<String> {
+        let flags = &self.evaluator.snapshot().flags;
+        flags.iter().map(|f| f.key.clone()).collect()
+    }
+
+    /// The value table (JSON texts) of flag `index`: off, default, then each rule's values.
+    #[wasm_bindgen(js_name = flagValues)]
+    pub fn flag_values(&self, index: u32) -> Vec<String> {
+        let flags = &self.evaluator.snapshot().flags;
+        flags
+            .get(index as usize)
+            .map(|f| flag_values(f).map(String::from).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every experiment and flag as packed words (docs/wasm-abi.md, "Packed results").
+    pub fn evaluate(&self, context_bytes: &[u8], now_ms: f64) -> Result<Vec<u32>, JsValue> {
+        let context = context(context_bytes)?;
+        let evaluation = self.evaluator.evaluate(&context, millis(now_ms)?);
+        let mut words = Vec::new();
+        self.packer
+            .pack(&self.evaluator, &evaluation, &mut words)
+            .map_err(|_| error(code::INTERNAL))?;
+        Ok(words)
+    }
+
+    /// One experiment by index: `[reason, variant + 1]`.
+    pub fn experiment(
+        &self,
+        index: u32,
+        context_bytes: &[u8],
+        now_ms: f64,
+    ) -> Result<Vec<u32>, JsValue> {
+        let context = context(context_bytes)?;
+        let assignment = self
+            .evaluator
+            .experiment_at(index, &context, millis(now_ms)?)
+            .ok_or_else(|| error(code::INVALID_ARGUMENT))?;
+        Ok(experiment_words(&assignment).to_vec())
+    }
+
+    /// One flag by index: `[reason, value]`, followed by `[experiment + 1, reason, variant + 1]`
+    /// of the experiment that supplied the value when the reason is `experiment` (so the
+    /// caller can log that experiment's exposure).
+    pub fn flag(&self, index: u32, context_bytes: &[u8], now_ms: f64) -> Result<Vec<u32>, JsValue> {
+        let context = context(context_bytes)?;
+        let now_ms = millis(now_ms)?;
+        let snapshot = self.evaluator.snapshot();
+        let unknown = || error(code::INVALID_ARGUMENT);
+        let key = &snapshot.flags.get(index as usize).ok_or_else(unknown)?.key;
+        let result = self
+            .evaluator
+            .flag(key, &context, now_ms)
+            .ok_or_else(unknown)?;
+        let mut words = self
+            .packer
+            .flag_words(snapshot, &result)
+            .map_err(|_| error(code::INTERNAL))?
+            .to_vec();
+        if let Some(experiment) = result.experiment
+            && let Some(assignment) = self.evaluator.experiment_at(experiment, &context, now_ms)
+        {
+            words.push(experiment.saturating_add(1));
+            words.extend_from_slice(&experiment_words(&assignment));
+        }
+        Ok(words)
+    }
+}
+
+/// Experiment reason names in code order.
+#[wasm_bindgen]
+pub fn reasons() -> Vec<String> {
+    REASONS.iter().map(|r| r.as_str().into()).collect()
+}
+
+/// Flag reason names in code order.
+#[wasm_bindgen(js_name = flagReasons)]
+pub fn flag_reasons() -> Vec<String> {
+    FLAG_REASONS.iter().map(|r| r.as_str().into()).collect()
+}
+
+/// What std would provide on wasm32, without its panic message formatting (crate docs).
+#[cfg(target_arch = "wasm32")]
+mod runtime {
+    /// The allocator std uses on this target.
+    #[global_allocator]
+    static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+    #[panic_handler]
+    fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+        core::arch::wasm32::unreachable()
+    }
+}
