@@ -14,7 +14,7 @@ wasm_opt=wasm/js/node_modules/.bin/wasm-opt
 # Two cargo invocations, not one: built together, Cargo would unify abx-wasm-abi's features and
 # link its C exports into the wasm-bindgen module as well.
 cargo build --locked -p abx-wasm --target wasm32-unknown-unknown --profile wasm-release
-cargo build --locked -p abx-wasm-abi --target wasm32-unknown-unknown --profile wasm-release
+cargo rustc --locked -p abx-wasm-abi --lib --crate-type cdylib --target wasm32-unknown-unknown --profile wasm-release
 
 rm -rf wasm/js/pkg
 wasm-bindgen --target web --out-dir wasm/js/pkg "$out/abx_wasm.wasm"

@@ -330,7 +330,11 @@ export async function startWorkerd(services, options = {}) {
 
 export const ADMIN_KEY = 'edge-harness-admin-key-0123456789';
 
-export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-origin') } = {}) {
+/**
+ * Options: `databaseUrl` (PostgreSQL instead of SQLite in the data directory), `args` (more
+ * `serve` arguments) and `env` (more environment variables).
+ */
+export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-origin'), databaseUrl, args = [], env: extraEnv = {} } = {}) {
   if (!existsSync(binary)) throw new Error(`${binary} is missing: build abx-origin first`);
   const dataDir = mkdtempSync(join(tmpdir(), 'abx-edge-origin-'));
   const port = await freePort();
@@ -342,9 +346,11 @@ export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-
     ABX_SDK_RATE_LIMIT: '1000000',
     ABX_ADMIN_RATE_LIMIT: '100000',
     RUST_LOG: process.env.RUST_LOG || 'warn',
+    ...extraEnv,
   };
+  const serveArgs = ['serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, ...(databaseUrl ? ['--database-url', databaseUrl] : []), ...args];
   const start = async () => {
-    child = spawn(binary, ['serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    child = spawn(binary, serveArgs, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.on('data', (d) => logs.push(d.toString()));
     child.stderr.on('data', (d) => logs.push(d.toString()));
     await waitForPort(port, 30_000, child);
@@ -390,6 +396,13 @@ export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-
     },
     stop,
     start,
+    /** SIGKILL: no shutdown work at all, as a crash or an OOM kill. */
+    kill: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+    },
     cleanup: async () => { await stop(); rmSync(dataDir, { recursive: true, force: true }); },
   };
   return origin;

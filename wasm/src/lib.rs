@@ -8,10 +8,6 @@
 //!
 //! The module is what every page downloads, so it is kept small (docs/benchmarks.md,
 //! "abx-wasm"):
-//! - It does not verify signatures: Ed25519 would be a quarter of it, and browsers and Node
-//!   have it in WebCrypto. [`signature_offset`] checks the envelope and says what to verify
-//!   (abx-core's `signed_parts`); the package verifies with WebCrypto, then calls
-//!   [`Engine::load`], so the error codes and their order are abx-core's `decode_verified`'s.
 //! - Failures are thrown as their stable code alone (a string, e.g. `"bad_magic"`); the
 //!   package turns codes into `AbxError`s with messages, so no `Display` code is linked.
 //! - On wasm32 it is `no_std`, with std's allocator (dlmalloc) and a panic handler that traps
@@ -66,16 +62,6 @@ fn millis(now_ms: f64) -> Result<i64, JsValue> {
     }
 }
 
-/// Checks the envelope of snapshot bytes that must be signed and returns where the signature
-/// starts: the bytes before it are what it signs, the 64 bytes from it the Ed25519 signature.
-/// Throws docs/snapshot-format.md's code of the envelope error, or `unsigned`.
-#[wasm_bindgen(js_name = signatureOffset)]
-pub fn signature_offset(snapshot: &[u8]) -> Result<u32, JsValue> {
-    let parts = abx_core::signed_parts(snapshot).map_err(|e| error(e.code()))?;
-    // Snapshots are at most 64 MiB (abx-core refuses longer payloads before this point).
-    u32::try_from(parts.signed.len()).map_err(|_| error(code::INTERNAL))
-}
-
 /// One decoded, validated and indexed snapshot.
 #[wasm_bindgen]
 pub struct Engine {
@@ -85,11 +71,14 @@ pub struct Engine {
 
 #[wasm_bindgen]
 impl Engine {
-    /// Decodes, validates and indexes snapshot bytes, checking the checksum but not a
-    /// signature (the package verifies that first, see [`signature_offset`]). Throws one of
-    /// docs/snapshot-format.md's error codes.
-    pub fn load(snapshot: &[u8]) -> Result<Engine, JsValue> {
-        let evaluator = Evaluator::from_bytes(snapshot).map_err(|e| error(e.code()))?;
+    /// Decodes, validates and indexes snapshot bytes; with a public key (32 bytes), only a
+    /// snapshot it signed is accepted. Throws one of docs/snapshot-format.md's error codes.
+    pub fn load(snapshot: &[u8], public_key: Option<Vec<u8>>) -> Result<Engine, JsValue> {
+        let evaluator = match public_key {
+            Some(key) => Evaluator::from_verified_bytes(snapshot, &key),
+            None => Evaluator::from_bytes(snapshot),
+        }
+        .map_err(|e| error(e.code()))?;
         let packer = Packer::new(evaluator.snapshot());
         Ok(Engine { evaluator, packer })
     }

@@ -392,7 +392,7 @@ fn replay_file(
 }
 
 /// Replays the suite; prints per-file counts and the closing `N passed, M failed` line.
-pub fn run(wasm: &[u8], suite: &Path) -> Result<bool> {
+pub fn run(wasm: &[u8], suite: &Path, complete_suite_required: bool) -> Result<bool> {
     let mut module = AbxModule::load(wasm)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(suite.join("vectors"))?
         .map(|entry| entry.map(|e| e.path()))
@@ -440,7 +440,9 @@ pub fn run(wasm: &[u8], suite: &Path) -> Result<bool> {
     for line in mismatches.iter().take(20) {
         eprintln!("mismatch: {line}");
     }
-    if files.len() < 8 || passed + failed < 20_000 {
+    // The repository's suite must be whole; another suite (the end-to-end tests write one
+    // from a live origin) is taken as it is.
+    if complete_suite_required && (files.len() < 8 || passed + failed < 20_000) {
         eprintln!(
             "the suite looks incomplete: {} files, {} cases",
             files.len(),

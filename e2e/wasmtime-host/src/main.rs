@@ -24,18 +24,19 @@ use anyhow::{Context as _, Result, bail};
 
 fn run() -> Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, wasm_path, suite) = match args.as_slice() {
+    let (mode, wasm_path, suite, repository_suite) = match args.as_slice() {
         [mode, wasm] => (
             mode.as_str(),
             wasm,
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../snapshots"),
+            true,
         ),
-        [mode, wasm, suite] => (mode.as_str(), wasm, PathBuf::from(suite)),
+        [mode, wasm, suite] => (mode.as_str(), wasm, PathBuf::from(suite), false),
         _ => bail!("usage: abx-wasmtime-host conformance|bench MODULE.wasm [SUITE_DIR]"),
     };
     let wasm = std::fs::read(wasm_path).with_context(|| format!("reading {wasm_path}"))?;
     match mode {
-        "conformance" => conformance::run(&wasm, &suite),
+        "conformance" => conformance::run(&wasm, &suite, repository_suite),
         "bench" => perf::run(&wasm, &suite).map(|()| true),
         other => bail!("unknown mode {other:?}; expected conformance or bench"),
     }
