@@ -44,6 +44,10 @@ pub struct Args {
     /// Seconds to wait for the pipeline to consume everything (0: do not wait).
     #[arg(long, default_value_t = 120)]
     drain_timeout: u64,
+    /// Metric events cycle through this many event types: `conversion` alone when 1, else
+    /// `conversion_0` … `conversion_{N-1}` (one metric definition each, for results benches).
+    #[arg(long, default_value_t = 1)]
+    event_types: u64,
 }
 
 fn batch_body(start: u64, count: u64, args: &Args, now_ms: i64) -> String {
@@ -68,8 +72,13 @@ fn batch_body(start: u64, count: u64, args: &Args, now_ms: i64) -> String {
                 args.experiment_id
             )
         } else {
+            let event_type = if args.event_types <= 1 {
+                "conversion".to_string()
+            } else {
+                format!("conversion_{}", (i / args.units) % args.event_types)
+            };
             format!(
-                r#"{{"event_id":"{id}","kind":"metric","unit":"u{unit}","event_type":"conversion","value":1,"timestamp":{}}}"#,
+                r#"{{"event_id":"{id}","kind":"metric","unit":"u{unit}","event_type":"{event_type}","value":1,"timestamp":{}}}"#,
                 now_ms + 1
             )
         };

@@ -234,7 +234,7 @@ export const CHECKOUT = {
   guardrail_metrics: ['crash_rate'],
 };
 
-export const CHECKOUT_TRAFFIC = { units: 15_000, conversion: { control: 0.1, treatment: 0.135 }, crash: { control: 0.01, treatment: 0.01 }, seed: 4 };
+export const CHECKOUT_TRAFFIC = { units: 15_000, conversion: { control: 0.1, treatment: 0.15 }, crash: { control: 0.01, treatment: 0.01 }, seed: 4 };
 
 // `node test/origin.js URL` seeds an origin you run yourself (a dev server) with the same data.
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {

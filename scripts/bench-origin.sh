@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The origin's benchmarks (docs/benchmarks.md, "abx-origin"): each part starts a release
+# origin on a fresh SQLite database in a temporary directory and prints its figures.
+#
+#   bash scripts/bench-origin.sh assign    # issue 3: assignment endpoint under wrk, publish time, 1,000 experiments
+#   bash scripts/bench-origin.sh ingest    # issue 4: events/s acknowledged, ack latency, pipeline lag
+#   bash scripts/bench-origin.sh results   # issue 5: results of 10 metrics over 10M events
+#
+# The load generators run on the same two cores as the origin, so the figures are lower
+# bounds of what the origin does on a machine of its own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/tools.sh
+
+part=${1:-}
+case "$part" in
+  assign | ingest | results) ;;
+  *) echo "usage: $0 assign|ingest|results" >&2; exit 2 ;;
+esac
+
+cargo build --release --locked -p abx-origin
+bin=target/release/abx-origin
+admin=abx_admin_bench_key_0123456789abcdef
+dir=$(mktemp -d)
+port=18191
+url=http://127.0.0.1:$port
+ABX_BOOTSTRAP_ADMIN_KEY=$admin ABX_ADMIN_RATE_LIMIT=1000000 ABX_SDK_RATE_LIMIT=10000000 RUST_LOG=warn \
+  "$bin" serve --data-dir "$dir" --listen "127.0.0.1:$port" --guardrail-interval 3600 &
+origin=$!
+trap 'kill $origin 2>/dev/null; wait $origin 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do curl -sf "$url/api/v1/health" >/dev/null && break; sleep 0.1; done
+
+# One API call with the admin key; prints the JSON answer.
+api() {
+  curl -sf -X "$1" "$url/api/v1$2" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' ${3:+-d "$3"}
+}
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
+sdk=$(api POST /keys '{"name":"bench","role":"sdk"}' | json_field secret)
+
+case "$part" in
+assign)
+  command -v wrk >/dev/null || apt_install wrk
+  log "1,000 running experiments (10 layers of 100) and 200 flags"
+  python3 - "$url" "$admin" <<'PY'
+import json, sys, urllib.request
+url, key = sys.argv[1], sys.argv[2]
+def call(method, path, body):
+    request = urllib.request.Request(f"{url}/api/v1{path}", method=method, data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(request))
+call("POST", "/metrics", {"key": "conversion", "kind": "conversion", "event_type": "conversion"})
+for layer in range(10):
+    call("POST", "/layers", {"key": f"layer_{layer}"})
+for i in range(1000):
+    body = {"key": f"exp_{i}", "layer": f"layer_{i % 10}", "traffic_percent": 1, "primary_metric": "conversion",
+            "variants": [{"name": "control", "weight": 50, "config": {"v": 0}}, {"name": "treatment", "weight": 50, "config": {"v": 1}}]}
+    if i % 4 == 0:
+        body["targeting"] = {"attr": "country", "op": "in", "value": ["US", "CA", "DE"]}
+    e = call("POST", "/experiments", body)
+    call("POST", f"/experiments/{e['id']}/start", {})
+for i in range(200):
+    call("POST", "/flags", {"key": f"flag_{i}", "default_value": False, "rules": [{"rollout_percent": i % 100, "value": True}]})
+PY
+  version=$(curl -sf "$url/api/v1/snapshot" -H "Authorization: Bearer $sdk" -o /dev/null -D - | awk -F': ' 'tolower($1)=="x-abx-snapshot-version" {print $2}' | tr -d '\r')
+  log "snapshot version $version; GET /api/v1/experiments/exp_N/assignment under wrk (2 threads, 64 connections, 20 s)"
+  script=$(mktemp)
+  cat >"$script" <<LUA
+counter = 0
+request = function()
+  counter = counter + 1
+  local path = "/api/v1/experiments/exp_" .. (counter % 1000) .. "/assignment?user_id=user-" .. counter .. "&country=US"
+  return wrk.format("GET", path, { ["Authorization"] = "Bearer $sdk" })
+end
+LUA
+  wrk -t2 -c64 -d20s --latency -s "$script" "$url" | sed -n '/Thread Stats/,$p'
+  rm -f "$script"
+  log "publish time at 1,000 experiments: 40 flag toggles (each commits and publishes a snapshot)"
+  python3 - "$url" "$admin" <<'PY'
+import json, sys, time, urllib.request
+url, key = sys.argv[1], sys.argv[2]
+times = []
+for i in range(40):
+    action = "disable" if i % 2 == 0 else "enable"
+    request = urllib.request.Request(f"{url}/api/v1/flags/flag_7/{action}", method="POST", data=b"{}",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    start = time.perf_counter()
+    urllib.request.urlopen(request).read()
+    times.append((time.perf_counter() - start) * 1000)
+times.sort()
+print(f"toggle + publish: median {times[len(times)//2]:.1f} ms, p90 {times[int(len(times)*0.9)]:.1f} ms, max {times[-1]:.1f} ms (n={len(times)})")
+PY
+  ;;
+ingest)
+  api POST /metrics '{"key":"conversion","kind":"conversion","event_type":"conversion"}' >/dev/null
+  id=$(api POST /experiments '{"key":"bench","primary_metric":"conversion","variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}' | json_field id)
+  api POST "/experiments/$id/start" '{}' >/dev/null
+  log "bench-ingest: 3M events offered at 100k/s, 500 per request, 16 in flight, 500k units"
+  "$bin" bench-ingest --url "$url" --key "$sdk" --experiment-id "$id" --rate 100000 --events 3000000 --batch 500 --concurrency 16 --units 500000
+  ;;
+results)
+  metrics='"conversion_0"'
+  for m in $(seq 0 9); do
+    kind=conversion; [ $((m % 2)) = 1 ] && kind=mean
+    api POST /metrics "{\"key\":\"conversion_$m\",\"kind\":\"$kind\",\"event_type\":\"conversion_$m\"}" >/dev/null
+    [ "$m" -gt 0 ] && metrics="$metrics,\"conversion_$m\""
+  done
+  id=$(api POST /experiments "{\"key\":\"bench\",\"primary_metric\":\"conversion_0\",\"secondary_metrics\":[${metrics#\"conversion_0\",}],\"variants\":[{\"name\":\"control\",\"weight\":50},{\"name\":\"treatment\",\"weight\":50}]}" | json_field id)
+  api POST "/experiments/$id/start" '{}' >/dev/null
+  log "10M events (1M exposures, 9M metric events over 10 event types), then GET results"
+  "$bin" bench-ingest --url "$url" --key "$sdk" --experiment-id "$id" --events 10000000 --batch 1000 --concurrency 8 --units 1000000 --event-types 10 --drain-timeout 900
+  python3 - "$url" "$admin" "$id" <<'PY'
+import json, sys, time, urllib.request
+url, key, id = sys.argv[1:4]
+def get(path):
+    request = urllib.request.Request(f"{url}/api/v1{path}", headers={"Authorization": f"Bearer {key}"})
+    start = time.perf_counter()
+    body = json.load(urllib.request.urlopen(request))
+    return (time.perf_counter() - start) * 1000, body
+_, body = get(f"/experiments/{id}/results")
+units = sum(v["impressions"] for v in body["variants"].values())
+print(f"results cover {units} units and {len(body['metrics'])} metrics")
+for path in (f"/experiments/{id}/results", f"/experiments/{id}/results?granularity=day"):
+    times = sorted(get(path)[0] for _ in range(20))
+    print(f"GET {path.split('/')[-1]}: median {times[10]:.1f} ms, p90 {times[18]:.1f} ms, max {times[-1]:.1f} ms (n=20)")
+PY
+  ;;
+esac
