@@ -95,7 +95,7 @@ ingest)
   id=$(api POST /experiments '{"key":"bench","primary_metric":"conversion","variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}' | json_field id)
   api POST "/experiments/$id/start" '{}' >/dev/null
   log "bench-ingest: 3M events offered at 100k/s, 500 per request, 16 in flight, 500k units"
-  "$bin" bench-ingest --url "$url" --key "$sdk" --experiment-id "$id" --rate 100000 --events 3000000 --batch 500 --concurrency 16 --units 500000
+  "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate 100000 --events 3000000 --batch 500 --concurrency 16 --units 500000
   ;;
 results)
   metrics='"conversion_0"'
@@ -107,7 +107,7 @@ results)
   id=$(api POST /experiments "{\"key\":\"bench\",\"primary_metric\":\"conversion_0\",\"secondary_metrics\":[${metrics#\"conversion_0\",}],\"variants\":[{\"name\":\"control\",\"weight\":50},{\"name\":\"treatment\",\"weight\":50}]}" | json_field id)
   api POST "/experiments/$id/start" '{}' >/dev/null
   log "10M events (1M exposures, 9M metric events over 10 event types), then GET results"
-  "$bin" bench-ingest --url "$url" --key "$sdk" --experiment-id "$id" --events 10000000 --batch 1000 --concurrency 8 --units 1000000 --event-types 10 --drain-timeout 900
+  "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --events 10000000 --batch 1000 --concurrency 8 --units 1000000 --event-types 10 --drain-timeout 900
   python3 - "$url" "$admin" "$id" <<'PY'
 import json, sys, time, urllib.request
 url, key, id = sys.argv[1:4]
