@@ -62,10 +62,6 @@ export function freshPostgres(label) {
 // The suite: the conformance format of snapshots/ (README there), filled with the origin's
 // own answers, so that every runtime's existing replay checks it.
 
-function hexToBytes(hex) {
-  return Uint8Array.from(hex.match(/../g), (b) => parseInt(b, 16));
-}
-
 /**
  * Writes `dir/golden/e2e.abxs` (the origin's signed snapshot), `dir/vectors/e2e.json` (each
  * context with what the origin answered) and `dir/vectors/invalid.json`: tampered copies of
@@ -98,7 +94,7 @@ export function writeSuite(dir, { snapshot, publicKey, cases }) {
   writeFileSync(join(dir, 'vectors', 'invalid.json'), JSON.stringify({
     cases: tampered.map(([file, , key, error]) => ({ file, public_key: key, error })),
   }));
-  return { tampered: Object.fromEntries(tampered.map(([file, bytes]) => [file, bytes])), hexToBytes };
+  return { tampered: Object.fromEntries(tampered.map(([file, bytes]) => [file, bytes])) };
 }
 
 /** The suite through the C-ABI module in wasmtime (and native abx-core beside it). */
