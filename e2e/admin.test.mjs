@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { AbxClient, MemoryStorage, init } from '../wasm/js/src/index.js';
 import { replayInvalid, replayVectors } from '../wasm/js/test/conformance-lib.js';
-import { chiSquared, freshPostgres, missingPieces, openPage, pool, replayInWasmtime, sleep, startCacheService, startOrigin, startSite, startUpstream, startWorkerd, tempDir, writeSuite } from './lib.mjs';
+import { chiSquared, freshPostgres, missingPieces, openPage, pool, replayInWasmtime, sleep, startEdge, startOrigin, startSite, tempDir, writeSuite } from './lib.mjs';
 
 const USERS = 20_000;
 const NOW = Date.UTC(2026, 10, 24, 12);
@@ -74,8 +74,6 @@ for (const backend of ['sqlite', 'postgres']) {
     let sdk;
     let publicKey;
     let edge;
-    let cache;
-    let upstream;
     let site;
     let browser;
     let experiments;
@@ -97,8 +95,6 @@ for (const backend of ['sqlite', 'postgres']) {
       await browser?.close();
       await site?.close();
       await edge?.stop();
-      await cache?.close();
-      await upstream?.close();
       await origin?.cleanup();
       database?.drop();
       rmSync(suite, { recursive: true, force: true });
@@ -153,9 +149,7 @@ for (const backend of ['sqlite', 'postgres']) {
       assert.deepEqual(inPage.invalid.mismatches, [], 'Chromium refuses every tampered snapshot');
 
       // The edge worker on workerd, fetching the signed snapshot from this origin.
-      cache = await startCacheService();
-      upstream = await startUpstream('site', { record: false });
-      edge = await startWorkerd([{ name: 'edge', bindings: { ABX_ORIGIN_URL: origin.url, ABX_SDK_KEY: sdk, ABX_PUBLIC_KEY: publicKey, ABX_UPSTREAM_URL: upstream.url, ABX_SNAPSHOT_TTL_S: '1' } }], { cachePort: cache.port });
+      edge = await startEdge({ originUrl: origin.url, sdkKey: sdk, publicKey });
       const mismatches = [];
       await pool(cases, 16, async (c, i) => {
         const query = new URLSearchParams({ exact: '1', now_ms: String(NOW), context: JSON.stringify(c.context) });

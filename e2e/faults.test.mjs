@@ -10,7 +10,7 @@ import { createServer } from 'node:http';
 import { after, test } from 'node:test';
 
 import { AbxClient, MemoryStorage, init } from '../wasm/js/src/index.js';
-import { missingPieces, sleep, startCacheService, startOrigin, startUpstream, startWorkerd, writeSuite, tempDir } from './lib.mjs';
+import { missingPieces, sleep, startEdge, startOrigin, writeSuite, tempDir } from './lib.mjs';
 
 const skip = missingPieces() ?? false;
 const cleanups = [];
@@ -41,10 +41,8 @@ test('kill -9 of the origin mid-stream: the edge keeps assigning, acknowledged e
   cleanups.push(() => origin.cleanup());
   const sdk = await origin.sdkKey();
   const e = await experiment(origin, 'resilience');
-  const cache = await startCacheService();
-  const upstream = await startUpstream('site', { record: false });
-  const edge = await startWorkerd([{ name: 'edge', bindings: { ABX_ORIGIN_URL: origin.url, ABX_SDK_KEY: sdk, ABX_PUBLIC_KEY: await origin.publicKey(), ABX_UPSTREAM_URL: upstream.url, ABX_SNAPSHOT_TTL_S: '1' } }], { cachePort: cache.port });
-  cleanups.push(() => edge.stop(), () => cache.close(), () => upstream.close());
+  const edge = await startEdge({ originUrl: origin.url, sdkKey: sdk, publicKey: await origin.publicKey() });
+  cleanups.push(() => edge.stop());
 
   // The edge has served traffic before the outage, so it holds the snapshot.
   assert.equal((await fetch(edge.url('edge', '/abx/assignments?user_id=before'))).status, 200);
@@ -112,10 +110,8 @@ test('a tampered snapshot is refused by the edge, which keeps no snapshot rather
   });
   await new Promise((r) => mitm.listen(0, '127.0.0.1', r));
   cleanups.push(() => new Promise((r) => mitm.close(r)));
-  const cache = await startCacheService();
-  const upstream = await startUpstream('site', { record: false });
-  const edge = await startWorkerd([{ name: 'edge', bindings: { ABX_ORIGIN_URL: `http://127.0.0.1:${mitm.address().port}`, ABX_SDK_KEY: sdk, ABX_PUBLIC_KEY: publicKey, ABX_UPSTREAM_URL: upstream.url, ABX_SNAPSHOT_TTL_S: '0.2' } }], { cachePort: cache.port });
-  cleanups.push(() => edge.stop(), () => cache.close(), () => upstream.close());
+  const edge = await startEdge({ originUrl: `http://127.0.0.1:${mitm.address().port}`, sdkKey: sdk, publicKey, ttlSeconds: 0.2 });
+  cleanups.push(() => edge.stop());
 
   for (const [file, code] of [['tampered_resealed.abxs', 'bad_signature'], ['tampered_signature.abxs', 'bad_signature'], ['tampered_truncated.abxs', 'truncated']]) {
     forged = tampered[file];

@@ -13,8 +13,8 @@ import { crc32 } from 'node:zlib';
 
 import { chromium } from 'playwright-core';
 
-export { ADMIN_KEY, pool, sleep, startCacheService, startOrigin, startWorkerd, startUpstream } from '../edge-worker/harness/lib.mjs';
-import { REPO } from '../edge-worker/harness/lib.mjs';
+export { ADMIN_KEY, pool, sleep, startOrigin } from '../edge-worker/harness/lib.mjs';
+import { REPO, startCacheService, startUpstream, startWorkerd } from '../edge-worker/harness/lib.mjs';
 
 export { REPO };
 export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -55,6 +55,26 @@ export function freshPostgres(label) {
   return {
     url: url.toString(),
     drop: () => execFileSync('psql', [admin, '-qc', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], { stdio: 'pipe' }),
+  };
+}
+
+/**
+ * The edge worker on workerd in front of `originUrl` (with its Cache API backend and an
+ * upstream site), verifying snapshots with `publicKey`. `url('edge', path)` addresses it;
+ * `stop()` stops all three.
+ */
+export async function startEdge({ originUrl, sdkKey, publicKey, ttlSeconds = 1 }) {
+  const cache = await startCacheService();
+  const upstream = await startUpstream('site', { record: false });
+  const bindings = { ABX_ORIGIN_URL: originUrl, ABX_SDK_KEY: sdkKey, ABX_PUBLIC_KEY: publicKey, ABX_UPSTREAM_URL: upstream.url, ABX_SNAPSHOT_TTL_S: String(ttlSeconds) };
+  const workers = await startWorkerd([{ name: 'edge', bindings }], { cachePort: cache.port });
+  return {
+    url: workers.url,
+    stop: async () => {
+      await workers.stop();
+      await cache.close();
+      await upstream.close();
+    },
   };
 }
 

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
-import { missingPieces, openPage, pool, sleep, startCacheService, startOrigin, startSite, startUpstream, startWorkerd, tempDir } from './lib.mjs';
+import { missingPieces, openPage, pool, sleep, startEdge, startOrigin, startSite, tempDir } from './lib.mjs';
 
 const UNITS = 15_000;
 const skip = missingPieces() ?? false;
@@ -39,8 +39,6 @@ let origin;
 let sdk;
 let publicKey;
 let edge;
-let cache;
-let upstream;
 let site;
 let browser;
 const ids = {};
@@ -68,9 +66,7 @@ before(async () => {
     ids[key] = e.id;
     await create(`/api/v1/experiments/${e.id}/start`, {});
   }
-  cache = await startCacheService();
-  upstream = await startUpstream('site', { record: false });
-  edge = await startWorkerd([{ name: 'edge', bindings: { ABX_ORIGIN_URL: origin.url, ABX_SDK_KEY: sdk, ABX_PUBLIC_KEY: publicKey, ABX_UPSTREAM_URL: upstream.url, ABX_SNAPSHOT_TTL_S: '1' } }], { cachePort: cache.port });
+  edge = await startEdge({ originUrl: origin.url, sdkKey: sdk, publicKey });
   site = await startSite(origin.url, tempDir('measurement-site'));
   browser = await openPage(site);
 });
@@ -79,8 +75,6 @@ after(async () => {
   await browser?.close();
   await site?.close();
   await edge?.stop();
-  await cache?.close();
-  await upstream?.close();
   await origin?.cleanup();
 });
 
