@@ -74,20 +74,22 @@ end
 LUA
   wrk -t2 -c64 -d20s --latency -s "$script" "$url" | sed -n '/Thread Stats/,$p'
   rm -f "$script"
-  log "publish time at 1,000 experiments: 40 flag toggles (each commits and publishes a snapshot)"
+  log "publish time at 1,000 experiments: 40 flag toggles, then 40 experiment pauses/resumes (each commits and publishes a snapshot)"
   python3 - "$url" "$admin" <<'PY'
 import json, sys, time, urllib.request
 url, key = sys.argv[1], sys.argv[2]
-times = []
-for i in range(40):
-    action = "disable" if i % 2 == 0 else "enable"
-    request = urllib.request.Request(f"{url}/api/v1/flags/flag_7/{action}", method="POST", data=b"{}",
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    start = time.perf_counter()
-    urllib.request.urlopen(request).read()
-    times.append((time.perf_counter() - start) * 1000)
-times.sort()
-print(f"toggle + publish: median {times[len(times)//2]:.1f} ms, p90 {times[int(len(times)*0.9)]:.1f} ms, max {times[-1]:.1f} ms (n={len(times)})")
+def timed(label, paths):
+    times = []
+    for path in paths:
+        request = urllib.request.Request(f"{url}/api/v1{path}", method="POST", data=b"{}",
+                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        start = time.perf_counter()
+        urllib.request.urlopen(request).read()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    print(f"{label}: median {times[len(times)//2]:.1f} ms, p90 {times[int(len(times)*0.9)]:.1f} ms, max {times[-1]:.1f} ms (n={len(times)})")
+timed("flag toggle + publish", [f"/flags/flag_7/{'disable' if i % 2 == 0 else 'enable'}" for i in range(40)])
+timed("experiment pause/resume + publish", [f"/experiments/exp_{i // 2}/{'pause' if i % 2 == 0 else 'resume'}" for i in range(40)])
 PY
   ;;
 ingest)

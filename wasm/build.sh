@@ -18,7 +18,7 @@ cargo rustc --locked -p abx-wasm-abi --lib --crate-type cdylib --target wasm32-u
 
 rm -rf wasm/js/pkg
 wasm-bindgen --target web --out-dir wasm/js/pkg "$out/abx_wasm.wasm"
-"$wasm_opt" -Oz wasm/js/pkg/abx_wasm_bg.wasm -o wasm/js/pkg/abx_wasm_bg.wasm
+"$wasm_opt" -Oz --strip-producers --strip-target-features wasm/js/pkg/abx_wasm_bg.wasm -o wasm/js/pkg/abx_wasm_bg.wasm
 
 mkdir -p target/abx-wasm
 "$wasm_opt" -O3 "$out/abx_wasm_abi.wasm" -o target/abx-wasm/abx_wasm_abi.wasm

@@ -206,8 +206,7 @@ impl Db {
     }
 
     fn checksum(&self, migration: &Migration) -> String {
-        let digest = Sha256::digest(self.sql(migration).as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::auth::hex(&Sha256::digest(self.sql(migration).as_bytes()))
     }
 }
 

@@ -119,8 +119,9 @@ pub struct Shared {
     pub keys: KeyCache,
     pub limiter: RateLimiter,
     published: RwLock<Arc<Published>>,
-    /// Serialises configuration changes so snapshot versions follow commit order.
-    write_lock: tokio::sync::Mutex<()>,
+    /// Serialises configuration changes so snapshot versions follow commit order, and keeps
+    /// the experiments the last change loaded (see `publish`).
+    write_lock: tokio::sync::Mutex<publish::LoadedExperiments>,
     changes: broadcast::Sender<u64>,
     signing_seed: [u8; 32],
     pub public_key: [u8; 32],
@@ -166,7 +167,7 @@ impl AppState {
             limiter: RateLimiter::new(settings.admin_rate, settings.sdk_rate),
             keys: KeyCache::default(),
             published: RwLock::new(Arc::new(publish::genesis())),
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(publish::LoadedExperiments::default()),
             changes,
             public_key: abx_core::public_key(&signing_seed),
             in_flight: Default::default(),
@@ -223,7 +224,12 @@ impl AppState {
         self.changes.subscribe()
     }
 
-    fn install(&self, published: Published) {
+    /// Installs what a committed change prepared.
+    fn install(&self, loaded: &mut publish::LoadedExperiments, prepared: publish::Prepared) {
+        *loaded = prepared.loaded;
+        let Some(published) = prepared.published else {
+            return;
+        };
         let version = published.version;
         *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(published);
         // Nobody listening is fine.
@@ -244,7 +250,7 @@ impl AppState {
         &self,
         change: impl AsyncFnOnce(&mut AnyConnection) -> ApiResult<T>,
     ) -> ApiResult<T> {
-        let _serial = self.write_lock.lock().await;
+        let mut loaded = self.write_lock.lock().await;
         let mut tx = self.db.begin_write().await?;
         if self.db.backend == Backend::Postgres {
             // Serialises changes across origin processes sharing one PostgreSQL database.
@@ -254,13 +260,11 @@ impl AppState {
         }
         let value = change(&mut tx).await?;
         let current = self.published();
-        let next = publish::prepare(&mut tx, &current, &self.signing_seed, false)
+        let prepared = publish::prepare(&mut tx, &current, &loaded, &self.signing_seed, false)
             .await
             .map_err(ApiError::Internal)?;
         tx.commit().await?;
-        if let Some(next) = next {
-            self.install(next);
-        }
+        self.install(&mut loaded, prepared);
         Ok(value)
     }
 
@@ -292,14 +296,13 @@ impl AppState {
 
     /// Publishes the current configuration (only if it changed, unless `force`).
     pub async fn republish(&self, force: bool) -> anyhow::Result<()> {
-        let _serial = self.write_lock.lock().await;
+        let mut loaded = self.write_lock.lock().await;
         let mut tx = self.db.begin_write().await?;
         let current = self.published();
-        let next = publish::prepare(&mut tx, &current, &self.signing_seed, force).await?;
+        let prepared =
+            publish::prepare(&mut tx, &current, &loaded, &self.signing_seed, force).await?;
         tx.commit().await?;
-        if let Some(next) = next {
-            self.install(next);
-        }
+        self.install(&mut loaded, prepared);
         Ok(())
     }
 

@@ -2,6 +2,13 @@
 //! snapshot inside the change's own transaction, so a change and its snapshot commit (or
 //! roll back) together; the new snapshot then replaces the one in memory and is announced
 //! on the change stream.
+//!
+//! Experiments dominate the configuration, and reading them back from the database was most
+//! of a change's cost (docs/benchmarks.md, abx-origin). So the experiments last loaded are
+//! kept, by id, in a [`LoadedExperiments`] owned by the serialising write lock, and a change
+//! reloads only those whose `version` moved: every write to an experiment's definition,
+//! status or slots bumps it in the same transaction. Debug builds (every test) also compile
+//! from a full reload and check that both snapshots agree.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -19,7 +26,7 @@ use sqlx::AnyConnection;
 use crate::clock;
 use crate::model::experiment::Status;
 use crate::model::targeting;
-use crate::store::catalog::{Holdout, Layer, Segment};
+use crate::store::catalog::{Holdout, LayerName, Segment};
 use crate::store::experiments::Experiment;
 use crate::store::flags::Flag;
 use crate::store::{self, StoredSnapshot};
@@ -60,27 +67,62 @@ impl Published {
 
 pub fn etag(version: u64, bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
-    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{version}-{short}\"")
+    format!("\"{version}-{}\"", crate::auth::hex(&digest[..8]))
 }
 
 /// Everything a snapshot is compiled from.
 pub struct Config {
-    pub layers: Vec<Layer>,
+    pub layers: Vec<LayerName>,
     pub holdouts: Vec<Holdout>,
     pub segments: Vec<Segment>,
-    pub experiments: Vec<Experiment>,
+    pub experiments: Vec<Arc<Experiment>>,
     pub flags: Vec<Flag>,
 }
 
-pub async fn load_config(conn: &mut AnyConnection) -> Result<Config, sqlx::Error> {
-    Ok(Config {
-        layers: store::catalog::layers(conn, None).await?,
+/// The experiments as last committed, by id (see the module's documentation).
+#[derive(Default)]
+pub struct LoadedExperiments(HashMap<String, Arc<Experiment>>);
+
+/// Loads the configuration, reading in full only the experiments that are not in `loaded`
+/// at their current version. Returns the experiments to keep once the transaction commits.
+async fn load_config(
+    conn: &mut AnyConnection,
+    loaded: &LoadedExperiments,
+) -> Result<(Config, LoadedExperiments), sqlx::Error> {
+    let versions = store::experiments::published_versions(conn).await?;
+    let stale: Vec<&str> = versions
+        .iter()
+        .filter(|(id, version)| loaded.0.get(id).is_none_or(|e| e.version != *version))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let mut fresh: HashMap<String, Arc<Experiment>> = store::experiments::by_ids(conn, &stale)
+        .await?
+        .into_iter()
+        .map(|e| (e.id.clone(), Arc::new(e)))
+        .collect();
+    let experiments: Vec<Arc<Experiment>> = versions
+        .iter()
+        .filter_map(|(id, _)| fresh.remove(id).or_else(|| loaded.0.get(id).cloned()))
+        .collect();
+    let config = Config {
+        layers: store::catalog::layer_names(conn).await?,
         holdouts: store::catalog::holdouts(conn, None).await?,
         segments: store::catalog::segments(conn, None).await?,
-        experiments: store::experiments::all_published(conn).await?,
         flags: store::flags::flags(conn, None).await?,
-    })
+        experiments,
+    };
+    let now_loaded = config
+        .experiments
+        .iter()
+        .map(|e| (e.id.clone(), e.clone()))
+        .collect();
+    Ok((config, LoadedExperiments(now_loaded)))
+}
+
+/// The whole configuration read afresh, for the debug-build cross-check.
+async fn load_config_in_full(conn: &mut AnyConnection) -> Result<Config, sqlx::Error> {
+    let (config, _) = load_config(conn, &LoadedExperiments::default()).await?;
+    Ok(config)
 }
 
 fn id(text: &str) -> anyhow::Result<Id> {
@@ -296,21 +338,40 @@ fn same_content(a: &Snapshot, b: &Snapshot) -> bool {
     strip(a) == strip(b)
 }
 
+/// What a change publishes, to install once its transaction commits.
+pub struct Prepared {
+    /// The new snapshot; `None` when the configuration compiles to the one already published.
+    pub published: Option<Published>,
+    /// The experiments as this transaction left them.
+    pub loaded: LoadedExperiments,
+}
+
 /// Compiles, validates, signs and stores a new snapshot in the caller's transaction, unless
-/// the configuration compiles to the snapshot already published. Returns what to install
-/// once the transaction commits.
+/// the configuration compiles to the snapshot already published.
 pub async fn prepare(
     conn: &mut AnyConnection,
     current: &Published,
+    loaded: &LoadedExperiments,
     signing_seed: &[u8; 32],
     force: bool,
-) -> anyhow::Result<Option<Published>> {
-    let config = load_config(conn).await?;
+) -> anyhow::Result<Prepared> {
+    let (config, loaded) = load_config(conn, loaded).await?;
     let version = current.version + 1;
     let now = clock::now_ms();
     let snapshot = compile(&config, version, now)?;
+    if cfg!(debug_assertions) {
+        let in_full = compile(&load_config_in_full(conn).await?, version, now)?;
+        assert!(
+            same_content(&snapshot, &in_full),
+            "the snapshot compiled from the loaded experiments differs from a full reload: \
+             some write to an experiment did not bump its version"
+        );
+    }
     if !force && same_content(&snapshot, current.evaluator.snapshot()) {
-        return Ok(None);
+        return Ok(Prepared {
+            published: None,
+            loaded,
+        });
     }
     let bytes = abx_core::encode_signed(&snapshot, signing_seed);
     // The core validates exactly what every runtime will: a snapshot the runtimes would
@@ -324,14 +385,17 @@ pub async fn prepare(
         bytes,
     };
     store::insert_snapshot(conn, &stored).await?;
-    Ok(Some(Published {
-        version,
-        published_at_ms: now,
-        etag: stored.etag,
-        bytes: stored.bytes.into(),
-        evaluator,
-        json: OnceLock::new(),
-    }))
+    Ok(Prepared {
+        published: Some(Published {
+            version,
+            published_at_ms: now,
+            etag: stored.etag,
+            bytes: stored.bytes.into(),
+            evaluator,
+            json: OnceLock::new(),
+        }),
+        loaded,
+    })
 }
 
 /// The empty snapshot a brand-new origin starts from (version 0, never stored).

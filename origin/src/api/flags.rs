@@ -1,7 +1,5 @@
 //! `/api/v1/flags`: feature flags, their rollouts and kill switches.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -27,11 +25,13 @@ async fn load(conn: &mut AnyConnection, id: &str) -> ApiResult<Flag> {
 
 async fn validate(conn: &mut AnyConnection, input: &FlagInput) -> ApiResult<FlagSpec> {
     let segments = segment_depths(conn).await?;
-    let mut experiments = HashMap::new();
-    for e in store::experiments::all_published(conn).await? {
-        experiments.insert(e.id.clone(), e.key.clone());
-        experiments.insert(e.key.clone(), e.key);
-    }
+    let references: Vec<&str> = input
+        .rules
+        .iter()
+        .filter_map(|rule| rule.from_experiment.as_ref())
+        .map(|from| from.experiment.as_str())
+        .collect();
+    let experiments = store::experiments::keys_of(conn, &references).await?;
     flag::validate(input, &segments, &experiments)
 }
 

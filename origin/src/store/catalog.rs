@@ -82,6 +82,27 @@ pub async fn update_layer(
     Ok(())
 }
 
+/// A layer's identity, all a snapshot needs of it.
+pub struct LayerName {
+    pub id: String,
+    pub key: String,
+}
+
+/// Every layer's id and key, without the allocations `layers` gathers.
+pub async fn layer_names(conn: &mut AnyConnection) -> Result<Vec<LayerName>, sqlx::Error> {
+    let rows = sqlx::query("SELECT id, key FROM layers ORDER BY key")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LayerName {
+                id: row.try_get("id")?,
+                key: row.try_get("key")?,
+            })
+        })
+        .collect()
+}
+
 /// All layers with their allocations; `reference` limits to one layer by id or key.
 pub async fn layers(
     conn: &mut AnyConnection,

@@ -337,6 +337,72 @@ pub async fn all_published(conn: &mut AnyConnection) -> Result<Vec<Experiment>, 
     Ok(experiments)
 }
 
+/// The id and version of every experiment `all_published` returns, in the same order: enough
+/// to tell which experiments changed since they were last loaded.
+pub async fn published_versions(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, version FROM experiments WHERE status <> 'archived' ORDER BY created_at_ms, id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("version")?)))
+        .collect()
+}
+
+/// The experiments with these ids, in no particular order.
+pub async fn by_ids(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<Vec<Experiment>, sqlx::Error> {
+    let mut experiments = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1_000) {
+        let marks = placeholders(conn, chunk.len(), 0);
+        let sql = format!("{SELECT} WHERE e.id IN ({marks})");
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            experiments.push(experiment(&row)?);
+        }
+    }
+    attach_children(conn, &mut experiments).await?;
+    Ok(experiments)
+}
+
+/// The keys of the experiments that `references` (ids or keys) name, archived ones excluded,
+/// keyed by the reference. Flags name experiments this way; looking up only the named ones
+/// keeps a flag change independent of how many experiments exist.
+pub async fn keys_of(
+    conn: &mut AnyConnection,
+    references: &[&str],
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    let mut keys = HashMap::new();
+    // Each reference is bound twice (as id and as key); SQLite allows 32766 parameters.
+    for chunk in references.chunks(1_000) {
+        let ids = placeholders(conn, chunk.len(), 0);
+        let names = placeholders(conn, chunk.len(), chunk.len());
+        let sql = format!(
+            "SELECT id, key FROM experiments
+             WHERE status <> 'archived' AND (id IN ({ids}) OR key IN ({names}))"
+        );
+        let mut query = sqlx::query(&sql);
+        for reference in chunk.iter().chain(chunk) {
+            query = query.bind(*reference);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let id: String = row.try_get("id")?;
+            let key: String = row.try_get("key")?;
+            keys.insert(id, key.clone());
+            keys.insert(key.clone(), key);
+        }
+    }
+    Ok(keys)
+}
+
 /// Experiments in these statuses (for monitors and results).
 pub async fn with_status(
     conn: &mut AnyConnection,
