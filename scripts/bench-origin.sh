@@ -2,7 +2,7 @@
 # The origin's benchmarks (docs/benchmarks.md, "abx-origin"): each part starts a release
 # origin on a fresh SQLite database in a temporary directory and prints its figures.
 #
-#   bash scripts/bench-origin.sh assign    # issue 3: assignment endpoint under wrk, publish time, 1,000 experiments
+#   bash scripts/bench-origin.sh assign    # issue 3: assignment endpoint (wrk at saturation, then a bounded load), publish time, 1,000 experiments
 #   bash scripts/bench-origin.sh ingest    # issue 4: events/s acknowledged, ack latency, pipeline lag
 #   bash scripts/bench-origin.sh results   # issue 5: results of 10 metrics over 10M events
 #
@@ -74,6 +74,8 @@ end
 LUA
   wrk -t2 -c64 -d20s --latency -s "$script" "$url" | sed -n '/Thread Stats/,$p'
   rm -f "$script"
+  log "GET /api/v1/experiments/exp_N/assignment at a bounded load: 20,000 requests/s on schedule for 20 s, 64 connections (abx-origin bench-assign)"
+  "$bin" bench-assign --url "$url" --key "$sdk" --rate 20000 --seconds 20 --connections 64 --experiments 1000
   log "publish time at 1,000 experiments: 40 flag toggles, then 40 experiment pauses/resumes (each commits and publishes a snapshot)"
   python3 - "$url" "$admin" <<'PY'
 import json, sys, time, urllib.request

@@ -183,12 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (worst_lag_events, worst_lag_seconds) = sampler.await?;
     let mut latencies = latencies.lock().await.clone();
     latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pct = |p: f64| percentile(&latencies, p);
     println!(
         "sent {} events in {} requests of {} over {:.2} s: {:.0} events/s acknowledged durable",
         args.events,
@@ -245,6 +240,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_lag_seconds
     );
     Ok(())
+}
+
+/// The `p` quantile (0 to 1) of sorted durations; zero when there are none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 trait JsonOrText {

@@ -61,6 +61,8 @@ pub struct Settings {
     pub run_pipeline: bool,
     /// Events the pipeline consumes per transaction.
     pub pipeline_batch: i64,
+    /// Units whose state the pipeline keeps in memory between batches (0: none).
+    pub pipeline_cache_units: usize,
     /// Seconds between guardrail checks.
     pub guardrail_interval_s: u64,
 }
@@ -88,6 +90,7 @@ impl Settings {
             max_pipeline_lag: 2_000_000,
             run_pipeline: true,
             pipeline_batch: 50_000,
+            pipeline_cache_units: 1_000_000,
             guardrail_interval_s: 60,
         }
     }
@@ -127,6 +130,8 @@ pub struct Shared {
     pub public_key: [u8; 32],
     pub telemetry: Arc<telemetry::Telemetry>,
     pub writer: events::writer::Writer,
+    /// The pipeline's per-unit state between batches (see `pipeline::UnitCache`).
+    pub(crate) unit_cache: tokio::sync::Mutex<pipeline::UnitCache>,
     /// Idempotency keys whose first request is still running.
     pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -164,6 +169,9 @@ impl AppState {
         let state = AppState(Arc::new(Shared {
             telemetry,
             writer,
+            unit_cache: tokio::sync::Mutex::new(pipeline::UnitCache::new(
+                settings.pipeline_cache_units,
+            )),
             limiter: RateLimiter::new(settings.admin_rate, settings.sdk_rate),
             keys: KeyCache::default(),
             published: RwLock::new(Arc::new(publish::genesis())),

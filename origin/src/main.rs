@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_assign;
 mod demo;
 
 // The event path allocates per row and per bound value (sqlx, SQLite, serde); mimalloc's
@@ -38,6 +39,8 @@ enum Command {
     },
     /// Sends bounded, batched event load to an origin and reports throughput and latency.
     BenchIngest(bench::Args),
+    /// Sends an open-loop load at a fixed rate to the assignment endpoint and reports latency.
+    BenchAssign(bench_assign::Args),
     /// Starts an origin with demo data and a few days of simulated traffic.
     Demo(demo::Args),
 }
@@ -85,6 +88,10 @@ struct ServeArgs {
     /// Events the pipeline consumes per transaction.
     #[arg(long, env = "ABX_PIPELINE_BATCH", default_value_t = 50_000)]
     pipeline_batch: i64,
+    /// Units whose state the pipeline keeps in memory between batches, about 250 bytes
+    /// each (0 reads every unit back from the database).
+    #[arg(long, env = "ABX_PIPELINE_CACHE_UNITS", default_value_t = 1_000_000)]
+    pipeline_cache_units: usize,
     /// Seconds between guardrail checks of running experiments.
     #[arg(long, env = "ABX_GUARDRAIL_INTERVAL", default_value_t = 60)]
     guardrail_interval: u64,
@@ -115,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::BenchIngest(args) => bench::run(args).await,
+        Command::BenchAssign(args) => bench_assign::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Keys {
             command:
@@ -162,6 +170,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings.event_retention_days = args.event_retention_days;
     settings.run_pipeline = !args.no_pipeline;
     settings.pipeline_batch = args.pipeline_batch;
+    settings.pipeline_cache_units = args.pipeline_cache_units;
     settings.guardrail_interval_s = args.guardrail_interval;
 
     let started = AppState::start(settings.clone()).await?;

@@ -271,6 +271,80 @@ async fn attribution(o: &TestOrigin) {
 }
 on_both_backends!(attribution_matches_the_model, attribution);
 
+// The attribution checks again with batches of 50 events and room for 40 units in the
+// pipeline's cache, so that units move between the cache and the database from batch to
+// batch (and metric events logged before an exposure meet a cached unit).
+on_both_backends!(
+    attribution_across_small_batches_and_a_small_cache,
+    attribution,
+    |s: &mut abx_origin::Settings| {
+        s.pipeline_batch = 50;
+        s.pipeline_cache_units = 40;
+    }
+);
+
+/// Two pipelines over one database take turns: each must notice that the other moved the
+/// cursor and not trust the unit state it remembers from its own last batch.
+async fn two_pipelines(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let other = abx_origin::AppState::start(o.settings.clone())
+        .await
+        .expect("a second origin")
+        .state;
+    let t = now() - 60_000;
+    let mut model = Model::default();
+    let mut n = 0;
+    let units: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
+    let mut round = |kind: u8| {
+        let mut events = Vec::new();
+        for (u, unit) in units.iter().enumerate() {
+            n += 1;
+            let key = format!("user_id:{unit}");
+            let ts = t + i64::from(kind) * 1_000 + u as i64;
+            if kind == 0 {
+                let variant = if u % 2 == 0 { "control" } else { "treatment" };
+                events.push(exposure(n, unit, &id, variant, ts));
+                model
+                    .exposures
+                    .entry(key)
+                    .or_default()
+                    .push((ts, variant.into()));
+            } else {
+                let value = f64::from(kind) + u as f64;
+                events.push(conversion(n, unit, "revenue", value, ts));
+                model
+                    .metrics
+                    .entry(key)
+                    .or_default()
+                    .push((ts, "revenue".into(), value));
+            }
+        }
+        events
+    };
+    let rounds: Vec<Vec<Json>> = (0..4).map(&mut round).collect();
+    for (turn, events) in rounds.iter().enumerate() {
+        assert_eq!(send(o, &sdk, events).await.status, StatusCode::ACCEPTED);
+        let pipeline = if turn % 2 == 0 { &o.state } else { &other };
+        assert!(
+            abx_origin::pipeline::run_once(pipeline)
+                .await
+                .expect("batch")
+                > 0
+        );
+    }
+    let (units, sums) = rollups(o, &id).await;
+    let (want_units, want_sums) = model.expected();
+    assert_eq!(units, want_units);
+    assert_same(&sums, &want_sums);
+    other.db.pool.close().await;
+}
+
+on_both_backends!(
+    two_pipelines_sharing_a_database,
+    two_pipelines,
+    |s: &mut abx_origin::Settings| s.run_pipeline = false
+);
+
 async fn duplicates(o: &TestOrigin) {
     let (id, sdk) = running_experiment(o).await;
     let t = now();

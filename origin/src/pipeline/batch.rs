@@ -9,6 +9,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use sqlx::AnyConnection;
 
+use super::cache::UnitCache;
 use super::{ExperimentPlan, day};
 use crate::events::Kind;
 use crate::model::catalog::MetricKind;
@@ -18,11 +19,11 @@ use crate::store::events::{self as event_store, Exposure, Logged, Sums, Totals};
 type Values = Vec<(f64, f64, f64)>;
 
 #[derive(Default)]
-struct UnitState {
+pub(super) struct UnitState {
     /// Experiment id → exposure, and whether it changed in this batch.
-    exposures: HashMap<String, (Exposure, bool)>,
+    pub(super) exposures: HashMap<String, (Exposure, bool)>,
     /// Experiment id → event type → totals, and whether they changed.
-    totals: HashMap<String, HashMap<String, (Totals, bool)>>,
+    pub(super) totals: HashMap<String, HashMap<String, (Totals, bool)>>,
 }
 
 pub(super) struct Batch<'p> {
@@ -82,10 +83,12 @@ pub(super) fn contribution(a: (f64, f64, f64), b: (f64, f64, f64)) -> Sums {
 }
 
 impl<'p> Batch<'p> {
-    /// Loads the state of every unit (and switchback cell) the events touch.
+    /// Loads the state of every unit (and switchback cell) the events touch: from the cache
+    /// where it has them, else from the database.
     pub(super) async fn load(
         conn: &mut AnyConnection,
         plans: &'p std::collections::HashMap<String, ExperimentPlan>,
+        cache: &mut UnitCache,
         retried: &[Logged],
         fresh: &[Logged],
     ) -> Result<Batch<'p>, sqlx::Error> {
@@ -106,27 +109,42 @@ impl<'p> Batch<'p> {
                 exposed_units.insert(e.unit_key.clone());
             }
         }
-        let keys: Vec<String> = keys.into_iter().collect();
         let mut units: HashMap<String, UnitState> = HashMap::default();
-        for (unit, experiment, exposure) in event_store::exposures_of(conn, &keys).await? {
-            units
+        let mut missing = Vec::new();
+        for key in keys {
+            match cache.take(&key) {
+                Some(state) => {
+                    units.insert(key, state);
+                }
+                None => missing.push(key),
+            }
+        }
+        let mut loaded: HashMap<String, UnitState> = HashMap::default();
+        for (unit, experiment, exposure) in event_store::exposures_of(conn, &missing).await? {
+            loaded
                 .entry(unit)
                 .or_default()
                 .exposures
                 .insert(experiment, (exposure, false));
         }
         // Totals exist only for exposed units, so only those are looked up.
-        let exposed: Vec<String> = units.keys().cloned().collect();
+        let exposed: Vec<String> = loaded.keys().cloned().collect();
         for (unit, experiment, event_type, totals) in
             event_store::unit_totals_of(conn, &exposed).await?
         {
-            units
+            loaded
                 .entry(unit)
                 .or_default()
                 .totals
                 .entry(experiment)
                 .or_default()
                 .insert(event_type, (totals, false));
+        }
+        // Units with no stored state are kept as empty entries too, so that the cache
+        // remembers them as such.
+        for key in missing {
+            let state = loaded.remove(&key).unwrap_or_default();
+            units.insert(key, state);
         }
         let mut history: HashMap<String, Vec<Logged>> = HashMap::default();
         let exposed_units: Vec<String> = exposed_units.into_iter().collect();
@@ -418,6 +436,11 @@ impl<'p> Batch<'p> {
                 );
             }
         }
+    }
+
+    /// The batch's unit states, for the cache once the batch committed.
+    pub(super) fn into_units(self) -> HashMap<String, UnitState> {
+        self.units
     }
 
     /// Writes every change of the batch.

@@ -9,6 +9,7 @@
 //! exposed to two variants are excluded from the analysis and counted.
 
 mod batch;
+mod cache;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -21,6 +22,7 @@ use crate::model::experiment::Status;
 use crate::store::events::{self as event_store, Logged, Sums};
 use crate::{AppState, clock, store};
 use batch::Batch;
+pub use cache::UnitCache;
 
 pub const CURSOR: &str = "rollups";
 const RETRY_BATCH: i64 = 500;
@@ -154,10 +156,13 @@ async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
 /// them rolls back instead of double counting.
 pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     let started = std::time::Instant::now();
+    // Held for the whole batch: batches of one process never overlap.
+    let mut cache = state.unit_cache.lock().await;
     let mut conn = state.db.pool.acquire().await?;
     let plans = load_plans(&mut conn).await?;
     rebuild_changed(state, &mut conn, &plans).await?;
     let position = event_store::cursor(&mut conn, CURSOR).await?;
+    cache.validate(position);
     let now = clock::now_ms();
     let retries = event_store::due_retries(&mut conn, now, RETRY_BATCH).await?;
     let attempts: HashMap<i64, i64> = retries.iter().copied().collect();
@@ -178,7 +183,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     let new_position = fresh.last().map_or(position, |e| e.seq);
 
     let read = started.elapsed();
-    let mut batch = Batch::load(&mut conn, &plans, &retried, &fresh).await?;
+    let mut batch = Batch::load(&mut conn, &plans, &mut cache, &retried, &fresh).await?;
     drop(conn);
     let loaded = started.elapsed();
     let mut succeeded = Vec::new();
@@ -202,6 +207,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
             position,
             "the pipeline cursor moved underneath this batch; another pipeline is running"
         );
+        cache.clear();
         return Ok(0);
     }
     batch.write(&mut tx).await?;
@@ -222,6 +228,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
         }
     }
     tx.commit().await?;
+    cache.put_committed(batch.into_units(), new_position);
 
     let handled = retried.len() + fresh.len();
     tracing::debug!(

@@ -254,18 +254,26 @@ pub async fn call(
 #[macro_export]
 macro_rules! on_both_backends {
     ($name:ident, $test:path) => {
+        on_both_backends!($name, $test, |_| {});
+    };
+    // With settings adjusted before the origin starts.
+    ($name:ident, $test:path, $adjust:expr) => {
         mod $name {
             use super::*;
             #[tokio::test]
             async fn sqlite() {
-                if let Some(origin) = common::TestOrigin::new(common::Backend::Sqlite).await {
+                if let Some(origin) =
+                    common::TestOrigin::with(common::Backend::Sqlite, $adjust).await
+                {
                     $test(&origin).await;
                     origin.finish().await;
                 }
             }
             #[tokio::test]
             async fn postgres() {
-                if let Some(origin) = common::TestOrigin::new(common::Backend::Postgres).await {
+                if let Some(origin) =
+                    common::TestOrigin::with(common::Backend::Postgres, $adjust).await
+                {
                     $test(&origin).await;
                     origin.finish().await;
                 }
