@@ -11,14 +11,21 @@ use tokio::sync::Mutex;
 /// Tells the lag sampler that the load has finished.
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Which origin a load generator drives, and with which key.
 #[derive(clap::Args)]
-pub struct Args {
-    /// The origin, e.g. http://127.0.0.1:8080
+pub struct Target {
+    /// The origin, as `http://host:port`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub url: String,
     /// An sdk (or admin) key.
     #[arg(long, env = "ABX_KEY")]
-    key: String,
+    pub key: String,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
     /// An experiment id to send exposures for (its first two variants must be
     /// `control` and `treatment`).
     #[arg(long)]
@@ -102,7 +109,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     // Samples the pipeline's lag while the load runs.
     let sampler = {
-        let (client, url, key) = (client.clone(), args.url.clone(), args.key.clone());
+        let (client, url, key) = (
+            client.clone(),
+            args.target.url.clone(),
+            args.target.key.clone(),
+        );
         tokio::spawn(async move {
             let mut worst = (0i64, 0f64);
             loop {
@@ -149,8 +160,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 loop {
                     let sent = Instant::now();
                     let response = client
-                        .post(format!("{}/api/v1/events", args.url))
-                        .bearer_auth(&args.key)
+                        .post(format!("{}/api/v1/events", args.target.url))
+                        .bearer_auth(&args.target.key)
                         .header("content-type", "application/json")
                         .body(body.clone())
                         .send()
@@ -210,8 +221,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut max_lag_seconds: f64 = 0.0;
     loop {
         let status: serde_json::Value = client
-            .get(format!("{}/api/v1/pipeline", args.url))
-            .bearer_auth(&args.key)
+            .get(format!("{}/api/v1/pipeline", args.target.url))
+            .bearer_auth(&args.target.key)
             .send()
             .await?
             .json_or_text()

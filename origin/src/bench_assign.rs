@@ -15,16 +15,12 @@ use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::bench::percentile;
+use crate::bench::{Target, percentile};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The origin, as `http://host:port` (plain HTTP).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// An sdk (or admin) key.
-    #[arg(long, env = "ABX_KEY")]
-    key: String,
+    #[command(flatten)]
+    target: Target,
     /// Requests per second, sent on schedule.
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
@@ -43,7 +39,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.rate == 0 || args.connections == 0 || args.experiments == 0 {
         bail!("--rate, --connections and --experiments must be positive");
     }
-    let Some(address) = args.url.strip_prefix("http://") else {
+    let Some(address) = args.target.url.strip_prefix("http://") else {
         bail!("--url must be http://host:port");
     };
     let address = address.trim_end_matches('/').to_string();
@@ -92,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "GET /api/v1/experiments/exp_{}/assignment?user_id=user-{i}&country=US HTTP/1.1\r\n\
                      Host: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
                     i % args.experiments,
-                    args.key
+                    args.target.key
                 )?;
                 stream.write_all(&request).await.context("sending a request")?;
                 let (status, body) = read_response(&mut stream, &mut buffer)
