@@ -4,10 +4,13 @@
 //! The cache is write-through and only ever holds committed state: a batch takes its units
 //! out, and puts them back only after its transaction committed. A failed batch therefore
 //! simply loses those entries and the next batch reads them from the database again. The
-//! pipeline is the only writer of the per-unit tables, and every batch that writes them moves
-//! the cursor in the same transaction, so the cache is valid exactly while the cursor is
-//! where this pipeline left it; `validate` clears it otherwise (for instance when a second
-//! pipeline shares the database, which the cursor's compare-and-set already guards).
+//! pipeline is the only writer of the per-unit tables, and every batch that consumes new
+//! events moves the cursor in the same transaction, so `validate` clears the cache when the
+//! cursor is not where this pipeline left it. That catches a second pipeline sharing the
+//! database (which the cursor's compare-and-set already keeps from double counting), except
+//! for its batches that only retry failed events and leave the cursor in place: the cache
+//! assumes the supported deployment of one pipeline per database (`--no-pipeline` on the
+//! other processes).
 //!
 //! Memory is bounded by two generations: entries go into the young map; when it holds half
 //! the capacity it becomes the old map and the previous old map is dropped. Units used in
@@ -111,6 +114,9 @@ impl UnitCache {
             }
             if self.young.len() >= self.capacity.div_ceil(2) {
                 self.old = std::mem::take(&mut self.young);
+                // Event types are client-chosen strings: forget names with the generation
+                // that used them, so the table stays bounded too.
+                self.names.clear();
             }
             self.young.insert(
                 key.into_boxed_str(),
