@@ -283,8 +283,10 @@ on_both_backends!(
     }
 );
 
-/// Two pipelines over one database take turns: each must notice that the other moved the
-/// cursor and not trust the unit state it remembers from its own last batch.
+/// Two pipelines over one database take turns, one batch of 10 events each: each must notice
+/// that the other moved the cursor and trust neither the unit state it remembers from its
+/// own last batch nor the events it read ahead after it (all rounds are logged up front, so
+/// every read ahead finds the round the other pipeline will take).
 async fn two_pipelines(o: &TestOrigin) {
     let (id, sdk) = running_experiment(o).await;
     let other = abx_origin::AppState::start(o.settings.clone())
@@ -322,8 +324,10 @@ async fn two_pipelines(o: &TestOrigin) {
         events
     };
     let rounds: Vec<Vec<Json>> = (0..4).map(&mut round).collect();
-    for (turn, events) in rounds.iter().enumerate() {
+    for events in &rounds {
         assert_eq!(send(o, &sdk, events).await.status, StatusCode::ACCEPTED);
+    }
+    for turn in 0..rounds.len() {
         let pipeline = if turn % 2 == 0 { &o.state } else { &other };
         assert!(
             abx_origin::pipeline::run_once(pipeline)
@@ -342,7 +346,10 @@ async fn two_pipelines(o: &TestOrigin) {
 on_both_backends!(
     two_pipelines_sharing_a_database,
     two_pipelines,
-    |s: &mut abx_origin::Settings| s.run_pipeline = false
+    |s: &mut abx_origin::Settings| {
+        s.run_pipeline = false;
+        s.pipeline_batch = 10;
+    }
 );
 
 async fn duplicates(o: &TestOrigin) {

@@ -2,8 +2,15 @@
 // flag of snapshots/golden/realistic_1000.abxs for one user through the package, and the
 // GrowthBook JavaScript SDK on an equivalent payload (bench/growthbook.js) in the same run.
 // With --native-us (abx-core's figure from the same machine and run), prints ratios to native.
+//
+// Each figure is measured in five separate Node processes and reported as their median with
+// the range: on this machine a whole process sometimes runs about 1.5× slower than the next
+// one (JavaScript and WebAssembly alike, so not V8's tiering), and a single process would
+// report whichever mode it happened to get.
 
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { GrowthBook } from '@growthbook/growthbook';
 
@@ -21,6 +28,7 @@ const USER = {
   age: 34,
 };
 
+const PROCESSES = 5;
 const nativeArg = process.argv.indexOf('--native-us');
 const nativeUs = nativeArg > 0 ? Number(process.argv[nativeArg + 1]) : null;
 
@@ -58,26 +66,55 @@ const featureKeys = Object.keys(payload.features);
 const abxAssigned = Object.values(client.evaluate(USER, { nowMs: NOW_MS }).experiments).filter((e) => e.variant !== null).length;
 const gbAssigned = twin.experiments.filter((e) => gb.evalFeature(e.key).source === 'experiment').length;
 
+/** One process's figures (µs), printed as JSON for the parent. */
+function measureAll() {
+  const oneKey = twin.experiments[42].key;
+  return {
+    oneKey,
+    abxAssigned,
+    gbAssigned,
+    packed: measure(() => client.snapshot.evaluatePacked(USER, NOW_MS)),
+    full: measure(() => client.evaluate(USER, { nowMs: NOW_MS })),
+    single: measure(() => client.variant(oneKey, USER, { nowMs: NOW_MS })),
+    growthbook: measure(() => {
+      for (const key of featureKeys) gb.evalFeature(key);
+    }),
+    loadAbx: measure(() => AbxClient.fromSnapshot(bytes).close()),
+    loadGb: measure(() => new GrowthBook({ attributes: USER, features: JSON.parse(payloadJson).features })),
+  };
+}
+
+if (process.argv.includes('--child')) {
+  console.log(JSON.stringify(measureAll()));
+  process.exit(0);
+}
+
+const runs = [];
+for (let i = 0; i < PROCESSES; i++) {
+  const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child'], { encoding: 'utf8' });
+  runs.push(JSON.parse(out));
+}
+/** The median of one figure over the processes. */
+const median = (name) => runs.map((r) => r[name]).sort((a, b) => a - b)[Math.floor(PROCESSES / 2)];
+const range = (name) => {
+  const values = runs.map((r) => r[name]);
+  return `${Math.min(...values).toFixed(2)}–${Math.max(...values).toFixed(2)}`;
+};
 const fmt = (us) => `${us.toFixed(2)} µs`;
 const vsNative = (us) => (nativeUs ? ` (${(us / nativeUs).toFixed(2)}× native ${fmt(nativeUs)})` : '');
+const line = (label, name, ratio = false) =>
+  console.log(`${label}: ${fmt(median(name))}${ratio ? vsNative(median(name)) : ''}; range ${range(name)} µs`);
 
-const packed = measure(() => client.snapshot.evaluatePacked(USER, NOW_MS));
-const full = measure(() => client.evaluate(USER, { nowMs: NOW_MS }));
-const oneKey = twin.experiments[42].key;
-const single = measure(() => client.variant(oneKey, USER, { nowMs: NOW_MS }));
-const growthbook = measure(() => {
-  for (const key of featureKeys) gb.evalFeature(key);
-});
-const loadAbx = measure(() => AbxClient.fromSnapshot(bytes).close());
-const loadGb = measure(() => new GrowthBook({ attributes: USER, features: JSON.parse(payloadJson).features }));
-
-console.log(`node ${process.version}; ${twin.experiments.length} experiments, ${twin.flags.length} flags; assigned: abx ${abxAssigned}, GrowthBook ${gbAssigned}`);
-console.log(`abx evaluate all (packed words, the wasm call): ${fmt(packed)}${vsNative(packed)}`);
-console.log(`abx client.evaluate all (plain objects for 1,200 results): ${fmt(full)}${vsNative(full)}`);
-console.log(`abx client.variant one experiment (${oneKey}): ${fmt(single)}`);
-console.log(`GrowthBook evalFeature x${featureKeys.length}: ${fmt(growthbook)}`);
+const [packed, full, growthbook] = [median('packed'), median('full'), median('growthbook')];
+console.log(
+  `node ${process.version}; ${twin.experiments.length} experiments, ${twin.flags.length} flags; assigned: abx ${runs[0].abxAssigned}, GrowthBook ${runs[0].gbAssigned}; median of ${PROCESSES} processes`,
+);
+line('abx evaluate all (packed words, the wasm call)', 'packed', true);
+line('abx client.evaluate all (plain objects for 1,200 results)', 'full', true);
+line(`abx client.variant one experiment (${runs[0].oneKey})`, 'single');
+line(`GrowthBook evalFeature x${featureKeys.length}`, 'growthbook');
 console.log(`ratio GrowthBook / abx: ${(growthbook / packed).toFixed(1)}× (packed), ${(growthbook / full).toFixed(1)}× (client.evaluate)`);
-console.log(`load: abx fromSnapshot ${fmt(loadAbx)}, GrowthBook JSON.parse + constructor ${fmt(loadGb)}`);
+console.log(`load: abx fromSnapshot ${fmt(median('loadAbx'))}, GrowthBook JSON.parse + constructor ${fmt(median('loadGb'))}`);
 console.log(
   `payload: abx ${bytes.length} B (gzip ${gzipSync(bytes, { level: 9 }).length} B), GrowthBook ${Buffer.byteLength(payloadJson)} B (gzip ${gzipSync(payloadJson, { level: 9 }).length} B)`,
 );
