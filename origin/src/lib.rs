@@ -130,8 +130,8 @@ pub struct Shared {
     pub public_key: [u8; 32],
     pub telemetry: Arc<telemetry::Telemetry>,
     pub writer: events::writer::Writer,
-    /// What the pipeline keeps between batches (see `pipeline::Memory`).
-    pub(crate) pipeline_memory: tokio::sync::Mutex<pipeline::Memory>,
+    /// The pipeline's per-unit state between batches (see `pipeline::UnitCache`).
+    pub(crate) unit_cache: tokio::sync::Mutex<pipeline::UnitCache>,
     /// Idempotency keys whose first request is still running.
     pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -169,7 +169,7 @@ impl AppState {
         let state = AppState(Arc::new(Shared {
             telemetry,
             writer,
-            pipeline_memory: tokio::sync::Mutex::new(pipeline::Memory::new(
+            unit_cache: tokio::sync::Mutex::new(pipeline::UnitCache::new(
                 settings.pipeline_cache_units,
             )),
             limiter: RateLimiter::new(settings.admin_rate, settings.sdk_rate),

@@ -283,10 +283,9 @@ on_both_backends!(
     }
 );
 
-/// Two pipelines over one database take turns, one batch of 10 events each: each must notice
-/// that the other moved the cursor and trust neither the unit state it remembers from its
-/// own last batch nor the events it read ahead after it (all rounds are logged up front, so
-/// every read ahead finds the round the other pipeline will take).
+/// Two pipelines over one database take turns, one batch of 10 events each (all rounds are
+/// logged up front): each must notice that the other moved the cursor and not trust the unit
+/// state it remembers from its own last batch.
 async fn two_pipelines(o: &TestOrigin) {
     let (id, sdk) = running_experiment(o).await;
     let other = abx_origin::AppState::start(o.settings.clone())

@@ -22,7 +22,7 @@ use crate::model::experiment::Status;
 use crate::store::events::{self as event_store, Logged, Sums};
 use crate::{AppState, clock, store};
 use batch::Batch;
-use cache::UnitCache;
+pub use cache::UnitCache;
 
 pub const CURSOR: &str = "rollups";
 const RETRY_BATCH: i64 = 500;
@@ -107,26 +107,6 @@ pub async fn load_plans(
         .collect())
 }
 
-/// What the pipeline keeps between batches, behind one lock that a batch holds throughout,
-/// so that batches of one process never overlap.
-pub struct Memory {
-    /// The unit state it committed (see `cache`).
-    units: UnitCache,
-    /// The log after a position, read while the batch that ends there was being written.
-    /// Reading the next batch on a second connection during the write keeps the read (a
-    /// quarter of a batch's time at 100 K events/s) off the critical path.
-    ahead: Option<(i64, Vec<Logged>)>,
-}
-
-impl Memory {
-    pub fn new(cache_units: usize) -> Memory {
-        Memory {
-            units: UnitCache::new(cache_units),
-            ahead: None,
-        }
-    }
-}
-
 /// Whole days since the epoch (UTC).
 pub fn day(ms: i64) -> i64 {
     ms.div_euclid(clock::DAY_MS)
@@ -176,11 +156,8 @@ async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
 /// them rolls back instead of double counting.
 pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     let started = std::time::Instant::now();
-    let mut memory = state.pipeline_memory.lock().await;
-    let Memory {
-        units: cache,
-        ahead,
-    } = &mut *memory;
+    // Held for the whole batch: batches of one process never overlap.
+    let mut cache = state.unit_cache.lock().await;
     let mut conn = state.db.pool.acquire().await?;
     let plans = load_plans(&mut conn).await?;
     rebuild_changed(state, &mut conn, &plans).await?;
@@ -194,12 +171,8 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
         &retries.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
     )
     .await?;
-    let batch_size = state.settings.pipeline_batch.max(1);
-    // The log is append-only, so events read ahead from this very position are still exact.
-    let fresh = match ahead.take() {
-        Some((after, events)) if after == position && !events.is_empty() => events,
-        _ => event_store::read_after(&mut conn, position, batch_size).await?,
-    };
+    let fresh =
+        event_store::read_after(&mut conn, position, state.settings.pipeline_batch.max(1)).await?;
     if retried.is_empty() && fresh.is_empty() {
         state
             .telemetry
@@ -210,7 +183,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     let new_position = fresh.last().map_or(position, |e| e.seq);
 
     let read = started.elapsed();
-    let mut batch = Batch::load(&mut conn, &plans, cache, &retried, &fresh).await?;
+    let mut batch = Batch::load(&mut conn, &plans, &mut cache, &retried, &fresh).await?;
     drop(conn);
     let loaded = started.elapsed();
     let mut succeeded = Vec::new();
@@ -228,48 +201,34 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     }
 
     let applied = started.elapsed();
-    // `None` when another pipeline moved the cursor first.
-    let write = async {
-        let mut tx = state.db.begin_write().await?;
-        if !event_store::advance_cursor(&mut tx, CURSOR, position, new_position).await? {
-            return Ok(None);
-        }
-        batch.write(&mut tx).await?;
-        for &seq in &succeeded {
-            event_store::clear_retry(&mut tx, seq).await?;
-        }
-        let mut dead = 0;
-        for (event, reason) in &failures {
-            let tries = attempts.get(&event.seq).copied().unwrap_or(0) + 1;
-            if tries >= MAX_ATTEMPTS {
-                event_store::add_dead_letter(&mut tx, event.seq, &event.event_id, reason, tries)
-                    .await?;
-                dead += 1;
-            } else {
-                // 1 s, then 4 s: enough for configuration that lags the events to arrive.
-                let backoff = 1_000 * 4i64.pow(tries as u32 - 1);
-                event_store::set_retry(&mut tx, event.seq, tries, reason, now + backoff).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(Some(dead))
-    };
-    let read_ahead = async {
-        let mut conn = state.db.pool.acquire().await?;
-        event_store::read_after(&mut conn, new_position, batch_size).await
-    };
-    let (written, next) = tokio::join!(write, read_ahead);
-    let Some(dead) = written? else {
+    let mut tx = state.db.begin_write().await?;
+    if !event_store::advance_cursor(&mut tx, CURSOR, position, new_position).await? {
         tracing::warn!(
             position,
             "the pipeline cursor moved underneath this batch; another pipeline is running"
         );
         cache.clear();
         return Ok(0);
-    };
+    }
+    batch.write(&mut tx).await?;
+    for seq in succeeded {
+        event_store::clear_retry(&mut tx, seq).await?;
+    }
+    let mut dead = 0;
+    for (event, reason) in &failures {
+        let tries = attempts.get(&event.seq).copied().unwrap_or(0) + 1;
+        if tries >= MAX_ATTEMPTS {
+            event_store::add_dead_letter(&mut tx, event.seq, &event.event_id, reason, tries)
+                .await?;
+            dead += 1;
+        } else {
+            // 1 s, then 4 s: enough for configuration that lags the events to arrive.
+            let backoff = 1_000 * 4i64.pow(tries as u32 - 1);
+            event_store::set_retry(&mut tx, event.seq, tries, reason, now + backoff).await?;
+        }
+    }
+    tx.commit().await?;
     cache.put_committed(batch.into_units(), new_position);
-    // A failed read ahead costs nothing but the read the next batch then does itself.
-    *ahead = next.ok().map(|events| (new_position, events));
 
     let handled = retried.len() + fresh.len();
     tracing::debug!(
