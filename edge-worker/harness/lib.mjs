@@ -381,10 +381,10 @@ export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-
     },
     async publicKey() { return (await call('GET', '/api/v1/snapshot/key')).body.public_key; },
     async sdkKey() { return (await origin.create('/api/v1/keys', { name: 'edge', role: 'sdk' })).secret; },
-    /** Rows of the origin's event log (its SQLite database) for one unit key. */
+    /** Rows of the origin's event log (its own SQLite file, `abx-events.db`) for one unit key. */
     storedEvents(unitKey) {
-      const databases = readdirSync(dataDir).filter((f) => /\.(db|sqlite3?)$/.test(f));
-      if (databases.length !== 1) throw new Error(`expected one database in ${dataDir}, found ${databases}`);
+      const databases = readdirSync(dataDir).filter((f) => /-events\.(db|sqlite3?)$/.test(f));
+      if (databases.length !== 1) throw new Error(`expected one event log in ${dataDir}, found ${databases}`);
       const script = [
         'import json, sqlite3, sys',
         'db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)',

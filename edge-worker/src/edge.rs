@@ -816,7 +816,7 @@ async fn beacon(req: Request, env: &Env, ctx: &Context) -> JsResult<Response> {
     let declared = headers
         .get("content-length")?
         .and_then(|len| len.trim().parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if declared.is_some_and(|len| len > events::MAX_DRAINED_BYTES) {
         return events_error(&EventsError::TooLarge(limit));
     }
     let body = match read_capped(req.body(), limit).await? {
@@ -858,27 +858,40 @@ async fn beacon(req: Request, env: &Env, ctx: &Context) -> JsResult<Response> {
     json_response(status, &body.to_string(), None)
 }
 
-/// Reads a request body, or `None` when it exceeds `limit` bytes (reading stops there).
+/// Reads a request body, or `None` when it exceeds `limit` bytes. The rest of an oversized
+/// body is read and dropped up to `events::MAX_DRAINED_BYTES`, so that the client gets to
+/// read the refusal.
 async fn read_capped(body: Option<ReadableStream>, limit: usize) -> JsResult<Option<Vec<u8>>> {
     let Some(stream) = body else {
         return Ok(Some(Vec::new()));
     };
     let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
     let mut out = Vec::new();
-    loop {
-        let chunk = JsFuture::from(reader.read()).await?;
-        if Reflect::get(&chunk, &JsValue::from_str("done"))?.is_truthy() {
-            return Ok(Some(out));
-        }
-        let value: Uint8Array = Reflect::get(&chunk, &JsValue::from_str("value"))?.unchecked_into();
-        if out.len() + value.length() as usize > limit {
+    let mut read = 0;
+    while let Some(chunk) = next_chunk(&reader).await? {
+        read += chunk.length() as usize;
+        if read > events::MAX_DRAINED_BYTES {
             let _ = reader.cancel();
             return Ok(None);
         }
-        let start = out.len();
-        out.resize(start + value.length() as usize, 0);
-        value.copy_to(&mut out[start..]);
+        if read <= limit {
+            let start = out.len();
+            out.resize(read, 0);
+            chunk.copy_to(&mut out[start..]);
+        }
     }
+    Ok((read <= limit).then_some(out))
+}
+
+/// The next chunk of a body stream, `None` at its end.
+async fn next_chunk(reader: &ReadableStreamDefaultReader) -> JsResult<Option<Uint8Array>> {
+    let chunk = JsFuture::from(reader.read()).await?;
+    if Reflect::get(&chunk, &JsValue::from_str("done"))?.is_truthy() {
+        return Ok(None);
+    }
+    Ok(Some(
+        Reflect::get(&chunk, &JsValue::from_str("value"))?.unchecked_into(),
+    ))
 }
 
 /// Sends events to the origin, retrying network errors, 429 and 5xx.

@@ -9,6 +9,10 @@ use serde_json::{Map, Value, json};
 pub const MAX_JSON_BYTES: usize = 1024 * 1024;
 /// Largest `text/plain` body (what `navigator.sendBeacon` sends with a string).
 pub const MAX_BEACON_BYTES: usize = 64 * 1024;
+/// An oversized upload up to this size is read to its end (and dropped) before the 413 goes
+/// out. A server that answers mid-upload and closes leaves unread bytes behind, the kernel
+/// then resets the connection, and the client may lose the answer with it.
+pub const MAX_DRAINED_BYTES: usize = 2 * MAX_JSON_BYTES;
 /// Largest single event, serialized.
 pub const MAX_EVENT_BYTES: usize = 32 * 1024;
 /// Most events in one request.

@@ -1,16 +1,20 @@
-//! The database: one pool over SQLite (embedded default) or PostgreSQL, chosen by URL at run
+//! The database: a pool over SQLite (embedded default) or PostgreSQL, chosen by URL at run
 //! time through sqlx's `Any` driver. Only this module and `store/` know SQL. Queries use
 //! `$n` placeholders and portable types (BIGINT, DOUBLE, TEXT, BLOB/BYTEA), which both
 //! engines accept, so every query is written once.
+//!
+//! On SQLite the event log lives in a second file with its own pool (see
+//! [`event_log_file`]); on PostgreSQL it is the same database.
 
 use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +81,57 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0002_events.sql"),
     },
 ];
+
+/// Migrations of the SQLite event log file, numbered on their own.
+const EVENT_LOG_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "events",
+    sqlite: include_str!("../migrations/sqlite/event_log/0001_events.sql"),
+    postgres: "",
+}];
+
+/// Where the event log of a SQLite database lives: the URL to open and the file's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventLogFile {
+    pub url: String,
+    pub path: PathBuf,
+}
+
+/// The event log's own file for the database at `url`: `abx.db` → `abx-events.db`, with the
+/// same URL options. Ingestion and the pipeline both write all the time, and SQLite allows
+/// one writer per file; with the log apart they stop queueing behind each other. `None`
+/// means the log shares the database: PostgreSQL, whose writers do not exclude each other,
+/// and in-memory SQLite, which has no file to put beside.
+pub fn event_log_file(url: &str) -> Option<EventLogFile> {
+    let (scheme, rest) = ["sqlite://", "sqlite:"]
+        .iter()
+        .find_map(|scheme| Some((*scheme, url.strip_prefix(scheme)?)))?;
+    let (path, options) = match rest.split_once('?') {
+        Some((path, options)) => (path, Some(options)),
+        None => (rest, None),
+    };
+    let in_memory = path.is_empty()
+        || path == ":memory:"
+        || options.is_some_and(|o| o.split('&').any(|pair| pair == "mode=memory"));
+    if in_memory {
+        return None;
+    }
+    let file = Path::new(path);
+    let stem = file.file_stem()?.to_str()?;
+    let name = match file.extension().and_then(|e| e.to_str()) {
+        Some(extension) => format!("{stem}-events.{extension}"),
+        None => format!("{stem}-events"),
+    };
+    let log = file.with_file_name(name);
+    let mut log_url = format!("{scheme}{}", log.display());
+    if let Some(options) = options {
+        log_url = format!("{log_url}?{options}");
+    }
+    Some(EventLogFile {
+        url: log_url,
+        path: log,
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -153,6 +208,58 @@ impl Db {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), MigrateError> {
+        self.apply(MIGRATIONS).await
+    }
+
+    /// Applies pending migrations of a SQLite event log file (see [`event_log_file`]).
+    pub async fn migrate_event_log(&self) -> Result<(), MigrateError> {
+        self.apply(EVENT_LOG_MIGRATIONS).await
+    }
+
+    /// Moves events that an earlier version logged in the main file to the event log file,
+    /// in one transaction. A no-op once done, so it runs at every start. Should a crash
+    /// separate the two files' commits (SQLite in WAL mode commits attached files one by
+    /// one), the next start finds the copied rows already there and skips them.
+    pub async fn move_events_to_log(&self, log: &Path) -> Result<u64, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let waiting: Option<i64> = sqlx::query_scalar("SELECT seq FROM events LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+        if waiting.is_none() {
+            return Ok(0);
+        }
+        let _gate = self.write_gate.clone().lock_owned().await;
+        sqlx::query("ATTACH DATABASE $1 AS event_log")
+            .bind(log.display().to_string())
+            .execute(&mut *conn)
+            .await?;
+        let moved = async {
+            let mut tx = conn.begin().await?;
+            let columns = "seq, event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value";
+            let moved = sqlx::query(&format!(
+                "INSERT OR IGNORE INTO event_log.events ({columns}) SELECT {columns} FROM main.events"
+            ))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("DELETE FROM main.events")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(moved)
+        }
+        .await;
+        // Detached whatever happened: the connection goes back to the pool.
+        let detached = sqlx::query("DETACH DATABASE event_log")
+            .execute(&mut *conn)
+            .await;
+        let moved = moved?;
+        detached?;
+        tracing::info!(moved, log = %log.display(), "moved logged events to the event log file");
+        Ok(moved)
+    }
+
+    async fn apply(&self, migrations: &[Migration]) -> Result<(), MigrateError> {
         self.pool
             .execute(
                 "CREATE TABLE IF NOT EXISTS abx_migrations (
@@ -166,7 +273,7 @@ impl Db {
         for row in &applied {
             let version: i64 = row.try_get("version")?;
             let checksum: String = row.try_get("checksum")?;
-            let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
+            let Some(known) = migrations.iter().find(|m| m.version == version) else {
                 return Err(MigrateError::Unknown(version));
             };
             if checksum != self.checksum(known) {
@@ -176,7 +283,7 @@ impl Db {
                 });
             }
         }
-        for migration in MIGRATIONS.iter().skip(applied.len()) {
+        for migration in migrations.iter().skip(applied.len()) {
             let mut tx = self.begin_write().await?;
             (&mut *tx)
                 .execute(sqlx::raw_sql(self.sql(migration)))
@@ -231,5 +338,39 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
                 || matches!(db.code().as_deref(), Some("2067" | "1555" | "23505"))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_log_file_sits_beside_the_database() {
+        let cases = [
+            (
+                "sqlite://data/abx.db?mode=rwc",
+                Some(("sqlite://data/abx-events.db?mode=rwc", "data/abx-events.db")),
+            ),
+            (
+                "sqlite:///var/lib/abx/main.sqlite3",
+                Some((
+                    "sqlite:///var/lib/abx/main-events.sqlite3",
+                    "/var/lib/abx/main-events.sqlite3",
+                )),
+            ),
+            ("sqlite:abx", Some(("sqlite:abx-events", "abx-events"))),
+            ("sqlite::memory:", None),
+            ("sqlite://shared?mode=memory&cache=shared", None),
+            ("postgres://postgres@127.0.0.1/abx", None),
+        ];
+        for (url, want) in cases {
+            let got = event_log_file(url);
+            let want = want.map(|(url, path)| EventLogFile {
+                url: url.into(),
+                path: path.into(),
+            });
+            assert_eq!(got, want, "{url}");
+        }
     }
 }

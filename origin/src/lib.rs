@@ -118,6 +118,9 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub db: Db,
+    /// The event log: its own SQLite file, or `db` itself on PostgreSQL (see
+    /// `db::event_log_file`).
+    pub log: Db,
     pub settings: Settings,
     pub keys: KeyCache,
     pub limiter: RateLimiter,
@@ -158,14 +161,28 @@ impl AppState {
                 settings.data_dir.display()
             )
         })?;
-        let db = Db::connect(&settings.database_url(), settings.max_connections)
+        let url = settings.database_url();
+        let db = Db::connect(&url, settings.max_connections)
             .await
             .context("connecting to the database")?;
         db.migrate().await?;
+        let log = match db::event_log_file(&url) {
+            Some(file) => {
+                let log = Db::connect(&file.url, settings.max_connections)
+                    .await
+                    .with_context(|| format!("opening the event log {}", file.path.display()))?;
+                log.migrate_event_log().await?;
+                db.move_events_to_log(&file.path)
+                    .await
+                    .context("moving logged events to the event log file")?;
+                log
+            }
+            None => db.clone(),
+        };
         let signing_seed = signing_seed(&settings)?;
         let (changes, _) = broadcast::channel(64);
         let telemetry = Arc::new(telemetry::Telemetry::default());
-        let writer = events::writer::Writer::spawn(db.clone(), telemetry.clone());
+        let writer = events::writer::Writer::spawn(log.clone(), telemetry.clone());
         let state = AppState(Arc::new(Shared {
             telemetry,
             writer,
@@ -182,6 +199,7 @@ impl AppState {
             signing_seed,
             settings,
             db,
+            log,
         }));
         let new_admin_key = state.bootstrap_admin().await?;
         state.reload_keys().await?;
@@ -190,6 +208,13 @@ impl AppState {
             state,
             new_admin_key,
         })
+    }
+
+    /// Closes the database pools (both, where the event log has its own): whatever still
+    /// uses them gets `PoolClosed`, as when the database is gone.
+    pub async fn close_databases(&self) {
+        self.db.pool.close().await;
+        self.log.pool.close().await;
     }
 
     /// Runs the background work: key refresh, outbox delivery, housekeeping.

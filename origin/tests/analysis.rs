@@ -7,6 +7,7 @@ mod common;
 use axum::http::{Method, StatusCode};
 use common::{TestOrigin, metric};
 use serde_json::{Value as Json, json};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn reference() -> Json {
     let path = concat!(
@@ -358,7 +359,11 @@ async fn simulate(
 ) {
     let now = abx_origin::clock::now_ms() - 3_600_000;
     let mut events = Vec::new();
-    let mut n = (experiment_id.as_bytes()[0] as u64) << 40;
+    // Every call takes a block of event ids of its own. Ids derived from the experiment's
+    // random id once collided between two experiments of one test (one run in sixteen), and
+    // the origin rightly dropped the second experiment's events as repeated deliveries.
+    static NEXT_ID_BLOCK: AtomicU64 = AtomicU64::new(1);
+    let mut n = NEXT_ID_BLOCK.fetch_add(1, Ordering::Relaxed) << 32;
     for u in 0..units {
         let unit = format!("{key}-user-{u}");
         let assignment = o

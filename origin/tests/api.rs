@@ -918,7 +918,7 @@ async fn restart(o: &TestOrigin) {
         restarted.public_key, o.state.public_key,
         "the signing key persists"
     );
-    restarted.db.pool.close().await;
+    restarted.close_databases().await;
 }
 on_both_backends!(restart_keeps_state, restart);
 
@@ -963,7 +963,7 @@ async fn an_unreachable_database_is_503() {
     let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
         return;
     };
-    o.state.db.pool.close().await;
+    o.state.close_databases().await;
     let reply = o.get("/api/v1/experiments").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.body["error"]["code"], "unavailable");

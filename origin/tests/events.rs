@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 
 use abx_origin::store::events::{self as event_store, Sums};
@@ -339,7 +339,7 @@ async fn two_pipelines(o: &TestOrigin) {
     let (want_units, want_sums) = model.expected();
     assert_eq!(units, want_units);
     assert_same(&sums, &want_sums);
-    other.db.pool.close().await;
+    other.close_databases().await;
 }
 
 on_both_backends!(
@@ -409,7 +409,7 @@ async fn duplicates(o: &TestOrigin) {
     .await;
     assert_eq!(stored.body["processed"], true);
     assert_eq!(stored.body["kind"], "metric");
-    restarted.db.pool.close().await;
+    restarted.close_databases().await;
 }
 on_both_backends!(duplicates_count_once, duplicates);
 
@@ -715,35 +715,103 @@ async fn retention_prunes_consumed_events_only() {
     };
     let (id, sdk) = running_experiment(&o).await;
     send(&o, &sdk, &[exposure(1, "a", &id, "control", now())]).await;
-    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let held = HashSet::new();
+    let mut log = o.state.log.pool.acquire().await.expect("connection");
     // Not yet consumed: kept even past the cutoff.
     assert_eq!(
-        event_store::prune_events(&mut conn, 0, now() + 10 * T0)
+        event_store::prune_events(&mut log, 0, now() + 10 * T0, &held)
             .await
             .expect("prune"),
         0
     );
-    drop(conn);
+    drop(log);
     drain(&o).await;
     let mut conn = o.state.db.pool.acquire().await.expect("connection");
     let position = event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
         .await
         .expect("cursor");
+    let mut log = o.state.log.pool.acquire().await.expect("connection");
     assert_eq!(
-        event_store::prune_events(&mut conn, position, now() - 60_000)
+        event_store::prune_events(&mut log, position, now() - 60_000, &held)
             .await
             .expect("prune"),
         0,
         "too recent"
     );
+    // Held for a retry: kept.
     assert_eq!(
-        event_store::prune_events(&mut conn, position, now() + 60_000)
+        event_store::prune_events(&mut log, position, now() + 60_000, &HashSet::from([1]))
+            .await
+            .expect("prune"),
+        0,
+        "held"
+    );
+    assert_eq!(
+        event_store::prune_events(&mut log, position, now() + 60_000, &held)
             .await
             .expect("prune"),
         1
     );
-    drop(conn);
+    drop((conn, log));
     // The rollups survive pruning.
     assert_eq!(rollups(&o, &id).await.0["control"], (1, 0));
     o.finish().await;
+}
+
+// Versions before the event log had its own file logged events in `abx.db`. Those not yet
+// consumed (and those kept for deduplication) must move over at the next start, once.
+#[tokio::test]
+async fn events_logged_in_the_main_file_move_to_the_event_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("abx.db").display());
+    let old = abx_origin::db::Db::connect(&url, 1).await.expect("open");
+    old.migrate().await.expect("migrate");
+    let records: Vec<abx_origin::events::EventRecord> = (1..=3)
+        .map(|n| abx_origin::events::EventRecord {
+            event_id: event_id(n),
+            received_at_ms: now(),
+            ts_ms: now(),
+            kind: abx_origin::events::Kind::Metric {
+                event_type: "purchase".into(),
+            },
+            unit_key: format!("user_id:u{n}"),
+            value: 1.0,
+        })
+        .collect();
+    let mut conn = old.pool.acquire().await.expect("connection");
+    event_store::insert_events(&mut conn, &records.iter().collect::<Vec<_>>())
+        .await
+        .expect("insert");
+    drop(conn);
+    old.pool.close().await;
+
+    for start in 0..2 {
+        let state = abx_origin::AppState::start(abx_origin::Settings::new(dir.path()))
+            .await
+            .expect("start")
+            .state;
+        let mut log = state.log.pool.acquire().await.expect("connection");
+        for record in &records {
+            let logged = event_store::find_event(&mut log, &record.event_id)
+                .await
+                .expect("find")
+                .expect("moved to the event log");
+            assert_eq!(logged.unit_key, record.unit_key);
+        }
+        assert_eq!(
+            event_store::max_seq(&mut log).await.expect("head"),
+            3,
+            "start {start}"
+        );
+        drop(log);
+        let mut conn = state.db.pool.acquire().await.expect("connection");
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("count");
+        assert_eq!(left, 0, "nothing stays behind in the main file");
+        drop(conn);
+        state.close_databases().await;
+    }
+    assert!(dir.path().join("abx-events.db").exists());
 }

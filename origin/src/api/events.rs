@@ -227,10 +227,12 @@ pub async fn get_event(
     Path(event_id): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
-    let mut conn = state.db.pool.acquire().await?;
-    let e = event_store::find_event(&mut conn, &event_id.to_ascii_lowercase())
+    let mut log = state.log.pool.acquire().await?;
+    let e = event_store::find_event(&mut log, &event_id.to_ascii_lowercase())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("event `{event_id}`")))?;
+    drop(log);
+    let mut conn = state.db.pool.acquire().await?;
     let position = event_store::cursor(&mut conn, pipeline::CURSOR).await?;
     let (kind, experiment_id, variant, event_type) = match e.kind {
         Kind::Exposure {
@@ -272,15 +274,18 @@ pub struct PipelineStatus {
 async fn status(state: &AppState) -> Result<PipelineStatus, sqlx::Error> {
     let mut conn = state.db.pool.acquire().await?;
     let position = event_store::cursor(&mut conn, pipeline::CURSOR).await?;
-    let head = event_store::max_seq(&mut conn).await?.max(position);
-    let oldest = event_store::oldest_after(&mut conn, position).await?;
+    let dead_letters = event_store::count_dead_letters(&mut conn).await?;
+    drop(conn);
+    let mut log = state.log.pool.acquire().await?;
+    let head = event_store::max_seq(&mut log).await?.max(position);
+    let oldest = event_store::oldest_after(&mut log, position).await?;
     let lag_seconds = oldest.map_or(0.0, |ms| (clock::now_ms() - ms).max(0) as f64 / 1_000.0);
     Ok(PipelineStatus {
         position,
         head,
         lag_events: head - position,
         lag_seconds,
-        dead_letters: event_store::count_dead_letters(&mut conn).await?,
+        dead_letters,
     })
 }
 

@@ -20,16 +20,19 @@ pub struct Health {
 #[utoipa::path(get, path = "/api/v1/health", tag = "system", security(()),
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn health(State(state): State<AppState>) -> ApiResult<Response> {
-    sqlx::query("SELECT 1")
-        .execute(&state.db.pool)
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, "health check: database unreachable");
-            ApiError::Unavailable {
-                message: "the database is unreachable".into(),
-                retry_after_s: 5,
-            }
-        })?;
+    // The event log is checked too: on SQLite it is a file of its own.
+    for db in [&state.db, &state.log] {
+        sqlx::query("SELECT 1")
+            .execute(&db.pool)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "health check: database unreachable");
+                ApiError::Unavailable {
+                    message: "the database is unreachable".into(),
+                    retry_after_s: 5,
+                }
+            })?;
+    }
     let backend = match state.db.backend {
         crate::db::Backend::Sqlite => "sqlite",
         crate::db::Backend::Postgres => "postgres",

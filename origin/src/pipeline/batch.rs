@@ -84,9 +84,11 @@ pub(super) fn contribution(a: (f64, f64, f64), b: (f64, f64, f64)) -> Sums {
 
 impl<'p> Batch<'p> {
     /// Loads the state of every unit (and switchback cell) the events touch: from the cache
-    /// where it has them, else from the database.
+    /// where it has them, else from the database (`conn`), and the earlier metric events of
+    /// newly exposed units from the event log (`log`).
     pub(super) async fn load(
         conn: &mut AnyConnection,
+        log: &mut AnyConnection,
         plans: &'p std::collections::HashMap<String, ExperimentPlan>,
         cache: &mut UnitCache,
         retried: &[Logged],
@@ -148,7 +150,7 @@ impl<'p> Batch<'p> {
         }
         let mut history: HashMap<String, Vec<Logged>> = HashMap::default();
         let exposed_units: Vec<String> = exposed_units.into_iter().collect();
-        for e in event_store::metric_events_of(conn, &exposed_units, max_seq).await? {
+        for e in event_store::metric_events_of(log, &exposed_units, max_seq).await? {
             history.entry(e.unit_key.clone()).or_default().push(e);
         }
         Ok(Batch {

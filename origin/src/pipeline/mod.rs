@@ -136,12 +136,17 @@ pub fn spawn(state: AppState) {
 }
 
 async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
-    let mut conn = state.db.begin_write().await?;
+    let mut conn = state.db.pool.acquire().await?;
+    // The cursor first: events that the pipeline set aside by that position are in the
+    // retry and dead-letter tables when they are read next.
     let position = event_store::cursor(&mut conn, CURSOR).await?;
+    let held = event_store::held_seqs(&mut conn, position).await?;
+    drop(conn);
     // One day beyond the accepted age, so that no retried copy can outlive its original.
     let cutoff = clock::now_ms() - state.settings.event_window().max_age_ms - clock::DAY_MS;
-    let removed = event_store::prune_events(&mut conn, position, cutoff).await?;
-    conn.commit().await?;
+    let mut tx = state.log.begin_write().await?;
+    let removed = event_store::prune_events(&mut tx, position, cutoff, &held).await?;
+    tx.commit().await?;
     if removed > 0 {
         tracing::info!(removed, "pruned raw events past retention");
     }
@@ -166,13 +171,14 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     let now = clock::now_ms();
     let retries = event_store::due_retries(&mut conn, now, RETRY_BATCH).await?;
     let attempts: HashMap<i64, i64> = retries.iter().copied().collect();
+    let mut log = state.log.pool.acquire().await?;
     let retried = event_store::read_seqs(
-        &mut conn,
+        &mut log,
         &retries.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
     )
     .await?;
     let fresh =
-        event_store::read_after(&mut conn, position, state.settings.pipeline_batch.max(1)).await?;
+        event_store::read_after(&mut log, position, state.settings.pipeline_batch.max(1)).await?;
     if retried.is_empty() && fresh.is_empty() {
         state
             .telemetry
@@ -183,8 +189,8 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     let new_position = fresh.last().map_or(position, |e| e.seq);
 
     let read = started.elapsed();
-    let mut batch = Batch::load(&mut conn, &plans, &mut cache, &retried, &fresh).await?;
-    drop(conn);
+    let mut batch = Batch::load(&mut conn, &mut log, &plans, &mut cache, &retried, &fresh).await?;
+    drop((conn, log));
     let loaded = started.elapsed();
     let mut succeeded = Vec::new();
     let mut failures: Vec<(&Logged, String)> = Vec::new();

@@ -2,7 +2,7 @@
 //! are batched (multi-row VALUES lists) because the pipeline handles thousands of events
 //! per transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -834,26 +834,60 @@ pub async fn replay_dead_letters(
     Ok(moved)
 }
 
-/// Deletes raw events that the pipeline has consumed and that are older than `cutoff_ms` by
-/// both receipt and timestamp (so a retried copy can never outlive its deduplication).
+/// Sequence numbers up to `position` that the pipeline still holds (waiting for a retry or
+/// dead letters), whose raw events pruning must keep.
+pub async fn held_seqs(
+    conn: &mut AnyConnection,
+    position: i64,
+) -> Result<HashSet<i64>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq FROM pipeline_retries WHERE seq <= $1 UNION SELECT seq FROM dead_letters WHERE seq <= $1",
+    )
+    .bind(position)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|r| r.try_get("seq")).collect()
+}
+
+/// Deletes raw events that the pipeline has consumed (up to `consumed_up_to`, except the
+/// `held` ones) and that are older than `cutoff_ms` by both receipt and timestamp, so that
+/// a retried copy can never outlive its deduplication.
 pub async fn prune_events(
     conn: &mut AnyConnection,
     consumed_up_to: i64,
     cutoff_ms: i64,
+    held: &HashSet<i64>,
 ) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(
-        // Only the oldest 50,000 consumed events are examined per call: the log is in receipt
-        // order, so this bounds the work without an index on time.
-        "DELETE FROM events WHERE seq IN (
-             SELECT seq FROM (SELECT seq, received_at_ms, ts_ms FROM events WHERE seq <= $1 ORDER BY seq LIMIT 50000) oldest
-             WHERE received_at_ms < $2 AND ts_ms < $2
-               AND seq NOT IN (SELECT seq FROM pipeline_retries) AND seq NOT IN (SELECT seq FROM dead_letters))",
+    // Only the oldest 50,000 consumed events are examined per call: the log is in receipt
+    // order, so this bounds the work without an index on time.
+    let rows = sqlx::query(
+        "SELECT seq FROM (SELECT seq, received_at_ms, ts_ms FROM events WHERE seq <= $1 ORDER BY seq LIMIT 50000) oldest
+         WHERE received_at_ms < $2 AND ts_ms < $2",
     )
     .bind(consumed_up_to)
     .bind(cutoff_ms)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(result.rows_affected())
+    let mut expired = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let seq: i64 = row.try_get("seq")?;
+        if !held.contains(&seq) {
+            expired.push(seq);
+        }
+    }
+    let mut removed = 0;
+    for chunk in expired.chunks(KEYS_PER_QUERY) {
+        let sql = format!(
+            "DELETE FROM events WHERE seq IN ({})",
+            placeholders(conn, chunk.len(), 0)
+        );
+        let mut query = sqlx::query(&sql);
+        for seq in chunk {
+            query = query.bind(*seq);
+        }
+        removed += query.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(removed)
 }
 
 pub async fn rollup_plans(

@@ -112,7 +112,7 @@ impl TestOrigin {
 
     /// Starts a second origin over the same database and data directory (a restart).
     pub async fn restart(&self) -> AppState {
-        self.state.db.pool.close().await;
+        self.state.close_databases().await;
         AppState::start(self.settings.clone())
             .await
             .expect("origin restarts")
@@ -206,7 +206,7 @@ impl TestOrigin {
 
     /// Drops the PostgreSQL database (call at the end of a test).
     pub async fn finish(self) {
-        self.state.db.pool.close().await;
+        self.state.close_databases().await;
         if let Some((_, name)) = &self.postgres {
             let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
                 .await
