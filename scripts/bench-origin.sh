@@ -8,6 +8,13 @@
 #
 # The load generators run on the same two cores as the origin, so the figures are lower
 # bounds of what the origin does on a machine of its own.
+#
+# Environment: ABX_BENCH_RATE, ABX_BENCH_SECONDS and ABX_BENCH_IN_FLIGHT set the offered
+# rate (events/s, default 100000), length (default 30 s) and requests in flight (default 16)
+# of `ingest`;
+# ABX_BENCH_BIN runs that origin binary instead of building this checkout's (to compare
+# builds in one sitting); RUST_LOG is passed to the origin (default warn; for the
+# pipeline's per-batch timings: warn,abx_origin::pipeline=debug).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/tools.sh
@@ -18,13 +25,13 @@ case "$part" in
   *) echo "usage: $0 assign|ingest|results" >&2; exit 2 ;;
 esac
 
-cargo build --release --locked -p abx-origin
-bin=target/release/abx-origin
+bin=${ABX_BENCH_BIN:-target/release/abx-origin}
+[ -n "${ABX_BENCH_BIN:-}" ] || cargo build --release --locked -p abx-origin
 admin=abx_admin_bench_key_0123456789abcdef
 dir=$(mktemp -d)
 port=18191
 url=http://127.0.0.1:$port
-ABX_BOOTSTRAP_ADMIN_KEY=$admin ABX_ADMIN_RATE_LIMIT=1000000 ABX_SDK_RATE_LIMIT=10000000 RUST_LOG=warn \
+ABX_BOOTSTRAP_ADMIN_KEY=$admin ABX_ADMIN_RATE_LIMIT=1000000 ABX_SDK_RATE_LIMIT=10000000 RUST_LOG=${RUST_LOG:-warn} \
   "$bin" serve --data-dir "$dir" --listen "127.0.0.1:$port" --guardrail-interval 3600 &
 origin=$!
 trap 'kill $origin 2>/dev/null; wait $origin 2>/dev/null; rm -rf "$dir"' EXIT
@@ -98,8 +105,12 @@ ingest)
   api POST /metrics '{"key":"conversion","kind":"conversion","event_type":"conversion"}' >/dev/null
   id=$(api POST /experiments '{"key":"bench","primary_metric":"conversion","variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}' | json_field id)
   api POST "/experiments/$id/start" '{}' >/dev/null
-  log "bench-ingest: 3M events offered at 100k/s, 500 per request, 16 in flight, 500k units"
-  "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate 100000 --events 3000000 --batch 500 --concurrency 16 --units 500000
+  rate=${ABX_BENCH_RATE:-100000} events=$((${ABX_BENCH_RATE:-100000} * ${ABX_BENCH_SECONDS:-30}))
+  in_flight=${ABX_BENCH_IN_FLIGHT:-16}
+  log "bench-ingest: $events events offered at $rate/s, 500 per request, $in_flight in flight, 500k units"
+  /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000
+  # utime + stime of the origin process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "origin CPU time for the whole run: %.1f s\n", ($14 + $15) / hz }' "/proc/$origin/stat"
   ;;
 results)
   metrics='"conversion_0"'

@@ -283,9 +283,9 @@ on_both_backends!(
     }
 );
 
-/// Two pipelines over one database take turns, one batch of 10 events each (all rounds are
-/// logged up front): each must notice that the other moved the cursor and not trust the unit
-/// state it remembers from its own last batch.
+/// Two pipelines over one database take turns, one batch of 10 events each (each round is
+/// logged just before its turn): each must notice that the other moved the cursor and not
+/// trust the unit state it remembers from its own last batch.
 async fn two_pipelines(o: &TestOrigin) {
     let (id, sdk) = running_experiment(o).await;
     let other = abx_origin::AppState::start(o.settings.clone())
@@ -322,11 +322,9 @@ async fn two_pipelines(o: &TestOrigin) {
         }
         events
     };
-    let rounds: Vec<Vec<Json>> = (0..4).map(&mut round).collect();
-    for events in &rounds {
-        assert_eq!(send(o, &sdk, events).await.status, StatusCode::ACCEPTED);
-    }
-    for turn in 0..rounds.len() {
+    for turn in 0..4 {
+        let events = round(turn);
+        assert_eq!(send(o, &sdk, &events).await.status, StatusCode::ACCEPTED);
         let pipeline = if turn % 2 == 0 { &o.state } else { &other };
         assert!(
             abx_origin::pipeline::run_once(pipeline)
@@ -341,6 +339,17 @@ async fn two_pipelines(o: &TestOrigin) {
     assert_same(&sums, &want_sums);
     other.close_databases().await;
 }
+
+// Without a cache, a unit that the batch being written also touches can only come from
+// that batch: the database does not have its new state yet.
+on_both_backends!(
+    attribution_across_overlapping_batches_without_a_cache,
+    attribution,
+    |s: &mut abx_origin::Settings| {
+        s.pipeline_batch = 30;
+        s.pipeline_cache_units = 0;
+    }
+);
 
 on_both_backends!(
     two_pipelines_sharing_a_database,

@@ -26,6 +26,31 @@ pub(super) struct UnitState {
     pub(super) totals: HashMap<String, HashMap<String, (Totals, bool)>>,
 }
 
+impl UnitState {
+    /// The same state with nothing marked changed: what a batch starts from when the unit's
+    /// state comes from the batch before it, which writes those changes itself.
+    fn unchanged_copy(&self) -> UnitState {
+        UnitState {
+            exposures: self
+                .exposures
+                .iter()
+                .map(|(experiment, (exposure, _))| (experiment.clone(), (exposure.clone(), false)))
+                .collect(),
+            totals: self
+                .totals
+                .iter()
+                .map(|(experiment, by_type)| {
+                    let by_type = by_type
+                        .iter()
+                        .map(|(event_type, (t, _))| (event_type.clone(), (*t, false)))
+                        .collect();
+                    (experiment.clone(), by_type)
+                })
+                .collect(),
+        }
+    }
+}
+
 pub(super) struct Batch<'p> {
     plans: &'p std::collections::HashMap<String, ExperimentPlan>,
     switchback: Vec<(&'p str, u32)>,
@@ -83,14 +108,17 @@ pub(super) fn contribution(a: (f64, f64, f64), b: (f64, f64, f64)) -> Sums {
 }
 
 impl<'p> Batch<'p> {
-    /// Loads the state of every unit (and switchback cell) the events touch: from the cache
-    /// where it has them, else from the database (`conn`), and the earlier metric events of
-    /// newly exposed units from the event log (`log`).
+    /// Loads the state of every unit (and switchback cell) the events touch: from `previous`
+    /// (the batch before this one, which may still be writing) where it has them, else from
+    /// the cache, else from the database (`conn`); and the earlier metric events of newly
+    /// exposed units from the event log (`log`). The database is only read for units that
+    /// `previous` does not touch, so its write cannot change what this reads.
     pub(super) async fn load(
         conn: &mut AnyConnection,
         log: &mut AnyConnection,
         plans: &'p std::collections::HashMap<String, ExperimentPlan>,
         cache: &mut UnitCache,
+        previous: Option<&Batch<'_>>,
         retried: &[Logged],
         fresh: &[Logged],
     ) -> Result<Batch<'p>, sqlx::Error> {
@@ -114,7 +142,11 @@ impl<'p> Batch<'p> {
         let mut units: HashMap<String, UnitState> = HashMap::default();
         let mut missing = Vec::new();
         for key in keys {
-            match cache.take(&key) {
+            let known = previous
+                .and_then(|batch| batch.units.get(&key))
+                .map(UnitState::unchanged_copy)
+                .or_else(|| cache.take(&key));
+            match known {
                 Some(state) => {
                     units.insert(key, state);
                 }

@@ -153,23 +153,163 @@ async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Processes one batch (retries first, then new events); returns how many events it handled.
+/// How long one `run_once` keeps starting batches back to back. Between runs the pipeline
+/// reloads the experiment plans, takes due retries and prunes the log, so this bounds how
+/// stale those can get under sustained load.
+const CHAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// One batch, read and applied in memory, waiting to be written.
+struct Applied<'p> {
+    /// The cursor before and after the batch.
+    position: i64,
+    new_position: i64,
+    batch: Batch<'p>,
+    handled: usize,
+    /// Whether the log had a full batch of new events, so likely more.
+    full: bool,
+    /// Retried events that now succeeded, and events that failed, with the reason.
+    succeeded: Vec<i64>,
+    failures: Vec<(Logged, String)>,
+    read: Duration,
+    load: Duration,
+    apply: Duration,
+}
+
+/// The events of one batch, as read from the log.
+struct Read {
+    /// The cursor the events follow.
+    position: i64,
+    retried: Vec<Logged>,
+    fresh: Vec<Logged>,
+    /// Whether the log had a full batch of new events, so likely more.
+    full: bool,
+    took: Duration,
+}
+
+impl Read {
+    /// Reads up to a batch of new events after `position`.
+    async fn fresh(
+        state: &AppState,
+        log: &mut AnyConnection,
+        position: i64,
+        retried: Vec<Logged>,
+    ) -> Result<Read, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let limit = state.settings.pipeline_batch.max(1);
+        let fresh = event_store::read_after(log, position, limit).await?;
+        Ok(Read {
+            position,
+            retried,
+            full: fresh.len() as i64 >= limit,
+            fresh,
+            took: started.elapsed(),
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.retried.is_empty() && self.fresh.is_empty()
+    }
+}
+
+impl<'p> Applied<'p> {
+    /// Loads the batch's unit state (see `Batch::load`) and applies its events in log order.
+    async fn prepare(
+        (conn, log): (&mut AnyConnection, &mut AnyConnection),
+        plans: &'p HashMap<String, ExperimentPlan>,
+        cache: &mut UnitCache,
+        previous: Option<&Batch<'_>>,
+        read: Read,
+    ) -> Result<Applied<'p>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let Read {
+            position,
+            retried,
+            fresh,
+            full,
+            took,
+        } = read;
+        let mut batch = Batch::load(conn, log, plans, cache, previous, &retried, &fresh).await?;
+        let load = started.elapsed();
+        let mut succeeded = Vec::new();
+        let mut failures = Vec::new();
+        for event in &retried {
+            match batch.apply(event, position) {
+                Ok(()) => succeeded.push(event.seq),
+                Err(reason) => failures.push((event.clone(), reason)),
+            }
+        }
+        for event in &fresh {
+            if let Err(reason) = batch.apply(event, event.seq - 1) {
+                failures.push((event.clone(), reason));
+            }
+        }
+        Ok(Applied {
+            position,
+            new_position: fresh.last().map_or(position, |e| e.seq),
+            batch,
+            handled: retried.len() + fresh.len(),
+            full,
+            succeeded,
+            failures,
+            read: took,
+            load,
+            apply: started.elapsed() - load,
+        })
+    }
+
+    /// Writes the batch with its cursor move in one transaction; `None` when another
+    /// pipeline moved the cursor first. Returns how many events became dead letters.
+    async fn commit(
+        &self,
+        state: &AppState,
+        attempts: &HashMap<i64, i64>,
+    ) -> Result<Option<usize>, sqlx::Error> {
+        let mut tx = state.db.begin_write().await?;
+        if !event_store::advance_cursor(&mut tx, CURSOR, self.position, self.new_position).await? {
+            return Ok(None);
+        }
+        self.batch.write(&mut tx).await?;
+        for &seq in &self.succeeded {
+            event_store::clear_retry(&mut tx, seq).await?;
+        }
+        let now = clock::now_ms();
+        let mut dead = 0;
+        for (event, reason) in &self.failures {
+            let tries = attempts.get(&event.seq).copied().unwrap_or(0) + 1;
+            if tries >= MAX_ATTEMPTS {
+                event_store::add_dead_letter(&mut tx, event.seq, &event.event_id, reason, tries)
+                    .await?;
+                dead += 1;
+            } else {
+                // 1 s, then 4 s: enough for configuration that lags the events to arrive.
+                let backoff = 1_000 * 4i64.pow(tries as u32 - 1);
+                event_store::set_retry(&mut tx, event.seq, tries, reason, now + backoff).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(dead))
+    }
+}
+
+/// Processes batches (due retries first, then new events) for as long as they come full,
+/// up to `CHAIN_LIMIT`; returns how many events it handled.
 ///
 /// The pipeline is the only writer of its tables, so it reads and computes outside any
 /// transaction and then writes everything, with the cursor, in one short transaction. The
 /// cursor moves by compare-and-set: should a second pipeline share the database, one of
-/// them rolls back instead of double counting.
+/// them rolls back instead of double counting. While a batch is being written, the next one
+/// is read, loaded and applied, so that the database's write time, the largest part of a
+/// batch, overlaps the rest.
 pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     let started = std::time::Instant::now();
-    // Held for the whole batch: batches of one process never overlap.
+    // Held throughout: runs of one process never overlap.
     let mut cache = state.unit_cache.lock().await;
     let mut conn = state.db.pool.acquire().await?;
     let plans = load_plans(&mut conn).await?;
     rebuild_changed(state, &mut conn, &plans).await?;
     let position = event_store::cursor(&mut conn, CURSOR).await?;
     cache.validate(position);
-    let now = clock::now_ms();
-    let retries = event_store::due_retries(&mut conn, now, RETRY_BATCH).await?;
+    let retries = event_store::due_retries(&mut conn, clock::now_ms(), RETRY_BATCH).await?;
     let attempts: HashMap<i64, i64> = retries.iter().copied().collect();
     let mut log = state.log.pool.acquire().await?;
     let retried = event_store::read_seqs(
@@ -177,85 +317,69 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
         &retries.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
     )
     .await?;
-    let fresh =
-        event_store::read_after(&mut log, position, state.settings.pipeline_batch.max(1)).await?;
-    if retried.is_empty() && fresh.is_empty() {
+    let read = Read::fresh(state, &mut log, position, retried).await?;
+    if read.is_empty() {
         state
             .telemetry
             .pipeline_position
             .store(position, Ordering::Relaxed);
         return Ok(0);
     }
-    let new_position = fresh.last().map_or(position, |e| e.seq);
-
-    let read = started.elapsed();
-    let mut batch = Batch::load(&mut conn, &mut log, &plans, &mut cache, &retried, &fresh).await?;
-    drop((conn, log));
-    let loaded = started.elapsed();
-    let mut succeeded = Vec::new();
-    let mut failures: Vec<(&Logged, String)> = Vec::new();
-    for event in &retried {
-        match batch.apply(event, position) {
-            Ok(()) => succeeded.push(event.seq),
-            Err(reason) => failures.push((event, reason)),
-        }
-    }
-    for event in &fresh {
-        if let Err(reason) = batch.apply(event, event.seq - 1) {
-            failures.push((event, reason));
-        }
-    }
-
-    let applied = started.elapsed();
-    let mut tx = state.db.begin_write().await?;
-    if !event_store::advance_cursor(&mut tx, CURSOR, position, new_position).await? {
-        tracing::warn!(
-            position,
-            "the pipeline cursor moved underneath this batch; another pipeline is running"
+    let mut current =
+        Applied::prepare((&mut conn, &mut log), &plans, &mut cache, None, read).await?;
+    let mut handled = 0;
+    loop {
+        let write_started = std::time::Instant::now();
+        let chain = current.full && started.elapsed() < CHAIN_LIMIT;
+        let write = current.commit(state, &attempts);
+        let next = async {
+            if !chain {
+                return Ok(None);
+            }
+            let read = Read::fresh(state, &mut log, current.new_position, Vec::new()).await?;
+            if read.is_empty() {
+                return Ok(None);
+            }
+            let previous = Some(&current.batch);
+            Applied::prepare((&mut conn, &mut log), &plans, &mut cache, previous, read)
+                .await
+                .map(Some)
+        };
+        let (written, next) = tokio::join!(write, next);
+        let Some(dead) = written? else {
+            tracing::warn!(
+                position = current.position,
+                "the pipeline cursor moved underneath this batch; another pipeline is running"
+            );
+            cache.clear();
+            return Ok(handled);
+        };
+        tracing::debug!(
+            events = current.handled,
+            read_ms = current.read.as_millis() as u64,
+            load_ms = current.load.as_millis() as u64,
+            apply_ms = current.apply.as_millis() as u64,
+            write_ms = write_started.elapsed().as_millis() as u64,
+            "pipeline batch"
         );
-        cache.clear();
-        return Ok(0);
-    }
-    batch.write(&mut tx).await?;
-    for seq in succeeded {
-        event_store::clear_retry(&mut tx, seq).await?;
-    }
-    let mut dead = 0;
-    for (event, reason) in &failures {
-        let tries = attempts.get(&event.seq).copied().unwrap_or(0) + 1;
-        if tries >= MAX_ATTEMPTS {
-            event_store::add_dead_letter(&mut tx, event.seq, &event.event_id, reason, tries)
-                .await?;
-            dead += 1;
-        } else {
-            // 1 s, then 4 s: enough for configuration that lags the events to arrive.
-            let backoff = 1_000 * 4i64.pow(tries as u32 - 1);
-            event_store::set_retry(&mut tx, event.seq, tries, reason, now + backoff).await?;
+        handled += current.handled;
+        crate::telemetry::Telemetry::add(&state.telemetry.events_processed, current.handled);
+        crate::telemetry::Telemetry::add(&state.telemetry.events_dead_lettered, dead);
+        state
+            .telemetry
+            .pipeline_position
+            .store(current.new_position, Ordering::Relaxed);
+        state
+            .telemetry
+            .log_head
+            .fetch_max(current.new_position, Ordering::Relaxed);
+        let new_position = current.new_position;
+        cache.put_committed(current.batch.into_units(), new_position);
+        match next? {
+            Some(applied) => current = applied,
+            None => return Ok(handled),
         }
     }
-    tx.commit().await?;
-    cache.put_committed(batch.into_units(), new_position);
-
-    let handled = retried.len() + fresh.len();
-    tracing::debug!(
-        events = handled,
-        read_ms = read.as_millis() as u64,
-        load_ms = (loaded - read).as_millis() as u64,
-        apply_ms = (applied - loaded).as_millis() as u64,
-        write_ms = (started.elapsed() - applied).as_millis() as u64,
-        "pipeline batch"
-    );
-    crate::telemetry::Telemetry::add(&state.telemetry.events_processed, handled);
-    crate::telemetry::Telemetry::add(&state.telemetry.events_dead_lettered, dead);
-    state
-        .telemetry
-        .pipeline_position
-        .store(new_position, Ordering::Relaxed);
-    state
-        .telemetry
-        .log_head
-        .fetch_max(new_position, Ordering::Relaxed);
-    Ok(handled)
 }
 
 /// Rebuilds the metric rollups of experiments whose metric list changed since they were
