@@ -283,6 +283,17 @@ on_both_backends!(
     }
 );
 
+// Without a cache, a unit that the batch being written also touches can only come from
+// that batch: the database does not have its new state yet.
+on_both_backends!(
+    attribution_across_overlapping_batches_without_a_cache,
+    attribution,
+    |s: &mut abx_origin::Settings| {
+        s.pipeline_batch = 30;
+        s.pipeline_cache_units = 0;
+    }
+);
+
 /// Two pipelines over one database take turns, one batch of 10 events each (each round is
 /// logged just before its turn): each must notice that the other moved the cursor and not
 /// trust the unit state it remembers from its own last batch.
@@ -339,17 +350,6 @@ async fn two_pipelines(o: &TestOrigin) {
     assert_same(&sums, &want_sums);
     other.close_databases().await;
 }
-
-// Without a cache, a unit that the batch being written also touches can only come from
-// that batch: the database does not have its new state yet.
-on_both_backends!(
-    attribution_across_overlapping_batches_without_a_cache,
-    attribution,
-    |s: &mut abx_origin::Settings| {
-        s.pipeline_batch = 30;
-        s.pipeline_cache_units = 0;
-    }
-);
 
 on_both_backends!(
     two_pipelines_sharing_a_database,
