@@ -12,6 +12,10 @@
 # Environment: ABX_BENCH_RATE, ABX_BENCH_SECONDS and ABX_BENCH_IN_FLIGHT set the offered
 # rate (events/s, default 100000), length (default 30 s) and requests in flight (default 16)
 # of `ingest`;
+# ABX_BENCH_NATS_URL (e.g. nats://127.0.0.1:4222) sends the events through a JetStream stream
+# of the run's own (deleted afterwards) instead of straight into the event log, and prints
+# nats-server's CPU time; with ABX_BENCH_COLLECTOR_ONLY=1 as well, the origin only collects
+# (no loader, no pipeline), which measures the collector and the stream alone;
 # ABX_BENCH_BIN runs that origin binary instead of building this checkout's (to compare
 # builds in one sitting); RUST_LOG is passed to the origin (default warn; for the
 # pipeline's per-batch timings: warn,abx_origin::pipeline=debug).
@@ -31,10 +35,36 @@ admin=abx_admin_bench_key_0123456789abcdef
 dir=$(mktemp -d)
 port=18191
 url=http://127.0.0.1:$port
+stream= drain=()
+if [ -n "${ABX_BENCH_NATS_URL:-}" ]; then
+  stream=ABX_BENCH_$$
+  export ABX_NATS_URL=$ABX_BENCH_NATS_URL ABX_NATS_STREAM=$stream
+  if [ -n "${ABX_BENCH_COLLECTOR_ONLY:-}" ]; then
+    export ABX_NO_PIPELINE=1
+    drain=(--drain-timeout 0)
+  fi
+fi
+# utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat).
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 ABX_BOOTSTRAP_ADMIN_KEY=$admin ABX_ADMIN_RATE_LIMIT=1000000 ABX_SDK_RATE_LIMIT=10000000 RUST_LOG=${RUST_LOG:-warn} \
   "$bin" serve --data-dir "$dir" --listen "127.0.0.1:$port" --guardrail-interval 3600 &
 origin=$!
-trap 'kill $origin 2>/dev/null; wait $origin 2>/dev/null; rm -rf "$dir"' EXIT
+# Deletes the run's streams through the JetStream API (core NATS protocol, no client needed).
+delete_streams() {
+  python3 - "$ABX_BENCH_NATS_URL" "$stream" <<'PY'
+import socket, sys
+host, port = sys.argv[1].removeprefix("nats://").split(":")
+with socket.create_connection((host, int(port)), timeout=5) as s:
+    s.recv(4096)
+    s.sendall(b"CONNECT {}\r\nSUB _INBOX.abx_bench 1\r\n")
+    for name in (sys.argv[2], sys.argv[2] + "_DEAD"):
+        s.sendall(f"PUB $JS.API.STREAM.DELETE.{name} _INBOX.abx_bench 0\r\n\r\n".encode())
+        reply = b""
+        while b"success" not in reply and b"error" not in reply:
+            reply += s.recv(4096)
+PY
+}
+trap 'kill $origin 2>/dev/null; wait $origin 2>/dev/null; rm -rf "$dir"; [ -z "$stream" ] || delete_streams' EXIT
 for _ in $(seq 100); do curl -sf "$url/api/v1/health" >/dev/null && break; sleep 0.1; done
 
 # One API call with the admin key; prints the JSON answer.
@@ -108,9 +138,11 @@ ingest)
   rate=${ABX_BENCH_RATE:-100000} events=$((${ABX_BENCH_RATE:-100000} * ${ABX_BENCH_SECONDS:-30}))
   in_flight=${ABX_BENCH_IN_FLIGHT:-16}
   log "bench-ingest: $events events offered at $rate/s, 500 per request, $in_flight in flight, 500k units"
-  /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000
-  # utime + stime of the origin process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
-  awk -v hz="$(getconf CLK_TCK)" '{ printf "origin CPU time for the whole run: %.1f s\n", ($14 + $15) / hz }' "/proc/$origin/stat"
+  nats=$( [ -z "$stream" ] || pgrep -o -x nats-server || true)
+  [ -z "$nats" ] || nats_before=$(cpu_seconds "$nats")
+  /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000 "${drain[@]}"
+  echo "origin CPU time for the whole run: $(cpu_seconds "$origin") s"
+  [ -z "$nats" ] || awk -v a="$nats_before" -v b="$(cpu_seconds "$nats")" 'BEGIN { printf "nats-server CPU time during the run: %.1f s\n", b - a }'
   ;;
 results)
   metrics='"conversion_0"'

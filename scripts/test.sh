@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 ensure_rust_targets
 ensure_postgres
+ensure_nats
 drop_stale_test_databases
 
 log "workspace tests"

@@ -90,6 +90,26 @@ ensure_postgres() {
   return 1
 }
 
+# NATS with JetStream on 127.0.0.1:4222 for the distributed event log's tests: started if
+# nothing listens there, installed from Debian's packages if absent. Its store lives in the
+# tool cache, outside the clone.
+ensure_nats() {
+  export ABX_TEST_NATS_URL="${ABX_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+  if (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+    return
+  fi
+  command -v nats-server >/dev/null 2>&1 || apt_install nats-server
+  log "starting nats-server with JetStream on 127.0.0.1:4222"
+  mkdir -p "$ABX_TOOLS/nats"
+  setsid nats-server -a 127.0.0.1 -p 4222 -js -sd "$ABX_TOOLS/nats" -l "$ABX_TOOLS/nats/server.log" </dev/null >/dev/null 2>&1 &
+  for _ in $(seq 1 30); do
+    (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && return
+    sleep 1
+  done
+  echo "nats-server did not come up on 127.0.0.1:4222" >&2
+  return 1
+}
+
 # Drops databases left behind by test runs that were killed midway.
 drop_stale_test_databases() {
   psql "$ABX_TEST_POSTGRES_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'abx_t_%'" 2>/dev/null |

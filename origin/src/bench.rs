@@ -228,8 +228,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .json_or_text()
             .await?;
         let lag = status["lag_events"].as_i64().unwrap_or(-1);
+        // With JetStream, messages still in the stream are part of the lag too.
+        let in_stream = status["stream_pending_messages"].as_i64().unwrap_or(0);
         max_lag_seconds = max_lag_seconds.max(status["lag_seconds"].as_f64().unwrap_or(0.0));
-        if lag == 0 {
+        if lag == 0 && in_stream == 0 {
             break;
         }
         if lag < 0 {
@@ -238,7 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             println!(
-                "the pipeline still had {lag} events to consume after {} s",
+                "the pipeline still had {lag} events and {in_stream} stream messages to consume after {} s",
                 args.drain_timeout
             );
             return Ok(());

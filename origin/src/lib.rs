@@ -65,6 +65,9 @@ pub struct Settings {
     pub pipeline_cache_units: usize,
     /// Seconds between guardrail checks.
     pub guardrail_interval_s: u64,
+    /// Publish events to this JetStream stream instead of writing the event log directly
+    /// (see `events::jetstream`).
+    pub jetstream: Option<events::jetstream::JetStreamConfig>,
 }
 
 impl Settings {
@@ -92,6 +95,7 @@ impl Settings {
             pipeline_batch: 50_000,
             pipeline_cache_units: 1_000_000,
             guardrail_interval_s: 60,
+            jetstream: None,
         }
     }
 
@@ -133,6 +137,8 @@ pub struct Shared {
     pub public_key: [u8; 32],
     pub telemetry: Arc<telemetry::Telemetry>,
     pub writer: events::writer::Writer,
+    /// The JetStream event log, when events go through one.
+    pub event_stream: Option<Arc<events::jetstream::EventStream>>,
     /// The pipeline's per-unit state between batches (see `pipeline::UnitCache`).
     pub(crate) unit_cache: tokio::sync::Mutex<pipeline::UnitCache>,
     /// Idempotency keys whose first request is still running.
@@ -183,9 +189,18 @@ impl AppState {
         let (changes, _) = broadcast::channel(64);
         let telemetry = Arc::new(telemetry::Telemetry::default());
         let writer = events::writer::Writer::spawn(log.clone(), telemetry.clone());
+        let event_stream = match &settings.jetstream {
+            Some(config) => Some(
+                events::jetstream::EventStream::connect(config.clone())
+                    .await
+                    .with_context(|| format!("connecting to JetStream at {}", config.url))?,
+            ),
+            None => None,
+        };
         let state = AppState(Arc::new(Shared {
             telemetry,
             writer,
+            event_stream,
             unit_cache: tokio::sync::Mutex::new(pipeline::UnitCache::new(
                 settings.pipeline_cache_units,
             )),
@@ -233,6 +248,12 @@ impl AppState {
             }
         });
         outbox::spawn(self.clone());
+        if let Some(stream) = &self.event_stream {
+            events::jetstream::spawn_lag_poller(stream.clone());
+            if self.settings.run_pipeline {
+                events::jetstream::spawn_loader(self.clone(), stream.clone());
+            }
+        }
         if self.settings.run_pipeline {
             pipeline::spawn(self.clone());
             guardrails::spawn(self.clone());

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use abx_origin::auth::{self, Limit, Role};
+use abx_origin::events::jetstream::JetStreamConfig;
 use abx_origin::{AppState, Settings, app, db, model, store};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -95,6 +96,16 @@ struct ServeArgs {
     /// Seconds between guardrail checks of running experiments.
     #[arg(long, env = "ABX_GUARDRAIL_INTERVAL", default_value_t = 60)]
     guardrail_interval: u64,
+    /// NATS server whose JetStream carries events from collectors to the pipeline
+    /// (`nats://host:4222`); default: collectors write the event log directly.
+    #[arg(long, env = "ABX_NATS_URL")]
+    nats_url: Option<String>,
+    /// JetStream stream of the events (shared by every process of one deployment).
+    #[arg(long, env = "ABX_NATS_STREAM", default_value = "ABX_EVENTS")]
+    nats_stream: String,
+    /// Subjects the stream spreads events over, by unit.
+    #[arg(long, env = "ABX_NATS_PARTITIONS", default_value_t = 4)]
+    nats_partitions: u32,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +183,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings.pipeline_batch = args.pipeline_batch;
     settings.pipeline_cache_units = args.pipeline_cache_units;
     settings.guardrail_interval_s = args.guardrail_interval;
+    settings.jetstream = args.nats_url.map(|url| {
+        let mut config = JetStreamConfig::new(url);
+        config.stream = args.nats_stream;
+        config.partitions = args.nats_partitions.max(1);
+        config
+    });
 
     let started = AppState::start(settings.clone()).await?;
     if let Some(secret) = &started.new_admin_key {

@@ -36,16 +36,6 @@ fn conversion(n: u64, unit: &str, event_type: &str, value: f64, ts: i64) -> Json
     json!({"event_id": event_id(n), "kind": "metric", "unit": unit, "event_type": event_type, "value": value, "timestamp": ts})
 }
 
-async fn send(o: &TestOrigin, key: &str, events: &[Json]) -> common::Reply {
-    o.request(
-        Method::POST,
-        "/api/v1/events",
-        Some(key),
-        Some(json!({"events": events})),
-    )
-    .await
-}
-
 async fn drain(o: &TestOrigin) {
     while abx_origin::pipeline::run_once(&o.state)
         .await
@@ -246,7 +236,10 @@ async fn attribution(o: &TestOrigin) {
         events.extend(unit_events.into_iter().map(|(_, e)| e));
     }
     for chunk in events.chunks(97) {
-        assert_eq!(send(o, &sdk, chunk).await.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            o.send_events(&sdk, chunk).await.status,
+            StatusCode::ACCEPTED
+        );
     }
     drain(o).await;
     let (units, sums) = rollups(o, &id).await;
@@ -335,7 +328,10 @@ async fn two_pipelines(o: &TestOrigin) {
     };
     for turn in 0..4 {
         let events = round(turn);
-        assert_eq!(send(o, &sdk, &events).await.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            o.send_events(&sdk, &events).await.status,
+            StatusCode::ACCEPTED
+        );
         let pipeline = if turn % 2 == 0 { &o.state } else { &other };
         assert!(
             abx_origin::pipeline::run_once(pipeline)
@@ -368,13 +364,13 @@ async fn duplicates(o: &TestOrigin) {
         conversion(2, "a", "conversion", 1.0, t + 1),
         conversion(2, "a", "conversion", 1.0, t + 1),
     ];
-    let first = send(o, &sdk, &batch).await;
+    let first = o.send_events(&sdk, &batch).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     assert_eq!(first.body, json!({"accepted": 2, "duplicates": 1}));
     drain(o).await;
     // The same events again, after processing and after a restart: counted once.
     assert_eq!(
-        send(o, &sdk, &batch).await.body,
+        o.send_events(&sdk, &batch).await.body,
         json!({"accepted": 0, "duplicates": 3})
     );
     drain(o).await;
@@ -425,16 +421,16 @@ on_both_backends!(duplicates_count_once, duplicates);
 async fn partial_batches(o: &TestOrigin) {
     let (id, sdk) = running_experiment(o).await;
     let t = now();
-    let reply = send(
-        o,
-        &sdk,
-        &[
-            exposure(1, "a", &id, "control", t),
-            json!({"kind": "metric"}),
-            conversion(3, "a", "conversion", 1.0, t + 2 * 86_400_000),
-        ],
-    )
-    .await;
+    let reply = o
+        .send_events(
+            &sdk,
+            &[
+                exposure(1, "a", &id, "control", t),
+                json!({"kind": "metric"}),
+                conversion(3, "a", "conversion", 1.0, t + 2 * 86_400_000),
+            ],
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::MULTI_STATUS);
     assert_eq!(reply.body["accepted"], 1);
     let rejected = reply.body["rejected"].as_array().expect("rejected");
@@ -452,7 +448,7 @@ async fn partial_batches(o: &TestOrigin) {
             .contains("future")
     );
     // Nothing valid: 400 with the reasons; not JSON: 400.
-    let reply = send(o, &sdk, &[json!({"kind": "metric"})]).await;
+    let reply = o.send_events(&sdk, &[json!({"kind": "metric"})]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.body["error"]["code"], "no_valid_events");
     let reply = o
@@ -469,13 +465,13 @@ async fn partial_batches(o: &TestOrigin) {
     let mut big = conversion(9, "a", "conversion", 1.0, t);
     big["pad"] = json!("x".repeat(33_000));
     assert_eq!(
-        send(o, &sdk, &[big]).await.status,
+        o.send_events(&sdk, &[big]).await.status,
         StatusCode::PAYLOAD_TOO_LARGE
     );
     // A viewer key may not send events.
     let viewer = o.key("viewer").await;
     assert_eq!(
-        send(o, &viewer, &[exposure(10, "b", &id, "control", t)])
+        o.send_events(&viewer, &[exposure(10, "b", &id, "control", t)])
             .await
             .status,
         StatusCode::FORBIDDEN
@@ -543,8 +539,7 @@ async fn ordering(o: &TestOrigin) {
     let t = now() - 60_000;
     // A metric whose timestamp precedes the exposure is not attributed (it is covariate),
     // whatever order the events arrive in; one after it is, even if it arrived first.
-    send(
-        o,
+    o.send_events(
         &sdk,
         &[
             conversion(1, "early", "conversion", 1.0, t - 1),
@@ -553,8 +548,7 @@ async fn ordering(o: &TestOrigin) {
     )
     .await;
     drain(o).await;
-    send(
-        o,
+    o.send_events(
         &sdk,
         &[
             exposure(3, "early", &id, "control", t),
@@ -573,7 +567,8 @@ async fn ordering(o: &TestOrigin) {
     );
     assert_eq!((treatment.sum_x, treatment.sum_c), (1.0, 0.0));
     // An exposure that arrives late but happened earlier moves the first exposure back.
-    send(o, &sdk, &[exposure(5, "early", &id, "control", t - 10)]).await;
+    o.send_events(&sdk, &[exposure(5, "early", &id, "control", t - 10)])
+        .await;
     drain(o).await;
     let (units, sums) = rollups(o, &id).await;
     assert_eq!(units["control"], (1, 0));
@@ -586,8 +581,7 @@ async fn dead_letters(o: &TestOrigin) {
     let (id, sdk) = running_experiment(o).await;
     let t = now();
     let unknown = "11111111-2222-4333-8444-555555555555";
-    send(
-        o,
+    o.send_events(
         &sdk,
         &[
             exposure(1, "a", unknown, "control", t),
@@ -674,7 +668,10 @@ async fn multiple_exposures_and_switchback(o: &TestOrigin) {
         json!({"event_id": event_id(3), "kind": "exposure", "unit": "paris", "unit_attribute": "city", "experiment_id": id, "variant": "treatment", "timestamp": base + hour + 10}),
         json!({"event_id": event_id(4), "kind": "metric", "unit": "paris", "unit_attribute": "city", "event_type": "orders", "value": 5, "timestamp": base + hour + 20}),
     ];
-    assert_eq!(send(o, &sdk, &events).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        o.send_events(&sdk, &events).await.status,
+        StatusCode::ACCEPTED
+    );
     drain(o).await;
     let (units, sums) = rollups(o, &id).await;
     assert_eq!(units["control"], (1, 0));
@@ -698,18 +695,20 @@ async fn backpressure_answers_503_with_retry_after() {
     };
     let (id, sdk) = running_experiment(&o).await;
     assert_eq!(
-        send(&o, &sdk, &[exposure(1, "a", &id, "control", now())])
+        o.send_events(&sdk, &[exposure(1, "a", &id, "control", now())])
             .await
             .status,
         StatusCode::ACCEPTED
     );
     // The pipeline has not run: one event of lag is now over the limit.
-    let reply = send(&o, &sdk, &[exposure(2, "b", &id, "control", now())]).await;
+    let reply = o
+        .send_events(&sdk, &[exposure(2, "b", &id, "control", now())])
+        .await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.headers.contains_key("retry-after"));
     drain(&o).await;
     assert_eq!(
-        send(&o, &sdk, &[exposure(2, "b", &id, "control", now())])
+        o.send_events(&sdk, &[exposure(2, "b", &id, "control", now())])
             .await
             .status,
         StatusCode::ACCEPTED
@@ -723,7 +722,8 @@ async fn retention_prunes_consumed_events_only() {
         return;
     };
     let (id, sdk) = running_experiment(&o).await;
-    send(&o, &sdk, &[exposure(1, "a", &id, "control", now())]).await;
+    o.send_events(&sdk, &[exposure(1, "a", &id, "control", now())])
+        .await;
     let held = HashSet::new();
     let mut log = o.state.log.pool.acquire().await.expect("connection");
     // Not yet consumed: kept even past the cutoff.

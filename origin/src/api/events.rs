@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use std::sync::atomic::Ordering;
 
 use super::{ApiJson, json};
 use crate::AppState;
@@ -61,10 +62,21 @@ async fn ingest(
             message: first_reasons(&rejected),
         });
     }
-    check_backpressure(state)?;
-    let flags = state.writer.submit(records).await?;
-    let accepted = flags.iter().filter(|new| **new).count();
-    let duplicates = flags.len() - accepted;
+    let (accepted, duplicates) = match &state.event_stream {
+        // The stream absorbs a backlog durably (the loader holds back while the pipeline
+        // is behind), so the collector needs no backpressure of its own. It only sees
+        // duplicates that the broker drops: a retried request within its window.
+        Some(stream) => {
+            let duplicates = stream.publish(&records).await?;
+            (records.len() - duplicates, duplicates)
+        }
+        None => {
+            check_backpressure(state)?;
+            let flags = state.writer.submit(records).await?;
+            let accepted = flags.iter().filter(|new| **new).count();
+            (accepted, flags.len() - accepted)
+        }
+    };
     Telemetry::add(&state.telemetry.events_accepted, accepted);
     Telemetry::add(&state.telemetry.events_duplicate, duplicates);
     let status = if rejected.is_empty() {
@@ -266,8 +278,12 @@ pub struct PipelineStatus {
     /// Last event sequence number logged.
     pub head: i64,
     pub lag_events: i64,
-    /// Age of the oldest unconsumed event.
+    /// Age of the oldest unconsumed event (in the event log or, with JetStream, still in
+    /// the stream).
     pub lag_seconds: f64,
+    /// With JetStream: stream messages the loader has not yet acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_pending_messages: Option<i64>,
     pub dead_letters: i64,
 }
 
@@ -279,12 +295,32 @@ async fn status(state: &AppState) -> Result<PipelineStatus, sqlx::Error> {
     let mut log = state.log.pool.acquire().await?;
     let head = event_store::max_seq(&mut log).await?.max(position);
     let oldest = event_store::oldest_after(&mut log, position).await?;
-    let lag_seconds = oldest.map_or(0.0, |ms| (clock::now_ms() - ms).max(0) as f64 / 1_000.0);
+    let mut oldest_ms = oldest;
+    let stream_pending_messages = match &state.event_stream {
+        Some(stream) => {
+            // Asked afresh (one round trip to the broker); the figures the poller keeps
+            // for `/metrics` are up to a second old.
+            let telemetry = &stream.telemetry;
+            let (pending, stream_oldest) = stream.backlog().await.unwrap_or_else(|_| {
+                (
+                    telemetry.consumer_pending.load(Ordering::Relaxed),
+                    telemetry.oldest_pending_ms.load(Ordering::Relaxed),
+                )
+            });
+            if stream_oldest > 0 {
+                oldest_ms = Some(oldest_ms.map_or(stream_oldest, |ms| ms.min(stream_oldest)));
+            }
+            Some(pending)
+        }
+        None => None,
+    };
+    let lag_seconds = oldest_ms.map_or(0.0, |ms| (clock::now_ms() - ms).max(0) as f64 / 1_000.0);
     Ok(PipelineStatus {
         position,
         head,
         lag_events: head - position,
         lag_seconds,
+        stream_pending_messages,
         dead_letters,
     })
 }
@@ -370,6 +406,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             lag_seconds,
         ),
         ("abx_dead_letters", "Events in the dead-letter table.", dead),
+        (
+            "abx_jetstream_consumer_pending",
+            "Messages of the JetStream event stream not yet acknowledged by the loader.",
+            state.event_stream.as_ref().map_or(f64::NAN, |s| {
+                s.telemetry.consumer_pending.load(Ordering::Relaxed) as f64
+            }),
+        ),
+        (
+            "abx_jetstream_dead_lettered_messages",
+            "Stream messages this process moved to the dead-letter stream.",
+            state.event_stream.as_ref().map_or(f64::NAN, |s| {
+                s.telemetry.messages_dead_lettered.load(Ordering::Relaxed) as f64
+            }),
+        ),
         (
             "abx_snapshot_version",
             "Version of the snapshot being served.",

@@ -1,6 +1,7 @@
 //! Event ingestion: parsing and validating beacon batches, then handing them to the
 //! group-commit writer, which acknowledges only once they are durable.
 
+pub mod jetstream;
 pub mod writer;
 
 use std::io::Read as _;

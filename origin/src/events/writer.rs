@@ -106,8 +106,16 @@ async fn run(db: Db, telemetry: Arc<Telemetry>, mut receiver: mpsc::Receiver<Job
 /// One transaction for the whole group. Returns the inserted ids and the highest sequence.
 async fn write(db: &Db, jobs: &[Job]) -> Result<(Vec<String>, i64), sqlx::Error> {
     let events: Vec<&EventRecord> = jobs.iter().flat_map(|j| j.events.iter()).collect();
+    let started = std::time::Instant::now();
     let mut tx = db.begin_write().await?;
     let (inserted, head) = store::events::insert_events(&mut tx, &events).await?;
+    let written = started.elapsed();
     tx.commit().await?;
+    tracing::debug!(
+        events = events.len(),
+        insert_ms = written.as_millis() as u64,
+        commit_ms = (started.elapsed() - written).as_millis() as u64,
+        "event group logged"
+    );
     Ok((inserted, head))
 }

@@ -166,6 +166,17 @@ impl TestOrigin {
         call(&self.router, method, path, Some(body), headers).await
     }
 
+    /// `POST /api/v1/events` with these events and key.
+    pub async fn send_events(&self, key: &str, events: &[Json]) -> Reply {
+        self.request(
+            Method::POST,
+            "/api/v1/events",
+            Some(key),
+            Some(serde_json::json!({ "events": events })),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, Some(&self.admin.clone()), None)
             .await

@@ -1,0 +1,548 @@
+//! The distributed event log (NATS JetStream), for deployments where one database cannot
+//! take the event path. Collectors publish each request's validated events to a stream,
+//! partitioned by unit, and answer the client only once JetStream has stored them. A loader
+//! in the pipeline process consumes the stream with a durable pull consumer and writes the
+//! events into the event log that the metric pipeline reads, acknowledging each message
+//! only after that write committed.
+//!
+//! Nothing is counted twice: a client's retry of a whole request carries the same message
+//! ids (derived from the event ids) and is dropped by the broker within its duplicate
+//! window; anything later, and any redelivery after a loader crash, is dropped by the event
+//! log's unique `event_id`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{self, AckKind};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{EventRecord, Kind};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::telemetry::Telemetry;
+
+/// Where and how the stream lives.
+#[derive(Clone, Debug)]
+pub struct JetStreamConfig {
+    /// `nats://host:port`.
+    pub url: String,
+    /// Stream name; the dead-letter stream is `{stream}_DEAD`.
+    pub stream: String,
+    /// Subjects are `{prefix}.events.{partition}` and `{prefix}.dead`.
+    pub subject_prefix: String,
+    /// Subjects the events are spread over, by unit.
+    pub partitions: u32,
+    /// How long a delivered message may stay unacknowledged before it is delivered again.
+    pub ack_wait: Duration,
+    /// Deliveries of a message before it goes to the dead-letter stream.
+    pub max_deliver: i64,
+    /// How long the broker remembers message ids for deduplication.
+    pub duplicate_window: Duration,
+    /// How long the stream keeps messages (acknowledged or not).
+    pub max_age: Duration,
+}
+
+impl JetStreamConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        JetStreamConfig {
+            url: url.into(),
+            stream: "ABX_EVENTS".into(),
+            subject_prefix: "abx".into(),
+            partitions: 4,
+            ack_wait: Duration::from_secs(30),
+            // With the back-off below (2 s doubling to 60 s) that is over 40 minutes of
+            // failed writes before an event is set aside.
+            max_deliver: 50,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
+
+    fn events_subject(&self, partition: u32) -> String {
+        format!("{}.events.{partition}", self.subject_prefix)
+    }
+
+    fn dead_subject(&self) -> String {
+        format!("{}.dead", self.subject_prefix)
+    }
+
+    fn consumer_name(&self) -> String {
+        format!("{}_loader", self.stream)
+    }
+}
+
+/// The wire form of one event in a stream message (JSON, so that other consumers, such as
+/// a warehouse loader, can read the stream without this crate).
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    event_id: String,
+    received_at_ms: i64,
+    ts_ms: i64,
+    unit_key: String,
+    value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experiment_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_type: Option<String>,
+}
+
+impl From<&EventRecord> for WireEvent {
+    fn from(e: &EventRecord) -> Self {
+        let (experiment_id, variant, event_type) = match &e.kind {
+            Kind::Exposure {
+                experiment_id,
+                variant,
+            } => (Some(experiment_id.clone()), Some(variant.clone()), None),
+            Kind::Metric { event_type } => (None, None, Some(event_type.clone())),
+        };
+        WireEvent {
+            event_id: e.event_id.clone(),
+            received_at_ms: e.received_at_ms,
+            ts_ms: e.ts_ms,
+            unit_key: e.unit_key.clone(),
+            value: e.value,
+            experiment_id,
+            variant,
+            event_type,
+        }
+    }
+}
+
+impl TryFrom<WireEvent> for EventRecord {
+    type Error = String;
+    fn try_from(w: WireEvent) -> Result<Self, String> {
+        let kind = match (w.experiment_id, w.variant, w.event_type) {
+            (Some(experiment_id), Some(variant), None) => Kind::Exposure {
+                experiment_id,
+                variant,
+            },
+            (None, None, Some(event_type)) => Kind::Metric { event_type },
+            _ => {
+                return Err(format!(
+                    "event {} is neither exposure nor metric",
+                    w.event_id
+                ));
+            }
+        };
+        Ok(EventRecord {
+            event_id: w.event_id,
+            received_at_ms: w.received_at_ms,
+            ts_ms: w.ts_ms,
+            kind,
+            unit_key: w.unit_key,
+            value: w.value,
+        })
+    }
+}
+
+fn decode(payload: &[u8]) -> Result<Vec<EventRecord>, String> {
+    let wire: Vec<WireEvent> =
+        serde_json::from_slice(payload).map_err(|e| format!("undecodable message: {e}"))?;
+    wire.into_iter().map(EventRecord::try_from).collect()
+}
+
+/// Counters of the stream side, for `/metrics` and backpressure.
+#[derive(Default)]
+pub struct StreamTelemetry {
+    /// Messages not yet acknowledged by the loader (pending plus in flight), as last polled.
+    pub consumer_pending: AtomicI64,
+    /// When the oldest of those was stored (Unix ms; 0 when there are none), as last polled.
+    pub oldest_pending_ms: AtomicI64,
+    pub messages_published: AtomicU64,
+    pub messages_duplicate: AtomicU64,
+    pub messages_dead_lettered: AtomicU64,
+}
+
+/// A connection to the stream.
+pub struct EventStream {
+    config: JetStreamConfig,
+    js: jetstream::Context,
+    pub telemetry: StreamTelemetry,
+}
+
+impl EventStream {
+    /// Connects and creates the streams if they do not exist yet.
+    pub async fn connect(config: JetStreamConfig) -> anyhow::Result<Arc<EventStream>> {
+        let client = async_nats::ConnectOptions::new()
+            .name("abx-origin")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.url.as_str())
+            .await?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.events.*", config.subject_prefix)],
+            storage: StorageType::File,
+            max_age: config.max_age,
+            duplicate_window: config.duplicate_window,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await?;
+        js.get_or_create_stream(stream::Config {
+            name: format!("{}_DEAD", config.stream),
+            subjects: vec![config.dead_subject()],
+            storage: StorageType::File,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await?;
+        Ok(Arc::new(EventStream {
+            config,
+            js,
+            telemetry: StreamTelemetry::default(),
+        }))
+    }
+
+    pub fn config(&self) -> &JetStreamConfig {
+        &self.config
+    }
+
+    /// Publishes validated events, one message per partition, and returns once JetStream has
+    /// stored them all. Returns how many of the events were in messages the broker already
+    /// had (a retried request).
+    pub async fn publish(&self, events: &[EventRecord]) -> Result<usize, ApiError> {
+        let partitions = self.config.partitions.max(1);
+        let mut groups: Vec<Vec<&EventRecord>> = vec![Vec::new(); partitions as usize];
+        for e in events {
+            groups[partition_of(&e.unit_key, partitions) as usize].push(e);
+        }
+        let unavailable = |error: &dyn std::fmt::Display| {
+            tracing::warn!(%error, "publishing events to JetStream failed");
+            ApiError::Unavailable {
+                message: "the event log is unavailable".into(),
+                retry_after_s: 2,
+            }
+        };
+        // Every message is sent before any acknowledgement is awaited, so the partitions
+        // are stored in parallel.
+        let mut pending = Vec::new();
+        for (partition, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let wire: Vec<WireEvent> = group.iter().map(|e| WireEvent::from(*e)).collect();
+            let payload = serde_json::to_vec(&wire).map_err(|e| unavailable(&e))?;
+            let message = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(message_id(group));
+            let ack = self
+                .js
+                .send_publish(self.config.events_subject(partition as u32), message)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            pending.push((ack, group.len()));
+        }
+        let mut duplicates = 0;
+        for (ack, size) in pending {
+            let ack = ack.await.map_err(|e| unavailable(&e))?;
+            Telemetry::add(&self.telemetry.messages_published, 1);
+            if ack.duplicate {
+                Telemetry::add(&self.telemetry.messages_duplicate, 1);
+                duplicates += size;
+            }
+        }
+        Ok(duplicates)
+    }
+
+    async fn consumer(&self) -> anyhow::Result<PullConsumer> {
+        let stream = self.js.get_stream(&self.config.stream).await?;
+        let name = self.config.consumer_name();
+        Ok(stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    max_deliver: self.config.max_deliver,
+                    filter_subject: format!("{}.events.*", self.config.subject_prefix),
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await?)
+    }
+
+    /// Sets a message aside with the reason, where an operator can inspect and replay it.
+    async fn dead_letter(&self, payload: axum::body::Bytes, reason: &str) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Abx-Reason", reason);
+        self.js
+            .publish_with_headers(self.config.dead_subject(), headers, payload)
+            .await?
+            .await?;
+        Telemetry::add(&self.telemetry.messages_dead_lettered, 1);
+        Ok(())
+    }
+
+    /// Messages the loader has not acknowledged, and when the first of them was stored
+    /// (Unix ms, 0 when none): the part of the pipeline's lag that is still in the stream.
+    pub async fn backlog(&self) -> anyhow::Result<(i64, i64)> {
+        let mut consumer = self.consumer().await?;
+        let info = consumer.info().await?;
+        let pending = info.num_pending as i64 + info.num_ack_pending as i64;
+        let first_unacknowledged = info.ack_floor.stream_sequence + 1;
+        if pending == 0 {
+            return Ok((0, 0));
+        }
+        let stream = self.js.get_stream(&self.config.stream).await?;
+        let oldest_ms = match stream.get_raw_message(first_unacknowledged).await {
+            Ok(message) => (message.time.unix_timestamp_nanos() / 1_000_000) as i64,
+            Err(_) => 0,
+        };
+        Ok((pending, oldest_ms))
+    }
+
+    /// Messages in the dead-letter stream.
+    pub async fn dead_letters(&self) -> anyhow::Result<u64> {
+        let mut dead = self
+            .js
+            .get_stream(format!("{}_DEAD", self.config.stream))
+            .await?;
+        Ok(dead.info().await?.state.messages)
+    }
+}
+
+impl EventStream {
+    /// Deletes both streams (tests clean up the broker they share with this).
+    #[doc(hidden)]
+    pub async fn delete_streams(&self) -> anyhow::Result<()> {
+        self.js.delete_stream(&self.config.stream).await?;
+        self.js
+            .delete_stream(format!("{}_DEAD", self.config.stream))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Which partition a unit's events go to: a unit's events stay in one subject, in order.
+fn partition_of(unit_key: &str, partitions: u32) -> u32 {
+    abx_core::murmur3_x86_32(unit_key.as_bytes(), 0) % partitions
+}
+
+/// The broker's deduplication id of a message: a digest of its event ids, so a retried
+/// request yields the same ids for the same events.
+fn message_id(group: &[&EventRecord]) -> String {
+    let mut digest = Sha256::new();
+    for e in group {
+        digest.update(e.event_id.as_bytes());
+        digest.update([0]);
+    }
+    let digest = digest.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Messages fetched per loader round; at up to 1 MiB of events each.
+const LOAD_MESSAGES: usize = 256;
+
+/// Runs the loader (and the lag poller) in the background, for as long as the process.
+pub fn spawn_loader(state: AppState, stream: Arc<EventStream>) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = load(&state, &stream).await {
+                tracing::warn!(%error, "the JetStream loader stopped; restarting it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+}
+
+/// Polls the consumer's backlog, for `/metrics` and the collectors' backpressure.
+pub fn spawn_lag_poller(stream: Arc<EventStream>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match stream.backlog().await {
+                Ok((pending, oldest_ms)) => {
+                    let telemetry = &stream.telemetry;
+                    telemetry.consumer_pending.store(pending, Ordering::Relaxed);
+                    telemetry
+                        .oldest_pending_ms
+                        .store(oldest_ms, Ordering::Relaxed);
+                }
+                Err(error) => tracing::debug!(%error, "polling the JetStream consumer failed"),
+            }
+        }
+    });
+}
+
+async fn load(state: &AppState, stream: &EventStream) -> anyhow::Result<()> {
+    let consumer = stream.consumer().await?;
+    loop {
+        // While the pipeline is behind, events wait in the stream rather than in the event
+        // log, which the pipeline would have to page through.
+        while state.telemetry.lag_events() > state.settings.max_pipeline_lag {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        load_once(state, stream, &consumer, Settle::Acknowledge).await?;
+    }
+}
+
+/// What the loader does with messages once their events are written. Tests use `Abandon`
+/// to act out a loader that dies between the write and the acknowledgement.
+#[doc(hidden)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Acknowledge,
+    Abandon,
+}
+
+/// One loader round: fetches what is waiting (up to one second), writes its events to the
+/// event log in one group, then settles each message. Returns the messages handled.
+#[doc(hidden)]
+pub async fn load_once(
+    state: &AppState,
+    stream: &EventStream,
+    consumer: &PullConsumer,
+    settle: Settle,
+) -> anyhow::Result<usize> {
+    let mut fetched = consumer
+        .batch()
+        .max_messages(LOAD_MESSAGES)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await?;
+    let mut messages = Vec::new();
+    let mut events = Vec::new();
+    while let Some(message) = fetched.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        match decode(&message.payload) {
+            Ok(decoded) => {
+                events.extend(decoded);
+                messages.push(message);
+            }
+            // A message that cannot be read will never be: set aside at once.
+            Err(reason) => {
+                stream.dead_letter(message.payload.clone(), &reason).await?;
+                message
+                    .ack_with(AckKind::Term)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            }
+        }
+    }
+    if messages.is_empty() {
+        return Ok(0);
+    }
+    let written = if events.is_empty() {
+        Ok(Vec::new())
+    } else {
+        state.writer.submit(events).await
+    };
+    if settle == Settle::Abandon {
+        return Ok(messages.len());
+    }
+    match written {
+        Ok(flags) => {
+            // The collector counted them as accepted; here only the copies the event log
+            // already had (retries beyond the broker's window, redeliveries) are counted.
+            let duplicates = flags.iter().filter(|new| !**new).count();
+            Telemetry::add(&state.telemetry.events_duplicate, duplicates);
+            for message in &messages {
+                message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, messages = messages.len(), "loading events from JetStream failed; they stay in the stream");
+            for message in &messages {
+                let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                if delivered >= stream.config.max_deliver {
+                    stream
+                        .dead_letter(message.payload.clone(), &format!("{error:?}"))
+                        .await?;
+                    message
+                        .ack_with(AckKind::Term)
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                } else {
+                    let delay = Duration::from_secs((1u64 << delivered.clamp(1, 6)).min(60));
+                    message
+                        .ack_with(AckKind::Nak(Some(delay)))
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                }
+            }
+        }
+    }
+    Ok(messages.len())
+}
+
+/// The loader's consumer, for tests that drive [`load_once`] themselves.
+#[doc(hidden)]
+pub async fn loader_consumer(stream: &EventStream) -> anyhow::Result<PullConsumer> {
+    stream.consumer().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, kind: Kind) -> EventRecord {
+        EventRecord {
+            event_id: id.into(),
+            received_at_ms: 1,
+            ts_ms: 2,
+            kind,
+            unit_key: "user_id:u1".into(),
+            value: 1.5,
+        }
+    }
+
+    #[test]
+    fn wire_form_round_trips_both_kinds() {
+        let events = vec![
+            record(
+                "a",
+                Kind::Exposure {
+                    experiment_id: "e".into(),
+                    variant: "v".into(),
+                },
+            ),
+            record(
+                "b",
+                Kind::Metric {
+                    event_type: "conversion".into(),
+                },
+            ),
+        ];
+        let wire: Vec<WireEvent> = events.iter().map(WireEvent::from).collect();
+        let payload = serde_json::to_vec(&wire).unwrap();
+        assert_eq!(decode(&payload).unwrap(), events);
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        assert!(decode(b"not json").is_err());
+        let both = br#"[{"event_id":"a","received_at_ms":1,"ts_ms":1,"unit_key":"u","value":1,"experiment_id":"e","variant":"v","event_type":"x"}]"#;
+        assert!(decode(both).is_err());
+    }
+
+    #[test]
+    fn message_ids_follow_the_events() {
+        let a = record(
+            "a",
+            Kind::Metric {
+                event_type: "x".into(),
+            },
+        );
+        let b = record(
+            "b",
+            Kind::Metric {
+                event_type: "x".into(),
+            },
+        );
+        assert_eq!(message_id(&[&a, &b]), message_id(&[&a, &b]));
+        assert_ne!(message_id(&[&a, &b]), message_id(&[&a]));
+        assert_ne!(message_id(&[&a, &b]), message_id(&[&b, &a]));
+    }
+}

@@ -1,0 +1,383 @@
+//! Events through NATS JetStream (collector → stream → loader → event log → pipeline),
+//! against the real broker at `ABX_TEST_NATS_URL` (default `nats://127.0.0.1:4222`). Each
+//! test uses a stream and subjects of its own and deletes them at the end. When the broker
+//! is unreachable the tests are skipped with a printed reason, unless `ABX_REQUIRE_ALL` is
+//! set (as in CI), where they fail.
+//!
+//! The loader is driven step by step (`load_once`) so that the faults happen exactly where
+//! a test puts them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use abx_origin::AppState;
+use abx_origin::events::jetstream::{self, EventStream, JetStreamConfig, Settle};
+use abx_origin::store::events::{self as event_store, Sums};
+use axum::http::{Method, StatusCode};
+use common::{Backend, TestOrigin, experiment, metric};
+use serde_json::{Value as Json, json};
+
+fn nats_url() -> String {
+    std::env::var("ABX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The broker's URL, or `None` (skip) when it is unreachable outside CI.
+async fn broker() -> Option<String> {
+    let url = nats_url();
+    let address = url.trim_start_matches("nats://").to_string();
+    let reached = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(address.as_str()),
+    )
+    .await;
+    match reached {
+        Ok(Ok(_)) => Some(url),
+        outcome => {
+            let reason = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            assert!(
+                std::env::var_os("ABX_REQUIRE_ALL").is_none(),
+                "NATS at {url} is required (ABX_REQUIRE_ALL is set) but unreachable: {reason}"
+            );
+            eprintln!("skipping: NATS at {url} unreachable ({reason}); set ABX_TEST_NATS_URL");
+            None
+        }
+    }
+}
+
+/// A stream of the test's own, with a short acknowledgement deadline so that redelivery
+/// happens within the test.
+fn config(url: String) -> JetStreamConfig {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut config = JetStreamConfig::new(url);
+    config.stream = format!("ABX_T_{}", tag.to_uppercase());
+    config.subject_prefix = format!("abx_t_{tag}");
+    config.partitions = 3;
+    config.ack_wait = Duration::from_secs(1);
+    // Should a failing test leave its stream behind, its messages expire soon.
+    config.max_age = Duration::from_secs(600);
+    config
+}
+
+/// An origin whose events go through the given stream.
+async fn collector(config: &JetStreamConfig) -> TestOrigin {
+    let config = config.clone();
+    TestOrigin::with(Backend::Sqlite, |s| s.jetstream = Some(config))
+        .await
+        .expect("SQLite origin")
+}
+
+fn stream_of(state: &AppState) -> Arc<EventStream> {
+    state.event_stream.clone().expect("origin has a stream")
+}
+
+const T0_OFFSET_MS: i64 = 3_600_000;
+
+fn event_id(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+/// 120 units over two variants; conversions and revenue, some before the exposure (not
+/// attributed, or the covariate), one unit seen in both variants, and a repeated event.
+fn scenario(experiment_id: &str) -> Vec<Json> {
+    let t0 = abx_origin::clock::now_ms() - T0_OFFSET_MS;
+    let mut events = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        event_id(n)
+    };
+    for u in 0..120u64 {
+        let unit = format!("u{u}");
+        let variant = if u % 2 == 0 { "control" } else { "treatment" };
+        let exposed_at = t0 + u as i64 * 1_000;
+        events.push(json!({"event_id": next(), "kind": "exposure", "unit": unit, "experiment_id": experiment_id, "variant": variant, "timestamp": exposed_at}));
+        if u % 3 == 0 {
+            events.push(json!({"event_id": next(), "kind": "metric", "unit": unit, "event_type": "conversion", "value": 1, "timestamp": exposed_at + 10}));
+        }
+        if u % 4 == 1 {
+            events.push(json!({"event_id": next(), "kind": "metric", "unit": unit, "event_type": "revenue", "value": (u % 7) as f64 * 2.5, "timestamp": exposed_at + 20}));
+            events.push(json!({"event_id": next(), "kind": "metric", "unit": unit, "event_type": "revenue", "value": 4.0, "timestamp": exposed_at - 20}));
+        }
+        if u == 7 {
+            events.push(json!({"event_id": next(), "kind": "exposure", "unit": unit, "experiment_id": experiment_id, "variant": "control", "timestamp": exposed_at + 5}));
+        }
+    }
+    let repeated = events[5].clone();
+    events.push(repeated);
+    events
+}
+
+/// Sets up the metrics and a running experiment; returns (experiment id, sdk key).
+async fn running_experiment(o: &TestOrigin) -> (String, String) {
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    o.create("/api/v1/metrics", metric("revenue", "mean")).await;
+    let mut body = experiment("checkout", "conversion");
+    body["secondary_metrics"] = json!(["revenue"]);
+    let id = o.create("/api/v1/experiments", body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    (id, o.key("sdk").await)
+}
+
+/// Sends the events in requests of `per_request`; every request must be accepted.
+async fn send_all(o: &TestOrigin, key: &str, events: &[Json], per_request: usize) {
+    for chunk in events.chunks(per_request) {
+        let reply = o.send_events(key, chunk).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+}
+
+/// Loads until the stream has nothing more for the loader, then runs the pipeline dry.
+async fn load_and_drain(state: &AppState) {
+    let stream = stream_of(state);
+    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
+    while jetstream::load_once(state, &stream, &consumer, Settle::Acknowledge)
+        .await
+        .expect("load")
+        > 0
+    {}
+    drain(state).await;
+}
+
+async fn drain(state: &AppState) {
+    while abx_origin::pipeline::run_once(state)
+        .await
+        .expect("pipeline batch")
+        > 0
+    {}
+}
+
+type Rollups = (
+    Vec<(String, i64, i64, i64)>,
+    Vec<(String, String, i64, Sums)>,
+);
+
+async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
+    let mut conn = state.db.pool.acquire().await.expect("connection");
+    (
+        event_store::exposure_rollups(&mut conn, experiment_id)
+            .await
+            .expect("exposure rollups"),
+        event_store::metric_rollups(&mut conn, experiment_id)
+            .await
+            .expect("metric rollups"),
+    )
+}
+
+async fn logged_events(state: &AppState) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&state.log.pool)
+        .await
+        .expect("count")
+}
+
+async fn consumer_backlog(stream: &EventStream) -> usize {
+    let mut consumer = jetstream::loader_consumer(stream).await.expect("consumer");
+    let info = consumer.info().await.expect("consumer info");
+    info.num_pending as usize + info.num_ack_pending
+}
+
+/// The scenario's rollups and number of logged events when it goes straight into the event
+/// log, without a stream: what every path through the stream must reproduce.
+async fn direct_path() -> (Rollups, i64) {
+    let direct = TestOrigin::new(Backend::Sqlite).await.expect("origin");
+    let (id, key) = running_experiment(&direct).await;
+    send_all(&direct, &key, &scenario(&id), 50).await;
+    drain(&direct.state).await;
+    (
+        rollups(&direct.state, &id).await,
+        logged_events(&direct.state).await,
+    )
+}
+
+#[tokio::test]
+async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
+    let Some(url) = broker().await else { return };
+    let config = config(url);
+    let via_stream = collector(&config).await;
+    let (id, key) = running_experiment(&via_stream).await;
+    send_all(&via_stream, &key, &scenario(&id), 50).await;
+    load_and_drain(&via_stream.state).await;
+
+    let (expected, logged) = direct_path().await;
+    assert!(!expected.0.is_empty() && !expected.1.is_empty());
+    assert_eq!(rollups(&via_stream.state, &id).await, expected);
+    assert_eq!(logged_events(&via_stream.state).await, logged);
+    assert_eq!(consumer_backlog(&stream_of(&via_stream.state)).await, 0);
+    stream_of(&via_stream.state)
+        .delete_streams()
+        .await
+        .expect("delete");
+}
+
+#[tokio::test]
+async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
+    let Some(url) = broker().await else { return };
+    let config = config(url);
+    let o = collector(&config).await;
+    let (id, key) = running_experiment(&o).await;
+    let events = scenario(&id);
+
+    // The collector stored the request but its answer was lost: the client sends it again
+    // as it was. The broker recognises the messages.
+    let first = o.send_events(&key, &events[..60]).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let again = o.send_events(&key, &events[..60]).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(again.body["duplicates"], json!(60), "{}", again.body);
+    // A client that rebatches its retry gets past the broker; the event log drops the copies.
+    send_all(&o, &key, &events[..60], 7).await;
+    send_all(&o, &key, &events[60..], 60).await;
+    load_and_drain(&o.state).await;
+
+    let (expected, logged) = direct_path().await;
+    assert_eq!(rollups(&o.state, &id).await, expected);
+    assert_eq!(logged_events(&o.state).await, logged);
+    // 60 dropped by the broker, 60 rebatched copies and the scenario's repeat by the log.
+    assert_eq!(
+        o.state.telemetry.events_duplicate.load(Ordering::Relaxed),
+        121
+    );
+    stream_of(&o.state).delete_streams().await.expect("delete");
+}
+
+#[tokio::test]
+async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
+    let Some(url) = broker().await else { return };
+    let config = config(url);
+    let o = collector(&config).await;
+    let (id, key) = running_experiment(&o).await;
+    let events = scenario(&id);
+    send_all(&o, &key, &events, 40).await;
+
+    // The loader writes the events, then dies before acknowledging them.
+    let stream = stream_of(&o.state);
+    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
+    let mut abandoned = 0;
+    while abandoned < 9 {
+        abandoned += jetstream::load_once(&o.state, &stream, &consumer, Settle::Abandon)
+            .await
+            .expect("load");
+    }
+    let logged = logged_events(&o.state).await;
+    assert!(logged > 0);
+    assert!(consumer_backlog(&stream).await > 0);
+
+    // After the acknowledgement deadline the stream delivers them again.
+    tokio::time::sleep(config.ack_wait + Duration::from_millis(200)).await;
+    load_and_drain(&o.state).await;
+    assert_eq!(logged_events(&o.state).await, logged);
+    assert_eq!(consumer_backlog(&stream).await, 0);
+
+    assert_eq!(rollups(&o.state, &id).await, direct_path().await.0);
+    stream.delete_streams().await.expect("delete");
+}
+
+#[tokio::test]
+async fn events_wait_in_the_stream_while_the_event_log_is_unavailable() {
+    let Some(url) = broker().await else { return };
+    let config = config(url);
+    let o = collector(&config).await;
+    let (id, key) = running_experiment(&o).await;
+    let events = scenario(&id);
+    send_all(&o, &key, &events, 500).await;
+
+    // The database goes away: the collector still accepts (the stream holds the events),
+    // and the loader's writes fail, so it hands the messages back for later.
+    o.state.close_databases().await;
+    let stream = stream_of(&o.state);
+    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
+    assert!(
+        jetstream::load_once(&o.state, &stream, &consumer, Settle::Acknowledge)
+            .await
+            .expect("load")
+            > 0
+    );
+    assert!(consumer_backlog(&stream).await > 0);
+
+    // A restarted origin gets them once the back-off has passed.
+    let restarted = o.restart().await;
+    let mut waited = Duration::ZERO;
+    while logged_events(&restarted).await == 0 {
+        assert!(waited < Duration::from_secs(20), "events never arrived");
+        load_and_drain(&restarted).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waited += Duration::from_millis(200);
+    }
+    load_and_drain(&restarted).await;
+    assert_eq!(rollups(&restarted, &id).await, direct_path().await.0);
+    assert_eq!(consumer_backlog(&stream).await, 0);
+    stream.delete_streams().await.expect("delete");
+}
+
+#[tokio::test]
+async fn an_unreadable_message_goes_to_the_dead_letter_stream() {
+    let Some(url) = broker().await else { return };
+    let config = config(url.clone());
+    let o = collector(&config).await;
+    let client = async_nats::connect(url.as_str()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.publish(
+        format!("{}.events.0", config.subject_prefix),
+        "not events".into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+
+    let stream = stream_of(&o.state);
+    load_and_drain(&o.state).await;
+    assert_eq!(stream.dead_letters().await.expect("dead letters"), 1);
+    assert_eq!(consumer_backlog(&stream).await, 0);
+    let metrics = o.request(Method::GET, "/metrics", None, None).await;
+    let text = String::from_utf8(metrics.bytes).expect("text");
+    assert!(
+        text.contains("abx_jetstream_dead_lettered_messages 1"),
+        "{text}"
+    );
+    stream.delete_streams().await.expect("delete");
+}
+
+#[tokio::test]
+async fn the_wire_form_keeps_every_field() {
+    // What a warehouse loader would read: one JSON array per message.
+    let Some(url) = broker().await else { return };
+    let config = config(url.clone());
+    let o = collector(&config).await;
+    let (id, key) = running_experiment(&o).await;
+    let events = scenario(&id);
+    send_all(&o, &key, &events[..3], 3).await;
+
+    let client = async_nats::connect(url.as_str()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stored = js.get_stream(&config.stream).await.expect("stream");
+    let mut seen: BTreeMap<String, Json> = BTreeMap::new();
+    for seq in 1..=3 {
+        let Ok(message) = stored.get_raw_message(seq).await else {
+            break;
+        };
+        let batch: Vec<Json> = serde_json::from_slice(&message.payload).expect("JSON array");
+        for event in batch {
+            seen.insert(event["event_id"].as_str().expect("id").into(), event);
+        }
+    }
+    assert_eq!(seen.len(), 3);
+    let exposure = &seen[events[0]["event_id"].as_str().expect("id")];
+    assert_eq!(exposure["experiment_id"], json!(id));
+    assert_eq!(exposure["variant"], json!("control"));
+    assert_eq!(exposure["unit_key"], json!("user_id:u0"));
+    assert_eq!(exposure["ts_ms"], events[0]["timestamp"]);
+    stream_of(&o.state).delete_streams().await.expect("delete");
+}
