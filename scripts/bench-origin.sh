@@ -38,7 +38,7 @@ url=http://127.0.0.1:$port
 stream= drain=()
 if [ -n "${ABX_BENCH_NATS_URL:-}" ]; then
   stream=ABX_BENCH_$$
-  export ABX_NATS_URL=$ABX_BENCH_NATS_URL ABX_NATS_STREAM=$stream
+  export ABX_NATS_URL=$ABX_BENCH_NATS_URL ABX_NATS_STREAM=$stream ABX_NATS_SUBJECT_PREFIX=abx_bench_$$
   if [ -n "${ABX_BENCH_COLLECTOR_ONLY:-}" ]; then
     export ABX_NO_PIPELINE=1
     drain=(--drain-timeout 0)

@@ -103,6 +103,10 @@ struct ServeArgs {
     /// JetStream stream of the events (shared by every process of one deployment).
     #[arg(long, env = "ABX_NATS_STREAM", default_value = "ABX_EVENTS")]
     nats_stream: String,
+    /// Subjects are `{prefix}.events.{partition}` and `{prefix}.dead`; each stream of a
+    /// broker needs its own prefix.
+    #[arg(long, env = "ABX_NATS_SUBJECT_PREFIX", default_value = "abx")]
+    nats_subject_prefix: String,
     /// Subjects the stream spreads events over, by unit.
     #[arg(long, env = "ABX_NATS_PARTITIONS", default_value_t = 4)]
     nats_partitions: u32,
@@ -186,6 +190,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     settings.jetstream = args.nats_url.map(|url| {
         let mut config = JetStreamConfig::new(url);
         config.stream = args.nats_stream;
+        config.subject_prefix = args.nats_subject_prefix;
         config.partitions = args.nats_partitions.max(1);
         config
     });

@@ -88,22 +88,19 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, body: Json) -> Jso
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let client = reqwest::Client::new();
-    let server = start(dir.path(), false);
-    server.ready(&client).await;
+/// A running experiment with a conversion metric, set up through `server`; returns
+/// (experiment id, sdk key).
+async fn running_experiment(client: &reqwest::Client, server: &Server) -> (String, String) {
     let api = format!("{}/api/v1", server.url);
     post(
-        &client,
+        client,
         &format!("{api}/metrics"),
         ADMIN,
         json!({"key": "conversion", "kind": "conversion", "event_type": "conversion"}),
     )
     .await;
     let experiment = post(
-        &client,
+        client,
         &format!("{api}/experiments"),
         ADMIN,
         json!({"key": "crash", "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}], "primary_metric": "conversion"}),
@@ -111,14 +108,14 @@ async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
     .await;
     let id = experiment["id"].as_str().expect("id").to_string();
     post(
-        &client,
+        client,
         &format!("{api}/experiments/{id}/start"),
         ADMIN,
         json!({}),
     )
     .await;
     let sdk = post(
-        &client,
+        client,
         &format!("{api}/keys"),
         ADMIN,
         json!({"name": "sdk", "role": "sdk"}),
@@ -127,13 +124,14 @@ async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
         .as_str()
         .expect("secret")
         .to_string();
+    (id, sdk)
+}
 
-    // 12,000 units: an exposure each, and a conversion for every third unit; sent in
-    // batches of 500, each acknowledged (202) before the server is killed.
-    let units = 12_000u64;
+/// 12,000 units: an exposure each, and a conversion for every third unit.
+fn twelve_thousand_units(id: &str) -> Vec<Json> {
     let now = abx_origin::clock::now_ms();
     let mut events = Vec::new();
-    for u in 0..units {
+    for u in 0..12_000u64 {
         let variant = if u % 2 == 0 { "control" } else { "treatment" };
         events.push(json!({"event_id": format!("00000000-0000-4000-8000-{u:012x}"), "kind": "exposure", "unit": format!("u{u}"),
             "experiment_id": id, "variant": variant, "timestamp": now}));
@@ -142,21 +140,104 @@ async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
                 "event_type": "conversion", "timestamp": now + 1}));
         }
     }
+    events
+}
+
+async fn send_acknowledged(client: &reqwest::Client, server: &Server, sdk: &str, events: &[Json]) {
     for chunk in events.chunks(500) {
         let reply = post(
-            &client,
-            &format!("{api}/events"),
-            &sdk,
+            client,
+            &format!("{}/api/v1/events", server.url),
+            sdk,
             json!({"events": chunk}),
         )
         .await;
         assert_eq!(reply["accepted"].as_u64(), Some(chunk.len() as u64));
     }
+}
+
+/// Waits until the pipeline (and, with JetStream, the loader) has consumed everything.
+async fn wait_drained(client: &reqwest::Client, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Json = client
+            .get(format!("{}/api/v1/pipeline", server.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        let in_stream = status["stream_pending_messages"].as_i64().unwrap_or(0);
+        if status["lag_events"] == 0 && in_stream == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipeline did not drain: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The rollups hold exactly the 12,000 units and 4,000 conversions, once each.
+async fn assert_counted_once(db_url: &str, id: &str) {
+    let db = Db::connect(db_url, 1).await.expect("open");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let mut units_by_variant = std::collections::BTreeMap::new();
+    for (variant, _, n, multiple) in event_store::exposure_rollups(&mut conn, id)
+        .await
+        .expect("rollups")
+    {
+        assert_eq!(multiple, 0);
+        *units_by_variant.entry(variant).or_insert(0) += n;
+    }
+    assert_eq!(units_by_variant["control"], 6_000);
+    assert_eq!(units_by_variant["treatment"], 6_000);
+    let mut conversions = std::collections::BTreeMap::new();
+    for (variant, metric, _, sums) in event_store::metric_rollups(&mut conn, id)
+        .await
+        .expect("rollups")
+    {
+        assert_eq!(metric, "conversion");
+        *conversions.entry(variant).or_insert(0.0) += sums.sum_x;
+    }
+    // Units 0, 3, 6, …: 4,000 converters, 2,000 in each arm.
+    assert_eq!(conversions["control"], 2_000.0);
+    assert_eq!(conversions["treatment"], 2_000.0);
+}
+
+fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rw", dir.join("abx.db").display())
+}
+
+async fn cursor(db_url: &str) -> i64 {
+    let db = Db::connect(db_url, 1).await.expect("open");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let position = event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
+        .await
+        .expect("cursor");
+    drop(conn);
+    db.pool.close().await;
+    position
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::Client::new();
+    let server = start(dir.path(), false);
+    server.ready(&client).await;
+    let (id, sdk) = running_experiment(&client, &server).await;
+    // Sent in batches of 500, each acknowledged (202) before the server is killed.
+    let events = twelve_thousand_units(&id);
+    send_acknowledged(&client, &server, &sdk, &events).await;
     server.kill();
 
     // Start with the pipeline on and kill it at growing delays until the log is consumed,
     // recording where the cursor stood after each kill.
-    let db_url = format!("sqlite://{}?mode=rw", dir.path().join("abx.db").display());
+    let db_url = sqlite_url(dir.path());
     let head = events.len() as i64;
     let mut positions = Vec::new();
     for attempt in 0..12u64 {
@@ -173,15 +254,7 @@ async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
         assert_eq!(reply["duplicates"].as_u64(), Some(50));
         tokio::time::sleep(Duration::from_millis(10 + 30 * attempt)).await;
         server.kill();
-        let db = Db::connect(&db_url, 1).await.expect("open");
-        let mut conn = db.pool.acquire().await.expect("connection");
-        positions.push(
-            event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
-                .await
-                .expect("cursor"),
-        );
-        drop(conn);
-        db.pool.close().await;
+        positions.push(cursor(&db_url).await);
         if positions.last() == Some(&head) {
             break;
         }
@@ -194,50 +267,8 @@ async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
 
     let server = start(dir.path(), true);
     server.ready(&client).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status: Json = client
-            .get(format!("{}/api/v1/pipeline", server.url))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
-        if status["lag_events"] == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pipeline did not drain: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_drained(&client, &server).await;
     server.kill();
     println!("cursor after each kill: {positions:?} of {head}");
-
-    let db = Db::connect(&db_url, 1).await.expect("open");
-    let mut conn = db.pool.acquire().await.expect("connection");
-    let mut units_by_variant = std::collections::BTreeMap::new();
-    for (variant, _, n, multiple) in event_store::exposure_rollups(&mut conn, &id)
-        .await
-        .expect("rollups")
-    {
-        assert_eq!(multiple, 0);
-        *units_by_variant.entry(variant).or_insert(0) += n;
-    }
-    assert_eq!(units_by_variant["control"], 6_000);
-    assert_eq!(units_by_variant["treatment"], 6_000);
-    let mut conversions = std::collections::BTreeMap::new();
-    for (variant, metric, _, sums) in event_store::metric_rollups(&mut conn, &id)
-        .await
-        .expect("rollups")
-    {
-        assert_eq!(metric, "conversion");
-        *conversions.entry(variant).or_insert(0.0) += sums.sum_x;
-    }
-    // Units 0, 3, 6, …: 4,000 converters, 2,000 in each arm.
-    assert_eq!(conversions["control"], 2_000.0);
-    assert_eq!(conversions["treatment"], 2_000.0);
+    assert_counted_once(&db_url, &id).await;
 }

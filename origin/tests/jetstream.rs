@@ -21,36 +21,6 @@ use axum::http::{Method, StatusCode};
 use common::{Backend, TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};
 
-fn nats_url() -> String {
-    std::env::var("ABX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-/// The broker's URL, or `None` (skip) when it is unreachable outside CI.
-async fn broker() -> Option<String> {
-    let url = nats_url();
-    let address = url.trim_start_matches("nats://").to_string();
-    let reached = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(address.as_str()),
-    )
-    .await;
-    match reached {
-        Ok(Ok(_)) => Some(url),
-        outcome => {
-            let reason = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            assert!(
-                std::env::var_os("ABX_REQUIRE_ALL").is_none(),
-                "NATS at {url} is required (ABX_REQUIRE_ALL is set) but unreachable: {reason}"
-            );
-            eprintln!("skipping: NATS at {url} unreachable ({reason}); set ABX_TEST_NATS_URL");
-            None
-        }
-    }
-}
-
 /// A stream of the test's own, with a short acknowledgement deadline so that redelivery
 /// happens within the test.
 fn config(url: String) -> JetStreamConfig {
@@ -203,7 +173,9 @@ async fn direct_path() -> (Rollups, i64) {
 
 #[tokio::test]
 async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
-    let Some(url) = broker().await else { return };
+    let Some(url) = common::nats_or_skip().await else {
+        return;
+    };
     let config = config(url);
     let via_stream = collector(&config).await;
     let (id, key) = running_experiment(&via_stream).await;
@@ -223,7 +195,9 @@ async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
 
 #[tokio::test]
 async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
-    let Some(url) = broker().await else { return };
+    let Some(url) = common::nats_or_skip().await else {
+        return;
+    };
     let config = config(url);
     let o = collector(&config).await;
     let (id, key) = running_experiment(&o).await;
@@ -254,7 +228,9 @@ async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
 
 #[tokio::test]
 async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
-    let Some(url) = broker().await else { return };
+    let Some(url) = common::nats_or_skip().await else {
+        return;
+    };
     let config = config(url);
     let o = collector(&config).await;
     let (id, key) = running_experiment(&o).await;
@@ -286,7 +262,9 @@ async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
 
 #[tokio::test]
 async fn events_wait_in_the_stream_while_the_event_log_is_unavailable() {
-    let Some(url) = broker().await else { return };
+    let Some(url) = common::nats_or_skip().await else {
+        return;
+    };
     let config = config(url);
     let o = collector(&config).await;
     let (id, key) = running_experiment(&o).await;
@@ -323,7 +301,9 @@ async fn events_wait_in_the_stream_while_the_event_log_is_unavailable() {
 
 #[tokio::test]
 async fn an_unreadable_message_goes_to_the_dead_letter_stream() {
-    let Some(url) = broker().await else { return };
+    let Some(url) = common::nats_or_skip().await else {
+        return;
+    };
     let config = config(url.clone());
     let o = collector(&config).await;
     let client = async_nats::connect(url.as_str()).await.expect("connect");
@@ -353,7 +333,9 @@ async fn an_unreadable_message_goes_to_the_dead_letter_stream() {
 #[tokio::test]
 async fn the_wire_form_keeps_every_field() {
     // What a warehouse loader would read: one JSON array per message.
-    let Some(url) = broker().await else { return };
+    let Some(url) = common::nats_or_skip().await else {
+        return;
+    };
     let config = config(url.clone());
     let o = collector(&config).await;
     let (id, key) = running_experiment(&o).await;

@@ -356,7 +356,7 @@ pub fn spawn_loader(state: AppState, stream: Arc<EventStream>) {
     });
 }
 
-/// Polls the consumer's backlog, for `/metrics` and the collectors' backpressure.
+/// Polls the loader's backlog for `/metrics`, once a second.
 pub fn spawn_lag_poller(stream: Arc<EventStream>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

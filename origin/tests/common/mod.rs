@@ -77,6 +77,34 @@ async fn fresh_postgres() -> Option<(String, String)> {
     Some((format!("{base}/{name}"), name))
 }
 
+/// The NATS server for JetStream tests (`ABX_TEST_NATS_URL`, default
+/// `nats://127.0.0.1:4222`), or `None` (skip, with the reason printed) when it is
+/// unreachable outside CI.
+pub async fn nats_or_skip() -> Option<String> {
+    let url = std::env::var("ABX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let address = url.trim_start_matches("nats://").to_string();
+    let reached = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(address.as_str()),
+    )
+    .await;
+    match reached {
+        Ok(Ok(_)) => Some(url),
+        outcome => {
+            let reason = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            assert!(
+                std::env::var_os("ABX_REQUIRE_ALL").is_none(),
+                "NATS at {url} is required (ABX_REQUIRE_ALL is set) but unreachable: {reason}"
+            );
+            eprintln!("skipping: NATS at {url} unreachable ({reason}); set ABX_TEST_NATS_URL");
+            None
+        }
+    }
+}
+
 impl TestOrigin {
     pub async fn new(backend: Backend) -> Option<TestOrigin> {
         Self::with(backend, |_| {}).await
