@@ -35,6 +35,17 @@ fn config(url: String) -> JetStreamConfig {
     config
 }
 
+/// A collector on a stream of its own with the experiment running: (stream config, origin,
+/// experiment id, sdk key, the scenario's events). `None` when the test is skipped.
+async fn collector_with_experiment()
+-> Option<(JetStreamConfig, TestOrigin, String, String, Vec<Json>)> {
+    let config = config(common::nats_or_skip().await?);
+    let o = collector(&config).await;
+    let (id, key) = running_experiment(&o).await;
+    let events = scenario(&id);
+    Some((config, o, id, key, events))
+}
+
 /// An origin whose events go through the given stream.
 async fn collector(config: &JetStreamConfig) -> TestOrigin {
     let config = config.clone();
@@ -173,13 +184,10 @@ async fn direct_path() -> (Rollups, i64) {
 
 #[tokio::test]
 async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
-    let Some(url) = common::nats_or_skip().await else {
+    let Some((_, via_stream, id, key, events)) = collector_with_experiment().await else {
         return;
     };
-    let config = config(url);
-    let via_stream = collector(&config).await;
-    let (id, key) = running_experiment(&via_stream).await;
-    send_all(&via_stream, &key, &scenario(&id), 50).await;
+    send_all(&via_stream, &key, &events, 50).await;
     load_and_drain(&via_stream.state).await;
 
     let (expected, logged) = direct_path().await;
@@ -195,13 +203,9 @@ async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
 
 #[tokio::test]
 async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
-    let Some(url) = common::nats_or_skip().await else {
+    let Some((_, o, id, key, events)) = collector_with_experiment().await else {
         return;
     };
-    let config = config(url);
-    let o = collector(&config).await;
-    let (id, key) = running_experiment(&o).await;
-    let events = scenario(&id);
 
     // The collector stored the request but its answer was lost: the client sends it again
     // as it was. The broker recognises the messages.
@@ -228,13 +232,9 @@ async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
 
 #[tokio::test]
 async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
-    let Some(url) = common::nats_or_skip().await else {
+    let Some((config, o, id, key, events)) = collector_with_experiment().await else {
         return;
     };
-    let config = config(url);
-    let o = collector(&config).await;
-    let (id, key) = running_experiment(&o).await;
-    let events = scenario(&id);
     send_all(&o, &key, &events, 40).await;
 
     // The loader writes the events, then dies before acknowledging them.
@@ -262,13 +262,9 @@ async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
 
 #[tokio::test]
 async fn events_wait_in_the_stream_while_the_event_log_is_unavailable() {
-    let Some(url) = common::nats_or_skip().await else {
+    let Some((_, o, id, key, events)) = collector_with_experiment().await else {
         return;
     };
-    let config = config(url);
-    let o = collector(&config).await;
-    let (id, key) = running_experiment(&o).await;
-    let events = scenario(&id);
     send_all(&o, &key, &events, 500).await;
 
     // The database goes away: the collector still accepts (the stream holds the events),
@@ -333,16 +329,14 @@ async fn an_unreadable_message_goes_to_the_dead_letter_stream() {
 #[tokio::test]
 async fn the_wire_form_keeps_every_field() {
     // What a warehouse loader would read: one JSON array per message.
-    let Some(url) = common::nats_or_skip().await else {
+    let Some((config, o, id, key, events)) = collector_with_experiment().await else {
         return;
     };
-    let config = config(url.clone());
-    let o = collector(&config).await;
-    let (id, key) = running_experiment(&o).await;
-    let events = scenario(&id);
     send_all(&o, &key, &events[..3], 3).await;
 
-    let client = async_nats::connect(url.as_str()).await.expect("connect");
+    let client = async_nats::connect(config.url.as_str())
+        .await
+        .expect("connect");
     let js = async_nats::jetstream::new(client);
     let stored = js.get_stream(&config.stream).await.expect("stream");
     let mut seen: BTreeMap<String, Json> = BTreeMap::new();
