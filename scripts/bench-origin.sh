@@ -5,6 +5,7 @@
 #   bash scripts/bench-origin.sh assign    # issue 3: assignment endpoint (wrk at saturation, then a bounded load), publish time, 1,000 experiments
 #   bash scripts/bench-origin.sh ingest    # issue 4: events/s acknowledged, ack latency, pipeline lag
 #   bash scripts/bench-origin.sh results   # issue 5: results of 10 metrics over 10M events
+#   bash scripts/bench-origin.sh warehouse # issue 10: results computed in ClickHouse over 100M events
 #
 # The load generators run on the same two cores as the origin, so the figures are lower
 # bounds of what the origin does on a machine of its own.
@@ -16,6 +17,9 @@
 # of the run's own (deleted afterwards) instead of straight into the event log, and prints
 # nats-server's CPU time; with ABX_BENCH_COLLECTOR_ONLY=1 as well, the origin only collects
 # (no loader, no pipeline), which measures the collector and the stream alone;
+# ABX_BENCH_CLICKHOUSE_URL (e.g. http://127.0.0.1:8123; needs ABX_BENCH_NATS_URL) loads the
+# stream into a ClickHouse database of the run's own (dropped afterwards) and computes
+# results there; `warehouse` needs both and writes its 100M events straight into ClickHouse;
 # ABX_BENCH_BIN runs that origin binary instead of building this checkout's (to compare
 # builds in one sitting); RUST_LOG is passed to the origin (default warn; for the
 # pipeline's per-batch timings: warn,abx_origin::pipeline=debug).
@@ -25,8 +29,8 @@ cd "$(dirname "$0")/.."
 
 part=${1:-}
 case "$part" in
-  assign | ingest | results) ;;
-  *) echo "usage: $0 assign|ingest|results" >&2; exit 2 ;;
+  assign | ingest | results | warehouse) ;;
+  *) echo "usage: $0 assign|ingest|results|warehouse" >&2; exit 2 ;;
 esac
 
 bin=${ABX_BENCH_BIN:-target/release/abx-origin}
@@ -44,6 +48,15 @@ if [ -n "${ABX_BENCH_NATS_URL:-}" ]; then
     drain=(--drain-timeout 0)
   fi
 fi
+warehouse_db=
+if [ -n "${ABX_BENCH_CLICKHOUSE_URL:-}" ]; then
+  warehouse_db=abx_bench_$$
+  export ABX_CLICKHOUSE_URL=$ABX_BENCH_CLICKHOUSE_URL ABX_CLICKHOUSE_DATABASE=$warehouse_db
+fi
+if [ "$part" = warehouse ] && [ -z "$warehouse_db" ]; then
+  echo "warehouse needs ABX_BENCH_NATS_URL and ABX_BENCH_CLICKHOUSE_URL" >&2; exit 2
+fi
+clickhouse() { curl -sfS "$ABX_BENCH_CLICKHOUSE_URL" --data-binary "$1"; }
 # utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat).
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 ABX_BOOTSTRAP_ADMIN_KEY=$admin ABX_ADMIN_RATE_LIMIT=1000000 ABX_SDK_RATE_LIMIT=10000000 RUST_LOG=${RUST_LOG:-warn} \
@@ -64,7 +77,7 @@ with socket.create_connection((host, int(port)), timeout=5) as s:
             reply += s.recv(4096)
 PY
 }
-trap 'kill $origin 2>/dev/null; wait $origin 2>/dev/null; rm -rf "$dir"; [ -z "$stream" ] || delete_streams' EXIT
+trap 'kill $origin 2>/dev/null; wait $origin 2>/dev/null; rm -rf "$dir"; [ -z "$stream" ] || delete_streams; [ -z "$warehouse_db" ] || clickhouse "DROP DATABASE IF EXISTS $warehouse_db"' EXIT
 for _ in $(seq 100); do curl -sf "$url/api/v1/health" >/dev/null && break; sleep 0.1; done
 
 # One API call with the admin key; prints the JSON answer.
@@ -140,9 +153,13 @@ ingest)
   log "bench-ingest: $events events offered at $rate/s, 500 per request, $in_flight in flight, 500k units"
   nats=$( [ -z "$stream" ] || pgrep -o -x nats-server || true)
   [ -z "$nats" ] || nats_before=$(cpu_seconds "$nats")
+  ch=$( [ -z "$warehouse_db" ] || pgrep -o -x clickhouse-server || true)
+  [ -z "$ch" ] || ch_before=$(cpu_seconds "$ch")
   /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000 "${drain[@]}"
   echo "origin CPU time for the whole run: $(cpu_seconds "$origin") s"
   [ -z "$nats" ] || awk -v a="$nats_before" -v b="$(cpu_seconds "$nats")" 'BEGIN { printf "nats-server CPU time during the run: %.1f s\n", b - a }'
+  [ -z "$ch" ] || awk -v a="$ch_before" -v b="$(cpu_seconds "$ch")" 'BEGIN { printf "clickhouse-server CPU time during the run: %.1f s\n", b - a }'
+  [ -z "$warehouse_db" ] || echo "events in the warehouse: $(clickhouse "SELECT (SELECT count() FROM $warehouse_db.exposures FINAL) + (SELECT count() FROM $warehouse_db.metric_events FINAL)")"
   ;;
 results)
   metrics='"conversion_0"'
@@ -169,6 +186,45 @@ print(f"results cover {units} units and {len(body['metrics'])} metrics")
 for path in (f"/experiments/{id}/results", f"/experiments/{id}/results?granularity=day"):
     times = sorted(get(path)[0] for _ in range(20))
     print(f"GET {path.split('/')[-1]}: median {times[10]:.1f} ms, p90 {times[18]:.1f} ms, max {times[-1]:.1f} ms (n=20)")
+PY
+  ;;
+warehouse)
+  # 10M users, each exposed once over 13 days; 90M metric events over three metrics
+  # (conversion, revenue, sessions for revenue per session), a tenth of them before the
+  # user's exposure. Written with INSERT … SELECT: the loader's own speed is `ingest`'s.
+  for m in '"key":"conversion","kind":"conversion","event_type":"conversion"' '"key":"revenue","kind":"mean","event_type":"revenue"' \
+           '"key":"rps","kind":"ratio","event_type":"revenue","denominator_event_type":"session"'; do
+    api POST /metrics "{$m}" >/dev/null
+  done
+  id=$(api POST /experiments '{"key":"bench","primary_metric":"conversion","secondary_metrics":["revenue","rps"],"variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}' | json_field id)
+  api POST "/experiments/$id/start" '{}' >/dev/null
+  t0=$(( ($(date +%s) - 14 * 86400) * 1000 ))
+  log "writing 10M exposures and 90M metric events into ClickHouse"
+  start=$(date +%s.%N)
+  clickhouse "INSERT INTO $warehouse_db.exposures SELECT concat('x', toString(number)), '$id',
+      if(cityHash64(number) % 2 = 0, 'control', 'treatment'), concat('user_id:u', toString(number)),
+      $t0 + intDiv(number * 1123200000, 10000000), $t0 FROM system.numbers LIMIT 10000000"
+  clickhouse "INSERT INTO $warehouse_db.metric_events SELECT concat('m', toString(number)),
+      ['conversion', 'revenue', 'session'][number % 3 + 1], concat('user_id:u', toString(intDiv(number, 9))),
+      if(number % 3 = 1, toFloat64(cityHash64(number) % 10000) / 100, 1.0),
+      $t0 + intDiv(intDiv(number, 9) * 1123200000, 10000000) + if(number % 10 = 0, -3600000, toInt64(cityHash64(number) % 86400000)), $t0
+      FROM system.numbers LIMIT 90000000"
+  awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "written in %.1f s\n", b - a }'
+  clickhouse "SELECT formatReadableSize(sum(bytes)) FROM system.parts WHERE active AND database = '$warehouse_db'" | sed 's/^/on disk: /'
+  python3 - "$url" "$admin" "$id" <<'PY'
+import json, sys, time, urllib.request
+url, key, id = sys.argv[1:4]
+def get(path):
+    request = urllib.request.Request(f"{url}/api/v1{path}", headers={"Authorization": f"Bearer {key}"})
+    start = time.perf_counter()
+    body = json.load(urllib.request.urlopen(request, timeout=3600))
+    return time.perf_counter() - start, body
+seconds, body = get(f"/experiments/{id}/results")
+units = sum(v["impressions"] for v in body["variants"].values())
+print(f"first GET results: {seconds:.1f} s; {units} units, {len(body['metrics'])} metrics")
+for path in (f"/experiments/{id}/results", f"/experiments/{id}/results?granularity=day"):
+    times = sorted(get(path)[0] for _ in range(3))
+    print(f"GET {path.split('/')[-1]}: median {times[1]:.1f} s, max {times[-1]:.1f} s (n=3)")
 PY
   ;;
 esac

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 ensure_rust_targets
 ensure_postgres
 ensure_nats
+ensure_clickhouse
 drop_stale_test_databases
 
 log "workspace tests"

@@ -110,8 +110,38 @@ ensure_nats() {
   return 1
 }
 
+# ClickHouse on 127.0.0.1:8123 (HTTP) for the warehouse's tests: started if nothing listens
+# there, installed from Debian's packages (18.16) if absent. It runs as this user in the
+# foreground of its own session, with its data in the tool cache, outside the clone.
+ensure_clickhouse() {
+  export ABX_TEST_CLICKHOUSE_URL="${ABX_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123}"
+  if (exec 3<>/dev/tcp/127.0.0.1/8123) 2>/dev/null; then
+    return
+  fi
+  command -v clickhouse-server >/dev/null 2>&1 || apt_install clickhouse-server
+  log "starting clickhouse-server on 127.0.0.1:8123"
+  local home="$ABX_TOOLS/clickhouse"
+  mkdir -p "$home/data" "$home/tmp" "$home/user_files" "$home/format_schemas"
+  setsid clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
+    --path="$home/data/" --tmp_path="$home/tmp/" --user_files_path="$home/user_files/" \
+    --format_schema_path="$home/format_schemas/" --listen_host=127.0.0.1 \
+    --http_port=8123 --tcp_port=9000 --interserver_http_port=9009 \
+    --logger.log="$home/server.log" --logger.errorlog="$home/error.log" \
+    </dev/null >"$home/stdout.log" 2>&1 &
+  for _ in $(seq 1 60); do
+    [ "$(curl -s http://127.0.0.1:8123/ping 2>/dev/null)" = "Ok." ] && return
+    sleep 1
+  done
+  echo "clickhouse-server did not come up on 127.0.0.1:8123 (see $home/error.log)" >&2
+  return 1
+}
+
 # Drops databases left behind by test runs that were killed midway.
 drop_stale_test_databases() {
   psql "$ABX_TEST_POSTGRES_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'abx_t_%'" 2>/dev/null |
     while read -r name; do psql "$ABX_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" || true; done
+  if [ -n "${ABX_TEST_CLICKHOUSE_URL:-}" ]; then
+    curl -s "$ABX_TEST_CLICKHOUSE_URL" --data-binary "SELECT name FROM system.databases WHERE name LIKE 'abx\\_t\\_%'" 2>/dev/null |
+      while read -r name; do curl -s "$ABX_TEST_CLICKHOUSE_URL" --data-binary "DROP DATABASE IF EXISTS $name" || true; done
+  fi
 }

@@ -39,7 +39,7 @@ pub async fn check_all(state: &AppState) -> ApiResult<Vec<String>> {
     let running = store::experiments::with_status(&mut conn, &[Status::Running]).await?;
     let mut paused = Vec::new();
     for experiment in running.iter().filter(|e| !e.guardrail_metrics.is_empty()) {
-        let results = results_of(&mut conn, &experiment.id, false).await?;
+        let results = results_of(state, &mut conn, &experiment.id, false).await?;
         let Some(alarm) = results.guardrails.iter().find(|g| g.status == "alarm") else {
             continue;
         };

@@ -68,6 +68,9 @@ pub struct Settings {
     /// Publish events to this JetStream stream instead of writing the event log directly
     /// (see `events::jetstream`).
     pub jetstream: Option<events::jetstream::JetStreamConfig>,
+    /// Load events from the stream into this ClickHouse warehouse, and compute results
+    /// there, instead of the SQL event log and pipeline (see `store::clickhouse`).
+    pub clickhouse: Option<store::clickhouse::ClickHouseConfig>,
 }
 
 impl Settings {
@@ -96,6 +99,7 @@ impl Settings {
             pipeline_cache_units: 1_000_000,
             guardrail_interval_s: 60,
             jetstream: None,
+            clickhouse: None,
         }
     }
 
@@ -139,6 +143,8 @@ pub struct Shared {
     pub writer: events::writer::Writer,
     /// The JetStream event log, when events go through one.
     pub event_stream: Option<Arc<events::jetstream::EventStream>>,
+    /// The ClickHouse warehouse, when events are analysed there.
+    pub warehouse: Option<Arc<store::clickhouse::ClickHouse>>,
     /// The pipeline's per-unit state between batches (see `pipeline::UnitCache`).
     pub(crate) unit_cache: tokio::sync::Mutex<pipeline::UnitCache>,
     /// Idempotency keys whose first request is still running.
@@ -189,18 +195,40 @@ impl AppState {
         let (changes, _) = broadcast::channel(64);
         let telemetry = Arc::new(telemetry::Telemetry::default());
         let writer = events::writer::Writer::spawn(log.clone(), telemetry.clone());
-        let event_stream = match &settings.jetstream {
-            Some(config) => Some(
-                events::jetstream::EventStream::connect(config.clone())
+        let warehouse = match &settings.clickhouse {
+            Some(config) => Some(Arc::new(
+                store::clickhouse::ClickHouse::connect(config.clone())
                     .await
-                    .with_context(|| format!("connecting to JetStream at {}", config.url))?,
-            ),
+                    .with_context(|| format!("connecting to ClickHouse at {}", config.url))?,
+            )),
+            None => None,
+        };
+        let event_stream = match &settings.jetstream {
+            Some(config) => {
+                let mut config = config.clone();
+                // The warehouse loader is a consumer of its own: switching a deployment to
+                // the warehouse loads it with everything the stream still holds.
+                if warehouse.is_some() {
+                    config.consumer = "warehouse".into();
+                }
+                Some(
+                    events::jetstream::EventStream::connect(config.clone())
+                        .await
+                        .with_context(|| format!("connecting to JetStream at {}", config.url))?,
+                )
+            }
+            None if warehouse.is_some() => {
+                bail!(
+                    "the ClickHouse warehouse is loaded from a JetStream stream: set a NATS URL too"
+                )
+            }
             None => None,
         };
         let state = AppState(Arc::new(Shared {
             telemetry,
             writer,
             event_stream,
+            warehouse,
             unit_cache: tokio::sync::Mutex::new(pipeline::UnitCache::new(
                 settings.pipeline_cache_units,
             )),
@@ -255,7 +283,10 @@ impl AppState {
             }
         }
         if self.settings.run_pipeline {
-            pipeline::spawn(self.clone());
+            // With a warehouse the SQL event log stays empty: results are computed there.
+            if self.warehouse.is_none() {
+                pipeline::spawn(self.clone());
+            }
             guardrails::spawn(self.clone());
         }
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use abx_origin::auth::{self, Limit, Role};
 use abx_origin::events::jetstream::JetStreamConfig;
+use abx_origin::store::clickhouse::ClickHouseConfig;
 use abx_origin::{AppState, Settings, app, db, model, store};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -110,6 +111,14 @@ struct ServeArgs {
     /// Subjects the stream spreads events over, by unit.
     #[arg(long, env = "ABX_NATS_PARTITIONS", default_value_t = 4)]
     nats_partitions: u32,
+    /// ClickHouse HTTP endpoint (`http://host:8123`) that the pipeline loads events into
+    /// from the stream, and that results are computed in; needs `--nats-url`. Default: the
+    /// SQL event log and rollups.
+    #[arg(long, env = "ABX_CLICKHOUSE_URL", requires = "nats_url")]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database of the warehouse's tables.
+    #[arg(long, env = "ABX_CLICKHOUSE_DATABASE", default_value = "abx")]
+    clickhouse_database: String,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +202,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.subject_prefix = args.nats_subject_prefix;
         config.partitions = args.nats_partitions.max(1);
         config
+    });
+    settings.clickhouse = args.clickhouse_url.map(|url| ClickHouseConfig {
+        url,
+        database: args.clickhouse_database,
     });
 
     let started = AppState::start(settings.clone()).await?;

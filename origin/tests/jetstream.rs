@@ -21,25 +21,11 @@ use axum::http::{Method, StatusCode};
 use common::{Backend, TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};
 
-/// A stream of the test's own, with a short acknowledgement deadline so that redelivery
-/// happens within the test.
-fn config(url: String) -> JetStreamConfig {
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    let mut config = JetStreamConfig::new(url);
-    config.stream = format!("ABX_T_{}", tag.to_uppercase());
-    config.subject_prefix = format!("abx_t_{tag}");
-    config.partitions = 3;
-    config.ack_wait = Duration::from_secs(1);
-    // Should a failing test leave its stream behind, its messages expire soon.
-    config.max_age = Duration::from_secs(600);
-    config
-}
-
 /// A collector on a stream of its own with the experiment running: (stream config, origin,
 /// experiment id, sdk key, the scenario's events). `None` when the test is skipped.
 async fn collector_with_experiment()
 -> Option<(JetStreamConfig, TestOrigin, String, String, Vec<Json>)> {
-    let config = config(common::nats_or_skip().await?);
+    let config = common::test_stream(common::nats_or_skip().await?);
     let o = collector(&config).await;
     let (id, key) = running_experiment(&o).await;
     let events = scenario(&id);
@@ -300,7 +286,7 @@ async fn an_unreadable_message_goes_to_the_dead_letter_stream() {
     let Some(url) = common::nats_or_skip().await else {
         return;
     };
-    let config = config(url.clone());
+    let config = common::test_stream(url.clone());
     let o = collector(&config).await;
     let client = async_nats::connect(url.as_str()).await.expect("connect");
     let js = async_nats::jetstream::new(client);

@@ -17,13 +17,13 @@ use super::experiments::{LifecycleBody, apply};
 use super::{ApiJson, json, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
-use crate::clock;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::catalog::MetricKind;
 use crate::model::experiment::{Action, Status};
 use crate::results::{self, Interval, Results, Rollups};
 use crate::store::catalog::Metric;
 use crate::store::{self, Change, events as event_store};
+use crate::{clock, pipeline};
 
 fn stats_error(error: StatsError) -> ApiError {
     ApiError::invalid("input", results::describe(&error))
@@ -31,6 +31,7 @@ fn stats_error(error: StatsError) -> ApiError {
 
 /// Loads what the results of one experiment need.
 pub(crate) async fn results_of(
+    state: &AppState,
     conn: &mut AnyConnection,
     reference: &str,
     daily: bool,
@@ -43,9 +44,16 @@ pub(crate) async fn results_of(
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    let rollups = Rollups {
-        exposures: event_store::exposure_rollups(conn, &e.id).await?,
-        metrics: event_store::metric_rollups(conn, &e.id).await?,
+    let rollups = match &state.warehouse {
+        Some(warehouse) => {
+            warehouse
+                .rollups(&e.id, &pipeline::plan_of(&e, &metrics))
+                .await?
+        }
+        None => Rollups {
+            exposures: event_store::exposure_rollups(conn, &e.id).await?,
+            metrics: event_store::metric_rollups(conn, &e.id).await?,
+        },
     };
     Ok(results::compute(
         &e,
@@ -85,7 +93,7 @@ pub async fn experiment_results(
     let mut conn = state.db.pool.acquire().await?;
     Ok(json(
         StatusCode::OK,
-        &results_of(&mut conn, &id, daily).await?,
+        &results_of(&state, &mut conn, &id, daily).await?,
     ))
 }
 
@@ -691,7 +699,19 @@ pub async fn interactions(State(state): State<AppState>, caller: Caller) -> ApiR
                 let Some(metric) = metrics.get(*key).filter(|m| m.kind != MetricKind::Ratio) else {
                     continue;
                 };
-                let rows = cells(&mut conn, &a.id, &b.id, metric).await?;
+                let rows = match &state.warehouse {
+                    Some(warehouse) => warehouse
+                        .interaction_cells(
+                            (&a.id, &pipeline::plan_of(a, &metrics)),
+                            (&b.id, &pipeline::plan_of(b, &metrics)),
+                            &metric.into(),
+                        )
+                        .await?
+                        .into_iter()
+                        .map(|c| (c.va, c.vb, c.n, c.sx, c.sxx))
+                        .collect(),
+                    None => cells(&mut conn, &a.id, &b.id, metric).await?,
+                };
                 let shared: u64 = rows.iter().map(|r| r.2).sum();
                 if shared == 0 {
                     continue;

@@ -46,6 +46,8 @@ pub struct JetStreamConfig {
     pub duplicate_window: Duration,
     /// How long the stream keeps messages (acknowledged or not).
     pub max_age: Duration,
+    /// The loader's durable consumer is `{stream}_{consumer}`.
+    pub consumer: String,
 }
 
 impl JetStreamConfig {
@@ -61,6 +63,7 @@ impl JetStreamConfig {
             max_deliver: 50,
             duplicate_window: Duration::from_secs(120),
             max_age: Duration::from_secs(7 * 86_400),
+            consumer: "loader".into(),
         }
     }
 
@@ -73,7 +76,7 @@ impl JetStreamConfig {
     }
 
     fn consumer_name(&self) -> String {
-        format!("{}_loader", self.stream)
+        format!("{}_{}", self.stream, self.consumer)
     }
 }
 
@@ -341,8 +344,12 @@ fn message_id(group: &[&EventRecord]) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Messages fetched per loader round; at up to 1 MiB of events each.
+/// Messages fetched per loader round into the event log; at up to 1 MiB of events each.
 const LOAD_MESSAGES: usize = 256;
+/// Into the warehouse, which wants large inserts (10K–100K rows): more messages per round,
+/// bounded in bytes.
+const WAREHOUSE_MESSAGES: usize = 2_000;
+const WAREHOUSE_BYTES: usize = 32 << 20;
 
 /// Runs the loader (and the lag poller) in the background, for as long as the process.
 pub fn spawn_loader(state: AppState, stream: Arc<EventStream>) {
@@ -406,12 +413,14 @@ pub async fn load_once(
     consumer: &PullConsumer,
     settle: Settle,
 ) -> anyhow::Result<usize> {
-    let mut fetched = consumer
-        .batch()
-        .max_messages(LOAD_MESSAGES)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await?;
+    let batch = consumer.batch().expires(Duration::from_secs(1));
+    let batch = match &state.warehouse {
+        Some(_) => batch
+            .max_messages(WAREHOUSE_MESSAGES)
+            .max_bytes(WAREHOUSE_BYTES),
+        None => batch.max_messages(LOAD_MESSAGES),
+    };
+    let mut fetched = batch.messages().await?;
     let mut messages = Vec::new();
     let mut events = Vec::new();
     while let Some(message) = fetched.next().await {
@@ -434,19 +443,29 @@ pub async fn load_once(
     if messages.is_empty() {
         return Ok(0);
     }
-    let written = if events.is_empty() {
-        Ok(Vec::new())
-    } else {
-        state.writer.submit(events).await
+    // The number of events the destination already had, or why it could not take them.
+    let written: anyhow::Result<usize> = match &state.warehouse {
+        _ if events.is_empty() => Ok(0),
+        // The warehouse drops copies when it reads; it cannot tell how many it got.
+        Some(warehouse) => warehouse
+            .insert(&events)
+            .await
+            .map(|()| 0)
+            .map_err(Into::into),
+        None => state
+            .writer
+            .submit(events)
+            .await
+            .map(|flags| flags.iter().filter(|new| !**new).count())
+            .map_err(Into::into),
     };
     if settle == Settle::Abandon {
         return Ok(messages.len());
     }
     match written {
-        Ok(flags) => {
+        Ok(duplicates) => {
             // The collector counted them as accepted; here only the copies the event log
             // already had (retries beyond the broker's window, redeliveries) are counted.
-            let duplicates = flags.iter().filter(|new| !**new).count();
             Telemetry::add(&state.telemetry.events_duplicate, duplicates);
             for message in &messages {
                 message.double_ack().await.map_err(|e| anyhow::anyhow!(e))?;

@@ -65,43 +65,55 @@ impl ExperimentPlan {
     }
 }
 
+impl From<&store::catalog::Metric> for MetricPlan {
+    fn from(m: &store::catalog::Metric) -> Self {
+        MetricPlan {
+            key: m.key.clone(),
+            kind: m.kind,
+            event_type: m.event_type.clone(),
+            denominator: m.denominator_event_type.clone(),
+        }
+    }
+}
+
+/// How an experiment's events are attributed: its variants, unit and metrics (primary,
+/// secondary, guardrails; each once), given the catalog's metrics by key.
+pub fn plan_of(
+    e: &store::experiments::Experiment,
+    metrics: &HashMap<String, store::catalog::Metric>,
+) -> ExperimentPlan {
+    let mut keys: Vec<&String> = std::iter::once(&e.primary_metric)
+        .chain(&e.secondary_metrics)
+        .chain(&e.guardrail_metrics)
+        .collect();
+    let mut seen = HashSet::new();
+    keys.retain(|k| seen.insert(*k));
+    ExperimentPlan {
+        variants: e.variants.iter().map(|v| v.name.clone()).collect(),
+        unit_attribute: e.unit.clone(),
+        switchback_period_s: e.switchback_period_s,
+        metrics: keys
+            .into_iter()
+            .filter_map(|k| metrics.get(k).map(MetricPlan::from))
+            .collect(),
+    }
+}
+
 /// Plans of every experiment that may still receive events (archived ones do not).
 pub async fn load_plans(
     conn: &mut AnyConnection,
 ) -> Result<HashMap<String, ExperimentPlan>, sqlx::Error> {
-    let metrics: HashMap<String, MetricPlan> = store::catalog::metrics(conn, None)
+    let metrics: HashMap<String, store::catalog::Metric> = store::catalog::metrics(conn, None)
         .await?
         .into_iter()
-        .map(|m| {
-            let plan = MetricPlan {
-                key: m.key.clone(),
-                kind: m.kind,
-                event_type: m.event_type,
-                denominator: m.denominator_event_type,
-            };
-            (m.key, plan)
-        })
+        .map(|m| (m.key.clone(), m))
         .collect();
     let experiments = store::experiments::all_published(conn).await?;
     Ok(experiments
         .into_iter()
         .filter(|e| e.status != Status::Archived)
         .map(|e| {
-            let mut keys: Vec<&String> = std::iter::once(&e.primary_metric)
-                .chain(&e.secondary_metrics)
-                .chain(&e.guardrail_metrics)
-                .collect();
-            let mut seen = HashSet::new();
-            keys.retain(|k| seen.insert(*k));
-            let plan = ExperimentPlan {
-                variants: e.variants.iter().map(|v| v.name.clone()).collect(),
-                unit_attribute: e.unit.clone(),
-                switchback_period_s: e.switchback_period_s,
-                metrics: keys
-                    .into_iter()
-                    .filter_map(|k| metrics.get(k).cloned())
-                    .collect(),
-            };
+            let plan = plan_of(&e, &metrics);
             (e.id, plan)
         })
         .collect())

@@ -2,6 +2,7 @@
 //! open transaction), so callers decide the transaction boundaries.
 
 pub mod catalog;
+pub mod clickhouse;
 pub mod events;
 pub mod experiments;
 pub mod flags;

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use abx_origin::auth::Limit;
+use abx_origin::events::jetstream::JetStreamConfig;
 use abx_origin::{AppState, Settings, app};
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -83,9 +84,30 @@ async fn fresh_postgres() -> Option<(String, String)> {
 pub async fn nats_or_skip() -> Option<String> {
     let url = std::env::var("ABX_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let address = url.trim_start_matches("nats://").to_string();
+    reachable_or_skip("NATS", "ABX_TEST_NATS_URL", url, &address).await
+}
+
+/// The ClickHouse server for warehouse tests (`ABX_TEST_CLICKHOUSE_URL`, default
+/// `http://127.0.0.1:8123`), or `None` as for NATS.
+pub async fn clickhouse_or_skip() -> Option<String> {
+    let url =
+        std::env::var("ABX_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    reachable_or_skip("ClickHouse", "ABX_TEST_CLICKHOUSE_URL", url, &address).await
+}
+
+async fn reachable_or_skip(
+    service: &str,
+    variable: &str,
+    url: String,
+    address: &str,
+) -> Option<String> {
     let reached = tokio::time::timeout(
         Duration::from_secs(3),
-        tokio::net::TcpStream::connect(address.as_str()),
+        tokio::net::TcpStream::connect(address),
     )
     .await;
     match reached {
@@ -97,12 +119,26 @@ pub async fn nats_or_skip() -> Option<String> {
             };
             assert!(
                 std::env::var_os("ABX_REQUIRE_ALL").is_none(),
-                "NATS at {url} is required (ABX_REQUIRE_ALL is set) but unreachable: {reason}"
+                "{service} at {url} is required (ABX_REQUIRE_ALL is set) but unreachable: {reason}"
             );
-            eprintln!("skipping: NATS at {url} unreachable ({reason}); set ABX_TEST_NATS_URL");
+            eprintln!("skipping: {service} at {url} unreachable ({reason}); set {variable}");
             None
         }
     }
+}
+
+/// A JetStream stream of the test's own, with a short acknowledgement deadline so that
+/// redelivery happens within the test.
+pub fn test_stream(url: String) -> JetStreamConfig {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut config = JetStreamConfig::new(url);
+    config.stream = format!("ABX_T_{}", tag.to_uppercase());
+    config.subject_prefix = format!("abx_t_{tag}");
+    config.partitions = 3;
+    config.ack_wait = Duration::from_secs(1);
+    // Should a failing test leave its stream behind, its messages expire soon.
+    config.max_age = Duration::from_secs(600);
+    config
 }
 
 impl TestOrigin {

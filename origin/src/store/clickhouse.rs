@@ -1,0 +1,535 @@
+//! The columnar warehouse (ClickHouse, over its HTTP interface), for deployments whose event
+//! volume no SQL database can take. The JetStream loader inserts events here in large
+//! batches; results read sufficient statistics with SQL computed per unit, then per variant,
+//! instead of rollups maintained event by event.
+//!
+//! Events are kept in two `ReplacingMergeTree` tables: exposures ordered by (experiment,
+//! variant, time) as in the seed, and metric events ordered by (event type, unit, time).
+//! Both sorting keys end with `event_id`, so copies of an event (a redelivered stream
+//! message, a client retry beyond the broker's window) collapse into one row; queries read
+//! with `FINAL`, so they never see a copy that background merges have not removed yet.
+//! Copies always land in the same monthly partition because the partition comes from the
+//! event's own timestamp.
+//!
+//! The SQL stays within what ClickHouse 18.16 (Debian's package) supports: one JOIN per
+//! SELECT with `USING`, no window functions, no CTEs, no `LowCardinality`, no TTL.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::events::{EventRecord, Kind};
+use crate::model::catalog::MetricKind;
+use crate::pipeline::{ExperimentPlan, MetricPlan};
+use crate::results::Rollups;
+use crate::store::events::Sums;
+
+/// Where the warehouse lives.
+#[derive(Clone, Debug)]
+pub struct ClickHouseConfig {
+    /// `http://host:8123`.
+    pub url: String,
+    /// The database holding abx's tables (letters, digits and `_`).
+    pub database: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("ClickHouse is unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("ClickHouse refused the statement ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("unexpected answer from ClickHouse: {0}")]
+    Decode(String),
+    #[error("invalid warehouse configuration: {0}")]
+    Config(String),
+}
+
+impl From<WarehouseError> for ApiError {
+    fn from(error: WarehouseError) -> Self {
+        tracing::warn!(%error, "warehouse query failed");
+        ApiError::Unavailable {
+            message: "the warehouse is unavailable".into(),
+            retry_after_s: 5,
+        }
+    }
+}
+
+/// A client of the warehouse. Cheap to share; requests are independent.
+pub struct ClickHouse {
+    http: reqwest::Client,
+    url: String,
+    database: String,
+}
+
+/// A quoted ClickHouse string literal.
+fn literal(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' => quoted.push_str("\\'"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
+}
+
+fn literal_list<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    values
+        .into_iter()
+        .map(literal)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Serialize)]
+struct ExposureRow<'a> {
+    event_id: &'a str,
+    experiment_id: &'a str,
+    variant: &'a str,
+    unit_key: &'a str,
+    ts_ms: i64,
+    received_ms: i64,
+}
+
+#[derive(Serialize)]
+struct MetricRow<'a> {
+    event_id: &'a str,
+    event_type: &'a str,
+    unit_key: &'a str,
+    value: f64,
+    ts_ms: i64,
+    received_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct ExposureRollupRow {
+    variant: String,
+    day: i64,
+    units: i64,
+    multiples: i64,
+}
+
+#[derive(Deserialize)]
+struct MetricRollupRow {
+    variant: String,
+    day: i64,
+    sum_x: f64,
+    sum_x2: f64,
+    sum_y: f64,
+    sum_y2: f64,
+    sum_xy: f64,
+    sum_c: f64,
+    sum_c2: f64,
+    sum_xc: f64,
+}
+
+/// One (A variant, B variant) cell of an interaction: units, Σx, Σx².
+#[derive(Deserialize)]
+pub struct InteractionCell {
+    pub va: String,
+    pub vb: String,
+    pub n: u64,
+    pub sx: f64,
+    pub sxx: f64,
+}
+
+#[derive(Deserialize)]
+struct Count {
+    n: u64,
+}
+
+const DAY_MS: i64 = crate::clock::DAY_MS;
+
+/// The monthly partition of an event, from its own timestamp.
+const PARTITION: &str = "toYYYYMM(toDate(toDateTime(intDiv(ts_ms, 1000))))";
+
+impl ClickHouse {
+    /// Connects and creates the database and tables if they do not exist yet.
+    pub async fn connect(config: ClickHouseConfig) -> Result<ClickHouse, WarehouseError> {
+        if config.database.is_empty()
+            || !config
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(WarehouseError::Config(format!(
+                "database name `{}` (letters, digits and _ only)",
+                config.database
+            )));
+        }
+        let http = reqwest::Client::builder()
+            // ClickHouse closes idle keep-alive connections after 3 s; reusing one it is
+            // closing would fail a request for nothing.
+            .pool_idle_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        let warehouse = ClickHouse {
+            http,
+            url: config.url.trim_end_matches('/').to_string(),
+            database: config.database,
+        };
+        warehouse.create_tables().await?;
+        Ok(warehouse)
+    }
+
+    async fn create_tables(&self) -> Result<(), WarehouseError> {
+        let db = &self.database;
+        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+            .await?;
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.exposures (
+                event_id String, experiment_id String, variant String, unit_key String,
+                ts_ms Int64, received_ms Int64
+            ) ENGINE = ReplacingMergeTree PARTITION BY {PARTITION}
+            ORDER BY (experiment_id, variant, ts_ms, event_id)"
+        ))
+        .await?;
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.metric_events (
+                event_id String, event_type String, unit_key String, value Float64,
+                ts_ms Int64, received_ms Int64
+            ) ENGINE = ReplacingMergeTree PARTITION BY {PARTITION}
+            ORDER BY (event_type, unit_key, ts_ms, event_id)"
+        ))
+        .await
+    }
+
+    /// Sends one statement; `data` follows it for inserts (the statement then goes in the
+    /// URL, else in the body, which has no length limit).
+    async fn post(&self, statement: &str, data: Vec<u8>) -> Result<String, WarehouseError> {
+        let mut parameters = vec![
+            // The answer's status then reflects the whole statement, not just its start.
+            ("wait_end_of_query", "1"),
+            ("output_format_json_quote_64bit_integers", "0"),
+        ];
+        let body = if data.is_empty() {
+            statement.as_bytes().to_vec()
+        } else {
+            parameters.push(("query", statement));
+            data
+        };
+        let response = self
+            .http
+            .post(&self.url)
+            .query(&parameters)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            return Err(WarehouseError::Refused {
+                status: status.as_u16(),
+                message: text.trim().chars().take(500).collect(),
+            });
+        }
+        Ok(text)
+    }
+
+    async fn execute(&self, statement: &str) -> Result<(), WarehouseError> {
+        self.post(statement, Vec::new()).await.map(drop)
+    }
+
+    async fn rows<T: DeserializeOwned>(&self, query: &str) -> Result<Vec<T>, WarehouseError> {
+        let text = self
+            .post(&format!("{query} FORMAT JSONEachRow"), Vec::new())
+            .await?;
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).map_err(|e| WarehouseError::Decode(format!("{e}")))
+            })
+            .collect()
+    }
+
+    async fn insert_rows<T: Serialize>(
+        &self,
+        table: &str,
+        rows: &[T],
+    ) -> Result<(), WarehouseError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(rows.len() * 160);
+        for row in rows {
+            serde_json::to_writer(&mut body, row)
+                .map_err(|e| WarehouseError::Decode(format!("{e}")))?;
+            body.push(b'\n');
+        }
+        self.post(
+            &format!("INSERT INTO {}.{table} FORMAT JSONEachRow", self.database),
+            body,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Inserts events, one statement per table. Inserting the same events again (a
+    /// redelivery after a failure between the two statements or before the stream heard
+    /// back) adds copies that reads never see.
+    pub async fn insert(&self, events: &[EventRecord]) -> Result<(), WarehouseError> {
+        let mut exposures = Vec::new();
+        let mut metrics = Vec::new();
+        for e in events {
+            match &e.kind {
+                Kind::Exposure {
+                    experiment_id,
+                    variant,
+                } => exposures.push(ExposureRow {
+                    event_id: &e.event_id,
+                    experiment_id,
+                    variant,
+                    unit_key: &e.unit_key,
+                    ts_ms: e.ts_ms,
+                    received_ms: e.received_at_ms,
+                }),
+                Kind::Metric { event_type } => metrics.push(MetricRow {
+                    event_id: &e.event_id,
+                    event_type,
+                    unit_key: &e.unit_key,
+                    value: e.value,
+                    ts_ms: e.ts_ms,
+                    received_ms: e.received_at_ms,
+                }),
+            }
+        }
+        self.insert_rows("exposures", &exposures).await?;
+        self.insert_rows("metric_events", &metrics).await
+    }
+
+    /// Distinct events stored (exposures and metric events).
+    pub async fn event_count(&self) -> Result<u64, WarehouseError> {
+        let db = &self.database;
+        let rows: Vec<Count> = self
+            .rows(&format!(
+                "SELECT toUInt64((SELECT count() FROM {db}.exposures FINAL) + (SELECT count() FROM {db}.metric_events FINAL)) AS n"
+            ))
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.n))
+    }
+
+    /// Drops the database (tests clean up the server they share).
+    #[doc(hidden)]
+    pub async fn drop_database(&self) -> Result<(), WarehouseError> {
+        self.execute(&format!("DROP DATABASE IF EXISTS {}", self.database))
+            .await
+    }
+
+    /// The analysis unit of an event: the unit, or for switchback experiments the unit
+    /// within one period (as the SQL pipeline's cells).
+    fn unit_expression(plan: &ExperimentPlan) -> String {
+        match plan.switchback_period_s {
+            Some(period) => {
+                format!("concat(unit_key, '@', toString(intDiv(intDiv(ts_ms, 1000), {period})))")
+            }
+            None => "unit_key".into(),
+        }
+    }
+
+    /// Per analysis unit of an experiment: the variant and time of its first exposure, and
+    /// whether it was seen in more than one variant. Exposures that the SQL pipeline would
+    /// refuse (unknown variant, another unit attribute) are left out here.
+    fn exposed_units(&self, experiment_id: &str, plan: &ExperimentPlan) -> String {
+        let prefix = format!("{}:", plan.unit_attribute);
+        format!(
+            "SELECT ukey, argMin(arm, t) AS variant, min(t) AS first_ms, uniqExact(arm) > 1 AS multiple
+             FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t FROM {db}.exposures FINAL
+                   WHERE experiment_id = {id} AND variant IN ({variants})
+                     AND substring(unit_key, 1, {len}) = {prefix})
+             GROUP BY ukey",
+            unit = Self::unit_expression(plan),
+            db = self.database,
+            id = literal(experiment_id),
+            variants = literal_list(plan.variants.iter().map(String::as_str)),
+            len = prefix.len(),
+            prefix = literal(&prefix),
+        )
+    }
+
+    /// An experiment's rollups, computed from its events: units by variant and day of first
+    /// exposure, and each metric's sufficient statistics by variant and day, cumulative as
+    /// of each day's end (the SQL pipeline's rollups when events arrive in time order).
+    pub async fn rollups(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+    ) -> Result<Rollups, WarehouseError> {
+        let exposed = self.exposed_units(experiment_id, plan);
+        let exposures: Vec<ExposureRollupRow> = self
+            .rows(&format!(
+                "SELECT variant, intDiv(first_ms, {DAY_MS}) AS day,
+                        toInt64(countIf(multiple = 0)) AS units, toInt64(countIf(multiple = 1)) AS multiples
+                 FROM ({exposed}) GROUP BY variant, day ORDER BY day, variant"
+            ))
+            .await?;
+        let mut metrics = Vec::new();
+        for metric in &plan.metrics {
+            let rows: Vec<MetricRollupRow> = self
+                .rows(&self.metric_query(plan, &exposed, metric))
+                .await?;
+            metrics.extend(rows.into_iter().map(|r| {
+                let sums = Sums {
+                    sum_x: r.sum_x,
+                    sum_x2: r.sum_x2,
+                    sum_y: r.sum_y,
+                    sum_y2: r.sum_y2,
+                    sum_xy: r.sum_xy,
+                    sum_c: r.sum_c,
+                    sum_c2: r.sum_c2,
+                    sum_xc: r.sum_xc,
+                };
+                (r.variant, metric.key.clone(), r.day, sums)
+            }));
+        }
+        metrics.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
+        Ok(Rollups {
+            exposures: exposures
+                .into_iter()
+                .map(|r| (r.variant, r.day, r.units, r.multiples))
+                .collect(),
+            metrics,
+        })
+    }
+
+    /// One metric's sums by variant and day. Per unit and day it adds up the day's events
+    /// (events before the exposure day count on the exposure day); per unit it sorts those
+    /// by day into running totals (`a1s`, and `a0s` up to the day before), which give the
+    /// unit's value x (y, c) as of each day's end and as of its previous day; each day then
+    /// contributes the change of x, x², …, so that the sums up to any day are those of the
+    /// units' values as of that day. (Lambdas here capture nothing but their parameters:
+    /// 18.16 loses captured columns of a subquery under ARRAY JOIN.)
+    fn metric_query(&self, plan: &ExperimentPlan, exposed: &str, metric: &MetricPlan) -> String {
+        let t = literal(&metric.event_type);
+        let post = "ts_ms >= first_ms";
+        let pre = "ts_ms < first_ms";
+        let denominator = metric.denominator.as_deref().map(literal);
+        // (a, b): the two per-day quantities the metric's value is made of; x, y and c are
+        // the unit's values from their running totals.
+        type Value = fn(&str, &str) -> String;
+        let convert: Value = |a, _| format!("if({a} > 0, 1.0, 0.0)");
+        let covariate_converted: Value = |_, b| format!("if({b} > 0, 1.0, 0.0)");
+        let first: Value = |a, _| a.to_string();
+        let second: Value = |_, b| b.to_string();
+        let zero: Value = |_, _| "0.0".to_string();
+        let (a, b, x, y, c) = match metric.kind {
+            MetricKind::Conversion => (
+                format!("countIf(event_type = {t} AND {post})"),
+                format!("countIf(event_type = {t} AND {pre})"),
+                convert,
+                zero,
+                covariate_converted,
+            ),
+            MetricKind::Mean | MetricKind::Sum => (
+                format!("sumIf(value, event_type = {t} AND {post})"),
+                format!("sumIf(value, event_type = {t} AND {pre})"),
+                first,
+                zero,
+                second,
+            ),
+            MetricKind::Ratio => (
+                format!("sumIf(value, event_type = {t} AND {post})"),
+                match &denominator {
+                    Some(d) => format!("sumIf(value, event_type = {d} AND {post})"),
+                    None => "0".into(),
+                },
+                first,
+                second,
+                zero,
+            ),
+        };
+        let event_types = literal_list(
+            std::iter::once(metric.event_type.as_str()).chain(metric.denominator.as_deref()),
+        );
+        format!(
+            "SELECT variant, day,
+                    sum(x1 - x0) AS sum_x, sum(x1 * x1 - x0 * x0) AS sum_x2,
+                    sum(y1 - y0) AS sum_y, sum(y1 * y1 - y0 * y0) AS sum_y2,
+                    sum(x1 * y1 - x0 * y0) AS sum_xy,
+                    sum(c1 - c0) AS sum_c, sum(c1 * c1 - c0 * c0) AS sum_c2,
+                    sum(x1 * c1 - x0 * c0) AS sum_xc
+             FROM (
+               SELECT variant, day, {x1} AS x1, {x0} AS x0, {y1} AS y1, {y0} AS y0, {c1} AS c1, {c0} AS c0
+               FROM (
+                 SELECT variant, arraySort(groupArray((day, a, b))) AS sorted,
+                        arrayMap(t -> t.1, sorted) AS days,
+                        arrayCumSum(arrayMap(t -> t.2, sorted)) AS a1s,
+                        arrayPopBack(arrayPushFront(a1s, 0.)) AS a0s,
+                        arrayCumSum(arrayMap(t -> t.3, sorted)) AS b1s,
+                        arrayPopBack(arrayPushFront(b1s, 0.)) AS b0s
+                 FROM (
+                   SELECT ukey, variant, greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
+                          toFloat64({a}) AS a, toFloat64({b}) AS b
+                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms FROM {db}.metric_events FINAL
+                         WHERE event_type IN ({event_types}))
+                   ALL INNER JOIN (SELECT ukey, variant, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+                   GROUP BY ukey, variant, day
+                 ) GROUP BY ukey, variant
+               ) ARRAY JOIN days AS day, a1s AS a1, a0s AS a0, b1s AS b1, b0s AS b0
+             ) GROUP BY variant, day ORDER BY day, variant",
+            x1 = x("a1", "b1"),
+            x0 = x("a0", "b0"),
+            y1 = y("a1", "b1"),
+            y0 = y("a0", "b0"),
+            c1 = c("a1", "b1"),
+            c0 = c("a0", "b0"),
+            unit = Self::unit_expression(plan),
+            db = self.database,
+        )
+    }
+
+    /// Units exposed (cleanly) to both experiments, by their two variants, with Σx and Σx²
+    /// of a metric measured since each unit's first exposure to the first experiment.
+    pub async fn interaction_cells(
+        &self,
+        a: (&str, &ExperimentPlan),
+        b: (&str, &ExperimentPlan),
+        metric: &MetricPlan,
+    ) -> Result<Vec<InteractionCell>, WarehouseError> {
+        let exposed_a = self.exposed_units(a.0, a.1);
+        let exposed_b = self.exposed_units(b.0, b.1);
+        let x = match metric.kind {
+            MetricKind::Conversion => "if(post_count > 0, 1.0, 0.0)",
+            _ => "post_sum",
+        };
+        let query = format!(
+            "SELECT va, vb, toUInt64(count()) AS n, sum(x) AS sx, sum(x * x) AS sxx
+             FROM (
+               SELECT va, vb, {x} AS x
+               FROM (
+                 SELECT ukey, va, vb
+                 FROM (SELECT ukey, variant AS va FROM ({exposed_a}) WHERE multiple = 0)
+                 ALL INNER JOIN (SELECT ukey, variant AS vb FROM ({exposed_b}) WHERE multiple = 0) USING ukey
+               ) ALL LEFT JOIN (
+               SELECT ukey, toFloat64(countIf(ts_ms >= first_ms)) AS post_count,
+                      sumIf(value, ts_ms >= first_ms) AS post_sum
+               FROM (SELECT {unit} AS ukey, value, ts_ms FROM {db}.metric_events FINAL
+                     WHERE event_type = {t})
+               ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed_a}) WHERE multiple = 0) USING ukey
+                 GROUP BY ukey
+               ) USING ukey
+             ) GROUP BY va, vb ORDER BY va, vb",
+            unit = Self::unit_expression(a.1),
+            db = self.database,
+            t = literal(&metric.event_type),
+        );
+        self.rows(&query).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(literal("it's"), r"'it\'s'");
+        assert_eq!(literal(r"a\'b"), r"'a\\\'b'");
+        assert_eq!(literal_list(["a", "b"]), "'a', 'b'");
+    }
+}

@@ -1,0 +1,520 @@
+//! Events analysed in the ClickHouse warehouse (collector → JetStream → warehouse loader →
+//! ClickHouse → results computed with SQL), against the real servers at
+//! `ABX_TEST_NATS_URL` and `ABX_TEST_CLICKHOUSE_URL`. Each test uses a stream and a
+//! database of its own and deletes them at the end. When a server is unreachable the tests
+//! are skipped with a printed reason, unless `ABX_REQUIRE_ALL` is set (as in CI).
+//!
+//! Every test holds the warehouse to the SQL pipeline: the same events, sent to an origin
+//! without stream or warehouse, must give the same results, daily series and interactions
+//! included, and the same rollups to the last count.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use abx_origin::AppState;
+use abx_origin::events::jetstream::{self, JetStreamConfig, Settle};
+use abx_origin::results::Rollups;
+use abx_origin::store::clickhouse::ClickHouseConfig;
+use abx_origin::store::events::{self as event_store, Sums};
+use axum::http::StatusCode;
+use common::{Backend, TestOrigin, experiment, metric};
+use serde_json::{Value as Json, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+
+const DAY_MS: i64 = abx_origin::clock::DAY_MS;
+
+/// An origin whose events go through a stream of its own into a warehouse database of its
+/// own, at `clickhouse_url`.
+async fn warehouse_origin(clickhouse_url: String) -> Option<(TestOrigin, JetStreamConfig)> {
+    let stream = common::test_stream(common::nats_or_skip().await?);
+    let warehouse = ClickHouseConfig {
+        url: clickhouse_url,
+        database: format!("abx_t_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let config = stream.clone();
+    let o = TestOrigin::with(Backend::Sqlite, |s| {
+        s.jetstream = Some(config);
+        s.clickhouse = Some(warehouse);
+    })
+    .await
+    .expect("origin with a warehouse");
+    Some((o, stream))
+}
+
+async fn clean_up(state: &AppState) {
+    let stream = state.event_stream.clone().expect("stream");
+    stream.delete_streams().await.expect("delete streams");
+    let warehouse = state.warehouse.clone().expect("warehouse");
+    warehouse.drop_database().await.expect("drop database");
+}
+
+/// Two experiments over the same users (for interactions) and three metrics (conversion,
+/// mean with a pre-exposure covariate, ratio); returns their ids and an sdk key.
+async fn experiments(o: &TestOrigin) -> (String, String, String) {
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    o.create("/api/v1/metrics", metric("revenue", "mean")).await;
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "rps", "kind": "ratio", "event_type": "revenue", "denominator_event_type": "session"}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for key in ["checkout", "banner"] {
+        let mut body = experiment(key, "conversion");
+        body["secondary_metrics"] = json!(["revenue", "rps"]);
+        let id = o.create("/api/v1/experiments", body).await["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+            .await;
+        ids.push(id);
+    }
+    (ids[0].clone(), ids[1].clone(), o.key("sdk").await)
+}
+
+/// 240 users exposed over three days, with conversions, revenue (also before the
+/// exposure), sessions, later events on the following day, a user seen in both variants
+/// and a repeated event; in time order, as the SQL pipeline's daily split assumes.
+fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
+    let now = abx_origin::clock::now_ms();
+    let t0 = (now - 3 * DAY_MS).div_euclid(DAY_MS) * DAY_MS + 3_600_000;
+    let mut events = Vec::new();
+    let mut n = 0u64;
+    let mut push = |events: &mut Vec<Json>, mut event: Json| {
+        n += 1;
+        event["event_id"] = json!(format!("00000000-0000-4000-8000-{n:012x}"));
+        events.push(event);
+    };
+    for u in 0..240i64 {
+        let unit = format!("u{u}");
+        let at = t0 + (u % 3) * DAY_MS + u * 1_000;
+        let variant = |flip: bool| if flip { "treatment" } else { "control" };
+        push(
+            &mut events,
+            json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": variant(u % 2 == 1), "timestamp": at}),
+        );
+        if u % 5 != 0 {
+            push(
+                &mut events,
+                json!({"kind": "exposure", "unit": unit, "experiment_id": banner, "variant": variant((u / 2) % 2 == 1), "timestamp": at + 1}),
+            );
+        }
+        if u % 3 == 0 {
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "conversion", "value": 1, "timestamp": at + 10_000}),
+            );
+        }
+        if u % 6 == 0 {
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "conversion", "value": 1, "timestamp": at + DAY_MS}),
+            );
+        }
+        if u % 4 == 1 {
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "revenue", "value": 4.0, "timestamp": at - 20_000}),
+            );
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "revenue", "value": (u % 7) as f64 * 2.5, "timestamp": at + 20_000}),
+            );
+        }
+        if u % 8 == 1 {
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "revenue", "value": 3.0, "timestamp": at + DAY_MS + 5}),
+            );
+        }
+        if u % 2 == 0 {
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "session", "value": 1, "timestamp": at + 5_000}),
+            );
+        }
+        if u % 4 == 0 {
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "session", "value": 1, "timestamp": at + DAY_MS + 7}),
+            );
+        }
+        if u == 7 {
+            push(
+                &mut events,
+                json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": "control", "timestamp": at + 5}),
+            );
+        }
+    }
+    events.sort_by_key(|e| e["timestamp"].as_i64());
+    let repeated = events[5].clone();
+    events.push(repeated);
+    events
+}
+
+async fn send_all(o: &TestOrigin, key: &str, events: &[Json], per_request: usize) {
+    for chunk in events.chunks(per_request) {
+        let reply = o.send_events(key, chunk).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+}
+
+/// Runs the warehouse loader until the stream has nothing more for it.
+async fn load(state: &AppState) {
+    let stream = state.event_stream.clone().expect("stream");
+    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
+    while jetstream::load_once(state, &stream, &consumer, Settle::Acknowledge)
+        .await
+        .expect("load")
+        > 0
+    {}
+}
+
+/// What a user of the API sees of an experiment: its results by day, without what differs
+/// between two origins (the id, the running time).
+async fn results(o: &TestOrigin, id: &str) -> Json {
+    let reply = o
+        .get(&format!("/api/v1/experiments/{id}/results?granularity=day"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let mut body = reply.body;
+    let object = body.as_object_mut().expect("object");
+    object.remove("experiment_id");
+    object.remove("days_running");
+    body
+}
+
+async fn interactions(o: &TestOrigin) -> Json {
+    let reply = o.get("/api/v1/interactions").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body
+}
+
+/// Rollups by (variant, day) and (variant, metric, day), without rows that add nothing.
+type Normalised = (
+    BTreeMap<(String, i64), (i64, i64)>,
+    BTreeMap<(String, String, i64), Sums>,
+);
+
+fn normalise(rollups: Rollups) -> Normalised {
+    let exposures = rollups
+        .exposures
+        .into_iter()
+        .filter(|r| r.2 != 0 || r.3 != 0)
+        .map(|(v, d, n, m)| ((v, d), (n, m)))
+        .collect();
+    let metrics = rollups
+        .metrics
+        .into_iter()
+        .filter(|r| r.3 != Sums::default())
+        .map(|(v, m, d, s)| ((v, m, d), s))
+        .collect();
+    (exposures, metrics)
+}
+
+async fn sql_rollups(state: &AppState, id: &str) -> Normalised {
+    let mut conn = state.db.pool.acquire().await.expect("connection");
+    normalise(Rollups {
+        exposures: event_store::exposure_rollups(&mut conn, id)
+            .await
+            .expect("exposure rollups"),
+        metrics: event_store::metric_rollups(&mut conn, id)
+            .await
+            .expect("metric rollups"),
+    })
+}
+
+async fn warehouse_rollups(o: &TestOrigin, id: &str) -> Normalised {
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let e = abx_origin::store::experiments::get(&mut conn, id)
+        .await
+        .expect("experiment")
+        .expect("exists");
+    let metrics = abx_origin::store::catalog::metrics(&mut conn, None)
+        .await
+        .expect("metrics")
+        .into_iter()
+        .map(|m| (m.key.clone(), m))
+        .collect();
+    let plan = abx_origin::pipeline::plan_of(&e, &metrics);
+    let warehouse = o.state.warehouse.clone().expect("warehouse");
+    normalise(warehouse.rollups(id, &plan).await.expect("rollups"))
+}
+
+/// Numbers equal to 1e-9 (relative), everything else exactly: sums of the same values in
+/// another order may differ in the last bits.
+fn assert_same(actual: &Json, expected: &Json, path: &str) {
+    match (actual, expected) {
+        (Json::Number(a), Json::Number(b)) => {
+            let (a, b) = (a.as_f64().expect("f64"), b.as_f64().expect("f64"));
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                "{path}: {a} ≠ {b}"
+            );
+        }
+        (Json::Object(a), Json::Object(b)) => {
+            assert_eq!(
+                a.keys().collect::<Vec<_>>(),
+                b.keys().collect::<Vec<_>>(),
+                "{path}"
+            );
+            for (key, value) in a {
+                assert_same(value, &b[key], &format!("{path}.{key}"));
+            }
+        }
+        (Json::Array(a), Json::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: lengths");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_same(x, y, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{path}"),
+    }
+}
+
+fn assert_same_rollups(actual: &Normalised, expected: &Normalised) {
+    assert_eq!(actual.0, expected.0, "exposure rollups");
+    assert_eq!(
+        actual.1.keys().collect::<Vec<_>>(),
+        expected.1.keys().collect::<Vec<_>>(),
+        "metric rollup rows"
+    );
+    for (key, sums) in &actual.1 {
+        let expected = serde_json::to_value(expected.1[key]).expect("json");
+        assert_same(
+            &serde_json::to_value(sums).expect("json"),
+            &expected,
+            &format!("{key:?}"),
+        );
+    }
+}
+
+/// The scenario through the SQL pipeline: results of both experiments, interactions, and
+/// the first experiment's rollups.
+struct Expected {
+    checkout: Json,
+    banner: Json,
+    interactions: Json,
+    rollups: Normalised,
+    events: i64,
+}
+
+async fn through_the_sql_pipeline() -> Expected {
+    let direct = TestOrigin::new(Backend::Sqlite).await.expect("origin");
+    let (checkout, banner, key) = experiments(&direct).await;
+    send_all(&direct, &key, &scenario(&checkout, &banner), 50).await;
+    while abx_origin::pipeline::run_once(&direct.state)
+        .await
+        .expect("pipeline batch")
+        > 0
+    {}
+    let events = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&direct.state.log.pool)
+        .await
+        .expect("count");
+    Expected {
+        checkout: results(&direct, &checkout).await,
+        banner: results(&direct, &banner).await,
+        interactions: interactions(&direct).await,
+        rollups: sql_rollups(&direct.state, &checkout).await,
+        events,
+    }
+}
+
+async fn assert_matches_the_sql_pipeline(o: &TestOrigin, checkout: &str, banner: &str) {
+    let expected = through_the_sql_pipeline().await;
+    assert!(!expected.rollups.0.is_empty() && !expected.rollups.1.is_empty());
+    assert!(
+        expected.interactions["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty()),
+        "{}",
+        expected.interactions
+    );
+    assert_same_rollups(&warehouse_rollups(o, checkout).await, &expected.rollups);
+    assert_same(&results(o, checkout).await, &expected.checkout, "checkout");
+    assert_same(&results(o, banner).await, &expected.banner, "banner");
+    assert_same(
+        &interactions(o).await,
+        &expected.interactions,
+        "interactions",
+    );
+    let warehouse = o.state.warehouse.clone().expect("warehouse");
+    assert_eq!(
+        warehouse.event_count().await.expect("count"),
+        expected.events as u64
+    );
+}
+
+#[tokio::test]
+async fn the_warehouse_gives_the_results_of_the_sql_pipeline() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some((o, _)) = warehouse_origin(url).await else {
+        return;
+    };
+    let (checkout, banner, key) = experiments(&o).await;
+    send_all(&o, &key, &scenario(&checkout, &banner), 50).await;
+    load(&o.state).await;
+
+    assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+    let status = o.get("/api/v1/pipeline").await;
+    assert_eq!(
+        status.body["stream_pending_messages"],
+        json!(0),
+        "{}",
+        status.body
+    );
+    clean_up(&o.state).await;
+}
+
+#[tokio::test]
+async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some((o, stream)) = warehouse_origin(url).await else {
+        return;
+    };
+    let (checkout, banner, key) = experiments(&o).await;
+    let events = scenario(&checkout, &banner);
+
+    // A collector that stored a request but whose answer was lost: the client sends it
+    // again as it was (the broker drops it), and again in other batches (it gets through).
+    send_all(&o, &key, &events[..200], 100).await;
+    let again = o.send_events(&key, &events[..100]).await;
+    assert_eq!(again.body["duplicates"], json!(100), "{}", again.body);
+    send_all(&o, &key, &events[..200], 33).await;
+    send_all(&o, &key, &events[200..], 100).await;
+
+    // The loader inserts, then dies before acknowledging: after the deadline the stream
+    // delivers the same messages again, and they are inserted a second time.
+    let event_stream = o.state.event_stream.clone().expect("stream");
+    let consumer = jetstream::loader_consumer(&event_stream)
+        .await
+        .expect("consumer");
+    let mut abandoned = 0;
+    while abandoned < 10 {
+        abandoned += jetstream::load_once(&o.state, &event_stream, &consumer, Settle::Abandon)
+            .await
+            .expect("load");
+    }
+    tokio::time::sleep(stream.ack_wait + Duration::from_millis(200)).await;
+    load(&o.state).await;
+
+    assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+    clean_up(&o.state).await;
+}
+
+/// A TCP proxy in front of ClickHouse that can cut it off: while down it refuses new
+/// connections and has closed every open one.
+struct Proxy {
+    url: String,
+    up: Arc<AtomicBool>,
+    cut: broadcast::Sender<()>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, _) = broadcast::channel(1);
+        let (accepting, cuts) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !accepting.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let (target, mut cut) = (target.clone(), cuts.subscribe());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target.as_str()).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.recv() => {}
+                    }
+                });
+            }
+        });
+        Proxy { url, up, cut }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            let _ = self.cut.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let proxy = Proxy::start(&url).await;
+    let Some((o, _)) = warehouse_origin(proxy.url.clone()).await else {
+        return;
+    };
+    let (checkout, banner, key) = experiments(&o).await;
+
+    // ClickHouse goes away: the collector still accepts (the stream holds the events), the
+    // loader's inserts fail and it hands the messages back for later, and results answer
+    // 503 rather than anything partial.
+    proxy.set_up(false);
+    send_all(&o, &key, &scenario(&checkout, &banner), 500).await;
+    let event_stream = o.state.event_stream.clone().expect("stream");
+    let consumer = jetstream::loader_consumer(&event_stream)
+        .await
+        .expect("consumer");
+    for _ in 0..3 {
+        jetstream::load_once(&o.state, &event_stream, &consumer, Settle::Acknowledge)
+            .await
+            .expect("load");
+    }
+    let reply = o
+        .get(&format!("/api/v1/experiments/{checkout}/results"))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"]["code"], json!("unavailable"));
+    assert!(reply.headers.contains_key("retry-after"));
+    let status = o.get("/api/v1/pipeline").await;
+    assert!(
+        status.body["stream_pending_messages"].as_i64() > Some(0),
+        "{}",
+        status.body
+    );
+
+    // Back up: after the back-off every event arrives, once.
+    proxy.set_up(true);
+    let warehouse = o.state.warehouse.clone().expect("warehouse");
+    let mut waited = Duration::ZERO;
+    while warehouse.event_count().await.expect("count") == 0 {
+        assert!(waited < Duration::from_secs(30), "events never arrived");
+        load(&o.state).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waited += Duration::from_millis(200);
+    }
+    load(&o.state).await;
+    assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+    clean_up(&o.state).await;
+}
