@@ -153,7 +153,7 @@ ingest)
   log "bench-ingest: $events events offered at $rate/s, 500 per request, $in_flight in flight, 500k units"
   nats=$( [ -z "$stream" ] || pgrep -o -x nats-server || true)
   [ -z "$nats" ] || nats_before=$(cpu_seconds "$nats")
-  ch=$( [ -z "$warehouse_db" ] || pgrep -o -x clickhouse-server || true)
+  ch=$( [ -z "$warehouse_db" ] || pgrep -o -f clickhouse-server || true)
   [ -z "$ch" ] || ch_before=$(cpu_seconds "$ch")
   /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000 "${drain[@]}"
   echo "origin CPU time for the whole run: $(cpu_seconds "$origin") s"

@@ -200,6 +200,17 @@ async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
     let again = o.send_events(&key, &events[..60]).await;
     assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
     assert_eq!(again.body["duplicates"], json!(60), "{}", again.body);
+    let messages = stream_of(&o.state)
+        .telemetry
+        .messages_duplicate
+        .load(Ordering::Relaxed);
+    assert!(messages > 0);
+    let metrics = o.request(Method::GET, "/metrics", None, None).await;
+    let text = String::from_utf8(metrics.bytes).expect("text");
+    assert!(
+        text.contains(&format!("abx_jetstream_duplicate_messages {messages}")),
+        "{text}"
+    );
     // A client that rebatches its retry gets past the broker; the event log drops the copies.
     send_all(&o, &key, &events[..60], 7).await;
     send_all(&o, &key, &events[60..], 60).await;

@@ -414,6 +414,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             }),
         ),
         (
+            "abx_jetstream_published_messages",
+            "Messages this process published to the JetStream event stream.",
+            state.event_stream.as_ref().map_or(f64::NAN, |s| {
+                s.telemetry.messages_published.load(Ordering::Relaxed) as f64
+            }),
+        ),
+        (
+            "abx_jetstream_duplicate_messages",
+            "Published messages the broker already had (retried requests).",
+            state.event_stream.as_ref().map_or(f64::NAN, |s| {
+                s.telemetry.messages_duplicate.load(Ordering::Relaxed) as f64
+            }),
+        ),
+        (
             "abx_jetstream_dead_lettered_messages",
             "Stream messages this process moved to the dead-letter stream.",
             state.event_stream.as_ref().map_or(f64::NAN, |s| {

@@ -2,13 +2,14 @@
 //! take the event path. Collectors publish each request's validated events to a stream,
 //! partitioned by unit, and answer the client only once JetStream has stored them. A loader
 //! in the pipeline process consumes the stream with a durable pull consumer and writes the
-//! events into the event log that the metric pipeline reads, acknowledging each message
-//! only after that write committed.
+//! events into the event log that the metric pipeline reads, or, with a warehouse, into
+//! ClickHouse (`store::clickhouse`) in inserts of up to a few hundred thousand rows,
+//! acknowledging each message only after that write committed.
 //!
 //! Nothing is counted twice: a client's retry of a whole request carries the same message
 //! ids (derived from the event ids) and is dropped by the broker within its duplicate
 //! window; anything later, and any redelivery after a loader crash, is dropped by the event
-//! log's unique `event_id`.
+//! log's unique `event_id` (in the warehouse: collapsed by `event_id` when read).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -424,7 +425,16 @@ pub async fn load_once(
     let mut messages = Vec::new();
     let mut events = Vec::new();
     while let Some(message) = fetched.next().await {
-        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        let message = match message {
+            Ok(message) => message,
+            // The broker ends a pull that reached its byte budget with an error status
+            // (409, message size exceeds max bytes); what arrived before it is complete.
+            Err(error) if !messages.is_empty() => {
+                tracing::debug!(%error, "the pull ended early");
+                break;
+            }
+            Err(error) => return Err(anyhow::anyhow!(error)),
+        };
         match decode(&message.payload) {
             Ok(decoded) => {
                 events.extend(decoded);
