@@ -88,12 +88,7 @@ async fn running_experiment(o: &TestOrigin) -> (String, String) {
     o.create("/api/v1/metrics", metric("revenue", "mean")).await;
     let mut body = experiment("checkout", "conversion");
     body["secondary_metrics"] = json!(["revenue"]);
-    let id = o.create("/api/v1/experiments", body).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
-        .await;
+    let id = o.start_experiment(body).await;
     (id, o.key("sdk").await)
 }
 

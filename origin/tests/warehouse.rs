@@ -68,13 +68,7 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
     for key in ["checkout", "banner"] {
         let mut body = experiment(key, "conversion");
         body["secondary_metrics"] = json!(["revenue", "rps"]);
-        let id = o.create("/api/v1/experiments", body).await["id"]
-            .as_str()
-            .expect("id")
-            .to_string();
-        o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
-            .await;
-        ids.push(id);
+        ids.push(o.start_experiment(body).await);
     }
     (ids[0].clone(), ids[1].clone(), o.key("sdk").await)
 }

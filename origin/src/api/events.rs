@@ -14,6 +14,7 @@ use super::{ApiJson, json};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::events::jetstream::StreamTelemetry;
 use crate::events::{self, EventRecord, Kind, LIMITS};
 use crate::store::events::{self as event_store, DeadLetter};
 use crate::telemetry::Telemetry;
@@ -394,6 +395,13 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Ok(s) => (s.lag_events as f64, s.lag_seconds, s.dead_letters as f64),
         Err(_) => (f64::NAN, f64::NAN, f64::NAN),
     };
+    // Counters of the JetStream event log; not a number without one.
+    let stream_gauge = |read: fn(&StreamTelemetry) -> f64| {
+        state
+            .event_stream
+            .as_ref()
+            .map_or(f64::NAN, |s| read(&s.telemetry))
+    };
     let gauges = [
         (
             "abx_pipeline_lag_events",
@@ -409,30 +417,22 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         (
             "abx_jetstream_consumer_pending",
             "Messages of the JetStream event stream not yet acknowledged by the loader.",
-            state.event_stream.as_ref().map_or(f64::NAN, |s| {
-                s.telemetry.consumer_pending.load(Ordering::Relaxed) as f64
-            }),
+            stream_gauge(|t| t.consumer_pending.load(Ordering::Relaxed) as f64),
         ),
         (
             "abx_jetstream_published_messages",
             "Messages this process published to the JetStream event stream.",
-            state.event_stream.as_ref().map_or(f64::NAN, |s| {
-                s.telemetry.messages_published.load(Ordering::Relaxed) as f64
-            }),
+            stream_gauge(|t| t.messages_published.load(Ordering::Relaxed) as f64),
         ),
         (
             "abx_jetstream_duplicate_messages",
             "Published messages the broker already had (retried requests).",
-            state.event_stream.as_ref().map_or(f64::NAN, |s| {
-                s.telemetry.messages_duplicate.load(Ordering::Relaxed) as f64
-            }),
+            stream_gauge(|t| t.messages_duplicate.load(Ordering::Relaxed) as f64),
         ),
         (
             "abx_jetstream_dead_lettered_messages",
             "Stream messages this process moved to the dead-letter stream.",
-            state.event_stream.as_ref().map_or(f64::NAN, |s| {
-                s.telemetry.messages_dead_lettered.load(Ordering::Relaxed) as f64
-            }),
+            stream_gauge(|t| t.messages_dead_lettered.load(Ordering::Relaxed) as f64),
         ),
         (
             "abx_snapshot_version",

@@ -268,6 +268,22 @@ impl TestOrigin {
         reply.body
     }
 
+    /// Creates an experiment from `body`, starts it, and returns its id.
+    pub async fn start_experiment(&self, body: Json) -> String {
+        let id = self.create("/api/v1/experiments", body).await["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let started = self
+            .post(
+                &format!("/api/v1/experiments/{id}/start"),
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+        id
+    }
+
     /// Creates a key with a role and returns its secret.
     pub async fn key(&self, role: &str) -> String {
         let created = self
