@@ -57,8 +57,8 @@ pub struct Settings {
     pub event_retention_days: i64,
     /// Event requests get 503 while more events than this wait for the pipeline.
     pub max_pipeline_lag: i64,
-    /// Whether this process runs the metric pipeline.
-    pub run_pipeline: bool,
+    /// What this process does (`--role`); default: everything.
+    pub roles: Roles,
     /// Events the pipeline consumes per transaction.
     pub pipeline_batch: i64,
     /// Units whose state the pipeline keeps in memory between batches (0: none).
@@ -94,7 +94,7 @@ impl Settings {
             max_connections: 8,
             event_retention_days: 7,
             max_pipeline_lag: 2_000_000,
-            run_pipeline: true,
+            roles: Roles::ALL,
             pipeline_batch: 50_000,
             pipeline_cache_units: 1_000_000,
             guardrail_interval_s: 60,
@@ -117,6 +117,72 @@ impl Settings {
                 self.data_dir.join("abx.db").display()
             )
         })
+    }
+}
+
+/// The roles one origin process can take (`--role`). A small deployment runs all three in
+/// one process; a large one runs many stateless collectors, a pipeline (or several JetStream
+/// loaders sharing one consumer), and a few admin processes, all over one database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// Takes events (`POST /api/v1/events`) and makes them durable: in the event log, or
+    /// in the JetStream stream.
+    pub collector: bool,
+    /// Turns the events into rollups (the SQL pipeline, or the JetStream loader into the
+    /// warehouse) and runs the guardrail monitor, which must run once per deployment.
+    pub pipeline: bool,
+    /// The admin API, snapshots, assignment, analysis and the console; publishes
+    /// configuration changes and delivers webhooks.
+    pub admin: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        collector: true,
+        pipeline: true,
+        admin: true,
+    };
+
+    /// `all`, or a comma-separated list of `collector`, `pipeline` and `admin`.
+    pub fn parse(text: &str) -> Result<Roles, String> {
+        if text.trim() == "all" {
+            return Ok(Roles::ALL);
+        }
+        let mut roles = Roles {
+            collector: false,
+            pipeline: false,
+            admin: false,
+        };
+        for name in text.split(',').map(str::trim) {
+            match name {
+                "collector" => roles.collector = true,
+                "pipeline" => roles.pipeline = true,
+                "admin" => roles.admin = true,
+                other => {
+                    return Err(format!(
+                        "unknown role `{other}`: expected all, or a list of collector, pipeline and admin"
+                    ));
+                }
+            }
+        }
+        Ok(roles)
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.collector, "collector"),
+            (self.pipeline, "pipeline"),
+            (self.admin, "admin"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+impl std::fmt::Display for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.names().join(","))
     }
 }
 
@@ -158,6 +224,9 @@ impl Deref for AppState {
     }
 }
 
+/// How often processes without the admin role look for a newer published snapshot.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+
 /// What `start` reports back to the binary.
 pub struct Started {
     pub state: AppState,
@@ -195,20 +264,22 @@ impl AppState {
         let (changes, _) = broadcast::channel(64);
         let telemetry = Arc::new(telemetry::Telemetry::default());
         let writer = events::writer::Writer::spawn(log.clone(), telemetry.clone());
+        let roles = settings.roles;
+        // Collectors only publish to the stream: they never talk to the warehouse.
         let warehouse = match &settings.clickhouse {
-            Some(config) => Some(Arc::new(
+            Some(config) if roles.pipeline || roles.admin => Some(Arc::new(
                 store::clickhouse::ClickHouse::connect(config.clone())
                     .await
                     .with_context(|| format!("connecting to ClickHouse at {}", config.url))?,
             )),
-            None => None,
+            _ => None,
         };
         let event_stream = match &settings.jetstream {
             Some(config) => {
                 let mut config = config.clone();
                 // The warehouse loader is a consumer of its own: switching a deployment to
                 // the warehouse loads it with everything the stream still holds.
-                if warehouse.is_some() {
+                if settings.clickhouse.is_some() {
                     config.consumer = "warehouse".into();
                 }
                 Some(
@@ -217,7 +288,7 @@ impl AppState {
                         .with_context(|| format!("connecting to JetStream at {}", config.url))?,
                 )
             }
-            None if warehouse.is_some() => {
+            None if settings.clickhouse.is_some() => {
                 bail!(
                     "the ClickHouse warehouse is loaded from a JetStream stream: set a NATS URL too"
                 )
@@ -244,9 +315,16 @@ impl AppState {
             db,
             log,
         }));
-        let new_admin_key = state.bootstrap_admin().await?;
+        // Only admin processes create keys and publish; the others serve what was published.
+        let new_admin_key = if roles.admin {
+            let created = state.bootstrap_admin().await?;
+            state.load_or_publish().await?;
+            created
+        } else {
+            state.follow_published().await?;
+            None
+        };
         state.reload_keys().await?;
-        state.load_or_publish().await?;
         Ok(Started {
             state,
             new_admin_key,
@@ -260,8 +338,10 @@ impl AppState {
         self.log.pool.close().await;
     }
 
-    /// Runs the background work: key refresh, outbox delivery, housekeeping.
+    /// Runs the background work of this process's roles: key refresh, snapshot following,
+    /// outbox delivery and housekeeping, the pipeline and the guardrail monitor.
     pub fn spawn_background(&self) {
+        let roles = self.settings.roles;
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -270,19 +350,34 @@ impl AppState {
                 if let Err(error) = state.reload_keys().await {
                     tracing::warn!(%error, "refreshing API keys failed");
                 }
-                if let Err(error) = state.housekeeping().await {
+                if roles.admin
+                    && let Err(error) = state.housekeeping().await
+                {
                     tracing::warn!(%error, "housekeeping failed");
                 }
             }
         });
-        outbox::spawn(self.clone());
+        if roles.admin {
+            outbox::spawn(self.clone());
+        } else {
+            let state = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if let Err(error) = state.follow_published().await {
+                        tracing::warn!(%error, "reading the published snapshot failed");
+                    }
+                }
+            });
+        }
         if let Some(stream) = &self.event_stream {
             events::jetstream::spawn_lag_poller(stream.clone());
-            if self.settings.run_pipeline {
+            if roles.pipeline {
                 events::jetstream::spawn_loader(self.clone(), stream.clone());
             }
         }
-        if self.settings.run_pipeline {
+        if roles.pipeline {
             // With a warehouse the SQL event log stays empty: results are computed there.
             if self.warehouse.is_none() {
                 pipeline::spawn(self.clone());
@@ -377,6 +472,26 @@ impl AppState {
         }
         drop(conn);
         self.republish(true).await
+    }
+
+    /// In a process without the admin role: installs the newest snapshot an admin process
+    /// stored, if it is newer than the one served. Collectors need it to resolve the
+    /// experiments that the seed's event form names.
+    async fn follow_published(&self) -> anyhow::Result<()> {
+        let mut conn = self.db.pool.acquire().await?;
+        let served = self.published().version;
+        if store::latest_snapshot_version(&mut conn).await? <= served as i64 {
+            return Ok(());
+        }
+        let Some(stored) = store::latest_snapshot(&mut conn).await? else {
+            return Ok(());
+        };
+        let published = Published::from_bytes(&stored)?;
+        let version = published.version;
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(published);
+        let _ = self.changes.send(version);
+        tracing::info!(version, "following the published snapshot");
+        Ok(())
     }
 
     /// Publishes the current configuration (only if it changed, unless `force`).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use abx_origin::auth::{self, Limit, Role};
 use abx_origin::events::jetstream::JetStreamConfig;
 use abx_origin::store::clickhouse::ClickHouseConfig;
-use abx_origin::{AppState, Settings, app, db, model, store};
+use abx_origin::{AppState, Roles, Settings, app, db, model, store};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the origin (API and console).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manages API keys directly in the database.
     Keys {
         #[command(subcommand)]
@@ -84,7 +84,12 @@ struct ServeArgs {
     /// Days raw events are kept and deduplicated; older event timestamps are refused.
     #[arg(long, env = "ABX_EVENT_RETENTION_DAYS", default_value_t = 7)]
     event_retention_days: i64,
-    /// Do not run the metric pipeline in this process (another process runs it).
+    /// What this process does: `all`, or a comma-separated list of `collector` (takes
+    /// events), `pipeline` (rolls them up, or loads them into the warehouse, and watches
+    /// guardrails) and `admin` (API, snapshots, analysis, console).
+    #[arg(long, env = "ABX_ROLE", default_value = "all", value_parser = Roles::parse)]
+    role: Roles,
+    /// The same as `--role collector,admin`: another process runs the pipeline.
     #[arg(long, env = "ABX_NO_PIPELINE", value_parser = clap::builder::BoolishValueParser::new())]
     no_pipeline: bool,
     /// Events the pipeline consumes per transaction.
@@ -108,6 +113,10 @@ struct ServeArgs {
     /// broker needs its own prefix.
     #[arg(long, env = "ABX_NATS_SUBJECT_PREFIX", default_value = "abx")]
     nats_subject_prefix: String,
+    /// Seconds a loader may hold a message unacknowledged before the broker delivers it
+    /// again (to this loader after a restart, or to another).
+    #[arg(long, env = "ABX_NATS_ACK_WAIT", default_value_t = 30)]
+    nats_ack_wait: u64,
     /// Subjects the stream spreads events over, by unit.
     #[arg(long, env = "ABX_NATS_PARTITIONS", default_value_t = 4)]
     nats_partitions: u32,
@@ -144,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::BenchIngest(args) => bench::run(args).await,
         Command::BenchAssign(args) => bench_assign::run(args).await,
         Command::Demo(args) => demo::run(args).await,
@@ -192,7 +201,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     settings.snapshot_max_age_s = args.snapshot_max_age;
     settings.event_retention_days = args.event_retention_days;
-    settings.run_pipeline = !args.no_pipeline;
+    settings.roles = args.role;
+    if args.no_pipeline {
+        settings.roles.pipeline = false;
+    }
     settings.pipeline_batch = args.pipeline_batch;
     settings.pipeline_cache_units = args.pipeline_cache_units;
     settings.guardrail_interval_s = args.guardrail_interval;
@@ -201,6 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.stream = args.nats_stream;
         config.subject_prefix = args.nats_subject_prefix;
         config.partitions = args.nats_partitions.max(1);
+        config.ack_wait = std::time::Duration::from_secs(args.nats_ack_wait.max(1));
         config
     });
     settings.clickhouse = args.clickhouse_url.map(|url| ClickHouseConfig {
@@ -217,7 +230,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
     println!(
-        "abx origin listening on http://{} (snapshot v{})",
+        "abx origin ({}) listening on http://{} (snapshot v{})",
+        settings.roles,
         settings.listen,
         started.state.published().version
     );

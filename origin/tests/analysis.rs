@@ -1,6 +1,6 @@
 //! The statistics through the origin: scipy/statsmodels reference values replayed through the
 //! analyst calculators (the HTTP seam), and results, guardrails, the kill switch and
-//! interactions computed from real events on SQLite and PostgreSQL.
+//! interactions computed from real events on SQLite, PostgreSQL and the warehouse.
 
 mod common;
 
@@ -405,11 +405,7 @@ async fn simulate(
             .await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     }
-    while abx_origin::pipeline::run_once(&o.state)
-        .await
-        .expect("pipeline")
-        > 0
-    {}
+    common::drain(&o.state).await;
 }
 
 async fn results_and_guardrails(o: &TestOrigin) {
@@ -594,7 +590,7 @@ async fn results_and_guardrails(o: &TestOrigin) {
     assert_eq!(audit["items"][0]["action"], "experiment.killed");
     assert_eq!(audit["items"][0]["details"]["reason"], "pager went off");
 }
-on_both_backends!(results_guardrails_and_kill_switch, results_and_guardrails);
+on_every_backend!(results_guardrails_and_kill_switch, results_and_guardrails);
 
 async fn sample_ratio_mismatch(o: &TestOrigin) {
     o.create("/api/v1/metrics", metric("purchase", "conversion"))
@@ -627,11 +623,7 @@ async fn sample_ratio_mismatch(o: &TestOrigin) {
         )
         .await;
     }
-    while abx_origin::pipeline::run_once(&o.state)
-        .await
-        .expect("pipeline")
-        > 0
-    {}
+    common::drain(&o.state).await;
     let r = o
         .get(&format!("/api/v1/experiments/{id}/results"))
         .await
@@ -644,7 +636,7 @@ async fn sample_ratio_mismatch(o: &TestOrigin) {
             .starts_with("Invalid: sample ratio mismatch")
     );
 }
-on_both_backends!(srm_invalidates_results, sample_ratio_mismatch);
+on_every_backend!(srm_invalidates_results, sample_ratio_mismatch);
 
 async fn interactions(o: &TestOrigin) {
     o.create("/api/v1/metrics", metric("purchase", "conversion"))
@@ -702,11 +694,7 @@ async fn interactions(o: &TestOrigin) {
         )
         .await;
     }
-    while abx_origin::pipeline::run_once(&o.state)
-        .await
-        .expect("pipeline")
-        > 0
-    {}
+    common::drain(&o.state).await;
     let reply = o.get("/api/v1/interactions").await.body;
     let items = reply["items"].as_array().expect("items");
     assert_eq!(items.len(), 1, "{reply}");
@@ -720,4 +708,4 @@ async fn interactions(o: &TestOrigin) {
         "{pair}"
     );
 }
-on_both_backends!(interaction_effects, interactions);
+on_every_backend!(interaction_effects, interactions);

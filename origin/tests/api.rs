@@ -1009,3 +1009,148 @@ async fn openapi_documents_every_route() {
     assert!(doc["components"]["schemas"]["ExperimentInput"].is_object());
     o.finish().await;
 }
+
+/// A process started with `--role` serves only its role's routes (and health and metrics);
+/// a collector follows the snapshots that an admin process publishes.
+#[tokio::test]
+async fn each_process_role_serves_its_own_routes() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    let sdk = o.key("sdk").await;
+    let admin = o.admin.clone();
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    let first = o.start_experiment(experiment("first", "conversion")).await;
+    let process = |roles: &str| {
+        let mut settings = o.settings.clone();
+        settings.roles = abx_origin::Roles::parse(roles).expect("roles");
+        async move {
+            let state = abx_origin::AppState::start(settings)
+                .await
+                .expect("starts")
+                .state;
+            (abx_origin::app(state.clone()), state)
+        }
+    };
+    let call =
+        |router: &axum::Router, method: Method, path: &str, key: &str, body: Option<Json>| {
+            let router = router.clone();
+            let (path, key) = (path.to_string(), format!("Bearer {key}"));
+            async move {
+                let body = body.map(|b| b.to_string().into_bytes());
+                common::call(
+                    &router,
+                    method,
+                    &path,
+                    body,
+                    &[
+                        ("authorization", &key),
+                        ("content-type", "application/json"),
+                    ],
+                )
+                .await
+            }
+        };
+    let exposure = |n: u64, experiment: &str| {
+        json!({"events": [{"event_id": format!("00000000-0000-4000-8000-{n:012x}"), "kind": "exposure",
+            "unit": "u1", "experiment_id": experiment, "variant": "control",
+            "timestamp": abx_origin::clock::now_ms()}]})
+    };
+
+    let (collector, collector_state) = process("collector").await;
+    collector_state.spawn_background();
+    let sent = call(
+        &collector,
+        Method::POST,
+        "/api/v1/events",
+        &sdk,
+        Some(exposure(1, &first)),
+    )
+    .await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.body);
+    let refused = call(&collector, Method::GET, "/api/v1/experiments", &admin, None).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("collector role only")),
+        "{}",
+        refused.body
+    );
+    let health = call(&collector, Method::GET, "/api/v1/health", &admin, None).await;
+    assert_eq!(health.body["roles"], json!(["collector"]));
+    assert_eq!(
+        call(&collector, Method::GET, "/", &admin, None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // An experiment started after the collector came up reaches it within seconds: the
+    // seed's event form, which names the experiment, is then accepted.
+    let second = o.start_experiment(experiment("second", "conversion")).await;
+    let path = format!("/api/v1/experiments/{second}/events");
+    let seed_event = json!({"user_id": "u2", "event_type": "conversion"});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let reply = call(
+            &collector,
+            Method::POST,
+            &path,
+            &sdk,
+            Some(seed_event.clone()),
+        )
+        .await;
+        if reply.status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector did not follow the snapshot"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let (pipeline, _) = process("pipeline").await;
+    let refused = call(
+        &pipeline,
+        Method::POST,
+        "/api/v1/events",
+        &sdk,
+        Some(exposure(2, &first)),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&pipeline, Method::GET, "/metrics", &admin, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let (admin_only, _) = process("admin").await;
+    let refused = call(
+        &admin_only,
+        Method::POST,
+        "/api/v1/events",
+        &sdk,
+        Some(exposure(3, &first)),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let listed = call(
+        &admin_only,
+        Method::GET,
+        "/api/v1/experiments",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(abx_origin::Roles::parse("collector,web").is_err());
+    assert_eq!(
+        abx_origin::Roles::parse(" admin , collector").map(|r| r.to_string()),
+        Ok("collector,admin".to_string())
+    );
+}

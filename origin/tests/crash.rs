@@ -1,5 +1,8 @@
 //! Crash safety with the real binary: events acknowledged before a `kill -9` are never lost,
-//! and killing the pipeline mid-batch, again and again, never double counts.
+//! and killing the pipeline mid-batch, again and again, never double counts. Also with the
+//! roles in separate processes (collector, pipeline, admin) over JetStream and ClickHouse.
+
+mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +27,15 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &std::path::Path, pipeline: bool) -> Server {
+    start_with(dir, &[], |command| {
+        if !pipeline {
+            command.env("ABX_NO_PIPELINE", "1");
+        }
+    })
+}
+
+/// `abx-origin serve` over `dir` with extra arguments and environment.
+fn start_with(dir: &std::path::Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_abx-origin"));
     command
@@ -39,11 +51,10 @@ fn start(dir: &std::path::Path, pipeline: bool) -> Server {
         // Small batches, so that kills can land between batches as well as inside them.
         .env("ABX_PIPELINE_BATCH", "2000")
         .env("RUST_LOG", "warn")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if !pipeline {
-        command.env("ABX_NO_PIPELINE", "1");
-    }
+    adjust(&mut command);
     Server {
         child: command.spawn().expect("spawn abx-origin"),
         url: format!("http://127.0.0.1:{port}"),
@@ -271,4 +282,186 @@ async fn acknowledged_events_survive_kill_9_and_are_counted_once() {
     server.kill();
     println!("cursor after each kill: {positions:?} of {head}");
     assert_counted_once(&db_url, &id).await;
+}
+
+/// A client that retries a request until it is acknowledged, as the SDKs do: a request cut
+/// off by a dying collector is sent again, to whichever collector answers.
+async fn send_until_acknowledged(client: &reqwest::Client, url: &str, sdk: &str, events: &[Json]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = client
+            .post(format!("{url}/api/v1/events"))
+            .bearer_auth(sdk)
+            .json(&json!({"events": events}))
+            .send()
+            .await;
+        if sent.is_ok_and(|r| r.status() == reqwest::StatusCode::ACCEPTED) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The topology as separate processes over one SQLite database: an admin, a
+/// collector publishing to JetStream and a pipeline loading ClickHouse. The collector is
+/// killed with requests in flight (the client retries them), and the pipeline is killed
+/// again and again while it loads; the admin's results still count every unit and every
+/// conversion exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
+    let Some(nats) = common::nats_or_skip().await else {
+        return;
+    };
+    let Some(clickhouse) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let stream = common::test_stream(nats);
+    let warehouse = abx_origin::store::clickhouse::ClickHouseConfig {
+        url: clickhouse,
+        database: format!("abx_t_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::Client::new();
+    let start_role = |role: &str| {
+        let args = [
+            "--role",
+            role,
+            "--nats-url",
+            &stream.url,
+            "--nats-stream",
+            &stream.stream,
+            "--nats-subject-prefix",
+            &stream.subject_prefix,
+            "--nats-ack-wait",
+            "1",
+            "--clickhouse-url",
+            &warehouse.url,
+            "--clickhouse-database",
+            &warehouse.database,
+        ];
+        start_with(dir.path(), &args, |_| {})
+    };
+    let admin = start_role("admin");
+    admin.ready(&client).await;
+    let (id, sdk) = running_experiment(&client, &admin).await;
+    let events = twelve_thousand_units(&id);
+    let requests: Vec<Vec<Json>> = events.chunks(200).map(<[Json]>::to_vec).collect();
+
+    // The collector dies twice with requests in flight; each request is retried until a
+    // collector acknowledges it. No pipeline runs yet: events wait in the stream.
+    let mut collector = start_role("collector");
+    collector.ready(&client).await;
+    let mut retried = 0;
+    for part in requests.chunks(requests.len() / 3 + 1) {
+        let url = collector.url.clone();
+        let in_flight: Vec<_> = part
+            .iter()
+            .cloned()
+            .map(|events| {
+                let (client, url, sdk) = (client.clone(), url.clone(), sdk.clone());
+                tokio::spawn(async move {
+                    client
+                        .post(format!("{url}/api/v1/events"))
+                        .bearer_auth(&sdk)
+                        .json(&json!({"events": events}))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == reqwest::StatusCode::ACCEPTED)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        collector.kill();
+        collector = start_role("collector");
+        collector.ready(&client).await;
+        for (events, sent) in part.iter().zip(in_flight) {
+            if !sent.await.expect("request task") {
+                retried += 1;
+                send_until_acknowledged(&client, &collector.url, &sdk, events).await;
+            }
+        }
+    }
+    // One more copy of everything, as clients whose acknowledgements were lost would send.
+    for events in &requests[..5] {
+        send_until_acknowledged(&client, &collector.url, &sdk, events).await;
+    }
+
+    // The pipeline is killed at growing delays while it loads, then left to finish.
+    for attempt in 0..6u64 {
+        let pipeline = start_role("pipeline");
+        pipeline.ready(&client).await;
+        tokio::time::sleep(Duration::from_millis(20 + 60 * attempt)).await;
+        pipeline.kill();
+    }
+    let pipeline = start_role("pipeline");
+    pipeline.ready(&client).await;
+
+    // The admin's results count every unit and conversion once.
+    let results = || async {
+        client
+            .get(format!("{}/api/v1/experiments/{id}/results", admin.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("results")
+            .json::<Json>()
+            .await
+            .expect("json")
+    };
+    // The stream's backlog reads zero until the first loader has made its consumer, so
+    // wait for the exposures to arrive before waiting for the backlog to drain.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        let shown = results().await;
+        let units: u64 = ["control", "treatment"]
+            .iter()
+            .map(|v| shown["variants"][v]["impressions"].as_u64().unwrap_or(0))
+            .sum();
+        if units >= 12_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_drained(&client, &admin).await;
+    let results = results().await;
+    println!(
+        "{retried} of {} requests were cut off by a collector's kill and retried",
+        requests.len()
+    );
+    for variant in ["control", "treatment"] {
+        let counts = &results["variants"][variant];
+        assert_eq!(
+            counts["impressions"].as_u64(),
+            Some(6_000),
+            "{variant}: {results}"
+        );
+        assert_eq!(
+            counts["conversions"].as_f64(),
+            Some(2_000.0),
+            "{variant}: {results}"
+        );
+    }
+    // The admin serves no events and the collector no admin API.
+    let wrong_tier = client
+        .get(format!("{}/api/v1/experiments", collector.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(wrong_tier.status(), reqwest::StatusCode::NOT_FOUND);
+
+    for server in [admin, collector, pipeline] {
+        server.kill();
+    }
+    let events = abx_origin::events::jetstream::EventStream::connect(stream)
+        .await
+        .expect("stream");
+    events.delete_streams().await.expect("delete streams");
+    abx_origin::store::clickhouse::ClickHouse::connect(warehouse)
+        .await
+        .expect("warehouse")
+        .drop_database()
+        .await
+        .expect("drop database");
 }

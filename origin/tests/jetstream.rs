@@ -100,26 +100,6 @@ async fn send_all(o: &TestOrigin, key: &str, events: &[Json], per_request: usize
     }
 }
 
-/// Loads until the stream has nothing more for the loader, then runs the pipeline dry.
-async fn load_and_drain(state: &AppState) {
-    let stream = stream_of(state);
-    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
-    while jetstream::load_once(state, &stream, &consumer, Settle::Acknowledge)
-        .await
-        .expect("load")
-        > 0
-    {}
-    drain(state).await;
-}
-
-async fn drain(state: &AppState) {
-    while abx_origin::pipeline::run_once(state)
-        .await
-        .expect("pipeline batch")
-        > 0
-    {}
-}
-
 type Rollups = (
     Vec<(String, i64, i64, i64)>,
     Vec<(String, String, i64, Sums)>,
@@ -156,7 +136,7 @@ async fn direct_path() -> (Rollups, i64) {
     let direct = TestOrigin::new(Backend::Sqlite).await.expect("origin");
     let (id, key) = running_experiment(&direct).await;
     send_all(&direct, &key, &scenario(&id), 50).await;
-    drain(&direct.state).await;
+    common::drain(&direct.state).await;
     (
         rollups(&direct.state, &id).await,
         logged_events(&direct.state).await,
@@ -169,7 +149,7 @@ async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
         return;
     };
     send_all(&via_stream, &key, &events, 50).await;
-    load_and_drain(&via_stream.state).await;
+    common::drain(&via_stream.state).await;
 
     let (expected, logged) = direct_path().await;
     assert!(!expected.0.is_empty() && !expected.1.is_empty());
@@ -209,7 +189,7 @@ async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
     // A client that rebatches its retry gets past the broker; the event log drops the copies.
     send_all(&o, &key, &events[..60], 7).await;
     send_all(&o, &key, &events[60..], 60).await;
-    load_and_drain(&o.state).await;
+    common::drain(&o.state).await;
 
     let (expected, logged) = direct_path().await;
     assert_eq!(rollups(&o.state, &id).await, expected);
@@ -244,7 +224,7 @@ async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
 
     // After the acknowledgement deadline the stream delivers them again.
     tokio::time::sleep(config.ack_wait + Duration::from_millis(200)).await;
-    load_and_drain(&o.state).await;
+    common::drain(&o.state).await;
     assert_eq!(logged_events(&o.state).await, logged);
     assert_eq!(consumer_backlog(&stream).await, 0);
 
@@ -277,11 +257,11 @@ async fn events_wait_in_the_stream_while_the_event_log_is_unavailable() {
     let mut waited = Duration::ZERO;
     while logged_events(&restarted).await == 0 {
         assert!(waited < Duration::from_secs(20), "events never arrived");
-        load_and_drain(&restarted).await;
+        common::drain(&restarted).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         waited += Duration::from_millis(200);
     }
-    load_and_drain(&restarted).await;
+    common::drain(&restarted).await;
     assert_eq!(rollups(&restarted, &id).await, direct_path().await.0);
     assert_eq!(consumer_backlog(&stream).await, 0);
     stream.delete_streams().await.expect("delete");
@@ -306,7 +286,7 @@ async fn an_unreadable_message_goes_to_the_dead_letter_stream() {
     .expect("stored");
 
     let stream = stream_of(&o.state);
-    load_and_drain(&o.state).await;
+    common::drain(&o.state).await;
     assert_eq!(stream.dead_letters().await.expect("dead letters"), 1);
     assert_eq!(consumer_backlog(&stream).await, 0);
     let metrics = o.request(Method::GET, "/metrics", None, None).await;

@@ -19,7 +19,7 @@ use abx_origin::AppState;
 use abx_origin::events::jetstream::{self, JetStreamConfig, Settle};
 use abx_origin::results::Rollups;
 use abx_origin::store::clickhouse::ClickHouseConfig;
-use abx_origin::store::events::{self as event_store, Sums};
+use abx_origin::store::events::Sums;
 use axum::http::StatusCode;
 use common::{Backend, TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};
@@ -160,17 +160,6 @@ async fn send_all(o: &TestOrigin, key: &str, events: &[Json], per_request: usize
     }
 }
 
-/// Runs the warehouse loader until the stream has nothing more for it.
-async fn load(state: &AppState) {
-    let stream = state.event_stream.clone().expect("stream");
-    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
-    while jetstream::load_once(state, &stream, &consumer, Settle::Acknowledge)
-        .await
-        .expect("load")
-        > 0
-    {}
-}
-
 /// What a user of the API sees of an experiment: its results by day, without what differs
 /// between two origins (the id, the running time).
 async fn results(o: &TestOrigin, id: &str) -> Json {
@@ -211,35 +200,6 @@ fn normalise(rollups: Rollups) -> Normalised {
         .map(|(v, m, d, s)| ((v, m, d), s))
         .collect();
     (exposures, metrics)
-}
-
-async fn sql_rollups(state: &AppState, id: &str) -> Normalised {
-    let mut conn = state.db.pool.acquire().await.expect("connection");
-    normalise(Rollups {
-        exposures: event_store::exposure_rollups(&mut conn, id)
-            .await
-            .expect("exposure rollups"),
-        metrics: event_store::metric_rollups(&mut conn, id)
-            .await
-            .expect("metric rollups"),
-    })
-}
-
-async fn warehouse_rollups(o: &TestOrigin, id: &str) -> Normalised {
-    let mut conn = o.state.db.pool.acquire().await.expect("connection");
-    let e = abx_origin::store::experiments::get(&mut conn, id)
-        .await
-        .expect("experiment")
-        .expect("exists");
-    let metrics = abx_origin::store::catalog::metrics(&mut conn, None)
-        .await
-        .expect("metrics")
-        .into_iter()
-        .map(|m| (m.key.clone(), m))
-        .collect();
-    let plan = abx_origin::pipeline::plan_of(&e, &metrics);
-    let warehouse = o.state.warehouse.clone().expect("warehouse");
-    normalise(warehouse.rollups(id, &plan).await.expect("rollups"))
 }
 
 /// Numbers equal to 1e-9 (relative), everything else exactly: sums of the same values in
@@ -304,11 +264,7 @@ async fn through_the_sql_pipeline() -> Expected {
     let direct = TestOrigin::new(Backend::Sqlite).await.expect("origin");
     let (checkout, banner, key) = experiments(&direct).await;
     send_all(&direct, &key, &scenario(&checkout, &banner), 50).await;
-    while abx_origin::pipeline::run_once(&direct.state)
-        .await
-        .expect("pipeline batch")
-        > 0
-    {}
+    common::drain(&direct.state).await;
     let events = sqlx::query_scalar("SELECT COUNT(*) FROM events")
         .fetch_one(&direct.state.log.pool)
         .await
@@ -317,7 +273,7 @@ async fn through_the_sql_pipeline() -> Expected {
         checkout: results(&direct, &checkout).await,
         banner: results(&direct, &banner).await,
         interactions: interactions(&direct).await,
-        rollups: sql_rollups(&direct.state, &checkout).await,
+        rollups: normalise(common::rollups(&direct.state, &checkout).await),
         events,
     }
 }
@@ -332,7 +288,10 @@ async fn assert_matches_the_sql_pipeline(o: &TestOrigin, checkout: &str, banner:
         "{}",
         expected.interactions
     );
-    assert_same_rollups(&warehouse_rollups(o, checkout).await, &expected.rollups);
+    assert_same_rollups(
+        &normalise(common::rollups(&o.state, checkout).await),
+        &expected.rollups,
+    );
     assert_same(&results(o, checkout).await, &expected.checkout, "checkout");
     assert_same(&results(o, banner).await, &expected.banner, "banner");
     assert_same(
@@ -357,7 +316,7 @@ async fn the_warehouse_gives_the_results_of_the_sql_pipeline() {
     };
     let (checkout, banner, key) = experiments(&o).await;
     send_all(&o, &key, &scenario(&checkout, &banner), 50).await;
-    load(&o.state).await;
+    common::drain(&o.state).await;
 
     assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
     let status = o.get("/api/v1/pipeline").await;
@@ -402,7 +361,7 @@ async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
             .expect("load");
     }
     tokio::time::sleep(stream.ack_wait + Duration::from_millis(200)).await;
-    load(&o.state).await;
+    common::drain(&o.state).await;
 
     assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
     clean_up(&o.state).await;
@@ -504,11 +463,11 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
     let mut waited = Duration::ZERO;
     while warehouse.event_count().await.expect("count") == 0 {
         assert!(waited < Duration::from_secs(30), "events never arrived");
-        load(&o.state).await;
+        common::drain(&o.state).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         waited += Duration::from_millis(200);
     }
-    load(&o.state).await;
+    common::drain(&o.state).await;
     assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
     clean_up(&o.state).await;
 }

@@ -68,8 +68,10 @@ async fn ingest(
         // is behind), so the collector needs no backpressure of its own. It only sees
         // duplicates that the broker drops: a retried request within its window.
         Some(stream) => {
-            let duplicates = stream.publish(&records).await?;
-            (records.len() - duplicates, duplicates)
+            let received = records.len();
+            let records = first_copies(records);
+            let dropped = stream.publish(&records).await?;
+            (records.len() - dropped, received - records.len() + dropped)
         }
         None => {
             check_backpressure(state)?;
@@ -93,6 +95,27 @@ async fn ingest(
             rejected,
         },
     ))
+}
+
+/// The request's events without repeats of an `event_id`, so that a request answers with
+/// the same counts whether its events go to the event log (which keeps the first copy) or to
+/// the stream (where the warehouse collapses copies later).
+fn first_copies(records: Vec<EventRecord>) -> Vec<EventRecord> {
+    let first: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(records.len());
+        records
+            .iter()
+            .map(|record| seen.insert(record.event_id.as_str()))
+            .collect()
+    };
+    if first.iter().all(|&f| f) {
+        return records;
+    }
+    records
+        .into_iter()
+        .zip(first)
+        .filter_map(|(record, first)| first.then_some(record))
+        .collect()
 }
 
 fn first_reasons(rejected: &[Rejected]) -> String {

@@ -255,8 +255,15 @@ async fn observe(
     response
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("route")
+/// A path no route of this process matches. A process that runs only some roles says
+/// which, so that a request sent to the wrong tier is easy to recognise.
+async fn not_found(axum::extract::State(state): axum::extract::State<AppState>) -> ApiError {
+    let roles = state.settings.roles;
+    if roles == crate::Roles::ALL {
+        ApiError::not_found("route")
+    } else {
+        ApiError::not_found(format!("route (this process runs the {roles} role only)"))
+    }
 }
 
 /// Turns axum's plain-text 405 into this API's JSON error.
@@ -269,8 +276,64 @@ async fn json_method_not_allowed(request: Request, next: middleware::Next) -> Re
     response
 }
 
+/// The CORS policy of the routes that web pages on any origin call with an sdk key.
+fn sdk_cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            "x-abx-key".parse().expect("header name"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            "x-abx-snapshot-version".parse().expect("header name"),
+        ])
+        // Every origin gets the same `*` answer, so caches need not split by Origin.
+        .vary([])
+}
+
+/// The routes of this process's roles (see `Roles`); health, `/metrics` and the API
+/// description are served by every process.
 pub fn app(state: AppState) -> Router {
-    // Routes that web pages on any origin call with an sdk key.
+    let roles = state.settings.roles;
+    let mut api = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/health", get(system::health));
+    if roles.collector {
+        api = api
+            .route("/events", post(events::post_events).layer(sdk_cors()))
+            .route(
+                "/experiments/{id}/events",
+                post(events::post_experiment_event).layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    idempotency::layer,
+                )),
+            );
+    }
+    if roles.admin {
+        api = api.merge(admin_routes(&state));
+    }
+    let mut router = Router::new()
+        .nest("/api/v1", api.layer(DefaultBodyLimit::max(BODY_LIMIT)))
+        .route("/health", get(system::health))
+        .route("/metrics", get(events::metrics));
+    if roles.admin {
+        router = router
+            .route("/", get(console::index))
+            .route("/console/{version}/{*path}", get(console::asset));
+    }
+    router
+        .fallback(not_found)
+        .layer(middleware::from_fn(json_method_not_allowed))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The admin API, with the snapshot and assignment routes that sdks call.
+fn admin_routes(state: &AppState) -> Router<AppState> {
     let sdk = Router::new()
         .route("/snapshot", get(snapshot::latest))
         .route("/snapshot.json", get(snapshot::latest_json))
@@ -278,24 +341,7 @@ pub fn app(state: AppState) -> Router {
         .route("/snapshot/stream", get(snapshot::stream))
         .route("/snapshots/{version}", get(snapshot::by_version))
         .route("/evaluate", post(evaluate::evaluate))
-        .route("/events", post(events::post_events))
-        .layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::any())
-                .allow_methods([Method::GET, Method::POST])
-                .allow_headers([
-                    header::AUTHORIZATION,
-                    header::CONTENT_TYPE,
-                    header::IF_NONE_MATCH,
-                    "x-abx-key".parse().expect("header name"),
-                ])
-                .expose_headers([
-                    header::ETAG,
-                    "x-abx-snapshot-version".parse().expect("header name"),
-                ])
-                // Every origin gets the same `*` answer, so caches need not split by Origin.
-                .vary([]),
-        );
+        .layer(sdk_cors());
     let admin = Router::new()
         .route(
             "/experiments",
@@ -363,30 +409,14 @@ pub fn app(state: AppState) -> Router {
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/audit", get(audit::list))
-        .route(
-            "/experiments/{id}/events",
-            post(events::post_experiment_event),
-        )
         .route("/events/{event_id}", get(events::get_event))
         .route("/pipeline", get(events::pipeline_status))
         .route("/dead-letters", get(events::dead_letters))
         .route("/dead-letters/replay", post(events::replay))
-        .route("/openapi.json", get(openapi))
-        .route("/health", get(system::health))
         .route("/whoami", get(console::whoami))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
         ));
-    let api = admin.merge(sdk).layer(DefaultBodyLimit::max(BODY_LIMIT));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/", get(console::index))
-        .route("/console/{version}/{*path}", get(console::asset))
-        .route("/health", get(system::health))
-        .route("/metrics", get(events::metrics))
-        .fallback(not_found)
-        .layer(middleware::from_fn(json_method_not_allowed))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+    admin.merge(sdk)
 }

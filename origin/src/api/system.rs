@@ -14,6 +14,8 @@ pub struct Health {
     pub status: &'static str,
     pub snapshot_version: u64,
     pub database: &'static str,
+    /// This process's roles (`collector`, `pipeline`, `admin`).
+    pub roles: Vec<&'static str>,
 }
 
 /// Public. 503 when the database cannot be reached (assignment still works from memory).
@@ -43,6 +45,7 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Response> {
             status: "ok",
             snapshot_version: state.published().version,
             database: backend,
+            roles: state.settings.roles.names(),
         },
     ))
 }

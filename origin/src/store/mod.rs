@@ -234,6 +234,14 @@ pub async fn latest_snapshot(
     row.as_ref().map(stored_snapshot).transpose()
 }
 
+/// The newest stored snapshot's version (0 when none is stored).
+pub async fn latest_snapshot_version(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM snapshots")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(version.unwrap_or(0))
+}
+
 pub async fn snapshot_at(
     conn: &mut AnyConnection,
     version: i64,

@@ -1,14 +1,20 @@
-//! A fresh origin per test, on SQLite or PostgreSQL, driven in-process through `app(state)`.
+//! A fresh origin per test, on SQLite, PostgreSQL or the warehouse (JetStream and
+//! ClickHouse), driven in-process through `app(state)`.
 //!
 //! PostgreSQL tests use `ABX_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
-//! to create a throwaway database per test. When the server is unreachable they are skipped
-//! with a printed reason, unless `ABX_REQUIRE_ALL` is set (as in CI), where they fail.
+//! to create a throwaway database per test; warehouse tests use a stream and a ClickHouse
+//! database of their own (`ABX_TEST_NATS_URL`, `ABX_TEST_CLICKHOUSE_URL`). When a server is
+//! unreachable they are skipped with a printed reason, unless `ABX_REQUIRE_ALL` is set (as
+//! in CI), where they fail.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use abx_origin::auth::Limit;
-use abx_origin::events::jetstream::JetStreamConfig;
+use abx_origin::events::jetstream::{self, JetStreamConfig, Settle};
+use abx_origin::results::Rollups;
+use abx_origin::store::clickhouse::ClickHouseConfig;
+use abx_origin::store::events as event_store;
 use abx_origin::{AppState, Settings, app};
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -21,6 +27,8 @@ use tower::ServiceExt;
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// SQLite for the configuration; events through a JetStream stream into ClickHouse.
+    Warehouse,
 }
 
 pub struct TestOrigin {
@@ -156,10 +164,17 @@ impl TestOrigin {
             burst: 100_000.0,
         };
         let postgres = match backend {
-            Backend::Sqlite => None,
+            Backend::Sqlite | Backend::Warehouse => None,
             Backend::Postgres => Some(fresh_postgres().await?),
         };
         settings.database_url = postgres.as_ref().map(|(url, _)| url.clone());
+        if backend == Backend::Warehouse {
+            settings.jetstream = Some(test_stream(nats_or_skip().await?));
+            settings.clickhouse = Some(ClickHouseConfig {
+                url: clickhouse_or_skip().await?,
+                database: format!("abx_t_{}", uuid::Uuid::new_v4().simple()),
+            });
+        }
         adjust(&mut settings);
         let started = AppState::start(settings.clone())
             .await
@@ -295,8 +310,15 @@ impl TestOrigin {
         created["secret"].as_str().expect("secret").to_string()
     }
 
-    /// Drops the PostgreSQL database (call at the end of a test).
+    /// Drops the PostgreSQL database, or the stream and warehouse database (call at the
+    /// end of a test).
     pub async fn finish(self) {
+        if let Some(stream) = &self.state.event_stream {
+            stream.delete_streams().await.expect("delete streams");
+        }
+        if let Some(warehouse) = &self.state.warehouse {
+            warehouse.drop_database().await.expect("drop database");
+        }
         self.state.close_databases().await;
         if let Some((_, name)) = &self.postgres {
             let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
@@ -308,6 +330,56 @@ impl TestOrigin {
                 .expect("DROP DATABASE");
         }
     }
+}
+
+/// Runs the event path dry: the stream's loader (with JetStream, into the event log or the
+/// warehouse), then the SQL pipeline (without a warehouse).
+pub async fn drain(state: &AppState) {
+    if let Some(stream) = state.event_stream.clone() {
+        let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
+        while jetstream::load_once(state, &stream, &consumer, Settle::Acknowledge)
+            .await
+            .expect("load")
+            > 0
+        {}
+    }
+    if state.warehouse.is_none() {
+        while abx_origin::pipeline::run_once(state)
+            .await
+            .expect("pipeline batch")
+            > 0
+        {}
+    }
+}
+
+/// An experiment's rollups, from the warehouse or from the SQL rollup tables.
+pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
+    let mut conn = state.db.pool.acquire().await.expect("connection");
+    let Some(warehouse) = &state.warehouse else {
+        return Rollups {
+            exposures: event_store::exposure_rollups(&mut conn, experiment_id)
+                .await
+                .expect("exposure rollups"),
+            metrics: event_store::metric_rollups(&mut conn, experiment_id)
+                .await
+                .expect("metric rollups"),
+        };
+    };
+    let e = abx_origin::store::experiments::get(&mut conn, experiment_id)
+        .await
+        .expect("experiment")
+        .expect("exists");
+    let metrics = abx_origin::store::catalog::metrics(&mut conn, None)
+        .await
+        .expect("metrics")
+        .into_iter()
+        .map(|m| (m.key.clone(), m))
+        .collect();
+    let plan = abx_origin::pipeline::plan_of(&e, &metrics);
+    warehouse
+        .rollups(experiment_id, &plan)
+        .await
+        .expect("warehouse rollups")
 }
 
 /// One in-process request.
@@ -341,35 +413,45 @@ pub async fn call(
     }
 }
 
-/// Defines `mod $name { sqlite, postgres }` running the same async test body on both.
+/// Defines `mod $name` with one test per listed backend, each running the same async test
+/// body on a fresh origin (settings adjusted by `$adjust` before it starts).
+#[macro_export]
+macro_rules! backend_tests {
+    ($name:ident, $test:path, $adjust:expr, $($function:ident => $backend:ident),+) => {
+        mod $name {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $function() {
+                    if let Some(origin) =
+                        common::TestOrigin::with(common::Backend::$backend, $adjust).await
+                    {
+                        $test(&origin).await;
+                        origin.finish().await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+/// The test on SQLite and PostgreSQL (the SQL event log and pipeline).
 #[macro_export]
 macro_rules! on_both_backends {
     ($name:ident, $test:path) => {
         on_both_backends!($name, $test, |_| {});
     };
-    // With settings adjusted before the origin starts.
     ($name:ident, $test:path, $adjust:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test]
-            async fn sqlite() {
-                if let Some(origin) =
-                    common::TestOrigin::with(common::Backend::Sqlite, $adjust).await
-                {
-                    $test(&origin).await;
-                    origin.finish().await;
-                }
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(origin) =
-                    common::TestOrigin::with(common::Backend::Postgres, $adjust).await
-                {
-                    $test(&origin).await;
-                    origin.finish().await;
-                }
-            }
-        }
+        backend_tests!($name, $test, $adjust, sqlite => Sqlite, postgres => Postgres);
+    };
+}
+
+/// The test on SQLite, PostgreSQL and the warehouse: the same inputs must give the same
+/// counts and results whichever path the events take.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($name:ident, $test:path) => {
+        backend_tests!($name, $test, |_| {}, sqlite => Sqlite, postgres => Postgres, warehouse => Warehouse);
     };
 }
 
