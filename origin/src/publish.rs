@@ -356,7 +356,11 @@ pub async fn prepare(
     force: bool,
 ) -> anyhow::Result<Prepared> {
     let (config, loaded) = load_config(conn, loaded).await?;
-    let version = current.version + 1;
+    // Another process may have published since this one last did: a second admin process,
+    // or the guardrail monitor of the pipeline process pausing an experiment. The version
+    // follows the newest stored snapshot, which the caller's write transaction holds still.
+    let newest = u64::try_from(store::latest_snapshot_version(conn).await?).unwrap_or(0);
+    let version = current.version.max(newest) + 1;
     let now = clock::now_ms();
     let snapshot = compile(&config, version, now)?;
     if cfg!(debug_assertions) {

@@ -1154,3 +1154,48 @@ async fn each_process_role_serves_its_own_routes() {
         Ok("collector,admin".to_string())
     );
 }
+
+/// Two admin processes over one database, each unaware of the other's last change: every
+/// change still gets a version above every stored one, so none is refused and clients see
+/// versions only grow.
+async fn two_admin_processes(o: &TestOrigin) {
+    let other = abx_origin::AppState::start(o.settings.clone())
+        .await
+        .expect("a second admin process")
+        .state;
+    let other_router = abx_origin::app(other.clone());
+    let flag = |key: &str| json!({"key": key, "off_value": false, "default_value": true});
+    o.create("/api/v1/flags", flag("from_first")).await;
+    let first = o.state.published().version;
+    let auth = format!("Bearer {}", o.admin);
+    let created = common::call(
+        &other_router,
+        Method::POST,
+        "/api/v1/flags",
+        Some(flag("from_second").to_string().into_bytes()),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let second = other.published().version;
+    assert!(second > first, "{second} after {first}");
+    o.create("/api/v1/flags", flag("from_first_again")).await;
+    assert!(o.state.published().version > second);
+    // The newest snapshot holds all three flags.
+    let snapshot = o.get("/api/v1/snapshot.json").await.body;
+    let keys: Vec<&str> = snapshot["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .filter_map(|f| f["key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 3, "{snapshot}");
+    other.close_databases().await;
+}
+on_both_backends!(
+    two_admin_processes_publish_growing_versions,
+    two_admin_processes
+);
