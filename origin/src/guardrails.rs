@@ -2,7 +2,8 @@
 //! checks (always-valid one-sided tests, so checking often does not inflate false alarms)
 //! and pauses an experiment whose treatment degrades a guardrail: the pause publishes a
 //! snapshot so edges and browsers stop assigning it, and the audit log and the webhook (via
-//! the outbox) receive the evidence.
+//! the outbox) receive the evidence. With a warehouse, each tick first recomputes the
+//! rollups that results and the checks read (`pipeline::warehouse`).
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use serde_json::json;
 use crate::api::analysis_support::{LifecycleBody, apply, results_of};
 use crate::error::ApiResult;
 use crate::model::experiment::{Action, Status};
-use crate::{AppState, store};
+use crate::{AppState, pipeline, store};
 
 pub const ACTOR: &str = "guardrail-monitor";
 
@@ -20,8 +21,16 @@ pub fn spawn(state: AppState) {
         let mut tick = tokio::time::interval(Duration::from_secs(
             state.settings.guardrail_interval_s.max(1),
         ));
+        // A tick that overran (a long recomputation) is followed by a full interval, not
+        // by the ticks it missed.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if let Some(warehouse) = &state.warehouse
+                && let Err(error) = pipeline::warehouse::refresh(&state, warehouse).await
+            {
+                tracing::warn!(%error, "recomputing the warehouse's rollups failed");
+            }
             match check_all(&state).await {
                 Ok(paused) if !paused.is_empty() => {
                     tracing::warn!(?paused, "guardrail monitor paused experiments")

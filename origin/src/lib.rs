@@ -71,6 +71,9 @@ pub struct Settings {
     /// Load events from the stream into this ClickHouse warehouse, and compute results
     /// there, instead of the SQL event log and pipeline (see `store::clickhouse`).
     pub clickhouse: Option<store::clickhouse::ClickHouseConfig>,
+    /// Raw events in the warehouse are kept this long (in whole months, and for as long as
+    /// an experiment still collecting events needs them); `None` keeps them for ever.
+    pub warehouse_retention_days: Option<i64>,
 }
 
 impl Settings {
@@ -100,6 +103,7 @@ impl Settings {
             guardrail_interval_s: 60,
             jetstream: None,
             clickhouse: None,
+            warehouse_retention_days: None,
         }
     }
 

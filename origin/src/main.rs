@@ -99,7 +99,8 @@ struct ServeArgs {
     /// each (0 reads every unit back from the database).
     #[arg(long, env = "ABX_PIPELINE_CACHE_UNITS", default_value_t = 1_000_000)]
     pipeline_cache_units: usize,
-    /// Seconds between guardrail checks of running experiments.
+    /// Seconds between guardrail checks of running experiments; with a warehouse, also
+    /// between recomputations of the rollups that results read.
     #[arg(long, env = "ABX_GUARDRAIL_INTERVAL", default_value_t = 60)]
     guardrail_interval: u64,
     /// NATS server whose JetStream carries events from collectors to the pipeline
@@ -128,6 +129,10 @@ struct ServeArgs {
     /// ClickHouse database of the warehouse's tables.
     #[arg(long, env = "ABX_CLICKHOUSE_DATABASE", default_value = "abx")]
     clickhouse_database: String,
+    /// Days the warehouse keeps raw events (dropped by whole months, never while an
+    /// experiment that still collects events needs them); default: for ever.
+    #[arg(long, env = "ABX_WAREHOUSE_RETENTION_DAYS")]
+    warehouse_retention_days: Option<i64>,
 }
 
 #[derive(Subcommand)]
@@ -220,6 +225,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         url,
         database: args.clickhouse_database,
     });
+    settings.warehouse_retention_days = args.warehouse_retention_days.map(|days| days.max(1));
 
     let started = AppState::start(settings.clone()).await?;
     if let Some(secret) = &started.new_admin_key {

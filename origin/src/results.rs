@@ -215,6 +215,11 @@ pub struct Results {
     pub recommended_action: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<Vec<DailyPoint>>,
+    /// With a warehouse, results come from rollups that the pipeline recomputes on a
+    /// schedule: when the ones shown were computed (they hold every event loaded by then).
+    /// Absent when the rollups are maintained event by event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollups_computed_at: Option<String>,
 }
 
 /// Per variant: clean exposed units and multiple exposures, up to a day (inclusive).
@@ -648,6 +653,7 @@ pub fn compute(
         planned_sample_fraction: planned_fraction,
         recommended_action,
         series,
+        rollups_computed_at: None,
     }
 }
 

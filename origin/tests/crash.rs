@@ -339,6 +339,9 @@ async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
             &warehouse.url,
             "--clickhouse-database",
             &warehouse.database,
+            // The pipeline recomputes the rollups that the admin's results read every second.
+            "--guardrail-interval",
+            "1",
         ];
         start_with(dir.path(), &args, |_| {})
     };
@@ -424,7 +427,20 @@ async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     wait_drained(&client, &admin).await;
-    let results = results().await;
+    // Results from a computation made after the last event was loaded.
+    let drained_ms = abx_origin::clock::now_ms();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let results = loop {
+        let shown = results().await;
+        if common::rollups_computed_ms(&shown) > Some(drained_ms) {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no computation since the load: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     println!(
         "{retried} of {} requests were cut off by a collector's kill and retried",
         requests.len()

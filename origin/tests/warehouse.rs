@@ -27,6 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
 const DAY_MS: i64 = abx_origin::clock::DAY_MS;
+/// How long the warehouse is unreachable in the outage test (the minute).
+const OUTAGE: Duration = Duration::from_secs(61);
 
 /// An origin whose events go through a stream of its own into a warehouse database of its
 /// own, at `clickhouse_url`.
@@ -171,6 +173,8 @@ async fn results(o: &TestOrigin, id: &str) -> Json {
     let object = body.as_object_mut().expect("object");
     object.remove("experiment_id");
     object.remove("days_running");
+    // Only the warehouse's results say when their rollups were computed.
+    object.remove("rollups_computed_at");
     body
 }
 
@@ -367,6 +371,149 @@ async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
     clean_up(&o.state).await;
 }
 
+#[tokio::test]
+async fn results_read_the_rollups_the_pipeline_computed_last() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some((o, _)) = warehouse_origin(url).await else {
+        return;
+    };
+    let (checkout, banner, key) = experiments(&o).await;
+    let events = scenario(&checkout, &banner);
+    let half = events.len() / 2;
+    let path = format!("/api/v1/experiments/{checkout}/results");
+
+    // Before any computation, results compute (and store) the rollups themselves.
+    send_all(&o, &key, &events[..half], 50).await;
+    common::load_stream(&o.state).await;
+    let first = o.get(&path).await.body;
+    let first_at = common::rollups_computed_ms(&first).expect("computed at");
+    assert!(first["variants"]["control"]["impressions"].as_u64() > Some(0));
+
+    // More events are loaded; until the pipeline's next tick, results show the stored
+    // computation, and say when it was made.
+    send_all(&o, &key, &events[half..], 50).await;
+    common::load_stream(&o.state).await;
+    let stale = o.get(&path).await.body;
+    assert_eq!(common::rollups_computed_ms(&stale), Some(first_at));
+    assert_eq!(stale["variants"], first["variants"]);
+
+    // The tick recomputes both experiments: now they are the SQL pipeline's, exactly.
+    let warehouse = o.state.warehouse.clone().expect("warehouse");
+    let recomputed = abx_origin::pipeline::warehouse::refresh(&o.state, &warehouse)
+        .await
+        .expect("refresh");
+    assert_eq!(recomputed, 2);
+    let fresh = o.get(&path).await.body;
+    assert!(
+        common::rollups_computed_ms(&fresh) > Some(first_at),
+        "{fresh}"
+    );
+    assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+
+    // A completed experiment is still recomputed while late events may arrive. A metric
+    // redefined afterwards makes the stored computation obsolete: results recompute it.
+    for id in [&checkout, &banner] {
+        let done = o
+            .post(&format!("/api/v1/experiments/{id}/complete"), json!({}))
+            .await;
+        assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    }
+    assert_eq!(
+        abx_origin::pipeline::warehouse::refresh(&o.state, &warehouse)
+            .await
+            .expect("refresh"),
+        2
+    );
+    let before = o.get(&path).await.body;
+    let redefined = o
+        .patch(
+            "/api/v1/metrics/rps",
+            json!({"denominator_event_type": "conversion"}),
+        )
+        .await;
+    assert_eq!(redefined.status, StatusCode::OK, "{}", redefined.body);
+    let after = o.get(&path).await.body;
+    assert!(
+        common::rollups_computed_ms(&after) > common::rollups_computed_ms(&before),
+        "{after}"
+    );
+    let rps = |results: &Json| {
+        results["metrics"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["metric"] == "rps").cloned())
+            .expect("rps")
+    };
+    assert_ne!(rps(&after), rps(&before));
+    clean_up(&o.state).await;
+}
+
+#[tokio::test]
+async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_them() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some(stream) = common::nats_or_skip().await.map(common::test_stream) else {
+        return;
+    };
+    let database = format!("abx_t_{}", uuid::Uuid::new_v4().simple());
+    let o = TestOrigin::with(Backend::Sqlite, |s| {
+        s.jetstream = Some(stream);
+        s.clickhouse = Some(ClickHouseConfig { url, database });
+        s.warehouse_retention_days = Some(60);
+    })
+    .await
+    .expect("origin with a warehouse");
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    let id = o.start_experiment(experiment("old", "conversion")).await;
+    let warehouse = o.state.warehouse.clone().expect("warehouse");
+
+    // Events straight into the warehouse (the collector refuses such old timestamps): one
+    // in each of this month and the four months before it.
+    let now = abx_origin::clock::now_ms();
+    let record = |n: i64| abx_origin::events::EventRecord {
+        event_id: format!("e{n}"),
+        received_at_ms: now,
+        ts_ms: now - n * 31 * DAY_MS,
+        kind: abx_origin::events::Kind::Metric {
+            event_type: "conversion".into(),
+        },
+        unit_key: format!("user_id:u{n}"),
+        value: 1.0,
+    };
+    warehouse
+        .insert(&(0..5).map(record).collect::<Vec<_>>())
+        .await
+        .expect("insert");
+    let refresh = || abx_origin::pipeline::warehouse::refresh(&o.state, &warehouse);
+
+    // The running experiment started (as far as the warehouse knows) four months ago: it
+    // needs every month since.
+    let started = now - 4 * 31 * DAY_MS;
+    sqlx::query("UPDATE experiments SET started_at_ms = ? WHERE id = ?")
+        .bind(started)
+        .bind(&id)
+        .execute(&o.state.db.pool)
+        .await
+        .expect("backdate");
+    refresh().await.expect("refresh");
+    assert_eq!(warehouse.event_count().await.expect("count"), 5);
+
+    // Once it has completed and settled, only the last 60 days (whole months) stay.
+    sqlx::query("UPDATE experiments SET status = 'completed', ended_at_ms = ? WHERE id = ?")
+        .bind(now - 2 * abx_origin::pipeline::warehouse::SETTLE_MS)
+        .bind(&id)
+        .execute(&o.state.db.pool)
+        .await
+        .expect("complete");
+    refresh().await.expect("refresh");
+    let kept = warehouse.event_count().await.expect("count");
+    assert!((2..=3).contains(&kept), "{kept} events kept");
+    clean_up(&o.state).await;
+}
+
 /// A TCP proxy in front of ClickHouse that can cut it off: while down it refuses new
 /// connections and has closed every open one.
 struct Proxy {
@@ -425,20 +572,24 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
     };
     let (checkout, banner, key) = experiments(&o).await;
 
-    // ClickHouse goes away: the collector still accepts (the stream holds the events), the
-    // loader's inserts fail and it hands the messages back for later, and results answer
-    // 503 rather than anything partial.
+    // ClickHouse goes away for a minute: the collector still accepts (the stream holds the
+    // events), the loader's inserts keep failing and it hands the messages back for later,
+    // and results answer 503 rather than anything partial.
     proxy.set_up(false);
+    let down_since = std::time::Instant::now();
     send_all(&o, &key, &scenario(&checkout, &banner), 500).await;
     let event_stream = o.state.event_stream.clone().expect("stream");
     let consumer = jetstream::loader_consumer(&event_stream)
         .await
         .expect("consumer");
-    for _ in 0..3 {
-        jetstream::load_once(&o.state, &event_stream, &consumer, Settle::Acknowledge)
+    let mut attempts = 0;
+    while down_since.elapsed() < OUTAGE {
+        attempts += jetstream::load_once(&o.state, &event_stream, &consumer, Settle::Acknowledge)
             .await
             .expect("load");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(attempts >= 3, "the loader tried {attempts} times");
     let reply = o
         .get(&format!("/api/v1/experiments/{checkout}/results"))
         .await;
@@ -456,13 +607,16 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
         "{}",
         status.body
     );
+    // Nothing was set aside: failing writes are not the messages' fault.
+    assert_eq!(event_stream.dead_letters().await.expect("dead letters"), 0);
 
     // Back up: after the back-off every event arrives, once.
     proxy.set_up(true);
     let warehouse = o.state.warehouse.clone().expect("warehouse");
     let mut waited = Duration::ZERO;
+    // The longest back-off between deliveries is a minute.
     while warehouse.event_count().await.expect("count") == 0 {
-        assert!(waited < Duration::from_secs(30), "events never arrived");
+        assert!(waited < Duration::from_secs(90), "events never arrived");
         common::drain(&o.state).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         waited += Duration::from_millis(200);

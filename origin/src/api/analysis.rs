@@ -44,24 +44,23 @@ pub(crate) async fn results_of(
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    let rollups = match &state.warehouse {
+    let (rollups, computed_ms) = match &state.warehouse {
         Some(warehouse) => {
-            warehouse
-                .rollups(&e.id, &pipeline::plan_of(&e, &metrics))
-                .await?
+            let (rollups, computed_ms) =
+                pipeline::warehouse::rollups(warehouse, &e, &metrics).await?;
+            (rollups, Some(computed_ms))
         }
-        None => Rollups {
-            exposures: event_store::exposure_rollups(conn, &e.id).await?,
-            metrics: event_store::metric_rollups(conn, &e.id).await?,
-        },
+        None => (
+            Rollups {
+                exposures: event_store::exposure_rollups(conn, &e.id).await?,
+                metrics: event_store::metric_rollups(conn, &e.id).await?,
+            },
+            None,
+        ),
     };
-    Ok(results::compute(
-        &e,
-        &metrics,
-        &rollups,
-        clock::now_ms(),
-        daily,
-    ))
+    let mut results = results::compute(&e, &metrics, &rollups, clock::now_ms(), daily);
+    results.rollups_computed_at = clock::rfc3339_opt(computed_ms);
+    Ok(results)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -10,6 +10,7 @@
 
 mod batch;
 mod cache;
+pub mod warehouse;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;

@@ -119,14 +119,36 @@ struct ExposureRollupRow {
 struct MetricRollupRow {
     variant: String,
     day: i64,
-    sum_x: f64,
-    sum_x2: f64,
-    sum_y: f64,
-    sum_y2: f64,
-    sum_xy: f64,
-    sum_c: f64,
-    sum_c2: f64,
-    sum_xc: f64,
+    #[serde(flatten)]
+    sums: Sums,
+}
+
+/// What a row of `experiment_rollups` holds: the marker of a computation (with the plan it
+/// followed), one exposure rollup, or one metric rollup.
+const MARKER: u8 = 0;
+const EXPOSURE: u8 = 1;
+const METRIC: u8 = 2;
+
+#[derive(Serialize, Deserialize)]
+struct StoredRollupRow {
+    experiment_id: String,
+    computed_ms: i64,
+    plan: String,
+    kind: u8,
+    variant: String,
+    metric: String,
+    day: i64,
+    units: i64,
+    multiples: i64,
+    #[serde(flatten)]
+    sums: Sums,
+}
+
+/// Rollups computed at `computed_ms` by a given plan (see [`ClickHouse::store_rollups`]).
+pub struct StoredRollups {
+    pub computed_ms: i64,
+    pub plan: String,
+    pub rollups: Rollups,
 }
 
 /// One (A variant, B variant) cell of an interaction: units, Σx, Σx².
@@ -188,6 +210,19 @@ impl ClickHouse {
                 ts_ms Int64, received_ms Int64
             ) ENGINE = ReplacingMergeTree PARTITION BY {PARTITION}
             ORDER BY (experiment_id, variant, ts_ms, event_id)"
+        ))
+        .await?;
+        // One computation's rows go in one insert, which is atomic because the table has
+        // no partitions (one part per insert). A computation replaces its predecessor's rows
+        // key by key; readers keep only the newest computation's (see `stored_rollups`).
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.experiment_rollups (
+                experiment_id String, computed_ms Int64, plan String, kind UInt8,
+                variant String, metric String, day Int64, units Int64, multiples Int64,
+                sum_x Float64, sum_x2 Float64, sum_y Float64, sum_y2 Float64, sum_xy Float64,
+                sum_c Float64, sum_c2 Float64, sum_xc Float64
+            ) ENGINE = ReplacingMergeTree(computed_ms)
+            ORDER BY (experiment_id, kind, variant, metric, day)"
         ))
         .await?;
         self.execute(&format!(
@@ -379,19 +414,10 @@ impl ClickHouse {
             let rows: Vec<MetricRollupRow> = self
                 .rows(&self.metric_query(plan, &exposed, metric))
                 .await?;
-            metrics.extend(rows.into_iter().map(|r| {
-                let sums = Sums {
-                    sum_x: r.sum_x,
-                    sum_x2: r.sum_x2,
-                    sum_y: r.sum_y,
-                    sum_y2: r.sum_y2,
-                    sum_xy: r.sum_xy,
-                    sum_c: r.sum_c,
-                    sum_c2: r.sum_c2,
-                    sum_xc: r.sum_xc,
-                };
-                (r.variant, metric.key.clone(), r.day, sums)
-            }));
+            metrics.extend(
+                rows.into_iter()
+                    .map(|r| (r.variant, metric.key.clone(), r.day, r.sums)),
+            );
         }
         metrics.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
         Ok(Rollups {
@@ -488,6 +514,124 @@ impl ClickHouse {
             unit = Self::unit_expression(plan),
             db = self.database,
         )
+    }
+
+    /// Stores one computation of an experiment's rollups, made by `plan` (a description of
+    /// the plan that readers compare with theirs), in one insert.
+    pub async fn store_rollups(
+        &self,
+        experiment_id: &str,
+        plan: &str,
+        computed_ms: i64,
+        rollups: &Rollups,
+    ) -> Result<(), WarehouseError> {
+        let row =
+            |kind, variant: &str, metric: &str, day, units, multiples, sums| StoredRollupRow {
+                experiment_id: experiment_id.to_string(),
+                computed_ms,
+                plan: if kind == MARKER {
+                    plan.to_string()
+                } else {
+                    String::new()
+                },
+                kind,
+                variant: variant.to_string(),
+                metric: metric.to_string(),
+                day,
+                units,
+                multiples,
+                sums,
+            };
+        let mut rows = vec![row(MARKER, "", "", 0, 0, 0, Sums::default())];
+        for (variant, day, units, multiples) in &rollups.exposures {
+            rows.push(row(
+                EXPOSURE,
+                variant,
+                "",
+                *day,
+                *units,
+                *multiples,
+                Sums::default(),
+            ));
+        }
+        for (variant, metric, day, sums) in &rollups.metrics {
+            rows.push(row(METRIC, variant, metric, *day, 0, 0, *sums));
+        }
+        self.insert_rows("experiment_rollups", &rows).await
+    }
+
+    /// The newest stored computation of an experiment's rollups, if any. Reading with
+    /// `FINAL` gives, per row key, the newest computation that has it; the rows of the
+    /// newest computation overall are then exactly those with its time (a key that an
+    /// older computation had and the newest lacks is left out, and rows of two
+    /// computations stored in the same millisecond collapse into one).
+    pub async fn stored_rollups(
+        &self,
+        experiment_id: &str,
+    ) -> Result<Option<StoredRollups>, WarehouseError> {
+        let rows: Vec<StoredRollupRow> = self
+            .rows(&format!(
+                "SELECT * FROM {}.experiment_rollups FINAL WHERE experiment_id = {}",
+                self.database,
+                literal(experiment_id)
+            ))
+            .await?;
+        let Some(marker) = rows.iter().find(|r| r.kind == MARKER) else {
+            return Ok(None);
+        };
+        let (computed_ms, plan) = (marker.computed_ms, marker.plan.clone());
+        let mut rollups = Rollups {
+            exposures: Vec::new(),
+            metrics: Vec::new(),
+        };
+        for r in rows.into_iter().filter(|r| r.computed_ms == computed_ms) {
+            match r.kind {
+                EXPOSURE => rollups
+                    .exposures
+                    .push((r.variant, r.day, r.units, r.multiples)),
+                METRIC => rollups.metrics.push((r.variant, r.metric, r.day, r.sums)),
+                _ => {}
+            }
+        }
+        Ok(Some(StoredRollups {
+            computed_ms,
+            plan,
+            rollups,
+        }))
+    }
+
+    /// Drops the monthly partitions of raw events before `month` (`YYYYMM`); returns the
+    /// months dropped.
+    pub async fn drop_months_before(&self, month: u32) -> Result<Vec<u32>, WarehouseError> {
+        #[derive(Deserialize)]
+        struct Partition {
+            table: String,
+            partition: String,
+        }
+        let partitions: Vec<Partition> = self
+            .rows(&format!(
+                "SELECT DISTINCT table, partition FROM system.parts
+                 WHERE database = {} AND table IN ('exposures', 'metric_events') AND active",
+                literal(&self.database)
+            ))
+            .await?;
+        let mut dropped = Vec::new();
+        for p in partitions {
+            let Ok(m) = p.partition.trim_matches('\'').parse::<u32>() else {
+                continue;
+            };
+            if m < month {
+                self.execute(&format!(
+                    "ALTER TABLE {}.{} DROP PARTITION {m}",
+                    self.database, p.table
+                ))
+                .await?;
+                dropped.push(m);
+            }
+        }
+        dropped.sort_unstable();
+        dropped.dedup();
+        Ok(dropped)
     }
 
     /// Units exposed (cleanly) to both experiments, by their two variants, with Σx and Σx²

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -540,7 +540,7 @@ pub async fn add_exposure_rollups(
 
 /// Sufficient statistics of one metric for one variant (x: value, y: ratio denominator,
 /// c: pre-exposure covariate), summed over units.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sums {
     pub sum_x: f64,
     pub sum_x2: f64,

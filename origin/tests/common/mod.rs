@@ -332,9 +332,9 @@ impl TestOrigin {
     }
 }
 
-/// Runs the event path dry: the stream's loader (with JetStream, into the event log or the
-/// warehouse), then the SQL pipeline (without a warehouse).
-pub async fn drain(state: &AppState) {
+/// Loads whatever the event stream holds, if there is one, into the event log or the
+/// warehouse.
+pub async fn load_stream(state: &AppState) {
     if let Some(stream) = state.event_stream.clone() {
         let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
         while jetstream::load_once(state, &stream, &consumer, Settle::Acknowledge)
@@ -343,16 +343,31 @@ pub async fn drain(state: &AppState) {
             > 0
         {}
     }
-    if state.warehouse.is_none() {
-        while abx_origin::pipeline::run_once(state)
-            .await
-            .expect("pipeline batch")
-            > 0
-        {}
+}
+
+/// Runs the event path dry: the stream's loader (with JetStream, into the event log or the
+/// warehouse), then the SQL pipeline, or the recomputation of the warehouse's rollups.
+pub async fn drain(state: &AppState) {
+    load_stream(state).await;
+    match &state.warehouse {
+        // As the pipeline's next analysis tick would.
+        Some(warehouse) => {
+            abx_origin::pipeline::warehouse::refresh(state, warehouse)
+                .await
+                .expect("recompute the warehouse's rollups");
+        }
+        None => {
+            while abx_origin::pipeline::run_once(state)
+                .await
+                .expect("pipeline batch")
+                > 0
+            {}
+        }
     }
 }
 
-/// An experiment's rollups, from the warehouse or from the SQL rollup tables.
+/// An experiment's rollups as results read them: the SQL rollup tables, or the newest
+/// computation stored in the warehouse.
 pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
     let mut conn = state.db.pool.acquire().await.expect("connection");
     let Some(warehouse) = &state.warehouse else {
@@ -375,11 +390,17 @@ pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    let plan = abx_origin::pipeline::plan_of(&e, &metrics);
-    warehouse
-        .rollups(experiment_id, &plan)
+    abx_origin::pipeline::warehouse::rollups(warehouse, &e, &metrics)
         .await
         .expect("warehouse rollups")
+        .0
+}
+
+/// When the rollups behind a results body were computed (warehouse only), in ms.
+pub fn rollups_computed_ms(results: &Json) -> Option<i64> {
+    results["rollups_computed_at"]
+        .as_str()
+        .and_then(abx_origin::clock::parse_rfc3339)
 }
 
 /// One in-process request.
