@@ -14,6 +14,7 @@
 //! The SQL stays within what ClickHouse 18.16 (Debian's package) supports: one JOIN per
 //! SELECT with `USING`, no window functions, no CTEs, no `LowCardinality`, no TTL.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -115,13 +116,17 @@ struct ExposureRollupRow {
     multiples: i64,
 }
 
+/// Per variant and day, every metric's sums (`sum_x_0`, `sum_x2_0`, …, `sum_xc_{n-1}`).
 #[derive(Deserialize)]
 struct MetricRollupRow {
     variant: String,
     day: i64,
     #[serde(flatten)]
-    sums: Sums,
+    sums: HashMap<String, f64>,
 }
+
+/// How a unit's value follows from the running totals of its two per-day quantities.
+type Value = fn(&str, &str) -> String;
 
 /// What a row of `experiment_rollups` holds: the marker of a computation (with the plan it
 /// followed), one exposure rollup, or one metric rollup.
@@ -410,14 +415,29 @@ impl ClickHouse {
             ))
             .await?;
         let mut metrics = Vec::new();
-        for metric in &plan.metrics {
-            let rows: Vec<MetricRollupRow> = self
-                .rows(&self.metric_query(plan, &exposed, metric))
-                .await?;
-            metrics.extend(
-                rows.into_iter()
-                    .map(|r| (r.variant, metric.key.clone(), r.day, r.sums)),
-            );
+        if !plan.metrics.is_empty() {
+            let rows: Vec<MetricRollupRow> = self.rows(&self.metrics_query(plan, &exposed)).await?;
+            for r in rows {
+                for (i, metric) in plan.metrics.iter().enumerate() {
+                    let sum =
+                        |name: &str| r.sums.get(&format!("{name}_{i}")).copied().unwrap_or(0.0);
+                    let sums = Sums {
+                        sum_x: sum("sum_x"),
+                        sum_x2: sum("sum_x2"),
+                        sum_y: sum("sum_y"),
+                        sum_y2: sum("sum_y2"),
+                        sum_xy: sum("sum_xy"),
+                        sum_c: sum("sum_c"),
+                        sum_c2: sum("sum_c2"),
+                        sum_xc: sum("sum_xc"),
+                    };
+                    // A day on which this metric's values did not change (the unit-days
+                    // came from other metrics' events) adds nothing.
+                    if sums != Sums::default() {
+                        metrics.push((r.variant.clone(), metric.key.clone(), r.day, sums));
+                    }
+                }
+            }
         }
         metrics.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
         Ok(Rollups {
@@ -429,27 +449,100 @@ impl ClickHouse {
         })
     }
 
-    /// One metric's sums by variant and day. Per unit and day it adds up the day's events
-    /// (events before the exposure day count on the exposure day); per unit it sorts those
-    /// by day into running totals (`a1s`, and `a0s` up to the day before), which give the
-    /// unit's value x (y, c) as of each day's end and as of its previous day; each day then
-    /// contributes the change of x, x², …, so that the sums up to any day are those of the
-    /// units' values as of that day. (Lambdas here capture nothing but their parameters:
-    /// 18.16 loses captured columns of a subquery under ARRAY JOIN.)
-    fn metric_query(&self, plan: &ExperimentPlan, exposed: &str, metric: &MetricPlan) -> String {
+    /// Every metric's sums by variant and day, in one pass over the metric events and one
+    /// join to the exposed units. Per unit and day it adds up the day's events of each
+    /// metric (events before the exposure day count on the exposure day); per unit it sorts
+    /// those by day into running totals (`a1s`, and `a0s` up to the day before), which give
+    /// the unit's value x (y, c) as of each day's end and as of its previous day; each day
+    /// then contributes the change of x, x², …, so that the sums up to any day are those of
+    /// the units' values as of that day. Columns are suffixed with the metric's index in
+    /// the plan. (Lambdas here capture nothing but their parameters: 18.16 loses captured
+    /// columns of a subquery under ARRAY JOIN.)
+    fn metrics_query(&self, plan: &ExperimentPlan, exposed: &str) -> String {
+        let mut per_day = Vec::new();
+        let mut elements = Vec::new();
+        let mut running = Vec::new();
+        let mut joined = vec!["days AS day".to_string()];
+        let mut values = Vec::new();
+        let mut sums = Vec::new();
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            let (a, b, x, y, c) = Self::quantities(metric);
+            per_day.push(format!("toFloat64({a}) AS a{i}, toFloat64({b}) AS b{i}"));
+            // Element 1 of the sorted tuples is the day.
+            let (ka, kb) = (2 * i + 2, 2 * i + 3);
+            elements.push(format!("a{i}, b{i}"));
+            running.push(format!(
+                "arrayCumSum(arrayMap(t -> t.{ka}, sorted)) AS a{i}1s,
+                 arrayPopBack(arrayPushFront(a{i}1s, 0.)) AS a{i}0s,
+                 arrayCumSum(arrayMap(t -> t.{kb}, sorted)) AS b{i}1s,
+                 arrayPopBack(arrayPushFront(b{i}1s, 0.)) AS b{i}0s"
+            ));
+            joined.push(format!(
+                "a{i}1s AS a{i}1, a{i}0s AS a{i}0, b{i}1s AS b{i}1, b{i}0s AS b{i}0"
+            ));
+            let at = |end: &str, value: Value| value(&format!("a{i}{end}"), &format!("b{i}{end}"));
+            values.push(format!(
+                "{} AS x{i}1, {} AS x{i}0, {} AS y{i}1, {} AS y{i}0, {} AS c{i}1, {} AS c{i}0",
+                at("1", x),
+                at("0", x),
+                at("1", y),
+                at("0", y),
+                at("1", c),
+                at("0", c),
+            ));
+            sums.push(format!(
+                "sum(x{i}1 - x{i}0) AS sum_x_{i}, sum(x{i}1 * x{i}1 - x{i}0 * x{i}0) AS sum_x2_{i},
+                 sum(y{i}1 - y{i}0) AS sum_y_{i}, sum(y{i}1 * y{i}1 - y{i}0 * y{i}0) AS sum_y2_{i},
+                 sum(x{i}1 * y{i}1 - x{i}0 * y{i}0) AS sum_xy_{i},
+                 sum(c{i}1 - c{i}0) AS sum_c_{i}, sum(c{i}1 * c{i}1 - c{i}0 * c{i}0) AS sum_c2_{i},
+                 sum(x{i}1 * c{i}1 - x{i}0 * c{i}0) AS sum_xc_{i}"
+            ));
+        }
+        let event_types =
+            literal_list(plan.metrics.iter().flat_map(|m| {
+                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
+            }));
+        format!(
+            "SELECT variant, day, {sums}
+             FROM (
+               SELECT variant, day, {values}
+               FROM (
+                 SELECT variant, arraySort(groupArray((day, {elements}))) AS sorted,
+                        arrayMap(t -> t.1, sorted) AS days, {running}
+                 FROM (
+                   SELECT ukey, any(arm) AS variant,
+                          greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
+                          {per_day}
+                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms FROM {db}.metric_events FINAL
+                         WHERE event_type IN ({event_types}))
+                   ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+                   GROUP BY ukey, day
+                 ) GROUP BY ukey, variant
+               ) ARRAY JOIN {joined}
+             ) GROUP BY variant, day ORDER BY day, variant",
+            sums = sums.join(",\n"),
+            values = values.join(",\n"),
+            elements = elements.join(", "),
+            running = running.join(",\n"),
+            per_day = per_day.join(",\n"),
+            joined = joined.join(", "),
+            unit = Self::unit_expression(plan),
+            db = self.database,
+        )
+    }
+
+    /// A metric's two per-day quantities (a, b), and how the unit's x, y and c follow from
+    /// their running totals.
+    fn quantities(metric: &MetricPlan) -> (String, String, Value, Value, Value) {
         let t = literal(&metric.event_type);
         let post = "ts_ms >= first_ms";
         let pre = "ts_ms < first_ms";
-        let denominator = metric.denominator.as_deref().map(literal);
-        // (a, b): the two per-day quantities the metric's value is made of; x, y and c are
-        // the unit's values from their running totals.
-        type Value = fn(&str, &str) -> String;
         let convert: Value = |a, _| format!("if({a} > 0, 1.0, 0.0)");
         let covariate_converted: Value = |_, b| format!("if({b} > 0, 1.0, 0.0)");
         let first: Value = |a, _| a.to_string();
         let second: Value = |_, b| b.to_string();
         let zero: Value = |_, _| "0.0".to_string();
-        let (a, b, x, y, c) = match metric.kind {
+        match metric.kind {
             MetricKind::Conversion => (
                 format!("countIf(event_type = {t} AND {post})"),
                 format!("countIf(event_type = {t} AND {pre})"),
@@ -466,7 +559,7 @@ impl ClickHouse {
             ),
             MetricKind::Ratio => (
                 format!("sumIf(value, event_type = {t} AND {post})"),
-                match &denominator {
+                match metric.denominator.as_deref().map(literal) {
                     Some(d) => format!("sumIf(value, event_type = {d} AND {post})"),
                     None => "0".into(),
                 },
@@ -474,46 +567,7 @@ impl ClickHouse {
                 second,
                 zero,
             ),
-        };
-        let event_types = literal_list(
-            std::iter::once(metric.event_type.as_str()).chain(metric.denominator.as_deref()),
-        );
-        format!(
-            "SELECT variant, day,
-                    sum(x1 - x0) AS sum_x, sum(x1 * x1 - x0 * x0) AS sum_x2,
-                    sum(y1 - y0) AS sum_y, sum(y1 * y1 - y0 * y0) AS sum_y2,
-                    sum(x1 * y1 - x0 * y0) AS sum_xy,
-                    sum(c1 - c0) AS sum_c, sum(c1 * c1 - c0 * c0) AS sum_c2,
-                    sum(x1 * c1 - x0 * c0) AS sum_xc
-             FROM (
-               SELECT variant, day, {x1} AS x1, {x0} AS x0, {y1} AS y1, {y0} AS y0, {c1} AS c1, {c0} AS c0
-               FROM (
-                 SELECT variant, arraySort(groupArray((day, a, b))) AS sorted,
-                        arrayMap(t -> t.1, sorted) AS days,
-                        arrayCumSum(arrayMap(t -> t.2, sorted)) AS a1s,
-                        arrayPopBack(arrayPushFront(a1s, 0.)) AS a0s,
-                        arrayCumSum(arrayMap(t -> t.3, sorted)) AS b1s,
-                        arrayPopBack(arrayPushFront(b1s, 0.)) AS b0s
-                 FROM (
-                   SELECT ukey, any(arm) AS variant,
-                          greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
-                          toFloat64({a}) AS a, toFloat64({b}) AS b
-                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms FROM {db}.metric_events FINAL
-                         WHERE event_type IN ({event_types}))
-                   ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
-                   GROUP BY ukey, day
-                 ) GROUP BY ukey, variant
-               ) ARRAY JOIN days AS day, a1s AS a1, a0s AS a0, b1s AS b1, b0s AS b0
-             ) GROUP BY variant, day ORDER BY day, variant",
-            x1 = x("a1", "b1"),
-            x0 = x("a0", "b0"),
-            y1 = y("a1", "b1"),
-            y0 = y("a0", "b0"),
-            c1 = c("a1", "b1"),
-            c0 = c("a0", "b0"),
-            unit = Self::unit_expression(plan),
-            db = self.database,
-        )
+        }
     }
 
     /// Stores one computation of an experiment's rollups, made by `plan` (a description of
