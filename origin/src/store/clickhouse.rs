@@ -1,7 +1,8 @@
 //! The columnar warehouse (ClickHouse, over its HTTP interface), for deployments whose event
 //! volume no SQL database can take. The JetStream loader inserts events here in large
-//! batches; results read sufficient statistics with SQL computed per unit, then per variant,
-//! instead of rollups maintained event by event.
+//! batches; the pipeline computes the rollups with SQL, per unit, then per variant, instead
+//! of maintaining them event by event, and stores each computation in `experiment_rollups`
+//! for results to read (`pipeline::warehouse`).
 //!
 //! Events are kept in two `ReplacingMergeTree` tables: exposures ordered by (experiment,
 //! variant, time) as in the seed, and metric events ordered by (event type, unit, time).
