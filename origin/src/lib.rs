@@ -63,6 +63,9 @@ pub struct Settings {
     pub pipeline_batch: i64,
     /// Units whose state the pipeline keeps in memory between batches (0: none).
     pub pipeline_cache_units: usize,
+    /// Newly logged events kept in memory for the pipeline of the same process (0: none;
+    /// see `events::tail`).
+    pub pipeline_tail_events: usize,
     /// Seconds between guardrail checks.
     pub guardrail_interval_s: u64,
     /// Publish events to this JetStream stream instead of writing the event log directly
@@ -100,6 +103,7 @@ impl Settings {
             roles: Roles::ALL,
             pipeline_batch: 50_000,
             pipeline_cache_units: 1_000_000,
+            pipeline_tail_events: 200_000,
             guardrail_interval_s: 60,
             jetstream: None,
             clickhouse: None,
@@ -211,6 +215,8 @@ pub struct Shared {
     pub public_key: [u8; 32],
     pub telemetry: Arc<telemetry::Telemetry>,
     pub writer: events::writer::Writer,
+    /// What the writer committed last, for the pipeline (see `events::tail`).
+    pub(crate) log_tail: Arc<events::tail::LogTail>,
     /// The JetStream event log, when events go through one.
     pub event_stream: Option<Arc<events::jetstream::EventStream>>,
     /// The ClickHouse warehouse, when events are analysed there.
@@ -267,8 +273,20 @@ impl AppState {
         let signing_seed = signing_seed(&settings)?;
         let (changes, _) = broadcast::channel(64);
         let telemetry = Arc::new(telemetry::Telemetry::default());
-        let writer = events::writer::Writer::spawn(log.clone(), telemetry.clone());
         let roles = settings.roles;
+        // Only a process that both writes the SQLite log and rolls it up has a tail to keep.
+        let tail_events = if roles.collector
+            && roles.pipeline
+            && settings.jetstream.is_none()
+            && log.backend == Backend::Sqlite
+        {
+            settings.pipeline_tail_events
+        } else {
+            0
+        };
+        let log_tail = Arc::new(events::tail::LogTail::new(tail_events));
+        let writer =
+            events::writer::Writer::spawn(log.clone(), telemetry.clone(), log_tail.clone());
         // Collectors only publish to the stream: they never talk to the warehouse.
         let warehouse = match &settings.clickhouse {
             Some(config) if roles.pipeline || roles.admin => Some(Arc::new(
@@ -302,6 +320,7 @@ impl AppState {
         let state = AppState(Arc::new(Shared {
             telemetry,
             writer,
+            log_tail,
             event_stream,
             warehouse,
             unit_cache: tokio::sync::Mutex::new(pipeline::UnitCache::new(

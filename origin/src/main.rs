@@ -99,6 +99,10 @@ struct ServeArgs {
     /// each (0 reads every unit back from the database).
     #[arg(long, env = "ABX_PIPELINE_CACHE_UNITS", default_value_t = 1_000_000)]
     pipeline_cache_units: usize,
+    /// Newly logged events this process keeps in memory for its own pipeline, about 250
+    /// bytes each, so that it need not read them back from the log (0: always read the log).
+    #[arg(long, env = "ABX_PIPELINE_TAIL_EVENTS", default_value_t = 200_000)]
+    pipeline_tail_events: usize,
     /// Seconds between guardrail checks of running experiments; with a warehouse, also
     /// between recomputations of the rollups that results read.
     #[arg(long, env = "ABX_GUARDRAIL_INTERVAL", default_value_t = 60)]
@@ -212,6 +216,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     settings.pipeline_batch = args.pipeline_batch;
     settings.pipeline_cache_units = args.pipeline_cache_units;
+    settings.pipeline_tail_events = args.pipeline_tail_events;
     settings.guardrail_interval_s = args.guardrail_interval;
     settings.jetstream = args.nats_url.map(|url| {
         let mut config = JetStreamConfig::new(url);

@@ -283,6 +283,25 @@ on_both_backends!(
     }
 );
 
+// The pipeline takes new events from the log's tail in memory when it holds them. With a
+// tail smaller than the backlog it reads the log first and then hands over to the tail
+// mid-stream; with none it reads every batch from the log (as PostgreSQL always does).
+backend_tests!(
+    attribution_handing_over_from_the_log_to_a_small_tail,
+    attribution,
+    |s: &mut abx_origin::Settings| {
+        s.pipeline_batch = 50;
+        s.pipeline_tail_events = 70;
+    },
+    sqlite => Sqlite
+);
+backend_tests!(
+    attribution_reading_every_batch_from_the_log,
+    attribution,
+    |s: &mut abx_origin::Settings| s.pipeline_tail_events = 0,
+    sqlite => Sqlite
+);
+
 /// Two pipelines over one database take turns, one batch of 10 events each (each round is
 /// logged just before its turn): each must notice that the other moved the cursor and not
 /// trust the unit state it remembers from its own last batch.

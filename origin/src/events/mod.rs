@@ -2,6 +2,7 @@
 //! group-commit writer, which acknowledges only once they are durable.
 
 pub mod jetstream;
+pub mod tail;
 pub mod writer;
 
 use std::io::Read as _;

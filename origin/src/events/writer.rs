@@ -1,14 +1,15 @@
 //! The group-commit writer. Requests hand their validated events to one task, which writes
 //! everything waiting in a single transaction and answers each request only after the
-//! commit: durability at the cost of one fsync per group rather than per request.
+//! commit: durability at the cost of one fsync per group rather than per request. A
+//! committed group then goes to the log's tail in memory, for this process's pipeline.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::EventRecord;
+use super::tail::LogTail;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::store;
@@ -33,9 +34,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(db: Db, telemetry: Arc<Telemetry>) -> Writer {
+    pub fn spawn(db: Db, telemetry: Arc<Telemetry>, tail: Arc<LogTail>) -> Writer {
         let (jobs, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, telemetry, receiver));
+        tokio::spawn(run(db, telemetry, tail, receiver));
         Writer { jobs }
     }
 
@@ -55,7 +56,12 @@ impl Writer {
     }
 }
 
-async fn run(db: Db, telemetry: Arc<Telemetry>, mut receiver: mpsc::Receiver<Job>) {
+async fn run(
+    db: Db,
+    telemetry: Arc<Telemetry>,
+    tail: Arc<LogTail>,
+    mut receiver: mpsc::Receiver<Job>,
+) {
     while let Some(first) = receiver.recv().await {
         let mut size = first.events.len();
         let mut jobs = vec![first];
@@ -70,18 +76,21 @@ async fn run(db: Db, telemetry: Arc<Telemetry>, mut receiver: mpsc::Receiver<Job
         }
         let written = write(&db, &jobs).await;
         match written {
-            Ok((inserted, head)) => {
-                telemetry.log_head.fetch_max(head, Ordering::Relaxed);
-                // Attribute each inserted id to its first occurrence; later copies in the
-                // same group are duplicates.
-                let mut unclaimed: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+            Ok(appended) => {
+                telemetry
+                    .log_head
+                    .fetch_max(appended.head, Ordering::Relaxed);
+                let mut flags = appended.new.into_iter();
+                let mut committed = Vec::new();
                 for job in jobs {
-                    let flags: Vec<bool> = job
-                        .events
-                        .iter()
-                        .map(|e| unclaimed.remove(e.event_id.as_str()))
-                        .collect();
-                    let _ = job.reply.send(Ok(flags));
+                    let new: Vec<bool> = flags.by_ref().take(job.events.len()).collect();
+                    let _ = job.reply.send(Ok(new));
+                    if appended.first_seq.is_some() && tail.is_enabled() {
+                        committed.extend(job.events);
+                    }
+                }
+                if let Some(first_seq) = appended.first_seq {
+                    tail.push(first_seq, committed);
                 }
             }
             Err(error) => {
@@ -103,12 +112,12 @@ async fn run(db: Db, telemetry: Arc<Telemetry>, mut receiver: mpsc::Receiver<Job
     }
 }
 
-/// One transaction for the whole group. Returns the inserted ids and the highest sequence.
-async fn write(db: &Db, jobs: &[Job]) -> Result<(Vec<String>, i64), sqlx::Error> {
+/// One transaction for the whole group.
+async fn write(db: &Db, jobs: &[Job]) -> Result<store::events::Appended, sqlx::Error> {
     let events: Vec<&EventRecord> = jobs.iter().flat_map(|j| j.events.iter()).collect();
     let started = std::time::Instant::now();
     let mut tx = db.begin_write().await?;
-    let (inserted, head) = store::events::insert_events(&mut tx, &events).await?;
+    let appended = store::events::insert_events(&mut tx, &events).await?;
     let written = started.elapsed();
     tx.commit().await?;
     tracing::debug!(
@@ -117,5 +126,5 @@ async fn write(db: &Db, jobs: &[Job]) -> Result<(Vec<String>, i64), sqlx::Error>
         commit_ms = (started.elapsed() - written).as_millis() as u64,
         "event group logged"
     );
-    Ok((inserted, head))
+    Ok(appended)
 }

@@ -10,7 +10,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use sqlx::AnyConnection;
 
 use super::cache::UnitCache;
-use super::{ExperimentPlan, day};
+use super::{ExperimentPlan, Plans, day};
 use crate::events::Kind;
 use crate::model::catalog::MetricKind;
 use crate::store::events::{self as event_store, Exposure, Logged, Sums, Totals};
@@ -51,9 +51,9 @@ impl UnitState {
     }
 }
 
-pub(super) struct Batch<'p> {
-    plans: &'p std::collections::HashMap<String, ExperimentPlan>,
-    switchback: Vec<(&'p str, u32)>,
+pub(super) struct Batch {
+    plans: Plans,
+    switchback: Vec<(String, u32)>,
     units: HashMap<String, UnitState>,
     /// Base unit key → its logged metric events (for late exposures), in log order.
     history: HashMap<String, Vec<Logged>>,
@@ -107,7 +107,7 @@ pub(super) fn contribution(a: (f64, f64, f64), b: (f64, f64, f64)) -> Sums {
     }
 }
 
-impl<'p> Batch<'p> {
+impl Batch {
     /// Loads the state of every unit (and switchback cell) the events touch: from `previous`
     /// (the batch before this one, which may still be writing) where it has them, else from
     /// the cache, else from the database (`conn`); and the earlier metric events of newly
@@ -116,15 +116,15 @@ impl<'p> Batch<'p> {
     pub(super) async fn load(
         conn: &mut AnyConnection,
         log: &mut AnyConnection,
-        plans: &'p std::collections::HashMap<String, ExperimentPlan>,
+        plans: &Plans,
         cache: &mut UnitCache,
-        previous: Option<&Batch<'_>>,
+        previous: Option<&Batch>,
         retried: &[Logged],
         fresh: &[Logged],
-    ) -> Result<Batch<'p>, sqlx::Error> {
-        let switchback: Vec<(&str, u32)> = plans
+    ) -> Result<Batch, sqlx::Error> {
+        let switchback: Vec<(String, u32)> = plans
             .iter()
-            .filter_map(|(id, p)| p.switchback_period_s.map(|s| (id.as_str(), s)))
+            .filter_map(|(id, p)| p.switchback_period_s.map(|s| (id.clone(), s)))
             .collect();
         let mut keys: HashSet<String> = HashSet::default();
         let mut exposed_units: HashSet<String> = HashSet::default();
@@ -186,7 +186,7 @@ impl<'p> Batch<'p> {
             history.entry(e.unit_key.clone()).or_default().push(e);
         }
         Ok(Batch {
-            plans,
+            plans: plans.clone(),
             switchback,
             units,
             history,
@@ -305,7 +305,7 @@ impl<'p> Batch<'p> {
         variant: &str,
         horizon: i64,
     ) -> Result<(), String> {
-        let plans = self.plans;
+        let plans = self.plans.clone();
         let plan = plans
             .get(experiment)
             .ok_or_else(|| format!("unknown or archived experiment {experiment}"))?;
@@ -415,7 +415,7 @@ impl<'p> Batch<'p> {
     }
 
     fn metric(&mut self, event: &Logged, event_type: &str) {
-        let plans = self.plans;
+        let plans = self.plans.clone();
         let mut targets: Vec<(String, String)> = Vec::new();
         if let Some(unit) = self.units.get(&event.unit_key) {
             for experiment in unit.exposures.keys() {
@@ -432,9 +432,9 @@ impl<'p> Batch<'p> {
             if self
                 .units
                 .get(&key)
-                .is_some_and(|u| u.exposures.contains_key(*experiment))
+                .is_some_and(|u| u.exposures.contains_key(experiment))
             {
-                targets.push((key, experiment.to_string()));
+                targets.push((key, experiment.clone()));
             }
         }
         for (key, experiment) in targets {

@@ -171,12 +171,15 @@ async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
 /// stale those can get under sustained load.
 const CHAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// The plans of every experiment, by id, as one run of the pipeline loaded them.
+type Plans = std::sync::Arc<HashMap<String, ExperimentPlan>>;
+
 /// One batch, read and applied in memory, waiting to be written.
-struct Applied<'p> {
+struct Applied {
     /// The cursor before and after the batch.
     position: i64,
     new_position: i64,
-    batch: Batch<'p>,
+    batch: Batch,
     handled: usize,
     /// Whether the log had a full batch of new events, so likely more.
     full: bool,
@@ -200,7 +203,8 @@ struct Read {
 }
 
 impl Read {
-    /// Reads up to a batch of new events after `position`.
+    /// Reads up to a batch of new events after `position`: from the log's tail in memory
+    /// when it holds them, else from the log.
     async fn fresh(
         state: &AppState,
         log: &mut AnyConnection,
@@ -209,7 +213,10 @@ impl Read {
     ) -> Result<Read, sqlx::Error> {
         let started = std::time::Instant::now();
         let limit = state.settings.pipeline_batch.max(1);
-        let fresh = event_store::read_after(log, position, limit).await?;
+        let fresh = match state.log_tail.take_after(position, limit as usize) {
+            Some(events) => events,
+            None => event_store::read_after(log, position, limit).await?,
+        };
         Ok(Read {
             position,
             retried,
@@ -224,15 +231,15 @@ impl Read {
     }
 }
 
-impl<'p> Applied<'p> {
+impl Applied {
     /// Loads the batch's unit state (see `Batch::load`) and applies its events in log order.
     async fn prepare(
         (conn, log): (&mut AnyConnection, &mut AnyConnection),
-        plans: &'p HashMap<String, ExperimentPlan>,
+        plans: &Plans,
         cache: &mut UnitCache,
-        previous: Option<&Batch<'_>>,
+        previous: Option<&Batch>,
         read: Read,
-    ) -> Result<Applied<'p>, sqlx::Error> {
+    ) -> Result<Applied, sqlx::Error> {
         let started = std::time::Instant::now();
         let Read {
             position,
@@ -318,12 +325,13 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     // Held throughout: runs of one process never overlap.
     let mut cache = state.unit_cache.lock().await;
     let mut conn = state.db.pool.acquire().await?;
-    let plans = load_plans(&mut conn).await?;
+    let plans: Plans = std::sync::Arc::new(load_plans(&mut conn).await?);
     rebuild_changed(state, &mut conn, &plans).await?;
     let position = event_store::cursor(&mut conn, CURSOR).await?;
     cache.validate(position);
     let retries = event_store::due_retries(&mut conn, clock::now_ms(), RETRY_BATCH).await?;
-    let attempts: HashMap<i64, i64> = retries.iter().copied().collect();
+    let attempts: std::sync::Arc<HashMap<i64, i64>> =
+        std::sync::Arc::new(retries.iter().copied().collect());
     let mut log = state.log.pool.acquire().await?;
     let retried = event_store::read_seqs(
         &mut log,
@@ -344,50 +352,63 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     loop {
         let write_started = std::time::Instant::now();
         let chain = current.full && started.elapsed() < CHAIN_LIMIT;
-        let write = current.commit(state, &attempts);
+        // The write runs on a task of its own, so that it goes on while this task reads,
+        // loads and applies the next batch (CPU work with few await points that would
+        // otherwise hold the write's next statement back).
+        let writing = std::sync::Arc::new(current);
+        let write = tokio::spawn({
+            let (state, attempts, writing) = (state.clone(), attempts.clone(), writing.clone());
+            async move { writing.commit(&state, &attempts).await }
+        });
         let next = async {
             if !chain {
                 return Ok(None);
             }
-            let read = Read::fresh(state, &mut log, current.new_position, Vec::new()).await?;
+            let read = Read::fresh(state, &mut log, writing.new_position, Vec::new()).await?;
             if read.is_empty() {
                 return Ok(None);
             }
-            let previous = Some(&current.batch);
+            let previous = Some(&writing.batch);
             Applied::prepare((&mut conn, &mut log), &plans, &mut cache, previous, read)
                 .await
                 .map(Some)
         };
         let (written, next) = tokio::join!(write, next);
+        let written =
+            written.map_err(|e| anyhow::anyhow!("the pipeline's write task failed: {e}"))?;
+        // The write task has ended, so this is the only reference left.
+        let Ok(done) = std::sync::Arc::try_unwrap(writing) else {
+            anyhow::bail!("the pipeline's written batch is still shared");
+        };
         let Some(dead) = written? else {
             tracing::warn!(
-                position = current.position,
+                position = done.position,
                 "the pipeline cursor moved underneath this batch; another pipeline is running"
             );
             cache.clear();
             return Ok(handled);
         };
         tracing::debug!(
-            events = current.handled,
-            read_ms = current.read.as_millis() as u64,
-            load_ms = current.load.as_millis() as u64,
-            apply_ms = current.apply.as_millis() as u64,
+            events = done.handled,
+            read_ms = done.read.as_millis() as u64,
+            load_ms = done.load.as_millis() as u64,
+            apply_ms = done.apply.as_millis() as u64,
             write_ms = write_started.elapsed().as_millis() as u64,
             "pipeline batch"
         );
-        handled += current.handled;
-        crate::telemetry::Telemetry::add(&state.telemetry.events_processed, current.handled);
+        handled += done.handled;
+        crate::telemetry::Telemetry::add(&state.telemetry.events_processed, done.handled);
         crate::telemetry::Telemetry::add(&state.telemetry.events_dead_lettered, dead);
         state
             .telemetry
             .pipeline_position
-            .store(current.new_position, Ordering::Relaxed);
+            .store(done.new_position, Ordering::Relaxed);
         state
             .telemetry
             .log_head
-            .fetch_max(current.new_position, Ordering::Relaxed);
-        let new_position = current.new_position;
-        cache.put_committed(current.batch.into_units(), new_position);
+            .fetch_max(done.new_position, Ordering::Relaxed);
+        let new_position = done.new_position;
+        cache.put_committed(done.batch.into_units(), new_position);
         match next? {
             Some(applied) => current = applied,
             None => return Ok(handled),

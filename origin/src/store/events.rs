@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::placeholders;
+use super::{MultiRow, placeholders};
 use crate::clock;
 use crate::events::{EventRecord, Kind};
 
@@ -17,8 +17,19 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// Keys per lookup (`IN` list): one parameter each.
 const KEYS_PER_QUERY: usize = 5_000;
 
-/// Appends events, skipping ids already logged. Returns the ids actually inserted and the
-/// highest sequence number in the log afterwards.
+/// What appending a group of events did.
+pub struct Appended {
+    /// For each event, whether it was new: false for an id logged before, and for the later
+    /// copies of an id repeated within the group.
+    pub new: Vec<bool>,
+    /// The highest sequence number in the log afterwards.
+    pub head: i64,
+    /// When every event was new and they got consecutive sequence numbers in order, the
+    /// first of them (see `events::tail`).
+    pub first_seq: Option<i64>,
+}
+
+/// Appends events, skipping ids already logged.
 ///
 /// Duplicates are rare (client retries), so rather than streaming every inserted id back
 /// with `RETURNING`, each statement's affected-row count is checked and only a chunk that
@@ -26,18 +37,11 @@ const KEYS_PER_QUERY: usize = 5_000;
 pub async fn insert_events(
     conn: &mut AnyConnection,
     events: &[&EventRecord],
-) -> Result<(Vec<String>, i64), sqlx::Error> {
+) -> Result<Appended, sqlx::Error> {
     let head_before = max_seq(conn).await?;
-    let mut inserted = Vec::with_capacity(events.len());
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(conn, 9, i * 9)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO events (event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value)
-             VALUES {} ON CONFLICT (event_id) DO NOTHING",
-            rows.join(", ")
-        );
+    let mut new = Vec::with_capacity(events.len());
+    for chunk in events.chunks(INSERT_EVENTS.rows) {
+        let sql = INSERT_EVENTS.sql(conn, chunk.len());
         let mut query = sqlx::query(&sql);
         for e in chunk {
             let (kind, experiment_id, variant, event_type) = match &e.kind {
@@ -65,10 +69,11 @@ pub async fn insert_events(
         }
         let affected = query.execute(&mut *conn).await?.rows_affected() as usize;
         if affected == chunk.len() {
-            inserted.extend(chunk.iter().map(|e| e.event_id.clone()));
+            new.resize(new.len() + chunk.len(), true);
             continue;
         }
-        // Some were duplicates: the new ones are those logged by this transaction.
+        // Some were duplicates: the new ones are those logged by this transaction, each
+        // claimed by its first copy.
         let sql = format!(
             "SELECT event_id FROM events WHERE event_id IN ({}) AND seq > {}",
             placeholders(conn, chunk.len(), 0),
@@ -78,17 +83,41 @@ pub async fn insert_events(
         for e in chunk {
             query = query.bind(e.event_id.as_str());
         }
+        let mut unclaimed = HashSet::new();
         for row in query.bind(head_before).fetch_all(&mut *conn).await? {
-            inserted.push(row.try_get("event_id")?);
+            unclaimed.insert(row.try_get::<String, _>("event_id")?);
         }
+        // An id that an earlier chunk of this group logged was claimed there.
+        for (earlier, was_new) in events.iter().zip(&new) {
+            if *was_new {
+                unclaimed.remove(&earlier.event_id);
+            }
+        }
+        new.extend(chunk.iter().map(|e| unclaimed.remove(&e.event_id)));
     }
-    let head = if inserted.is_empty() {
+    let inserted = new.iter().filter(|n| **n).count() as i64;
+    let head = if inserted == 0 {
         head_before
     } else {
         max_seq(conn).await?
     };
-    Ok((inserted, head))
+    // One writer holds the log while this runs, so the new rows took the numbers after
+    // `head_before` in order, unless the sequence had moved past the highest row (events
+    // pruned at the end of the log), which the difference shows.
+    let contiguous = inserted == events.len() as i64 && head - head_before == inserted;
+    Ok(Appended {
+        new,
+        head,
+        first_seq: (contiguous && inserted > 0).then_some(head_before + 1),
+    })
 }
+
+static INSERT_EVENTS: MultiRow = MultiRow::new(
+    "INSERT INTO events (event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value) VALUES ",
+    9,
+    ROWS_PER_STATEMENT,
+    " ON CONFLICT (event_id) DO NOTHING",
+);
 
 /// An event read back from the log.
 #[derive(Clone, Debug, PartialEq)]
@@ -391,20 +420,19 @@ pub async fn exposures_of(
     Ok(out)
 }
 
+static UPSERT_EXPOSURES: MultiRow = MultiRow::new(
+    "INSERT INTO exposures (unit_key, experiment_id, variant, first_exposure_ms, multiple) VALUES ",
+    5,
+    ROWS_PER_STATEMENT,
+    " ON CONFLICT (unit_key, experiment_id) DO UPDATE SET variant = excluded.variant, first_exposure_ms = excluded.first_exposure_ms, multiple = excluded.multiple",
+);
+
 pub async fn upsert_exposures(
     conn: &mut AnyConnection,
     rows: &[(&str, &str, &Exposure)],
 ) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(conn, 5, i * 5)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO exposures (unit_key, experiment_id, variant, first_exposure_ms, multiple) VALUES {}
-             ON CONFLICT (unit_key, experiment_id) DO UPDATE SET variant = excluded.variant,
-                 first_exposure_ms = excluded.first_exposure_ms, multiple = excluded.multiple",
-            values.join(", ")
-        );
+    for chunk in rows.chunks(UPSERT_EXPOSURES.rows) {
+        let sql = UPSERT_EXPOSURES.sql(conn, chunk.len());
         let mut query = sqlx::query(&sql);
         for (unit, experiment, e) in chunk {
             query = query
@@ -474,20 +502,19 @@ fn totals(row: &AnyRow) -> Result<Totals, sqlx::Error> {
     })
 }
 
+static UPSERT_UNIT_TOTALS: MultiRow = MultiRow::new(
+    "INSERT INTO unit_metrics (unit_key, experiment_id, event_type, post_sum, post_count, pre_sum, pre_count) VALUES ",
+    7,
+    ROWS_PER_STATEMENT,
+    " ON CONFLICT (unit_key, experiment_id, event_type) DO UPDATE SET post_sum = excluded.post_sum, post_count = excluded.post_count, pre_sum = excluded.pre_sum, pre_count = excluded.pre_count",
+);
+
 pub async fn upsert_unit_totals(
     conn: &mut AnyConnection,
     rows: &[(&str, &str, &str, Totals)],
 ) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(conn, 7, i * 7)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO unit_metrics (unit_key, experiment_id, event_type, post_sum, post_count, pre_sum, pre_count) VALUES {}
-             ON CONFLICT (unit_key, experiment_id, event_type) DO UPDATE SET post_sum = excluded.post_sum,
-                 post_count = excluded.post_count, pre_sum = excluded.pre_sum, pre_count = excluded.pre_count",
-            values.join(", ")
-        );
+    for chunk in rows.chunks(UPSERT_UNIT_TOTALS.rows) {
+        let sql = UPSERT_UNIT_TOTALS.sql(conn, chunk.len());
         let mut query = sqlx::query(&sql);
         for (unit, experiment, event_type, t) in chunk {
             query = query
@@ -509,21 +536,20 @@ pub type ExposureDelta<'a> = ((&'a str, &'a str, i64), (i64, i64));
 /// A change to the metric rollup: (experiment id, variant, metric, day) → sums.
 pub type MetricDelta<'a> = ((&'a str, &'a str, &'a str, i64), Sums);
 
+static ADD_EXPOSURE_ROLLUPS: MultiRow = MultiRow::new(
+    "INSERT INTO exposure_rollups (experiment_id, variant, day, units, multiple) VALUES ",
+    5,
+    ROWS_PER_STATEMENT,
+    " ON CONFLICT (experiment_id, variant, day) DO UPDATE SET units = exposure_rollups.units + excluded.units, multiple = exposure_rollups.multiple + excluded.multiple",
+);
+
 /// Additive changes to the exposure rollup.
 pub async fn add_exposure_rollups(
     conn: &mut AnyConnection,
     deltas: &[ExposureDelta<'_>],
 ) -> Result<(), sqlx::Error> {
-    for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(conn, 5, i * 5)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO exposure_rollups (experiment_id, variant, day, units, multiple) VALUES {}
-             ON CONFLICT (experiment_id, variant, day) DO UPDATE SET units = exposure_rollups.units + excluded.units,
-                 multiple = exposure_rollups.multiple + excluded.multiple",
-            values.join(", ")
-        );
+    for chunk in deltas.chunks(ADD_EXPOSURE_ROLLUPS.rows) {
+        let sql = ADD_EXPOSURE_ROLLUPS.sql(conn, chunk.len());
         let mut query = sqlx::query(&sql);
         for ((experiment, variant, day), (units, multiple)) in chunk {
             query = query
@@ -565,23 +591,19 @@ impl Sums {
     }
 }
 
+static ADD_METRIC_ROLLUPS: MultiRow = MultiRow::new(
+    "INSERT INTO metric_rollups (experiment_id, variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc) VALUES ",
+    12,
+    ROWS_PER_STATEMENT / 2,
+    " ON CONFLICT (experiment_id, variant, metric, day) DO UPDATE SET sum_x = metric_rollups.sum_x + excluded.sum_x, sum_x2 = metric_rollups.sum_x2 + excluded.sum_x2, sum_y = metric_rollups.sum_y + excluded.sum_y, sum_y2 = metric_rollups.sum_y2 + excluded.sum_y2, sum_xy = metric_rollups.sum_xy + excluded.sum_xy, sum_c = metric_rollups.sum_c + excluded.sum_c, sum_c2 = metric_rollups.sum_c2 + excluded.sum_c2, sum_xc = metric_rollups.sum_xc + excluded.sum_xc",
+);
+
 pub async fn add_metric_rollups(
     conn: &mut AnyConnection,
     deltas: &[MetricDelta<'_>],
 ) -> Result<(), sqlx::Error> {
-    for chunk in deltas.chunks(ROWS_PER_STATEMENT / 2) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(conn, 12, i * 12)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO metric_rollups (experiment_id, variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc)
-             VALUES {} ON CONFLICT (experiment_id, variant, metric, day) DO UPDATE SET
-                 sum_x = metric_rollups.sum_x + excluded.sum_x, sum_x2 = metric_rollups.sum_x2 + excluded.sum_x2,
-                 sum_y = metric_rollups.sum_y + excluded.sum_y, sum_y2 = metric_rollups.sum_y2 + excluded.sum_y2,
-                 sum_xy = metric_rollups.sum_xy + excluded.sum_xy, sum_c = metric_rollups.sum_c + excluded.sum_c,
-                 sum_c2 = metric_rollups.sum_c2 + excluded.sum_c2, sum_xc = metric_rollups.sum_xc + excluded.sum_xc",
-            values.join(", ")
-        );
+    for chunk in deltas.chunks(ADD_METRIC_ROLLUPS.rows) {
+        let sql = ADD_METRIC_ROLLUPS.sql(conn, chunk.len());
         let mut query = sqlx::query(&sql);
         for ((experiment, variant, metric, day), s) in chunk {
             query = query
