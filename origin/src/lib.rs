@@ -101,7 +101,7 @@ impl Settings {
             event_retention_days: 7,
             max_pipeline_lag: 2_000_000,
             roles: Roles::ALL,
-            pipeline_batch: 50_000,
+            pipeline_batch: 20_000,
             pipeline_cache_units: 1_000_000,
             pipeline_tail_events: 200_000,
             guardrail_interval_s: 60,

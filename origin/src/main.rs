@@ -93,7 +93,7 @@ struct ServeArgs {
     #[arg(long, env = "ABX_NO_PIPELINE", value_parser = clap::builder::BoolishValueParser::new())]
     no_pipeline: bool,
     /// Events the pipeline consumes per transaction.
-    #[arg(long, env = "ABX_PIPELINE_BATCH", default_value_t = 50_000)]
+    #[arg(long, env = "ABX_PIPELINE_BATCH", default_value_t = 20_000)]
     pipeline_batch: i64,
     /// Units whose state the pipeline keeps in memory between batches, about 250 bytes
     /// each (0 reads every unit back from the database).
