@@ -3,6 +3,8 @@
 //! unit's metric value moves from (x, y, c) to (x', y', c'), the variant's sums move by
 //! x' − x, x'² − x², and so on, so totals stay exact however events interleave.
 
+use std::sync::Arc;
+
 // Fx hashing: these maps live for one batch and hash millions of short keys; SipHash's
 // flooding resistance buys nothing here and costs a measurable share of the batch.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -18,47 +20,165 @@ use crate::store::events::{self as event_store, Exposure, Logged, Sums, Totals};
 /// A unit's metric values per metric of a plan: (x, y, c).
 type Values = Vec<(f64, f64, f64)>;
 
-#[derive(Default)]
+/// A unit's attribution state: per experiment it was exposed in, its exposure and its
+/// totals per event type, each with whether it changed in this batch.
+///
+/// Small vectors rather than maps: a unit is in a handful of experiments and sends a
+/// handful of event types, and the same state moves between batches and the cache as is,
+/// so the names are shared (`Arc<str>`) instead of copied for every unit and batch.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct UnitState {
-    /// Experiment id → exposure, and whether it changed in this batch.
-    pub(super) exposures: HashMap<String, (Exposure, bool)>,
-    /// Experiment id → event type → totals, and whether they changed.
-    pub(super) totals: HashMap<String, HashMap<String, (Totals, bool)>>,
+    experiments: Vec<ExperimentState>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct ExperimentState {
+    experiment: Arc<str>,
+    /// None only while loading, for totals read before their exposure.
+    exposure: Option<(Exposure, bool)>,
+    totals: Vec<(Arc<str>, Totals, bool)>,
+}
+
+/// Pushes without the spare capacity of amortised growth: these vectors are tiny and a
+/// million of them live in the cache.
+fn push_exact<T>(items: &mut Vec<T>, item: T) {
+    items.reserve_exact(1);
+    items.push(item);
 }
 
 impl UnitState {
+    fn experiment(&self, experiment: &str) -> Option<&ExperimentState> {
+        self.experiments
+            .iter()
+            .find(|e| &*e.experiment == experiment)
+    }
+
+    fn experiment_mut(&mut self, experiment: &Arc<str>) -> &mut ExperimentState {
+        let index = match self
+            .experiments
+            .iter()
+            .position(|e| e.experiment == *experiment)
+        {
+            Some(index) => index,
+            None => {
+                push_exact(
+                    &mut self.experiments,
+                    ExperimentState {
+                        experiment: experiment.clone(),
+                        exposure: None,
+                        totals: Vec::new(),
+                    },
+                );
+                self.experiments.len() - 1
+            }
+        };
+        &mut self.experiments[index]
+    }
+
+    pub(super) fn exposure(&self, experiment: &str) -> Option<&Exposure> {
+        self.experiment(experiment)?
+            .exposure
+            .as_ref()
+            .map(|(e, _)| e)
+    }
+
+    pub(super) fn set_exposure(&mut self, experiment: &Arc<str>, exposure: Exposure) {
+        self.experiment_mut(experiment).exposure = Some((exposure, true));
+    }
+
+    pub(super) fn totals(&self, experiment: &str, event_type: &str) -> Totals {
+        self.experiment(experiment)
+            .and_then(|e| e.totals.iter().find(|(t, _, _)| &**t == event_type))
+            .map(|(_, totals, _)| *totals)
+            .unwrap_or_default()
+    }
+
+    /// The totals of an event type, created empty if missing, marked changed.
+    pub(super) fn totals_mut(
+        &mut self,
+        experiment: &Arc<str>,
+        event_type: &Arc<str>,
+    ) -> &mut Totals {
+        let state = self.experiment_mut(experiment);
+        let index = match state.totals.iter().position(|(t, _, _)| t == event_type) {
+            Some(index) => index,
+            None => {
+                push_exact(
+                    &mut state.totals,
+                    (event_type.clone(), Totals::default(), false),
+                );
+                state.totals.len() - 1
+            }
+        };
+        let (_, totals, changed) = &mut state.totals[index];
+        *changed = true;
+        totals
+    }
+
+    /// Marks nothing changed: the state as committed.
+    pub(super) fn settle(&mut self) {
+        for e in &mut self.experiments {
+            if let Some((_, changed)) = &mut e.exposure {
+                *changed = false;
+            }
+            for (_, _, changed) in &mut e.totals {
+                *changed = false;
+            }
+        }
+    }
+
     /// The same state with nothing marked changed: what a batch starts from when the unit's
     /// state comes from the batch before it, which writes those changes itself.
     fn unchanged_copy(&self) -> UnitState {
-        UnitState {
-            exposures: self
-                .exposures
-                .iter()
-                .map(|(experiment, (exposure, _))| (experiment.clone(), (exposure.clone(), false)))
-                .collect(),
-            totals: self
-                .totals
-                .iter()
-                .map(|(experiment, by_type)| {
-                    let by_type = by_type
-                        .iter()
-                        .map(|(event_type, (t, _))| (event_type.clone(), (*t, false)))
-                        .collect();
-                    (experiment.clone(), by_type)
-                })
-                .collect(),
-        }
+        let mut copy = self.clone();
+        copy.settle();
+        copy
     }
 }
 
+/// Experiment ids, variants and event types: one allocation per distinct name, shared by
+/// every unit state that uses it.
+#[derive(Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    /// Seeded with the experiments and variants of the plans, so exposures share the plans'.
+    fn of(plans: &Plans) -> Names {
+        let mut names = Names::default();
+        for (id, plan) in plans.iter() {
+            names.0.insert(id.clone());
+            for variant in &plan.variants {
+                names.get(variant);
+            }
+        }
+        names
+    }
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
+/// A change to the exposure rollup, by experiment, variant and day.
+type ExposureKey = (Arc<str>, Arc<str>, i64);
+/// A change to the metric rollup, by experiment, variant, metric (its index in the plan)
+/// and day.
+type MetricKey = (Arc<str>, Arc<str>, usize, i64);
+
 pub(super) struct Batch {
     plans: Plans,
-    switchback: Vec<(String, u32)>,
+    switchback: Vec<(Arc<str>, u32)>,
+    names: Names,
     units: HashMap<String, UnitState>,
     /// Base unit key → its logged metric events (for late exposures), in log order.
     history: HashMap<String, Vec<Logged>>,
-    exposure_deltas: HashMap<(String, String, i64), (i64, i64)>,
-    metric_deltas: HashMap<(String, String, String, i64), Sums>,
+    exposure_deltas: HashMap<ExposureKey, (i64, i64)>,
+    metric_deltas: HashMap<MetricKey, Sums>,
 }
 
 /// The analysis unit of a switchback experiment: the unit within one period.
@@ -122,23 +242,26 @@ impl Batch {
         retried: &[Logged],
         fresh: &[Logged],
     ) -> Result<Batch, sqlx::Error> {
-        let switchback: Vec<(String, u32)> = plans
+        let switchback: Vec<(Arc<str>, u32)> = plans
             .iter()
             .filter_map(|(id, p)| p.switchback_period_s.map(|s| (id.clone(), s)))
             .collect();
-        let mut keys: HashSet<String> = HashSet::default();
-        let mut exposed_units: HashSet<String> = HashSet::default();
+        let mut names = Names::of(plans);
+        let mut unit_keys: HashSet<&str> = HashSet::default();
+        let mut cells: HashSet<String> = HashSet::default();
+        let mut exposed_units: HashSet<&str> = HashSet::default();
         let mut max_seq = 0;
         for e in retried.iter().chain(fresh) {
             max_seq = max_seq.max(e.seq);
-            keys.insert(e.unit_key.clone());
+            unit_keys.insert(&e.unit_key);
             for (_, period) in &switchback {
-                keys.insert(cell(&e.unit_key, e.ts_ms, *period));
+                cells.insert(cell(&e.unit_key, e.ts_ms, *period));
             }
             if matches!(e.kind, Kind::Exposure { .. }) {
-                exposed_units.insert(e.unit_key.clone());
+                exposed_units.insert(&e.unit_key);
             }
         }
+        let keys = unit_keys.into_iter().map(str::to_string).chain(cells);
         let mut units: HashMap<String, UnitState> = HashMap::default();
         let mut missing = Vec::new();
         for key in keys {
@@ -155,24 +278,29 @@ impl Batch {
         }
         let mut loaded: HashMap<String, UnitState> = HashMap::default();
         for (unit, experiment, exposure) in event_store::exposures_of(conn, &missing).await? {
+            let exposure = Exposure {
+                variant: names.get(&exposure.variant),
+                ..exposure
+            };
             loaded
                 .entry(unit)
                 .or_default()
-                .exposures
-                .insert(experiment, (exposure, false));
+                .experiment_mut(&names.get(&experiment))
+                .exposure = Some((exposure, false));
         }
         // Totals exist only for exposed units, so only those are looked up.
         let exposed: Vec<String> = loaded.keys().cloned().collect();
         for (unit, experiment, event_type, totals) in
             event_store::unit_totals_of(conn, &exposed).await?
         {
-            loaded
-                .entry(unit)
-                .or_default()
-                .totals
-                .entry(experiment)
-                .or_default()
-                .insert(event_type, (totals, false));
+            push_exact(
+                &mut loaded
+                    .entry(unit)
+                    .or_default()
+                    .experiment_mut(&names.get(&experiment))
+                    .totals,
+                (names.get(&event_type), totals, false),
+            );
         }
         // Units with no stored state are kept as empty entries too, so that the cache
         // remembers them as such.
@@ -181,13 +309,14 @@ impl Batch {
             units.insert(key, state);
         }
         let mut history: HashMap<String, Vec<Logged>> = HashMap::default();
-        let exposed_units: Vec<String> = exposed_units.into_iter().collect();
+        let exposed_units: Vec<String> = exposed_units.into_iter().map(str::to_string).collect();
         for e in event_store::metric_events_of(log, &exposed_units, max_seq).await? {
             history.entry(e.unit_key.clone()).or_default().push(e);
         }
         Ok(Batch {
             plans: plans.clone(),
             switchback,
+            names,
             units,
             history,
             exposure_deltas: HashMap::default(),
@@ -212,44 +341,40 @@ impl Batch {
     }
 
     fn values(&self, plan: &ExperimentPlan, key: &str, experiment: &str) -> Values {
-        let totals = self.units.get(key).and_then(|u| u.totals.get(experiment));
+        let unit = self.units.get(key);
         metric_values(plan, |event_type| {
-            totals
-                .and_then(|t| t.get(event_type))
-                .map(|(t, _)| *t)
+            unit.map(|u| u.totals(experiment, event_type))
                 .unwrap_or_default()
         })
     }
 
+    /// Adds the change of a unit's values, per metric of the plan, to the variant's sums.
     fn contribute(
         &mut self,
-        plan: &ExperimentPlan,
-        experiment: &str,
-        variant: &str,
-        day: i64,
+        (experiment, variant, day): (&Arc<str>, &Arc<str>, i64),
         before: &Values,
         after: &Values,
     ) {
-        for (metric, (a, b)) in plan.metrics.iter().zip(before.iter().zip(after)) {
+        for (metric, (a, b)) in before.iter().zip(after).enumerate() {
             if a == b {
                 continue;
             }
             self.metric_deltas
-                .entry((
-                    experiment.to_string(),
-                    variant.to_string(),
-                    metric.key.clone(),
-                    day,
-                ))
+                .entry((experiment.clone(), variant.clone(), metric, day))
                 .or_default()
                 .add(&contribution(*a, *b));
         }
     }
 
-    fn count_unit(&mut self, experiment: &str, variant: &str, day: i64, units: i64, multiple: i64) {
+    fn count_unit(
+        &mut self,
+        (experiment, variant, day): (&Arc<str>, &Arc<str>, i64),
+        units: i64,
+        multiple: i64,
+    ) {
         let entry = self
             .exposure_deltas
-            .entry((experiment.to_string(), variant.to_string(), day))
+            .entry((experiment.clone(), variant.clone(), day))
             .or_default();
         entry.0 += units;
         entry.1 += multiple;
@@ -258,15 +383,18 @@ impl Batch {
     fn add_totals(
         &mut self,
         key: &str,
-        experiment: &str,
+        experiment: &Arc<str>,
         event_type: &str,
         post: bool,
         value: f64,
         count: i64,
     ) {
-        let unit = self.units.entry(key.to_string()).or_default();
-        let by_type = unit.totals.entry(experiment.to_string()).or_default();
-        let (t, dirty) = by_type.entry(event_type.to_string()).or_default();
+        let event_type = self.names.get(event_type);
+        let unit = match self.units.get_mut(key) {
+            Some(unit) => unit,
+            None => self.units.entry(key.to_string()).or_default(),
+        };
+        let t = unit.totals_mut(experiment, &event_type);
         if post {
             t.post_sum += value;
             t.post_count += count;
@@ -274,7 +402,6 @@ impl Batch {
             t.pre_sum += value;
             t.pre_count += count;
         }
-        *dirty = true;
     }
 
     /// Metric events of the unit already applied, within the cell for switchback plans.
@@ -306,14 +433,15 @@ impl Batch {
         horizon: i64,
     ) -> Result<(), String> {
         let plans = self.plans.clone();
-        let plan = plans
-            .get(experiment)
+        let (experiment, plan) = plans
+            .get_key_value(experiment)
             .ok_or_else(|| format!("unknown or archived experiment {experiment}"))?;
         if !plan.variants.iter().any(|v| v == variant) {
             return Err(format!(
                 "experiment {experiment} has no variant `{variant}`"
             ));
         }
+        let variant = self.names.get(variant);
         let attribute = event.unit_key.split_once(':').map_or("", |(a, _)| a);
         if attribute != plan.unit_attribute {
             return Err(format!(
@@ -328,20 +456,21 @@ impl Batch {
         let current = self
             .units
             .get(&key)
-            .and_then(|u| u.exposures.get(experiment))
-            .map(|(e, _)| e.clone());
+            .and_then(|u| u.exposure(experiment))
+            .cloned();
+        let day_of = day(event.ts_ms);
         match current {
             None => {
                 self.set_exposure(
                     &key,
                     experiment,
                     Exposure {
-                        variant: variant.to_string(),
+                        variant: variant.clone(),
                         first_exposure_ms: event.ts_ms,
                         multiple: false,
                     },
                 );
-                self.count_unit(experiment, variant, day(event.ts_ms), 1, 0);
+                self.count_unit((experiment, &variant, day_of), 1, 0);
                 // Metric events that arrived before this exposure.
                 for (ts, event_type, value) in
                     self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
@@ -350,23 +479,20 @@ impl Batch {
                 }
                 let zero = vec![(0.0, 0.0, 0.0); plan.metrics.len()];
                 let after = self.values(plan, &key, experiment);
-                self.contribute(plan, experiment, variant, day(event.ts_ms), &zero, &after);
+                self.contribute((experiment, &variant, day_of), &zero, &after);
             }
             Some(existing) if existing.multiple => {}
             Some(existing) if existing.variant != variant => {
                 // Seen in two variants: out of the analysis from now on.
                 let before = self.values(plan, &key, experiment);
                 let zero = vec![(0.0, 0.0, 0.0); plan.metrics.len()];
-                let first_day = day(existing.first_exposure_ms);
-                self.contribute(
-                    plan,
+                let first = (
                     experiment,
                     &existing.variant,
-                    first_day,
-                    &before,
-                    &zero,
+                    day(existing.first_exposure_ms),
                 );
-                self.count_unit(experiment, &existing.variant, first_day, -1, 1);
+                self.contribute(first, &before, &zero);
+                self.count_unit(first, -1, 1);
                 self.set_exposure(
                     &key,
                     experiment,
@@ -388,8 +514,9 @@ impl Batch {
                         self.add_totals(&key, experiment, &event_type, true, value, 1);
                     }
                 }
-                self.count_unit(experiment, variant, day(existing.first_exposure_ms), -1, 0);
-                self.count_unit(experiment, variant, day(event.ts_ms), 1, 0);
+                let first_day = day(existing.first_exposure_ms);
+                self.count_unit((experiment, &variant, first_day), -1, 0);
+                self.count_unit((experiment, &variant, day_of), 1, 0);
                 self.set_exposure(
                     &key,
                     experiment,
@@ -399,31 +526,34 @@ impl Batch {
                     },
                 );
                 let after = self.values(plan, &key, experiment);
-                self.contribute(plan, experiment, variant, day(event.ts_ms), &before, &after);
+                self.contribute((experiment, &variant, day_of), &before, &after);
             }
             Some(_) => {}
         }
         Ok(())
     }
 
-    fn set_exposure(&mut self, key: &str, experiment: &str, exposure: Exposure) {
-        self.units
-            .entry(key.to_string())
-            .or_default()
-            .exposures
-            .insert(experiment.to_string(), (exposure, true));
+    fn set_exposure(&mut self, key: &str, experiment: &Arc<str>, exposure: Exposure) {
+        let unit = match self.units.get_mut(key) {
+            Some(unit) => unit,
+            None => self.units.entry(key.to_string()).or_default(),
+        };
+        unit.set_exposure(experiment, exposure);
     }
 
     fn metric(&mut self, event: &Logged, event_type: &str) {
         let plans = self.plans.clone();
-        let mut targets: Vec<(String, String)> = Vec::new();
+        // The experiments the event counts in: those the unit was exposed in, or its cell
+        // (the key, when not the unit's) for switchback experiments.
+        let mut targets: Vec<(Option<String>, Arc<str>)> = Vec::new();
         if let Some(unit) = self.units.get(&event.unit_key) {
-            for experiment in unit.exposures.keys() {
-                if plans
-                    .get(experiment)
-                    .is_some_and(|p| p.switchback_period_s.is_none())
+            for e in &unit.experiments {
+                if e.exposure.is_some()
+                    && plans
+                        .get(&*e.experiment)
+                        .is_some_and(|p| p.switchback_period_s.is_none())
                 {
-                    targets.push((event.unit_key.clone(), experiment.clone()));
+                    targets.push((None, e.experiment.clone()));
                 }
             }
         }
@@ -432,26 +562,27 @@ impl Batch {
             if self
                 .units
                 .get(&key)
-                .is_some_and(|u| u.exposures.contains_key(experiment))
+                .is_some_and(|u| u.exposure(experiment).is_some())
             {
-                targets.push((key, experiment.clone()));
+                targets.push((Some(key), experiment.clone()));
             }
         }
-        for (key, experiment) in targets {
+        for (cell_key, experiment) in targets {
+            let key = cell_key.as_deref().unwrap_or(&event.unit_key);
             let Some(plan) = plans.get(&experiment) else {
                 continue;
             };
             let Some(exposure) = self
                 .units
-                .get(&key)
-                .and_then(|u| u.exposures.get(&experiment))
-                .map(|(e, _)| e.clone())
+                .get(key)
+                .and_then(|u| u.exposure(&experiment))
+                .cloned()
             else {
                 continue;
             };
-            let before = self.values(plan, &key, &experiment);
+            let before = self.values(plan, key, &experiment);
             self.add_totals(
-                &key,
+                key,
                 &experiment,
                 event_type,
                 event.ts_ms >= exposure.first_exposure_ms,
@@ -459,15 +590,9 @@ impl Batch {
                 1,
             );
             if !exposure.multiple {
-                let after = self.values(plan, &key, &experiment);
-                self.contribute(
-                    plan,
-                    &experiment,
-                    &exposure.variant,
-                    day(event.ts_ms),
-                    &before,
-                    &after,
-                );
+                let after = self.values(plan, key, &experiment);
+                let at = (&experiment, &exposure.variant, day(event.ts_ms));
+                self.contribute(at, &before, &after);
             }
         }
     }
@@ -482,15 +607,13 @@ impl Batch {
         let mut exposures = Vec::new();
         let mut totals = Vec::new();
         for (key, unit) in &self.units {
-            for (experiment, (exposure, dirty)) in &unit.exposures {
-                if *dirty {
-                    exposures.push((key.as_str(), experiment.as_str(), exposure));
+            for e in &unit.experiments {
+                if let Some((exposure, true)) = &e.exposure {
+                    exposures.push((key.as_str(), &*e.experiment, exposure));
                 }
-            }
-            for (experiment, by_type) in &unit.totals {
-                for (event_type, (t, dirty)) in by_type {
-                    if *dirty {
-                        totals.push((key.as_str(), experiment.as_str(), event_type.as_str(), *t));
+                for (event_type, t, changed) in &e.totals {
+                    if *changed {
+                        totals.push((key.as_str(), &*e.experiment, &**event_type, *t));
                     }
                 }
             }
@@ -506,13 +629,17 @@ impl Batch {
         let exposure_deltas: Vec<event_store::ExposureDelta<'_>> = self
             .exposure_deltas
             .iter()
-            .map(|((e, v, d), delta)| ((e.as_str(), v.as_str(), *d), *delta))
+            .map(|((e, v, d), delta)| ((&**e, &**v, *d), *delta))
             .collect();
         event_store::add_exposure_rollups(conn, &exposure_deltas).await?;
+        // Every key was made with a metric of its experiment's plan, so the lookups hold.
         let metric_deltas: Vec<event_store::MetricDelta<'_>> = self
             .metric_deltas
             .iter()
-            .map(|((e, v, m, d), s)| ((e.as_str(), v.as_str(), m.as_str(), *d), *s))
+            .filter_map(|((e, v, m, d), s)| {
+                let metric = &self.plans.get(e)?.metrics.get(*m)?.key;
+                Some(((&**e, &**v, metric.as_str(), *d), *s))
+            })
             .collect();
         event_store::add_metric_rollups(conn, &metric_deltas).await
     }

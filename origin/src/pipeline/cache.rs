@@ -15,30 +15,17 @@
 //! Memory is bounded by two generations: entries go into the young map; when it holds half
 //! the capacity it becomes the old map and the previous old map is dropped. Units used in
 //! the last half-capacity of insertions survive, which approximates least-recently-used at
-//! the cost of one map swap. Entries store interned names and boxed slices (about 250 bytes
-//! per unit) rather than the batch's hash maps (about 1 KB).
+//! the cost of one map swap. Entries are the batch's own unit states, moved in and out as
+//! they are (exact-size vectors and shared names, about 250 bytes per unit).
 
-use std::sync::Arc;
-
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::batch::UnitState;
-use crate::store::events::{Exposure, Totals};
-
-/// A unit's totals for one experiment (first) and event type (second).
-type CachedTotals = (Arc<str>, Arc<str>, Totals);
-
-struct CachedUnit {
-    exposures: Box<[(Arc<str>, Exposure)]>,
-    totals: Box<[CachedTotals]>,
-}
 
 pub struct UnitCache {
     capacity: usize,
-    young: HashMap<Box<str>, CachedUnit>,
-    old: HashMap<Box<str>, CachedUnit>,
-    /// Experiment ids and event types, shared by every entry.
-    names: HashSet<Arc<str>>,
+    young: HashMap<Box<str>, UnitState>,
+    old: HashMap<Box<str>, UnitState>,
     /// The cursor position after the last batch this cache saw committed.
     position: Option<i64>,
 }
@@ -50,7 +37,6 @@ impl UnitCache {
             capacity,
             young: HashMap::default(),
             old: HashMap::default(),
-            names: HashSet::default(),
             position: None,
         }
     }
@@ -70,28 +56,16 @@ impl UnitCache {
     pub fn clear(&mut self) {
         self.young = HashMap::default();
         self.old = HashMap::default();
-        self.names.clear();
         self.position = None;
     }
 
     /// Removes and returns a unit's state, if cached.
     pub(super) fn take(&mut self, key: &str) -> Option<UnitState> {
-        let (young, old) = (self.young.remove(key), self.old.remove(key));
-        let cached = young.or(old)?;
-        let mut state = UnitState::default();
-        for (experiment, exposure) in cached.exposures.into_vec() {
-            state
-                .exposures
-                .insert(experiment.to_string(), (exposure, false));
-        }
-        for (experiment, event_type, totals) in cached.totals.into_vec() {
-            state
-                .totals
-                .entry(experiment.to_string())
-                .or_default()
-                .insert(event_type.to_string(), (totals, false));
-        }
-        Some(state)
+        // Both generations: a unit put back after the swap may still have a stale copy in
+        // the old one, which must not outlive it.
+        let young = self.young.remove(key);
+        let old = self.old.remove(key);
+        young.or(old)
     }
 
     /// Stores the units of a batch that committed with the cursor at `position`.
@@ -99,43 +73,14 @@ impl UnitCache {
         if self.capacity == 0 {
             return;
         }
-        for (key, state) in units {
-            let exposures = state
-                .exposures
-                .into_iter()
-                .map(|(experiment, (exposure, _))| (self.intern(&experiment), exposure))
-                .collect();
-            let mut totals = Vec::new();
-            for (experiment, by_type) in state.totals {
-                let experiment = self.intern(&experiment);
-                for (event_type, (t, _)) in by_type {
-                    totals.push((experiment.clone(), self.intern(&event_type), t));
-                }
-            }
+        for (key, mut state) in units {
+            state.settle();
             if self.young.len() >= self.capacity.div_ceil(2) {
                 self.old = std::mem::take(&mut self.young);
-                // Event types are client-chosen strings: forget names with the generation
-                // that used them, so the table stays bounded too.
-                self.names.clear();
             }
-            self.young.insert(
-                key.into_boxed_str(),
-                CachedUnit {
-                    exposures,
-                    totals: totals.into_boxed_slice(),
-                },
-            );
+            self.young.insert(key.into_boxed_str(), state);
         }
         self.position = Some(position);
-    }
-
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.names.get(name) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = Arc::from(name);
-        self.names.insert(shared.clone());
-        shared
     }
 }
 
@@ -143,29 +88,24 @@ impl UnitCache {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+
+    use crate::store::events::Exposure;
+
     fn unit(variant: &str, post_count: i64) -> UnitState {
         let mut state = UnitState::default();
-        state.exposures.insert(
-            "exp".into(),
-            (
-                Exposure {
-                    variant: variant.into(),
-                    first_exposure_ms: 5,
-                    multiple: false,
-                },
-                true,
-            ),
+        let experiment: Arc<str> = "exp".into();
+        state.set_exposure(
+            &experiment,
+            Exposure {
+                variant: variant.into(),
+                first_exposure_ms: 5,
+                multiple: false,
+            },
         );
-        state.totals.entry("exp".into()).or_default().insert(
-            "conversion".into(),
-            (
-                Totals {
-                    post_count,
-                    ..Totals::default()
-                },
-                true,
-            ),
-        );
+        state
+            .totals_mut(&experiment, &"conversion".into())
+            .post_count = post_count;
         state
     }
 
@@ -175,19 +115,15 @@ mod tests {
         let units = HashMap::from_iter([("u1".to_string(), unit("treatment", 3))]);
         cache.put_committed(units, 7);
         let state = cache.take("u1").expect("cached");
+        let mut committed = unit("treatment", 3);
+        assert_ne!(state, committed, "the batch's copy is marked changed");
+        committed.settle();
+        assert_eq!(state, committed);
         assert_eq!(
-            state.exposures["exp"],
-            (
-                Exposure {
-                    variant: "treatment".into(),
-                    first_exposure_ms: 5,
-                    multiple: false
-                },
-                false
-            )
+            state.exposure("exp").map(|e| &*e.variant),
+            Some("treatment")
         );
-        assert_eq!(state.totals["exp"]["conversion"].0.post_count, 3);
-        assert!(!state.totals["exp"]["conversion"].1);
+        assert_eq!(state.totals("exp", "conversion").post_count, 3);
         // Taking removes: a batch that fails never leaves its units behind.
         assert!(cache.take("u1").is_none());
     }

@@ -171,8 +171,9 @@ async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
 /// stale those can get under sustained load.
 const CHAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// The plans of every experiment, by id, as one run of the pipeline loaded them.
-type Plans = std::sync::Arc<HashMap<String, ExperimentPlan>>;
+/// The plans of every experiment, by id, as one run of the pipeline loaded them. The ids
+/// are shared with the unit states that batches build from them.
+type Plans = std::sync::Arc<rustc_hash::FxHashMap<std::sync::Arc<str>, ExperimentPlan>>;
 
 /// One batch, read and applied in memory, waiting to be written.
 struct Applied {
@@ -325,8 +326,14 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
     // Held throughout: runs of one process never overlap.
     let mut cache = state.unit_cache.lock().await;
     let mut conn = state.db.pool.acquire().await?;
-    let plans: Plans = std::sync::Arc::new(load_plans(&mut conn).await?);
+    let plans = load_plans(&mut conn).await?;
     rebuild_changed(state, &mut conn, &plans).await?;
+    let plans: Plans = std::sync::Arc::new(
+        plans
+            .into_iter()
+            .map(|(id, plan)| (id.into(), plan))
+            .collect(),
+    );
     let position = event_store::cursor(&mut conn, CURSOR).await?;
     cache.validate(position);
     let retries = event_store::due_retries(&mut conn, clock::now_ms(), RETRY_BATCH).await?;
@@ -455,7 +462,7 @@ pub async fn rebuild(
         for (metric, (x, y, c)) in plan.metrics.iter().zip(values) {
             let entry = sums
                 .entry((
-                    exposure.variant.clone(),
+                    exposure.variant.to_string(),
                     metric.key.clone(),
                     day(exposure.first_exposure_ms),
                 ))

@@ -380,7 +380,8 @@ pub async fn set_cursor(
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exposure {
-    pub variant: String,
+    /// Shared: the pipeline keeps a million of these, mostly of two or three variants.
+    pub variant: std::sync::Arc<str>,
     pub first_exposure_ms: i64,
     pub multiple: bool,
 }
@@ -409,7 +410,7 @@ pub async fn exposures_of(
                     unit,
                     experiment,
                     Exposure {
-                        variant,
+                        variant: variant.into(),
                         first_exposure_ms,
                         multiple: multiple != 0,
                     },
@@ -438,7 +439,7 @@ pub async fn upsert_exposures(
             query = query
                 .bind(*unit)
                 .bind(*experiment)
-                .bind(e.variant.as_str())
+                .bind(&*e.variant)
                 .bind(e.first_exposure_ms)
                 .bind(i64::from(e.multiple));
         }
@@ -704,7 +705,7 @@ pub async fn experiment_units(
         .await?;
     for r in &rows {
         let exposure = Exposure {
-            variant: r.try_get("variant")?,
+            variant: r.try_get::<String, _>("variant")?.into(),
             first_exposure_ms: r.try_get("first_exposure_ms")?,
             multiple: false,
         };
