@@ -67,6 +67,9 @@ struct Migration {
 
 /// Applied in order at start. A migration is never edited once it has landed: the runner
 /// stores each one's checksum and refuses to start if an applied one has changed.
+/// How often `spawn_checkpointer` checkpoints.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -172,9 +175,10 @@ impl Db {
                         // otherwise rereads pages on most inserts.
                         conn.execute("PRAGMA cache_size = -65536").await?;
                         conn.execute("PRAGMA temp_store = MEMORY").await?;
-                        // Checkpoint the WAL every ~64 MiB rather than every 4 MiB: pages the
-                        // pipeline rewrites often are copied back to the database once.
-                        conn.execute("PRAGMA wal_autocheckpoint = 16384").await?;
+                        // The WAL is checkpointed in the background (`spawn_checkpointer`);
+                        // a commit checkpoints it itself only past ~256 MiB, should that
+                        // fall behind.
+                        conn.execute("PRAGMA wal_autocheckpoint = 65536").await?;
                     }
                     Ok(())
                 })
@@ -186,6 +190,36 @@ impl Db {
             backend,
             write_gate: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// Copies the WAL back into the database file twice a second from a connection of its
+    /// own (SQLite only). Otherwise the commit that crosses `wal_autocheckpoint` does it
+    /// itself, and the event log's writer held every waiting acknowledgement for up to
+    /// 300 ms while it did (docs/benchmarks.md, "Checkpoints off the writer"). PASSIVE: it
+    /// never waits for readers or writers, and copies what they allow. Ends with the pool.
+    pub fn spawn_checkpointer(&self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !pool.is_closed() {
+                tick.tick().await;
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::debug!(%error, "checkpointing the WAL failed; retrying");
+                }
+            }
+        });
+    }
+
+    /// Whether both handles use the same database (the event log in the main file).
+    pub fn is_same(&self, other: &Db) -> bool {
+        Arc::ptr_eq(&self.write_gate, &other.write_gate)
     }
 
     /// Begins a transaction that will write.
@@ -372,5 +406,38 @@ mod tests {
             });
             assert_eq!(got, want, "{url}");
         }
+    }
+
+    /// Without the background checkpointer, pages stay in the WAL until a commit crosses
+    /// `wal_autocheckpoint` (256 MiB), so the database file would not grow here.
+    #[tokio::test]
+    async fn the_checkpointer_copies_committed_pages_into_the_database_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("abx.db");
+        let db = Db::connect(&format!("sqlite://{}?mode=rwc", path.display()), 2)
+            .await
+            .expect("connect");
+        let mut tx = db.begin_write().await.expect("begin");
+        sqlx::query("CREATE TABLE filler (text TEXT)")
+            .execute(&mut *tx)
+            .await
+            .expect("create");
+        for _ in 0..64 {
+            sqlx::query("INSERT INTO filler VALUES ($1)")
+                .bind("x".repeat(16 * 1024))
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        tx.commit().await.expect("commit");
+        let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+        assert!(size() < 64 * 16 * 1024, "not yet checkpointed");
+        db.spawn_checkpointer();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() < 64 * 16 * 1024 {
+            assert!(std::time::Instant::now() < deadline, "never checkpointed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        db.pool.close().await;
     }
 }

@@ -365,6 +365,10 @@ impl AppState {
     /// outbox delivery and housekeeping, the pipeline and the guardrail monitor.
     pub fn spawn_background(&self) {
         let roles = self.settings.roles;
+        self.db.spawn_checkpointer();
+        if !self.log.is_same(&self.db) {
+            self.log.spawn_checkpointer();
+        }
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
