@@ -16,7 +16,7 @@
 //! the capacity it becomes the old map and the previous old map is dropped. Units used in
 //! the last half-capacity of insertions survive, which approximates least-recently-used at
 //! the cost of one map swap. Entries are the batch's own unit states, moved in and out as
-//! they are (exact-size vectors and shared names, about 250 bytes per unit).
+//! they are (exact-size vectors and shared names, 200–250 bytes per unit).
 
 use rustc_hash::FxHashMap as HashMap;
 
