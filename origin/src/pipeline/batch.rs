@@ -34,7 +34,8 @@ pub(super) struct UnitState {
 #[derive(Clone, Debug, PartialEq)]
 struct ExperimentState {
     experiment: Arc<str>,
-    /// None only while loading, for totals read before their exposure.
+    /// The exposure and whether it changed. None only for totals stored without their
+    /// exposure, which no event counts toward.
     exposure: Option<(Exposure, bool)>,
     totals: Vec<(Arc<str>, Totals, bool)>,
 }
