@@ -458,7 +458,7 @@ async fn results_and_guardrails(o: &TestOrigin) {
         r["significant"], true,
         "a 60% lift on 6,000 units is significant: {r}"
     );
-    assert!(r["lift"].as_f64().expect("lift") > 0.3);
+    assert!(r["lift"].as_f64().expect("lift") > 0.3, "{r}");
     let ci = r["confidence_interval"].as_array().expect("interval");
     assert!(ci[0].as_f64().expect("lo") > 0.0);
     let primary = r["metrics"]
