@@ -65,11 +65,11 @@ struct Migration {
     postgres: &'static str,
 }
 
-/// Applied in order at start. A migration is never edited once it has landed: the runner
-/// stores each one's checksum and refuses to start if an applied one has changed.
 /// How often `spawn_checkpointer` checkpoints.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Applied in order at start. A migration is never edited once it has landed: the runner
+/// stores each one's checksum and refuses to start if an applied one has changed.
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -195,8 +195,9 @@ impl Db {
     /// Copies the WAL back into the database file twice a second from a connection of its
     /// own (SQLite only). Otherwise the commit that crosses `wal_autocheckpoint` does it
     /// itself, and the event log's writer held every waiting acknowledgement for up to
-    /// 300 ms while it did (docs/benchmarks.md, "Checkpoints off the writer"). PASSIVE: it
-    /// never waits for readers or writers, and copies what they allow. Ends with the pool.
+    /// 300 ms while it did (docs/benchmarks.md, "Unit state without copies, checkpoints off
+    /// the writer"). PASSIVE: it never waits for readers or writers, and copies what they
+    /// allow. Ends with the pool.
     pub fn spawn_checkpointer(&self) {
         if self.backend != Backend::Sqlite {
             return;
