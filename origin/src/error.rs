@@ -8,21 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-/// A field-level validation problem, reported in `details` of a 422.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use abx_origin_domain::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -173,6 +159,22 @@ impl From<sqlx::Error> for ApiError {
             return ApiError::conflict("duplicate_key", "an object with this key already exists");
         }
         ApiError::Internal(error.into())
+    }
+}
+
+impl From<abx_origin_domain::Error> for ApiError {
+    fn from(error: abx_origin_domain::Error) -> Self {
+        use abx_origin_domain::Error;
+        match error {
+            Error::BadRequest { code, message } => ApiError::BadRequest { code, message },
+            Error::Invalid(fields) => ApiError::Unprocessable(fields),
+            Error::Conflict { code, message } => ApiError::Conflict {
+                code,
+                message,
+                details: None,
+            },
+            Error::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
+        }
     }
 }
 

@@ -6,18 +6,17 @@
 
 pub mod api;
 pub mod auth;
-pub mod clock;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod guardrails;
-pub mod model;
 pub mod outbox;
 pub mod pipeline;
 pub mod publish;
-pub mod results;
 pub mod store;
 pub mod telemetry;
+
+pub use abx_origin_domain::{clock, model, plan, results, rollup};
 
 use std::net::SocketAddr;
 use std::ops::Deref;

@@ -8,7 +8,8 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 
-use abx_origin::store::events::{self as event_store, Sums};
+use abx_origin::rollup::Sums;
+use abx_origin::store::events as event_store;
 use axum::http::{Method, StatusCode};
 use common::{TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};

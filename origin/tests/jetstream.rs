@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use abx_origin::AppState;
 use abx_origin::events::jetstream::{self, EventStream, JetStreamConfig, Settle};
-use abx_origin::store::events::{self as event_store, Sums};
+use abx_origin::rollup::Sums;
+use abx_origin::store::events as event_store;
 use axum::http::{Method, StatusCode};
 use common::{Backend, TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use abx_origin::AppState;
 use abx_origin::events::jetstream::{self, JetStreamConfig, Settle};
-use abx_origin::results::Rollups;
+use abx_origin::rollup::Rollups;
+use abx_origin::rollup::Sums;
 use abx_origin::store::clickhouse::ClickHouseConfig;
-use abx_origin::store::events::Sums;
 use axum::http::StatusCode;
 use common::{Backend, TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};

@@ -20,7 +20,8 @@ use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::catalog::MetricKind;
 use crate::model::experiment::{Action, Status};
-use crate::results::{self, Interval, Results, Rollups};
+use crate::results::{self, Interval, Results};
+use crate::rollup::Rollups;
 use crate::store::catalog::Metric;
 use crate::store::{self, Change, events as event_store};
 use crate::{clock, pipeline};
@@ -701,8 +702,8 @@ pub async fn interactions(State(state): State<AppState>, caller: Caller) -> ApiR
                 let rows = match &state.warehouse {
                     Some(warehouse) => warehouse
                         .interaction_cells(
-                            (&a.id, &pipeline::plan_of(a, &metrics)),
-                            (&b.id, &pipeline::plan_of(b, &metrics)),
+                            (&a.id, &abx_origin_domain::plan::plan_of(a, &metrics)),
+                            (&b.id, &abx_origin_domain::plan::plan_of(b, &metrics)),
                             &metric.into(),
                         )
                         .await?

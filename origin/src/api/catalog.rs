@@ -340,7 +340,7 @@ async fn validate_segment(
         }
         false
     };
-    catalog::validate_segment(input, &depths, reaches)
+    Ok(catalog::validate_segment(input, &depths, reaches)?)
 }
 
 #[utoipa::path(post, path = "/api/v1/segments", tag = "segments", request_body = SegmentInput,

@@ -32,7 +32,7 @@ async fn validate(conn: &mut AnyConnection, input: &FlagInput) -> ApiResult<Flag
         .map(|from| from.experiment.as_str())
         .collect();
     let experiments = store::experiments::keys_of(conn, &references).await?;
-    flag::validate(input, &segments, &experiments)
+    Ok(flag::validate(input, &segments, &experiments)?)
 }
 
 #[utoipa::path(get, path = "/api/v1/flags", tag = "flags", responses((status = 200, body = Page<Flag>)))]

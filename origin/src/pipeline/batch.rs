@@ -11,11 +11,13 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use sqlx::AnyConnection;
 
+use super::Plans;
 use super::cache::UnitCache;
-use super::{ExperimentPlan, Plans, day};
 use crate::events::Kind;
 use crate::model::catalog::MetricKind;
-use crate::store::events::{self as event_store, Exposure, Logged, Sums, Totals};
+use crate::plan::{ExperimentPlan, day};
+use crate::rollup::Sums;
+use crate::store::events::{self as event_store, Exposure, Logged, Totals};
 
 /// A unit's metric values per metric of a plan: (x, y, c).
 type Values = Vec<(f64, f64, f64)>;

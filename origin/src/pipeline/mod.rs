@@ -12,15 +12,16 @@ mod batch;
 mod cache;
 pub mod warehouse;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::AnyConnection;
 
-use crate::model::catalog::MetricKind;
 use crate::model::experiment::Status;
-use crate::store::events::{self as event_store, Logged, Sums};
+use crate::plan::{ExperimentPlan, day, plan_of};
+use crate::rollup::Sums;
+use crate::store::events::{self as event_store, Logged};
 use crate::{AppState, clock, store};
 use batch::Batch;
 pub use cache::UnitCache;
@@ -29,76 +30,6 @@ pub const CURSOR: &str = "rollups";
 const RETRY_BATCH: i64 = 500;
 /// An event that fails this many times becomes a dead letter.
 pub const MAX_ATTEMPTS: i64 = 3;
-
-/// How one experiment's events are attributed and rolled up.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExperimentPlan {
-    pub variants: Vec<String>,
-    pub unit_attribute: String,
-    pub switchback_period_s: Option<u32>,
-    pub metrics: Vec<MetricPlan>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetricPlan {
-    pub key: String,
-    pub kind: MetricKind,
-    pub event_type: String,
-    pub denominator: Option<String>,
-}
-
-impl ExperimentPlan {
-    fn signature(&self) -> String {
-        let keys: Vec<String> = self
-            .metrics
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}:{}:{}",
-                    m.key,
-                    m.kind.as_str(),
-                    m.event_type,
-                    m.denominator.as_deref().unwrap_or("")
-                )
-            })
-            .collect();
-        keys.join(",")
-    }
-}
-
-impl From<&store::catalog::Metric> for MetricPlan {
-    fn from(m: &store::catalog::Metric) -> Self {
-        MetricPlan {
-            key: m.key.clone(),
-            kind: m.kind,
-            event_type: m.event_type.clone(),
-            denominator: m.denominator_event_type.clone(),
-        }
-    }
-}
-
-/// How an experiment's events are attributed: its variants, unit and metrics (primary,
-/// secondary, guardrails; each once), given the catalog's metrics by key.
-pub fn plan_of(
-    e: &store::experiments::Experiment,
-    metrics: &HashMap<String, store::catalog::Metric>,
-) -> ExperimentPlan {
-    let mut keys: Vec<&String> = std::iter::once(&e.primary_metric)
-        .chain(&e.secondary_metrics)
-        .chain(&e.guardrail_metrics)
-        .collect();
-    let mut seen = HashSet::new();
-    keys.retain(|k| seen.insert(*k));
-    ExperimentPlan {
-        variants: e.variants.iter().map(|v| v.name.clone()).collect(),
-        unit_attribute: e.unit.clone(),
-        switchback_period_s: e.switchback_period_s,
-        metrics: keys
-            .into_iter()
-            .filter_map(|k| metrics.get(k).map(MetricPlan::from))
-            .collect(),
-    }
-}
 
 /// Plans of every experiment that may still receive events (archived ones do not).
 pub async fn load_plans(
@@ -118,11 +49,6 @@ pub async fn load_plans(
             (e.id, plan)
         })
         .collect())
-}
-
-/// Whole days since the epoch (UTC).
-pub fn day(ms: i64) -> i64 {
-    ms.div_euclid(clock::DAY_MS)
 }
 
 /// The pipeline task: processes batches until the log is drained, then waits briefly.

@@ -15,10 +15,10 @@
 
 use std::collections::HashMap;
 
-use super::{ExperimentPlan, plan_of};
 use crate::error::ApiResult;
 use crate::model::experiment::Status;
-use crate::results::Rollups;
+use crate::plan::{ExperimentPlan, plan_of};
+use crate::rollup::Rollups;
 use crate::store::catalog::Metric;
 use crate::store::clickhouse::ClickHouse;
 use crate::store::experiments::Experiment;

@@ -1,7 +1,5 @@
 //! Layers (with their slot map), holdouts, segments and metric definitions.
 
-use serde::Serialize;
-use serde_json::Value as Json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -11,40 +9,7 @@ use crate::model::bp_to_percent;
 use crate::model::catalog::{
     Direction, HoldoutSpec, LayerSpec, MetricKind, MetricSpec, SegmentSpec,
 };
-
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct SlotOwner {
-    pub experiment_id: String,
-    pub experiment_key: String,
-    pub status: String,
-    pub start_percent: f64,
-    pub end_percent: f64,
-}
-
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Layer {
-    pub id: String,
-    pub key: String,
-    pub name: String,
-    pub description: String,
-    pub unit: String,
-    /// Slot ranges owned by running and paused experiments, in order.
-    pub allocations: Vec<SlotOwner>,
-    pub free_percent: f64,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl Layer {
-    pub fn spec(&self) -> LayerSpec {
-        LayerSpec {
-            key: self.key.clone(),
-            name: self.name.clone(),
-            description: self.description.clone(),
-            unit: self.unit.clone(),
-        }
-    }
-}
+pub use crate::model::catalog::{Holdout, Layer, LayerName, Metric, Segment, SlotOwner};
 
 pub async fn insert_layer(
     conn: &mut AnyConnection,
@@ -80,12 +45,6 @@ pub async fn update_layer(
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-/// A layer's identity, all a snapshot needs of it.
-pub struct LayerName {
-    pub id: String,
-    pub key: String,
 }
 
 /// Every layer's id and key, without the allocations `layers` gathers.
@@ -197,30 +156,6 @@ pub async fn set_allocations(
     Ok(())
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Holdout {
-    pub id: String,
-    pub key: String,
-    pub name: String,
-    pub description: String,
-    pub percent: f64,
-    pub created_at: String,
-    pub updated_at: String,
-    #[serde(skip)]
-    pub percent_bp: u16,
-}
-
-impl Holdout {
-    pub fn spec(&self) -> HoldoutSpec {
-        HoldoutSpec {
-            key: self.key.clone(),
-            name: self.name.clone(),
-            description: self.description.clone(),
-            percent_bp: self.percent_bp,
-        }
-    }
-}
-
 pub async fn insert_holdout(
     conn: &mut AnyConnection,
     id: &str,
@@ -284,29 +219,6 @@ pub async fn holdouts(
         .collect()
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Segment {
-    pub id: String,
-    pub key: String,
-    pub name: String,
-    pub description: String,
-    #[schema(value_type = Object)]
-    pub condition: Json,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl Segment {
-    pub fn spec(&self) -> SegmentSpec {
-        SegmentSpec {
-            key: self.key.clone(),
-            name: self.name.clone(),
-            description: self.description.clone(),
-            condition: self.condition.clone(),
-        }
-    }
-}
-
 pub async fn insert_segment(
     conn: &mut AnyConnection,
     id: &str,
@@ -366,36 +278,6 @@ pub async fn segments(
             })
         })
         .collect()
-}
-
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Metric {
-    pub id: String,
-    pub key: String,
-    pub name: String,
-    pub description: String,
-    pub kind: MetricKind,
-    pub event_type: String,
-    pub denominator_event_type: Option<String>,
-    pub direction: Direction,
-    pub guardrail_threshold: Option<f64>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl Metric {
-    pub fn spec(&self) -> MetricSpec {
-        MetricSpec {
-            key: self.key.clone(),
-            name: self.name.clone(),
-            description: self.description.clone(),
-            kind: self.kind,
-            event_type: self.event_type.clone(),
-            denominator_event_type: self.denominator_event_type.clone(),
-            direction: self.direction,
-            guardrail_threshold: self.guardrail_threshold,
-        }
-    }
 }
 
 pub async fn insert_metric(

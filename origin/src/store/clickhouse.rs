@@ -24,9 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::events::{EventRecord, Kind};
 use crate::model::catalog::MetricKind;
-use crate::pipeline::{ExperimentPlan, MetricPlan};
-use crate::results::Rollups;
-use crate::store::events::Sums;
+use crate::plan::{ExperimentPlan, MetricPlan};
+use crate::rollup::{Rollups, Sums};
 
 /// Where the warehouse lives.
 #[derive(Clone, Debug)]

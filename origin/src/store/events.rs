@@ -4,13 +4,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{MultiRow, placeholders};
 use crate::clock;
 use crate::events::{EventRecord, Kind};
+use crate::rollup::Sums;
 
 /// Rows per multi-row statement: keeps every statement under SQLite's 32,766 parameters.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -563,33 +564,6 @@ pub async fn add_exposure_rollups(
         query.execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-/// Sufficient statistics of one metric for one variant (x: value, y: ratio denominator,
-/// c: pre-exposure covariate), summed over units.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sums {
-    pub sum_x: f64,
-    pub sum_x2: f64,
-    pub sum_y: f64,
-    pub sum_y2: f64,
-    pub sum_xy: f64,
-    pub sum_c: f64,
-    pub sum_c2: f64,
-    pub sum_xc: f64,
-}
-
-impl Sums {
-    pub fn add(&mut self, other: &Sums) {
-        self.sum_x += other.sum_x;
-        self.sum_x2 += other.sum_x2;
-        self.sum_y += other.sum_y;
-        self.sum_y2 += other.sum_y2;
-        self.sum_xy += other.sum_xy;
-        self.sum_c += other.sum_c;
-        self.sum_c2 += other.sum_c2;
-        self.sum_xc += other.sum_xc;
-    }
 }
 
 static ADD_METRIC_ROLLUPS: MultiRow = MultiRow::new(

@@ -1,146 +1,15 @@
 //! Experiments with their variants and slot allocations.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use serde::Serialize;
-use serde_json::Value as Json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{json_column, opt_json_column, placeholders, to_json_text, typed_json};
 use crate::clock;
 use crate::model::bp_to_percent;
-use crate::model::experiment::{
-    Analysis, ExperimentInput, ExperimentSpec, Status, VariantInput, VariantSpec,
-};
-
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct SlotRange {
-    pub start_percent: f64,
-    pub end_percent: f64,
-}
-
-/// An experiment as the API returns it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Experiment {
-    pub id: String,
-    pub key: String,
-    pub name: String,
-    pub hypothesis: String,
-    pub description: String,
-    pub owner: String,
-    pub status: Status,
-    /// Why the status last changed when it was not a plain request (e.g. a guardrail).
-    pub status_reason: Option<String>,
-    /// Layer key.
-    pub layer: Option<String>,
-    pub layer_id: Option<String>,
-    pub traffic_percent: f64,
-    pub unit: String,
-    #[schema(value_type = Object, nullable = true)]
-    pub targeting: Option<Json>,
-    pub variants: Vec<VariantInput>,
-    pub primary_metric: String,
-    pub secondary_metrics: Vec<String>,
-    pub guardrail_metrics: Vec<String>,
-    /// Holdout key.
-    pub holdout: Option<String>,
-    pub holdout_id: Option<String>,
-    pub forced: BTreeMap<String, String>,
-    pub switchback_period_s: Option<u32>,
-    pub analysis: Analysis,
-    pub shipped_variant: Option<String>,
-    /// Slots owned in the layer while running or paused.
-    pub slot_ranges: Vec<SlotRange>,
-    /// Increases with every change; send it in `If-Match` to update safely.
-    pub version: i64,
-    pub created_at: String,
-    pub updated_at: String,
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
-    #[serde(skip)]
-    pub traffic_bp: u16,
-    #[serde(skip)]
-    pub weights_bp: Vec<u16>,
-    #[serde(skip)]
-    pub slots: Vec<(u16, u16)>,
-    #[serde(skip)]
-    pub created_at_ms: i64,
-    #[serde(skip)]
-    pub started_at_ms: Option<i64>,
-    #[serde(skip)]
-    pub ended_at_ms: Option<i64>,
-}
-
-impl Experiment {
-    pub fn spec(&self) -> ExperimentSpec {
-        ExperimentSpec {
-            key: self.key.clone(),
-            name: self.name.clone(),
-            hypothesis: self.hypothesis.clone(),
-            description: self.description.clone(),
-            owner: self.owner.clone(),
-            layer_id: self.layer_id.clone(),
-            traffic_bp: self.traffic_bp,
-            unit: self.unit.clone(),
-            targeting: self.targeting.clone(),
-            variants: self
-                .variants
-                .iter()
-                .zip(&self.weights_bp)
-                .map(|(v, &weight_bp)| VariantSpec {
-                    name: v.name.clone(),
-                    weight_bp,
-                    config: v.config.clone(),
-                })
-                .collect(),
-            primary_metric: self.primary_metric.clone(),
-            secondary_metrics: self.secondary_metrics.clone(),
-            guardrail_metrics: self.guardrail_metrics.clone(),
-            holdout_id: self.holdout_id.clone(),
-            forced: self.forced.clone(),
-            switchback_period_s: self.switchback_period_s,
-            analysis: self.analysis.clone(),
-        }
-    }
-
-    /// The experiment as a create body, into which a PATCH is merged.
-    pub fn input(&self) -> ExperimentInput {
-        ExperimentInput {
-            key: self.key.clone(),
-            name: Some(self.name.clone()),
-            hypothesis: Some(self.hypothesis.clone()),
-            description: Some(self.description.clone()),
-            owner: Some(self.owner.clone()),
-            layer: self.layer_id.clone(),
-            traffic_percent: Some(self.traffic_percent),
-            unit: Some(self.unit.clone()),
-            targeting: self.targeting.clone(),
-            variants: self.variants.clone(),
-            primary_metric: self.primary_metric.clone(),
-            secondary_metrics: self.secondary_metrics.clone(),
-            guardrail_metrics: self.guardrail_metrics.clone(),
-            holdout: self.holdout_id.clone(),
-            forced: self.forced.clone(),
-            switchback_period_s: self.switchback_period_s,
-            analysis: Some(self.analysis.clone()),
-        }
-    }
-
-    pub fn control(&self) -> &str {
-        self.variants.first().map_or("", |v| v.name.as_str())
-    }
-
-    /// Days since start, up to the end for finished experiments.
-    pub fn days_running(&self, now_ms: i64) -> f64 {
-        match self.started_at_ms {
-            Some(start) => {
-                (self.ended_at_ms.unwrap_or(now_ms) - start).max(0) as f64 / clock::DAY_MS as f64
-            }
-            None => 0.0,
-        }
-    }
-}
+pub use crate::model::experiment::{Experiment, SlotRange};
+use crate::model::experiment::{ExperimentSpec, Status, VariantInput, VariantSpec};
 
 const SELECT: &str = "SELECT e.id, e.key, e.name, e.hypothesis, e.description, e.owner, e.status, e.status_reason,
         e.unit, e.layer_id, l.key AS layer_key, e.traffic_bp, e.targeting, e.holdout_id, h.key AS holdout_key,

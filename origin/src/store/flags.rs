@@ -1,44 +1,12 @@
 //! Feature flags.
 
-use serde::Serialize;
-use serde_json::Value as Json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{json_column, to_json_text, typed_json};
 use crate::clock;
-use crate::model::flag::{FlagInput, FlagRule, FlagSpec};
-
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Flag {
-    pub id: String,
-    pub key: String,
-    pub description: String,
-    pub enabled: bool,
-    pub unit: String,
-    #[schema(value_type = Object)]
-    pub off_value: Json,
-    #[schema(value_type = Object)]
-    pub default_value: Json,
-    pub rules: Vec<FlagRule>,
-    pub version: i64,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl Flag {
-    pub fn input(&self) -> FlagInput {
-        FlagInput {
-            key: self.key.clone(),
-            description: Some(self.description.clone()),
-            enabled: self.enabled,
-            unit: Some(self.unit.clone()),
-            off_value: Some(self.off_value.clone()),
-            default_value: Some(self.default_value.clone()),
-            rules: self.rules.clone(),
-        }
-    }
-}
+pub use crate::model::flag::Flag;
+use crate::model::flag::FlagSpec;
 
 fn flag(r: &AnyRow) -> Result<Flag, sqlx::Error> {
     let enabled: i64 = r.try_get("enabled")?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use abx_origin::auth::Limit;
 use abx_origin::events::jetstream::{self, JetStreamConfig, Settle};
-use abx_origin::results::Rollups;
+use abx_origin::rollup::Rollups;
 use abx_origin::store::clickhouse::ClickHouseConfig;
 use abx_origin::store::events as event_store;
 use abx_origin::{AppState, Settings, app};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::{check_key, check_text, percent_to_bp, targeting};
-use crate::error::{ApiError, FieldError};
+use crate::{Error, FieldError};
 
 /// Takes the flag's value from the unit's variant in an experiment: the whole variant
 /// config, or one key of it.
@@ -89,7 +89,7 @@ pub fn validate(
     input: &FlagInput,
     segments: &HashMap<String, u32>,
     experiments: &HashMap<String, String>,
-) -> Result<FlagSpec, ApiError> {
+) -> Result<FlagSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let description = input.description.clone().unwrap_or_default();
@@ -156,7 +156,7 @@ pub fn validate(
         rules.push(rule);
     }
     if !errors.is_empty() {
-        return Err(ApiError::Unprocessable(errors));
+        return Err(Error::Invalid(errors));
     }
     Ok(FlagSpec {
         key: input.key.clone(),
@@ -167,4 +167,35 @@ pub fn validate(
         default_value,
         rules,
     })
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Flag {
+    pub id: String,
+    pub key: String,
+    pub description: String,
+    pub enabled: bool,
+    pub unit: String,
+    #[schema(value_type = Object)]
+    pub off_value: Json,
+    #[schema(value_type = Object)]
+    pub default_value: Json,
+    pub rules: Vec<FlagRule>,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Flag {
+    pub fn input(&self) -> FlagInput {
+        FlagInput {
+            key: self.key.clone(),
+            description: Some(self.description.clone()),
+            enabled: self.enabled,
+            unit: Some(self.unit.clone()),
+            off_value: Some(self.off_value.clone()),
+            default_value: Some(self.default_value.clone()),
+            rules: self.rules.clone(),
+        }
+    }
 }

@@ -17,18 +17,9 @@ use abx_stats::{
 };
 use serde::Serialize;
 
-use crate::model::catalog::{Direction, MetricKind};
-use crate::model::experiment::{AnalysisMode, Correction, Status};
-use crate::store::catalog::Metric;
-use crate::store::events::Sums;
-use crate::store::experiments::Experiment;
-
-/// An experiment's rollup rows, as loaded: `(variant, day, units, multiple)` and
-/// `(variant, metric, day, sums)`.
-pub struct Rollups {
-    pub exposures: Vec<(String, i64, i64, i64)>,
-    pub metrics: Vec<(String, String, i64, Sums)>,
-}
+use crate::model::catalog::{Direction, Metric, MetricKind};
+use crate::model::experiment::{AnalysisMode, Correction, Experiment, Status};
+use crate::rollup::{Rollups, Sums};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -4,13 +4,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::{check_key, check_text, percent_to_bp, targeting};
-use crate::error::{ApiError, FieldError};
+use crate::{Error, FieldError};
 
-fn finish<T>(value: T, errors: Vec<FieldError>) -> Result<T, ApiError> {
+fn finish<T>(value: T, errors: Vec<FieldError>) -> Result<T, Error> {
     if errors.is_empty() {
         Ok(value)
     } else {
-        Err(ApiError::Unprocessable(errors))
+        Err(Error::Invalid(errors))
     }
 }
 
@@ -48,7 +48,7 @@ pub struct LayerSpec {
     pub unit: String,
 }
 
-pub fn validate_layer(input: &LayerInput) -> Result<LayerSpec, ApiError> {
+pub fn validate_layer(input: &LayerInput) -> Result<LayerSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
@@ -87,7 +87,7 @@ pub struct HoldoutSpec {
     pub percent_bp: u16,
 }
 
-pub fn validate_holdout(input: &HoldoutInput) -> Result<HoldoutSpec, ApiError> {
+pub fn validate_holdout(input: &HoldoutInput) -> Result<HoldoutSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
@@ -129,7 +129,7 @@ pub fn validate_segment(
     input: &SegmentInput,
     segments: &std::collections::HashMap<String, u32>,
     reaches: impl Fn(&str, &str) -> bool,
-) -> Result<SegmentSpec, ApiError> {
+) -> Result<SegmentSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
@@ -250,7 +250,7 @@ pub struct MetricSpec {
     pub guardrail_threshold: Option<f64>,
 }
 
-pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, ApiError> {
+pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
@@ -289,4 +289,121 @@ pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, ApiError> {
         },
         errors,
     )
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SlotOwner {
+    pub experiment_id: String,
+    pub experiment_key: String,
+    pub status: String,
+    pub start_percent: f64,
+    pub end_percent: f64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Layer {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub unit: String,
+    /// Slot ranges owned by running and paused experiments, in order.
+    pub allocations: Vec<SlotOwner>,
+    pub free_percent: f64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Layer {
+    pub fn spec(&self) -> LayerSpec {
+        LayerSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            unit: self.unit.clone(),
+        }
+    }
+}
+
+/// A layer's identity, all a snapshot needs of it.
+pub struct LayerName {
+    pub id: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Holdout {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub percent: f64,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip)]
+    pub percent_bp: u16,
+}
+
+impl Holdout {
+    pub fn spec(&self) -> HoldoutSpec {
+        HoldoutSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            percent_bp: self.percent_bp,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Segment {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    #[schema(value_type = Object)]
+    pub condition: Json,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Segment {
+    pub fn spec(&self) -> SegmentSpec {
+        SegmentSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            condition: self.condition.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Metric {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub kind: MetricKind,
+    pub event_type: String,
+    pub denominator_event_type: Option<String>,
+    pub direction: Direction,
+    pub guardrail_threshold: Option<f64>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Metric {
+    pub fn spec(&self) -> MetricSpec {
+        MetricSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            kind: self.kind,
+            event_type: self.event_type.clone(),
+            denominator_event_type: self.denominator_event_type.clone(),
+            direction: self.direction,
+            guardrail_threshold: self.guardrail_threshold,
+        }
+    }
 }

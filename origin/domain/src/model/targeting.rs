@@ -15,7 +15,7 @@ use abx_core::snapshot::Op;
 use abx_core::{Expr, Literal};
 use serde_json::Value as Json;
 
-use crate::error::FieldError;
+use crate::FieldError;
 
 /// Conditions, including expanded segments, may nest this deep (abx-core's limit).
 pub const MAX_DEPTH: u32 = abx_core::MAX_CONDITION_DEPTH;

@@ -9,7 +9,7 @@ pub mod targeting;
 
 use serde::Serialize;
 
-use crate::error::FieldError;
+use crate::FieldError;
 
 /// Converts a percentage with at most two decimals to basis points.
 pub fn percent_to_bp(percent: f64, field: &str, errors: &mut Vec<FieldError>) -> u16 {
@@ -66,11 +66,9 @@ pub struct Page<T> {
 }
 
 /// Checks a page size: 1 to 500, default 100.
-pub fn page_limit(limit: Option<u32>) -> Result<i64, crate::error::ApiError> {
+pub fn page_limit(limit: Option<u32>) -> Result<i64, crate::Error> {
     match limit.unwrap_or(100) {
         n @ 1..=500 => Ok(i64::from(n)),
-        _ => Err(crate::error::ApiError::bad_request(
-            "limit must be between 1 and 500",
-        )),
+        _ => Err(crate::Error::bad_request("limit must be between 1 and 500")),
     }
 }

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::{check_key, check_text, percent_to_bp, targeting};
-use crate::error::{ApiError, FieldError};
+use crate::clock;
+use crate::{Error, FieldError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -70,7 +71,7 @@ impl Action {
 }
 
 /// Draft → Running ⇄ Paused → Completed → Archived. Anything else is a 409.
-pub fn transition(from: Status, action: Action) -> Result<Status, ApiError> {
+pub fn transition(from: Status, action: Action) -> Result<Status, Error> {
     let to = match (from, action) {
         (Status::Draft, Action::Start) => Status::Running,
         (Status::Running, Action::Pause) => Status::Paused,
@@ -78,7 +79,7 @@ pub fn transition(from: Status, action: Action) -> Result<Status, ApiError> {
         (Status::Running | Status::Paused, Action::Complete) => Status::Completed,
         (Status::Completed, Action::Archive) => Status::Archived,
         _ => {
-            return Err(ApiError::conflict(
+            return Err(Error::conflict(
                 "illegal_transition",
                 format!(
                     "cannot {} an experiment that is {}",
@@ -256,7 +257,7 @@ pub struct Known {
 const MAX_VARIANTS: usize = 20;
 const MAX_CONFIG_BYTES: usize = 16 * 1024;
 
-pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec, ApiError> {
+pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let name = input.name.clone().unwrap_or_else(|| input.key.clone());
@@ -427,7 +428,7 @@ pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec
     validate_analysis(&analysis, &mut errors);
 
     if !errors.is_empty() {
-        return Err(ApiError::Unprocessable(errors));
+        return Err(Error::Invalid(errors));
     }
     Ok(ExperimentSpec {
         key: input.key.clone(),
@@ -498,9 +499,9 @@ pub fn check_edit(
     status: Status,
     current: &ExperimentSpec,
     next: &ExperimentSpec,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if next.key != current.key {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             "not_editable",
             "an experiment's key never changes",
         ));
@@ -509,7 +510,7 @@ pub fn check_edit(
         return Ok(());
     }
     let refuse = |what: &str, why: &str| {
-        Err(ApiError::conflict(
+        Err(Error::conflict(
             "not_editable",
             format!(
                 "{what} cannot change while the experiment is {}: {why}",
@@ -570,6 +571,134 @@ pub fn check_edit(
     Ok(())
 }
 
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SlotRange {
+    pub start_percent: f64,
+    pub end_percent: f64,
+}
+
+/// An experiment as the API returns it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Experiment {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub hypothesis: String,
+    pub description: String,
+    pub owner: String,
+    pub status: Status,
+    /// Why the status last changed when it was not a plain request (e.g. a guardrail).
+    pub status_reason: Option<String>,
+    /// Layer key.
+    pub layer: Option<String>,
+    pub layer_id: Option<String>,
+    pub traffic_percent: f64,
+    pub unit: String,
+    #[schema(value_type = Object, nullable = true)]
+    pub targeting: Option<Json>,
+    pub variants: Vec<VariantInput>,
+    pub primary_metric: String,
+    pub secondary_metrics: Vec<String>,
+    pub guardrail_metrics: Vec<String>,
+    /// Holdout key.
+    pub holdout: Option<String>,
+    pub holdout_id: Option<String>,
+    pub forced: BTreeMap<String, String>,
+    pub switchback_period_s: Option<u32>,
+    pub analysis: Analysis,
+    pub shipped_variant: Option<String>,
+    /// Slots owned in the layer while running or paused.
+    pub slot_ranges: Vec<SlotRange>,
+    /// Increases with every change; send it in `If-Match` to update safely.
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    #[serde(skip)]
+    pub traffic_bp: u16,
+    #[serde(skip)]
+    pub weights_bp: Vec<u16>,
+    #[serde(skip)]
+    pub slots: Vec<(u16, u16)>,
+    #[serde(skip)]
+    pub created_at_ms: i64,
+    #[serde(skip)]
+    pub started_at_ms: Option<i64>,
+    #[serde(skip)]
+    pub ended_at_ms: Option<i64>,
+}
+
+impl Experiment {
+    pub fn spec(&self) -> ExperimentSpec {
+        ExperimentSpec {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            hypothesis: self.hypothesis.clone(),
+            description: self.description.clone(),
+            owner: self.owner.clone(),
+            layer_id: self.layer_id.clone(),
+            traffic_bp: self.traffic_bp,
+            unit: self.unit.clone(),
+            targeting: self.targeting.clone(),
+            variants: self
+                .variants
+                .iter()
+                .zip(&self.weights_bp)
+                .map(|(v, &weight_bp)| VariantSpec {
+                    name: v.name.clone(),
+                    weight_bp,
+                    config: v.config.clone(),
+                })
+                .collect(),
+            primary_metric: self.primary_metric.clone(),
+            secondary_metrics: self.secondary_metrics.clone(),
+            guardrail_metrics: self.guardrail_metrics.clone(),
+            holdout_id: self.holdout_id.clone(),
+            forced: self.forced.clone(),
+            switchback_period_s: self.switchback_period_s,
+            analysis: self.analysis.clone(),
+        }
+    }
+
+    /// The experiment as a create body, into which a PATCH is merged.
+    pub fn input(&self) -> ExperimentInput {
+        ExperimentInput {
+            key: self.key.clone(),
+            name: Some(self.name.clone()),
+            hypothesis: Some(self.hypothesis.clone()),
+            description: Some(self.description.clone()),
+            owner: Some(self.owner.clone()),
+            layer: self.layer_id.clone(),
+            traffic_percent: Some(self.traffic_percent),
+            unit: Some(self.unit.clone()),
+            targeting: self.targeting.clone(),
+            variants: self.variants.clone(),
+            primary_metric: self.primary_metric.clone(),
+            secondary_metrics: self.secondary_metrics.clone(),
+            guardrail_metrics: self.guardrail_metrics.clone(),
+            holdout: self.holdout_id.clone(),
+            forced: self.forced.clone(),
+            switchback_period_s: self.switchback_period_s,
+            analysis: Some(self.analysis.clone()),
+        }
+    }
+
+    pub fn control(&self) -> &str {
+        self.variants.first().map_or("", |v| v.name.as_str())
+    }
+
+    /// Days since start, up to the end for finished experiments.
+    pub fn days_running(&self, now_ms: i64) -> f64 {
+        match self.started_at_ms {
+            Some(start) => {
+                (self.ended_at_ms.unwrap_or(now_ms) - start).max(0) as f64 / clock::DAY_MS as f64
+            }
+            None => 0.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,7 +741,7 @@ mod tests {
 
     #[test]
     fn collects_every_problem() {
-        let Err(ApiError::Unprocessable(errors)) = validate(
+        let Err(Error::Invalid(errors)) = validate(
             &input(json!({
                 "key": "bad key", "traffic_percent": 120.5, "layer": "nope",
                 "variants": [{"name": "a", "weight": 33.333}, {"name": "a", "weight": 50}],

@@ -1,0 +1,402 @@
+//! The event record: parsing and validating beacon batches into the records that the
+//! event log stores.
+
+use std::io::Read as _;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+use serde_json::value::RawValue;
+
+use crate::Error;
+use crate::clock;
+use crate::model::targeting::valid_attribute;
+
+/// Request-size limits of `POST /events`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A request body (compressed size, if gzip).
+    pub request: usize,
+    /// A `text/plain` body, as `navigator.sendBeacon` sends it.
+    pub beacon: usize,
+    /// One event's JSON.
+    pub event: usize,
+    pub events_per_request: usize,
+    /// A gzip body once decompressed (guards against decompression bombs).
+    pub decompressed: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    request: 1024 * 1024,
+    beacon: 64 * 1024,
+    event: 32 * 1024,
+    events_per_request: 10_000,
+    decompressed: 8 * 1024 * 1024,
+};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    Exposure {
+        experiment_id: String,
+        variant: String,
+    },
+    Metric {
+        event_type: String,
+    },
+}
+
+/// A validated event, as logged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub received_at_ms: i64,
+    pub ts_ms: i64,
+    pub kind: Kind,
+    /// `"{unit_attribute}:{unit}"`; attribute names cannot contain `:`.
+    pub unit_key: String,
+    pub value: f64,
+}
+
+/// The accepted range of event timestamps relative to receipt.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub max_age_ms: i64,
+    pub max_future_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct EventInput {
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    unit: Option<Json>,
+    #[serde(default)]
+    unit_attribute: Option<String>,
+    #[serde(default)]
+    experiment_id: Option<String>,
+    #[serde(default)]
+    variant: Option<String>,
+    #[serde(default)]
+    event_type: Option<String>,
+    #[serde(default)]
+    value: Option<Json>,
+    #[serde(default)]
+    timestamp: Option<Json>,
+}
+
+const MAX_UNIT_BYTES: usize = 512;
+const MAX_NAME_BYTES: usize = 200;
+
+pub fn unit_key(attribute: &str, unit: &str) -> String {
+    format!("{attribute}:{unit}")
+}
+
+fn is_uuid(text: &str) -> bool {
+    abx_core::snapshot::Id::parse(text).is_some()
+}
+
+/// Units are strings or integers; integers become their decimal text, as in assignment.
+fn unit_text(value: &Json) -> Option<String> {
+    match value {
+        Json::String(s) if !s.is_empty() => Some(s.clone()),
+        Json::Number(n) => n
+            .as_i64()
+            .map(|i| i.to_string())
+            .or_else(|| n.as_u64().map(|u| u.to_string())),
+        _ => None,
+    }
+}
+
+fn timestamp_ms(value: &Json) -> Option<i64> {
+    match value {
+        Json::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 1e15)
+                .map(|f| f as i64)
+        }),
+        Json::String(s) => clock::parse_rfc3339(s),
+        _ => None,
+    }
+}
+
+/// Validates one event; the error is the reason reported back for it.
+fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecord, String> {
+    let event_id = input.event_id.ok_or("`event_id` is required")?;
+    if !is_uuid(&event_id) {
+        return Err("`event_id` must be a UUID".into());
+    }
+    let unit = input
+        .unit
+        .as_ref()
+        .and_then(unit_text)
+        .ok_or("`unit` must be a non-empty string or an integer")?;
+    if unit.len() > MAX_UNIT_BYTES {
+        return Err(format!("`unit` is longer than {MAX_UNIT_BYTES} bytes"));
+    }
+    let attribute = input.unit_attribute.unwrap_or_else(|| "user_id".into());
+    if !valid_attribute(&attribute) {
+        return Err("`unit_attribute` must be an attribute name".into());
+    }
+    let ts_ms = match &input.timestamp {
+        None => now_ms,
+        Some(value) => timestamp_ms(value)
+            .ok_or("`timestamp` must be milliseconds since the epoch or RFC 3339 text")?,
+    };
+    if ts_ms > now_ms + window.max_future_ms {
+        return Err("`timestamp` is too far in the future".into());
+    }
+    if ts_ms < now_ms - window.max_age_ms {
+        return Err("`timestamp` is older than the retention period".into());
+    }
+    let value = match &input.value {
+        None => 1.0,
+        Some(Json::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or("`value` must be a finite number")?,
+        Some(_) => return Err("`value` must be a number".into()),
+    };
+    let kind = match input.kind.as_deref() {
+        Some("exposure") => {
+            let experiment_id = input
+                .experiment_id
+                .ok_or("exposures need `experiment_id`")?;
+            if !is_uuid(&experiment_id) {
+                return Err("`experiment_id` must be the experiment's UUID".into());
+            }
+            let variant = input
+                .variant
+                .filter(|v| !v.is_empty())
+                .ok_or("exposures need `variant`")?;
+            if variant.len() > MAX_NAME_BYTES {
+                return Err("`variant` is too long".into());
+            }
+            Kind::Exposure {
+                experiment_id: experiment_id.to_ascii_lowercase(),
+                variant,
+            }
+        }
+        Some("metric") => {
+            let event_type = input.event_type.ok_or("metric events need `event_type`")?;
+            let mut errors = Vec::new();
+            crate::model::check_key(&event_type, "event_type", &mut errors);
+            if !errors.is_empty() {
+                return Err("`event_type` must be 1-100 letters, digits, `_`, `-` or `.`".into());
+            }
+            Kind::Metric { event_type }
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown `kind` `{other}`; expected `exposure` or `metric`"
+            ));
+        }
+        None => return Err("`kind` is required".into()),
+    };
+    Ok(EventRecord {
+        event_id: event_id.to_ascii_lowercase(),
+        received_at_ms: now_ms,
+        ts_ms,
+        kind,
+        unit_key: unit_key(&attribute, &unit),
+        value,
+    })
+}
+
+/// What the body of `POST /events` looked like.
+#[derive(Debug)]
+pub struct Parsed {
+    /// Valid events with their index in the request.
+    pub events: Vec<(usize, EventRecord)>,
+    /// Invalid events: index and reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+#[derive(Deserialize)]
+struct Wrapped<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// Decompresses (if needed) and parses a request body. Body-level problems are errors
+/// (400, 413); per-event problems are listed in `rejected`.
+pub fn parse_body(
+    body: &[u8],
+    gzip: bool,
+    beacon: bool,
+    now_ms: i64,
+    window: Window,
+    limits: Limits,
+) -> Result<Parsed, Error> {
+    let limit = if beacon {
+        limits.beacon
+    } else {
+        limits.request
+    };
+    if body.len() > limit {
+        return Err(Error::TooLarge { limit });
+    }
+    let inflated;
+    let body = if gzip {
+        let mut out = Vec::new();
+        let mut decoder = flate2::read::GzDecoder::new(body).take(limits.decompressed as u64 + 1);
+        decoder
+            .read_to_end(&mut out)
+            .map_err(|_| Error::bad_request("the body is not valid gzip"))?;
+        if out.len() > limits.decompressed {
+            return Err(Error::TooLarge {
+                limit: limits.decompressed,
+            });
+        }
+        inflated = out;
+        &inflated[..]
+    } else {
+        body
+    };
+    // Each event stays raw until its own size is checked. Serde's untagged enums cannot
+    // carry borrowed raw values, so the shape is chosen by the first byte.
+    let invalid = |e: serde_json::Error| Error::BadRequest {
+        code: "invalid_json",
+        message: format!("expected {{\"events\": [...]}} or a JSON array of events: {e}"),
+    };
+    let raw: Vec<&RawValue> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body).map_err(invalid)?,
+        _ => {
+            serde_json::from_slice::<Wrapped<'_>>(body)
+                .map_err(invalid)?
+                .events
+        }
+    };
+    if raw.is_empty() {
+        return Err(Error::bad_request("the batch holds no events"));
+    }
+    if raw.len() > limits.events_per_request {
+        return Err(Error::TooLarge {
+            limit: limits.events_per_request,
+        });
+    }
+    if raw.iter().any(|r| r.get().len() > limits.event) {
+        return Err(Error::TooLarge {
+            limit: limits.event,
+        });
+    }
+    let mut parsed = Parsed {
+        events: Vec::with_capacity(raw.len()),
+        rejected: Vec::new(),
+    };
+    for (index, event) in raw.into_iter().enumerate() {
+        let checked = serde_json::from_str::<EventInput>(event.get())
+            .map_err(|e| format!("not an event object: {e}"))
+            .and_then(|input| validate(input, now_ms, window));
+        match checked {
+            Ok(record) => parsed.events.push((index, record)),
+            Err(reason) => parsed.rejected.push((index, reason)),
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_760_000_000_000;
+    const WINDOW: Window = Window {
+        max_age_ms: 7 * clock::DAY_MS,
+        max_future_ms: clock::DAY_MS,
+    };
+
+    fn parse(body: Json) -> Result<Parsed, Error> {
+        parse_body(
+            body.to_string().as_bytes(),
+            false,
+            false,
+            NOW,
+            WINDOW,
+            LIMITS,
+        )
+    }
+
+    fn exposure() -> Json {
+        json!({"event_id": "6f1c2c1e-8b1a-4c1e-9a7e-0a1b2c3d4e5f", "kind": "exposure", "unit": "u1",
+               "experiment_id": "AF3E2A13-FD67-430D-87BF-0F8874B280D8", "variant": "treatment", "timestamp": NOW})
+    }
+
+    #[test]
+    fn accepts_both_shapes_and_normalises() {
+        let wrapped = parse(json!({"events": [exposure()]})).expect("valid");
+        let bare = parse(json!([exposure()])).expect("valid");
+        assert_eq!(wrapped.events, bare.events);
+        let (_, e) = &wrapped.events[0];
+        assert_eq!(e.unit_key, "user_id:u1");
+        assert_eq!(
+            e.kind,
+            Kind::Exposure {
+                experiment_id: "af3e2a13-fd67-430d-87bf-0f8874b280d8".into(),
+                variant: "treatment".into()
+            }
+        );
+        let metric = parse(json!([{"event_id": "7a2d2c1e-8b1a-4c1e-9a7e-0a1b2c3d4e5f", "kind": "metric", "unit": 42,
+            "unit_attribute": "device_id", "event_type": "revenue", "value": 9.5, "timestamp": "2025-10-09T08:53:20Z"}]))
+        .expect("valid");
+        let (_, m) = &metric.events[0];
+        assert_eq!(
+            (m.unit_key.as_str(), m.value, m.ts_ms),
+            ("device_id:42", 9.5, NOW)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_events_with_reasons_and_keeps_the_rest() {
+        let mut future = exposure();
+        future["timestamp"] = json!(NOW + 2 * clock::DAY_MS);
+        let mut old = exposure();
+        old["timestamp"] = json!(NOW - 8 * clock::DAY_MS);
+        let parsed = parse(
+            json!([exposure(), {"kind": "metric"}, future, old, {"event_id": "x"}, 5,
+            {"event_id": "7a2d2c1e-8b1a-4c1e-9a7e-0a1b2c3d4e5f", "kind": "click", "unit": "u"}]),
+        )
+        .expect("body is fine");
+        assert_eq!(parsed.events.len(), 1);
+        let reasons: Vec<(usize, &str)> = parsed
+            .rejected
+            .iter()
+            .map(|(i, r)| (*i, r.as_str()))
+            .collect();
+        assert_eq!(reasons[0], (1, "`event_id` is required"));
+        assert!(reasons[1].1.contains("future"));
+        assert!(reasons[2].1.contains("older"));
+        assert!(reasons[3].1.contains("UUID"));
+        assert!(reasons[4].1.contains("not an event object"));
+        assert!(reasons[5].1.contains("unknown `kind`"));
+    }
+
+    #[test]
+    fn body_level_problems() {
+        assert!(matches!(parse(json!([])), Err(Error::BadRequest { .. })));
+        assert!(matches!(
+            parse_body(b"{", false, false, NOW, WINDOW, LIMITS),
+            Err(Error::BadRequest { .. })
+        ));
+        let big = json!([{"event_id": "x", "pad": "a".repeat(40_000)}]);
+        assert!(matches!(parse(big), Err(Error::TooLarge { .. })));
+        let beacon = vec![b' '; 70_000];
+        assert!(matches!(
+            parse_body(&beacon, false, true, NOW, WINDOW, LIMITS),
+            Err(Error::TooLarge { .. })
+        ));
+        // A small gzip body that inflates past the limit is refused.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut encoder, &vec![b' '; 9 * 1024 * 1024]).expect("compress");
+        let bomb = encoder.finish().expect("compress");
+        assert!(matches!(
+            parse_body(&bomb, true, false, NOW, WINDOW, LIMITS),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse_body(b"not gzip", true, false, NOW, WINDOW, LIMITS),
+            Err(Error::BadRequest { .. })
+        ));
+    }
+}
