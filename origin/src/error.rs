@@ -162,6 +162,25 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<abx_origin_store::Error> for ApiError {
+    fn from(error: abx_origin_store::Error) -> Self {
+        use abx_origin_store::Error;
+        match error {
+            Error::Unavailable(error) => {
+                tracing::warn!(%error, "database unavailable");
+                ApiError::Unavailable {
+                    message: "the database is unavailable".into(),
+                    retry_after_s: 5,
+                }
+            }
+            Error::Duplicate(_) => {
+                ApiError::conflict("duplicate_key", "an object with this key already exists")
+            }
+            Error::Database(error) => ApiError::Internal(error.into()),
+        }
+    }
+}
+
 impl From<abx_origin_domain::Error> for ApiError {
     fn from(error: abx_origin_domain::Error) -> Self {
         use abx_origin_domain::Error;

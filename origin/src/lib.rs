@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod db;
 pub mod error;
 pub mod events;
 pub mod guardrails;
@@ -17,6 +16,7 @@ pub mod store;
 pub mod telemetry;
 
 pub use abx_origin_domain::{clock, model, plan, results, rollup};
+pub use abx_origin_store::db;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -412,7 +412,7 @@ impl AppState {
         }
     }
 
-    async fn housekeeping(&self) -> Result<(), sqlx::Error> {
+    async fn housekeeping(&self) -> Result<(), crate::store::Error> {
         let mut tx = self.db.begin_write().await?;
         store::prune_snapshots(&mut tx, 1_000).await?;
         store::prune_idempotency_keys(&mut tx, clock::now_ms() - clock::DAY_MS).await?;
@@ -443,7 +443,7 @@ impl AppState {
         tracing::info!(version, "published snapshot");
     }
 
-    pub async fn reload_keys(&self) -> Result<(), sqlx::Error> {
+    pub async fn reload_keys(&self) -> Result<(), crate::store::Error> {
         let mut conn = self.db.pool.acquire().await?;
         self.keys.replace(store::active_keys(&mut conn).await?);
         Ok(())

@@ -35,7 +35,10 @@ pub fn spawn(state: AppState) {
 }
 
 /// Delivers what is due; returns how many rows it handled.
-pub async fn deliver_due(state: &AppState, client: &reqwest::Client) -> Result<usize, sqlx::Error> {
+pub async fn deliver_due(
+    state: &AppState,
+    client: &reqwest::Client,
+) -> Result<usize, crate::store::Error> {
     let mut conn = state.db.pool.acquire().await?;
     let due = store::due_outbox(&mut conn, clock::now_ms(), BATCH).await?;
     drop(conn);

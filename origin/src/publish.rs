@@ -88,7 +88,7 @@ pub struct LoadedExperiments(HashMap<String, Arc<Experiment>>);
 async fn load_config(
     conn: &mut AnyConnection,
     loaded: &LoadedExperiments,
-) -> Result<(Config, LoadedExperiments), sqlx::Error> {
+) -> Result<(Config, LoadedExperiments), crate::store::Error> {
     let versions = store::experiments::published_versions(conn).await?;
     let stale: Vec<&str> = versions
         .iter()
@@ -120,7 +120,7 @@ async fn load_config(
 }
 
 /// The whole configuration read afresh, for the debug-build cross-check.
-async fn load_config_in_full(conn: &mut AnyConnection) -> Result<Config, sqlx::Error> {
+async fn load_config_in_full(conn: &mut AnyConnection) -> Result<Config, crate::store::Error> {
     let (config, _) = load_config(conn, &LoadedExperiments::default()).await?;
     Ok(config)
 }

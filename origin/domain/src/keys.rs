@@ -117,6 +117,18 @@ pub struct KeyInfo {
     pub role: Role,
 }
 
+/// An API key as listed: never its secret or hash.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

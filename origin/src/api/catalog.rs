@@ -46,7 +46,7 @@ fn page<T>(items: Vec<T>) -> Page<T> {
 /// Experiments that are running or paused, which pin parts of the configuration.
 async fn active_experiments(
     conn: &mut AnyConnection,
-) -> Result<Vec<crate::store::experiments::Experiment>, sqlx::Error> {
+) -> Result<Vec<crate::store::experiments::Experiment>, crate::store::Error> {
     store::experiments::with_status(conn, &[Status::Running, Status::Paused]).await
 }
 

@@ -19,7 +19,7 @@ use crate::store::experiments::{Experiment, Filter, StatusChange};
 use crate::store::{self, Change};
 
 /// Loads what validating an experiment needs to know.
-pub(super) async fn known(conn: &mut AnyConnection) -> Result<Known, sqlx::Error> {
+pub(super) async fn known(conn: &mut AnyConnection) -> Result<Known, crate::store::Error> {
     let mut known = Known::default();
     for layer in store::catalog::layers(conn, None).await? {
         known
@@ -47,7 +47,7 @@ pub(super) async fn known(conn: &mut AnyConnection) -> Result<Known, sqlx::Error
 /// Each segment's total condition depth, segments it refers to included.
 pub(super) async fn segment_depths(
     conn: &mut AnyConnection,
-) -> Result<HashMap<String, u32>, sqlx::Error> {
+) -> Result<HashMap<String, u32>, crate::store::Error> {
     let segments = store::catalog::segments(conn, None).await?;
     let mut depths: HashMap<String, u32> = HashMap::new();
     // Segments may refer to segments: settle depths in rounds (acyclic by validation).

@@ -95,7 +95,7 @@ async fn run(
             }
             Err(error) => {
                 tracing::warn!(%error, events = size, "writing events failed");
-                let unavailable = crate::db::is_unavailable(&error);
+                let unavailable = matches!(error, crate::store::Error::Unavailable(_));
                 for job in jobs {
                     let reply = if unavailable {
                         ApiError::Unavailable {
@@ -113,7 +113,7 @@ async fn run(
 }
 
 /// One transaction for the whole group.
-async fn write(db: &Db, jobs: &[Job]) -> Result<store::events::Appended, sqlx::Error> {
+async fn write(db: &Db, jobs: &[Job]) -> Result<store::events::Appended, crate::store::Error> {
     let events: Vec<&EventRecord> = jobs.iter().flat_map(|j| j.events.iter()).collect();
     let started = std::time::Instant::now();
     let mut tx = db.begin_write().await?;

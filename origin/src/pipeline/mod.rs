@@ -34,7 +34,7 @@ pub const MAX_ATTEMPTS: i64 = 3;
 /// Plans of every experiment that may still receive events (archived ones do not).
 pub async fn load_plans(
     conn: &mut AnyConnection,
-) -> Result<HashMap<String, ExperimentPlan>, sqlx::Error> {
+) -> Result<HashMap<String, ExperimentPlan>, crate::store::Error> {
     let metrics: HashMap<String, store::catalog::Metric> = store::catalog::metrics(conn, None)
         .await?
         .into_iter()
@@ -74,7 +74,7 @@ pub fn spawn(state: AppState) {
     });
 }
 
-async fn prune(state: &AppState) -> Result<(), sqlx::Error> {
+async fn prune(state: &AppState) -> Result<(), crate::store::Error> {
     let mut conn = state.db.pool.acquire().await?;
     // The cursor first: events that the pipeline set aside by that position are in the
     // retry and dead-letter tables when they are read next.
@@ -137,7 +137,7 @@ impl Read {
         log: &mut AnyConnection,
         position: i64,
         retried: Vec<Logged>,
-    ) -> Result<Read, sqlx::Error> {
+    ) -> Result<Read, crate::store::Error> {
         let started = std::time::Instant::now();
         let limit = state.settings.pipeline_batch.max(1);
         let fresh = match state.log_tail.take_after(position, limit as usize) {
@@ -166,7 +166,7 @@ impl Applied {
         cache: &mut UnitCache,
         previous: Option<&Batch>,
         read: Read,
-    ) -> Result<Applied, sqlx::Error> {
+    ) -> Result<Applied, crate::store::Error> {
         let started = std::time::Instant::now();
         let Read {
             position,
@@ -210,7 +210,7 @@ impl Applied {
         &self,
         state: &AppState,
         attempts: &HashMap<i64, i64>,
-    ) -> Result<Option<usize>, sqlx::Error> {
+    ) -> Result<Option<usize>, crate::store::Error> {
         let mut tx = state.db.begin_write().await?;
         if !event_store::advance_cursor(&mut tx, CURSOR, self.position, self.new_position).await? {
             return Ok(None);
@@ -355,7 +355,7 @@ async fn rebuild_changed(
     state: &AppState,
     conn: &mut AnyConnection,
     plans: &HashMap<String, ExperimentPlan>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), crate::store::Error> {
     let built = event_store::rollup_plans(conn).await?;
     for (experiment_id, plan) in plans {
         let signature = plan.signature();
@@ -378,7 +378,7 @@ pub async fn rebuild(
     conn: &mut AnyConnection,
     experiment_id: &str,
     plan: &ExperimentPlan,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), crate::store::Error> {
     let units = event_store::experiment_units(conn, experiment_id).await?;
     let mut sums: BTreeMap<(String, String, i64), Sums> = BTreeMap::new();
     for (exposure, totals) in units.values() {
@@ -402,5 +402,5 @@ pub async fn rebuild(
             ((experiment_id, variant.as_str(), metric.as_str(), *d), *s)
         })
         .collect();
-    event_store::replace_metric_rollups(conn, experiment_id, &rows).await
+    Ok(event_store::replace_metric_rollups(conn, experiment_id, &rows).await?)
 }

@@ -8,6 +8,7 @@ pub mod slots;
 pub mod targeting;
 
 use serde::Serialize;
+use serde_json::Value as Json;
 
 use crate::FieldError;
 
@@ -71,4 +72,17 @@ pub fn page_limit(limit: Option<u32>) -> Result<i64, crate::Error> {
         n @ 1..=500 => Ok(i64::from(n)),
         _ => Err(crate::Error::bad_request("limit must be between 1 and 500")),
     }
+}
+
+/// One entry of the audit log.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub entity_type: String,
+    pub entity_id: String,
+    #[schema(value_type = Object)]
+    pub details: Json,
 }

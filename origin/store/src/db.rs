@@ -17,6 +17,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::Error;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -40,8 +42,8 @@ pub struct WriteTx {
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    pub async fn commit(self) -> Result<(), Error> {
+        Ok(self.tx.commit().await?)
     }
 }
 
@@ -139,7 +141,7 @@ pub fn event_log_file(url: &str) -> Option<EventLogFile> {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("database error while migrating: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] Error),
     #[error(
         "migration {version} ({name}) was changed after it was applied; add a new migration instead"
     )]
@@ -148,9 +150,15 @@ pub enum MigrateError {
     Unknown(i64),
 }
 
+impl From<sqlx::Error> for MigrateError {
+    fn from(error: sqlx::Error) -> Self {
+        MigrateError::Database(error.into())
+    }
+}
+
 impl Db {
     /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://...`).
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, sqlx::Error> {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, Error> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
@@ -224,7 +232,7 @@ impl Db {
     }
 
     /// Begins a transaction that will write.
-    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+    pub async fn begin_write(&self) -> Result<WriteTx, Error> {
         match self.backend {
             Backend::Sqlite => {
                 let gate = self.write_gate.clone().lock_owned().await;
@@ -255,7 +263,7 @@ impl Db {
     /// in one transaction. A no-op once done, so it runs at every start. Should a crash
     /// separate the two files' commits (SQLite in WAL mode commits attached files one by
     /// one), the next start finds the copied rows already there and skips them.
-    pub async fn move_events_to_log(&self, log: &Path) -> Result<u64, sqlx::Error> {
+    pub async fn move_events_to_log(&self, log: &Path) -> Result<u64, Error> {
         let mut conn = self.pool.acquire().await?;
         let waiting: Option<i64> = sqlx::query_scalar("SELECT seq FROM events LIMIT 1")
             .fetch_optional(&mut *conn)
@@ -327,7 +335,7 @@ impl Db {
                 .bind(migration.version)
                 .bind(migration.name)
                 .bind(self.checksum(migration))
-                .bind(crate::clock::now_ms())
+                .bind(abx_origin_domain::clock::now_ms())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -348,7 +356,7 @@ impl Db {
     }
 
     fn checksum(&self, migration: &Migration) -> String {
-        crate::auth::hex(&Sha256::digest(self.sql(migration).as_bytes()))
+        abx_origin_domain::keys::hex(&Sha256::digest(self.sql(migration).as_bytes()))
     }
 }
 

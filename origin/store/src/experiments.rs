@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{json_column, opt_json_column, placeholders, to_json_text, typed_json};
+use crate::Error;
 use crate::clock;
 use crate::model::bp_to_percent;
 pub use crate::model::experiment::{Experiment, SlotRange};
@@ -18,7 +19,7 @@ const SELECT: &str = "SELECT e.id, e.key, e.name, e.hypothesis, e.description, e
         e.ended_at_ms
     FROM experiments e LEFT JOIN layers l ON l.id = e.layer_id LEFT JOIN holdouts h ON h.id = e.holdout_id";
 
-fn experiment(row: &AnyRow) -> Result<Experiment, sqlx::Error> {
+fn experiment(row: &AnyRow) -> Result<Experiment, Error> {
     let status: String = row.try_get("status")?;
     let traffic_bp: i64 = row.try_get("traffic_bp")?;
     let switchback: Option<i64> = row.try_get("switchback_period_s")?;
@@ -66,7 +67,7 @@ fn experiment(row: &AnyRow) -> Result<Experiment, sqlx::Error> {
 async fn attach_children(
     conn: &mut AnyConnection,
     experiments: &mut [Experiment],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     if experiments.is_empty() {
         return Ok(());
     }
@@ -125,10 +126,7 @@ async fn attach_children(
 }
 
 /// One experiment by id or key.
-pub async fn get(
-    conn: &mut AnyConnection,
-    reference: &str,
-) -> Result<Option<Experiment>, sqlx::Error> {
+pub async fn get(conn: &mut AnyConnection, reference: &str) -> Result<Option<Experiment>, Error> {
     let sql = format!("{SELECT} WHERE e.id = $1 OR e.key = $1");
     let Some(row) = sqlx::query(&sql)
         .bind(reference)
@@ -156,10 +154,7 @@ pub struct Filter<'a> {
     pub include_archived: bool,
 }
 
-pub async fn list(
-    conn: &mut AnyConnection,
-    filter: &Filter<'_>,
-) -> Result<Vec<Experiment>, sqlx::Error> {
+pub async fn list(conn: &mut AnyConnection, filter: &Filter<'_>) -> Result<Vec<Experiment>, Error> {
     let sql = format!(
         "{SELECT} WHERE ($1 = '' OR e.status = $1)
            AND ($2 = '' OR e.layer_id = $2 OR l.key = $2)
@@ -198,7 +193,7 @@ pub async fn list(
 }
 
 /// Every experiment that is not archived, in creation order: what a snapshot contains.
-pub async fn all_published(conn: &mut AnyConnection) -> Result<Vec<Experiment>, sqlx::Error> {
+pub async fn all_published(conn: &mut AnyConnection) -> Result<Vec<Experiment>, Error> {
     let sql = format!("{SELECT} WHERE e.status <> 'archived' ORDER BY e.created_at_ms, e.id");
     let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
     let mut experiments = rows.iter().map(experiment).collect::<Result<Vec<_>, _>>()?;
@@ -208,9 +203,7 @@ pub async fn all_published(conn: &mut AnyConnection) -> Result<Vec<Experiment>, 
 
 /// The id and version of every experiment `all_published` returns, in the same order: enough
 /// to tell which experiments changed since they were last loaded.
-pub async fn published_versions(
-    conn: &mut AnyConnection,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn published_versions(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>, Error> {
     let rows = sqlx::query(
         "SELECT id, version FROM experiments WHERE status <> 'archived' ORDER BY created_at_ms, id",
     )
@@ -222,10 +215,7 @@ pub async fn published_versions(
 }
 
 /// The experiments with these ids, in no particular order.
-pub async fn by_ids(
-    conn: &mut AnyConnection,
-    ids: &[&str],
-) -> Result<Vec<Experiment>, sqlx::Error> {
+pub async fn by_ids(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Experiment>, Error> {
     let mut experiments = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1_000) {
         let marks = placeholders(conn, chunk.len(), 0);
@@ -248,7 +238,7 @@ pub async fn by_ids(
 pub async fn keys_of(
     conn: &mut AnyConnection,
     references: &[&str],
-) -> Result<HashMap<String, String>, sqlx::Error> {
+) -> Result<HashMap<String, String>, Error> {
     let mut keys = HashMap::new();
     // Each reference is bound twice (as id and as key); SQLite allows 32766 parameters.
     for chunk in references.chunks(1_000) {
@@ -276,7 +266,7 @@ pub async fn keys_of(
 pub async fn with_status(
     conn: &mut AnyConnection,
     statuses: &[Status],
-) -> Result<Vec<Experiment>, sqlx::Error> {
+) -> Result<Vec<Experiment>, Error> {
     let marks = placeholders(conn, statuses.len(), 0);
     let sql = format!("{SELECT} WHERE e.status IN ({marks}) ORDER BY e.created_at_ms, e.id");
     let mut query = sqlx::query(&sql);
@@ -293,7 +283,7 @@ async fn write_variants(
     conn: &mut AnyConnection,
     id: &str,
     variants: &[VariantSpec],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query("DELETE FROM experiment_variants WHERE experiment_id = $1")
         .bind(id)
         .execute(&mut *conn)
@@ -315,7 +305,7 @@ pub async fn insert(
     conn: &mut AnyConnection,
     id: &str,
     spec: &ExperimentSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     let now = clock::now_ms();
     sqlx::query(
         "INSERT INTO experiments (id, key, name, hypothesis, description, owner, status, unit, layer_id, traffic_bp,
@@ -353,7 +343,7 @@ pub async fn update(
     id: &str,
     spec: &ExperimentSpec,
     expected_version: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, Error> {
     let result = sqlx::query(
         "UPDATE experiments SET name = $1, hypothesis = $2, description = $3, owner = $4, unit = $5, layer_id = $6,
             traffic_bp = $7, targeting = $8, holdout_id = $9, forced = $10, primary_metric = $11,
@@ -401,7 +391,7 @@ pub async fn set_status(
     conn: &mut AnyConnection,
     id: &str,
     change: &StatusChange<'_>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     let now = clock::now_ms();
     sqlx::query(
         "UPDATE experiments SET status = $1, status_reason = $2,
@@ -423,7 +413,7 @@ pub async fn set_status(
     Ok(())
 }
 
-pub async fn delete_draft(conn: &mut AnyConnection, id: &str) -> Result<bool, sqlx::Error> {
+pub async fn delete_draft(conn: &mut AnyConnection, id: &str) -> Result<bool, Error> {
     let result = sqlx::query("DELETE FROM experiments WHERE id = $1 AND status = 'draft'")
         .bind(id)
         .execute(&mut *conn)

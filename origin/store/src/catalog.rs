@@ -4,6 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::json_column;
+use crate::Error;
 use crate::clock;
 use crate::model::bp_to_percent;
 use crate::model::catalog::{
@@ -15,7 +16,7 @@ pub async fn insert_layer(
     conn: &mut AnyConnection,
     id: &str,
     spec: &LayerSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     let now = clock::now_ms();
     sqlx::query(
         "INSERT INTO layers (id, key, name, description, unit, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -35,7 +36,7 @@ pub async fn update_layer(
     conn: &mut AnyConnection,
     id: &str,
     spec: &LayerSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query("UPDATE layers SET name = $1, description = $2, unit = $3, updated_at_ms = $4 WHERE id = $5")
         .bind(&spec.name)
         .bind(&spec.description)
@@ -48,7 +49,7 @@ pub async fn update_layer(
 }
 
 /// Every layer's id and key, without the allocations `layers` gathers.
-pub async fn layer_names(conn: &mut AnyConnection) -> Result<Vec<LayerName>, sqlx::Error> {
+pub async fn layer_names(conn: &mut AnyConnection) -> Result<Vec<LayerName>, Error> {
     let rows = sqlx::query("SELECT id, key FROM layers ORDER BY key")
         .fetch_all(&mut *conn)
         .await?;
@@ -66,7 +67,7 @@ pub async fn layer_names(conn: &mut AnyConnection) -> Result<Vec<LayerName>, sql
 pub async fn layers(
     conn: &mut AnyConnection,
     reference: Option<&str>,
-) -> Result<Vec<Layer>, sqlx::Error> {
+) -> Result<Vec<Layer>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, unit, created_at_ms, updated_at_ms FROM layers
          WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
@@ -120,7 +121,7 @@ pub async fn layers(
 pub async fn layer_ranges(
     conn: &mut AnyConnection,
     layer_id: &str,
-) -> Result<Vec<(String, u16, u16)>, sqlx::Error> {
+) -> Result<Vec<(String, u16, u16)>, Error> {
     let rows = sqlx::query("SELECT experiment_id, start_bp, end_bp FROM layer_allocations WHERE layer_id = $1 ORDER BY start_bp")
         .bind(layer_id)
         .fetch_all(&mut *conn)
@@ -139,7 +140,7 @@ pub async fn set_allocations(
     layer_id: &str,
     experiment_id: &str,
     ranges: &[(u16, u16)],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query("DELETE FROM layer_allocations WHERE experiment_id = $1")
         .bind(experiment_id)
         .execute(&mut *conn)
@@ -160,7 +161,7 @@ pub async fn insert_holdout(
     conn: &mut AnyConnection,
     id: &str,
     spec: &HoldoutSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO holdouts (id, key, name, description, percent_bp, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
@@ -179,7 +180,7 @@ pub async fn update_holdout(
     conn: &mut AnyConnection,
     id: &str,
     spec: &HoldoutSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query("UPDATE holdouts SET name = $1, description = $2, percent_bp = $3, updated_at_ms = $4 WHERE id = $5")
         .bind(&spec.name)
         .bind(&spec.description)
@@ -194,7 +195,7 @@ pub async fn update_holdout(
 pub async fn holdouts(
     conn: &mut AnyConnection,
     reference: Option<&str>,
-) -> Result<Vec<Holdout>, sqlx::Error> {
+) -> Result<Vec<Holdout>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, percent_bp, created_at_ms, updated_at_ms FROM holdouts
          WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
@@ -223,7 +224,7 @@ pub async fn insert_segment(
     conn: &mut AnyConnection,
     id: &str,
     spec: &SegmentSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO segments (id, key, name, description, condition, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
@@ -242,7 +243,7 @@ pub async fn update_segment(
     conn: &mut AnyConnection,
     id: &str,
     spec: &SegmentSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query("UPDATE segments SET name = $1, description = $2, condition = $3, updated_at_ms = $4 WHERE id = $5")
         .bind(&spec.name)
         .bind(&spec.description)
@@ -257,7 +258,7 @@ pub async fn update_segment(
 pub async fn segments(
     conn: &mut AnyConnection,
     reference: Option<&str>,
-) -> Result<Vec<Segment>, sqlx::Error> {
+) -> Result<Vec<Segment>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, condition, created_at_ms, updated_at_ms FROM segments
          WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
@@ -284,7 +285,7 @@ pub async fn insert_metric(
     conn: &mut AnyConnection,
     id: &str,
     spec: &MetricSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO metrics (id, key, name, description, kind, event_type, denominator_event_type, direction,
                               guardrail_threshold, created_at_ms, updated_at_ms)
@@ -309,7 +310,7 @@ pub async fn update_metric(
     conn: &mut AnyConnection,
     id: &str,
     spec: &MetricSpec,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE metrics SET name = $1, description = $2, kind = $3, event_type = $4, denominator_event_type = $5,
                 direction = $6, guardrail_threshold = $7, updated_at_ms = $8 WHERE id = $9",
@@ -328,7 +329,7 @@ pub async fn update_metric(
     Ok(())
 }
 
-fn metric(r: &AnyRow) -> Result<Metric, sqlx::Error> {
+fn metric(r: &AnyRow) -> Result<Metric, Error> {
     let kind: String = r.try_get("kind")?;
     let direction: String = r.try_get("direction")?;
     Ok(Metric {
@@ -351,7 +352,7 @@ fn metric(r: &AnyRow) -> Result<Metric, sqlx::Error> {
 pub async fn metrics(
     conn: &mut AnyConnection,
     reference: Option<&str>,
-) -> Result<Vec<Metric>, sqlx::Error> {
+) -> Result<Vec<Metric>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, kind, event_type, denominator_event_type, direction, guardrail_threshold,
                 created_at_ms, updated_at_ms

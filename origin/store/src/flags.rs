@@ -4,11 +4,12 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{json_column, to_json_text, typed_json};
+use crate::Error;
 use crate::clock;
 pub use crate::model::flag::Flag;
 use crate::model::flag::FlagSpec;
 
-fn flag(r: &AnyRow) -> Result<Flag, sqlx::Error> {
+fn flag(r: &AnyRow) -> Result<Flag, Error> {
     let enabled: i64 = r.try_get("enabled")?;
     Ok(Flag {
         id: r.try_get("id")?,
@@ -25,10 +26,7 @@ fn flag(r: &AnyRow) -> Result<Flag, sqlx::Error> {
     })
 }
 
-pub async fn flags(
-    conn: &mut AnyConnection,
-    reference: Option<&str>,
-) -> Result<Vec<Flag>, sqlx::Error> {
+pub async fn flags(conn: &mut AnyConnection, reference: Option<&str>) -> Result<Vec<Flag>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, description, enabled, unit, off_value, default_value, rules, version, created_at_ms, updated_at_ms
          FROM flags WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
@@ -39,11 +37,7 @@ pub async fn flags(
     rows.iter().map(flag).collect()
 }
 
-pub async fn insert(
-    conn: &mut AnyConnection,
-    id: &str,
-    spec: &FlagSpec,
-) -> Result<(), sqlx::Error> {
+pub async fn insert(conn: &mut AnyConnection, id: &str, spec: &FlagSpec) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO flags (id, key, description, enabled, unit, off_value, default_value, rules, version, created_at_ms, updated_at_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
@@ -67,7 +61,7 @@ pub async fn update(
     id: &str,
     spec: &FlagSpec,
     expected_version: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, Error> {
     let result = sqlx::query(
         "UPDATE flags SET description = $1, enabled = $2, unit = $3, off_value = $4, default_value = $5, rules = $6,
             version = version + 1, updated_at_ms = $7
