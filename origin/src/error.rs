@@ -181,6 +181,30 @@ impl From<abx_origin_store::Error> for ApiError {
     }
 }
 
+impl From<abx_origin_pipeline::Error> for ApiError {
+    fn from(error: abx_origin_pipeline::Error) -> Self {
+        use abx_origin_pipeline::Error;
+        match error {
+            Error::Unavailable {
+                message,
+                retry_after_s,
+            } => ApiError::Unavailable {
+                message: message.into(),
+                retry_after_s,
+            },
+            Error::Store(error) => error.into(),
+            Error::Warehouse(error) => {
+                tracing::warn!(%error, "warehouse query failed");
+                ApiError::Unavailable {
+                    message: "the warehouse is unavailable".into(),
+                    retry_after_s: 5,
+                }
+            }
+            Error::Write(message) => ApiError::Internal(anyhow::anyhow!(message)),
+        }
+    }
+}
+
 impl From<abx_origin_domain::Error> for ApiError {
     fn from(error: abx_origin_domain::Error) -> Self {
         use abx_origin_domain::Error;

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::api::analysis_support::{LifecycleBody, apply, results_of};
 use crate::error::ApiResult;
 use crate::model::experiment::{Action, Status};
-use crate::{AppState, pipeline, store};
+use crate::{AppState, store};
 
 pub const ACTOR: &str = "guardrail-monitor";
 
@@ -26,8 +26,8 @@ pub fn spawn(state: AppState) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Some(warehouse) = &state.warehouse
-                && let Err(error) = pipeline::warehouse::refresh(&state, warehouse).await
+            if let Some(warehouse) = &state.pipeline.warehouse
+                && let Err(error) = crate::warehouse::refresh(&state.pipeline, warehouse).await
             {
                 tracing::warn!(%error, "recomputing the warehouse's rollups failed");
             }

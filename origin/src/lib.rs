@@ -10,12 +10,11 @@ pub mod error;
 pub mod events;
 pub mod guardrails;
 pub mod outbox;
-pub mod pipeline;
 pub mod publish;
 pub mod store;
-pub mod telemetry;
 
 pub use abx_origin_domain::{clock, model, plan, results, rollup};
+pub use abx_origin_pipeline::{Pipeline, attribution as pipeline, telemetry, warehouse};
 pub use abx_origin_store::db;
 
 use std::net::SocketAddr;
@@ -198,10 +197,10 @@ impl std::fmt::Display for Roles {
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
+    /// The configuration database.
     pub db: Db,
-    /// The event log: its own SQLite file, or `db` itself on PostgreSQL (see
-    /// `db::event_log_file`).
-    pub log: Db,
+    /// The event log, its writer, the pipeline's state and the warehouse.
+    pub pipeline: Arc<Pipeline>,
     pub settings: Settings,
     pub keys: KeyCache,
     pub limiter: RateLimiter,
@@ -212,16 +211,8 @@ pub struct Shared {
     changes: broadcast::Sender<u64>,
     signing_seed: [u8; 32],
     pub public_key: [u8; 32],
-    pub telemetry: Arc<telemetry::Telemetry>,
-    pub writer: events::writer::Writer,
-    /// What the writer committed last, for the pipeline (see `events::tail`).
-    pub(crate) log_tail: Arc<events::tail::LogTail>,
     /// The JetStream event log, when events go through one.
     pub event_stream: Option<Arc<events::jetstream::EventStream>>,
-    /// The ClickHouse warehouse, when events are analysed there.
-    pub warehouse: Option<Arc<store::clickhouse::ClickHouse>>,
-    /// The pipeline's per-unit state between batches (see `pipeline::UnitCache`).
-    pub(crate) unit_cache: tokio::sync::Mutex<pipeline::UnitCache>,
     /// Idempotency keys whose first request is still running.
     pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -316,15 +307,26 @@ impl AppState {
             }
             None => None,
         };
-        let state = AppState(Arc::new(Shared {
+        let pipeline = Arc::new(Pipeline {
+            db: db.clone(),
+            log,
+            settings: abx_origin_pipeline::Settings {
+                batch: settings.pipeline_batch,
+                event_window: settings.event_window(),
+                max_lag: settings.max_pipeline_lag,
+                warehouse_retention_days: settings.warehouse_retention_days,
+            },
             telemetry,
             writer,
             log_tail,
-            event_stream,
             warehouse,
             unit_cache: tokio::sync::Mutex::new(pipeline::UnitCache::new(
                 settings.pipeline_cache_units,
             )),
+        });
+        let state = AppState(Arc::new(Shared {
+            pipeline,
+            event_stream,
             limiter: RateLimiter::new(settings.admin_rate, settings.sdk_rate),
             keys: KeyCache::default(),
             published: RwLock::new(Arc::new(publish::genesis())),
@@ -335,7 +337,6 @@ impl AppState {
             signing_seed,
             settings,
             db,
-            log,
         }));
         // Only admin processes create keys and publish; the others serve what was published.
         let new_admin_key = if roles.admin {
@@ -357,7 +358,7 @@ impl AppState {
     /// uses them gets `PoolClosed`, as when the database is gone.
     pub async fn close_databases(&self) {
         self.db.pool.close().await;
-        self.log.pool.close().await;
+        self.pipeline.log.pool.close().await;
     }
 
     /// Runs the background work of this process's roles: key refresh, snapshot following,
@@ -365,8 +366,8 @@ impl AppState {
     pub fn spawn_background(&self) {
         let roles = self.settings.roles;
         self.db.spawn_checkpointer();
-        if !self.log.is_same(&self.db) {
-            self.log.spawn_checkpointer();
+        if !self.pipeline.log.is_same(&self.db) {
+            self.pipeline.log.spawn_checkpointer();
         }
         let state = self.clone();
         tokio::spawn(async move {
@@ -400,13 +401,13 @@ impl AppState {
         if let Some(stream) = &self.event_stream {
             events::jetstream::spawn_lag_poller(stream.clone());
             if roles.pipeline {
-                events::jetstream::spawn_loader(self.clone(), stream.clone());
+                events::jetstream::spawn_loader(self.pipeline.clone(), stream.clone());
             }
         }
         if roles.pipeline {
             // With a warehouse the SQL event log stays empty: results are computed there.
-            if self.warehouse.is_none() {
-                pipeline::spawn(self.clone());
+            if self.pipeline.warehouse.is_none() {
+                pipeline::spawn(self.pipeline.clone());
             }
             guardrails::spawn(self.clone());
         }
@@ -458,12 +459,7 @@ impl AppState {
     ) -> ApiResult<T> {
         let mut loaded = self.write_lock.lock().await;
         let mut tx = self.db.begin_write().await?;
-        if self.db.backend == Backend::Postgres {
-            // Serialises changes across origin processes sharing one PostgreSQL database.
-            sqlx::query("SELECT pg_advisory_xact_lock(727411)")
-                .execute(&mut *tx)
-                .await?;
-        }
+        store::serialise_config_changes(&mut tx, self.db.backend).await?;
         let value = change(&mut tx).await?;
         let current = self.published();
         let prepared = publish::prepare(&mut tx, &current, &loaded, &self.signing_seed, false)

@@ -242,7 +242,7 @@ async fn attribution(o: &TestOrigin) {
 
     // A full rebuild from the SQL pipeline's per-unit totals gives the same totals (the
     // warehouse computes from raw events every time: it has nothing to rebuild).
-    if o.state.warehouse.is_some() {
+    if o.state.pipeline.warehouse.is_some() {
         return;
     }
     let plans = {
@@ -350,7 +350,7 @@ async fn two_pipelines(o: &TestOrigin) {
         );
         let pipeline = if turn % 2 == 0 { &o.state } else { &other };
         assert!(
-            abx_origin::pipeline::run_once(pipeline)
+            abx_origin::pipeline::run_once(&pipeline.pipeline)
                 .await
                 .expect("batch")
                 > 0
@@ -416,7 +416,7 @@ async fn duplicates(o: &TestOrigin) {
     );
     // Event lookup shows it logged and processed (in the SQL event log; the warehouse
     // keeps no per-event lookup).
-    if o.state.warehouse.is_some() {
+    if o.state.pipeline.warehouse.is_some() {
         restarted.close_databases().await;
         return;
     }
@@ -742,7 +742,14 @@ async fn retention_prunes_consumed_events_only() {
     o.send_events(&sdk, &[exposure(1, "a", &id, "control", now())])
         .await;
     let held = HashSet::new();
-    let mut log = o.state.log.pool.acquire().await.expect("connection");
+    let mut log = o
+        .state
+        .pipeline
+        .log
+        .pool
+        .acquire()
+        .await
+        .expect("connection");
     // Not yet consumed: kept even past the cutoff.
     assert_eq!(
         event_store::prune_events(&mut log, 0, now() + 10 * T0, &held)
@@ -756,7 +763,14 @@ async fn retention_prunes_consumed_events_only() {
     let position = event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
         .await
         .expect("cursor");
-    let mut log = o.state.log.pool.acquire().await.expect("connection");
+    let mut log = o
+        .state
+        .pipeline
+        .log
+        .pool
+        .acquire()
+        .await
+        .expect("connection");
     assert_eq!(
         event_store::prune_events(&mut log, position, now() - 60_000, &held)
             .await
@@ -816,7 +830,7 @@ async fn events_logged_in_the_main_file_move_to_the_event_log() {
             .await
             .expect("start")
             .state;
-        let mut log = state.log.pool.acquire().await.expect("connection");
+        let mut log = state.pipeline.log.pool.acquire().await.expect("connection");
         for record in &records {
             let logged = event_store::find_event(&mut log, &record.event_id)
                 .await

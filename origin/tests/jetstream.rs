@@ -120,7 +120,7 @@ async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
 
 async fn logged_events(state: &AppState) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&state.log.pool)
+        .fetch_one(&state.pipeline.log.pool)
         .await
         .expect("count")
 }
@@ -197,7 +197,11 @@ async fn a_request_retried_after_a_lost_acknowledgement_is_counted_once() {
     assert_eq!(logged_events(&o.state).await, logged);
     // 60 dropped by the broker, 60 rebatched copies and the scenario's repeat by the log.
     assert_eq!(
-        o.state.telemetry.events_duplicate.load(Ordering::Relaxed),
+        o.state
+            .pipeline
+            .telemetry
+            .events_duplicate
+            .load(Ordering::Relaxed),
         121
     );
     stream_of(&o.state).delete_streams().await.expect("delete");
@@ -215,7 +219,7 @@ async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
     let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
     let mut abandoned = 0;
     while abandoned < 9 {
-        abandoned += jetstream::load_once(&o.state, &stream, &consumer, Settle::Abandon)
+        abandoned += jetstream::load_once(&o.state.pipeline, &stream, &consumer, Settle::Abandon)
             .await
             .expect("load");
     }
@@ -246,7 +250,7 @@ async fn events_wait_in_the_stream_while_the_event_log_is_unavailable() {
     let stream = stream_of(&o.state);
     let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
     assert!(
-        jetstream::load_once(&o.state, &stream, &consumer, Settle::Acknowledge)
+        jetstream::load_once(&o.state.pipeline, &stream, &consumer, Settle::Acknowledge)
             .await
             .expect("load")
             > 0

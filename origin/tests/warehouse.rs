@@ -51,7 +51,7 @@ async fn warehouse_origin(clickhouse_url: String) -> Option<(TestOrigin, JetStre
 async fn clean_up(state: &AppState) {
     let stream = state.event_stream.clone().expect("stream");
     stream.delete_streams().await.expect("delete streams");
-    let warehouse = state.warehouse.clone().expect("warehouse");
+    let warehouse = state.pipeline.warehouse.clone().expect("warehouse");
     warehouse.drop_database().await.expect("drop database");
 }
 
@@ -270,7 +270,7 @@ async fn through_the_sql_pipeline() -> Expected {
     send_all(&direct, &key, &scenario(&checkout, &banner), 50).await;
     common::drain(&direct.state).await;
     let events = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&direct.state.log.pool)
+        .fetch_one(&direct.state.pipeline.log.pool)
         .await
         .expect("count");
     Expected {
@@ -303,7 +303,7 @@ async fn assert_matches_the_sql_pipeline(o: &TestOrigin, checkout: &str, banner:
         &expected.interactions,
         "interactions",
     );
-    let warehouse = o.state.warehouse.clone().expect("warehouse");
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
     assert_eq!(
         warehouse.event_count().await.expect("count"),
         expected.events as u64
@@ -360,9 +360,10 @@ async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
         .expect("consumer");
     let mut abandoned = 0;
     while abandoned < 10 {
-        abandoned += jetstream::load_once(&o.state, &event_stream, &consumer, Settle::Abandon)
-            .await
-            .expect("load");
+        abandoned +=
+            jetstream::load_once(&o.state.pipeline, &event_stream, &consumer, Settle::Abandon)
+                .await
+                .expect("load");
     }
     tokio::time::sleep(stream.ack_wait + Duration::from_millis(200)).await;
     common::drain(&o.state).await;
@@ -400,8 +401,8 @@ async fn results_read_the_rollups_the_pipeline_computed_last() {
     assert_eq!(stale["variants"], first["variants"]);
 
     // The tick recomputes both experiments: now they are the SQL pipeline's, exactly.
-    let warehouse = o.state.warehouse.clone().expect("warehouse");
-    let recomputed = abx_origin::pipeline::warehouse::refresh(&o.state, &warehouse)
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let recomputed = abx_origin::warehouse::refresh(&o.state.pipeline, &warehouse)
         .await
         .expect("refresh");
     assert_eq!(recomputed, 2);
@@ -421,7 +422,7 @@ async fn results_read_the_rollups_the_pipeline_computed_last() {
         assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     }
     assert_eq!(
-        abx_origin::pipeline::warehouse::refresh(&o.state, &warehouse)
+        abx_origin::warehouse::refresh(&o.state.pipeline, &warehouse)
             .await
             .expect("refresh"),
         2
@@ -468,7 +469,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
         .await;
     let id = o.start_experiment(experiment("old", "conversion")).await;
-    let warehouse = o.state.warehouse.clone().expect("warehouse");
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
 
     // Events straight into the warehouse (the collector refuses such old timestamps): one
     // in each of this month and the four months before it.
@@ -487,7 +488,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .insert(&(0..5).map(record).collect::<Vec<_>>())
         .await
         .expect("insert");
-    let refresh = || abx_origin::pipeline::warehouse::refresh(&o.state, &warehouse);
+    let refresh = || abx_origin::warehouse::refresh(&o.state.pipeline, &warehouse);
 
     // The running experiment started (as far as the warehouse knows) four months ago: it
     // needs every month since.
@@ -503,7 +504,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
 
     // Once it has completed and settled, only the last 60 days (whole months) stay.
     sqlx::query("UPDATE experiments SET status = 'completed', ended_at_ms = ? WHERE id = ?")
-        .bind(now - 2 * abx_origin::pipeline::warehouse::SETTLE_MS)
+        .bind(now - 2 * abx_origin::warehouse::SETTLE_MS)
         .bind(&id)
         .execute(&o.state.db.pool)
         .await
@@ -584,9 +585,14 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
         .expect("consumer");
     let mut attempts = 0;
     while down_since.elapsed() < OUTAGE {
-        attempts += jetstream::load_once(&o.state, &event_stream, &consumer, Settle::Acknowledge)
-            .await
-            .expect("load");
+        attempts += jetstream::load_once(
+            &o.state.pipeline,
+            &event_stream,
+            &consumer,
+            Settle::Acknowledge,
+        )
+        .await
+        .expect("load");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(attempts >= 3, "the loader tried {attempts} times");
@@ -612,7 +618,7 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
 
     // Back up: after the back-off every event arrives, once.
     proxy.set_up(true);
-    let warehouse = o.state.warehouse.clone().expect("warehouse");
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
     let mut waited = Duration::ZERO;
     // The longest back-off between deliveries is a minute.
     while warehouse.event_count().await.expect("count") == 0 {

@@ -3,7 +3,7 @@
 
 use std::io::Read as _;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
 
@@ -294,6 +294,16 @@ pub fn parse_body(
         }
     }
     Ok(parsed)
+}
+
+/// An event the pipeline gave up on, with why, for an operator to inspect and replay.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub event_id: String,
+    pub error: String,
+    pub attempts: i64,
+    pub failed_at: String,
 }
 
 #[cfg(test)]

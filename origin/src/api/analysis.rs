@@ -11,20 +11,19 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::experiments::{LifecycleBody, apply};
 use super::{ApiJson, json, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
+use crate::clock;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::catalog::MetricKind;
 use crate::model::experiment::{Action, Status};
 use crate::results::{self, Interval, Results};
-use crate::rollup::Rollups;
 use crate::store::catalog::Metric;
-use crate::store::{self, Change, events as event_store};
-use crate::{clock, pipeline};
+use crate::store::{self, Change};
 
 fn stats_error(error: StatsError) -> ApiError {
     ApiError::invalid("input", results::describe(&error))
@@ -45,20 +44,7 @@ pub(crate) async fn results_of(
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    let (rollups, computed_ms) = match &state.warehouse {
-        Some(warehouse) => {
-            let (rollups, computed_ms) =
-                pipeline::warehouse::rollups(warehouse, &e, &metrics).await?;
-            (rollups, Some(computed_ms))
-        }
-        None => (
-            Rollups {
-                exposures: event_store::exposure_rollups(conn, &e.id).await?,
-                metrics: event_store::metric_rollups(conn, &e.id).await?,
-            },
-            None,
-        ),
-    };
+    let (rollups, computed_ms) = state.pipeline.rollups(conn, &e, &metrics).await?;
     let mut results = results::compute(&e, &metrics, &rollups, clock::now_ms(), daily);
     results.rollups_computed_at = clock::rfc3339_opt(computed_ms);
     Ok(results)
@@ -625,47 +611,6 @@ pub struct Interactions {
     pub items: Vec<InteractionView>,
 }
 
-/// Per (A variant, B variant): units, Σx, Σx² of a metric among units exposed to both.
-async fn cells(
-    conn: &mut AnyConnection,
-    a: &str,
-    b: &str,
-    metric: &Metric,
-) -> Result<Vec<(String, String, u64, f64, f64)>, sqlx::Error> {
-    let x = match metric.kind {
-        MetricKind::Conversion => "CASE WHEN um.post_count > 0 THEN 1.0 ELSE 0.0 END",
-        _ => "COALESCE(um.post_sum, 0.0)",
-    };
-    let sql = format!(
-        // The casts keep PostgreSQL from summing into NUMERIC, which the Any driver cannot read.
-        "SELECT ea.variant AS va, eb.variant AS vb, COUNT(*) AS n,
-                CAST(SUM({x}) AS DOUBLE PRECISION) AS sx, CAST(SUM(({x}) * ({x})) AS DOUBLE PRECISION) AS sxx
-         FROM exposures ea
-         JOIN exposures eb ON eb.unit_key = ea.unit_key AND eb.experiment_id = $2 AND eb.multiple = 0
-         LEFT JOIN unit_metrics um ON um.unit_key = ea.unit_key AND um.experiment_id = ea.experiment_id AND um.event_type = $3
-         WHERE ea.experiment_id = $1 AND ea.multiple = 0
-         GROUP BY ea.variant, eb.variant"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(a)
-        .bind(b)
-        .bind(&metric.event_type)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            let n: i64 = r.try_get("n")?;
-            Ok((
-                r.try_get("va")?,
-                r.try_get("vb")?,
-                n as u64,
-                r.try_get::<f64, _>("sx")?,
-                r.try_get::<f64, _>("sxx")?,
-            ))
-        })
-        .collect()
-}
-
 /// For every pair of running experiments in different layers that share exposed units and a
 /// metric: the interaction of their treatment effects, BH-adjusted across all pairs.
 #[utoipa::path(get, path = "/api/v1/interactions", tag = "analysis", responses((status = 200, body = Interactions)))]
@@ -699,19 +644,13 @@ pub async fn interactions(State(state): State<AppState>, caller: Caller) -> ApiR
                 let Some(metric) = metrics.get(*key).filter(|m| m.kind != MetricKind::Ratio) else {
                     continue;
                 };
-                let rows = match &state.warehouse {
-                    Some(warehouse) => warehouse
-                        .interaction_cells(
-                            (&a.id, &abx_origin_domain::plan::plan_of(a, &metrics)),
-                            (&b.id, &abx_origin_domain::plan::plan_of(b, &metrics)),
-                            &metric.into(),
-                        )
-                        .await?
-                        .into_iter()
-                        .map(|c| (c.va, c.vb, c.n, c.sx, c.sxx))
-                        .collect(),
-                    None => cells(&mut conn, &a.id, &b.id, metric).await?,
-                };
+                let rows: Vec<_> = state
+                    .pipeline
+                    .interaction_cells(&mut conn, (a, b), metric, &metrics)
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.va, c.vb, c.n, c.sx, c.sxx))
+                    .collect();
                 let shared: u64 = rows.iter().map(|r| r.2).sum();
                 if shared == 0 {
                     continue;

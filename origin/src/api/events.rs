@@ -40,8 +40,8 @@ pub struct IngestResult {
 /// Refuses new events while the pipeline is too far behind, so memory and the log stay
 /// bounded; clients retry after the delay.
 fn check_backpressure(state: &AppState) -> ApiResult<()> {
-    if state.telemetry.lag_events() > state.settings.max_pipeline_lag {
-        Telemetry::add(&state.telemetry.ingest_overloaded, 1);
+    if state.pipeline.telemetry.lag_events() > state.settings.max_pipeline_lag {
+        Telemetry::add(&state.pipeline.telemetry.ingest_overloaded, 1);
         return Err(ApiError::Unavailable {
             message: "the metric pipeline is behind; retry shortly".into(),
             retry_after_s: 5,
@@ -56,7 +56,7 @@ async fn ingest(
     records: Vec<EventRecord>,
     rejected: Vec<Rejected>,
 ) -> ApiResult<Response> {
-    Telemetry::add(&state.telemetry.events_rejected, rejected.len());
+    Telemetry::add(&state.pipeline.telemetry.events_rejected, rejected.len());
     if records.is_empty() {
         return Err(ApiError::BadRequest {
             code: "no_valid_events",
@@ -75,13 +75,13 @@ async fn ingest(
         }
         None => {
             check_backpressure(state)?;
-            let flags = state.writer.submit(records).await?;
+            let flags = state.pipeline.writer.submit(records).await?;
             let accepted = flags.iter().filter(|new| **new).count();
             (accepted, flags.len() - accepted)
         }
     };
-    Telemetry::add(&state.telemetry.events_accepted, accepted);
-    Telemetry::add(&state.telemetry.events_duplicate, duplicates);
+    Telemetry::add(&state.pipeline.telemetry.events_accepted, accepted);
+    Telemetry::add(&state.pipeline.telemetry.events_duplicate, duplicates);
     let status = if rejected.is_empty() {
         StatusCode::ACCEPTED
     } else {
@@ -263,7 +263,7 @@ pub async fn get_event(
     Path(event_id): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
-    let mut log = state.log.pool.acquire().await?;
+    let mut log = state.pipeline.log.pool.acquire().await?;
     let e = event_store::find_event(&mut log, &event_id.to_ascii_lowercase())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("event `{event_id}`")))?;
@@ -316,7 +316,7 @@ async fn status(state: &AppState) -> Result<PipelineStatus, sqlx::Error> {
     let position = event_store::cursor(&mut conn, pipeline::CURSOR).await?;
     let dead_letters = event_store::count_dead_letters(&mut conn).await?;
     drop(conn);
-    let mut log = state.log.pool.acquire().await?;
+    let mut log = state.pipeline.log.pool.acquire().await?;
     let head = event_store::max_seq(&mut log).await?.max(position);
     let oldest = event_store::oldest_after(&mut log, position).await?;
     let mut oldest_ms = oldest;
@@ -465,7 +465,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     ];
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.telemetry.render(&gauges),
+        state.pipeline.telemetry.render(&gauges),
     )
         .into_response()
 }

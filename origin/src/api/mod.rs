@@ -246,7 +246,7 @@ async fn observe(
     let method = request.method().to_string();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    state.telemetry.observe_request(
+    state.pipeline.telemetry.observe_request(
         &route,
         &method,
         response.status().as_u16(),

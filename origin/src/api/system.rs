@@ -23,17 +23,14 @@ pub struct Health {
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn health(State(state): State<AppState>) -> ApiResult<Response> {
     // The event log is checked too: on SQLite it is a file of its own.
-    for db in [&state.db, &state.log] {
-        sqlx::query("SELECT 1")
-            .execute(&db.pool)
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "health check: database unreachable");
-                ApiError::Unavailable {
-                    message: "the database is unreachable".into(),
-                    retry_after_s: 5,
-                }
-            })?;
+    for db in [&state.db, &state.pipeline.log] {
+        db.ping().await.map_err(|error| {
+            tracing::warn!(%error, "health check: database unreachable");
+            ApiError::Unavailable {
+                message: "the database is unreachable".into(),
+                retry_after_s: 5,
+            }
+        })?;
     }
     let backend = match state.db.backend {
         crate::db::Backend::Sqlite => "sqlite",

@@ -1,8 +1,6 @@
 //! Event ingestion: beacon batches parsed by the domain (`abx_origin_domain::event`) go to
-//! the group-commit writer, which acknowledges only once they are durable, or to JetStream.
-
-pub mod jetstream;
-pub mod tail;
-pub mod writer;
+//! the pipeline's group-commit writer, which acknowledges only once they are durable, or to
+//! JetStream.
 
 pub use abx_origin_domain::event::*;
+pub use abx_origin_pipeline::{jetstream, tail, writer};

@@ -1,7 +1,5 @@
-//! The stores: the configuration database (`abx_origin_store`), and the event log and
-//! warehouse that the pipeline writes.
+//! The stores: the configuration database (`abx_origin_store`), and the event log's tables
+//! and the warehouse, which only the pipeline writes.
 
-pub mod clickhouse;
-pub mod events;
-
+pub use abx_origin_pipeline::{clickhouse, tables as events};
 pub use abx_origin_store::*;

@@ -227,6 +227,12 @@ impl Db {
     }
 
     /// Whether both handles use the same database (the event log in the main file).
+    /// Answers once the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub fn is_same(&self, other: &Db) -> bool {
         Arc::ptr_eq(&self.write_gate, &other.write_gate)
     }

@@ -114,6 +114,21 @@ impl MultiRow {
     }
 }
 
+/// Inside a configuration change's transaction: waits until no other origin process sharing
+/// the PostgreSQL database is in one, so snapshot versions follow commit order across
+/// processes. (On SQLite the write transaction already excludes every other writer.)
+pub async fn serialise_config_changes(
+    conn: &mut AnyConnection,
+    backend: db::Backend,
+) -> Result<(), Error> {
+    if backend == db::Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(727411)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// One audited change: written to the audit log and, for asynchronous side effects such as
 /// webhooks, to the outbox, in the same transaction as the change itself.
 pub struct Change<'a> {

@@ -316,7 +316,7 @@ impl TestOrigin {
         if let Some(stream) = &self.state.event_stream {
             stream.delete_streams().await.expect("delete streams");
         }
-        if let Some(warehouse) = &self.state.warehouse {
+        if let Some(warehouse) = &self.state.pipeline.warehouse {
             warehouse.drop_database().await.expect("drop database");
         }
         self.state.close_databases().await;
@@ -337,7 +337,7 @@ impl TestOrigin {
 pub async fn load_stream(state: &AppState) {
     if let Some(stream) = state.event_stream.clone() {
         let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
-        while jetstream::load_once(state, &stream, &consumer, Settle::Acknowledge)
+        while jetstream::load_once(&state.pipeline, &stream, &consumer, Settle::Acknowledge)
             .await
             .expect("load")
             > 0
@@ -349,15 +349,15 @@ pub async fn load_stream(state: &AppState) {
 /// warehouse), then the SQL pipeline, or the recomputation of the warehouse's rollups.
 pub async fn drain(state: &AppState) {
     load_stream(state).await;
-    match &state.warehouse {
+    match &state.pipeline.warehouse {
         // As the pipeline's next analysis tick would.
         Some(warehouse) => {
-            abx_origin::pipeline::warehouse::refresh(state, warehouse)
+            abx_origin::warehouse::refresh(&state.pipeline, warehouse)
                 .await
                 .expect("recompute the warehouse's rollups");
         }
         None => {
-            while abx_origin::pipeline::run_once(state)
+            while abx_origin::pipeline::run_once(&state.pipeline)
                 .await
                 .expect("pipeline batch")
                 > 0
@@ -370,7 +370,7 @@ pub async fn drain(state: &AppState) {
 /// computation stored in the warehouse.
 pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
     let mut conn = state.db.pool.acquire().await.expect("connection");
-    let Some(warehouse) = &state.warehouse else {
+    let Some(warehouse) = &state.pipeline.warehouse else {
         return Rollups {
             exposures: event_store::exposure_rollups(&mut conn, experiment_id)
                 .await
@@ -390,7 +390,7 @@ pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    abx_origin::pipeline::warehouse::rollups(warehouse, &e, &metrics)
+    abx_origin::warehouse::rollups(warehouse, &e, &metrics)
         .await
         .expect("warehouse rollups")
         .0

@@ -15,14 +15,13 @@
 
 use std::collections::HashMap;
 
-use crate::error::ApiResult;
+use crate::clickhouse::ClickHouse;
 use crate::model::experiment::Status;
 use crate::plan::{ExperimentPlan, plan_of};
 use crate::rollup::Rollups;
 use crate::store::catalog::Metric;
-use crate::store::clickhouse::ClickHouse;
 use crate::store::experiments::Experiment;
-use crate::{AppState, clock, store};
+use crate::{Pipeline, clock, store};
 
 /// A completed experiment's rollups are still recomputed this long after it ends, for the
 /// events still on their way (in browsers' queues, the stream, a lagging loader); then they
@@ -55,7 +54,7 @@ async fn compute(
     warehouse: &ClickHouse,
     e: &Experiment,
     plan: &ExperimentPlan,
-) -> ApiResult<(Rollups, i64)> {
+) -> Result<(Rollups, i64), crate::Error> {
     let computed_ms = clock::now_ms();
     let rollups = warehouse.rollups(&e.id, plan).await?;
     warehouse
@@ -71,7 +70,7 @@ pub async fn rollups(
     warehouse: &ClickHouse,
     e: &Experiment,
     metrics: &HashMap<String, Metric>,
-) -> ApiResult<(Rollups, i64)> {
+) -> Result<(Rollups, i64), crate::Error> {
     let plan = plan_of(e, metrics);
     match warehouse.stored_rollups(&e.id).await? {
         Some(stored) if stored.plan == describe(&plan) => Ok((stored.rollups, stored.computed_ms)),
@@ -80,7 +79,9 @@ pub async fn rollups(
 }
 
 /// Experiments that may still hold results, with the catalog's metrics.
-async fn candidates(state: &AppState) -> ApiResult<(Vec<Experiment>, HashMap<String, Metric>)> {
+async fn candidates(
+    state: &Pipeline,
+) -> Result<(Vec<Experiment>, HashMap<String, Metric>), crate::Error> {
     let mut conn = state.db.pool.acquire().await?;
     let experiments = store::experiments::with_status(
         &mut conn,
@@ -98,7 +99,7 @@ async fn candidates(state: &AppState) -> ApiResult<(Vec<Experiment>, HashMap<Str
 /// One analysis tick's warehouse work: recomputes the rollups of every experiment still
 /// collecting events, then drops raw events past retention. Returns the experiments
 /// recomputed.
-pub async fn refresh(state: &AppState, warehouse: &ClickHouse) -> ApiResult<usize> {
+pub async fn refresh(state: &Pipeline, warehouse: &ClickHouse) -> Result<usize, crate::Error> {
     let (experiments, metrics) = candidates(state).await?;
     let mut refreshed = 0;
     // The earliest start among experiments whose rollups may still change: raw events from

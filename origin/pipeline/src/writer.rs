@@ -8,11 +8,9 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::EventRecord;
-use super::tail::LogTail;
 use crate::db::Db;
-use crate::error::ApiError;
-use crate::store;
+use crate::events::EventRecord;
+use crate::tail::LogTail;
 use crate::telemetry::Telemetry;
 
 /// Requests waiting for the writer beyond this are refused with 503: memory stays bounded.
@@ -21,7 +19,7 @@ const QUEUE: usize = 256;
 const GROUP: usize = 20_000;
 
 /// For each submitted event, whether it was new (false: a duplicate of a logged event).
-pub type Outcome = Result<Vec<bool>, ApiError>;
+pub type Outcome = Result<Vec<bool>, crate::Error>;
 
 struct Job {
     events: Vec<EventRecord>,
@@ -45,12 +43,12 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .try_send(Job { events, reply })
-            .map_err(|_| ApiError::Unavailable {
-                message: "event ingestion is saturated; retry shortly".into(),
+            .map_err(|_| crate::Error::Unavailable {
+                message: "event ingestion is saturated; retry shortly",
                 retry_after_s: 1,
             })?;
-        answer.await.map_err(|_| ApiError::Unavailable {
-            message: "the event writer stopped".into(),
+        answer.await.map_err(|_| crate::Error::Unavailable {
+            message: "the event writer stopped",
             retry_after_s: 5,
         })?
     }
@@ -98,12 +96,12 @@ async fn run(
                 let unavailable = matches!(error, crate::store::Error::Unavailable(_));
                 for job in jobs {
                     let reply = if unavailable {
-                        ApiError::Unavailable {
-                            message: "the event store is unavailable".into(),
+                        crate::Error::Unavailable {
+                            message: "the event store is unavailable",
                             retry_after_s: 5,
                         }
                     } else {
-                        ApiError::Internal(anyhow::anyhow!("writing events: {error}"))
+                        crate::Error::Write(error.to_string())
                     };
                     let _ = job.reply.send(Err(reply));
                 }
@@ -113,11 +111,11 @@ async fn run(
 }
 
 /// One transaction for the whole group.
-async fn write(db: &Db, jobs: &[Job]) -> Result<store::events::Appended, crate::store::Error> {
+async fn write(db: &Db, jobs: &[Job]) -> Result<crate::tables::Appended, crate::store::Error> {
     let events: Vec<&EventRecord> = jobs.iter().flat_map(|j| j.events.iter()).collect();
     let started = std::time::Instant::now();
     let mut tx = db.begin_write().await?;
-    let appended = store::events::insert_events(&mut tx, &events).await?;
+    let appended = crate::tables::insert_events(&mut tx, &events).await?;
     let written = started.elapsed();
     tx.commit().await?;
     tracing::debug!(

@@ -10,9 +10,9 @@
 
 mod batch;
 mod cache;
-pub mod warehouse;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use sqlx::AnyConnection;
 use crate::model::experiment::Status;
 use crate::plan::{ExperimentPlan, day, plan_of};
 use crate::rollup::Sums;
-use crate::store::events::{self as event_store, Logged};
-use crate::{AppState, clock, store};
+use crate::tables::{self as event_store, Logged};
+use crate::{Pipeline, clock, store};
 use batch::Batch;
 pub use cache::UnitCache;
 
@@ -52,7 +52,7 @@ pub async fn load_plans(
 }
 
 /// The pipeline task: processes batches until the log is drained, then waits briefly.
-pub fn spawn(state: AppState) {
+pub fn spawn(state: Arc<Pipeline>) {
     tokio::spawn(async move {
         let mut last_prune = std::time::Instant::now();
         loop {
@@ -74,7 +74,7 @@ pub fn spawn(state: AppState) {
     });
 }
 
-async fn prune(state: &AppState) -> Result<(), crate::store::Error> {
+async fn prune(state: &Arc<Pipeline>) -> Result<(), crate::store::Error> {
     let mut conn = state.db.pool.acquire().await?;
     // The cursor first: events that the pipeline set aside by that position are in the
     // retry and dead-letter tables when they are read next.
@@ -82,7 +82,7 @@ async fn prune(state: &AppState) -> Result<(), crate::store::Error> {
     let held = event_store::held_seqs(&mut conn, position).await?;
     drop(conn);
     // One day beyond the accepted age, so that no retried copy can outlive its original.
-    let cutoff = clock::now_ms() - state.settings.event_window().max_age_ms - clock::DAY_MS;
+    let cutoff = clock::now_ms() - state.settings.event_window.max_age_ms - clock::DAY_MS;
     let mut tx = state.log.begin_write().await?;
     let removed = event_store::prune_events(&mut tx, position, cutoff, &held).await?;
     tx.commit().await?;
@@ -133,13 +133,13 @@ impl Read {
     /// Reads up to a batch of new events after `position`: from the log's tail in memory
     /// when it holds them, else from the log.
     async fn fresh(
-        state: &AppState,
+        state: &Arc<Pipeline>,
         log: &mut AnyConnection,
         position: i64,
         retried: Vec<Logged>,
     ) -> Result<Read, crate::store::Error> {
         let started = std::time::Instant::now();
-        let limit = state.settings.pipeline_batch.max(1);
+        let limit = state.settings.batch.max(1);
         let fresh = match state.log_tail.take_after(position, limit as usize) {
             Some(events) => events,
             None => event_store::read_after(log, position, limit).await?,
@@ -208,7 +208,7 @@ impl Applied {
     /// pipeline moved the cursor first. Returns how many events became dead letters.
     async fn commit(
         &self,
-        state: &AppState,
+        state: &Arc<Pipeline>,
         attempts: &HashMap<i64, i64>,
     ) -> Result<Option<usize>, crate::store::Error> {
         let mut tx = state.db.begin_write().await?;
@@ -247,7 +247,7 @@ impl Applied {
 /// them rolls back instead of double counting. While a batch is being written, the next one
 /// is read, loaded and applied, so that the database's write time, the largest part of a
 /// batch, overlaps the rest.
-pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
+pub async fn run_once(state: &Arc<Pipeline>) -> anyhow::Result<usize> {
     let started = std::time::Instant::now();
     // Held throughout: runs of one process never overlap.
     let mut cache = state.unit_cache.lock().await;
@@ -352,7 +352,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<usize> {
 /// Rebuilds the metric rollups of experiments whose metric list changed since they were
 /// built, from the per-unit totals. Rebuilt history is attributed to exposure days.
 async fn rebuild_changed(
-    state: &AppState,
+    state: &Arc<Pipeline>,
     conn: &mut AnyConnection,
     plans: &HashMap<String, ExperimentPlan>,
 ) -> Result<(), crate::store::Error> {

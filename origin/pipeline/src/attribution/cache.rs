@@ -90,7 +90,7 @@ mod tests {
 
     use std::sync::Arc;
 
-    use crate::store::events::Exposure;
+    use crate::tables::Exposure;
 
     fn unit(variant: &str, post_count: i64) -> UnitState {
         let mut state = UnitState::default();

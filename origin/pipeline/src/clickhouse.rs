@@ -21,7 +21,6 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
 use crate::events::{EventRecord, Kind};
 use crate::model::catalog::MetricKind;
 use crate::plan::{ExperimentPlan, MetricPlan};
@@ -46,16 +45,6 @@ pub enum WarehouseError {
     Decode(String),
     #[error("invalid warehouse configuration: {0}")]
     Config(String),
-}
-
-impl From<WarehouseError> for ApiError {
-    fn from(error: WarehouseError) -> Self {
-        tracing::warn!(%error, "warehouse query failed");
-        ApiError::Unavailable {
-            message: "the warehouse is unavailable".into(),
-            retry_after_s: 5,
-        }
-    }
 }
 
 /// A client of the warehouse. Cheap to share; requests are independent.

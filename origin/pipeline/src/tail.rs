@@ -16,8 +16,8 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::EventRecord;
-use crate::store::events::Logged;
+use crate::events::EventRecord;
+use crate::tables::Logged;
 
 /// Committed groups, oldest first, with at most `capacity` events in all.
 pub struct LogTail {

@@ -4,14 +4,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{MultiRow, placeholders};
+use crate::clickhouse::InteractionCell;
 use crate::clock;
+pub use crate::events::DeadLetter;
 use crate::events::{EventRecord, Kind};
+use crate::model::catalog::{Metric, MetricKind};
 use crate::rollup::Sums;
+use abx_origin_store::{MultiRow, placeholders};
 
 /// Rows per multi-row statement: keeps every statement under SQLite's 32,766 parameters.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -766,15 +768,6 @@ pub async fn add_dead_letter(
     Ok(())
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct DeadLetter {
-    pub seq: i64,
-    pub event_id: String,
-    pub error: String,
-    pub attempts: i64,
-    pub failed_at: String,
-}
-
 pub async fn dead_letters(
     conn: &mut AnyConnection,
     limit: i64,
@@ -909,4 +902,45 @@ pub async fn set_rollup_plan(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// Per (A variant, B variant): units, Σx, Σx² of a metric among units exposed to both.
+pub async fn interaction_cells(
+    conn: &mut AnyConnection,
+    a: &str,
+    b: &str,
+    metric: &Metric,
+) -> Result<Vec<InteractionCell>, sqlx::Error> {
+    let x = match metric.kind {
+        MetricKind::Conversion => "CASE WHEN um.post_count > 0 THEN 1.0 ELSE 0.0 END",
+        _ => "COALESCE(um.post_sum, 0.0)",
+    };
+    let sql = format!(
+        // The casts keep PostgreSQL from summing into NUMERIC, which the Any driver cannot read.
+        "SELECT ea.variant AS va, eb.variant AS vb, COUNT(*) AS n,
+                CAST(SUM({x}) AS DOUBLE PRECISION) AS sx, CAST(SUM(({x}) * ({x})) AS DOUBLE PRECISION) AS sxx
+         FROM exposures ea
+         JOIN exposures eb ON eb.unit_key = ea.unit_key AND eb.experiment_id = $2 AND eb.multiple = 0
+         LEFT JOIN unit_metrics um ON um.unit_key = ea.unit_key AND um.experiment_id = ea.experiment_id AND um.event_type = $3
+         WHERE ea.experiment_id = $1 AND ea.multiple = 0
+         GROUP BY ea.variant, eb.variant"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(a)
+        .bind(b)
+        .bind(&metric.event_type)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let n: i64 = r.try_get("n")?;
+            Ok(InteractionCell {
+                va: r.try_get("va")?,
+                vb: r.try_get("vb")?,
+                n: n as u64,
+                sx: r.try_get("sx")?,
+                sxx: r.try_get("sxx")?,
+            })
+        })
+        .collect()
 }

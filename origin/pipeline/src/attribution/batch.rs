@@ -17,7 +17,7 @@ use crate::events::Kind;
 use crate::model::catalog::MetricKind;
 use crate::plan::{ExperimentPlan, day};
 use crate::rollup::Sums;
-use crate::store::events::{self as event_store, Exposure, Logged, Totals};
+use crate::tables::{self as event_store, Exposure, Logged, Totals};
 
 /// A unit's metric values per metric of a plan: (x, y, c).
 type Values = Vec<(f64, f64, f64)>;

@@ -23,9 +23,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{EventRecord, Kind};
-use crate::AppState;
-use crate::error::ApiError;
+use crate::Pipeline;
+use crate::events::{EventRecord, Kind};
 use crate::telemetry::Telemetry;
 
 /// Where and how the stream lives.
@@ -213,7 +212,7 @@ impl EventStream {
     /// Publishes validated events, one message per partition, and returns once JetStream has
     /// stored them all. Returns how many of the events were in messages the broker already
     /// had (a retried request).
-    pub async fn publish(&self, events: &[EventRecord]) -> Result<usize, ApiError> {
+    pub async fn publish(&self, events: &[EventRecord]) -> Result<usize, crate::Error> {
         let partitions = self.config.partitions.max(1);
         let mut groups: Vec<Vec<&EventRecord>> = vec![Vec::new(); partitions as usize];
         for e in events {
@@ -221,8 +220,8 @@ impl EventStream {
         }
         let unavailable = |error: &dyn std::fmt::Display| {
             tracing::warn!(%error, "publishing events to JetStream failed");
-            ApiError::Unavailable {
-                message: "the event log is unavailable".into(),
+            crate::Error::Unavailable {
+                message: "the event log is unavailable",
                 retry_after_s: 2,
             }
         };
@@ -277,7 +276,7 @@ impl EventStream {
     }
 
     /// Sets a message aside with the reason, where an operator can inspect and replay it.
-    async fn dead_letter(&self, payload: axum::body::Bytes, reason: &str) -> anyhow::Result<()> {
+    async fn dead_letter(&self, payload: bytes::Bytes, reason: &str) -> anyhow::Result<()> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Abx-Reason", reason);
         self.js
@@ -353,7 +352,7 @@ const WAREHOUSE_MESSAGES: usize = 2_000;
 const WAREHOUSE_BYTES: usize = 32 << 20;
 
 /// Runs the loader (and the lag poller) in the background, for as long as the process.
-pub fn spawn_loader(state: AppState, stream: Arc<EventStream>) {
+pub fn spawn_loader(state: Arc<Pipeline>, stream: Arc<EventStream>) {
     tokio::spawn(async move {
         loop {
             if let Err(error) = load(&state, &stream).await {
@@ -384,12 +383,12 @@ pub fn spawn_lag_poller(stream: Arc<EventStream>) {
     });
 }
 
-async fn load(state: &AppState, stream: &EventStream) -> anyhow::Result<()> {
+async fn load(state: &Pipeline, stream: &EventStream) -> anyhow::Result<()> {
     let consumer = stream.consumer().await?;
     loop {
         // While the pipeline is behind, events wait in the stream rather than in the event
         // log, which the pipeline would have to page through.
-        while state.telemetry.lag_events() > state.settings.max_pipeline_lag {
+        while state.telemetry.lag_events() > state.settings.max_lag {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         load_once(state, stream, &consumer, Settle::Acknowledge).await?;
@@ -409,7 +408,7 @@ pub enum Settle {
 /// event log in one group, then settles each message. Returns the messages handled.
 #[doc(hidden)]
 pub async fn load_once(
-    state: &AppState,
+    state: &Pipeline,
     stream: &EventStream,
     consumer: &PullConsumer,
     settle: Settle,
