@@ -1,7 +1,7 @@
 //! The database: a pool over SQLite (embedded default) or PostgreSQL, chosen by URL at run
-//! time through sqlx's `Any` driver. Only this module and `store/` know SQL. Queries use
-//! `$n` placeholders and portable types (BIGINT, DOUBLE, TEXT, BLOB/BYTEA), which both
-//! engines accept, so every query is written once.
+//! time through sqlx's `Any` driver. This crate and abx-origin-pipeline are the only ones
+//! that know SQL. Queries use `$n` placeholders and portable types (BIGINT, DOUBLE, TEXT,
+//! BLOB/BYTEA), which both engines accept, so every query is written once.
 //!
 //! On SQLite the event log lives in a second file with its own pool (see
 //! [`event_log_file`]); on PostgreSQL it is the same database.
