@@ -22,7 +22,7 @@
 # results there; `warehouse` needs both and writes its 100M events straight into ClickHouse;
 # ABX_BENCH_BIN runs that origin binary instead of building this checkout's (to compare
 # builds in one sitting); RUST_LOG is passed to the origin (default warn; for the
-# pipeline's per-batch timings: warn,abx_origin::pipeline=debug).
+# pipeline's per-batch timings: warn,abx_origin_pipeline::attribution=debug).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/tools.sh
@@ -35,6 +35,9 @@ esac
 
 bin=${ABX_BENCH_BIN:-target/release/abx-origin}
 [ -n "${ABX_BENCH_BIN:-}" ] || cargo build --release --locked -p abx-origin
+# The load generators (tools/load), the same whichever origin binary is measured.
+cargo build --release --locked -p abx-load
+load=target/release/abx-load
 admin=abx_admin_bench_key_0123456789abcdef
 dir=$(mktemp -d)
 port=18191
@@ -124,8 +127,8 @@ end
 LUA
   wrk -t2 -c64 -d20s --latency -s "$script" "$url" | sed -n '/Thread Stats/,$p'
   rm -f "$script"
-  log "GET /api/v1/experiments/exp_N/assignment at a bounded load: 20,000 requests/s on schedule for 20 s, 64 connections (abx-origin bench-assign)"
-  "$bin" bench-assign --url "$url" --key "$sdk" --rate 20000 --seconds 20 --connections 64 --experiments 1000
+  log "GET /api/v1/experiments/exp_N/assignment at a bounded load: 20,000 requests/s on schedule for 20 s, 64 connections (abx-load assign)"
+  "$load" assign --url "$url" --key "$sdk" --rate 20000 --seconds 20 --connections 64 --experiments 1000
   log "publish time at 1,000 experiments: 40 flag toggles, then 40 experiment pauses/resumes (each commits and publishes a snapshot)"
   python3 - "$url" "$admin" <<'PY'
 import json, sys, time, urllib.request
@@ -150,12 +153,12 @@ ingest)
   api POST "/experiments/$id/start" '{}' >/dev/null
   rate=${ABX_BENCH_RATE:-100000} events=$((${ABX_BENCH_RATE:-100000} * ${ABX_BENCH_SECONDS:-30}))
   in_flight=${ABX_BENCH_IN_FLIGHT:-16}
-  log "bench-ingest: $events events offered at $rate/s, 500 per request, $in_flight in flight, 500k units"
+  log "abx-load ingest: $events events offered at $rate/s, 500 per request, $in_flight in flight, 500k units"
   nats=$( [ -z "$stream" ] || pgrep -o -x nats-server || true)
   [ -z "$nats" ] || nats_before=$(cpu_seconds "$nats")
   ch=$( [ -z "$warehouse_db" ] || pgrep -o -f clickhouse-server || true)
   [ -z "$ch" ] || ch_before=$(cpu_seconds "$ch")
-  /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000 "${drain[@]}"
+  /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$load" ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000 "${drain[@]}"
   echo "origin CPU time for the whole run: $(cpu_seconds "$origin") s"
   [ -z "$nats" ] || awk -v a="$nats_before" -v b="$(cpu_seconds "$nats")" 'BEGIN { printf "nats-server CPU time during the run: %.1f s\n", b - a }'
   [ -z "$ch" ] || awk -v a="$ch_before" -v b="$(cpu_seconds "$ch")" 'BEGIN { printf "clickhouse-server CPU time during the run: %.1f s\n", b - a }'
@@ -171,7 +174,7 @@ results)
   id=$(api POST /experiments "{\"key\":\"bench\",\"primary_metric\":\"conversion_0\",\"secondary_metrics\":[${metrics#\"conversion_0\",}],\"variants\":[{\"name\":\"control\",\"weight\":50},{\"name\":\"treatment\",\"weight\":50}]}" | json_field id)
   api POST "/experiments/$id/start" '{}' >/dev/null
   log "10M events (1M exposures, 9M metric events over 10 event types), then GET results"
-  "$bin" bench-ingest --url "$url" --key "$admin" --experiment-id "$id" --events 10000000 --batch 1000 --concurrency 8 --units 1000000 --event-types 10 --drain-timeout 900
+  "$load" ingest --url "$url" --key "$admin" --experiment-id "$id" --events 10000000 --batch 1000 --concurrency 8 --units 1000000 --event-types 10 --drain-timeout 900
   python3 - "$url" "$admin" "$id" <<'PY'
 import json, sys, time, urllib.request
 url, key, id = sys.argv[1:4]

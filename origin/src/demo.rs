@@ -202,8 +202,8 @@ async fn simulate(api: &Api, sdk: &str, days: u32, users_per_day: u64) -> anyhow
         .context("public key")?;
     let evaluator = Evaluator::from_verified_bytes(&bytes, &public_key)
         .map_err(|e| anyhow::anyhow!("snapshot: {e}"))?;
-    let now = abx_origin::clock::now_ms();
-    let start = now - i64::from(days) * abx_origin::clock::DAY_MS;
+    let now = abx_origin_domain::clock::now_ms();
+    let start = now - i64::from(days) * abx_origin_domain::clock::DAY_MS;
     let total = u64::from(days) * users_per_day;
     let mut rng = Rng(0xdeed);
     let mut events: Vec<Json> = Vec::new();

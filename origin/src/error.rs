@@ -148,14 +148,14 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&error) {
+        if crate::store::db::is_unavailable(&error) {
             tracing::warn!(%error, "database unavailable");
             return ApiError::Unavailable {
                 message: "the database is unavailable".into(),
                 retry_after_s: 5,
             };
         }
-        if crate::db::is_unique_violation(&error) {
+        if crate::store::db::is_unique_violation(&error) {
             return ApiError::conflict("duplicate_key", "an object with this key already exists");
         }
         ApiError::Internal(error.into())

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::analysis_support::{LifecycleBody, apply, results_of};
+use crate::analysis::results_of;
 use crate::error::ApiResult;
+use crate::lifecycle::{self, LifecycleBody};
 use crate::model::experiment::{Action, Status};
 use crate::{AppState, store};
 
@@ -27,7 +28,8 @@ pub fn spawn(state: AppState) {
         loop {
             tick.tick().await;
             if let Some(warehouse) = &state.pipeline.warehouse
-                && let Err(error) = crate::warehouse::refresh(&state.pipeline, warehouse).await
+                && let Err(error) =
+                    crate::pipeline::warehouse::refresh(&state.pipeline, warehouse).await
             {
                 tracing::warn!(%error, "recomputing the warehouse's rollups failed");
             }
@@ -65,7 +67,7 @@ pub async fn check_all(state: &AppState) -> ApiResult<Vec<String>> {
                     ship: None,
                     reason: Some(reason.clone()),
                 };
-                let updated = apply(tx, ACTOR, &id, Action::Pause, &body).await?;
+                let updated = lifecycle::apply(tx, ACTOR, &id, Action::Pause, &body).await?;
                 store::record(
                     tx,
                     store::Change {

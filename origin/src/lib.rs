@@ -4,18 +4,19 @@
 //! `AppState::start` connects the database, applies migrations, loads or creates the signing
 //! key and the first admin key, and publishes the current configuration.
 
+pub mod analysis;
 pub mod api;
 pub mod auth;
 pub mod error;
-pub mod events;
 pub mod guardrails;
+pub mod lifecycle;
 pub mod outbox;
 pub mod publish;
-pub mod store;
 
-pub use abx_origin_domain::{clock, model, plan, results, rollup};
-pub use abx_origin_pipeline::{Pipeline, attribution as pipeline, telemetry, warehouse};
-pub use abx_origin_store::db;
+// The crates below, by the names the server's modules use for them (ARCHITECTURE.md).
+use abx_origin_domain::{clock, event, model, results};
+use abx_origin_pipeline as pipeline;
+use abx_origin_store as store;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -29,9 +30,10 @@ use tokio::sync::broadcast;
 
 pub use api::app;
 use auth::{KeyCache, Limit, RateLimiter, Role};
-use db::{Backend, Db};
 use error::{ApiError, ApiResult};
+use pipeline::Pipeline;
 use publish::Published;
+use store::db::{Backend, Db};
 
 /// Everything the origin is configured with.
 #[derive(Clone, Debug)]
@@ -62,16 +64,16 @@ pub struct Settings {
     /// Units whose state the pipeline keeps in memory between batches (0: none).
     pub pipeline_cache_units: usize,
     /// Newly logged events kept in memory for the pipeline of the same process (0: none;
-    /// see `events::tail`).
+    /// see `abx_origin_pipeline::tail`).
     pub pipeline_tail_events: usize,
     /// Seconds between guardrail checks.
     pub guardrail_interval_s: u64,
     /// Publish events to this JetStream stream instead of writing the event log directly
-    /// (see `events::jetstream`).
-    pub jetstream: Option<events::jetstream::JetStreamConfig>,
+    /// (see `abx_origin_pipeline::jetstream`).
+    pub jetstream: Option<pipeline::jetstream::JetStreamConfig>,
     /// Load events from the stream into this ClickHouse warehouse, and compute results
-    /// there, instead of the SQL event log and pipeline (see `store::clickhouse`).
-    pub clickhouse: Option<store::clickhouse::ClickHouseConfig>,
+    /// there, instead of the SQL event log and pipeline (see `abx_origin_pipeline::clickhouse`).
+    pub clickhouse: Option<pipeline::clickhouse::ClickHouseConfig>,
     /// Raw events in the warehouse are kept this long (in whole months, and for as long as
     /// an experiment still collecting events needs them); `None` keeps them for ever.
     pub warehouse_retention_days: Option<i64>,
@@ -109,8 +111,8 @@ impl Settings {
         }
     }
 
-    pub fn event_window(&self) -> events::Window {
-        events::Window {
+    pub fn event_window(&self) -> event::Window {
+        event::Window {
             max_age_ms: self.event_retention_days * clock::DAY_MS,
             max_future_ms: clock::DAY_MS,
         }
@@ -192,11 +194,11 @@ impl std::fmt::Display for Roles {
     }
 }
 
-/// Shared state of a running origin. Cheap to clone.
+/// A running origin: its parts, shared by the handlers and background tasks. Cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
+pub struct AppState(Arc<Origin>);
 
-pub struct Shared {
+pub struct Origin {
     /// The configuration database.
     pub db: Db,
     /// The event log, its writer, the pipeline's state and the warehouse.
@@ -212,14 +214,14 @@ pub struct Shared {
     signing_seed: [u8; 32],
     pub public_key: [u8; 32],
     /// The JetStream event log, when events go through one.
-    pub event_stream: Option<Arc<events::jetstream::EventStream>>,
+    pub event_stream: Option<Arc<pipeline::jetstream::EventStream>>,
     /// Idempotency keys whose first request is still running.
     pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
+    type Target = Origin;
+    fn deref(&self) -> &Origin {
         &self.0
     }
 }
@@ -247,7 +249,7 @@ impl AppState {
             .await
             .context("connecting to the database")?;
         db.migrate().await?;
-        let log = match db::event_log_file(&url) {
+        let log = match store::db::event_log_file(&url) {
             Some(file) => {
                 let log = Db::connect(&file.url, settings.max_connections)
                     .await
@@ -262,7 +264,7 @@ impl AppState {
         };
         let signing_seed = signing_seed(&settings)?;
         let (changes, _) = broadcast::channel(64);
-        let telemetry = Arc::new(telemetry::Telemetry::default());
+        let telemetry = Arc::new(pipeline::telemetry::Telemetry::default());
         let roles = settings.roles;
         // Only a process that both writes the SQLite log and rolls it up has a tail to keep.
         let tail_events = if roles.collector
@@ -274,13 +276,13 @@ impl AppState {
         } else {
             0
         };
-        let log_tail = Arc::new(events::tail::LogTail::new(tail_events));
+        let log_tail = Arc::new(pipeline::tail::LogTail::new(tail_events));
         let writer =
-            events::writer::Writer::spawn(log.clone(), telemetry.clone(), log_tail.clone());
+            pipeline::writer::Writer::spawn(log.clone(), telemetry.clone(), log_tail.clone());
         // Collectors only publish to the stream: they never talk to the warehouse.
         let warehouse = match &settings.clickhouse {
             Some(config) if roles.pipeline || roles.admin => Some(Arc::new(
-                store::clickhouse::ClickHouse::connect(config.clone())
+                pipeline::clickhouse::ClickHouse::connect(config.clone())
                     .await
                     .with_context(|| format!("connecting to ClickHouse at {}", config.url))?,
             )),
@@ -295,7 +297,7 @@ impl AppState {
                     config.consumer = "warehouse".into();
                 }
                 Some(
-                    events::jetstream::EventStream::connect(config.clone())
+                    pipeline::jetstream::EventStream::connect(config.clone())
                         .await
                         .with_context(|| format!("connecting to JetStream at {}", config.url))?,
                 )
@@ -320,11 +322,11 @@ impl AppState {
             writer,
             log_tail,
             warehouse,
-            unit_cache: tokio::sync::Mutex::new(pipeline::UnitCache::new(
+            unit_cache: tokio::sync::Mutex::new(pipeline::attribution::UnitCache::new(
                 settings.pipeline_cache_units,
             )),
         });
-        let state = AppState(Arc::new(Shared {
+        let state = AppState(Arc::new(Origin {
             pipeline,
             event_stream,
             limiter: RateLimiter::new(settings.admin_rate, settings.sdk_rate),
@@ -385,7 +387,7 @@ impl AppState {
             }
         });
         if roles.admin {
-            outbox::spawn(self.clone());
+            outbox::spawn(self.db.clone(), self.settings.webhook_url.clone());
         } else {
             let state = self.clone();
             tokio::spawn(async move {
@@ -399,15 +401,15 @@ impl AppState {
             });
         }
         if let Some(stream) = &self.event_stream {
-            events::jetstream::spawn_lag_poller(stream.clone());
+            pipeline::jetstream::spawn_lag_poller(stream.clone());
             if roles.pipeline {
-                events::jetstream::spawn_loader(self.pipeline.clone(), stream.clone());
+                pipeline::jetstream::spawn_loader(self.pipeline.clone(), stream.clone());
             }
         }
         if roles.pipeline {
             // With a warehouse the SQL event log stays empty: results are computed there.
             if self.pipeline.warehouse.is_none() {
-                pipeline::spawn(self.pipeline.clone());
+                pipeline::attribution::spawn(self.pipeline.clone());
             }
             guardrails::spawn(self.clone());
         }

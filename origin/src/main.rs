@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use abx_origin::auth::{self, Limit, Role};
-use abx_origin::events::jetstream::JetStreamConfig;
-use abx_origin::store::clickhouse::ClickHouseConfig;
-use abx_origin::{AppState, Roles, Settings, app, db, model, store};
+use abx_origin::{AppState, Roles, Settings, app};
+use abx_origin_domain::model;
+use abx_origin_pipeline::clickhouse::ClickHouseConfig;
+use abx_origin_pipeline::jetstream::JetStreamConfig;
+use abx_origin_store::{self as store, db};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
-mod bench;
-mod bench_assign;
 mod demo;
 
 // The event path allocates per row and per bound value (sqlx, SQLite, serde); mimalloc's
@@ -39,10 +39,6 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Sends bounded, batched event load to an origin and reports throughput and latency.
-    BenchIngest(bench::Args),
-    /// Sends an open-loop load at a fixed rate to the assignment endpoint and reports latency.
-    BenchAssign(bench_assign::Args),
     /// Starts an origin with demo data and a few days of simulated traffic.
     Demo(demo::Args),
 }
@@ -163,8 +159,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
-        Command::BenchIngest(args) => bench::run(args).await,
-        Command::BenchAssign(args) => bench_assign::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Keys {
             command:

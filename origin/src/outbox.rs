@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use crate::{AppState, clock, store};
+use crate::clock;
+use crate::store::{self, db::Db};
 
 const BATCH: i64 = 100;
 const MAX_BACKOFF_S: i64 = 3_600;
 
-pub fn spawn(state: AppState) {
+/// The delivery task: the configuration database and where to send, nothing else.
+pub fn spawn(db: Db, webhook_url: Option<String>) {
     tokio::spawn(async move {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -22,7 +24,7 @@ pub fn spawn(state: AppState) {
             }
         };
         loop {
-            match deliver_due(&state, &client).await {
+            match deliver_due(&db, webhook_url.as_deref(), &client).await {
                 Ok(0) => tokio::time::sleep(Duration::from_secs(1)).await,
                 Ok(_) => {}
                 Err(error) => {
@@ -36,10 +38,11 @@ pub fn spawn(state: AppState) {
 
 /// Delivers what is due; returns how many rows it handled.
 pub async fn deliver_due(
-    state: &AppState,
+    db: &Db,
+    webhook_url: Option<&str>,
     client: &reqwest::Client,
 ) -> Result<usize, crate::store::Error> {
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = db.pool.acquire().await?;
     let due = store::due_outbox(&mut conn, clock::now_ms(), BATCH).await?;
     drop(conn);
     if due.is_empty() {
@@ -50,7 +53,7 @@ pub async fn deliver_due(
     let mut delivered = Vec::new();
     let mut failed = None;
     for item in &due {
-        let Some(url) = &state.settings.webhook_url else {
+        let Some(url) = webhook_url else {
             delivered.push(item.id);
             continue;
         };
@@ -79,7 +82,7 @@ pub async fn deliver_due(
             }
         }
     }
-    let mut tx = state.db.begin_write().await?;
+    let mut tx = db.begin_write().await?;
     let now = clock::now_ms();
     for id in &delivered {
         store::outbox_delivered(&mut tx, *id, now).await?;

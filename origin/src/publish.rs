@@ -24,11 +24,11 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use crate::clock;
+use crate::model::catalog::{Holdout, LayerName, Segment};
+use crate::model::experiment::Experiment;
 use crate::model::experiment::Status;
+use crate::model::flag::Flag;
 use crate::model::targeting;
-use crate::store::catalog::{Holdout, LayerName, Segment};
-use crate::store::experiments::Experiment;
-use crate::store::flags::Flag;
 use crate::store::{self, StoredSnapshot};
 
 /// The snapshot currently served.
@@ -198,134 +198,167 @@ pub fn compile(config: &Config, version: u64, published_at_ms: i64) -> anyhow::R
         segments.insert(segment.key.clone(), index);
     }
 
+    let known = Compiled {
+        layers: &layers,
+        holdouts: &holdouts,
+        segments: &segments,
+    };
     let mut experiment_index: HashMap<&str, u32> = HashMap::new();
     for e in &config.experiments {
-        let unit = b.attribute(&e.unit);
-        let targeting = match &e.targeting {
-            Some(condition) => {
-                let expr = targeting::compile(condition, &segments)
-                    .map_err(|err| anyhow!("experiment {}: {err}", e.key))?;
-                Some(b.condition(&expr))
-            }
-            None => None,
-        };
-        // Only running and paused experiments own slots; the others never reach the traffic
-        // step, so they are published with a plain traffic gate and do not constrain the
-        // layer's shared unit.
-        let allocation = match (&e.layer_id, e.status.holds_slots()) {
-            (Some(layer), true) => Allocation::Layer {
-                layer: *layers.get(layer.as_str()).context("experiment's layer")?,
-                ranges: e
-                    .slots
-                    .iter()
-                    .map(|&(start, end)| SlotRange { start, end })
-                    .collect(),
-            },
-            _ => Allocation::Traffic { bp: e.traffic_bp },
-        };
-        let ends = abx_core::thresholds(&e.weights_bp)
-            .ok_or_else(|| anyhow!("experiment {}: weights", e.key))?;
-        let variants: Vec<Variant> = e
-            .variants
-            .iter()
-            .zip(ends)
-            .map(|(v, threshold)| Variant {
-                key: b.string(&v.name),
-                threshold,
-                config: v.config.to_string(),
-            })
-            .collect();
-        let position = |name: &str| {
-            e.variants
-                .iter()
-                .position(|v| v.name == name)
-                .map(|p| p as u32)
-        };
-        let forced = e
-            .forced
-            .iter()
-            .filter_map(|(unit, variant)| {
-                Some(Forced {
-                    unit: unit.clone(),
-                    variant: position(variant)?,
-                })
-            })
-            .collect();
-        let holdout = e
-            .holdout_id
-            .as_deref()
-            .and_then(|h| holdouts.get(h).copied());
-        let index = b.experiment(CoreExperiment {
-            id: id(&e.id)?,
-            key: e.key.clone(),
-            status: status(e.status),
-            unit,
-            targeting,
-            holdout,
-            allocation,
-            variants,
-            forced,
-            shipped: e.shipped_variant.as_deref().and_then(position),
-            switchback_period_s: e.switchback_period_s,
-        });
+        let index = compile_experiment(&mut b, e, &known)?;
         experiment_index.insert(e.key.as_str(), index);
     }
 
     for f in &config.flags {
-        let unit = b.attribute(&f.unit);
-        let mut rules = Vec::with_capacity(f.rules.len());
-        for rule in &f.rules {
-            let condition = match rule.condition.as_ref().filter(|c| !c.is_null()) {
-                Some(c) => Some(
-                    b.condition(
-                        &targeting::compile(c, &segments)
-                            .map_err(|err| anyhow!("flag {}: {err}", f.key))?,
-                    ),
-                ),
-                None => None,
-            };
-            let value = match (&rule.value, &rule.from_experiment) {
-                (Some(value), _) => FlagValue::Json(value.to_string()),
-                (None, Some(from)) => {
-                    // A rule whose experiment has been archived drops out of the snapshot.
-                    let Some(&experiment) = experiment_index.get(from.experiment.as_str()) else {
-                        continue;
-                    };
-                    let source = config
-                        .experiments
-                        .iter()
-                        .find(|e| e.key == from.experiment)
-                        .context("flag's experiment")?;
-                    let values = source
-                        .variants
-                        .iter()
-                        .map(|v| match &from.config_key {
-                            Some(key) => {
-                                v.config.get(key).cloned().unwrap_or(Json::Null).to_string()
-                            }
-                            None => v.config.to_string(),
-                        })
-                        .collect();
-                    FlagValue::Experiment { experiment, values }
-                }
-                (None, None) => continue,
-            };
-            rules.push(CoreRule {
-                condition,
-                rollout_bp: (rule.rollout_percent * 100.0).round() as u16,
-                value,
-            });
-        }
-        b.flag(CoreFlag {
-            key: f.key.clone(),
-            enabled: f.enabled,
-            unit,
-            off_value: f.off_value.to_string(),
-            default_value: f.default_value.to_string(),
-            rules,
-        });
+        compile_flag(&mut b, f, config, &experiment_index, &segments)?;
     }
     Ok(b.build())
+}
+
+/// What an experiment's compilation refers to: the snapshot's indices of layers and
+/// holdouts by id, and of segments by key.
+struct Compiled<'a> {
+    layers: &'a HashMap<&'a str, u32>,
+    holdouts: &'a HashMap<&'a str, u32>,
+    segments: &'a HashMap<String, u32>,
+}
+
+/// Adds one experiment to the snapshot; returns its index.
+fn compile_experiment(
+    b: &mut SnapshotBuilder,
+    e: &Experiment,
+    known: &Compiled<'_>,
+) -> anyhow::Result<u32> {
+    let unit = b.attribute(&e.unit);
+    let targeting = match &e.targeting {
+        Some(condition) => {
+            let expr = targeting::compile(condition, known.segments)
+                .map_err(|err| anyhow!("experiment {}: {err}", e.key))?;
+            Some(b.condition(&expr))
+        }
+        None => None,
+    };
+    // Only running and paused experiments own slots; the others never reach the traffic
+    // step, so they are published with a plain traffic gate and do not constrain the
+    // layer's shared unit.
+    let allocation = match (&e.layer_id, e.status.holds_slots()) {
+        (Some(layer), true) => Allocation::Layer {
+            layer: *known
+                .layers
+                .get(layer.as_str())
+                .context("experiment's layer")?,
+            ranges: e
+                .slots
+                .iter()
+                .map(|&(start, end)| SlotRange { start, end })
+                .collect(),
+        },
+        _ => Allocation::Traffic { bp: e.traffic_bp },
+    };
+    let ends = abx_core::thresholds(&e.weights_bp)
+        .ok_or_else(|| anyhow!("experiment {}: weights", e.key))?;
+    let variants: Vec<Variant> = e
+        .variants
+        .iter()
+        .zip(ends)
+        .map(|(v, threshold)| Variant {
+            key: b.string(&v.name),
+            threshold,
+            config: v.config.to_string(),
+        })
+        .collect();
+    let position = |name: &str| {
+        e.variants
+            .iter()
+            .position(|v| v.name == name)
+            .map(|p| p as u32)
+    };
+    let forced = e
+        .forced
+        .iter()
+        .filter_map(|(unit, variant)| {
+            Some(Forced {
+                unit: unit.clone(),
+                variant: position(variant)?,
+            })
+        })
+        .collect();
+    let holdout = e
+        .holdout_id
+        .as_deref()
+        .and_then(|h| known.holdouts.get(h).copied());
+    Ok(b.experiment(CoreExperiment {
+        id: id(&e.id)?,
+        key: e.key.clone(),
+        status: status(e.status),
+        unit,
+        targeting,
+        holdout,
+        allocation,
+        variants,
+        forced,
+        shipped: e.shipped_variant.as_deref().and_then(position),
+        switchback_period_s: e.switchback_period_s,
+    }))
+}
+
+/// Adds one flag to the snapshot. A rule that takes its value from an experiment which is
+/// not in the snapshot (archived) is left out.
+fn compile_flag(
+    b: &mut SnapshotBuilder,
+    f: &Flag,
+    config: &Config,
+    experiment_index: &HashMap<&str, u32>,
+    segments: &HashMap<String, u32>,
+) -> anyhow::Result<()> {
+    let unit = b.attribute(&f.unit);
+    let mut rules = Vec::with_capacity(f.rules.len());
+    for rule in &f.rules {
+        let condition = match rule.condition.as_ref().filter(|c| !c.is_null()) {
+            Some(c) => Some(b.condition(
+                &targeting::compile(c, segments).map_err(|err| anyhow!("flag {}: {err}", f.key))?,
+            )),
+            None => None,
+        };
+        let value = match (&rule.value, &rule.from_experiment) {
+            (Some(value), _) => FlagValue::Json(value.to_string()),
+            (None, Some(from)) => {
+                // A rule whose experiment has been archived drops out of the snapshot.
+                let Some(&experiment) = experiment_index.get(from.experiment.as_str()) else {
+                    continue;
+                };
+                let source = config
+                    .experiments
+                    .iter()
+                    .find(|e| e.key == from.experiment)
+                    .context("flag's experiment")?;
+                let values = source
+                    .variants
+                    .iter()
+                    .map(|v| match &from.config_key {
+                        Some(key) => v.config.get(key).cloned().unwrap_or(Json::Null).to_string(),
+                        None => v.config.to_string(),
+                    })
+                    .collect();
+                FlagValue::Experiment { experiment, values }
+            }
+            (None, None) => continue,
+        };
+        rules.push(CoreRule {
+            condition,
+            rollout_bp: (rule.rollout_percent * 100.0).round() as u16,
+            value,
+        });
+    }
+    b.flag(CoreFlag {
+        key: f.key.clone(),
+        enabled: f.enabled,
+        unit,
+        off_value: f.off_value.to_string(),
+        default_value: f.default_value.to_string(),
+        rules,
+    });
+    Ok(())
 }
 
 /// Whether two snapshots differ in anything but their version stamp.

@@ -2,12 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use serde::Serialize;
+
 use crate::clock;
 use crate::model::catalog::{Metric, MetricKind};
 use crate::model::experiment::Experiment;
 
 /// How one experiment's events are attributed and rolled up.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ExperimentPlan {
     pub variants: Vec<String>,
     pub unit_attribute: String,
@@ -15,7 +17,7 @@ pub struct ExperimentPlan {
     pub metrics: Vec<MetricPlan>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MetricPlan {
     pub key: String,
     pub kind: MetricKind,
@@ -24,21 +26,11 @@ pub struct MetricPlan {
 }
 
 impl ExperimentPlan {
-    pub fn signature(&self) -> String {
-        let keys: Vec<String> = self
-            .metrics
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}:{}:{}",
-                    m.key,
-                    m.kind.as_str(),
-                    m.event_type,
-                    m.denominator.as_deref().unwrap_or("")
-                )
-            })
-            .collect();
-        keys.join(",")
+    /// The plan as text, stored beside rollups computed by it: rollups serve only the plan
+    /// that made them (a metric added since, say, would be missing from them), so a reader
+    /// compares this with its own plan's, and the pipelines rebuild when they differ.
+    pub fn fingerprint(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -76,4 +68,28 @@ pub fn plan_of(e: &Experiment, metrics: &HashMap<String, Metric>) -> ExperimentP
 /// Whole days since the epoch (UTC).
 pub fn day(ms: i64) -> i64 {
     ms.div_euclid(clock::DAY_MS)
+}
+
+/// The analysis unit of a switchback experiment: the unit within one period, numbered as
+/// abx-core numbers periods. The warehouse's SQL (`ClickHouse::unit_expression` in
+/// abx-origin-pipeline) writes the same key.
+pub fn switchback_cell(unit_key: &str, ts_ms: i64, period_s: u32) -> String {
+    format!(
+        "{unit_key}@{}",
+        ts_ms.div_euclid(1_000).div_euclid(i64::from(period_s))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_follow_the_core_period_arithmetic() {
+        assert_eq!(
+            switchback_cell("city:paris", 3_600_000 * 5 + 10, 3_600),
+            "city:paris@5"
+        );
+        assert_eq!(switchback_cell("city:paris", -1, 3_600), "city:paris@-1");
+    }
 }

@@ -3,6 +3,8 @@
 //! loads the rollups (O(days × variants × metrics) rows) and abx-stats does the statistics.
 //! docs/statistics.md describes every method; this module decides which applies where.
 
+pub mod interactions;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 
@@ -217,23 +219,138 @@ pub struct Results {
 fn units_by_variant(rollups: &Rollups, until_day: i64) -> (HashMap<&str, u64>, HashMap<&str, u64>) {
     let mut units: HashMap<&str, u64> = HashMap::new();
     let mut multiple: HashMap<&str, u64> = HashMap::new();
-    for (variant, day, n, m) in &rollups.exposures {
-        if *day <= until_day {
-            *units.entry(variant).or_default() += (*n).max(0) as u64;
-            *multiple.entry(variant).or_default() += (*m).max(0) as u64;
-        }
+    for r in rollups.exposures.iter().filter(|r| r.day <= until_day) {
+        *units.entry(&r.variant).or_default() += r.units.max(0) as u64;
+        *multiple.entry(&r.variant).or_default() += r.multiple.max(0) as u64;
     }
     (units, multiple)
 }
 
 fn sums_by<'r>(rollups: &'r Rollups, metric: &str, until_day: i64) -> HashMap<&'r str, Sums> {
     let mut out: HashMap<&str, Sums> = HashMap::new();
-    for (variant, m, day, s) in &rollups.metrics {
-        if m == metric && *day <= until_day {
-            out.entry(variant).or_default().add(s);
+    for r in &rollups.metrics {
+        if r.metric == metric && r.day <= until_day {
+            out.entry(&r.variant).or_default().add(&r.sums);
         }
     }
     out
+}
+
+/// The metrics of an experiment in analysis order (primary, secondary, guardrails), each
+/// once, with its role.
+fn metric_roles(e: &Experiment) -> Vec<(String, MetricRole)> {
+    let mut roles: Vec<(String, MetricRole)> =
+        vec![(e.primary_metric.clone(), MetricRole::Primary)];
+    roles.extend(
+        e.secondary_metrics
+            .iter()
+            .map(|m| (m.clone(), MetricRole::Secondary)),
+    );
+    for m in &e.guardrail_metrics {
+        if !roles.iter().any(|(k, _)| k == m) {
+            roles.push((m.clone(), MetricRole::Guardrail));
+        }
+    }
+    roles
+}
+
+/// A guardrail metric's check of one treatment against control; none when the statistics
+/// cannot be computed.
+fn guardrail_view(metric: &Metric, variant: &str, c: &Group, t: &Group) -> Option<GuardrailView> {
+    let config = guardrail_config(metric);
+    let check = guardrail_check(metric.kind, c, t, &config).ok()?;
+    Some(GuardrailView {
+        metric: metric.key.clone(),
+        variant: variant.to_string(),
+        status: match check.status {
+            GuardrailStatus::InsufficientData => "insufficient_data",
+            GuardrailStatus::Healthy => "healthy",
+            GuardrailStatus::Alarm => "alarm",
+        }
+        .into(),
+        harmful_effect: check.harmful_effect,
+        z: check.z,
+        p_value: check.p_value,
+        threshold: config.min_std_errors,
+    })
+}
+
+/// One metric's data for one treatment and control, with the settings its tests use.
+struct Analysed<'a> {
+    metric: &'a Metric,
+    control: &'a Group,
+    treatment: &'a Group,
+    alpha: f64,
+    sequential: &'a SequentialConfig,
+}
+
+/// One treatment against control on one metric: the estimates and every test the
+/// experiment's analysis settings call for (before the decisions across comparisons).
+fn comparison_view(
+    e: &Experiment,
+    variant: &str,
+    analysed: &Analysed<'_>,
+    min_units: u64,
+) -> ComparisonView {
+    let Analysed {
+        metric,
+        control: c,
+        treatment: t,
+        alpha,
+        sequential: sequential_config,
+    } = *analysed;
+    let analysis = &e.analysis;
+    let mut view = ComparisonView {
+        variant: variant.to_string(),
+        absolute: None,
+        relative: None,
+        relative_unavailable: None,
+        p_value: None,
+        adjusted_p_value: None,
+        significant: false,
+        improvement: None,
+        sequential: None,
+        group_sequential: None,
+        bayesian: None,
+        cuped: None,
+        note: None,
+    };
+    match compare(metric.kind, c, t, alpha) {
+        Ok(comparison) => {
+            view.absolute = Some((&comparison.absolute).into());
+            match comparison.relative {
+                RelativeLift::Estimated(effect) => view.relative = Some((&effect).into()),
+                RelativeLift::Unavailable { reason } => {
+                    view.relative_unavailable = Some(format!("{reason:?}").to_lowercase())
+                }
+            }
+            view.p_value = Some(comparison.absolute.p_value);
+            view.improvement = Some(improvement(metric.direction, comparison.absolute.estimate));
+            if let Ok(s) = sequential_view(metric.kind, c, t, &comparison, sequential_config) {
+                view.sequential = Some(SequentialView {
+                    p_value: s.p_value,
+                    ci: [s.ci_lower, s.ci_upper],
+                    tuning_units: sequential_config.tuning_units,
+                });
+            }
+            view.bayesian = bayesian(metric.kind, c, t).map(|b| BayesianView {
+                chance_to_win: b.chance_to_beat_control,
+                expected_loss: b.expected_loss,
+            });
+            view.cuped = cuped(metric.kind, c, t, alpha).map(|k| CupedView {
+                adjusted: k.adjusted,
+                theta: k.theta,
+                variance_reduction: k.variance_reduction,
+                absolute: (&k.comparison.absolute).into(),
+            });
+            if analysis.mode == AnalysisMode::GroupSequential {
+                view.group_sequential =
+                    group_sequential_view(e, min_units, comparison.absolute.statistic, alpha);
+            }
+        }
+        Err(error) => view.note = Some(describe(&error)),
+    }
+    view
 }
 
 /// A metric's per-variant data in the forms abx-stats takes.
@@ -445,19 +562,7 @@ pub fn compute(
     let (units, multiple) = units_by_variant(rollups, i64::MAX);
     let n = |v: &str| units.get(v).copied().unwrap_or(0);
 
-    // Metrics in analysis order: primary, secondary, guardrails.
-    let mut roles: Vec<(String, MetricRole)> =
-        vec![(e.primary_metric.clone(), MetricRole::Primary)];
-    roles.extend(
-        e.secondary_metrics
-            .iter()
-            .map(|m| (m.clone(), MetricRole::Secondary)),
-    );
-    for m in &e.guardrail_metrics {
-        if !roles.iter().any(|(k, _)| k == m) {
-            roles.push((m.clone(), MetricRole::Guardrail));
-        }
-    }
+    let roles = metric_roles(e);
 
     let mut variants: BTreeMap<String, VariantSummary> = e
         .variants
@@ -521,82 +626,16 @@ pub fn compute(
         for variant in &treatments {
             let t = group(variant);
             if e.guardrail_metrics.contains(key) {
-                let config = guardrail_config(metric);
-                if let Ok(check) = guardrail_check(metric.kind, &c, &t, &config) {
-                    guardrails.push(GuardrailView {
-                        metric: key.clone(),
-                        variant: variant.clone(),
-                        status: match check.status {
-                            GuardrailStatus::InsufficientData => "insufficient_data",
-                            GuardrailStatus::Healthy => "healthy",
-                            GuardrailStatus::Alarm => "alarm",
-                        }
-                        .into(),
-                        harmful_effect: check.harmful_effect,
-                        z: check.z,
-                        p_value: check.p_value,
-                        threshold: config.min_std_errors,
-                    });
-                }
+                guardrails.extend(guardrail_view(metric, variant, &c, &t));
             }
-            let mut view = ComparisonView {
-                variant: variant.clone(),
-                absolute: None,
-                relative: None,
-                relative_unavailable: None,
-                p_value: None,
-                adjusted_p_value: None,
-                significant: false,
-                improvement: None,
-                sequential: None,
-                group_sequential: None,
-                bayesian: None,
-                cuped: None,
-                note: None,
+            let analysed = Analysed {
+                metric,
+                control: &c,
+                treatment: &t,
+                alpha,
+                sequential: &sequential_config,
             };
-            match compare(metric.kind, &c, &t, alpha) {
-                Ok(comparison) => {
-                    view.absolute = Some((&comparison.absolute).into());
-                    match comparison.relative {
-                        RelativeLift::Estimated(effect) => view.relative = Some((&effect).into()),
-                        RelativeLift::Unavailable { reason } => {
-                            view.relative_unavailable = Some(format!("{reason:?}").to_lowercase())
-                        }
-                    }
-                    view.p_value = Some(comparison.absolute.p_value);
-                    view.improvement =
-                        Some(improvement(metric.direction, comparison.absolute.estimate));
-                    if let Ok(s) =
-                        sequential_view(metric.kind, &c, &t, &comparison, &sequential_config)
-                    {
-                        view.sequential = Some(SequentialView {
-                            p_value: s.p_value,
-                            ci: [s.ci_lower, s.ci_upper],
-                            tuning_units: sequential_config.tuning_units,
-                        });
-                    }
-                    view.bayesian = bayesian(metric.kind, &c, &t).map(|b| BayesianView {
-                        chance_to_win: b.chance_to_beat_control,
-                        expected_loss: b.expected_loss,
-                    });
-                    view.cuped = cuped(metric.kind, &c, &t, alpha).map(|k| CupedView {
-                        adjusted: k.adjusted,
-                        theta: k.theta,
-                        variance_reduction: k.variance_reduction,
-                        absolute: (&k.comparison.absolute).into(),
-                    });
-                    if analysis.mode == AnalysisMode::GroupSequential {
-                        view.group_sequential = group_sequential_view(
-                            e,
-                            min_units,
-                            comparison.absolute.statistic,
-                            alpha,
-                        );
-                    }
-                }
-                Err(error) => view.note = Some(describe(&error)),
-            }
-            comparisons.push(view);
+            comparisons.push(comparison_view(e, variant, &analysed, min_units));
         }
         results.push(MetricResult {
             metric: key.clone(),
@@ -838,8 +877,8 @@ fn daily_series(
     let days: std::collections::BTreeSet<i64> = rollups
         .exposures
         .iter()
-        .map(|(_, d, _, _)| *d)
-        .chain(rollups.metrics.iter().map(|(_, _, d, _)| *d))
+        .map(|r| r.day)
+        .chain(rollups.metrics.iter().map(|r| r.day))
         .collect();
     let control = e.control();
     let mut points = Vec::new();
@@ -874,3 +913,6 @@ fn daily_series(
     }
     points
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,9 +30,41 @@ impl Sums {
     }
 }
 
-/// An experiment's rollup rows, as loaded: `(variant, day, units, multiple)` and
-/// `(variant, metric, day, sums)`.
+/// The units first exposed to one variant on one day: those seen only in that variant, and
+/// those also seen in another (excluded from the analysis, and counted).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExposureRollup {
+    pub variant: String,
+    /// Whole days since the epoch (UTC) of the units' first exposure.
+    pub day: i64,
+    pub units: i64,
+    pub multiple: i64,
+}
+
+/// One metric's sufficient statistics over a variant's units, for the units' values that
+/// changed on one day.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricRollup {
+    pub variant: String,
+    pub metric: String,
+    pub day: i64,
+    pub sums: Sums,
+}
+
+/// An experiment's rollups, as the SQL pipeline or the warehouse computed them.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rollups {
-    pub exposures: Vec<(String, i64, i64, i64)>,
-    pub metrics: Vec<(String, String, i64, Sums)>,
+    pub exposures: Vec<ExposureRollup>,
+    pub metrics: Vec<MetricRollup>,
+}
+
+/// One (A variant, B variant) cell of an interaction: the units exposed to both of two experiments, by their variants (`va` in the first, `vb` in
+/// the second), with Σx and Σx² of a metric since their first exposure to the first.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct InteractionCell {
+    pub va: String,
+    pub vb: String,
+    pub n: u64,
+    pub sx: f64,
+    pub sxx: f64,
 }

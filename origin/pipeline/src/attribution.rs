@@ -21,7 +21,7 @@ use sqlx::AnyConnection;
 use crate::model::experiment::Status;
 use crate::plan::{ExperimentPlan, day, plan_of};
 use crate::rollup::Sums;
-use crate::tables::{self as event_store, Logged};
+use crate::tables::{self, Logged};
 use crate::{Pipeline, clock, store};
 use batch::Batch;
 pub use cache::UnitCache;
@@ -35,11 +35,12 @@ pub const MAX_ATTEMPTS: i64 = 3;
 pub async fn load_plans(
     conn: &mut AnyConnection,
 ) -> Result<HashMap<String, ExperimentPlan>, crate::store::Error> {
-    let metrics: HashMap<String, store::catalog::Metric> = store::catalog::metrics(conn, None)
-        .await?
-        .into_iter()
-        .map(|m| (m.key.clone(), m))
-        .collect();
+    let metrics: HashMap<String, crate::model::catalog::Metric> =
+        store::catalog::metrics(conn, None)
+            .await?
+            .into_iter()
+            .map(|m| (m.key.clone(), m))
+            .collect();
     let experiments = store::experiments::all_published(conn).await?;
     Ok(experiments
         .into_iter()
@@ -78,13 +79,13 @@ async fn prune(state: &Arc<Pipeline>) -> Result<(), crate::store::Error> {
     let mut conn = state.db.pool.acquire().await?;
     // The cursor first: events that the pipeline set aside by that position are in the
     // retry and dead-letter tables when they are read next.
-    let position = event_store::cursor(&mut conn, CURSOR).await?;
-    let held = event_store::held_seqs(&mut conn, position).await?;
+    let position = tables::cursor(&mut conn, CURSOR).await?;
+    let held = tables::held_seqs(&mut conn, position).await?;
     drop(conn);
     // One day beyond the accepted age, so that no retried copy can outlive its original.
     let cutoff = clock::now_ms() - state.settings.event_window.max_age_ms - clock::DAY_MS;
     let mut tx = state.log.begin_write().await?;
-    let removed = event_store::prune_events(&mut tx, position, cutoff, &held).await?;
+    let removed = tables::prune_events(&mut tx, position, cutoff, &held).await?;
     tx.commit().await?;
     if removed > 0 {
         tracing::info!(removed, "pruned raw events past retention");
@@ -102,7 +103,7 @@ const CHAIN_LIMIT: Duration = Duration::from_secs(5);
 type Plans = std::sync::Arc<rustc_hash::FxHashMap<std::sync::Arc<str>, ExperimentPlan>>;
 
 /// One batch, read and applied in memory, waiting to be written.
-struct Applied {
+struct AppliedBatch {
     /// The cursor before and after the batch.
     position: i64,
     new_position: i64,
@@ -119,7 +120,7 @@ struct Applied {
 }
 
 /// The events of one batch, as read from the log.
-struct Read {
+struct ReadBatch {
     /// The cursor the events follow.
     position: i64,
     retried: Vec<Logged>,
@@ -129,7 +130,7 @@ struct Read {
     took: Duration,
 }
 
-impl Read {
+impl ReadBatch {
     /// Reads up to a batch of new events after `position`: from the log's tail in memory
     /// when it holds them, else from the log.
     async fn fresh(
@@ -137,14 +138,14 @@ impl Read {
         log: &mut AnyConnection,
         position: i64,
         retried: Vec<Logged>,
-    ) -> Result<Read, crate::store::Error> {
+    ) -> Result<ReadBatch, crate::store::Error> {
         let started = std::time::Instant::now();
         let limit = state.settings.batch.max(1);
         let fresh = match state.log_tail.take_after(position, limit as usize) {
             Some(events) => events,
-            None => event_store::read_after(log, position, limit).await?,
+            None => tables::read_after(log, position, limit).await?,
         };
-        Ok(Read {
+        Ok(ReadBatch {
             position,
             retried,
             full: fresh.len() as i64 >= limit,
@@ -158,17 +159,17 @@ impl Read {
     }
 }
 
-impl Applied {
+impl AppliedBatch {
     /// Loads the batch's unit state (see `Batch::load`) and applies its events in log order.
     async fn prepare(
         (conn, log): (&mut AnyConnection, &mut AnyConnection),
         plans: &Plans,
         cache: &mut UnitCache,
         previous: Option<&Batch>,
-        read: Read,
-    ) -> Result<Applied, crate::store::Error> {
+        read: ReadBatch,
+    ) -> Result<AppliedBatch, crate::store::Error> {
         let started = std::time::Instant::now();
-        let Read {
+        let ReadBatch {
             position,
             retried,
             fresh,
@@ -190,7 +191,7 @@ impl Applied {
                 failures.push((event.clone(), reason));
             }
         }
-        Ok(Applied {
+        Ok(AppliedBatch {
             position,
             new_position: fresh.last().map_or(position, |e| e.seq),
             batch,
@@ -212,25 +213,24 @@ impl Applied {
         attempts: &HashMap<i64, i64>,
     ) -> Result<Option<usize>, crate::store::Error> {
         let mut tx = state.db.begin_write().await?;
-        if !event_store::advance_cursor(&mut tx, CURSOR, self.position, self.new_position).await? {
+        if !tables::advance_cursor(&mut tx, CURSOR, self.position, self.new_position).await? {
             return Ok(None);
         }
         self.batch.write(&mut tx).await?;
         for &seq in &self.succeeded {
-            event_store::clear_retry(&mut tx, seq).await?;
+            tables::clear_retry(&mut tx, seq).await?;
         }
         let now = clock::now_ms();
         let mut dead = 0;
         for (event, reason) in &self.failures {
             let tries = attempts.get(&event.seq).copied().unwrap_or(0) + 1;
             if tries >= MAX_ATTEMPTS {
-                event_store::add_dead_letter(&mut tx, event.seq, &event.event_id, reason, tries)
-                    .await?;
+                tables::add_dead_letter(&mut tx, event.seq, &event.event_id, reason, tries).await?;
                 dead += 1;
             } else {
                 // 1 s, then 4 s: enough for configuration that lags the events to arrive.
                 let backoff = 1_000 * 4i64.pow(tries as u32 - 1);
-                event_store::set_retry(&mut tx, event.seq, tries, reason, now + backoff).await?;
+                tables::set_retry(&mut tx, event.seq, tries, reason, now + backoff).await?;
             }
         }
         tx.commit().await?;
@@ -260,18 +260,18 @@ pub async fn run_once(state: &Arc<Pipeline>) -> anyhow::Result<usize> {
             .map(|(id, plan)| (id.into(), plan))
             .collect(),
     );
-    let position = event_store::cursor(&mut conn, CURSOR).await?;
+    let position = tables::cursor(&mut conn, CURSOR).await?;
     cache.validate(position);
-    let retries = event_store::due_retries(&mut conn, clock::now_ms(), RETRY_BATCH).await?;
+    let retries = tables::due_retries(&mut conn, clock::now_ms(), RETRY_BATCH).await?;
     let attempts: std::sync::Arc<HashMap<i64, i64>> =
         std::sync::Arc::new(retries.iter().copied().collect());
     let mut log = state.log.pool.acquire().await?;
-    let retried = event_store::read_seqs(
+    let retried = tables::read_seqs(
         &mut log,
         &retries.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
     )
     .await?;
-    let read = Read::fresh(state, &mut log, position, retried).await?;
+    let read = ReadBatch::fresh(state, &mut log, position, retried).await?;
     if read.is_empty() {
         state
             .telemetry
@@ -280,7 +280,7 @@ pub async fn run_once(state: &Arc<Pipeline>) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let mut current =
-        Applied::prepare((&mut conn, &mut log), &plans, &mut cache, None, read).await?;
+        AppliedBatch::prepare((&mut conn, &mut log), &plans, &mut cache, None, read).await?;
     let mut handled = 0;
     loop {
         let write_started = std::time::Instant::now();
@@ -297,12 +297,12 @@ pub async fn run_once(state: &Arc<Pipeline>) -> anyhow::Result<usize> {
             if !chain {
                 return Ok(None);
             }
-            let read = Read::fresh(state, &mut log, writing.new_position, Vec::new()).await?;
+            let read = ReadBatch::fresh(state, &mut log, writing.new_position, Vec::new()).await?;
             if read.is_empty() {
                 return Ok(None);
             }
             let previous = Some(&writing.batch);
-            Applied::prepare((&mut conn, &mut log), &plans, &mut cache, previous, read)
+            AppliedBatch::prepare((&mut conn, &mut log), &plans, &mut cache, previous, read)
                 .await
                 .map(Some)
         };
@@ -356,10 +356,10 @@ async fn rebuild_changed(
     conn: &mut AnyConnection,
     plans: &HashMap<String, ExperimentPlan>,
 ) -> Result<(), crate::store::Error> {
-    let built = event_store::rollup_plans(conn).await?;
+    let built = tables::rollup_plans(conn).await?;
     for (experiment_id, plan) in plans {
-        let signature = plan.signature();
-        if built.get(experiment_id) == Some(&signature) {
+        let fingerprint = plan.fingerprint();
+        if built.get(experiment_id) == Some(&fingerprint) {
             continue;
         }
         if built.contains_key(experiment_id) {
@@ -367,7 +367,7 @@ async fn rebuild_changed(
         }
         let mut tx = state.db.begin_write().await?;
         rebuild(&mut tx, experiment_id, plan).await?;
-        event_store::set_rollup_plan(&mut tx, experiment_id, &signature).await?;
+        tables::set_rollup_plan(&mut tx, experiment_id, &fingerprint).await?;
         tx.commit().await?;
     }
     Ok(())
@@ -379,7 +379,7 @@ pub async fn rebuild(
     experiment_id: &str,
     plan: &ExperimentPlan,
 ) -> Result<(), crate::store::Error> {
-    let units = event_store::experiment_units(conn, experiment_id).await?;
+    let units = tables::experiment_units(conn, experiment_id).await?;
     let mut sums: BTreeMap<(String, String, i64), Sums> = BTreeMap::new();
     for (exposure, totals) in units.values() {
         let values = batch::metric_values(plan, |event_type| {
@@ -396,11 +396,11 @@ pub async fn rebuild(
             entry.add(&batch::contribution((0.0, 0.0, 0.0), (x, y, c)));
         }
     }
-    let rows: Vec<event_store::MetricDelta<'_>> = sums
+    let rows: Vec<tables::MetricDelta<'_>> = sums
         .iter()
         .map(|((variant, metric, d), s)| {
             ((experiment_id, variant.as_str(), metric.as_str(), *d), *s)
         })
         .collect();
-    Ok(event_store::replace_metric_rollups(conn, experiment_id, &rows).await?)
+    Ok(tables::replace_metric_rollups(conn, experiment_id, &rows).await?)
 }

@@ -2,7 +2,7 @@
 //! volume no SQL database can take. The JetStream loader inserts events here in large
 //! batches; the pipeline computes the rollups with SQL, per unit, then per variant, instead
 //! of maintaining them event by event, and stores each computation in `experiment_rollups`
-//! for results to read (`pipeline::warehouse`).
+//! for results to read (`crate::warehouse`).
 //!
 //! Events are kept in two `ReplacingMergeTree` tables: exposures ordered by (experiment,
 //! variant, time) as in the seed, and metric events ordered by (event type, unit, time).
@@ -21,10 +21,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{EventRecord, Kind};
-use crate::model::catalog::MetricKind;
+use crate::event::{EventRecord, Kind};
+use crate::model::catalog::{Period, UnitValue};
 use crate::plan::{ExperimentPlan, MetricPlan};
-use crate::rollup::{Rollups, Sums};
+use crate::rollup::{ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
 
 /// Where the warehouse lives.
 #[derive(Clone, Debug)]
@@ -114,8 +114,8 @@ struct MetricRollupRow {
     sums: HashMap<String, f64>,
 }
 
-/// How a unit's value follows from the running totals of its two per-day quantities.
-type Value = fn(&str, &str) -> String;
+/// The SQL of a unit's value from the running totals of its two per-day quantities.
+type ValueSql = fn(&str, &str) -> String;
 
 /// What a row of `experiment_rollups` holds: the marker of a computation (with the plan it
 /// followed), one exposure rollup, or one metric rollup.
@@ -143,16 +143,6 @@ pub struct StoredRollups {
     pub computed_ms: i64,
     pub plan: String,
     pub rollups: Rollups,
-}
-
-/// One (A variant, B variant) cell of an interaction: units, Σx, Σx².
-#[derive(Deserialize)]
-pub struct InteractionCell {
-    pub va: String,
-    pub vb: String,
-    pub n: u64,
-    pub sx: f64,
-    pub sxx: f64,
 }
 
 #[derive(Deserialize)]
@@ -354,7 +344,7 @@ impl ClickHouse {
     }
 
     /// The analysis unit of an event: the unit, or for switchback experiments the unit
-    /// within one period (as the SQL pipeline's cells).
+    /// within one period, the key that `abx_origin_domain::plan::switchback_cell` writes.
     /// It is hashed to 128 bits, which the joins and groupings over millions of units hash
     /// and compare faster than the strings (a collision among 10^12 units has a chance of
     /// about 10^-15).
@@ -423,16 +413,26 @@ impl ClickHouse {
                     // A day on which this metric's values did not change (the unit-days
                     // came from other metrics' events) adds nothing.
                     if sums != Sums::default() {
-                        metrics.push((r.variant.clone(), metric.key.clone(), r.day, sums));
+                        metrics.push(MetricRollup {
+                            variant: r.variant.clone(),
+                            metric: metric.key.clone(),
+                            day: r.day,
+                            sums,
+                        });
                     }
                 }
             }
         }
-        metrics.sort_by(|a, b| (a.2, &a.0, &a.1).cmp(&(b.2, &b.0, &b.1)));
+        metrics.sort_by(|a, b| (a.day, &a.variant, &a.metric).cmp(&(b.day, &b.variant, &b.metric)));
         Ok(Rollups {
             exposures: exposures
                 .into_iter()
-                .map(|r| (r.variant, r.day, r.units, r.multiples))
+                .map(|r| ExposureRollup {
+                    variant: r.variant,
+                    day: r.day,
+                    units: r.units,
+                    multiple: r.multiples,
+                })
                 .collect(),
             metrics,
         })
@@ -469,7 +469,8 @@ impl ClickHouse {
             joined.push(format!(
                 "a{i}1s AS a{i}1, a{i}0s AS a{i}0, b{i}1s AS b{i}1, b{i}0s AS b{i}0"
             ));
-            let at = |end: &str, value: Value| value(&format!("a{i}{end}"), &format!("b{i}{end}"));
+            let at =
+                |end: &str, value: ValueSql| value(&format!("a{i}{end}"), &format!("b{i}{end}"));
             values.push(format!(
                 "{} AS x{i}1, {} AS x{i}0, {} AS y{i}1, {} AS y{i}0, {} AS c{i}1, {} AS c{i}0",
                 at("1", x),
@@ -521,41 +522,63 @@ impl ClickHouse {
     }
 
     /// A metric's two per-day quantities (a, b), and how the unit's x, y and c follow from
-    /// their running totals.
-    fn quantities(metric: &MetricPlan) -> (String, String, Value, Value, Value) {
+    /// their running totals, as `MetricKind::unit_values` defines them: a is the total that
+    /// x comes from, b the one that y or c comes from (no kind uses both).
+    fn quantities(metric: &MetricPlan) -> (String, String, ValueSql, ValueSql, ValueSql) {
         let t = literal(&metric.event_type);
-        let post = "ts_ms >= first_ms";
-        let pre = "ts_ms < first_ms";
-        let convert: Value = |a, _| format!("if({a} > 0, 1.0, 0.0)");
-        let covariate_converted: Value = |_, b| format!("if({b} > 0, 1.0, 0.0)");
-        let first: Value = |a, _| a.to_string();
-        let second: Value = |_, b| b.to_string();
-        let zero: Value = |_, _| "0.0".to_string();
-        match metric.kind {
-            MetricKind::Conversion => (
-                format!("countIf(event_type = {t} AND {post})"),
-                format!("countIf(event_type = {t} AND {pre})"),
-                convert,
-                zero,
-                covariate_converted,
-            ),
-            MetricKind::Mean | MetricKind::Sum => (
-                format!("sumIf(value, event_type = {t} AND {post})"),
-                format!("sumIf(value, event_type = {t} AND {pre})"),
-                first,
-                zero,
-                second,
-            ),
-            MetricKind::Ratio => (
-                format!("sumIf(value, event_type = {t} AND {post})"),
-                match metric.denominator.as_deref().map(literal) {
-                    Some(d) => format!("sumIf(value, event_type = {d} AND {post})"),
-                    None => "0".into(),
-                },
-                first,
-                second,
-                zero,
-            ),
+        let values = metric.kind.unit_values();
+        let total = |value: UnitValue| match value {
+            UnitValue::Zero => "0".to_string(),
+            UnitValue::Converted(period) => {
+                format!("countIf(event_type = {t} AND {})", Self::period(period))
+            }
+            UnitValue::Sum(period) => {
+                format!(
+                    "sumIf(value, event_type = {t} AND {})",
+                    Self::period(period)
+                )
+            }
+            UnitValue::DenominatorSum => match metric.denominator.as_deref().map(literal) {
+                Some(d) => format!(
+                    "sumIf(value, event_type = {d} AND {})",
+                    Self::period(Period::AfterExposure)
+                ),
+                None => "0".to_string(),
+            },
+        };
+        let of_a = |value: UnitValue| -> ValueSql {
+            match value {
+                UnitValue::Zero => |_, _| "0.0".to_string(),
+                UnitValue::Converted(_) => |a, _| format!("if({a} > 0, 1.0, 0.0)"),
+                UnitValue::Sum(_) | UnitValue::DenominatorSum => |a, _| a.to_string(),
+            }
+        };
+        let of_b = |value: UnitValue| -> ValueSql {
+            match value {
+                UnitValue::Zero => |_, _| "0.0".to_string(),
+                UnitValue::Converted(_) => |_, b| format!("if({b} > 0, 1.0, 0.0)"),
+                UnitValue::Sum(_) | UnitValue::DenominatorSum => |_, b| b.to_string(),
+            }
+        };
+        let second = if values.y == UnitValue::Zero {
+            values.c
+        } else {
+            values.y
+        };
+        (
+            total(values.x),
+            total(second),
+            of_a(values.x),
+            of_b(values.y),
+            of_b(values.c),
+        )
+    }
+
+    /// The condition on an event's time (`ts_ms`, against the unit's `first_ms`) of a period.
+    fn period(period: Period) -> &'static str {
+        match period {
+            Period::AfterExposure => "ts_ms >= first_ms",
+            Period::BeforeExposure => "ts_ms < first_ms",
         }
     }
 
@@ -586,19 +609,19 @@ impl ClickHouse {
                 sums,
             };
         let mut rows = vec![row(MARKER, "", "", 0, 0, 0, Sums::default())];
-        for (variant, day, units, multiples) in &rollups.exposures {
+        for r in &rollups.exposures {
             rows.push(row(
                 EXPOSURE,
-                variant,
+                &r.variant,
                 "",
-                *day,
-                *units,
-                *multiples,
+                r.day,
+                r.units,
+                r.multiple,
                 Sums::default(),
             ));
         }
-        for (variant, metric, day, sums) in &rollups.metrics {
-            rows.push(row(METRIC, variant, metric, *day, 0, 0, *sums));
+        for r in &rollups.metrics {
+            rows.push(row(METRIC, &r.variant, &r.metric, r.day, 0, 0, r.sums));
         }
         self.insert_rows("experiment_rollups", &rows).await
     }
@@ -623,16 +646,21 @@ impl ClickHouse {
             return Ok(None);
         };
         let (computed_ms, plan) = (marker.computed_ms, marker.plan.clone());
-        let mut rollups = Rollups {
-            exposures: Vec::new(),
-            metrics: Vec::new(),
-        };
+        let mut rollups = Rollups::default();
         for r in rows.into_iter().filter(|r| r.computed_ms == computed_ms) {
             match r.kind {
-                EXPOSURE => rollups
-                    .exposures
-                    .push((r.variant, r.day, r.units, r.multiples)),
-                METRIC => rollups.metrics.push((r.variant, r.metric, r.day, r.sums)),
+                EXPOSURE => rollups.exposures.push(ExposureRollup {
+                    variant: r.variant,
+                    day: r.day,
+                    units: r.units,
+                    multiple: r.multiples,
+                }),
+                METRIC => rollups.metrics.push(MetricRollup {
+                    variant: r.variant,
+                    metric: r.metric,
+                    day: r.day,
+                    sums: r.sums,
+                }),
                 _ => {}
             }
         }
@@ -687,9 +715,11 @@ impl ClickHouse {
     ) -> Result<Vec<InteractionCell>, WarehouseError> {
         let exposed_a = self.exposed_units(a.0, a.1);
         let exposed_b = self.exposed_units(b.0, b.1);
-        let x = match metric.kind {
-            MetricKind::Conversion => "if(post_count > 0, 1.0, 0.0)",
-            _ => "post_sum",
+        let x = match metric.kind.unit_values().x {
+            UnitValue::Converted(Period::AfterExposure) => "if(post_count > 0, 1.0, 0.0)",
+            UnitValue::Sum(Period::AfterExposure) => "post_sum",
+            // No kind measures anything else as x; ratios have no interaction analysis.
+            _ => "0.0",
         };
         let query = format!(
             "SELECT va, vb, toUInt64(count()) AS n, sum(x) AS sx, sum(x * x) AS sxx
@@ -719,6 +749,47 @@ impl ClickHouse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::catalog::MetricKind;
+
+    #[test]
+    fn each_metric_kind_reads_the_totals_its_unit_values_name() {
+        let plan = |kind, denominator: Option<&str>| MetricPlan {
+            key: "m".into(),
+            kind,
+            event_type: "e".into(),
+            denominator: denominator.map(Into::into),
+        };
+        let rendered = |kind, denominator| {
+            let (a, b, x, y, c) = ClickHouse::quantities(&plan(kind, denominator));
+            (a, b, x("A", "B"), y("A", "B"), c("A", "B"))
+        };
+        let text = |parts: [&str; 5]| parts.map(String::from).into();
+        let converted: (String, String, String, String, String) = text([
+            "countIf(event_type = 'e' AND ts_ms >= first_ms)",
+            "countIf(event_type = 'e' AND ts_ms < first_ms)",
+            "if(A > 0, 1.0, 0.0)",
+            "0.0",
+            "if(B > 0, 1.0, 0.0)",
+        ]);
+        assert_eq!(rendered(MetricKind::Conversion, None), converted);
+        let summed: (String, String, String, String, String) = text([
+            "sumIf(value, event_type = 'e' AND ts_ms >= first_ms)",
+            "sumIf(value, event_type = 'e' AND ts_ms < first_ms)",
+            "A",
+            "0.0",
+            "B",
+        ]);
+        assert_eq!(rendered(MetricKind::Mean, None), summed);
+        assert_eq!(rendered(MetricKind::Sum, None), summed);
+        let ratio: (String, String, String, String, String) = text([
+            "sumIf(value, event_type = 'e' AND ts_ms >= first_ms)",
+            "sumIf(value, event_type = 'd' AND ts_ms >= first_ms)",
+            "A",
+            "B",
+            "0.0",
+        ]);
+        assert_eq!(rendered(MetricKind::Ratio, Some("d")), ratio);
+    }
 
     #[test]
     fn literals_escape_quotes_and_backslashes() {

@@ -3,7 +3,7 @@
 //! partitioned by unit, and answer the client only once JetStream has stored them. A loader
 //! in the pipeline process consumes the stream with a durable pull consumer and writes the
 //! events into the event log that the metric pipeline reads, or, with a warehouse, into
-//! ClickHouse (`store::clickhouse`) in inserts of up to a few hundred thousand rows,
+//! ClickHouse (`crate::clickhouse`) in inserts of up to a few hundred thousand rows,
 //! acknowledging each message only after that write committed.
 //!
 //! Nothing is counted twice: a client's retry of a whole request carries the same message
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Pipeline;
-use crate::events::{EventRecord, Kind};
+use crate::event::{EventRecord, Kind};
 use crate::telemetry::Telemetry;
 
 /// Where and how the stream lives.

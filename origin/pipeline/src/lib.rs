@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 // The modules name these through the crate root.
-use abx_origin_domain::{clock, event as events, model, plan, rollup};
+use abx_origin_domain::{clock, event, model, plan, rollup};
 use abx_origin_store as store;
 use abx_origin_store::db;
 
@@ -53,7 +53,7 @@ pub struct Pipeline {
     /// The configuration database (experiments, metrics, the pipeline's cursor and state).
     pub db: db::Db,
     /// The event log: its own SQLite file, or `db` itself on PostgreSQL (see
-    /// `db::event_log_file`).
+    /// `abx_origin_store::db::event_log_file`).
     pub log: db::Db,
     pub settings: Settings,
     pub telemetry: Arc<telemetry::Telemetry>,
@@ -99,7 +99,7 @@ impl Pipeline {
         (a, b): (&Experiment, &Experiment),
         metric: &Metric,
         metrics: &HashMap<String, Metric>,
-    ) -> Result<Vec<clickhouse::InteractionCell>, Error> {
+    ) -> Result<Vec<rollup::InteractionCell>, Error> {
         match &self.warehouse {
             Some(warehouse) => Ok(warehouse
                 .interaction_cells(

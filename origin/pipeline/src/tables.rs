@@ -7,12 +7,11 @@ use std::collections::{HashMap, HashSet};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use crate::clickhouse::InteractionCell;
 use crate::clock;
-pub use crate::events::DeadLetter;
-use crate::events::{EventRecord, Kind};
-use crate::model::catalog::{Metric, MetricKind};
-use crate::rollup::Sums;
+use crate::event::DeadLetter;
+use crate::event::{EventRecord, Kind};
+use crate::model::catalog::{Metric, Period, UnitValue};
+use crate::rollup::{ExposureRollup, InteractionCell, MetricRollup, Sums};
 use abx_origin_store::{MultiRow, placeholders};
 
 /// Rows per multi-row statement: keeps every statement under SQLite's 32,766 parameters.
@@ -28,7 +27,7 @@ pub struct Appended {
     /// The highest sequence number in the log afterwards.
     pub head: i64,
     /// When every event was new and they got consecutive sequence numbers in order, the
-    /// first of them (see `events::tail`).
+    /// first of them (see `crate::tail`).
     pub first_seq: Option<i64>,
 }
 
@@ -602,32 +601,32 @@ pub async fn add_metric_rollups(
     Ok(())
 }
 
-/// Exposure rollup rows of an experiment: (variant, day, units, multiple).
+/// An experiment's exposure rollups, by day and variant.
 pub async fn exposure_rollups(
     conn: &mut AnyConnection,
     experiment_id: &str,
-) -> Result<Vec<(String, i64, i64, i64)>, sqlx::Error> {
+) -> Result<Vec<ExposureRollup>, sqlx::Error> {
     let rows = sqlx::query("SELECT variant, day, units, multiple FROM exposure_rollups WHERE experiment_id = $1 ORDER BY day, variant")
         .bind(experiment_id)
         .fetch_all(&mut *conn)
         .await?;
     rows.iter()
         .map(|r| {
-            Ok((
-                r.try_get("variant")?,
-                r.try_get("day")?,
-                r.try_get("units")?,
-                r.try_get("multiple")?,
-            ))
+            Ok(ExposureRollup {
+                variant: r.try_get("variant")?,
+                day: r.try_get("day")?,
+                units: r.try_get("units")?,
+                multiple: r.try_get("multiple")?,
+            })
         })
         .collect()
 }
 
-/// Metric rollup rows of an experiment: (variant, metric, day, sums).
+/// An experiment's metric rollups, by day, variant and metric.
 pub async fn metric_rollups(
     conn: &mut AnyConnection,
     experiment_id: &str,
-) -> Result<Vec<(String, String, i64, Sums)>, sqlx::Error> {
+) -> Result<Vec<MetricRollup>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc
          FROM metric_rollups WHERE experiment_id = $1 ORDER BY day, variant, metric",
@@ -637,11 +636,11 @@ pub async fn metric_rollups(
     .await?;
     rows.iter()
         .map(|r| {
-            Ok((
-                r.try_get("variant")?,
-                r.try_get("metric")?,
-                r.try_get("day")?,
-                Sums {
+            Ok(MetricRollup {
+                variant: r.try_get("variant")?,
+                metric: r.try_get("metric")?,
+                day: r.try_get("day")?,
+                sums: Sums {
                     sum_x: r.try_get("sum_x")?,
                     sum_x2: r.try_get("sum_x2")?,
                     sum_y: r.try_get("sum_y")?,
@@ -651,7 +650,7 @@ pub async fn metric_rollups(
                     sum_c2: r.try_get("sum_c2")?,
                     sum_xc: r.try_get("sum_xc")?,
                 },
-            ))
+            })
         })
         .collect()
 }
@@ -911,9 +910,13 @@ pub async fn interaction_cells(
     b: &str,
     metric: &Metric,
 ) -> Result<Vec<InteractionCell>, sqlx::Error> {
-    let x = match metric.kind {
-        MetricKind::Conversion => "CASE WHEN um.post_count > 0 THEN 1.0 ELSE 0.0 END",
-        _ => "COALESCE(um.post_sum, 0.0)",
+    let x = match metric.kind.unit_values().x {
+        UnitValue::Converted(Period::AfterExposure) => {
+            "CASE WHEN um.post_count > 0 THEN 1.0 ELSE 0.0 END"
+        }
+        UnitValue::Sum(Period::AfterExposure) => "COALESCE(um.post_sum, 0.0)",
+        // No kind measures anything else as x; ratios have no interaction analysis.
+        _ => "0.0",
     };
     let sql = format!(
         // The casts keep PostgreSQL from summing into NUMERIC, which the Any driver cannot read.

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use crate::events::EventRecord;
+use crate::event::EventRecord;
 use crate::tables::Logged;
 
 /// Committed groups, oldest first, with at most `capacity` events in all.
@@ -150,7 +150,7 @@ fn logged(seq: i64, record: EventRecord) -> Logged {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Kind;
+    use crate::event::Kind;
 
     fn records(ids: std::ops::Range<i64>) -> Vec<EventRecord> {
         ids.map(|i| EventRecord {

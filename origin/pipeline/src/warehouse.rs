@@ -16,23 +16,17 @@
 use std::collections::HashMap;
 
 use crate::clickhouse::ClickHouse;
+use crate::model::catalog::Metric;
+use crate::model::experiment::Experiment;
 use crate::model::experiment::Status;
 use crate::plan::{ExperimentPlan, plan_of};
 use crate::rollup::Rollups;
-use crate::store::catalog::Metric;
-use crate::store::experiments::Experiment;
 use crate::{Pipeline, clock, store};
 
 /// A completed experiment's rollups are still recomputed this long after it ends, for the
 /// events still on their way (in browsers' queues, the stream, a lagging loader); then they
 /// are final.
 pub const SETTLE_MS: i64 = 3_600_000;
-
-/// How a computation's plan is recorded: a stored computation serves only the same plan
-/// (an experiment's metrics or variants changed since would be missing from it).
-fn describe(plan: &ExperimentPlan) -> String {
-    format!("{plan:?}")
-}
 
 /// Whether an experiment's rollups may still change: while it runs or is paused, and until
 /// a computation made after its settling time is stored.
@@ -58,7 +52,7 @@ async fn compute(
     let computed_ms = clock::now_ms();
     let rollups = warehouse.rollups(&e.id, plan).await?;
     warehouse
-        .store_rollups(&e.id, &describe(plan), computed_ms, &rollups)
+        .store_rollups(&e.id, &plan.fingerprint(), computed_ms, &rollups)
         .await?;
     Ok((rollups, computed_ms))
 }
@@ -73,7 +67,9 @@ pub async fn rollups(
 ) -> Result<(Rollups, i64), crate::Error> {
     let plan = plan_of(e, metrics);
     match warehouse.stored_rollups(&e.id).await? {
-        Some(stored) if stored.plan == describe(&plan) => Ok((stored.rollups, stored.computed_ms)),
+        Some(stored) if stored.plan == plan.fingerprint() => {
+            Ok((stored.rollups, stored.computed_ms))
+        }
         _ => compute(warehouse, e, &plan).await,
     }
 }
@@ -108,7 +104,9 @@ pub async fn refresh(state: &Pipeline, warehouse: &ClickHouse) -> Result<usize, 
     for e in &experiments {
         let stored = warehouse.stored_rollups(&e.id).await?;
         let plan = plan_of(e, &metrics);
-        let current = stored.as_ref().is_some_and(|s| s.plan == describe(&plan));
+        let current = stored
+            .as_ref()
+            .is_some_and(|s| s.plan == plan.fingerprint());
         let collecting = collecting(e.status, e.ended_at_ms, stored.map(|s| s.computed_ms));
         if collecting || !current {
             compute(warehouse, e, &plan).await?;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Db;
-use crate::events::EventRecord;
+use crate::event::EventRecord;
 use crate::tail::LogTail;
 use crate::telemetry::Telemetry;
 

@@ -1,6 +1,6 @@
 //! Results, the analysts' calculators, interactions between experiments, and the kill switch.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use abx_stats::group_sequential::{self, SpendingFunction};
 use abx_stats::power::{self, Mde, PowerConfig};
@@ -11,43 +11,21 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::AnyConnection;
 
-use super::experiments::{LifecycleBody, apply};
 use super::{ApiJson, json, with_version};
 use crate::AppState;
+use crate::analysis::results_of;
 use crate::auth::{Caller, Permission};
-use crate::clock;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::model::catalog::MetricKind;
+use crate::lifecycle::{self, LifecycleBody};
+use crate::model::catalog::Metric;
 use crate::model::experiment::{Action, Status};
+use crate::results::interactions::{self, Interactions};
 use crate::results::{self, Interval, Results};
-use crate::store::catalog::Metric;
 use crate::store::{self, Change};
 
 fn stats_error(error: StatsError) -> ApiError {
     ApiError::invalid("input", results::describe(&error))
-}
-
-/// Loads what the results of one experiment need.
-pub(crate) async fn results_of(
-    state: &AppState,
-    conn: &mut AnyConnection,
-    reference: &str,
-    daily: bool,
-) -> ApiResult<Results> {
-    let e = store::experiments::get(conn, reference)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("experiment `{reference}`")))?;
-    let metrics: HashMap<String, Metric> = store::catalog::metrics(conn, None)
-        .await?
-        .into_iter()
-        .map(|m| (m.key.clone(), m))
-        .collect();
-    let (rollups, computed_ms) = state.pipeline.rollups(conn, &e, &metrics).await?;
-    let mut results = results::compute(&e, &metrics, &rollups, clock::now_ms(), daily);
-    results.rollups_computed_at = clock::rfc3339_opt(computed_ms);
-    Ok(results)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -586,31 +564,6 @@ pub async fn power_calculator(
     ))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct InteractionView {
-    pub experiment_a: String,
-    pub experiment_b: String,
-    pub metric: String,
-    pub shared_units: u64,
-    /// A's treatment effect (first treatment vs control) among B's control and treatment.
-    pub effect_in_b_control: f64,
-    pub effect_in_b_treatment: f64,
-    /// Difference of the two effects, with its test.
-    pub interaction: Interval,
-    pub z: f64,
-    pub adjusted_p_value: f64,
-    /// Adjusted p below 0.01.
-    pub flagged: bool,
-    /// Chi-squared test that assignment in A is independent of assignment in B.
-    pub independence_chi2: f64,
-    pub independence_p_value: f64,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Interactions {
-    pub items: Vec<InteractionView>,
-}
-
 /// For every pair of running experiments in different layers that share exposed units and a
 /// metric: the interaction of their treatment effects, BH-adjusted across all pairs.
 #[utoipa::path(get, path = "/api/v1/interactions", tag = "analysis", responses((status = 200, body = Interactions)))]
@@ -623,117 +576,15 @@ pub async fn interactions(State(state): State<AppState>, caller: Caller) -> ApiR
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    let mut items: Vec<InteractionView> = Vec::new();
-    for (i, a) in running.iter().enumerate() {
-        for b in &running[i + 1..] {
-            // Mutual exclusion already prevents overlap within a layer.
-            if a.layer_id.is_some() && a.layer_id == b.layer_id
-                || a.unit != b.unit
-                || a.variants.len() < 2
-                || b.variants.len() < 2
-            {
-                continue;
-            }
-            let a_metrics: BTreeSet<&String> = std::iter::once(&a.primary_metric)
-                .chain(&a.secondary_metrics)
-                .collect();
-            let b_metrics: BTreeSet<&String> = std::iter::once(&b.primary_metric)
-                .chain(&b.secondary_metrics)
-                .collect();
-            for key in a_metrics.intersection(&b_metrics) {
-                let Some(metric) = metrics.get(*key).filter(|m| m.kind != MetricKind::Ratio) else {
-                    continue;
-                };
-                let rows: Vec<_> = state
-                    .pipeline
-                    .interaction_cells(&mut conn, (a, b), metric, &metrics)
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.va, c.vb, c.n, c.sx, c.sxx))
-                    .collect();
-                let shared: u64 = rows.iter().map(|r| r.2).sum();
-                if shared == 0 {
-                    continue;
-                }
-                let find = |va: &str, vb: &str| {
-                    rows.iter()
-                        .find(|r| r.0 == va && r.1 == vb)
-                        .map_or((0, 0.0, 0.0), |r| (r.2, r.3, r.4))
-                };
-                let (a0, a1, b0, b1) = (
-                    &a.variants[0].name,
-                    &a.variants[1].name,
-                    &b.variants[0].name,
-                    &b.variants[1].name,
-                );
-                let cell = |va: &str, vb: &str| find(va, vb);
-                let result = match metric.kind {
-                    MetricKind::Conversion => {
-                        let p = |(n, s, _): (u64, f64, f64)| Proportion::new(n, s.round() as u64);
-                        abx_stats::interaction::interaction_proportions(
-                            &abx_stats::interaction::Cells {
-                                a0_b0: p(cell(a0, b0)),
-                                a1_b0: p(cell(a1, b0)),
-                                a0_b1: p(cell(a0, b1)),
-                                a1_b1: p(cell(a1, b1)),
-                            },
-                            0.05,
-                        )
-                    }
-                    _ => {
-                        let m = |(n, s, ss): (u64, f64, f64)| Moments {
-                            n,
-                            sum: s,
-                            sum_sq: ss,
-                        };
-                        abx_stats::interaction::interaction_means(
-                            &abx_stats::interaction::Cells {
-                                a0_b0: m(cell(a0, b0)),
-                                a1_b0: m(cell(a1, b0)),
-                                a0_b1: m(cell(a0, b1)),
-                                a1_b1: m(cell(a1, b1)),
-                            },
-                            0.05,
-                        )
-                    }
-                };
-                let Ok(result) = result else { continue };
-                let table: Vec<Vec<u64>> = a
-                    .variants
-                    .iter()
-                    .map(|va| {
-                        b.variants
-                            .iter()
-                            .map(|vb| find(&va.name, &vb.name).0)
-                            .collect()
-                    })
-                    .collect();
-                let independence = abx_stats::interaction::assignment_independence(&table).ok();
-                items.push(InteractionView {
-                    experiment_a: a.key.clone(),
-                    experiment_b: b.key.clone(),
-                    metric: (*key).clone(),
-                    shared_units: shared,
-                    effect_in_b_control: result.effect_in_b0,
-                    effect_in_b_treatment: result.effect_in_b1,
-                    interaction: (&result.interaction).into(),
-                    z: result.interaction.statistic,
-                    adjusted_p_value: result.interaction.p_value,
-                    flagged: false,
-                    independence_chi2: independence.map_or(0.0, |t| t.statistic),
-                    independence_p_value: independence.map_or(1.0, |t| t.p_value),
-                });
-            }
-        }
+    let mut items = Vec::new();
+    for (a, b, metric) in interactions::candidates(&running, &metrics) {
+        let cells = state
+            .pipeline
+            .interaction_cells(&mut conn, (a, b), metric, &metrics)
+            .await?;
+        items.extend(interactions::analyse(a, b, metric, &cells));
     }
-    let raw: Vec<f64> = items.iter().map(|i| i.interaction.p_value).collect();
-    for (item, adjusted) in items.iter_mut().zip(abx_stats::adjust_p_values(
-        &raw,
-        abx_stats::Correction::BenjaminiHochberg,
-    )) {
-        item.adjusted_p_value = adjusted;
-        item.flagged = adjusted < 0.01;
-    }
+    interactions::adjust(&mut items);
     Ok(json(StatusCode::OK, &Interactions { items }))
 }
 
@@ -748,7 +599,7 @@ pub struct KillRequest {
 /// edges stop assigning it), with an audit entry and a webhook.
 #[utoipa::path(post, path = "/api/v1/experiments/{id}/kill", tag = "experiments", params(("id" = String, Path, description = "Id or key")),
     request_body(content = Option<KillRequest>),
-    responses((status = 200, body = crate::store::experiments::Experiment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = crate::model::experiment::Experiment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn kill(
     State(state): State<AppState>,
     caller: Caller,
@@ -762,7 +613,7 @@ pub async fn kill(
     let actor = caller.actor();
     let paused = state
         .mutate(async |conn| {
-            let paused = apply(
+            let paused = lifecycle::apply(
                 conn,
                 &actor,
                 &id,

@@ -9,8 +9,9 @@ use super::json;
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::model::AuditEntry;
 use crate::model::Page;
-use crate::store::{self, AuditEntry};
+use crate::store;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {

@@ -14,9 +14,9 @@ use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::catalog::{self, HoldoutInput, LayerInput, MetricInput, SegmentInput};
+use crate::model::catalog::{Holdout, Layer, Metric, Segment};
 use crate::model::experiment::Status;
 use crate::model::{Page, new_id, targeting};
-use crate::store::catalog::{Holdout, Layer, Metric, Segment};
 use crate::store::{self, Change};
 
 fn one<T>(mut found: Vec<T>, what: &str, id: &str) -> ApiResult<T> {
@@ -46,7 +46,7 @@ fn page<T>(items: Vec<T>) -> Page<T> {
 /// Experiments that are running or paused, which pin parts of the configuration.
 async fn active_experiments(
     conn: &mut AnyConnection,
-) -> Result<Vec<crate::store::experiments::Experiment>, crate::store::Error> {
+) -> Result<Vec<crate::model::experiment::Experiment>, crate::store::Error> {
     store::experiments::with_status(conn, &[Status::Running, Status::Paused]).await
 }
 

@@ -13,12 +13,13 @@ use std::sync::atomic::Ordering;
 use super::{ApiJson, json};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
+use crate::clock;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events::jetstream::StreamTelemetry;
-use crate::events::{self, EventRecord, Kind, LIMITS};
-use crate::store::events::{self as event_store, DeadLetter};
-use crate::telemetry::Telemetry;
-use crate::{clock, pipeline};
+use crate::event::{self, DeadLetter, EventRecord, Kind, LIMITS};
+use crate::pipeline::attribution::CURSOR;
+use crate::pipeline::jetstream::StreamTelemetry;
+use crate::pipeline::tables;
+use crate::pipeline::telemetry::Telemetry;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Rejected {
@@ -158,7 +159,7 @@ pub async fn post_events(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let parsed = events::parse_body(
+    let parsed = event::parse_body(
         &body,
         gzip,
         beacon,
@@ -219,7 +220,7 @@ pub async fn post_experiment_event(
         "event_type": body.event_type, "value": body.value.unwrap_or(1.0), "timestamp": body.timestamp,
     });
     let bytes = serde_json::to_vec(&[event]).map_err(anyhow::Error::from)?;
-    let parsed = events::parse_body(
+    let parsed = event::parse_body(
         &bytes,
         false,
         false,
@@ -264,12 +265,12 @@ pub async fn get_event(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut log = state.pipeline.log.pool.acquire().await?;
-    let e = event_store::find_event(&mut log, &event_id.to_ascii_lowercase())
+    let e = tables::find_event(&mut log, &event_id.to_ascii_lowercase())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("event `{event_id}`")))?;
     drop(log);
     let mut conn = state.db.pool.acquire().await?;
-    let position = event_store::cursor(&mut conn, pipeline::CURSOR).await?;
+    let position = tables::cursor(&mut conn, CURSOR).await?;
     let (kind, experiment_id, variant, event_type) = match e.kind {
         Kind::Exposure {
             experiment_id,
@@ -313,12 +314,12 @@ pub struct PipelineStatus {
 
 async fn status(state: &AppState) -> Result<PipelineStatus, sqlx::Error> {
     let mut conn = state.db.pool.acquire().await?;
-    let position = event_store::cursor(&mut conn, pipeline::CURSOR).await?;
-    let dead_letters = event_store::count_dead_letters(&mut conn).await?;
+    let position = tables::cursor(&mut conn, CURSOR).await?;
+    let dead_letters = tables::count_dead_letters(&mut conn).await?;
     drop(conn);
     let mut log = state.pipeline.log.pool.acquire().await?;
-    let head = event_store::max_seq(&mut log).await?.max(position);
-    let oldest = event_store::oldest_after(&mut log, position).await?;
+    let head = tables::max_seq(&mut log).await?.max(position);
+    let oldest = tables::oldest_after(&mut log, position).await?;
     let mut oldest_ms = oldest;
     let stream_pending_messages = match &state.event_stream {
         Some(stream) => {
@@ -367,7 +368,7 @@ pub async fn dead_letters(State(state): State<AppState>, caller: Caller) -> ApiR
     Ok(json(
         StatusCode::OK,
         &DeadLetters {
-            items: event_store::dead_letters(&mut conn, 1_000).await?,
+            items: tables::dead_letters(&mut conn, 1_000).await?,
         },
     ))
 }
@@ -395,7 +396,7 @@ pub async fn replay(
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
     let mut tx = state.db.begin_write().await?;
-    let replayed = event_store::replay_dead_letters(&mut tx, request.seqs.as_deref()).await?;
+    let replayed = tables::replay_dead_letters(&mut tx, request.seqs.as_deref()).await?;
     let details = serde_json::json!({"replayed": replayed, "seqs": request.seqs});
     crate::store::record(
         &mut tx,
@@ -403,7 +404,7 @@ pub async fn replay(
             actor: &caller.actor(),
             action: "dead_letters.replayed",
             entity_type: "pipeline",
-            entity_id: pipeline::CURSOR,
+            entity_id: CURSOR,
             details,
         },
     )

@@ -13,14 +13,18 @@ use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::model::experiment::{self, Action, ExperimentInput, Known, Status};
+use crate::lifecycle::{self, LifecycleBody, layer_full, load};
+use crate::model::experiment::Experiment;
+use crate::model::experiment::{self, Action, ExperimentInput, References, Status};
 use crate::model::{Page, new_id, slots, targeting};
-use crate::store::experiments::{Experiment, Filter, StatusChange};
+use crate::store::experiments::Filter;
 use crate::store::{self, Change};
 
 /// Loads what validating an experiment needs to know.
-pub(super) async fn known(conn: &mut AnyConnection) -> Result<Known, crate::store::Error> {
-    let mut known = Known::default();
+pub(super) async fn references(
+    conn: &mut AnyConnection,
+) -> Result<References, crate::store::Error> {
+    let mut known = References::default();
     for layer in store::catalog::layers(conn, None).await? {
         known
             .layers
@@ -69,12 +73,6 @@ pub(super) async fn segment_depths(
         }
     }
     Ok(depths)
-}
-
-async fn load(conn: &mut AnyConnection, id: &str) -> ApiResult<Experiment> {
-    store::experiments::get(conn, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("experiment `{id}`")))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -158,7 +156,7 @@ pub async fn create(
     let actor = caller.actor();
     let created = state
         .mutate(async |conn| {
-            let spec = experiment::validate(&input, &known(conn).await?)?;
+            let spec = experiment::validate(&input, &references(conn).await?)?;
             store::experiments::insert(conn, &id, &spec).await?;
             let details = json!({"key": spec.key});
             store::record(
@@ -217,7 +215,7 @@ pub async fn patch(
                 .map(|o| o.keys().cloned().collect())
                 .unwrap_or_default();
             let input = merge_patch(&current.input(), body)?;
-            let spec = experiment::validate(&input, &known(conn).await?)?;
+            let spec = experiment::validate(&input, &references(conn).await?)?;
             experiment::check_edit(current.status, &current.spec(), &spec)?;
             if current.status.holds_slots()
                 && spec.traffic_bp > current.traffic_bp
@@ -267,15 +265,6 @@ async fn grow_allocation(
     Ok(())
 }
 
-fn layer_full(free_bp: u16) -> ApiError {
-    let free_percent = f64::from(free_bp) / 100.0;
-    ApiError::Conflict {
-        code: "layer_full",
-        message: format!("not enough free room in the layer: {free_percent}% is free"),
-        details: Some(json!({"free_percent": free_percent})),
-    }
-}
-
 #[utoipa::path(delete, path = "/api/v1/experiments/{id}", tag = "experiments", params(("id" = String, Path, description = "Id or key")),
     responses((status = 204, description = "Deleted (drafts only)"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
@@ -302,18 +291,6 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Optional body of lifecycle requests.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LifecycleBody {
-    /// For `complete`: the variant to ship to everyone.
-    #[serde(default)]
-    pub ship: Option<String>,
-    /// Recorded in the audit log and shown as the status reason.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
 async fn lifecycle(
     state: AppState,
     caller: Caller,
@@ -325,107 +302,10 @@ async fn lifecycle(
     let body = body.unwrap_or_default();
     let actor = caller.actor();
     let changed = state
-        .mutate(async |conn| apply(conn, &actor, &id, action, &body).await)
+        .mutate(async |conn| lifecycle::apply(conn, &actor, &id, action, &body).await)
         .await?;
     let version = changed.version;
     Ok(with_version(json(StatusCode::OK, &changed), version))
-}
-
-/// Applies a lifecycle action inside a configuration change.
-pub(crate) async fn apply(
-    conn: &mut AnyConnection,
-    actor: &str,
-    id: &str,
-    action: Action,
-    body: &LifecycleBody,
-) -> ApiResult<Experiment> {
-    let current = load(conn, id).await?;
-    let to = experiment::transition(current.status, action)?;
-    if body.ship.is_some() && action != Action::Complete {
-        return Err(ApiError::invalid("ship", "only `complete` ships a variant"));
-    }
-    if let Some(ship) = &body.ship
-        && !current.variants.iter().any(|v| &v.name == ship)
-    {
-        return Err(ApiError::invalid(
-            "ship",
-            format!("unknown variant `{ship}`"),
-        ));
-    }
-    match action {
-        Action::Start => {
-            if let Some(layer_id) = &current.layer_id {
-                let ranges = store::catalog::layer_ranges(conn, layer_id).await?;
-                check_layer_companions(conn, &current, &ranges).await?;
-                let taken: Vec<slots::Range> = ranges.iter().map(|(_, s, e)| (*s, *e)).collect();
-                let mine = slots::allocate(&taken, current.traffic_bp).map_err(layer_full)?;
-                store::catalog::set_allocations(conn, layer_id, &current.id, &mine).await?;
-            }
-        }
-        Action::Complete => {
-            if let Some(layer_id) = &current.layer_id {
-                store::catalog::set_allocations(conn, layer_id, &current.id, &[]).await?;
-            }
-        }
-        Action::Pause | Action::Resume | Action::Archive => {}
-    }
-    let change = StatusChange {
-        status: to,
-        reason: body.reason.as_deref(),
-        shipped_variant: body.ship.as_deref(),
-        started: action == Action::Start,
-        ended: action == Action::Complete,
-    };
-    store::experiments::set_status(conn, &current.id, &change).await?;
-    let details = json!({"key": current.key, "from": current.status, "to": to, "ship": body.ship, "reason": body.reason});
-    let action_name = format!(
-        "experiment.{}",
-        match action {
-            Action::Start => "started",
-            Action::Pause => "paused",
-            Action::Resume => "resumed",
-            Action::Complete => "completed",
-            Action::Archive => "archived",
-        }
-    );
-    store::record(
-        conn,
-        Change {
-            actor,
-            action: &action_name,
-            entity_type: "experiment",
-            entity_id: &current.id,
-            details,
-        },
-    )
-    .await?;
-    load(conn, &current.id).await
-}
-
-/// Experiments sharing a layer must share the unit and switchback period, or the layer could
-/// no longer guarantee that a unit is in at most one of them.
-async fn check_layer_companions(
-    conn: &mut AnyConnection,
-    e: &Experiment,
-    ranges: &[(String, u16, u16)],
-) -> ApiResult<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    for (other_id, _, _) in ranges {
-        if other_id == &e.id || !seen.insert(other_id.clone()) {
-            continue;
-        }
-        let other = load(conn, other_id).await?;
-        if other.unit != e.unit || other.switchback_period_s != e.switchback_period_s {
-            return Err(ApiError::conflict(
-                "layer_mismatch",
-                format!(
-                    "experiment `{}` in this layer uses unit `{}` and switchback {:?}; experiments sharing a layer must match",
-                    other.key, other.unit, other.switchback_period_s
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 macro_rules! lifecycle_route {

@@ -11,9 +11,9 @@ use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::model::flag::Flag;
 use crate::model::flag::{self, FlagInput, FlagSpec};
 use crate::model::{Page, new_id};
-use crate::store::flags::Flag;
 use crate::store::{self, Change};
 
 async fn load(conn: &mut AnyConnection, id: &str) -> ApiResult<Flag> {

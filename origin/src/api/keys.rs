@@ -11,7 +11,8 @@ use crate::AppState;
 use crate::auth::{self, Caller, Permission, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::{Page, check_text, new_id};
-use crate::store::{self, ApiKeyView, Change};
+use crate::store::{self, Change};
+use abx_origin_domain::keys::ApiKeyView;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

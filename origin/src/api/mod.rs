@@ -14,12 +14,6 @@ mod keys;
 mod snapshot;
 mod system;
 
-/// What the guardrail monitor shares with the HTTP handlers.
-pub(crate) mod analysis_support {
-    pub(crate) use super::analysis::results_of;
-    pub(crate) use super::experiments::{LifecycleBody, apply};
-}
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, OptionalFromRequest, Request};
 use axum::http::{HeaderMap, Method, StatusCode, header};

@@ -33,8 +33,8 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Response> {
         })?;
     }
     let backend = match state.db.backend {
-        crate::db::Backend::Sqlite => "sqlite",
-        crate::db::Backend::Postgres => "postgres",
+        crate::store::db::Backend::Sqlite => "sqlite",
+        crate::store::db::Backend::Postgres => "postgres",
     };
     Ok(json(
         StatusCode::OK,

@@ -10,7 +10,7 @@ use crate::model::bp_to_percent;
 use crate::model::catalog::{
     Direction, HoldoutSpec, LayerSpec, MetricKind, MetricSpec, SegmentSpec,
 };
-pub use crate::model::catalog::{Holdout, Layer, LayerName, Metric, Segment, SlotOwner};
+use crate::model::catalog::{Holdout, Layer, LayerName, Metric, Segment, SlotOwner};
 
 pub async fn insert_layer(
     conn: &mut AnyConnection,

@@ -9,7 +9,7 @@ use super::{json_column, opt_json_column, placeholders, to_json_text, typed_json
 use crate::Error;
 use crate::clock;
 use crate::model::bp_to_percent;
-pub use crate::model::experiment::{Experiment, SlotRange};
+use crate::model::experiment::{Experiment, SlotRange};
 use crate::model::experiment::{ExperimentSpec, Status, VariantInput, VariantSpec};
 
 const SELECT: &str = "SELECT e.id, e.key, e.name, e.hypothesis, e.description, e.owner, e.status, e.status_reason,

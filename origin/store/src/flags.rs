@@ -6,7 +6,7 @@ use sqlx::{AnyConnection, Row};
 use super::{json_column, to_json_text, typed_json};
 use crate::Error;
 use crate::clock;
-pub use crate::model::flag::Flag;
+use crate::model::flag::Flag;
 use crate::model::flag::FlagSpec;
 
 fn flag(r: &AnyRow) -> Result<Flag, Error> {

@@ -18,9 +18,8 @@ use serde_json::Value as Json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-pub use abx_origin_domain::keys::ApiKeyView;
-use abx_origin_domain::keys::{KeyInfo, NewKey, Role};
-pub use abx_origin_domain::model::AuditEntry;
+use abx_origin_domain::keys::{ApiKeyView, KeyInfo, NewKey, Role};
+use abx_origin_domain::model::AuditEntry;
 // The submodules name these through the crate root, as the domain's own modules do.
 use abx_origin_domain::{clock, model};
 

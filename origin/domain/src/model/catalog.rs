@@ -169,7 +169,60 @@ pub enum MetricKind {
     Ratio,
 }
 
+/// Which of a unit's events a total counts: those at or after its first exposure (the
+/// measurement), or those before it (the CUPED covariate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    AfterExposure,
+    BeforeExposure,
+}
+
+/// How one of a unit's three values for a metric follows from its event totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitValue {
+    Zero,
+    /// 1 when the unit has an event of the metric's type in the period, else 0.
+    Converted(Period),
+    /// The sum of the values of the unit's events of the metric's type in the period.
+    Sum(Period),
+    /// The sum of the values of the unit's events of the denominator's type after exposure.
+    DenominatorSum,
+}
+
+/// A unit's values for a metric: x (the value), y (a ratio's denominator) and c (the
+/// pre-exposure covariate), summed into the rollups' sufficient statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitValues {
+    pub x: UnitValue,
+    pub y: UnitValue,
+    pub c: UnitValue,
+}
+
 impl MetricKind {
+    /// The one definition of what a metric kind measures per unit. Every engine that turns
+    /// events into rollups (the SQL pipeline's fold, the ClickHouse warehouse's queries, and
+    /// the interaction queries of both) derives a unit's values from this table.
+    pub fn unit_values(self) -> UnitValues {
+        use {Period::*, UnitValue::*};
+        match self {
+            MetricKind::Conversion => UnitValues {
+                x: Converted(AfterExposure),
+                y: Zero,
+                c: Converted(BeforeExposure),
+            },
+            MetricKind::Mean | MetricKind::Sum => UnitValues {
+                x: Sum(AfterExposure),
+                y: Zero,
+                c: Sum(BeforeExposure),
+            },
+            MetricKind::Ratio => UnitValues {
+                x: Sum(AfterExposure),
+                y: DenominatorSum,
+                c: Zero,
+            },
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MetricKind::Conversion => "conversion",

@@ -244,7 +244,7 @@ pub struct VariantSpec {
 
 /// What validation needs to know about the rest of the configuration.
 #[derive(Debug, Default)]
-pub struct Known {
+pub struct References {
     /// Layer key and id → (id, unit).
     pub layers: HashMap<String, (String, String)>,
     /// Holdout key and id → id.
@@ -257,7 +257,7 @@ pub struct Known {
 const MAX_VARIANTS: usize = 20;
 const MAX_CONFIG_BYTES: usize = 16 * 1024;
 
-pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec, Error> {
+pub fn validate(input: &ExperimentInput, known: &References) -> Result<ExperimentSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let name = input.name.clone().unwrap_or_else(|| input.key.clone());
@@ -271,37 +271,7 @@ pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec
     let description = text(&input.description, "description", 10_000, &mut errors);
     let owner = text(&input.owner, "owner", 200, &mut errors);
 
-    let layer = match &input.layer {
-        None => None,
-        Some(reference) => match known.layers.get(reference) {
-            Some(layer) => Some(layer.clone()),
-            None => {
-                errors.push(FieldError::new(
-                    "layer",
-                    format!("unknown layer `{reference}`"),
-                ));
-                None
-            }
-        },
-    };
-    let unit = input
-        .unit
-        .clone()
-        .or_else(|| layer.as_ref().map(|(_, unit)| unit.clone()))
-        .unwrap_or_else(|| "user_id".to_string());
-    if !targeting::valid_attribute(&unit) {
-        errors.push(FieldError::new("unit", "must be an attribute name"));
-    }
-    if let Some((_, layer_unit)) = &layer
-        && *layer_unit != unit
-    {
-        errors.push(FieldError::new(
-            "unit",
-            format!(
-                "the layer randomizes by `{layer_unit}`; its experiments must use the same unit"
-            ),
-        ));
-    }
+    let (layer, unit) = layer_and_unit(input, known, &mut errors);
     let traffic_bp = percent_to_bp(
         input.traffic_percent.unwrap_or(100.0),
         "traffic_percent",
@@ -313,86 +283,9 @@ pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec
         targeting::validate(condition, "targeting", &known.segments, &mut errors);
     }
 
-    if input.variants.len() < 2 || input.variants.len() > MAX_VARIANTS {
-        errors.push(FieldError::new(
-            "variants",
-            format!("2 to {MAX_VARIANTS} variants (the first is the control)"),
-        ));
-    }
-    let mut names = HashSet::new();
-    let mut total_bp: u32 = 0;
-    let variants: Vec<VariantSpec> = input
-        .variants
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let field = format!("variants[{i}]");
-            check_key(&v.name, &format!("{field}.name"), &mut errors);
-            if !names.insert(v.name.as_str()) {
-                errors.push(FieldError::new(
-                    format!("{field}.name"),
-                    "variant names must be unique",
-                ));
-            }
-            let weight_bp = percent_to_bp(v.weight, &format!("{field}.weight"), &mut errors);
-            total_bp += u32::from(weight_bp);
-            if v.config.to_string().len() > MAX_CONFIG_BYTES {
-                errors.push(FieldError::new(
-                    format!("{field}.config"),
-                    "at most 16 KiB of JSON",
-                ));
-            }
-            VariantSpec {
-                name: v.name.clone(),
-                weight_bp,
-                config: v.config.clone(),
-            }
-        })
-        .collect();
-    if !input.variants.is_empty() && total_bp != 10_000 {
-        errors.push(FieldError::new(
-            "variants",
-            format!(
-                "weights must sum to 100, not {}",
-                f64::from(total_bp) / 100.0
-            ),
-        ));
-    }
+    let (variants, names) = validate_variants(&input.variants, &mut errors);
 
-    let mut metric_names = HashSet::new();
-    let mut check_metric = |metric: &str, field: String, errors: &mut Vec<FieldError>| {
-        if !known.metrics.contains(metric) {
-            errors.push(FieldError::new(
-                field,
-                format!("unknown metric `{metric}`; define it under /api/v1/metrics"),
-            ));
-        }
-        if !metric_names.insert(metric.to_string()) {
-            errors.push(FieldError::new(
-                "metrics",
-                format!("metric `{metric}` is listed twice"),
-            ));
-        }
-    };
-    check_metric(&input.primary_metric, "primary_metric".into(), &mut errors);
-    for (i, m) in input.secondary_metrics.iter().enumerate() {
-        check_metric(m, format!("secondary_metrics[{i}]"), &mut errors);
-    }
-    let mut guardrails = HashSet::new();
-    for (i, m) in input.guardrail_metrics.iter().enumerate() {
-        if !known.metrics.contains(m) {
-            errors.push(FieldError::new(
-                format!("guardrail_metrics[{i}]"),
-                format!("unknown metric `{m}`"),
-            ));
-        }
-        if !guardrails.insert(m) {
-            errors.push(FieldError::new(
-                format!("guardrail_metrics[{i}]"),
-                "listed twice",
-            ));
-        }
-    }
+    validate_metrics(input, known, &mut errors);
 
     let holdout_id = match &input.holdout {
         None => None,
@@ -407,17 +300,7 @@ pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec
             found
         }
     };
-    for (unit_value, variant) in &input.forced {
-        if !names.contains(variant.as_str()) {
-            errors.push(FieldError::new(
-                format!("forced.{unit_value}"),
-                format!("unknown variant `{variant}`"),
-            ));
-        }
-        if unit_value.is_empty() {
-            errors.push(FieldError::new("forced", "unit values must not be empty"));
-        }
-    }
+    validate_forced(&input.forced, &names, &mut errors);
     if input.switchback_period_s == Some(0) {
         errors.push(FieldError::new(
             "switchback_period_s",
@@ -449,6 +332,158 @@ pub fn validate(input: &ExperimentInput, known: &Known) -> Result<ExperimentSpec
         switchback_period_s: input.switchback_period_s,
         analysis,
     })
+}
+
+/// The experiment's layer (id, unit) and unit: the unit defaults to the layer's, and must
+/// equal it.
+fn layer_and_unit(
+    input: &ExperimentInput,
+    known: &References,
+    errors: &mut Vec<FieldError>,
+) -> (Option<(String, String)>, String) {
+    let layer = match &input.layer {
+        None => None,
+        Some(reference) => match known.layers.get(reference) {
+            Some(layer) => Some(layer.clone()),
+            None => {
+                errors.push(FieldError::new(
+                    "layer",
+                    format!("unknown layer `{reference}`"),
+                ));
+                None
+            }
+        },
+    };
+    let unit = input
+        .unit
+        .clone()
+        .or_else(|| layer.as_ref().map(|(_, unit)| unit.clone()))
+        .unwrap_or_else(|| "user_id".to_string());
+    if !targeting::valid_attribute(&unit) {
+        errors.push(FieldError::new("unit", "must be an attribute name"));
+    }
+    if let Some((_, layer_unit)) = &layer
+        && *layer_unit != unit
+    {
+        errors.push(FieldError::new(
+            "unit",
+            format!(
+                "the layer randomizes by `{layer_unit}`; its experiments must use the same unit"
+            ),
+        ));
+    }
+    (layer, unit)
+}
+
+/// Variants: 2 to `MAX_VARIANTS`, unique names, weights summing to 100 %, small configs.
+/// Returns them with their names.
+fn validate_variants<'a>(
+    inputs: &'a [VariantInput],
+    errors: &mut Vec<FieldError>,
+) -> (Vec<VariantSpec>, HashSet<&'a str>) {
+    if inputs.len() < 2 || inputs.len() > MAX_VARIANTS {
+        errors.push(FieldError::new(
+            "variants",
+            format!("2 to {MAX_VARIANTS} variants (the first is the control)"),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut total_bp: u32 = 0;
+    let variants: Vec<VariantSpec> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let field = format!("variants[{i}]");
+            check_key(&v.name, &format!("{field}.name"), errors);
+            if !names.insert(v.name.as_str()) {
+                errors.push(FieldError::new(
+                    format!("{field}.name"),
+                    "variant names must be unique",
+                ));
+            }
+            let weight_bp = percent_to_bp(v.weight, &format!("{field}.weight"), errors);
+            total_bp += u32::from(weight_bp);
+            if v.config.to_string().len() > MAX_CONFIG_BYTES {
+                errors.push(FieldError::new(
+                    format!("{field}.config"),
+                    "at most 16 KiB of JSON",
+                ));
+            }
+            VariantSpec {
+                name: v.name.clone(),
+                weight_bp,
+                config: v.config.clone(),
+            }
+        })
+        .collect();
+    if !inputs.is_empty() && total_bp != 10_000 {
+        errors.push(FieldError::new(
+            "variants",
+            format!(
+                "weights must sum to 100, not {}",
+                f64::from(total_bp) / 100.0
+            ),
+        ));
+    }
+
+    (variants, names)
+}
+
+/// Primary, secondary and guardrail metrics: defined in the catalog, each listed once.
+fn validate_metrics(input: &ExperimentInput, known: &References, errors: &mut Vec<FieldError>) {
+    let mut metric_names = HashSet::new();
+    let mut check_metric = |metric: &str, field: String, errors: &mut Vec<FieldError>| {
+        if !known.metrics.contains(metric) {
+            errors.push(FieldError::new(
+                field,
+                format!("unknown metric `{metric}`; define it under /api/v1/metrics"),
+            ));
+        }
+        if !metric_names.insert(metric.to_string()) {
+            errors.push(FieldError::new(
+                "metrics",
+                format!("metric `{metric}` is listed twice"),
+            ));
+        }
+    };
+    check_metric(&input.primary_metric, "primary_metric".into(), errors);
+    for (i, m) in input.secondary_metrics.iter().enumerate() {
+        check_metric(m, format!("secondary_metrics[{i}]"), errors);
+    }
+    let mut guardrails = HashSet::new();
+    for (i, m) in input.guardrail_metrics.iter().enumerate() {
+        if !known.metrics.contains(m) {
+            errors.push(FieldError::new(
+                format!("guardrail_metrics[{i}]"),
+                format!("unknown metric `{m}`"),
+            ));
+        }
+        if !guardrails.insert(m) {
+            errors.push(FieldError::new(
+                format!("guardrail_metrics[{i}]"),
+                "listed twice",
+            ));
+        }
+    }
+}
+
+/// Forced assignments name existing variants, for non-empty unit values.
+fn validate_forced(
+    forced: &BTreeMap<String, String>,
+    names: &HashSet<&str>,
+    errors: &mut Vec<FieldError>,
+) {
+    for (unit_value, variant) in forced {
+        if !names.contains(variant.as_str()) {
+            errors.push(FieldError::new(
+                format!("forced.{unit_value}"),
+                format!("unknown variant `{variant}`"),
+            ));
+        }
+        if unit_value.is_empty() {
+            errors.push(FieldError::new("forced", "unit values must not be empty"));
+        }
+    }
 }
 
 fn validate_analysis(analysis: &Analysis, errors: &mut Vec<FieldError>) {
@@ -704,8 +739,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn known() -> Known {
-        Known {
+    fn known() -> References {
+        References {
             layers: HashMap::from([("checkout_ui".into(), ("layer-1".into(), "user_id".into()))]),
             holdouts: HashMap::new(),
             metrics: ["conversion", "crash_rate"]

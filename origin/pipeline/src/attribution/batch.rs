@@ -13,11 +13,11 @@ use sqlx::AnyConnection;
 
 use super::Plans;
 use super::cache::UnitCache;
-use crate::events::Kind;
-use crate::model::catalog::MetricKind;
-use crate::plan::{ExperimentPlan, day};
+use crate::event::Kind;
+use crate::model::catalog::{Period, UnitValue};
+use crate::plan::{ExperimentPlan, day, switchback_cell as cell};
 use crate::rollup::Sums;
-use crate::tables::{self as event_store, Exposure, Logged, Totals};
+use crate::tables::{self, Exposure, Logged, Totals};
 
 /// A unit's metric values per metric of a plan: (x, y, c).
 type Values = Vec<(f64, f64, f64)>;
@@ -184,33 +184,32 @@ pub(super) struct Batch {
     metric_deltas: HashMap<MetricKey, Sums>,
 }
 
-/// The analysis unit of a switchback experiment: the unit within one period.
-fn cell(unit_key: &str, ts_ms: i64, period_s: u32) -> String {
-    format!(
-        "{unit_key}@{}",
-        ts_ms.div_euclid(1_000).div_euclid(i64::from(period_s))
-    )
-}
-
-/// A unit's metric values from its totals: conversions are 0/1, means and sums the total
-/// value, ratios numerator and denominator; c is the pre-exposure covariate.
+/// A unit's metric values from its totals, as `MetricKind::unit_values` defines them.
 pub(super) fn metric_values(plan: &ExperimentPlan, totals: impl Fn(&str) -> Totals) -> Values {
     plan.metrics
         .iter()
         .map(|m| {
             let t = totals(&m.event_type);
-            match m.kind {
-                MetricKind::Conversion => (
-                    f64::from(u8::from(t.post_count > 0)),
-                    0.0,
-                    f64::from(u8::from(t.pre_count > 0)),
-                ),
-                MetricKind::Mean | MetricKind::Sum => (t.post_sum, 0.0, t.pre_sum),
-                MetricKind::Ratio => {
-                    let denominator = m.denominator.as_deref().map(&totals).unwrap_or_default();
-                    (t.post_sum, denominator.post_sum, 0.0)
+            let value = |v: UnitValue| match v {
+                UnitValue::Zero => 0.0,
+                UnitValue::Converted(Period::AfterExposure) => {
+                    f64::from(u8::from(t.post_count > 0))
                 }
-            }
+                UnitValue::Converted(Period::BeforeExposure) => {
+                    f64::from(u8::from(t.pre_count > 0))
+                }
+                UnitValue::Sum(Period::AfterExposure) => t.post_sum,
+                UnitValue::Sum(Period::BeforeExposure) => t.pre_sum,
+                UnitValue::DenominatorSum => {
+                    m.denominator
+                        .as_deref()
+                        .map(&totals)
+                        .unwrap_or_default()
+                        .post_sum
+                }
+            };
+            let values = m.kind.unit_values();
+            (value(values.x), value(values.y), value(values.c))
         })
         .collect()
 }
@@ -280,7 +279,7 @@ impl Batch {
             }
         }
         let mut loaded: HashMap<String, UnitState> = HashMap::default();
-        for (unit, experiment, exposure) in event_store::exposures_of(conn, &missing).await? {
+        for (unit, experiment, exposure) in tables::exposures_of(conn, &missing).await? {
             let exposure = Exposure {
                 variant: names.get(&exposure.variant),
                 ..exposure
@@ -293,8 +292,7 @@ impl Batch {
         }
         // Totals exist only for exposed units, so only those are looked up.
         let exposed: Vec<String> = loaded.keys().cloned().collect();
-        for (unit, experiment, event_type, totals) in
-            event_store::unit_totals_of(conn, &exposed).await?
+        for (unit, experiment, event_type, totals) in tables::unit_totals_of(conn, &exposed).await?
         {
             push_exact(
                 &mut loaded
@@ -313,7 +311,7 @@ impl Batch {
         }
         let mut history: HashMap<String, Vec<Logged>> = HashMap::default();
         let exposed_units: Vec<String> = exposed_units.into_iter().map(str::to_string).collect();
-        for e in event_store::metric_events_of(log, &exposed_units, max_seq).await? {
+        for e in tables::metric_events_of(log, &exposed_units, max_seq).await? {
             history.entry(e.unit_key.clone()).or_default().push(e);
         }
         Ok(Batch {
@@ -627,16 +625,16 @@ impl Batch {
         // (docs/benchmarks.md, "Sorted per-unit writes").
         exposures.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         totals.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-        event_store::upsert_exposures(conn, &exposures).await?;
-        event_store::upsert_unit_totals(conn, &totals).await?;
-        let exposure_deltas: Vec<event_store::ExposureDelta<'_>> = self
+        tables::upsert_exposures(conn, &exposures).await?;
+        tables::upsert_unit_totals(conn, &totals).await?;
+        let exposure_deltas: Vec<tables::ExposureDelta<'_>> = self
             .exposure_deltas
             .iter()
             .map(|((e, v, d), delta)| ((&**e, &**v, *d), *delta))
             .collect();
-        event_store::add_exposure_rollups(conn, &exposure_deltas).await?;
+        tables::add_exposure_rollups(conn, &exposure_deltas).await?;
         // Every key was made with a metric of its experiment's plan, so the lookups hold.
-        let metric_deltas: Vec<event_store::MetricDelta<'_>> = self
+        let metric_deltas: Vec<tables::MetricDelta<'_>> = self
             .metric_deltas
             .iter()
             .filter_map(|((e, v, m, d), s)| {
@@ -644,7 +642,7 @@ impl Batch {
                 Some(((&**e, &**v, metric.as_str(), *d), *s))
             })
             .collect();
-        event_store::add_metric_rollups(conn, &metric_deltas).await
+        tables::add_metric_rollups(conn, &metric_deltas).await
     }
 }
 
@@ -668,14 +666,5 @@ mod tests {
             ),
             (5.0, 25.0, 2.0, 10.0, 15.0)
         );
-    }
-
-    #[test]
-    fn cells_follow_the_core_period_arithmetic() {
-        assert_eq!(
-            cell("city:paris", 3_600_000 * 5 + 10, 3_600),
-            "city:paris@5"
-        );
-        assert_eq!(cell("city:paris", -1, 3_600), "city:paris@-1");
     }
 }

@@ -2,10 +2,9 @@
 //! analyst calculators (the HTTP seam), and results, guardrails, the kill switch and
 //! interactions computed from real events on SQLite, PostgreSQL and the warehouse.
 
-mod common;
-
+use crate::common;
+use crate::common::{TestOrigin, metric};
 use axum::http::{Method, StatusCode};
-use common::{TestOrigin, metric};
 use serde_json::{Value as Json, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -357,7 +356,7 @@ async fn simulate(
     conversion: &[(&str, f64)],
     crash: &[(&str, f64)],
 ) {
-    let now = abx_origin::clock::now_ms() - 3_600_000;
+    let now = abx_origin_domain::clock::now_ms() - 3_600_000;
     let mut events = Vec::new();
     // Every call takes a block of event ids of its own. Ids derived from the experiment's
     // random id once collided between two experiments of one test (one run in sixteen), and
@@ -605,7 +604,7 @@ async fn sample_ratio_mismatch(o: &TestOrigin) {
     o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
         .await;
     // A broken client that reports treatment exposures only half the time.
-    let now = abx_origin::clock::now_ms() - 60_000;
+    let now = abx_origin_domain::clock::now_ms() - 60_000;
     let mut events = Vec::new();
     for u in 0..4_000u64 {
         let variant = if u % 2 == 0 { "control" } else { "treatment" };
@@ -655,7 +654,7 @@ async fn interactions(o: &TestOrigin) {
         ids.push(id);
     }
     // Both treatments help alone, but together they cancel out: a strong interaction.
-    let now = abx_origin::clock::now_ms() - 60_000;
+    let now = abx_origin_domain::clock::now_ms() - 60_000;
     let mut events = Vec::new();
     let mut n = 0;
     for u in 0..8_000u64 {

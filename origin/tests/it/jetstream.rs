@@ -7,19 +7,18 @@
 //! The loader is driven step by step (`load_once`) so that the faults happen exactly where
 //! a test puts them.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::common;
+use crate::common::{Backend, TestOrigin, experiment, metric};
 use abx_origin::AppState;
-use abx_origin::events::jetstream::{self, EventStream, JetStreamConfig, Settle};
-use abx_origin::rollup::Sums;
-use abx_origin::store::events as event_store;
+use abx_origin_domain::rollup::Rollups;
+use abx_origin_pipeline::jetstream::{self, EventStream, JetStreamConfig, Settle};
+use abx_origin_pipeline::tables;
 use axum::http::{Method, StatusCode};
-use common::{Backend, TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};
 
 /// A collector on a stream of its own with the experiment running: (stream config, origin,
@@ -54,7 +53,7 @@ fn event_id(n: u64) -> String {
 /// 120 units over two variants; conversions and revenue, some before the exposure (not
 /// attributed, or the covariate), one unit seen in both variants, and a repeated event.
 fn scenario(experiment_id: &str) -> Vec<Json> {
-    let t0 = abx_origin::clock::now_ms() - T0_OFFSET_MS;
+    let t0 = abx_origin_domain::clock::now_ms() - T0_OFFSET_MS;
     let mut events = Vec::new();
     let mut n = 0;
     let mut next = || {
@@ -101,21 +100,17 @@ async fn send_all(o: &TestOrigin, key: &str, events: &[Json], per_request: usize
     }
 }
 
-type Rollups = (
-    Vec<(String, i64, i64, i64)>,
-    Vec<(String, String, i64, Sums)>,
-);
-
+/// An experiment's rollups in the SQL pipeline's tables.
 async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
     let mut conn = state.db.pool.acquire().await.expect("connection");
-    (
-        event_store::exposure_rollups(&mut conn, experiment_id)
+    Rollups {
+        exposures: tables::exposure_rollups(&mut conn, experiment_id)
             .await
             .expect("exposure rollups"),
-        event_store::metric_rollups(&mut conn, experiment_id)
+        metrics: tables::metric_rollups(&mut conn, experiment_id)
             .await
             .expect("metric rollups"),
-    )
+    }
 }
 
 async fn logged_events(state: &AppState) -> i64 {
@@ -153,7 +148,7 @@ async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
     common::drain(&via_stream.state).await;
 
     let (expected, logged) = direct_path().await;
-    assert!(!expected.0.is_empty() && !expected.1.is_empty());
+    assert!(!expected.exposures.is_empty() && !expected.metrics.is_empty());
     assert_eq!(rollups(&via_stream.state, &id).await, expected);
     assert_eq!(logged_events(&via_stream.state).await, logged);
     assert_eq!(consumer_backlog(&stream_of(&via_stream.state)).await, 0);

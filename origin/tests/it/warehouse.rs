@@ -8,25 +8,24 @@
 //! without stream or warehouse, must give the same results, daily series and interactions
 //! included, and the same rollups to the last count.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common;
+use crate::common::{Backend, TestOrigin, experiment, metric};
 use abx_origin::AppState;
-use abx_origin::events::jetstream::{self, JetStreamConfig, Settle};
-use abx_origin::rollup::Rollups;
-use abx_origin::rollup::Sums;
-use abx_origin::store::clickhouse::ClickHouseConfig;
+use abx_origin_domain::rollup::Rollups;
+use abx_origin_domain::rollup::Sums;
+use abx_origin_pipeline::clickhouse::ClickHouseConfig;
+use abx_origin_pipeline::jetstream::{self, JetStreamConfig, Settle};
 use axum::http::StatusCode;
-use common::{Backend, TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
-const DAY_MS: i64 = abx_origin::clock::DAY_MS;
+const DAY_MS: i64 = abx_origin_domain::clock::DAY_MS;
 /// How long the warehouse is unreachable in the outage test (the minute).
 const OUTAGE: Duration = Duration::from_secs(61);
 
@@ -79,7 +78,7 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
 /// exposure), sessions, later events on the following day, a user seen in both variants
 /// and a repeated event; in time order, as the SQL pipeline's daily split assumes.
 fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
-    let now = abx_origin::clock::now_ms();
+    let now = abx_origin_domain::clock::now_ms();
     let t0 = (now - 3 * DAY_MS).div_euclid(DAY_MS) * DAY_MS + 3_600_000;
     let mut events = Vec::new();
     let mut n = 0u64;
@@ -194,14 +193,14 @@ fn normalise(rollups: Rollups) -> Normalised {
     let exposures = rollups
         .exposures
         .into_iter()
-        .filter(|r| r.2 != 0 || r.3 != 0)
-        .map(|(v, d, n, m)| ((v, d), (n, m)))
+        .filter(|r| r.units != 0 || r.multiple != 0)
+        .map(|r| ((r.variant, r.day), (r.units, r.multiple)))
         .collect();
     let metrics = rollups
         .metrics
         .into_iter()
-        .filter(|r| r.3 != Sums::default())
-        .map(|(v, m, d, s)| ((v, m, d), s))
+        .filter(|r| r.sums != Sums::default())
+        .map(|r| ((r.variant, r.metric, r.day), r.sums))
         .collect();
     (exposures, metrics)
 }
@@ -402,7 +401,7 @@ async fn results_read_the_rollups_the_pipeline_computed_last() {
 
     // The tick recomputes both experiments: now they are the SQL pipeline's, exactly.
     let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
-    let recomputed = abx_origin::warehouse::refresh(&o.state.pipeline, &warehouse)
+    let recomputed = abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse)
         .await
         .expect("refresh");
     assert_eq!(recomputed, 2);
@@ -422,7 +421,7 @@ async fn results_read_the_rollups_the_pipeline_computed_last() {
         assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     }
     assert_eq!(
-        abx_origin::warehouse::refresh(&o.state.pipeline, &warehouse)
+        abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse)
             .await
             .expect("refresh"),
         2
@@ -473,12 +472,12 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
 
     // Events straight into the warehouse (the collector refuses such old timestamps): one
     // in each of this month and the four months before it.
-    let now = abx_origin::clock::now_ms();
-    let record = |n: i64| abx_origin::events::EventRecord {
+    let now = abx_origin_domain::clock::now_ms();
+    let record = |n: i64| abx_origin_domain::event::EventRecord {
         event_id: format!("e{n}"),
         received_at_ms: now,
         ts_ms: now - n * 31 * DAY_MS,
-        kind: abx_origin::events::Kind::Metric {
+        kind: abx_origin_domain::event::Kind::Metric {
             event_type: "conversion".into(),
         },
         unit_key: format!("user_id:u{n}"),
@@ -488,7 +487,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .insert(&(0..5).map(record).collect::<Vec<_>>())
         .await
         .expect("insert");
-    let refresh = || abx_origin::warehouse::refresh(&o.state.pipeline, &warehouse);
+    let refresh = || abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse);
 
     // The running experiment started (as far as the warehouse knows) four months ago: it
     // needs every month since.
@@ -504,7 +503,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
 
     // Once it has completed and settled, only the last 60 days (whole months) stay.
     sqlx::query("UPDATE experiments SET status = 'completed', ended_at_ms = ? WHERE id = ?")
-        .bind(now - 2 * abx_origin::warehouse::SETTLE_MS)
+        .bind(now - 2 * abx_origin_pipeline::warehouse::SETTLE_MS)
         .bind(&id)
         .execute(&o.state.db.pool)
         .await

@@ -1,12 +1,11 @@
 //! The admin API, end to end in-process, on SQLite and on PostgreSQL.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common;
+use crate::common::{TestOrigin, experiment, metric};
 use abx_core::{Context, Evaluator};
 use axum::http::{Method, StatusCode};
-use common::{TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};
 
 async fn seed_metrics(o: &TestOrigin) {
@@ -1055,7 +1054,7 @@ async fn each_process_role_serves_its_own_routes() {
     let exposure = |n: u64, experiment: &str| {
         json!({"events": [{"event_id": format!("00000000-0000-4000-8000-{n:012x}"), "kind": "exposure",
             "unit": "u1", "experiment_id": experiment, "variant": "control",
-            "timestamp": abx_origin::clock::now_ms()}]})
+            "timestamp": abx_origin_domain::clock::now_ms()}]})
     };
 
     let (collector, collector_state) = process("collector").await;

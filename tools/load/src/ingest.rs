@@ -1,4 +1,4 @@
-//! `abx-origin bench-ingest`: bounded, batched event load from this machine against a running
+//! `abx-load ingest`: bounded, batched event load from this machine against a running
 //! origin. Prints events/s, acknowledgement latency percentiles and the pipeline lag.
 
 use std::sync::Arc;
@@ -105,7 +105,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let retries = Arc::new(AtomicU64::new(0));
-    let now_ms = abx_origin::clock::now_ms();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let started = Instant::now();
     // Samples the pipeline's lag while the load runs.
     let sampler = {

@@ -6,16 +6,15 @@
 //! database of their own (`ABX_TEST_NATS_URL`, `ABX_TEST_CLICKHOUSE_URL`). When a server is
 //! unreachable they are skipped with a printed reason, unless `ABX_REQUIRE_ALL` is set (as
 //! in CI), where they fail.
-#![allow(dead_code)]
 
 use std::time::Duration;
 
 use abx_origin::auth::Limit;
-use abx_origin::events::jetstream::{self, JetStreamConfig, Settle};
-use abx_origin::rollup::Rollups;
-use abx_origin::store::clickhouse::ClickHouseConfig;
-use abx_origin::store::events as event_store;
 use abx_origin::{AppState, Settings, app};
+use abx_origin_domain::rollup::Rollups;
+use abx_origin_pipeline::clickhouse::ClickHouseConfig;
+use abx_origin_pipeline::jetstream::{self, JetStreamConfig, Settle};
+use abx_origin_pipeline::tables;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
@@ -36,7 +35,8 @@ pub struct TestOrigin {
     pub router: Router,
     pub admin: String,
     pub settings: Settings,
-    pub dir: tempfile::TempDir,
+    /// The data directory, deleted when the origin is dropped.
+    _data_dir: tempfile::TempDir,
     postgres: Option<(String, String)>,
 }
 
@@ -184,7 +184,7 @@ impl TestOrigin {
             state: started.state,
             admin: settings.bootstrap_admin_key.clone().expect("admin key"),
             settings,
-            dir,
+            _data_dir: dir,
             postgres,
         })
     }
@@ -352,12 +352,12 @@ pub async fn drain(state: &AppState) {
     match &state.pipeline.warehouse {
         // As the pipeline's next analysis tick would.
         Some(warehouse) => {
-            abx_origin::warehouse::refresh(&state.pipeline, warehouse)
+            abx_origin_pipeline::warehouse::refresh(&state.pipeline, warehouse)
                 .await
                 .expect("recompute the warehouse's rollups");
         }
         None => {
-            while abx_origin::pipeline::run_once(&state.pipeline)
+            while abx_origin_pipeline::attribution::run_once(&state.pipeline)
                 .await
                 .expect("pipeline batch")
                 > 0
@@ -372,25 +372,25 @@ pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
     let mut conn = state.db.pool.acquire().await.expect("connection");
     let Some(warehouse) = &state.pipeline.warehouse else {
         return Rollups {
-            exposures: event_store::exposure_rollups(&mut conn, experiment_id)
+            exposures: tables::exposure_rollups(&mut conn, experiment_id)
                 .await
                 .expect("exposure rollups"),
-            metrics: event_store::metric_rollups(&mut conn, experiment_id)
+            metrics: tables::metric_rollups(&mut conn, experiment_id)
                 .await
                 .expect("metric rollups"),
         };
     };
-    let e = abx_origin::store::experiments::get(&mut conn, experiment_id)
+    let e = abx_origin_store::experiments::get(&mut conn, experiment_id)
         .await
         .expect("experiment")
         .expect("exists");
-    let metrics = abx_origin::store::catalog::metrics(&mut conn, None)
+    let metrics = abx_origin_store::catalog::metrics(&mut conn, None)
         .await
         .expect("metrics")
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    abx_origin::warehouse::rollups(warehouse, &e, &metrics)
+    abx_origin_pipeline::warehouse::rollups(warehouse, &e, &metrics)
         .await
         .expect("warehouse rollups")
         .0
@@ -400,7 +400,7 @@ pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
 pub fn rollups_computed_ms(results: &Json) -> Option<i64> {
     results["rollups_computed_at"]
         .as_str()
-        .and_then(abx_origin::clock::parse_rfc3339)
+        .and_then(abx_origin_domain::clock::parse_rfc3339)
 }
 
 /// One in-process request.

@@ -1,4 +1,4 @@
-//! `abx-origin bench-assign`: an open-loop load on the assignment endpoint. Requests are sent
+//! `abx-load assign`: an open-loop load on the assignment endpoint. Requests are sent
 //! on a fixed schedule (`--rate` per second) whatever the answers' latency, so the latency
 //! percentiles describe the origin at that load rather than the load generator's patience.
 //!
@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::bench::{Target, percentile};
+use crate::ingest::{Target, percentile};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -3,15 +3,14 @@
 //! Rollups are compared with a naive model of the attribution rules computed from the
 //! events sent.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 
-use abx_origin::rollup::Sums;
-use abx_origin::store::events as event_store;
+use crate::common;
+use crate::common::{TestOrigin, experiment, metric};
+use abx_origin_domain::rollup::Sums;
+use abx_origin_pipeline::tables;
 use axum::http::{Method, StatusCode};
-use common::{TestOrigin, experiment, metric};
 use serde_json::{Value as Json, json};
 
 /// Rollup totals over days: variant → (units, multiple), and (variant, metric) → sums.
@@ -23,7 +22,7 @@ type Totals = (
 const T0: i64 = 1_700_000_000_000;
 
 fn now() -> i64 {
-    abx_origin::clock::now_ms()
+    abx_origin_domain::clock::now_ms()
 }
 
 /// A deterministic UUID from a number, so tests can resend the same event.
@@ -69,14 +68,14 @@ async fn rollups(o: &TestOrigin, experiment_id: &str) -> Totals {
 async fn rollups_of(state: &abx_origin::AppState, experiment_id: &str) -> Totals {
     let rollups = common::rollups(state, experiment_id).await;
     let mut units = BTreeMap::new();
-    for (variant, _, u, m) in rollups.exposures {
-        let entry = units.entry(variant).or_insert((0, 0));
-        entry.0 += u;
-        entry.1 += m;
+    for r in rollups.exposures {
+        let entry = units.entry(r.variant).or_insert((0, 0));
+        entry.0 += r.units;
+        entry.1 += r.multiple;
     }
     let mut sums: BTreeMap<(String, String), Sums> = BTreeMap::new();
-    for (variant, metric, _, s) in rollups.metrics {
-        sums.entry((variant, metric)).or_default().add(&s);
+    for r in rollups.metrics {
+        sums.entry((r.variant, r.metric)).or_default().add(&r.sums);
     }
     (units, sums)
 }
@@ -247,12 +246,12 @@ async fn attribution(o: &TestOrigin) {
     }
     let plans = {
         let mut conn = o.state.db.pool.acquire().await.expect("connection");
-        abx_origin::pipeline::load_plans(&mut conn)
+        abx_origin_pipeline::attribution::load_plans(&mut conn)
             .await
             .expect("plans")
     };
     let mut tx = o.state.db.pool.begin().await.expect("tx");
-    abx_origin::pipeline::rebuild(&mut tx, &id, &plans[&id])
+    abx_origin_pipeline::attribution::rebuild(&mut tx, &id, &plans[&id])
         .await
         .expect("rebuild");
     tx.commit().await.expect("commit");
@@ -350,7 +349,7 @@ async fn two_pipelines(o: &TestOrigin) {
         );
         let pipeline = if turn % 2 == 0 { &o.state } else { &other };
         assert!(
-            abx_origin::pipeline::run_once(&pipeline.pipeline)
+            abx_origin_pipeline::attribution::run_once(&pipeline.pipeline)
                 .await
                 .expect("batch")
                 > 0
@@ -752,7 +751,7 @@ async fn retention_prunes_consumed_events_only() {
         .expect("connection");
     // Not yet consumed: kept even past the cutoff.
     assert_eq!(
-        event_store::prune_events(&mut log, 0, now() + 10 * T0, &held)
+        tables::prune_events(&mut log, 0, now() + 10 * T0, &held)
             .await
             .expect("prune"),
         0
@@ -760,7 +759,7 @@ async fn retention_prunes_consumed_events_only() {
     drop(log);
     drain(&o).await;
     let mut conn = o.state.db.pool.acquire().await.expect("connection");
-    let position = event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
+    let position = tables::cursor(&mut conn, abx_origin_pipeline::attribution::CURSOR)
         .await
         .expect("cursor");
     let mut log = o
@@ -772,7 +771,7 @@ async fn retention_prunes_consumed_events_only() {
         .await
         .expect("connection");
     assert_eq!(
-        event_store::prune_events(&mut log, position, now() - 60_000, &held)
+        tables::prune_events(&mut log, position, now() - 60_000, &held)
             .await
             .expect("prune"),
         0,
@@ -780,14 +779,14 @@ async fn retention_prunes_consumed_events_only() {
     );
     // Held for a retry: kept.
     assert_eq!(
-        event_store::prune_events(&mut log, position, now() + 60_000, &HashSet::from([1]))
+        tables::prune_events(&mut log, position, now() + 60_000, &HashSet::from([1]))
             .await
             .expect("prune"),
         0,
         "held"
     );
     assert_eq!(
-        event_store::prune_events(&mut log, position, now() + 60_000, &held)
+        tables::prune_events(&mut log, position, now() + 60_000, &held)
             .await
             .expect("prune"),
         1
@@ -804,14 +803,16 @@ async fn retention_prunes_consumed_events_only() {
 async fn events_logged_in_the_main_file_move_to_the_event_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("abx.db").display());
-    let old = abx_origin::db::Db::connect(&url, 1).await.expect("open");
+    let old = abx_origin_store::db::Db::connect(&url, 1)
+        .await
+        .expect("open");
     old.migrate().await.expect("migrate");
-    let records: Vec<abx_origin::events::EventRecord> = (1..=3)
-        .map(|n| abx_origin::events::EventRecord {
+    let records: Vec<abx_origin_domain::event::EventRecord> = (1..=3)
+        .map(|n| abx_origin_domain::event::EventRecord {
             event_id: event_id(n),
             received_at_ms: now(),
             ts_ms: now(),
-            kind: abx_origin::events::Kind::Metric {
+            kind: abx_origin_domain::event::Kind::Metric {
                 event_type: "purchase".into(),
             },
             unit_key: format!("user_id:u{n}"),
@@ -819,7 +820,7 @@ async fn events_logged_in_the_main_file_move_to_the_event_log() {
         })
         .collect();
     let mut conn = old.pool.acquire().await.expect("connection");
-    event_store::insert_events(&mut conn, &records.iter().collect::<Vec<_>>())
+    tables::insert_events(&mut conn, &records.iter().collect::<Vec<_>>())
         .await
         .expect("insert");
     drop(conn);
@@ -832,14 +833,14 @@ async fn events_logged_in_the_main_file_move_to_the_event_log() {
             .state;
         let mut log = state.pipeline.log.pool.acquire().await.expect("connection");
         for record in &records {
-            let logged = event_store::find_event(&mut log, &record.event_id)
+            let logged = tables::find_event(&mut log, &record.event_id)
                 .await
                 .expect("find")
                 .expect("moved to the event log");
             assert_eq!(logged.unit_key, record.unit_key);
         }
         assert_eq!(
-            event_store::max_seq(&mut log).await.expect("head"),
+            tables::max_seq(&mut log).await.expect("head"),
             3,
             "start {start}"
         );

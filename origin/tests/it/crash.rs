@@ -2,13 +2,12 @@
 //! and killing the pipeline mid-batch, again and again, never double counts. Also with the
 //! roles in separate processes (collector, pipeline, admin) over JetStream and ClickHouse.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use abx_origin::db::Db;
-use abx_origin::store::events as event_store;
+use crate::common;
+use abx_origin_pipeline::tables;
+use abx_origin_store::db::Db;
 use serde_json::{Value as Json, json};
 
 const ADMIN: &str = "abx_admin_crash_test_key_000001";
@@ -140,7 +139,7 @@ async fn running_experiment(client: &reqwest::Client, server: &Server) -> (Strin
 
 /// 12,000 units: an exposure each, and a conversion for every third unit.
 fn twelve_thousand_units(id: &str) -> Vec<Json> {
-    let now = abx_origin::clock::now_ms();
+    let now = abx_origin_domain::clock::now_ms();
     let mut events = Vec::new();
     for u in 0..12_000u64 {
         let variant = if u % 2 == 0 { "control" } else { "treatment" };
@@ -197,22 +196,22 @@ async fn assert_counted_once(db_url: &str, id: &str) {
     let db = Db::connect(db_url, 1).await.expect("open");
     let mut conn = db.pool.acquire().await.expect("connection");
     let mut units_by_variant = std::collections::BTreeMap::new();
-    for (variant, _, n, multiple) in event_store::exposure_rollups(&mut conn, id)
+    for r in tables::exposure_rollups(&mut conn, id)
         .await
         .expect("rollups")
     {
-        assert_eq!(multiple, 0);
-        *units_by_variant.entry(variant).or_insert(0) += n;
+        assert_eq!(r.multiple, 0);
+        *units_by_variant.entry(r.variant).or_insert(0) += r.units;
     }
     assert_eq!(units_by_variant["control"], 6_000);
     assert_eq!(units_by_variant["treatment"], 6_000);
     let mut conversions = std::collections::BTreeMap::new();
-    for (variant, metric, _, sums) in event_store::metric_rollups(&mut conn, id)
+    for r in tables::metric_rollups(&mut conn, id)
         .await
         .expect("rollups")
     {
-        assert_eq!(metric, "conversion");
-        *conversions.entry(variant).or_insert(0.0) += sums.sum_x;
+        assert_eq!(r.metric, "conversion");
+        *conversions.entry(r.variant).or_insert(0.0) += r.sums.sum_x;
     }
     // Units 0, 3, 6, …: 4,000 converters, 2,000 in each arm.
     assert_eq!(conversions["control"], 2_000.0);
@@ -226,7 +225,7 @@ fn sqlite_url(dir: &std::path::Path) -> String {
 async fn cursor(db_url: &str) -> i64 {
     let db = Db::connect(db_url, 1).await.expect("open");
     let mut conn = db.pool.acquire().await.expect("connection");
-    let position = event_store::cursor(&mut conn, abx_origin::pipeline::CURSOR)
+    let position = tables::cursor(&mut conn, abx_origin_pipeline::attribution::CURSOR)
         .await
         .expect("cursor");
     drop(conn);
@@ -317,7 +316,7 @@ async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
         return;
     };
     let stream = common::test_stream(nats);
-    let warehouse = abx_origin::store::clickhouse::ClickHouseConfig {
+    let warehouse = abx_origin_pipeline::clickhouse::ClickHouseConfig {
         url: clickhouse,
         database: format!("abx_t_{}", uuid::Uuid::new_v4().simple()),
     };
@@ -428,7 +427,7 @@ async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
     }
     wait_drained(&client, &admin).await;
     // Results from a computation made after the last event was loaded.
-    let drained_ms = abx_origin::clock::now_ms();
+    let drained_ms = abx_origin_domain::clock::now_ms();
     let deadline = Instant::now() + Duration::from_secs(30);
     let results = loop {
         let shown = results().await;
@@ -470,11 +469,11 @@ async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
     for server in [admin, collector, pipeline] {
         server.kill();
     }
-    let events = abx_origin::events::jetstream::EventStream::connect(stream)
+    let events = abx_origin_pipeline::jetstream::EventStream::connect(stream)
         .await
         .expect("stream");
     events.delete_streams().await.expect("delete streams");
-    abx_origin::store::clickhouse::ClickHouse::connect(warehouse)
+    abx_origin_pipeline::clickhouse::ClickHouse::connect(warehouse)
         .await
         .expect("warehouse")
         .drop_database()

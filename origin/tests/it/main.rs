@@ -1,0 +1,15 @@
+//! The origin's integration tests, in one binary: each module drives the real pieces
+//! (`app(state)` in-process, or the built `abx-origin` binary) over SQLite, PostgreSQL,
+//! JetStream and ClickHouse, with `common` setting them up.
+
+#[macro_use]
+mod common;
+
+mod analysis;
+mod api;
+mod crash;
+mod demo;
+mod events;
+mod jetstream;
+mod layering;
+mod warehouse;
