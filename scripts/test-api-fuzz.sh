@@ -16,7 +16,7 @@ fi
 ensure_postgres
 cargo build -q -p abx-origin --locked
 
-key=abx_admin_api_fuzz_key_000001
+key=abx_admin_api_fuzz_key_0000000001
 work=$(mktemp -d)
 pid=""
 cleanup() {

@@ -238,7 +238,12 @@ pub struct Started {
 
 impl AppState {
     pub async fn start(settings: Settings) -> anyhow::Result<Started> {
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        // Refused before anything is created, so a weak key leaves no trace.
+        if let Some(secret) = &settings.bootstrap_admin_key {
+            auth::key_from_secret(secret)
+                .map_err(|error| anyhow!("ABX_BOOTSTRAP_ADMIN_KEY: {error}"))?;
+        }
+        create_private_dir(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",
                 settings.data_dir.display()
@@ -535,10 +540,8 @@ impl AppState {
     async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
         let mut conn = self.db.pool.acquire().await?;
         if let Some(secret) = &self.settings.bootstrap_admin_key {
-            if secret.len() < 16 {
-                bail!("ABX_BOOTSTRAP_ADMIN_KEY must be at least 16 characters");
-            }
-            let key = auth::key_from_secret(secret);
+            let key = auth::key_from_secret(secret)
+                .map_err(|error| anyhow!("ABX_BOOTSTRAP_ADMIN_KEY: {error}"))?;
             if !store::active_keys(&mut conn).await?.contains_key(&key.hash) {
                 store::insert_key(
                     &mut conn,
@@ -595,6 +598,16 @@ fn parse_seed(hex: &str) -> anyhow::Result<[u8; 32]> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
     }
     Ok(seed)
+}
+
+/// Creates a directory and its missing parents readable by the owner only: it holds the
+/// signing key and, on SQLite, the databases. A directory that exists is left as it is.
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
-export const ADMIN_KEY = 'abx_admin_console_test_key_0001';
+export const ADMIN_KEY = 'abx_admin_console_test_key_000001';
 
 function freePort() {
   return new Promise((resolve, reject) => {

@@ -1,8 +1,11 @@
 //! The event record: parsing and validating beacon batches into the records that the
 //! event log stores.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::io::Read as _;
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
@@ -30,7 +33,8 @@ pub const LIMITS: Limits = Limits {
     beacon: 64 * 1024,
     event: 32 * 1024,
     events_per_request: 10_000,
-    decompressed: 8 * 1024 * 1024,
+    // 10,000 events of about 400 bytes, more than the SDKs' events take (about 250).
+    decompressed: 4 * 1024 * 1024,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -212,10 +216,75 @@ pub struct Parsed {
     pub rejected: Vec<(usize, String)>,
 }
 
-#[derive(Deserialize)]
-struct Wrapped<'a> {
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
+/// The events of a body, raw, counted as they are read: more than `limit` stops the parse
+/// (setting `exceeded`) before the rest is read, so that a small compressed body of millions
+/// of tiny entries costs no more than `limit` of them.
+struct BoundedEvents<'c> {
+    limit: usize,
+    exceeded: &'c Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedEvents<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedEvents<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut events = Vec::new();
+        while let Some(event) = seq.next_element::<&'de RawValue>()? {
+            if events.len() == self.limit {
+                self.exceeded.set(true);
+                return Err(de::Error::custom("too many events"));
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
+/// `{"events": [...]}`: the events, bounded as above; other fields are ignored.
+struct WrappedEvents<'c>(BoundedEvents<'c>);
+
+impl<'de> DeserializeSeed<'de> for WrappedEvents<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for WrappedEvents<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(r#"{"events": [...]}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seed = Some(self.0);
+        let mut events = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match (key.as_ref(), seed.take()) {
+                ("events", Some(seed)) => events = Some(map.next_value_seed(seed)?),
+                ("events", None) => return Err(de::Error::duplicate_field("events")),
+                (_, unused) => {
+                    seed = unused;
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        events.ok_or_else(|| de::Error::missing_field("events"))
+    }
 }
 
 /// Decompresses (if needed) and parses a request body. Body-level problems are errors
@@ -238,15 +307,19 @@ pub fn parse_body(
     }
     let inflated;
     let body = if gzip {
+        // A beacon is held to its limit once decompressed too.
+        let cap = if beacon {
+            limits.beacon
+        } else {
+            limits.decompressed
+        };
         let mut out = Vec::new();
-        let mut decoder = flate2::read::GzDecoder::new(body).take(limits.decompressed as u64 + 1);
+        let mut decoder = flate2::read::GzDecoder::new(body).take(cap as u64 + 1);
         decoder
             .read_to_end(&mut out)
             .map_err(|_| Error::bad_request("the body is not valid gzip"))?;
-        if out.len() > limits.decompressed {
-            return Err(Error::TooLarge {
-                limit: limits.decompressed,
-            });
+        if out.len() > cap {
+            return Err(Error::TooLarge { limit: cap });
         }
         inflated = out;
         &inflated[..]
@@ -259,21 +332,28 @@ pub fn parse_body(
         code: "invalid_json",
         message: format!("expected {{\"events\": [...]}} or a JSON array of events: {e}"),
     };
-    let raw: Vec<&RawValue> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => serde_json::from_slice(body).map_err(invalid)?,
-        _ => {
-            serde_json::from_slice::<Wrapped<'_>>(body)
-                .map_err(invalid)?
-                .events
+    let exceeded = Cell::new(false);
+    let bounded = BoundedEvents {
+        limit: limits.events_per_request,
+        exceeded: &exceeded,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let raw = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => bounded.deserialize(&mut deserializer),
+        _ => WrappedEvents(bounded).deserialize(&mut deserializer),
+    }
+    .and_then(|raw| deserializer.end().map(|()| raw));
+    let raw: Vec<&RawValue> = match raw {
+        Ok(raw) => raw,
+        Err(_) if exceeded.get() => {
+            return Err(Error::TooLarge {
+                limit: limits.events_per_request,
+            });
         }
+        Err(error) => return Err(invalid(error)),
     };
     if raw.is_empty() {
         return Err(Error::bad_request("the batch holds no events"));
-    }
-    if raw.len() > limits.events_per_request {
-        return Err(Error::TooLarge {
-            limit: limits.events_per_request,
-        });
     }
     if raw.iter().any(|r| r.get().len() > limits.event) {
         return Err(Error::TooLarge {
@@ -407,6 +487,66 @@ mod tests {
         assert!(matches!(
             parse_body(b"not gzip", true, false, NOW, WINDOW, LIMITS),
             Err(Error::BadRequest { .. })
+        ));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut encoder, bytes).expect("compress");
+        encoder.finish().expect("compress")
+    }
+
+    /// Issue 26: a few KiB of gzip that inflate to millions of tiny entries are refused at
+    /// the event limit, counted while parsing, in either body shape.
+    #[test]
+    fn a_compressed_flood_of_tiny_entries_stops_at_the_event_limit() {
+        let entries = vec!["{}"; 2_000_000].join(",");
+        for body in [
+            format!("[{entries}]"),
+            format!(r#"{{"events": [{entries}]}}"#),
+        ] {
+            let bomb = gzip(body.as_bytes());
+            assert!(bomb.len() < 16 * 1024, "{} bytes", bomb.len());
+            let limits = Limits {
+                decompressed: 8 * 1024 * 1024,
+                ..LIMITS
+            };
+            assert!(matches!(
+                parse_body(&bomb, true, false, NOW, WINDOW, limits),
+                Err(Error::TooLarge { limit: 10_000 })
+            ));
+        }
+        // With the default cap the same body is refused before it is even parsed.
+        let bomb = gzip(format!("[{entries}]").as_bytes());
+        assert!(matches!(
+            parse_body(&bomb, true, false, NOW, WINDOW, LIMITS),
+            Err(Error::TooLarge { limit }) if limit == LIMITS.decompressed
+        ));
+        // The parse stops at the limit: what follows is never read.
+        let cut = format!("[{},!!! not JSON", vec!["{}"; 10_001].join(","));
+        assert!(matches!(
+            parse_body(cut.as_bytes(), false, false, NOW, WINDOW, LIMITS),
+            Err(Error::TooLarge { limit: 10_000 })
+        ));
+        // The wrapper's other fields are ignored; a repeated `events` is not.
+        let wrapped = br#"{"sdk": "js", "events": [{"event_id": 1}]}"#;
+        assert!(parse_body(wrapped, false, false, NOW, WINDOW, LIMITS).is_ok());
+        let twice = br#"{"events": [], "events": []}"#;
+        assert!(matches!(
+            parse_body(twice, false, false, NOW, WINDOW, LIMITS),
+            Err(Error::BadRequest { .. })
+        ));
+    }
+
+    /// A beacon is held to its size limit after decompression too.
+    #[test]
+    fn a_compressed_beacon_is_held_to_the_beacon_limit() {
+        let padded = format!(r#"[{{"event_id": "x", "pad": "{}"}}]"#, " ".repeat(100_000));
+        let body = gzip(padded.as_bytes());
+        assert!(body.len() < LIMITS.beacon);
+        assert!(matches!(
+            parse_body(&body, true, true, NOW, WINDOW, LIMITS),
+            Err(Error::TooLarge { limit }) if limit == LIMITS.beacon
         ));
     }
 }

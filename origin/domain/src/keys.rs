@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Error;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -86,13 +88,27 @@ pub fn generate_key(role: Role) -> NewKey {
     }
 }
 
-/// Registers a key chosen by the operator (e.g. `ABX_BOOTSTRAP_ADMIN_KEY`).
-pub fn key_from_secret(secret: &str) -> NewKey {
-    NewKey {
+/// The shortest key an operator may choose: 32 characters of printable ASCII carry at least
+/// the entropy of a generated key when they are random, and a shorter one would be guessable.
+pub const MIN_OPERATOR_KEY_LEN: usize = 32;
+
+/// How much of an operator's key is kept in clear as its prefix, to recognise it in the key
+/// list: a quarter of the shortest key, so the rest stays secret.
+const OPERATOR_KEY_PREFIX_LEN: usize = 8;
+
+/// Registers a key chosen by the operator (e.g. `ABX_BOOTSTRAP_ADMIN_KEY`): at least
+/// `MIN_OPERATOR_KEY_LEN` characters of printable ASCII, without spaces.
+pub fn key_from_secret(secret: &str) -> Result<NewKey, Error> {
+    if secret.len() < MIN_OPERATOR_KEY_LEN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::bad_request(format!(
+            "a key must be at least {MIN_OPERATOR_KEY_LEN} characters of printable ASCII without spaces"
+        )));
+    }
+    Ok(NewKey {
         secret: secret.to_string(),
         hash: hash_key(secret),
-        prefix: secret[..secret.len().min(16)].to_string(),
-    }
+        prefix: secret[..OPERATOR_KEY_PREFIX_LEN].to_string(),
+    })
 }
 
 pub fn hash_key(secret: &str) -> String {
@@ -132,6 +148,21 @@ pub struct ApiKeyView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operator_keys_are_long_printable_ascii_and_keep_most_of_it_secret() {
+        for weak in [
+            "abx_admin_short_key_16",
+            &"é".repeat(20),
+            &format!("{} x", "k".repeat(40)),
+        ] {
+            assert!(key_from_secret(weak).is_err(), "{weak:?} was accepted");
+        }
+        let secret = "abx_admin_operator_key_0123456789";
+        let key = key_from_secret(secret).expect("a strong key");
+        assert_eq!(key.prefix, "abx_admi");
+        assert_eq!(key.hash, hash_key(secret));
+    }
 
     #[test]
     fn hex_is_lower_case_two_digits_per_byte() {

@@ -98,8 +98,11 @@ pub struct GroupSequentialView {
 
 #[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct BayesianView {
+    /// The posterior probability that the treatment is better than control in the metric's
+    /// direction (higher, or lower for lower-is-better metrics).
     pub chance_to_win: f64,
-    /// Expected loss of shipping the treatment, in the metric's units.
+    /// Expected loss of shipping the treatment, in the metric's units: how much worse than
+    /// control it is expected to be, in the metric's direction.
     pub expected_loss: f64,
 }
 
@@ -333,10 +336,8 @@ fn comparison_view(
                     tuning_units: sequential_config.tuning_units,
                 });
             }
-            view.bayesian = bayesian(metric.kind, c, t).map(|b| BayesianView {
-                chance_to_win: b.chance_to_beat_control,
-                expected_loss: b.expected_loss,
-            });
+            view.bayesian =
+                bayesian(metric.kind, c, t).map(|b| bayesian_view(&b, metric.direction));
             view.cuped = cuped(metric.kind, c, t, alpha).map(|k| CupedView {
                 adjusted: k.adjusted,
                 theta: k.theta,
@@ -455,6 +456,22 @@ fn bayesian(kind: MetricKind, c: &Group, t: &Group) -> Option<BayesianResult> {
             abx_stats::bayesian::gaussian(&c.moments(), &t.moments()).ok()
         }
         MetricKind::Ratio => None,
+    }
+}
+
+/// The Bayesian figures in the metric's direction: for a lower-is-better metric, winning is
+/// being lower (the posteriors are continuous, so P(t < c) = 1 − P(t > c)), and shipping the
+/// treatment risks its excess over control.
+fn bayesian_view(b: &BayesianResult, direction: Direction) -> BayesianView {
+    match direction {
+        Direction::Increase => BayesianView {
+            chance_to_win: b.chance_to_beat_control,
+            expected_loss: b.expected_loss,
+        },
+        Direction::Decrease => BayesianView {
+            chance_to_win: 1.0 - b.chance_to_beat_control,
+            expected_loss: b.expected_loss_control,
+        },
     }
 }
 
@@ -719,7 +736,7 @@ fn group_sequential_view(
 fn apply_decisions(results: &mut [MetricResult], e: &Experiment, planned_fraction: Option<f64>) {
     let alpha = e.analysis.alpha;
     let mode = e.analysis.mode;
-    let mut family: Vec<(usize, usize, f64)> = Vec::new();
+    let mut family: Vec<(usize, usize, Option<f64>)> = Vec::new();
     for (i, m) in results.iter().enumerate() {
         if m.role == MetricRole::Guardrail {
             continue;
@@ -729,14 +746,18 @@ fn apply_decisions(results: &mut [MetricResult], e: &Experiment, planned_fractio
                 AnalysisMode::Sequential => c.sequential.map(|s| s.p_value),
                 _ => c.p_value,
             };
-            if let Some(p) = p {
-                family.push((i, j, p));
-            }
+            // A comparison that could not be computed still belongs to the family the
+            // correction controls, as p = 1 (docs/statistics.md §6): leaving it out would
+            // make the others' correction milder the more comparisons fail.
+            family.push((i, j, p));
         }
     }
-    let raw: Vec<f64> = family.iter().map(|(_, _, p)| *p).collect();
+    let raw: Vec<f64> = family.iter().map(|(_, _, p)| p.unwrap_or(1.0)).collect();
     let adjusted = abx_stats::adjust_p_values(&raw, correction(e.analysis.correction));
-    for ((i, j, _), adjusted) in family.iter().zip(adjusted) {
+    for ((i, j, p), adjusted) in family.iter().zip(adjusted) {
+        if p.is_none() {
+            continue;
+        }
         let view = &mut results[*i].comparisons[*j];
         view.adjusted_p_value = Some(adjusted);
         view.significant = match mode {

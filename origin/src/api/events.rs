@@ -159,14 +159,15 @@ pub async fn post_events(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let parsed = event::parse_body(
-        &body,
-        gzip,
-        beacon,
-        clock::now_ms(),
-        state.settings.event_window(),
-        LIMITS,
-    )?;
+    // Decompressing and parsing up to 10,000 events is CPU work of milliseconds: it runs on
+    // the blocking pool, so that a burst of large batches cannot stall the runtime's
+    // threads, which also serve assignments.
+    let window = state.settings.event_window();
+    let parsed = tokio::task::spawn_blocking(move || {
+        event::parse_body(&body, gzip, beacon, clock::now_ms(), window, LIMITS)
+    })
+    .await
+    .map_err(|error| ApiError::Internal(anyhow::anyhow!("parsing events: {error}")))??;
     let rejected = parsed
         .rejected
         .into_iter()

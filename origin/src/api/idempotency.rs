@@ -1,6 +1,8 @@
-//! `Idempotency-Key` on POST: the first response to a key is stored (per API key) and
-//! replayed for retries; the same key with a different request is a 409. Server errors and
-//! rate limits are not stored, so a retry after them really retries.
+//! `Idempotency-Key` on POST: the first response to a key is stored (per API key, by its id)
+//! and replayed for retries; the same key with a different request is a 409. Only requests
+//! with a valid API key are remembered, at most `MAX_STORED_PER_KEY` a day per key; server
+//! errors, rate limits, 401 and 403 are not stored, so a retry after them really retries.
+//! Secrets are never stored: a replayed `POST /keys` answer has `"secret": null`.
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -11,11 +13,15 @@ use sha2::{Digest, Sha256};
 
 use super::BODY_LIMIT;
 use crate::AppState;
-use crate::auth::{hash_key, hex, secret_from};
+use crate::auth::{hex, secret_from};
 use crate::error::ApiError;
 use crate::store::{self, StoredResponse};
 
 const HEADER: &str = "idempotency-key";
+
+/// Stored responses per API key (they are pruned after a day): beyond it, requests still
+/// run but are not remembered, so a caller cannot fill the database with keys.
+const MAX_STORED_PER_KEY: i64 = 10_000;
 
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST || !request.headers().contains_key(HEADER) {
@@ -56,11 +62,12 @@ async fn idempotent(state: AppState, request: Request, next: Next) -> Result<Res
                 .into_response(),
         );
     }
-    // Unauthenticated requests go through untouched; the handler answers 401.
-    let Some(secret) = secret_from(&parts) else {
+    // Requests without a valid key go through untouched and leave nothing behind: the
+    // handler answers 401.
+    let Some(caller) = secret_from(&parts).and_then(|secret| state.keys.lookup(&secret)) else {
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
-    let scope = hash_key(&secret);
+    let scope = caller.id;
     let bytes = to_bytes(body, BODY_LIMIT)
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into_response())?;
@@ -122,7 +129,11 @@ async fn idempotent(state: AppState, request: Request, next: Next) -> Result<Res
         .await;
     let status = response.status();
     let keep = status.is_success()
-        || (status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS);
+        || (status.is_client_error()
+            && !matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ));
     if !keep {
         return Ok(response);
     }
@@ -130,14 +141,18 @@ async fn idempotent(state: AppState, request: Request, next: Next) -> Result<Res
     let body = to_bytes(body, 16 * BODY_LIMIT).await.map_err(|_| {
         ApiError::Internal(anyhow::anyhow!("response too large to store")).into_response()
     })?;
-    let text = String::from_utf8_lossy(&body).into_owned();
     let record = StoredResponse {
         request_hash,
         status: status.as_u16(),
-        body: text,
+        body: without_secret(&body),
     };
     let saved = async {
         let mut conn = state.db.pool.acquire().await?;
+        if store::count_idempotent_responses(&mut conn, Some(&scope)).await? >= MAX_STORED_PER_KEY
+        {
+            tracing::warn!(api_key_id = %scope, "idempotency keys per API key exhausted; not storing");
+            return Ok(());
+        }
         store::store_idempotent_response(&mut conn, &scope, &key, &record).await
     }
     .await;
@@ -145,4 +160,16 @@ async fn idempotent(state: AppState, request: Request, next: Next) -> Result<Res
         tracing::warn!(%error, "could not store an idempotent response");
     }
     Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// The response body as stored: a top-level `secret` (the one-time secret of a new API key)
+/// becomes `null`, so that no secret is ever written to the database.
+fn without_secret(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut object)) if object.contains_key("secret") => {
+            object.insert("secret".into(), serde_json::Value::Null);
+            serde_json::Value::Object(object).to_string()
+        }
+        _ => String::from_utf8_lossy(body).into_owned(),
+    }
 }

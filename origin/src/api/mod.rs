@@ -14,6 +14,7 @@ mod keys;
 mod snapshot;
 mod system;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, OptionalFromRequest, Request};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -45,11 +46,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// An optional JSON body: absent when the request has no `Content-Type`.
+/// An optional JSON body: absent when the request has no `Content-Type`, or an empty (or
+/// blank) body whatever its `Content-Type`, as many HTTP clients send on a bodiless POST.
 impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: BODY_LIMIT },
+                _ => ApiError::bad_request(rejection.body_text()),
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match <Json<T> as OptionalFromRequest<S>>::from_request(req, state).await {
             Ok(value) => Ok(value.map(|Json(v)| ApiJson(v))),
             Err(rejection) => Err(json_rejection(rejection)),

@@ -464,6 +464,27 @@ pub async fn store_idempotent_response(
     Ok(())
 }
 
+/// Stored idempotent responses of one API key (by id), or of all keys.
+pub async fn count_idempotent_responses(
+    conn: &mut AnyConnection,
+    api_key_id: Option<&str>,
+) -> Result<i64, Error> {
+    let row = match api_key_id {
+        Some(id) => {
+            sqlx::query("SELECT COUNT(*) AS n FROM idempotency_keys WHERE api_key_id = $1")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT COUNT(*) AS n FROM idempotency_keys")
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    Ok(row.try_get("n")?)
+}
+
 pub async fn prune_idempotency_keys(
     conn: &mut AnyConnection,
     older_than_ms: i64,

@@ -570,6 +570,26 @@ async fn editing(o: &TestOrigin) {
         o.patch(&path, json!({"key": "renamed"})).await.status,
         StatusCode::CONFLICT
     );
+    // The test being read is fixed at the start (issue 25, item 11).
+    let reanalysed = o
+        .patch(
+            &path,
+            json!({"analysis": {"mode": "sequential", "alpha": 0.1}}),
+        )
+        .await;
+    assert_eq!(
+        reanalysed.status,
+        StatusCode::CONFLICT,
+        "{}",
+        reanalysed.body
+    );
+    assert_eq!(reanalysed.body["error"]["code"], "not_editable");
+    assert!(
+        reanalysed.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("analysis settings")
+    );
     // A traffic increase keeps the old slots and adds new ones.
     let grown = o.patch(&path, json!({"traffic_percent": 25})).await;
     assert_eq!(grown.status, StatusCode::OK, "{}", grown.body);
@@ -820,6 +840,65 @@ async fn idempotency(o: &TestOrigin) {
             .len(),
         1
     );
+    // Issue 26: requests without a valid key leave nothing behind, whatever they send.
+    let stored = || async {
+        let mut conn = o.state.db.pool.acquire().await.expect("connection");
+        abx_origin_store::count_idempotent_responses(&mut conn, None)
+            .await
+            .expect("count")
+    };
+    let before = stored().await;
+    for n in 0..20 {
+        let forged = o
+            .send(
+                Method::POST,
+                "/api/v1/experiments",
+                Some(format!("abx_admin_forged_{n}").as_str()),
+                Some(body.clone()),
+                &[("idempotency-key", format!("forged-{n}").as_str())],
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    }
+    let viewer = o.key("viewer").await;
+    let forbidden = o
+        .send(
+            Method::POST,
+            "/api/v1/experiments",
+            Some(&viewer),
+            Some(body.clone()),
+            &[("idempotency-key", "viewer-1")],
+        )
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert_eq!(stored().await, before);
+    // A new key's secret is shown once and never stored: a replay has no secret.
+    let create_key = || {
+        o.send(
+            Method::POST,
+            "/api/v1/keys",
+            Some(&admin),
+            Some(json!({"name": "ci", "role": "sdk"})),
+            &[("idempotency-key", "new-key-1")],
+        )
+    };
+    let created = create_key().await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let secret = created.body["secret"].as_str().expect("secret").to_string();
+    let replayed = create_key().await;
+    assert_eq!(replayed.headers["idempotent-replayed"], "true");
+    assert_eq!(replayed.body["id"], created.body["id"]);
+    assert!(replayed.body["secret"].is_null(), "{}", replayed.body);
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let key_id = o.state.keys.lookup(&admin).expect("admin key").id;
+    let row = abx_origin_store::idempotent_response(&mut conn, &key_id, "new-key-1")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(
+        !row.body.contains(&secret),
+        "the stored answer holds the secret"
+    );
 }
 on_both_backends!(idempotency_keys, idempotency);
 
@@ -974,6 +1053,48 @@ async fn an_unreachable_database_is_503() {
         o.get("/api/v1/health").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+/// Many HTTP clients send `Content-Type: application/json` with an empty body on a bodiless
+/// POST: for the lifecycle actions that means `{}`, not invalid JSON.
+#[tokio::test]
+async fn an_empty_json_body_is_an_empty_lifecycle_request() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    let id = o
+        .create(
+            "/api/v1/experiments",
+            experiment("empty_body", "conversion"),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let auth = format!("Bearer {}", o.admin);
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    let path = format!("/api/v1/experiments/{id}/start");
+    let started = o.send_raw(Method::POST, &path, Vec::new(), &headers).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    assert_eq!(started.body["status"], "running");
+    let path = format!("/api/v1/experiments/{id}/pause");
+    let paused = o
+        .send_raw(Method::POST, &path, b" \n".to_vec(), &headers)
+        .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.body);
+    // A body that is there must still be JSON.
+    let path = format!("/api/v1/experiments/{id}/resume");
+    let broken = o
+        .send_raw(Method::POST, &path, b"{".to_vec(), &headers)
+        .await;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST);
+    assert_eq!(broken.body["error"]["code"], "invalid_json");
+    o.finish().await;
 }
 
 #[tokio::test]
@@ -1198,3 +1319,52 @@ on_both_backends!(
     two_admin_processes_publish_growing_versions,
     two_admin_processes
 );
+
+/// An operator's bootstrap key is refused unless it is at least 32 characters of printable
+/// ASCII (a short one used to be stored whole as its prefix, a non-ASCII one panicked);
+/// nothing is created then. The data directory is created readable by its owner only.
+#[tokio::test]
+async fn start_refuses_weak_bootstrap_keys_and_keeps_its_data_directory_private() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let data_dir = parent.path().join("data");
+    for weak in [
+        "abx_admin_sixteen",
+        "abx_admin_é_clé_de_démarrage_trop_courte",
+    ] {
+        let mut settings = abx_origin::Settings::new(&data_dir);
+        settings.bootstrap_admin_key = Some(weak.into());
+        let refused = abx_origin::AppState::start(settings).await;
+        let error = refused.err().expect("a weak key is refused").to_string();
+        assert!(error.contains("at least 32 characters"), "{error}");
+        assert!(
+            !data_dir.exists(),
+            "a refused start created {}",
+            data_dir.display()
+        );
+    }
+    let mut settings = abx_origin::Settings::new(&data_dir);
+    settings.bootstrap_admin_key = Some("abx_admin_bootstrap_key_0123456789".into());
+    let started = abx_origin::AppState::start(settings).await.expect("starts");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&data_dir)
+            .expect("data dir")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "data directory mode {mode:o}");
+    }
+    let router = abx_origin::app(started.state.clone());
+    let auth = "Bearer abx_admin_bootstrap_key_0123456789";
+    let keys = common::call(
+        &router,
+        Method::GET,
+        "/api/v1/keys",
+        None,
+        &[("authorization", auth)],
+    )
+    .await;
+    assert_eq!(keys.status, StatusCode::OK, "{}", keys.body);
+    assert_eq!(keys.body["items"][0]["prefix"], "abx_admi");
+    started.state.close_databases().await;
+}

@@ -10,7 +10,7 @@ use abx_origin_pipeline::tables;
 use abx_origin_store::db::Db;
 use serde_json::{Value as Json, json};
 
-const ADMIN: &str = "abx_admin_crash_test_key_000001";
+const ADMIN: &str = "abx_admin_crash_test_key_00000001";
 
 struct Server {
     child: Child,

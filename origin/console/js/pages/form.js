@@ -9,7 +9,7 @@ import { json } from '../format.js';
 import { setFlash } from './experiment.js';
 
 /** Fields that may change in each status (docs/api.md, "Experiments"). */
-const LOCKED_WHILE_RUNNING = ['layer', 'unit', 'variants', 'targeting', 'holdout', 'switchback_period_s', 'primary_metric'];
+const LOCKED_WHILE_RUNNING = ['layer', 'unit', 'variants', 'targeting', 'holdout', 'switchback_period_s', 'primary_metric', 'analysis'];
 const TEXTS = ['name', 'hypothesis', 'description', 'owner'];
 
 /** A labelled control inside a box that names its API field (for 422 details). */

@@ -527,9 +527,9 @@ fn validate_analysis(analysis: &Analysis, errors: &mut Vec<FieldError>) {
 }
 
 /// Checks that `next` only changes what may change in `status`. Running and paused
-/// experiments accept changes that cannot move an already-assigned unit: texts, metrics,
-/// QA overrides, analysis settings and a traffic increase. Completed and archived ones only
-/// accept texts.
+/// experiments accept changes that cannot move an already-assigned unit or change the test
+/// being read: texts, secondary and guardrail metrics, QA overrides and a traffic increase.
+/// Completed and archived ones only accept texts.
 pub fn check_edit(
     status: Status,
     current: &ExperimentSpec,
@@ -595,6 +595,13 @@ pub fn check_edit(
         return refuse(
             "the primary metric",
             "changing the decision metric mid-test invalidates the analysis",
+        );
+    }
+    if next.analysis != current.analysis {
+        return refuse(
+            "the analysis settings",
+            "choosing the test (mode, alpha, correction, plan) after results were seen \
+             inflates its false positives; start a new experiment to analyse differently",
         );
     }
     if next.traffic_bp < current.traffic_bp {

@@ -292,3 +292,32 @@ fn experiments_in_one_layer_are_no_interaction_candidates() {
     }
     assert!(interactions::candidates(&running, &metrics).is_empty());
 }
+
+/// Issue 25, item 9: a comparison that cannot be computed counts as p = 1 in the family
+/// the correction controls, as docs/statistics.md §6 says.
+#[test]
+fn a_comparison_that_cannot_be_computed_still_counts_in_the_correction() {
+    let metrics = HashMap::from([
+        metric("converted", MetricKind::Conversion, Direction::Increase),
+        metric("revenue", MetricKind::Mean, Direction::Increase),
+    ]);
+    let mut e = experiment("checkout", &[]);
+    e.secondary_metrics = vec!["revenue".into()];
+    e.analysis.correction = crate::model::experiment::Correction::Bonferroni;
+    // No revenue events at all: every unit's value is 0 in both arms, so the test has no
+    // variance to work with and cannot be computed.
+    let results = compute(&e, &metrics, &ten_percent_lift(), 0, false);
+    let revenue = &results.metrics[1].comparisons[0];
+    assert!(
+        revenue.p_value.is_none() && revenue.note.is_some(),
+        "{revenue:?}"
+    );
+    assert!(revenue.adjusted_p_value.is_none());
+    let primary = &results.metrics[0].comparisons[0];
+    let (raw, adjusted) = (
+        primary.p_value.expect("p"),
+        primary.adjusted_p_value.expect("adjusted"),
+    );
+    // Bonferroni over two comparisons, not one.
+    assert!(close(adjusted, 2.0 * raw), "raw {raw}, adjusted {adjusted}");
+}
