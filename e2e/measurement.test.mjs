@@ -100,6 +100,9 @@ test('true effects are found through beacons, the edge and the origin; the harmf
   const third = Math.ceil(UNITS / 3);
   const paths = { browser: units.slice(0, third), edge: units.slice(third, 2 * third), origin: units.slice(2 * third) };
   const keys = EXPERIMENTS;
+  // Units that purchase, over all paths: the results are read once all of them are counted,
+  // so that a batch still on its way cannot skew the estimate.
+  let purchases = 0;
 
   // 1. The page: visits of 100 users each. The package assigns (logging exposures), the page
   // tracks conversions, and then the visit ends, so the queue hands its batches to
@@ -114,6 +117,7 @@ test('true effects are found through beacons, the edge and the origin; the harmf
     visit.forEach((unit, i) => {
       const variant = Object.fromEntries(keys.map((k) => [k, assigned[k][i]]));
       for (const metric of outcomes(unit, variant)) (byMetric[metric] ??= []).push(unit);
+      purchases += outcomes(unit, variant).includes('purchase') ? 1 : 0;
     });
     for (const [metric, list] of Object.entries(byMetric)) await browser.page.evaluate(({ metric, list }) => window.track(metric, list), { metric, list });
     const left = await browser.page.evaluate(() => window.leave());
@@ -132,6 +136,7 @@ test('true effects are found through beacons, the edge and the origin; the harmf
     // Only assigned units are exposed (the guardrail may already have paused `harmful`).
     const events = keys.filter((k) => variant[k]).map((k) => ({ event_id: randomUUID(), kind: 'exposure', unit, experiment_id: ids[k], variant: variant[k], timestamp: now }));
     for (const metric of outcomes(unit, variant)) events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: metric, value: 1, timestamp: now + 1 });
+    purchases += outcomes(unit, variant).includes('purchase') ? 1 : 0;
     const reply = await fetch(edge.url('edge', '/abx/events'), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ events }) });
     assert.equal(reply.status, 202, await reply.text());
   });
@@ -144,6 +149,7 @@ test('true effects are found through beacons, the edge and the origin; the harmf
     const now = Date.now();
     direct.push(...keys.filter((k) => variant[k]).map((k) => ({ event_id: randomUUID(), kind: 'exposure', unit, experiment_id: ids[k], variant: variant[k], timestamp: now })));
     for (const metric of outcomes(unit, variant)) direct.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: metric, value: 1, timestamp: now + 1 });
+    purchases += outcomes(unit, variant).includes('purchase') ? 1 : 0;
   });
   for (let i = 0; i < direct.length; i += 1_000) {
     const reply = await origin.call('POST', '/api/v1/events', { events: direct.slice(i, i + 1_000) }, sdk);
@@ -159,6 +165,14 @@ test('true effects are found through beacons, the edge and the origin; the harmf
       assert.ok(Date.now() < deadline, `${key}: ${exposed(r)} of ${UNITS} units counted`);
       await sleep(250);
     }
+  }
+
+  const converted = (r) => Object.values(r.variants).reduce((sum, v) => sum + (v.metrics.purchase?.count ?? 0), 0);
+  for (;;) {
+    const counted = converted(await results('lift'));
+    if (counted === purchases) break;
+    assert.ok(counted < purchases && Date.now() < deadline, `lift: ${counted} of ${purchases} purchases counted`);
+    await sleep(250);
   }
 
   const purchase = (r) => r.metrics.find((m) => m.metric === 'purchase').comparisons[0];
