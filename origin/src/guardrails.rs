@@ -54,10 +54,16 @@ pub async fn check_all(state: &AppState) -> ApiResult<Vec<String>> {
         let Some(alarm) = results.guardrails.iter().find(|g| g.status == "alarm") else {
             continue;
         };
-        let reason = format!(
-            "guardrail {} degraded in {}: harmful effect {:.4} (z = {:.2}, always-valid p = {:.2e})",
-            alarm.metric, alarm.variant, alarm.harmful_effect, alarm.z, alarm.p_value
-        );
+        let reason = match &alarm.note {
+            Some(note) => format!(
+                "guardrail {} degraded in {}: {note}",
+                alarm.metric, alarm.variant
+            ),
+            None => format!(
+                "guardrail {} degraded in {}: harmful effect {:.4} (z = {:.2}, always-valid p = {:.2e})",
+                alarm.metric, alarm.variant, alarm.harmful_effect, alarm.z, alarm.p_value
+            ),
+        };
         let evidence = json!({"key": experiment.key, "alarm": alarm, "guardrails": results.guardrails, "srm": results.srm});
         let id = experiment.id.clone();
         drop(conn);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::distribution::normal_cdf;
 use crate::error::{StatsError, check_alpha, invalid};
-use crate::sequential::{mean_difference, optimal_mixture_ratio, proportion_difference};
+use crate::sequential::{mean_difference, optimal_mixture_ratio, pooled_proportion_difference};
 use crate::sufficient::{Moments, Proportion};
 
 /// Which direction of change is harmful.
@@ -176,8 +176,9 @@ fn one_sided_p(z: f64, r: f64) -> f64 {
     (-ln_lambda).min(0.0).exp()
 }
 
-/// Guardrail check on a conversion metric (unpooled standard error). An empty group gives
-/// `InsufficientData` with zero effect and p = 1.
+/// Guardrail check on a conversion metric, with the standard error under H0 (pooled rate):
+/// the unpooled one vanishes at 0 % against 100 %, the worst breakage, where no test could
+/// then be made. An empty group gives `InsufficientData` with zero effect and p = 1.
 pub fn guardrail_proportion(
     control: &Proportion,
     treatment: &Proportion,
@@ -186,7 +187,7 @@ pub fn guardrail_proportion(
     if control.units == 0 || treatment.units == 0 {
         return Ok(GuardrailCheck::insufficient());
     }
-    let (effect, se) = proportion_difference(control, treatment)?;
+    let (effect, se) = pooled_proportion_difference(control, treatment)?;
     guardrail_check(effect, se, control.units, treatment.units, config)
 }
 

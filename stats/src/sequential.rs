@@ -180,6 +180,26 @@ pub(crate) fn proportion_difference(
     Ok((p_t - p_c, se))
 }
 
+/// Difference of two proportions and its standard error under H0 (equal rates), from the
+/// pooled rate: the se of the test. Unlike the unpooled se it is zero only when neither or
+/// every unit converted in both groups, where the difference is zero too.
+pub(crate) fn pooled_proportion_difference(
+    control: &Proportion,
+    treatment: &Proportion,
+) -> Result<(f64, f64), StatsError> {
+    control.validate()?;
+    treatment.validate()?;
+    check_sample(1, &[control.units, treatment.units])?;
+    let (n_c, n_t) = (control.units as f64, treatment.units as f64);
+    let pooled = (control.conversions + treatment.conversions) as f64 / (n_c + n_t);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n_c + 1.0 / n_t)).sqrt();
+    let (p_c, p_t) = (
+        control.conversions as f64 / n_c,
+        treatment.conversions as f64 / n_t,
+    );
+    Ok((p_t - p_c, se))
+}
+
 /// Difference of two means and its Welch standard error.
 pub(crate) fn mean_difference(
     control: &Moments,

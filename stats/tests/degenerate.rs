@@ -427,6 +427,17 @@ fn guardrail_degenerate_inputs() {
         &config,
     );
     assert_eq!(good.unwrap().status, GuardrailStatus::Healthy);
+    // 0 % against 100 %: the pooled standard error under H0 is 0.5 × √(2 / 5000) = 0.01, so
+    // the worst breakage is a test with z = 100, not a zero-variance error.
+    let broken = guardrail_proportion(
+        &Proportion::new(5000, 0),
+        &Proportion::new(5000, 5000),
+        &config,
+    )
+    .unwrap();
+    assert_eq!(broken.status, GuardrailStatus::Alarm);
+    assert!((broken.std_error - 0.01).abs() < 1e-15, "{broken:?}");
+    assert!((broken.z - 100.0).abs() < 1e-9, "{broken:?}");
 }
 
 #[test]

@@ -163,7 +163,8 @@ pub struct SrmView {
 pub struct GuardrailView {
     pub metric: String,
     pub variant: String,
-    /// `insufficient_data`, `healthy` or `alarm`.
+    /// `insufficient_data`, `healthy`, `alarm`, or `error` when the check could not be
+    /// computed (`note` says why; it blocks a "Ship" recommendation).
     pub status: String,
     pub harmful_effect: f64,
     pub z: f64,
@@ -171,6 +172,10 @@ pub struct GuardrailView {
     pub p_value: f64,
     /// Standard errors of harmful movement that raise the alarm.
     pub threshold: f64,
+    /// Why the check alarmed or failed without a test: the treatment lost what control has,
+    /// or the statistics could not be computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -257,25 +262,67 @@ fn metric_roles(e: &Experiment) -> Vec<(String, MetricRole)> {
     roles
 }
 
-/// A guardrail metric's check of one treatment against control; none when the statistics
-/// cannot be computed.
-fn guardrail_view(metric: &Metric, variant: &str, c: &Group, t: &Group) -> Option<GuardrailView> {
+/// A guardrail metric's check of one treatment against control. A check whose statistics
+/// cannot be computed is never dropped: with enough units it alarms when the treatment is
+/// certainly worse (every unit moved the harmful way, so there is no variance to test) or
+/// lost what control has (a ratio whose treatment denominator vanished), and otherwise
+/// reports `error`, which the recommendation shows.
+fn guardrail_view(metric: &Metric, variant: &str, c: &Group, t: &Group) -> GuardrailView {
     let config = guardrail_config(metric);
-    let check = guardrail_check(metric.kind, c, t, &config).ok()?;
-    Some(GuardrailView {
+    let view = |status: &str, check: Option<&GuardrailCheck>, note: Option<String>| GuardrailView {
         metric: metric.key.clone(),
         variant: variant.to_string(),
-        status: match check.status {
-            GuardrailStatus::InsufficientData => "insufficient_data",
-            GuardrailStatus::Healthy => "healthy",
-            GuardrailStatus::Alarm => "alarm",
-        }
-        .into(),
-        harmful_effect: check.harmful_effect,
-        z: check.z,
-        p_value: check.p_value,
+        status: status.into(),
+        harmful_effect: check.map_or(0.0, |k| k.harmful_effect),
+        z: check.map_or(0.0, |k| k.z),
+        p_value: check.map_or(1.0, |k| k.p_value),
         threshold: config.min_std_errors,
-    })
+        note,
+    };
+    let error = match guardrail_check(metric.kind, c, t, &config) {
+        Ok(check) => {
+            let status = match check.status {
+                GuardrailStatus::InsufficientData => "insufficient_data",
+                GuardrailStatus::Healthy => "healthy",
+                GuardrailStatus::Alarm => "alarm",
+            };
+            return view(status, Some(&check), None);
+        }
+        Err(error) => error,
+    };
+    let enough = c.n >= config.min_units_per_arm && t.n >= config.min_units_per_arm;
+    let harm = match config.harmful_direction {
+        HarmfulDirection::Increase => 1.0,
+        HarmfulDirection::Decrease => -1.0,
+    };
+    if !enough {
+        return view("insufficient_data", None, Some(describe(&error)));
+    }
+    match (c.value(metric.kind), t.value(metric.kind)) {
+        (Some(_), None) => view(
+            "alarm",
+            None,
+            Some(format!(
+                "the treatment's {} cannot be computed while control's can: {}",
+                metric.key,
+                describe(&error)
+            )),
+        ),
+        (Some(control), Some(treatment)) if harm * (treatment - control) > 0.0 => {
+            let mut alarmed = view(
+                "alarm",
+                None,
+                Some(format!(
+                    "every unit moved the harmful way ({}): no variance left to test",
+                    describe(&error)
+                )),
+            );
+            alarmed.harmful_effect = harm * (treatment - control);
+            alarmed.p_value = 0.0;
+            alarmed
+        }
+        _ => view("error", None, Some(describe(&error))),
+    }
 }
 
 /// One metric's data for one treatment and control, with the settings its tests use.
@@ -643,7 +690,7 @@ pub fn compute(
         for variant in &treatments {
             let t = group(variant);
             if e.guardrail_metrics.contains(key) {
-                guardrails.extend(guardrail_view(metric, variant, &c, &t));
+                guardrails.push(guardrail_view(metric, variant, &c, &t));
             }
             let analysed = Analysed {
                 metric,
@@ -821,9 +868,18 @@ fn recommend(
         return "Invalid: sample ratio mismatch, investigate (bot filtering, redirects, crashes, assignment bugs) before trusting any result".into();
     }
     if let Some(g) = guardrails.iter().find(|g| g.status == "alarm") {
+        let evidence = g.note.clone().unwrap_or_else(|| format!("z = {:.2}", g.z));
         return format!(
-            "Stop: guardrail {} degraded in {} (z = {:.2}); roll back",
-            g.metric, g.variant, g.z
+            "Stop: guardrail {} degraded in {} ({evidence}); roll back",
+            g.metric, g.variant
+        );
+    }
+    if let Some(g) = guardrails.iter().find(|g| g.status == "error") {
+        return format!(
+            "Investigate: guardrail {} could not be checked in {} ({}); fix its data before deciding",
+            g.metric,
+            g.variant,
+            g.note.as_deref().unwrap_or("unknown reason")
         );
     }
     if min_units == 0 {

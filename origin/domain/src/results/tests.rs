@@ -321,3 +321,93 @@ fn a_comparison_that_cannot_be_computed_still_counts_in_the_correction() {
     // Bonferroni over two comparisons, not one.
     assert!(close(adjusted, 2.0 * raw), "raw {raw}, adjusted {adjusted}");
 }
+
+fn ratio_metric(key: &str, denominator: &str) -> (String, Metric) {
+    let (key, mut metric) = metric(key, MetricKind::Ratio, Direction::Decrease);
+    metric.denominator_event_type = Some(denominator.into());
+    (key, metric)
+}
+
+/// A ratio rollup: Σ numerator and Σ denominator over the variant's units.
+fn ratio(variant: &str, metric: &str, numerator: f64, denominator: f64) -> MetricRollup {
+    MetricRollup {
+        variant: variant.into(),
+        metric: metric.into(),
+        day: DAY,
+        sums: Sums {
+            sum_x: numerator,
+            sum_x2: numerator,
+            sum_y: denominator,
+            sum_y2: denominator * 2.0,
+            sum_xy: numerator,
+            ..Sums::default()
+        },
+    }
+}
+
+/// Issue 25, item 4: a guardrail whose treatment lost what control has (here every session
+/// event: a ratio with no denominator) is the worst breakage, and alarms instead of being
+/// dropped because its statistics cannot be computed.
+#[test]
+fn a_guardrail_whose_treatment_lost_its_data_alarms() {
+    let metrics = HashMap::from([
+        metric("converted", MetricKind::Conversion, Direction::Increase),
+        ratio_metric("errors_per_session", "session"),
+    ]);
+    let mut rollups = ten_percent_lift();
+    rollups
+        .metrics
+        .push(ratio("control", "errors_per_session", 50.0, 20_000.0));
+    rollups
+        .metrics
+        .push(ratio("treatment", "errors_per_session", 0.0, 0.0));
+    let e = experiment("checkout", &["errors_per_session"]);
+    let results = compute(&e, &metrics, &rollups, 0, false);
+    let guardrail = &results.guardrails[0];
+    assert_eq!(guardrail.status, "alarm", "{guardrail:?}");
+    assert!(
+        guardrail
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("cannot be computed"))
+    );
+    assert!(
+        results.recommended_action.starts_with("Stop"),
+        "{}",
+        results.recommended_action
+    );
+}
+
+/// A guardrail that cannot be checked although both arms have units is shown as an error,
+/// and no "Ship" is recommended over it.
+#[test]
+fn a_guardrail_that_cannot_be_checked_blocks_shipping() {
+    let metrics = HashMap::from([
+        metric("converted", MetricKind::Conversion, Direction::Increase),
+        ratio_metric("errors_per_session", "session"),
+    ]);
+    let e = experiment("checkout", &["errors_per_session"]);
+    // No session events in either arm: neither ratio exists.
+    let results = compute(&e, &metrics, &ten_percent_lift(), 0, false);
+    let guardrail = &results.guardrails[0];
+    assert_eq!(guardrail.status, "error", "{guardrail:?}");
+    assert!(guardrail.note.is_some());
+    assert!(
+        results.recommended_action.starts_with("Investigate"),
+        "{}",
+        results.recommended_action
+    );
+    // The same experiment without the guardrail would ship.
+    let shipped = compute(
+        &experiment("checkout", &[]),
+        &metrics,
+        &ten_percent_lift(),
+        0,
+        false,
+    );
+    assert!(
+        shipped.recommended_action.starts_with("Ship"),
+        "{}",
+        shipped.recommended_action
+    );
+}
