@@ -217,6 +217,9 @@ pub struct Origin {
     pub event_stream: Option<Arc<pipeline::jetstream::EventStream>>,
     /// Idempotency keys whose first request is still running.
     pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The pipeline's figures for `/metrics` and when they were computed (see
+    /// `refresh_gauges`).
+    gauges: RwLock<Option<(std::time::Instant, Arc<api::PipelineStatus>)>>,
 }
 
 impl Deref for AppState {
@@ -225,6 +228,9 @@ impl Deref for AppState {
         &self.0
     }
 }
+
+/// How often the pipeline's gauges for `/metrics` are computed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often processes without the admin role look for a newer published snapshot.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
@@ -341,6 +347,7 @@ impl AppState {
             changes,
             public_key: abx_core::public_key(&signing_seed),
             in_flight: Default::default(),
+            gauges: RwLock::new(None),
             signing_seed,
             settings,
             db,
@@ -376,6 +383,16 @@ impl AppState {
         if !self.pipeline.log.is_same(&self.db) {
             self.pipeline.log.spawn_checkpointer();
         }
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(error) = state.refresh_gauges().await {
+                    tracing::debug!(%error, "computing the pipeline's gauges failed");
+                }
+            }
+        });
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -425,6 +442,22 @@ impl AppState {
         store::prune_snapshots(&mut tx, 1_000).await?;
         store::prune_idempotency_keys(&mut tx, clock::now_ms() - clock::DAY_MS).await?;
         tx.commit().await
+    }
+
+    /// Computes the pipeline's figures (SQL and, with JetStream, a broker round trip) for
+    /// `/metrics`, which serves the last ones computed.
+    pub async fn refresh_gauges(&self) -> Result<(), sqlx::Error> {
+        let status = api::pipeline_status_now(self).await?;
+        *self.gauges.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), Arc::new(status)));
+        Ok(())
+    }
+
+    pub(crate) fn gauges(&self) -> Option<(std::time::Instant, Arc<api::PipelineStatus>)> {
+        self.gauges
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn published(&self) -> Arc<Published> {

@@ -313,7 +313,8 @@ pub struct PipelineStatus {
     pub dead_letters: i64,
 }
 
-async fn status(state: &AppState) -> Result<PipelineStatus, sqlx::Error> {
+/// The pipeline's figures, asked of the databases (and the broker) now.
+pub(crate) async fn status(state: &AppState) -> Result<PipelineStatus, sqlx::Error> {
     let mut conn = state.db.pool.acquire().await?;
     let position = tables::cursor(&mut conn, CURSOR).await?;
     let dead_letters = tables::count_dead_letters(&mut conn).await?;
@@ -414,11 +415,19 @@ pub async fn replay(
     Ok(json(StatusCode::OK, &Replayed { replayed }))
 }
 
-/// Prometheus metrics. Public, like `/health`: counts only, nothing sensitive.
+/// Prometheus metrics. Public, like `/health`: counts only, nothing sensitive. A scrape
+/// reads memory only: the pipeline's figures are the ones the background task computed last
+/// (`AppState::refresh_gauges`), with their age, so scrapes cannot load the databases.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let (lag_events, lag_seconds, dead) = match status(&state).await {
-        Ok(s) => (s.lag_events as f64, s.lag_seconds, s.dead_letters as f64),
-        Err(_) => (f64::NAN, f64::NAN, f64::NAN),
+    let gauges = state.gauges();
+    let (lag_events, lag_seconds, dead, age) = match &gauges {
+        Some((at, s)) => (
+            s.lag_events as f64,
+            s.lag_seconds,
+            s.dead_letters as f64,
+            at.elapsed().as_secs_f64(),
+        ),
+        None => (f64::NAN, f64::NAN, f64::NAN, f64::NAN),
     };
     // Counters of the JetStream event log; not a number without one.
     let stream_gauge = |read: fn(&StreamTelemetry) -> f64| {
@@ -439,6 +448,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             lag_seconds,
         ),
         ("abx_dead_letters", "Events in the dead-letter table.", dead),
+        (
+            "abx_pipeline_gauges_age_seconds",
+            "Age of the three gauges above, computed in the background.",
+            age,
+        ),
         (
             "abx_jetstream_consumer_pending",
             "Messages of the JetStream event stream not yet acknowledged by the loader.",

@@ -26,6 +26,8 @@ use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 
+pub(crate) use events::{PipelineStatus, status as pipeline_status_now};
+
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 

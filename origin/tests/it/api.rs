@@ -1055,6 +1055,34 @@ async fn an_unreachable_database_is_503() {
     );
 }
 
+/// Issue 26: `/metrics` is public, so a scrape must cost no database work. It serves the
+/// pipeline's gauges as last computed in the background, with their age: with the databases
+/// gone it still answers them (a scrape that queried would have nothing but NaN).
+#[tokio::test]
+async fn metrics_scrapes_read_memory_only() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    let scrape = || async {
+        let reply = o.request(Method::GET, "/metrics", None, None).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        String::from_utf8(reply.bytes).expect("text")
+    };
+    assert!(
+        scrape().await.contains("abx_dead_letters NaN"),
+        "no gauges computed yet"
+    );
+    o.state.refresh_gauges().await.expect("gauges");
+    o.state.close_databases().await;
+    let text = scrape().await;
+    assert!(text.contains("abx_dead_letters 0"), "{text}");
+    assert!(text.contains("abx_pipeline_lag_events 0"), "{text}");
+    assert!(
+        text.contains("abx_pipeline_gauges_age_seconds 0."),
+        "{text}"
+    );
+}
+
 /// Many HTTP clients send `Content-Type: application/json` with an empty body on a bodiless
 /// POST: for the lifecycle actions that means `{}`, not invalid JSON.
 #[tokio::test]

@@ -638,6 +638,8 @@ async fn dead_letters(o: &TestOrigin) {
     assert_eq!(items[0]["attempts"], 3);
     // The valid event went through; the metrics endpoint counts the dead letters.
     assert_eq!(rollups(o, &id).await.0["control"], (1, 0));
+    // As the background task does every few seconds.
+    o.state.refresh_gauges().await.expect("gauges");
     let metrics = String::from_utf8(o.request(Method::GET, "/metrics", None, None).await.bytes)
         .expect("text");
     assert!(metrics.contains("abx_dead_letters 2"), "{metrics}");
