@@ -23,7 +23,7 @@ import numpy as np
 import scipy
 import statsmodels
 import statsmodels.api as sm
-from scipy import integrate, optimize, stats
+from scipy import integrate, optimize, special, stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import (
@@ -62,11 +62,28 @@ def wald(estimate, se, alpha, df=None):
 
 
 def relative(m_c, v_c, m_t, v_t, alpha, df=None):
-    """Delta-method lift written as a gradient times a covariance matrix."""
+    """Lift m_t/m_c − 1: the log-ratio interval when both means are positive, otherwise the
+    delta method written as a gradient times a covariance matrix."""
     if m_c == 0:
         return {"status": "unavailable", "reason": "zero_baseline"}
     if m_c < 0:
         return {"status": "unavailable", "reason": "negative_baseline"}
+    if m_t > 0:
+        dist = stats.norm if df is None else stats.t(df)
+        grad = np.array([1 / m_t, -1 / m_c])
+        log_se = float(np.sqrt(grad @ np.diag([v_t, v_c]) @ grad))
+        log_ratio = math.log(m_t / m_c)
+        stat = log_ratio / log_se
+        crit = dist.isf(alpha / 2)
+        return {
+            "status": "estimated",
+            "estimate": m_t / m_c - 1,
+            "std_error": m_t / m_c * log_se,
+            "statistic": stat,
+            "p_value": float(min(1.0, 2 * dist.sf(abs(stat)))),
+            "ci_lower": math.exp(log_ratio - crit * log_se) - 1,
+            "ci_upper": math.exp(log_ratio + crit * log_se) - 1,
+        }
     grad = np.array([1 / m_c, -m_t / m_c**2])
     cov = np.diag([v_t, v_c])
     se = float(np.sqrt(grad @ cov @ grad))
@@ -87,14 +104,25 @@ def proportion_cases():
         ("negative_effect_alpha_01", 8000, 960, 8100, 850, 0.01),
         ("no_difference", 1000, 100, 1000, 100, 0.05),
         ("zero_baseline", 50, 0, 50, 5, 0.05),
+        # The Wald interval collapses to [1, 1] here; Newcombe's does not.
+        ("one_unit_each", 1, 0, 1, 1, 0.05),
+        ("tiny_counts", 12, 1, 11, 4, 0.05),
     ]
     for name, n_c, x_c, n_t, x_t, alpha in specs:
         z, p = proportions_ztest([x_t, x_c], [n_t, n_c], value=0, alternative="two-sided")
         lo, hi = confint_proportions_2indep(
-            x_t, n_t, x_c, n_c, method="wald", compare="diff", alpha=alpha
+            x_t, n_t, x_c, n_c, method="newcomb", compare="diff", alpha=alpha
         )
         p_c, p_t = x_c / n_c, x_t / n_t
         v_c, v_t = p_c * (1 - p_c) / n_c, p_t * (1 - p_t) / n_t
+        rel = relative(p_c, v_c, p_t, v_t, alpha)
+        if x_c > 0 and x_t > 0:
+            # The lift's interval is statsmodels' log interval of the rate ratio, minus 1.
+            r_lo, r_hi = confint_proportions_2indep(
+                x_t, n_t, x_c, n_c, method="log", compare="ratio", alpha=alpha
+            )
+            assert abs(rel["ci_lower"] - (r_lo - 1)) < 1e-12, (name, rel, r_lo)
+            assert abs(rel["ci_upper"] - (r_hi - 1)) < 1e-12, (name, rel, r_hi)
         cases.append({
             "name": name,
             "control": {"units": n_c, "conversions": x_c},
@@ -111,7 +139,7 @@ def proportion_cases():
                     "ci_lower": float(lo),
                     "ci_upper": float(hi),
                 },
-                "relative": relative(p_c, v_c, p_t, v_t, alpha),
+                "relative": rel,
             },
         })
     return cases
@@ -371,6 +399,9 @@ def spend(kind, alpha, t):
     if t >= 1:
         return alpha
     if kind == "o_brien_fleming":
+        # gsDesign's sfLDOF per side with one-sided α/2, both sides together.
+        return 4 * stats.norm.sf(stats.norm.isf(alpha / 4) / math.sqrt(t))
+    if kind == "o_brien_fleming_total":
         return 2 * stats.norm.sf(stats.norm.isf(alpha / 2) / math.sqrt(t))
     return alpha * math.log(1 + (math.e - 1) * t)
 
@@ -438,16 +469,25 @@ def group_sequential_cases():
         ("obf_interim_only", [0.1, 0.35, 0.6], 0.05, "o_brien_fleming"),
         ("single_look", [1.0], 0.05, "pocock"),
         ("obf_14_daily", [k / 14 for k in range(1, 15)], 0.05, "o_brien_fleming"),
+        ("obf_total_5_equal", [0.2, 0.4, 0.6, 0.8, 1.0], 0.05, "o_brien_fleming_total"),
+        ("obf_total_unequal", [0.25, 0.5, 1.0], 0.05, "o_brien_fleming_total"),
+        # Looks where the information actually arrived, not where they were planned.
+        ("obf_observed_fractions", [0.23, 0.41, 0.64, 0.79, 1.0], 0.05, "o_brien_fleming"),
     ]
     cases = []
     for name, ts, alpha, kind in specs:
         looks = gs_boundaries(ts, alpha, kind)
         if len(ts) <= 5:
             mvn_check(ts, [l["z_boundary"] for l in looks], looks[-1]["cumulative_alpha"])
-        if kind == "o_brien_fleming":
+        if kind == "o_brien_fleming_total":
             # With α(t) = 2 − 2Φ(z_{α/2}/√t) the first boundary is z_{α/2}/√t₁ in closed form.
             first = stats.norm.isf(alpha / 2) / math.sqrt(ts[0])
             assert abs(looks[0]["z_boundary"] - first) < 1e-9, (looks[0], first)
+        if name == "obf_5_equal":
+            # Published gsDesign (sfLDOF, test.type = 2, one-sided α = 0.025) boundaries for
+            # five equally spaced looks, as also tabulated by rpact and ldbounds.
+            for got, published in zip(looks, [4.877, 3.357, 2.680, 2.290, 2.031]):
+                assert abs(got["z_boundary"] - published) < 1e-3, (got, published)
         if name == "pocock_5_equal":
             # Published Lan–DeMets Pocock-type boundaries for five equally spaced looks
             # (two-sided 0.05), as tabulated by gsDesign and ldbounds.
@@ -563,6 +603,46 @@ def srm_cases():
     return cases
 
 
+# 9b. Sequential SRM ----------------------------------------------------------------------
+
+SRM_CONCENTRATION = 1000.0
+
+
+def sequential_srm_cases():
+    """Dirichlet–multinomial Bayes factor of Lindon & Malek (2022), from scipy's gammaln,
+    checked against the Dirichlet-multinomial pmf divided by the multinomial pmf."""
+    specs = [
+        ("balanced", [50110, 49890], [0.5, 0.5]),
+        ("mild_mismatch", [50000, 51500], [1, 1]),
+        ("severe_mismatch", [100000, 103800], [1, 1]),
+        ("three_arms_weighted", [25050, 24800, 50400], [1, 1, 2]),
+        ("broken_early", [600, 400], [1, 1]),
+        ("small_counts", [3, 9], [1, 1]),
+        ("no_exposures", [0, 0], [1, 1]),
+    ]
+    cases = []
+    for name, obs, w in specs:
+        w = np.asarray(w, dtype=float)
+        share = w / w.sum()
+        a = SRM_CONCENTRATION * share
+        x = np.asarray(obs, dtype=float)
+        n = x.sum()
+        log_bf = (special.gammaln(SRM_CONCENTRATION) - special.gammaln(SRM_CONCENTRATION + n)
+                  + float(np.sum(special.gammaln(a + x) - special.gammaln(a)))
+                  - float(np.sum(x * np.log(share))))
+        if n > 0:
+            check = (stats.dirichlet_multinomial.logpmf(x, a, n)
+                     - stats.multinomial.logpmf(x, n, share))
+            assert abs(check - log_bf) < 1e-6 * max(1.0, abs(log_bf)), (name, check, log_bf)
+        p = math.exp(min(0.0, -log_bf))
+        cases.append({
+            "name": name, "observed": obs, "weights": [float(v) for v in w],
+            "expected": {"log_bayes_factor": float(log_bf), "p_value": p,
+                         "mismatch": bool(p < 0.001)},
+        })
+    return cases
+
+
 # 10. Power ------------------------------------------------------------------------------
 
 def conversion_power_cases():
@@ -593,6 +673,113 @@ def conversion_power_cases():
                 "alpha_per_comparison": a,
                 "power_at_units": float(power_proportions_2indep(
                     diff, base, n_check, ratio=1, alpha=a, alternative="two-sided").power),
+            },
+        })
+    return cases
+
+
+def crossing_prob(ts, bounds, drift, nodes=240):
+    """P(|Z_k| ≥ c_k at some look) when S(t) = Z(t)√t is Brownian motion with drift: the
+    recursion of gs_boundaries with the drift in the transition, on Gauss–Legendre nodes."""
+    x_std, w_std = np.polynomial.legendre.leggauss(nodes)
+    total, prev, t_prev = 0.0, None, 0.0
+    for t, c in zip(ts, bounds):
+        sd = math.sqrt(t - t_prev)
+        step = drift * (t - t_prev)
+        z = c * x_std
+        w = c * w_std
+        if prev is None:
+            total += stats.norm.sf(c - drift * math.sqrt(t)) + stats.norm.cdf(-c - drift * math.sqrt(t))
+            g = stats.norm.pdf(z - drift * math.sqrt(t))
+        else:
+            zp, wp, gp = prev
+            m = zp * math.sqrt(t_prev) + step
+            mass = wp * gp
+            total += float(np.sum(mass * (stats.norm.sf((c * math.sqrt(t) - m) / sd)
+                                          + stats.norm.cdf((-c * math.sqrt(t) - m) / sd))))
+            kernel = stats.norm.pdf((z[:, None] * math.sqrt(t) - m[None, :]) / sd)
+            g = (kernel * mass[None, :]).sum(axis=1) * math.sqrt(t) / sd
+        prev = (z, w, g)
+        t_prev = t
+    return total
+
+
+def planned_bounds(test, alpha):
+    if test["mode"] == "group_sequential":
+        ts = [k / test["looks"] for k in range(1, test["looks"] + 1)]
+        return ts, [l["z_boundary"] for l in gs_boundaries(ts, alpha, test["spending"])]
+    # mSPRT tuned to the plan (r = r*·t), continuous monitoring approximated by 40 looks
+    # with Siegmund's correction ρ·√(Δ/t), ρ = 0.5826.
+    looks = 40
+    r_star = optimal_ratio(alpha)
+    ts = [k / looks for k in range(1, looks + 1)]
+    bounds = []
+    for t in ts:
+        r = r_star * t
+        cont = math.sqrt((1 + r) / r * (math.log1p(r) - 2 * math.log(alpha)))
+        bounds.append(max(cont - 0.5826 * math.sqrt((1 / looks) / t), 1e-6))
+    return ts, bounds
+
+
+def design_power_cases():
+    """Plans for the test that will run: α split over (1 + secondary) × treatments, and the
+    drift D = |δ|√n/σ₁ at which the design rejects with the target power."""
+    gs5 = {"mode": "group_sequential", "looks": 5, "spending": "o_brien_fleming"}
+    gs3 = {"mode": "group_sequential", "looks": 3, "spending": "pocock"}
+    seq = {"mode": "sequential"}
+    specs = [
+        # name, metric, baseline, sd, mde, alpha, power, variants, secondary, test
+        ("fixed_with_secondaries", "mean", 10.0, 4.0, ("absolute", 0.5), 0.05, 0.8, 2, 3, {"mode": "fixed_horizon"}),
+        ("group_sequential_obf_5", "mean", 10.0, 4.0, ("absolute", 0.5), 0.05, 0.8, 2, 0, gs5),
+        ("group_sequential_pocock_3", "mean", 10.0, 4.0, ("absolute", 0.5), 0.05, 0.9, 3, 1, gs3),
+        ("sequential_mean", "mean", 10.0, 4.0, ("absolute", 0.5), 0.05, 0.8, 2, 0, seq),
+        ("sequential_conversion", "conversion", 0.10, None, ("relative", 0.10), 0.05, 0.8, 2, 1, seq),
+        ("group_sequential_conversion", "conversion", 0.10, None, ("relative", 0.10), 0.05, 0.8, 2, 0, gs5),
+    ]
+    cases = []
+    for name, metric, base, sd, (kind, value), alpha, power, variants, secondary, test in specs:
+        diff = value * base if kind == "relative" else value
+        a = alpha / ((variants - 1) * (1 + secondary))
+        if metric == "mean":
+            sd0 = sd1 = sd * math.sqrt(2)
+            n_fixed = NormalIndPower().solve_power(effect_size=diff / sd, alpha=a, power=power,
+                                                   ratio=1.0, alternative="two-sided")
+        else:
+            treated = base + diff
+            pooled = 0.5 * (base + treated)
+            sd0 = math.sqrt(2 * pooled * (1 - pooled))
+            sd1 = math.sqrt(base * (1 - base) + treated * (1 - treated))
+            n_fixed = optimize.brentq(
+                lambda n: power_proportions_2indep(diff, base, n, ratio=1, alpha=a,
+                                                   alternative="two-sided").power - power,
+                2, 1e9, xtol=1e-10, rtol=1e-15)
+        if test["mode"] == "fixed_horizon":
+            n = n_fixed
+        else:
+            ts, bounds = planned_bounds(test, a)
+            bounds = [c * sd0 / sd1 for c in bounds]
+            drift = optimize.brentq(lambda d: crossing_prob(ts, bounds, d) - power, 0.0, 50.0,
+                                    xtol=1e-12, rtol=1e-13)
+            if len(ts) <= 5:
+                # Independent check of the power with the multivariate normal CDF.
+                cov = np.array([[math.sqrt(min(x, y) / max(x, y)) for y in ts] for x in ts])
+                mean = np.array([drift * math.sqrt(t) for t in ts])
+                upper = np.array(bounds)
+                dist = stats.multivariate_normal(mean=mean, cov=cov, abseps=1e-9, releps=1e-9,
+                                                 maxpts=2_000_000 * len(ts))
+                mvn_power = 1 - dist.cdf(upper, lower_limit=-upper)
+                assert abs(mvn_power - power) < 2e-5, (name, mvn_power)
+            n = (drift * sd1 / diff) ** 2
+        cases.append({
+            "name": name, "metric": metric, "baseline": base, "std_dev": sd,
+            "mde": {"kind": kind, "value": value}, "alpha": alpha, "power": power,
+            "variants": variants, "secondary_metrics": secondary, "test": test,
+            "daily_traffic": None,
+            "expected": {
+                "exact_units_per_variant": float(n),
+                "units_per_variant": math.ceil(n),
+                "alpha_per_comparison": a,
+                "fixed_horizon_units_per_variant": math.ceil(n_fixed),
             },
         })
     return cases
@@ -722,6 +909,11 @@ def guardrail_cases():
         lam = mixture_lr(harm, v, tau2, half=True)
         p = 1.0 if lam <= 0 else min(1.0, 1.0 / lam)
         z = harm / se
+        # The z where the always-valid p reaches α, floored at the threshold.
+        boundary = optimize.brentq(
+            lambda zz: math.log(mixture_lr(zz * math.sqrt(v), v, tau2, half=True)) + math.log(alpha),
+            0.0, 15.0, xtol=1e-13)
+        boundary = max(boundary, k)
         if n_c < min_units or n_t < min_units:
             status = "insufficient_data"
         elif z >= k and p <= alpha:
@@ -732,8 +924,49 @@ def guardrail_cases():
             "name": name, "effect": eff, "std_error": se, "control_units": n_c,
             "treatment_units": n_t, "harmful_direction": direction, "alpha": alpha,
             "min_std_errors": k, "min_units_per_arm": min_units, "tuning_units": tuning,
-            "expected": {"harmful_effect": harm, "z": z, "p_value": p, "status": status},
+            "expected": {"harmful_effect": harm, "z": z, "p_value": p, "status": status,
+                         "z_boundary": boundary},
         })
+    return cases
+
+
+# 13. Trend of the effect over days -----------------------------------------------------
+
+def trend_cases():
+    """Per-day effects from the increments of information I = 1/se² and score θ̂·I, fitted
+    on the day by statsmodels' weighted least squares with the variance known (scale 1)."""
+    rng = np.random.default_rng(20261204)
+    specs = [
+        ("fading_novelty", 21, 0.05, -0.002),
+        ("flat", 28, 0.01, 0.0),
+        ("growing", 14, 0.0, 0.001),
+    ]
+    cases = []
+    for name, days, start, slope in specs:
+        points = []
+        info = score = 0.0
+        for d in range(days):
+            added = 2000.0 * (1 + 0.3 * math.sin(d))  # information gained on day d
+            effect = start + slope * d + rng.normal(0, 1 / math.sqrt(added))
+            info += added
+            score += effect * added
+            points.append({"day": float(d), "estimate": score / info,
+                           "std_error": 1 / math.sqrt(info)})
+        # Recover the per-day effects from the cumulative points, as the crate does.
+        x, y, w = [], [], []
+        i_prev = s_prev = 0.0
+        for p in points:
+            i = 1 / p["std_error"] ** 2
+            sc = p["estimate"] * i
+            x.append(p["day"]); y.append((sc - s_prev) / (i - i_prev)); w.append(i - i_prev)
+            i_prev, s_prev = i, sc
+        fit = sm.WLS(np.array(y), sm.add_constant(np.array(x)), weights=np.array(w)).fit(
+            cov_type="fixed scale", cov_kwds={"scale": 1.0})
+        b, se = float(fit.params[1]), float(fit.bse[1])
+        cases.append({"name": name, "points": points,
+                      "expected": {"slope": b, "std_error": se, "z": b / se,
+                                   "p_value": float(2 * stats.norm.sf(abs(b / se))),
+                                   "periods": days}})
     return cases
 
 
@@ -754,11 +987,14 @@ def main():
         "beta_binomial": bayesian_cases(),
         "gaussian_bayes": gaussian_bayes_cases(),
         "srm": srm_cases(),
+        "sequential_srm": sequential_srm_cases(),
         "conversion_power": conversion_power_cases(),
         "mean_power": mean_power_cases(),
+        "design_power": design_power_cases(),
         "interaction": interaction_cases(),
         "independence": independence_cases(),
         "guardrail": guardrail_cases(),
+        "trend": trend_cases(),
     }
     OUT.write_text(json.dumps(values, indent=1, allow_nan=False) + "\n")
     print(f"wrote {OUT}")

@@ -105,13 +105,15 @@ pub struct Comparison {
     pub relative: RelativeLift,
 }
 
-/// Relative lift of two independent group means with a delta-method interval.
+/// Relative lift of two independent group means, L = m_t / m_c − 1.
 ///
-/// With L = m_t / m_c − 1 and the variances of the two means v_t and v_c (the squared
-/// standard errors), the first-order delta method gives
-/// Var(L) ≈ v_t / m_c² + m_t² v_c / m_c⁴. The test and the interval use the same reference
-/// distribution as the absolute effect (`df = None` for normal, Welch's df for means), so the
-/// two agree on which theory they rely on.
+/// With the variances of the two means v_t and v_c (the squared standard errors), and both
+/// means positive, the test and the interval are those of the log ratio:
+/// se(ln m_t/m_c)² ≈ v_t/m_t² + v_c/m_c², interval exp(ln(m_t/m_c) ± c·se) − 1, reported
+/// `std_error` (m_t/m_c)·se (the delta method's). With a treatment mean at or below zero the
+/// delta-method Wald interval, Var(L) ≈ v_t / m_c² + m_t² v_c / m_c⁴, is used. The critical
+/// value c comes from the same reference distribution as the absolute effect (`df = None`
+/// for normal, Welch's df for means), so the two agree on which theory they rely on.
 pub fn relative_lift(
     control_mean: f64,
     control_var_of_mean: f64,
@@ -150,6 +152,33 @@ pub(crate) fn lift_with_critical(
             reason: LiftUnavailable::NegativeBaseline,
         };
     }
+    let lift = treatment_mean / control_mean - 1.0;
+    if treatment_mean > 0.0 {
+        // Both means positive: the interval is built for ln(t/c), whose sampling distribution
+        // is far closer to normal than the ratio's, and mapped back. It never reaches below
+        // −100 %, and at small counts it is the Katz log interval of the risk ratio.
+        let log_variance = treatment_var_of_mean / (treatment_mean * treatment_mean)
+            + control_var_of_mean / (control_mean * control_mean);
+        let log_se = log_variance.sqrt();
+        if !(log_se > 0.0 && log_se.is_finite()) {
+            return RelativeLift::Unavailable {
+                reason: LiftUnavailable::ZeroVariance,
+            };
+        }
+        let log_ratio = (treatment_mean / control_mean).ln();
+        let statistic = log_ratio / log_se;
+        return RelativeLift::Estimated(Effect {
+            estimate: lift,
+            // The delta-method standard error of the lift, (t/c)·se(ln t/c).
+            std_error: (lift + 1.0) * log_se,
+            statistic,
+            df,
+            p_value: two_sided_p(statistic, df),
+            ci_lower: (log_ratio - critical * log_se).exp() - 1.0,
+            ci_upper: (log_ratio + critical * log_se).exp() - 1.0,
+        });
+    }
+    // A treatment mean at or below zero (signed metrics) has no logarithm: the delta method.
     let c2 = control_mean * control_mean;
     let variance = treatment_var_of_mean / c2
         + treatment_mean * treatment_mean * control_var_of_mean / (c2 * c2);
@@ -159,10 +188,5 @@ pub(crate) fn lift_with_critical(
             reason: LiftUnavailable::ZeroVariance,
         };
     }
-    RelativeLift::Estimated(Effect::with_critical(
-        treatment_mean / control_mean - 1.0,
-        std_error,
-        df,
-        critical,
-    ))
+    RelativeLift::Estimated(Effect::with_critical(lift, std_error, df, critical))
 }

@@ -25,8 +25,15 @@ const GRID_R: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SpendingFunction {
-    /// O'Brien–Fleming type: α(t) = 2 − 2Φ(z_{1−α/2}/√t); spends almost nothing early.
+    /// O'Brien–Fleming type in the convention of gsDesign, rpact and ldbounds: each side
+    /// spends α/2 by α_s(t) = 2 − 2Φ(z_{1−α/4}/√t), so the two-sided spend is
+    /// α(t) = 4 − 4Φ(z_{1−α/4}/√t). Five equal looks at α = 0.05 give 4.877 … 2.031, the
+    /// boundaries analysts see in standard software.
     OBrienFleming,
+    /// O'Brien–Fleming type applied to the two-sided α directly: α(t) = 2 − 2Φ(z_{1−α/2}/√t)
+    /// (abx's convention before 2026-12; five equal looks give 4.383 … 2.064). It controls α
+    /// as well, spending a little more early; kept so earlier analyses can be reproduced.
+    OBrienFlemingTotal,
     /// Pocock type: α(t) = α·ln(1 + (e − 1)t); spends evenly, so early looks are cheaper.
     Pocock,
 }
@@ -42,7 +49,10 @@ impl SpendingFunction {
             return alpha;
         }
         match self {
-            Self::OBrienFleming => (2.0 * normal_sf(normal_isf(alpha / 2.0) / t.sqrt())).min(alpha),
+            Self::OBrienFleming => (4.0 * normal_sf(normal_isf(alpha / 4.0) / t.sqrt())).min(alpha),
+            Self::OBrienFlemingTotal => {
+                (2.0 * normal_sf(normal_isf(alpha / 2.0) / t.sqrt())).min(alpha)
+            }
             Self::Pocock => alpha * (1.0 + (E - 1.0) * t).ln(),
         }
     }
@@ -78,9 +88,10 @@ struct Grid {
     density: Vec<f64>,
 }
 
-/// Jennison–Turnbull grid on (−c, c) with Simpson weights: points are dense in ±3 and
+/// Jennison–Turnbull grid on (−c, c) with Simpson weights: points are dense within ±3 of
+/// `centre` (the mean of Z at the look: 0 under H0, the drift's under an alternative) and
 /// spread logarithmically in the tails, where the density is small but not negligible.
-fn simpson_grid(c: f64) -> (Vec<f64>, Vec<f64>) {
+fn simpson_grid(c: f64, centre: f64) -> (Vec<f64>, Vec<f64>) {
     let r = GRID_R as f64;
     let mut points = Vec::with_capacity(6 * GRID_R + 1);
     points.push(-c);
@@ -92,7 +103,7 @@ fn simpson_grid(c: f64) -> (Vec<f64>, Vec<f64>) {
             -3.0 + 3.0 * (fi - r) / (2.0 * r)
         } else {
             3.0 + 4.0 * (r / (6.0 * r - fi)).ln()
-        };
+        } + centre;
         if x > -c && x < c {
             points.push(x);
         }
@@ -166,7 +177,7 @@ fn solve_boundary(prev: &Grid, t_prev: f64, t: f64, target: f64) -> f64 {
 
 /// Density of Z_k on the continuation grid of look k, given the grid of look k − 1.
 fn propagate(prev: &Grid, t_prev: f64, t: f64, c: f64) -> Grid {
-    let (nodes, weights) = simpson_grid(c);
+    let (nodes, weights) = simpson_grid(c, 0.0);
     let sd = (t - t_prev).sqrt();
     let (sq_t, sq_prev) = (t.sqrt(), t_prev.sqrt());
     let density = nodes
@@ -232,7 +243,7 @@ pub fn boundaries(
         if k < last {
             grid = Some(match &grid {
                 None => {
-                    let (nodes, weights) = simpson_grid(c);
+                    let (nodes, weights) = simpson_grid(c, 0.0);
                     let density = nodes.iter().map(|&z| normal_pdf(z)).collect();
                     Grid {
                         nodes,
@@ -254,4 +265,87 @@ pub fn boundaries(
         spent_prev = spent;
     }
     Ok(looks)
+}
+
+/// Probability that |Z_k| ≥ `z_bounds[k]` at some look k when the score S(t) = Z(t)·√t is
+/// a Brownian motion with drift `drift` per unit of information (E Z(1) = drift): the power
+/// of a design for a standardised effect, or its size at drift 0. The same recursion as
+/// [`boundaries`], with the drift in the transition densities.
+///
+/// Errors: as [`boundaries`] for the fractions; bounds of another length, or bounds or a
+/// drift that are not finite and (for bounds) positive, give `InvalidInput`.
+pub fn crossing_probability(
+    information_fractions: &[f64],
+    z_bounds: &[f64],
+    drift: f64,
+) -> Result<f64, StatsError> {
+    if information_fractions.len() != z_bounds.len() || z_bounds.is_empty() {
+        return Err(invalid("one bound per information fraction is needed"));
+    }
+    let mut previous_t = 0.0;
+    for &t in information_fractions {
+        if !(t > previous_t && t <= 1.0) {
+            return Err(invalid(
+                "information fractions must increase strictly within (0, 1]",
+            ));
+        }
+        previous_t = t;
+    }
+    if z_bounds.iter().any(|c| !(c.is_finite() && *c > 0.0)) || !drift.is_finite() {
+        return Err(invalid(
+            "bounds must be positive and finite, the drift finite",
+        ));
+    }
+    let mut total = 0.0;
+    let mut grid: Option<Grid> = None;
+    let mut t_prev = 0.0;
+    for (&t, &c) in information_fractions.iter().zip(z_bounds) {
+        let sd = (t - t_prev).sqrt();
+        let (sq_t, sq_prev) = (t.sqrt(), t_prev.sqrt());
+        let step = drift * (t - t_prev);
+        // Z_k·√t − Z_{k−1}·√t_prev ~ N(drift·(t − t_prev), t − t_prev).
+        let transition = |z: f64, u: f64| (z * sq_t - u * sq_prev - step) / sd;
+        let (nodes, weights) = simpson_grid(c, drift * sq_t);
+        let density: Vec<f64> = match &grid {
+            None => {
+                total += normal_sf(transition(c, 0.0)) + normal_cdf(transition(-c, 0.0));
+                nodes
+                    .iter()
+                    .map(|&z| normal_pdf(transition(z, 0.0)) * sq_t / sd)
+                    .collect()
+            }
+            Some(prev) => {
+                let mass: Vec<(f64, f64)> = prev
+                    .nodes
+                    .iter()
+                    .zip(&prev.weights)
+                    .zip(&prev.density)
+                    .map(|((u, w), g)| (*u, w * g))
+                    .collect();
+                total += mass
+                    .iter()
+                    .map(|(u, m)| {
+                        m * (normal_sf(transition(c, *u)) + normal_cdf(transition(-c, *u)))
+                    })
+                    .sum::<f64>();
+                nodes
+                    .iter()
+                    .map(|&z| {
+                        mass.iter()
+                            .map(|(u, m)| m * normal_pdf(transition(z, *u)))
+                            .sum::<f64>()
+                            * sq_t
+                            / sd
+                    })
+                    .collect()
+            }
+        };
+        grid = Some(Grid {
+            nodes,
+            weights,
+            density,
+        });
+        t_prev = t;
+    }
+    Ok(total.clamp(0.0, 1.0))
 }

@@ -77,6 +77,10 @@ pub struct GuardrailCheck {
     pub z: f64,
     /// One-sided always-valid p-value for "the treatment is harmful".
     pub p_value: f64,
+    /// The z at which this check alarms at its sample size: the larger of `min_std_errors`
+    /// and the z where the always-valid p reaches α (which never falls below about 2.5
+    /// at α = 0.05, so a threshold under it does not bind). 0 when no test was made.
+    pub z_boundary: f64,
 }
 
 impl GuardrailCheck {
@@ -88,6 +92,7 @@ impl GuardrailCheck {
             std_error: 0.0,
             z: 0.0,
             p_value: 1.0,
+            z_boundary: 0.0,
         }
     }
 }
@@ -142,6 +147,7 @@ pub fn guardrail_check(
                 std_error: 0.0,
                 z: 0.0,
                 p_value: 1.0,
+                z_boundary: 0.0,
             });
         }
         return Err(StatsError::ZeroVariance);
@@ -157,7 +163,25 @@ pub fn guardrail_check(
         std_error,
         z,
         p_value,
+        z_boundary: always_valid_boundary(r, config.alpha).max(config.min_std_errors),
     })
+}
+
+/// The z where the one-sided always-valid p equals α, by bisection: 1/Λ decreases in z.
+fn always_valid_boundary(r: f64, alpha: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0_f64, 64.0_f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if one_sided_p(mid, r) > alpha {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo <= 1e-12 {
+            break;
+        }
+    }
+    hi
 }
 
 /// 1/Λ for the half-normal mixture, in log space so that neither factor can overflow.

@@ -15,10 +15,11 @@
 //! | Correct for many metrics × variants | [`adjust_p_values`] |
 //! | Peek daily without inflating errors | [`sequential`], [`group_sequential`] |
 //! | Chance to beat control | [`beta_binomial`], [`bayesian::gaussian`] |
-//! | Is the traffic split broken? | [`srm_test`] |
+//! | Is the traffic split broken? | [`srm_test`], [`sequential_srm_test`] on every refresh |
 //! | How many units are needed? | [`power`] |
 //! | Do two experiments interact? | [`interaction`] |
 //! | Is a guardrail harmed? | [`guardrail`] |
+//! | Does the effect fade or grow over days? | [`trend`] |
 
 mod distribution;
 
@@ -38,6 +39,7 @@ pub mod ratio;
 pub mod sequential;
 pub mod srm;
 pub mod sufficient;
+pub mod trend;
 
 pub use bayesian::{BayesianResult, beta_binomial};
 pub use cuped::{CupedComparison, cuped_test};
@@ -47,5 +49,5 @@ pub use mean::welch_t_test;
 pub use multiple::{Correction, adjust_p_values};
 pub use proportion::two_proportion_z_test;
 pub use ratio::ratio_test;
-pub use srm::{SrmResult, srm_test};
+pub use srm::{SequentialSrm, SrmResult, sequential_srm_test, srm_test};
 pub use sufficient::{CovariateMoments, Moments, Proportion, RatioMoments};

@@ -1,15 +1,45 @@
 //! Power and sample size for conversion and mean metrics.
 //!
 //! Sizing assumes equal allocation, a two-sided test at level alpha split by Bonferroni
-//! across the treatment-versus-control comparisons (variants − 1 of them), and the normal
-//! approximation. Bonferroni is used for sizing even though results are corrected with
-//! Benjamini–Hochberg by default, because BH-adjusted p-values never exceed Bonferroni-adjusted
-//! ones: a plan that is powered under Bonferroni is at least as powered under BH.
+//! across the comparisons the results correct over ((1 + secondary metrics) × (variants − 1)),
+//! and the normal approximation. Bonferroni is used for sizing even though results are
+//! corrected with Benjamini–Hochberg by default, because BH-adjusted p-values never exceed
+//! Bonferroni-adjusted ones: a plan that is powered under Bonferroni is at least as powered
+//! under BH (and Holm). The plan is for the test that will run ([`PlannedTest`]): a
+//! group-sequential or always-valid test needs more units than one fixed-horizon look for the
+//! same power, because it keeps α for every look.
 
 use serde::{Deserialize, Serialize};
 
 use crate::distribution::{normal_cdf, normal_isf, normal_sf};
 use crate::error::{StatsError, check_alpha, invalid};
+use crate::group_sequential::{self, SpendingFunction};
+use crate::sequential::optimal_mixture_ratio;
+
+/// The test a plan is for, as the results will run it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum PlannedTest {
+    /// One test at the planned sample.
+    #[default]
+    FixedHorizon,
+    /// `looks` equally spaced looks with Lan–DeMets spending, the last at the plan.
+    GroupSequential {
+        looks: u32,
+        spending: SpendingFunction,
+    },
+    /// The mSPRT of `sequential`, tuned to the planned sample (its default) and read as
+    /// often as anyone likes: its power is computed for continuous monitoring.
+    Sequential,
+}
+
+/// Looks used to compute the power of continuous monitoring; Siegmund's correction turns
+/// the crossing of these discrete looks into that of the continuous boundary.
+const MONITORING_LOOKS: u32 = 40;
+
+/// Siegmund's (1985) constant: a boundary checked at spacing Δ (in information) is crossed
+/// like the continuous boundary raised by ρ·√Δ.
+const SIEGMUND_RHO: f64 = 0.5826;
 
 /// The minimum detectable effect.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -32,6 +62,10 @@ pub struct PowerConfig {
     pub variants: u32,
     /// Units entering the experiment per day over all variants, if known.
     pub daily_traffic: Option<f64>,
+    /// Secondary metrics, which join the primary in the corrected family.
+    pub secondary_metrics: u32,
+    /// The test that will be run.
+    pub test: PlannedTest,
 }
 
 impl Default for PowerConfig {
@@ -42,6 +76,8 @@ impl Default for PowerConfig {
             power: 0.8,
             variants: 2,
             daily_traffic: None,
+            secondary_metrics: 0,
+            test: PlannedTest::FixedHorizon,
         }
     }
 }
@@ -55,8 +91,11 @@ pub struct SampleSizePlan {
     pub exact_units_per_variant: f64,
     /// `units_per_variant` × variants.
     pub total_units: u64,
-    /// alpha / (variants − 1), the level of each comparison.
+    /// alpha / ((1 + secondary metrics) × (variants − 1)), the level of each comparison.
     pub alpha_per_comparison: f64,
+    /// Units per variant one fixed-horizon test would need for the same power; the plan
+    /// divided by it is the price of looking more than once.
+    pub fixed_horizon_units_per_variant: u64,
     /// The MDE on the absolute scale.
     pub absolute_effect: f64,
     /// Days to reach `total_units` at `daily_traffic`, rounded up; `None` without traffic.
@@ -70,12 +109,12 @@ struct Design {
     sd_alt: f64,
 }
 
-fn comparison_alpha(alpha: f64, variants: u32) -> Result<f64, StatsError> {
+fn comparison_alpha(alpha: f64, variants: u32, secondary_metrics: u32) -> Result<f64, StatsError> {
     check_alpha(alpha)?;
     if variants < 2 {
         return Err(invalid("at least two variants are needed"));
     }
-    Ok(alpha / f64::from(variants - 1))
+    Ok(alpha / (f64::from(variants - 1) * (1.0 + f64::from(secondary_metrics))))
 }
 
 fn absolute_effect(baseline: f64, mde: Mde) -> Result<f64, StatsError> {
@@ -139,7 +178,7 @@ fn power_at(design: &Design, n: f64, alpha: f64) -> f64 {
 }
 
 fn plan(design: &Design, config: &PowerConfig) -> Result<SampleSizePlan, StatsError> {
-    let alpha = comparison_alpha(config.alpha, config.variants)?;
+    let alpha = comparison_alpha(config.alpha, config.variants, config.secondary_metrics)?;
     if !(config.power > 0.0 && config.power < 1.0) {
         return Err(invalid("power must lie strictly between 0 and 1"));
     }
@@ -178,7 +217,17 @@ fn plan(design: &Design, config: &PowerConfig) -> Result<SampleSizePlan, StatsEr
             break;
         }
     }
-    let exact = hi;
+    let fixed = hi;
+    let exact = match config.test {
+        PlannedTest::FixedHorizon => fixed,
+        // A sequential design's power depends on the effect only through the drift
+        // D = |δ|·√n/σ₁ at the plan, so it is solved for D and converted to units.
+        test => {
+            let bounds = planned_bounds(test, alpha, design.sd_null / design.sd_alt)?;
+            let drift = required_drift(&bounds, config.power)?;
+            (drift * design.sd_alt / design.effect).powi(2)
+        }
+    };
     if exact > 1e18 {
         return Err(invalid("the required sample size is not representable"));
     }
@@ -189,6 +238,7 @@ fn plan(design: &Design, config: &PowerConfig) -> Result<SampleSizePlan, StatsEr
         exact_units_per_variant: exact,
         total_units,
         alpha_per_comparison: alpha,
+        fixed_horizon_units_per_variant: fixed.ceil().max(1.0) as u64,
         absolute_effect: design.effect,
         expected_days: config
             .daily_traffic
@@ -249,9 +299,84 @@ pub fn mean_power(
 }
 
 fn power_for(design: &Design, n: f64, alpha: f64, variants: u32) -> Result<f64, StatsError> {
-    let alpha = comparison_alpha(alpha, variants)?;
+    let alpha = comparison_alpha(alpha, variants, 0)?;
     if !(n >= 0.0 && n.is_finite()) {
         return Err(invalid("units per variant must be non-negative and finite"));
     }
     Ok(power_at(design, n, alpha))
+}
+
+/// A sequential design's looks: information fractions and |z| bounds on the scale of the
+/// alternative's standard error (`null_to_alt` = σ₀/σ₁ rescales a test made with the null's).
+struct PlannedBounds {
+    fractions: Vec<f64>,
+    bounds: Vec<f64>,
+}
+
+fn planned_bounds(
+    test: PlannedTest,
+    alpha: f64,
+    null_to_alt: f64,
+) -> Result<PlannedBounds, StatsError> {
+    let (fractions, bounds) = match test {
+        PlannedTest::FixedHorizon => (vec![1.0], vec![normal_isf(alpha / 2.0)]),
+        PlannedTest::GroupSequential { looks, spending } => {
+            if !(1..=50).contains(&looks) {
+                return Err(invalid("a group-sequential plan needs 1 to 50 looks"));
+            }
+            let fractions: Vec<f64> = (1..=looks)
+                .map(|k| f64::from(k) / f64::from(looks))
+                .collect();
+            let bounds = group_sequential::boundaries(&fractions, alpha, spending)?
+                .iter()
+                .map(|l| l.z_boundary)
+                .collect();
+            (fractions, bounds)
+        }
+        PlannedTest::Sequential => {
+            // Tuned to the plan, the mixture ratio at fraction t is r = r*·t, and the mSPRT
+            // rejects when z² ≥ (1 + r)/r·(ln(1 + r) − 2 ln α).
+            let r_star = optimal_mixture_ratio(alpha)?;
+            let step = 1.0 / f64::from(MONITORING_LOOKS);
+            let fractions: Vec<f64> = (1..=MONITORING_LOOKS)
+                .map(|k| f64::from(k) * step)
+                .collect();
+            let bounds = fractions
+                .iter()
+                .map(|&t| {
+                    let r = r_star * t;
+                    let continuous = ((1.0 + r) / r * (r.ln_1p() - 2.0 * alpha.ln())).sqrt();
+                    (continuous - SIEGMUND_RHO * (step / t).sqrt()).max(1e-6)
+                })
+                .collect();
+            (fractions, bounds)
+        }
+    };
+    Ok(PlannedBounds {
+        fractions,
+        bounds: bounds.iter().map(|c| c * null_to_alt).collect(),
+    })
+}
+
+/// The drift at the plan for which the design rejects with probability `power`.
+fn required_drift(bounds: &PlannedBounds, power: f64) -> Result<f64, StatsError> {
+    let reject = |drift: f64| {
+        group_sequential::crossing_probability(&bounds.fractions, &bounds.bounds, drift)
+    };
+    let (mut lo, mut hi) = (0.0_f64, 4.0_f64);
+    while reject(hi)? < power {
+        hi *= 2.0;
+        if hi > 1e6 {
+            return Err(invalid("the requested power cannot be reached"));
+        }
+    }
+    while hi - lo > 1e-9 * hi {
+        let mid = 0.5 * (lo + hi);
+        if reject(mid)? < power {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(hi)
 }

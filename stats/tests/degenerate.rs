@@ -242,7 +242,11 @@ fn group_sequential_degenerate_inputs() {
 
 #[test]
 fn spending_functions_at_their_ends() {
-    for spending in [SpendingFunction::OBrienFleming, SpendingFunction::Pocock] {
+    for spending in [
+        SpendingFunction::OBrienFleming,
+        SpendingFunction::OBrienFlemingTotal,
+        SpendingFunction::Pocock,
+    ] {
         assert_eq!(spending.spent(0.05, 0.0), 0.0);
         assert_eq!(spending.spent(0.05, 1.0), 0.05);
         assert_eq!(spending.spent(0.05, 2.0), 0.05);

@@ -218,7 +218,7 @@ proptest! {
         baseline in 0.01_f64..0.9, relative in 0.02_f64..0.5, power in 0.5_f64..0.99, variants in 2_u32..6,
     ) {
         prop_assume!(baseline * (1.0 + relative) < 0.99);
-        let config = PowerConfig { alpha: 0.05, power, variants, daily_traffic: Some(1000.0) };
+        let config = PowerConfig { alpha: 0.05, power, variants, daily_traffic: Some(1000.0), ..PowerConfig::default() };
         let plan = conversion_sample_size(baseline, Mde::Relative(relative), &config).unwrap();
         let at_plan = conversion_power(baseline, Mde::Relative(relative), plan.units_per_variant as f64, 0.05, variants).unwrap();
         prop_assert!(at_plan >= power - 1e-9);

@@ -8,11 +8,12 @@ pub mod interactions;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 
-use abx_stats::group_sequential::{self, Look, SpendingFunction};
+use abx_stats::group_sequential::{self, Look};
 use abx_stats::guardrail::{
     self, GuardrailCheck, GuardrailConfig, GuardrailStatus, HarmfulDirection,
 };
 use abx_stats::sequential::{self, SequentialConfig, SequentialResult};
+use abx_stats::trend::CumulativeEstimate;
 use abx_stats::{
     BayesianResult, Comparison, CovariateMoments, CupedComparison, Effect, Moments, Proportion,
     RatioMoments, RelativeLift, SrmResult, StatsError,
@@ -20,7 +21,7 @@ use abx_stats::{
 use serde::Serialize;
 
 use crate::model::catalog::{Direction, Metric, MetricKind};
-use crate::model::experiment::{AnalysisMode, Correction, Experiment, Status};
+use crate::model::experiment::{AnalysisMode, Correction, Experiment, Spending, Status};
 use crate::rollup::{Rollups, Sums};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -81,19 +82,65 @@ pub struct SequentialView {
     pub p_value: f64,
     /// Confidence sequence for the absolute effect.
     pub ci: [f64; 2],
+    /// Confidence sequence for the relative lift (on the log ratio, mapped back), when the
+    /// lift can be estimated.
+    pub relative_ci: Option<[f64; 2]>,
+    /// Units per variant at which the confidence sequence is tightest.
     pub tuning_units: f64,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
+/// One look of a group-sequential test, recorded at the end of the first day on which its
+/// information fraction was reached, with the data up to that day.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordedLook {
+    /// Day (UTC) whose data the look read.
+    pub date: String,
+    /// The fraction of the planned sample actually reached (1 at the final look).
+    pub information_fraction: f64,
+    pub z: f64,
+    /// |z| boundary at this fraction (Lan–DeMets spending at the fractions observed).
+    pub z_boundary: f64,
+    pub crossed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct GroupSequentialView {
-    /// Planned looks passed so far (by information fraction).
+    /// Planned looks whose information fraction has been reached on a completed day.
     pub looks_passed: u32,
     pub looks_planned: u32,
+    /// Share of the planned sample reached now by the slowest variant.
     pub information_fraction: f64,
-    /// |z| boundary at the latest look passed (O'Brien-Fleming spending).
+    /// |z| boundary of the latest recorded look.
     pub z_boundary: Option<f64>,
+    /// z at the latest recorded look (0 before the first).
     pub z: f64,
+    /// A boundary was crossed: the test stopped there and its figures are that look's.
     pub crossed: bool,
+    /// The test is over (a boundary crossed, or the final look read): later data no longer
+    /// changes its decision.
+    pub decided: bool,
+    pub looks: Vec<RecordedLook>,
+}
+
+/// Estimates with all the data so far, shown once the test has been frozen at an earlier
+/// day: descriptive only, not a test.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct LatestView {
+    pub control_units: u64,
+    pub treatment_units: u64,
+    pub absolute: Option<Interval>,
+    pub relative: Option<Interval>,
+}
+
+/// A linear trend of the effect over the days of the experiment (novelty or primacy).
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
+pub struct TrendView {
+    /// Change of the absolute effect per day.
+    pub slope_per_day: f64,
+    pub std_error: f64,
+    pub p_value: f64,
+    /// p < alpha: the effect is changing; what is measured now may not last.
+    pub significant: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
@@ -120,12 +167,14 @@ pub struct CupedView {
 pub struct ComparisonView {
     pub variant: String,
     pub absolute: Option<Interval>,
-    /// Relative lift (treatment − control) / control by the delta method; absent when the
-    /// baseline is zero or negative (`relative_unavailable` says why).
+    /// Relative lift (treatment − control) / control, its interval on the log ratio (the
+    /// delta method when the treatment's mean is not positive); absent when the baseline is
+    /// zero or negative (`relative_unavailable` says why).
     pub relative: Option<Interval>,
     pub relative_unavailable: Option<String>,
-    /// The fixed-horizon p-value, and after the experiment's multiple-comparison correction
-    /// (guardrails are not part of the family).
+    /// The fixed-horizon p-value at the data the test reads, and after the experiment's
+    /// multiple-comparison correction (guardrails are not part of the family). In
+    /// sequential mode the correction is of the always-valid p-values.
     pub p_value: Option<f64>,
     pub adjusted_p_value: Option<f64>,
     /// Significant under the experiment's analysis mode.
@@ -136,8 +185,16 @@ pub struct ComparisonView {
     pub group_sequential: Option<GroupSequentialView>,
     pub bayesian: Option<BayesianView>,
     pub cuped: Option<CupedView>,
+    /// Once the test is frozen (fixed horizon at its plan, group sequential at its deciding
+    /// look), the estimates with all data since: descriptive only.
+    pub latest: Option<LatestView>,
+    /// The primary metric's trend over days.
+    pub trend: Option<TrendView>,
     /// Why a figure could not be computed (too little data, zero variance, ...).
     pub note: Option<String>,
+    /// The test statistic, for the group-sequential looks.
+    #[serde(skip)]
+    statistic: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -153,9 +210,14 @@ pub struct MetricResult {
 pub struct SrmView {
     pub counts: BTreeMap<String, u64>,
     pub expected: BTreeMap<String, f64>,
+    /// Pearson's χ² and its p-value (descriptive: valid for one look only).
     pub chi2: f64,
     pub p_value: f64,
-    /// Flagged at p < 0.001: the split is broken and the results cannot be trusted.
+    /// Always-valid p-value (Dirichlet–multinomial test), valid on every refresh.
+    pub sequential_p_value: f64,
+    /// Flagged when the always-valid p < 0.001: the split is broken and the results cannot
+    /// be trusted. Checked hourly for the life of an experiment, a healthy split is flagged
+    /// with probability below 0.1 %.
     pub mismatch: bool,
 }
 
@@ -170,8 +232,22 @@ pub struct GuardrailView {
     pub z: f64,
     /// Always-valid one-sided p-value in the harmful direction.
     pub p_value: f64,
-    /// Standard errors of harmful movement that raise the alarm.
+    /// The level each check uses: alpha split over guardrails × treatments, so that the
+    /// chance of any false alarm over the experiment's life stays below alpha.
+    pub alpha: f64,
+    /// Standard errors of harmful movement that raise the alarm now: the larger of the
+    /// metric's `guardrail_threshold` and the always-valid test's boundary at this sample.
     pub threshold: f64,
+    /// The non-inferiority margin (relative to control) from the experiment's analysis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    /// Always-valid upper bound of the harm, relative to control.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub harm_upper_bound: Option<f64>,
+    /// With a margin: the upper bound is below it (the treatment is shown not to be worse by
+    /// the margin). "Ship" needs this for every guardrail that has a margin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub non_inferior: Option<bool>,
     /// Why the check alarmed or failed without a test: the treatment lost what control has,
     /// or the statistics could not be computed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,12 +277,20 @@ pub struct Results {
     pub correction: Correction,
     pub control: String,
     pub variants: BTreeMap<String, VariantSummary>,
-    /// The seed's headline figures: the primary metric, the first treatment against control.
+    /// The seed's headline figures: the primary metric, the first treatment against control,
+    /// as the analysis mode reads them (sequential: the always-valid p and the confidence
+    /// sequence; fixed horizon and group sequential: the test at the data it reads).
     pub lift: Option<f64>,
     pub p_value: Option<f64>,
     pub significant: bool,
     /// Interval of the relative lift.
     pub confidence_interval: Option<[f64; 2]>,
+    /// The last day (UTC) of the data the test reads, once it is frozen (fixed horizon at
+    /// its plan); absent while the test reads all data so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysed_through: Option<String>,
+    /// Days the experiment must run before a decision is recommended.
+    pub min_duration_days: u32,
     pub metrics: Vec<MetricResult>,
     pub srm: Option<SrmView>,
     pub guardrails: Vec<GuardrailView>,
@@ -267,8 +351,14 @@ fn metric_roles(e: &Experiment) -> Vec<(String, MetricRole)> {
 /// certainly worse (every unit moved the harmful way, so there is no variance to test) or
 /// lost what control has (a ratio whose treatment denominator vanished), and otherwise
 /// reports `error`, which the recommendation shows.
-fn guardrail_view(metric: &Metric, variant: &str, c: &Group, t: &Group) -> GuardrailView {
-    let config = guardrail_config(metric);
+fn guardrail_view(
+    metric: &Metric,
+    variant: &str,
+    c: &Group,
+    t: &Group,
+    config: &GuardrailConfig,
+    margin: Option<f64>,
+) -> GuardrailView {
     let view = |status: &str, check: Option<&GuardrailCheck>, note: Option<String>| GuardrailView {
         metric: metric.key.clone(),
         variant: variant.to_string(),
@@ -276,17 +366,29 @@ fn guardrail_view(metric: &Metric, variant: &str, c: &Group, t: &Group) -> Guard
         harmful_effect: check.map_or(0.0, |k| k.harmful_effect),
         z: check.map_or(0.0, |k| k.z),
         p_value: check.map_or(1.0, |k| k.p_value),
-        threshold: config.min_std_errors,
+        alpha: config.alpha,
+        threshold: check.map_or(config.min_std_errors, |k| {
+            k.z_boundary.max(config.min_std_errors)
+        }),
+        margin,
+        harm_upper_bound: None,
+        non_inferior: margin.map(|_| false),
         note,
     };
-    let error = match guardrail_check(metric.kind, c, t, &config) {
+    let error = match guardrail_check(metric.kind, c, t, config) {
         Ok(check) => {
             let status = match check.status {
                 GuardrailStatus::InsufficientData => "insufficient_data",
                 GuardrailStatus::Healthy => "healthy",
                 GuardrailStatus::Alarm => "alarm",
             };
-            return view(status, Some(&check), None);
+            let mut healthy = view(status, Some(&check), None);
+            if check.status != GuardrailStatus::InsufficientData {
+                healthy.harm_upper_bound = harm_upper_bound(metric.kind, c, t, &check, config);
+                healthy.non_inferior =
+                    margin.map(|m| healthy.harm_upper_bound.is_some_and(|bound| bound < m));
+            }
+            return healthy;
         }
         Err(error) => error,
     };
@@ -325,6 +427,32 @@ fn guardrail_view(metric: &Metric, variant: &str, c: &Group, t: &Group) -> Guard
     }
 }
 
+/// The always-valid upper confidence bound of a guardrail's harm, relative to control's
+/// value, at the guardrail's level: the non-inferiority evidence "Ship" asks for.
+fn harm_upper_bound(
+    kind: MetricKind,
+    c: &Group,
+    t: &Group,
+    check: &GuardrailCheck,
+    config: &GuardrailConfig,
+) -> Option<f64> {
+    let baseline = c.value(kind)?.abs();
+    if baseline == 0.0 || check.std_error <= 0.0 {
+        return None;
+    }
+    let sequence = sequential::always_valid(
+        check.harmful_effect,
+        check.std_error,
+        c.n + t.n,
+        &SequentialConfig {
+            alpha: config.alpha,
+            tuning_units: config.tuning_units,
+        },
+    )
+    .ok()?;
+    Some(sequence.ci_upper / baseline)
+}
+
 /// One metric's data for one treatment and control, with the settings its tests use.
 struct Analysed<'a> {
     metric: &'a Metric,
@@ -336,12 +464,7 @@ struct Analysed<'a> {
 
 /// One treatment against control on one metric: the estimates and every test the
 /// experiment's analysis settings call for (before the decisions across comparisons).
-fn comparison_view(
-    e: &Experiment,
-    variant: &str,
-    analysed: &Analysed<'_>,
-    min_units: u64,
-) -> ComparisonView {
+fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
     let Analysed {
         metric,
         control: c,
@@ -349,7 +472,6 @@ fn comparison_view(
         alpha,
         sequential: sequential_config,
     } = *analysed;
-    let analysis = &e.analysis;
     let mut view = ComparisonView {
         variant: variant.to_string(),
         absolute: None,
@@ -363,7 +485,10 @@ fn comparison_view(
         group_sequential: None,
         bayesian: None,
         cuped: None,
+        latest: None,
+        trend: None,
         note: None,
+        statistic: None,
     };
     match compare(metric.kind, c, t, alpha) {
         Ok(comparison) => {
@@ -375,12 +500,14 @@ fn comparison_view(
                 }
             }
             view.p_value = Some(comparison.absolute.p_value);
+            view.statistic = Some(comparison.absolute.statistic);
             view.improvement = Some(improvement(metric.direction, comparison.absolute.estimate));
             if let Ok(s) = sequential_view(metric.kind, c, t, &comparison, sequential_config) {
                 view.sequential = Some(SequentialView {
                     p_value: s.p_value,
                     ci: [s.ci_lower, s.ci_upper],
-                    tuning_units: sequential_config.tuning_units,
+                    relative_ci: relative_sequence(&comparison, c.n + t.n, sequential_config),
+                    tuning_units: sequential_config.tuning_units / 2.0,
                 });
             }
             view.bayesian =
@@ -391,10 +518,6 @@ fn comparison_view(
                 variance_reduction: k.variance_reduction,
                 absolute: (&k.comparison.absolute).into(),
             });
-            if analysis.mode == AnalysisMode::GroupSequential {
-                view.group_sequential =
-                    group_sequential_view(e, min_units, comparison.absolute.statistic, alpha);
-            }
         }
         Err(error) => view.note = Some(describe(&error)),
     }
@@ -496,6 +619,25 @@ fn sequential_view(
     }
 }
 
+/// The confidence sequence of the relative lift: the mSPRT's on ln(t/c), whose standard
+/// error is the lift's divided by t/c, mapped back; on the lift itself when the treatment's
+/// mean is not positive.
+fn relative_sequence(
+    comparison: &Comparison,
+    units: u64,
+    config: &SequentialConfig,
+) -> Option<[f64; 2]> {
+    let lift = comparison.relative.effect()?;
+    let ratio = 1.0 + lift.estimate;
+    if ratio > 0.0 {
+        let s = sequential::always_valid(ratio.ln(), lift.std_error / ratio, units, config).ok()?;
+        Some([s.ci_lower.exp() - 1.0, s.ci_upper.exp() - 1.0])
+    } else {
+        let s = sequential::always_valid(lift.estimate, lift.std_error, units, config).ok()?;
+        Some([s.ci_lower, s.ci_upper])
+    }
+}
+
 fn bayesian(kind: MetricKind, c: &Group, t: &Group) -> Option<BayesianResult> {
     match kind {
         MetricKind::Conversion => abx_stats::beta_binomial(&c.proportion(), &t.proportion()).ok(),
@@ -529,27 +671,30 @@ fn cuped(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Option<CupedComp
     }
 }
 
-/// Computed boundaries by (number of looks, alpha's bits).
-type BoundaryCache = Mutex<HashMap<(u32, u64), Vec<Look>>>;
+/// Boundaries by (information fractions, alpha, spending), as bits.
+type BoundaryCache = Mutex<HashMap<(Vec<u64>, u64, Spending), Vec<Look>>>;
 
-/// O'Brien-Fleming boundaries for K equally spaced looks, computed once per (K, alpha):
-/// the recursive integration takes milliseconds.
-fn obf_boundaries(looks: u32, alpha: f64) -> Option<Vec<Look>> {
+/// Lan–DeMets boundaries at the information fractions actually observed, computed once per
+/// (fractions, alpha, spending): the recursive integration takes milliseconds, and the looks
+/// of a running experiment only ever grow by one.
+fn spending_boundaries(fractions: &[f64], alpha: f64, spending: Spending) -> Option<Vec<Look>> {
     static CACHE: OnceLock<BoundaryCache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (looks, alpha.to_bits());
+    let key = (
+        fractions.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
+        alpha.to_bits(),
+        spending,
+    );
     if let Some(found) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Some(found.clone());
     }
-    let fractions: Vec<f64> = (1..=looks)
-        .map(|k| f64::from(k) / f64::from(looks))
-        .collect();
-    let computed =
-        group_sequential::boundaries(&fractions, alpha, SpendingFunction::OBrienFleming).ok()?;
-    cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, computed.clone());
+    let computed = group_sequential::boundaries(fractions, alpha, spending.function()).ok()?;
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    // Every experiment adds a few entries a month; the bound only guards a long-lived process.
+    if cache.len() > 10_000 {
+        cache.clear();
+    }
+    cache.insert(key, computed.clone());
     Some(computed)
 }
 
@@ -572,13 +717,16 @@ fn date(day: i64) -> String {
     crate::clock::rfc3339(day * crate::clock::DAY_MS)[..10].to_string()
 }
 
-/// Guardrail config for a metric: harmful is the opposite of the good direction.
-pub fn guardrail_config(metric: &Metric) -> GuardrailConfig {
+/// Guardrail config for a metric: harmful is the opposite of the good direction; `alpha`
+/// is the family's share, and the mixture is tuned like the experiment's own tests.
+fn guardrail_config(metric: &Metric, alpha: f64, tuning_units: f64) -> GuardrailConfig {
     let harmful = match metric.direction {
         Direction::Increase => HarmfulDirection::Decrease,
         Direction::Decrease => HarmfulDirection::Increase,
     };
     let mut config = GuardrailConfig::new(harmful);
+    config.alpha = alpha;
+    config.tuning_units = tuning_units;
     if let Some(threshold) = metric.guardrail_threshold {
         config.min_std_errors = threshold;
     }
@@ -611,23 +759,78 @@ fn guardrail_check(
     }
 }
 
-/// Computes the results of an experiment.
-pub fn compute(
-    e: &Experiment,
-    metrics: &HashMap<String, Metric>,
-    rollups: &Rollups,
-    now_ms: i64,
-    daily: bool,
-) -> Results {
-    let analysis = &e.analysis;
-    let alpha = analysis.alpha;
-    let control = e.control().to_string();
-    let treatments: Vec<String> = e.variants.iter().skip(1).map(|v| v.name.clone()).collect();
-    let (units, multiple) = units_by_variant(rollups, i64::MAX);
+/// What every analysis of an experiment shares, whatever day its data ends on.
+struct Inputs<'a> {
+    e: &'a Experiment,
+    metrics: &'a HashMap<String, Metric>,
+    rollups: &'a Rollups,
+    roles: &'a [(String, MetricRole)],
+    sequential: SequentialConfig,
+}
+
+/// The comparisons of every metric with the data up to `until_day` (inclusive), and the
+/// guardrail checks on the same data.
+fn analyse(inputs: &Inputs<'_>, until_day: i64) -> (Vec<MetricResult>, Vec<GuardrailView>) {
+    let e = inputs.e;
+    let (units, _) = units_by_variant(inputs.rollups, until_day);
     let n = |v: &str| units.get(v).copied().unwrap_or(0);
+    let control = e.control();
+    let treatments = e.variants.iter().skip(1).map(|v| v.name.as_str());
+    // Guardrails × treatments form one family: each check gets alpha / family, so the chance
+    // that any of them ever alarms falsely stays below alpha (the checks are always valid).
+    let guardrail_family = e
+        .guardrail_metrics
+        .iter()
+        .filter(|m| inputs.metrics.contains_key(*m))
+        .count()
+        * e.variants.len().saturating_sub(1);
+    let guardrail_alpha = e.analysis.alpha / guardrail_family.max(1) as f64;
+    let mut results = Vec::new();
+    let mut guardrails = Vec::new();
+    for (key, role) in inputs.roles {
+        let Some(metric) = inputs.metrics.get(key) else {
+            continue;
+        };
+        let sums = sums_by(inputs.rollups, key, until_day);
+        let group = |v: &str| Group {
+            n: n(v),
+            s: sums.get(v).copied().unwrap_or_default(),
+        };
+        let c = group(control);
+        let mut comparisons = Vec::new();
+        for variant in treatments.clone() {
+            let t = group(variant);
+            if e.guardrail_metrics.contains(key) {
+                let config =
+                    guardrail_config(metric, guardrail_alpha, inputs.sequential.tuning_units);
+                let margin = e.analysis.guardrail_margins.get(key).copied();
+                guardrails.push(guardrail_view(metric, variant, &c, &t, &config, margin));
+            }
+            let analysed = Analysed {
+                metric,
+                control: &c,
+                treatment: &t,
+                alpha: e.analysis.alpha,
+                sequential: &inputs.sequential,
+            };
+            comparisons.push(comparison_view(variant, &analysed));
+        }
+        results.push(MetricResult {
+            metric: key.clone(),
+            kind: metric.kind,
+            role: *role,
+            direction: metric.direction,
+            comparisons,
+        });
+    }
+    (results, guardrails)
+}
 
-    let roles = metric_roles(e);
-
+/// Per variant and metric, the aggregates with all data so far.
+fn variant_summaries(inputs: &Inputs<'_>) -> BTreeMap<String, VariantSummary> {
+    let e = inputs.e;
+    let (units, multiple) = units_by_variant(inputs.rollups, i64::MAX);
+    let n = |v: &str| units.get(v).copied().unwrap_or(0);
     let mut variants: BTreeMap<String, VariantSummary> = e
         .variants
         .iter()
@@ -642,88 +845,304 @@ pub fn compute(
             (v.name.clone(), summary)
         })
         .collect();
-
-    let sequential_config = SequentialConfig {
-        alpha,
-        tuning_units: analysis
-            .tuning_units
-            .or(analysis.planned_units_per_variant.map(|p| 2.0 * p as f64))
-            .unwrap_or(10_000.0),
-    };
-    let min_units = e.variants.iter().map(|v| n(&v.name)).min().unwrap_or(0);
-    let planned_fraction = analysis
-        .planned_units_per_variant
-        .map(|p| min_units as f64 / p as f64);
-
-    let mut results: Vec<MetricResult> = Vec::new();
-    let mut guardrails: Vec<GuardrailView> = Vec::new();
-    for (key, role) in &roles {
-        let Some(metric) = metrics.get(key) else {
+    for (key, role) in inputs.roles {
+        let Some(metric) = inputs.metrics.get(key) else {
             continue;
         };
-        let sums = sums_by(rollups, key, i64::MAX);
-        let group = |v: &str| Group {
-            n: n(v),
-            s: sums.get(v).copied().unwrap_or_default(),
-        };
+        let sums = sums_by(inputs.rollups, key, i64::MAX);
         for v in &e.variants {
-            let g = group(&v.name);
+            let g = Group {
+                n: n(&v.name),
+                s: sums.get(v.name.as_str()).copied().unwrap_or_default(),
+            };
             let summary = MetricSummary {
                 units: g.n,
                 count: (metric.kind == MetricKind::Conversion).then(|| g.proportion().conversions),
                 sum: g.s.sum_x,
                 value: g.value(metric.kind),
             };
+            let entry = variants.get_mut(&v.name).expect("variant summary exists");
             if *role == MetricRole::Primary {
-                let entry = variants.get_mut(&v.name).expect("variant summary exists");
                 entry.conversions = summary.count;
                 entry.rate = summary.value;
             }
-            variants
-                .get_mut(&v.name)
-                .expect("variant summary exists")
-                .metrics
-                .insert(key.clone(), summary);
+            entry.metrics.insert(key.clone(), summary);
         }
-        let c = group(&control);
-        let mut comparisons = Vec::new();
-        for variant in &treatments {
-            let t = group(variant);
-            if e.guardrail_metrics.contains(key) {
-                guardrails.push(guardrail_view(metric, variant, &c, &t));
-            }
-            let analysed = Analysed {
-                metric,
-                control: &c,
-                treatment: &t,
-                alpha,
-                sequential: &sequential_config,
-            };
-            comparisons.push(comparison_view(e, variant, &analysed, min_units));
-        }
-        results.push(MetricResult {
-            metric: key.clone(),
-            kind: metric.kind,
-            role: *role,
-            direction: metric.direction,
-            comparisons,
-        });
     }
+    variants
+}
 
-    apply_decisions(&mut results, e, planned_fraction);
+/// The smallest variant's clean units up to a day.
+fn min_units(e: &Experiment, rollups: &Rollups, until_day: i64) -> u64 {
+    let (units, _) = units_by_variant(rollups, until_day);
+    e.variants
+        .iter()
+        .map(|v| units.get(v.name.as_str()).copied().unwrap_or(0))
+        .min()
+        .unwrap_or(0)
+}
+
+/// The days on which the smallest variant's units changed, in order, with those units.
+fn min_units_by_day(e: &Experiment, rollups: &Rollups, through_day: i64) -> Vec<(i64, u64)> {
+    let days: std::collections::BTreeSet<i64> = rollups
+        .exposures
+        .iter()
+        .map(|r| r.day)
+        .filter(|d| *d <= through_day)
+        .collect();
+    let mut cumulative: HashMap<&str, u64> = HashMap::new();
+    let mut out = Vec::with_capacity(days.len());
+    for day in days {
+        for r in rollups.exposures.iter().filter(|r| r.day == day) {
+            *cumulative.entry(&r.variant).or_default() += r.units.max(0) as u64;
+        }
+        let smallest = e
+            .variants
+            .iter()
+            .map(|v| cumulative.get(v.name.as_str()).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        out.push((day, smallest));
+    }
+    out
+}
+
+/// The day a fixed-horizon test reads: the first completed day by which every variant has
+/// its planned units and the minimum duration has passed. Both depend on time and sample
+/// size only, never on the data's effect, so reading the test there is one look.
+fn fixed_horizon_day(e: &Experiment, rollups: &Rollups, completed_day: i64) -> Option<i64> {
+    let planned = e.analysis.planned_units_per_variant?;
+    let plan_day = min_units_by_day(e, rollups, completed_day)
+        .into_iter()
+        .find(|(_, units)| *units >= planned)?
+        .0;
+    let day = plan_day.max(minimum_duration_day(e)?);
+    (day <= completed_day).then_some(day)
+}
+
+/// The last day of the minimum duration (the start day counts as the first).
+fn minimum_duration_day(e: &Experiment) -> Option<i64> {
+    let start = e.started_at_ms?.div_euclid(crate::clock::DAY_MS);
+    Some(start + i64::from(e.analysis.min_duration_days) - 1)
+}
+
+/// One recorded look of a group-sequential test.
+struct ObservedLook {
+    day: i64,
+    fraction: f64,
+    /// Planned looks reached (k of K).
+    reached: u32,
+}
+
+/// The looks of a group-sequential test: at the end of the first completed day on which
+/// the information fraction (the slowest variant's share of its planned units) reaches
+/// k/K, look k reads the data up to that day. Planned looks reached on the same day are one
+/// look; the final look is at fraction 1 whatever was reached, so it spends all of alpha.
+fn observed_looks(e: &Experiment, rollups: &Rollups, completed_day: i64) -> Vec<ObservedLook> {
+    let (Some(planned), Some(looks)) = (e.analysis.planned_units_per_variant, e.analysis.looks)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<ObservedLook> = Vec::new();
+    for (day, units) in min_units_by_day(e, rollups, completed_day) {
+        let fraction = units as f64 / planned as f64;
+        let reached = ((fraction * f64::from(looks) + 1e-9).floor() as u32).min(looks);
+        if reached > out.last().map_or(0, |l| l.reached) {
+            out.push(ObservedLook {
+                day,
+                fraction: if reached == looks { 1.0 } else { fraction },
+                reached,
+            });
+        }
+        if reached == looks {
+            break;
+        }
+    }
+    out
+}
+
+/// Group-sequential decisions: each comparison is tested at each recorded look against the
+/// boundary at the fraction observed (alpha split Bonferroni-style over the family), stops
+/// at the first crossing, and is over after the final look. A decided comparison shows the
+/// figures of its deciding look, with all data since as `latest`.
+fn group_sequential(
+    inputs: &Inputs<'_>,
+    latest: Vec<MetricResult>,
+    completed_day: i64,
+) -> Vec<MetricResult> {
+    let e = inputs.e;
+    let looks = observed_looks(e, inputs.rollups, completed_day);
+    let planned_looks = e.analysis.looks.unwrap_or(0);
+    let fraction_now = e.analysis.planned_units_per_variant.map_or(0.0, |p| {
+        (min_units(e, inputs.rollups, i64::MAX) as f64 / p as f64).min(1.0)
+    });
+    let family = (1 + e.secondary_metrics.len()) * e.variants.len().saturating_sub(1);
+    let fractions: Vec<f64> = looks.iter().map(|l| l.fraction).collect();
+    let boundaries = if looks.is_empty() {
+        Vec::new()
+    } else {
+        spending_boundaries(
+            &fractions,
+            e.analysis.alpha / family.max(1) as f64,
+            e.analysis.spending,
+        )
+        .unwrap_or_default()
+    };
+    let at_looks: Vec<Vec<MetricResult>> = looks.iter().map(|l| analyse(inputs, l.day).0).collect();
+    let final_look = looks.last().is_some_and(|l| l.reached == planned_looks);
+    let mut out = latest.clone();
+    for (i, metric) in latest.iter().enumerate() {
+        if metric.role == MetricRole::Guardrail {
+            continue;
+        }
+        for (j, current) in metric.comparisons.iter().enumerate() {
+            let mut recorded = Vec::new();
+            let mut decided_at = None;
+            for (k, (look, boundary)) in looks.iter().zip(&boundaries).enumerate() {
+                let z = at_looks[k][i].comparisons[j].statistic.unwrap_or(0.0);
+                let crossed = z.abs() >= boundary.z_boundary;
+                recorded.push(RecordedLook {
+                    date: date(look.day),
+                    information_fraction: look.fraction,
+                    z,
+                    z_boundary: boundary.z_boundary,
+                    crossed,
+                });
+                if crossed || (final_look && k + 1 == looks.len()) {
+                    decided_at = Some(k);
+                    break;
+                }
+            }
+            let crossed = recorded.last().is_some_and(|l| l.crossed);
+            let mut view = match decided_at {
+                Some(k) => {
+                    let mut frozen = at_looks[k][i].comparisons[j].clone();
+                    frozen.latest = Some(latest_view(current, e, inputs.rollups));
+                    frozen
+                }
+                None => current.clone(),
+            };
+            view.group_sequential = Some(GroupSequentialView {
+                looks_passed: looks.last().map_or(0, |l| l.reached),
+                looks_planned: planned_looks,
+                information_fraction: fraction_now,
+                z_boundary: recorded.last().map(|l| l.z_boundary),
+                z: recorded.last().map_or(0.0, |l| l.z),
+                crossed,
+                decided: decided_at.is_some(),
+                looks: recorded,
+            });
+            out[i].comparisons[j] = view;
+        }
+    }
+    out
+}
+
+/// A comparison with all data so far, as descriptive figures beside a frozen test.
+fn latest_view(current: &ComparisonView, e: &Experiment, rollups: &Rollups) -> LatestView {
+    let (units, _) = units_by_variant(rollups, i64::MAX);
+    let n = |v: &str| units.get(v).copied().unwrap_or(0);
+    LatestView {
+        control_units: n(e.control()),
+        treatment_units: n(&current.variant),
+        absolute: current.absolute,
+        relative: current.relative,
+    }
+}
+
+/// Computes the results of an experiment as of `now_ms`.
+///
+/// What is tested when (docs/statistics.md §15): sequential mode tests all data on every
+/// call (always-valid); fixed horizon tests once, with the data up to the first completed
+/// day by which the plan and the minimum duration are reached, and shows later data as
+/// descriptive; group sequential tests at each look, recorded on the completed day its
+/// information fraction is reached, and stops at the first crossing or the final look.
+pub fn compute(
+    e: &Experiment,
+    metrics: &HashMap<String, Metric>,
+    rollups: &Rollups,
+    now_ms: i64,
+    daily: bool,
+) -> Results {
+    let analysis = &e.analysis;
+    let alpha = analysis.alpha;
+    let roles = metric_roles(e);
+    // The mSPRT's tuning counts the units of both arms compared; the settings give it per
+    // variant (default: the planned sample, else 10,000).
+    let per_variant = analysis
+        .tuning_units
+        .or(analysis.planned_units_per_variant.map(|p| p as f64))
+        .unwrap_or(10_000.0);
+    let inputs = Inputs {
+        e,
+        metrics,
+        rollups,
+        roles: &roles,
+        sequential: SequentialConfig {
+            alpha,
+            tuning_units: 2.0 * per_variant,
+        },
+    };
+    let variants = variant_summaries(&inputs);
+    let (units, multiple) = units_by_variant(rollups, i64::MAX);
+    let min_units_now = min_units(e, rollups, i64::MAX);
+    let planned_fraction = analysis
+        .planned_units_per_variant
+        .map(|p| min_units_now as f64 / p as f64);
+    // Tests read whole days only: a day's data is complete once it is over (up to events
+    // delivered late), and a look fixed to a day is the same look on every refresh.
+    let completed_day = now_ms.div_euclid(crate::clock::DAY_MS) - 1;
+
+    let (latest, guardrails) = analyse(&inputs, i64::MAX);
+    let mut analysed_through = None;
+    let mut results = match analysis.mode {
+        AnalysisMode::Sequential => latest,
+        AnalysisMode::FixedHorizon => match fixed_horizon_day(e, rollups, completed_day) {
+            Some(day) => {
+                analysed_through = Some(day);
+                let (mut frozen, _) = analyse(&inputs, day);
+                for (f, l) in frozen.iter_mut().zip(&latest) {
+                    for (fc, lc) in f.comparisons.iter_mut().zip(&l.comparisons) {
+                        fc.latest = Some(latest_view(lc, e, rollups));
+                    }
+                }
+                frozen
+            }
+            None => latest,
+        },
+        AnalysisMode::GroupSequential => group_sequential(&inputs, latest, completed_day),
+    };
+
+    apply_decisions(&mut results, e, analysed_through.is_some());
+    if let Some(primary) = results.iter_mut().find(|m| m.role == MetricRole::Primary)
+        && let Some(metric) = metrics.get(&primary.metric)
+    {
+        for comparison in &mut primary.comparisons {
+            comparison.trend = trend(e, metric, rollups, &comparison.variant);
+        }
+    }
 
     let srm = srm_view(e, &units, &multiple);
     let primary = results
         .iter()
         .find(|m| m.role == MetricRole::Primary)
         .and_then(|m| m.comparisons.first());
+    let (p_value, confidence_interval) = match (analysis.mode, primary) {
+        (AnalysisMode::Sequential, Some(p)) => (
+            p.sequential.map(|s| s.p_value),
+            p.sequential.and_then(|s| s.relative_ci),
+        ),
+        (_, Some(p)) => (p.p_value, p.relative.map(|r| r.ci)),
+        (_, None) => (None, None),
+    };
     let recommended_action = recommend(
         e,
         &results,
         srm.as_ref(),
         &guardrails,
         planned_fraction,
-        min_units,
+        min_units_now,
+        now_ms,
     );
     let series = daily.then(|| daily_series(e, metrics, rollups, &roles, alpha));
     Results {
@@ -734,12 +1153,14 @@ pub fn compute(
         analysis_mode: analysis.mode,
         alpha,
         correction: analysis.correction,
-        control,
+        control: e.control().to_string(),
         variants,
         lift: primary.and_then(|p| p.relative.map(|r| r.estimate)),
-        p_value: primary.and_then(|p| p.p_value),
+        p_value,
         significant: primary.is_some_and(|p| p.significant),
-        confidence_interval: primary.and_then(|p| p.relative.map(|r| r.ci)),
+        confidence_interval,
+        analysed_through: analysed_through.map(date),
+        min_duration_days: analysis.min_duration_days,
         metrics: results,
         srm,
         guardrails,
@@ -751,36 +1172,47 @@ pub fn compute(
     }
 }
 
-fn group_sequential_view(
-    e: &Experiment,
-    min_units: u64,
-    z: f64,
-    alpha: f64,
-) -> Option<GroupSequentialView> {
-    let looks = e.analysis.looks?;
-    let planned = e.analysis.planned_units_per_variant?;
-    let fraction = (min_units as f64 / planned as f64).min(1.0);
-    let passed = ((fraction * f64::from(looks)) + 1e-9).floor() as u32;
-    // The family's alpha is split Bonferroni-style across comparisons for the boundaries.
-    let family = (1 + e.secondary_metrics.len()) * e.variants.len().saturating_sub(1);
-    let boundaries = obf_boundaries(looks, alpha / family.max(1) as f64)?;
-    let boundary = passed
-        .checked_sub(1)
-        .and_then(|i| boundaries.get(i as usize))
-        .map(|l| l.z_boundary);
-    Some(GroupSequentialView {
-        looks_passed: passed,
-        looks_planned: looks,
-        information_fraction: fraction,
-        z_boundary: boundary,
-        z,
-        crossed: boundary.is_some_and(|b| z.abs() >= b),
+/// The trend of a treatment's effect over the experiment's days, from its cumulative
+/// estimates (abx-stats' `trend`).
+fn trend(e: &Experiment, metric: &Metric, rollups: &Rollups, variant: &str) -> Option<TrendView> {
+    let days: std::collections::BTreeSet<i64> = rollups
+        .exposures
+        .iter()
+        .map(|r| r.day)
+        .chain(rollups.metrics.iter().map(|r| r.day))
+        .collect();
+    let first = *days.first()?;
+    let points: Vec<CumulativeEstimate> = days
+        .iter()
+        .filter_map(|&day| {
+            let (units, _) = units_by_variant(rollups, day);
+            let sums = sums_by(rollups, &metric.key, day);
+            let group = |v: &str| Group {
+                n: units.get(v).copied().unwrap_or(0),
+                s: sums.get(v).copied().unwrap_or_default(),
+            };
+            let c = compare(metric.kind, &group(e.control()), &group(variant), 0.05).ok()?;
+            Some(CumulativeEstimate {
+                day: (day - first) as f64,
+                estimate: c.absolute.estimate,
+                std_error: c.absolute.std_error,
+            })
+        })
+        .collect();
+    let t = abx_stats::trend::effect_trend(&points).ok()?;
+    Some(TrendView {
+        slope_per_day: t.slope,
+        std_error: t.std_error,
+        p_value: t.p_value,
+        significant: t.p_value < e.analysis.alpha,
     })
 }
 
 /// Adjusts p-values across the family (primary and secondary metrics × treatments) and
-/// decides significance under the experiment's mode.
-fn apply_decisions(results: &mut [MetricResult], e: &Experiment, planned_fraction: Option<f64>) {
+/// decides significance under the experiment's mode: sequential on the adjusted
+/// always-valid p, fixed horizon on the adjusted p once the test is frozen at its plan,
+/// group sequential on a boundary crossed at a recorded look.
+fn apply_decisions(results: &mut [MetricResult], e: &Experiment, frozen: bool) {
     let alpha = e.analysis.alpha;
     let mode = e.analysis.mode;
     let mut family: Vec<(usize, usize, Option<f64>)> = Vec::new();
@@ -809,10 +1241,10 @@ fn apply_decisions(results: &mut [MetricResult], e: &Experiment, planned_fractio
         view.adjusted_p_value = Some(adjusted);
         view.significant = match mode {
             AnalysisMode::Sequential => adjusted <= alpha,
-            AnalysisMode::FixedHorizon => {
-                planned_fraction.is_some_and(|f| f >= 1.0) && adjusted <= alpha
+            AnalysisMode::FixedHorizon => frozen && adjusted <= alpha,
+            AnalysisMode::GroupSequential => {
+                view.group_sequential.as_ref().is_some_and(|g| g.crossed)
             }
-            AnalysisMode::GroupSequential => view.group_sequential.is_some_and(|g| g.crossed),
         };
     }
 }
@@ -835,11 +1267,11 @@ fn srm_view(
     let weights: Vec<f64> = e.weights_bp.iter().map(|&w| f64::from(w)).collect();
     // A zero-weight variant cannot take part in a goodness-of-fit test.
     let kept: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
-    let result: SrmResult = abx_stats::srm_test(
-        &kept.iter().map(|&i| counts[i]).collect::<Vec<_>>(),
-        &kept.iter().map(|&i| weights[i]).collect::<Vec<_>>(),
-    )
-    .ok()?;
+    let kept_counts: Vec<u64> = kept.iter().map(|&i| counts[i]).collect();
+    let kept_weights: Vec<f64> = kept.iter().map(|&i| weights[i]).collect();
+    let result: SrmResult = abx_stats::srm_test(&kept_counts, &kept_weights).ok()?;
+    // The decision is the always-valid test's: it is read on every refresh.
+    let sequential = abx_stats::sequential_srm_test(&kept_counts, &kept_weights).ok()?;
     Some(SrmView {
         counts: kept
             .iter()
@@ -852,7 +1284,8 @@ fn srm_view(
             .collect(),
         chi2: result.statistic,
         p_value: result.p_value,
-        mismatch: result.mismatch,
+        sequential_p_value: sequential.p_value,
+        mismatch: sequential.mismatch,
     })
 }
 
@@ -863,6 +1296,7 @@ fn recommend(
     guardrails: &[GuardrailView],
     planned_fraction: Option<f64>,
     min_units: u64,
+    now_ms: i64,
 ) -> String {
     if srm.is_some_and(|s| s.mismatch) {
         return "Invalid: sample ratio mismatch, investigate (bot filtering, redirects, crashes, assignment bugs) before trusting any result".into();
@@ -885,15 +1319,25 @@ fn recommend(
     if min_units == 0 {
         return "Waiting for data: no exposures yet".into();
     }
-    if e.analysis.mode == AnalysisMode::FixedHorizon && planned_fraction.is_some_and(|f| f < 1.0) {
-        let pct = (planned_fraction.unwrap_or(0.0) * 100.0).floor();
+    let minimum = f64::from(e.analysis.min_duration_days);
+    let ran = e.days_running(now_ms);
+    if ran < minimum {
+        let left = (minimum - ran).ceil();
         return format!(
-            "Keep running: {pct}% of planned sample; a fixed-horizon test is read only at its planned size"
+            "Keep running: {left} more day{} of the {minimum}-day minimum (early effects fade or grow, and weekdays differ)",
+            if left == 1.0 { "" } else { "s" }
         );
     }
     let Some(primary) = results.iter().find(|m| m.role == MetricRole::Primary) else {
         return "No primary metric results".into();
     };
+    let frozen = primary.comparisons.iter().any(|c| c.latest.is_some());
+    if e.analysis.mode == AnalysisMode::FixedHorizon && !frozen {
+        let pct = (planned_fraction.unwrap_or(0.0) * 100.0).min(100.0).floor();
+        return format!(
+            "Keep running: {pct}% of planned sample; a fixed-horizon test is read once, at the end of the first full day with its planned size"
+        );
+    }
     let winners: Vec<&ComparisonView> = primary
         .comparisons
         .iter()
@@ -903,8 +1347,34 @@ fn recommend(
         let lift = |c: &&&ComparisonView| c.absolute.map_or(0.0, |x| x.estimate.abs());
         lift(a).total_cmp(&lift(b))
     }) {
+        // Schultzberg, Kjellin & Rydberg (2024): shipping needs evidence that no guardrail
+        // got worse by more than its margin, not merely the absence of an alarm.
+        if let Some(g) = guardrails
+            .iter()
+            .find(|g| g.variant == best.variant && g.non_inferior == Some(false))
+        {
+            return format!(
+                "Not yet: {} improves {}, but guardrail {} is not shown to be within its {:.1}% margin (it may be up to {}% worse); keep running or reconsider the margin",
+                best.variant,
+                primary.metric,
+                g.metric,
+                g.margin.unwrap_or(0.0) * 100.0,
+                g.harm_upper_bound
+                    .map_or_else(|| "an unknown".to_string(), |b| format!("{:.1}", b * 100.0))
+            );
+        }
+        let trend = best
+            .trend
+            .filter(|t| t.significant)
+            .map(|t| {
+                format!(
+                    "; the effect is changing over time ({:+.3e} a day, p = {:.3}): check for novelty before relying on its size",
+                    t.slope_per_day, t.p_value
+                )
+            })
+            .unwrap_or_default();
         return format!(
-            "Ship {} (statistically significant improvement)",
+            "Ship {} (statistically significant improvement){trend}",
             best.variant
         );
     }
@@ -928,8 +1398,8 @@ fn recommend(
             let done = primary
                 .comparisons
                 .iter()
-                .filter_map(|c| c.group_sequential)
-                .any(|g| g.looks_passed >= g.looks_planned);
+                .filter_map(|c| c.group_sequential.as_ref())
+                .any(|g| g.decided);
             if done {
                 format!(
                     "No significant difference after the final look: keep {}",

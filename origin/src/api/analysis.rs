@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use abx_stats::group_sequential::{self, SpendingFunction};
-use abx_stats::power::{self, Mde, PowerConfig};
+use abx_stats::group_sequential;
+use abx_stats::power::{self, Mde, PlannedTest, PowerConfig};
 use abx_stats::sequential::{self, SequentialConfig};
 use abx_stats::{Moments, Proportion, StatsError};
 use axum::extract::{Path, Query, State};
@@ -19,7 +19,7 @@ use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::lifecycle::{self, LifecycleBody};
 use crate::model::catalog::Metric;
-use crate::model::experiment::{Action, Status};
+use crate::model::experiment::{Action, AnalysisMode, Spending, Status};
 use crate::results::interactions::{self, Interactions};
 use crate::results::{self, Interval, Results};
 use crate::store::{self, Change};
@@ -406,13 +406,6 @@ pub async fn adjust(
     ))
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Spending {
-    Obf,
-    Pocock,
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BoundariesRequest {
@@ -449,13 +442,12 @@ pub async fn boundaries(
             "at most 50 looks",
         ));
     }
-    let spending = match request.spending {
-        Spending::Obf => SpendingFunction::OBrienFleming,
-        Spending::Pocock => SpendingFunction::Pocock,
-    };
-    let looks =
-        group_sequential::boundaries(&request.information_fractions, request.alpha, spending)
-            .map_err(stats_error)?;
+    let looks = group_sequential::boundaries(
+        &request.information_fractions,
+        request.alpha,
+        request.spending.function(),
+    )
+    .map_err(stats_error)?;
     let looks = looks
         .iter()
         .map(|l| LookView {
@@ -505,6 +497,19 @@ pub struct PowerRequest {
     /// Units entering the experiment per day, for the expected duration.
     #[serde(default)]
     pub daily_traffic: Option<f64>,
+    /// The analysis the experiment will run (its `analysis.mode`; default sequential, as
+    /// for experiments): always-valid and group-sequential tests need more units than one
+    /// fixed-horizon look for the same power.
+    #[serde(default)]
+    pub mode: AnalysisMode,
+    /// Planned looks (group_sequential).
+    #[serde(default)]
+    pub looks: Option<u32>,
+    #[serde(default)]
+    pub spending: Spending,
+    /// Secondary metrics, corrected together with the primary.
+    #[serde(default)]
+    pub secondary_metrics: u32,
 }
 
 fn default_power() -> f64 {
@@ -517,10 +522,14 @@ fn default_variants() -> u32 {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct PowerResponse {
+    pub mode: AnalysisMode,
     pub units_per_variant: u64,
     pub total_units: u64,
-    /// Alpha per comparison (Bonferroni over the treatments).
+    /// Alpha per comparison: Bonferroni over (1 + secondary metrics) × treatments, the family
+    /// the results correct over (a plan powered so is powered under Holm and BH too).
     pub alpha_per_comparison: f64,
+    /// What a single fixed-horizon test would need for the same power.
+    pub fixed_horizon_units_per_variant: u64,
     pub absolute_effect: f64,
     pub expected_days: Option<u64>,
 }
@@ -536,11 +545,29 @@ pub async fn power_calculator(
         MdeType::Relative => Mde::Relative(request.mde),
         MdeType::Absolute => Mde::Absolute(request.mde),
     };
+    let test = match request.mode {
+        AnalysisMode::FixedHorizon => PlannedTest::FixedHorizon,
+        AnalysisMode::Sequential => PlannedTest::Sequential,
+        AnalysisMode::GroupSequential => PlannedTest::GroupSequential {
+            looks: request
+                .looks
+                .filter(|k| (2..=20).contains(k))
+                .ok_or_else(|| {
+                    ApiError::invalid("looks", "group_sequential needs 2 to 20 planned looks")
+                })?,
+            spending: request.spending.function(),
+        },
+    };
+    if request.secondary_metrics > 100 {
+        return Err(ApiError::invalid("secondary_metrics", "at most 100"));
+    }
     let config = PowerConfig {
         alpha: request.alpha,
         power: request.power,
         variants: request.variants,
         daily_traffic: request.daily_traffic,
+        secondary_metrics: request.secondary_metrics,
+        test,
     };
     let plan = match request.metric {
         PowerMetric::Conversion => power::conversion_sample_size(request.baseline, mde, &config),
@@ -555,9 +582,11 @@ pub async fn power_calculator(
     Ok(json(
         StatusCode::OK,
         &PowerResponse {
+            mode: request.mode,
             units_per_variant: plan.units_per_variant,
             total_units: plan.total_units,
             alpha_per_comparison: plan.alpha_per_comparison,
+            fixed_horizon_units_per_variant: plan.fixed_horizon_units_per_variant,
             absolute_effect: plan.absolute_effect,
             expected_days: plan.expected_days,
         },

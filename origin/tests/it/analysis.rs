@@ -219,11 +219,7 @@ async fn reference_values_through_the_calculators() {
         }
     }
     for case in r["group_sequential"].as_array().expect("cases") {
-        let spending = match case["spending"].as_str().expect("spending") {
-            "o_brien_fleming" => "obf",
-            _ => "pocock",
-        };
-        let body = json!({"information_fractions": case["information_fractions"], "alpha": case["alpha"], "spending": spending});
+        let body = json!({"information_fractions": case["information_fractions"], "alpha": case["alpha"], "spending": case["spending"]});
         let n = case["expected"].as_array().expect("looks").len();
         let fields: Vec<(String, String)> = (0..n)
             .flat_map(|i| {
@@ -276,12 +272,27 @@ async fn reference_values_through_the_calculators() {
         assert_eq!(reply.body["mismatch"], case["expected"]["mismatch"]);
         checked += 1;
     }
-    for (family, metric_kind) in [("conversion_power", "conversion"), ("mean_power", "mean")] {
+    for family in ["conversion_power", "mean_power", "design_power"] {
         for case in r[family].as_array().expect("cases") {
+            let metric_kind = match family {
+                "conversion_power" => "conversion",
+                "mean_power" => "mean",
+                _ => case["metric"].as_str().expect("metric"),
+            };
             let mut body = json!({"metric": metric_kind, "baseline": case["baseline"], "mde": case["mde"]["value"], "mde_type": case["mde"]["kind"],
-                                  "alpha": case["alpha"], "power": case["power"], "variants": case["variants"]});
+                                  "alpha": case["alpha"], "power": case["power"], "variants": case["variants"],
+                                  "mode": "fixed_horizon"});
             if metric_kind == "mean" {
                 body["std_dev"] = case["std_dev"].clone();
+            }
+            // The plans for the analysis that will run: its mode, looks and family.
+            if let Some(test) = case["test"].as_object() {
+                body["mode"] = test["mode"].clone();
+                if let Some(looks) = test.get("looks") {
+                    body["looks"] = looks.clone();
+                    body["spending"] = test["spending"].clone();
+                }
+                body["secondary_metrics"] = case["secondary_metrics"].clone();
             }
             let reply = o
                 .request(
@@ -405,6 +416,101 @@ async fn simulate(
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     }
     common::drain(&o.state).await;
+}
+
+/// Issue 25, item 6: the calculator plans for the analysis that will run. Its default is the
+/// experiments' default (sequential), which needs more units than one fixed-horizon look.
+#[tokio::test]
+async fn plans_follow_the_analysis_mode_and_family() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    let viewer = o.key("viewer").await;
+    let plan = |extra: Json| {
+        let mut body = json!({"metric": "conversion", "baseline": 0.1, "mde": 0.1});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        let (o, viewer) = (&o, &viewer);
+        async move {
+            let reply = o
+                .request(
+                    Method::POST,
+                    "/api/v1/analysis/power",
+                    Some(viewer),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            reply.body
+        }
+    };
+    let fixed = plan(json!({"mode": "fixed_horizon"})).await;
+    let sequential = plan(json!({})).await;
+    assert_eq!(sequential["mode"], "sequential");
+    let units = |r: &Json| r["units_per_variant"].as_u64().expect("units");
+    assert!(
+        units(&sequential) > units(&fixed) * 3 / 2,
+        "{sequential} vs {fixed}"
+    );
+    assert_eq!(
+        sequential["fixed_horizon_units_per_variant"],
+        fixed["units_per_variant"]
+    );
+    let gs = plan(json!({"mode": "group_sequential", "looks": 5})).await;
+    assert!(
+        units(&gs) > units(&fixed) && units(&gs) < units(&sequential),
+        "{gs}"
+    );
+    // Two secondary metrics join the family: alpha per comparison 0.05 / 3.
+    let family = plan(json!({"mode": "fixed_horizon", "secondary_metrics": 2})).await;
+    close(
+        &family["alpha_per_comparison"],
+        &json!(0.05 / 3.0),
+        "alpha per comparison",
+    );
+    let reply = o
+        .request(
+            Method::POST,
+            "/api/v1/analysis/power",
+            Some(&viewer),
+            Some(json!({"metric": "conversion", "baseline": 0.1, "mde": 0.1, "mode": "group_sequential"})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The analysis settings that decide: minimum duration in whole weeks, margins only on
+    // the experiment's guardrails.
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "purchase", "kind": "conversion", "event_type": "purchase"}),
+    )
+    .await;
+    for (analysis, field) in [
+        (
+            json!({"min_duration_days": 10}),
+            "analysis.min_duration_days",
+        ),
+        (
+            json!({"guardrail_margins": {"purchase": 0.02}}),
+            "analysis.guardrail_margins.purchase",
+        ),
+    ] {
+        let reply = o
+            .post(
+                "/api/v1/experiments",
+                json!({"key": "bad", "primary_metric": "purchase", "analysis": analysis,
+                    "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.body
+        );
+        assert!(reply.body.to_string().contains(field), "{}", reply.body);
+    }
+    o.finish().await;
 }
 
 async fn results_and_guardrails(o: &TestOrigin) {
@@ -537,7 +643,7 @@ async fn results_and_guardrails(o: &TestOrigin) {
     // Fixed horizon before the planned sample: the decision must wait.
     body["key"] = json!("planned");
     body["guardrail_metrics"] = json!([]);
-    body["analysis"] = json!({"mode": "fixed_horizon", "planned_units_per_variant": 5_000});
+    body["analysis"] = json!({"mode": "fixed_horizon", "planned_units_per_variant": 5_000, "min_duration_days": 0});
     let planned = o.create("/api/v1/experiments", body).await["id"]
         .as_str()
         .expect("id")

@@ -100,8 +100,36 @@ pub enum AnalysisMode {
     /// Always-valid p-values and confidence sequences: safe to look at any time.
     #[default]
     Sequential,
-    /// A planned number of looks with O'Brien-Fleming alpha spending.
+    /// A planned number of looks with Lan–DeMets alpha spending (`spending`).
     GroupSequential,
+}
+
+/// The alpha-spending function of a group-sequential test.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Spending {
+    /// O'Brien–Fleming type as gsDesign, rpact and ldbounds define it (α/2 per side).
+    #[default]
+    #[serde(alias = "obf")]
+    OBrienFleming,
+    /// O'Brien–Fleming type applied to the two-sided α (abx's earlier convention).
+    #[serde(alias = "obf_total")]
+    OBrienFlemingTotal,
+    /// Pocock type.
+    Pocock,
+}
+
+impl Spending {
+    pub fn function(self) -> abx_stats::group_sequential::SpendingFunction {
+        use abx_stats::group_sequential::SpendingFunction as F;
+        match self {
+            Spending::OBrienFleming => F::OBrienFleming,
+            Spending::OBrienFlemingTotal => F::OBrienFlemingTotal,
+            Spending::Pocock => F::Pocock,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -132,9 +160,24 @@ pub struct Analysis {
     #[serde(default)]
     pub correction: Correction,
     /// Sequential tuning: the sample size per variant at which the confidence sequence is
-    /// tightest (defaults to 10,000 or the planned sample).
+    /// tightest (defaults to the planned sample, or 10,000).
     #[serde(default)]
     pub tuning_units: Option<f64>,
+    /// Alpha spending of a group-sequential test.
+    #[serde(default)]
+    pub spending: Spending,
+    /// Days the experiment runs before its results recommend a decision, in whole weeks (0
+    /// for none): early effects fade (novelty) or grow (primacy), and weekdays differ.
+    #[serde(default = "default_min_duration_days")]
+    pub min_duration_days: u32,
+    /// Non-inferiority margins per guardrail metric, relative to control (0.02: at most 2 %
+    /// worse). "Ship" then needs evidence that the guardrail is not worse by the margin.
+    #[serde(default)]
+    pub guardrail_margins: BTreeMap<String, f64>,
+}
+
+fn default_min_duration_days() -> u32 {
+    14
 }
 
 fn default_alpha() -> f64 {
@@ -150,6 +193,9 @@ impl Default for Analysis {
             looks: None,
             correction: Correction::default(),
             tuning_units: None,
+            spending: Spending::default(),
+            min_duration_days: default_min_duration_days(),
+            guardrail_margins: BTreeMap::new(),
         }
     }
 }
@@ -308,7 +354,7 @@ pub fn validate(input: &ExperimentInput, known: &References) -> Result<Experimen
         ));
     }
     let analysis = input.analysis.clone().unwrap_or_default();
-    validate_analysis(&analysis, &mut errors);
+    validate_analysis(&analysis, &input.guardrail_metrics, &mut errors);
 
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
@@ -486,7 +532,7 @@ fn validate_forced(
     }
 }
 
-fn validate_analysis(analysis: &Analysis, errors: &mut Vec<FieldError>) {
+fn validate_analysis(analysis: &Analysis, guardrails: &[String], errors: &mut Vec<FieldError>) {
     if !(analysis.alpha > 0.0 && analysis.alpha <= 0.5) {
         errors.push(FieldError::new("analysis.alpha", "must be in (0, 0.5]"));
     }
@@ -523,6 +569,25 @@ fn validate_analysis(analysis: &Analysis, errors: &mut Vec<FieldError>) {
         .is_some_and(|t| !(t.is_finite() && t > 0.0))
     {
         errors.push(FieldError::new("analysis.tuning_units", "must be positive"));
+    }
+    if !analysis.min_duration_days.is_multiple_of(7) || analysis.min_duration_days > 364 {
+        errors.push(FieldError::new(
+            "analysis.min_duration_days",
+            "must be whole weeks (0, 7, 14, …) up to 364",
+        ));
+    }
+    for (metric, margin) in &analysis.guardrail_margins {
+        if !guardrails.contains(metric) {
+            errors.push(FieldError::new(
+                format!("analysis.guardrail_margins.{metric}"),
+                "is not one of the experiment's guardrail metrics",
+            ));
+        } else if !(margin.is_finite() && *margin > 0.0 && *margin <= 1.0) {
+            errors.push(FieldError::new(
+                format!("analysis.guardrail_margins.{metric}"),
+                "must be a relative margin in (0, 1]",
+            ));
+        }
     }
 }
 

@@ -9,6 +9,10 @@ use crate::model::experiment::{Analysis, AnalysisMode, Experiment, Status, Varia
 use crate::rollup::{ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
 
 const DAY: i64 = 20_000;
+const DAY_MS: i64 = 86_400_000;
+/// Thirty days after the fixtures' experiments started: their minimum duration is over and
+/// every fixture day is complete.
+const NOW: i64 = (DAY + 30) * DAY_MS;
 
 fn experiment(key: &str, guardrails: &[&str]) -> Experiment {
     let variant = |name: &str| VariantInput {
@@ -54,7 +58,7 @@ fn experiment(key: &str, guardrails: &[&str]) -> Experiment {
         weights_bp: vec![5_000, 5_000],
         slots: Vec::new(),
         created_at_ms: 0,
-        started_at_ms: Some(DAY * 86_400_000),
+        started_at_ms: Some(DAY * DAY_MS),
         ended_at_ms: None,
     }
 }
@@ -125,7 +129,7 @@ fn a_conversion_lift_is_estimated_and_tested_against_control() {
         &experiment("checkout", &[]),
         &metrics,
         &ten_percent_lift(),
-        0,
+        NOW,
         false,
     );
     assert_eq!(results.variants["control"].impressions, 10_000);
@@ -157,7 +161,7 @@ fn a_fixed_horizon_test_is_not_read_before_its_planned_sample() {
     )]);
     let mut e = experiment("checkout", &[]);
     e.analysis.planned_units_per_variant = Some(20_000);
-    let results = compute(&e, &metrics, &ten_percent_lift(), 0, false);
+    let results = compute(&e, &metrics, &ten_percent_lift(), NOW, false);
     assert_eq!(results.planned_sample_fraction, Some(0.5));
     assert!(!results.metrics[0].comparisons[0].significant);
     assert!(
@@ -178,7 +182,7 @@ fn a_rise_in_a_lower_is_better_metric_is_no_improvement() {
         &experiment("checkout", &[]),
         &metrics,
         &ten_percent_lift(),
-        0,
+        NOW,
         false,
     );
     assert_eq!(results.metrics[0].comparisons[0].improvement, Some(false));
@@ -193,7 +197,7 @@ fn a_split_far_from_the_weights_is_a_sample_ratio_mismatch() {
     )]);
     let mut rollups = ten_percent_lift();
     rollups.exposures[1].units = 11_000;
-    let results = compute(&experiment("checkout", &[]), &metrics, &rollups, 0, false);
+    let results = compute(&experiment("checkout", &[]), &metrics, &rollups, NOW, false);
     let srm = results.srm.expect("srm");
     // χ² = 2 × 500² / 10,500 against the expected 10,500 per arm.
     assert!(close(srm.chi2, 2.0 * 500.0 * 500.0 / 10_500.0), "{srm:?}");
@@ -218,7 +222,7 @@ fn a_guardrail_that_clearly_degrades_raises_its_alarm() {
         &experiment("checkout", &["crashed"]),
         &metrics,
         &rollups,
-        0,
+        NOW,
         false,
     );
     let guardrail = &results.guardrails[0];
@@ -247,7 +251,7 @@ fn rollups_of_later_days_join_the_daily_series_on_their_day() {
     }
     rollups.exposures.extend(next_day.exposures);
     rollups.metrics.extend(next_day.metrics);
-    let results = compute(&experiment("checkout", &[]), &metrics, &rollups, 0, true);
+    let results = compute(&experiment("checkout", &[]), &metrics, &rollups, NOW, true);
     assert_eq!(results.series.expect("series").len(), 2);
     assert_eq!(results.variants["control"].impressions, 20_000);
 }
@@ -306,7 +310,7 @@ fn a_comparison_that_cannot_be_computed_still_counts_in_the_correction() {
     e.analysis.correction = crate::model::experiment::Correction::Bonferroni;
     // No revenue events at all: every unit's value is 0 in both arms, so the test has no
     // variance to work with and cannot be computed.
-    let results = compute(&e, &metrics, &ten_percent_lift(), 0, false);
+    let results = compute(&e, &metrics, &ten_percent_lift(), NOW, false);
     let revenue = &results.metrics[1].comparisons[0];
     assert!(
         revenue.p_value.is_none() && revenue.note.is_some(),
@@ -362,7 +366,7 @@ fn a_guardrail_whose_treatment_lost_its_data_alarms() {
         .metrics
         .push(ratio("treatment", "errors_per_session", 0.0, 0.0));
     let e = experiment("checkout", &["errors_per_session"]);
-    let results = compute(&e, &metrics, &rollups, 0, false);
+    let results = compute(&e, &metrics, &rollups, NOW, false);
     let guardrail = &results.guardrails[0];
     assert_eq!(guardrail.status, "alarm", "{guardrail:?}");
     assert!(
@@ -388,7 +392,7 @@ fn a_guardrail_that_cannot_be_checked_blocks_shipping() {
     ]);
     let e = experiment("checkout", &["errors_per_session"]);
     // No session events in either arm: neither ratio exists.
-    let results = compute(&e, &metrics, &ten_percent_lift(), 0, false);
+    let results = compute(&e, &metrics, &ten_percent_lift(), NOW, false);
     let guardrail = &results.guardrails[0];
     assert_eq!(guardrail.status, "error", "{guardrail:?}");
     assert!(guardrail.note.is_some());
@@ -402,7 +406,7 @@ fn a_guardrail_that_cannot_be_checked_blocks_shipping() {
         &experiment("checkout", &[]),
         &metrics,
         &ten_percent_lift(),
-        0,
+        NOW,
         false,
     );
     assert!(
@@ -410,4 +414,344 @@ fn a_guardrail_that_cannot_be_checked_blocks_shipping() {
         "{}",
         shipped.recommended_action
     );
+}
+
+/// Rollups for one day of a conversion test: units and conversions per arm.
+fn day_of(day: i64, units: i64, control: f64, treatment: f64) -> Rollups {
+    let at = |mut r: ExposureRollup| {
+        r.day = day;
+        r
+    };
+    let conv = |variant: &str, converted: f64| {
+        let mut r = conversions(variant, "converted", converted);
+        r.day = day;
+        r
+    };
+    Rollups {
+        exposures: vec![
+            at(exposures("control", units)),
+            at(exposures("treatment", units)),
+        ],
+        metrics: vec![conv("control", control), conv("treatment", treatment)],
+    }
+}
+
+fn days(list: &[Rollups]) -> Rollups {
+    let mut all = Rollups::default();
+    for r in list {
+        all.exposures.extend(r.exposures.iter().cloned());
+        all.metrics.extend(r.metrics.iter().cloned());
+    }
+    all
+}
+
+fn conversion_metrics() -> HashMap<String, Metric> {
+    HashMap::from([metric(
+        "converted",
+        MetricKind::Conversion,
+        Direction::Increase,
+    )])
+}
+
+/// Issue 25, item 3: a fixed-horizon test is read once, with the data of the day its plan
+/// was reached; data arriving afterwards is shown as descriptive and never re-tested.
+#[test]
+fn a_fixed_horizon_test_is_frozen_at_its_planned_sample() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.min_duration_days = 0;
+    // The plan (10,000 a variant) is reached on the first day with a significant lift; the
+    // next days cancel it.
+    let rollups = days(&[
+        day_of(DAY, 10_000, 1_000.0, 1_100.0),
+        day_of(DAY + 1, 10_000, 1_000.0, 900.0),
+    ]);
+    let results = compute(&e, &conversion_metrics(), &rollups, NOW, false);
+    let comparison = &results.metrics[0].comparisons[0];
+    assert_eq!(
+        results.analysed_through.as_deref(),
+        Some(date(DAY).as_str())
+    );
+    assert!(comparison.significant, "{comparison:?}");
+    assert!(close(
+        comparison.p_value.expect("p"),
+        0.021_075_189_273_797_767
+    ));
+    let latest = comparison
+        .latest
+        .as_ref()
+        .expect("latest data, descriptive");
+    assert_eq!(latest.treatment_units, 20_000);
+    assert!(latest.absolute.expect("latest").estimate.abs() < 1e-12);
+    // While the plan's day is not over, nothing is tested yet.
+    let same_day = compute(
+        &e,
+        &conversion_metrics(),
+        &rollups,
+        DAY * DAY_MS + 3_600_000,
+        false,
+    );
+    assert!(!same_day.metrics[0].comparisons[0].significant);
+    assert!(same_day.analysed_through.is_none());
+}
+
+/// Issue 25, item 1: a group-sequential test is tested at each look with the data of the
+/// day its information fraction was reached, against the boundary at that fraction, and
+/// its decision does not change afterwards, however often the results are read.
+#[test]
+fn group_sequential_looks_are_recorded_once_and_decide_once() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::GroupSequential;
+    e.analysis.looks = Some(5);
+    e.analysis.min_duration_days = 0;
+    // Five days of 2,000 units a variant: looks at fractions 0.2, …, 1.0 (gsDesign's
+    // O'Brien–Fleming boundaries 4.877, 3.357, 2.680, 2.290, 2.031). No day on its own
+    // crosses; after the final look a flood of converting treatment units would cross the
+    // final boundary if the current z were compared with it (the old behaviour).
+    let mut list: Vec<Rollups> = (0..5)
+        .map(|d| day_of(DAY + d, 2_000, 200.0, 210.0))
+        .collect();
+    list.push(day_of(DAY + 5, 20_000, 2_000.0, 2_300.0));
+    let rollups = days(&list);
+    let results = compute(&e, &conversion_metrics(), &rollups, NOW, false);
+    let comparison = &results.metrics[0].comparisons[0];
+    let gs = comparison
+        .group_sequential
+        .as_ref()
+        .expect("group sequential");
+    assert_eq!(gs.looks.len(), 5, "{gs:?}");
+    let boundaries: Vec<f64> = gs.looks.iter().map(|l| l.z_boundary).collect();
+    for (got, published) in boundaries.iter().zip([4.877, 3.357, 2.680, 2.290, 2.031]) {
+        assert!((got - published).abs() < 1e-3, "{boundaries:?}");
+    }
+    assert!(gs.decided && !gs.crossed);
+    assert!(!comparison.significant);
+    // The figures are the final look's (data through day 4), the flood is descriptive.
+    assert_eq!(
+        comparison.latest.as_ref().expect("latest").treatment_units,
+        30_000
+    );
+    assert!(
+        results
+            .recommended_action
+            .starts_with("No significant difference after the final look"),
+        "{}",
+        results.recommended_action
+    );
+    // Read hourly on the last look's day, nothing is decided before the day is over.
+    let during = compute(
+        &e,
+        &conversion_metrics(),
+        &rollups,
+        (DAY + 4) * DAY_MS + 7_200_000,
+        false,
+    );
+    let gs = during.metrics[0].comparisons[0]
+        .group_sequential
+        .clone()
+        .expect("group sequential");
+    assert_eq!(gs.looks.len(), 4);
+    assert!(!gs.decided);
+}
+
+/// A group-sequential test that crosses at an interim look stops there.
+#[test]
+fn a_group_sequential_crossing_stops_the_test_at_its_look() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::GroupSequential;
+    e.analysis.looks = Some(5);
+    e.analysis.min_duration_days = 0;
+    let mut list = vec![
+        day_of(DAY, 2_000, 200.0, 205.0),
+        day_of(DAY + 1, 2_000, 200.0, 205.0),
+        // A strong effect on day 3: z ≈ 4 at the third look (boundary 2.680).
+        day_of(DAY + 2, 2_000, 200.0, 400.0),
+    ];
+    // Then the effect reverses, and later looks would no longer cross.
+    list.push(day_of(DAY + 3, 2_000, 400.0, 150.0));
+    list.push(day_of(DAY + 4, 2_000, 400.0, 150.0));
+    let results = compute(&e, &conversion_metrics(), &days(&list), NOW, false);
+    let comparison = &results.metrics[0].comparisons[0];
+    let gs = comparison
+        .group_sequential
+        .as_ref()
+        .expect("group sequential");
+    assert_eq!(gs.looks.len(), 3, "{gs:?}");
+    assert!(gs.crossed && gs.decided);
+    assert!(comparison.significant);
+    assert!(
+        results.recommended_action.starts_with("Ship"),
+        "{}",
+        results.recommended_action
+    );
+}
+
+/// Issue 25, item 7: in sequential mode the headline p-value and interval are the
+/// always-valid ones that `significant` uses.
+#[test]
+fn sequential_headlines_are_always_valid() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::Sequential;
+    let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), NOW, false);
+    let comparison = &results.metrics[0].comparisons[0];
+    let sequential = comparison.sequential.expect("sequential");
+    assert_eq!(results.p_value, Some(sequential.p_value));
+    let sequence = sequential
+        .relative_ci
+        .expect("relative confidence sequence");
+    assert_eq!(results.confidence_interval, Some(sequence));
+    let fixed = comparison.relative.expect("relative").ci;
+    assert!(sequence[0] < fixed[0] && sequence[1] > fixed[1]);
+    assert_eq!(results.significant, sequential.p_value <= 0.05);
+}
+
+/// Issue 25, item 9: `tuning_units` is per variant, as documented; the mSPRT counts the
+/// units of both arms.
+#[test]
+fn sequential_tuning_is_per_variant() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::Sequential;
+    e.analysis.tuning_units = Some(5_000.0);
+    let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), NOW, false);
+    let sequential = results.metrics[0].comparisons[0]
+        .sequential
+        .expect("sequential");
+    assert_eq!(sequential.tuning_units, 5_000.0);
+    let expected = abx_stats::sequential::sequential_proportion_test(
+        &Proportion::new(10_000, 1_000),
+        &Proportion::new(10_000, 1_100),
+        &SequentialConfig {
+            alpha: 0.05,
+            tuning_units: 10_000.0,
+        },
+    )
+    .expect("mSPRT");
+    assert!(close(sequential.p_value, expected.p_value));
+}
+
+/// Issue 25, item 8: the sample-ratio decision is the always-valid test's. A split with a
+/// χ² p of 0.0005 (flagged by the old rule on some refresh of most month-long experiments
+/// with such noise) is not enough evidence on its own.
+#[test]
+fn sample_ratio_mismatch_is_decided_by_the_always_valid_test() {
+    let mut rollups = ten_percent_lift();
+    rollups.exposures[1].units = 10_500;
+    let results = compute(
+        &experiment("checkout", &[]),
+        &conversion_metrics(),
+        &rollups,
+        NOW,
+        false,
+    );
+    let srm = results.srm.expect("srm");
+    assert!(srm.p_value < 0.001, "{srm:?}");
+    assert!(srm.sequential_p_value > 0.001 && !srm.mismatch, "{srm:?}");
+}
+
+/// Issue 25, item 5: guardrail checks share alpha over guardrails × treatments, and their
+/// threshold is the z that actually raises the alarm.
+#[test]
+fn guardrails_share_alpha_and_show_the_threshold_that_binds() {
+    let mut metrics = conversion_metrics();
+    let guardrails = ["g1", "g2", "g3", "g4", "g5"];
+    for g in guardrails {
+        metrics.extend([metric(g, MetricKind::Conversion, Direction::Decrease)]);
+    }
+    let mut e = experiment("checkout", &guardrails);
+    e.variants.push(VariantInput {
+        name: "other".into(),
+        weight: 33.0,
+        config: serde_json::Value::Null,
+    });
+    e.weights_bp = vec![3_334, 3_333, 3_333];
+    let mut rollups = ten_percent_lift();
+    rollups.exposures.push(exposures("other", 10_000));
+    for g in guardrails {
+        for v in ["control", "treatment", "other"] {
+            rollups.metrics.push(conversions(v, g, 500.0));
+        }
+    }
+    let results = compute(&e, &metrics, &rollups, NOW, false);
+    assert_eq!(results.guardrails.len(), 10);
+    for g in &results.guardrails {
+        assert!(close(g.alpha, 0.005), "{g:?}");
+        assert!(g.threshold > 3.0, "{g:?}");
+        assert_eq!(g.status, "healthy");
+    }
+}
+
+/// Issue 25, item 5: "Ship" needs every guardrail with a margin shown within it.
+#[test]
+fn shipping_needs_guardrails_shown_within_their_margins() {
+    let mut metrics = conversion_metrics();
+    metrics.extend([metric(
+        "crashed",
+        MetricKind::Conversion,
+        Direction::Decrease,
+    )]);
+    let mut rollups = ten_percent_lift();
+    rollups
+        .metrics
+        .push(conversions("control", "crashed", 100.0));
+    rollups
+        .metrics
+        .push(conversions("treatment", "crashed", 100.0));
+    let mut e = experiment("checkout", &["crashed"]);
+    // No harm seen, but 10,000 units cannot show that crashes did not rise by 1 %.
+    e.analysis.guardrail_margins = BTreeMap::from([("crashed".to_string(), 0.01)]);
+    let results = compute(&e, &metrics, &rollups, NOW, false);
+    let guardrail = &results.guardrails[0];
+    assert_eq!(guardrail.non_inferior, Some(false), "{guardrail:?}");
+    assert!(guardrail.harm_upper_bound.expect("bound") > 0.01);
+    assert!(
+        results.recommended_action.starts_with("Not yet"),
+        "{}",
+        results.recommended_action
+    );
+    // A margin of 100 % is shown at once.
+    e.analysis.guardrail_margins = BTreeMap::from([("crashed".to_string(), 1.0)]);
+    let results = compute(&e, &metrics, &rollups, NOW, false);
+    assert_eq!(results.guardrails[0].non_inferior, Some(true));
+    assert!(
+        results.recommended_action.starts_with("Ship"),
+        "{}",
+        results.recommended_action
+    );
+}
+
+/// Issue 25, item 12: no decision before the minimum duration, however clear the data.
+#[test]
+fn no_decision_before_the_minimum_duration() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::Sequential;
+    let now = (DAY + 2) * DAY_MS;
+    let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), now, false);
+    assert!(
+        results
+            .recommended_action
+            .starts_with("Keep running: 12 more days of the 14-day minimum"),
+        "{}",
+        results.recommended_action
+    );
+}
+
+/// Issue 25, item 12: an effect that fades day after day shows as a significant trend.
+#[test]
+fn a_fading_effect_shows_a_trend() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::Sequential;
+    // Each day 5,000 new units a variant; the treatment's daily advantage falls from +4 to
+    // −2 points.
+    let list: Vec<Rollups> = (0..7)
+        .map(|d| day_of(DAY + d, 5_000, 500.0, 700.0 - 50.0 * d as f64))
+        .collect();
+    let results = compute(&e, &conversion_metrics(), &days(&list), NOW, false);
+    let trend = results.metrics[0].comparisons[0].trend.expect("trend");
+    assert!(trend.significant && trend.slope_per_day < 0.0, "{trend:?}");
+    // A steady effect does not.
+    let steady: Vec<Rollups> = (0..7)
+        .map(|d| day_of(DAY + d, 5_000, 500.0, 550.0))
+        .collect();
+    let results = compute(&e, &conversion_metrics(), &days(&steady), NOW, false);
+    let trend = results.metrics[0].comparisons[0].trend.expect("trend");
+    assert!(!trend.significant, "{trend:?}");
 }
