@@ -232,8 +232,11 @@ impl Deref for AppState {
 /// How often the pipeline's gauges for `/metrics` are computed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often processes without the admin role look for a newer published snapshot.
-const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+/// How often every process looks for a newer stored snapshot: another admin process, or the
+/// pipeline's guardrail monitor pausing an experiment, may have published one. This bounds
+/// how long a pause takes to reach every process's `/snapshot` (on PostgreSQL, LISTEN wakes
+/// them at once and this is the fallback).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What `start` reports back to the binary.
 pub struct Started {
@@ -410,18 +413,8 @@ impl AppState {
         });
         if roles.admin {
             outbox::spawn(self.db.clone(), self.settings.webhook_url.clone());
-        } else {
-            let state = self.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
-                loop {
-                    tick.tick().await;
-                    if let Err(error) = state.follow_published().await {
-                        tracing::warn!(%error, "reading the published snapshot failed");
-                    }
-                }
-            });
         }
+        self.spawn_follower();
         if let Some(stream) = &self.event_stream {
             pipeline::jetstream::spawn_lag_poller(stream.clone());
             if roles.pipeline {
@@ -478,10 +471,9 @@ impl AppState {
             return;
         };
         let version = published.version;
-        *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(published);
-        // Nobody listening is fine.
-        let _ = self.changes.send(version);
-        tracing::info!(version, "published snapshot");
+        if self.serve(published) {
+            tracing::info!(version, "published snapshot");
+        }
     }
 
     pub async fn reload_keys(&self) -> Result<(), crate::store::Error> {
@@ -536,10 +528,44 @@ impl AppState {
         self.republish(true).await
     }
 
-    /// In a process without the admin role: installs the newest snapshot an admin process
-    /// stored, if it is newer than the one served. Collectors need it to resolve the
-    /// experiments that the seed's event form names.
-    async fn follow_published(&self) -> anyhow::Result<()> {
+    /// Every process, whatever its roles, serves the newest stored snapshot: it polls every
+    /// `FOLLOW_INTERVAL` and, on PostgreSQL, wakes on the notification a commit sends.
+    pub fn spawn_follower(&self) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let url = state.settings.database_url();
+            let mut listener = match store::SnapshotListener::connect(&url).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%error, "listening for snapshots failed; polling only");
+                    None
+                }
+            };
+            let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    notified = async {
+                        match listener.as_mut() {
+                            Some(l) => l.next().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Err(error) = notified {
+                            tracing::warn!(%error, "the snapshot listener failed; polling only");
+                            listener = None;
+                        }
+                    }
+                }
+                if let Err(error) = state.follow_published().await {
+                    tracing::warn!(%error, "reading the published snapshot failed");
+                }
+            }
+        });
+    }
+
+    /// Serves the newest stored snapshot if it is newer than the one served.
+    pub async fn follow_published(&self) -> anyhow::Result<()> {
         let mut conn = self.db.pool.acquire().await?;
         let served = self.published().version;
         if store::latest_snapshot_version(&mut conn).await? <= served as i64 {
@@ -548,12 +574,26 @@ impl AppState {
         let Some(stored) = store::latest_snapshot(&mut conn).await? else {
             return Ok(());
         };
-        let published = Published::from_bytes(&stored)?;
-        let version = published.version;
-        *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(published);
-        let _ = self.changes.send(version);
-        tracing::info!(version, "following the published snapshot");
+        if self.serve(Published::from_bytes(&stored)?) {
+            tracing::info!(version = stored.version, "following the published snapshot");
+        }
         Ok(())
+    }
+
+    /// Serves `published` unless a newer snapshot is already served (the follower and a
+    /// change of this process's own may race), and announces it to SSE subscribers.
+    fn serve(&self, published: Published) -> bool {
+        let version = published.version;
+        {
+            let mut served = self.published.write().unwrap_or_else(|e| e.into_inner());
+            if served.version >= version {
+                return false;
+            }
+            *served = Arc::new(published);
+        }
+        // Nobody listening is fine.
+        let _ = self.changes.send(version);
+        true
     }
 
     /// Publishes the current configuration (only if it changed, unless `force`).

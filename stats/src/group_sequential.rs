@@ -200,6 +200,23 @@ fn propagate(prev: &Grid, t_prev: f64, t: f64, c: f64) -> Grid {
     }
 }
 
+/// At least one look, at fractions strictly increasing within (0, 1].
+fn check_fractions(information_fractions: &[f64]) -> Result<(), StatsError> {
+    if information_fractions.is_empty() {
+        return Err(invalid("at least one look is needed"));
+    }
+    let mut previous_t = 0.0;
+    for &t in information_fractions {
+        if !(t > previous_t && t <= 1.0) {
+            return Err(invalid(
+                "information fractions must increase strictly within (0, 1]",
+            ));
+        }
+        previous_t = t;
+    }
+    Ok(())
+}
+
 /// Two-sided group-sequential boundaries for looks at `information_fractions`.
 ///
 /// The first boundary is the normal quantile c₁ = Φ⁻¹(1 − α(t₁)/2). Each later boundary is
@@ -215,18 +232,7 @@ pub fn boundaries(
     spending: SpendingFunction,
 ) -> Result<Vec<Look>, StatsError> {
     check_alpha(alpha)?;
-    if information_fractions.is_empty() {
-        return Err(invalid("at least one look is needed"));
-    }
-    let mut previous_t = 0.0;
-    for &t in information_fractions {
-        if !(t > previous_t && t <= 1.0) {
-            return Err(invalid(
-                "information fractions must increase strictly within (0, 1]",
-            ));
-        }
-        previous_t = t;
-    }
+    check_fractions(information_fractions)?;
     let mut looks = Vec::with_capacity(information_fractions.len());
     let mut grid: Option<Grid> = None;
     let (mut t_prev, mut spent_prev) = (0.0, 0.0);
@@ -279,17 +285,9 @@ pub fn crossing_probability(
     z_bounds: &[f64],
     drift: f64,
 ) -> Result<f64, StatsError> {
-    if information_fractions.len() != z_bounds.len() || z_bounds.is_empty() {
+    check_fractions(information_fractions)?;
+    if information_fractions.len() != z_bounds.len() {
         return Err(invalid("one bound per information fraction is needed"));
-    }
-    let mut previous_t = 0.0;
-    for &t in information_fractions {
-        if !(t > previous_t && t <= 1.0) {
-            return Err(invalid(
-                "information fractions must increase strictly within (0, 1]",
-            ));
-        }
-        previous_t = t;
     }
     if z_bounds.iter().any(|c| !(c.is_finite() && *c > 0.0)) || !drift.is_finite() {
         return Err(invalid(

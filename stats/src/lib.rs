@@ -2,7 +2,8 @@
 //!
 //! Every function is pure: it takes sufficient statistics (counts, sums, sums of squares and
 //! cross-products per group, see [`sufficient`]) and returns a serialisable result or a
-//! [`StatsError`]. Nothing here reads the clock, does IO or draws random numbers, so the
+//! [`StatsError`]. Nothing here reads the clock, does IO or draws random numbers (the seeded
+//! generator of [`montecarlo`] serves only the simulations that check the methods), so the
 //! origin service can call these functions O(variants × metrics) times per request.
 //! `docs/statistics.md` is the normative description of every formula.
 //!
@@ -32,6 +33,7 @@ pub mod group_sequential;
 pub mod guardrail;
 pub mod interaction;
 pub mod mean;
+pub mod montecarlo;
 pub mod multiple;
 pub mod power;
 pub mod proportion;

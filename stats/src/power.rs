@@ -358,25 +358,47 @@ fn planned_bounds(
     })
 }
 
-/// The drift at the plan for which the design rejects with probability `power`.
+/// The drift at the plan for which the design rejects with probability `power`: the
+/// rejection probability rises smoothly in the drift, so a secant step inside a shrinking
+/// bracket (regula falsi with the Illinois rule) converges in about ten evaluations, each a
+/// recursive integration over every look.
 fn required_drift(bounds: &PlannedBounds, power: f64) -> Result<f64, StatsError> {
-    let reject = |drift: f64| {
+    let gap = |drift: f64| {
         group_sequential::crossing_probability(&bounds.fractions, &bounds.bounds, drift)
+            .map(|p| p - power)
     };
     let (mut lo, mut hi) = (0.0_f64, 4.0_f64);
-    while reject(hi)? < power {
+    let (mut f_lo, mut f_hi) = (gap(lo)?, gap(hi)?);
+    while f_hi < 0.0 {
+        (lo, f_lo) = (hi, f_hi);
         hi *= 2.0;
         if hi > 1e6 {
             return Err(invalid("the requested power cannot be reached"));
         }
+        f_hi = gap(hi)?;
     }
-    while hi - lo > 1e-9 * hi {
-        let mid = 0.5 * (lo + hi);
-        if reject(mid)? < power {
-            lo = mid;
+    let mut kept = 0_i8;
+    for _ in 0..100 {
+        let x = hi - f_hi * (hi - lo) / (f_hi - f_lo);
+        let x = if x > lo && x < hi { x } else { 0.5 * (lo + hi) };
+        let f = gap(x)?;
+        if f.abs() <= 1e-12 || hi - lo <= 1e-10 * hi {
+            return Ok(x);
+        }
+        if f < 0.0 {
+            (lo, f_lo) = (x, f);
+            // Illinois: halve the stale end's value when the same end survives twice.
+            if kept == -1 {
+                f_hi *= 0.5;
+            }
+            kept = -1;
         } else {
-            hi = mid;
+            (hi, f_hi) = (x, f);
+            if kept == 1 {
+                f_lo *= 0.5;
+            }
+            kept = 1;
         }
     }
-    Ok(hi)
+    Ok(0.5 * (lo + hi))
 }

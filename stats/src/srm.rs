@@ -26,14 +26,8 @@ pub struct SrmResult {
     pub expected: Vec<f64>,
 }
 
-/// Chi-squared goodness-of-fit of `observed` exposure counts against configured `weights`
-/// (any positive scale; they are normalised).
-///
-/// With no exposures at all there is nothing to test: statistic 0, p = 1, no mismatch.
-///
-/// Errors: fewer than two variants, a length mismatch, or a weight that is not positive and
-/// finite gives `InvalidInput` (a variant with zero weight should not be in the test).
-pub fn srm_test(observed: &[u64], weights: &[f64]) -> Result<SrmResult, StatsError> {
+/// Counts and weights of at least two variants, one each, with positive finite weights.
+fn check_split(observed: &[u64], weights: &[f64]) -> Result<(), StatsError> {
     if observed.len() != weights.len() {
         return Err(invalid("observed counts and weights differ in length"));
     }
@@ -43,6 +37,18 @@ pub fn srm_test(observed: &[u64], weights: &[f64]) -> Result<SrmResult, StatsErr
     if weights.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
         return Err(invalid("weights must be positive and finite"));
     }
+    Ok(())
+}
+
+/// Chi-squared goodness-of-fit of `observed` exposure counts against configured `weights`
+/// (any positive scale; they are normalised).
+///
+/// With no exposures at all there is nothing to test: statistic 0, p = 1, no mismatch.
+///
+/// Errors: fewer than two variants, a length mismatch, or a weight that is not positive and
+/// finite gives `InvalidInput` (a variant with zero weight should not be in the test).
+pub fn srm_test(observed: &[u64], weights: &[f64]) -> Result<SrmResult, StatsError> {
+    check_split(observed, weights)?;
     let total: f64 = observed.iter().map(|&o| o as f64).sum();
     let weight_sum: f64 = weights.iter().sum();
     let expected: Vec<f64> = weights.iter().map(|w| total * w / weight_sum).collect();
@@ -106,15 +112,7 @@ pub struct SequentialSrm {
 ///
 /// Errors: as [`srm_test`].
 pub fn sequential_srm_test(observed: &[u64], weights: &[f64]) -> Result<SequentialSrm, StatsError> {
-    if observed.len() != weights.len() {
-        return Err(invalid("observed counts and weights differ in length"));
-    }
-    if observed.len() < 2 {
-        return Err(invalid("at least two variants are needed"));
-    }
-    if weights.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
-        return Err(invalid("weights must be positive and finite"));
-    }
+    check_split(observed, weights)?;
     let weight_sum: f64 = weights.iter().sum();
     let total: f64 = observed.iter().map(|&o| o as f64).sum();
     let mut log_bf = ln_gamma(SRM_CONCENTRATION) - ln_gamma(SRM_CONCENTRATION + total);

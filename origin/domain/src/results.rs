@@ -988,7 +988,10 @@ fn group_sequential(
         )
         .unwrap_or_default()
     };
-    let at_looks: Vec<Vec<MetricResult>> = looks.iter().map(|l| analyse(inputs, l.day).0).collect();
+    // Only a deciding look needs every figure; the others need their z alone.
+    let statistics: Vec<Vec<Vec<Option<f64>>>> =
+        looks.iter().map(|l| statistics_at(inputs, l.day)).collect();
+    let mut analysed: HashMap<usize, Vec<MetricResult>> = HashMap::new();
     let final_look = looks.last().is_some_and(|l| l.reached == planned_looks);
     let mut out = latest.clone();
     for (i, metric) in latest.iter().enumerate() {
@@ -999,7 +1002,7 @@ fn group_sequential(
             let mut recorded = Vec::new();
             let mut decided_at = None;
             for (k, (look, boundary)) in looks.iter().zip(&boundaries).enumerate() {
-                let z = at_looks[k][i].comparisons[j].statistic.unwrap_or(0.0);
+                let z = statistics[k][i][j].unwrap_or(0.0);
                 let crossed = z.abs() >= boundary.z_boundary;
                 recorded.push(RecordedLook {
                     date: date(look.day),
@@ -1016,7 +1019,10 @@ fn group_sequential(
             let crossed = recorded.last().is_some_and(|l| l.crossed);
             let mut view = match decided_at {
                 Some(k) => {
-                    let mut frozen = at_looks[k][i].comparisons[j].clone();
+                    let at_look = analysed
+                        .entry(k)
+                        .or_insert_with(|| analyse(inputs, looks[k].day).0);
+                    let mut frozen = at_look[i].comparisons[j].clone();
                     frozen.latest = Some(latest_view(current, e, inputs.rollups));
                     frozen
                 }
@@ -1036,6 +1042,40 @@ fn group_sequential(
         }
     }
     out
+}
+
+/// The test statistic of every comparison (metrics × treatments, in `analyse`'s order)
+/// with the data up to a day.
+fn statistics_at(inputs: &Inputs<'_>, until_day: i64) -> Vec<Vec<Option<f64>>> {
+    let e = inputs.e;
+    let (units, _) = units_by_variant(inputs.rollups, until_day);
+    let n = |v: &str| units.get(v).copied().unwrap_or(0);
+    inputs
+        .roles
+        .iter()
+        .filter_map(|(key, _)| inputs.metrics.get(key))
+        .map(|metric| {
+            let sums = sums_by(inputs.rollups, &metric.key, until_day);
+            let group = |v: &str| Group {
+                n: n(v),
+                s: sums.get(v).copied().unwrap_or_default(),
+            };
+            e.variants
+                .iter()
+                .skip(1)
+                .map(|t| {
+                    compare(
+                        metric.kind,
+                        &group(e.control()),
+                        &group(&t.name),
+                        e.analysis.alpha,
+                    )
+                    .ok()
+                    .map(|c| c.absolute.statistic)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// A comparison with all data so far, as descriptive figures beside a frozen test.
@@ -1173,32 +1213,53 @@ pub fn compute(
 }
 
 /// The trend of a treatment's effect over the experiment's days, from its cumulative
-/// estimates (abx-stats' `trend`).
+/// estimates (abx-stats' `trend`), accumulated in one pass over the rollups in day order.
 fn trend(e: &Experiment, metric: &Metric, rollups: &Rollups, variant: &str) -> Option<TrendView> {
-    let days: std::collections::BTreeSet<i64> = rollups
-        .exposures
-        .iter()
-        .map(|r| r.day)
-        .chain(rollups.metrics.iter().map(|r| r.day))
-        .collect();
-    let first = *days.first()?;
-    let points: Vec<CumulativeEstimate> = days
-        .iter()
-        .filter_map(|&day| {
-            let (units, _) = units_by_variant(rollups, day);
-            let sums = sums_by(rollups, &metric.key, day);
-            let group = |v: &str| Group {
-                n: units.get(v).copied().unwrap_or(0),
-                s: sums.get(v).copied().unwrap_or_default(),
-            };
-            let c = compare(metric.kind, &group(e.control()), &group(variant), 0.05).ok()?;
-            Some(CumulativeEstimate {
+    let control = e.control();
+    let mut units: BTreeMap<i64, [u64; 2]> = BTreeMap::new();
+    for r in &rollups.exposures {
+        let arm = if r.variant == control {
+            0
+        } else if r.variant == variant {
+            1
+        } else {
+            continue;
+        };
+        units.entry(r.day).or_default()[arm] += r.units.max(0) as u64;
+    }
+    let mut sums: BTreeMap<i64, [Sums; 2]> = BTreeMap::new();
+    for r in rollups.metrics.iter().filter(|r| r.metric == metric.key) {
+        let arm = if r.variant == control {
+            0
+        } else if r.variant == variant {
+            1
+        } else {
+            continue;
+        };
+        units.entry(r.day).or_default();
+        sums.entry(r.day).or_default()[arm].add(&r.sums);
+    }
+    let first = *units.keys().next()?;
+    let mut groups = [Group {
+        n: 0,
+        s: Sums::default(),
+    }; 2];
+    let mut points = Vec::with_capacity(units.len());
+    for (day, added) in &units {
+        for arm in 0..2 {
+            groups[arm].n += added[arm];
+            if let Some(s) = sums.get(day) {
+                groups[arm].s.add(&s[arm]);
+            }
+        }
+        if let Ok(c) = compare(metric.kind, &groups[0], &groups[1], e.analysis.alpha) {
+            points.push(CumulativeEstimate {
                 day: (day - first) as f64,
                 estimate: c.absolute.estimate,
                 std_error: c.absolute.std_error,
-            })
-        })
-        .collect();
+            });
+        }
+    }
     let t = abx_stats::trend::effect_trend(&points).ok()?;
     Some(TrendView {
         slope_per_day: t.slope,

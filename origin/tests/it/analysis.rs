@@ -814,3 +814,90 @@ async fn interactions(o: &TestOrigin) {
     );
 }
 on_every_backend!(interaction_effects, interactions);
+
+/// Issue 26: a split deployment. The pipeline process pauses an experiment on a guardrail
+/// alarm and stores the snapshot; both admin processes serve it within `FOLLOW_INTERVAL`
+/// (LISTEN wakes them at once on PostgreSQL), and their assignment endpoints stop assigning.
+async fn split_deployment_follows_a_pause(o: &TestOrigin) {
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "purchase", "kind": "conversion", "event_type": "purchase"}),
+    )
+    .await;
+    o.create("/api/v1/metrics", json!({"key": "crash_rate", "kind": "conversion", "event_type": "crash", "direction": "decrease"})).await;
+    let sdk = o.key("sdk").await;
+    let body = json!({"key": "split", "primary_metric": "purchase", "guardrail_metrics": ["crash_rate"],
+        "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]});
+    let id = o.create("/api/v1/experiments", body).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    let process = |roles: &str| {
+        let mut settings = o.settings.clone();
+        settings.roles = abx_origin::Roles::parse(roles).expect("roles");
+        async move {
+            abx_origin::AppState::start(settings)
+                .await
+                .expect("a process")
+                .state
+        }
+    };
+    // `o` is the first admin (and collector); a second admin and the pipeline run beside it.
+    let admin = process("admin").await;
+    let pipeline = process("pipeline").await;
+    for state in [&o.state, &admin, &pipeline] {
+        state.spawn_follower();
+    }
+    assert_eq!(admin.published().version, o.state.published().version);
+    simulate(
+        o,
+        &sdk,
+        "split",
+        &id,
+        3_000,
+        &[("control", 0.10), ("treatment", 0.10)],
+        &[("control", 0.01), ("treatment", 0.10)],
+    )
+    .await;
+    let paused = abx_origin::guardrails::check_all(&pipeline)
+        .await
+        .expect("monitor");
+    assert_eq!(paused, vec!["split".to_string()]);
+    let version = pipeline.published().version;
+    assert!(version > o.state.published().version);
+    let started = std::time::Instant::now();
+    let bound = abx_origin::FOLLOW_INTERVAL + std::time::Duration::from_secs(1);
+    for state in [&o.state, &admin] {
+        while state.published().version < version {
+            assert!(
+                started.elapsed() < bound,
+                "a process still serves {} after {:?}, not {version}",
+                state.published().version,
+                started.elapsed()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let router = abx_origin::app(state.clone());
+        let reply = common::call(
+            &router,
+            Method::GET,
+            "/api/v1/experiments/split/assignment?user_id=anyone",
+            None,
+            &[("authorization", &format!("Bearer {sdk}"))],
+        )
+        .await;
+        assert_eq!(reply.body["reason"], "not_running", "{}", reply.body);
+    }
+    println!(
+        "every admin served the pause (version {version}) after {:?}",
+        started.elapsed()
+    );
+    admin.close_databases().await;
+    pipeline.close_databases().await;
+}
+on_both_backends!(
+    split_deployment_follows_guardrail_pauses,
+    split_deployment_follows_a_pause
+);

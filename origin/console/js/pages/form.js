@@ -100,7 +100,7 @@ export async function render(ctx) {
     targeting: null,
     forced: {},
     switchback_period_s: null,
-    analysis: { mode: 'sequential', alpha: 0.05, correction: 'bh', planned_units_per_variant: null, looks: null, tuning_units: null },
+    analysis: { mode: 'sequential', alpha: 0.05, correction: 'bh', planned_units_per_variant: null, looks: null, tuning_units: null, spending: 'o_brien_fleming', min_duration_days: 14, guardrail_margins: {} },
     status: 'draft',
   };
   const title = editing ? `Edit ${e.key}` : 'New experiment';
@@ -232,7 +232,7 @@ export async function render(ctx) {
     [
       ['sequential', 'Sequential: always valid, look any time'],
       ['fixed_horizon', 'Fixed horizon: one look at the planned sample'],
-      ['group_sequential', 'Group sequential: planned looks (O\u2019Brien-Fleming)'],
+      ['group_sequential', 'Group sequential: planned looks with alpha spending'],
     ],
     a.mode,
     { name: 'analysis.mode', disabled: locked('analysis') },
@@ -250,6 +250,18 @@ export async function render(ctx) {
   const planned = input({ name: 'analysis.planned_units_per_variant', type: 'number', min: 1, step: 1, value: a.planned_units_per_variant ?? '', disabled: locked('analysis') });
   const looks = input({ name: 'analysis.looks', type: 'number', min: 2, max: 20, step: 1, value: a.looks ?? '', disabled: locked('analysis') });
   const tuning = input({ name: 'analysis.tuning_units', type: 'number', min: 1, step: 'any', value: a.tuning_units ?? '', disabled: locked('analysis') });
+  const spending = select(
+    [
+      ['o_brien_fleming', 'O\u2019Brien-Fleming (gsDesign, rpact)'],
+      ['o_brien_fleming_total', 'O\u2019Brien-Fleming on the two-sided alpha (abx before 2026-12)'],
+      ['pocock', 'Pocock'],
+    ],
+    a.spending || 'o_brien_fleming',
+    { name: 'analysis.spending', disabled: locked('analysis') },
+  );
+  const minDuration = input({ name: 'analysis.min_duration_days', type: 'number', min: 0, max: 364, step: 7, value: a.min_duration_days ?? 14, disabled: locked('analysis') });
+  const margins = h('textarea', { name: 'analysis.guardrail_margins', rows: 2, disabled: locked('analysis'), spellcheck: 'false', placeholder: '{"crash_rate": 0.02}' });
+  margins.value = Object.keys(a.guardrail_margins || {}).length ? json(a.guardrail_margins) : '';
 
   const summary = h('div', { id: 'form-errors', tabindex: '-1' });
   const submit = h('button', { type: 'submit' }, editing ? 'Save changes' : 'Create experiment');
@@ -288,9 +300,11 @@ export async function render(ctx) {
         { class: 'inline' },
         box('analysis.planned_units_per_variant', 'Planned units per variant', planned),
         box('analysis.looks', 'Looks', looks),
-        box('analysis.tuning_units', 'Sequential tuning units', tuning),
+        box('analysis.tuning_units', 'Sequential tuning units (per variant)', tuning),
       ),
       h('p', { class: 'hint' }, 'Fixed horizon and group sequential need a planned sample (see the ', h('a', { href: '#/power' }, 'power calculator'), '); group sequential also needs 2 to 20 looks.'),
+      h('div', { class: 'inline' }, box('analysis.spending', 'Alpha spending (group sequential)', spending), box('analysis.min_duration_days', 'Minimum duration (days, whole weeks)', minDuration, 'No decision is recommended before it: early effects fade or grow.')),
+      box('analysis.guardrail_margins', 'Guardrail non-inferiority margins (JSON: metric → relative margin)', margins, '"Ship" then needs evidence that the guardrail is not worse by more than its margin.'),
     ]),
     h('div', { class: 'actions' }, submit, h('a', { class: 'button secondary', href: editing ? `#/experiments/${enc(e.id)}` : '#/experiments' }, 'Cancel')),
   );
@@ -393,6 +407,9 @@ export async function render(ctx) {
         planned_units_per_variant: number(planned),
         looks: number(looks),
         tuning_units: number(tuning),
+        spending: spending.value,
+        min_duration_days: number(minDuration) ?? 14,
+        guardrail_margins: parseJson(margins.value, 'analysis.guardrail_margins', errors, {}),
       },
     };
     if (!editing) body.key = key.value.trim();

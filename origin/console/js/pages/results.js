@@ -1,7 +1,6 @@
 // An experiment's results, as GET /api/v1/experiments/{id}/results?granularity=day returns
-// them (origin/src/results.rs, docs/statistics.md §18). The console computes nothing
-// statistical: every figure shown is a field of that response, formatted. The one
-// exception is documented at `forestRows`.
+// them (origin/domain/src/results.rs, docs/statistics.md §18). The console computes nothing
+// statistical: every figure shown is a field of that response, formatted.
 
 import { api, enc } from '../api.js';
 import { badge, fill, h, uid } from '../dom.js';
@@ -67,9 +66,29 @@ function metricTable(r, m) {
     }
     rows.push(h('tr', { dataset: { variant: c.variant } }, cells));
   }
+  const notes = [];
+  for (const c of m.comparisons) {
+    if (c.latest && c.latest.absolute) {
+      notes.push(
+        h(
+          'li',
+          { dataset: { variant: c.variant, field: 'latest' } },
+          `${c.variant}: the test above is frozen${r.analysed_through ? ` at the data through ${r.analysed_through}` : ' at its deciding look'}; with all ${count(c.latest.control_units + c.latest.treatment_units)} units since, the effect is ${metricEffect(m.kind, c.latest.absolute.estimate)}`,
+          c.latest.relative ? ` (${signedPercent(c.latest.relative.estimate)})` : '',
+          ' — descriptive only, not a test.',
+        ),
+      );
+    }
+    if (c.trend && c.trend.significant) {
+      notes.push(
+        h('li', { dataset: { variant: c.variant, field: 'trend' } }, `${c.variant}: the effect is changing over time (${metricEffect(m.kind, c.trend.slope_per_day)} a day, p = ${pValue(c.trend.p_value)}): early effects may fade (novelty) or grow (primacy).`),
+      );
+    }
+  }
   return h(
     'div',
     { class: 'table-wrap', tabindex: '0' },
+    notes.length ? h('ul', { class: 'note' }, notes) : null,
     h(
       'table',
       { dataset: { metric: m.metric, table: 'effects' } },
@@ -120,7 +139,7 @@ function detailTable(r, m) {
             th('Variant', false),
             th('Always-valid p'),
             th('Confidence sequence (absolute)'),
-            groupSequential ? th('Group-sequential look (z / boundary)') : null,
+            groupSequential ? th('Group-sequential looks (z / boundary)') : null,
             th('Chance to beat control'),
             th('Expected loss'),
             th('CUPED effect [CI]'),
@@ -140,9 +159,7 @@ function detailTable(r, m) {
               groupSequential
                 ? figure(
                     'group_sequential',
-                    c.group_sequential
-                      ? `${c.group_sequential.looks_passed}/${c.group_sequential.looks_planned}: ${fixed(c.group_sequential.z)} / ${c.group_sequential.z_boundary === null ? '—' : fixed(c.group_sequential.z_boundary)}${c.group_sequential.crossed ? ' (crossed)' : ''}`
-                      : '—',
+                    c.group_sequential ? groupSequentialLooks(c.group_sequential) : '—',
                   )
                 : null,
               figure('chance_to_win', c.bayesian ? percent(c.bayesian.chance_to_win, 1) : '—'),
@@ -157,25 +174,28 @@ function detailTable(r, m) {
   );
 }
 
+/** The recorded looks of a group-sequential test, and where it stands. */
+function groupSequentialLooks(g) {
+  const looks = g.looks.map((l) => `${l.date} (${percent(l.information_fraction, 0)}): ${fixed(l.z)} / ${fixed(l.z_boundary)}${l.crossed ? ' crossed' : ''}`);
+  const state = g.crossed ? 'stopped: boundary crossed' : g.decided ? 'over: final look read' : `${g.looks_passed}/${g.looks_planned} looks, ${percent(g.information_fraction, 0)} of the plan`;
+  return [looks.join('; ') || 'no look yet', ` — ${state}`].join('');
+}
+
 /**
  * Rows of the forest plot: the relative effect of each treatment on each metric, with its
  * interval. In sequential mode the decision rests on the always-valid confidence sequence,
- * which the API gives for the absolute effect only; dividing it by the control's value puts
- * it on the relative scale (the point estimate is then exactly the relative lift, and the
- * control's value is treated as fixed, so the band is slightly narrower than a relative
- * confidence sequence with the control's own uncertainty would be).
+ * which the API gives for the relative lift too.
  */
 export function forestRows(r) {
   const sequential = r.analysis_mode === 'sequential';
   const rows = [];
   const missing = [];
   for (const m of r.metrics) {
-    const control = r.variants[r.control] && r.variants[r.control].metrics[m.metric];
     for (const c of m.comparisons) {
       const label = `${m.metric} · ${c.variant}`;
       const tone = c.significant ? (c.improvement === false ? 'bad' : 'good') : 'plain';
-      if (sequential && c.sequential && c.absolute && control && control.value > 0) {
-        rows.push({ label, tone, estimate: c.absolute.estimate / control.value, lo: c.sequential.ci[0] / control.value, hi: c.sequential.ci[1] / control.value });
+      if (sequential && c.sequential && c.sequential.relative_ci && c.relative) {
+        rows.push({ label, tone, estimate: c.relative.estimate, lo: c.sequential.relative_ci[0], hi: c.sequential.relative_ci[1] });
       } else if (!sequential && c.relative) {
         rows.push({ label, tone, estimate: c.relative.estimate, lo: c.relative.ci[0], hi: c.relative.ci[1] });
       } else {
@@ -191,7 +211,7 @@ function forest(r) {
   const sequential = r.analysis_mode === 'sequential';
   const level = `${Math.round((1 - r.alpha) * 1000) / 10}%`;
   const what = sequential
-    ? `always-valid ${level} confidence sequences (the absolute effect's, relative to the control's value)`
+    ? `always-valid ${level} confidence sequences of the relative lift`
     : `${level} confidence intervals of the relative lift`;
   return h(
     'section',
@@ -218,11 +238,14 @@ function srmPanel(r) {
     h(
       'p',
       {},
-      srm.mismatch ? 'The split differs from the configured weights (p < 0.001): results cannot be trusted. ' : 'The split matches the configured weights. ',
-      'χ² = ',
+      srm.mismatch ? 'The split differs from the configured weights (always-valid p < 0.001): results cannot be trusted. ' : 'The split matches the configured weights. ',
+      'Always-valid p = ',
+      h('span', { dataset: { field: 'srm_sequential_p' } }, pValue(srm.sequential_p_value)),
+      ' (checked on every refresh); χ² = ',
       h('span', { dataset: { field: 'chi2' } }, fixed(srm.chi2, 3)),
       ', p = ',
       h('span', { dataset: { field: 'srm_p' } }, pValue(srm.p_value)),
+      ' (one look).',
     ),
     h(
       'div',
@@ -260,7 +283,7 @@ function guardrailPanel(r, e) {
         'table',
         {},
         h('caption', { class: 'visually-hidden' }, 'Guardrail checks'),
-        h('thead', {}, h('tr', {}, th('Metric', false), th('Variant', false), th('Status', false), th('Harmful effect'), th('z'), th('Threshold (SE)'), th('Always-valid p'))),
+        h('thead', {}, h('tr', {}, th('Metric', false), th('Variant', false), th('Status', false), th('Harmful effect'), th('z'), th('Alarm at z'), th('Always-valid p'), th('Level'), th('Margin'), th('Harm bound'))),
         h(
           'tbody',
           {},
@@ -273,8 +296,17 @@ function guardrailPanel(r, e) {
               h('td', { dataset: { field: 'status' } }, badge(g.status.replace('_', ' '), g.status === 'alarm' ? 'bad' : g.status === 'healthy' ? 'good' : 'neutral')),
               figure('harmful_effect', sig(g.harmful_effect)),
               figure('z', fixed(g.z)),
-              figure('threshold', fixed(g.threshold, 1)),
+              figure('threshold', fixed(g.threshold, 2)),
               figure('guardrail_p', pValue(g.p_value)),
+              figure('guardrail_alpha', sig(g.alpha)),
+              figure('margin', g.margin === undefined ? '—' : percent(g.margin, 1)),
+              h(
+                'td',
+                { class: 'num', dataset: { field: 'harm_bound' } },
+                g.harm_upper_bound === undefined ? '—' : signedPercent(g.harm_upper_bound),
+                g.non_inferior === undefined ? null : ' ',
+                g.non_inferior === undefined ? null : g.non_inferior ? badge('within margin', 'good') : badge('not shown', 'neutral'),
+              ),
             ),
           ),
         ),
@@ -375,6 +407,9 @@ export async function renderResults(container, e, ctx) {
     r.planned_sample_fraction !== null && r.planned_sample_fraction !== undefined
       ? [h('dt', {}, 'Planned sample reached'), h('dd', { dataset: { field: 'planned' } }, percent(r.planned_sample_fraction, 1))]
       : null,
+    r.analysed_through ? [h('dt', {}, 'Tested with data through'), h('dd', { dataset: { field: 'analysed_through' } }, `${r.analysed_through} (the test is frozen at its plan; later data is descriptive)`)] : null,
+    h('dt', {}, 'Minimum duration'),
+    h('dd', { dataset: { field: 'min_duration_days' } }, r.min_duration_days ? `${r.min_duration_days} days` : 'none'),
   );
   fill(container,
     h('h2', { id: 'results-title' }, 'Results'),

@@ -447,6 +447,23 @@ pub struct Metric {
 }
 
 impl Metric {
+    /// A metric counted from events of type `key`, as the results see it (no store fields).
+    pub fn new(key: &str, kind: MetricKind, direction: Direction) -> Self {
+        Metric {
+            id: format!("id-{key}"),
+            key: key.into(),
+            name: key.into(),
+            description: String::new(),
+            kind,
+            event_type: key.into(),
+            denominator_event_type: None,
+            direction,
+            guardrail_threshold: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
     pub fn spec(&self) -> MetricSpec {
         MetricSpec {
             key: self.key.clone(),

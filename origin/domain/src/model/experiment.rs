@@ -737,6 +737,63 @@ pub struct Experiment {
 }
 
 impl Experiment {
+    /// A running experiment as the results see it, with nothing a store would add: for
+    /// analysing rollups outside the service (the decision simulation, tests).
+    /// `variants` are (name, weight in basis points), control first.
+    pub fn running(
+        key: &str,
+        variants: &[(&str, u16)],
+        primary_metric: &str,
+        guardrail_metrics: &[&str],
+        analysis: Analysis,
+        started_at_ms: i64,
+    ) -> Self {
+        Experiment {
+            id: format!("id-{key}"),
+            key: key.into(),
+            name: key.into(),
+            hypothesis: String::new(),
+            description: String::new(),
+            owner: String::new(),
+            status: Status::Running,
+            status_reason: None,
+            layer: None,
+            layer_id: None,
+            traffic_percent: 100.0,
+            unit: "user_id".into(),
+            targeting: None,
+            variants: variants
+                .iter()
+                .map(|(name, weight_bp)| VariantInput {
+                    name: (*name).into(),
+                    weight: f64::from(*weight_bp) / 100.0,
+                    config: Json::Null,
+                })
+                .collect(),
+            primary_metric: primary_metric.into(),
+            secondary_metrics: Vec::new(),
+            guardrail_metrics: guardrail_metrics.iter().map(|g| g.to_string()).collect(),
+            holdout: None,
+            holdout_id: None,
+            forced: BTreeMap::new(),
+            switchback_period_s: None,
+            analysis,
+            shipped_variant: None,
+            slot_ranges: Vec::new(),
+            version: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+            started_at: None,
+            ended_at: None,
+            traffic_bp: 10_000,
+            weights_bp: variants.iter().map(|(_, w)| *w).collect(),
+            slots: Vec::new(),
+            created_at_ms: started_at_ms,
+            started_at_ms: Some(started_at_ms),
+            ended_at_ms: None,
+        }
+    }
+
     pub fn spec(&self) -> ExperimentSpec {
         ExperimentSpec {
             key: self.key.clone(),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::*;
 use crate::model::catalog::{Direction, Metric, MetricKind};
-use crate::model::experiment::{Analysis, AnalysisMode, Experiment, Status, VariantInput};
+use crate::model::experiment::{Analysis, AnalysisMode, Experiment, VariantInput};
 use crate::rollup::{ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
 
 const DAY: i64 = 20_000;
@@ -15,69 +15,24 @@ const DAY_MS: i64 = 86_400_000;
 const NOW: i64 = (DAY + 30) * DAY_MS;
 
 fn experiment(key: &str, guardrails: &[&str]) -> Experiment {
-    let variant = |name: &str| VariantInput {
-        name: name.into(),
-        weight: 50.0,
-        config: serde_json::Value::Null,
+    let analysis = Analysis {
+        mode: AnalysisMode::FixedHorizon,
+        planned_units_per_variant: Some(10_000),
+        ..Analysis::default()
     };
-    Experiment {
-        id: format!("id-{key}"),
-        key: key.into(),
-        name: key.into(),
-        hypothesis: String::new(),
-        description: String::new(),
-        owner: String::new(),
-        status: Status::Running,
-        status_reason: None,
-        layer: None,
-        layer_id: None,
-        traffic_percent: 100.0,
-        unit: "user_id".into(),
-        targeting: None,
-        variants: vec![variant("control"), variant("treatment")],
-        primary_metric: "converted".into(),
-        secondary_metrics: Vec::new(),
-        guardrail_metrics: guardrails.iter().map(|g| g.to_string()).collect(),
-        holdout: None,
-        holdout_id: None,
-        forced: BTreeMap::new(),
-        switchback_period_s: None,
-        analysis: Analysis {
-            mode: AnalysisMode::FixedHorizon,
-            planned_units_per_variant: Some(10_000),
-            ..Analysis::default()
-        },
-        shipped_variant: None,
-        slot_ranges: Vec::new(),
-        version: 1,
-        created_at: String::new(),
-        updated_at: String::new(),
-        started_at: None,
-        ended_at: None,
-        traffic_bp: 10_000,
-        weights_bp: vec![5_000, 5_000],
-        slots: Vec::new(),
-        created_at_ms: 0,
-        started_at_ms: Some(DAY * DAY_MS),
-        ended_at_ms: None,
-    }
+    let variants = [("control", 5_000), ("treatment", 5_000)];
+    Experiment::running(
+        key,
+        &variants,
+        "converted",
+        guardrails,
+        analysis,
+        DAY * DAY_MS,
+    )
 }
 
 fn metric(key: &str, kind: MetricKind, direction: Direction) -> (String, Metric) {
-    let metric = Metric {
-        id: format!("id-{key}"),
-        key: key.into(),
-        name: key.into(),
-        description: String::new(),
-        kind,
-        event_type: key.into(),
-        denominator_event_type: None,
-        direction,
-        guardrail_threshold: None,
-        created_at: String::new(),
-        updated_at: String::new(),
-    };
-    (key.into(), metric)
+    (key.into(), Metric::new(key, kind, direction))
 }
 
 fn exposures(variant: &str, units: i64) -> ExposureRollup {
@@ -112,6 +67,16 @@ fn ten_percent_lift() -> Rollups {
             conversions("treatment", "converted", 1_100.0),
         ],
     }
+}
+
+/// Asserts that the results recommend an action starting with `start`.
+#[track_caller]
+fn recommends(results: &Results, start: &str) {
+    assert!(
+        results.recommended_action.starts_with(start),
+        "expected \"{start}…\", got \"{}\"",
+        results.recommended_action
+    );
 }
 
 fn close(actual: f64, expected: f64) -> bool {
@@ -164,11 +129,7 @@ fn a_fixed_horizon_test_is_not_read_before_its_planned_sample() {
     let results = compute(&e, &metrics, &ten_percent_lift(), NOW, false);
     assert_eq!(results.planned_sample_fraction, Some(0.5));
     assert!(!results.metrics[0].comparisons[0].significant);
-    assert!(
-        results.recommended_action.starts_with("Keep running: 50%"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "Keep running: 50%");
 }
 
 #[test]
@@ -198,11 +159,11 @@ fn a_split_far_from_the_weights_is_a_sample_ratio_mismatch() {
     let mut rollups = ten_percent_lift();
     rollups.exposures[1].units = 11_000;
     let results = compute(&experiment("checkout", &[]), &metrics, &rollups, NOW, false);
-    let srm = results.srm.expect("srm");
+    let srm = results.srm.clone().expect("srm");
     // χ² = 2 × 500² / 10,500 against the expected 10,500 per arm.
     assert!(close(srm.chi2, 2.0 * 500.0 * 500.0 / 10_500.0), "{srm:?}");
     assert!(srm.mismatch);
-    assert!(results.recommended_action.starts_with("Invalid"));
+    recommends(&results, "Invalid");
 }
 
 #[test]
@@ -231,7 +192,7 @@ fn a_guardrail_that_clearly_degrades_raises_its_alarm() {
         ("crashed", "treatment")
     );
     assert_eq!(guardrail.status, "alarm");
-    assert!(results.recommended_action.starts_with("Stop"));
+    recommends(&results, "Stop");
 }
 
 #[test]
@@ -375,11 +336,7 @@ fn a_guardrail_whose_treatment_lost_its_data_alarms() {
             .as_deref()
             .is_some_and(|n| n.contains("cannot be computed"))
     );
-    assert!(
-        results.recommended_action.starts_with("Stop"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "Stop");
 }
 
 /// A guardrail that cannot be checked although both arms have units is shown as an error,
@@ -396,11 +353,7 @@ fn a_guardrail_that_cannot_be_checked_blocks_shipping() {
     let guardrail = &results.guardrails[0];
     assert_eq!(guardrail.status, "error", "{guardrail:?}");
     assert!(guardrail.note.is_some());
-    assert!(
-        results.recommended_action.starts_with("Investigate"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "Investigate");
     // The same experiment without the guardrail would ship.
     let shipped = compute(
         &experiment("checkout", &[]),
@@ -409,11 +362,7 @@ fn a_guardrail_that_cannot_be_checked_blocks_shipping() {
         NOW,
         false,
     );
-    assert!(
-        shipped.recommended_action.starts_with("Ship"),
-        "{}",
-        shipped.recommended_action
-    );
+    recommends(&shipped, "Ship");
 }
 
 /// Rollups for one day of a conversion test: units and conversions per arm.
@@ -530,13 +479,7 @@ fn group_sequential_looks_are_recorded_once_and_decide_once() {
         comparison.latest.as_ref().expect("latest").treatment_units,
         30_000
     );
-    assert!(
-        results
-            .recommended_action
-            .starts_with("No significant difference after the final look"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "No significant difference after the final look");
     // Read hourly on the last look's day, nothing is decided before the day is over.
     let during = compute(
         &e,
@@ -578,11 +521,7 @@ fn a_group_sequential_crossing_stops_the_test_at_its_look() {
     assert_eq!(gs.looks.len(), 3, "{gs:?}");
     assert!(gs.crossed && gs.decided);
     assert!(comparison.significant);
-    assert!(
-        results.recommended_action.starts_with("Ship"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "Ship");
 }
 
 /// Issue 25, item 7: in sequential mode the headline p-value and interval are the
@@ -702,20 +641,12 @@ fn shipping_needs_guardrails_shown_within_their_margins() {
     let guardrail = &results.guardrails[0];
     assert_eq!(guardrail.non_inferior, Some(false), "{guardrail:?}");
     assert!(guardrail.harm_upper_bound.expect("bound") > 0.01);
-    assert!(
-        results.recommended_action.starts_with("Not yet"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "Not yet");
     // A margin of 100 % is shown at once.
     e.analysis.guardrail_margins = BTreeMap::from([("crashed".to_string(), 1.0)]);
     let results = compute(&e, &metrics, &rollups, NOW, false);
     assert_eq!(results.guardrails[0].non_inferior, Some(true));
-    assert!(
-        results.recommended_action.starts_with("Ship"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "Ship");
 }
 
 /// Issue 25, item 12: no decision before the minimum duration, however clear the data.
@@ -725,13 +656,7 @@ fn no_decision_before_the_minimum_duration() {
     e.analysis.mode = AnalysisMode::Sequential;
     let now = (DAY + 2) * DAY_MS;
     let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), now, false);
-    assert!(
-        results
-            .recommended_action
-            .starts_with("Keep running: 12 more days of the 14-day minimum"),
-        "{}",
-        results.recommended_action
-    );
+    recommends(&results, "Keep running: 12 more days of the 14-day minimum");
 }
 
 /// Issue 25, item 12: an effect that fades day after day shows as a significant trend.
