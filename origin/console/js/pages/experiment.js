@@ -43,8 +43,10 @@ function configuration(e) {
     `α = ${a.alpha}`,
     `${a.correction === 'bh' ? 'Benjamini-Hochberg' : a.correction} correction`,
     a.planned_units_per_variant ? `${a.planned_units_per_variant.toLocaleString('en-US')} units per variant planned` : null,
-    a.looks ? `${a.looks} looks` : null,
-    a.tuning_units ? `tuning ${a.tuning_units}` : null,
+    a.looks ? `${a.looks} looks (${(a.spending || 'o_brien_fleming').replaceAll('_', ' ')} spending)` : null,
+    a.tuning_units ? `tuning ${a.tuning_units} per variant` : null,
+    a.min_duration_days ? `at least ${a.min_duration_days} days` : 'no minimum duration',
+    ...Object.entries(a.guardrail_margins || {}).map(([metric, margin]) => `${metric} within ${(margin * 100).toFixed(1)}%`),
   ].filter(Boolean);
   return h(
     'section',
