@@ -277,6 +277,12 @@ impl AppState {
             None => db.clone(),
         };
         let signing_seed = signing_seed(&settings)?;
+        {
+            // Every process of a deployment must sign with its active key; the first process
+            // registers its own.
+            let mut conn = db.pool.acquire().await?;
+            publish::check_signing_key(&mut conn, &abx_core::public_key(&signing_seed)).await?;
+        }
         let (changes, _) = broadcast::channel(64);
         let telemetry = Arc::new(pipeline::telemetry::Telemetry::default());
         let roles = settings.roles;
@@ -641,6 +647,21 @@ impl AppState {
         .await?;
         Ok(Some(key.secret))
     }
+}
+
+/// Makes the key of `settings` (given, or the data directory's) the deployment's active
+/// signing key, and returns its id: the switch of a key rotation (docs/api.md, "Signing
+/// keys").
+pub async fn activate_signing_key(settings: &Settings) -> anyhow::Result<String> {
+    let public_key = abx_core::public_key(&signing_seed(settings)?);
+    let db = Db::connect(&settings.database_url(), 1)
+        .await
+        .context("connecting to the database")?;
+    db.migrate().await?;
+    let key_id = publish::signing_key_id(&public_key);
+    let mut conn = db.pool.acquire().await?;
+    store::activate_signing_key(&mut conn, &key_id, &auth::hex(&public_key)).await?;
+    Ok(key_id)
 }
 
 /// The snapshot signing seed: given, or read from (and on first start written to) the data

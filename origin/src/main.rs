@@ -41,6 +41,25 @@ enum Command {
     },
     /// Starts an origin with demo data and a few days of simulated traffic.
     Demo(demo::Args),
+    /// Manages the deployment's snapshot signing key.
+    SigningKey {
+        #[command(subcommand)]
+        command: SigningKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Makes this key (`--signing-key`, else the data directory's `signing.key`) the
+    /// deployment's active one. Processes signing with another key then refuse to publish
+    /// until restarted with it; an admin restarted with it re-signs the current snapshot.
+    Activate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Ed25519 seed, 64 hex digits.
+        #[arg(long, env = "ABX_SIGNING_KEY")]
+        signing_key: Option<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -160,6 +179,13 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::SigningKey {
+            command:
+                SigningKeyCommand::Activate {
+                    store: location,
+                    signing_key,
+                },
+        } => activate_signing_key(location, signing_key).await,
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -185,6 +211,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn activate_signing_key(
+    location: StoreArgs,
+    signing_key: Option<String>,
+) -> anyhow::Result<()> {
+    let mut settings = Settings::new(&location.data_dir);
+    settings.database_url = location.database_url;
+    settings.signing_key = signing_key;
+    let key_id = abx_origin::activate_signing_key(&settings).await?;
+    println!("{key_id}");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

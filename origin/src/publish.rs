@@ -18,7 +18,7 @@ use abx_core::snapshot::{
     Forced, Id, SlotRange, Status as CoreStatus, Variant,
 };
 use abx_core::{Evaluator, Snapshot, SnapshotBuilder};
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
@@ -63,6 +63,32 @@ impl Published {
             serde_json::to_string_pretty(self.evaluator.snapshot()).unwrap_or_default()
         })
     }
+}
+
+/// A public key's id: the first 8 bytes of its SHA-256, hex. Stored in the database as the
+/// deployment's active key, and served with the key (`GET /snapshot/key`).
+pub fn signing_key_id(public_key: &[u8; 32]) -> String {
+    crate::auth::hex(&Sha256::digest(public_key)[..8])
+}
+
+/// Refuses a publication signed with a key that is not the deployment's active one: edges
+/// pinned to the active public key would reject the snapshot (and with it every later
+/// change, a kill switch included) while this process believed it published.
+pub async fn check_signing_key(
+    conn: &mut AnyConnection,
+    public_key: &[u8; 32],
+) -> anyhow::Result<()> {
+    let own = signing_key_id(public_key);
+    let active = store::active_signing_key(conn, &own, &crate::auth::hex(public_key)).await?;
+    if active != own {
+        bail!(
+            "this process signs snapshots with key {own}, but the deployment's active signing key \
+             is {active}: start every process with the same --signing-key (ABX_SIGNING_KEY), or \
+             make this key the deployment's with `abx-origin signing-key activate` \
+             (docs/api.md, \"Signing keys\")"
+        );
+    }
+    Ok(())
 }
 
 pub fn etag(version: u64, bytes: &[u8]) -> String {
@@ -388,6 +414,7 @@ pub async fn prepare(
     signing_seed: &[u8; 32],
     force: bool,
 ) -> anyhow::Result<Prepared> {
+    check_signing_key(conn, &abx_core::public_key(signing_seed)).await?;
     let (config, loaded) = load_config(conn, loaded).await?;
     // Another process may have published since this one last did: a second admin process,
     // or the guardrail monitor of the pipeline process pausing an experiment. The version

@@ -147,6 +147,8 @@ pub struct PublicKey {
     pub algorithm: &'static str,
     /// The 32-byte public key, hex.
     pub public_key: String,
+    /// The key's id (the first 8 bytes of its SHA-256, hex): the deployment's active key.
+    pub key_id: String,
 }
 
 /// Public: anyone may verify snapshots.
@@ -157,6 +159,7 @@ pub async fn public_key(State(state): State<AppState>) -> Response {
         &PublicKey {
             algorithm: "ed25519",
             public_key: crate::auth::hex(&state.public_key),
+            key_id: crate::publish::signing_key_id(&state.public_key),
         },
     )
 }

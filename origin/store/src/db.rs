@@ -85,6 +85,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_events.sql"),
         postgres: include_str!("../migrations/postgres/0002_events.sql"),
     },
+    Migration {
+        version: 3,
+        name: "signing_keys",
+        sqlite: include_str!("../migrations/sqlite/0003_signing_keys.sql"),
+        postgres: include_str!("../migrations/postgres/0003_signing_keys.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

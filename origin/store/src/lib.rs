@@ -330,6 +330,57 @@ pub async fn insert_snapshot(
     Ok(())
 }
 
+/// The deployment's active signing key id, registering `key_id` as active when there is
+/// none yet (the first process of a deployment). A process whose key is not the active one
+/// must not publish: edges pinned to the active public key would refuse its snapshots.
+pub async fn active_signing_key(
+    conn: &mut AnyConnection,
+    key_id: &str,
+    public_key_hex: &str,
+) -> Result<String, Error> {
+    // Two first processes may race: the primary key lets one insert win, and both then read
+    // the same active row.
+    sqlx::query(
+        "INSERT INTO signing_keys (key_id, public_key, active, created_at_ms)
+         SELECT $1, $2, 1, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE active = 1)
+         ON CONFLICT (key_id) DO NOTHING",
+    )
+    .bind(key_id)
+    .bind(public_key_hex)
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    let active: Option<String> = sqlx::query_scalar(
+        "SELECT key_id FROM signing_keys WHERE active = 1 ORDER BY created_at_ms DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(active.unwrap_or_else(|| key_id.to_string()))
+}
+
+/// Makes `key_id` the deployment's active signing key (the rotation's switch); the keys it
+/// replaces stay listed, inactive, so that the history of who signed what is kept.
+pub async fn activate_signing_key(
+    conn: &mut AnyConnection,
+    key_id: &str,
+    public_key_hex: &str,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE signing_keys SET active = 0 WHERE key_id <> $1")
+        .bind(key_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO signing_keys (key_id, public_key, active, created_at_ms) VALUES ($1, $2, 1, $3)
+         ON CONFLICT (key_id) DO UPDATE SET active = 1",
+    )
+    .bind(key_id)
+    .bind(public_key_hex)
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// The PostgreSQL notification channel on which new snapshots are announced.
 const SNAPSHOT_CHANNEL: &str = "abx_snapshots";
 

@@ -1396,3 +1396,53 @@ async fn start_refuses_weak_bootstrap_keys_and_keeps_its_data_directory_private(
     assert_eq!(keys.body["items"][0]["prefix"], "abx_admi");
     started.state.close_databases().await;
 }
+
+/// Issue 26: every process of a deployment signs with its active key. A process started
+/// with another key refuses to start, saying so; after `signing-key activate` the old key's
+/// process can no longer publish, and a process with the new key re-signs the snapshot.
+async fn signing_keys(o: &TestOrigin) {
+    let key = o.get("/api/v1/snapshot/key").await.body;
+    let old_id = key["key_id"].as_str().expect("key id").to_string();
+    let mut other = o.settings.clone();
+    other.signing_key = Some("11".repeat(32));
+    let refused = match abx_origin::AppState::start(other.clone()).await {
+        Ok(_) => panic!("a process with another signing key started"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        refused.contains(&old_id) && refused.contains("signing-key activate"),
+        "{refused}"
+    );
+    let new_id = abx_origin::activate_signing_key(&other)
+        .await
+        .expect("rotation");
+    assert_ne!(new_id, old_id);
+    // The process with the old key may no longer publish: nothing it would sign is stored.
+    let before = o.state.published().version;
+    let reply = o
+        .post(
+            "/api/v1/metrics",
+            common::metric("after_rotation", "conversion"),
+        )
+        .await;
+    assert!(
+        reply.status.is_server_error(),
+        "{} {}",
+        reply.status,
+        reply.body
+    );
+    assert_eq!(o.state.published().version, before);
+    // A process with the new key starts and serves a snapshot that its key verifies.
+    let rotated = abx_origin::AppState::start(other)
+        .await
+        .expect("new key")
+        .state;
+    let router = abx_origin::app(rotated.clone());
+    let key = common::call(&router, Method::GET, "/api/v1/snapshot/key", None, &[]).await;
+    assert_eq!(key.body["key_id"], new_id.as_str());
+    let published = rotated.published();
+    assert!(published.version > before);
+    assert!(abx_core::decode_verified(&published.bytes, &rotated.public_key).is_ok());
+    rotated.close_databases().await;
+}
+on_both_backends!(signing_keys_are_one_per_deployment, signing_keys);

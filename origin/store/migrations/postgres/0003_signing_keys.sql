@@ -1,0 +1,8 @@
+-- The deployment's snapshot signing keys. Every process of a deployment must sign with the
+-- active key, or edges pinned to its public key would refuse the snapshots it publishes.
+CREATE TABLE signing_keys (
+    key_id        TEXT PRIMARY KEY,
+    public_key    TEXT NOT NULL,
+    active        INTEGER NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
