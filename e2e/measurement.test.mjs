@@ -66,7 +66,8 @@ before(async () => {
     ids[key] = e.id;
     await create(`/api/v1/experiments/${e.id}/start`, {});
   }
-  edge = await startEdge({ originUrl: origin.url, sdkKey: sdk, publicKey });
+  // The edge has a server key of its own; the page below, like any browser, the sdk key.
+  edge = await startEdge({ originUrl: origin.url, sdkKey: await origin.serverKey(), publicKey });
   site = await startSite(origin.url, tempDir('measurement-site'));
   browser = await openPage(site);
 });

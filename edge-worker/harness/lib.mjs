@@ -380,7 +380,9 @@ export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-
       return reply.body;
     },
     async publicKey() { return (await call('GET', '/api/v1/snapshot/key')).body.public_key; },
-    async sdkKey() { return (await origin.create('/api/v1/keys', { name: 'edge', role: 'sdk' })).secret; },
+    async sdkKey() { return (await origin.create('/api/v1/keys', { name: 'browser', role: 'sdk' })).secret; },
+    /** A key of the server class, for edges and backends (never given to browsers). */
+    async serverKey() { return (await origin.create('/api/v1/keys', { name: 'edge', role: 'server' })).secret; },
     /** Rows of the origin's event log (its own SQLite file, `abx-events.db`) for one unit key. */
     storedEvents(unitKey) {
       const databases = readdirSync(dataDir).filter((f) => /-events\.(db|sqlite3?)$/.test(f));

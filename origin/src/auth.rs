@@ -1,17 +1,18 @@
-//! API keys, roles and per-key rate limits.
+//! API keys, roles and rate limits (per key, and per client address for public sdk keys).
 //!
 //! Keys are random 160-bit secrets shown once; only their SHA-256 is stored (a fast hash is
 //! enough for high-entropy secrets, and it keeps authentication cheap on hot paths). The
 //! hashes live in memory, so authenticating never touches the database.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 pub use abx_origin_domain::keys::{
     KeyInfo, NewKey, Permission, Role, generate_key, hash_key, hex, key_from_secret,
 };
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use crate::AppState;
@@ -35,39 +36,68 @@ impl KeyCache {
     }
 }
 
-/// Requests per second and burst allowed per key, by role.
+/// Requests per second and burst allowed to one bucket.
 #[derive(Clone, Copy, Debug)]
 pub struct Limit {
     pub per_second: f64,
     pub burst: f64,
 }
 
-/// Token buckets per key. A bucket holds up to `burst` tokens and refills at `per_second`.
+/// The limits by key class.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Per admin or viewer key.
+    pub admin: Limit,
+    /// Per sdk key **and client address**: sdk keys are public, so a bucket per key would let
+    /// any one client spend every browser's allowance.
+    pub sdk: Limit,
+    /// Per server key (edges, backends), which carries many users' traffic.
+    pub server: Limit,
+}
+
+/// Buckets beyond which idle ones are dropped: a bucket that has refilled is the same as
+/// none, and a flood from many addresses must not grow the map without bound.
+const MAX_BUCKETS: usize = 100_000;
+
+/// (key id, client address for sdk keys) → (tokens, when they were last counted).
+type Buckets = HashMap<(String, Option<IpAddr>), (f64, Instant)>;
+
+/// Token buckets. A bucket holds up to `burst` tokens and refills at `per_second`.
 pub struct RateLimiter {
-    admin: Limit,
-    sdk: Limit,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    limits: Limits,
+    buckets: Mutex<Buckets>,
 }
 
 impl RateLimiter {
-    pub fn new(admin: Limit, sdk: Limit) -> Self {
+    pub fn new(limits: Limits) -> Self {
         RateLimiter {
-            admin,
-            sdk,
+            limits,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes `cost` tokens, or says how many seconds to wait.
-    pub fn check(&self, key: &KeyInfo, cost: f64) -> Result<(), u64> {
-        let limit = if key.role == Role::Sdk {
-            self.sdk
-        } else {
-            self.admin
+    /// Takes `cost` tokens from the bucket of `key` (and, for sdk keys, of the client's
+    /// address), or says how many seconds to wait.
+    pub fn check(&self, key: &KeyInfo, client: Option<IpAddr>, cost: f64) -> Result<(), u64> {
+        let (limit, address) = match key.role {
+            Role::Sdk => (self.limits.sdk, client),
+            Role::Server => (self.limits.server, None),
+            Role::Admin | Role::Viewer => (self.limits.admin, None),
         };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, last) = buckets.entry(key.id.clone()).or_insert((limit.burst, now));
+        if buckets.len() >= MAX_BUCKETS {
+            let limits = self.limits;
+            // Keeps only buckets still short of full; the slowest refill bounds their age.
+            let full_after = [limits.admin, limits.sdk, limits.server]
+                .iter()
+                .map(|l| l.burst / l.per_second)
+                .fold(0.0_f64, f64::max);
+            buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs_f64() < full_after);
+        }
+        let (tokens, last) = buckets
+            .entry((key.id.clone(), address))
+            .or_insert((limit.burst, now));
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * limit.per_second).min(limit.burst);
         *last = now;
@@ -80,11 +110,36 @@ impl RateLimiter {
     }
 }
 
+/// The client's address: the TCP peer, or with `trusted_header` set (opt-in, for an origin
+/// behind a proxy or CDN that sets it) the last address in that header, the one the trusted
+/// proxy saw (earlier entries are whatever the client claimed).
+pub fn client_address(parts: &Parts, trusted_header: Option<&str>) -> Option<IpAddr> {
+    if let Some(name) = trusted_header {
+        let forwarded = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .next_back();
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
+}
+
 /// The authenticated caller of a request. Extracting it authenticates and rate-limits.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub key_id: String,
     pub role: Role,
+    /// The client's address, when known (see `client_address`).
+    pub client: Option<IpAddr>,
 }
 
 impl Caller {
@@ -134,13 +189,15 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = secret_from(parts).ok_or(ApiError::Unauthorized)?;
         let key = state.keys.lookup(&secret).ok_or(ApiError::Unauthorized)?;
+        let client = client_address(parts, state.settings.trusted_proxy_header.as_deref());
         state
             .limiter
-            .check(&key, 1.0)
+            .check(&key, client, 1.0)
             .map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
         Ok(Caller {
             key_id: key.id,
             role: key.role,
+            client,
         })
     }
 }

@@ -284,6 +284,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     settings.bootstrap_admin_key = Some(ADMIN_KEY.into());
     settings.admin_rate.per_second = 10_000.0;
     settings.admin_rate.burst = 10_000.0;
+    // The simulated traffic comes from this machine: one address for every simulated user.
+    settings.sdk_rate.per_second = 1_000_000.0;
+    settings.sdk_rate.burst = 1_000_000.0;
     settings.guardrail_interval_s = 10;
     let started = abx_origin::AppState::start(settings.clone()).await?;
     started.state.spawn_background();
@@ -291,7 +294,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
     let app = abx_origin::app(started.state.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
 
     let base = format!("http://{}", settings.listen);
     let api = Api {

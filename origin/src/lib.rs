@@ -29,7 +29,7 @@ use sqlx::AnyConnection;
 use tokio::sync::broadcast;
 
 pub use api::app;
-use auth::{KeyCache, Limit, RateLimiter, Role};
+use auth::{KeyCache, Limit, Limits, RateLimiter, Role};
 use error::{ApiError, ApiResult};
 use pipeline::Pipeline;
 use publish::Published;
@@ -46,8 +46,19 @@ pub struct Settings {
     pub signing_key: Option<String>,
     /// Registered as an admin key at start (for automated deployments).
     pub bootstrap_admin_key: Option<String>,
+    /// Per admin or viewer key.
     pub admin_rate: Limit,
+    /// Per sdk key and client address (sdk keys are public).
     pub sdk_rate: Limit,
+    /// Per server key (edges and backends).
+    pub server_rate: Limit,
+    /// A header set by a trusted proxy in front of the origin (`x-forwarded-for`,
+    /// `cf-connecting-ip`) whose last address is the client's; default: the TCP peer.
+    pub trusted_proxy_header: Option<String>,
+    /// Requests handled at once; more get 503 at once (`/health` and `/metrics` are exempt).
+    pub max_concurrent_requests: usize,
+    /// Caps on the snapshot change streams (`GET /snapshot/stream`).
+    pub streams: StreamLimits,
     /// Receives outbox events (experiment lifecycle, guardrail alarms) as JSON POSTs.
     pub webhook_url: Option<String>,
     /// `Cache-Control: max-age` of the snapshot.
@@ -92,8 +103,19 @@ impl Settings {
                 burst: 200.0,
             },
             sdk_rate: Limit {
-                per_second: 5_000.0,
-                burst: 10_000.0,
+                per_second: 100.0,
+                burst: 400.0,
+            },
+            server_rate: Limit {
+                per_second: 20_000.0,
+                burst: 40_000.0,
+            },
+            trusted_proxy_header: None,
+            max_concurrent_requests: 2_048,
+            streams: StreamLimits {
+                per_client: 8,
+                total: 10_000,
+                lifetime: Duration::from_secs(3_600),
             },
             webhook_url: None,
             snapshot_max_age_s: 10,
@@ -126,6 +148,18 @@ impl Settings {
             )
         })
     }
+}
+
+/// Caps on server-sent event streams: each holds a connection for as long as it lives, so
+/// without caps one client could hold them all.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// Open streams per client address.
+    pub per_client: usize,
+    /// Open streams in this process.
+    pub total: usize,
+    /// A stream ends after this long; `EventSource` reconnects on its own.
+    pub lifetime: Duration,
 }
 
 /// The roles one origin process can take (`--role`). A small deployment runs all three in
@@ -206,6 +240,10 @@ pub struct Origin {
     pub settings: Settings,
     pub keys: KeyCache,
     pub limiter: RateLimiter,
+    /// Permits for requests in progress (`Settings::max_concurrent_requests`).
+    pub requests: Arc<tokio::sync::Semaphore>,
+    /// Open snapshot streams, in total and by client address.
+    pub streams: api::StreamCount,
     published: RwLock<Arc<Published>>,
     /// Serialises configuration changes so snapshot versions follow commit order, and keeps
     /// the experiments the last change loaded (see `publish`).
@@ -349,7 +387,15 @@ impl AppState {
         let state = AppState(Arc::new(Origin {
             pipeline,
             event_stream,
-            limiter: RateLimiter::new(settings.admin_rate, settings.sdk_rate),
+            limiter: RateLimiter::new(Limits {
+                admin: settings.admin_rate,
+                sdk: settings.sdk_rate,
+                server: settings.server_rate,
+            }),
+            requests: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_requests,
+            )),
+            streams: api::StreamCount::default(),
             keys: KeyCache::default(),
             published: RwLock::new(Arc::new(publish::genesis())),
             write_lock: tokio::sync::Mutex::new(publish::LoadedExperiments::default()),

@@ -90,9 +90,28 @@ struct ServeArgs {
     /// Requests per second allowed per admin or viewer key.
     #[arg(long, env = "ABX_ADMIN_RATE_LIMIT", default_value_t = 50.0)]
     admin_rate_limit: f64,
-    /// Requests per second allowed per sdk key.
-    #[arg(long, env = "ABX_SDK_RATE_LIMIT", default_value_t = 5_000.0)]
+    /// Requests per second allowed per sdk key and client address (sdk keys are public).
+    #[arg(long, env = "ABX_SDK_RATE_LIMIT", default_value_t = 200.0)]
     sdk_rate_limit: f64,
+    /// Requests per second allowed per server key (edges and backends).
+    #[arg(long, env = "ABX_SERVER_RATE_LIMIT", default_value_t = 20_000.0)]
+    server_rate_limit: f64,
+    /// Header whose last address is the client's, set by a trusted proxy in front of the
+    /// origin (`x-forwarded-for`, `cf-connecting-ip`); default: the TCP peer. Never set this
+    /// without such a proxy: clients could then choose their own address.
+    #[arg(long, env = "ABX_TRUSTED_PROXY_HEADER")]
+    trusted_proxy_header: Option<String>,
+    /// Requests handled at once; more get 503 (`/health` and `/metrics` are exempt).
+    #[arg(long, env = "ABX_MAX_CONCURRENT_REQUESTS", default_value_t = 2_048)]
+    max_concurrent_requests: usize,
+    /// Open snapshot streams per client address, and in total.
+    #[arg(long, env = "ABX_MAX_STREAMS_PER_CLIENT", default_value_t = 8)]
+    max_streams_per_client: usize,
+    #[arg(long, env = "ABX_MAX_STREAMS", default_value_t = 10_000)]
+    max_streams: usize,
+    /// Seconds after which a snapshot stream ends (clients reconnect).
+    #[arg(long, env = "ABX_STREAM_LIFETIME", default_value_t = 3_600)]
+    stream_lifetime: u64,
     /// `Cache-Control: max-age` of the snapshot, in seconds.
     #[arg(long, env = "ABX_SNAPSHOT_MAX_AGE", default_value_t = 10)]
     snapshot_max_age: u32,
@@ -195,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let Some(role) = Role::parse(&role) else {
-                bail!("--role must be admin, viewer or sdk")
+                bail!("--role must be admin, viewer, sdk or server")
             };
             let mut settings = Settings::new(&location.data_dir);
             settings.database_url = location.database_url;
@@ -236,9 +255,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         per_second: args.admin_rate_limit,
         burst: args.admin_rate_limit * 4.0,
     };
+    settings.server_rate = Limit {
+        per_second: args.server_rate_limit,
+        burst: args.server_rate_limit * 2.0,
+    };
+    settings.trusted_proxy_header = args.trusted_proxy_header;
+    settings.max_concurrent_requests = args.max_concurrent_requests;
+    settings.streams = abx_origin::StreamLimits {
+        per_client: args.max_streams_per_client,
+        total: args.max_streams,
+        lifetime: std::time::Duration::from_secs(args.stream_lifetime.max(1)),
+    };
     settings.sdk_rate = Limit {
         per_second: args.sdk_rate_limit,
-        burst: args.sdk_rate_limit * 2.0,
+        burst: args.sdk_rate_limit * 5.0,
     };
     settings.snapshot_max_age_s = args.snapshot_max_age;
     settings.event_retention_days = args.event_retention_days;
@@ -278,9 +308,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings.listen,
         started.state.published().version
     );
-    axum::serve(listener, app(started.state))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    // The peer's address is the client's (unless a trusted proxy header says otherwise):
+    // public sdk keys are rate-limited per address.
+    axum::serve(
+        listener,
+        app(started.state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
     Ok(())
 }
 

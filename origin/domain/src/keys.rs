@@ -15,8 +15,12 @@ pub enum Role {
     Admin,
     /// Read configuration and results; run the calculators.
     Viewer,
-    /// Read snapshots, evaluate, send events. Safe to embed in a web page.
+    /// Read snapshots, evaluate, send events. Safe to embed in a web page: public, so its
+    /// rate limit applies per client address, and one client cannot spend everyone's.
     Sdk,
+    /// What an sdk key may do, for edges and backend servers that many users sit behind:
+    /// never given to browsers, limited per key rather than per address.
+    Server,
 }
 
 /// What a request wants to do; each route asks for one.
@@ -45,6 +49,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Viewer => "viewer",
             Role::Sdk => "sdk",
+            Role::Server => "server",
         }
     }
 
@@ -53,6 +58,7 @@ impl Role {
             "admin" => Some(Role::Admin),
             "viewer" => Some(Role::Viewer),
             "sdk" => Some(Role::Sdk),
+            "server" => Some(Role::Server),
             _ => None,
         }
     }
@@ -65,7 +71,10 @@ impl Role {
                     Role::Viewer,
                     Permission::ReadSnapshot | Permission::ReadConfig
                 )
-                | (Role::Sdk, Permission::ReadSnapshot | Permission::SendEvents)
+                | (
+                    Role::Sdk | Role::Server,
+                    Permission::ReadSnapshot | Permission::SendEvents
+                )
         )
     }
 }

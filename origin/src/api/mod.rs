@@ -23,6 +23,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 
@@ -337,8 +339,86 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .layer(middleware::from_fn(json_method_not_allowed))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_concurrency,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Refuses requests beyond `Settings::max_concurrent_requests` at once with 503, instead of
+/// queueing them until every request is slow: a flood then costs its senders, not everyone.
+/// Health and metrics stay answerable, so an overloaded process is not also declared dead.
+async fn limit_concurrency(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    if matches!(
+        request.uri().path(),
+        "/health" | "/metrics" | "/api/v1/health"
+    ) {
+        return next.run(request).await;
+    }
+    match state.requests.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Unavailable {
+            message: "the origin is at its limit of concurrent requests; retry shortly".into(),
+            retry_after_s: 1,
+        }
+        .into_response(),
+    }
+}
+
+/// Open snapshot streams (`GET /snapshot/stream`): in total and by client address.
+#[derive(Default)]
+pub struct StreamCount {
+    open: std::sync::Mutex<(usize, HashMap<Option<IpAddr>, usize>)>,
+}
+
+/// One open stream, counted until it is dropped (when the client goes or its lifetime ends).
+pub struct StreamSlot {
+    state: AppState,
+    client: Option<IpAddr>,
+}
+
+impl StreamCount {
+    /// A slot for a new stream from `client`, or `None` when a cap is reached.
+    pub fn open(state: &AppState, client: Option<IpAddr>) -> Option<StreamSlot> {
+        let limits = state.settings.streams;
+        let mut open = state.streams.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_client) = &mut *open;
+        let mine = by_client.entry(client).or_default();
+        if *total >= limits.total || *mine >= limits.per_client {
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(StreamSlot {
+            state: state.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .state
+            .streams
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (total, by_client) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = by_client.get_mut(&self.client) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                by_client.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// The admin API, with the snapshot and assignment routes that sdks call.

@@ -12,7 +12,7 @@ use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::json;
+use super::{StreamCount, json};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -198,18 +198,24 @@ pub async fn stream(
     caller: Caller,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     caller.require(Permission::ReadSnapshot)?;
+    // Each stream holds a connection while it lives: capped per client and in total, and
+    // ended after its lifetime (EventSource reconnects, and is counted again).
+    let slot = StreamCount::open(&state, caller.client)
+        .ok_or(ApiError::RateLimited { retry_after_s: 5 })?;
+    let ends = tokio::time::Instant::now() + state.settings.streams.lifetime;
     let receiver = state.subscribe();
     let first = announcement(&state);
     let events = stream::unfold(
-        (state, receiver, Some(first)),
-        |(state, mut receiver, first)| async move {
+        (state, receiver, Some(first), slot),
+        move |(state, mut receiver, first, slot)| async move {
             if let Some(first) = first {
-                return Some((Ok(first), (state, receiver, None)));
+                return Some((Ok(first), (state, receiver, None, slot)));
             }
-            match receiver.recv().await {
+            let next = tokio::time::timeout_at(ends, receiver.recv()).await.ok()?;
+            match next {
                 // A lagging listener only needs the newest version.
                 Ok(_) | Err(RecvError::Lagged(_)) => {
-                    Some((Ok(announcement(&state)), (state, receiver, None)))
+                    Some((Ok(announcement(&state)), (state, receiver, None, slot)))
                 }
                 Err(RecvError::Closed) => None,
             }

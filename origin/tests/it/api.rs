@@ -1446,3 +1446,156 @@ async fn signing_keys(o: &TestOrigin) {
     rotated.close_databases().await;
 }
 on_both_backends!(signing_keys_are_one_per_deployment, signing_keys);
+
+/// Issue 26: the sdk key is public, so its rate limit applies per client address: one
+/// client flooding with it is limited while others keep being served. Server keys (edges,
+/// backends) are limited per key. Snapshot streams are capped per client, and past the
+/// process's concurrency limit requests get 503 at once while `/health` still answers.
+async fn public_keys_are_limited_per_client(o: &TestOrigin) {
+    let sdk = o.key("sdk").await;
+    let server = o.key("server").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let address = listener.local_addr().expect("address");
+    let app = abx_origin::app(o.state.clone());
+    let served = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .expect("client")
+    };
+    let (flooder, neighbour) = (from([127, 0, 0, 2]), from([127, 0, 0, 3]));
+    let url = |path: &str| format!("http://{address}/api/v1{path}");
+    let get = |client: &reqwest::Client, key: &str, path: &str| {
+        client
+            .get(url(path))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+    };
+    let mut limited = 0;
+    for _ in 0..60 {
+        let status = get(&flooder, &sdk, "/snapshot")
+            .await
+            .expect("reply")
+            .status();
+        limited += usize::from(status == reqwest::StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(
+        limited >= 30,
+        "only {limited} of 60 flood requests were limited"
+    );
+    for _ in 0..10 {
+        let reply = get(&neighbour, &sdk, "/snapshot").await.expect("reply");
+        assert_eq!(
+            reply.status(),
+            reqwest::StatusCode::OK,
+            "the neighbour was limited"
+        );
+    }
+    // The same address with a server key is not held to the sdk key's per-address limit.
+    for _ in 0..30 {
+        let reply = get(&flooder, &server, "/snapshot").await.expect("reply");
+        assert_eq!(reply.status(), reqwest::StatusCode::OK);
+    }
+    // Two streams per client: the third from the same address is refused, another's is not.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let reply = get(&flooder, &server, "/snapshot/stream")
+            .await
+            .expect("stream");
+        assert_eq!(reply.status(), reqwest::StatusCode::OK);
+        open.push(reply);
+    }
+    let third = get(&flooder, &server, "/snapshot/stream")
+        .await
+        .expect("reply");
+    assert_eq!(third.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    let elsewhere = get(&neighbour, &server, "/snapshot/stream")
+        .await
+        .expect("stream");
+    assert_eq!(elsewhere.status(), reqwest::StatusCode::OK);
+    // With every request permit taken, requests are refused at once; health still answers.
+    let permits = o
+        .state
+        .requests
+        .clone()
+        .try_acquire_many_owned(o.state.settings.max_concurrent_requests as u32)
+        .expect("every permit");
+    let refused = get(&neighbour, &server, "/snapshot").await.expect("reply");
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let health = neighbour
+        .get(format!("http://{address}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    drop(permits);
+    drop(open);
+    served.abort();
+}
+on_both_backends!(
+    public_keys_are_limited_per_client_address,
+    public_keys_are_limited_per_client,
+    |s: &mut abx_origin::Settings| {
+        s.sdk_rate = abx_origin::auth::Limit {
+            per_second: 1.0,
+            burst: 20.0,
+        };
+        s.streams.per_client = 2;
+    }
+);
+
+/// Behind a proxy the operator trusts, its header names the client: each address it
+/// names has its own bucket; without the setting the header is ignored.
+async fn a_trusted_proxy_header_names_the_client(o: &TestOrigin) {
+    let sdk = o.key("sdk").await;
+    let call = |forwarded: &'static str| {
+        let sdk = sdk.clone();
+        async move {
+            let auth = format!("Bearer {sdk}");
+            common::call(
+                &o.router,
+                Method::GET,
+                "/api/v1/snapshot",
+                None,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("x-forwarded-for", forwarded),
+                ],
+            )
+            .await
+            .status
+        }
+    };
+    let mut limited = 0;
+    for _ in 0..30 {
+        limited += usize::from(call("10.0.0.1, 192.0.2.7").await == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(limited >= 10, "{limited}");
+    // The last address is the one the proxy saw: a client cannot pick its bucket by
+    // prepending addresses.
+    assert_eq!(
+        call("10.9.9.9, 192.0.2.7").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(call("192.0.2.8").await, StatusCode::OK);
+}
+on_both_backends!(
+    a_trusted_proxy_header_names_the_client_address,
+    a_trusted_proxy_header_names_the_client,
+    |s: &mut abx_origin::Settings| {
+        s.sdk_rate = abx_origin::auth::Limit {
+            per_second: 1.0,
+            burst: 10.0,
+        };
+        s.trusted_proxy_header = Some("x-forwarded-for".into());
+    }
+);

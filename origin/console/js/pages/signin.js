@@ -35,8 +35,8 @@ export async function render(ctx) {
     status.textContent = 'Checking the key…';
     try {
       const me = await api('/whoami', { key: secret });
-      if (me.role === 'sdk') {
-        fail('This is an sdk key, which may only read snapshots and send events. Use an admin or viewer key.');
+      if (me.role === 'sdk' || me.role === 'server') {
+        fail(`This is an ${me.role} key, which may only read snapshots and send events. Use an admin or viewer key.`);
         return;
       }
       session.save(secret);

@@ -163,6 +163,8 @@ impl TestOrigin {
             per_second: 100_000.0,
             burst: 100_000.0,
         };
+        // Every test request comes from one address; the tests of the limits set their own.
+        settings.sdk_rate = settings.admin_rate;
         let postgres = match backend {
             Backend::Sqlite | Backend::Warehouse => None,
             Backend::Postgres => Some(fresh_postgres().await?),
