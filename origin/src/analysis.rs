@@ -29,7 +29,38 @@ pub async fn results_of(
         .map(|m| (m.key.clone(), m))
         .collect();
     let (rollups, computed_ms) = state.pipeline.rollups(conn, &e, &metrics).await?;
-    let mut results = results::compute(&e, &metrics, &rollups, clock::now_ms(), daily);
+    let now_ms = clock::now_ms();
+    // How far the rollups reach: a warehouse's last computation, or now less the pipeline's
+    // lag (as the background gauges last measured it; unknown counts as none).
+    let data_until_ms = computed_ms.or_else(|| {
+        state.gauges().map(|(at, status)| {
+            let behind_s = status.lag_seconds + at.elapsed().as_secs_f64();
+            now_ms - (behind_s * 1_000.0) as i64
+        })
+    });
+    let recorded = store::experiments::decision_looks(conn, &e.id).await?;
+    let compute = |recorded: &[results::DecisionLook]| {
+        let reading = results::Reading {
+            now_ms,
+            data_until_ms,
+            recorded,
+            daily,
+        };
+        results::compute_with(&e, &metrics, &rollups, &reading)
+    };
+    let mut results = compute(&recorded);
+    if results.decision_looks != recorded {
+        // This read computed a look first: record it, so that every later read (in any
+        // process) decides on the same numbers. Another process may have recorded it in
+        // the meantime; then its record stands, and the results are recomputed on it.
+        let mut tx = state.db.begin_write().await?;
+        store::experiments::record_decision_looks(&mut tx, &e.id, &results.decision_looks).await?;
+        tx.commit().await?;
+        let stored = store::experiments::decision_looks(conn, &e.id).await?;
+        if stored != results.decision_looks {
+            results = compute(&stored);
+        }
+    }
     results.rollups_computed_at = clock::rfc3339_opt(computed_ms);
     Ok(results)
 }

@@ -1,5 +1,6 @@
 //! Decisions as users meet them: many simulated experiments, each read every simulated hour
-//! through `results::compute`, the function the API and the guardrail monitor call, for as
+//! through `results::compute_with`, the function the API and the guardrail monitor call
+//! (recording looks as the service does), for as
 //! long as experiments really run (to their plan and beyond). It prints, per analysis mode,
 //! how often an A/A experiment was ever declared significant, how often a guardrail would
 //! have auto-paused it, how often its split was flagged, and the power achieved against the
@@ -191,6 +192,8 @@ fn simulate(
     };
     let mut growing = Growing::new();
     let mut outcome = Outcome::default();
+    // The looks the service records on first computation, reused by every later read.
+    let mut recorded: Vec<results::DecisionLook> = Vec::new();
     for hour in 0..scenario.hours {
         let day = START_DAY + i64::from(hour / 24);
         let mut arrivals = vec![0_u64; variants.len()];
@@ -211,7 +214,14 @@ fn simulate(
             }
         }
         let now_ms = (START_DAY * 24 + i64::from(hour) + 1) * HOUR_MS;
-        let r = results::compute(e, metrics, &growing.rollups, now_ms, false);
+        let reading = results::Reading {
+            now_ms,
+            data_until_ms: None,
+            recorded: &recorded,
+            daily: false,
+        };
+        let r = results::compute_with(e, metrics, &growing.rollups, &reading);
+        recorded = r.decision_looks.clone();
         let primary = r.metrics.iter().find(|m| m.metric == "converted");
         outcome.significant |= primary.is_some_and(|m| m.comparisons.iter().any(|c| c.significant));
         outcome.alarm |= r.guardrails.iter().any(|g| g.status == "alarm");

@@ -18,7 +18,7 @@ use abx_stats::{
     BayesianResult, Comparison, CovariateMoments, CupedComparison, Effect, Moments, Proportion,
     RatioMoments, RelativeLift, SrmResult, StatsError,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::catalog::{Direction, Metric, MetricKind};
 use crate::model::experiment::{AnalysisMode, Correction, Experiment, Spending, Status};
@@ -92,7 +92,7 @@ pub struct SequentialView {
 /// One look of a group-sequential test, recorded at the end of the first day on which its
 /// information fraction was reached, with the data up to that day.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct RecordedLook {
+pub struct GroupSequentialLook {
     /// Day (UTC) whose data the look read.
     pub date: String,
     /// The fraction of the planned sample actually reached (1 at the final look).
@@ -119,7 +119,49 @@ pub struct GroupSequentialView {
     /// The test is over (a boundary crossed, or the final look read): later data no longer
     /// changes its decision.
     pub decided: bool,
-    pub looks: Vec<RecordedLook>,
+    pub looks: Vec<GroupSequentialLook>,
+}
+
+/// A test statistic a decision rests on, as first computed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionStatistic {
+    pub metric: String,
+    pub variant: String,
+    /// The test statistic (group sequential) and the unadjusted p-value (fixed horizon).
+    pub z: Option<f64>,
+    pub p_value: Option<f64>,
+}
+
+/// A look of a test, recorded the first time it is computed and reused by every later read:
+/// events delivered late, or a warehouse recomputation, may still revise the rollups of the
+/// look's day, and a decision must not move with them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionLook {
+    /// 0 for the fixed-horizon test; k ≥ 1 for the group-sequential look k.
+    pub look: u32,
+    /// The last day (UTC, days since the epoch) of the data the look read.
+    pub day: i64,
+    pub information_fraction: f64,
+    /// Planned looks reached by this one (group sequential; 1 for fixed horizon).
+    pub reached: u32,
+    pub statistics: Vec<DecisionStatistic>,
+}
+
+/// A day counts as complete this long after it ends: events sent at its end by beacons,
+/// retries and clients that were offline for a while are then in (the rest, which can come
+/// later, no longer moves a recorded look).
+pub const LATE_EVENT_GRACE_MS: i64 = 2 * 3_600_000;
+
+/// What a read of the results knows besides the experiment and its rollups.
+pub struct Reading<'a> {
+    pub now_ms: i64,
+    /// The rollups hold every event up to here (a warehouse's last computation); days after
+    /// it are not complete, whatever the clock says. `None`: maintained event by event.
+    pub data_until_ms: Option<i64>,
+    /// Looks recorded by earlier reads.
+    pub recorded: &'a [DecisionLook],
+    /// Add the daily series.
+    pub daily: bool,
 }
 
 /// Estimates with all the data so far, shown once the test has been frozen at an earlier
@@ -132,10 +174,11 @@ pub struct LatestView {
     pub relative: Option<Interval>,
 }
 
-/// A linear trend of the effect over the days of the experiment (novelty or primacy).
+/// A linear trend of the relative effect over the experiment's completed days (novelty or
+/// primacy). Descriptive: a drift worth a look, not a test to decide on.
 #[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct TrendView {
-    /// Change of the absolute effect per day.
+    /// Change per day of the relative effect, as a log ratio (≈ the change of the lift).
     pub slope_per_day: f64,
     pub std_error: f64,
     pub p_value: f64,
@@ -300,6 +343,10 @@ pub struct Results {
     pub recommended_action: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<Vec<DailyPoint>>,
+    /// Every look the decisions rest on, recorded ones and those this read computed first;
+    /// the caller stores the new ones (`DecisionLook`).
+    #[serde(skip)]
+    pub decision_looks: Vec<DecisionLook>,
     /// With a warehouse, results come from rollups that the pipeline recomputes on a
     /// schedule: when the ones shown were computed (they hold every event loaded by then).
     /// Absent when the rollups are maintained event by event.
@@ -437,12 +484,15 @@ fn harm_upper_bound(
     config: &GuardrailConfig,
 ) -> Option<f64> {
     let baseline = c.value(kind)?.abs();
-    if baseline == 0.0 || check.std_error <= 0.0 {
+    // The bound is on the effect as it is, so it takes the unpooled standard error (the
+    // pooled one, right for the test under H0, can be the smaller one under harm).
+    let effect = compare(kind, c, t, config.alpha).ok()?.absolute;
+    if baseline == 0.0 || effect.std_error <= 0.0 {
         return None;
     }
     let sequence = sequential::always_valid(
         check.harmful_effect,
-        check.std_error,
+        effect.std_error,
         c.n + t.n,
         &SequentialConfig {
             alpha: config.alpha,
@@ -875,11 +925,20 @@ fn variant_summaries(inputs: &Inputs<'_>) -> BTreeMap<String, VariantSummary> {
 /// The smallest variant's clean units up to a day.
 fn min_units(e: &Experiment, rollups: &Rollups, until_day: i64) -> u64 {
     let (units, _) = units_by_variant(rollups, until_day);
-    e.variants
-        .iter()
-        .map(|v| units.get(v.name.as_str()).copied().unwrap_or(0))
+    assigned_variants(e)
+        .map(|v| units.get(v).copied().unwrap_or(0))
         .min()
         .unwrap_or(0)
+}
+
+/// The variants that receive units: a variant weighted 0 (kept for its config) never
+/// reaches a plan, and must not hold the tests back.
+fn assigned_variants(e: &Experiment) -> impl Iterator<Item = &str> {
+    e.variants
+        .iter()
+        .zip(&e.weights_bp)
+        .filter(|(_, w)| **w > 0)
+        .map(|(v, _)| v.name.as_str())
 }
 
 /// The days on which the smallest variant's units changed, in order, with those units.
@@ -896,10 +955,8 @@ fn min_units_by_day(e: &Experiment, rollups: &Rollups, through_day: i64) -> Vec<
         for r in rollups.exposures.iter().filter(|r| r.day == day) {
             *cumulative.entry(&r.variant).or_default() += r.units.max(0) as u64;
         }
-        let smallest = e
-            .variants
-            .iter()
-            .map(|v| cumulative.get(v.name.as_str()).copied().unwrap_or(0))
+        let smallest = assigned_variants(e)
+            .map(|v| cumulative.get(v).copied().unwrap_or(0))
             .min()
             .unwrap_or(0);
         out.push((day, smallest));
@@ -920,42 +977,48 @@ fn fixed_horizon_day(e: &Experiment, rollups: &Rollups, completed_day: i64) -> O
     (day <= completed_day).then_some(day)
 }
 
-/// The last day of the minimum duration (the start day counts as the first).
+/// The first day whose end is at least the minimum duration after the start.
 fn minimum_duration_day(e: &Experiment) -> Option<i64> {
-    let start = e.started_at_ms?.div_euclid(crate::clock::DAY_MS);
-    Some(start + i64::from(e.analysis.min_duration_days) - 1)
+    let end = e.started_at_ms? + i64::from(e.analysis.min_duration_days) * crate::clock::DAY_MS;
+    Some((end - 1).div_euclid(crate::clock::DAY_MS))
 }
 
-/// One recorded look of a group-sequential test.
-struct ObservedLook {
-    day: i64,
-    fraction: f64,
-    /// Planned looks reached (k of K).
-    reached: u32,
-}
-
-/// The looks of a group-sequential test: at the end of the first completed day on which
-/// the information fraction (the slowest variant's share of its planned units) reaches
-/// k/K, look k reads the data up to that day. Planned looks reached on the same day are one
-/// look; the final look is at fraction 1 whatever was reached, so it spends all of alpha.
-fn observed_looks(e: &Experiment, rollups: &Rollups, completed_day: i64) -> Vec<ObservedLook> {
+/// The looks of a group-sequential test: those recorded by earlier reads, then new ones. At
+/// the end of the first completed day on which the information fraction (the slowest
+/// variant's share of its planned units) reaches k/K, look k reads the data up to that day.
+/// Planned looks reached on the same day are one look; the final look is at fraction 1
+/// whatever was reached, so it spends all of alpha.
+fn group_sequential_looks(
+    inputs: &Inputs<'_>,
+    recorded: &[DecisionLook],
+    completed_day: i64,
+) -> Vec<DecisionLook> {
+    let e = inputs.e;
+    let mut out: Vec<DecisionLook> = recorded.iter().filter(|l| l.look >= 1).cloned().collect();
+    out.sort_by_key(|l| l.look);
     let (Some(planned), Some(looks)) = (e.analysis.planned_units_per_variant, e.analysis.looks)
     else {
-        return Vec::new();
+        return out;
     };
-    let mut out: Vec<ObservedLook> = Vec::new();
-    for (day, units) in min_units_by_day(e, rollups, completed_day) {
+    let after = out.last().map_or(i64::MIN, |l| l.day);
+    for (day, units) in min_units_by_day(e, inputs.rollups, completed_day) {
+        let last = out.last().map_or(0, |l| l.reached);
+        if last == looks {
+            break;
+        }
+        if day <= after {
+            continue;
+        }
         let fraction = units as f64 / planned as f64;
         let reached = ((fraction * f64::from(looks) + 1e-9).floor() as u32).min(looks);
-        if reached > out.last().map_or(0, |l| l.reached) {
-            out.push(ObservedLook {
+        if reached > last {
+            out.push(DecisionLook {
+                look: out.last().map_or(1, |l| l.look + 1),
                 day,
-                fraction: if reached == looks { 1.0 } else { fraction },
+                information_fraction: if reached == looks { 1.0 } else { fraction },
                 reached,
+                statistics: statistics_at(inputs, day),
             });
-        }
-        if reached == looks {
-            break;
         }
     }
     out
@@ -968,16 +1031,15 @@ fn observed_looks(e: &Experiment, rollups: &Rollups, completed_day: i64) -> Vec<
 fn group_sequential(
     inputs: &Inputs<'_>,
     latest: Vec<MetricResult>,
-    completed_day: i64,
+    looks: &[DecisionLook],
 ) -> Vec<MetricResult> {
     let e = inputs.e;
-    let looks = observed_looks(e, inputs.rollups, completed_day);
     let planned_looks = e.analysis.looks.unwrap_or(0);
     let fraction_now = e.analysis.planned_units_per_variant.map_or(0.0, |p| {
         (min_units(e, inputs.rollups, i64::MAX) as f64 / p as f64).min(1.0)
     });
     let family = (1 + e.secondary_metrics.len()) * e.variants.len().saturating_sub(1);
-    let fractions: Vec<f64> = looks.iter().map(|l| l.fraction).collect();
+    let fractions: Vec<f64> = looks.iter().map(|l| l.information_fraction).collect();
     let boundaries = if looks.is_empty() {
         Vec::new()
     } else {
@@ -989,8 +1051,6 @@ fn group_sequential(
         .unwrap_or_default()
     };
     // Only a deciding look needs every figure; the others need their z alone.
-    let statistics: Vec<Vec<Vec<Option<f64>>>> =
-        looks.iter().map(|l| statistics_at(inputs, l.day)).collect();
     let mut analysed: HashMap<usize, Vec<MetricResult>> = HashMap::new();
     let final_look = looks.last().is_some_and(|l| l.reached == planned_looks);
     let mut out = latest.clone();
@@ -1002,11 +1062,13 @@ fn group_sequential(
             let mut recorded = Vec::new();
             let mut decided_at = None;
             for (k, (look, boundary)) in looks.iter().zip(&boundaries).enumerate() {
-                let z = statistics[k][i][j].unwrap_or(0.0);
+                let z = statistic(look, &metric.metric, &current.variant)
+                    .and_then(|s| s.z)
+                    .unwrap_or(0.0);
                 let crossed = z.abs() >= boundary.z_boundary;
-                recorded.push(RecordedLook {
+                recorded.push(GroupSequentialLook {
                     date: date(look.day),
-                    information_fraction: look.fraction,
+                    information_fraction: look.information_fraction,
                     z,
                     z_boundary: boundary.z_boundary,
                     crossed,
@@ -1044,38 +1106,50 @@ fn group_sequential(
     out
 }
 
-/// The test statistic of every comparison (metrics × treatments, in `analyse`'s order)
-/// with the data up to a day.
-fn statistics_at(inputs: &Inputs<'_>, until_day: i64) -> Vec<Vec<Option<f64>>> {
+/// The test statistic and p-value of every comparison with the data up to a day.
+fn statistics_at(inputs: &Inputs<'_>, until_day: i64) -> Vec<DecisionStatistic> {
     let e = inputs.e;
     let (units, _) = units_by_variant(inputs.rollups, until_day);
     let n = |v: &str| units.get(v).copied().unwrap_or(0);
-    inputs
+    let mut out = Vec::new();
+    for metric in inputs
         .roles
         .iter()
         .filter_map(|(key, _)| inputs.metrics.get(key))
-        .map(|metric| {
-            let sums = sums_by(inputs.rollups, &metric.key, until_day);
-            let group = |v: &str| Group {
-                n: n(v),
-                s: sums.get(v).copied().unwrap_or_default(),
-            };
-            e.variants
-                .iter()
-                .skip(1)
-                .map(|t| {
-                    compare(
-                        metric.kind,
-                        &group(e.control()),
-                        &group(&t.name),
-                        e.analysis.alpha,
-                    )
-                    .ok()
-                    .map(|c| c.absolute.statistic)
-                })
-                .collect()
-        })
-        .collect()
+    {
+        let sums = sums_by(inputs.rollups, &metric.key, until_day);
+        let group = |v: &str| Group {
+            n: n(v),
+            s: sums.get(v).copied().unwrap_or_default(),
+        };
+        for t in e.variants.iter().skip(1) {
+            let c = compare(
+                metric.kind,
+                &group(e.control()),
+                &group(&t.name),
+                e.analysis.alpha,
+            )
+            .ok();
+            out.push(DecisionStatistic {
+                metric: metric.key.clone(),
+                variant: t.name.clone(),
+                z: c.as_ref().map(|c| c.absolute.statistic),
+                p_value: c.as_ref().map(|c| c.absolute.p_value),
+            });
+        }
+    }
+    out
+}
+
+/// A recorded statistic of one comparison.
+fn statistic<'l>(
+    look: &'l DecisionLook,
+    metric: &str,
+    variant: &str,
+) -> Option<&'l DecisionStatistic> {
+    look.statistics
+        .iter()
+        .find(|s| s.metric == metric && s.variant == variant)
 }
 
 /// A comparison with all data so far, as descriptive figures beside a frozen test.
@@ -1104,6 +1178,24 @@ pub fn compute(
     now_ms: i64,
     daily: bool,
 ) -> Results {
+    let reading = Reading {
+        now_ms,
+        data_until_ms: None,
+        recorded: &[],
+        daily,
+    };
+    compute_with(e, metrics, rollups, &reading)
+}
+
+/// `compute`, reusing the looks recorded by earlier reads (`Reading::recorded`) and knowing
+/// how far the rollups reach: what `GET /results` and the guardrail monitor call.
+pub fn compute_with(
+    e: &Experiment,
+    metrics: &HashMap<String, Metric>,
+    rollups: &Rollups,
+    reading: &Reading<'_>,
+) -> Results {
+    let (now_ms, daily) = (reading.now_ms, reading.daily);
     let analysis = &e.analysis;
     let alpha = analysis.alpha;
     let roles = metric_roles(e);
@@ -1129,28 +1221,55 @@ pub fn compute(
     let planned_fraction = analysis
         .planned_units_per_variant
         .map(|p| min_units_now as f64 / p as f64);
-    // Tests read whole days only: a day's data is complete once it is over (up to events
-    // delivered late), and a look fixed to a day is the same look on every refresh.
-    let completed_day = now_ms.div_euclid(crate::clock::DAY_MS) - 1;
+    // Tests read whole days only: a day's data is complete once it is over and the rollups
+    // reach past it, and each look is recorded when first computed (`DecisionLook`), so
+    // every later refresh makes the same decision.
+    let data_until_ms = reading.data_until_ms.map_or(now_ms, |d| d.min(now_ms));
+    let completed_day = (data_until_ms - LATE_EVENT_GRACE_MS).div_euclid(crate::clock::DAY_MS) - 1;
 
     let (latest, guardrails) = analyse(&inputs, i64::MAX);
     let mut analysed_through = None;
+    let mut decision_looks = Vec::new();
     let mut results = match analysis.mode {
         AnalysisMode::Sequential => latest,
-        AnalysisMode::FixedHorizon => match fixed_horizon_day(e, rollups, completed_day) {
-            Some(day) => {
-                analysed_through = Some(day);
-                let (mut frozen, _) = analyse(&inputs, day);
-                for (f, l) in frozen.iter_mut().zip(&latest) {
-                    for (fc, lc) in f.comparisons.iter_mut().zip(&l.comparisons) {
-                        fc.latest = Some(latest_view(lc, e, rollups));
+        AnalysisMode::FixedHorizon => {
+            let look = reading
+                .recorded
+                .iter()
+                .find(|l| l.look == 0)
+                .cloned()
+                .or_else(|| {
+                    fixed_horizon_day(e, rollups, completed_day).map(|day| DecisionLook {
+                        look: 0,
+                        day,
+                        information_fraction: planned_fraction.unwrap_or(1.0).min(1.0),
+                        reached: 1,
+                        statistics: statistics_at(&inputs, day),
+                    })
+                });
+            match look {
+                Some(look) => {
+                    analysed_through = Some(look.day);
+                    let (mut frozen, _) = analyse(&inputs, look.day);
+                    for (f, l) in frozen.iter_mut().zip(&latest) {
+                        for (fc, lc) in f.comparisons.iter_mut().zip(&l.comparisons) {
+                            fc.latest = Some(latest_view(lc, e, rollups));
+                            // The decision is the recorded test's.
+                            if let Some(recorded) = statistic(&look, &f.metric, &fc.variant) {
+                                fc.p_value = recorded.p_value;
+                            }
+                        }
                     }
+                    decision_looks.push(look);
+                    frozen
                 }
-                frozen
+                None => latest,
             }
-            None => latest,
-        },
-        AnalysisMode::GroupSequential => group_sequential(&inputs, latest, completed_day),
+        }
+        AnalysisMode::GroupSequential => {
+            decision_looks = group_sequential_looks(&inputs, reading.recorded, completed_day);
+            group_sequential(&inputs, latest, &decision_looks)
+        }
     };
 
     apply_decisions(&mut results, e, analysed_through.is_some());
@@ -1158,7 +1277,7 @@ pub fn compute(
         && let Some(metric) = metrics.get(&primary.metric)
     {
         for comparison in &mut primary.comparisons {
-            comparison.trend = trend(e, metric, rollups, &comparison.variant);
+            comparison.trend = trend(e, metric, rollups, &comparison.variant, completed_day);
         }
     }
 
@@ -1167,13 +1286,22 @@ pub fn compute(
         .iter()
         .find(|m| m.role == MetricRole::Primary)
         .and_then(|m| m.comparisons.first());
+    // The headline is the test as the mode reads it: nothing before a fixed-horizon test is
+    // frozen or a group-sequential test has decided (the figures below are descriptive).
     let (p_value, confidence_interval) = match (analysis.mode, primary) {
         (AnalysisMode::Sequential, Some(p)) => (
             p.sequential.map(|s| s.p_value),
             p.sequential.and_then(|s| s.relative_ci),
         ),
-        (_, Some(p)) => (p.p_value, p.relative.map(|r| r.ci)),
-        (_, None) => (None, None),
+        (AnalysisMode::FixedHorizon, Some(p)) if analysed_through.is_some() => {
+            (p.p_value, p.relative.map(|r| r.ci))
+        }
+        (AnalysisMode::GroupSequential, Some(p))
+            if p.group_sequential.as_ref().is_some_and(|g| g.decided) =>
+        {
+            (p.p_value, p.relative.map(|r| r.ci))
+        }
+        _ => (None, None),
     };
     let recommended_action = recommend(
         e,
@@ -1208,13 +1336,25 @@ pub fn compute(
         planned_sample_fraction: planned_fraction,
         recommended_action,
         series,
+        decision_looks,
         rollups_computed_at: None,
     }
 }
 
-/// The trend of a treatment's effect over the experiment's days, from its cumulative
-/// estimates (abx-stats' `trend`), accumulated in one pass over the rollups in day order.
-fn trend(e: &Experiment, metric: &Metric, rollups: &Rollups, variant: &str) -> Option<TrendView> {
+/// The trend of a treatment's relative effect over the experiment's completed days, from
+/// its cumulative estimates (abx-stats' `trend`), accumulated in one pass over the rollups in
+/// day order. The relative scale (the log ratio) matters: on a converted-by-now or per-unit
+/// total metric the absolute effect grows with exposure time even when the treatment's
+/// relative effect is constant. Descriptive: units' values accrue over days, so the daily
+/// increments are not the independent samples the test assumes, and it is read on every
+/// refresh; it flags a drift worth a look, not a decision.
+fn trend(
+    e: &Experiment,
+    metric: &Metric,
+    rollups: &Rollups,
+    variant: &str,
+    completed_day: i64,
+) -> Option<TrendView> {
     let control = e.control();
     let mut units: BTreeMap<i64, [u64; 2]> = BTreeMap::new();
     for r in &rollups.exposures {
@@ -1245,18 +1385,22 @@ fn trend(e: &Experiment, metric: &Metric, rollups: &Rollups, variant: &str) -> O
         s: Sums::default(),
     }; 2];
     let mut points = Vec::with_capacity(units.len());
-    for (day, added) in &units {
+    for (day, added) in units.range(..=completed_day) {
         for arm in 0..2 {
             groups[arm].n += added[arm];
             if let Some(s) = sums.get(day) {
                 groups[arm].s.add(&s[arm]);
             }
         }
-        if let Ok(c) = compare(metric.kind, &groups[0], &groups[1], e.analysis.alpha) {
+        let lift = compare(metric.kind, &groups[0], &groups[1], e.analysis.alpha)
+            .ok()
+            .and_then(|c| c.relative.effect().copied());
+        if let Some(lift) = lift.filter(|l| l.estimate > -1.0) {
+            let ratio = 1.0 + lift.estimate;
             points.push(CumulativeEstimate {
                 day: (day - first) as f64,
-                estimate: c.absolute.estimate,
-                std_error: c.absolute.std_error,
+                estimate: ratio.ln(),
+                std_error: lift.std_error / ratio,
             });
         }
     }
@@ -1299,7 +1443,11 @@ fn apply_decisions(results: &mut [MetricResult], e: &Experiment, frozen: bool) {
             continue;
         }
         let view = &mut results[*i].comparisons[*j];
-        view.adjusted_p_value = Some(adjusted);
+        // Group-sequential decisions rest on the boundaries, whose alpha is split over the
+        // family; an adjusted fixed p-value beside them would mix looks and mean nothing.
+        if mode != AnalysisMode::GroupSequential {
+            view.adjusted_p_value = Some(adjusted);
+        }
         view.significant = match mode {
             AnalysisMode::Sequential => adjusted <= alpha,
             AnalysisMode::FixedHorizon => frozen && adjusted <= alpha,
@@ -1429,8 +1577,8 @@ fn recommend(
             .filter(|t| t.significant)
             .map(|t| {
                 format!(
-                    "; the effect is changing over time ({:+.3e} a day, p = {:.3}): check for novelty before relying on its size",
-                    t.slope_per_day, t.p_value
+                    "; note that the relative effect drifts by about {:+.2}% a day (descriptive, p = {:.3}): check for novelty before relying on its size",
+                    t.slope_per_day * 100.0, t.p_value
                 )
             })
             .unwrap_or_default();

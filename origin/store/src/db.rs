@@ -91,6 +91,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_signing_keys.sql"),
         postgres: include_str!("../migrations/postgres/0003_signing_keys.sql"),
     },
+    Migration {
+        version: 4,
+        name: "decision_looks",
+        sqlite: include_str!("../migrations/sqlite/0004_decision_looks.sql"),
+        postgres: include_str!("../migrations/postgres/0004_decision_looks.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

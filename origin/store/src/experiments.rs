@@ -11,6 +11,7 @@ use crate::clock;
 use crate::model::bp_to_percent;
 use crate::model::experiment::{Experiment, SlotRange};
 use crate::model::experiment::{ExperimentSpec, Status, VariantInput, VariantSpec};
+use crate::results::DecisionLook;
 
 const SELECT: &str = "SELECT e.id, e.key, e.name, e.hypothesis, e.description, e.owner, e.status, e.status_reason,
         e.unit, e.layer_id, l.key AS layer_key, e.traffic_bp, e.targeting, e.holdout_id, h.key AS holdout_key,
@@ -419,4 +420,45 @@ pub async fn delete_draft(conn: &mut AnyConnection, id: &str) -> Result<bool, Er
         .execute(&mut *conn)
         .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// The looks an experiment's decisions rest on, as recorded (`DecisionLook`), by look.
+pub async fn decision_looks(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+) -> Result<Vec<DecisionLook>, Error> {
+    let records: Vec<String> = sqlx::query_scalar(
+        "SELECT record FROM decision_looks WHERE experiment_id = $1 ORDER BY look",
+    )
+    .bind(experiment_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    records
+        .iter()
+        .map(|r| {
+            serde_json::from_str(r).map_err(|e| Error::Database(sqlx::Error::Decode(e.into())))
+        })
+        .collect()
+}
+
+/// Records looks not recorded yet; a look another process recorded first is kept (the
+/// first computation is the one decisions rest on).
+pub async fn record_decision_looks(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    looks: &[DecisionLook],
+) -> Result<(), Error> {
+    for look in looks {
+        sqlx::query(
+            "INSERT INTO decision_looks (experiment_id, look, record, recorded_at_ms)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (experiment_id, look) DO NOTHING",
+        )
+        .bind(experiment_id)
+        .bind(i64::from(look.look))
+        .bind(to_json_text(look))
+        .bind(clock::now_ms())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ use sqlx::{AnyConnection, Row};
 use abx_origin_domain::keys::{ApiKeyView, KeyInfo, NewKey, Role};
 use abx_origin_domain::model::AuditEntry;
 // The submodules name these through the crate root, as the domain's own modules do.
-use abx_origin_domain::{clock, model};
+use abx_origin_domain::{clock, model, results};
 
 /// Reads a JSON document stored as TEXT.
 pub(crate) fn json_column(row: &AnyRow, column: &str) -> Result<Json, sqlx::Error> {

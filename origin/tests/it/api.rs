@@ -590,6 +590,19 @@ async fn editing(o: &TestOrigin) {
             .expect("message")
             .contains("analysis settings")
     );
+    // So is the family its decisions are corrected over; guardrails can only be added.
+    for (change, what) in [
+        (
+            json!({"secondary_metrics": ["crash_rate"]}),
+            "secondary metrics",
+        ),
+        (json!({"guardrail_metrics": []}), "removing the guardrail"),
+    ] {
+        let reply = o.patch(&path, change).await;
+        assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+        let message = reply.body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(what), "{message}");
+    }
     // A traffic increase keeps the old slots and adds new ones.
     let grown = o.patch(&path, json!({"traffic_percent": 25})).await;
     assert_eq!(grown.status, StatusCode::OK, "{}", grown.body);

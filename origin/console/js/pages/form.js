@@ -9,7 +9,7 @@ import { json } from '../format.js';
 import { setFlash } from './experiment.js';
 
 /** Fields that may change in each status (docs/api.md, "Experiments"). */
-const LOCKED_WHILE_RUNNING = ['layer', 'unit', 'variants', 'targeting', 'holdout', 'switchback_period_s', 'primary_metric', 'analysis'];
+const LOCKED_WHILE_RUNNING = ['layer', 'unit', 'variants', 'targeting', 'holdout', 'switchback_period_s', 'primary_metric', 'secondary_metrics', 'analysis'];
 const TEXTS = ['name', 'hypothesis', 'description', 'owner'];
 
 /** A labelled control inside a box that names its API field (for 422 details). */
@@ -214,7 +214,8 @@ export async function render(ctx) {
     h(
       'div',
       { class: 'checks' },
-      metrics.map((m) => h('label', {}, h('input', { type: 'checkbox', name: fieldName, value: m.key, checked: chosen.includes(m.key), disabled: locked(fieldName) }), m.key)),
+      // A running experiment's guardrails may be added to, not removed (they share alpha).
+      metrics.map((m) => h('label', {}, h('input', { type: 'checkbox', name: fieldName, value: m.key, checked: chosen.includes(m.key), disabled: locked(fieldName) || (fieldName === 'guardrail_metrics' && running && chosen.includes(m.key)) }), m.key)),
     );
   const secondary = checkboxes('secondary_metrics', e.secondary_metrics);
   const guardrails = checkboxes('guardrail_metrics', e.guardrail_metrics);
@@ -290,7 +291,7 @@ export async function render(ctx) {
     group('metrics', 'Metrics', [
       box('primary_metric', 'Primary metric', primary, running ? 'Fixed once the experiment has started.' : 'The decision metric.'),
       group('secondary_metrics', 'Secondary metrics', secondary),
-      group('guardrail_metrics', 'Guardrail metrics', guardrails, 'Checked continuously; an alarm pauses the experiment.'),
+      group('guardrail_metrics', 'Guardrail metrics', guardrails, running ? 'Checked continuously; an alarm pauses the experiment. While it runs, guardrails can be added, not removed.' : 'Checked continuously; an alarm pauses the experiment.'),
     ]),
     group('analysis', 'Analysis', [
       box('analysis.mode', 'Mode', mode),

@@ -81,7 +81,7 @@ function metricTable(r, m) {
     }
     if (c.trend && c.trend.significant) {
       notes.push(
-        h('li', { dataset: { variant: c.variant, field: 'trend' } }, `${c.variant}: the effect is changing over time (${metricEffect(m.kind, c.trend.slope_per_day)} a day, p = ${pValue(c.trend.p_value)}): early effects may fade (novelty) or grow (primacy).`),
+        h('li', { dataset: { variant: c.variant, field: 'trend' } }, `${c.variant}: the relative effect is drifting (${signedPercent(c.trend.slope_per_day)} a day, p = ${pValue(c.trend.p_value)}, descriptive): early effects may fade (novelty) or grow (primacy).`),
       );
     }
   }

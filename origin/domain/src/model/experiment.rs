@@ -662,6 +662,24 @@ pub fn check_edit(
             "changing the decision metric mid-test invalidates the analysis",
         );
     }
+    if next.secondary_metrics != current.secondary_metrics {
+        return refuse(
+            "the secondary metrics",
+            "with the primary they form the family every decision is corrected over, and \
+             changing it after results were seen changes those decisions",
+        );
+    }
+    if let Some(removed) = current
+        .guardrail_metrics
+        .iter()
+        .find(|g| !next.guardrail_metrics.contains(g))
+    {
+        return refuse(
+            &format!("removing the guardrail `{removed}`"),
+            "the guardrails share alpha, so removing one after seeing results would loosen \
+             the others' checks (adding guardrails is allowed)",
+        );
+    }
     if next.analysis != current.analysis {
         return refuse(
             "the analysis settings",

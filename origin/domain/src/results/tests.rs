@@ -680,3 +680,121 @@ fn a_fading_effect_shows_a_trend() {
     let trend = results.metrics[0].comparisons[0].trend.expect("trend");
     assert!(!trend.significant, "{trend:?}");
 }
+
+/// Issue 25, item 1 (review): a look is recorded when first computed, and later reads reuse
+/// it: events delivered late that revise the look's day do not move the decision.
+#[test]
+fn recorded_looks_keep_their_decisions_when_late_events_revise_a_day() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::GroupSequential;
+    e.analysis.looks = Some(5);
+    e.analysis.min_duration_days = 0;
+    let mut list = vec![
+        day_of(DAY, 2_000, 200.0, 205.0),
+        day_of(DAY + 1, 2_000, 200.0, 205.0),
+        day_of(DAY + 2, 2_000, 200.0, 400.0),
+    ];
+    let first = compute(&e, &conversion_metrics(), &days(&list), NOW, false);
+    assert!(first.metrics[0].comparisons[0].significant);
+    let recorded = first.decision_looks.clone();
+    assert_eq!(recorded.len(), 3);
+    // Late events for day 3 erase the effect on a later read.
+    list[2] = day_of(DAY + 2, 2_000, 200.0, 200.0);
+    let reading = Reading {
+        now_ms: NOW,
+        data_until_ms: None,
+        recorded: &recorded,
+        daily: false,
+    };
+    let later = compute_with(&e, &conversion_metrics(), &days(&list), &reading);
+    assert!(later.metrics[0].comparisons[0].significant);
+    assert_eq!(later.decision_looks, recorded);
+    // Without the records the same data would decide otherwise.
+    let forgetful = compute(&e, &conversion_metrics(), &days(&list), NOW, false);
+    assert!(!forgetful.metrics[0].comparisons[0].significant);
+}
+
+/// The fixed-horizon test is recorded too, and the p-value it decided on is the one shown.
+#[test]
+fn a_recorded_fixed_horizon_test_is_reused() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.min_duration_days = 0;
+    let first = compute(&e, &conversion_metrics(), &ten_percent_lift(), NOW, false);
+    let recorded = first.decision_looks.clone();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].look, 0);
+    let mut revised = ten_percent_lift();
+    revised.metrics[1].sums.sum_x = 1_000.0;
+    revised.metrics[1].sums.sum_x2 = 1_000.0;
+    let reading = Reading {
+        now_ms: NOW,
+        data_until_ms: None,
+        recorded: &recorded,
+        daily: false,
+    };
+    let later = compute_with(&e, &conversion_metrics(), &revised, &reading);
+    let comparison = &later.metrics[0].comparisons[0];
+    assert!(comparison.significant);
+    assert_eq!(comparison.p_value, first.metrics[0].comparisons[0].p_value);
+}
+
+/// A day is complete only once the rollups reach past it (a warehouse computes them on a
+/// schedule): no test reads a day whose data the rollups do not hold yet.
+#[test]
+fn a_day_the_rollups_have_not_reached_is_not_tested() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.min_duration_days = 0;
+    let reading = |data_until_ms| Reading {
+        now_ms: NOW,
+        data_until_ms: Some(data_until_ms),
+        recorded: &[],
+        daily: false,
+    };
+    // Computed at 22:00 on the plan's day: the day is not complete in the rollups.
+    let early = compute_with(
+        &e,
+        &conversion_metrics(),
+        &ten_percent_lift(),
+        &reading(DAY * DAY_MS + 22 * 3_600_000),
+    );
+    assert!(early.analysed_through.is_none() && early.p_value.is_none());
+    let after = compute_with(
+        &e,
+        &conversion_metrics(),
+        &ten_percent_lift(),
+        &reading((DAY + 1) * DAY_MS + LATE_EVENT_GRACE_MS + 60_000),
+    );
+    assert!(after.analysed_through.is_some());
+}
+
+/// The minimum duration counts from the start time, not the start day: started at 23:00,
+/// 14 days end on the 15th day.
+#[test]
+fn the_minimum_duration_counts_from_the_start_time() {
+    let mut e = experiment("checkout", &[]);
+    e.started_at_ms = Some(DAY * DAY_MS + 23 * 3_600_000);
+    let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), NOW, false);
+    assert_eq!(
+        results.analysed_through.as_deref(),
+        Some(date(DAY + 14).as_str())
+    );
+}
+
+/// A variant weighted 0 (kept for its config) never reaches the plan, and must not keep
+/// the test from being read.
+#[test]
+fn a_zero_weight_variant_does_not_hold_the_test_back() {
+    let mut e = experiment("checkout", &[]);
+    e.variants.push(VariantInput {
+        name: "retired".into(),
+        weight: 0.0,
+        config: serde_json::Value::Null,
+    });
+    e.weights_bp.push(0);
+    let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), NOW, false);
+    assert!(
+        results.analysed_through.is_some(),
+        "{}",
+        results.recommended_action
+    );
+}
