@@ -244,6 +244,8 @@ pub struct Origin {
     pub requests: Arc<tokio::sync::Semaphore>,
     /// Open snapshot streams, in total and by client address.
     pub streams: api::StreamCount,
+    /// The range of values each event type's metrics accept (see `reload_keys`).
+    value_bounds: RwLock<Arc<event::ValueBounds>>,
     published: RwLock<Arc<Published>>,
     /// Serialises configuration changes so snapshot versions follow commit order, and keeps
     /// the experiments the last change loaded (see `publish`).
@@ -396,6 +398,7 @@ impl AppState {
                 settings.max_concurrent_requests,
             )),
             streams: api::StreamCount::default(),
+            value_bounds: RwLock::default(),
             keys: KeyCache::default(),
             published: RwLock::new(Arc::new(publish::genesis())),
             write_lock: tokio::sync::Mutex::new(publish::LoadedExperiments::default()),
@@ -528,10 +531,24 @@ impl AppState {
         }
     }
 
+    /// Reloads what requests are checked against from the database: the API keys and the
+    /// metrics' value bounds (so collectors refuse out-of-range events within seconds of a
+    /// metric change made by any process).
     pub async fn reload_keys(&self) -> Result<(), crate::store::Error> {
         let mut conn = self.db.pool.acquire().await?;
         self.keys.replace(store::active_keys(&mut conn).await?);
+        let metrics = store::catalog::metrics(&mut conn, None).await?;
+        *self.value_bounds.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(event::ValueBounds::from_metrics(&metrics));
         Ok(())
+    }
+
+    /// The metrics' value bounds, as last loaded.
+    pub fn value_bounds(&self) -> Arc<event::ValueBounds> {
+        self.value_bounds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Runs a configuration change: in one transaction it applies `change` (which records

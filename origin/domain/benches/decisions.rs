@@ -316,11 +316,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Reads go on until the last simulated day counts as complete (its grace included), so
+    // that a test due on that day is read.
+    let after_last_day = (results::LATE_EVENT_GRACE_MS / HOUR_MS) as u32 + 1;
     let aa = |name, mode, plan_days: u32, run: f64| Scenario {
         name,
         mode,
         plan_days,
-        hours: (f64::from(plan_days) * 24.0 * run).round() as u32 + 1,
+        hours: (f64::from(plan_days) * 24.0 * run).round() as u32 + after_last_day,
         lift: 0.0,
         treatments: 1,
         guardrails: 0,
@@ -331,7 +334,7 @@ fn main() {
         mode,
         plan_days,
         // Read hourly until the plan is complete and its last day is over.
-        hours: plan_days * 24 + 1,
+        hours: plan_days * 24 + after_last_day,
         lift: LIFT,
         treatments: 1,
         guardrails: 0,
@@ -389,7 +392,7 @@ fn main() {
         ),
     ];
     println!(
-        "{experiments} experiments per scenario, read every simulated hour through results::compute; \
+        "{experiments} experiments per scenario, read every simulated hour through results::compute_with; \
          baseline {BASELINE}, alpha {ALPHA}, plans for {POWER} power at +{:.0}% (POST /analysis/power), seed {seed}\n",
         LIFT * 100.0
     );

@@ -161,6 +161,9 @@ fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecor
             .ok_or("`value` must be a finite number")?,
         Some(_) => return Err("`value` must be a number".into()),
     };
+    if value.abs() > MAX_ABS_VALUE {
+        return Err("`value` must be within ±1e12".into());
+    }
     let kind = match input.kind.as_deref() {
         Some("exposure") => {
             let experiment_id = input
@@ -205,6 +208,75 @@ fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecor
         unit_key: unit_key(&attribute, &unit),
         value,
     })
+}
+
+/// The largest magnitude an event's value may have, whatever its metric: squares and sums of
+/// squares of values this size stay far from overflow over billions of events, where a
+/// single 1e200 would make a metric's variance infinite and its statistics (a guardrail's
+/// among them) impossible.
+pub const MAX_ABS_VALUE: f64 = 1e12;
+
+/// Per event type, the range of values its metrics accept (the tightest, when several
+/// metrics count one event type).
+#[derive(Clone, Debug, Default)]
+pub struct ValueBounds(std::collections::HashMap<String, (f64, f64, String)>);
+
+impl ValueBounds {
+    pub fn from_metrics(metrics: &[crate::model::catalog::Metric]) -> Self {
+        let mut bounds: std::collections::HashMap<String, (f64, f64, String)> = Default::default();
+        for m in metrics
+            .iter()
+            .filter(|m| m.value_min.is_some() || m.value_max.is_some())
+        {
+            let (min, max) = (
+                m.value_min.unwrap_or(f64::NEG_INFINITY),
+                m.value_max.unwrap_or(f64::INFINITY),
+            );
+            let entry = bounds.entry(m.event_type.clone()).or_insert((
+                f64::NEG_INFINITY,
+                f64::INFINITY,
+                m.key.clone(),
+            ));
+            if min > entry.0 || max < entry.1 {
+                entry.2 = m.key.clone();
+            }
+            entry.0 = entry.0.max(min);
+            entry.1 = entry.1.min(max);
+        }
+        ValueBounds(bounds)
+    }
+
+    /// Why a metric event's value is refused, if it is.
+    pub fn check(&self, event: &EventRecord) -> Result<(), String> {
+        let Kind::Metric { event_type } = &event.kind else {
+            return Ok(());
+        };
+        match self.0.get(event_type) {
+            Some((min, max, metric)) if !(event.value >= *min && event.value <= *max) => {
+                Err(format!(
+                    "`value` {} is outside [{min}, {max}], the range metric `{metric}` accepts for `{event_type}`",
+                    event.value
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Parsed {
+    /// Moves the events whose values their metrics refuse to `rejected`.
+    pub fn screen(mut self, bounds: &ValueBounds) -> Self {
+        let mut kept = Vec::with_capacity(self.events.len());
+        for (index, event) in self.events {
+            match bounds.check(&event) {
+                Ok(()) => kept.push((index, event)),
+                Err(reason) => self.rejected.push((index, reason)),
+            }
+        }
+        self.rejected.sort_by_key(|(index, _)| *index);
+        self.events = kept;
+        self
+    }
 }
 
 /// What the body of `POST /events` looked like.

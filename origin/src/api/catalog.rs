@@ -491,6 +491,9 @@ pub async fn create_metric(
             )
         })
         .await?;
+    // This process's collector refuses out-of-range values at once; the others on their
+    // next reload.
+    state.reload_keys().await?;
     Ok(json(StatusCode::CREATED, &metric))
 }
 
@@ -504,6 +507,8 @@ fn metric_input(m: &Metric) -> MetricInput {
         denominator_event_type: m.denominator_event_type.clone(),
         direction: Some(m.direction),
         guardrail_threshold: m.guardrail_threshold,
+        value_min: m.value_min,
+        value_max: m.value_max,
     }
 }
 
@@ -560,5 +565,6 @@ pub async fn patch_metric(
             )
         })
         .await?;
+    state.reload_keys().await?;
     Ok(json(StatusCode::OK, &metric))
 }

@@ -167,7 +167,8 @@ pub async fn post_events(
         event::parse_body(&body, gzip, beacon, clock::now_ms(), window, LIMITS)
     })
     .await
-    .map_err(|error| ApiError::Internal(anyhow::anyhow!("parsing events: {error}")))??;
+    .map_err(|error| ApiError::Internal(anyhow::anyhow!("parsing events: {error}")))??
+    .screen(&state.value_bounds());
     let rejected = parsed
         .rejected
         .into_iter()
@@ -228,7 +229,8 @@ pub async fn post_experiment_event(
         clock::now_ms(),
         state.settings.event_window(),
         LIMITS,
-    )?;
+    )?
+    .screen(&state.value_bounds());
     if let Some((_, reason)) = parsed.rejected.first() {
         return Err(ApiError::invalid("event", reason.clone()));
     }

@@ -288,8 +288,8 @@ pub async fn insert_metric(
 ) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO metrics (id, key, name, description, kind, event_type, denominator_event_type, direction,
-                              guardrail_threshold, created_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                              guardrail_threshold, value_min, value_max, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
     )
     .bind(id)
     .bind(&spec.key)
@@ -300,6 +300,8 @@ pub async fn insert_metric(
     .bind(spec.denominator_event_type.as_deref())
     .bind(spec.direction.as_str())
     .bind(spec.guardrail_threshold)
+    .bind(spec.value_min)
+    .bind(spec.value_max)
     .bind(clock::now_ms())
     .execute(&mut *conn)
     .await?;
@@ -313,7 +315,8 @@ pub async fn update_metric(
 ) -> Result<(), Error> {
     sqlx::query(
         "UPDATE metrics SET name = $1, description = $2, kind = $3, event_type = $4, denominator_event_type = $5,
-                direction = $6, guardrail_threshold = $7, updated_at_ms = $8 WHERE id = $9",
+                direction = $6, guardrail_threshold = $7, value_min = $8, value_max = $9,
+                updated_at_ms = $10 WHERE id = $11",
     )
     .bind(&spec.name)
     .bind(&spec.description)
@@ -322,6 +325,8 @@ pub async fn update_metric(
     .bind(spec.denominator_event_type.as_deref())
     .bind(spec.direction.as_str())
     .bind(spec.guardrail_threshold)
+    .bind(spec.value_min)
+    .bind(spec.value_max)
     .bind(clock::now_ms())
     .bind(id)
     .execute(&mut *conn)
@@ -344,6 +349,8 @@ fn metric(r: &AnyRow) -> Result<Metric, Error> {
         direction: Direction::parse(&direction)
             .ok_or_else(|| sqlx::Error::Decode(format!("direction {direction}").into()))?,
         guardrail_threshold: r.try_get("guardrail_threshold")?,
+        value_min: r.try_get("value_min")?,
+        value_max: r.try_get("value_max")?,
         created_at: clock::rfc3339(r.try_get("created_at_ms")?),
         updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
     })
@@ -355,7 +362,7 @@ pub async fn metrics(
 ) -> Result<Vec<Metric>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, kind, event_type, denominator_event_type, direction, guardrail_threshold,
-                created_at_ms, updated_at_ms
+                value_min, value_max, created_at_ms, updated_at_ms
          FROM metrics WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))

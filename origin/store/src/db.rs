@@ -97,6 +97,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_decision_looks.sql"),
         postgres: include_str!("../migrations/postgres/0004_decision_looks.sql"),
     },
+    Migration {
+        version: 5,
+        name: "metric_value_bounds",
+        sqlite: include_str!("../migrations/sqlite/0005_metric_value_bounds.sql"),
+        postgres: include_str!("../migrations/postgres/0005_metric_value_bounds.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

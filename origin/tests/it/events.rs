@@ -858,3 +858,61 @@ async fn events_logged_in_the_main_file_move_to_the_event_log() {
     }
     assert!(dir.path().join("abx-events.db").exists());
 }
+
+/// Issue 26: a value of 1e200 would make a metric's sum of squares infinite and its
+/// statistics (a guardrail's among them) void. Every value must be within ±1e12, and a
+/// metric's own range refuses the rest, each event with its reason; the results stay finite.
+async fn values_out_of_range(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let bounded = o
+        .patch(
+            "/api/v1/metrics/revenue",
+            json!({"value_min": 0, "value_max": 10000}),
+        )
+        .await;
+    assert_eq!(bounded.status, StatusCode::OK, "{}", bounded.body);
+    assert_eq!(bounded.body["value_max"], 10000.0);
+    let bad = o
+        .patch(
+            "/api/v1/metrics/revenue",
+            json!({"value_min": 5, "value_max": 1}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let t = now() - 60_000;
+    let reply = o
+        .send_events(
+            &sdk,
+            &[
+                exposure(1, "a", &id, "control", t),
+                conversion(2, "a", "revenue", 25.0, t + 1),
+                conversion(3, "a", "revenue", 1e200, t + 2),
+                conversion(4, "a", "revenue", 250_000.0, t + 3),
+                conversion(5, "a", "revenue", -1.0, t + 4),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 2);
+    let rejected = reply.body["rejected"].as_array().expect("rejected");
+    let reasons: Vec<(u64, &str)> = rejected
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().expect("index"),
+                r["reason"].as_str().expect("reason"),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.iter().map(|r| r.0).collect::<Vec<_>>(), [2, 3, 4]);
+    assert!(reasons[0].1.contains("1e12"), "{reasons:?}");
+    assert!(reasons[1].1.contains("revenue"), "{reasons:?}");
+    drain(o).await;
+    let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
+    assert_eq!(results.status, StatusCode::OK);
+    assert_eq!(
+        results.body["variants"]["control"]["metrics"]["revenue"]["sum"],
+        25.0
+    );
+}
+on_both_backends!(out_of_range_values_are_refused, values_out_of_range);

@@ -289,6 +289,12 @@ pub struct MetricInput {
     /// (default 2, as in the seed).
     #[serde(default)]
     pub guardrail_threshold: Option<f64>,
+    /// The smallest and largest value an event of this metric may carry; events outside
+    /// are refused, each with the reason (every value must also be within ±1e12).
+    #[serde(default)]
+    pub value_min: Option<f64>,
+    #[serde(default)]
+    pub value_max: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -301,6 +307,8 @@ pub struct MetricSpec {
     pub denominator_event_type: Option<String>,
     pub direction: Direction,
     pub guardrail_threshold: Option<f64>,
+    pub value_min: Option<f64>,
+    pub value_max: Option<f64>,
 }
 
 pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
@@ -329,6 +337,19 @@ pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
             "between 0 and 10 standard errors",
         ));
     }
+    for (field, bound) in [
+        ("value_min", input.value_min),
+        ("value_max", input.value_max),
+    ] {
+        if bound.is_some_and(|b| !(b.is_finite() && b.abs() <= crate::event::MAX_ABS_VALUE)) {
+            errors.push(FieldError::new(field, "a number within ±1e12"));
+        }
+    }
+    if let (Some(min), Some(max)) = (input.value_min, input.value_max)
+        && min > max
+    {
+        errors.push(FieldError::new("value_max", "must not be below value_min"));
+    }
     finish(
         MetricSpec {
             key: input.key.clone(),
@@ -339,6 +360,8 @@ pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
             denominator_event_type: input.denominator_event_type.clone(),
             direction: input.direction.unwrap_or(Direction::Increase),
             guardrail_threshold: input.guardrail_threshold,
+            value_min: input.value_min,
+            value_max: input.value_max,
         },
         errors,
     )
@@ -442,6 +465,8 @@ pub struct Metric {
     pub denominator_event_type: Option<String>,
     pub direction: Direction,
     pub guardrail_threshold: Option<f64>,
+    pub value_min: Option<f64>,
+    pub value_max: Option<f64>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -459,6 +484,8 @@ impl Metric {
             denominator_event_type: None,
             direction,
             guardrail_threshold: None,
+            value_min: None,
+            value_max: None,
             created_at: String::new(),
             updated_at: String::new(),
         }
@@ -474,6 +501,8 @@ impl Metric {
             denominator_event_type: self.denominator_event_type.clone(),
             direction: self.direction,
             guardrail_threshold: self.guardrail_threshold,
+            value_min: self.value_min,
+            value_max: self.value_max,
         }
     }
 }
