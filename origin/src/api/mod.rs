@@ -316,12 +316,17 @@ pub fn app(state: AppState) -> Router {
     if roles.collector {
         api = api
             .route("/events", post(events::post_events).layer(sdk_cors()))
-            .route(
-                "/experiments/{id}/events",
-                post(events::post_experiment_event).layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    idempotency::layer,
-                )),
+            .merge(
+                Router::new()
+                    .route(
+                        "/experiments/{id}/events",
+                        post(events::post_experiment_event),
+                    )
+                    .layer(middleware::from_fn_with_state(
+                        state.clone(),
+                        idempotency::layer,
+                    ))
+                    .layer(sdk_cors()),
             );
     }
     if roles.admin {
@@ -447,7 +452,10 @@ fn admin_routes(state: &AppState) -> Router<AppState> {
         .route("/experiments/{id}/resume", post(experiments::resume))
         .route("/experiments/{id}/complete", post(experiments::complete))
         .route("/experiments/{id}/archive", post(experiments::archive))
-        .route("/experiments/{id}/assignment", get(evaluate::assignment))
+        .route(
+            "/experiments/{id}/assignment",
+            get(evaluate::assignment).layer(sdk_cors()),
+        )
         .route(
             "/experiments/{id}/results",
             get(analysis::experiment_results),

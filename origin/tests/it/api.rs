@@ -1612,3 +1612,81 @@ on_both_backends!(
         s.trusted_proxy_header = Some("x-forwarded-for".into());
     }
 );
+
+/// Issue 26: the seed's browser-facing routes answer cross-origin requests, as docs/api.md
+/// promises: the assignment and the per-experiment event, preflight included.
+#[tokio::test]
+async fn the_seed_routes_allow_cross_origin_requests() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    o.create("/api/v1/metrics", metric("purchase", "conversion"))
+        .await;
+    let id = o
+        .create("/api/v1/experiments", experiment("cors", "purchase"))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+        .await;
+    let sdk = o.key("sdk").await;
+    let auth = format!("Bearer {sdk}");
+    for (method, path) in [
+        ("GET", "/api/v1/experiments/cors/assignment?user_id=u1"),
+        ("POST", "/api/v1/experiments/cors/events"),
+    ] {
+        let preflight = common::call(
+            &o.router,
+            Method::OPTIONS,
+            path,
+            None,
+            &[
+                ("origin", "https://shop.example"),
+                ("access-control-request-method", method),
+                (
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                ),
+            ],
+        )
+        .await;
+        assert!(
+            preflight.status.is_success(),
+            "{path}: {}",
+            preflight.status
+        );
+        assert_eq!(
+            preflight.headers["access-control-allow-origin"], "*",
+            "{path}"
+        );
+    }
+    let reply = common::call(
+        &o.router,
+        Method::GET,
+        "/api/v1/experiments/cors/assignment?user_id=u1",
+        None,
+        &[("origin", "https://shop.example"), ("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["access-control-allow-origin"], "*");
+    let body = json!({"user_id": "u1", "event_type": "purchase"})
+        .to_string()
+        .into_bytes();
+    let reply = common::call(
+        &o.router,
+        Method::POST,
+        "/api/v1/experiments/cors/events",
+        Some(body),
+        &[
+            ("origin", "https://shop.example"),
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.headers["access-control-allow-origin"], "*");
+    o.finish().await;
+}
