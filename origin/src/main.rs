@@ -156,6 +156,9 @@ struct ServeArgs {
     /// again (to this loader after a restart, or to another).
     #[arg(long, env = "ABX_NATS_ACK_WAIT", default_value_t = 30)]
     nats_ack_wait: u64,
+    /// Copies of the event stream a NATS cluster keeps (a single server keeps one).
+    #[arg(long, env = "ABX_NATS_REPLICAS", default_value_t = 3)]
+    nats_replicas: usize,
     /// Subjects the stream spreads events over, by unit.
     #[arg(long, env = "ABX_NATS_PARTITIONS", default_value_t = 4)]
     nats_partitions: u32,
@@ -286,6 +289,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.subject_prefix = args.nats_subject_prefix;
         config.partitions = args.nats_partitions.max(1);
         config.ack_wait = std::time::Duration::from_secs(args.nats_ack_wait.max(1));
+        config.replicas = args.nats_replicas.max(1);
         config
     });
     settings.clickhouse = args.clickhouse_url.map(|url| ClickHouseConfig {

@@ -174,6 +174,9 @@ impl ClickHouse {
             // closing would fail a request for nothing.
             .pool_idle_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(5))
+            // A request that hangs (a stalled server, a half-open connection) would stall the
+            // loader with it; it fails instead, and the events are redelivered.
+            .timeout(Duration::from_secs(120))
             .build()?;
         let warehouse = ClickHouse {
             http,

@@ -40,8 +40,12 @@ pub struct JetStreamConfig {
     pub partitions: u32,
     /// How long a delivered message may stay unacknowledged before it is delivered again.
     pub ack_wait: Duration,
-    /// Deliveries of a message before it goes to the dead-letter stream.
-    pub max_deliver: i64,
+    /// The longest wait before a message whose load failed is delivered again (the wait
+    /// doubles from 2 s up to this).
+    pub max_backoff: Duration,
+    /// Copies of each message the cluster keeps; 1 on a single server (where more are
+    /// refused, and the stream falls back to one with a warning).
+    pub replicas: usize,
     /// How long the broker remembers message ids for deduplication.
     pub duplicate_window: Duration,
     /// How long the stream keeps messages (acknowledged or not).
@@ -58,9 +62,8 @@ impl JetStreamConfig {
             subject_prefix: "abx".into(),
             partitions: 4,
             ack_wait: Duration::from_secs(30),
-            // With the back-off below (2 s doubling to 60 s) that is over 40 minutes of
-            // failed writes before an event is set aside.
-            max_deliver: 50,
+            max_backoff: Duration::from_secs(60),
+            replicas: 3,
             duplicate_window: Duration::from_secs(120),
             max_age: Duration::from_secs(7 * 86_400),
             consumer: "loader".into(),
@@ -180,24 +183,41 @@ impl EventStream {
             .connect(config.url.as_str())
             .await?;
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
+        let events = stream::Config {
             name: config.stream.clone(),
             subjects: vec![format!("{}.events.*", config.subject_prefix)],
             storage: StorageType::File,
             max_age: config.max_age,
             duplicate_window: config.duplicate_window,
-            num_replicas: 1,
+            num_replicas: config.replicas.max(1),
             ..Default::default()
-        })
-        .await?;
-        js.get_or_create_stream(stream::Config {
+        };
+        let dead = stream::Config {
             name: format!("{}_DEAD", config.stream),
             subjects: vec![config.dead_subject()],
             storage: StorageType::File,
-            num_replicas: 1,
+            num_replicas: config.replicas.max(1),
             ..Default::default()
-        })
-        .await?;
+        };
+        for wanted in [events, dead] {
+            if let Err(error) = js.get_or_create_stream(wanted.clone()).await {
+                if wanted.num_replicas <= 1 {
+                    return Err(error.into());
+                }
+                // A single server (no cluster) refuses replicas: one copy is all it has.
+                tracing::warn!(
+                    %error,
+                    stream = wanted.name,
+                    replicas = wanted.num_replicas,
+                    "the NATS server refused replicas; the stream keeps one copy"
+                );
+                js.get_or_create_stream(stream::Config {
+                    num_replicas: 1,
+                    ..wanted
+                })
+                .await?;
+            }
+        }
         Ok(Arc::new(EventStream {
             config,
             js,
@@ -266,7 +286,9 @@ impl EventStream {
                     durable_name: Some(name.clone()),
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: self.config.ack_wait,
-                    max_deliver: self.config.max_deliver,
+                    // Redelivered until loaded, however long the destination is down: an
+                    // acknowledged event is never set aside for a failure that is not its own.
+                    max_deliver: -1,
                     filter_subject: format!("{}.events.*", self.config.subject_prefix),
                     max_ack_pending: 10_000,
                     ..Default::default()
@@ -376,6 +398,23 @@ pub fn spawn_lag_poller(stream: Arc<EventStream>) {
                     telemetry
                         .oldest_pending_ms
                         .store(oldest_ms, Ordering::Relaxed);
+                    // The stream drops messages older than max_age, loaded or not: an event
+                    // still unloaded at half of it is an emergency, said loudly.
+                    let age_ms = if oldest_ms > 0 {
+                        crate::clock::now_ms() - oldest_ms
+                    } else {
+                        0
+                    };
+                    if age_ms as u128 > stream.config.max_age.as_millis() / 2 {
+                        tracing::error!(
+                            pending,
+                            oldest_age_s = age_ms / 1_000,
+                            max_age_s = stream.config.max_age.as_secs(),
+                            "events waiting in JetStream are past half the stream's max_age: \
+                             the stream will drop them unloaded when they reach it; fix the \
+                             warehouse or raise max_age now"
+                        );
+                    }
                 }
                 Err(error) => tracing::debug!(%error, "polling the JetStream consumer failed"),
             }
@@ -481,24 +520,19 @@ pub async fn load_once(
             }
         }
         Err(error) => {
+            // The destination failed, not the events: they stay in the stream and come back
+            // after a back-off (2 s doubling to `max_backoff`) for as long as it takes. Only
+            // messages that cannot be decoded are dead-lettered (above). The lag gauges and
+            // the max_age alarm of `spawn_lag_poller` tell the operator.
             tracing::warn!(%error, messages = messages.len(), "loading events from JetStream failed; they stay in the stream");
             for message in &messages {
                 let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-                if delivered >= stream.config.max_deliver {
-                    stream
-                        .dead_letter(message.payload.clone(), &format!("{error:?}"))
-                        .await?;
-                    message
-                        .ack_with(AckKind::Term)
-                        .await
-                        .map_err(|e| anyhow::anyhow!(e))?;
-                } else {
-                    let delay = Duration::from_secs((1u64 << delivered.clamp(1, 6)).min(60));
-                    message
-                        .ack_with(AckKind::Nak(Some(delay)))
-                        .await
-                        .map_err(|e| anyhow::anyhow!(e))?;
-                }
+                let delay = Duration::from_secs(1u64 << delivered.clamp(1, 6))
+                    .min(stream.config.max_backoff);
+                message
+                    .ack_with(AckKind::Nak(Some(delay)))
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
             }
         }
     }

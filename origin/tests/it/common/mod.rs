@@ -146,6 +146,9 @@ pub fn test_stream(url: String) -> JetStreamConfig {
     config.ack_wait = Duration::from_secs(1);
     // Should a failing test leave its stream behind, its messages expire soon.
     config.max_age = Duration::from_secs(600);
+    // Shortened timers: a failed load is retried after 20 ms, so a minute's outage is
+    // hundreds of deliveries (the production back-off reaches a minute).
+    config.max_backoff = Duration::from_millis(20);
     config
 }
 
