@@ -295,6 +295,13 @@ async fn an_unreadable_message_goes_to_the_dead_letter_stream() {
         text.contains("abx_jetstream_dead_lettered_messages 1"),
         "{text}"
     );
+    // A replay puts it back into the stream; still unreadable, it is set aside again.
+    let replay = o.post("/api/v1/dead-letters/replay", json!({})).await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
+    assert_eq!(replay.body["replayed"], 1);
+    assert_eq!(stream.dead_letters().await.expect("dead letters"), 0);
+    common::drain(&o.state).await;
+    assert_eq!(stream.dead_letters().await.expect("dead letters"), 1);
     stream.delete_streams().await.expect("delete");
 }
 

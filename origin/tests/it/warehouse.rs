@@ -615,7 +615,9 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
     // Nothing was set aside: failing writes are not the messages' fault. With the shortened
     // back-off every message was delivered far more often than the 50 deliveries (about
     // 46 minutes of production back-off) after which it used to be dead-lettered.
-    let pending = status.body["stream_pending_messages"].as_i64().expect("pending");
+    let pending = status.body["stream_pending_messages"]
+        .as_i64()
+        .expect("pending");
     assert!(
         attempts as i64 > 50 * pending,
         "{attempts} deliveries of {pending} messages"
