@@ -826,13 +826,9 @@ async fn split_deployment_follows_a_pause(o: &TestOrigin) {
     .await;
     o.create("/api/v1/metrics", json!({"key": "crash_rate", "kind": "conversion", "event_type": "crash", "direction": "decrease"})).await;
     let sdk = o.key("sdk").await;
-    let body = json!({"key": "split", "primary_metric": "purchase", "guardrail_metrics": ["crash_rate"],
-        "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]});
-    let id = o.create("/api/v1/experiments", body).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
+    let id = o
+        .start_experiment(json!({"key": "split", "primary_metric": "purchase", "guardrail_metrics": ["crash_rate"],
+            "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]}))
         .await;
     let process = |roles: &str| {
         let mut settings = o.settings.clone();

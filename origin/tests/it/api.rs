@@ -1622,14 +1622,7 @@ async fn the_seed_routes_allow_cross_origin_requests() {
     };
     o.create("/api/v1/metrics", metric("purchase", "conversion"))
         .await;
-    let id = o
-        .create("/api/v1/experiments", experiment("cors", "purchase"))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    o.post(&format!("/api/v1/experiments/{id}/start"), json!({}))
-        .await;
+    o.start_experiment(experiment("cors", "purchase")).await;
     let sdk = o.key("sdk").await;
     let auth = format!("Bearer {sdk}");
     for (method, path) in [

@@ -443,15 +443,21 @@ fn a_fixed_horizon_test_is_frozen_at_its_planned_sample() {
     assert!(same_day.analysed_through.is_none());
 }
 
+/// A group-sequential experiment with five looks and no minimum duration.
+fn five_looks() -> Experiment {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.mode = AnalysisMode::GroupSequential;
+    e.analysis.looks = Some(5);
+    e.analysis.min_duration_days = 0;
+    e
+}
+
 /// Issue 25, item 1: a group-sequential test is tested at each look with the data of the
 /// day its information fraction was reached, against the boundary at that fraction, and
 /// its decision does not change afterwards, however often the results are read.
 #[test]
 fn group_sequential_looks_are_recorded_once_and_decide_once() {
-    let mut e = experiment("checkout", &[]);
-    e.analysis.mode = AnalysisMode::GroupSequential;
-    e.analysis.looks = Some(5);
-    e.analysis.min_duration_days = 0;
+    let e = five_looks();
     // Five days of 2,000 units a variant: looks at fractions 0.2, …, 1.0 (gsDesign's
     // O'Brien–Fleming boundaries 4.877, 3.357, 2.680, 2.290, 2.031). No day on its own
     // crosses; after the final look a flood of converting treatment units would cross the
@@ -499,10 +505,7 @@ fn group_sequential_looks_are_recorded_once_and_decide_once() {
 /// A group-sequential test that crosses at an interim look stops there.
 #[test]
 fn a_group_sequential_crossing_stops_the_test_at_its_look() {
-    let mut e = experiment("checkout", &[]);
-    e.analysis.mode = AnalysisMode::GroupSequential;
-    e.analysis.looks = Some(5);
-    e.analysis.min_duration_days = 0;
+    let e = five_looks();
     let mut list = vec![
         day_of(DAY, 2_000, 200.0, 205.0),
         day_of(DAY + 1, 2_000, 200.0, 205.0),
@@ -685,10 +688,7 @@ fn a_fading_effect_shows_a_trend() {
 /// it: events delivered late that revise the look's day do not move the decision.
 #[test]
 fn recorded_looks_keep_their_decisions_when_late_events_revise_a_day() {
-    let mut e = experiment("checkout", &[]);
-    e.analysis.mode = AnalysisMode::GroupSequential;
-    e.analysis.looks = Some(5);
-    e.analysis.min_duration_days = 0;
+    let e = five_looks();
     let mut list = vec![
         day_of(DAY, 2_000, 200.0, 205.0),
         day_of(DAY + 1, 2_000, 200.0, 205.0),
