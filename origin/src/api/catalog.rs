@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value as Json, json};
 use sqlx::AnyConnection;
 
 use super::experiments::segment_depths;
-use super::{ApiJson, json, merge_patch};
+use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -71,14 +71,13 @@ pub async fn get_layer(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &one(
-            store::catalog::layers(&mut conn, Some(&id)).await?,
-            "layer",
-            &id,
-        )?,
-    ))
+    let found = one(
+        store::catalog::layers(&mut conn, Some(&id)).await?,
+        "layer",
+        &id,
+    )?;
+    let version = found.version;
+    Ok(with_version(json(StatusCode::OK, &found), version))
 }
 
 #[utoipa::path(post, path = "/api/v1/layers", tag = "layers", request_body = LayerInput,
@@ -108,7 +107,8 @@ pub async fn create_layer(
             one(store::catalog::layers(conn, Some(&id)).await?, "layer", &id)
         })
         .await?;
-    Ok(json(StatusCode::CREATED, &layer))
+    let version = layer.version;
+    Ok(with_version(json(StatusCode::CREATED, &layer), version))
 }
 
 fn layer_input(layer: &Layer) -> LayerInput {
@@ -120,20 +120,24 @@ fn layer_input(layer: &Layer) -> LayerInput {
     }
 }
 
-#[utoipa::path(patch, path = "/api/v1/layers/{id}", tag = "layers", params(("id" = String, Path, description = "Id or key")),
+#[utoipa::path(patch, path = "/api/v1/layers/{id}", tag = "layers", params(("id" = String, Path, description = "Id or key"),
+        ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
     request_body(content = Object, description = "Fields of the create body to change"),
     responses((status = 200, body = Layer), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_layer(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
+    let expected = if_match(&headers)?;
     let actor = caller.actor();
     let layer = state
         .mutate(async |conn| {
             let current = one(store::catalog::layers(conn, Some(&id)).await?, "layer", &id)?;
+            check_version(expected, current.version)?;
             let spec = catalog::validate_layer(&merge_patch(&layer_input(&current), body)?)?;
             key_unchanged(&current.key, &spec.key)?;
             if spec.unit != current.unit {
@@ -173,7 +177,8 @@ pub async fn patch_layer(
             )
         })
         .await?;
-    Ok(json(StatusCode::OK, &layer))
+    let version = layer.version;
+    Ok(with_version(json(StatusCode::OK, &layer), version))
 }
 
 // ---- holdouts ----
@@ -197,14 +202,13 @@ pub async fn get_holdout(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &one(
-            store::catalog::holdouts(&mut conn, Some(&id)).await?,
-            "holdout",
-            &id,
-        )?,
-    ))
+    let found = one(
+        store::catalog::holdouts(&mut conn, Some(&id)).await?,
+        "holdout",
+        &id,
+    )?;
+    let version = found.version;
+    Ok(with_version(json(StatusCode::OK, &found), version))
 }
 
 #[utoipa::path(post, path = "/api/v1/holdouts", tag = "holdouts", request_body = HoldoutInput,
@@ -238,7 +242,8 @@ pub async fn create_holdout(
             )
         })
         .await?;
-    Ok(json(StatusCode::CREATED, &holdout))
+    let version = holdout.version;
+    Ok(with_version(json(StatusCode::CREATED, &holdout), version))
 }
 
 fn holdout_input(h: &Holdout) -> HoldoutInput {
@@ -250,20 +255,24 @@ fn holdout_input(h: &Holdout) -> HoldoutInput {
     }
 }
 
-#[utoipa::path(patch, path = "/api/v1/holdouts/{id}", tag = "holdouts", params(("id" = String, Path, description = "Id or key")),
+#[utoipa::path(patch, path = "/api/v1/holdouts/{id}", tag = "holdouts", params(("id" = String, Path, description = "Id or key"),
+        ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
     request_body(content = Object, description = "Fields of the create body to change"),
     responses((status = 200, body = Holdout), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_holdout(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
+    let expected = if_match(&headers)?;
     let actor = caller.actor();
     let holdout = state
         .mutate(async |conn| {
             let current = one(store::catalog::holdouts(conn, Some(&id)).await?, "holdout", &id)?;
+            check_version(expected, current.version)?;
             let spec = catalog::validate_holdout(&merge_patch(&holdout_input(&current), body)?)?;
             key_unchanged(&current.key, &spec.key)?;
             if spec.percent_bp != current.percent_bp
@@ -276,7 +285,8 @@ pub async fn patch_holdout(
             one(store::catalog::holdouts(conn, Some(&current.id)).await?, "holdout", &id)
         })
         .await?;
-    Ok(json(StatusCode::OK, &holdout))
+    let version = holdout.version;
+    Ok(with_version(json(StatusCode::OK, &holdout), version))
 }
 
 // ---- segments ----
@@ -300,14 +310,13 @@ pub async fn get_segment(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &one(
-            store::catalog::segments(&mut conn, Some(&id)).await?,
-            "segment",
-            &id,
-        )?,
-    ))
+    let found = one(
+        store::catalog::segments(&mut conn, Some(&id)).await?,
+        "segment",
+        &id,
+    )?;
+    let version = found.version;
+    Ok(with_version(json(StatusCode::OK, &found), version))
 }
 
 /// Validates a segment against the others, refusing reference cycles.
@@ -374,7 +383,8 @@ pub async fn create_segment(
             )
         })
         .await?;
-    Ok(json(StatusCode::CREATED, &segment))
+    let version = segment.version;
+    Ok(with_version(json(StatusCode::CREATED, &segment), version))
 }
 
 fn segment_input(s: &Segment) -> SegmentInput {
@@ -386,16 +396,19 @@ fn segment_input(s: &Segment) -> SegmentInput {
     }
 }
 
-#[utoipa::path(patch, path = "/api/v1/segments/{id}", tag = "segments", params(("id" = String, Path, description = "Id or key")),
+#[utoipa::path(patch, path = "/api/v1/segments/{id}", tag = "segments", params(("id" = String, Path, description = "Id or key"),
+        ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
     request_body(content = Object, description = "Fields of the create body to change"),
     responses((status = 200, body = Segment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
+    let expected = if_match(&headers)?;
     let actor = caller.actor();
     let segment = state
         .mutate(async |conn| {
@@ -404,6 +417,7 @@ pub async fn patch_segment(
                 "segment",
                 &id,
             )?;
+            check_version(expected, current.version)?;
             let spec =
                 validate_segment(conn, &merge_patch(&segment_input(&current), body)?).await?;
             key_unchanged(&current.key, &spec.key)?;
@@ -426,7 +440,8 @@ pub async fn patch_segment(
             )
         })
         .await?;
-    Ok(json(StatusCode::OK, &segment))
+    let version = segment.version;
+    Ok(with_version(json(StatusCode::OK, &segment), version))
 }
 
 // ---- metrics ----
@@ -450,14 +465,13 @@ pub async fn get_metric(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &one(
-            store::catalog::metrics(&mut conn, Some(&id)).await?,
-            "metric",
-            &id,
-        )?,
-    ))
+    let found = one(
+        store::catalog::metrics(&mut conn, Some(&id)).await?,
+        "metric",
+        &id,
+    )?;
+    let version = found.version;
+    Ok(with_version(json(StatusCode::OK, &found), version))
 }
 
 #[utoipa::path(post, path = "/api/v1/metrics", tag = "metrics", request_body = MetricInput,
@@ -494,7 +508,8 @@ pub async fn create_metric(
     // This process's collector refuses out-of-range values at once; the others on their
     // next reload.
     state.reload_keys().await?;
-    Ok(json(StatusCode::CREATED, &metric))
+    let version = metric.version;
+    Ok(with_version(json(StatusCode::CREATED, &metric), version))
 }
 
 fn metric_input(m: &Metric) -> MetricInput {
@@ -512,16 +527,19 @@ fn metric_input(m: &Metric) -> MetricInput {
     }
 }
 
-#[utoipa::path(patch, path = "/api/v1/metrics/{id}", tag = "metrics", params(("id" = String, Path, description = "Id or key")),
+#[utoipa::path(patch, path = "/api/v1/metrics/{id}", tag = "metrics", params(("id" = String, Path, description = "Id or key"),
+        ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
     request_body(content = Object, description = "Fields of the create body to change"),
     responses((status = 200, body = Metric), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_metric(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
+    let expected = if_match(&headers)?;
     let actor = caller.actor();
     let metric = state
         .mutate(async |conn| {
@@ -530,6 +548,7 @@ pub async fn patch_metric(
                 "metric",
                 &id,
             )?;
+            check_version(expected, current.version)?;
             let spec = catalog::validate_metric(&merge_patch(&metric_input(&current), body)?)?;
             key_unchanged(&current.key, &spec.key)?;
             let redefines = spec.kind != current.kind
@@ -566,5 +585,6 @@ pub async fn patch_metric(
         })
         .await?;
     state.reload_keys().await?;
-    Ok(json(StatusCode::OK, &metric))
+    let version = metric.version;
+    Ok(with_version(json(StatusCode::OK, &metric), version))
 }

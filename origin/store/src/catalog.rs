@@ -37,7 +37,7 @@ pub async fn update_layer(
     id: &str,
     spec: &LayerSpec,
 ) -> Result<(), Error> {
-    sqlx::query("UPDATE layers SET name = $1, description = $2, unit = $3, updated_at_ms = $4 WHERE id = $5")
+    sqlx::query("UPDATE layers SET name = $1, description = $2, unit = $3, updated_at_ms = $4, version = version + 1 WHERE id = $5")
         .bind(&spec.name)
         .bind(&spec.description)
         .bind(&spec.unit)
@@ -69,7 +69,7 @@ pub async fn layers(
     reference: Option<&str>,
 ) -> Result<Vec<Layer>, Error> {
     let rows = sqlx::query(
-        "SELECT id, key, name, description, unit, created_at_ms, updated_at_ms FROM layers
+        "SELECT id, key, name, description, unit, version, created_at_ms, updated_at_ms FROM layers
          WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))
@@ -110,6 +110,7 @@ pub async fn layers(
             unit: row.try_get("unit")?,
             allocations: owners,
             free_percent: bp_to_percent(10_000 - used),
+            version: row.try_get("version")?,
             created_at: clock::rfc3339(row.try_get("created_at_ms")?),
             updated_at: clock::rfc3339(row.try_get("updated_at_ms")?),
         });
@@ -181,7 +182,7 @@ pub async fn update_holdout(
     id: &str,
     spec: &HoldoutSpec,
 ) -> Result<(), Error> {
-    sqlx::query("UPDATE holdouts SET name = $1, description = $2, percent_bp = $3, updated_at_ms = $4 WHERE id = $5")
+    sqlx::query("UPDATE holdouts SET name = $1, description = $2, percent_bp = $3, updated_at_ms = $4, version = version + 1 WHERE id = $5")
         .bind(&spec.name)
         .bind(&spec.description)
         .bind(i64::from(spec.percent_bp))
@@ -197,7 +198,7 @@ pub async fn holdouts(
     reference: Option<&str>,
 ) -> Result<Vec<Holdout>, Error> {
     let rows = sqlx::query(
-        "SELECT id, key, name, description, percent_bp, created_at_ms, updated_at_ms FROM holdouts
+        "SELECT id, key, name, description, percent_bp, version, created_at_ms, updated_at_ms FROM holdouts
          WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))
@@ -213,6 +214,7 @@ pub async fn holdouts(
                 description: r.try_get("description")?,
                 percent: bp_to_percent(bp),
                 percent_bp: bp as u16,
+                version: r.try_get("version")?,
                 created_at: clock::rfc3339(r.try_get("created_at_ms")?),
                 updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
             })
@@ -244,7 +246,7 @@ pub async fn update_segment(
     id: &str,
     spec: &SegmentSpec,
 ) -> Result<(), Error> {
-    sqlx::query("UPDATE segments SET name = $1, description = $2, condition = $3, updated_at_ms = $4 WHERE id = $5")
+    sqlx::query("UPDATE segments SET name = $1, description = $2, condition = $3, updated_at_ms = $4, version = version + 1 WHERE id = $5")
         .bind(&spec.name)
         .bind(&spec.description)
         .bind(spec.condition.to_string())
@@ -260,7 +262,7 @@ pub async fn segments(
     reference: Option<&str>,
 ) -> Result<Vec<Segment>, Error> {
     let rows = sqlx::query(
-        "SELECT id, key, name, description, condition, created_at_ms, updated_at_ms FROM segments
+        "SELECT id, key, name, description, condition, version, created_at_ms, updated_at_ms FROM segments
          WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))
@@ -274,6 +276,7 @@ pub async fn segments(
                 name: r.try_get("name")?,
                 description: r.try_get("description")?,
                 condition: json_column(r, "condition")?,
+                version: r.try_get("version")?,
                 created_at: clock::rfc3339(r.try_get("created_at_ms")?),
                 updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
             })
@@ -316,7 +319,7 @@ pub async fn update_metric(
     sqlx::query(
         "UPDATE metrics SET name = $1, description = $2, kind = $3, event_type = $4, denominator_event_type = $5,
                 direction = $6, guardrail_threshold = $7, value_min = $8, value_max = $9,
-                updated_at_ms = $10 WHERE id = $11",
+                updated_at_ms = $10, version = version + 1 WHERE id = $11",
     )
     .bind(&spec.name)
     .bind(&spec.description)
@@ -351,6 +354,7 @@ fn metric(r: &AnyRow) -> Result<Metric, Error> {
         guardrail_threshold: r.try_get("guardrail_threshold")?,
         value_min: r.try_get("value_min")?,
         value_max: r.try_get("value_max")?,
+        version: r.try_get("version")?,
         created_at: clock::rfc3339(r.try_get("created_at_ms")?),
         updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
     })
@@ -362,7 +366,7 @@ pub async fn metrics(
 ) -> Result<Vec<Metric>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, kind, event_type, denominator_event_type, direction, guardrail_threshold,
-                value_min, value_max, created_at_ms, updated_at_ms
+                value_min, value_max, version, created_at_ms, updated_at_ms
          FROM metrics WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))

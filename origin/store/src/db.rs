@@ -103,6 +103,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_metric_value_bounds.sql"),
         postgres: include_str!("../migrations/postgres/0005_metric_value_bounds.sql"),
     },
+    Migration {
+        version: 6,
+        name: "catalog_versions",
+        sqlite: include_str!("../migrations/sqlite/0006_catalog_versions.sql"),
+        postgres: include_str!("../migrations/postgres/0006_catalog_versions.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

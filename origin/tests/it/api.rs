@@ -1683,3 +1683,70 @@ async fn the_seed_routes_allow_cross_origin_requests() {
     assert_eq!(reply.headers["access-control-allow-origin"], "*");
     o.finish().await;
 }
+
+/// Issue 26: layers, holdouts, segments and metrics carry a version like experiments and
+/// flags: `ETag` on every answer, and a change sent with a stale `If-Match` is refused
+/// instead of overwriting another's.
+#[tokio::test]
+async fn catalog_objects_refuse_changes_based_on_a_stale_version() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    for (path, body, change) in [
+        (
+            "/api/v1/layers",
+            json!({"key": "ui"}),
+            json!({"description": "the page"}),
+        ),
+        (
+            "/api/v1/holdouts",
+            json!({"key": "global", "percent": 5}),
+            json!({"description": "all"}),
+        ),
+        (
+            "/api/v1/segments",
+            json!({"key": "us", "condition": {"attr": "country", "op": "eq", "value": "US"}}),
+            json!({"description": "Americans"}),
+        ),
+        (
+            "/api/v1/metrics",
+            metric("clicks", "conversion"),
+            json!({"description": "any click"}),
+        ),
+    ] {
+        let created = o.post(path, body).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        assert_eq!(created.body["version"], 1);
+        assert_eq!(created.headers["etag"], "\"1\"");
+        let object = format!("{path}/{}", created.body["key"].as_str().expect("key"));
+        let fresh = o
+            .send(
+                Method::PATCH,
+                &object,
+                Some(&o.admin),
+                Some(change.clone()),
+                &[("if-match", "\"1\"")],
+            )
+            .await;
+        assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+        assert_eq!(fresh.body["version"], 2);
+        assert_eq!(fresh.headers["etag"], "\"2\"");
+        let stale = o
+            .send(
+                Method::PATCH,
+                &object,
+                Some(&o.admin),
+                Some(change),
+                &[("if-match", "\"1\"")],
+            )
+            .await;
+        assert_eq!(
+            stale.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{object}: {}",
+            stale.body
+        );
+        assert_eq!(o.get(&object).await.headers["etag"], "\"2\"");
+    }
+    o.finish().await;
+}

@@ -386,6 +386,8 @@ pub struct Layer {
     /// Slot ranges owned by running and paused experiments, in order.
     pub allocations: Vec<SlotOwner>,
     pub free_percent: f64,
+    /// Increases with every change; send it in `If-Match` to update safely.
+    pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -414,6 +416,8 @@ pub struct Holdout {
     pub name: String,
     pub description: String,
     pub percent: f64,
+    /// Increases with every change; send it in `If-Match` to update safely.
+    pub version: i64,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip)]
@@ -439,6 +443,8 @@ pub struct Segment {
     pub description: String,
     #[schema(value_type = Object)]
     pub condition: Json,
+    /// Increases with every change; send it in `If-Match` to update safely.
+    pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -467,6 +473,8 @@ pub struct Metric {
     pub guardrail_threshold: Option<f64>,
     pub value_min: Option<f64>,
     pub value_max: Option<f64>,
+    /// Increases with every change; send it in `If-Match` to update safely.
+    pub version: i64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -486,6 +494,7 @@ impl Metric {
             guardrail_threshold: None,
             value_min: None,
             value_max: None,
+            version: 1,
             created_at: String::new(),
             updated_at: String::new(),
         }
