@@ -38,9 +38,10 @@ export class Origin {
     const port = await freePort();
     const child = spawn(
       binary,
-      // A generous rate limit: seeding sends thousands of requests with one key. The
-      // guardrail monitor is slowed down so that it never pauses an experiment mid-test.
-      ['serve', '--data-dir', dir, '--listen', `127.0.0.1:${port}`, '--admin-rate-limit', '100000', '--guardrail-interval', '3600'],
+      // Generous rate limits: seeding sends thousands of requests with one key, all of them
+      // from this one address. The guardrail monitor is slowed down so that it never pauses
+      // an experiment mid-test.
+      ['serve', '--data-dir', dir, '--listen', `127.0.0.1:${port}`, '--admin-rate-limit', '100000', '--sdk-rate-limit', '100000', '--guardrail-interval', '3600'],
       { env: { ...process.env, ABX_BOOTSTRAP_ADMIN_KEY: ADMIN_KEY, RUST_LOG: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     const origin = new Origin(`http://127.0.0.1:${port}`, child, dir);

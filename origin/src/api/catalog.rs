@@ -2,9 +2,10 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use sqlx::AnyConnection;
 
@@ -36,11 +37,33 @@ fn key_unchanged(current: &str, next: &str) -> ApiResult<()> {
     }
 }
 
-fn page<T>(items: Vec<T>) -> Page<T> {
-    Page {
-        items,
-        next_cursor: None,
-    }
+/// `?limit=&cursor=` of the lists read whole from the store, ordered by key (catalog
+/// objects and flags: hundreds at most).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct PageQuery {
+    /// 1 to 500; default 100.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// From a previous page's `next_cursor` (the last key it listed).
+    pub cursor: Option<String>,
+}
+
+/// The page of `items` (ordered by key) after the cursor.
+pub fn page<T>(items: Vec<T>, query: &PageQuery, key: impl Fn(&T) -> &str) -> ApiResult<Page<T>> {
+    let limit = crate::model::page_limit(query.limit)? as usize;
+    let mut items: Vec<T> = match &query.cursor {
+        Some(cursor) => items
+            .into_iter()
+            .filter(|i| key(i) > cursor.as_str())
+            .collect(),
+        None => items,
+    };
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = more
+        .then(|| items.last().map(|i| key(i).to_string()))
+        .flatten();
+    Ok(Page { items, next_cursor })
 }
 
 /// Experiments that are running or paused, which pin parts of the configuration.
@@ -52,14 +75,16 @@ async fn active_experiments(
 
 // ---- layers ----
 
-#[utoipa::path(get, path = "/api/v1/layers", tag = "layers", responses((status = 200, body = Page<Layer>)))]
-pub async fn list_layers(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/api/v1/layers", tag = "layers", params(PageQuery), responses((status = 200, body = Page<Layer>)))]
+pub async fn list_layers(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &page(store::catalog::layers(&mut conn, None).await?),
-    ))
+    let items = store::catalog::layers(&mut conn, None).await?;
+    Ok(json(StatusCode::OK, &page(items, &query, |i| &i.key)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/layers/{id}", tag = "layers", params(("id" = String, Path, description = "Id or key")),
@@ -183,14 +208,16 @@ pub async fn patch_layer(
 
 // ---- holdouts ----
 
-#[utoipa::path(get, path = "/api/v1/holdouts", tag = "holdouts", responses((status = 200, body = Page<Holdout>)))]
-pub async fn list_holdouts(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/api/v1/holdouts", tag = "holdouts", params(PageQuery), responses((status = 200, body = Page<Holdout>)))]
+pub async fn list_holdouts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &page(store::catalog::holdouts(&mut conn, None).await?),
-    ))
+    let items = store::catalog::holdouts(&mut conn, None).await?;
+    Ok(json(StatusCode::OK, &page(items, &query, |i| &i.key)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/holdouts/{id}", tag = "holdouts", params(("id" = String, Path, description = "Id or key")),
@@ -291,14 +318,16 @@ pub async fn patch_holdout(
 
 // ---- segments ----
 
-#[utoipa::path(get, path = "/api/v1/segments", tag = "segments", responses((status = 200, body = Page<Segment>)))]
-pub async fn list_segments(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/api/v1/segments", tag = "segments", params(PageQuery), responses((status = 200, body = Page<Segment>)))]
+pub async fn list_segments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &page(store::catalog::segments(&mut conn, None).await?),
-    ))
+    let items = store::catalog::segments(&mut conn, None).await?;
+    Ok(json(StatusCode::OK, &page(items, &query, |i| &i.key)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/segments/{id}", tag = "segments", params(("id" = String, Path, description = "Id or key")),
@@ -446,14 +475,16 @@ pub async fn patch_segment(
 
 // ---- metrics ----
 
-#[utoipa::path(get, path = "/api/v1/metrics", tag = "metrics", responses((status = 200, body = Page<Metric>)))]
-pub async fn list_metrics(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "metrics", params(PageQuery), responses((status = 200, body = Page<Metric>)))]
+pub async fn list_metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
-    Ok(json(
-        StatusCode::OK,
-        &page(store::catalog::metrics(&mut conn, None).await?),
-    ))
+    let items = store::catalog::metrics(&mut conn, None).await?;
+    Ok(json(StatusCode::OK, &page(items, &query, |i| &i.key)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/metrics/{id}", tag = "metrics", params(("id" = String, Path, description = "Id or key")),

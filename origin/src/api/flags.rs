@@ -1,11 +1,12 @@
 //! `/api/v1/flags`: feature flags, their rollouts and kill switches.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value as Json, json};
 use sqlx::AnyConnection;
 
+use super::catalog::{PageQuery, page};
 use super::experiments::segment_depths;
 use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
@@ -35,18 +36,16 @@ async fn validate(conn: &mut AnyConnection, input: &FlagInput) -> ApiResult<Flag
     Ok(flag::validate(input, &segments, &experiments)?)
 }
 
-#[utoipa::path(get, path = "/api/v1/flags", tag = "flags", responses((status = 200, body = Page<Flag>)))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/api/v1/flags", tag = "flags", params(PageQuery), responses((status = 200, body = Page<Flag>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
     let items = store::flags::flags(&mut conn, None).await?;
-    Ok(json(
-        StatusCode::OK,
-        &Page {
-            items,
-            next_cursor: None,
-        },
-    ))
+    Ok(json(StatusCode::OK, &page(items, &query, |f| &f.key)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/flags/{id}", tag = "flags", params(("id" = String, Path, description = "Id or key")),

@@ -81,8 +81,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 }
 
 /// Applies a PATCH body to the create body an object was made from: top-level fields
-/// replace the stored ones and `null` resets a field to its default. The result then goes
-/// through the same validation as a create.
+/// replace the stored ones (nested objects whole: a targeting condition merged key by key
+/// would be a different condition) and `null` resets a field to its default, whatever its
+/// type. The result then goes through the same validation as a create.
 pub fn merge_patch<T: Serialize + DeserializeOwned>(
     current: &T,
     patch: serde_json::Value,
@@ -100,7 +101,13 @@ pub fn merge_patch<T: Serialize + DeserializeOwned>(
         )));
     };
     for (field, value) in patch {
-        merged.insert(field, value);
+        // Absent, the field takes its default on deserialisation (`None`, an empty list,
+        // the documented default); a required field is then reported missing.
+        if value.is_null() {
+            merged.remove(&field);
+        } else {
+            merged.insert(field, value);
+        }
     }
     serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| ApiError::BadRequest {
         code: "invalid_json",

@@ -1750,3 +1750,72 @@ async fn catalog_objects_refuse_changes_based_on_a_stale_version() {
     }
     o.finish().await;
 }
+
+/// Issue 26: every list pages as docs/api.md says (`limit`, `cursor`, `next_cursor`),
+/// catalog objects and flags included.
+#[tokio::test]
+async fn catalog_lists_page_by_key() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    for key in ["a_metric", "b_metric", "c_metric"] {
+        o.create("/api/v1/metrics", metric(key, "conversion")).await;
+    }
+    let first = o.get("/api/v1/metrics?limit=2").await.body;
+    let keys = |page: &Json| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|m| m["key"].as_str().expect("key").to_string())
+            .collect()
+    };
+    assert_eq!(keys(&first), ["a_metric", "b_metric"]);
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second = o
+        .get(&format!("/api/v1/metrics?limit=2&cursor={cursor}"))
+        .await
+        .body;
+    assert_eq!(keys(&second), ["c_metric"]);
+    assert!(second["next_cursor"].is_null());
+    assert_eq!(
+        o.get("/api/v1/flags?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    o.finish().await;
+}
+
+/// Issue 26: `null` in a PATCH resets any field to its default, lists and settings included
+/// (it used to be refused as invalid JSON for fields that are not optional).
+#[tokio::test]
+async fn null_in_a_patch_resets_any_field() {
+    let Some(o) = TestOrigin::new(common::Backend::Sqlite).await else {
+        return;
+    };
+    o.create("/api/v1/metrics", metric("purchase", "conversion"))
+        .await;
+    o.create("/api/v1/metrics", metric("revenue", "mean")).await;
+    let mut body = experiment("resettable", "purchase");
+    body["secondary_metrics"] = json!(["revenue"]);
+    body["analysis"] = json!({"mode": "sequential", "alpha": 0.01});
+    body["description"] = json!("a description");
+    let created = o.create("/api/v1/experiments", body).await;
+    let path = format!(
+        "/api/v1/experiments/{}",
+        created["id"].as_str().expect("id")
+    );
+    let reset = o
+        .patch(
+            &path,
+            json!({"secondary_metrics": null, "analysis": null, "description": null}),
+        )
+        .await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.body);
+    assert_eq!(reset.body["secondary_metrics"], json!([]));
+    assert_eq!(reset.body["analysis"]["alpha"], 0.05);
+    assert_eq!(reset.body["description"], "");
+    // A required field has no default to reset to.
+    let refused = o.patch(&path, json!({"primary_metric": null})).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    o.finish().await;
+}
