@@ -64,7 +64,7 @@ async function identify() {
   if (!session.key) return false;
   try {
     const me = await api('/whoami');
-    if (me.role === 'sdk') {
+    if (me.role === 'sdk' || me.role === 'server') {
       session.clear();
       return false;
     }
