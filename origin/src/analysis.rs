@@ -53,9 +53,10 @@ pub async fn results_of(
         // This read computed a look first: record it, so that every later read (in any
         // process) decides on the same numbers. Another process may have recorded it in
         // the meantime; then its record stands, and the results are recomputed on it.
-        let mut tx = state.db.begin_write().await?;
-        store::experiments::record_decision_looks(&mut tx, &e.id, &results.decision_looks).await?;
-        tx.commit().await?;
+        // On the connection this read holds: taking a second one for a transaction could
+        // exhaust the pool when many reads record at once. Each look is one insert that
+        // keeps the first record.
+        store::experiments::record_decision_looks(conn, &e.id, &results.decision_looks).await?;
         let stored = store::experiments::decision_looks(conn, &e.id).await?;
         if stored != results.decision_looks {
             results = compute(&stored);

@@ -65,14 +65,31 @@ type Buckets = HashMap<(String, Option<IpAddr>), (f64, Instant)>;
 /// Token buckets. A bucket holds up to `burst` tokens and refills at `per_second`.
 pub struct RateLimiter {
     limits: Limits,
-    buckets: Mutex<Buckets>,
+    buckets: Mutex<(Buckets, Instant)>,
+}
+
+/// How often, at most, idle buckets are swept once the map is full: sweeping scans the whole
+/// map, and must not cost every request that much.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a client address counts as: IPv4 as it is (IPv4-mapped IPv6 included), IPv6 by its
+/// /64, which one client (a home, a server) gets whole — keyed by /128, one client would
+/// own 2⁶⁴ buckets.
+fn client_bucket(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
 }
 
 impl RateLimiter {
     pub fn new(limits: Limits) -> Self {
         RateLimiter {
             limits,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new((HashMap::new(), Instant::now())),
         }
     }
 
@@ -80,13 +97,15 @@ impl RateLimiter {
     /// address), or says how many seconds to wait.
     pub fn check(&self, key: &KeyInfo, client: Option<IpAddr>, cost: f64) -> Result<(), u64> {
         let (limit, address) = match key.role {
-            Role::Sdk => (self.limits.sdk, client),
+            Role::Sdk => (self.limits.sdk, client.map(client_bucket)),
             Role::Server => (self.limits.server, None),
             Role::Admin | Role::Viewer => (self.limits.admin, None),
         };
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_BUCKETS {
+        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (buckets, swept) = &mut *guard;
+        if buckets.len() >= MAX_BUCKETS && now.duration_since(*swept) >= SWEEP_INTERVAL {
+            *swept = now;
             let limits = self.limits;
             // Keeps only buckets still short of full; the slowest refill bounds their age.
             let full_after = [limits.admin, limits.sdk, limits.server]
@@ -95,6 +114,14 @@ impl RateLimiter {
                 .fold(0.0_f64, f64::max);
             buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs_f64() < full_after);
         }
+        // Between sweeps a full map takes no new client: a flood of new addresses then shares
+        // one bucket (the one without an address) instead of growing the map.
+        let address =
+            if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&(key.id.clone(), address)) {
+                None
+            } else {
+                address
+            };
         let (tokens, last) = buckets
             .entry((key.id.clone(), address))
             .or_insert((limit.burst, now));
@@ -111,26 +138,48 @@ impl RateLimiter {
 }
 
 /// The client's address: the TCP peer, or with `trusted_header` set (opt-in, for an origin
-/// behind a proxy or CDN that sets it) the last address in that header, the one the trusted
-/// proxy saw (earlier entries are whatever the client claimed).
+/// behind a proxy or CDN that sets it) the last entry of that header, the one the trusted
+/// proxy appended (earlier entries are whatever the client claimed). Only the last entry
+/// counts, with an optional port or brackets: skipping one that does not parse would let
+/// the client's own entry through.
 pub fn client_address(parts: &Parts, trusted_header: Option<&str>) -> Option<IpAddr> {
     if let Some(name) = trusted_header {
-        let forwarded = parts
+        let last = parts
             .headers
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .next_back();
-        if forwarded.is_some() {
-            return forwarded;
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if let Some(entry) = last
+            && let Some(address) = parse_forwarded(entry)
+        {
+            return Some(address);
         }
     }
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| peer.ip())
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or
+/// `[2001:db8::1]:5678`.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    if let Ok(address) = entry.parse::<IpAddr>() {
+        return Some(address);
+    }
+    entry
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|s| s.ip())
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse().ok())
+        })
 }
 
 /// The authenticated caller of a request. Extracting it authenticates and rate-limits.
@@ -199,5 +248,50 @@ impl FromRequestParts<AppState> for Caller {
             role: key.role,
             client,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("address")
+    }
+
+    fn forwarded(value: &str) -> Option<IpAddr> {
+        let (parts, ()) = axum::http::Request::builder()
+            .header("x-forwarded-for", value)
+            .body(())
+            .expect("request")
+            .into_parts();
+        client_address(&parts, Some("x-forwarded-for"))
+    }
+
+    /// One IPv6 client holds a whole /64: it gets one bucket, not 2⁶⁴ of them; IPv4
+    /// written as IPv6 is the IPv4 client.
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        assert_eq!(
+            client_bucket(ip("2001:db8::1")),
+            client_bucket(ip("2001:db8::ffff:1"))
+        );
+        assert_ne!(
+            client_bucket(ip("2001:db8::1")),
+            client_bucket(ip("2001:db8:0:1::1"))
+        );
+        assert_eq!(client_bucket(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_bucket(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
+
+    /// Only the entry the trusted proxy appended counts, with a port or brackets; one that
+    /// does not parse never lets an earlier, client-written entry through.
+    #[test]
+    fn only_the_proxys_entry_names_the_client() {
+        assert_eq!(forwarded("10.0.0.1, 192.0.2.7"), Some(ip("192.0.2.7")));
+        assert_eq!(forwarded("10.0.0.1, 192.0.2.7:5678"), Some(ip("192.0.2.7")));
+        assert_eq!(forwarded("[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(forwarded("2001:db8::1"), Some(ip("2001:db8::1")));
+        assert_eq!(forwarded("10.0.0.1, unknown"), None);
     }
 }

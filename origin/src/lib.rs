@@ -722,8 +722,10 @@ pub async fn activate_signing_key(settings: &Settings) -> anyhow::Result<String>
         .context("connecting to the database")?;
     db.migrate().await?;
     let key_id = publish::signing_key_id(&public_key);
-    let mut conn = db.pool.acquire().await?;
-    store::activate_signing_key(&mut conn, &key_id, &auth::hex(&public_key)).await?;
+    // One transaction: no process ever sees no active key, or two.
+    let mut tx = db.begin_write().await?;
+    store::activate_signing_key(&mut tx, &key_id, &auth::hex(&public_key)).await?;
+    tx.commit().await?;
     Ok(key_id)
 }
 

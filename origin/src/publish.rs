@@ -79,7 +79,10 @@ pub async fn check_signing_key(
     public_key: &[u8; 32],
 ) -> anyhow::Result<()> {
     let own = signing_key_id(public_key);
-    let active = store::active_signing_key(conn, &own, &crate::auth::hex(public_key)).await?;
+    let Some(active) = store::active_signing_key(conn, &own, &crate::auth::hex(public_key)).await?
+    else {
+        bail!("the deployment has no active signing key right now (an activation is running?)");
+    };
     if active != own {
         bail!(
             "this process signs snapshots with key {own}, but the deployment's active signing key \

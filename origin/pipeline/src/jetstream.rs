@@ -27,6 +27,22 @@ use crate::Pipeline;
 use crate::event::{EventRecord, Kind};
 use crate::telemetry::Telemetry;
 
+/// The loader's durable pull consumer.
+fn loader_config(config: &JetStreamConfig) -> pull::Config {
+    let name = config.consumer_name();
+    pull::Config {
+        durable_name: Some(name),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        // Redelivered until loaded, however long the destination is down: an acknowledged
+        // event is never set aside for a failure that is not its own.
+        max_deliver: -1,
+        filter_subject: format!("{}.events.*", config.subject_prefix),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
 /// Where and how the stream lives.
 #[derive(Clone, Debug)]
 pub struct JetStreamConfig {
@@ -218,6 +234,13 @@ impl EventStream {
                 .await?;
             }
         }
+        // Creating the loader's consumer with its whole configuration also updates one an
+        // older version made (whose max_deliver of 50 would now leave failed messages
+        // undelivered for ever, since they are no longer dead-lettered).
+        js.get_stream(&config.stream)
+            .await?
+            .create_consumer(loader_config(&config))
+            .await?;
         Ok(Arc::new(EventStream {
             config,
             js,
@@ -278,22 +301,8 @@ impl EventStream {
 
     async fn consumer(&self) -> anyhow::Result<PullConsumer> {
         let stream = self.js.get_stream(&self.config.stream).await?;
-        let name = self.config.consumer_name();
         Ok(stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.config.ack_wait,
-                    // Redelivered until loaded, however long the destination is down: an
-                    // acknowledged event is never set aside for a failure that is not its own.
-                    max_deliver: -1,
-                    filter_subject: format!("{}.events.*", self.config.subject_prefix),
-                    max_ack_pending: 10_000,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(&self.config.consumer_name(), loader_config(&self.config))
             .await?)
     }
 

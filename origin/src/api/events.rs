@@ -399,22 +399,24 @@ pub async fn replay(
     ApiJson(request): ApiJson<ReplayRequest>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
-    let mut tx = state.db.begin_write().await?;
-    let mut replayed = tables::replay_dead_letters(&mut tx, request.seqs.as_deref()).await?;
     // With JetStream, the stream's dead letters go back into the stream too (all of them:
-    // they have no event-log sequence to choose by).
+    // they have no event-log sequence to choose by). That is broker work, done before the
+    // database's write transaction so as not to hold it.
+    let mut from_stream = 0;
     if let Some(stream) = &state.event_stream
         && request.seqs.is_none()
     {
-        let from_stream = stream.replay_dead_letters().await.map_err(|error| {
+        from_stream = stream.replay_dead_letters().await.map_err(|error| {
             tracing::warn!(%error, "replaying the stream's dead letters failed");
             ApiError::Unavailable {
                 message: "the event stream is unavailable; retry the replay".into(),
                 retry_after_s: 5,
             }
         })?;
-        replayed += from_stream;
     }
+    let mut tx = state.db.begin_write().await?;
+    let replayed =
+        tables::replay_dead_letters(&mut tx, request.seqs.as_deref()).await? + from_stream;
     let details = serde_json::json!({"replayed": replayed, "seqs": request.seqs});
     crate::store::record(
         &mut tx,

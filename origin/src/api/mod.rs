@@ -396,18 +396,25 @@ pub struct StreamSlot {
 }
 
 impl StreamCount {
-    /// A slot for a new stream from `client`, or `None` when a cap is reached.
-    pub fn open(state: &AppState, client: Option<IpAddr>) -> Option<StreamSlot> {
+    /// A slot for a new stream from `client`, or the error to answer: 429 when this client
+    /// has its share, 503 when the process has all it takes.
+    pub fn open(state: &AppState, client: Option<IpAddr>) -> ApiResult<StreamSlot> {
         let limits = state.settings.streams;
         let mut open = state.streams.open.lock().unwrap_or_else(|e| e.into_inner());
         let (total, by_client) = &mut *open;
-        let mine = by_client.entry(client).or_default();
-        if *total >= limits.total || *mine >= limits.per_client {
-            return None;
+        if *total >= limits.total {
+            return Err(ApiError::Unavailable {
+                message: "this process has as many snapshot streams open as it takes".into(),
+                retry_after_s: 30,
+            });
         }
-        *mine += 1;
+        // Counted only once admitted, so refused clients leave nothing behind.
+        if by_client.get(&client).copied().unwrap_or(0) >= limits.per_client {
+            return Err(ApiError::RateLimited { retry_after_s: 5 });
+        }
+        *by_client.entry(client).or_default() += 1;
         *total += 1;
-        Some(StreamSlot {
+        Ok(StreamSlot {
             state: state.clone(),
             client,
         })

@@ -200,8 +200,7 @@ pub async fn stream(
     caller.require(Permission::ReadSnapshot)?;
     // Each stream holds a connection while it lives: capped per client and in total, and
     // ended after its lifetime (EventSource reconnects, and is counted again).
-    let slot = StreamCount::open(&state, caller.client)
-        .ok_or(ApiError::RateLimited { retry_after_s: 5 })?;
+    let slot = StreamCount::open(&state, caller.client)?;
     let ends = tokio::time::Instant::now() + state.settings.streams.lifetime;
     let receiver = state.subscribe();
     let first = announcement(&state);

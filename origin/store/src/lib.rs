@@ -333,17 +333,18 @@ pub async fn insert_snapshot(
 /// The deployment's active signing key id, registering `key_id` as active when there is
 /// none yet (the first process of a deployment). A process whose key is not the active one
 /// must not publish: edges pinned to the active public key would refuse its snapshots.
+/// `None` only while an activation is switching keys.
 pub async fn active_signing_key(
     conn: &mut AnyConnection,
     key_id: &str,
     public_key_hex: &str,
-) -> Result<String, Error> {
-    // Two first processes may race: the primary key lets one insert win, and both then read
-    // the same active row.
+) -> Result<Option<String>, Error> {
+    // Two first processes may race: the unique index on the active row lets one insert win
+    // (the other's does nothing), and both then read the same active row.
     sqlx::query(
         "INSERT INTO signing_keys (key_id, public_key, active, created_at_ms)
          SELECT $1, $2, 1, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE active = 1)
-         ON CONFLICT (key_id) DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )
     .bind(key_id)
     .bind(public_key_hex)
@@ -355,7 +356,7 @@ pub async fn active_signing_key(
     )
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(active.unwrap_or_else(|| key_id.to_string()))
+    Ok(active)
 }
 
 /// Makes `key_id` the deployment's active signing key (the rotation's switch); the keys it

@@ -6,3 +6,6 @@ CREATE TABLE signing_keys (
     active        INTEGER NOT NULL,
     created_at_ms BIGINT NOT NULL
 );
+
+-- At most one active key, whatever two first processes or an activation race to write.
+CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys (active) WHERE active = 1;
