@@ -1819,3 +1819,30 @@ async fn null_in_a_patch_resets_any_field() {
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     o.finish().await;
 }
+
+/// Found by schemathesis: a NUL character in a name reached PostgreSQL, whose text cannot
+/// hold it, and came back as a 500. Names and descriptions refuse it with a 422.
+async fn nul_characters_in_text(o: &TestOrigin) {
+    let reply = o
+        .post(
+            "/api/v1/keys",
+            json!({"role": "server", "name": "edge\u{0}1"}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    let mut body = metric("nul", "conversion");
+    body["description"] = json!("a\u{0}b");
+    let reply = o.post("/api/v1/metrics", body).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+}
+on_both_backends!(nul_characters_in_text_are_refused, nul_characters_in_text);

@@ -53,6 +53,10 @@ pub fn check_text(text: &str, field: &str, max: usize, errors: &mut Vec<FieldErr
     if text.chars().count() > max {
         errors.push(FieldError::new(field, format!("at most {max} characters")));
     }
+    // PostgreSQL's text cannot hold NUL, and no name or description needs it.
+    if text.contains('\0') {
+        errors.push(FieldError::new(field, "must not contain NUL characters"));
+    }
 }
 
 pub fn new_id() -> String {
