@@ -48,11 +48,20 @@ test('kill -9 of the origin mid-stream: the edge keeps assigning, acknowledged e
   assert.equal((await fetch(edge.url('edge', '/abx/assignments?user_id=before'))).status, 200);
 
   const UNITS = 3_000;
+  // Each unit's exposure names the variant the origin assigns it: the origin refuses any
+  // other (a forged exposure), and this test counts what it acknowledged.
+  const variants = [];
+  for (let u = 0; u < UNITS; u += 100) {
+    variants.push(...(await Promise.all(Array.from({ length: 100 }, async (_, k) => {
+      const reply = await fetch(`${origin.url}/api/v1/experiments/resilience/assignment?user_id=k-${u + k}`, { headers: { authorization: `Bearer ${sdk}` } });
+      return (await reply.json()).variant;
+    }))));
+  }
   const batches = [];
   for (let u = 0; u < UNITS; u += 100) {
     const events = [];
     for (let i = u; i < u + 100; i++) {
-      events.push({ event_id: randomUUID(), kind: 'exposure', unit: `k-${i}`, experiment_id: e.id, variant: i % 2 ? 'treatment' : 'control', timestamp: Date.now() });
+      events.push({ event_id: randomUUID(), kind: 'exposure', unit: `k-${i}`, experiment_id: e.id, variant: variants[i], timestamp: Date.now() });
       events.push({ event_id: randomUUID(), kind: 'metric', unit: `k-${i}`, event_type: 'purchase', value: 1, timestamp: Date.now() + 1 });
     }
     batches.push(events);

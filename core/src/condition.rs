@@ -4,6 +4,7 @@
 use core::cmp::Ordering;
 
 use crate::context::Value;
+use crate::murmur3::murmur3_x86_32;
 use crate::snapshot::{Op, Operand};
 
 /// Tests one attribute. `value` is `None` when the context lacks the attribute; `strings` is
@@ -39,6 +40,32 @@ pub(crate) fn test(
             .any(|item| list.iter().any(|&i| string(i) == item)),
         (Op::NotIn, Value::Num(a), Operand::NumList(list)) => !a.is_nan() && !list.contains(a),
 
+        // Private attributes: equality on hashes, with exactly the rows above.
+        (Op::Eq, Value::Str(a), Operand::HashedStr(h)) => private_hash_str(a) == *h,
+        (Op::Eq, Value::Num(a), Operand::HashedNum(h)) => private_hash_num(*a) == Some(*h),
+        (Op::Ne, Value::Str(a), Operand::HashedStr(h)) => private_hash_str(a) != *h,
+        (Op::Ne, Value::Num(a), Operand::HashedNum(h)) => {
+            private_hash_num(*a).is_some_and(|a| a != *h)
+        }
+        (Op::In, Value::Str(a), Operand::HashedStrList(list)) => {
+            list.contains(&private_hash_str(a))
+        }
+        (Op::In, Value::List(items), Operand::HashedStrList(list)) => items
+            .iter()
+            .any(|item| list.contains(&private_hash_str(item))),
+        (Op::In, Value::Num(a), Operand::HashedNumList(list)) => {
+            private_hash_num(*a).is_some_and(|a| list.contains(&a))
+        }
+        (Op::NotIn, Value::Str(a), Operand::HashedStrList(list)) => {
+            !list.contains(&private_hash_str(a))
+        }
+        (Op::NotIn, Value::List(items), Operand::HashedStrList(list)) => !items
+            .iter()
+            .any(|item| list.contains(&private_hash_str(item))),
+        (Op::NotIn, Value::Num(a), Operand::HashedNumList(list)) => {
+            private_hash_num(*a).is_some_and(|a| !list.contains(&a))
+        }
+
         (Op::Contains, Value::Str(a), Operand::Str(b)) => a.contains(string(*b)),
         (Op::Contains, Value::List(items), Operand::Str(b)) => {
             items.iter().any(|s| s == string(*b))
@@ -61,6 +88,28 @@ pub(crate) fn test(
 
         _ => false,
     }
+}
+
+/// The hash that stands for a private string value in a client snapshot: two MurmurHash3
+/// x86_32 hashes of its UTF-8 bytes (seeds 1 and 2), high and low half. 64 bits make a false
+/// match between distinct values practically impossible; the hash hides values from anyone
+/// reading the snapshot, but like any unsalted hash it lets someone confirm a guessed value.
+pub fn private_hash_str(value: &str) -> u64 {
+    private_hash(value.as_bytes())
+}
+
+/// The hash of a private number: of the 8 little-endian bytes of its IEEE 754 bits, with
+/// -0 taken as 0 (they are equal); `None` for NaN, which equals nothing.
+pub fn private_hash_num(value: f64) -> Option<u64> {
+    if value.is_nan() {
+        return None;
+    }
+    let value = if value == 0.0 { 0.0 } else { value };
+    Some(private_hash(&value.to_bits().to_le_bytes()))
+}
+
+fn private_hash(bytes: &[u8]) -> u64 {
+    (u64::from(murmur3_x86_32(bytes, 1)) << 32) | u64::from(murmur3_x86_32(bytes, 2))
 }
 
 fn ordering_matches(op: Op, ord: Ordering) -> bool {

@@ -295,6 +295,21 @@ impl Evaluator {
             .then(|| Pass::new(self, context, now_ms).assign(index))
     }
 
+    /// What a client holding this snapshot can have logged an exposure to: experiment
+    /// `index`'s answer for `unit` at `now_ms` as if the experiment were running and the unit
+    /// passed its targeting, which an exposure cannot show (it carries no context). QA
+    /// overrides, holdouts, traffic, layer slots and switchback periods apply as always, so
+    /// an exposure naming another variant, or any variant for a unit that is held out or out
+    /// of traffic, comes from a forged or broken client. `None` for an index out of range.
+    pub fn exposure_check(&self, index: u32, unit: &str, now_ms: i64) -> Option<Assignment<'_>> {
+        let e = self.snapshot.experiments.get(index as usize)?;
+        let name = self.snapshot.attributes.get(e.unit as usize)?;
+        let context = Context::new().with(name.as_str(), unit);
+        let mut pass = Pass::new(self, &context, now_ms);
+        pass.hash_only = true;
+        Some(pass.assign(index))
+    }
+
     /// Evaluates one flag by key; `None` when the snapshot has no such flag.
     pub fn flag(&self, key: &str, context: &Context, now_ms: i64) -> Option<FlagResult<'_>> {
         let index = self.flag_index(key)?;
@@ -363,7 +378,14 @@ fn validate(s: &Snapshot) -> Result<(), Invalid> {
                             check("string", i, n_strings)?;
                         }
                     }
-                    Operand::None | Operand::Num(_) | Operand::Bool(_) | Operand::NumList(_) => {}
+                    Operand::None
+                    | Operand::Num(_)
+                    | Operand::Bool(_)
+                    | Operand::NumList(_)
+                    | Operand::HashedStr(_)
+                    | Operand::HashedStrList(_)
+                    | Operand::HashedNum(_)
+                    | Operand::HashedNumList(_) => {}
                 }
                 0
             }
@@ -651,6 +673,8 @@ struct Pass<'e, 'c> {
     layer_slots: Vec<u16>,
     /// (holdout, unit attribute, switchback period) -> bucket.
     holdout_buckets: Vec<(u32, u32, Option<u32>, u16)>,
+    /// Skip the status and targeting steps (see `Evaluator::exposure_check`).
+    hash_only: bool,
 }
 
 impl<'e, 'c> Pass<'e, 'c> {
@@ -663,6 +687,7 @@ impl<'e, 'c> Pass<'e, 'c> {
             conditions: Vec::new(),
             layer_slots: Vec::new(),
             holdout_buckets: Vec::new(),
+            hash_only: false,
         }
     }
 
@@ -796,6 +821,7 @@ impl<'e, 'c> Pass<'e, 'c> {
 
         // 1. Status.
         match (e.status, e.shipped) {
+            _ if self.hash_only => {}
             (Status::Running, _) => {}
             (Status::Completed, Some(shipped)) => return outcome(Some(shipped), Reason::Shipped),
             _ => return outcome(None, Reason::NotRunning),
@@ -813,6 +839,7 @@ impl<'e, 'c> Pass<'e, 'c> {
         };
         // 4. Targeting.
         if let Some(root) = e.targeting
+            && !self.hash_only
             && !self.condition(root)
         {
             return outcome(None, Reason::NotTargeted);

@@ -12,8 +12,10 @@
 extern crate alloc;
 
 pub mod builder;
+mod client_view;
+pub use client_view::client_view;
 mod condition;
-pub use condition::is_semver;
+pub use condition::{is_semver, private_hash_num, private_hash_str};
 mod context;
 mod envelope;
 mod error;

@@ -255,6 +255,14 @@ pub enum Operand {
     /// Indices into [`Snapshot::strings`].
     StrList(Vec<u32>),
     NumList(Vec<f64>),
+    /// The operands below replace `Str`, `StrList`, `Num` and `NumList` for attributes marked
+    /// private, in the client snapshot served to browsers (see [`crate::client_view`]): the
+    /// values are [`crate::private_hash_str`] / [`crate::private_hash_num`] hashes, so the
+    /// snapshot no longer shows them, and equality tests still give the same answers.
+    HashedStr(u64),
+    HashedStrList(Vec<u64>),
+    HashedNum(u64),
+    HashedNumList(Vec<u64>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

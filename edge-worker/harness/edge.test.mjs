@@ -610,7 +610,14 @@ describe('with the real origin', () => {
   });
 
   it('forwards beacons to the origin\'s event store exactly once', async () => {
-    const uid = 'beacon-real-visitor';
+    // A visitor the snapshot assigns to `blue`: the origin refuses an exposure that names
+    // another variant than the unit's (a forged one).
+    let uid;
+    for (let i = 0; !uid; i++) {
+      const candidate = `beacon-real-visitor-${i}`;
+      const body = await edgeAssignments('/abx/assignments', { headers: { cookie: `abx_uid=${candidate}` } });
+      if (body.experiments.button_color.variant === 'blue') uid = candidate;
+    }
     const explicitId = h.randomUUID();
     const experimentId = (await origin.call('GET', '/api/v1/experiments/button_color')).body.id;
     const events = [

@@ -33,8 +33,9 @@ pub struct Config {
 /// How snapshots are checked before they are used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verification {
-    /// Only snapshots signed by this Ed25519 key are accepted (production).
-    PublicKey([u8; 32]),
+    /// Only snapshots signed by one of these Ed25519 keys are accepted (production). One key,
+    /// or the old and the new one while the origin's signing key is rotated.
+    PublicKeys(Vec<[u8; 32]>),
     /// The checksum alone is checked. Only with `ABX_ALLOW_UNSIGNED=true`, for local test
     /// snapshots: a missing key must never silently turn verification off.
     ChecksumOnly,
@@ -82,7 +83,7 @@ pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Confi
 
     let allow_unsigned = flag(read("ABX_ALLOW_UNSIGNED"), "ABX_ALLOW_UNSIGNED", false)?;
     let verification = match read("ABX_PUBLIC_KEY") {
-        Some(hex) => Verification::PublicKey(public_key(&hex)?),
+        Some(list) => Verification::PublicKeys(public_keys(&list)?),
         None if allow_unsigned => Verification::ChecksumOnly,
         None => return Err(ConfigError::Missing("ABX_PUBLIC_KEY")),
     };
@@ -143,8 +144,28 @@ fn http_url(name: &'static str, text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// `ABX_PUBLIC_KEY`: one key, or several separated by commas during a key rotation.
+fn public_keys(list: &str) -> Result<Vec<[u8; 32]>, ConfigError> {
+    let keys = list
+        .split(',')
+        .map(|hex| public_key(hex.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.len() > 4 {
+        return Err(ConfigError::invalid(
+            "ABX_PUBLIC_KEY",
+            "lists more than 4 keys (a rotation needs two)",
+        ));
+    }
+    Ok(keys)
+}
+
 fn public_key(hex: &str) -> Result<[u8; 32], ConfigError> {
-    let invalid = || ConfigError::invalid("ABX_PUBLIC_KEY", "must be 64 hexadecimal digits");
+    let invalid = || {
+        ConfigError::invalid(
+            "ABX_PUBLIC_KEY",
+            "must be 64 hexadecimal digits, or several such keys separated by commas",
+        )
+    };
     if hex.len() != 64 {
         return Err(invalid());
     }
@@ -253,11 +274,12 @@ mod tests {
                 domain: None
             }
         );
-        let Verification::PublicKey(key) = config.verification else {
+        let Verification::PublicKeys(keys) = config.verification else {
             panic!("a public key was configured");
         };
-        assert_eq!(key[0], 0x3b);
-        assert_eq!(key[31], 0xf4);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0][0], 0x3b);
+        assert_eq!(keys[0][31], 0xf4);
     }
 
     #[test]
@@ -306,7 +328,7 @@ mod tests {
         // A configured key wins over the opt-in: verification never gets weaker.
         assert!(matches!(
             with(&[("ABX_ALLOW_UNSIGNED", "true")]).map(|c| c.verification),
-            Ok(Verification::PublicKey(_))
+            Ok(Verification::PublicKeys(_))
         ));
     }
 

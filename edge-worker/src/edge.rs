@@ -457,7 +457,16 @@ async fn fetch_snapshot(
 /// changes either never loads the other's copy.
 fn copy_key(config: &Config) -> String {
     let key = match &config.verification {
-        Verification::PublicKey(key) => key.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+        Verification::PublicKeys(keys) => keys
+            .iter()
+            .map(|key| {
+                key.iter()
+                    .take(8)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("-"),
         Verification::ChecksumOnly => String::from("unsigned"),
     };
     let origin: String =

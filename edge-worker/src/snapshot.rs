@@ -80,6 +80,22 @@ impl SnapshotError {
     }
 }
 
+/// A snapshot signed by any of `keys`; when none verifies it, the first key's error.
+fn verified_by_any(bytes: &[u8], keys: &[[u8; 32]]) -> Result<Evaluator, abx_core::Error> {
+    let mut first = None;
+    for key in keys {
+        match Evaluator::from_verified_bytes(bytes, key) {
+            Ok(evaluator) => return Ok(evaluator),
+            // Only the signature depends on the key: any other error is the same for all.
+            Err(abx_core::Error::BadSignature) => {
+                first.get_or_insert(abx_core::Error::BadSignature);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(first.unwrap_or(abx_core::Error::BadPublicKey))
+}
+
 /// Verifies and decodes snapshot bytes.
 pub fn accept(
     bytes: Rc<[u8]>,
@@ -88,7 +104,7 @@ pub fn accept(
     source: Source,
 ) -> Result<Loaded, SnapshotError> {
     let evaluator = match verification {
-        Verification::PublicKey(key) => Evaluator::from_verified_bytes(&bytes, key),
+        Verification::PublicKeys(keys) => verified_by_any(&bytes, keys),
         Verification::ChecksumOnly => Evaluator::from_bytes(&bytes),
     }
     .map_err(SnapshotError::Decode)?;
@@ -343,6 +359,22 @@ mod tests {
         let error =
             accept(golden("basic.abxs"), &key(signed_key), None, Source::Origin).unwrap_err();
         assert_eq!(error.code(), "unsigned");
+        // During a key rotation either key verifies, in any order; neither alone is enough
+        // when the snapshot was signed by the other.
+        for list in [
+            format!("{wrong},{signed_key}"),
+            format!("{signed_key}, {wrong}"),
+        ] {
+            accept(golden("signed.abxs"), &key(&list), None, Source::Origin).expect(&list);
+        }
+        let error = accept(
+            golden("signed.abxs"),
+            &key(&format!("{wrong},{wrong}")),
+            None,
+            Source::Origin,
+        )
+        .unwrap_err();
+        assert_eq!(error.code(), "bad_signature");
     }
 
     #[test]

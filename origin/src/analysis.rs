@@ -31,12 +31,14 @@ pub async fn results_of(
     let (rollups, computed_ms) = state.pipeline.rollups(conn, &e, &metrics).await?;
     let now_ms = clock::now_ms();
     // How far the rollups reach: a warehouse's last computation, or now less the pipeline's
-    // lag (as the background gauges last measured it; unknown counts as none).
+    // lag (as the background gauges last measured it, and older the longer ago that was).
+    // While the lag is unknown no day counts as complete, so no new look is taken on days
+    // whose events may still be on their way; recorded looks keep deciding.
     let data_until_ms = computed_ms.or_else(|| {
-        state.gauges().map(|(at, status)| {
+        Some(state.gauges().map_or(0, |(at, status)| {
             let behind_s = status.lag_seconds + at.elapsed().as_secs_f64();
             now_ms - (behind_s * 1_000.0) as i64
-        })
+        }))
     });
     let recorded = store::experiments::decision_looks(conn, &e.id).await?;
     let compute = |recorded: &[results::DecisionLook]| {
@@ -63,5 +65,6 @@ pub async fn results_of(
         }
     }
     results.rollups_computed_at = clock::rfc3339_opt(computed_ms);
+    results.mismatched_exposures = store::experiments::exposure_mismatches(conn, &e.id).await?;
     Ok(results)
 }

@@ -29,7 +29,7 @@ use sqlx::AnyConnection;
 use tokio::sync::broadcast;
 
 pub use api::app;
-use auth::{KeyCache, Limit, Limits, RateLimiter, Role};
+use auth::{Caller, KeyCache, Limit, Limits, RateLimiter, Role};
 use error::{ApiError, ApiResult};
 use pipeline::Pipeline;
 use publish::Published;
@@ -57,6 +57,12 @@ pub struct Settings {
     pub trusted_proxy_header: Option<String>,
     /// Requests handled at once; more get 503 at once (`/health` and `/metrics` are exempt).
     pub max_concurrent_requests: usize,
+    /// Refuse (and count apart) exposures whose variant is not the one the snapshot assigns
+    /// their unit (see `api::events`). Off only for simulations that plant assignments.
+    pub verify_exposures: bool,
+    /// Attributes whose targeting values browser keys never see (docs/assignment.md, "Private
+    /// attributes"). Give every process of a deployment the same list.
+    pub private_attributes: Vec<String>,
     /// Caps on the snapshot change streams (`GET /snapshot/stream`).
     pub streams: StreamLimits,
     /// Receives outbox events (experiment lifecycle, guardrail alarms) as JSON POSTs.
@@ -111,6 +117,8 @@ impl Settings {
                 burst: 40_000.0,
             },
             trusted_proxy_header: None,
+            private_attributes: Vec::new(),
+            verify_exposures: true,
             max_concurrent_requests: 2_048,
             streams: StreamLimits {
                 per_client: 8,
@@ -257,6 +265,10 @@ pub struct Origin {
     pub event_stream: Option<Arc<pipeline::jetstream::EventStream>>,
     /// Idempotency keys whose first request is still running.
     pub(crate) in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Event bodies decompressed and parsed at once. The work is CPU-bound, so more than
+    /// two per core gains nothing, and each may hold up to twice the decompressed limit
+    /// (8 MiB): the permits bound that memory whatever the number of requests in flight.
+    pub(crate) parsing: tokio::sync::Semaphore,
     /// The pipeline's figures for `/metrics` and when they were computed (see
     /// `refresh_gauges`).
     gauges: RwLock<Option<(std::time::Instant, Arc<api::PipelineStatus>)>>,
@@ -405,6 +417,9 @@ impl AppState {
             changes,
             public_key: abx_core::public_key(&signing_seed),
             in_flight: Default::default(),
+            parsing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            ),
             gauges: RwLock::new(None),
             signing_seed,
             settings,
@@ -420,6 +435,11 @@ impl AppState {
             None
         };
         state.reload_keys().await?;
+        // Results record a decision look only once they know how far the pipeline has got,
+        // so the first reads after a start should not have to wait for the background tick.
+        if let Err(error) = state.refresh_gauges().await {
+            tracing::warn!(%error, "computing the pipeline's gauges failed");
+        }
         Ok(Started {
             state,
             new_admin_key,
@@ -513,6 +533,36 @@ impl AppState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The copy of a snapshot this caller may read: the client copy for browser (sdk) keys,
+    /// the full snapshot for everyone else.
+    pub fn snapshot_copy<'a>(
+        &self,
+        caller: &Caller,
+        published: &'a Published,
+    ) -> publish::SnapshotCopy<'a> {
+        if caller.role == Role::Sdk {
+            publish::SnapshotCopy::Client(
+                published.client(&self.signing_seed, &self.settings.private_attributes),
+            )
+        } else {
+            publish::SnapshotCopy::Full(published)
+        }
+    }
+
+    /// The client copy of a stored (older) snapshot, for browser keys.
+    pub fn client_copy_of(
+        &self,
+        snapshot: &abx_core::Snapshot,
+        bytes: &[u8],
+    ) -> publish::ClientCopy {
+        publish::client_copy(
+            snapshot,
+            bytes,
+            &self.signing_seed,
+            &self.settings.private_attributes,
+        )
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<u64> {

@@ -101,6 +101,16 @@ struct ServeArgs {
     /// without such a proxy: clients could then choose their own address.
     #[arg(long, env = "ABX_TRUSTED_PROXY_HEADER")]
     trusted_proxy_header: Option<String>,
+    /// Attributes whose targeting values browser (sdk) keys never see: their snapshot
+    /// carries hashes instead (docs/assignment.md, "Private attributes"). Comma-separated;
+    /// give every process of a deployment the same list.
+    #[arg(long, env = "ABX_PRIVATE_ATTRIBUTES", value_delimiter = ',')]
+    private_attributes: Vec<String>,
+    /// Refuse exposures whose variant is not the one the snapshot assigns their unit, and
+    /// count them apart in the results (`false` only for simulations that plant
+    /// assignments by hand).
+    #[arg(long, env = "ABX_VERIFY_EXPOSURES", default_value_t = true, action = clap::ArgAction::Set)]
+    verify_exposures: bool,
     /// Requests handled at once; more get 503 (`/health` and `/metrics` are exempt).
     #[arg(long, env = "ABX_MAX_CONCURRENT_REQUESTS", default_value_t = 2_048)]
     max_concurrent_requests: usize,
@@ -263,6 +273,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         burst: args.server_rate_limit * 2.0,
     };
     settings.trusted_proxy_header = args.trusted_proxy_header;
+    settings.verify_exposures = args.verify_exposures;
+    settings.private_attributes = args
+        .private_attributes
+        .into_iter()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .collect();
     settings.max_concurrent_requests = args.max_concurrent_requests;
     settings.streams = abx_origin::StreamLimits {
         per_client: args.max_streams_per_client,

@@ -41,6 +41,79 @@ pub struct Published {
     pub bytes: Arc<[u8]>,
     pub evaluator: Evaluator,
     json: OnceLock<String>,
+    /// What browser keys read, derived on first request (see [`client_copy`]).
+    client: OnceLock<ClientCopy>,
+}
+
+/// The client snapshot of one version: no drafts, no QA overrides, private attributes'
+/// values hashed (`abx_core::client_view`, docs/snapshot-format.md). Browser keys are public,
+/// so this is all they may read; edges and servers read the full snapshot.
+#[derive(Debug)]
+pub struct ClientCopy {
+    pub etag: String,
+    pub bytes: Arc<[u8]>,
+    snapshot: abx_core::Snapshot,
+    json: OnceLock<String>,
+}
+
+impl ClientCopy {
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string_pretty(&self.snapshot).unwrap_or_default())
+    }
+}
+
+/// Derives the client copy of a full snapshot, signed as the full one is (the genesis
+/// snapshot is not). Deterministic: every process with the same key and private attributes
+/// derives the same bytes, and so the same ETag.
+pub fn client_copy(
+    full: &abx_core::Snapshot,
+    full_bytes: &[u8],
+    signing_seed: &[u8; 32],
+    private_attributes: &[String],
+) -> ClientCopy {
+    let private: Vec<&str> = private_attributes.iter().map(String::as_str).collect();
+    let snapshot = abx_core::client_view(full, &private);
+    let bytes = if abx_core::signed_parts(full_bytes).is_ok() {
+        abx_core::encode_signed(&snapshot, signing_seed)
+    } else {
+        abx_core::encode(&snapshot)
+    };
+    ClientCopy {
+        etag: etag(full.snapshot_version, &bytes),
+        bytes: bytes.into(),
+        snapshot,
+        json: OnceLock::new(),
+    }
+}
+
+/// What one caller reads of a version (see `AppState::snapshot_copy`).
+pub enum SnapshotCopy<'a> {
+    Full(&'a Published),
+    Client(&'a ClientCopy),
+}
+
+impl SnapshotCopy<'_> {
+    pub fn etag(&self) -> &str {
+        match self {
+            SnapshotCopy::Full(p) => &p.etag,
+            SnapshotCopy::Client(c) => &c.etag,
+        }
+    }
+
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        match self {
+            SnapshotCopy::Full(p) => &p.bytes,
+            SnapshotCopy::Client(c) => &c.bytes,
+        }
+    }
+
+    pub fn json(&self) -> &str {
+        match self {
+            SnapshotCopy::Full(p) => p.json(),
+            SnapshotCopy::Client(c) => c.json(),
+        }
+    }
 }
 
 impl Published {
@@ -54,6 +127,19 @@ impl Published {
             bytes: stored.bytes.clone().into(),
             evaluator,
             json: OnceLock::new(),
+            client: OnceLock::new(),
+        })
+    }
+
+    /// The client copy of this snapshot (see [`ClientCopy`]).
+    pub fn client(&self, signing_seed: &[u8; 32], private_attributes: &[String]) -> &ClientCopy {
+        self.client.get_or_init(|| {
+            client_copy(
+                self.evaluator.snapshot(),
+                &self.bytes,
+                signing_seed,
+                private_attributes,
+            )
         })
     }
 
@@ -460,6 +546,7 @@ pub async fn prepare(
             bytes: stored.bytes.into(),
             evaluator,
             json: OnceLock::new(),
+            client: OnceLock::new(),
         }),
         loaded,
     })
@@ -476,5 +563,6 @@ pub fn genesis() -> Published {
         bytes: bytes.into(),
         evaluator: Evaluator::new(snapshot).expect("the empty snapshot is valid"),
         json: OnceLock::new(),
+        client: OnceLock::new(),
     }
 }

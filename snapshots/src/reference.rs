@@ -303,6 +303,12 @@ impl<'s> Reference<'s> {
                         }
                     }
                     (Json::Bool(a), Operand::Bool(b)) => Some(a == b),
+                    (Json::String(a), Operand::HashedStr(h)) => {
+                        Some(private_hash(a.as_bytes()) == *h)
+                    }
+                    (Json::Number(a), Operand::HashedNum(h)) => {
+                        private_number_hash(a.as_f64().unwrap_or(f64::NAN)).map(|a| a == *h)
+                    }
                     _ => None,
                 };
                 match (op, equal) {
@@ -331,6 +337,21 @@ impl<'s> Reference<'s> {
                         } else {
                             Some(list.contains(&a))
                         }
+                    }
+                    (Json::String(a), Operand::HashedStrList(list)) => {
+                        Some(list.contains(&private_hash(a.as_bytes())))
+                    }
+                    (Json::Array(_), Operand::HashedStrList(list)) => {
+                        let items = as_list(value).unwrap_or_default();
+                        Some(
+                            items
+                                .iter()
+                                .any(|item| list.contains(&private_hash(item.as_bytes()))),
+                        )
+                    }
+                    (Json::Number(a), Operand::HashedNumList(list)) => {
+                        private_number_hash(a.as_f64().unwrap_or(f64::NAN))
+                            .map(|a| list.contains(&a))
                     }
                     _ => None,
                 };
@@ -465,5 +486,24 @@ impl Ord for Version {
 impl PartialOrd for Version {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
+    }
+}
+
+/// docs/assignment.md, "Private attributes": the high half hashes with seed 1, the low half
+/// with seed 2.
+fn private_hash(bytes: &[u8]) -> u64 {
+    let half =
+        |seed| murmur3::murmur3_32(&mut std::io::Cursor::new(bytes), seed).expect("in-memory read");
+    (u64::from(half(1)) << 32) | u64::from(half(2))
+}
+
+/// Numbers hash their IEEE 754 bits, little-endian, with negative zero as zero.
+fn private_number_hash(n: f64) -> Option<u64> {
+    if n.is_nan() {
+        None
+    } else if n == 0.0 {
+        Some(private_hash(&0f64.to_bits().to_le_bytes()))
+    } else {
+        Some(private_hash(&n.to_bits().to_le_bytes()))
     }
 }

@@ -967,6 +967,21 @@ pub fn realistic_1000() -> Scenario {
     }
 }
 
+/// What the targeting scenario's attributes look like to a browser when `country`, `age`,
+/// `tags` and `email` are private (`abx_core::client_view`): hashed equality and membership
+/// tests, and `email`'s substring tests read as if the attribute were absent.
+pub const PRIVATE_ATTRIBUTES: [&str; 4] = ["country", "age", "tags", "email"];
+
+pub fn targeting_client() -> Scenario {
+    let full = targeting();
+    Scenario {
+        name: "targeting_client",
+        snapshot: abx_core::client_view(&full.snapshot, &PRIVATE_ATTRIBUTES),
+        cases: 2_000,
+        ..full
+    }
+}
+
 pub fn all() -> Vec<Scenario> {
     vec![
         basic(),
@@ -977,5 +992,7 @@ pub fn all() -> Vec<Scenario> {
         switchback(),
         signed(),
         realistic_1000(),
+        // Last, so that the scenarios before it keep their seeds and files.
+        targeting_client(),
     ]
 }

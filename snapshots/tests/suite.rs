@@ -78,3 +78,69 @@ fn realistic_snapshot_fits_the_size_budget() {
     assert!(binary <= 150_000, "{binary} bytes");
     assert_eq!(scenario.snapshot.experiments.len(), 1_000);
 }
+
+/// The client view answers like the full snapshot for every experiment whose targeting has
+/// no test that cannot be hashed (a substring or order test of a private attribute), and the
+/// hashed tests decide: some of those experiments assign and some do not target.
+#[test]
+fn client_view_keeps_every_hashable_answer() {
+    use abx_core::snapshot::{Condition, Snapshot};
+    use abx_snapshots::reference::{Coverage, Reference};
+
+    let full = abx_snapshots::scenarios::targeting().snapshot;
+    let client = abx_snapshots::scenarios::targeting_client().snapshot;
+    let unhashable: Vec<bool> = full
+        .conditions
+        .iter()
+        .zip(&client.conditions)
+        .map(|(f, c)| {
+            matches!(f, Condition::Attr { .. }) && matches!(c, Condition::Any(l) if l.is_empty())
+        })
+        .collect();
+    fn reaches(s: &Snapshot, node: u32, marked: &[bool]) -> bool {
+        marked[node as usize]
+            || match &s.conditions[node as usize] {
+                Condition::All(c) | Condition::Any(c) => c.iter().any(|&c| reaches(s, c, marked)),
+                Condition::Not(c) => reaches(s, *c, marked),
+                Condition::Segment(seg) => reaches(s, s.segments[*seg as usize].condition, marked),
+                Condition::Attr { .. } => false,
+            }
+    }
+    let comparable: Vec<usize> = (0..full.experiments.len())
+        .filter(|&i| {
+            full.experiments[i]
+                .targeting
+                .is_none_or(|t| !reaches(&full, t, &unhashable))
+        })
+        .collect();
+    assert!(comparable.len() >= 20, "{comparable:?}");
+
+    let (full_ref, client_ref) = (
+        Reference { snapshot: &full },
+        Reference { snapshot: &client },
+    );
+    let mut coverage = Coverage::default();
+    let mut rng = abx_snapshots::contexts::Rng::new(99);
+    let (mut assigned, mut not_targeted) = (0, 0);
+    for _ in 0..3_000 {
+        let text =
+            abx_snapshots::contexts::to_json_text(&abx_snapshots::contexts::context(&mut rng));
+        let context = serde_json::from_str(&text).expect("JSON");
+        for &i in &comparable {
+            let a = full_ref.experiment(i, &context, 0, &mut coverage);
+            let b = client_ref.experiment(i, &context, 0, &mut coverage);
+            assert_eq!(
+                (a.variant, a.reason),
+                (b.variant, b.reason),
+                "{} for {text}",
+                full.experiments[i].key
+            );
+            assigned += usize::from(b.reason == "assigned");
+            not_targeted += usize::from(b.reason == "not_targeted");
+        }
+    }
+    assert!(
+        assigned > 1_000 && not_targeted > 1_000,
+        "{assigned} {not_targeted}"
+    );
+}

@@ -352,6 +352,10 @@ pub struct Results {
     /// Absent when the rollups are maintained event by event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollups_computed_at: Option<String>,
+    /// Exposures refused because their variant is not the one the snapshot assigns their
+    /// unit (forged or broken clients), by the variant they claimed. They are not in any
+    /// figure above.
+    pub mismatched_exposures: BTreeMap<String, i64>,
 }
 
 /// Per variant: clean exposed units and multiple exposures, up to a day (inclusive).
@@ -1338,6 +1342,7 @@ pub fn compute_with(
         series,
         decision_looks,
         rollups_computed_at: None,
+        mismatched_exposures: BTreeMap::new(),
     }
 }
 

@@ -163,12 +163,18 @@ pub async fn post_events(
     // the blocking pool, so that a burst of large batches cannot stall the runtime's
     // threads, which also serve assignments.
     let window = state.settings.event_window();
+    let failed = |error: &dyn std::fmt::Display| {
+        ApiError::Internal(anyhow::anyhow!("parsing events: {error}"))
+    };
+    let permit = state.parsing.acquire().await.map_err(|e| failed(&e))?;
     let parsed = tokio::task::spawn_blocking(move || {
         event::parse_body(&body, gzip, beacon, clock::now_ms(), window, LIMITS)
     })
     .await
-    .map_err(|error| ApiError::Internal(anyhow::anyhow!("parsing events: {error}")))??
+    .map_err(|e| failed(&e))??
     .screen(&state.value_bounds());
+    drop(permit);
+    let parsed = refuse_mismatched_exposures(&state, parsed).await?;
     let rejected = parsed
         .rejected
         .into_iter()
@@ -180,6 +186,72 @@ pub async fn post_events(
         rejected,
     )
     .await
+}
+
+/// Moves exposures whose variant is not the one the served snapshot gives their unit to the
+/// rejected events, and counts them per experiment and claimed variant for the results. The
+/// origin recomputes the assignment with abx-core (`Evaluator::exposure_check`): status and
+/// targeting cannot be checked (an exposure carries no context), everything hashed can. An
+/// exposure of an experiment the snapshot does not hold is left to the pipeline, as before.
+async fn refuse_mismatched_exposures(
+    state: &AppState,
+    mut parsed: event::Parsed,
+) -> ApiResult<event::Parsed> {
+    if !state.settings.verify_exposures {
+        return Ok(parsed);
+    }
+    let published = state.published();
+    let evaluator = &published.evaluator;
+    let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
+    let mut kept = Vec::with_capacity(parsed.events.len());
+    for (index, record) in parsed.events {
+        let Kind::Exposure {
+            experiment_id,
+            variant,
+        } = &record.kind
+        else {
+            kept.push((index, record));
+            continue;
+        };
+        let Some(experiment) = abx_core::snapshot::Id::parse(experiment_id)
+            .and_then(|id| evaluator.experiment_index_by_id(&id))
+        else {
+            kept.push((index, record));
+            continue;
+        };
+        let snapshot = evaluator.snapshot();
+        let unit_attribute =
+            &snapshot.attributes[snapshot.experiments[experiment as usize].unit as usize];
+        let (attribute, unit) = record.unit_key.split_once(':').unwrap_or(("", ""));
+        let expected = evaluator.exposure_check(experiment, unit, record.ts_ms);
+        let reason = match expected.as_ref().and_then(|a| a.variant) {
+            _ if attribute != unit_attribute.as_str() => format!(
+                "variant_mismatch: the experiment's unit is `{unit_attribute}`, not `{attribute}`"
+            ),
+            Some(expected) if expected == variant.as_str() => {
+                kept.push((index, record));
+                continue;
+            }
+            Some(expected) => format!(
+                "variant_mismatch: the snapshot assigns this unit `{expected}`, not `{variant}`"
+            ),
+            None => format!(
+                "variant_mismatch: the snapshot assigns this unit no variant ({})",
+                expected.map_or("unknown", |a| a.reason.as_str())
+            ),
+        };
+        *counts
+            .entry((experiment_id.clone(), variant.clone()))
+            .or_default() += 1;
+        parsed.rejected.push((index, reason));
+    }
+    if !counts.is_empty() {
+        let mut conn = state.db.pool.acquire().await?;
+        crate::store::experiments::add_exposure_mismatches(&mut conn, &counts).await?;
+        parsed.rejected.sort_by_key(|(index, _)| *index);
+    }
+    parsed.events = kept;
+    Ok(parsed)
 }
 
 /// The seed's form: one metric event for an experiment's unit.

@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{StreamCount, json};
 use crate::AppState;
-use crate::auth::{Caller, Permission};
+use crate::auth::{Caller, Permission, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::store;
 
@@ -61,7 +61,15 @@ fn respond(
         h.insert(header::ETAG, value);
     }
     h.insert(header::CACHE_CONTROL, cache_control(state));
+    // Browser keys read the client copy: a shared cache must not hand one key's copy to
+    // another kind of key.
+    h.insert(header::VARY, HeaderValue::from_static("authorization"));
     h.insert("x-abx-snapshot-version", HeaderValue::from(version));
+    // Which key signed it, so that a client holding several keys during a rotation, or an
+    // operator, can tell which one verifies it without trying.
+    if let Ok(value) = HeaderValue::from_str(&crate::publish::signing_key_id(&state.public_key)) {
+        h.insert("x-abx-key-id", value);
+    }
     response
 }
 
@@ -76,13 +84,14 @@ pub async fn latest(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadSnapshot)?;
     let published = state.published();
+    let copy = state.snapshot_copy(&caller, &published);
     Ok(respond(
         &state,
         &headers,
-        &published.etag,
+        copy.etag(),
         published.version,
         SNAPSHOT_MEDIA_TYPE,
-        published.bytes.to_vec(),
+        copy.bytes().to_vec(),
     ))
 }
 
@@ -96,15 +105,16 @@ pub async fn latest_json(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadSnapshot)?;
     let published = state.published();
+    let copy = state.snapshot_copy(&caller, &published);
     // The twin has its own ETag so a cache never confuses it with the binary.
-    let etag = format!("{}-json\"", published.etag.trim_end_matches('"'));
+    let etag = format!("{}-json\"", copy.etag().trim_end_matches('"'));
     Ok(respond(
         &state,
         &headers,
         &etag,
         published.version,
         "application/json",
-        published.json().as_bytes().to_vec(),
+        copy.json().as_bytes().to_vec(),
     ))
 }
 
@@ -124,10 +134,18 @@ pub async fn by_version(
     let stored = store::snapshot_at(&mut conn, version)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("snapshot version {version}")))?;
+    let (etag, bytes) = if caller.role == Role::Sdk {
+        let snapshot = abx_core::decode(&stored.bytes)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored snapshot {version}: {e}")))?;
+        let client = state.client_copy_of(&snapshot, &stored.bytes);
+        (client.etag, client.bytes.to_vec())
+    } else {
+        (stored.etag, stored.bytes)
+    };
     let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, SNAPSHOT_MEDIA_TYPE)],
-        stored.bytes,
+        bytes,
     )
         .into_response();
     let h = response.headers_mut();
@@ -135,7 +153,10 @@ pub async fn by_version(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
-    if let Ok(value) = HeaderValue::from_str(&stored.etag) {
+    // Browser keys read the client copy: a shared cache must not hand one key's copy to
+    // another kind of key.
+    h.insert(header::VARY, HeaderValue::from_static("authorization"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, value);
     }
     Ok(response)
@@ -179,11 +200,11 @@ struct Announcement {
     etag: String,
 }
 
-fn announcement(state: &AppState) -> Event {
+fn announcement(state: &AppState, caller: &Caller) -> Event {
     let published = state.published();
     let data = serde_json::to_string(&Announcement {
         version: published.version,
-        etag: published.etag.clone(),
+        etag: state.snapshot_copy(caller, &published).etag().to_owned(),
     })
     .unwrap_or_default();
     Event::default().event("snapshot").data(data)
@@ -203,20 +224,24 @@ pub async fn stream(
     let slot = StreamCount::open(&state, caller.client)?;
     let ends = tokio::time::Instant::now() + state.settings.streams.lifetime;
     let receiver = state.subscribe();
-    let first = announcement(&state);
+    let first = announcement(&state, &caller);
     let events = stream::unfold(
         (state, receiver, Some(first), slot),
-        move |(state, mut receiver, first, slot)| async move {
-            if let Some(first) = first {
-                return Some((Ok(first), (state, receiver, None, slot)));
-            }
-            let next = tokio::time::timeout_at(ends, receiver.recv()).await.ok()?;
-            match next {
-                // A lagging listener only needs the newest version.
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    Some((Ok(announcement(&state)), (state, receiver, None, slot)))
+        move |(state, mut receiver, first, slot)| {
+            let caller = caller.clone();
+            async move {
+                if let Some(first) = first {
+                    return Some((Ok(first), (state, receiver, None, slot)));
                 }
-                Err(RecvError::Closed) => None,
+                let next = tokio::time::timeout_at(ends, receiver.recv()).await.ok()?;
+                match next {
+                    // A lagging listener only needs the newest version.
+                    Ok(_) | Err(RecvError::Lagged(_)) => Some((
+                        Ok(announcement(&state, &caller)),
+                        (state, receiver, None, slot),
+                    )),
+                    Err(RecvError::Closed) => None,
+                }
             }
         },
     );

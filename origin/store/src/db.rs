@@ -109,6 +109,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_catalog_versions.sql"),
         postgres: include_str!("../migrations/postgres/0006_catalog_versions.sql"),
     },
+    Migration {
+        version: 7,
+        name: "exposure_mismatches",
+        sqlite: include_str!("../migrations/sqlite/0007_exposure_mismatches.sql"),
+        postgres: include_str!("../migrations/postgres/0007_exposure_mismatches.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

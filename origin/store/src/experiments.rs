@@ -441,6 +441,47 @@ pub async fn decision_looks(
         .collect()
 }
 
+/// Counts refused exposures (see the `exposure_mismatches` table): `(experiment id, claimed
+/// variant) -> count` for one request.
+pub async fn add_exposure_mismatches(
+    conn: &mut AnyConnection,
+    counts: &std::collections::BTreeMap<(String, String), i64>,
+) -> Result<(), Error> {
+    let now = clock::now_ms();
+    for ((experiment_id, variant), count) in counts {
+        sqlx::query(
+            "INSERT INTO exposure_mismatches (experiment_id, variant, count, last_at_ms)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (experiment_id, variant)
+             DO UPDATE SET count = exposure_mismatches.count + excluded.count,
+                           last_at_ms = excluded.last_at_ms",
+        )
+        .bind(experiment_id)
+        .bind(variant)
+        .bind(*count)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The refused exposures of an experiment, by the variant they claimed.
+pub async fn exposure_mismatches(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+    let rows =
+        sqlx::query("SELECT variant, count FROM exposure_mismatches WHERE experiment_id = $1")
+            .bind(experiment_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter()
+        .map(|row| -> Result<(String, i64), Error> {
+            Ok((row.try_get("variant")?, row.try_get("count")?))
+        })
+        .collect()
+}
+
 /// Records looks not recorded yet; a look another process recorded first is kept (the
 /// first computation is the one decisions rest on).
 pub async fn record_decision_looks(

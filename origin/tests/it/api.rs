@@ -655,7 +655,8 @@ on_both_backends!(editing_rules, editing);
 
 async fn snapshots(o: &TestOrigin) {
     seed_metrics(o).await;
-    let sdk = o.key("sdk").await;
+    // A server key reads the full snapshot, QA overrides included (browser keys: below).
+    let sdk = o.key("server").await;
     let first = o
         .request(Method::GET, "/api/v1/snapshot", Some(&sdk), None)
         .await;
@@ -794,6 +795,107 @@ async fn snapshots(o: &TestOrigin) {
     assert_eq!(twin.body["experiments"][0]["key"], "snap");
 }
 on_both_backends!(snapshot_publishing, snapshots);
+
+/// Browser (sdk) keys are public: their snapshot has no drafts, no QA overrides and no values
+/// of private attributes, yet gives every other unit the answers the full one gives.
+async fn client_snapshots(o: &TestOrigin) {
+    seed_metrics(o).await;
+    let (sdk, server) = (o.key("sdk").await, o.key("server").await);
+    let mut body = experiment("visible", "revenue");
+    body["forced"] = json!({"qa-alice": "treatment"});
+    body["targeting"] = json!({"any": [
+        {"attr": "email", "op": "in", "value": ["ceo@corp.example", "cfo@corp.example"]},
+        {"attr": "email", "op": "ends_with", "value": "@staff.example"},
+        {"attr": "country", "op": "eq", "value": "DE"}]});
+    o.start_experiment(body).await;
+    o.create(
+        "/api/v1/experiments",
+        experiment("secret-launch", "revenue"),
+    )
+    .await;
+
+    let read = |key: String, path: &'static str| async move {
+        o.request(Method::GET, path, Some(&key), None).await
+    };
+    let client_json = read(sdk.clone(), "/api/v1/snapshot.json").await;
+    let full_json = read(server.clone(), "/api/v1/snapshot.json").await;
+    let (client_text, full_text) = (client_json.body.to_string(), full_json.body.to_string());
+    for secret in [
+        "secret-launch",
+        "qa-alice",
+        "ceo@corp.example",
+        "@staff.example",
+    ] {
+        assert!(full_text.contains(secret), "the full snapshot has {secret}");
+        assert!(!client_text.contains(secret), "{secret} reached browsers");
+    }
+    assert!(client_text.contains("\"DE\""), "public values stay");
+
+    let client = read(sdk.clone(), "/api/v1/snapshot").await;
+    let full = read(server.clone(), "/api/v1/snapshot").await;
+    assert_ne!(client.headers["etag"], full.headers["etag"]);
+    assert_eq!(client.headers["vary"], "authorization");
+    let key = o
+        .request(Method::GET, "/api/v1/snapshot/key", None, None)
+        .await;
+    for reply in [&client, &full] {
+        assert_eq!(
+            reply.headers["x-abx-key-id"],
+            key.body["key_id"].as_str().expect("id")
+        );
+    }
+    let public_key = o.state.public_key;
+    let client = Evaluator::from_verified_bytes(&client.bytes, &public_key).expect("signed");
+    let full = Evaluator::from_verified_bytes(&full.bytes, &public_key).expect("signed");
+    let answer = |e: &Evaluator, c: &Context| {
+        e.experiment("visible", c, 0)
+            .map(|a| (a.variant.map(str::to_owned), a.reason.as_str()))
+    };
+    let mut targeted = 0;
+    for (i, email) in [
+        "ceo@corp.example",
+        "cfo@corp.example",
+        "x@corp.example",
+        "y@else.example",
+    ]
+    .iter()
+    .cycle()
+    .take(400)
+    .enumerate()
+    {
+        let c = Context::new()
+            .with("user_id", format!("u-{i}"))
+            .with("email", *email);
+        assert_eq!(answer(&client, &c), answer(&full, &c), "{email}");
+        targeted += usize::from(answer(&client, &c).is_some_and(|(_, r)| r != "not_targeted"));
+    }
+    assert_eq!(targeted, 200, "the hashed list still targets");
+    // The two deliberate differences: the QA override, and `ends_with` on a private attribute.
+    let alice = Context::new()
+        .with("user_id", "qa-alice")
+        .with("country", "DE");
+    assert_eq!(answer(&full, &alice).expect("known").1, "forced");
+    assert_eq!(answer(&client, &alice).expect("known").1, "assigned");
+    let staff = Context::new()
+        .with("user_id", "s")
+        .with("email", "a@staff.example");
+    assert_eq!(answer(&full, &staff).expect("known").1, "assigned");
+    assert_eq!(answer(&client, &staff).expect("known").1, "not_targeted");
+    assert!(client.experiment("secret-launch", &alice, 0).is_none());
+
+    // An older version reads the same way.
+    let version = o.state.published().version;
+    let path = format!("/api/v1/snapshots/{version}");
+    let old = o.request(Method::GET, &path, Some(&sdk), None).await;
+    let latest = read(sdk.clone(), "/api/v1/snapshot").await;
+    assert_eq!(old.bytes, latest.bytes);
+    assert_eq!(old.headers["etag"], latest.headers["etag"]);
+}
+on_both_backends!(
+    browser_keys_read_a_client_snapshot,
+    client_snapshots,
+    |s: &mut abx_origin::Settings| s.private_attributes = vec!["email".into()]
+);
 
 fn urlencode(text: &str) -> String {
     text.bytes()
@@ -1081,9 +1183,10 @@ async fn metrics_scrapes_read_memory_only() {
         assert_eq!(reply.status, StatusCode::OK);
         String::from_utf8(reply.bytes).expect("text")
     };
+    // The start computes them once, so that results know the pipeline's lag at once.
     assert!(
-        scrape().await.contains("abx_dead_letters NaN"),
-        "no gauges computed yet"
+        scrape().await.contains("abx_dead_letters 0"),
+        "gauges computed at start"
     );
     o.state.refresh_gauges().await.expect("gauges");
     o.state.close_databases().await;

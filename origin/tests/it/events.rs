@@ -916,3 +916,73 @@ async fn values_out_of_range(o: &TestOrigin) {
     );
 }
 on_both_backends!(out_of_range_values_are_refused, values_out_of_range);
+
+/// Exposures are checked against the assignment the snapshot gives their unit: a forged
+/// variant, or a unit attribute that is not the experiment's, is refused per event with a
+/// reason, counted apart in the results, and never reaches the figures.
+async fn forged_exposures(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let published = o.state.published();
+    let assigned = |unit: &str| -> String {
+        let context = abx_core::Context::new().with("user_id", unit);
+        let a = published
+            .evaluator
+            .experiment("checkout", &context, now())
+            .expect("the experiment");
+        a.variant.expect("everyone is in traffic").to_owned()
+    };
+    let other = |variant: &str| {
+        if variant == "control" {
+            "treatment"
+        } else {
+            "control"
+        }
+    };
+    let t = now() - 60_000;
+    let mut events = Vec::new();
+    let mut honest: BTreeMap<String, i64> = BTreeMap::new();
+    let mut forged: BTreeMap<String, i64> = BTreeMap::new();
+    for u in 0..300u64 {
+        let unit = format!("u{u}");
+        let variant = assigned(&unit);
+        *honest.entry(variant.clone()).or_default() += 1;
+        events.push(exposure(2 * u, &unit, &id, &variant, t));
+        if u % 5 == 0 {
+            // The same unit claiming the other arm: a forged or broken client.
+            *forged.entry(other(&variant).to_owned()).or_default() += 1;
+            events.push(exposure(2 * u + 1, &unit, &id, other(&variant), t + 1));
+        }
+    }
+    let mut wrong_unit = exposure(10_000, "u1", &id, &assigned("u1"), t);
+    wrong_unit["unit_attribute"] = json!("device_id");
+    *forged.entry(assigned("u1")).or_default() += 1;
+    events.push(wrong_unit);
+
+    let reply = o.send_events(&sdk, &events).await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 300);
+    let rejected = reply.body["rejected"].as_array().expect("rejected");
+    assert_eq!(rejected.len(), 61);
+    assert!(rejected.iter().all(|r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("variant_mismatch"))
+    }));
+
+    drain(o).await;
+    let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
+    assert_eq!(results.status, StatusCode::OK);
+    for (variant, units) in &honest {
+        assert_eq!(
+            results.body["variants"][variant]["impressions"], *units,
+            "{variant}"
+        );
+    }
+    assert_eq!(results.body["multiple_exposures"], 0);
+    assert_eq!(results.body["mismatched_exposures"], json!(forged));
+}
+on_both_backends!(
+    forged_exposures_are_counted_apart,
+    forged_exposures,
+    |s: &mut abx_origin::Settings| s.verify_exposures = true
+);

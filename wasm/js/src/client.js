@@ -20,14 +20,24 @@ const FAILED = 'error';
 const MAX_REMEMBERED_EXPOSURES = 100_000;
 
 function decodeKey(publicKey) {
-  if (publicKey === undefined || publicKey === null) return undefined;
   if (publicKey instanceof Uint8Array) return publicKey;
   if (typeof publicKey === 'string' && /^[0-9a-fA-F]{64}$/.test(publicKey)) {
     const bytes = new Uint8Array(32);
     for (let i = 0; i < 32; i++) bytes[i] = parseInt(publicKey.slice(2 * i, 2 * i + 2), 16);
     return bytes;
   }
-  throw new AbxError('bad_public_key', 'publicKey must be 64 hex digits or 32 bytes');
+  throw new AbxError('bad_public_key', 'publicKey must be 64 hex digits or 32 bytes, or a list of them');
+}
+
+/**
+ * The keys a snapshot may be signed by: one, or several while the origin's signing key is
+ * rotated (the old and the new one), so that no client has to switch at the same moment.
+ */
+function decodeKeys(publicKey) {
+  if (publicKey === undefined || publicKey === null) return undefined;
+  const keys = Array.isArray(publicKey) ? publicKey.map(decodeKey) : [decodeKey(publicKey)];
+  if (!keys.length) throw new AbxError('bad_public_key', 'publicKey lists no key');
+  return keys;
 }
 
 function trimOrigin(origin) {
@@ -40,7 +50,7 @@ export class AbxClient {
     this.clock = options.clock ?? systemClock;
     this.onError = options.onError ?? (() => {});
     this.onExposure = options.onExposure ?? null;
-    this.publicKey = decodeKey(options.publicKey);
+    this.publicKey = decodeKeys(options.publicKey);
     this.snapshot = null;
     this.etag = null;
     this.exposed = new Set();

@@ -87,8 +87,11 @@ export interface ExposureEvent {
 }
 
 export interface ClientOptions {
-  /** Ed25519 public key (64 hex digits or 32 bytes): only snapshots it signed are used. */
-  publicKey?: string | Uint8Array;
+  /**
+   * Ed25519 public key (64 hex digits or 32 bytes): only snapshots it signed are used. A
+   * list accepts a snapshot signed by any of its keys, for rotating the origin's key.
+   */
+  publicKey?: string | Uint8Array | Array<string | Uint8Array>;
   clock?: Clock;
   onError?: (error: AbxError) => void;
   /** Called for every exposure logged (after it is queued). */

@@ -41,10 +41,10 @@ class Texts {
 export class LoadedSnapshot {
   /**
    * @param {Uint8Array} bytes
-   * @param {Uint8Array | undefined} publicKey
+   * @param {Uint8Array[] | undefined} publicKeys any of which may have signed the snapshot
    */
-  constructor(bytes, publicKey) {
-    const engine = loadEngine(bytes, publicKey);
+  constructor(bytes, publicKeys) {
+    const engine = loadEngine(bytes, publicKeys);
     this.engine = engine;
     this.version = engine.snapshotVersion;
     this.publishedAtMs = engine.publishedAtMs;

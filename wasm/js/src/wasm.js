@@ -52,14 +52,22 @@ export function reasonNames() {
 
 /**
  * Builds an engine from snapshot bytes; throws `AbxError` with the snapshot error code.
+ * With several keys (a rotation), the snapshot must verify with one of them; a signature
+ * that verifies with none reports the first key's error.
  * @param {Uint8Array} bytes
- * @param {Uint8Array | undefined} publicKey
+ * @param {Uint8Array[] | undefined} publicKeys
  */
-export function loadEngine(bytes, publicKey) {
+export function loadEngine(bytes, publicKeys) {
   reasonNames();
-  try {
-    return Engine.load(bytes, publicKey);
-  } catch (error) {
-    throw AbxError.from(error);
+  let first;
+  for (const key of publicKeys ?? [undefined]) {
+    try {
+      return Engine.load(bytes, key);
+    } catch (error) {
+      const refused = AbxError.from(error);
+      if (refused.code !== 'bad_signature') throw refused;
+      first ??= refused;
+    }
   }
+  throw first;
 }

@@ -174,6 +174,19 @@ test('fromSnapshot throws AbxError with the snapshot error code', () => {
   assert.throws(() => AbxClient.fromSnapshot(golden('basic.abxs'), { publicKey: 'zz' }), { code: 'bad_public_key' });
 });
 
+test('during a key rotation, a list of public keys accepts a snapshot signed by any of them', () => {
+  const other = vectors('invalid.json').cases.map((c) => c.public_key).find((k) => k && k !== signed.public_key);
+  assert.ok(other, 'the suite has a second valid key');
+  const bytes = golden('signed.abxs');
+  for (const keys of [[other, signed.public_key], [signed.public_key, other]]) {
+    assert.equal(AbxClient.fromSnapshot(bytes, { publicKey: keys }).snapshotVersion, 7);
+  }
+  assert.throws(() => AbxClient.fromSnapshot(bytes, { publicKey: [other] }), { code: 'bad_signature' });
+  assert.throws(() => AbxClient.fromSnapshot(bytes, { publicKey: [] }), { code: 'bad_public_key' });
+  assert.throws(() => AbxClient.fromSnapshot(bytes, { publicKey: [other, 'zz'] }), { code: 'bad_public_key' });
+  assert.throws(() => AbxClient.fromSnapshot(golden('basic.abxs'), { publicKey: [other, signed.public_key] }), { code: 'unsigned' });
+});
+
 function recordingClient(snapshot = golden('basic.abxs')) {
   const clock = new FakeClock();
   const transport = new FakeTransport({ clock });

@@ -225,6 +225,20 @@ function forest(r) {
   );
 }
 
+/** Exposures the origin refused because their variant is not the unit's (forged or broken clients). */
+function mismatchNote(r) {
+  const claimed = Object.entries(r.mismatched_exposures ?? {});
+  if (!claimed.length) return null;
+  const total = claimed.reduce((a, [, n]) => a + n, 0);
+  return h(
+    'p',
+    { class: 'message error', dataset: { field: 'mismatched_exposures' } },
+    `${count(total)} exposures were refused because their variant is not the one the snapshot assigns the unit (`,
+    claimed.map(([variant, n]) => `${variant}: ${count(n)}`).join(', '),
+    '): a client is forging or misreporting assignments. They are not in these results.',
+  );
+}
+
 function srmPanel(r) {
   const srm = r.srm;
   if (!srm) {
@@ -235,6 +249,7 @@ function srmPanel(r) {
     'section',
     { class: 'panel', id: 'srm', 'aria-labelledby': 'srm-title' },
     h('h3', { id: 'srm-title' }, 'Sample ratio check ', srm.mismatch ? badge('mismatch', 'bad') : badge('ok', 'good')),
+    mismatchNote(r),
     h(
       'p',
       {},

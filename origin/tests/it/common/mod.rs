@@ -168,6 +168,9 @@ impl TestOrigin {
         };
         // Every test request comes from one address; the tests of the limits set their own.
         settings.sdk_rate = settings.admin_rate;
+        // The statistics and pipeline tests plant each unit's variant by hand; the test of
+        // the check turns it on.
+        settings.verify_exposures = false;
         let postgres = match backend {
             Backend::Sqlite | Backend::Warehouse => None,
             Backend::Postgres => Some(fresh_postgres().await?),
