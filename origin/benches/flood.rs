@@ -4,7 +4,9 @@
 //! 1. neighbours alone: 8 clients (127.0.0.3–10), each asking for an assignment every 20 ms
 //!    with the public sdk key: latency percentiles;
 //! 2. the same neighbours while one client (127.0.0.2) floods with the same key from 32
-//!    connections: how much of the flood is served, and the neighbours' percentiles;
+//!    connections: how much of the flood is served, and the neighbours' percentiles; (a) with
+//!    the flooder in this process, (b) in a process of its own at nice 19, so that its
+//!    client's CPU yields to the origin's as an attacker's on another machine would;
 //! 3. a stream flood: one client opening 40 change streams;
 //! 4. a gzip flood: small gzip bodies that inflate to 64 MiB, from 32 addresses at once;
 //! 5. an idempotency flood: `POST /experiments/{id}/events` with fresh `Idempotency-Key`s,
@@ -15,8 +17,8 @@
 //!
 //!     cargo bench -p abx-origin --bench flood [-- --seconds 10]
 //!
-//! The clients run in the same process on the same two cores, so the latencies include
-//! their own scheduling: they are an upper bound for what a separate client would see.
+//! The neighbours run in the origin's process on the same two cores, so their latencies
+//! include their own scheduling: an upper bound for what a separate client would see.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -29,17 +31,61 @@ use serde_json::{Value as Json, json};
 const ADMIN: &str = "abx_admin_flood_bench_bootstrap_key_0001";
 
 fn main() -> anyhow::Result<()> {
-    let seconds = std::env::args()
-        .skip_while(|a| a != "--seconds")
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // The flooder of phase 2b, run by this same binary in a process of its own.
+    if let [_, mode, base, sdk, seconds, ..] = args.as_slice()
+        && mode == "--flooder"
+    {
+        let length = Duration::from_secs(seconds.parse()?);
+        let counts = runtime.block_on(assignment_flood(base.clone(), sdk.clone(), length));
+        println!("{}", serde_json::to_string(&counts)?);
+        return Ok(());
+    }
+    let seconds = args
+        .iter()
+        .skip_while(|a| *a != "--seconds")
         .nth(1)
         .map(|s| s.parse::<u64>())
         .transpose()
         .context("--seconds takes a number")?
         .unwrap_or(10);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(Duration::from_secs(seconds)))
+    runtime.block_on(run(Duration::from_secs(seconds)))
+}
+
+/// One client (127.0.0.2) asking for assignments with the sdk key as fast as 32 connections
+/// go, for `length`: the answers by status.
+async fn assignment_flood(
+    base: String,
+    sdk: String,
+    length: Duration,
+) -> std::collections::BTreeMap<u16, u64> {
+    flood(
+        32,
+        |_| [127, 0, 0, 2],
+        length,
+        move |http, n| {
+            let url = format!("{base}/experiments/flood/assignment?user_id=f{n}");
+            let sdk = sdk.clone();
+            async move {
+                let r = http.get(url).bearer_auth(sdk).send().await.ok()?;
+                let status = r.status().as_u16();
+                r.bytes().await.ok()?;
+                Some(status)
+            }
+        },
+    )
+    .await
+}
+
+fn report_flooder(label: &str, counts: &std::collections::BTreeMap<u16, u64>, length: Duration) {
+    let total: u64 = counts.values().sum();
+    println!(
+        "{label}: {total} requests ({:.0}/s), by status {counts:?}",
+        total as f64 / length.as_secs_f64()
+    );
 }
 
 fn client(from: [u8; 4]) -> reqwest::Client {
@@ -270,31 +316,40 @@ async fn run(length: Duration) -> anyhow::Result<()> {
 
     // 1 and 2: the neighbours alone, then beside the flood.
     report("neighbours alone", &neighbours(&base, &sdk, length).await);
-    let flooded = {
-        let (base, sdk) = (base.clone(), sdk.clone());
-        tokio::spawn(flood(
-            32,
-            |_| [127, 0, 0, 2],
-            length,
-            move |http, n| {
-                let url = format!("{base}/experiments/flood/assignment?user_id=f{n}");
-                let sdk = sdk.clone();
-                async move {
-                    let r = http.get(url).bearer_auth(sdk).send().await.ok()?;
-                    let status = r.status().as_u16();
-                    r.bytes().await.ok()?;
-                    Some(status)
-                }
-            },
-        ))
-    };
+    let flooded = tokio::spawn(assignment_flood(base.clone(), sdk.clone(), length));
     let beside = neighbours(&base, &sdk, length).await;
     let flood_counts = flooded.await?;
-    report("neighbours during the flood", &beside);
-    let total: u64 = flood_counts.values().sum();
-    println!(
-        "flooder (127.0.0.2, 32 connections): {total} requests ({:.0}/s), by status {flood_counts:?}",
-        total as f64 / length.as_secs_f64()
+    report(
+        "neighbours during the flood (flooder in this process)",
+        &beside,
+    );
+    report_flooder(
+        "  the flooder (127.0.0.2, 32 connections)",
+        &flood_counts,
+        length,
+    );
+    // 2b: the same flood from a process of its own at the lowest priority, so that its
+    // client's CPU (which an attacker elsewhere would not take from the origin) yields to
+    // the origin and the neighbours.
+    let flooder = std::process::Command::new("nice")
+        .args(["-n", "19"])
+        .arg(std::env::current_exe()?)
+        .args(["--flooder", &base, &sdk, &length.as_secs().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the flooder process (nice)")?;
+    let beside = neighbours(&base, &sdk, length).await;
+    let output = tokio::task::spawn_blocking(move || flooder.wait_with_output()).await??;
+    let flood_counts: std::collections::BTreeMap<u16, u64> =
+        serde_json::from_slice(&output.stdout).context("the flooder's counts")?;
+    report(
+        "neighbours during the flood (flooder in its own process, nice 19)",
+        &beside,
+    );
+    report_flooder(
+        "  the flooder (127.0.0.2, 32 connections)",
+        &flood_counts,
+        length,
     );
 
     // 3: streams from one address.
