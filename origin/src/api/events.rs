@@ -224,6 +224,19 @@ async fn refuse_mismatched_exposures(
             &snapshot.attributes[snapshot.experiments[experiment as usize].unit as usize];
         let (attribute, unit) = record.unit_key.split_once(':').unwrap_or(("", ""));
         let expected = evaluator.exposure_check(experiment, unit, record.ts_ms);
+        if expected
+            .as_ref()
+            .is_some_and(|a| a.reason == abx_core::Reason::Forced)
+        {
+            // A QA override: runtimes with the full snapshot log no exposure for it, and
+            // browsers, whose client snapshot has no overrides, log the hashed variant. Either
+            // way its traffic is testing, not users: kept out, and not counted as forged.
+            parsed.rejected.push((
+                index,
+                "forced_unit: the unit has a QA override; its exposures are not analysed".into(),
+            ));
+            continue;
+        }
         let reason = match expected.as_ref().and_then(|a| a.variant) {
             _ if attribute != unit_attribute.as_str() => format!(
                 "variant_mismatch: the experiment's unit is `{unit_attribute}`, not `{attribute}`"
@@ -248,8 +261,8 @@ async fn refuse_mismatched_exposures(
     if !counts.is_empty() {
         let mut conn = state.db.pool.acquire().await?;
         crate::store::experiments::add_exposure_mismatches(&mut conn, &counts).await?;
-        parsed.rejected.sort_by_key(|(index, _)| *index);
     }
+    parsed.rejected.sort_by_key(|(index, _)| *index);
     parsed.events = kept;
     Ok(parsed)
 }

@@ -953,6 +953,26 @@ async fn forged_exposures(o: &TestOrigin) {
             events.push(exposure(2 * u + 1, &unit, &id, other(&variant), t + 1));
         }
     }
+    // A QA override's exposure (a browser's client snapshot has no overrides, so it names
+    // the hashed variant): refused, and not counted as forged.
+    let patched = o
+        .patch(
+            &format!("/api/v1/experiments/{id}"),
+            json!({"forced": {"qa-alice": "treatment"}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let overridden = o.state.published();
+    let index = overridden
+        .evaluator
+        .experiment_index("checkout")
+        .expect("known");
+    let check = overridden
+        .evaluator
+        .exposure_check(index, "qa-alice", now())
+        .expect("known");
+    assert_eq!(check.reason, abx_core::Reason::Forced);
+    events.push(exposure(20_000, "qa-alice", &id, "control", t));
     let mut wrong_unit = exposure(10_000, "u1", &id, &assigned("u1"), t);
     wrong_unit["unit_attribute"] = json!("device_id");
     *forged.entry(assigned("u1")).or_default() += 1;
@@ -962,12 +982,17 @@ async fn forged_exposures(o: &TestOrigin) {
     assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.body);
     assert_eq!(reply.body["accepted"], 300);
     let rejected = reply.body["rejected"].as_array().expect("rejected");
-    assert_eq!(rejected.len(), 61);
-    assert!(rejected.iter().all(|r| {
-        r["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("variant_mismatch"))
-    }));
+    assert_eq!(rejected.len(), 62);
+    let reasons = |prefix: &str| {
+        rejected
+            .iter()
+            .filter(|r| r["reason"].as_str().is_some_and(|r| r.starts_with(prefix)))
+            .count()
+    };
+    assert_eq!(
+        (reasons("variant_mismatch"), reasons("forced_unit")),
+        (61, 1)
+    );
 
     drain(o).await;
     let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
