@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 ensure_postgres
 ensure_chromium || true
 ensure_npm_packages e2e
+# The Python service of e2e/python.test.mjs.
+ABX_PYTHON="$(ensure_python_package)/bin/python"
+export ABX_PYTHON
 # Separate invocations: built together, Cargo would unify features and rebuild shared crates.
 cargo build --locked -p abx-origin
 cargo build --locked -p abx-wasmtime-host

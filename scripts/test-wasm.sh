@@ -13,12 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/tools.sh
 
-bench=false
-case "${1:-}" in
-  "") ;;
-  --bench) bench=true ;;
-  *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
-esac
+parse_bench_flag "$@"
 start=$(date +%s)
 
 ensure_rust_targets

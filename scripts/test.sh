@@ -22,6 +22,7 @@ bash scripts/test-api-fuzz.sh
 bash scripts/test-console.sh
 bash scripts/test-wasm.sh
 bash scripts/test-edge.sh
+bash scripts/test-python.sh
 bash scripts/test-e2e.sh
 
 log "all tests passed"

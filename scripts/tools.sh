@@ -20,6 +20,17 @@ ensure_cargo_tool() {
   export PATH="$root/bin:$PATH"
 }
 
+# Sets `bench` to true for the one optional argument `--bench`, to false without one; any
+# other argument ends the script with its usage.
+parse_bench_flag() {
+  bench=false
+  case "${1:-}" in
+    "") ;;
+    --bench) bench=true ;;
+    *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
+  esac
+}
+
 ensure_rust_targets() {
   if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     log "adding the wasm32-unknown-unknown target"
@@ -49,6 +60,37 @@ ensure_npm_packages() {
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
     echo "$lock_hash" >"$dir/node_modules/.abx-lock-hash"
   fi
+}
+
+# A Python venv in the tool cache with a pinned requirements file installed, keyed by the
+# file's hash; prints its path.
+ensure_python_venv() {
+  local requirements=$1 hash venv
+  hash=$(sha256sum "$requirements" | cut -c1-16)
+  venv="$ABX_TOOLS/python-venv-$hash"
+  if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+    log "creating $venv from $requirements"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2 || return 1
+    touch "$venv/.complete"
+  fi
+  echo "$venv"
+}
+
+# The venv of python/requirements-dev.txt with the checkout's `abx` package installed by
+# `pip install ./python` (as the README says; built by the venv's maturin, so without a
+# download, into the workspace's target directory). Prints the venv's path.
+ensure_python_package() {
+  local venv
+  venv=$(ensure_python_venv python/requirements-dev.txt) || return 1
+  log "pip install ./python into $venv"
+  # The venv's bin goes on PATH because the build backend runs `maturin` by name. Errors
+  # are returned explicitly: callers run this in a command substitution, where `set -e`
+  # does not apply.
+  PATH="$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
+    --no-build-isolation --force-reinstall --no-deps ./python >&2 || return 1
+  echo "$venv"
 }
 
 # Debian's Chromium (and ChromeDriver) for the browser tests. Returns 1 when it is missing

@@ -310,6 +310,66 @@ impl Evaluator {
         Some(pass.assign(index))
     }
 
+    /// The attributes (indices into [`Snapshot::attributes`]) that evaluating experiment
+    /// `index` reads: its unit (which its holdout, layer and overrides hash too) and those its
+    /// targeting tests, sorted and without repeats. A context holding only these entries gets
+    /// the full context's answer, which lets a binding convert no more of a caller's
+    /// attributes than one evaluation needs. Empty for an index out of range.
+    pub fn experiment_attributes(&self, index: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        if let Some(e) = self.snapshot.experiments.get(index as usize) {
+            out.push(e.unit);
+            self.condition_attributes(e.targeting, &mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Like [`Evaluator::experiment_attributes`] for flag `index`: its unit, its rules'
+    /// conditions, and what the experiments its rules take values from read.
+    pub fn flag_attributes(&self, index: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        if let Some(f) = self.snapshot.flags.get(index as usize) {
+            out.push(f.unit);
+            for rule in &f.rules {
+                self.condition_attributes(rule.condition, &mut out);
+                if let FlagValue::Experiment { experiment, .. } = rule.value {
+                    out.extend(self.experiment_attributes(experiment));
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Adds the attributes condition `root` tests to `out`. Iterative and visiting each node
+    /// once, so it ends on any snapshot that passed validation.
+    fn condition_attributes(&self, root: Option<u32>, out: &mut Vec<u32>) {
+        let conditions = &self.snapshot.conditions;
+        let mut seen = vec![false; conditions.len()];
+        let mut stack: Vec<u32> = root.into_iter().collect();
+        while let Some(node) = stack.pop() {
+            let Some(visited) = seen.get_mut(node as usize) else {
+                continue;
+            };
+            if core::mem::replace(visited, true) {
+                continue;
+            }
+            match &conditions[node as usize] {
+                Condition::All(children) | Condition::Any(children) => stack.extend(children),
+                Condition::Not(child) => stack.push(*child),
+                Condition::Segment(segment) => {
+                    if let Some(segment) = self.snapshot.segments.get(*segment as usize) {
+                        stack.push(segment.condition);
+                    }
+                }
+                Condition::Attr { attr, .. } => out.push(*attr),
+            }
+        }
+    }
+
     /// Evaluates one flag by key; `None` when the snapshot has no such flag.
     pub fn flag(&self, key: &str, context: &Context, now_ms: i64) -> Option<FlagResult<'_>> {
         let index = self.flag_index(key)?;
@@ -619,6 +679,14 @@ impl Digits {
     fn as_str(&self) -> &str {
         core::str::from_utf8(&self.buf[usize::from(self.start)..]).unwrap_or_default()
     }
+}
+
+/// The text a unit attribute's value is hashed as, which is also how exposures name the unit:
+/// a non-empty string as it is, or a whole number up to 2^53 in decimal. `None` when the value
+/// cannot be a unit (the experiment then answers `missing_unit`). Bindings use it to log
+/// exposures without restating the rule.
+pub fn unit_text(value: &Value) -> Option<String> {
+    unit_of(Some(value)).map(|unit| unit.as_str().into())
 }
 
 /// Largest integer that every runtime represents exactly (JavaScript's safe integers).

@@ -32,6 +32,7 @@ pub use envelope::{
 pub use error::{Error, Invalid};
 pub use evaluator::{
     Assignment, Evaluation, Evaluator, FlagReason, FlagResult, MAX_CONDITION_DEPTH, Reason,
+    unit_text,
 };
 pub use murmur3::{Murmur3, bucket, murmur3_x86_32};
 pub use snapshot::Snapshot;

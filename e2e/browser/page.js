@@ -59,3 +59,21 @@ window.detail = (key, context) => {
   const got = client.variant(key, context);
   return got.reason === 'unknown_key' ? 'gone' : `${got.variant}/${got.reason}`;
 };
+
+/**
+ * Every context's answers from the connected client: `[variant, reason]` per experiment (the
+ * package logs the exposures) and `[value, reason]` per flag.
+ */
+window.answers = (experimentKeys, flagKeys, contexts, nowMs) => contexts.map((context) => ({
+  experiments: Object.fromEntries(experimentKeys.map((key) => {
+    const got = client.variant(key, context, { nowMs });
+    return [key, [got.variant, got.reason]];
+  })),
+  flags: Object.fromEntries(flagKeys.map((key) => {
+    const got = client.flagDetail(key, context, null, { nowMs });
+    return [key, [got.value, got.reason]];
+  })),
+}));
+
+/** Sends the queued events now; resolves once they are settled. */
+window.flush = () => client.flush();

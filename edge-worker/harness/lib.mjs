@@ -372,6 +372,7 @@ export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-
   const origin = {
     url: base,
     port,
+    dataDir,
     logs,
     call,
     async create(path, body) {

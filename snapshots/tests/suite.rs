@@ -144,3 +144,66 @@ fn client_view_keeps_every_hashable_answer() {
         "{assigned} {not_targeted}"
     );
 }
+
+/// `Evaluator::experiment_attributes` and `flag_attributes` name every attribute an
+/// evaluation reads: a context cut down to them gets the full context's answer, for every
+/// experiment and flag of every scenario.
+#[test]
+fn an_evaluation_reads_only_the_attributes_it_names() {
+    use abx_core::{Context, Evaluator};
+
+    let mut rng = abx_snapshots::contexts::Rng::new(7);
+    let now_ms = 1_760_001_600_000;
+    let mut compared = 0;
+    for scenario in abx_snapshots::scenarios::all() {
+        let names = scenario.snapshot.attributes.clone();
+        let evaluator = Evaluator::new(scenario.snapshot).expect("valid scenario");
+        let only = |context: &Context, attributes: Vec<u32>| {
+            let mut cut = Context::new();
+            for a in attributes {
+                let name = names[a as usize].as_str();
+                if let Some(value) = context.get(name) {
+                    cut.insert(name, value.clone());
+                }
+            }
+            cut
+        };
+        let experiments = evaluator.snapshot().experiments.len() as u32;
+        let flags: Vec<String> = evaluator
+            .snapshot()
+            .flags
+            .iter()
+            .map(|f| f.key.clone())
+            .collect();
+        for _ in 0..200 {
+            let text =
+                abx_snapshots::contexts::to_json_text(&abx_snapshots::contexts::context(&mut rng));
+            let context: Context = serde_json::from_str(&text).expect("JSON");
+            for i in 0..experiments.min(100) {
+                let full = evaluator.experiment_at(i, &context, now_ms);
+                let cut = only(&context, evaluator.experiment_attributes(i));
+                let part = evaluator.experiment_at(i, &cut, now_ms);
+                assert_eq!(
+                    full.map(|a| (a.variant, a.reason)),
+                    part.map(|a| (a.variant, a.reason)),
+                    "{} experiment {i}: {text}",
+                    scenario.name
+                );
+                compared += 1;
+            }
+            for (i, key) in flags.iter().enumerate().take(50) {
+                let full = evaluator.flag(key, &context, now_ms);
+                let cut = only(&context, evaluator.flag_attributes(i as u32));
+                let part = evaluator.flag(key, &cut, now_ms);
+                assert_eq!(
+                    full.map(|f| (f.value, f.reason)),
+                    part.map(|f| (f.value, f.reason)),
+                    "{} flag {key}: {text}",
+                    scenario.name
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 50_000, "{compared}");
+}

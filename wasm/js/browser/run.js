@@ -1,7 +1,8 @@
 // `node browser/run.js` (after wasm/build.sh): serves the repository from 127.0.0.1, opens
 // browser/conformance.html in headless Chromium (Debian's /usr/bin/chromium through
 // playwright-core) and replays the conformance suite there, then checks connect() with
-// localStorage and the beacon transport against this server. Ends with `N passed, M failed`.
+// localStorage, the beacon transport and the OpenFeature web provider against this server.
+// Ends with `N passed, M failed`.
 
 import { createServer } from 'node:http';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -11,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
-const served = ['wasm/js/src/', 'wasm/js/pkg/', 'wasm/js/test/', 'wasm/js/browser/', 'snapshots/'];
+const served = ['wasm/js/src/', 'wasm/js/pkg/', 'wasm/js/test/', 'wasm/js/browser/', 'snapshots/', 'wasm/js/node_modules/@openfeature/'];
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.json': 'application/json', '.wasm': 'application/wasm', '.abxs': 'application/octet-stream' };
 const snapshot = readFileSync(join(root, 'snapshots/golden/basic.abxs'));
 const etag = '"basic-1"';
@@ -122,6 +123,20 @@ try {
   const ids = bodies.flatMap((b) => b.ids).sort();
   check(JSON.stringify(ids) === JSON.stringify([...beacon.beaconed, ...beacon.fetched].sort()), 'every event arrived once');
   check(beacon.left === null, 'nothing is left in storage');
+
+  // The OpenFeature web provider through the official web SDK, in its own page.
+  received.length = 0;
+  await page.goto(`${base}/wasm/js/browser/openfeature.html`);
+  await page.waitForFunction(() => typeof window.runOpenFeature === 'function');
+  const features = await page.evaluate(() => window.runOpenFeature());
+  console.log(`chromium: openfeature: ${JSON.stringify(features)}`);
+  check(features.expected.reason === 'assigned' && features.variant.value === features.expected.variant
+    && features.variant.reason === 'SPLIT' && features.variant.variant === features.expected.variant, 'the web provider resolves an experiment as its variant');
+  check(JSON.stringify(features.config) === JSON.stringify(features.expected.config), 'and as its config');
+  check(features.missing === 'FLAG_NOT_FOUND' && features.mismatch === 'TYPE_MISMATCH', 'errors carry OpenFeature codes');
+  const sent = received.flatMap((r) => JSON.parse(r.body).events);
+  check(sent.some((e) => e.kind === 'metric' && e.event_type === 'purchase' && e.unit === 'user-411192' && e.value === 12), 'track() sends an abx metric event');
+  check(sent.some((e) => e.kind === 'exposure' && e.unit === 'user-411192'), 'resolving an experiment logs its exposure');
   check(pageErrors.length === 0, `page errors: ${pageErrors}`);
 } finally {
   await context.close();

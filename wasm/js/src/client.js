@@ -56,6 +56,16 @@ export class AbxClient {
     this.exposed = new Set();
     this.queue = options.queue ?? null;
     this.closers = [];
+    this.snapshotListeners = new Set();
+  }
+
+  /**
+   * Calls `listener(version)` after each new snapshot is swapped in (not for the one given
+   * to `fromSnapshot`). Returns a function that removes the listener.
+   */
+  onSnapshot(listener) {
+    this.snapshotListeners.add(listener);
+    return () => this.snapshotListeners.delete(listener);
   }
 
   /**
@@ -162,6 +172,15 @@ export class AbxClient {
     this.snapshot = next;
     this.etag = etag;
     previous?.free();
+    if (previous?.version !== next.version) {
+      for (const listener of this.snapshotListeners) {
+        try {
+          listener(next.version);
+        } catch (error) {
+          this.onError(AbxError.from(error));
+        }
+      }
+    }
     return true;
   }
 
@@ -299,8 +318,8 @@ export class AbxClient {
   }
 
   /**
-   * A flag's `{ value, reason }`. When the value comes from an experiment that assigned this
-   * unit, that experiment's exposure is logged.
+   * A flag's `{ value, reason }`, with the `variant` of the experiment that supplied the
+   * value when one did; that experiment's exposure is logged when it assigned the unit.
    */
   flagDetail(key, context, fallback = null, options) {
     const snapshot = this.snapshot;
@@ -314,6 +333,7 @@ export class AbxClient {
         const experiment = words[2] - 1;
         const result = snapshot.experimentResult(experiment, words[3], words[4]);
         if (result.reason === 'assigned') this.expose(snapshot, experiment, result.variant, context, options);
+        if (result.variant !== null) return { value, reason, variant: result.variant };
       }
       return { value, reason };
     } catch (error) {
@@ -344,8 +364,8 @@ export class AbxClient {
 
   /**
    * Records a metric event (`value` defaults to 1) for the unit in `context`
-   * (`options.unitAttribute`, default `user_id`). Returns the event id, or null when the
-   * context has no such unit.
+   * (`options.unitAttribute`, default `user_id`), with `options.properties` if given.
+   * Returns the event id, or null when the context has no such unit.
    */
   track(eventType, value = 1, context = {}, options = {}) {
     const unitAttribute = options.unitAttribute ?? 'user_id';
@@ -361,6 +381,7 @@ export class AbxClient {
       event_type: eventType,
       value,
       timestamp: this.now(options),
+      ...(options.properties ? { properties: { ...options.properties } } : {}),
     });
   }
 

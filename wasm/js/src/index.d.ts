@@ -47,6 +47,8 @@ export interface ExperimentEvaluation extends VariantResult {
 export interface FlagDetail {
   value: Json;
   reason: FlagReason;
+  /** The variant of the experiment that supplied the value, when one did. */
+  variant?: string;
 }
 
 export interface FlagEvaluation extends FlagDetail {
@@ -134,7 +136,14 @@ export class AbxClient {
   variant(key: string, context: Context, options?: EvalOptions): VariantResult;
   flag<T extends Json = Json>(key: string, context: Context, fallback?: T, options?: EvalOptions): Json | T;
   flagDetail(key: string, context: Context, fallback?: Json, options?: EvalOptions): FlagDetail;
-  track(eventType: string, value?: number, context?: Context, options?: EvalOptions & { unitAttribute?: string }): string | null;
+  track(
+    eventType: string,
+    value?: number,
+    context?: Context,
+    options?: EvalOptions & { unitAttribute?: string; properties?: Record<string, unknown> },
+  ): string | null;
+  /** Calls `listener(version)` after each new snapshot; returns a function that removes it. */
+  onSnapshot(listener: (version: number) => void): () => void;
   /** Swaps in new snapshot bytes if they verify and are not older; never throws. */
   loadSnapshot(bytes: Uint8Array, etag?: string | null): boolean;
   refresh(): Promise<boolean>;

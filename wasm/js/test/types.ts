@@ -31,3 +31,17 @@ export async function usage(bytes: Uint8Array): Promise<void> {
   void [variant, version, on, detail, id, queue.size];
   client.close();
 }
+
+// The OpenFeature providers must satisfy each SDK's own Provider type.
+import { OpenFeature as ServerFeatures } from '@openfeature/server-sdk';
+import { OpenFeature as WebFeatures } from '@openfeature/web-sdk';
+import { AbxServerProvider } from '../src/openfeature/server.js';
+import { AbxWebProvider } from '../src/openfeature/web.js';
+
+export async function openFeatureUsage(client: AbxClient): Promise<void> {
+  await ServerFeatures.setProviderAndWait(new AbxServerProvider(client, { unitAttribute: 'user_id' }));
+  const server: boolean = await ServerFeatures.getClient().getBooleanValue('new_nav', false, { targetingKey: 'u1' });
+  await WebFeatures.setProviderAndWait(new AbxWebProvider(client));
+  const web: string = WebFeatures.getClient().getStringValue('theme', 'light');
+  void [server, web];
+}

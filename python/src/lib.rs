@@ -1,0 +1,406 @@
+//! abx-core for Python: the extension module `abx._abx` behind the `abx` package (python/abx).
+//! It holds no assignment logic: it turns Python values into abx-core's `Context`, calls the
+//! evaluator and hands back result objects, which the package adds exposure logging to.
+//!
+//! A call is a few hundred nanoseconds of Python machinery around a few hundred of
+//! evaluation, so the boundary is kept cheap (docs/benchmarks.md, "abx for Python"): a dict
+//! context is read by looking up the snapshot's own attribute names (interned once per
+//! snapshot), string values are borrowed from Python's UTF-8 cache (hence abi3 for 3.10 and
+//! later), a context can be prepared once for many calls (`abx.Context`), the strings a
+//! result names (experiment ids, variant keys, configs, reasons) are Python objects made once
+//! per snapshot, and evaluating everything builds result objects only for the keys read.
+
+mod context;
+mod results;
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use abx_core::snapshot::FlagValue;
+use abx_core::{Context, Error, Evaluator, FlagReason, Reason, unit_text};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+
+use crate::context::PreparedContext;
+use crate::results::{
+    Answer, Experiments, Exposure, FlagAnswer, Flags, PyAssignment, PyFlagDetail,
+};
+
+// A dict context is a dozen small strings per call, made and freed at once; mimalloc's
+// thread-local free lists make that cheaper than the system allocator does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+pyo3::create_exception!(
+    _abx,
+    SnapshotError,
+    PyValueError,
+    "A snapshot was refused. `args` is `(code, message)`; the codes are docs/snapshot-format.md's."
+);
+
+fn refused(error: &Error) -> PyErr {
+    SnapshotError::new_err((error.code(), error.to_string()))
+}
+
+/// Python strings of one experiment, made once per snapshot.
+struct ExperimentNames {
+    id: Py<PyString>,
+    unit: Py<PyString>,
+    variant_keys: Vec<Py<PyString>>,
+    variant_configs: Vec<Py<PyString>>,
+}
+
+/// One decoded, validated (and, given keys, verified) snapshot, indexed for evaluation.
+/// Immutable, so one engine serves every thread.
+#[pyclass(frozen, module = "abx._abx")]
+struct Engine {
+    evaluator: Evaluator,
+    /// The snapshot's attribute names, interned: the only context entries abx-core reads.
+    attributes: Vec<Py<PyString>>,
+    experiments: Vec<ExperimentNames>,
+    /// The attributes each experiment and each flag reads
+    /// (`Evaluator::experiment_attributes`), so that one evaluation converts only those.
+    experiment_reads: Vec<Vec<u32>>,
+    flag_reads: Vec<Vec<u32>>,
+    /// Reason names in `Reason::ALL` order, and flag reasons in `FLAG_REASONS` order.
+    reasons: Vec<Py<PyString>>,
+    flag_reasons: Vec<Py<PyString>>,
+    /// Flag values that are JSON scalars, parsed once: immutable, so every `FlagDetail` can
+    /// share them, and most flags are booleans, numbers or short strings. Objects and lists
+    /// are parsed per read, so that no caller sees another's changes.
+    scalars: HashMap<Box<str>, Py<PyAny>>,
+}
+
+/// Every flag value of a snapshot that is a JSON scalar, parsed.
+fn parse_scalars(
+    py: Python<'_>,
+    snapshot: &abx_core::Snapshot,
+) -> PyResult<HashMap<Box<str>, Py<PyAny>>> {
+    let loads = py.import("json")?.getattr("loads")?;
+    let mut scalars = HashMap::new();
+    for flag in &snapshot.flags {
+        let rules = flag.rules.iter().flat_map(|rule| match &rule.value {
+            FlagValue::Json(value) => std::slice::from_ref(value).iter(),
+            FlagValue::Experiment { values, .. } => values.iter(),
+        });
+        for text in [&flag.off_value, &flag.default_value]
+            .into_iter()
+            .chain(rules)
+        {
+            if scalars.contains_key(text.as_str()) {
+                continue;
+            }
+            let value = loads.call1((text.as_str(),))?;
+            let scalar = value.is_none()
+                || value.is_instance_of::<PyBool>()
+                || value.is_instance_of::<PyInt>()
+                || value.is_instance_of::<PyFloat>()
+                || value.is_instance_of::<PyString>();
+            if scalar {
+                scalars.insert(text.as_str().into(), value.unbind());
+            }
+        }
+    }
+    Ok(scalars)
+}
+
+const FLAG_REASONS: [FlagReason; 4] = [
+    FlagReason::Disabled,
+    FlagReason::Rule,
+    FlagReason::Experiment,
+    FlagReason::Default,
+];
+
+impl Engine {
+    /// The caller's context, as far as an evaluation reading the attributes `read` (every
+    /// attribute, without it) needs it.
+    fn context<'a>(
+        &self,
+        attributes: Option<&'a Bound<'_, PyAny>>,
+        read: Option<&[u32]>,
+    ) -> PyResult<std::borrow::Cow<'a, Context>> {
+        let names = &self.evaluator.snapshot().attributes;
+        context::read(attributes, names, &self.attributes, read)
+    }
+
+    /// The exposure of experiment `index` to log for this context, if its answer asks for one.
+    fn exposure(
+        &self,
+        py: Python<'_>,
+        index: u32,
+        answer: Answer,
+        context: &Context,
+    ) -> Option<Exposure> {
+        if !answer.log_exposure {
+            return None;
+        }
+        let names = self.experiments.get(index as usize)?;
+        let experiment = self.evaluator.snapshot().experiments.get(index as usize)?;
+        let attribute = self
+            .evaluator
+            .snapshot()
+            .attributes
+            .get(experiment.unit as usize)?;
+        let unit = unit_text(context.get(attribute)?)?;
+        Some((
+            names.id.clone_ref(py),
+            names.unit.clone_ref(py),
+            PyString::new(py, &unit).unbind(),
+        ))
+    }
+
+    fn variant_key(&self, py: Python<'_>, index: u32, variant: u32) -> Option<Py<PyString>> {
+        let names = self.experiments.get(index as usize)?;
+        names
+            .variant_keys
+            .get(variant as usize)
+            .map(|s| s.clone_ref(py))
+    }
+
+    /// Experiment `index`'s answer as an `Assignment`.
+    fn assignment(
+        &self,
+        py: Python<'_>,
+        index: u32,
+        answer: Answer,
+        context: &Context,
+    ) -> PyAssignment {
+        let names = self.experiments.get(index as usize);
+        let reason = Reason::ALL.iter().position(|r| *r == answer.reason);
+        PyAssignment {
+            variant: answer.variant.and_then(|v| self.variant_key(py, index, v)),
+            reason: self.reasons[reason.unwrap_or(0)].clone_ref(py),
+            experiment_id: names.map(|n| n.id.clone_ref(py)),
+            config_json: answer.variant.and_then(|v| {
+                names
+                    .and_then(|n| n.variant_configs.get(v as usize))
+                    .map(|s| s.clone_ref(py))
+            }),
+            config: PyOnceLock::new(),
+            exposure: self.exposure(py, index, answer, context),
+        }
+    }
+
+    /// A flag's answer as a `FlagDetail`.
+    fn flag_detail(
+        &self,
+        py: Python<'_>,
+        answer: &FlagAnswer,
+        exposure: Option<Exposure>,
+    ) -> PyFlagDetail {
+        let reason = FLAG_REASONS.iter().position(|r| *r == answer.reason);
+        let value = PyOnceLock::new();
+        let value_json = match self.scalars.get(&answer.value) {
+            Some(scalar) => {
+                value.get_or_init(py, || scalar.clone_ref(py));
+                None
+            }
+            None => Some(PyString::new(py, &answer.value).unbind()),
+        };
+        PyFlagDetail {
+            value_json,
+            value,
+            reason: self.flag_reasons[reason.unwrap_or(0)].clone_ref(py),
+            variant: answer.variant.and_then(|(e, v)| self.variant_key(py, e, v)),
+            exposure,
+        }
+    }
+}
+
+fn answer(assignment: &abx_core::Assignment<'_>) -> Answer {
+    Answer {
+        variant: assignment.variant_index,
+        reason: assignment.reason,
+        log_exposure: assignment.log_exposure,
+    }
+}
+
+#[pymethods]
+impl Engine {
+    /// Decodes snapshot bytes. With `public_keys` (32-byte Ed25519 keys; several while the
+    /// origin's signing key is rotated), only a snapshot one of them signed is accepted.
+    /// Raises `SnapshotError(code, message)`.
+    #[new]
+    #[pyo3(signature = (snapshot, public_keys = None))]
+    fn new(py: Python<'_>, snapshot: &[u8], public_keys: Option<Vec<Vec<u8>>>) -> PyResult<Self> {
+        let evaluator = match public_keys {
+            None => Evaluator::from_bytes(snapshot),
+            Some(keys) => {
+                let mut result = Err(Error::BadPublicKey);
+                for key in &keys {
+                    result = Evaluator::from_verified_bytes(snapshot, key);
+                    // Only a signature that another key may have made is worth another try.
+                    if !matches!(result, Err(Error::BadSignature)) {
+                        break;
+                    }
+                }
+                result
+            }
+        }
+        .map_err(|e| refused(&e))?;
+        let s = evaluator.snapshot();
+        let text = |t: &str| PyString::intern(py, t).unbind();
+        let string = |i: u32| text(s.strings.get(i as usize).map_or("", String::as_str));
+        let experiments = s
+            .experiments
+            .iter()
+            .map(|e| ExperimentNames {
+                id: text(e.id.to_text().as_str()),
+                unit: text(s.attributes.get(e.unit as usize).map_or("", String::as_str)),
+                variant_keys: e.variants.iter().map(|v| string(v.key)).collect(),
+                variant_configs: e.variants.iter().map(|v| text(&v.config)).collect(),
+            })
+            .collect();
+        Ok(Engine {
+            attributes: s.attributes.iter().map(|a| text(a)).collect(),
+            experiments,
+            reasons: Reason::ALL.iter().map(|r| text(r.as_str())).collect(),
+            flag_reasons: FLAG_REASONS.iter().map(|r| text(r.as_str())).collect(),
+            scalars: parse_scalars(py, s)?,
+            experiment_reads: (0..s.experiments.len() as u32)
+                .map(|i| evaluator.experiment_attributes(i))
+                .collect(),
+            flag_reads: (0..s.flags.len() as u32)
+                .map(|i| evaluator.flag_attributes(i))
+                .collect(),
+            evaluator,
+        })
+    }
+
+    #[getter]
+    fn version(&self) -> u64 {
+        self.evaluator.snapshot().snapshot_version
+    }
+
+    #[getter]
+    fn published_at_ms(&self) -> i64 {
+        self.evaluator.snapshot().published_at_ms
+    }
+
+    /// One experiment's `Assignment`, or `None` for an unknown key. Its `_exposure` is
+    /// `(experiment_id, unit_attribute, unit)` when the unit was assigned.
+    #[pyo3(signature = (key, attributes, now_ms))]
+    fn assign(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        attributes: Option<&Bound<'_, PyAny>>,
+        now_ms: i64,
+    ) -> PyResult<Option<PyAssignment>> {
+        let Some(index) = self.evaluator.experiment_index(key) else {
+            return Ok(None);
+        };
+        let read = self.experiment_reads.get(index as usize);
+        let context = self.context(attributes, read.map(Vec::as_slice))?;
+        let assignment = self.evaluator.experiment_at(index, &context, now_ms);
+        Ok(assignment.map(|a| self.assignment(py, index, answer(&a), &context)))
+    }
+
+    /// One flag's `FlagDetail`, or `None` for an unknown key. Its `_exposure` is set when
+    /// the value came from an experiment that assigned the unit.
+    #[pyo3(signature = (key, attributes, now_ms))]
+    fn flag(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        attributes: Option<&Bound<'_, PyAny>>,
+        now_ms: i64,
+    ) -> PyResult<Option<PyFlagDetail>> {
+        let Some(index) = self.evaluator.flag_index(key) else {
+            return Ok(None);
+        };
+        let read = self.flag_reads.get(index as usize);
+        let context = self.context(attributes, read.map(Vec::as_slice))?;
+        let Some(result) = self.evaluator.flag(key, &context, now_ms) else {
+            return Ok(None);
+        };
+        let experiment = result.experiment.and_then(|e| {
+            let a = self.evaluator.experiment_at(e, &context, now_ms)?;
+            Some((e, a.variant_index?, answer(&a)))
+        });
+        let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, &context));
+        let flag = FlagAnswer {
+            value: result.value.into(),
+            reason: result.reason,
+            variant: experiment.map(|(e, v, _)| (e, v)),
+        };
+        Ok(Some(self.flag_detail(py, &flag, exposure)))
+    }
+
+    /// Every experiment and flag: `(experiments, flags)`, read-only mappings from key to
+    /// `Assignment` and to `FlagDetail` that build an object only for the keys read.
+    #[pyo3(signature = (attributes, now_ms))]
+    fn evaluate(
+        slf: &Bound<'_, Self>,
+        attributes: Option<&Bound<'_, PyAny>>,
+        now_ms: i64,
+    ) -> PyResult<(Experiments, Flags)> {
+        let engine = slf.get();
+        let context = engine.context(attributes, None)?;
+        let evaluation = engine.evaluator.evaluate(&context, now_ms);
+        let answers: Vec<Answer> = evaluation.experiments.iter().map(answer).collect();
+        let flags = evaluation
+            .flags
+            .iter()
+            .map(|f| FlagAnswer {
+                value: f.value.into(),
+                reason: f.reason,
+                variant: f
+                    .experiment
+                    .and_then(|e| Some((e, answers.get(e as usize)?.variant?))),
+            })
+            .collect();
+        Ok((
+            Experiments {
+                engine: slf.clone().unbind(),
+                answers,
+                context: context.into_owned(),
+            },
+            Flags {
+                engine: slf.clone().unbind(),
+                answers: flags,
+            },
+        ))
+    }
+
+    /// Seconds per evaluation of `key` (or of everything, without a key) over `iterations`
+    /// runs in Rust, with the context converted once: the native figure that
+    /// python/bench/bench.py sets beside the Python calls, measured in the same process.
+    #[pyo3(signature = (key, attributes, now_ms, iterations))]
+    fn time_native(
+        &self,
+        key: Option<&str>,
+        attributes: Option<&Bound<'_, PyAny>>,
+        now_ms: i64,
+        iterations: u32,
+    ) -> PyResult<f64> {
+        let context = self.context(attributes, None)?;
+        let iterations = iterations.max(1);
+        let started = std::time::Instant::now();
+        for _ in 0..iterations {
+            match key {
+                Some(key) => {
+                    black_box(self.evaluator.experiment(key, black_box(&context), now_ms));
+                }
+                None => {
+                    black_box(self.evaluator.evaluate(black_box(&context), now_ms));
+                }
+            }
+        }
+        Ok(started.elapsed().as_secs_f64() / f64::from(iterations))
+    }
+}
+
+#[pymodule]
+fn _abx(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Engine>()?;
+    module.add_class::<PreparedContext>()?;
+    module.add_class::<PyAssignment>()?;
+    module.add_class::<PyFlagDetail>()?;
+    module.add_class::<Experiments>()?;
+    module.add_class::<Flags>()?;
+    module.add("SnapshotError", module.py().get_type::<SnapshotError>())?;
+    Ok(())
+}

@@ -1,0 +1,289 @@
+"""The client against a stand-in origin: fetching and verifying snapshots, the disk cache,
+the change stream, defaults without a snapshot, and the event queue under failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import abx
+from fake_origin import FakeOrigin
+
+GOLDEN = Path(__file__).resolve().parents[2] / "snapshots" / "golden"
+BASIC = (GOLDEN / "basic.abxs").read_bytes()  # version 1, 14 experiments
+FLAGS = (GOLDEN / "flags.abxs").read_bytes()  # version 5, flags
+SIGNED = (GOLDEN / "signed.abxs").read_bytes()
+SIGNING_KEY = "3b398be265f0221a7aa62696d59f434c3ad6ea6642378397a5476f483100d0f4"
+OTHER_KEY = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c"
+USER = {"user_id": "user-411192", "country": "CA", "plan": "pro"}
+NOW = 1_760_001_600_147
+
+
+def wait_for(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def errors():
+    return []
+
+
+def client_for(origin: FakeOrigin, tmp_path: Path, errors: list, **options) -> abx.Client:
+    options.setdefault("cache_path", tmp_path / "snapshot.abxs")
+    options.setdefault("flush_interval", 0.05)
+    return abx.Client(origin.url, origin.key, on_error=errors.append, **options)
+
+
+def test_a_client_verifies_caches_and_starts_from_its_file_when_the_origin_is_down(tmp_path, errors):
+    origin = FakeOrigin(SIGNED)
+    with client_for(origin, tmp_path, errors, public_key=SIGNING_KEY) as client:
+        assert client.snapshot_version == 7
+        online = client.assign("checkout_button_color", USER, now_ms=NOW)
+        assert online.reason == "assigned"
+    origin.stop()
+    assert (tmp_path / "snapshot.abxs").read_bytes() == SIGNED
+    # The origin is gone: a new process starts from the file at once and assigns alike.
+    started = time.monotonic()
+    with client_for(origin, tmp_path, errors, public_key=SIGNING_KEY, initial_timeout=30) as offline:
+        assert time.monotonic() - started < 5
+        assert offline.snapshot_version == 7
+        assert offline.assign("checkout_button_color", USER, now_ms=NOW) == online
+    assert any(e.code == "fetch_failed" for e in errors)
+
+
+def test_a_snapshot_signed_by_another_key_is_refused(tmp_path, errors):
+    origin = FakeOrigin(SIGNED)
+    with client_for(origin, tmp_path, errors, public_key=OTHER_KEY, initial_timeout=1) as client:
+        assert client.snapshot_version is None
+        assert client.assign("checkout_button_color", USER) == abx.Assignment(None, None, "not_loaded")
+        assert client.flag("anything", USER, default="fallback") == "fallback"
+        assert client.evaluate(USER).experiments == {}
+    codes = [e.code for e in errors]
+    assert "bad_signature" in codes and "not_loaded" in codes
+    assert not (tmp_path / "snapshot.abxs").exists()
+    # During a rotation both keys are accepted.
+    with client_for(origin, tmp_path, errors, public_key=[OTHER_KEY, SIGNING_KEY]) as client:
+        assert client.snapshot_version == 7
+
+
+def test_an_unsigned_snapshot_is_refused_when_a_key_is_given(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    with client_for(origin, tmp_path, errors, public_key=SIGNING_KEY, initial_timeout=1) as client:
+        assert not client.ready
+    assert "unsigned" in [e.code for e in errors]
+
+
+def test_a_bad_public_key_is_an_error():
+    with pytest.raises(abx.AbxError) as raised:
+        abx.Client.from_snapshot(SIGNED, public_key="not hex")
+    assert raised.value.code == "bad_public_key"
+
+
+def test_the_change_stream_brings_new_snapshots_and_never_rolls_back(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    versions = []
+    with client_for(origin, tmp_path, errors, refresh_interval=3600) as client:
+        client.on_snapshot(versions.append)
+        assert client.snapshot_version == 1
+        assert client.flag("new_nav", USER, default="none") == "none"
+        origin.publish(FLAGS)
+        assert wait_for(lambda: client.snapshot_version == 5, 5), "the stream did not announce version 5"
+        assert client.flag_detail("everyone", USER).reason in {"rule", "default", "experiment", "disabled"}
+        assert client.flag_detail("new_nav", USER, default="none").reason != "unknown_key"
+        # An older snapshot (a stale CDN copy) is not taken.
+        origin.publish(BASIC)
+        assert wait_for(lambda: origin.snapshot_gets >= 3, 5)
+        time.sleep(0.2)
+        assert client.snapshot_version == 5
+    assert versions == [5]
+
+
+def test_polling_takes_over_without_the_stream(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    with client_for(origin, tmp_path, errors, stream=False, refresh_interval=0.1) as client:
+        origin.publish(FLAGS)
+        assert wait_for(lambda: client.snapshot_version == 5, 5)
+
+
+def exposures(origin: FakeOrigin) -> list[tuple]:
+    return [(e["experiment_id"], e["unit"], e["variant"]) for e in origin.events if e["kind"] == "exposure"]
+
+
+def test_exposures_are_logged_once_per_unit_and_events_arrive(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    with client_for(origin, tmp_path, errors) as client:
+        first = client.assign("checkout_button_color", USER, now_ms=NOW)
+        for _ in range(100):
+            assert client.assign("checkout_button_color", USER, now_ms=NOW) == first
+        client.evaluate(USER, now_ms=NOW)  # logs nothing by default
+        event_id = client.track("user-411192", "purchase", 42.5, {"sku": "a-1"})
+        assert isinstance(event_id, str)
+        assert client.flush(5)
+        assert exposures(origin) == [(first.experiment_id, "user-411192", first.variant)]
+        metric = [e for e in origin.events if e["kind"] == "metric"]
+        assert metric == [
+            {
+                "kind": "metric",
+                "unit": "user-411192",
+                "unit_attribute": "user_id",
+                "event_type": "purchase",
+                "value": 42.5,
+                "timestamp": metric[0]["timestamp"],
+                "properties": {"sku": "a-1"},
+                "event_id": event_id,
+            }
+        ]
+        client.evaluate({"user_id": "someone-else"}, now_ms=NOW, log_exposures=True)
+        assert asyncio.run(client.flush_async(5))
+        logged = {e for e in exposures(origin) if e[1] == "someone-else"}
+        assigned = client.evaluate({"user_id": "someone-else"}, now_ms=NOW).experiments.values()
+        assert logged == {(a.experiment_id, "someone-else", a.variant) for a in assigned if a.reason == "assigned"}
+    assert errors == []
+
+
+def test_invalid_events_raise():
+    client = abx.Client.from_snapshot(BASIC)
+    for unit, event_type, value in [("", "x", 1), ("u", "", 1), ("u", "x", float("nan")), (None, "x", 1)]:
+        with pytest.raises(abx.AbxError) as raised:
+            client.track(unit, event_type, value)
+        assert raised.value.code == "invalid_event"
+
+
+def test_retryable_failures_are_retried_after_retry_after_and_refusals_are_counted(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    origin.event_answers = [
+        (503, {"retry-after": "1"}, b'{"error":{"code":"unavailable"}}'),
+        (429, {"retry-after": "0"}, b"{}"),
+    ]
+    with client_for(origin, tmp_path, errors) as client:
+        started = time.monotonic()
+        client.track("u1", "purchase")
+        assert client.flush(10)
+        assert time.monotonic() - started >= 0.9, "Retry-After: 1 was not honoured"
+        assert [e["unit"] for e in origin.events] == ["u1"]
+        assert origin.event_posts == 3
+        # A 400 can never succeed: the batch is dropped and counted, not retried.
+        origin.event_answers = [(400, {}, b'{"error":{"code":"invalid_request"}}')]
+        client.track("u2", "purchase")
+        assert client.flush(10)
+        # A 207 refuses some events of a batch.
+        origin.event_answers = [(207, {}, b'{"accepted":1,"duplicates":0,"rejected":[{"index":1,"reason":"x"}]}')]
+        client.track("u3", "purchase")
+        client.track("u4", "purchase")
+        assert client.flush(10)
+        stats = client.event_stats
+    assert stats == {"sent": 2, "dropped": 0, "rejected": 2, "retries": 2, "queued": 0}
+    assert [e.code for e in errors] == ["events_rejected", "events_rejected"]
+
+
+def test_a_full_queue_drops_new_events_and_counts_them(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    origin.event_answers = [(503, {"retry-after": "1"}, b"{}")]
+    with client_for(origin, tmp_path, errors, max_queue=3, batch_size=2) as client:
+        ids = [client.track(f"u{i}", "purchase") for i in range(5)]
+        assert ids[3] is None and ids[4] is None and all(ids[:3])
+        assert client.event_stats["dropped"] == 2
+        assert client.flush(10)
+    assert sorted(e["unit"] for e in origin.events) == ["u0", "u1", "u2"]
+    assert [e.code for e in errors].count("events_dropped") == 1, "reported once per run of drops"
+
+
+def test_close_sends_what_is_queued(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    client = client_for(origin, tmp_path, errors, flush_interval=3600)
+    for i in range(1200):
+        client.track(f"u{i}", "purchase")
+    assert client.close(10)
+    assert len(origin.events) == 1200
+    assert origin.event_posts == 3  # batches of 500
+
+
+def test_many_threads_share_one_client(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    with client_for(origin, tmp_path, errors) as client:
+        expected = {f"u{i}": client.evaluate({"user_id": f"u{i}"}, now_ms=NOW).experiments["checkout_button_color"] for i in range(400)}
+
+        def work(offset: int) -> None:
+            for i in range(400):
+                unit = f"u{(i + offset) % 400}"
+                assert client.assign("checkout_button_color", {"user_id": unit}, now_ms=NOW) == expected[unit]
+
+        threads = [threading.Thread(target=work, args=(n * 37,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert client.flush(10)
+    assigned = sum(1 for a in expected.values() if a.reason == "assigned")
+    assert len(exposures(origin)) == assigned, "each unit's exposure is logged once across threads"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_sends_its_own_events_and_not_its_parents(tmp_path, errors):
+    origin = FakeOrigin(BASIC)
+    with client_for(origin, tmp_path, errors, flush_interval=3600) as client:
+        client.track("parent-before-fork", "purchase")
+        pid = os.fork()
+        if pid == 0:  # the worker: its own threads, its own queue
+            code = 1
+            try:
+                client.track("child", "purchase")
+                client.assign("checkout_button_color", {"user_id": "child"})
+                code = 0 if client.flush(10) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert client.flush(10)
+    units = sorted(e["unit"] for e in origin.events if e["kind"] == "metric")
+    assert units == ["child", "parent-before-fork"]
+
+
+def test_context_values_follow_the_context_rule():
+    client = abx.Client.from_snapshot(BASIC)
+    plain = client.assign("checkout_button_color", {"user_id": "user-411192"}, now_ms=NOW)
+    # Values that are not attributes are absent, as in every runtime.
+    noisy = {"user_id": "user-411192", "x": None, "y": {"a": 1}, "z": [1, "a"], 3: "non-string name"}
+    assert client.assign("checkout_button_color", noisy, now_ms=NOW) == plain
+    # A whole number is a unit as its decimal text; booleans are not numbers.
+    assert client.assign("checkout_button_color", {"user_id": 12345}, now_ms=NOW) == client.assign(
+        "checkout_button_color", {"user_id": "12345"}, now_ms=NOW
+    )
+    assert client.assign("checkout_button_color", {"user_id": True}, now_ms=NOW).reason == "missing_unit"
+    assert client.assign("no_such_experiment", USER).reason == "unknown_key"
+    assert json.dumps(client.evaluate(USER, now_ms=NOW).experiments["checkout_button_color"].config) is not None
+
+
+def test_an_evaluation_reads_like_a_read_only_mapping():
+    from collections.abc import Mapping
+
+    client = abx.Client.from_snapshot(FLAGS)
+    evaluation = client.evaluate(USER, now_ms=NOW)
+    assert isinstance(evaluation.experiments, Mapping) and isinstance(evaluation.flags, Mapping)
+    assert list(evaluation.experiments) == ["theme_experiment", "eu_checkout", "shipped_layout"]
+    assert len(evaluation.flags) == 12 and "theme" in evaluation.flags
+    assert "nope" not in evaluation.flags and 3 not in evaluation.flags
+    with pytest.raises(KeyError):
+        evaluation.flags["nope"]
+    assert evaluation.flags.get("nope", "fallback") == "fallback"
+    # Each answer equals the one-key call's.
+    assert dict(evaluation.flags.items()) == {k: client.flag_detail(k, USER, now_ms=NOW) for k in evaluation.flags}
+    assert dict(evaluation.experiments.items()) == {
+        k: client.assign(k, USER, now_ms=NOW) for k in evaluation.experiments.keys()
+    }
+    # Objects are parsed afresh for every reader; scalars are immutable and shared.
+    banner = evaluation.flags["banner_config"].value
+    banner["text"] = "changed"
+    assert evaluation.flags["banner_config"].value["text"] != "changed"
+    assert client.flag("everyone", USER, now_ms=NOW) is True
