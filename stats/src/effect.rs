@@ -61,7 +61,8 @@ impl Effect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LiftUnavailable {
-    /// The control mean is zero, so the ratio is undefined.
+    /// The control mean is zero, or so close to zero for its standard error that the
+    /// lift's interval is unbounded, so the ratio is undefined.
     ZeroBaseline,
     /// The control mean is negative, so "relative" has no meaningful direction.
     NegativeBaseline,
@@ -166,6 +167,16 @@ pub(crate) fn lift_with_critical(
             };
         }
         let log_ratio = (treatment_mean / control_mean).ln();
+        let ci_upper = (log_ratio + critical * log_se).exp() - 1.0;
+        if !ci_upper.is_finite() {
+            // The upper end is beyond floating point (e^709): the control mean is
+            // indistinguishable from zero at this sample size, so the ratio is as undefined
+            // as for a zero baseline (found by proptest on a tiny positive control mean with
+            // few degrees of freedom).
+            return RelativeLift::Unavailable {
+                reason: LiftUnavailable::ZeroBaseline,
+            };
+        }
         let statistic = log_ratio / log_se;
         return RelativeLift::Estimated(Effect {
             estimate: lift,
@@ -175,7 +186,7 @@ pub(crate) fn lift_with_critical(
             df,
             p_value: two_sided_p(statistic, df),
             ci_lower: (log_ratio - critical * log_se).exp() - 1.0,
-            ci_upper: (log_ratio + critical * log_se).exp() - 1.0,
+            ci_upper,
         });
     }
     // A treatment mean at or below zero (signed metrics) has no logarithm: the delta method.

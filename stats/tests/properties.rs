@@ -265,3 +265,21 @@ proptest! {
         }
     }
 }
+
+/// A tiny positive control mean with a large standard error and few degrees of freedom put
+/// the log interval's upper end past e^709; the lift is then unavailable, not infinite.
+#[test]
+fn a_lift_whose_interval_overflows_is_unavailable() {
+    use abx_stats::{LiftUnavailable, RelativeLift, relative_lift};
+    let lift = relative_lift(1e-6, 400.0, 5.0, 1.0, Some(1.5), 0.05);
+    assert_eq!(
+        lift,
+        RelativeLift::Unavailable {
+            reason: LiftUnavailable::ZeroBaseline
+        }
+    );
+    // A merely wide interval is still reported.
+    let wide = relative_lift(0.5, 0.04, 0.8, 0.04, Some(3.0), 0.05);
+    let effect = wide.effect().expect("estimated");
+    assert!(effect.ci_upper.is_finite() && effect.ci_upper > effect.estimate);
+}
