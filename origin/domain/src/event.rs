@@ -58,6 +58,65 @@ pub struct EventRecord {
     /// `"{unit_attribute}:{unit}"`; attribute names cannot contain `:`.
     pub unit_key: String,
     pub value: f64,
+    /// A metric event's `properties`, or the context `attributes` an exposure was evaluated
+    /// with: a compact JSON object of scalars (see [`properties`]), `None` when there are
+    /// none. Kept as text because most readers only store and forward it; the pipeline
+    /// parses it only for the metrics whose filters need it.
+    pub properties: Option<String>,
+}
+
+/// At most this many properties (or exposure attributes) per event.
+pub const MAX_PROPERTIES: usize = 32;
+/// A string property's value, at most (in UTF-8 bytes).
+pub const MAX_PROPERTY_BYTES: usize = 256;
+
+/// Checks an event's `properties` (or `attributes`, named by `field`): an object of at most
+/// [`MAX_PROPERTIES`] entries, named like attributes, whose values are strings of at most
+/// [`MAX_PROPERTY_BYTES`], finite numbers or booleans. Returns the object's compact JSON
+/// text (keys sorted), `None` for an absent, null or empty object.
+pub fn properties(value: Option<Json>, field: &str) -> Result<Option<String>, String> {
+    let map = match value {
+        None | Some(Json::Null) => return Ok(None),
+        Some(Json::Object(map)) => map,
+        Some(_) => return Err(format!("`{field}` must be an object")),
+    };
+    if map.len() > MAX_PROPERTIES {
+        return Err(format!(
+            "`{field}` has {} entries, more than {MAX_PROPERTIES}",
+            map.len()
+        ));
+    }
+    for (name, value) in &map {
+        if !valid_attribute(name) {
+            return Err(format!(
+                "`{field}` names must be attribute names (letters, digits, `_`, `-`, `.`; 1-64 characters)"
+            ));
+        }
+        match value {
+            Json::String(s) if s.len() > MAX_PROPERTY_BYTES => {
+                return Err(format!(
+                    "`{field}.{name}` is longer than {MAX_PROPERTY_BYTES} bytes"
+                ));
+            }
+            Json::String(_) | Json::Bool(_) => {}
+            Json::Number(n) if n.as_f64().is_some_and(f64::is_finite) => {}
+            _ => {
+                return Err(format!(
+                    "`{field}.{name}` must be a string, a finite number or a boolean"
+                ));
+            }
+        }
+    }
+    if map.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Json::Object(map).to_string()))
+}
+
+/// The properties of a stored event (text that [`properties`] produced); empty if `None`.
+pub fn parse_properties(text: Option<&str>) -> serde_json::Map<String, Json> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
 }
 
 /// The accepted range of event timestamps relative to receipt.
@@ -87,6 +146,10 @@ struct EventInput {
     value: Option<Json>,
     #[serde(default)]
     timestamp: Option<Json>,
+    #[serde(default)]
+    properties: Option<Json>,
+    #[serde(default)]
+    attributes: Option<Json>,
 }
 
 const MAX_UNIT_BYTES: usize = 512;
@@ -164,8 +227,11 @@ fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecor
     if value.abs() > MAX_ABS_VALUE {
         return Err("`value` must be within ±1e12".into());
     }
-    let kind = match input.kind.as_deref() {
+    let (kind, properties) = match input.kind.as_deref() {
         Some("exposure") => {
+            if input.properties.is_some() {
+                return Err("exposures carry the context's `attributes`, not `properties`".into());
+            }
             let experiment_id = input
                 .experiment_id
                 .ok_or("exposures need `experiment_id`")?;
@@ -179,19 +245,28 @@ fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecor
             if variant.len() > MAX_NAME_BYTES {
                 return Err("`variant` is too long".into());
             }
-            Kind::Exposure {
-                experiment_id: experiment_id.to_ascii_lowercase(),
-                variant,
-            }
+            (
+                Kind::Exposure {
+                    experiment_id: experiment_id.to_ascii_lowercase(),
+                    variant,
+                },
+                properties(input.attributes, "attributes")?,
+            )
         }
         Some("metric") => {
+            if input.attributes.is_some() {
+                return Err("metric events carry `properties`, not `attributes`".into());
+            }
             let event_type = input.event_type.ok_or("metric events need `event_type`")?;
             let mut errors = Vec::new();
             crate::model::check_key(&event_type, "event_type", &mut errors);
             if !errors.is_empty() {
                 return Err("`event_type` must be 1-100 letters, digits, `_`, `-` or `.`".into());
             }
-            Kind::Metric { event_type }
+            (
+                Kind::Metric { event_type },
+                properties(input.properties, "properties")?,
+            )
         }
         Some(other) => {
             return Err(format!(
@@ -207,6 +282,7 @@ fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecor
         kind,
         unit_key: unit_key(&attribute, &unit),
         value,
+        properties,
     })
 }
 
@@ -507,6 +583,29 @@ mod tests {
             (m.unit_key.as_str(), m.value, m.ts_ms),
             ("device_id:42", 9.5, NOW)
         );
+    }
+
+    /// Properties are stored as compact JSON with sorted keys, and absent when empty; the
+    /// exposure's `attributes` go to the same place.
+    #[test]
+    fn properties_are_kept_compact_and_sorted() {
+        let mut metric = exposure();
+        metric["kind"] = json!("metric");
+        metric["event_type"] = json!("purchase");
+        metric["properties"] = json!({"items": 2, "currency": "USD", "first": true});
+        let mut exposed = exposure();
+        exposed["event_id"] = json!("7a2d2c1e-8b1a-4c1e-9a7e-0a1b2c3d4e5f");
+        exposed["attributes"] = json!({});
+        let parsed = parse(json!([metric, exposed])).expect("valid");
+        assert_eq!(parsed.rejected, []);
+        assert_eq!(
+            parsed.events[0].1.properties.as_deref(),
+            Some(r#"{"currency":"USD","first":true,"items":2}"#)
+        );
+        assert_eq!(parsed.events[1].1.properties, None);
+        let back = parse_properties(parsed.events[0].1.properties.as_deref());
+        assert_eq!(back["items"], json!(2));
+        assert!(parse_properties(None).is_empty());
     }
 
     #[test]

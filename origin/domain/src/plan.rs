@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::clock;
 use crate::model::catalog::{Metric, MetricKind};
 use crate::model::experiment::Experiment;
+use crate::model::filter::Filter;
 
 /// How one experiment's events are attributed and rolled up.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -23,6 +24,22 @@ pub struct MetricPlan {
     pub kind: MetricKind,
     pub event_type: String,
     pub denominator: Option<String>,
+    /// The filter's JSON text; in the fingerprint, so that a changed filter rebuilds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// What the unit's per-metric totals are kept under: the event type, or for a filtered
+    /// metric the event type and the filter's id (`purchase?1f0c…`; event types cannot
+    /// contain `?`), so that the totals of the matching events are apart from the others.
+    #[serde(skip)]
+    pub measure: String,
+    #[serde(skip)]
+    pub compiled_filter: Option<Filter>,
+}
+
+/// A filter that matches no event: what a stored filter that no longer compiles counts
+/// (validation keeps such filters out, so only a damaged row could produce one).
+fn match_nothing() -> Filter {
+    Filter::compile(&serde_json::json!({"any": []})).expect("an empty `any` compiles")
 }
 
 impl ExperimentPlan {
@@ -36,12 +53,38 @@ impl ExperimentPlan {
 
 impl From<&Metric> for MetricPlan {
     fn from(m: &Metric) -> Self {
+        let compiled_filter = m
+            .filter
+            .as_ref()
+            .map(|f| Filter::compile(f).unwrap_or_else(|_| match_nothing()));
+        let measure = match &compiled_filter {
+            Some(filter) => format!("{}?{}", m.event_type, filter.id()),
+            None => m.event_type.clone(),
+        };
         MetricPlan {
             key: m.key.clone(),
             kind: m.kind,
             event_type: m.event_type.clone(),
             denominator: m.denominator_event_type.clone(),
+            filter: compiled_filter.as_ref().map(|f| f.text().to_string()),
+            measure,
+            compiled_filter,
         }
+    }
+}
+
+impl ExperimentPlan {
+    /// The plan's filtered measures (each once): event type, measure key and filter.
+    pub fn filtered_measures(&self) -> Vec<(&str, &str, &Filter)> {
+        let mut out: Vec<(&str, &str, &Filter)> = Vec::new();
+        for m in &self.metrics {
+            if let Some(filter) = &m.compiled_filter
+                && !out.iter().any(|(_, measure, _)| *measure == m.measure)
+            {
+                out.push((&m.event_type, &m.measure, filter));
+            }
+        }
+        out
     }
 }
 

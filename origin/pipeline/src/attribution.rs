@@ -11,7 +11,7 @@
 mod batch;
 mod cache;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -253,7 +253,10 @@ pub async fn run_once(state: &Arc<Pipeline>) -> anyhow::Result<usize> {
     let mut cache = state.unit_cache.lock().await;
     let mut conn = state.db.pool.acquire().await?;
     let plans = load_plans(&mut conn).await?;
-    rebuild_changed(state, &mut conn, &plans).await?;
+    if rebuild_changed(state, &mut conn, &plans).await? {
+        // Rebuilt experiments may have refilled per-unit totals that cached states hold.
+        cache.clear();
+    }
     let plans: Plans = std::sync::Arc::new(
         plans
             .into_iter()
@@ -351,12 +354,14 @@ pub async fn run_once(state: &Arc<Pipeline>) -> anyhow::Result<usize> {
 
 /// Rebuilds the metric rollups of experiments whose metric list changed since they were
 /// built, from the per-unit totals. Rebuilt history is attributed to exposure days.
+/// Returns whether any experiment was rebuilt.
 async fn rebuild_changed(
     state: &Arc<Pipeline>,
     conn: &mut AnyConnection,
     plans: &HashMap<String, ExperimentPlan>,
-) -> Result<(), crate::store::Error> {
+) -> Result<bool, crate::store::Error> {
     let built = tables::rollup_plans(conn).await?;
+    let mut rebuilt = false;
     for (experiment_id, plan) in plans {
         let fingerprint = plan.fingerprint();
         if built.get(experiment_id) == Some(&fingerprint) {
@@ -366,10 +371,87 @@ async fn rebuild_changed(
             tracing::info!(experiment_id, "metrics changed; rebuilding rollups");
         }
         let mut tx = state.db.begin_write().await?;
+        refill_filtered_measures(state, &mut tx, experiment_id, plan).await?;
         rebuild(&mut tx, experiment_id, plan).await?;
         tables::set_rollup_plan(&mut tx, experiment_id, &fingerprint).await?;
         tx.commit().await?;
+        rebuilt = true;
     }
+    Ok(rebuilt)
+}
+
+/// Events read per query while refilling.
+const REFILL_PAGE: i64 = 20_000;
+
+/// Recomputes the per-unit totals of an experiment's filtered measures from the event log.
+/// Unfiltered totals are kept for every event type a unit sends, so a new metric finds its
+/// history there; a filtered measure counts only what its filter matched, so a new or
+/// changed filter starts from the raw events, as far back as the log keeps them (the event
+/// window). Only events the pipeline has applied count (up to its cursor, less those
+/// waiting for a retry or dead-lettered): the others add themselves when they are applied.
+async fn refill_filtered_measures(
+    state: &Arc<Pipeline>,
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    plan: &ExperimentPlan,
+) -> Result<(), crate::store::Error> {
+    let measures = plan.filtered_measures();
+    if measures.is_empty() {
+        return Ok(());
+    }
+    let position = tables::cursor(conn, CURSOR).await?;
+    let held = tables::held_seqs(conn, position).await?;
+    let units = tables::experiment_units(conn, experiment_id).await?;
+    for (_, measure, _) in &measures {
+        tables::delete_unit_totals(conn, experiment_id, measure).await?;
+    }
+    if units.is_empty() {
+        // A new experiment: nothing to scan the log for.
+        return Ok(());
+    }
+    let mut log = state.log.pool.acquire().await?;
+    let mut totals: BTreeMap<(String, &str), tables::Totals> = BTreeMap::new();
+    let event_types: BTreeSet<&str> = measures.iter().map(|(t, _, _)| *t).collect();
+    for event_type in event_types {
+        let mut after = 0;
+        loop {
+            let page =
+                tables::metric_events_of_type(&mut log, event_type, (after, position), REFILL_PAGE)
+                    .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for event in page.iter().filter(|e| !held.contains(&e.seq)) {
+                let key = match plan.switchback_period_s {
+                    Some(period) => {
+                        crate::plan::switchback_cell(&event.unit_key, event.ts_ms, period)
+                    }
+                    None => event.unit_key.clone(),
+                };
+                let Some((exposure, _)) = units.get(&key) else {
+                    continue;
+                };
+                let properties = crate::event::parse_properties(event.properties.as_deref());
+                for (_, measure, filter) in measures.iter().filter(|(t, _, _)| *t == event_type) {
+                    if !filter.matches(&properties) {
+                        continue;
+                    }
+                    let t = totals.entry((key.clone(), measure)).or_default();
+                    if event.ts_ms >= exposure.first_exposure_ms {
+                        t.post_sum += event.value;
+                        t.post_count += 1;
+                    } else {
+                        t.pre_sum += event.value;
+                        t.pre_count += 1;
+                    }
+                }
+            }
+        }
+    }
+    let rows: Vec<(&str, &str, &str, tables::Totals)> = totals
+        .iter()
+        .map(|((unit, measure), t)| (unit.as_str(), experiment_id, *measure, *t))
+        .collect();
+    tables::upsert_unit_totals(conn, &rows).await?;
     Ok(())
 }
 

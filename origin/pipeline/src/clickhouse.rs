@@ -21,6 +21,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use abx_core::snapshot::Op;
+use abx_core::{Expr, Literal};
+
 use crate::event::{EventRecord, Kind};
 use crate::model::catalog::{Period, UnitValue};
 use crate::plan::{ExperimentPlan, MetricPlan};
@@ -85,6 +88,8 @@ struct ExposureRow<'a> {
     unit_key: &'a str,
     ts_ms: i64,
     received_ms: i64,
+    #[serde(flatten)]
+    properties: PropertyColumns,
 }
 
 #[derive(Serialize)]
@@ -95,6 +100,149 @@ struct MetricRow<'a> {
     value: f64,
     ts_ms: i64,
     received_ms: i64,
+    #[serde(flatten)]
+    properties: PropertyColumns,
+}
+
+/// An event's properties (or exposure attributes) as four parallel arrays: the name, the
+/// type (see `PROPERTY_*`), the text (a string, or `true`/`false`) and the number. Arrays
+/// rather than JSON text because ClickHouse 18.16 has no JSON functions that could tell a
+/// property's type, and filters test types as targeting does.
+#[derive(Default, Serialize)]
+struct PropertyColumns {
+    prop_names: Vec<String>,
+    prop_kinds: Vec<u8>,
+    prop_texts: Vec<String>,
+    prop_numbers: Vec<f64>,
+}
+
+const PROPERTY_STRING: u8 = 1;
+const PROPERTY_NUMBER: u8 = 2;
+const PROPERTY_BOOL: u8 = 3;
+
+/// The columns of [`PropertyColumns`], as declared in both event tables.
+const PROPERTY_COLUMNS: [(&str, &str); 4] = [
+    ("prop_names", "Array(String)"),
+    ("prop_kinds", "Array(UInt8)"),
+    ("prop_texts", "Array(String)"),
+    ("prop_numbers", "Array(Float64)"),
+];
+
+impl PropertyColumns {
+    fn of(properties: Option<&str>) -> PropertyColumns {
+        let mut columns = PropertyColumns::default();
+        for (name, value) in crate::event::parse_properties(properties) {
+            let (kind, text, number) = match value {
+                serde_json::Value::String(s) => (PROPERTY_STRING, s, 0.0),
+                serde_json::Value::Number(n) => {
+                    (PROPERTY_NUMBER, String::new(), n.as_f64().unwrap_or(0.0))
+                }
+                serde_json::Value::Bool(b) => (PROPERTY_BOOL, b.to_string(), 0.0),
+                // Validation admits scalars only.
+                _ => continue,
+            };
+            columns.prop_names.push(name);
+            columns.prop_kinds.push(kind);
+            columns.prop_texts.push(text);
+            columns.prop_numbers.push(number);
+        }
+        columns
+    }
+}
+
+/// A ClickHouse number literal (the `Debug` form of an `f64` is exact and never `inf` or
+/// `NaN` here: filter operands come from JSON).
+fn number(value: f64) -> String {
+    format!("{value:?}")
+}
+
+/// The SQL condition on an event's property arrays that a metric filter means: the same
+/// truth table as `Filter::matches` in abx-origin-domain (a missing property or a type
+/// mismatch is false), which the warehouse tests check event by event. The lambdas capture
+/// nothing but their parameters (see `metrics_query`).
+pub(crate) fn filter_sql(expr: &Expr) -> String {
+    let join = |children: &[Expr], operator: &str, empty: &str| {
+        if children.is_empty() {
+            return empty.to_string();
+        }
+        let parts: Vec<String> = children
+            .iter()
+            .map(|c| format!("({})", filter_sql(c)))
+            .collect();
+        parts.join(operator)
+    };
+    match expr {
+        Expr::All(children) => join(children, " AND ", "1"),
+        Expr::Any(children) => join(children, " OR ", "0"),
+        Expr::Not(child) => format!("NOT ({})", filter_sql(child)),
+        Expr::Segment(_) => "0".into(),
+        Expr::Attr { attr, op, value } => {
+            let Some(test) = property_test(*op, value) else {
+                return "0".into();
+            };
+            format!(
+                "arrayExists((n, k, s, x) -> n = {} AND {test}, prop_names, prop_kinds, prop_texts, prop_numbers)",
+                literal(attr)
+            )
+        }
+    }
+}
+
+/// The test of one property's kind `k`, text `s` and number `x`; `None` for a combination
+/// that is always false.
+fn property_test(op: Op, value: &Literal) -> Option<String> {
+    let string = |test: String| format!("k = {PROPERTY_STRING} AND {test}");
+    let num = |test: String| format!("k = {PROPERTY_NUMBER} AND {test}");
+    let comparison = match op {
+        Op::Eq => "=",
+        Op::Ne => "!=",
+        Op::Gt => ">",
+        Op::Gte => ">=",
+        Op::Lt => "<",
+        Op::Lte => "<=",
+        _ => "",
+    };
+    Some(match (op, value) {
+        (Op::Exists, _) => "1".into(),
+        (Op::Eq | Op::Ne | Op::Gt | Op::Gte | Op::Lt | Op::Lte, Literal::Str(v)) => {
+            string(format!("s {comparison} {}", literal(v)))
+        }
+        (Op::Eq | Op::Ne | Op::Gt | Op::Gte | Op::Lt | Op::Lte, Literal::Num(v)) => {
+            num(format!("x {comparison} {}", number(*v)))
+        }
+        (Op::Eq | Op::Ne, Literal::Bool(v)) => format!(
+            "k = {PROPERTY_BOOL} AND s {comparison} {}",
+            literal(if *v { "true" } else { "false" })
+        ),
+        (Op::In, Literal::StrList(list)) if list.is_empty() => return None,
+        (Op::In, Literal::NumList(list)) if list.is_empty() => return None,
+        (Op::NotIn, Literal::StrList(list)) if list.is_empty() => format!("k = {PROPERTY_STRING}"),
+        (Op::NotIn, Literal::NumList(list)) if list.is_empty() => format!("k = {PROPERTY_NUMBER}"),
+        (Op::In | Op::NotIn, Literal::StrList(list)) => {
+            let not = if op == Op::NotIn { "NOT " } else { "" };
+            string(format!(
+                "s {not}IN ({})",
+                literal_list(list.iter().map(String::as_str))
+            ))
+        }
+        (Op::In | Op::NotIn, Literal::NumList(list)) => {
+            let not = if op == Op::NotIn { "NOT " } else { "" };
+            let numbers: Vec<String> = list.iter().map(|v| number(*v)).collect();
+            num(format!("x {not}IN ({})", numbers.join(", ")))
+        }
+        // Lengths and substrings count bytes in ClickHouse, as `str` does.
+        (Op::Contains, Literal::Str(v)) => string(format!("position(s, {}) > 0", literal(v))),
+        (Op::StartsWith, Literal::Str(v)) => {
+            string(format!("substring(s, 1, {}) = {}", v.len(), literal(v)))
+        }
+        (Op::EndsWith, Literal::Str(v)) if v.is_empty() => format!("k = {PROPERTY_STRING}"),
+        (Op::EndsWith, Literal::Str(v)) => string(format!(
+            "length(s) >= {len} AND substring(s, length(s) - {len} + 1) = {}",
+            literal(v),
+            len = v.len(),
+        )),
+        _ => return None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -191,10 +339,15 @@ impl ClickHouse {
         let db = &self.database;
         self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
             .await?;
+        let properties: Vec<String> = PROPERTY_COLUMNS
+            .iter()
+            .map(|(name, kind)| format!("{name} {kind}"))
+            .collect();
+        let properties = properties.join(", ");
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.exposures (
                 event_id String, experiment_id String, variant String, unit_key String,
-                ts_ms Int64, received_ms Int64
+                ts_ms Int64, received_ms Int64, {properties}
             ) ENGINE = ReplacingMergeTree PARTITION BY {PARTITION}
             ORDER BY (experiment_id, variant, ts_ms, event_id)"
         ))
@@ -215,11 +368,32 @@ impl ClickHouse {
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.metric_events (
                 event_id String, event_type String, unit_key String, value Float64,
-                ts_ms Int64, received_ms Int64
+                ts_ms Int64, received_ms Int64, {properties}
             ) ENGINE = ReplacingMergeTree PARTITION BY {PARTITION}
             ORDER BY (event_type, unit_key, ts_ms, event_id)"
         ))
-        .await
+        .await?;
+        // Tables that an earlier version created lack the property columns; 18.16 has no
+        // `ADD COLUMN IF NOT EXISTS`, so the catalog says which to add.
+        for table in ["exposures", "metric_events"] {
+            for (name, kind) in PROPERTY_COLUMNS {
+                let present: Vec<Count> = self
+                    .rows(&format!(
+                        "SELECT count() AS n FROM system.columns WHERE database = {} AND table = {} AND name = {}",
+                        literal(db),
+                        literal(table),
+                        literal(name)
+                    ))
+                    .await?;
+                if present.first().is_none_or(|c| c.n == 0) {
+                    self.execute(&format!(
+                        "ALTER TABLE {db}.{table} ADD COLUMN {name} {kind}"
+                    ))
+                    .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends one statement; `data` follows it for inserts (the statement then goes in the
@@ -313,6 +487,7 @@ impl ClickHouse {
                     unit_key: &e.unit_key,
                     ts_ms: e.ts_ms,
                     received_ms: e.received_at_ms,
+                    properties: PropertyColumns::of(e.properties.as_deref()),
                 }),
                 Kind::Metric { event_type } => metrics.push(MetricRow {
                     event_id: &e.event_id,
@@ -321,6 +496,7 @@ impl ClickHouse {
                     value: e.value,
                     ts_ms: e.ts_ms,
                     received_ms: e.received_at_ms,
+                    properties: PropertyColumns::of(e.properties.as_deref()),
                 }),
             }
         }
@@ -506,7 +682,7 @@ impl ClickHouse {
                    SELECT ukey, any(arm) AS variant,
                           greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
                           {per_day}
-                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms FROM {db}.metric_events FINAL
+                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
                          WHERE event_type IN ({event_types}))
                    ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
                    GROUP BY ukey, day
@@ -519,6 +695,12 @@ impl ClickHouse {
             running = running.join(",\n"),
             per_day = per_day.join(",\n"),
             joined = joined.join(", "),
+            // Only filters read the properties; without them the arrays are not read at all.
+            properties = if plan.metrics.iter().any(|m| m.compiled_filter.is_some()) {
+                ", prop_names, prop_kinds, prop_texts, prop_numbers"
+            } else {
+                ""
+            },
             unit = Self::unit_expression(plan),
             db = self.database,
         )
@@ -528,7 +710,7 @@ impl ClickHouse {
     /// their running totals, as `MetricKind::unit_values` defines them: a is the total that
     /// x comes from, b the one that y or c comes from (no kind uses both).
     fn quantities(metric: &MetricPlan) -> (String, String, ValueSql, ValueSql, ValueSql) {
-        let t = literal(&metric.event_type);
+        let t = Self::counted(metric);
         let values = metric.kind.unit_values();
         let total = |value: UnitValue| match value {
             UnitValue::Zero => "0".to_string(),
@@ -575,6 +757,16 @@ impl ClickHouse {
             of_b(values.y),
             of_b(values.c),
         )
+    }
+
+    /// What follows `event_type = ` to select the events a metric counts: its event type,
+    /// and its filter if it has one.
+    fn counted(metric: &MetricPlan) -> String {
+        let t = literal(&metric.event_type);
+        match &metric.compiled_filter {
+            Some(filter) => format!("{t} AND ({})", filter_sql(filter.expr())),
+            None => t,
+        }
     }
 
     /// The condition on an event's time (`ts_ms`, against the unit's `first_ms`) of a period.
@@ -743,7 +935,7 @@ impl ClickHouse {
              ) GROUP BY va, vb ORDER BY va, vb",
             unit = Self::unit_expression(a.1),
             db = self.database,
-            t = literal(&metric.event_type),
+            t = Self::counted(metric),
         );
         self.rows(&query).await
     }
@@ -761,6 +953,9 @@ mod tests {
             kind,
             event_type: "e".into(),
             denominator: denominator.map(Into::into),
+            filter: None,
+            measure: "e".into(),
+            compiled_filter: None,
         };
         let rendered = |kind, denominator| {
             let (a, b, x, y, c) = ClickHouse::quantities(&plan(kind, denominator));

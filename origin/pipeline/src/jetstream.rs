@@ -114,6 +114,9 @@ struct WireEvent {
     variant: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     event_type: Option<String>,
+    /// Properties or exposure attributes (JSON text); absent in messages of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    properties: Option<String>,
 }
 
 impl From<&EventRecord> for WireEvent {
@@ -134,6 +137,7 @@ impl From<&EventRecord> for WireEvent {
             experiment_id,
             variant,
             event_type,
+            properties: e.properties.clone(),
         }
     }
 }
@@ -161,6 +165,7 @@ impl TryFrom<WireEvent> for EventRecord {
             kind,
             unit_key: w.unit_key,
             value: w.value,
+            properties: w.properties,
         })
     }
 }
@@ -597,6 +602,7 @@ mod tests {
             kind,
             unit_key: "user_id:u1".into(),
             value: 1.5,
+            properties: None,
         }
     }
 
@@ -610,12 +616,15 @@ mod tests {
                     variant: "v".into(),
                 },
             ),
-            record(
-                "b",
-                Kind::Metric {
-                    event_type: "conversion".into(),
-                },
-            ),
+            EventRecord {
+                properties: Some(r#"{"currency":"USD"}"#.into()),
+                ..record(
+                    "b",
+                    Kind::Metric {
+                        event_type: "conversion".into(),
+                    },
+                )
+            },
         ];
         let wire: Vec<WireEvent> = events.iter().map(WireEvent::from).collect();
         let payload = serde_json::to_vec(&wire).unwrap();

@@ -67,7 +67,8 @@ pub async fn insert_events(
                 .bind(experiment_id)
                 .bind(variant)
                 .bind(event_type)
-                .bind(e.value);
+                .bind(e.value)
+                .bind(e.properties.as_deref());
         }
         let affected = query.execute(&mut *conn).await?.rows_affected() as usize;
         if affected == chunk.len() {
@@ -115,8 +116,8 @@ pub async fn insert_events(
 }
 
 static INSERT_EVENTS: MultiRow = MultiRow::new(
-    "INSERT INTO events (event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value) VALUES ",
-    9,
+    "INSERT INTO events (event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value, properties) VALUES ",
+    10,
     ROWS_PER_STATEMENT,
     " ON CONFLICT (event_id) DO NOTHING",
 );
@@ -131,9 +132,11 @@ pub struct Logged {
     pub kind: Kind,
     pub unit_key: String,
     pub value: f64,
+    /// As in `EventRecord::properties`.
+    pub properties: Option<String>,
 }
 
-const LOGGED: &str = "seq, event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value";
+const LOGGED: &str = "seq, event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value, properties";
 
 fn logged(row: &AnyRow) -> Result<Logged, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
@@ -154,6 +157,7 @@ fn logged(row: &AnyRow) -> Result<Logged, sqlx::Error> {
         kind,
         unit_key: row.try_get("unit_key")?,
         value: row.try_get("value")?,
+        properties: row.try_get("properties")?,
     })
 }
 
@@ -204,6 +208,7 @@ type LoggedTuple = (
     Option<String>,
     Option<String>,
     f64,
+    Option<String>,
 );
 
 fn from_tuple(t: LoggedTuple) -> Logged {
@@ -218,6 +223,7 @@ fn from_tuple(t: LoggedTuple) -> Logged {
         variant,
         event_type,
         value,
+        properties,
     ) = t;
     let kind = match kind.as_str() {
         "exposure" => Kind::Exposure {
@@ -236,6 +242,7 @@ fn from_tuple(t: LoggedTuple) -> Logged {
         kind,
         unit_key,
         value,
+        properties,
     }
 }
 
@@ -312,6 +319,43 @@ pub async fn metric_events_of(
     }
     out.sort_by_key(|e| e.seq);
     Ok(out)
+}
+
+/// Metric events of one type after `after` and up to `up_to`, at most `limit`, in log order.
+pub async fn metric_events_of_type(
+    conn: &mut AnyConnection,
+    event_type: &str,
+    (after, up_to): (i64, i64),
+    limit: i64,
+) -> Result<Vec<Logged>, sqlx::Error> {
+    let rest = format!(
+        "FROM events WHERE kind = 'metric' AND event_type = {} AND seq > {} AND seq <= {} ORDER BY seq LIMIT {}",
+        placeholders(conn, 1, 0),
+        placeholders(conn, 1, 1),
+        placeholders(conn, 1, 2),
+        placeholders(conn, 1, 3),
+    );
+    let params = [
+        Param::Text(event_type),
+        Param::Int(after),
+        Param::Int(up_to),
+        Param::Int(limit),
+    ];
+    read_packed(conn, &rest, &params).await
+}
+
+/// Forgets every unit's totals of one measure in an experiment (before they are refilled).
+pub async fn delete_unit_totals(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    measure: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM unit_metrics WHERE experiment_id = $1 AND event_type = $2")
+        .bind(experiment_id)
+        .bind(measure)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 pub async fn max_seq(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
@@ -931,7 +975,8 @@ pub async fn interaction_cells(
     let rows = sqlx::query(&sql)
         .bind(a)
         .bind(b)
-        .bind(&metric.event_type)
+        // The unit totals of what the metric counts (see `MetricPlan::measure`).
+        .bind(crate::plan::MetricPlan::from(metric).measure)
         .fetch_all(&mut *conn)
         .await?;
     rows.iter()

@@ -135,6 +135,7 @@ fn logged(seq: i64, record: EventRecord) -> Logged {
         kind,
         unit_key,
         value,
+        properties,
     } = record;
     Logged {
         seq,
@@ -144,6 +145,7 @@ fn logged(seq: i64, record: EventRecord) -> Logged {
         kind,
         unit_key,
         value,
+        properties,
     }
 }
 
@@ -162,6 +164,7 @@ mod tests {
             },
             unit_key: format!("user_id:u{i}"),
             value: 1.0,
+            properties: None,
         })
         .collect()
     }

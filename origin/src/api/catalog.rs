@@ -555,6 +555,7 @@ fn metric_input(m: &Metric) -> MetricInput {
         guardrail_threshold: m.guardrail_threshold,
         value_min: m.value_min,
         value_max: m.value_max,
+        filter: m.filter.clone(),
     }
 }
 
@@ -584,7 +585,8 @@ pub async fn patch_metric(
             key_unchanged(&current.key, &spec.key)?;
             let redefines = spec.kind != current.kind
                 || spec.event_type != current.event_type
-                || spec.denominator_event_type != current.denominator_event_type;
+                || spec.denominator_event_type != current.denominator_event_type
+                || spec.filter != current.filter;
             let in_use = active_experiments(conn).await?.iter().any(|e| {
                 e.primary_metric == current.key
                     || e.secondary_metrics.contains(&current.key)

@@ -291,8 +291,8 @@ pub async fn insert_metric(
 ) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO metrics (id, key, name, description, kind, event_type, denominator_event_type, direction,
-                              guardrail_threshold, value_min, value_max, created_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+                              guardrail_threshold, value_min, value_max, filter, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
     )
     .bind(id)
     .bind(&spec.key)
@@ -305,6 +305,7 @@ pub async fn insert_metric(
     .bind(spec.guardrail_threshold)
     .bind(spec.value_min)
     .bind(spec.value_max)
+    .bind(spec.filter.as_ref().map(|f| f.to_string()))
     .bind(clock::now_ms())
     .execute(&mut *conn)
     .await?;
@@ -318,8 +319,8 @@ pub async fn update_metric(
 ) -> Result<(), Error> {
     sqlx::query(
         "UPDATE metrics SET name = $1, description = $2, kind = $3, event_type = $4, denominator_event_type = $5,
-                direction = $6, guardrail_threshold = $7, value_min = $8, value_max = $9,
-                updated_at_ms = $10, version = version + 1 WHERE id = $11",
+                direction = $6, guardrail_threshold = $7, value_min = $8, value_max = $9, filter = $10,
+                updated_at_ms = $11, version = version + 1 WHERE id = $12",
     )
     .bind(&spec.name)
     .bind(&spec.description)
@@ -330,6 +331,7 @@ pub async fn update_metric(
     .bind(spec.guardrail_threshold)
     .bind(spec.value_min)
     .bind(spec.value_max)
+    .bind(spec.filter.as_ref().map(|f| f.to_string()))
     .bind(clock::now_ms())
     .bind(id)
     .execute(&mut *conn)
@@ -354,6 +356,11 @@ fn metric(r: &AnyRow) -> Result<Metric, Error> {
         guardrail_threshold: r.try_get("guardrail_threshold")?,
         value_min: r.try_get("value_min")?,
         value_max: r.try_get("value_max")?,
+        filter: r
+            .try_get::<Option<String>, _>("filter")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         version: r.try_get("version")?,
         created_at: clock::rfc3339(r.try_get("created_at_ms")?),
         updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
@@ -366,7 +373,7 @@ pub async fn metrics(
 ) -> Result<Vec<Metric>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, kind, event_type, denominator_event_type, direction, guardrail_threshold,
-                value_min, value_max, version, created_at_ms, updated_at_ms
+                value_min, value_max, filter, version, created_at_ms, updated_at_ms
          FROM metrics WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))

@@ -115,15 +115,29 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_exposure_mismatches.sql"),
         postgres: include_str!("../migrations/postgres/0007_exposure_mismatches.sql"),
     },
+    Migration {
+        version: 8,
+        name: "event_properties",
+        sqlite: include_str!("../migrations/sqlite/0008_event_properties.sql"),
+        postgres: include_str!("../migrations/postgres/0008_event_properties.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.
-const EVENT_LOG_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sqlite: include_str!("../migrations/sqlite/event_log/0001_events.sql"),
-    postgres: "",
-}];
+const EVENT_LOG_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sqlite: include_str!("../migrations/sqlite/event_log/0001_events.sql"),
+        postgres: "",
+    },
+    Migration {
+        version: 2,
+        name: "event_properties",
+        sqlite: include_str!("../migrations/sqlite/event_log/0002_event_properties.sql"),
+        postgres: "",
+    },
+];
 
 /// Where the event log of a SQLite database lives: the URL to open and the file's path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,7 +328,7 @@ impl Db {
             .await?;
         let moved = async {
             let mut tx = conn.begin().await?;
-            let columns = "seq, event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value";
+            let columns = "seq, event_id, received_at_ms, ts_ms, kind, unit_key, experiment_id, variant, event_type, value, properties";
             let moved = sqlx::query(&format!(
                 "INSERT OR IGNORE INTO event_log.events ({columns}) SELECT {columns} FROM main.events"
             ))

@@ -819,6 +819,7 @@ async fn events_logged_in_the_main_file_move_to_the_event_log() {
             },
             unit_key: format!("user_id:u{n}"),
             value: 1.0,
+            properties: None,
         })
         .collect();
     let mut conn = old.pool.acquire().await.expect("connection");

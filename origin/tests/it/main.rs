@@ -12,4 +12,5 @@ mod demo;
 mod events;
 mod jetstream;
 mod layering;
+mod properties;
 mod warehouse;

@@ -482,6 +482,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         },
         unit_key: format!("user_id:u{n}"),
         value: 1.0,
+        properties: None,
     };
     warehouse
         .insert(&(0..5).map(record).collect::<Vec<_>>())

@@ -295,6 +295,11 @@ pub struct MetricInput {
     pub value_min: Option<f64>,
     #[serde(default)]
     pub value_max: Option<f64>,
+    /// Counts only the events whose `properties` match this condition (the targeting
+    /// language without segments or semantic versions); for ratios, the numerator's events.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Json>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -309,6 +314,7 @@ pub struct MetricSpec {
     pub guardrail_threshold: Option<f64>,
     pub value_min: Option<f64>,
     pub value_max: Option<f64>,
+    pub filter: Option<Json>,
 }
 
 pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
@@ -350,6 +356,10 @@ pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
     {
         errors.push(FieldError::new("value_max", "must not be below value_min"));
     }
+    let filter = input.filter.clone().filter(|f| !f.is_null());
+    if let Some(filter) = &filter {
+        super::filter::validate(filter, "filter", &mut errors);
+    }
     finish(
         MetricSpec {
             key: input.key.clone(),
@@ -362,6 +372,7 @@ pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
             guardrail_threshold: input.guardrail_threshold,
             value_min: input.value_min,
             value_max: input.value_max,
+            filter,
         },
         errors,
     )
@@ -473,6 +484,10 @@ pub struct Metric {
     pub guardrail_threshold: Option<f64>,
     pub value_min: Option<f64>,
     pub value_max: Option<f64>,
+    /// Only events whose properties match count (see `MetricInput::filter`).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Json>,
     /// Increases with every change; send it in `If-Match` to update safely.
     pub version: i64,
     pub created_at: String,
@@ -494,6 +509,7 @@ impl Metric {
             guardrail_threshold: None,
             value_min: None,
             value_max: None,
+            filter: None,
             version: 1,
             created_at: String::new(),
             updated_at: String::new(),
@@ -512,6 +528,7 @@ impl Metric {
             guardrail_threshold: self.guardrail_threshold,
             value_min: self.value_min,
             value_max: self.value_max,
+            filter: self.filter.clone(),
         }
     }
 }

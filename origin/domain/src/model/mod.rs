@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod experiment;
+pub mod filter;
 pub mod flag;
 pub mod slots;
 pub mod targeting;

@@ -14,7 +14,9 @@ use sqlx::AnyConnection;
 use super::Plans;
 use super::cache::UnitCache;
 use crate::event::Kind;
+use crate::event::parse_properties;
 use crate::model::catalog::{Period, UnitValue};
+use crate::model::filter::Filter;
 use crate::plan::{ExperimentPlan, day, switchback_cell as cell};
 use crate::rollup::Sums;
 use crate::tables::{self, Exposure, Logged, Totals};
@@ -173,8 +175,13 @@ type ExposureKey = (Arc<str>, Arc<str>, i64);
 /// and day.
 type MetricKey = (Arc<str>, Arc<str>, usize, i64);
 
+/// Per experiment with filtered metrics: each filtered measure's event type, measure key
+/// and filter.
+type Filters = HashMap<Arc<str>, Vec<(String, Arc<str>, Filter)>>;
+
 pub(super) struct Batch {
     plans: Plans,
+    filters: Filters,
     switchback: Vec<(Arc<str>, u32)>,
     names: Names,
     units: HashMap<String, UnitState>,
@@ -189,7 +196,7 @@ pub(super) fn metric_values(plan: &ExperimentPlan, totals: impl Fn(&str) -> Tota
     plan.metrics
         .iter()
         .map(|m| {
-            let t = totals(&m.event_type);
+            let t = totals(&m.measure);
             let value = |v: UnitValue| match v {
                 UnitValue::Zero => 0.0,
                 UnitValue::Converted(Period::AfterExposure) => {
@@ -314,8 +321,24 @@ impl Batch {
         for e in tables::metric_events_of(log, &exposed_units, max_seq).await? {
             history.entry(e.unit_key.clone()).or_default().push(e);
         }
+        let mut filters = Filters::default();
+        for (id, plan) in plans.iter() {
+            let measures = plan.filtered_measures();
+            if !measures.is_empty() {
+                filters.insert(
+                    id.clone(),
+                    measures
+                        .into_iter()
+                        .map(|(event_type, measure, filter)| {
+                            (event_type.to_string(), names.get(measure), filter.clone())
+                        })
+                        .collect(),
+                );
+            }
+        }
         Ok(Batch {
             plans: plans.clone(),
+            filters,
             switchback,
             names,
             units,
@@ -405,6 +428,37 @@ impl Batch {
         }
     }
 
+    /// Adds a metric event to the unit's totals of its event type, and of each filtered
+    /// measure of the experiment whose filter its properties match.
+    #[allow(clippy::too_many_arguments)]
+    fn add_event_totals(
+        &mut self,
+        key: &str,
+        experiment: &Arc<str>,
+        event_type: &str,
+        properties: Option<&str>,
+        post: bool,
+        value: f64,
+        count: i64,
+    ) {
+        self.add_totals(key, experiment, event_type, post, value, count);
+        let Some(filters) = self.filters.get(experiment) else {
+            return;
+        };
+        let mut parsed = None;
+        let mut matched = Vec::new();
+        for (filtered_type, measure, filter) in filters {
+            if filtered_type == event_type
+                && filter.matches(parsed.get_or_insert_with(|| parse_properties(properties)))
+            {
+                matched.push(measure.clone());
+            }
+        }
+        for measure in matched {
+            self.add_totals(key, experiment, &measure, post, value, count);
+        }
+    }
+
     /// Metric events of the unit already applied, within the cell for switchback plans.
     fn earlier_events(
         &self,
@@ -412,7 +466,7 @@ impl Batch {
         key: &str,
         period: Option<u32>,
         horizon: i64,
-    ) -> Vec<(i64, String, f64)> {
+    ) -> Vec<(i64, String, f64, Option<String>)> {
         self.history
             .get(base_key)
             .into_iter()
@@ -420,7 +474,9 @@ impl Batch {
             .filter(|e| e.seq <= horizon)
             .filter(|e| period.is_none_or(|p| cell(&e.unit_key, e.ts_ms, p) == key))
             .filter_map(|e| match &e.kind {
-                Kind::Metric { event_type } => Some((e.ts_ms, event_type.clone(), e.value)),
+                Kind::Metric { event_type } => {
+                    Some((e.ts_ms, event_type.clone(), e.value, e.properties.clone()))
+                }
                 Kind::Exposure { .. } => None,
             })
             .collect()
@@ -473,10 +529,20 @@ impl Batch {
                 );
                 self.count_unit((experiment, &variant, day_of), 1, 0);
                 // Metric events that arrived before this exposure.
-                for (ts, event_type, value) in
+                for (ts, event_type, value, properties) in
                     self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
                 {
-                    self.add_totals(&key, experiment, &event_type, ts >= event.ts_ms, value, 1);
+                    let post = ts >= event.ts_ms;
+                    let properties = properties.as_deref();
+                    self.add_event_totals(
+                        &key,
+                        experiment,
+                        &event_type,
+                        properties,
+                        post,
+                        value,
+                        1,
+                    );
                 }
                 let zero = vec![(0.0, 0.0, 0.0); plan.metrics.len()];
                 let after = self.values(plan, &key, experiment);
@@ -507,12 +573,29 @@ impl Batch {
                 // An earlier exposure arrived late: events between the two move from the
                 // covariate to the metric.
                 let before = self.values(plan, &key, experiment);
-                for (ts, event_type, value) in
+                for (ts, event_type, value, properties) in
                     self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
                 {
                     if ts >= event.ts_ms && ts < existing.first_exposure_ms {
-                        self.add_totals(&key, experiment, &event_type, false, -value, -1);
-                        self.add_totals(&key, experiment, &event_type, true, value, 1);
+                        let properties = properties.as_deref();
+                        self.add_event_totals(
+                            &key,
+                            experiment,
+                            &event_type,
+                            properties,
+                            false,
+                            -value,
+                            -1,
+                        );
+                        self.add_event_totals(
+                            &key,
+                            experiment,
+                            &event_type,
+                            properties,
+                            true,
+                            value,
+                            1,
+                        );
                     }
                 }
                 let first_day = day(existing.first_exposure_ms);
@@ -582,10 +665,11 @@ impl Batch {
                 continue;
             };
             let before = self.values(plan, key, &experiment);
-            self.add_totals(
+            self.add_event_totals(
                 key,
                 &experiment,
                 event_type,
+                event.properties.as_deref(),
                 event.ts_ms >= exposure.first_exposure_ms,
                 event.value,
                 1,

@@ -1,0 +1,7 @@
+-- Issue 28: metric events carry `properties` and exposures the context `attributes` they
+-- were evaluated with (compact JSON objects, NULL when there are none), and a metric may
+-- count only the events whose properties match its `filter` (JSON, NULL for every event).
+-- The main file's `events` table is the log only for in-memory databases (a file database
+-- logs in its own file, whose migration 2 adds the same column).
+ALTER TABLE events ADD COLUMN properties TEXT;
+ALTER TABLE metrics ADD COLUMN filter TEXT;
