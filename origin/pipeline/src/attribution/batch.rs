@@ -3,6 +3,7 @@
 //! unit's metric value moves from (x, y, c) to (x', y', c'), the variant's sums move by
 //! x' − x, x'² − x², and so on, so totals stay exact however events interleave.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 // Fx hashing: these maps live for one batch and hash millions of short keys; SipHash's
@@ -174,6 +175,15 @@ type ExposureKey = (Arc<str>, Arc<str>, i64);
 /// A change to the metric rollup, by experiment, variant, metric (its index in the plan)
 /// and day.
 type MetricKey = (Arc<str>, Arc<str>, usize, i64);
+
+/// A metric event as attribution reads it: borrowed from the event being applied, owned
+/// when it comes from the unit's history.
+struct MetricEvent<'a> {
+    ts_ms: i64,
+    event_type: Cow<'a, str>,
+    value: f64,
+    properties: Option<Cow<'a, str>>,
+}
 
 /// Per experiment with filtered metrics: each filtered measure's event type, measure key
 /// and filter.
@@ -429,27 +439,26 @@ impl Batch {
     }
 
     /// Adds a metric event to the unit's totals of its event type, and of each filtered
-    /// measure of the experiment whose filter its properties match.
-    #[allow(clippy::too_many_arguments)]
+    /// measure of the experiment whose filter its properties match; `sign` -1 takes it away.
     fn add_event_totals(
         &mut self,
-        key: &str,
-        experiment: &Arc<str>,
-        event_type: &str,
-        properties: Option<&str>,
+        (key, experiment): (&str, &Arc<str>),
+        event: &MetricEvent<'_>,
         post: bool,
-        value: f64,
-        count: i64,
+        sign: i64,
     ) {
-        self.add_totals(key, experiment, event_type, post, value, count);
+        let (value, count) = (event.value * sign as f64, sign);
+        self.add_totals(key, experiment, &event.event_type, post, value, count);
         let Some(filters) = self.filters.get(experiment) else {
             return;
         };
         let mut parsed = None;
         let mut matched = Vec::new();
         for (filtered_type, measure, filter) in filters {
-            if filtered_type == event_type
-                && filter.matches(parsed.get_or_insert_with(|| parse_properties(properties)))
+            if *filtered_type == event.event_type
+                && filter.matches(
+                    parsed.get_or_insert_with(|| parse_properties(event.properties.as_deref())),
+                )
             {
                 matched.push(measure.clone());
             }
@@ -466,7 +475,7 @@ impl Batch {
         key: &str,
         period: Option<u32>,
         horizon: i64,
-    ) -> Vec<(i64, String, f64, Option<String>)> {
+    ) -> Vec<MetricEvent<'static>> {
         self.history
             .get(base_key)
             .into_iter()
@@ -474,9 +483,12 @@ impl Batch {
             .filter(|e| e.seq <= horizon)
             .filter(|e| period.is_none_or(|p| cell(&e.unit_key, e.ts_ms, p) == key))
             .filter_map(|e| match &e.kind {
-                Kind::Metric { event_type } => {
-                    Some((e.ts_ms, event_type.clone(), e.value, e.properties.clone()))
-                }
+                Kind::Metric { event_type } => Some(MetricEvent {
+                    ts_ms: e.ts_ms,
+                    event_type: Cow::Owned(event_type.clone()),
+                    value: e.value,
+                    properties: e.properties.clone().map(Cow::Owned),
+                }),
                 Kind::Exposure { .. } => None,
             })
             .collect()
@@ -529,20 +541,11 @@ impl Batch {
                 );
                 self.count_unit((experiment, &variant, day_of), 1, 0);
                 // Metric events that arrived before this exposure.
-                for (ts, event_type, value, properties) in
+                for earlier in
                     self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
                 {
-                    let post = ts >= event.ts_ms;
-                    let properties = properties.as_deref();
-                    self.add_event_totals(
-                        &key,
-                        experiment,
-                        &event_type,
-                        properties,
-                        post,
-                        value,
-                        1,
-                    );
+                    let post = earlier.ts_ms >= event.ts_ms;
+                    self.add_event_totals((&key, experiment), &earlier, post, 1);
                 }
                 let zero = vec![(0.0, 0.0, 0.0); plan.metrics.len()];
                 let after = self.values(plan, &key, experiment);
@@ -573,29 +576,12 @@ impl Batch {
                 // An earlier exposure arrived late: events between the two move from the
                 // covariate to the metric.
                 let before = self.values(plan, &key, experiment);
-                for (ts, event_type, value, properties) in
+                for earlier in
                     self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
                 {
-                    if ts >= event.ts_ms && ts < existing.first_exposure_ms {
-                        let properties = properties.as_deref();
-                        self.add_event_totals(
-                            &key,
-                            experiment,
-                            &event_type,
-                            properties,
-                            false,
-                            -value,
-                            -1,
-                        );
-                        self.add_event_totals(
-                            &key,
-                            experiment,
-                            &event_type,
-                            properties,
-                            true,
-                            value,
-                            1,
-                        );
+                    if earlier.ts_ms >= event.ts_ms && earlier.ts_ms < existing.first_exposure_ms {
+                        self.add_event_totals((&key, experiment), &earlier, false, -1);
+                        self.add_event_totals((&key, experiment), &earlier, true, 1);
                     }
                 }
                 let first_day = day(existing.first_exposure_ms);
@@ -665,15 +651,14 @@ impl Batch {
                 continue;
             };
             let before = self.values(plan, key, &experiment);
-            self.add_event_totals(
-                key,
-                &experiment,
-                event_type,
-                event.properties.as_deref(),
-                event.ts_ms >= exposure.first_exposure_ms,
-                event.value,
-                1,
-            );
+            let metric_event = MetricEvent {
+                ts_ms: event.ts_ms,
+                event_type: Cow::Borrowed(event_type),
+                value: event.value,
+                properties: event.properties.as_deref().map(Cow::Borrowed),
+            };
+            let post = event.ts_ms >= exposure.first_exposure_ms;
+            self.add_event_totals((key, &experiment), &metric_event, post, 1);
             if !exposure.multiple {
                 let after = self.values(plan, key, &experiment);
                 let at = (&experiment, &exposure.variant, day(event.ts_ms));
