@@ -13,6 +13,44 @@ use crate::model::catalog::Metric;
 use crate::results::{self, Results};
 use crate::store;
 
+/// Loads an experiment (by id or key) and computes its results by one of its declared
+/// dimensions, with the `top` values apart.
+pub async fn drill_down_of(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    reference: &str,
+    dimension: &str,
+    top: usize,
+) -> ApiResult<results::drilldown::DrillDown> {
+    let e = store::experiments::get(conn, reference)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("experiment `{reference}`")))?;
+    if !e.dimensions.iter().any(|d| d == dimension) {
+        return Err(ApiError::bad_request(if e.dimensions.is_empty() {
+            format!(
+                "the experiment declares no dimensions; add `{dimension}` to its `dimensions` first"
+            )
+        } else {
+            format!(
+                "`{dimension}` is not one of the experiment's dimensions ({})",
+                e.dimensions.join(", ")
+            )
+        }));
+    }
+    let metrics: HashMap<String, Metric> = store::catalog::metrics(conn, None)
+        .await?
+        .into_iter()
+        .map(|m| (m.key.clone(), m))
+        .collect();
+    let cells = state
+        .pipeline
+        .dimension_cells(conn, &e, &metrics, dimension)
+        .await?;
+    Ok(results::drilldown::drill_down(
+        &e, &metrics, dimension, &cells, top,
+    ))
+}
+
 /// Loads an experiment (by id or key) and computes its results; `daily` adds the series.
 pub async fn results_of(
     state: &AppState,

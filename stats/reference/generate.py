@@ -970,6 +970,53 @@ def trend_cases():
     return cases
 
 
+# 14. Heterogeneity of an effect across subgroups ------------------------------------------
+
+def heterogeneity_cases():
+    """Cochran's Q, I² and the fixed-effect pooled estimate by statsmodels' meta-analysis
+    routine, over subgroup effects estimated from simulated raw data: conversion lifts by
+    platform (differences of proportions, unpooled errors) and revenue by country (Welch)."""
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    rng = np.random.default_rng(20261205)
+    specs = [
+        ("conversion_differs_by_platform", "conversion",
+         [(4000, 0.10, 0.13), (6000, 0.10, 0.10), (1500, 0.08, 0.08)]),
+        ("conversion_same_everywhere", "conversion",
+         [(3000, 0.20, 0.22), (5000, 0.18, 0.20), (2000, 0.25, 0.27), (800, 0.15, 0.17)]),
+        ("revenue_by_country", "mean",
+         [(900, 10.0, 10.5), (1200, 12.0, 12.1), (400, 8.0, 9.5)]),
+    ]
+    cases = []
+    for name, kind, groups in specs:
+        effects = []
+        for n, base, treated in groups:
+            if kind == "conversion":
+                c = rng.random(n) < base
+                t = rng.random(n) < treated
+            else:
+                c = rng.lognormal(math.log(base) - 0.5, 1.0, n)
+                t = rng.lognormal(math.log(treated) - 0.5, 1.0, n)
+            c, t = c.astype(float), t.astype(float)
+            estimate = float(t.mean() - c.mean())
+            se = math.sqrt(t.var(ddof=1) / n + c.var(ddof=1) / n)
+            effects.append({"estimate": estimate, "std_error": se})
+        est = np.array([e["estimate"] for e in effects])
+        var = np.array([e["std_error"] ** 2 for e in effects])
+        res = combine_effects(est, var, method_re="chi2")
+        q = float(res.q)
+        # statsmodels reports I² = (Q − df)/Q unclipped; the crate clips it at 0, as Higgins
+        # and Thompson define it.
+        df = len(effects) - 1
+        cases.append({"name": name, "effects": effects,
+                      "expected": {"q": q, "df": df, "p_value": float(stats.chi2.sf(q, df)),
+                                   "i_squared": float(max(0.0, res.i2)),
+                                   "pooled": float(res.mean_effect_fe),
+                                   "pooled_std_error": float(res.sd_eff_w_fe),
+                                   "subgroups": len(effects)}})
+    return cases
+
+
 def main():
     values = {
         "generator": {
@@ -995,6 +1042,7 @@ def main():
         "independence": independence_cases(),
         "guardrail": guardrail_cases(),
         "trend": trend_cases(),
+        "heterogeneity": heterogeneity_cases(),
     }
     OUT.write_text(json.dumps(values, indent=1, allow_nan=False) + "\n")
     print(f"wrote {OUT}")

@@ -21,6 +21,7 @@
 //! | Do two experiments interact? | [`interaction`] |
 //! | Is a guardrail harmed? | [`guardrail`] |
 //! | Does the effect fade or grow over days? | [`trend`] |
+//! | Does the effect differ between subgroups? | [`heterogeneity::cochran_q`] |
 
 mod distribution;
 
@@ -31,6 +32,7 @@ pub mod error;
 pub mod fixed_horizon;
 pub mod group_sequential;
 pub mod guardrail;
+pub mod heterogeneity;
 pub mod interaction;
 pub mod mean;
 pub mod montecarlo;

@@ -468,3 +468,30 @@ fn results_serialise_without_nulls() {
     let err = serde_json::to_string(&StatsError::ZeroVariance).unwrap();
     assert_eq!(err, r#"{"kind":"zero_variance"}"#);
 }
+
+#[test]
+fn heterogeneity_degenerate_inputs() {
+    use abx_stats::heterogeneity::{SubgroupEffect, cochran_q};
+    let e = |estimate, std_error| SubgroupEffect {
+        estimate,
+        std_error,
+    };
+    invalid(cochran_q(&[e(f64::NAN, 0.1), e(0.0, 0.1)]));
+    invalid(cochran_q(&[e(0.1, -0.1), e(0.0, 0.1)]));
+    // Subgroups without variation carry no information and are left out.
+    assert_eq!(
+        cochran_q(&[e(0.1, 0.0), e(0.2, 0.1)]),
+        Err(StatsError::InsufficientSample {
+            required: 2,
+            actual: 1
+        })
+    );
+    let same = cochran_q(&[e(0.1, 0.05), e(0.1, 0.02), e(0.3, 0.0)]).unwrap();
+    assert_eq!(
+        (same.q, same.df, same.p_value, same.i_squared),
+        (0.0, 1, 1.0, 0.0)
+    );
+    assert_eq!(same.subgroups, 2);
+    // Tiny errors give huge but finite weights; overflowing ones are refused.
+    invalid(cochran_q(&[e(1e300, 1e-300), e(-1e300, 1e-300)]));
+}

@@ -401,3 +401,21 @@ fn effect_trend_matches_weighted_least_squares() {
         check(&name(&case), &case["expected"], &to_json(&trend), TIGHT);
     }
 }
+
+#[test]
+fn cochran_q_matches_statsmodels_meta_analysis() {
+    use abx_stats::heterogeneity::{SubgroupEffect, cochran_q};
+    for case in cases("heterogeneity") {
+        let effects: Vec<SubgroupEffect> = case["effects"]
+            .as_array()
+            .expect("effects")
+            .iter()
+            .map(|e| SubgroupEffect {
+                estimate: f(e, "estimate"),
+                std_error: f(e, "std_error"),
+            })
+            .collect();
+        let result = cochran_q(&effects).unwrap();
+        check(&name(&case), &case["expected"], &to_json(&result), TIGHT);
+    }
+}

@@ -119,6 +119,16 @@ pub fn parse_properties(text: Option<&str>) -> serde_json::Map<String, Json> {
         .unwrap_or_default()
 }
 
+/// A dimension's value in stored attributes, as text: a string as it is, a number as JSON
+/// writes it, a boolean as `true` or `false`; `None` when the attribute is missing. The
+/// warehouse stores the same text (`clickhouse::PropertyColumns`), so both group alike.
+pub fn dimension_value(attributes: Option<&str>, dimension: &str) -> Option<String> {
+    match parse_properties(attributes).remove(dimension)? {
+        Json::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
 /// The accepted range of event timestamps relative to receipt.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {

@@ -3,6 +3,7 @@
 //! loads the rollups (O(days × variants × metrics) rows) and abx-stats does the statistics.
 //! docs/statistics.md describes every method; this module decides which applies where.
 
+pub mod drilldown;
 pub mod interactions;
 
 use std::collections::{BTreeMap, HashMap};

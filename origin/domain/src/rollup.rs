@@ -68,3 +68,16 @@ pub struct InteractionCell {
     pub sx: f64,
     pub sxx: f64,
 }
+
+/// The units of one variant whose dimension had one value at their first exposure, with
+/// each metric's sufficient statistics over them: one cell of a drill-down.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DimensionCell {
+    /// The attribute's value as text (see `event::dimension_value`); `None` for units whose
+    /// first exposure did not carry it.
+    pub value: Option<String>,
+    pub variant: String,
+    pub units: u64,
+    /// By metric key.
+    pub metrics: std::collections::BTreeMap<String, Sums>,
+}

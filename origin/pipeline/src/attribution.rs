@@ -20,7 +20,7 @@ use sqlx::AnyConnection;
 
 use crate::model::experiment::Status;
 use crate::plan::{ExperimentPlan, day, plan_of};
-use crate::rollup::Sums;
+use crate::rollup::{DimensionCell, Sums};
 use crate::tables::{self, Logged};
 use crate::{Pipeline, clock, store};
 use batch::Batch;
@@ -378,6 +378,39 @@ async fn rebuild_changed(
         rebuilt = true;
     }
     Ok(rebuilt)
+}
+
+/// The drill-down cells of an experiment by one dimension, from the per-unit state: each
+/// clean unit counted under its first exposure's value of the dimension.
+pub async fn dimension_cells(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    plan: &ExperimentPlan,
+    dimension: &str,
+) -> Result<Vec<DimensionCell>, crate::store::Error> {
+    let units = tables::experiment_units(conn, experiment_id).await?;
+    let mut cells: BTreeMap<(Option<String>, String), DimensionCell> = BTreeMap::new();
+    for (exposure, totals) in units.values() {
+        let value = crate::event::dimension_value(exposure.attributes.as_deref(), dimension);
+        let cell = cells
+            .entry((value.clone(), exposure.variant.to_string()))
+            .or_insert_with(|| DimensionCell {
+                value,
+                variant: exposure.variant.to_string(),
+                ..DimensionCell::default()
+            });
+        cell.units += 1;
+        let values = batch::metric_values(plan, |measure| {
+            totals.get(measure).copied().unwrap_or_default()
+        });
+        for (metric, (x, y, c)) in plan.metrics.iter().zip(values) {
+            cell.metrics
+                .entry(metric.key.clone())
+                .or_default()
+                .add(&batch::contribution((0.0, 0.0, 0.0), (x, y, c)));
+        }
+    }
+    Ok(cells.into_values().collect())
 }
 
 /// Events read per query while refilling.

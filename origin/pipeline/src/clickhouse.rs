@@ -27,7 +27,7 @@ use abx_core::{Expr, Literal};
 use crate::event::{EventRecord, Kind};
 use crate::model::catalog::{Period, UnitValue};
 use crate::plan::{ExperimentPlan, MetricPlan};
-use crate::rollup::{ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
+use crate::rollup::{DimensionCell, ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
 
 /// Where the warehouse lives.
 #[derive(Clone, Debug)]
@@ -105,7 +105,8 @@ struct MetricRow<'a> {
 }
 
 /// An event's properties (or exposure attributes) as four parallel arrays: the name, the
-/// type (see `PROPERTY_*`), the text (a string, or `true`/`false`) and the number. Arrays
+/// type (see `PROPERTY_*`), the text (a string, `true`/`false`, a number's JSON text) and
+/// the number. Arrays
 /// rather than JSON text because ClickHouse 18.16 has no JSON functions that could tell a
 /// property's type, and filters test types as targeting does.
 #[derive(Default, Serialize)]
@@ -134,8 +135,10 @@ impl PropertyColumns {
         for (name, value) in crate::event::parse_properties(properties) {
             let (kind, text, number) = match value {
                 serde_json::Value::String(s) => (PROPERTY_STRING, s, 0.0),
+                // The text of a number is its JSON text, which drill-downs group by (as
+                // `event::dimension_value` does); filters compare the number.
                 serde_json::Value::Number(n) => {
-                    (PROPERTY_NUMBER, String::new(), n.as_f64().unwrap_or(0.0))
+                    (PROPERTY_NUMBER, n.to_string(), n.as_f64().unwrap_or(0.0))
                 }
                 serde_json::Value::Bool(b) => (PROPERTY_BOOL, b.to_string(), 0.0),
                 // Validation admits scalars only.
@@ -260,6 +263,38 @@ struct MetricRollupRow {
     day: i64,
     #[serde(flatten)]
     sums: HashMap<String, f64>,
+}
+
+/// One drill-down cell, with every metric's sums named as in [`MetricRollupRow`].
+#[derive(Deserialize)]
+struct DimensionRow {
+    present: u8,
+    value: String,
+    variant: String,
+    units: u64,
+    #[serde(flatten)]
+    sums: HashMap<String, f64>,
+}
+
+/// The sums of metric `i` among columns suffixed with the metric's index.
+fn indexed_sums(sums: &HashMap<String, f64>, i: usize) -> Sums {
+    let sum = |name: &str| sums.get(&format!("{name}_{i}")).copied().unwrap_or(0.0);
+    Sums {
+        sum_x: sum("sum_x"),
+        sum_x2: sum("sum_x2"),
+        sum_y: sum("sum_y"),
+        sum_y2: sum("sum_y2"),
+        sum_xy: sum("sum_xy"),
+        sum_c: sum("sum_c"),
+        sum_c2: sum("sum_c2"),
+        sum_xc: sum("sum_xc"),
+    }
+}
+
+impl DimensionRow {
+    fn sums_of(&self, i: usize) -> Sums {
+        indexed_sums(&self.sums, i)
+    }
 }
 
 /// The SQL of a unit's value from the running totals of its two per-day quantities.
@@ -577,18 +612,7 @@ impl ClickHouse {
             let rows: Vec<MetricRollupRow> = self.rows(&self.metrics_query(plan, &exposed)).await?;
             for r in rows {
                 for (i, metric) in plan.metrics.iter().enumerate() {
-                    let sum =
-                        |name: &str| r.sums.get(&format!("{name}_{i}")).copied().unwrap_or(0.0);
-                    let sums = Sums {
-                        sum_x: sum("sum_x"),
-                        sum_x2: sum("sum_x2"),
-                        sum_y: sum("sum_y"),
-                        sum_y2: sum("sum_y2"),
-                        sum_xy: sum("sum_xy"),
-                        sum_c: sum("sum_c"),
-                        sum_c2: sum("sum_c2"),
-                        sum_xc: sum("sum_xc"),
-                    };
+                    let sums = indexed_sums(&r.sums, i);
                     // A day on which this metric's values did not change (the unit-days
                     // came from other metrics' events) adds nothing.
                     if sums != Sums::default() {
@@ -695,12 +719,7 @@ impl ClickHouse {
             running = running.join(",\n"),
             per_day = per_day.join(",\n"),
             joined = joined.join(", "),
-            // Only filters read the properties; without them the arrays are not read at all.
-            properties = if plan.metrics.iter().any(|m| m.compiled_filter.is_some()) {
-                ", prop_names, prop_kinds, prop_texts, prop_numbers"
-            } else {
-                ""
-            },
+            properties = Self::property_columns(plan),
             unit = Self::unit_expression(plan),
             db = self.database,
         )
@@ -898,6 +917,122 @@ impl ClickHouse {
         dropped.sort_unstable();
         dropped.dedup();
         Ok(dropped)
+    }
+
+    /// The drill-down cells of an experiment by a dimension: per value of the attribute at
+    /// each clean unit's first exposure and variant, the units and every metric's sums of
+    /// the units' values over all their events (the SQL pipeline's per-unit totals).
+    pub async fn dimension_cells(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        dimension: &str,
+    ) -> Result<Vec<DimensionCell>, WarehouseError> {
+        let exposed = self.exposed_units(experiment_id, plan);
+        let prefix = format!("{}:", plan.unit_attribute);
+        // The dimension of the first exposure: (present, text) chosen with the variant.
+        let exposed_with_value = format!(
+            "SELECT ukey, argMin(arm, t) AS variant, min(arm) != max(arm) AS multiple,
+                    argMin((i > 0, if(i > 0, texts[i], '')), t) AS dimension
+             FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t,
+                          indexOf(prop_names, {name}) AS i, prop_texts AS texts
+                   FROM {db}.exposures FINAL
+                   WHERE experiment_id = {id} AND variant IN ({variants})
+                     AND substring(unit_key, 1, {len}) = {prefix})
+             GROUP BY ukey",
+            unit = Self::unit_expression(plan),
+            db = self.database,
+            name = literal(dimension),
+            id = literal(experiment_id),
+            variants = literal_list(plan.variants.iter().map(String::as_str)),
+            len = prefix.len(),
+            prefix = literal(&prefix),
+        );
+        let mut totals = Vec::new();
+        let mut values = Vec::new();
+        let mut sums = Vec::new();
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            let (a, b, x, y, c) = Self::quantities(metric);
+            totals.push(format!("toFloat64({a}) AS a{i}, toFloat64({b}) AS b{i}"));
+            let (ai, bi) = (format!("a{i}"), format!("b{i}"));
+            values.push(format!(
+                "{} AS x{i}, {} AS y{i}, {} AS c{i}",
+                x(&ai, &bi),
+                y(&ai, &bi),
+                c(&ai, &bi)
+            ));
+            sums.push(format!(
+                "sum(x{i}) AS sum_x_{i}, sum(x{i} * x{i}) AS sum_x2_{i}, sum(y{i}) AS sum_y_{i},
+                 sum(y{i} * y{i}) AS sum_y2_{i}, sum(x{i} * y{i}) AS sum_xy_{i}, sum(c{i}) AS sum_c_{i},
+                 sum(c{i} * c{i}) AS sum_c2_{i}, sum(x{i} * c{i}) AS sum_xc_{i}"
+            ));
+        }
+        let per_unit = if plan.metrics.is_empty() {
+            String::new()
+        } else {
+            let event_types = literal_list(plan.metrics.iter().flat_map(|m| {
+                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
+            }));
+            // Units without events get zeros from the LEFT JOIN's defaults.
+            format!(
+                ", {values} FROM (SELECT ukey, variant, dimension FROM ({exposed_with_value}) WHERE multiple = 0)
+                 ALL LEFT JOIN (
+                   SELECT ukey, {totals}
+                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
+                         WHERE event_type IN ({event_types}))
+                   ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+                   GROUP BY ukey
+                 ) USING ukey",
+                values = values.join(", "),
+                totals = totals.join(", "),
+                unit = Self::unit_expression(plan),
+                db = self.database,
+                properties = Self::property_columns(plan),
+            )
+        };
+        let from = if plan.metrics.is_empty() {
+            format!(
+                " FROM (SELECT ukey, variant, dimension FROM ({exposed_with_value}) WHERE multiple = 0)"
+            )
+        } else {
+            String::new()
+        };
+        let sums = if sums.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", sums.join(",\n"))
+        };
+        let rows: Vec<DimensionRow> = self
+            .rows(&format!(
+                "SELECT dimension.1 AS present, dimension.2 AS value, variant, toUInt64(count()) AS units{sums}
+                 FROM (SELECT variant, dimension{per_unit}{from})
+                 GROUP BY dimension, variant ORDER BY value, variant"
+            ))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DimensionCell {
+                metrics: plan
+                    .metrics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (m.key.clone(), r.sums_of(i)))
+                    .collect(),
+                value: (r.present != 0).then_some(r.value),
+                variant: r.variant,
+                units: r.units,
+            })
+            .collect())
+    }
+
+    /// The property columns a query over metric events selects: none unless a filter reads
+    /// them.
+    fn property_columns(plan: &ExperimentPlan) -> &'static str {
+        if plan.metrics.iter().any(|m| m.compiled_filter.is_some()) {
+            ", prop_names, prop_kinds, prop_texts, prop_numbers"
+        } else {
+            ""
+        }
     }
 
     /// Units exposed (cleanly) to both experiments, by their two variants, with Σx and Σx²

@@ -91,6 +91,24 @@ impl Pipeline {
         }
     }
 
+    /// The cells of a drill-down of an experiment by a dimension, from the warehouse or the
+    /// SQL pipeline's per-unit tables.
+    pub async fn dimension_cells(
+        &self,
+        conn: &mut AnyConnection,
+        experiment: &Experiment,
+        metrics: &HashMap<String, Metric>,
+        dimension: &str,
+    ) -> Result<Vec<rollup::DimensionCell>, Error> {
+        let plan = plan::plan_of(experiment, metrics);
+        match &self.warehouse {
+            Some(warehouse) => Ok(warehouse
+                .dimension_cells(&experiment.id, &plan, dimension)
+                .await?),
+            None => Ok(attribution::dimension_cells(conn, &experiment.id, &plan, dimension).await?),
+        }
+    }
+
     /// Per (A variant, B variant) among units exposed to both experiments: units, Σx and
     /// Σx² of `metric`, from the warehouse or the SQL pipeline's tables.
     pub async fn interaction_cells(

@@ -430,6 +430,8 @@ pub struct Exposure {
     pub variant: std::sync::Arc<str>,
     pub first_exposure_ms: i64,
     pub multiple: bool,
+    /// The context attributes the first exposure carried (JSON text), for drill-downs.
+    pub attributes: Option<Box<str>>,
 }
 
 pub async fn exposures_of(
@@ -443,15 +445,15 @@ pub async fn exposures_of(
             placeholders(conn, chunk.len(), 0)
         );
         let params: Vec<Param<'_>> = chunk.iter().map(|k| Param::Text(k)).collect();
-        let rows: Vec<(String, String, String, i64, i64)> = fetch_packed(
+        let rows: Vec<(String, String, String, i64, i64, Option<String>)> = fetch_packed(
             conn,
-            "unit_key, experiment_id, variant, first_exposure_ms, multiple",
+            "unit_key, experiment_id, variant, first_exposure_ms, multiple, attributes",
             &rest,
             &params,
         )
         .await?;
         out.extend(rows.into_iter().map(
-            |(unit, experiment, variant, first_exposure_ms, multiple)| {
+            |(unit, experiment, variant, first_exposure_ms, multiple, attributes)| {
                 (
                     unit,
                     experiment,
@@ -459,6 +461,7 @@ pub async fn exposures_of(
                         variant: variant.into(),
                         first_exposure_ms,
                         multiple: multiple != 0,
+                        attributes: attributes.map(String::into_boxed_str),
                     },
                 )
             },
@@ -468,10 +471,10 @@ pub async fn exposures_of(
 }
 
 static UPSERT_EXPOSURES: MultiRow = MultiRow::new(
-    "INSERT INTO exposures (unit_key, experiment_id, variant, first_exposure_ms, multiple) VALUES ",
-    5,
+    "INSERT INTO exposures (unit_key, experiment_id, variant, first_exposure_ms, multiple, attributes) VALUES ",
+    6,
     ROWS_PER_STATEMENT,
-    " ON CONFLICT (unit_key, experiment_id) DO UPDATE SET variant = excluded.variant, first_exposure_ms = excluded.first_exposure_ms, multiple = excluded.multiple",
+    " ON CONFLICT (unit_key, experiment_id) DO UPDATE SET variant = excluded.variant, first_exposure_ms = excluded.first_exposure_ms, multiple = excluded.multiple, attributes = excluded.attributes",
 );
 
 pub async fn upsert_exposures(
@@ -487,7 +490,8 @@ pub async fn upsert_exposures(
                 .bind(*experiment)
                 .bind(&*e.variant)
                 .bind(e.first_exposure_ms)
-                .bind(i64::from(e.multiple));
+                .bind(i64::from(e.multiple))
+                .bind(e.attributes.as_deref());
         }
         query.execute(&mut *conn).await?;
     }
@@ -718,7 +722,7 @@ pub async fn experiment_units(
     experiment_id: &str,
 ) -> Result<HashMap<String, (Exposure, HashMap<String, Totals>)>, sqlx::Error> {
     let mut units: HashMap<String, (Exposure, HashMap<String, Totals>)> = HashMap::new();
-    let rows = sqlx::query("SELECT unit_key, variant, first_exposure_ms, multiple FROM exposures WHERE experiment_id = $1 AND multiple = 0")
+    let rows = sqlx::query("SELECT unit_key, variant, first_exposure_ms, multiple, attributes FROM exposures WHERE experiment_id = $1 AND multiple = 0")
         .bind(experiment_id)
         .fetch_all(&mut *conn)
         .await?;
@@ -727,6 +731,9 @@ pub async fn experiment_units(
             variant: r.try_get::<String, _>("variant")?.into(),
             first_exposure_ms: r.try_get("first_exposure_ms")?,
             multiple: false,
+            attributes: r
+                .try_get::<Option<String>, _>("attributes")?
+                .map(String::into_boxed_str),
         };
         units.insert(r.try_get("unit_key")?, (exposure, HashMap::new()));
     }

@@ -32,11 +32,18 @@ fn stats_error(error: StatsError) -> ApiError {
 pub struct ResultsQuery {
     /// `day` adds the cumulative daily series of every estimate.
     pub granularity: Option<String>,
+    /// One of the experiment's `dimensions`: the results per value of that attribute at
+    /// each unit's first exposure instead (a `DrillDown`, exploratory).
+    pub dimension: Option<String>,
+    /// With `dimension`: how many values to show apart (1–50, default 10); the rest are
+    /// merged into `other`.
+    pub top: Option<usize>,
 }
 
 #[utoipa::path(get, path = "/api/v1/experiments/{id}/results", tag = "analysis",
     params(("id" = String, Path, description = "Id or key"), ResultsQuery),
-    responses((status = 200, body = Results), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Results, description = "The results; a `DrillDown` with `dimension`"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn experiment_results(
     State(state): State<AppState>,
     caller: Caller,
@@ -45,6 +52,26 @@ pub async fn experiment_results(
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let Query(query) = query?;
+    if let Some(dimension) = &query.dimension {
+        let top = query.top.unwrap_or(results::drilldown::DEFAULT_TOP);
+        if !(1..=results::drilldown::MAX_TOP).contains(&top) {
+            return Err(ApiError::bad_request(format!(
+                "top must be between 1 and {}",
+                results::drilldown::MAX_TOP
+            )));
+        }
+        if query.granularity.is_some() {
+            return Err(ApiError::bad_request(
+                "a drill-down has no daily series; leave out `granularity`",
+            ));
+        }
+        let mut conn = state.db.pool.acquire().await?;
+        let drill_down =
+            crate::analysis::drill_down_of(&state, &mut conn, &id, dimension, top).await?;
+        return Ok(json(StatusCode::OK, &drill_down));
+    } else if query.top.is_some() {
+        return Err(ApiError::bad_request("`top` needs a `dimension`"));
+    }
     let daily = match query.granularity.as_deref() {
         None => false,
         Some("day") => true,

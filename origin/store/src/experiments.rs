@@ -16,7 +16,7 @@ use crate::results::DecisionLook;
 const SELECT: &str = "SELECT e.id, e.key, e.name, e.hypothesis, e.description, e.owner, e.status, e.status_reason,
         e.unit, e.layer_id, l.key AS layer_key, e.traffic_bp, e.targeting, e.holdout_id, h.key AS holdout_key,
         e.forced, e.primary_metric, e.secondary_metrics, e.guardrail_metrics, e.switchback_period_s,
-        e.analysis, e.shipped_variant, e.version, e.created_at_ms, e.updated_at_ms, e.started_at_ms,
+        e.analysis, e.dimensions, e.shipped_variant, e.version, e.created_at_ms, e.updated_at_ms, e.started_at_ms,
         e.ended_at_ms
     FROM experiments e LEFT JOIN layers l ON l.id = e.layer_id LEFT JOIN holdouts h ON h.id = e.holdout_id";
 
@@ -50,6 +50,7 @@ fn experiment(row: &AnyRow) -> Result<Experiment, Error> {
         forced: typed_json(row, "forced")?,
         switchback_period_s: switchback.map(|s| s as u32),
         analysis: typed_json(row, "analysis")?,
+        dimensions: typed_json(row, "dimensions")?,
         shipped_variant: row.try_get("shipped_variant")?,
         slot_ranges: Vec::new(),
         slots: Vec::new(),
@@ -311,8 +312,8 @@ pub async fn insert(
     sqlx::query(
         "INSERT INTO experiments (id, key, name, hypothesis, description, owner, status, unit, layer_id, traffic_bp,
             targeting, holdout_id, forced, primary_metric, secondary_metrics, guardrail_metrics, switchback_period_s,
-            analysis, version, created_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1, $18, $18)",
+            analysis, dimensions, version, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, 'draft', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 1, $19, $19)",
     )
     .bind(id)
     .bind(&spec.key)
@@ -331,6 +332,7 @@ pub async fn insert(
     .bind(to_json_text(&spec.guardrail_metrics))
     .bind(spec.switchback_period_s.map(i64::from))
     .bind(to_json_text(&spec.analysis))
+    .bind(to_json_text(&spec.dimensions))
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -349,8 +351,8 @@ pub async fn update(
         "UPDATE experiments SET name = $1, hypothesis = $2, description = $3, owner = $4, unit = $5, layer_id = $6,
             traffic_bp = $7, targeting = $8, holdout_id = $9, forced = $10, primary_metric = $11,
             secondary_metrics = $12, guardrail_metrics = $13, switchback_period_s = $14, analysis = $15,
-            version = version + 1, updated_at_ms = $16
-         WHERE id = $17 AND version = $18",
+            dimensions = $16, version = version + 1, updated_at_ms = $17
+         WHERE id = $18 AND version = $19",
     )
     .bind(&spec.name)
     .bind(&spec.hypothesis)
@@ -367,6 +369,7 @@ pub async fn update(
     .bind(to_json_text(&spec.guardrail_metrics))
     .bind(spec.switchback_period_s.map(i64::from))
     .bind(to_json_text(&spec.analysis))
+    .bind(to_json_text(&spec.dimensions))
     .bind(clock::now_ms())
     .bind(id)
     .bind(expected_version)

@@ -9,6 +9,7 @@ mod analysis;
 mod api;
 mod crash;
 mod demo;
+mod dimensions;
 mod events;
 mod jetstream;
 mod layering;

@@ -69,6 +69,7 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
     for key in ["checkout", "banner"] {
         let mut body = experiment(key, "conversion");
         body["secondary_metrics"] = json!(["revenue", "rps"]);
+        body["dimensions"] = json!(["tier"]);
         ids.push(o.start_experiment(body).await);
     }
     (ids[0].clone(), ids[1].clone(), o.key("sdk").await)
@@ -91,10 +92,19 @@ fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
         let unit = format!("u{u}");
         let at = t0 + (u % 3) * DAY_MS + u * 1_000;
         let variant = |flip: bool| if flip { "treatment" } else { "control" };
-        push(
-            &mut events,
-            json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": variant(u % 2 == 1), "timestamp": at}),
-        );
+        // Tiers for the drill-down (a number for some, none for others), and another tier
+        // on a later exposure, which the drill-down must ignore.
+        let tier = match u % 5 {
+            0 => json!("gold"),
+            1 | 2 => json!("silver"),
+            3 => json!(3),
+            _ => Json::Null,
+        };
+        let mut exposure = json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": variant(u % 2 == 1), "timestamp": at});
+        if !tier.is_null() {
+            exposure["attributes"] = json!({"tier": tier, "seen": u % 2 == 0});
+        }
+        push(&mut events, exposure);
         if u % 5 != 0 {
             push(
                 &mut events,
@@ -147,6 +157,13 @@ fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
                 json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": "control", "timestamp": at + 5}),
             );
         }
+        if u % 9 == 2 {
+            push(
+                &mut events,
+                json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": variant(u % 2 == 1),
+                       "timestamp": at + 60_000, "attributes": {"tier": "platinum"}}),
+            );
+        }
     }
     events.sort_by_key(|e| e["timestamp"].as_i64());
     let repeated = events[5].clone();
@@ -175,6 +192,17 @@ async fn results(o: &TestOrigin, id: &str) -> Json {
     // Only the warehouse's results say when their rollups were computed.
     object.remove("rollups_computed_at");
     body
+}
+
+/// The drill-down by tier, the two largest tiers apart.
+async fn by_tier(o: &TestOrigin, id: &str) -> Json {
+    let reply = o
+        .get(&format!(
+            "/api/v1/experiments/{id}/results?dimension=tier&top=2"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body
 }
 
 async fn interactions(o: &TestOrigin) -> Json {
@@ -257,6 +285,8 @@ fn assert_same_rollups(actual: &Normalised, expected: &Normalised) {
 /// the first experiment's rollups.
 struct Expected {
     checkout: Json,
+    /// The first experiment's drill-down by tier, two tiers apart.
+    checkout_by_tier: Json,
     banner: Json,
     interactions: Json,
     rollups: Normalised,
@@ -274,6 +304,7 @@ async fn through_the_sql_pipeline() -> Expected {
         .expect("count");
     Expected {
         checkout: results(&direct, &checkout).await,
+        checkout_by_tier: by_tier(&direct, &checkout).await,
         banner: results(&direct, &banner).await,
         interactions: interactions(&direct).await,
         rollups: normalise(common::rollups(&direct.state, &checkout).await),
@@ -296,6 +327,21 @@ async fn assert_matches_the_sql_pipeline(o: &TestOrigin, checkout: &str, banner:
         &expected.rollups,
     );
     assert_same(&results(o, checkout).await, &expected.checkout, "checkout");
+    assert!(
+        expected.checkout_by_tier["groups"]
+            .as_array()
+            .is_some_and(|g| g.len() == 4),
+        "{}",
+        expected.checkout_by_tier
+    );
+    let mut by_tier_here = by_tier(o, checkout).await;
+    by_tier_here["experiment_id"] = expected.checkout_by_tier["experiment_id"].clone();
+    by_tier_here["note"] = expected.checkout_by_tier["note"].clone();
+    assert_same(
+        &by_tier_here,
+        &expected.checkout_by_tier,
+        "checkout by tier",
+    );
     assert_same(&results(o, banner).await, &expected.banner, "banner");
     assert_same(
         &interactions(o).await,

@@ -257,6 +257,11 @@ pub struct ExperimentInput {
     pub switchback_period_s: Option<u32>,
     #[serde(default)]
     pub analysis: Option<Analysis>,
+    /// Context attributes the results can be broken down by (`?dimension=`): SDKs attach
+    /// them to exposures, and each unit is counted under its value at first exposure. At
+    /// most 10; exploratory, so they may change at any time.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
 }
 
 /// A validated experiment definition, as stored.
@@ -279,6 +284,7 @@ pub struct ExperimentSpec {
     pub forced: BTreeMap<String, String>,
     pub switchback_period_s: Option<u32>,
     pub analysis: Analysis,
+    pub dimensions: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -286,6 +292,31 @@ pub struct VariantSpec {
     pub name: String,
     pub weight_bp: u16,
     pub config: Json,
+}
+
+/// At most this many dimensions per experiment.
+pub const MAX_DIMENSIONS: usize = 10;
+
+fn validate_dimensions(dimensions: &[String], errors: &mut Vec<FieldError>) {
+    if dimensions.len() > MAX_DIMENSIONS {
+        errors.push(FieldError::new(
+            "dimensions",
+            format!("at most {MAX_DIMENSIONS} dimensions"),
+        ));
+    }
+    for (i, d) in dimensions.iter().enumerate() {
+        if !super::targeting::valid_attribute(d) {
+            errors.push(FieldError::new(
+                format!("dimensions[{i}]"),
+                "must be an attribute name",
+            ));
+        } else if dimensions[..i].contains(d) {
+            errors.push(FieldError::new(
+                format!("dimensions[{i}]"),
+                format!("`{d}` is listed twice"),
+            ));
+        }
+    }
 }
 
 /// What validation needs to know about the rest of the configuration.
@@ -355,6 +386,7 @@ pub fn validate(input: &ExperimentInput, known: &References) -> Result<Experimen
     }
     let analysis = input.analysis.clone().unwrap_or_default();
     validate_analysis(&analysis, &input.guardrail_metrics, &mut errors);
+    validate_dimensions(&input.dimensions, &mut errors);
 
     if !errors.is_empty() {
         return Err(Error::Invalid(errors));
@@ -377,6 +409,7 @@ pub fn validate(input: &ExperimentInput, known: &References) -> Result<Experimen
         forced: input.forced.clone(),
         switchback_period_s: input.switchback_period_s,
         analysis,
+        dimensions: input.dimensions.clone(),
     })
 }
 
@@ -731,6 +764,7 @@ pub struct Experiment {
     pub forced: BTreeMap<String, String>,
     pub switchback_period_s: Option<u32>,
     pub analysis: Analysis,
+    pub dimensions: Vec<String>,
     pub shipped_variant: Option<String>,
     /// Slots owned in the layer while running or paused.
     pub slot_ranges: Vec<SlotRange>,
@@ -796,6 +830,7 @@ impl Experiment {
             forced: BTreeMap::new(),
             switchback_period_s: None,
             analysis,
+            dimensions: Vec::new(),
             shipped_variant: None,
             slot_ranges: Vec::new(),
             version: 1,
@@ -840,6 +875,7 @@ impl Experiment {
             forced: self.forced.clone(),
             switchback_period_s: self.switchback_period_s,
             analysis: self.analysis.clone(),
+            dimensions: self.dimensions.clone(),
         }
     }
 
@@ -863,6 +899,7 @@ impl Experiment {
             forced: self.forced.clone(),
             switchback_period_s: self.switchback_period_s,
             analysis: Some(self.analysis.clone()),
+            dimensions: self.dimensions.clone(),
         }
     }
 

@@ -537,6 +537,7 @@ impl Batch {
                         variant: variant.clone(),
                         first_exposure_ms: event.ts_ms,
                         multiple: false,
+                        attributes: event.properties.as_deref().map(Box::from),
                     },
                 );
                 self.count_unit((experiment, &variant, day_of), 1, 0);
@@ -592,6 +593,8 @@ impl Batch {
                     experiment,
                     Exposure {
                         first_exposure_ms: event.ts_ms,
+                        // Drill-downs count the unit under its first exposure's context.
+                        attributes: event.properties.as_deref().map(Box::from),
                         ..existing
                     },
                 );

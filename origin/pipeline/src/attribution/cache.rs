@@ -101,6 +101,7 @@ mod tests {
                 variant: variant.into(),
                 first_exposure_ms: 5,
                 multiple: false,
+                attributes: None,
             },
         );
         state

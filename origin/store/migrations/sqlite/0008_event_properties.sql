@@ -5,3 +5,7 @@
 -- logs in its own file, whose migration 2 adds the same column).
 ALTER TABLE events ADD COLUMN properties TEXT;
 ALTER TABLE metrics ADD COLUMN filter TEXT;
+-- Exposures keep the attributes of the unit's first exposure, which drill-downs group by;
+-- experiments declare the dimensions (attribute names) they may be broken down by.
+ALTER TABLE exposures ADD COLUMN attributes TEXT;
+ALTER TABLE experiments ADD COLUMN dimensions TEXT NOT NULL DEFAULT '[]';
