@@ -10,8 +10,40 @@ use crate::AppState;
 use crate::clock;
 use crate::error::{ApiError, ApiResult};
 use crate::model::catalog::Metric;
+use crate::model::filter::Filter;
+use crate::pipeline;
 use crate::results::{self, Results};
 use crate::store;
+
+/// Names, on each filtered metric, the properties its filter tests that no event of its
+/// type has carried, so that a filter that matches nothing because of a typo says so.
+async fn note_unknown_filter_properties(
+    state: &AppState,
+    metrics: &HashMap<String, Metric>,
+    results: &mut [results::MetricResult],
+) -> ApiResult<()> {
+    let mut log = None;
+    for result in results {
+        let Some(metric) = metrics.get(&result.metric) else {
+            continue;
+        };
+        let Some(Ok(filter)) = metric.filter.as_ref().map(Filter::compile) else {
+            continue;
+        };
+        let conn = match &mut log {
+            Some(conn) => conn,
+            None => log.insert(state.pipeline.log.pool.acquire().await?),
+        };
+        let seen = pipeline::properties::names(conn, &metric.event_type).await?;
+        result.unknown_filter_properties = filter
+            .properties()
+            .into_iter()
+            .filter(|name| !seen.contains(*name))
+            .map(str::to_string)
+            .collect();
+    }
+    Ok(())
+}
 
 /// Loads an experiment (by id or key) and computes its results by one of its declared
 /// dimensions, with the `top` values apart.
@@ -103,6 +135,7 @@ pub async fn results_of(
         }
     }
     results.rollups_computed_at = clock::rfc3339_opt(computed_ms);
+    note_unknown_filter_properties(state, &metrics, &mut results.metrics).await?;
     results.mismatched_exposures = store::experiments::exposure_mismatches(conn, &e.id).await?;
     Ok(results)
 }

@@ -349,8 +349,13 @@ impl AppState {
             0
         };
         let log_tail = Arc::new(pipeline::tail::LogTail::new(tail_events));
-        let writer =
-            pipeline::writer::Writer::spawn(log.clone(), telemetry.clone(), log_tail.clone());
+        let properties = Arc::new(pipeline::properties::PropertyCatalog::default());
+        let writer = pipeline::writer::Writer::spawn(
+            log.clone(),
+            telemetry.clone(),
+            log_tail.clone(),
+            properties.clone(),
+        );
         // Collectors only publish to the stream: they never talk to the warehouse.
         let warehouse = match &settings.clickhouse {
             Some(config) if roles.pipeline || roles.admin => Some(Arc::new(
@@ -397,6 +402,7 @@ impl AppState {
             unit_cache: tokio::sync::Mutex::new(pipeline::attribution::UnitCache::new(
                 settings.pipeline_cache_units,
             )),
+            properties,
         });
         let state = AppState(Arc::new(Origin {
             pipeline,

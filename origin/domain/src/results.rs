@@ -248,6 +248,11 @@ pub struct MetricResult {
     pub role: MetricRole,
     pub direction: Direction,
     pub comparisons: Vec<ComparisonView>,
+    /// Properties the metric's filter tests that no event of its type has carried: the
+    /// filter's tests of them are false for every event (set by the caller, which knows
+    /// the events).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown_filter_properties: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -876,6 +881,7 @@ fn analyse(inputs: &Inputs<'_>, until_day: i64) -> (Vec<MetricResult>, Vec<Guard
             role: *role,
             direction: metric.direction,
             comparisons,
+            unknown_filter_properties: Vec::new(),
         });
     }
     (results, guardrails)

@@ -540,11 +540,10 @@ pub async fn load_once(
     let written: anyhow::Result<usize> = match &state.warehouse {
         _ if events.is_empty() => Ok(0),
         // The warehouse drops copies when it reads; it cannot tell how many it got.
-        Some(warehouse) => warehouse
-            .insert(&events)
-            .await
-            .map(|()| 0)
-            .map_err(Into::into),
+        Some(warehouse) => match warehouse.insert(&events).await {
+            Ok(()) => record_properties(state, &events).await.map(|()| 0),
+            Err(error) => Err(error.into()),
+        },
         None => state
             .writer
             .submit(events)
@@ -582,6 +581,20 @@ pub async fn load_once(
         }
     }
     Ok(messages.len())
+}
+
+/// Records the property names of events the warehouse took (the event log's writer does so
+/// for the events it logs), in the event log's database.
+async fn record_properties(state: &Pipeline, events: &[EventRecord]) -> anyhow::Result<()> {
+    let new = state.properties.unrecorded(events);
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut tx = state.log.begin_write().await?;
+    crate::properties::record(&mut tx, &new, crate::clock::now_ms()).await?;
+    tx.commit().await?;
+    state.properties.remember(new);
+    Ok(())
 }
 
 /// The loader's consumer, for tests that drive [`load_once`] themselves.

@@ -12,6 +12,7 @@ pub mod attribution;
 pub mod clickhouse;
 mod error;
 pub mod jetstream;
+pub mod properties;
 pub mod tables;
 pub mod tail;
 pub mod telemetry;
@@ -64,6 +65,8 @@ pub struct Pipeline {
     pub warehouse: Option<Arc<clickhouse::ClickHouse>>,
     /// The pipeline's per-unit state between batches (see `attribution::UnitCache`).
     pub unit_cache: tokio::sync::Mutex<attribution::UnitCache>,
+    /// The property names recorded by this process (shared with the writer).
+    pub properties: Arc<properties::PropertyCatalog>,
 }
 
 impl Pipeline {

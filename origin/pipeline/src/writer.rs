@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::Db;
 use crate::event::EventRecord;
+use crate::properties::{self, PropertyCatalog};
 use crate::tail::LogTail;
 use crate::telemetry::Telemetry;
 
@@ -32,9 +33,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(db: Db, telemetry: Arc<Telemetry>, tail: Arc<LogTail>) -> Writer {
+    pub fn spawn(
+        db: Db,
+        telemetry: Arc<Telemetry>,
+        tail: Arc<LogTail>,
+        properties: Arc<PropertyCatalog>,
+    ) -> Writer {
         let (jobs, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, telemetry, tail, receiver));
+        tokio::spawn(run(db, telemetry, tail, properties, receiver));
         Writer { jobs }
     }
 
@@ -58,6 +64,7 @@ async fn run(
     db: Db,
     telemetry: Arc<Telemetry>,
     tail: Arc<LogTail>,
+    properties: Arc<PropertyCatalog>,
     mut receiver: mpsc::Receiver<Job>,
 ) {
     while let Some(first) = receiver.recv().await {
@@ -72,7 +79,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let written = write(&db, &jobs).await;
+        let written = write(&db, &properties, &jobs).await;
         match written {
             Ok(appended) => {
                 telemetry
@@ -111,13 +118,20 @@ async fn run(
 }
 
 /// One transaction for the whole group.
-async fn write(db: &Db, jobs: &[Job]) -> Result<crate::tables::Appended, crate::store::Error> {
+async fn write(
+    db: &Db,
+    catalog: &PropertyCatalog,
+    jobs: &[Job],
+) -> Result<crate::tables::Appended, crate::store::Error> {
     let events: Vec<&EventRecord> = jobs.iter().flat_map(|j| j.events.iter()).collect();
     let started = std::time::Instant::now();
+    let new_properties = catalog.unrecorded(events.iter().copied());
     let mut tx = db.begin_write().await?;
     let appended = crate::tables::insert_events(&mut tx, &events).await?;
+    properties::record(&mut tx, &new_properties, crate::clock::now_ms()).await?;
     let written = started.elapsed();
     tx.commit().await?;
+    catalog.remember(new_properties);
     tracing::debug!(
         events = events.len(),
         insert_ms = written.as_millis() as u64,

@@ -18,6 +18,15 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The variant the scenario gives unit `u`.
+fn variant_of(u: u64) -> &'static str {
+    if mix(u).is_multiple_of(2) {
+        "control"
+    } else {
+        "treatment"
+    }
+}
+
 /// Per (platform or `None`, variant): units and converted units.
 type Counts = BTreeMap<(Option<String>, String), (u64, u64)>;
 
@@ -34,11 +43,7 @@ fn scenario(experiment_id: &str) -> (Vec<Json>, Counts) {
     };
     for u in 0..4_000u64 {
         let unit = format!("u{u}");
-        let variant = if mix(u) % 2 == 0 {
-            "control"
-        } else {
-            "treatment"
-        };
+        let variant = variant_of(u);
         let platform = match u % 12 {
             0..=3 => Some("mobile"),
             11 => None,
@@ -73,9 +78,11 @@ fn scenario(experiment_id: &str) -> (Vec<Json>, Counts) {
         entry.1 += u64::from(converted);
     }
     // A second exposure with other attributes does not move the unit: the first counts.
-    events.push(json!({"event_id": next_id(), "kind": "exposure", "unit": "u0",
-        "experiment_id": experiment_id, "variant": if mix(0) % 2 == 0 { "control" } else { "treatment" },
-        "timestamp": t0 + 500_000, "attributes": {"platform": "desktop"}}));
+    events.push(
+        json!({"event_id": next_id(), "kind": "exposure", "unit": "u0",
+        "experiment_id": experiment_id, "variant": variant_of(0),
+        "timestamp": t0 + 500_000, "attributes": {"platform": "desktop"}}),
+    );
     events.sort_by_key(|e| e["timestamp"].as_i64());
     (events, counts)
 }

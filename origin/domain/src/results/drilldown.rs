@@ -208,6 +208,7 @@ pub fn drill_down(
                         role: *role,
                         direction: metric.direction,
                         comparisons,
+                        unknown_filter_properties: Vec::new(),
                     })
                 })
                 .collect(),

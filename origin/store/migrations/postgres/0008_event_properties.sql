@@ -7,3 +7,11 @@ ALTER TABLE metrics ADD COLUMN filter TEXT;
 -- experiments declare the dimensions (attribute names) they may be broken down by.
 ALTER TABLE exposures ADD COLUMN attributes TEXT;
 ALTER TABLE experiments ADD COLUMN dimensions TEXT NOT NULL DEFAULT '[]';
+-- The property names each event type's events have carried (kept by the sink that stores
+-- the events), so that results can say when a filter tests a property no event has.
+CREATE TABLE event_properties (
+    event_type    TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    first_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (event_type, name)
+);
