@@ -119,6 +119,7 @@ test('an admin creates, starts and completes an experiment, and the results page
   await form.locator('[name=primary_metric]').selectOption(CHECKOUT.primary_metric);
   await form.locator('[name=secondary_metrics][value=revenue]').check();
   await form.locator('[name=guardrail_metrics][value=crash_rate]').check();
+  await form.locator('[name=dimensions]').fill(CHECKOUT.dimensions.join(', '));
   await checkPage(page, 'experiment-form');
   await page.getByRole('button', { name: 'Create experiment' }).click();
   await page.locator('#form-errors[role=alert]').waitFor();
@@ -145,6 +146,7 @@ test('an admin creates, starts and completes an experiment, and the results page
   );
   assert.equal(created.layer, CHECKOUT.layer);
   assert.deepEqual(created.guardrail_metrics, ['crash_rate']);
+  assert.deepEqual(created.dimensions, CHECKOUT.dimensions);
 
   // Start, confirmed in a dialog.
   await page.getByRole('button', { name: 'Start', exact: true }).click();
@@ -187,6 +189,24 @@ test('an admin creates, starts and completes an experiment, and the results page
   await page.locator('#srm').waitFor();
   await page.locator('#guardrails').waitFor();
   await page.locator('#daily canvas, #daily table').first().waitFor({ state: 'attached' });
+  // The drill-down by platform (the only dimension, chosen at once): every effect shown is
+  // the API's, and the heterogeneity test is stated for each metric and treatment.
+  const byPlatform = await origin.get(`/experiments/${created.id}/results?dimension=platform`);
+  await page.locator('table[data-table="drilldown"]').waitFor();
+  let drilled = 0;
+  for (const g of byPlatform.groups) {
+    for (const m of g.metrics) {
+      for (const c of m.comparisons) {
+        const row = page.locator(`table[data-table="drilldown"] tr[data-group="${g.value}"][data-metric="${m.metric}"][data-variant="${c.variant}"]`);
+        assert.equal((await row.locator('[data-field="absolute"] [data-part="estimate"]').textContent()).trim(), metricEffect(m.kind, c.absolute.estimate));
+        assert.equal((await row.locator('[data-field="adjusted_p_value"] [data-part="estimate"]').textContent()).trim(), pValue(c.adjusted_p_value));
+        drilled += 1;
+      }
+    }
+  }
+  assert.equal(drilled, 6, 'mobile and desktop × purchase, revenue and crash_rate');
+  assert.equal(await page.locator('#heterogeneity li').count(), byPlatform.heterogeneity.length);
+  assert.match(await page.locator('#drilldown-note').textContent(), /Exploratory/);
   await checkPage(page, 'experiment-results');
 
   // Complete, shipping the treatment.

@@ -145,7 +145,9 @@ export async function traffic(origin, sdk, experiment, { units, days = 5, conver
     const unit = `${experiment.key}-u${u}`;
     const day = u % days;
     const at = now - (days - 1 - day) * 86_400_000 - 3_600_000;
-    events.push({ event_id: randomUUID(), kind: 'exposure', unit, experiment_id: experiment.id, variant, timestamp: at });
+    // Every third unit on mobile: the context attribute that drill-downs group by.
+    const attributes = { platform: u % 3 === 0 ? 'mobile' : 'desktop' };
+    events.push({ event_id: randomUUID(), kind: 'exposure', unit, experiment_id: experiment.id, variant, timestamp: at, attributes });
     if (r(1) < (conversion[variant] ?? 0)) {
       events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'purchase', value: 1, timestamp: at + 60_000 });
       events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'revenue', value: Math.round(20 + 60 * r(2)), timestamp: at + 60_000 });
@@ -233,6 +235,7 @@ export const CHECKOUT = {
   primary_metric: 'purchase',
   secondary_metrics: ['revenue'],
   guardrail_metrics: ['crash_rate'],
+  dimensions: ['platform'],
 };
 
 export const CHECKOUT_TRAFFIC = { units: 15_000, conversion: { control: 0.1, treatment: 0.15 }, crash: { control: 0.01, treatment: 0.01 }, seed: 4 };

@@ -100,6 +100,7 @@ export async function render(ctx) {
     targeting: null,
     forced: {},
     switchback_period_s: null,
+    dimensions: [],
     analysis: { mode: 'sequential', alpha: 0.05, correction: 'bh', planned_units_per_variant: null, looks: null, tuning_units: null, spending: 'o_brien_fleming', min_duration_days: 14, guardrail_margins: {} },
     status: 'draft',
   };
@@ -226,6 +227,7 @@ export async function render(ctx) {
   const forced = h('textarea', { name: 'forced', rows: 2, disabled: locked('forced'), spellcheck: 'false', placeholder: '{"qa-user-1": "treatment"}' });
   forced.value = Object.keys(e.forced || {}).length ? json(e.forced) : '';
   const switchback = input({ name: 'switchback_period_s', type: 'number', min: 1, step: 1, value: e.switchback_period_s ?? '', disabled: locked('switchback_period_s') });
+  const dimensions = input({ name: 'dimensions', value: (e.dimensions || []).join(', '), placeholder: 'platform, country', disabled: locked('dimensions'), spellcheck: 'false' });
 
   // Analysis
   const a = e.analysis;
@@ -292,6 +294,7 @@ export async function render(ctx) {
       box('primary_metric', 'Primary metric', primary, running ? 'Fixed once the experiment has started.' : 'The decision metric.'),
       group('secondary_metrics', 'Secondary metrics', secondary),
       group('guardrail_metrics', 'Guardrail metrics', guardrails, running ? 'Checked continuously; an alarm pauses the experiment. While it runs, guardrails can be added, not removed.' : 'Checked continuously; an alarm pauses the experiment.'),
+      box('dimensions', 'Dimensions (comma-separated attributes)', dimensions, 'What the results can be broken down by (exploratory); exposures carry these attributes. Editable at any time.'),
     ]),
     group('analysis', 'Analysis', [
       box('analysis.mode', 'Mode', mode),
@@ -401,6 +404,7 @@ export async function render(ctx) {
       holdout: holdout.value || null,
       forced: parseJson(forced.value, 'forced', errors, {}),
       switchback_period_s: number(switchback),
+      dimensions: dimensions.value.split(',').map((d) => d.trim()).filter(Boolean),
       analysis: {
         mode: mode.value,
         alpha: number(alpha) ?? 0.05,

@@ -225,6 +225,107 @@ function forest(r) {
   );
 }
 
+/** A drill-down group's name: its value, or what the merged and missing groups stand for. */
+export function groupLabel(g) {
+  if (g.kind === 'other') return `other (${g.values_merged} values)`;
+  if (g.kind === 'missing') return '(not set)';
+  return g.value;
+}
+
+/** What the heterogeneity test of one metric and treatment says, in words. */
+export function heterogeneityText(d, het) {
+  const name = `${het.metric} · ${het.variant}`;
+  if (!het.test) return `${name}: ${het.note}`;
+  const q = `Cochran's Q = ${fixed(het.test.q, 2)}, ${het.test.df} df, p = ${pValue(het.test.p_value)}`;
+  return het.differs
+    ? `${name}: the effect differs by ${d.dimension} (${q})`
+    : `${name}: no evidence that the effect differs by ${d.dimension} (${q})`;
+}
+
+/** The drill-down's table: per group, metric and treatment, the units and the effect. */
+function drillDownTable(r, d) {
+  const rows = [];
+  for (const g of d.groups) {
+    for (const m of g.metrics) {
+      for (const c of m.comparisons) {
+        const cells = [
+          h('th', { scope: 'row' }, groupLabel(g)),
+          h('td', {}, m.metric),
+          h('td', {}, c.variant),
+          figure('units', `${count(g.units[r.control] || 0)} / ${count(g.units[c.variant] || 0)}`),
+        ];
+        if (c.absolute) {
+          cells.push(
+            figure('absolute', metricEffect(m.kind, c.absolute.estimate), interval(c.absolute.ci, (x) => metricEffect(m.kind, x))),
+            c.relative ? figure('relative', signedPercent(c.relative.estimate), interval(c.relative.ci, (x) => signedPercent(x))) : h('td', { class: 'muted', dataset: { field: 'relative' } }, `unavailable (${c.relative_unavailable})`),
+            figure('p_value', pValue(c.p_value)),
+            figure('adjusted_p_value', pValue(c.adjusted_p_value)),
+            h('td', { dataset: { field: 'decision' } }, decision(c)),
+          );
+        } else {
+          cells.push(h('td', { colspan: 5, class: 'muted', dataset: { field: 'note' } }, c.note || 'not computed yet'));
+        }
+        rows.push(h('tr', { dataset: { group: groupLabel(g), metric: m.metric, variant: c.variant } }, cells));
+      }
+    }
+  }
+  return h(
+    'div',
+    { class: 'table-wrap', tabindex: '0' },
+    h(
+      'table',
+      { dataset: { table: 'drilldown' } },
+      h('caption', { class: 'visually-hidden' }, `Results by ${d.dimension}`),
+      h('thead', {}, h('tr', {}, th(d.dimension, false), th('Metric', false), th('Variant', false), th(`Units (${r.control} / variant)`), th('Absolute effect'), th('Relative effect'), th('p'), th('Adjusted p'), th('Decision', false))),
+      h('tbody', {}, rows),
+    ),
+  );
+}
+
+/** The forest plot of a drill-down: each group's relative effect per metric and treatment. */
+function drillDownForest(r, d) {
+  const rows = [];
+  for (const g of d.groups) {
+    const { rows: groupRows } = forestRows({ analysis_mode: r.analysis_mode, metrics: g.metrics });
+    for (const row of groupRows) rows.push({ ...row, label: `${groupLabel(g)} · ${row.label}` });
+  }
+  if (rows.length === 0) return h('p', { class: 'muted' }, 'No intervals yet.');
+  return forestPlot(rows, { title: `Relative effects by ${d.dimension}`, description: 'Squares are estimates; bars are intervals of the relative lift in each group. The dashed line is no effect.' });
+}
+
+/** The drill-down of the results by one of the experiment's dimensions, chosen in a picker. */
+function drillDownPanel(r, e, ctx) {
+  const dimensions = e.dimensions || [];
+  if (dimensions.length === 0) return null;
+  const id = uid('dimension');
+  const select = h('select', { id }, dimensions.map((d) => h('option', { value: d }, d)));
+  const body = h('div', { id: 'drilldown-body', 'aria-live': 'polite' });
+  const show = async () => {
+    fill(body, h('p', { class: 'loading' }, 'Loading…'));
+    try {
+      const d = await api(`/experiments/${enc(e.id)}/results?dimension=${enc(select.value)}`, { signal: ctx.signal });
+      fill(
+        body,
+        h('div', { class: 'message neutral', id: 'drilldown-note' }, d.note),
+        h('ul', { class: 'note', id: 'heterogeneity' }, d.heterogeneity.map((het) => h('li', { dataset: { metric: het.metric, variant: het.variant } }, heterogeneityText(d, het)))),
+        drillDownForest(r, d),
+        drillDownTable(r, d),
+      );
+    } catch (error) {
+      if (error.name !== 'AbortError') fill(body, h('p', { class: 'message bad' }, error.message));
+    }
+  };
+  select.addEventListener('change', show);
+  show();
+  return h(
+    'section',
+    { class: 'panel', 'aria-labelledby': 'drilldown-title', id: 'drilldown' },
+    h('h3', { id: 'drilldown-title' }, 'Results by dimension ', badge('exploratory', 'neutral')),
+    h('p', {}, h('label', { for: id }, 'Break down by '), select),
+    body,
+  );
+}
+
 /** Exposures the origin refused because their variant is not the unit's (forged or broken clients). */
 function mismatchNote(r) {
   const claimed = Object.entries(r.mismatched_exposures ?? {});
@@ -432,6 +533,7 @@ export async function renderResults(container, e, ctx) {
     h('div', { class: 'panel' }, summary),
     h('div', { class: 'grid-2' }, srmPanel(r), guardrailPanel(r, e)),
     forest(r),
+    drillDownPanel(r, e, ctx),
     dailyPanel(r),
     r.metrics.map((m) =>
       h(
