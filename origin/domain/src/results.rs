@@ -819,6 +819,20 @@ fn guardrail_check(
     }
 }
 
+/// The mSPRT's settings of an experiment. Its tuning counts the units of both arms
+/// compared; the settings give it per variant (default: the planned sample, else 10,000).
+fn sequential_config(e: &Experiment) -> SequentialConfig {
+    let analysis = &e.analysis;
+    let per_variant = analysis
+        .tuning_units
+        .or(analysis.planned_units_per_variant.map(|p| p as f64))
+        .unwrap_or(10_000.0);
+    SequentialConfig {
+        alpha: analysis.alpha,
+        tuning_units: 2.0 * per_variant,
+    }
+}
+
 /// What every analysis of an experiment shares, whatever day its data ends on.
 struct Inputs<'a> {
     e: &'a Experiment,
@@ -1210,21 +1224,12 @@ pub fn compute_with(
     let analysis = &e.analysis;
     let alpha = analysis.alpha;
     let roles = metric_roles(e);
-    // The mSPRT's tuning counts the units of both arms compared; the settings give it per
-    // variant (default: the planned sample, else 10,000).
-    let per_variant = analysis
-        .tuning_units
-        .or(analysis.planned_units_per_variant.map(|p| p as f64))
-        .unwrap_or(10_000.0);
     let inputs = Inputs {
         e,
         metrics,
         rollups,
         roles: &roles,
-        sequential: SequentialConfig {
-            alpha,
-            tuning_units: 2.0 * per_variant,
-        },
+        sequential: sequential_config(e),
     };
     let variants = variant_summaries(&inputs);
     let (units, multiple) = units_by_variant(rollups, i64::MAX);

@@ -575,10 +575,31 @@ impl ClickHouse {
     /// whether it was seen in more than one variant. Exposures that the SQL pipeline would
     /// refuse (unknown variant, another unit attribute) are left out here.
     fn exposed_units(&self, experiment_id: &str, plan: &ExperimentPlan) -> String {
+        self.exposed(experiment_id, plan, None)
+    }
+
+    /// [`Self::exposed_units`], with `dimension`: the tuple (present, text) of that
+    /// attribute on the unit's first exposure, chosen with the variant.
+    fn exposed(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        dimension: Option<&str>,
+    ) -> String {
         let prefix = format!("{}:", plan.unit_attribute);
+        let (read, chosen) = match dimension {
+            Some(name) => (
+                format!(
+                    ", indexOf(prop_names, {}) AS i, prop_texts AS texts",
+                    literal(name)
+                ),
+                ", argMin((i > 0, if(i > 0, texts[i], '')), t) AS dimension",
+            ),
+            None => (String::new(), ""),
+        };
         format!(
-            "SELECT ukey, argMin(arm, t) AS variant, min(t) AS first_ms, min(arm) != max(arm) AS multiple
-             FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t FROM {db}.exposures FINAL
+            "SELECT ukey, argMin(arm, t) AS variant, min(t) AS first_ms, min(arm) != max(arm) AS multiple{chosen}
+             FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t{read} FROM {db}.exposures FINAL
                    WHERE experiment_id = {id} AND variant IN ({variants})
                      AND substring(unit_key, 1, {len}) = {prefix})
              GROUP BY ukey",
@@ -928,26 +949,7 @@ impl ClickHouse {
         plan: &ExperimentPlan,
         dimension: &str,
     ) -> Result<Vec<DimensionCell>, WarehouseError> {
-        let exposed = self.exposed_units(experiment_id, plan);
-        let prefix = format!("{}:", plan.unit_attribute);
-        // The dimension of the first exposure: (present, text) chosen with the variant.
-        let exposed_with_value = format!(
-            "SELECT ukey, argMin(arm, t) AS variant, min(arm) != max(arm) AS multiple,
-                    argMin((i > 0, if(i > 0, texts[i], '')), t) AS dimension
-             FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t,
-                          indexOf(prop_names, {name}) AS i, prop_texts AS texts
-                   FROM {db}.exposures FINAL
-                   WHERE experiment_id = {id} AND variant IN ({variants})
-                     AND substring(unit_key, 1, {len}) = {prefix})
-             GROUP BY ukey",
-            unit = Self::unit_expression(plan),
-            db = self.database,
-            name = literal(dimension),
-            id = literal(experiment_id),
-            variants = literal_list(plan.variants.iter().map(String::as_str)),
-            len = prefix.len(),
-            prefix = literal(&prefix),
-        );
+        let exposed = self.exposed(experiment_id, plan, Some(dimension));
         let mut totals = Vec::new();
         let mut values = Vec::new();
         let mut sums = Vec::new();
@@ -975,7 +977,7 @@ impl ClickHouse {
             }));
             // Units without events get zeros from the LEFT JOIN's defaults.
             format!(
-                ", {values} FROM (SELECT ukey, variant, dimension FROM ({exposed_with_value}) WHERE multiple = 0)
+                ", {values} FROM (SELECT ukey, variant, dimension FROM ({exposed}) WHERE multiple = 0)
                  ALL LEFT JOIN (
                    SELECT ukey, {totals}
                    FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
@@ -991,9 +993,7 @@ impl ClickHouse {
             )
         };
         let from = if plan.metrics.is_empty() {
-            format!(
-                " FROM (SELECT ukey, variant, dimension FROM ({exposed_with_value}) WHERE multiple = 0)"
-            )
+            format!(" FROM (SELECT ukey, variant, dimension FROM ({exposed}) WHERE multiple = 0)")
         } else {
             String::new()
         };

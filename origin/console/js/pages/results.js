@@ -28,6 +28,18 @@ function th(text, numeric = true) {
   return h('th', { scope: 'col', class: numeric ? 'num' : '' }, text);
 }
 
+/** A comparison's effect, p-values and decision cells (five columns), or why it has none. */
+function effectCells(m, c) {
+  if (!c.absolute) return h('td', { colspan: 5, class: 'muted', dataset: { field: 'note' } }, c.note || 'not computed yet');
+  return [
+    figure('absolute', metricEffect(m.kind, c.absolute.estimate), interval(c.absolute.ci, (x) => metricEffect(m.kind, x))),
+    c.relative ? figure('relative', signedPercent(c.relative.estimate), interval(c.relative.ci, (x) => signedPercent(x))) : h('td', { class: 'muted', dataset: { field: 'relative' } }, `unavailable (${c.relative_unavailable})`),
+    figure('p_value', pValue(c.p_value)),
+    figure('adjusted_p_value', pValue(c.adjusted_p_value)),
+    h('td', { dataset: { field: 'decision' } }, decision(c)),
+  ];
+}
+
 const MODES = { sequential: 'sequential (always valid)', fixed_horizon: 'fixed horizon', group_sequential: 'group sequential' };
 
 /** The main table of one metric: each variant's value, and each treatment's effect. */
@@ -53,17 +65,7 @@ function metricTable(r, m) {
       figure('units', count(summary ? summary.units : 0)),
       figure('value', metricValue(m.kind, summary ? summary.value : null)),
     ];
-    if (c.absolute) {
-      cells.push(
-        figure('absolute', metricEffect(m.kind, c.absolute.estimate), interval(c.absolute.ci, (x) => metricEffect(m.kind, x))),
-        c.relative ? figure('relative', signedPercent(c.relative.estimate), interval(c.relative.ci, (x) => signedPercent(x))) : h('td', { class: 'muted', dataset: { field: 'relative' } }, `unavailable (${c.relative_unavailable})`),
-        figure('p_value', pValue(c.p_value)),
-        figure('adjusted_p_value', pValue(c.adjusted_p_value)),
-        h('td', { dataset: { field: 'decision' } }, decision(c)),
-      );
-    } else {
-      cells.push(h('td', { colspan: 5, class: 'muted', dataset: { field: 'note' } }, c.note || 'not computed yet'));
-    }
+    cells.push(effectCells(m, c));
     rows.push(h('tr', { dataset: { variant: c.variant } }, cells));
   }
   const notes = [];
@@ -254,17 +256,7 @@ function drillDownTable(r, d) {
           h('td', {}, c.variant),
           figure('units', `${count(g.units[r.control] || 0)} / ${count(g.units[c.variant] || 0)}`),
         ];
-        if (c.absolute) {
-          cells.push(
-            figure('absolute', metricEffect(m.kind, c.absolute.estimate), interval(c.absolute.ci, (x) => metricEffect(m.kind, x))),
-            c.relative ? figure('relative', signedPercent(c.relative.estimate), interval(c.relative.ci, (x) => signedPercent(x))) : h('td', { class: 'muted', dataset: { field: 'relative' } }, `unavailable (${c.relative_unavailable})`),
-            figure('p_value', pValue(c.p_value)),
-            figure('adjusted_p_value', pValue(c.adjusted_p_value)),
-            h('td', { dataset: { field: 'decision' } }, decision(c)),
-          );
-        } else {
-          cells.push(h('td', { colspan: 5, class: 'muted', dataset: { field: 'note' } }, c.note || 'not computed yet'));
-        }
+        cells.push(effectCells(m, c));
         rows.push(h('tr', { dataset: { group: groupLabel(g), metric: m.metric, variant: c.variant } }, cells));
       }
     }

@@ -10,11 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use abx_stats::heterogeneity::{self, Heterogeneity, SubgroupEffect};
-use abx_stats::sequential::SequentialConfig;
 use serde::Serialize;
 
 use super::{
     Analysed, ComparisonView, Group, MetricResult, comparison_view, correction, metric_roles,
+    sequential_config,
 };
 use crate::model::catalog::Metric;
 use crate::model::experiment::{AnalysisMode, Experiment};
@@ -155,14 +155,7 @@ pub fn drill_down(
     }
 
     let analysis = &e.analysis;
-    let per_variant = analysis
-        .tuning_units
-        .or(analysis.planned_units_per_variant.map(|p| p as f64))
-        .unwrap_or(10_000.0);
-    let sequential = SequentialConfig {
-        alpha: analysis.alpha,
-        tuning_units: 2.0 * per_variant,
-    };
+    let sequential = sequential_config(e);
     let roles = metric_roles(e);
     let control = e.control();
     let mut out: Vec<DimensionGroup> = groups
