@@ -12,7 +12,8 @@
 #
 # Environment: ABX_BENCH_RATE, ABX_BENCH_SECONDS and ABX_BENCH_IN_FLIGHT set the offered
 # rate (events/s, default 100000), length (default 30 s) and requests in flight (default 16)
-# of `ingest`;
+# of `ingest`; ABX_BENCH_PROPERTIES=1 gives every event properties (exposures: platform and
+# country, the experiment's two dimensions) and adds a metric filtered on them;
 # ABX_BENCH_NATS_URL (e.g. nats://127.0.0.1:4222) sends the events through a JetStream stream
 # of the run's own (deleted afterwards) instead of straight into the event log, and prints
 # nats-server's CPU time; with ABX_BENCH_COLLECTOR_ONLY=1 as well, the origin only collects
@@ -151,7 +152,14 @@ PY
   ;;
 ingest)
   api POST /metrics '{"key":"conversion","kind":"conversion","event_type":"conversion"}' >/dev/null
-  id=$(api POST /experiments '{"key":"bench","primary_metric":"conversion","variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}' | json_field id)
+  experiment='{"key":"bench","primary_metric":"conversion","variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}'
+  properties=()
+  if [ -n "${ABX_BENCH_PROPERTIES:-}" ]; then
+    properties=(--properties)
+    api POST /metrics '{"key":"usd_conversion","kind":"conversion","event_type":"conversion","filter":{"all":[{"attr":"currency","op":"eq","value":"USD"},{"attr":"items","op":"gte","value":2}]}}' >/dev/null
+    experiment='{"key":"bench","primary_metric":"conversion","secondary_metrics":["usd_conversion"],"dimensions":["platform","country"],"variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}'
+  fi
+  id=$(api POST /experiments "$experiment" | json_field id)
   api POST "/experiments/$id/start" '{}' >/dev/null
   rate=${ABX_BENCH_RATE:-100000} events=$((${ABX_BENCH_RATE:-100000} * ${ABX_BENCH_SECONDS:-30}))
   in_flight=${ABX_BENCH_IN_FLIGHT:-16}
@@ -160,8 +168,13 @@ ingest)
   [ -z "$nats" ] || nats_before=$(cpu_seconds "$nats")
   ch=$( [ -z "$warehouse_db" ] || pgrep -o -f clickhouse-server || true)
   [ -z "$ch" ] || ch_before=$(cpu_seconds "$ch")
-  /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$load" ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000 "${drain[@]}"
+  /usr/bin/time -f "load generator CPU time: %U s user, %S s system" "$load" ingest --url "$url" --key "$admin" --experiment-id "$id" --rate "$rate" --events "$events" --batch 500 --concurrency "$in_flight" --units 500000 "${properties[@]}" "${drain[@]}"
   echo "origin CPU time for the whole run: $(cpu_seconds "$origin") s"
+  if [ -z "$stream" ]; then
+    # The event log's file (with its WAL, checkpointed by then) per event sent.
+    log_bytes=$(du -cb "$dir"/*-events.db* | tail -n 1 | cut -f 1)
+    awk -v b="$log_bytes" -v n="$events" 'BEGIN { printf "event log on disk: %d bytes, %.0f bytes per event\n", b, b / n }'
+  fi
   [ -z "$nats" ] || awk -v a="$nats_before" -v b="$(cpu_seconds "$nats")" 'BEGIN { printf "nats-server CPU time during the run: %.1f s\n", b - a }'
   [ -z "$ch" ] || awk -v a="$ch_before" -v b="$(cpu_seconds "$ch")" 'BEGIN { printf "clickhouse-server CPU time during the run: %.1f s\n", b - a }'
   [ -z "$warehouse_db" ] || echo "events in the warehouse: $(clickhouse "SELECT (SELECT count() FROM $warehouse_db.exposures FINAL) + (SELECT count() FROM $warehouse_db.metric_events FINAL)")"

@@ -55,6 +55,10 @@ pub struct Args {
     /// `conversion_0` … `conversion_{N-1}` (one metric definition each, for results benches).
     #[arg(long, default_value_t = 1)]
     event_types: u64,
+    /// Give every exposure context `attributes` (platform, country) and every metric event
+    /// `properties` (currency, items, first_order), as SDKs that send them do.
+    #[arg(long)]
+    properties: bool,
 }
 
 fn batch_body(start: u64, count: u64, args: &Args, now_ms: i64) -> String {
@@ -74,8 +78,17 @@ fn batch_body(start: u64, count: u64, args: &Args, now_ms: i64) -> String {
             } else {
                 "treatment"
             };
+            let attributes = if args.properties {
+                let platform = ["mobile", "desktop", "tablet"][(unit % 3) as usize];
+                format!(
+                    r#","attributes":{{"platform":"{platform}","country":"c{}"}}"#,
+                    unit % 40
+                )
+            } else {
+                String::new()
+            };
             format!(
-                r#"{{"event_id":"{id}","kind":"exposure","unit":"u{unit}","experiment_id":"{}","variant":"{variant}","timestamp":{now_ms}}}"#,
+                r#"{{"event_id":"{id}","kind":"exposure","unit":"u{unit}","experiment_id":"{}","variant":"{variant}","timestamp":{now_ms}{attributes}}}"#,
                 args.experiment_id
             )
         } else {
@@ -84,8 +97,18 @@ fn batch_body(start: u64, count: u64, args: &Args, now_ms: i64) -> String {
             } else {
                 format!("conversion_{}", (i / args.units) % args.event_types)
             };
+            let properties = if args.properties {
+                let currency = ["USD", "EUR", "GBP"][(i % 3) as usize];
+                format!(
+                    r#","properties":{{"currency":"{currency}","items":{},"first_order":{}}}"#,
+                    i % 5 + 1,
+                    i % 7 == 0
+                )
+            } else {
+                String::new()
+            };
             format!(
-                r#"{{"event_id":"{id}","kind":"metric","unit":"u{unit}","event_type":"{event_type}","value":1,"timestamp":{}}}"#,
+                r#"{{"event_id":"{id}","kind":"metric","unit":"u{unit}","event_type":"{event_type}","value":1,"timestamp":{}{properties}}}"#,
                 now_ms + 1
             )
         };
