@@ -118,7 +118,8 @@ pub struct EvaluateRequest {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct FlagView {
-    #[schema(value_type = Object)]
+    /// Any JSON.
+    #[schema(value_type = serde_json::Value)]
     pub value: Option<Box<RawValue>>,
     /// `disabled`, `rule`, `experiment` or `default`.
     pub reason: &'static str,

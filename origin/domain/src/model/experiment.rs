@@ -208,7 +208,7 @@ pub struct VariantInput {
     pub weight: f64,
     /// Any JSON; delivered to SDKs as the variant's configuration.
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub config: Json,
 }
 

@@ -30,9 +30,9 @@ pub struct FlagRule {
     /// Percent of matching units that get the value (a gradual rollout). Default 100.
     #[serde(default = "hundred")]
     pub rollout_percent: f64,
-    /// The value served; exactly one of `value` and `from_experiment`.
+    /// The value served (any JSON); exactly one of `value` and `from_experiment`.
     #[serde(default)]
-    #[schema(value_type = Object, nullable = true)]
+    #[schema(value_type = serde_json::Value)]
     pub value: Option<Json>,
     #[serde(default)]
     pub from_experiment: Option<FromExperiment>,
@@ -56,11 +56,11 @@ pub struct FlagInput {
     pub unit: Option<String>,
     /// Served while disabled. Default `false`.
     #[serde(default)]
-    #[schema(value_type = Object, nullable = true)]
+    #[schema(value_type = serde_json::Value)]
     pub off_value: Option<Json>,
     /// Served when no rule matches. Default: the off value.
     #[serde(default)]
-    #[schema(value_type = Object, nullable = true)]
+    #[schema(value_type = serde_json::Value)]
     pub default_value: Option<Json>,
     #[serde(default)]
     pub rules: Vec<FlagRule>,
@@ -176,9 +176,11 @@ pub struct Flag {
     pub description: String,
     pub enabled: bool,
     pub unit: String,
-    #[schema(value_type = Object)]
+    /// Any JSON.
+    #[schema(value_type = serde_json::Value)]
     pub off_value: Json,
-    #[schema(value_type = Object)]
+    /// Any JSON.
+    #[schema(value_type = serde_json::Value)]
     pub default_value: Json,
     pub rules: Vec<FlagRule>,
     pub version: i64,
