@@ -14,6 +14,8 @@
 # rate (events/s, default 100000), length (default 30 s) and requests in flight (default 16)
 # of `ingest`; ABX_BENCH_PROPERTIES=1 gives every event properties (exposures: platform and
 # country, the experiment's two dimensions) and adds a metric filtered on them;
+# ABX_BENCH_LATENCY=1 gives metric events values spread like latencies (20–420 ms), and
+# ABX_BENCH_QUANTILE=1 (with it) adds a p95 quantile metric on them as a guardrail;
 # ABX_BENCH_NATS_URL (e.g. nats://127.0.0.1:4222) sends the events through a JetStream stream
 # of the run's own (deleted afterwards) instead of straight into the event log, and prints
 # nats-server's CPU time; with ABX_BENCH_COLLECTOR_ONLY=1 as well, the origin only collects
@@ -158,6 +160,13 @@ ingest)
     properties=(--properties)
     api POST /metrics '{"key":"usd_conversion","kind":"conversion","event_type":"conversion","filter":{"all":[{"attr":"currency","op":"eq","value":"USD"},{"attr":"items","op":"gte","value":2}]}}' >/dev/null
     experiment='{"key":"bench","primary_metric":"conversion","secondary_metrics":["usd_conversion"],"dimensions":["platform","country"],"variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}'
+  fi
+  if [ -n "${ABX_BENCH_LATENCY:-}" ]; then
+    properties+=(--latency-values)
+  fi
+  if [ -n "${ABX_BENCH_QUANTILE:-}" ]; then
+    api POST /metrics '{"key":"p95","kind":"quantile","quantile":0.95,"event_type":"conversion","direction":"decrease"}' >/dev/null
+    experiment=$(python3 -c 'import json, sys; e = json.loads(sys.argv[1]); e["guardrail_metrics"] = ["p95"]; print(json.dumps(e))' "$experiment")
   fi
   id=$(api POST /experiments "$experiment" | json_field id)
   api POST "/experiments/$id/start" '{}' >/dev/null

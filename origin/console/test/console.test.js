@@ -118,6 +118,7 @@ test('an admin creates, starts and completes an experiment, and the results page
   await configs.nth(1).fill(JSON.stringify(CHECKOUT.variants[1].config));
   await form.locator('[name=primary_metric]').selectOption(CHECKOUT.primary_metric);
   await form.locator('[name=secondary_metrics][value=revenue]').check();
+  await form.locator('[name=secondary_metrics][value=p95_latency]').check();
   await form.locator('[name=guardrail_metrics][value=crash_rate]').check();
   await form.locator('[name=dimensions]').fill(CHECKOUT.dimensions.join(', '));
   await checkPage(page, 'experiment-form');
@@ -164,11 +165,13 @@ test('an admin creates, starts and completes an experiment, and the results page
   let checked = 0;
   for (const m of results.metrics) {
     const control = results.variants[results.control].metrics[m.metric];
-    assert.equal(await cell(page, m.metric, results.control, 'units', 'estimate'), count(control.units));
+    // A quantile's units say how many events it was computed from.
+    const units = (summary) => (m.kind === 'quantile' ? `${count(summary.units)} (${count(summary.count)} events)` : count(summary.units));
+    assert.equal(await cell(page, m.metric, results.control, 'units', 'estimate'), units(control));
     assert.equal(await cell(page, m.metric, results.control, 'value', 'estimate'), metricValue(m.kind, control.value));
     for (const c of m.comparisons) {
       const summary = results.variants[c.variant].metrics[m.metric];
-      assert.equal(await cell(page, m.metric, c.variant, 'units', 'estimate'), count(summary.units));
+      assert.equal(await cell(page, m.metric, c.variant, 'units', 'estimate'), units(summary));
       assert.equal(await cell(page, m.metric, c.variant, 'value', 'estimate'), metricValue(m.kind, summary.value));
       assert.equal(await cell(page, m.metric, c.variant, 'absolute', 'estimate'), metricEffect(m.kind, c.absolute.estimate));
       assert.equal(await cell(page, m.metric, c.variant, 'absolute', 'ci'), interval(c.absolute.ci, (x) => metricEffect(m.kind, x)));
@@ -179,7 +182,9 @@ test('an admin creates, starts and completes an experiment, and the results page
       checked += 1;
     }
   }
-  assert.equal(checked, 3, 'purchase, revenue and crash_rate each have one comparison');
+  assert.equal(checked, 4, 'purchase, revenue, p95_latency and crash_rate each have one comparison');
+  assert.ok(results.metrics.some((m) => m.kind === 'quantile' && m.quantile === 0.95), 'the quantile metric is in the results');
+  await page.getByRole('columnheader', { name: 'p95 of events' }).waitFor();
   // The decision badge says what the API decided (the data are random: each run's
   // experiment id gives other assignments, so significance is not asserted here; the
   // statistics are tested in origin/tests/analysis.rs and e2e/measurement.test.mjs).

@@ -155,6 +155,11 @@ export async function traffic(origin, sdk, experiment, { units, days = 5, conver
     if (r(3) < (crash[variant] ?? 0)) {
       events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'crash', value: 1, timestamp: at + 120_000 });
     }
+    // One to three page loads, with a latency that differs by unit and by request.
+    for (let k = 0; k < 1 + Math.floor(3 * r(4)); k += 1) {
+      const ms = Math.round(80 * (0.5 + r(5)) * (0.7 + 0.6 * r(6 + k)) * 10) / 10;
+      events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'latency_ms', value: ms, timestamp: at + 1_000 + k });
+    }
   });
   for (let i = 0; i < events.length; i += 2_000) {
     const reply = await origin.call('POST', '/events', { events: events.slice(i, i + 2_000) }, sdk);
@@ -168,6 +173,7 @@ export async function seed(origin, sdk) {
   await origin.post('/metrics', { key: 'purchase', name: 'Purchase', kind: 'conversion', event_type: 'purchase', direction: 'increase' });
   await origin.post('/metrics', { key: 'revenue', name: 'Revenue per user', kind: 'mean', event_type: 'revenue', direction: 'increase' });
   await origin.post('/metrics', { key: 'crash_rate', name: 'Crash rate', kind: 'conversion', event_type: 'crash', direction: 'decrease' });
+  await origin.post('/metrics', { key: 'p95_latency', name: 'Page load p95', kind: 'quantile', quantile: 0.95, event_type: 'latency_ms', direction: 'decrease' });
   await origin.post('/layers', { key: 'checkout_ui', name: 'Checkout UI', description: 'Experiments on the checkout page never share a user.' });
   await origin.post('/layers', { key: 'search', name: 'Search' });
   const ranking = await origin.post('/experiments', {
@@ -233,7 +239,7 @@ export const CHECKOUT = {
     { name: 'treatment', weight: 50, config: { button_color: 'green' } },
   ],
   primary_metric: 'purchase',
-  secondary_metrics: ['revenue'],
+  secondary_metrics: ['revenue', 'p95_latency'],
   guardrail_metrics: ['crash_rate'],
   dimensions: ['platform'],
 };

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::clock;
-use crate::model::catalog::{Metric, MetricKind};
+use crate::model::catalog::{Cap, Metric, MetricKind, Window};
 use crate::model::experiment::Experiment;
 use crate::model::filter::Filter;
 
@@ -24,14 +24,27 @@ pub struct MetricPlan {
     pub kind: MetricKind,
     pub event_type: String,
     pub denominator: Option<String>,
+    /// The quantile of a quantile metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
+    /// The cap on each unit's value, applied when rollups are read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<Cap>,
+    /// The window of events counted after the exposure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
     /// The filter's JSON text; in the fingerprint, so that a changed filter rebuilds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
     /// What the unit's per-metric totals are kept under: the event type, or for a filtered
     /// metric the event type and the filter's id (`purchase?1f0c…`; event types cannot
-    /// contain `?`), so that the totals of the matching events are apart from the others.
+    /// contain `?`), so that the totals of the matching events are apart from the others;
+    /// a window adds `@delay-length` in seconds (`purchase@0-259200`).
     #[serde(skip)]
     pub measure: String,
+    /// The same for a ratio's denominator (windowed like the numerator, never filtered).
+    #[serde(skip)]
+    pub denominator_measure: Option<String>,
     #[serde(skip)]
     pub compiled_filter: Option<Filter>,
 }
@@ -57,31 +70,101 @@ impl From<&Metric> for MetricPlan {
             .filter
             .as_ref()
             .map(|f| Filter::compile(f).unwrap_or_else(|_| match_nothing()));
-        let measure = match &compiled_filter {
+        let windowed = |measure: String| match &m.window {
+            Some(w) => format!("{measure}@{}-{}", w.delay_s, w.length_s),
+            None => measure,
+        };
+        let measure = windowed(match &compiled_filter {
             Some(filter) => format!("{}?{}", m.event_type, filter.id()),
             None => m.event_type.clone(),
-        };
+        });
         MetricPlan {
             key: m.key.clone(),
             kind: m.kind,
             event_type: m.event_type.clone(),
             denominator: m.denominator_event_type.clone(),
+            quantile: (m.kind == MetricKind::Quantile).then(|| m.quantile.unwrap_or(0.5)),
+            cap: m.cap,
+            window: m.window,
             filter: compiled_filter.as_ref().map(|f| f.text().to_string()),
             measure,
+            denominator_measure: m.denominator_event_type.clone().map(windowed),
             compiled_filter,
         }
     }
 }
 
+/// A measure the pipeline keeps per unit beyond the totals of each event type: the totals
+/// of the events a filter matches or a window after the exposure holds, and (`bucketed`) the
+/// unit's events of the measure counted per value bucket (`bucket_measure`), which quantile
+/// metrics are computed from.
+#[derive(Clone, Copy, Debug)]
+pub struct DerivedMeasure<'p> {
+    pub event_type: &'p str,
+    pub measure: &'p str,
+    pub filter: Option<&'p Filter>,
+    pub window: Option<Window>,
+    pub bucketed: bool,
+}
+
+impl DerivedMeasure<'_> {
+    /// Whether the measure's own totals are kept (not those of its event type).
+    pub fn own_totals(&self) -> bool {
+        self.filter.is_some() || self.window.is_some()
+    }
+
+    /// Whether an event at `ts_ms`, for a unit first exposed at `first_exposure_ms`, falls
+    /// in the measure's window (every event does without one).
+    pub fn in_window(&self, ts_ms: i64, first_exposure_ms: i64) -> bool {
+        self.window.is_none_or(|w| {
+            let since = ts_ms - first_exposure_ms;
+            let delay = i64::from(w.delay_s) * 1_000;
+            since >= delay && since < delay + i64::from(w.length_s) * 1_000
+        })
+    }
+}
+
+/// The key under which a unit's events of a measure in one value bucket are counted
+/// (`latency_ms#65600`; event types and filter ids cannot contain `#`).
+pub fn bucket_measure(measure: &str, bucket: i32) -> String {
+    format!("{measure}#{bucket}")
+}
+
+/// The prefix of every bucket key of a measure.
+pub fn bucket_prefix(measure: &str) -> String {
+    format!("{measure}#")
+}
+
 impl ExperimentPlan {
-    /// The plan's filtered measures (each once): event type, measure key and filter.
-    pub fn filtered_measures(&self) -> Vec<(&str, &str, &Filter)> {
-        let mut out: Vec<(&str, &str, &Filter)> = Vec::new();
+    /// The plan's derived measures, each once.
+    pub fn derived_measures<'a>(&'a self) -> Vec<DerivedMeasure<'a>> {
+        let mut out: Vec<DerivedMeasure<'a>> = Vec::new();
+        let mut add = |d: DerivedMeasure<'a>| match out.iter_mut().find(|k| k.measure == d.measure)
+        {
+            Some(known) => known.bucketed |= d.bucketed,
+            None => out.push(d),
+        };
         for m in &self.metrics {
-            if let Some(filter) = &m.compiled_filter
-                && !out.iter().any(|(_, measure, _)| *measure == m.measure)
+            let bucketed = m.kind == MetricKind::Quantile;
+            if m.compiled_filter.is_some() || m.window.is_some() || bucketed {
+                add(DerivedMeasure {
+                    event_type: &m.event_type,
+                    measure: &m.measure,
+                    filter: m.compiled_filter.as_ref(),
+                    window: m.window,
+                    bucketed,
+                });
+            }
+            if let (Some(event_type), Some(measure), Some(_)) =
+                (&m.denominator, &m.denominator_measure, m.window)
             {
-                out.push((&m.event_type, &m.measure, filter));
+                add(DerivedMeasure {
+                    event_type,
+                    measure,
+                    filter: None,
+                    window: m.window,
+                    bucketed: false,
+                });
             }
         }
         out

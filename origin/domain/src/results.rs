@@ -17,7 +17,7 @@ use abx_stats::sequential::{self, SequentialConfig, SequentialResult};
 use abx_stats::trend::CumulativeEstimate;
 use abx_stats::{
     BayesianResult, Comparison, CovariateMoments, CupedComparison, Effect, Moments, Proportion,
-    RatioMoments, RelativeLift, SrmResult, StatsError,
+    QuantileEstimate, RatioMoments, RelativeLift, SrmResult, StatsError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,14 @@ pub enum MetricRole {
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct MetricSummary {
     pub units: u64,
-    /// Converted units (conversion metrics).
+    /// The cap each unit's value was held to (capped metrics): `sum` and `value` are over
+    /// the capped values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<f64>,
+    /// Units whose value was above the cap (capped metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capped_units: Option<u64>,
+    /// Converted units (conversion metrics), or events (quantile metrics).
     pub count: Option<u64>,
     /// Σ of the metric over units (the total, for sum metrics).
     pub sum: f64,
@@ -245,6 +252,9 @@ pub struct ComparisonView {
 pub struct MetricResult {
     pub metric: String,
     pub kind: MetricKind,
+    /// The quantile of a quantile metric (0.95 for a 95th percentile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
     pub role: MetricRole,
     pub direction: Direction,
     pub comparisons: Vec<ComparisonView>,
@@ -383,6 +393,49 @@ fn sums_by<'r>(rollups: &'r Rollups, metric: &str, until_day: i64) -> HashMap<&'
         }
     }
     out
+}
+
+/// A metric's per-variant data as its tests take it: the sums of the units' values up to a
+/// day, or (with all data so far) a capped metric's sums over its capped values and a
+/// quantile metric's estimate, neither of which has per-day sums to add up.
+struct VariantData<'r> {
+    sums: HashMap<&'r str, Sums>,
+    quantiles: HashMap<&'r str, QuantileEstimate>,
+}
+
+impl<'r> VariantData<'r> {
+    fn of(rollups: &'r Rollups, metric: &Metric, until_day: i64) -> Self {
+        let sums = if metric.cap.is_some() {
+            rollups
+                .capped
+                .iter()
+                .filter(|r| r.metric == metric.key)
+                .map(|r| (r.variant.as_str(), r.sums))
+                .collect()
+        } else {
+            sums_by(rollups, &metric.key, until_day)
+        };
+        let quantiles = rollups
+            .quantiles
+            .iter()
+            .filter(|r| r.metric == metric.key)
+            .filter_map(|r| Some((r.variant.as_str(), r.estimate?)))
+            .collect();
+        VariantData { sums, quantiles }
+    }
+
+    fn group(&self, variant: &str, n: u64) -> Group {
+        Group {
+            n,
+            s: self.sums.get(variant).copied().unwrap_or_default(),
+            q: self.quantiles.get(variant).copied(),
+        }
+    }
+}
+
+/// Whether a metric's figures exist per day (for the daily series and the trend).
+fn has_daily_figures(metric: &Metric) -> bool {
+    metric.cap.is_none() && metric.kind != MetricKind::Quantile
 }
 
 /// The metrics of an experiment in analysis order (primary, secondary, guardrails), each
@@ -589,6 +642,8 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
 struct Group {
     n: u64,
     s: Sums,
+    /// A quantile metric's estimate (its sums are empty).
+    q: Option<QuantileEstimate>,
 }
 
 impl Group {
@@ -623,9 +678,16 @@ impl Group {
             sum_num_den: self.s.sum_xy,
         }
     }
+    fn quantile(&self) -> Result<&QuantileEstimate, StatsError> {
+        self.q.as_ref().ok_or(StatsError::InsufficientSample {
+            required: 2,
+            actual: 0,
+        })
+    }
     fn value(&self, kind: MetricKind) -> Option<f64> {
         match kind {
             MetricKind::Ratio => (self.s.sum_y != 0.0).then(|| self.s.sum_x / self.s.sum_y),
+            MetricKind::Quantile => self.q.map(|q| q.estimate),
             _ => (self.n > 0).then(|| self.s.sum_x / self.n as f64),
         }
     }
@@ -643,7 +705,7 @@ pub fn describe(error: &StatsError) -> String {
 }
 
 /// The standard test of a metric: z-test for conversions, Welch for means and sums, the
-/// delta method for ratios.
+/// delta method for ratios and (for clustered events) quantiles.
 fn compare(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Result<Comparison, StatsError> {
     match kind {
         MetricKind::Conversion => {
@@ -653,6 +715,7 @@ fn compare(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Result<Compari
             abx_stats::welch_t_test(&c.moments(), &t.moments(), alpha)
         }
         MetricKind::Ratio => abx_stats::ratio_test(&c.ratio(), &t.ratio(), alpha),
+        MetricKind::Quantile => abx_stats::quantile_test(c.quantile()?, t.quantile()?, alpha),
     }
 }
 
@@ -670,7 +733,8 @@ fn sequential_view(
         MetricKind::Mean | MetricKind::Sum => {
             sequential::sequential_mean_test(&c.moments(), &t.moments(), config)
         }
-        MetricKind::Ratio => sequential::always_valid(
+        // Delta-method estimates: the mixture SPRT on the difference and its standard error.
+        MetricKind::Ratio | MetricKind::Quantile => sequential::always_valid(
             comparison.absolute.estimate,
             comparison.absolute.std_error,
             c.n + t.n,
@@ -704,7 +768,7 @@ fn bayesian(kind: MetricKind, c: &Group, t: &Group) -> Option<BayesianResult> {
         MetricKind::Mean | MetricKind::Sum => {
             abx_stats::bayesian::gaussian(&c.moments(), &t.moments()).ok()
         }
-        MetricKind::Ratio => None,
+        MetricKind::Ratio | MetricKind::Quantile => None,
     }
 }
 
@@ -726,7 +790,7 @@ fn bayesian_view(b: &BayesianResult, direction: Direction) -> BayesianView {
 
 fn cuped(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Option<CupedComparison> {
     match kind {
-        MetricKind::Ratio => None,
+        MetricKind::Ratio | MetricKind::Quantile => None,
         _ => abx_stats::cuped_test(&c.covariate(), &t.covariate(), alpha).ok(),
     }
 }
@@ -806,8 +870,8 @@ fn guardrail_check(
         MetricKind::Mean | MetricKind::Sum => {
             guardrail::guardrail_mean(&c.moments(), &t.moments(), config)
         }
-        MetricKind::Ratio => {
-            let comparison = abx_stats::ratio_test(&c.ratio(), &t.ratio(), config.alpha)?;
+        MetricKind::Ratio | MetricKind::Quantile => {
+            let comparison = compare(kind, c, t, config.alpha)?;
             guardrail::guardrail_check(
                 comparison.absolute.estimate,
                 comparison.absolute.std_error,
@@ -865,11 +929,8 @@ fn analyse(inputs: &Inputs<'_>, until_day: i64) -> (Vec<MetricResult>, Vec<Guard
         let Some(metric) = inputs.metrics.get(key) else {
             continue;
         };
-        let sums = sums_by(inputs.rollups, key, until_day);
-        let group = |v: &str| Group {
-            n: n(v),
-            s: sums.get(v).copied().unwrap_or_default(),
-        };
+        let data = VariantData::of(inputs.rollups, metric, until_day);
+        let group = |v: &str| data.group(v, n(v));
         let c = group(control);
         let mut comparisons = Vec::new();
         for variant in treatments.clone() {
@@ -892,6 +953,7 @@ fn analyse(inputs: &Inputs<'_>, until_day: i64) -> (Vec<MetricResult>, Vec<Guard
         results.push(MetricResult {
             metric: key.clone(),
             kind: metric.kind,
+            quantile: metric.quantile,
             role: *role,
             direction: metric.direction,
             comparisons,
@@ -924,15 +986,23 @@ fn variant_summaries(inputs: &Inputs<'_>) -> BTreeMap<String, VariantSummary> {
         let Some(metric) = inputs.metrics.get(key) else {
             continue;
         };
-        let sums = sums_by(inputs.rollups, key, i64::MAX);
+        let data = VariantData::of(inputs.rollups, metric, i64::MAX);
         for v in &e.variants {
-            let g = Group {
-                n: n(&v.name),
-                s: sums.get(v.name.as_str()).copied().unwrap_or_default(),
-            };
+            let g = data.group(&v.name, n(&v.name));
+            let capped = inputs
+                .rollups
+                .capped
+                .iter()
+                .find(|r| r.metric == *key && r.variant == v.name);
             let summary = MetricSummary {
+                cap: capped.map(|r| r.cap),
+                capped_units: capped.map(|r| r.capped_units),
                 units: g.n,
-                count: (metric.kind == MetricKind::Conversion).then(|| g.proportion().conversions),
+                count: match metric.kind {
+                    MetricKind::Conversion => Some(g.proportion().conversions),
+                    MetricKind::Quantile => Some(g.q.map_or(0, |q| q.events)),
+                    _ => None,
+                },
                 sum: g.s.sum_x,
                 value: g.value(metric.kind),
             };
@@ -1142,11 +1212,8 @@ fn statistics_at(inputs: &Inputs<'_>, until_day: i64) -> Vec<DecisionStatistic> 
         .iter()
         .filter_map(|(key, _)| inputs.metrics.get(key))
     {
-        let sums = sums_by(inputs.rollups, &metric.key, until_day);
-        let group = |v: &str| Group {
-            n: n(v),
-            s: sums.get(v).copied().unwrap_or_default(),
-        };
+        let data = VariantData::of(inputs.rollups, metric, until_day);
+        let group = |v: &str| data.group(v, n(v));
         for t in e.variants.iter().skip(1) {
             let c = compare(
                 metric.kind,
@@ -1290,7 +1357,9 @@ pub fn compute_with(
 
     apply_decisions(&mut results, e, analysed_through.is_some());
     if let Some(primary) = results.iter_mut().find(|m| m.role == MetricRole::Primary)
-        && let Some(metric) = metrics.get(&primary.metric)
+        && let Some(metric) = metrics
+            .get(&primary.metric)
+            .filter(|m| has_daily_figures(m))
     {
         for comparison in &mut primary.comparisons {
             comparison.trend = trend(e, metric, rollups, &comparison.variant, completed_day);
@@ -1400,6 +1469,7 @@ fn trend(
     let mut groups = [Group {
         n: 0,
         s: Sums::default(),
+        q: None,
     }; 2];
     let mut points = Vec::with_capacity(units.len());
     for (day, added) in units.range(..=completed_day) {
@@ -1659,13 +1729,14 @@ fn daily_series(
         let (units, _) = units_by_variant(rollups, day);
         let n = |v: &str| units.get(v).copied().unwrap_or(0);
         for (key, _) in roles {
-            let Some(metric) = metrics.get(key) else {
+            let Some(metric) = metrics.get(key).filter(|m| has_daily_figures(m)) else {
                 continue;
             };
             let sums = sums_by(rollups, key, day);
             let group = |v: &str| Group {
                 n: n(v),
                 s: sums.get(v).copied().unwrap_or_default(),
+                q: None,
             };
             for variant in e.variants.iter().skip(1) {
                 let comparison =

@@ -51,11 +51,53 @@ pub struct MetricRollup {
     pub sums: Sums,
 }
 
+/// One quantile metric's estimate for one variant, with all data so far (a quantile has no
+/// per-day sufficient statistics to add up: see `abx_stats::quantile`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantileRollup {
+    pub variant: String,
+    pub metric: String,
+    /// `None` when the variant's events do not allow one (fewer than two units).
+    pub estimate: Option<abx_stats::QuantileEstimate>,
+}
+
+/// One capped metric's sufficient statistics for one variant over its units' capped
+/// values, with all data so far (a percentile cap depends on every unit's value, so capped
+/// sums cannot be kept per day).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CappedRollup {
+    pub variant: String,
+    pub metric: String,
+    pub sums: Sums,
+    /// The cap applied: the fixed value, or the percentile's value over all units.
+    pub cap: f64,
+    /// The variant's units whose value was above the cap.
+    pub capped_units: u64,
+}
+
+/// The cap of a metric over its units' values: a fixed value, or the percentile's order
+/// statistic (rank ⌈p·n⌉) of `values`, the non-zero values of the experiment's clean units
+/// (with most units at zero, as for revenue, a percentile over all units would be zero and
+/// cap every buyer). `None` when there is nothing to cap.
+pub fn cap_of(cap: &crate::model::catalog::Cap, values: &mut [f64]) -> Option<f64> {
+    match (cap.value, cap.percentile) {
+        (Some(value), _) => Some(value),
+        (None, Some(p)) if !values.is_empty() => {
+            values.sort_by(f64::total_cmp);
+            let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+            Some(values[rank - 1])
+        }
+        _ => None,
+    }
+}
+
 /// An experiment's rollups, as the SQL pipeline or the warehouse computed them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rollups {
     pub exposures: Vec<ExposureRollup>,
     pub metrics: Vec<MetricRollup>,
+    pub quantiles: Vec<QuantileRollup>,
+    pub capped: Vec<CappedRollup>,
 }
 
 /// One (A variant, B variant) cell of an interaction: the units exposed to both of two experiments, by their variants (`va` in the first, `vb` in

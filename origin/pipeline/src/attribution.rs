@@ -19,8 +19,8 @@ use std::time::Duration;
 use sqlx::AnyConnection;
 
 use crate::model::experiment::Status;
-use crate::plan::{ExperimentPlan, day, plan_of};
-use crate::rollup::{DimensionCell, Sums};
+use crate::plan::{ExperimentPlan, bucket_measure, bucket_prefix, day, plan_of};
+use crate::rollup::{CappedRollup, DimensionCell, QuantileRollup, Sums};
 use crate::tables::{self, Logged};
 use crate::{Pipeline, clock, store};
 use batch::Batch;
@@ -371,7 +371,7 @@ async fn rebuild_changed(
             tracing::info!(experiment_id, "metrics changed; rebuilding rollups");
         }
         let mut tx = state.db.begin_write().await?;
-        refill_filtered_measures(state, &mut tx, experiment_id, plan).await?;
+        refill_derived_measures(state, &mut tx, experiment_id, plan).await?;
         rebuild(&mut tx, experiment_id, plan).await?;
         tables::set_rollup_plan(&mut tx, experiment_id, &fingerprint).await?;
         tx.commit().await?;
@@ -416,35 +416,42 @@ pub async fn dimension_cells(
 /// Events read per query while refilling.
 const REFILL_PAGE: i64 = 20_000;
 
-/// Recomputes the per-unit totals of an experiment's filtered measures from the event log.
-/// Unfiltered totals are kept for every event type a unit sends, so a new metric finds its
-/// history there; a filtered measure counts only what its filter matched, so a new or
-/// changed filter starts from the raw events, as far back as the log keeps them (the event
-/// window). Only events the pipeline has applied count (up to its cursor, less those
-/// waiting for a retry or dead-lettered): the others add themselves when they are applied.
-async fn refill_filtered_measures(
+/// Recomputes the per-unit totals of an experiment's derived measures (filtered and
+/// windowed totals, value buckets) from the event log. Unfiltered totals are kept for every event type a
+/// unit sends, so a new metric finds its history there; a derived measure counts only what
+/// its plan asks for, so a new or changed filter or quantile metric starts from the raw
+/// events, as far back as the log keeps them (the event window). Only events the pipeline
+/// has applied count (up to its cursor, less those waiting for a retry or dead-lettered):
+/// the others add themselves when they are applied.
+async fn refill_derived_measures(
     state: &Arc<Pipeline>,
     conn: &mut AnyConnection,
     experiment_id: &str,
     plan: &ExperimentPlan,
 ) -> Result<(), crate::store::Error> {
-    let measures = plan.filtered_measures();
+    let measures = plan.derived_measures();
     if measures.is_empty() {
         return Ok(());
     }
     let position = tables::cursor(conn, CURSOR).await?;
     let held = tables::held_seqs(conn, position).await?;
     let units = tables::experiment_units(conn, experiment_id).await?;
-    for (_, measure, _) in &measures {
-        tables::delete_unit_totals(conn, experiment_id, measure).await?;
+    for d in &measures {
+        if d.own_totals() {
+            tables::delete_unit_totals(conn, experiment_id, d.measure).await?;
+        }
+        if d.bucketed {
+            tables::delete_unit_totals_under(conn, experiment_id, &bucket_prefix(d.measure))
+                .await?;
+        }
     }
     if units.is_empty() {
         // A new experiment: nothing to scan the log for.
         return Ok(());
     }
     let mut log = state.log.pool.acquire().await?;
-    let mut totals: BTreeMap<(String, &str), tables::Totals> = BTreeMap::new();
-    let event_types: BTreeSet<&str> = measures.iter().map(|(t, _, _)| *t).collect();
+    let mut totals: BTreeMap<(String, String), tables::Totals> = BTreeMap::new();
+    let event_types: BTreeSet<&str> = measures.iter().map(|d| d.event_type).collect();
     for event_type in event_types {
         let mut after = 0;
         loop {
@@ -463,18 +470,32 @@ async fn refill_filtered_measures(
                 let Some((exposure, _)) = units.get(&key) else {
                     continue;
                 };
+                let post = event.ts_ms >= exposure.first_exposure_ms;
                 let properties = crate::event::parse_properties(event.properties.as_deref());
-                for (_, measure, filter) in measures.iter().filter(|(t, _, _)| *t == event_type) {
-                    if !filter.matches(&properties) {
+                for d in measures.iter().filter(|d| d.event_type == event_type) {
+                    if d.filter.is_some_and(|filter| !filter.matches(&properties))
+                        || (d.window.is_some()
+                            && !(post && d.in_window(event.ts_ms, exposure.first_exposure_ms)))
+                    {
                         continue;
                     }
-                    let t = totals.entry((key.clone(), measure)).or_default();
-                    if event.ts_ms >= exposure.first_exposure_ms {
-                        t.post_sum += event.value;
-                        t.post_count += 1;
-                    } else {
-                        t.pre_sum += event.value;
-                        t.pre_count += 1;
+                    let mut counted = Vec::with_capacity(2);
+                    if d.own_totals() {
+                        counted.push(d.measure.to_string());
+                    }
+                    if d.bucketed && post {
+                        let bucket = abx_stats::quantile::bucket(event.value);
+                        counted.push(bucket_measure(d.measure, bucket));
+                    }
+                    for measure in counted {
+                        let t = totals.entry((key.clone(), measure)).or_default();
+                        if post {
+                            t.post_sum += event.value;
+                            t.post_count += 1;
+                        } else {
+                            t.pre_sum += event.value;
+                            t.pre_count += 1;
+                        }
                     }
                 }
             }
@@ -482,10 +503,112 @@ async fn refill_filtered_measures(
     }
     let rows: Vec<(&str, &str, &str, tables::Totals)> = totals
         .iter()
-        .map(|((unit, measure), t)| (unit.as_str(), experiment_id, *measure, *t))
+        .map(|((unit, measure), t)| (unit.as_str(), experiment_id, measure.as_str(), *t))
         .collect();
     tables::upsert_unit_totals(conn, &rows).await?;
     Ok(())
+}
+
+/// Per variant, each capped metric's sums over its clean units' capped values: the cap
+/// (fixed, or the percentile of the units' non-zero values) applies to each unit's value
+/// and pre-exposure covariate (a ratio's numerator), never to a denominator.
+pub async fn capped_rollups(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    plan: &ExperimentPlan,
+) -> Result<Vec<CappedRollup>, crate::store::Error> {
+    if plan.metrics.iter().all(|m| m.cap.is_none()) {
+        return Ok(Vec::new());
+    }
+    let units = tables::experiment_units(conn, experiment_id).await?;
+    let values: Vec<(&str, batch::Values)> = units
+        .values()
+        .map(|(exposure, totals)| {
+            let values = batch::metric_values(plan, |measure| {
+                totals.get(measure).copied().unwrap_or_default()
+            });
+            (&*exposure.variant, values)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, metric) in plan.metrics.iter().enumerate() {
+        let Some(cap) = &metric.cap else { continue };
+        let mut nonzero: Vec<f64> = values
+            .iter()
+            .map(|(_, v)| v[i].0)
+            .filter(|x| *x != 0.0)
+            .collect();
+        let Some(cap) = crate::rollup::cap_of(cap, &mut nonzero) else {
+            continue;
+        };
+        let mut by_variant: BTreeMap<&str, CappedRollup> = plan
+            .variants
+            .iter()
+            .map(|v| {
+                let empty = CappedRollup {
+                    variant: v.clone(),
+                    metric: metric.key.clone(),
+                    sums: Sums::default(),
+                    cap,
+                    capped_units: 0,
+                };
+                (v.as_str(), empty)
+            })
+            .collect();
+        for (variant, v) in &values {
+            let Some(rollup) = by_variant.get_mut(variant) else {
+                continue;
+            };
+            let (x, y, c) = v[i];
+            rollup.capped_units += u64::from(x > cap);
+            let capped = (x.min(cap), y, c.min(cap));
+            rollup
+                .sums
+                .add(&batch::contribution((0.0, 0.0, 0.0), capped));
+        }
+        out.extend(by_variant.into_values());
+    }
+    Ok(out)
+}
+
+/// Per variant, each quantile metric's estimate from the units' value buckets: what the
+/// SQL pipeline's rollups cannot hold, since a quantile's variance needs every unit's
+/// events on either side of a threshold known only once all units are in.
+pub async fn quantile_rollups(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    plan: &ExperimentPlan,
+) -> Result<Vec<QuantileRollup>, crate::store::Error> {
+    let mut out = Vec::new();
+    for metric in &plan.metrics {
+        let Some(p) = metric.quantile else { continue };
+        let prefix = bucket_prefix(&metric.measure);
+        // Per variant, per unit: the unit's (bucket, events).
+        let mut variants: BTreeMap<String, HashMap<String, Vec<(i32, u64)>>> = BTreeMap::new();
+        for (variant, unit, measure, events) in
+            tables::unit_buckets(conn, experiment_id, &prefix).await?
+        {
+            let Some(bucket) = measure[prefix.len()..].parse::<i32>().ok() else {
+                continue;
+            };
+            variants
+                .entry(variant)
+                .or_default()
+                .entry(unit)
+                .or_default()
+                .push((bucket, events.max(0) as u64));
+        }
+        for (variant, units) in variants {
+            let estimate =
+                abx_stats::quantile::quantile_of_units(units.values().map(Vec::as_slice), p);
+            out.push(QuantileRollup {
+                variant,
+                metric: metric.key.clone(),
+                estimate: estimate.ok(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Recomputes an experiment's metric rollups from scratch.

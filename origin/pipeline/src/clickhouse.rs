@@ -27,7 +27,10 @@ use abx_core::{Expr, Literal};
 use crate::event::{EventRecord, Kind};
 use crate::model::catalog::{Period, UnitValue};
 use crate::plan::{ExperimentPlan, MetricPlan};
-use crate::rollup::{DimensionCell, ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
+use crate::rollup::{
+    CappedRollup, DimensionCell, ExposureRollup, InteractionCell, MetricRollup, QuantileRollup,
+    Rollups, Sums,
+};
 
 /// Where the warehouse lives.
 #[derive(Clone, Debug)]
@@ -305,6 +308,11 @@ type ValueSql = fn(&str, &str) -> String;
 const MARKER: u8 = 0;
 const EXPOSURE: u8 = 1;
 const METRIC: u8 = 2;
+/// A quantile rollup: `sum_x` the estimate, `sum_x2` its variance, `sum_y` the quantile,
+/// `units` the units with events and `multiples` the events.
+const QUANTILE: u8 = 3;
+/// A capped metric's sums over capped values: `units` the capped units, `plan` the cap.
+const CAPPED: u8 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct StoredRollupRow {
@@ -648,7 +656,15 @@ impl ClickHouse {
             }
         }
         metrics.sort_by(|a, b| (a.day, &a.variant, &a.metric).cmp(&(b.day, &b.variant, &b.metric)));
+        let mut quantiles = Vec::new();
+        for metric in &plan.metrics {
+            if let Some(p) = metric.quantile {
+                quantiles.extend(self.quantile_rollups(plan, metric, p, &exposed).await?);
+            }
+        }
         Ok(Rollups {
+            quantiles,
+            capped: self.capped_rollups(plan, &exposed).await?,
             exposures: exposures
                 .into_iter()
                 .map(|r| ExposureRollup {
@@ -746,26 +762,205 @@ impl ClickHouse {
         )
     }
 
+    /// Each capped metric's sums per variant over its clean units' capped values, as the SQL
+    /// pipeline's `attribution::capped_rollups` computes them: the percentile of the units'
+    /// non-zero values (the order statistic at rank ⌈p·n⌉) in one query, the sums of
+    /// `least(value, cap)` in a second.
+    async fn capped_rollups(
+        &self,
+        plan: &ExperimentPlan,
+        exposed: &str,
+    ) -> Result<Vec<CappedRollup>, WarehouseError> {
+        #[derive(Deserialize)]
+        struct CapRow {
+            cap: f64,
+            nonzero: u64,
+        }
+        #[derive(Deserialize)]
+        struct CappedRow {
+            variant: String,
+            capped_units: u64,
+            #[serde(flatten)]
+            sums: Sums,
+        }
+        let mut out = Vec::new();
+        let mut per_unit = None;
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            let Some(cap) = &metric.cap else { continue };
+            let per_unit = per_unit.get_or_insert_with(|| self.unit_values(plan, exposed, ""));
+            let cap = match (cap.value, cap.percentile) {
+                (Some(value), _) => value,
+                (None, Some(p)) => {
+                    let rows: Vec<CapRow> = self
+                        .rows(&format!(
+                            "SELECT toUInt64(countIf(x{i} != 0)) AS nonzero,
+                                    toFloat64(if(nonzero = 0, 0,
+                                        arraySort(groupArrayIf(x{i}, x{i} != 0))[toUInt64(greatest(1, ceil({p:?} * nonzero)))])) AS cap
+                             FROM ({per_unit})"
+                        ))
+                        .await?;
+                    match rows.first() {
+                        Some(row) if row.nonzero > 0 => row.cap,
+                        _ => continue,
+                    }
+                }
+                (None, None) => continue,
+            };
+            let cap_sql = format!("{cap:?}");
+            let rows: Vec<CappedRow> = self
+                .rows(&format!(
+                    "SELECT variant, toUInt64(countIf(x > {cap_sql})) AS capped_units,
+                            sum(xc) AS sum_x, sum(xc * xc) AS sum_x2, sum(y) AS sum_y, sum(y * y) AS sum_y2,
+                            sum(xc * y) AS sum_xy, sum(cc) AS sum_c, sum(cc * cc) AS sum_c2, sum(xc * cc) AS sum_xc
+                     FROM (SELECT variant, x{i} AS x, least(x{i}, {cap_sql}) AS xc, y{i} AS y,
+                                  least(c{i}, {cap_sql}) AS cc FROM ({per_unit}))
+                     GROUP BY variant ORDER BY variant"
+                ))
+                .await?;
+            out.extend(rows.into_iter().map(|r| CappedRollup {
+                variant: r.variant,
+                metric: metric.key.clone(),
+                sums: r.sums,
+                cap,
+                capped_units: r.capped_units,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// A quantile metric's estimate per variant, in two passes over its events after the
+    /// units' exposures: the variant's events per value bucket (which give the quantile's
+    /// bucket), then per unit its events at or below its variant's quantile bucket and in
+    /// all (which give the variance); `abx_stats::quantile` does the rest, as for the SQL
+    /// pipeline. The bucket is computed here with the same formula and constants.
+    async fn quantile_rollups(
+        &self,
+        plan: &ExperimentPlan,
+        metric: &MetricPlan,
+        p: f64,
+        exposed: &str,
+    ) -> Result<Vec<QuantileRollup>, WarehouseError> {
+        use abx_stats::quantile::{self, LN_GAMMA, MIN_MAGNITUDE, OFFSET, ThresholdMoments};
+        #[derive(Deserialize)]
+        struct BucketRow {
+            variant: String,
+            bucket: i32,
+            events: u64,
+        }
+        #[derive(Deserialize)]
+        struct MomentsRow {
+            variant: String,
+            units: u64,
+            sum_s: f64,
+            sum_s2: f64,
+            sum_n: f64,
+            sum_n2: f64,
+            sum_sn: f64,
+        }
+        let events = format!(
+            "SELECT ukey, arm, toInt32(if(abs(value) < {MIN_MAGNITUDE:?}, 0,
+                      if(value > 0, 1, -1) * ({OFFSET} + toInt32(ceil(log(abs(value)) / {LN_GAMMA:?}))))) AS bucket
+             FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
+                   WHERE event_type = {t})
+             ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+             WHERE event_type = {counted} AND ts_ms >= first_ms{window}",
+            unit = Self::unit_expression(plan),
+            properties = Self::property_columns(plan),
+            db = self.database,
+            t = literal(&metric.event_type),
+            counted = Self::counted(metric),
+            window = Self::in_window(metric),
+        );
+        let buckets: Vec<BucketRow> = self
+            .rows(&format!(
+                "SELECT arm AS variant, bucket, toUInt64(count()) AS events FROM ({events})
+                 GROUP BY variant, bucket ORDER BY variant, bucket"
+            ))
+            .await?;
+        let mut histograms: std::collections::BTreeMap<String, quantile::Histogram> =
+            Default::default();
+        for r in buckets {
+            histograms
+                .entry(r.variant)
+                .or_default()
+                .push((r.bucket, r.events));
+        }
+        let thresholds: Vec<(&str, i32)> = histograms
+            .iter()
+            .filter_map(|(v, h)| Some((v.as_str(), quantile::quantile_bucket(h, p)?)))
+            .collect();
+        if thresholds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let threshold = format!(
+            "transform(arm, [{}], [{}], toInt32({}))",
+            thresholds
+                .iter()
+                .map(|(v, _)| literal(v))
+                .collect::<Vec<_>>()
+                .join(", "),
+            thresholds
+                .iter()
+                .map(|(_, b)| format!("toInt32({b})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            i32::MIN + 1,
+        );
+        let moments: Vec<MomentsRow> = self
+            .rows(&format!(
+                "SELECT variant, toUInt64(count()) AS units, sum(s) AS sum_s, sum(s * s) AS sum_s2,
+                        sum(n) AS sum_n, sum(n * n) AS sum_n2, sum(s * n) AS sum_sn
+                 FROM (SELECT ukey, any(arm) AS variant, toFloat64(countIf(bucket <= {threshold})) AS s,
+                              toFloat64(count()) AS n
+                       FROM ({events}) GROUP BY ukey)
+                 GROUP BY variant"
+            ))
+            .await?;
+        Ok(moments
+            .into_iter()
+            .filter_map(|m| {
+                let histogram = histograms.get(&m.variant)?;
+                let at_threshold = ThresholdMoments {
+                    units: m.units,
+                    sum_s: m.sum_s,
+                    sum_s2: m.sum_s2,
+                    sum_n: m.sum_n,
+                    sum_n2: m.sum_n2,
+                    sum_sn: m.sum_sn,
+                };
+                Some(QuantileRollup {
+                    estimate: quantile::quantile_estimate(histogram, p, &at_threshold).ok(),
+                    variant: m.variant,
+                    metric: metric.key.clone(),
+                })
+            })
+            .collect())
+    }
+
     /// A metric's two per-day quantities (a, b), and how the unit's x, y and c follow from
     /// their running totals, as `MetricKind::unit_values` defines them: a is the total that
     /// x comes from, b the one that y or c comes from (no kind uses both).
     fn quantities(metric: &MetricPlan) -> (String, String, ValueSql, ValueSql, ValueSql) {
         let t = Self::counted(metric);
+        let window = Self::in_window(metric);
         let values = metric.kind.unit_values();
         let total = |value: UnitValue| match value {
             UnitValue::Zero => "0".to_string(),
             UnitValue::Converted(period) => {
-                format!("countIf(event_type = {t} AND {})", Self::period(period))
+                format!(
+                    "countIf(event_type = {t} AND {}{window})",
+                    Self::period(period)
+                )
             }
             UnitValue::Sum(period) => {
                 format!(
-                    "sumIf(value, event_type = {t} AND {})",
+                    "sumIf(value, event_type = {t} AND {}{window})",
                     Self::period(period)
                 )
             }
             UnitValue::DenominatorSum => match metric.denominator.as_deref().map(literal) {
                 Some(d) => format!(
-                    "sumIf(value, event_type = {d} AND {})",
+                    "sumIf(value, event_type = {d} AND {}{window})",
                     Self::period(Period::AfterExposure)
                 ),
                 None => "0".to_string(),
@@ -806,6 +1001,19 @@ impl ClickHouse {
         match &metric.compiled_filter {
             Some(filter) => format!("{t} AND ({})", filter_sql(filter.expr())),
             None => t,
+        }
+    }
+
+    /// The condition (to append after a join that gives `first_ms`) that an event is in
+    /// the metric's window after the exposure: nothing without a window.
+    fn in_window(metric: &MetricPlan) -> String {
+        match &metric.window {
+            Some(w) => {
+                let delay = i64::from(w.delay_s) * 1_000;
+                let end = delay + i64::from(w.length_s) * 1_000;
+                format!(" AND ts_ms - first_ms >= {delay} AND ts_ms - first_ms < {end}")
+            }
+            None => String::new(),
         }
     }
 
@@ -858,6 +1066,23 @@ impl ClickHouse {
         for r in &rollups.metrics {
             rows.push(row(METRIC, &r.variant, &r.metric, r.day, 0, 0, r.sums));
         }
+        for r in &rollups.quantiles {
+            let Some(q) = &r.estimate else { continue };
+            let sums = Sums {
+                sum_x: q.estimate,
+                sum_x2: q.variance,
+                sum_y: q.p,
+                ..Sums::default()
+            };
+            let (units, events) = (q.units as i64, q.events as i64);
+            rows.push(row(QUANTILE, &r.variant, &r.metric, 0, units, events, sums));
+        }
+        for r in &rollups.capped {
+            let units = r.capped_units as i64;
+            let mut stored = row(CAPPED, &r.variant, &r.metric, 0, units, 0, r.sums);
+            stored.plan = format!("{:?}", r.cap);
+            rows.push(stored);
+        }
         self.insert_rows("experiment_rollups", &rows).await
     }
 
@@ -895,6 +1120,29 @@ impl ClickHouse {
                     metric: r.metric,
                     day: r.day,
                     sums: r.sums,
+                }),
+                // A cap that does not read back (never written so) leaves the metric out.
+                CAPPED => {
+                    if let Ok(cap) = r.plan.parse() {
+                        rollups.capped.push(CappedRollup {
+                            variant: r.variant,
+                            metric: r.metric,
+                            sums: r.sums,
+                            cap,
+                            capped_units: r.units.max(0) as u64,
+                        });
+                    }
+                }
+                QUANTILE => rollups.quantiles.push(QuantileRollup {
+                    variant: r.variant,
+                    metric: r.metric,
+                    estimate: Some(abx_stats::QuantileEstimate {
+                        p: r.sums.sum_y,
+                        estimate: r.sums.sum_x,
+                        variance: r.sums.sum_x2,
+                        units: r.units.max(0) as u64,
+                        events: r.multiples.max(0) as u64,
+                    }),
                 }),
                 _ => {}
             }
@@ -940,19 +1188,17 @@ impl ClickHouse {
         Ok(dropped)
     }
 
-    /// The drill-down cells of an experiment by a dimension: per value of the attribute at
-    /// each clean unit's first exposure and variant, the units and every metric's sums of
-    /// the units' values over all their events (the SQL pipeline's per-unit totals).
-    pub async fn dimension_cells(
-        &self,
-        experiment_id: &str,
-        plan: &ExperimentPlan,
-        dimension: &str,
-    ) -> Result<Vec<DimensionCell>, WarehouseError> {
-        let exposed = self.exposed(experiment_id, plan, Some(dimension));
+    /// Per clean unit of `exposed` (whose extra `columns` it keeps), every metric's values
+    /// over all the unit's events as the SQL pipeline's per-unit totals give them: `x{i}`,
+    /// `y{i}`, `c{i}` for the plan's i-th metric. Units without events get zeros from the
+    /// LEFT JOIN's defaults.
+    fn unit_values(&self, plan: &ExperimentPlan, exposed: &str, columns: &str) -> String {
+        let units = format!("SELECT ukey, variant{columns} FROM ({exposed}) WHERE multiple = 0");
+        if plan.metrics.is_empty() {
+            return units;
+        }
         let mut totals = Vec::new();
         let mut values = Vec::new();
-        let mut sums = Vec::new();
         for (i, metric) in plan.metrics.iter().enumerate() {
             let (a, b, x, y, c) = Self::quantities(metric);
             totals.push(format!("toFloat64({a}) AS a{i}, toFloat64({b}) AS b{i}"));
@@ -963,49 +1209,52 @@ impl ClickHouse {
                 y(&ai, &bi),
                 c(&ai, &bi)
             ));
-            sums.push(format!(
-                "sum(x{i}) AS sum_x_{i}, sum(x{i} * x{i}) AS sum_x2_{i}, sum(y{i}) AS sum_y_{i},
-                 sum(y{i} * y{i}) AS sum_y2_{i}, sum(x{i} * y{i}) AS sum_xy_{i}, sum(c{i}) AS sum_c_{i},
-                 sum(c{i} * c{i}) AS sum_c2_{i}, sum(x{i} * c{i}) AS sum_xc_{i}"
-            ));
         }
-        let per_unit = if plan.metrics.is_empty() {
-            String::new()
-        } else {
-            let event_types = literal_list(plan.metrics.iter().flat_map(|m| {
+        let event_types =
+            literal_list(plan.metrics.iter().flat_map(|m| {
                 std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
             }));
-            // Units without events get zeros from the LEFT JOIN's defaults.
-            format!(
-                ", {values} FROM (SELECT ukey, variant, dimension FROM ({exposed}) WHERE multiple = 0)
-                 ALL LEFT JOIN (
-                   SELECT ukey, {totals}
-                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                         WHERE event_type IN ({event_types}))
-                   ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
-                   GROUP BY ukey
-                 ) USING ukey",
-                values = values.join(", "),
-                totals = totals.join(", "),
-                unit = Self::unit_expression(plan),
-                db = self.database,
-                properties = Self::property_columns(plan),
-            )
-        };
-        let from = if plan.metrics.is_empty() {
-            format!(" FROM (SELECT ukey, variant, dimension FROM ({exposed}) WHERE multiple = 0)")
-        } else {
-            String::new()
-        };
-        let sums = if sums.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", sums.join(",\n"))
-        };
+        format!(
+            "SELECT ukey, variant{columns}, {values} FROM ({units})
+             ALL LEFT JOIN (
+               SELECT ukey, {totals}
+               FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
+                     WHERE event_type IN ({event_types}))
+               ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+               GROUP BY ukey
+             ) USING ukey",
+            values = values.join(", "),
+            totals = totals.join(", "),
+            unit = Self::unit_expression(plan),
+            db = self.database,
+            properties = Self::property_columns(plan),
+        )
+    }
+
+    /// The drill-down cells of an experiment by a dimension: per value of the attribute at
+    /// each clean unit's first exposure and variant, the units and every metric's sums of
+    /// the units' values over all their events (the SQL pipeline's per-unit totals).
+    pub async fn dimension_cells(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        dimension: &str,
+    ) -> Result<Vec<DimensionCell>, WarehouseError> {
+        let exposed = self.exposed(experiment_id, plan, Some(dimension));
+        let per_unit = self.unit_values(plan, &exposed, ", dimension");
+        let sums: String = (0..plan.metrics.len())
+            .map(|i| {
+                format!(
+                    ", sum(x{i}) AS sum_x_{i}, sum(x{i} * x{i}) AS sum_x2_{i}, sum(y{i}) AS sum_y_{i},
+                     sum(y{i} * y{i}) AS sum_y2_{i}, sum(x{i} * y{i}) AS sum_xy_{i}, sum(c{i}) AS sum_c_{i},
+                     sum(c{i} * c{i}) AS sum_c2_{i}, sum(x{i} * c{i}) AS sum_xc_{i}"
+                )
+            })
+            .collect();
         let rows: Vec<DimensionRow> = self
             .rows(&format!(
                 "SELECT dimension.1 AS present, dimension.2 AS value, variant, toUInt64(count()) AS units{sums}
-                 FROM (SELECT variant, dimension{per_unit}{from})
+                 FROM ({per_unit})
                  GROUP BY dimension, variant ORDER BY value, variant"
             ))
             .await?;
@@ -1060,8 +1309,8 @@ impl ClickHouse {
                  FROM (SELECT ukey, variant AS va FROM ({exposed_a}) WHERE multiple = 0)
                  ALL INNER JOIN (SELECT ukey, variant AS vb FROM ({exposed_b}) WHERE multiple = 0) USING ukey
                ) ALL LEFT JOIN (
-               SELECT ukey, toFloat64(countIf(ts_ms >= first_ms)) AS post_count,
-                      sumIf(value, ts_ms >= first_ms) AS post_sum
+               SELECT ukey, toFloat64(countIf(ts_ms >= first_ms{window})) AS post_count,
+                      sumIf(value, ts_ms >= first_ms{window}) AS post_sum
                FROM (SELECT {unit} AS ukey, value, ts_ms FROM {db}.metric_events FINAL
                      WHERE event_type = {t})
                ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed_a}) WHERE multiple = 0) USING ukey
@@ -1071,6 +1320,7 @@ impl ClickHouse {
             unit = Self::unit_expression(a.1),
             db = self.database,
             t = Self::counted(metric),
+            window = Self::in_window(metric),
         );
         self.rows(&query).await
     }
@@ -1088,8 +1338,12 @@ mod tests {
             kind,
             event_type: "e".into(),
             denominator: denominator.map(Into::into),
+            quantile: None,
+            cap: None,
+            window: None,
             filter: None,
             measure: "e".into(),
+            denominator_measure: denominator.map(Into::into),
             compiled_filter: None,
         };
         let rendered = |kind, denominator| {

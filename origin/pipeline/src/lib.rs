@@ -84,13 +84,19 @@ impl Pipeline {
                     warehouse::rollups(warehouse, experiment, metrics).await?;
                 Ok((rollups, Some(computed_ms)))
             }
-            None => Ok((
-                Rollups {
-                    exposures: tables::exposure_rollups(conn, &experiment.id).await?,
-                    metrics: tables::metric_rollups(conn, &experiment.id).await?,
-                },
-                None,
-            )),
+            None => {
+                let plan = plan::plan_of(experiment, metrics);
+                Ok((
+                    Rollups {
+                        exposures: tables::exposure_rollups(conn, &experiment.id).await?,
+                        metrics: tables::metric_rollups(conn, &experiment.id).await?,
+                        quantiles: attribution::quantile_rollups(conn, &experiment.id, &plan)
+                            .await?,
+                        capped: attribution::capped_rollups(conn, &experiment.id, &plan).await?,
+                    },
+                    None,
+                ))
+            }
         }
     }
 

@@ -358,6 +358,56 @@ pub async fn delete_unit_totals(
     Ok(())
 }
 
+/// Deletes an experiment's per-unit totals of every measure that starts with `prefix`
+/// (the value buckets of a measure).
+pub async fn delete_unit_totals_under(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    prefix: &str,
+) -> Result<(), sqlx::Error> {
+    // substr, not LIKE: `_` in event types is a LIKE wildcard, and a range comparison would
+    // follow PostgreSQL's collation rather than the bytes.
+    sqlx::query(
+        "DELETE FROM unit_metrics WHERE experiment_id = $1 AND substr(event_type, 1, $2) = $3",
+    )
+    .bind(experiment_id)
+    .bind(prefix.len() as i32)
+    .bind(prefix)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The events per value bucket of an experiment's clean units (exposed to one variant)
+/// under the measures that start with `prefix`: (variant, unit, measure, events).
+pub async fn unit_buckets(
+    conn: &mut AnyConnection,
+    experiment_id: &str,
+    prefix: &str,
+) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT x.variant, m.unit_key, m.event_type, m.post_count FROM unit_metrics m
+         JOIN exposures x ON x.unit_key = m.unit_key AND x.experiment_id = m.experiment_id
+         WHERE m.experiment_id = $1 AND x.multiple = 0 AND m.post_count > 0
+           AND substr(m.event_type, 1, $2) = $3",
+    )
+    .bind(experiment_id)
+    .bind(prefix.len() as i32)
+    .bind(prefix)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("variant")?,
+                r.try_get("unit_key")?,
+                r.try_get("event_type")?,
+                r.try_get("post_count")?,
+            ))
+        })
+        .collect()
+}
+
 pub async fn max_seq(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
     let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM events")
         .fetch_one(&mut *conn)

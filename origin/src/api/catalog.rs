@@ -551,6 +551,9 @@ fn metric_input(m: &Metric) -> MetricInput {
         kind: m.kind,
         event_type: m.event_type.clone(),
         denominator_event_type: m.denominator_event_type.clone(),
+        quantile: m.quantile,
+        cap: m.cap,
+        window: m.window,
         direction: Some(m.direction),
         guardrail_threshold: m.guardrail_threshold,
         value_min: m.value_min,
@@ -586,7 +589,10 @@ pub async fn patch_metric(
             let redefines = spec.kind != current.kind
                 || spec.event_type != current.event_type
                 || spec.denominator_event_type != current.denominator_event_type
-                || spec.filter != current.filter;
+                || spec.filter != current.filter
+                || spec.quantile != current.quantile
+                || spec.cap != current.cap
+                || spec.window != current.window;
             let in_use = active_experiments(conn).await?.iter().any(|e| {
                 e.primary_metric == current.key
                     || e.secondary_metrics.contains(&current.key)

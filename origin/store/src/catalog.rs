@@ -291,8 +291,9 @@ pub async fn insert_metric(
 ) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO metrics (id, key, name, description, kind, event_type, denominator_event_type, direction,
-                              guardrail_threshold, value_min, value_max, filter, created_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+                              guardrail_threshold, value_min, value_max, filter, quantile, cap, event_window,
+                              created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)",
     )
     .bind(id)
     .bind(&spec.key)
@@ -306,7 +307,13 @@ pub async fn insert_metric(
     .bind(spec.value_min)
     .bind(spec.value_max)
     .bind(spec.filter.as_ref().map(|f| f.to_string()))
+    .bind(spec.quantile)
+    .bind(spec.cap.as_ref().map(crate::to_json_text))
+    .bind(spec.window.as_ref().map(crate::to_json_text))
     .bind(clock::now_ms())
+    // Not kept prepared: sqlx's Any driver declares a NULL double as PostgreSQL `real`,
+    // and a statement prepared with a NULL there would then refuse the next call's number.
+    .persistent(false)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -320,7 +327,8 @@ pub async fn update_metric(
     sqlx::query(
         "UPDATE metrics SET name = $1, description = $2, kind = $3, event_type = $4, denominator_event_type = $5,
                 direction = $6, guardrail_threshold = $7, value_min = $8, value_max = $9, filter = $10,
-                updated_at_ms = $11, version = version + 1 WHERE id = $12",
+                quantile = $11, cap = $12, event_window = $13, updated_at_ms = $14, version = version + 1
+         WHERE id = $15",
     )
     .bind(&spec.name)
     .bind(&spec.description)
@@ -332,8 +340,13 @@ pub async fn update_metric(
     .bind(spec.value_min)
     .bind(spec.value_max)
     .bind(spec.filter.as_ref().map(|f| f.to_string()))
+    .bind(spec.quantile)
+    .bind(spec.cap.as_ref().map(crate::to_json_text))
+    .bind(spec.window.as_ref().map(crate::to_json_text))
     .bind(clock::now_ms())
     .bind(id)
+    // Not kept prepared: see `insert_metric`.
+    .persistent(false)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -351,16 +364,15 @@ fn metric(r: &AnyRow) -> Result<Metric, Error> {
             .ok_or_else(|| sqlx::Error::Decode(format!("metric kind {kind}").into()))?,
         event_type: r.try_get("event_type")?,
         denominator_event_type: r.try_get("denominator_event_type")?,
+        quantile: r.try_get("quantile")?,
+        cap: crate::opt_typed_json(r, "cap")?,
+        window: crate::opt_typed_json(r, "event_window")?,
         direction: Direction::parse(&direction)
             .ok_or_else(|| sqlx::Error::Decode(format!("direction {direction}").into()))?,
         guardrail_threshold: r.try_get("guardrail_threshold")?,
         value_min: r.try_get("value_min")?,
         value_max: r.try_get("value_max")?,
-        filter: r
-            .try_get::<Option<String>, _>("filter")?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        filter: crate::opt_json_column(r, "filter")?,
         version: r.try_get("version")?,
         created_at: clock::rfc3339(r.try_get("created_at_ms")?),
         updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),
@@ -373,7 +385,7 @@ pub async fn metrics(
 ) -> Result<Vec<Metric>, Error> {
     let rows = sqlx::query(
         "SELECT id, key, name, description, kind, event_type, denominator_event_type, direction, guardrail_threshold,
-                value_min, value_max, filter, version, created_at_ms, updated_at_ms
+                value_min, value_max, filter, quantile, cap, event_window, version, created_at_ms, updated_at_ms
          FROM metrics WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))

@@ -121,6 +121,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0008_event_properties.sql"),
         postgres: include_str!("../migrations/postgres/0008_event_properties.sql"),
     },
+    Migration {
+        version: 9,
+        name: "metric_definitions",
+        sqlite: include_str!("../migrations/sqlite/0009_metric_definitions.sql"),
+        postgres: include_str!("../migrations/postgres/0009_metric_definitions.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

@@ -35,6 +35,16 @@ pub(crate) fn opt_json_column(row: &AnyRow, column: &str) -> Result<Option<Json>
         .transpose()
 }
 
+/// Decodes a nullable typed JSON column.
+pub(crate) fn opt_typed_json<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .transpose()
+}
+
 /// Decodes a typed JSON column.
 pub(crate) fn typed_json<T: serde::de::DeserializeOwned>(
     row: &AnyRow,

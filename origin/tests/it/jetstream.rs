@@ -110,6 +110,8 @@ async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
         metrics: tables::metric_rollups(&mut conn, experiment_id)
             .await
             .expect("metric rollups"),
+        quantiles: Vec::new(),
+        capped: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 mod analysis;
 mod api;
+mod capping;
 mod crash;
 mod demo;
 mod dimensions;
@@ -14,4 +15,6 @@ mod events;
 mod jetstream;
 mod layering;
 mod properties;
+mod quantiles;
 mod warehouse;
+mod windows;

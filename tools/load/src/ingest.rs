@@ -59,6 +59,10 @@ pub struct Args {
     /// `properties` (currency, items, first_order), as SDKs that send them do.
     #[arg(long)]
     properties: bool,
+    /// Metric event values spread like request latencies (20–420 ms, about 4,000 distinct
+    /// values) instead of 1: what a quantile metric buckets.
+    #[arg(long)]
+    latency_values: bool,
 }
 
 fn batch_body(start: u64, count: u64, args: &Args, now_ms: i64) -> String {
@@ -107,8 +111,15 @@ fn batch_body(start: u64, count: u64, args: &Args, now_ms: i64) -> String {
             } else {
                 String::new()
             };
+            let value = if args.latency_values {
+                // A multiplicative hash of the index: spread, and the same in every run.
+                let spread = i.wrapping_mul(2_654_435_761) % 4_000;
+                format!("{}", 20.0 + spread as f64 / 10.0)
+            } else {
+                "1".to_string()
+            };
             format!(
-                r#"{{"event_id":"{id}","kind":"metric","unit":"u{unit}","event_type":"{event_type}","value":1,"timestamp":{}{properties}}}"#,
+                r#"{{"event_id":"{id}","kind":"metric","unit":"u{unit}","event_type":"{event_type}","value":{value},"timestamp":{}{properties}}}"#,
                 now_ms + 1
             )
         };

@@ -53,7 +53,7 @@ function metricTable(r, m) {
       'tr',
       { dataset: { variant: r.control } },
       h('th', { scope: 'row' }, r.control, h('span', { class: 'muted' }, ' (control)')),
-      figure('units', count(controlSummary ? controlSummary.units : 0)),
+      figure('units', units(m, controlSummary)),
       figure('value', metricValue(m.kind, controlSummary ? controlSummary.value : null)),
       h('td', { colspan: 5, class: 'muted' }, 'baseline'),
     ),
@@ -62,7 +62,7 @@ function metricTable(r, m) {
     const summary = r.variants[c.variant] && r.variants[c.variant].metrics[m.metric];
     const cells = [
       h('th', { scope: 'row' }, c.variant),
-      figure('units', count(summary ? summary.units : 0)),
+      figure('units', units(m, summary)),
       figure('value', metricValue(m.kind, summary ? summary.value : null)),
     ];
     cells.push(effectCells(m, c));
@@ -103,7 +103,7 @@ function metricTable(r, m) {
           {},
           th('Variant', false),
           th('Units'),
-          th(m.kind === 'conversion' ? 'Rate' : m.kind === 'ratio' ? 'Ratio' : 'Mean per unit'),
+          th(valueHeading(m)),
           th(`Absolute effect [${level} CI]`),
           th(`Relative lift [${level} CI]`),
           th('p (fixed horizon)'),
@@ -114,6 +114,18 @@ function metricTable(r, m) {
       h('tbody', {}, rows),
     ),
   );
+}
+
+/** What a metric's value column holds: a rate, a ratio, a quantile of events or a mean. */
+function valueHeading(m) {
+  if (m.kind === 'quantile') return `p${+(m.quantile * 100).toFixed(2)} of events`;
+  return m.kind === 'conversion' ? 'Rate' : m.kind === 'ratio' ? 'Ratio' : 'Mean per unit';
+}
+
+/** A variant's units, and for a quantile the events it was computed from. */
+function units(m, summary) {
+  if (!summary) return count(0);
+  return m.kind === 'quantile' ? `${count(summary.units)} (${count(summary.count)} events)` : count(summary.units);
 }
 
 /** Sequential, group-sequential, Bayesian and CUPED figures of one metric's comparisons. */

@@ -167,6 +167,9 @@ pub enum MetricKind {
     /// Σ values of `event_type` / Σ values of `denominator_event_type`, per unit, analysed
     /// with the delta method.
     Ratio,
+    /// The `quantile` (in (0, 1)) of the values of all events of `event_type` of a
+    /// variant's exposed units, analysed with the delta method for clustered quantiles.
+    Quantile,
 }
 
 /// Which of a unit's events a total counts: those at or after its first exposure (the
@@ -220,6 +223,14 @@ impl MetricKind {
                 y: DenominatorSum,
                 c: Zero,
             },
+            // A quantile is not a function of per-unit totals: its engines keep each unit's
+            // events by bucket instead (`plan::MetricPlan::bucketed`), and its rollups stay
+            // empty.
+            MetricKind::Quantile => UnitValues {
+                x: Zero,
+                y: Zero,
+                c: Zero,
+            },
         }
     }
 
@@ -229,6 +240,7 @@ impl MetricKind {
             MetricKind::Mean => "mean",
             MetricKind::Sum => "sum",
             MetricKind::Ratio => "ratio",
+            MetricKind::Quantile => "quantile",
         }
     }
 
@@ -238,6 +250,7 @@ impl MetricKind {
             MetricKind::Mean,
             MetricKind::Sum,
             MetricKind::Ratio,
+            MetricKind::Quantile,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -268,6 +281,33 @@ impl Direction {
     }
 }
 
+/// Winsorization of a mean, sum or ratio metric: each unit's value (a ratio's numerator)
+/// above the cap counts as the cap. Exactly one of the two.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cap {
+    /// A fixed cap, e.g. 500 (currency units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The cap is this percentile, in (0, 1), of the non-zero per-unit values of the
+    /// experiment's exposed units, pooled across variants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+}
+
+/// Which of a unit's events a metric counts: those from `delay_s` to `delay_s + length_s`
+/// (excluded) after the unit's first exposure ("purchase within 3 days": length 259,200).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    #[serde(default)]
+    pub delay_s: u32,
+    pub length_s: u32,
+}
+
+/// The longest a window may reach after the exposure (delay plus length): a year.
+pub const MAX_WINDOW_S: u64 = 366 * 86_400;
+
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricInput {
@@ -282,6 +322,17 @@ pub struct MetricInput {
     /// Denominator event type, for ratio metrics only.
     #[serde(default)]
     pub denominator_event_type: Option<String>,
+    /// Which quantile of the events' values, in (0, 1), for quantile metrics only (0.95
+    /// for a 95th percentile).
+    #[serde(default)]
+    pub quantile: Option<f64>,
+    /// Caps each unit's value before the statistics (mean, sum and ratio metrics).
+    #[serde(default)]
+    pub cap: Option<Cap>,
+    /// Counts only the events in this window after the unit's first exposure (for ratios,
+    /// the numerator's and the denominator's).
+    #[serde(default)]
+    pub window: Option<Window>,
     /// Which direction is good. Default `increase`.
     #[serde(default)]
     pub direction: Option<Direction>,
@@ -310,11 +361,42 @@ pub struct MetricSpec {
     pub kind: MetricKind,
     pub event_type: String,
     pub denominator_event_type: Option<String>,
+    pub quantile: Option<f64>,
+    pub cap: Option<Cap>,
+    pub window: Option<Window>,
     pub direction: Direction,
     pub guardrail_threshold: Option<f64>,
     pub value_min: Option<f64>,
     pub value_max: Option<f64>,
     pub filter: Option<Json>,
+}
+
+fn validate_cap(kind: MetricKind, cap: &Cap, errors: &mut Vec<FieldError>) {
+    if !matches!(kind, MetricKind::Mean | MetricKind::Sum | MetricKind::Ratio) {
+        errors.push(FieldError::new(
+            "cap",
+            "only mean, sum and ratio metrics are capped",
+        ));
+    }
+    match (cap.value, cap.percentile) {
+        (Some(value), None) => {
+            if !(value.is_finite() && value.abs() <= crate::event::MAX_ABS_VALUE) {
+                errors.push(FieldError::new("cap.value", "a number within ±1e12"));
+            }
+        }
+        (None, Some(percentile)) => {
+            if !(percentile > 0.0 && percentile < 1.0) {
+                errors.push(FieldError::new(
+                    "cap.percentile",
+                    "strictly between 0 and 1 (0.999 caps the top 0.1 % of units)",
+                ));
+            }
+        }
+        _ => errors.push(FieldError::new(
+            "cap",
+            "exactly one of `value` and `percentile`",
+        )),
+    }
 }
 
 pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
@@ -333,6 +415,35 @@ pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
             "only ratio metrics have a denominator",
         )),
         (_, None) => {}
+    }
+    match (&input.kind, input.quantile) {
+        (MetricKind::Quantile, None) => errors.push(FieldError::new(
+            "quantile",
+            "quantile metrics need the quantile, e.g. 0.95",
+        )),
+        (MetricKind::Quantile, Some(q)) if !(q > 0.0 && q < 1.0) => errors.push(FieldError::new(
+            "quantile",
+            "strictly between 0 and 1 (0.95 for a 95th percentile)",
+        )),
+        (MetricKind::Quantile, Some(_)) | (_, None) => {}
+        (_, Some(_)) => errors.push(FieldError::new(
+            "quantile",
+            "only quantile metrics have a quantile",
+        )),
+    }
+    if let Some(cap) = &input.cap {
+        validate_cap(input.kind, cap, &mut errors);
+    }
+    if let Some(window) = &input.window {
+        if window.length_s == 0 {
+            errors.push(FieldError::new("window.length_s", "at least 1 second"));
+        }
+        if u64::from(window.delay_s) + u64::from(window.length_s) > MAX_WINDOW_S {
+            errors.push(FieldError::new(
+                "window",
+                "delay_s + length_s must be within 366 days of the exposure",
+            ));
+        }
     }
     if input
         .guardrail_threshold
@@ -368,6 +479,9 @@ pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
             kind: input.kind,
             event_type: input.event_type.clone(),
             denominator_event_type: input.denominator_event_type.clone(),
+            quantile: input.quantile,
+            cap: input.cap,
+            window: input.window,
             direction: input.direction.unwrap_or(Direction::Increase),
             guardrail_threshold: input.guardrail_threshold,
             value_min: input.value_min,
@@ -480,6 +594,15 @@ pub struct Metric {
     pub kind: MetricKind,
     pub event_type: String,
     pub denominator_event_type: Option<String>,
+    /// The quantile of a quantile metric, in (0, 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
+    /// The cap on each unit's value (see `MetricInput::cap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<Cap>,
+    /// The window of events counted after the exposure (see `MetricInput::window`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
     pub direction: Direction,
     pub guardrail_threshold: Option<f64>,
     pub value_min: Option<f64>,
@@ -505,6 +628,9 @@ impl Metric {
             kind,
             event_type: key.into(),
             denominator_event_type: None,
+            quantile: (kind == MetricKind::Quantile).then_some(0.95),
+            cap: None,
+            window: None,
             direction,
             guardrail_threshold: None,
             value_min: None,
@@ -524,6 +650,9 @@ impl Metric {
             kind: self.kind,
             event_type: self.event_type.clone(),
             denominator_event_type: self.denominator_event_type.clone(),
+            quantile: self.quantile,
+            cap: self.cap,
+            window: self.window,
             direction: self.direction,
             guardrail_threshold: self.guardrail_threshold,
             value_min: self.value_min,

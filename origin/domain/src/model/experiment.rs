@@ -220,7 +220,10 @@ fn empty_object() -> Json {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentInput {
-    pub key: String,
+    /// The experiment's key, used in URLs and by SDKs. Default: the `name` (the seed's body
+    /// has only a name), which must then be a valid key.
+    #[serde(default)]
+    pub key: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -336,8 +339,31 @@ const MAX_CONFIG_BYTES: usize = 16 * 1024;
 
 pub fn validate(input: &ExperimentInput, known: &References) -> Result<ExperimentSpec, Error> {
     let mut errors = Vec::new();
-    check_key(&input.key, "key", &mut errors);
-    let name = input.name.clone().unwrap_or_else(|| input.key.clone());
+    let key = match (&input.key, &input.name) {
+        (Some(key), _) => {
+            check_key(key, "key", &mut errors);
+            key.clone()
+        }
+        (None, Some(name)) => {
+            let mut invalid = Vec::new();
+            check_key(name, "key", &mut invalid);
+            if !invalid.is_empty() {
+                errors.push(FieldError::new(
+                    "key",
+                    "required when the name is not itself a valid key (1-100 letters, digits, `_`, `-`, `.`)",
+                ));
+            }
+            name.clone()
+        }
+        (None, None) => {
+            errors.push(FieldError::new(
+                "key",
+                "required (or a `name`, which it defaults to)",
+            ));
+            String::new()
+        }
+    };
+    let name = input.name.clone().unwrap_or_else(|| key.clone());
     check_text(&name, "name", 200, &mut errors);
     let text = |value: &Option<String>, field: &str, max: usize, errors: &mut Vec<FieldError>| {
         let value = value.clone().unwrap_or_default();
@@ -392,7 +418,7 @@ pub fn validate(input: &ExperimentInput, known: &References) -> Result<Experimen
         return Err(Error::Invalid(errors));
     }
     Ok(ExperimentSpec {
-        key: input.key.clone(),
+        key,
         name,
         hypothesis,
         description,
@@ -882,7 +908,7 @@ impl Experiment {
     /// The experiment as a create body, into which a PATCH is merged.
     pub fn input(&self) -> ExperimentInput {
         ExperimentInput {
-            key: self.key.clone(),
+            key: Some(self.key.clone()),
             name: Some(self.name.clone()),
             hypothesis: Some(self.hypothesis.clone()),
             description: Some(self.description.clone()),

@@ -16,7 +16,7 @@ use super::{
     Analysed, ComparisonView, Group, MetricResult, comparison_view, correction, metric_roles,
     sequential_config,
 };
-use crate::model::catalog::Metric;
+use crate::model::catalog::{Metric, MetricKind};
 use crate::model::experiment::{AnalysisMode, Experiment};
 use crate::rollup::DimensionCell;
 
@@ -104,6 +104,7 @@ impl Merged {
                 .get(&(variant.to_string(), metric.to_string()))
                 .copied()
                 .unwrap_or_default(),
+            q: None,
         }
     }
 
@@ -177,7 +178,11 @@ pub fn drill_down(
             metrics: roles
                 .iter()
                 .filter_map(|(key, role)| {
-                    let metric = metrics.get(key)?;
+                    // Quantile and capped metrics are not broken down: their figures need
+                    // every unit's buckets or value (for the cap), which cells do not carry.
+                    let metric = metrics
+                        .get(key)
+                        .filter(|m| m.kind != MetricKind::Quantile && m.cap.is_none())?;
                     let c = merged.group(control, key);
                     let comparisons = e
                         .variants
@@ -198,6 +203,7 @@ pub fn drill_down(
                     Some(MetricResult {
                         metric: key.clone(),
                         kind: metric.kind,
+                        quantile: metric.quantile,
                         role: *role,
                         direction: metric.direction,
                         comparisons,

@@ -66,6 +66,7 @@ fn ten_percent_lift() -> Rollups {
             conversions("control", "converted", 1_000.0),
             conversions("treatment", "converted", 1_100.0),
         ],
+        ..Rollups::default()
     }
 }
 
@@ -382,6 +383,7 @@ fn day_of(day: i64, units: i64, control: f64, treatment: f64) -> Rollups {
             at(exposures("treatment", units)),
         ],
         metrics: vec![conv("control", control), conv("treatment", treatment)],
+        ..Rollups::default()
     }
 }
 

@@ -16,14 +16,15 @@ use super::Plans;
 use super::cache::UnitCache;
 use crate::event::Kind;
 use crate::event::parse_properties;
+use crate::model::catalog::Window;
 use crate::model::catalog::{Period, UnitValue};
 use crate::model::filter::Filter;
-use crate::plan::{ExperimentPlan, day, switchback_cell as cell};
+use crate::plan::{DerivedMeasure, ExperimentPlan, bucket_measure, day, switchback_cell as cell};
 use crate::rollup::Sums;
 use crate::tables::{self, Exposure, Logged, Totals};
 
 /// A unit's metric values per metric of a plan: (x, y, c).
-type Values = Vec<(f64, f64, f64)>;
+pub(super) type Values = Vec<(f64, f64, f64)>;
 
 /// A unit's attribution state: per experiment it was exposed in, its exposure and its
 /// totals per event type, each with whether it changed in this batch.
@@ -185,9 +186,30 @@ struct MetricEvent<'a> {
     properties: Option<Cow<'a, str>>,
 }
 
-/// Per experiment with filtered metrics: each filtered measure's event type, measure key
-/// and filter.
-type Filters = HashMap<Arc<str>, Vec<(String, Arc<str>, Filter)>>;
+/// One derived measure of an experiment (see `plan::DerivedMeasure`), owned by the batch.
+struct Derived {
+    event_type: String,
+    measure: Arc<str>,
+    filter: Option<Filter>,
+    window: Option<Window>,
+    bucketed: bool,
+}
+
+impl Derived {
+    fn in_window(&self, ts_ms: i64, first_exposure_ms: i64) -> bool {
+        DerivedMeasure {
+            event_type: &self.event_type,
+            measure: &self.measure,
+            filter: self.filter.as_ref(),
+            window: self.window,
+            bucketed: self.bucketed,
+        }
+        .in_window(ts_ms, first_exposure_ms)
+    }
+}
+
+/// Per experiment with filtered or quantile metrics: its derived measures.
+type Filters = HashMap<Arc<str>, Vec<Derived>>;
 
 pub(super) struct Batch {
     plans: Plans,
@@ -218,7 +240,7 @@ pub(super) fn metric_values(plan: &ExperimentPlan, totals: impl Fn(&str) -> Tota
                 UnitValue::Sum(Period::AfterExposure) => t.post_sum,
                 UnitValue::Sum(Period::BeforeExposure) => t.pre_sum,
                 UnitValue::DenominatorSum => {
-                    m.denominator
+                    m.denominator_measure
                         .as_deref()
                         .map(&totals)
                         .unwrap_or_default()
@@ -333,14 +355,18 @@ impl Batch {
         }
         let mut filters = Filters::default();
         for (id, plan) in plans.iter() {
-            let measures = plan.filtered_measures();
+            let measures = plan.derived_measures();
             if !measures.is_empty() {
                 filters.insert(
                     id.clone(),
                     measures
                         .into_iter()
-                        .map(|(event_type, measure, filter)| {
-                            (event_type.to_string(), names.get(measure), filter.clone())
+                        .map(|d| Derived {
+                            event_type: d.event_type.to_string(),
+                            measure: names.get(d.measure),
+                            filter: d.filter.cloned(),
+                            window: d.window,
+                            bucketed: d.bucketed,
                         })
                         .collect(),
                 );
@@ -438,33 +464,52 @@ impl Batch {
         }
     }
 
-    /// Adds a metric event to the unit's totals of its event type, and of each filtered
-    /// measure of the experiment whose filter its properties match; `sign` -1 takes it away.
+    /// Adds a metric event to the unit's totals of its event type (before or after the
+    /// unit's first exposure at `first_exposure_ms`), of each filtered or windowed measure of
+    /// the experiment whose filter its properties match and whose window holds it, and
+    /// (after exposure) to the value bucket of each bucketed measure it counts toward;
+    /// `sign` -1 takes it away.
     fn add_event_totals(
         &mut self,
         (key, experiment): (&str, &Arc<str>),
         event: &MetricEvent<'_>,
-        post: bool,
+        first_exposure_ms: i64,
         sign: i64,
     ) {
+        let post = event.ts_ms >= first_exposure_ms;
         let (value, count) = (event.value * sign as f64, sign);
         self.add_totals(key, experiment, &event.event_type, post, value, count);
-        let Some(filters) = self.filters.get(experiment) else {
+        let Some(derived) = self.filters.get(experiment) else {
             return;
         };
         let mut parsed = None;
-        let mut matched = Vec::new();
-        for (filtered_type, measure, filter) in filters {
-            if *filtered_type == event.event_type
-                && filter.matches(
+        let mut matched: Vec<Arc<str>> = Vec::new();
+        let mut buckets: Vec<String> = Vec::new();
+        for d in derived.iter().filter(|d| d.event_type == event.event_type) {
+            if d.window.is_some() && !(post && d.in_window(event.ts_ms, first_exposure_ms)) {
+                continue;
+            }
+            if let Some(filter) = &d.filter
+                && !filter.matches(
                     parsed.get_or_insert_with(|| parse_properties(event.properties.as_deref())),
                 )
             {
-                matched.push(measure.clone());
+                continue;
+            }
+            if d.filter.is_some() || d.window.is_some() {
+                matched.push(d.measure.clone());
+            }
+            if d.bucketed && post {
+                let bucket = abx_stats::quantile::bucket(event.value);
+                buckets.push(bucket_measure(&d.measure, bucket));
             }
         }
-        for measure in matched {
-            self.add_totals(key, experiment, &measure, post, value, count);
+        for measure in matched
+            .iter()
+            .map(|m| &**m)
+            .chain(buckets.iter().map(String::as_str))
+        {
+            self.add_totals(key, experiment, measure, post, value, count);
         }
     }
 
@@ -545,8 +590,7 @@ impl Batch {
                 for earlier in
                     self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
                 {
-                    let post = earlier.ts_ms >= event.ts_ms;
-                    self.add_event_totals((&key, experiment), &earlier, post, 1);
+                    self.add_event_totals((&key, experiment), &earlier, event.ts_ms, 1);
                 }
                 let zero = vec![(0.0, 0.0, 0.0); plan.metrics.len()];
                 let after = self.values(plan, &key, experiment);
@@ -575,14 +619,16 @@ impl Batch {
             }
             Some(existing) if event.ts_ms < existing.first_exposure_ms => {
                 // An earlier exposure arrived late: events between the two move from the
-                // covariate to the metric.
+                // covariate to the metric, and windows start earlier, so every event at or
+                // after the new exposure is counted again from it.
                 let before = self.values(plan, &key, experiment);
                 for earlier in
                     self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
                 {
-                    if earlier.ts_ms >= event.ts_ms && earlier.ts_ms < existing.first_exposure_ms {
-                        self.add_event_totals((&key, experiment), &earlier, false, -1);
-                        self.add_event_totals((&key, experiment), &earlier, true, 1);
+                    if earlier.ts_ms >= event.ts_ms {
+                        let (old, new) = (existing.first_exposure_ms, event.ts_ms);
+                        self.add_event_totals((&key, experiment), &earlier, old, -1);
+                        self.add_event_totals((&key, experiment), &earlier, new, 1);
                     }
                 }
                 let first_day = day(existing.first_exposure_ms);
@@ -660,8 +706,8 @@ impl Batch {
                 value: event.value,
                 properties: event.properties.as_deref().map(Cow::Borrowed),
             };
-            let post = event.ts_ms >= exposure.first_exposure_ms;
-            self.add_event_totals((key, &experiment), &metric_event, post, 1);
+            let first = exposure.first_exposure_ms;
+            self.add_event_totals((key, &experiment), &metric_event, first, 1);
             if !exposure.multiple {
                 let after = self.values(plan, key, &experiment);
                 let at = (&experiment, &exposure.variant, day(event.ts_ms));

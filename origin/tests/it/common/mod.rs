@@ -14,7 +14,6 @@ use abx_origin::{AppState, Settings, app};
 use abx_origin_domain::rollup::Rollups;
 use abx_origin_pipeline::clickhouse::ClickHouseConfig;
 use abx_origin_pipeline::jetstream::{self, JetStreamConfig, Settle};
-use abx_origin_pipeline::tables;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
@@ -378,16 +377,6 @@ pub async fn drain(state: &AppState) {
 /// computation stored in the warehouse.
 pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
     let mut conn = state.db.pool.acquire().await.expect("connection");
-    let Some(warehouse) = &state.pipeline.warehouse else {
-        return Rollups {
-            exposures: tables::exposure_rollups(&mut conn, experiment_id)
-                .await
-                .expect("exposure rollups"),
-            metrics: tables::metric_rollups(&mut conn, experiment_id)
-                .await
-                .expect("metric rollups"),
-        };
-    };
     let e = abx_origin_store::experiments::get(&mut conn, experiment_id)
         .await
         .expect("experiment")
@@ -398,9 +387,11 @@ pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    abx_origin_pipeline::warehouse::rollups(warehouse, &e, &metrics)
+    state
+        .pipeline
+        .rollups(&mut conn, &e, &metrics)
         .await
-        .expect("warehouse rollups")
+        .expect("rollups")
         .0
 }
 
