@@ -21,6 +21,8 @@ use abx_origin_domain::model::experiment::{Analysis, AnalysisMode, Experiment};
 use abx_origin_domain::results;
 use abx_origin_domain::rollup::{ExposureRollup, MetricRollup, Rollups, Sums};
 use abx_stats::montecarlo::Xoshiro256;
+
+mod simulation;
 use abx_stats::power::{Mde, PlannedTest, PowerConfig, conversion_sample_size};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -253,23 +255,8 @@ fn run(scenario: &Scenario, experiments: u64, seed: u64) -> (Tally, u64) {
             Metric::new(&g, MetricKind::Conversion, Direction::Decrease),
         );
     }
-    let threads = 2_u64;
-    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (e, metrics) = (&e, &metrics);
-                scope.spawn(move || {
-                    let mut rng = Xoshiro256::new(seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
-                    (0..experiments / threads + u64::from(t < experiments % threads))
-                        .map(|_| simulate(scenario, e, metrics, planned, &mut rng))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("simulation thread"))
-            .collect()
+    let outcomes: Vec<Outcome> = simulation::on_two_cores(experiments, seed, |rng| {
+        simulate(scenario, &e, &metrics, planned, rng)
     });
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count() as u64;
     let tally = Tally {
@@ -286,36 +273,8 @@ fn run(scenario: &Scenario, experiments: u64, seed: u64) -> (Tally, u64) {
     (tally, planned)
 }
 
-/// A rate and its Monte Carlo standard error.
-fn rate(hits: u64, n: u64) -> (f64, f64) {
-    let p = hits as f64 / n.max(1) as f64;
-    (p, (p * (1.0 - p) / n.max(1) as f64).sqrt())
-}
-
-fn parse(args: &[String]) -> Result<(u64, u64), String> {
-    let (mut experiments, mut seed) = (1_000_u64, 20_261_204_u64);
-    let mut iter = args.iter().filter(|a| *a != "--bench");
-    while let Some(flag) = iter.next() {
-        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let parsed: u64 = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
-        match flag.as_str() {
-            "--experiments" => experiments = parsed.max(2),
-            "--seed" => seed = parsed,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    Ok((experiments, seed))
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (experiments, seed) = match parse(&args) {
-        Ok(parsed) => parsed,
-        Err(message) => {
-            eprintln!("{message}");
-            std::process::exit(2);
-        }
-    };
+    let (experiments, seed) = simulation::args(20_261_204);
     // Reads go on until the last simulated day counts as complete (its grace included), so
     // that a test due on that day is read.
     let after_last_day = (results::LATE_EVENT_GRACE_MS / HOUR_MS) as u32 + 1;
@@ -404,13 +363,13 @@ fn main() {
     let mut srm_total = (0, 0);
     for (i, scenario) in scenarios.iter().enumerate() {
         let (tally, planned) = run(scenario, experiments, seed.wrapping_add(i as u64));
-        let (p, se) = rate(tally.significant, tally.experiments);
+        let (p, se) = simulation::rate(tally.significant, tally.experiments);
         let bound = if scenario.lift == 0.0 {
             format!("≤ {:.4}", ALPHA + 2.0 * se)
         } else {
             format!("{:.2} ± 0.03", POWER)
         };
-        let (alarm, alarm_se) = rate(tally.alarm, tally.experiments);
+        let (alarm, alarm_se) = simulation::rate(tally.alarm, tally.experiments);
         let srm = if tally.srm_experiments > 0 {
             srm_total.0 += tally.srm;
             srm_total.1 += tally.srm_experiments;
@@ -428,7 +387,7 @@ fn main() {
             scenario.name, scenario.hours
         );
     }
-    let (srm, srm_se) = rate(srm_total.0, srm_total.1);
+    let (srm, srm_se) = simulation::rate(srm_total.0, srm_total.1);
     println!(
         "\nSRM flagged in {} of {} A/A experiments over their first 720 hourly checks: {srm:.5} (± {srm_se:.5}); bound 0.001\n\
          {:.1} s",

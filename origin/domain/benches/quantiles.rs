@@ -24,6 +24,8 @@ use abx_origin_domain::rollup::{ExposureRollup, QuantileRollup, Rollups};
 use abx_stats::montecarlo::Xoshiro256;
 use abx_stats::quantile;
 
+mod simulation;
+
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 const START_DAY: i64 = 20_000;
@@ -38,36 +40,28 @@ const SIGMA_UNIT: f64 = 0.5;
 const SIGMA_REQUEST: f64 = 0.4;
 const VARIANTS: [&str; 2] = ["control", "treatment"];
 
-struct Latencies {
-    rng: Xoshiro256,
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut Xoshiro256) -> f64 {
+    let (u, v) = (rng.uniform().max(f64::MIN_POSITIVE), rng.uniform());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
-impl Latencies {
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (
-            self.rng.uniform().max(f64::MIN_POSITIVE),
-            self.rng.uniform(),
-        );
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-
-    /// One unit's requests.
-    fn unit(&mut self) -> Vec<f64> {
-        let requests = 1 + (self.rng.uniform() * 50.0) as usize;
-        let level = MEDIAN_MS * (SIGMA_UNIT * self.normal()).exp();
-        (0..requests.min(50))
-            .map(|_| level * (SIGMA_REQUEST * self.normal()).exp())
-            .collect()
-    }
+/// One unit's requests.
+fn unit_latencies(rng: &mut Xoshiro256) -> Vec<f64> {
+    let requests = 1 + (rng.uniform() * 50.0) as usize;
+    let level = MEDIAN_MS * (SIGMA_UNIT * normal(rng)).exp();
+    (0..requests.min(50))
+        .map(|_| level * (SIGMA_REQUEST * normal(rng)).exp())
+        .collect()
 }
 
 /// The design's true 95th percentile of all requests: the quantile of 200,000 units'
 /// requests (about 5 million), whose own sampling error is far below the experiments'.
 fn true_quantile(seed: u64) -> f64 {
-    let mut latencies = Latencies {
-        rng: Xoshiro256::new(seed ^ 0x5151),
-    };
-    let mut all: Vec<f64> = (0..200_000).flat_map(|_| latencies.unit()).collect();
+    let mut rng = Xoshiro256::new(seed ^ 0x5151);
+    let mut all: Vec<f64> = (0..200_000)
+        .flat_map(|_| unit_latencies(&mut rng))
+        .collect();
     all.sort_by(f64::total_cmp);
     let rank = (P * all.len() as f64).ceil() as usize;
     all[rank - 1]
@@ -120,7 +114,7 @@ fn simulate(
     e: &Experiment,
     metrics: &HashMap<String, Metric>,
     truth: f64,
-    latencies: &mut Latencies,
+    rng: &mut Xoshiro256,
 ) -> Outcome {
     let per_hour = PLANNED_UNITS.div_ceil(u64::from(PLAN_DAYS) * 24);
     let after_last_day = (results::LATE_EVENT_GRACE_MS / HOUR_MS) as u32 + 1;
@@ -134,7 +128,7 @@ fn simulate(
         let day = START_DAY + i64::from(hour / 24);
         for (v, arm) in arms.iter_mut().enumerate() {
             for _ in 0..per_hour {
-                arm.add(&latencies.unit());
+                arm.add(&unit_latencies(rng));
             }
             *units_by_day.entry((day, v)).or_default() += per_hour as i64;
         }
@@ -185,58 +179,11 @@ fn run(mode: AnalysisMode, experiments: u64, seed: u64, truth: f64) -> Vec<Outco
         "p95_latency".to_string(),
         Metric::new("p95_latency", MetricKind::Quantile, Direction::Decrease),
     )]);
-    let threads = 2_u64;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (e, metrics) = (&e, &metrics);
-                scope.spawn(move || {
-                    let mut latencies = Latencies {
-                        rng: Xoshiro256::new(seed ^ (t + 1).wrapping_mul(0x9E37_79B9)),
-                    };
-                    (0..experiments / threads + u64::from(t < experiments % threads))
-                        .map(|_| simulate(e, metrics, truth, &mut latencies))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("simulation thread"))
-            .collect()
-    })
-}
-
-/// A rate and its Monte Carlo standard error.
-fn rate(hits: u64, n: u64) -> (f64, f64) {
-    let p = hits as f64 / n.max(1) as f64;
-    (p, (p * (1.0 - p) / n.max(1) as f64).sqrt())
-}
-
-fn parse(args: &[String]) -> Result<(u64, u64), String> {
-    let (mut experiments, mut seed) = (1_000_u64, 20_261_205_u64);
-    let mut iter = args.iter().filter(|a| *a != "--bench");
-    while let Some(flag) = iter.next() {
-        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let parsed: u64 = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
-        match flag.as_str() {
-            "--experiments" => experiments = parsed.max(2),
-            "--seed" => seed = parsed,
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    Ok((experiments, seed))
+    simulation::on_two_cores(experiments, seed, |rng| simulate(&e, &metrics, truth, rng))
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (experiments, seed) = match parse(&args) {
-        Ok(parsed) => parsed,
-        Err(message) => {
-            eprintln!("{message}");
-            std::process::exit(2);
-        }
-    };
+    let (experiments, seed) = simulation::args(20_261_205);
     let started = Instant::now();
     let truth = true_quantile(seed);
     println!(
@@ -259,8 +206,8 @@ fn main() {
         let n = outcomes.len() as u64;
         let significant = outcomes.iter().filter(|o| o.significant).count() as u64;
         let covered: u64 = outcomes.iter().map(|o| o.covered).sum();
-        let (fpr, fpr_se) = rate(significant, n);
-        let (coverage, coverage_se) = rate(covered, 2 * n);
+        let (fpr, fpr_se) = simulation::rate(significant, n);
+        let (coverage, coverage_se) = simulation::rate(covered, 2 * n);
         println!(
             "| {name} | {fpr:.3} ± {fpr_se:.3} | {:.3} | {coverage:.3} ± {coverage_se:.3} |",
             ALPHA + 2.0 * (ALPHA * (1.0 - ALPHA) / n as f64).sqrt()

@@ -210,14 +210,7 @@ async fn caps_are_checked(o: &TestOrigin) {
             "cap",
         ),
     ] {
-        let reply = o.post("/api/v1/metrics", body.clone()).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{body}: {}",
-            reply.body
-        );
-        assert!(reply.body.to_string().contains(field), "{}", reply.body);
+        common::assert_invalid_metric(o, body, field).await;
     }
 }
 

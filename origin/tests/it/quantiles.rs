@@ -184,11 +184,12 @@ async fn the_seeds_experiment_pauses_on_a_latency_regression(o: &TestOrigin) {
     let comparison = &latency["comparisons"][0];
     let absolute = &comparison["absolute"];
     let ci = absolute["ci"].as_array().expect("interval");
-    // The true shift of every request is 30 ms, so of the 95th percentile too.
-    assert!(
-        ci[0].as_f64().expect("lo") < 30.0 && 30.0 < ci[1].as_f64().expect("hi"),
-        "{comparison}"
-    );
+    // The true shift of every request is 30 ms, so of the 95th percentile too. Each run
+    // assigns other users (the experiment's id is random), so the 95 % interval misses it
+    // in one run in twenty; four standard errors, once in 16,000.
+    let estimate = absolute["estimate"].as_f64().expect("estimate");
+    let std_error = absolute["std_error"].as_f64().expect("se");
+    assert!((estimate - 30.0).abs() < 4.0 * std_error, "{comparison}");
     assert!(ci[0].as_f64().expect("lo") > 0.0, "{comparison}");
     assert_eq!(comparison["improvement"], false);
     assert!(!comparison["sequential"].is_null(), "{comparison}");
@@ -286,14 +287,7 @@ async fn quantile_definitions_and_keys_are_checked(o: &TestOrigin) {
             "quantile",
         ),
     ] {
-        let reply = o.post("/api/v1/metrics", body.clone()).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{body}: {}",
-            reply.body
-        );
-        assert!(reply.body.to_string().contains(field), "{}", reply.body);
+        common::assert_invalid_metric(o, body, field).await;
     }
     o.create("/api/v1/metrics", common::metric("converted", "conversion"))
         .await;

@@ -475,6 +475,18 @@ macro_rules! on_every_backend {
     };
 }
 
+/// Posts a metric definition that must be refused as invalid (422), naming `field`.
+pub async fn assert_invalid_metric(o: &TestOrigin, body: Json, field: &str) {
+    let reply = o.post("/api/v1/metrics", body.clone()).await;
+    assert_eq!(
+        reply.status,
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "{body}: {}",
+        reply.body
+    );
+    assert!(reply.body.to_string().contains(field), "{}", reply.body);
+}
+
 /// A metric definition body.
 pub fn metric(key: &str, kind: &str) -> Json {
     serde_json::json!({"key": key, "kind": kind, "event_type": key})
