@@ -116,11 +116,8 @@ impl DerivedMeasure<'_> {
     /// Whether an event at `ts_ms`, for a unit first exposed at `first_exposure_ms`, falls
     /// in the measure's window (every event does without one).
     pub fn in_window(&self, ts_ms: i64, first_exposure_ms: i64) -> bool {
-        self.window.is_none_or(|w| {
-            let since = ts_ms - first_exposure_ms;
-            let delay = i64::from(w.delay_s) * 1_000;
-            since >= delay && since < delay + i64::from(w.length_s) * 1_000
-        })
+        self.window
+            .is_none_or(|w| w.holds(ts_ms - first_exposure_ms))
     }
 }
 

@@ -400,20 +400,21 @@ fn sums_by<'r>(rollups: &'r Rollups, metric: &str, until_day: i64) -> HashMap<&'
 /// quantile metric's estimate, neither of which has per-day sums to add up.
 struct VariantData<'r> {
     sums: HashMap<&'r str, Sums>,
+    /// The units a capped metric's sums are over, which replace those up to the day.
+    units: HashMap<&'r str, u64>,
     quantiles: HashMap<&'r str, QuantileEstimate>,
 }
 
 impl<'r> VariantData<'r> {
     fn of(rollups: &'r Rollups, metric: &Metric, until_day: i64) -> Self {
-        let sums = if metric.cap.is_some() {
-            rollups
-                .capped
-                .iter()
-                .filter(|r| r.metric == metric.key)
-                .map(|r| (r.variant.as_str(), r.sums))
-                .collect()
+        let capped = || rollups.capped.iter().filter(|r| r.metric == metric.key);
+        let (sums, units) = if metric.cap.is_some() {
+            (
+                capped().map(|r| (r.variant.as_str(), r.sums)).collect(),
+                capped().map(|r| (r.variant.as_str(), r.units)).collect(),
+            )
         } else {
-            sums_by(rollups, &metric.key, until_day)
+            (sums_by(rollups, &metric.key, until_day), HashMap::new())
         };
         let quantiles = rollups
             .quantiles
@@ -421,12 +422,17 @@ impl<'r> VariantData<'r> {
             .filter(|r| r.metric == metric.key)
             .filter_map(|r| Some((r.variant.as_str(), r.estimate?)))
             .collect();
-        VariantData { sums, quantiles }
+        VariantData {
+            sums,
+            units,
+            quantiles,
+        }
     }
 
+    /// The group of a variant with `n` units up to the day.
     fn group(&self, variant: &str, n: u64) -> Group {
         Group {
-            n,
+            n: self.units.get(variant).copied().unwrap_or(n),
             s: self.sums.get(variant).copied().unwrap_or_default(),
             q: self.quantiles.get(variant).copied(),
         }

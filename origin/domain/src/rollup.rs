@@ -69,6 +69,8 @@ pub struct CappedRollup {
     pub variant: String,
     pub metric: String,
     pub sums: Sums,
+    /// The variant's clean units the sums are over (all so far).
+    pub units: u64,
     /// The cap applied: the fixed value, or the percentile's value over all units.
     pub cap: f64,
     /// The variant's units whose value was above the cap.

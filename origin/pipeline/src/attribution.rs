@@ -549,6 +549,7 @@ pub async fn capped_rollups(
                     variant: v.clone(),
                     metric: metric.key.clone(),
                     sums: Sums::default(),
+                    units: 0,
                     cap,
                     capped_units: 0,
                 };
@@ -560,6 +561,7 @@ pub async fn capped_rollups(
                 continue;
             };
             let (x, y, c) = v[i];
+            rollup.units += 1;
             rollup.capped_units += u64::from(x > cap);
             let capped = (x.min(cap), y, c.min(cap));
             rollup

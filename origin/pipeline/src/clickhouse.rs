@@ -311,7 +311,8 @@ const METRIC: u8 = 2;
 /// A quantile rollup: `sum_x` the estimate, `sum_x2` its variance, `sum_y` the quantile,
 /// `units` the units with events and `multiples` the events.
 const QUANTILE: u8 = 3;
-/// A capped metric's sums over capped values: `units` the capped units, `plan` the cap.
+/// A capped metric's sums over capped values: `units` the capped units, `multiples` the
+/// units, `plan` the cap.
 const CAPPED: u8 = 4;
 
 #[derive(Serialize, Deserialize)]
@@ -779,6 +780,7 @@ impl ClickHouse {
         #[derive(Deserialize)]
         struct CappedRow {
             variant: String,
+            units: u64,
             capped_units: u64,
             #[serde(flatten)]
             sums: Sums,
@@ -809,7 +811,7 @@ impl ClickHouse {
             let cap_sql = format!("{cap:?}");
             let rows: Vec<CappedRow> = self
                 .rows(&format!(
-                    "SELECT variant, toUInt64(countIf(x > {cap_sql})) AS capped_units,
+                    "SELECT variant, toUInt64(count()) AS units, toUInt64(countIf(x > {cap_sql})) AS capped_units,
                             sum(xc) AS sum_x, sum(xc * xc) AS sum_x2, sum(y) AS sum_y, sum(y * y) AS sum_y2,
                             sum(xc * y) AS sum_xy, sum(cc) AS sum_c, sum(cc * cc) AS sum_c2, sum(xc * cc) AS sum_xc
                      FROM (SELECT variant, x{i} AS x, least(x{i}, {cap_sql}) AS xc, y{i} AS y,
@@ -821,6 +823,7 @@ impl ClickHouse {
                 variant: r.variant,
                 metric: metric.key.clone(),
                 sums: r.sums,
+                units: r.units,
                 cap,
                 capped_units: r.capped_units,
             }));
@@ -1078,8 +1081,8 @@ impl ClickHouse {
             rows.push(row(QUANTILE, &r.variant, &r.metric, 0, units, events, sums));
         }
         for r in &rollups.capped {
-            let units = r.capped_units as i64;
-            let mut stored = row(CAPPED, &r.variant, &r.metric, 0, units, 0, r.sums);
+            let (capped, units) = (r.capped_units as i64, r.units as i64);
+            let mut stored = row(CAPPED, &r.variant, &r.metric, 0, capped, units, r.sums);
             stored.plan = format!("{:?}", r.cap);
             rows.push(stored);
         }
@@ -1128,6 +1131,7 @@ impl ClickHouse {
                             variant: r.variant,
                             metric: r.metric,
                             sums: r.sums,
+                            units: r.multiples.max(0) as u64,
                             cap,
                             capped_units: r.units.max(0) as u64,
                         });

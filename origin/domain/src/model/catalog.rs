@@ -305,6 +305,14 @@ pub struct Window {
     pub length_s: u32,
 }
 
+impl Window {
+    /// Whether an event `since_exposure_ms` after the unit's first exposure is in it.
+    pub fn holds(&self, since_exposure_ms: i64) -> bool {
+        let delay = i64::from(self.delay_s) * 1_000;
+        since_exposure_ms >= delay && since_exposure_ms < delay + i64::from(self.length_s) * 1_000
+    }
+}
+
 /// The longest a window may reach after the exposure (delay plus length): a year.
 pub const MAX_WINDOW_S: u64 = 366 * 86_400;
 

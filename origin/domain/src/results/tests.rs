@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::*;
 use crate::model::catalog::{Direction, Metric, MetricKind};
 use crate::model::experiment::{Analysis, AnalysisMode, Experiment, VariantInput};
-use crate::rollup::{ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
+use crate::rollup::{CappedRollup, ExposureRollup, InteractionCell, MetricRollup, Rollups, Sums};
 
 const DAY: i64 = 20_000;
 const DAY_MS: i64 = 86_400_000;
@@ -799,4 +799,47 @@ fn a_zero_weight_variant_does_not_hold_the_test_back() {
         "{}",
         results.recommended_action
     );
+}
+
+/// Issue 27: a capped metric's sums are over all units so far (a percentile cap depends on
+/// every unit), so its test divides by the units those sums are over, also when a
+/// fixed-horizon test is frozen at an earlier day than the data reach.
+#[test]
+fn a_capped_metric_is_tested_on_the_units_its_sums_are_over() {
+    let mut e = experiment("checkout", &[]);
+    e.analysis.min_duration_days = 0;
+    e.primary_metric = "revenue".into();
+    let (key, mut revenue) = metric("revenue", MetricKind::Mean, Direction::Increase);
+    revenue.cap = Some(crate::model::catalog::Cap {
+        value: Some(100.0),
+        percentile: None,
+    });
+    let mut rollups = days(&[
+        day_of(DAY, 10_000, 0.0, 0.0),
+        day_of(DAY + 1, 10_000, 0.0, 0.0),
+    ]);
+    rollups.metrics.clear();
+    // 20,000 units a variant so far; means 2.0 and 2.2 on the capped values.
+    let capped = |variant: &str, sum: f64| CappedRollup {
+        variant: variant.into(),
+        metric: "revenue".into(),
+        sums: Sums {
+            sum_x: sum,
+            sum_x2: sum * 50.0,
+            ..Sums::default()
+        },
+        units: 20_000,
+        cap: 100.0,
+        capped_units: 3,
+    };
+    rollups.capped = vec![capped("control", 40_000.0), capped("treatment", 44_000.0)];
+    let metrics = HashMap::from([(key, revenue)]);
+    let results = compute(&e, &metrics, &rollups, NOW, false);
+    let comparison = &results.metrics[0].comparisons[0];
+    let absolute = comparison.absolute.expect("absolute effect");
+    assert!(close(absolute.estimate, 0.2), "{absolute:?}");
+    let summary = &results.variants["control"].metrics["revenue"];
+    assert_eq!((summary.units, summary.capped_units), (20_000, Some(3)));
+    assert_eq!(summary.cap, Some(100.0));
+    assert!(close(summary.value.expect("mean"), 2.0));
 }

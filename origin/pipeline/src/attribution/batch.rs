@@ -19,7 +19,7 @@ use crate::event::parse_properties;
 use crate::model::catalog::Window;
 use crate::model::catalog::{Period, UnitValue};
 use crate::model::filter::Filter;
-use crate::plan::{DerivedMeasure, ExperimentPlan, bucket_measure, day, switchback_cell as cell};
+use crate::plan::{ExperimentPlan, bucket_measure, day, switchback_cell as cell};
 use crate::rollup::Sums;
 use crate::tables::{self, Exposure, Logged, Totals};
 
@@ -196,19 +196,13 @@ struct Derived {
 }
 
 impl Derived {
-    fn in_window(&self, ts_ms: i64, first_exposure_ms: i64) -> bool {
-        DerivedMeasure {
-            event_type: &self.event_type,
-            measure: &self.measure,
-            filter: self.filter.as_ref(),
-            window: self.window,
-            bucketed: self.bucketed,
-        }
-        .in_window(ts_ms, first_exposure_ms)
+    /// Whether the measure's own totals are kept (as `DerivedMeasure::own_totals`).
+    fn own_totals(&self) -> bool {
+        self.filter.is_some() || self.window.is_some()
     }
 }
 
-/// Per experiment with filtered or quantile metrics: its derived measures.
+/// Per experiment with filtered, windowed or quantile metrics: its derived measures.
 type Filters = HashMap<Arc<str>, Vec<Derived>>;
 
 pub(super) struct Batch {
@@ -486,7 +480,9 @@ impl Batch {
         let mut matched: Vec<Arc<str>> = Vec::new();
         let mut buckets: Vec<String> = Vec::new();
         for d in derived.iter().filter(|d| d.event_type == event.event_type) {
-            if d.window.is_some() && !(post && d.in_window(event.ts_ms, first_exposure_ms)) {
+            if let Some(window) = d.window
+                && !(post && window.holds(event.ts_ms - first_exposure_ms))
+            {
                 continue;
             }
             if let Some(filter) = &d.filter
@@ -496,7 +492,7 @@ impl Batch {
             {
                 continue;
             }
-            if d.filter.is_some() || d.window.is_some() {
+            if d.own_totals() {
                 matched.push(d.measure.clone());
             }
             if d.bucketed && post {
