@@ -376,15 +376,10 @@ async fn simulate(
     let mut n = NEXT_ID_BLOCK.fetch_add(1, Ordering::Relaxed) << 32;
     for u in 0..units {
         let unit = format!("{key}-user-{u}");
-        let assignment = o
-            .get(&format!(
-                "/api/v1/experiments/{key}/assignment?user_id={unit}"
-            ))
-            .await
-            .body;
-        let Some(variant) = assignment["variant"].as_str() else {
+        let Some(variant) = common::assigned_variant(o, key, u).await else {
             continue;
         };
+        let variant = variant.as_str();
         n += 1;
         events.push(json!({"event_id": event_id(n), "kind": "exposure", "unit": unit, "experiment_id": experiment_id, "variant": variant, "timestamp": now}));
         let p = conversion

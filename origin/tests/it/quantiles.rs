@@ -66,15 +66,10 @@ async fn latency_traffic(
     let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for u in 0..users {
         let unit = format!("{key}-user-{u}");
-        let assignment = o
-            .get(&format!(
-                "/api/v1/experiments/{key}/assignment?user_id={unit}"
-            ))
-            .await
-            .body;
-        let Some(variant) = assignment["variant"].as_str() else {
+        let Some(variant) = common::assigned_variant(o, key, u).await else {
             continue;
         };
+        let variant = variant.as_str();
         n += 1;
         events.push(
             json!({"event_id": event_id(n), "kind": "exposure", "unit": unit,

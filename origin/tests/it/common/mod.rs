@@ -475,6 +475,18 @@ macro_rules! on_every_backend {
     };
 }
 
+/// The variant the experiment `key` assigns user `{key}-user-{u}`, as the origin's
+/// assignment endpoint answers (`None` when the user is not in the experiment).
+pub async fn assigned_variant(o: &TestOrigin, key: &str, u: u64) -> Option<String> {
+    let assignment = o
+        .get(&format!(
+            "/api/v1/experiments/{key}/assignment?user_id={key}-user-{u}"
+        ))
+        .await
+        .body;
+    assignment["variant"].as_str().map(str::to_string)
+}
+
 /// Posts a metric definition that must be refused as invalid (422), naming `field`.
 pub async fn assert_invalid_metric(o: &TestOrigin, body: Json, field: &str) {
     let reply = o.post("/api/v1/metrics", body.clone()).await;
