@@ -1,7 +1,7 @@
 //! Properties that must hold for every input, checked on random inputs with proptest:
 //! p-values in [0, 1], intervals that contain their estimate, antisymmetry when the groups
-//! are swapped, monotonicity of the multiple-comparison corrections, and identities that tie
-//! the Bayesian and sequential quantities together.
+//! are swapped (quantiles included), monotonicity of the multiple-comparison corrections,
+//! and identities that tie the Bayesian and sequential quantities together.
 
 use abx_stats::bayesian::{self, beta_binomial, prob_greater};
 use abx_stats::group_sequential::{SpendingFunction, boundaries};
@@ -9,7 +9,8 @@ use abx_stats::power::{Mde, PowerConfig, conversion_power, conversion_sample_siz
 use abx_stats::sequential::{SequentialConfig, accumulate, always_valid};
 use abx_stats::{
     Comparison, Correction, CovariateMoments, Effect, Moments, Proportion, RatioMoments,
-    adjust_p_values, cuped_test, ratio_test, two_proportion_z_test, welch_t_test,
+    adjust_p_values, cuped_test, quantile, quantile_test, ratio_test, two_proportion_z_test,
+    welch_t_test,
 };
 use proptest::prelude::*;
 
@@ -80,6 +81,41 @@ proptest! {
         // Welch's df lies between the smaller group's n − 1 and the pooled n_c + n_t − 2.
         let lower = (x.len().min(y.len()) - 1) as f64;
         prop_assert!(df >= lower * (1.0 - 1e-9) && df <= (x.len() + y.len() - 2) as f64 * (1.0 + 1e-9));
+    }
+
+    /// Quantiles of any units' events (values of any sign and size, ties, single events):
+    /// an estimate within the bucket accuracy of the events' range, a finite non-negative
+    /// variance, and a sane, antisymmetric test whenever one exists; never a panic.
+    #[test]
+    fn quantiles_are_sane_and_antisymmetric(
+        units in prop::collection::vec(prop::collection::vec(-1e6_f64..1e6, 1..12), 2..60),
+        split in 1_usize..59,
+        p in 0.01_f64..0.99,
+    ) {
+        let histograms: Vec<Vec<(i32, u64)>> = units
+            .iter()
+            .map(|u| quantile::histogram(u.iter().map(|&v| (quantile::bucket(v), 1))))
+            .collect();
+        let split = split.min(histograms.len() - 1);
+        let estimate = |hs: &[Vec<(i32, u64)>]| {
+            quantile::quantile_of_units(hs.iter().map(Vec::as_slice), p)
+        };
+        let (c, t) = (estimate(&histograms[..split]), estimate(&histograms[split..]));
+        for (q, group) in [(&c, &units[..split]), (&t, &units[split..])] {
+            let Ok(q) = q else { continue };
+            let values: Vec<f64> = group.iter().flatten().copied().collect();
+            let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let slack = 2.0 * quantile::RELATIVE_ACCURACY * lo.abs().max(hi.abs()) + 1e-9;
+            assert!(q.estimate >= lo - slack && q.estimate <= hi + slack, "{q:?} outside [{lo}, {hi}]");
+            assert!(q.variance.is_finite() && q.variance >= 0.0, "{q:?}");
+            assert_eq!(q.events, values.len() as u64);
+        }
+        if let (Ok(c), Ok(t)) = (c, t)
+            && let (Ok(forward), Ok(backward)) = (quantile_test(&c, &t, 0.05), quantile_test(&t, &c, 0.05))
+        {
+            assert_comparison_sane(&forward);
+            assert_mirrored(&forward, &backward);
+        }
     }
 
     #[test]
