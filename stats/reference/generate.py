@@ -306,6 +306,94 @@ def cuped_cases():
     return cases
 
 
+# 5b. CUPED for ratio metrics -------------------------------------------------------------
+
+def ratio_cuped_cases():
+    """Per-unit linearisation written out on raw data (l = (a − R·b)/b̄, k = (c − Q·d)/d̄ per
+    arm), θ from an OLS fit of l on k with an arm indicator, and the adjusted ratio and its
+    variance from the adjusted per-unit values — not the crate's closed forms from sums."""
+    rng = np.random.default_rng(20261205)
+    cases = []
+    specs = [
+        # name, n_c, n_t, share of units with pre-exposure data, treatment lift, alpha
+        ("revenue_per_session", 3000, 3100, 1.0, 0.03, 0.05),
+        ("new_users_without_history", 2000, 1500, 0.6, 0.05, 0.05),
+        ("small_n", 15, 12, 1.0, 0.0, 0.10),
+        ("no_pre_exposure_data", 500, 500, 0.0, 0.05, 0.05),
+    ]
+    for name, n_c, n_t, share, lift, alpha in specs:
+        arms = []
+        for n, scale in ((n_c, 1.0), (n_t, 1.0 + lift)):
+            # A unit's activity and spend levels persist from before exposure to after it.
+            activity = rng.gamma(2.0, 1.5, n)
+            spend = rng.lognormal(0.0, 0.5, n)
+            b = rng.poisson(activity) + 1.0
+            a = np.array([fsum(rng.exponential(s * scale, int(k))) for s, k in zip(spend, b)])
+            has_history = rng.uniform(size=n) < share
+            d = np.where(has_history, rng.poisson(activity) + 1.0, 0.0)
+            c = np.array([fsum(rng.exponential(s, int(k))) for s, k in zip(spend, d)])
+            arms.append((a, b, c, d))
+        (a_c, b_c, c_c, d_c), (a_t, b_t, c_t, d_t) = arms
+
+        def linearised(a, b, c, d):
+            r = a.sum() / b.sum()
+            l = (a - r * b) / b.mean()
+            if d.sum() > 0:
+                q = c.sum() / d.sum()
+                k = (c - q * d) / d.mean()
+            else:
+                q, k = 0.0, np.zeros_like(a)
+            return r, q, l, k
+
+        r_c, q_c, l_c, k_c = linearised(a_c, b_c, c_c, d_c)
+        r_t, q_t, l_t, k_t = linearised(a_t, b_t, c_t, d_t)
+        v_raw_c, v_raw_t = l_c.var(ddof=1) / n_c, l_t.var(ddof=1) / n_t
+        if d_c.sum() > 0 and d_t.sum() > 0:
+            arm = np.concatenate([np.zeros(n_c), np.ones(n_t)])
+            k_all = np.concatenate([k_c, k_t])
+            fit = sm.OLS(np.concatenate([l_c, l_t]),
+                         np.column_stack([np.ones_like(k_all), arm, k_all])).fit()
+            theta = float(fit.params[2])
+            q_bar = (c_c.sum() + c_t.sum()) / (d_c.sum() + d_t.sum())
+            adj_c, adj_t = r_c - theta * (q_c - q_bar), r_t - theta * (q_t - q_bar)
+            v_c = (l_c - theta * k_c).var(ddof=1) / n_c
+            v_t = (l_t - theta * k_t).var(ddof=1) / n_t
+            adjusted = True
+            reduction = 1 - (v_c + v_t) / (v_raw_c + v_raw_t)
+        else:
+            theta, adjusted, reduction = 0.0, False, 0.0
+            adj_c, adj_t, v_c, v_t = r_c, r_t, v_raw_c, v_raw_t
+
+        def moments(a, b, c, d):
+            def ratio(u, v):
+                return {"n": int(u.size), "sum_num": fsum(u), "sum_num_sq": fsum(u * u),
+                        "sum_den": fsum(v), "sum_den_sq": fsum(v * v), "sum_num_den": fsum(u * v)}
+            return {
+                "metric": ratio(a, b), "covariate": ratio(c, d),
+                "sum_num_pre_num": fsum(a * c), "sum_num_pre_den": fsum(a * d),
+                "sum_den_pre_num": fsum(b * c), "sum_den_pre_den": fsum(b * d),
+            }
+
+        cases.append({
+            "name": name,
+            "control": moments(a_c, b_c, c_c, d_c),
+            "treatment": moments(a_t, b_t, c_t, d_t),
+            "alpha": alpha,
+            "expected": {
+                "comparison": {
+                    "control": adj_c,
+                    "treatment": adj_t,
+                    "absolute": wald(adj_t - adj_c, math.sqrt(v_c + v_t), alpha),
+                    "relative": relative(adj_c, v_c, adj_t, v_t, alpha),
+                },
+                "theta": theta,
+                "variance_reduction": reduction,
+                "adjusted": adjusted,
+            },
+        })
+    return cases
+
+
 # 6. Multiple comparisons ----------------------------------------------------------------
 
 def multiple_cases():
@@ -1043,6 +1131,8 @@ def main():
         "guardrail": guardrail_cases(),
         "trend": trend_cases(),
         "heterogeneity": heterogeneity_cases(),
+        # Last, with its own generator, so that adding it left every earlier case unchanged.
+        "ratio_cuped": ratio_cuped_cases(),
     }
     OUT.write_text(json.dumps(values, indent=1, allow_nan=False) + "\n")
     print(f"wrote {OUT}")

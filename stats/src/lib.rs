@@ -47,7 +47,7 @@ pub mod sufficient;
 pub mod trend;
 
 pub use bayesian::{BayesianResult, beta_binomial};
-pub use cuped::{CupedComparison, cuped_test};
+pub use cuped::{CupedComparison, cuped_test, ratio_cuped_test};
 pub use effect::{Comparison, Effect, LiftUnavailable, RelativeLift, relative_lift};
 pub use error::StatsError;
 pub use mean::welch_t_test;
@@ -56,4 +56,4 @@ pub use proportion::two_proportion_z_test;
 pub use quantile::{QuantileEstimate, quantile_test};
 pub use ratio::ratio_test;
 pub use srm::{SequentialSrm, SrmResult, sequential_srm_test, srm_test};
-pub use sufficient::{CovariateMoments, Moments, Proportion, RatioMoments};
+pub use sufficient::{CovariateMoments, Moments, Proportion, RatioCovariateMoments, RatioMoments};

@@ -144,6 +144,47 @@ impl RatioMoments {
     }
 }
 
+/// Moments of a ratio metric after exposure (numerator a, denominator b) and of the same
+/// ratio before exposure (numerator c, denominator d) over the same units, for CUPED on a
+/// ratio: the two ratios' moments and the four cross-products between them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RatioCovariateMoments {
+    /// The ratio after exposure: a over b.
+    pub metric: RatioMoments,
+    /// The ratio before exposure: c over d (units without pre-exposure data add zeros).
+    pub covariate: RatioMoments,
+    /// Σ a·c.
+    pub sum_num_pre_num: f64,
+    /// Σ a·d.
+    pub sum_num_pre_den: f64,
+    /// Σ b·c.
+    pub sum_den_pre_num: f64,
+    /// Σ b·d.
+    pub sum_den_pre_den: f64,
+}
+
+impl RatioCovariateMoments {
+    pub(crate) fn validate(&self) -> Result<(), StatsError> {
+        self.metric.validate()?;
+        self.covariate.validate()?;
+        let cross = [
+            self.sum_num_pre_num,
+            self.sum_num_pre_den,
+            self.sum_den_pre_num,
+            self.sum_den_pre_den,
+        ];
+        if self.metric.n != self.covariate.n {
+            Err(invalid(
+                "the ratio and its covariate must be over the same units",
+            ))
+        } else if cross.iter().any(|v| !v.is_finite()) {
+            Err(invalid("moments must be finite"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Moments of a metric y together with a pre-exposure covariate x of the same unit, for
 /// CUPED: n, Σy, Σy², Σx, Σx², Σxy.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -12,9 +12,9 @@ use abx_stats::interaction::{Cells, assignment_independence, interaction_proport
 use abx_stats::power::{Mde, PowerConfig, conversion_sample_size, mean_sample_size};
 use abx_stats::sequential::{SequentialConfig, always_valid, sequential_proportion_test};
 use abx_stats::{
-    Correction, CovariateMoments, LiftUnavailable, Moments, Proportion, RatioMoments, RelativeLift,
-    StatsError, adjust_p_values, cuped_test, ratio_test, srm_test, two_proportion_z_test,
-    welch_t_test,
+    Correction, CovariateMoments, LiftUnavailable, Moments, Proportion, RatioCovariateMoments,
+    RatioMoments, RelativeLift, StatsError, adjust_p_values, cuped_test, ratio_cuped_test,
+    ratio_test, srm_test, two_proportion_z_test, welch_t_test,
 };
 
 fn invalid(result: Result<impl std::fmt::Debug, StatsError>) {
@@ -494,4 +494,67 @@ fn heterogeneity_degenerate_inputs() {
     assert_eq!(same.subgroups, 2);
     // Tiny errors give huge but finite weights; overflowing ones are refused.
     invalid(cochran_q(&[e(1e300, 1e-300), e(-1e300, 1e-300)]));
+}
+
+#[test]
+fn ratio_cuped_falls_back_without_a_varying_pre_exposure_ratio() {
+    let ratio = |num: f64, den: f64, n: u64| RatioMoments {
+        n,
+        sum_num: num * n as f64 + 3.0,
+        sum_num_sq: num * num * n as f64 + 40.0,
+        sum_den: den * n as f64,
+        sum_den_sq: den * den * n as f64 + 2.0,
+        sum_num_den: num * den * n as f64 + 5.0,
+    };
+    let with_covariate = |metric: RatioMoments, covariate: RatioMoments| RatioCovariateMoments {
+        metric,
+        covariate,
+        sum_num_pre_num: covariate.sum_num * metric.sum_num / metric.n as f64,
+        sum_num_pre_den: covariate.sum_den * metric.sum_num / metric.n as f64,
+        sum_den_pre_num: covariate.sum_num * metric.sum_den / metric.n as f64,
+        sum_den_pre_den: covariate.sum_den * metric.sum_den / metric.n as f64,
+    };
+    let (c, t) = (ratio(2.0, 3.0, 50), ratio(2.2, 3.0, 60));
+    let unadjusted = ratio_test(&c, &t, 0.05).unwrap();
+    let none = |n| RatioMoments {
+        n,
+        sum_num: 0.0,
+        sum_num_sq: 0.0,
+        sum_den: 0.0,
+        sum_den_sq: 0.0,
+        sum_num_den: 0.0,
+    };
+    // No unit has history.
+    let result = ratio_cuped_test(
+        &with_covariate(c, none(50)),
+        &with_covariate(t, none(60)),
+        0.05,
+    )
+    .unwrap();
+    assert!(!result.adjusted);
+    assert_eq!((result.theta, result.variance_reduction), (0.0, 0.0));
+    assert_eq!(result.comparison, unadjusted);
+    // Every unit had the same ratio before: numerator 4 over denominator 2.
+    let constant = |n: u64| RatioMoments {
+        n,
+        sum_num: 4.0 * n as f64,
+        sum_num_sq: 16.0 * n as f64,
+        sum_den: 2.0 * n as f64,
+        sum_den_sq: 4.0 * n as f64,
+        sum_num_den: 8.0 * n as f64,
+    };
+    let result = ratio_cuped_test(
+        &with_covariate(c, constant(50)),
+        &with_covariate(t, constant(60)),
+        0.05,
+    )
+    .unwrap();
+    assert!(!result.adjusted);
+    assert_eq!(result.comparison, unadjusted);
+    // The covariate must be over the same units.
+    invalid(ratio_cuped_test(
+        &with_covariate(c, constant(49)),
+        &with_covariate(t, constant(60)),
+        0.05,
+    ));
 }

@@ -8,9 +8,9 @@ use abx_stats::group_sequential::{SpendingFunction, boundaries};
 use abx_stats::power::{Mde, PowerConfig, conversion_power, conversion_sample_size};
 use abx_stats::sequential::{SequentialConfig, accumulate, always_valid};
 use abx_stats::{
-    Comparison, Correction, CovariateMoments, Effect, Moments, Proportion, RatioMoments,
-    adjust_p_values, cuped_test, quantile, quantile_test, ratio_test, two_proportion_z_test,
-    welch_t_test,
+    Comparison, Correction, CovariateMoments, Effect, Moments, Proportion, RatioCovariateMoments,
+    RatioMoments, adjust_p_values, cuped_test, quantile, quantile_test, ratio_cuped_test,
+    ratio_test, two_proportion_z_test, welch_t_test,
 };
 use proptest::prelude::*;
 
@@ -161,6 +161,49 @@ proptest! {
             prop_assert!((a.theta - b.theta).abs() <= tol(a.theta));
             prop_assert!((a.comparison.absolute.estimate - b.comparison.absolute.estimate).abs() <= tol(a.comparison.absolute.estimate));
             prop_assert!((a.comparison.absolute.p_value - b.comparison.absolute.p_value).abs() <= 1e-6);
+        }
+    }
+
+    #[test]
+    fn ratio_cuped_is_sane_antisymmetric_and_invariant_to_the_covariates_scale(
+        rows in prop::collection::vec((0.0_f64..100.0, 1.0_f64..10.0, 0.0_f64..100.0, 0.0_f64..10.0), 6..80),
+        scale in 0.01_f64..100.0,
+    ) {
+        let split = rows.len() / 2;
+        // (a, b, c, d): numerator and denominator after exposure, and before it.
+        type Row = (f64, f64, f64, f64);
+        let moments = |rows: &[Row], scale: f64| {
+            let ratio = |pairs: Vec<(f64, f64)>| RatioMoments {
+                n: pairs.len() as u64,
+                sum_num: pairs.iter().map(|p| p.0).sum(),
+                sum_num_sq: pairs.iter().map(|p| p.0 * p.0).sum(),
+                sum_den: pairs.iter().map(|p| p.1).sum(),
+                sum_den_sq: pairs.iter().map(|p| p.1 * p.1).sum(),
+                sum_num_den: pairs.iter().map(|p| p.0 * p.1).sum(),
+            };
+            let sum = |f: &dyn Fn(&Row) -> f64| rows.iter().map(f).sum::<f64>();
+            RatioCovariateMoments {
+                metric: ratio(rows.iter().map(|r| (r.0, r.1)).collect()),
+                covariate: ratio(rows.iter().map(|r| (scale * r.2, r.3)).collect()),
+                sum_num_pre_num: sum(&|r| r.0 * scale * r.2),
+                sum_num_pre_den: sum(&|r| r.0 * r.3),
+                sum_den_pre_num: sum(&|r| r.1 * scale * r.2),
+                sum_den_pre_den: sum(&|r| r.1 * r.3),
+            }
+        };
+        let (c, t) = (&rows[..split], &rows[split..]);
+        let base = ratio_cuped_test(&moments(c, 1.0), &moments(t, 1.0), 0.05);
+        let scaled = ratio_cuped_test(&moments(c, scale), &moments(t, scale), 0.05);
+        let swapped = ratio_cuped_test(&moments(t, 1.0), &moments(c, 1.0), 0.05);
+        if let (Ok(a), Ok(b), Ok(s)) = (base, scaled, swapped) {
+            assert_comparison_sane(&a.comparison);
+            assert_mirrored(&a.comparison, &s.comparison);
+            prop_assert_eq!(a.adjusted, b.adjusted);
+            // Measuring the covariate's numerator in other units changes θ, not the result.
+            let tol = |x: f64| 1e-6 * (1.0 + x.abs());
+            prop_assert!((a.comparison.absolute.estimate - b.comparison.absolute.estimate).abs() <= tol(a.comparison.absolute.estimate));
+            prop_assert!((a.comparison.absolute.std_error - b.comparison.absolute.std_error).abs() <= tol(a.comparison.absolute.std_error));
+            prop_assert!((a.variance_reduction - b.variance_reduction).abs() <= 1e-6);
         }
     }
 

@@ -19,8 +19,9 @@ use abx_stats::ratio::ratio_estimate;
 use abx_stats::sequential::{SequentialConfig, always_valid, optimal_mixture_ratio};
 use abx_stats::trend::{CumulativeEstimate, effect_trend};
 use abx_stats::{
-    Correction, CovariateMoments, Moments, Proportion, RatioMoments, adjust_p_values, cuped_test,
-    ratio_test, sequential_srm_test, srm_test, two_proportion_z_test, welch_t_test,
+    Correction, CovariateMoments, Moments, Proportion, RatioCovariateMoments, RatioMoments,
+    adjust_p_values, cuped_test, ratio_cuped_test, ratio_test, sequential_srm_test, srm_test,
+    two_proportion_z_test, welch_t_test,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -158,6 +159,16 @@ fn cuped_matches_regression_on_raw_data() {
         let control: CovariateMoments = input(&case, "control");
         let treatment: CovariateMoments = input(&case, "treatment");
         let result = cuped_test(&control, &treatment, f(&case, "alpha")).unwrap();
+        check(&name(&case), &case["expected"], &to_json(&result), TIGHT);
+    }
+}
+
+#[test]
+fn ratio_cuped_matches_regression_on_linearised_raw_data() {
+    for case in cases("ratio_cuped") {
+        let control: RatioCovariateMoments = input(&case, "control");
+        let treatment: RatioCovariateMoments = input(&case, "treatment");
+        let result = ratio_cuped_test(&control, &treatment, f(&case, "alpha")).unwrap();
         check(&name(&case), &case["expected"], &to_json(&result), TIGHT);
     }
 }

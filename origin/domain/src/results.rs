@@ -17,7 +17,7 @@ use abx_stats::sequential::{self, SequentialConfig, SequentialResult};
 use abx_stats::trend::CumulativeEstimate;
 use abx_stats::{
     BayesianResult, Comparison, CovariateMoments, CupedComparison, Effect, Moments, Proportion,
-    QuantileEstimate, RatioMoments, RelativeLift, SrmResult, StatsError,
+    QuantileEstimate, RatioCovariateMoments, RatioMoments, RelativeLift, SrmResult, StatsError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -206,17 +206,33 @@ pub struct BayesianView {
 
 #[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct CupedView {
+    /// False when the covariate did not vary (no unit had pre-exposure data, or all had
+    /// the same): the figures are then the unadjusted test's.
     pub adjusted: bool,
     pub theta: f64,
     /// 1 − var(adjusted) / var(unadjusted).
     pub variance_reduction: f64,
+    /// The CUPED-adjusted difference.
     pub absolute: Interval,
+}
+
+/// Which estimate a comparison's figures and decision are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Estimator {
+    /// The metric kind's standard test on the units' values after exposure.
+    Unadjusted,
+    /// CUPED: adjusted by the units' values before exposure (docs/statistics.md §5).
+    Cuped,
 }
 
 /// One treatment against the control on one metric.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ComparisonView {
     pub variant: String,
+    /// The estimate `absolute`, `relative`, the p-values and `significant` are, and every
+    /// decision uses: CUPED wherever the metric has pre-exposure data that varies.
+    pub estimator: Estimator,
     pub absolute: Option<Interval>,
     /// Relative lift (treatment − control) / control, its interval on the log ratio (the
     /// delta method when the treatment's mean is not positive); absent when the baseline is
@@ -236,6 +252,9 @@ pub struct ComparisonView {
     pub group_sequential: Option<GroupSequentialView>,
     pub bayesian: Option<BayesianView>,
     pub cuped: Option<CupedView>,
+    /// With the CUPED estimator: the unadjusted difference, for reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unadjusted: Option<Interval>,
     /// Once the test is frozen (fixed horizon at its plan, group sequential at its deciding
     /// look), the estimates with all data since: descriptive only.
     pub latest: Option<LatestView>,
@@ -284,6 +303,8 @@ pub struct SrmView {
 pub struct GuardrailView {
     pub metric: String,
     pub variant: String,
+    /// The estimate the check tests (CUPED wherever the metric has pre-exposure data).
+    pub estimator: Estimator,
     /// `insufficient_data`, `healthy`, `alarm`, or `error` when the check could not be
     /// computed (`note` says why; it blocks a "Ship" recommendation).
     pub status: String,
@@ -475,9 +496,11 @@ fn guardrail_view(
     config: &GuardrailConfig,
     margin: Option<f64>,
 ) -> GuardrailView {
+    let estimator = estimator(metric.kind, c, t, config.alpha);
     let view = |status: &str, check: Option<&GuardrailCheck>, note: Option<String>| GuardrailView {
         metric: metric.key.clone(),
         variant: variant.to_string(),
+        estimator,
         status: status.into(),
         harmful_effect: check.map_or(0.0, |k| k.harmful_effect),
         z: check.map_or(0.0, |k| k.z),
@@ -593,6 +616,7 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
     } = *analysed;
     let mut view = ComparisonView {
         variant: variant.to_string(),
+        estimator: Estimator::Unadjusted,
         absolute: None,
         relative: None,
         relative_unavailable: None,
@@ -604,13 +628,26 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
         group_sequential: None,
         bayesian: None,
         cuped: None,
+        unadjusted: None,
         latest: None,
         trend: None,
         note: None,
         statistic: None,
     };
-    match compare(metric.kind, c, t, alpha) {
+    let cuped = cuped(metric.kind, c, t, alpha);
+    let adjusted = cuped.filter(|k| k.adjusted);
+    let deciding = match adjusted {
+        Some(k) => Ok(k.comparison),
+        None => standard_test(metric.kind, c, t, alpha),
+    };
+    match deciding {
         Ok(comparison) => {
+            if adjusted.is_some() {
+                view.estimator = Estimator::Cuped;
+                view.unadjusted = standard_test(metric.kind, c, t, alpha)
+                    .ok()
+                    .map(|u| (&u.absolute).into());
+            }
             view.absolute = Some((&comparison.absolute).into());
             match comparison.relative {
                 RelativeLift::Estimated(effect) => view.relative = Some((&effect).into()),
@@ -621,7 +658,14 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
             view.p_value = Some(comparison.absolute.p_value);
             view.statistic = Some(comparison.absolute.statistic);
             view.improvement = Some(improvement(metric.direction, comparison.absolute.estimate));
-            if let Ok(s) = sequential_view(metric.kind, c, t, &comparison, sequential_config) {
+            let estimator = view.estimator;
+            if let Ok(s) = sequential_view(
+                metric.kind,
+                estimator,
+                (c, t),
+                &comparison,
+                sequential_config,
+            ) {
                 view.sequential = Some(SequentialView {
                     p_value: s.p_value,
                     ci: [s.ci_lower, s.ci_upper],
@@ -631,7 +675,7 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
             }
             view.bayesian =
                 bayesian(metric.kind, c, t).map(|b| bayesian_view(&b, metric.direction));
-            view.cuped = cuped(metric.kind, c, t, alpha).map(|k| CupedView {
+            view.cuped = cuped.map(|k| CupedView {
                 adjusted: k.adjusted,
                 theta: k.theta,
                 variance_reduction: k.variance_reduction,
@@ -684,6 +728,23 @@ impl Group {
             sum_num_den: self.s.sum_xy,
         }
     }
+    fn ratio_covariate(&self) -> RatioCovariateMoments {
+        RatioCovariateMoments {
+            metric: self.ratio(),
+            covariate: RatioMoments {
+                n: self.n,
+                sum_num: self.s.sum_c,
+                sum_num_sq: self.s.sum_c2.max(0.0),
+                sum_den: self.s.sum_d,
+                sum_den_sq: self.s.sum_d2.max(0.0),
+                sum_num_den: self.s.sum_cd,
+            },
+            sum_num_pre_num: self.s.sum_xc,
+            sum_num_pre_den: self.s.sum_xd,
+            sum_den_pre_num: self.s.sum_yc,
+            sum_den_pre_den: self.s.sum_yd,
+        }
+    }
     fn quantile(&self) -> Result<&QuantileEstimate, StatsError> {
         self.q.as_ref().ok_or(StatsError::InsufficientSample {
             required: 2,
@@ -710,9 +771,25 @@ pub fn describe(error: &StatsError) -> String {
     }
 }
 
+/// The comparison every decision uses: CUPED where the metric has a pre-exposure covariate
+/// that varies (§5), else the metric kind's standard test. Which one applies is fixed by
+/// the data's kind, not by which gives the smaller variance, so the choice adds no
+/// multiplicity.
+fn compare(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Result<Comparison, StatsError> {
+    match adjusted(kind, c, t, alpha) {
+        Some(adjusted) => Ok(adjusted.comparison),
+        None => standard_test(kind, c, t, alpha),
+    }
+}
+
 /// The standard test of a metric: z-test for conversions, Welch for means and sums, the
 /// delta method for ratios and (for clustered events) quantiles.
-fn compare(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Result<Comparison, StatsError> {
+fn standard_test(
+    kind: MetricKind,
+    c: &Group,
+    t: &Group,
+    alpha: f64,
+) -> Result<Comparison, StatsError> {
     match kind {
         MetricKind::Conversion => {
             abx_stats::two_proportion_z_test(&c.proportion(), &t.proportion(), alpha)
@@ -727,11 +804,20 @@ fn compare(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Result<Compari
 
 fn sequential_view(
     kind: MetricKind,
-    c: &Group,
-    t: &Group,
+    estimator: Estimator,
+    (c, t): (&Group, &Group),
     comparison: &Comparison,
     config: &SequentialConfig,
 ) -> Result<SequentialResult, StatsError> {
+    if estimator == Estimator::Cuped {
+        // The mixture SPRT on the adjusted difference and its standard error.
+        return sequential::always_valid(
+            comparison.absolute.estimate,
+            comparison.absolute.std_error,
+            c.n + t.n,
+            config,
+        );
+    }
     match kind {
         MetricKind::Conversion => {
             sequential::sequential_proportion_test(&c.proportion(), &t.proportion(), config)
@@ -796,8 +882,25 @@ fn bayesian_view(b: &BayesianResult, direction: Direction) -> BayesianView {
 
 fn cuped(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Option<CupedComparison> {
     match kind {
-        MetricKind::Ratio | MetricKind::Quantile => None,
-        _ => abx_stats::cuped_test(&c.covariate(), &t.covariate(), alpha).ok(),
+        MetricKind::Conversion | MetricKind::Mean | MetricKind::Sum => {
+            abx_stats::cuped_test(&c.covariate(), &t.covariate(), alpha).ok()
+        }
+        MetricKind::Ratio => {
+            abx_stats::ratio_cuped_test(&c.ratio_covariate(), &t.ratio_covariate(), alpha).ok()
+        }
+        MetricKind::Quantile => None,
+    }
+}
+
+/// The CUPED comparison when it adjusts (the covariate varies): the one decisions use.
+fn adjusted(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Option<CupedComparison> {
+    cuped(kind, c, t, alpha).filter(|k| k.adjusted)
+}
+
+fn estimator(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Estimator {
+    match adjusted(kind, c, t, alpha) {
+        Some(_) => Estimator::Cuped,
+        None => Estimator::Unadjusted,
     }
 }
 
@@ -869,6 +972,18 @@ fn guardrail_check(
     t: &Group,
     config: &GuardrailConfig,
 ) -> Result<GuardrailCheck, StatsError> {
+    let delta_method = |comparison: Comparison| {
+        guardrail::guardrail_check(
+            comparison.absolute.estimate,
+            comparison.absolute.std_error,
+            c.n,
+            t.n,
+            config,
+        )
+    };
+    if let Some(adjusted) = adjusted(kind, c, t, config.alpha) {
+        return delta_method(adjusted.comparison);
+    }
     match kind {
         MetricKind::Conversion => {
             guardrail::guardrail_proportion(&c.proportion(), &t.proportion(), config)
@@ -877,14 +992,7 @@ fn guardrail_check(
             guardrail::guardrail_mean(&c.moments(), &t.moments(), config)
         }
         MetricKind::Ratio | MetricKind::Quantile => {
-            let comparison = compare(kind, c, t, config.alpha)?;
-            guardrail::guardrail_check(
-                comparison.absolute.estimate,
-                comparison.absolute.std_error,
-                c.n,
-                t.n,
-                config,
-            )
+            delta_method(standard_test(kind, c, t, config.alpha)?)
         }
     }
 }

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Sufficient statistics of one metric for one variant (x: value, y: ratio denominator,
-/// c: pre-exposure covariate), summed over units.
+/// Sufficient statistics of one metric for one variant, summed over units: of x (the value),
+/// y (a ratio's denominator), c (x before exposure, the CUPED covariate) and d (y before
+/// exposure, a ratio's covariate denominator).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sums {
     pub sum_x: f64,
@@ -15,18 +16,105 @@ pub struct Sums {
     pub sum_c: f64,
     pub sum_c2: f64,
     pub sum_xc: f64,
+    #[serde(default)]
+    pub sum_d: f64,
+    #[serde(default)]
+    pub sum_d2: f64,
+    #[serde(default)]
+    pub sum_cd: f64,
+    #[serde(default)]
+    pub sum_xd: f64,
+    #[serde(default)]
+    pub sum_yc: f64,
+    #[serde(default)]
+    pub sum_yd: f64,
+}
+
+/// One unit's values of one metric, as `MetricKind::unit_values` defines them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct UnitPoint {
+    pub x: f64,
+    pub y: f64,
+    pub c: f64,
+    pub d: f64,
 }
 
 impl Sums {
+    /// Every field's column name, in the order of `values`.
+    pub const COLUMNS: [&'static str; 14] = [
+        "sum_x", "sum_x2", "sum_y", "sum_y2", "sum_xy", "sum_c", "sum_c2", "sum_xc", "sum_d",
+        "sum_d2", "sum_cd", "sum_xd", "sum_yc", "sum_yd",
+    ];
+
+    pub fn values(&self) -> [f64; 14] {
+        [
+            self.sum_x,
+            self.sum_x2,
+            self.sum_y,
+            self.sum_y2,
+            self.sum_xy,
+            self.sum_c,
+            self.sum_c2,
+            self.sum_xc,
+            self.sum_d,
+            self.sum_d2,
+            self.sum_cd,
+            self.sum_xd,
+            self.sum_yc,
+            self.sum_yd,
+        ]
+    }
+
+    /// The sums from values in the order of `COLUMNS`.
+    pub fn from_values(v: [f64; 14]) -> Sums {
+        Sums {
+            sum_x: v[0],
+            sum_x2: v[1],
+            sum_y: v[2],
+            sum_y2: v[3],
+            sum_xy: v[4],
+            sum_c: v[5],
+            sum_c2: v[6],
+            sum_xc: v[7],
+            sum_d: v[8],
+            sum_d2: v[9],
+            sum_cd: v[10],
+            sum_xd: v[11],
+            sum_yc: v[12],
+            sum_yd: v[13],
+        }
+    }
+
+    /// What each sum adds up, in the order of `COLUMNS`: the product of these of a unit's
+    /// values (the SQL engines build their sums from the same table).
+    pub const PRODUCTS: [&'static str; 14] = [
+        "x", "xx", "y", "yy", "xy", "c", "cc", "xc", "d", "dd", "cd", "xd", "yc", "yd",
+    ];
+
+    fn terms(p: &UnitPoint) -> [f64; 14] {
+        let value = |name: char| match name {
+            'x' => p.x,
+            'y' => p.y,
+            'c' => p.c,
+            _ => p.d,
+        };
+        Self::PRODUCTS.map(|product| product.chars().map(value).product())
+    }
+
+    /// The change in the sums when one unit's values move from `a` to `b`.
+    pub fn change(a: &UnitPoint, b: &UnitPoint) -> Sums {
+        let (a, b) = (Self::terms(a), Self::terms(b));
+        Sums::from_values(std::array::from_fn(|i| b[i] - a[i]))
+    }
+
+    /// One unit's contribution.
+    pub fn of(p: &UnitPoint) -> Sums {
+        Self::change(&UnitPoint::default(), p)
+    }
+
     pub fn add(&mut self, other: &Sums) {
-        self.sum_x += other.sum_x;
-        self.sum_x2 += other.sum_x2;
-        self.sum_y += other.sum_y;
-        self.sum_y2 += other.sum_y2;
-        self.sum_xy += other.sum_xy;
-        self.sum_c += other.sum_c;
-        self.sum_c2 += other.sum_c2;
-        self.sum_xc += other.sum_xc;
+        let (a, b) = (self.values(), other.values());
+        *self = Sums::from_values(std::array::from_fn(|i| a[i] + b[i]));
     }
 }
 

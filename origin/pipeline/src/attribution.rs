@@ -20,7 +20,7 @@ use sqlx::AnyConnection;
 
 use crate::model::experiment::Status;
 use crate::plan::{ExperimentPlan, bucket_measure, bucket_prefix, day, plan_of};
-use crate::rollup::{CappedRollup, DimensionCell, QuantileRollup, Sums};
+use crate::rollup::{CappedRollup, DimensionCell, QuantileRollup, Sums, UnitPoint};
 use crate::tables::{self, Logged};
 use crate::{Pipeline, clock, store};
 use batch::Batch;
@@ -403,11 +403,11 @@ pub async fn dimension_cells(
         let values = batch::metric_values(plan, |measure| {
             totals.get(measure).copied().unwrap_or_default()
         });
-        for (metric, (x, y, c)) in plan.metrics.iter().zip(values) {
+        for (metric, point) in plan.metrics.iter().zip(values) {
             cell.metrics
                 .entry(metric.key.clone())
                 .or_default()
-                .add(&batch::contribution((0.0, 0.0, 0.0), (x, y, c)));
+                .add(&Sums::of(&point));
         }
     }
     Ok(cells.into_values().collect())
@@ -535,7 +535,7 @@ pub async fn capped_rollups(
         let Some(cap) = &metric.cap else { continue };
         let mut nonzero: Vec<f64> = values
             .iter()
-            .map(|(_, v)| v[i].0)
+            .map(|(_, v)| v[i].x)
             .filter(|x| *x != 0.0)
             .collect();
         let Some(cap) = crate::rollup::cap_of(cap, &mut nonzero) else {
@@ -560,13 +560,15 @@ pub async fn capped_rollups(
             let Some(rollup) = by_variant.get_mut(variant) else {
                 continue;
             };
-            let (x, y, c) = v[i];
+            let point = v[i];
             rollup.units += 1;
-            rollup.capped_units += u64::from(x > cap);
-            let capped = (x.min(cap), y, c.min(cap));
-            rollup
-                .sums
-                .add(&batch::contribution((0.0, 0.0, 0.0), capped));
+            rollup.capped_units += u64::from(point.x > cap);
+            let capped = UnitPoint {
+                x: point.x.min(cap),
+                c: point.c.min(cap),
+                ..point
+            };
+            rollup.sums.add(&Sums::of(&capped));
         }
         out.extend(by_variant.into_values());
     }
@@ -625,7 +627,7 @@ pub async fn rebuild(
         let values = batch::metric_values(plan, |event_type| {
             totals.get(event_type).copied().unwrap_or_default()
         });
-        for (metric, (x, y, c)) in plan.metrics.iter().zip(values) {
+        for (metric, point) in plan.metrics.iter().zip(values) {
             let entry = sums
                 .entry((
                     exposure.variant.to_string(),
@@ -633,7 +635,7 @@ pub async fn rebuild(
                     day(exposure.first_exposure_ms),
                 ))
                 .or_default();
-            entry.add(&batch::contribution((0.0, 0.0, 0.0), (x, y, c)));
+            entry.add(&Sums::of(&point));
         }
     }
     let rows: Vec<tables::MetricDelta<'_>> = sums

@@ -282,16 +282,7 @@ struct DimensionRow {
 /// The sums of metric `i` among columns suffixed with the metric's index.
 fn indexed_sums(sums: &HashMap<String, f64>, i: usize) -> Sums {
     let sum = |name: &str| sums.get(&format!("{name}_{i}")).copied().unwrap_or(0.0);
-    Sums {
-        sum_x: sum("sum_x"),
-        sum_x2: sum("sum_x2"),
-        sum_y: sum("sum_y"),
-        sum_y2: sum("sum_y2"),
-        sum_xy: sum("sum_xy"),
-        sum_c: sum("sum_c"),
-        sum_c2: sum("sum_c2"),
-        sum_xc: sum("sum_xc"),
-    }
+    Sums::from_values(Sums::COLUMNS.map(sum))
 }
 
 impl DimensionRow {
@@ -300,8 +291,8 @@ impl DimensionRow {
     }
 }
 
-/// The SQL of a unit's value from the running totals of its two per-day quantities.
-type ValueSql = fn(&str, &str) -> String;
+/// The SQL of a unit's value from the SQL of the total it follows from.
+type ValueSql = fn(&str) -> String;
 
 /// What a row of `experiment_rollups` holds: the marker of a computation (with the plan it
 /// followed), one exposure rollup, or one metric rollup.
@@ -399,12 +390,12 @@ impl ClickHouse {
         // One computation's rows go in one insert, which is atomic because the table has
         // no partitions (one part per insert). A computation replaces its predecessor's rows
         // key by key; readers keep only the newest computation's (see `stored_rollups`).
+        let sums = Sums::COLUMNS.map(|c| format!("{c} Float64")).join(", ");
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.experiment_rollups (
                 experiment_id String, computed_ms Int64, plan String, kind UInt8,
                 variant String, metric String, day Int64, units Int64, multiples Int64,
-                sum_x Float64, sum_x2 Float64, sum_y Float64, sum_y2 Float64, sum_xy Float64,
-                sum_c Float64, sum_c2 Float64, sum_xc Float64
+                {sums}
             ) ENGINE = ReplacingMergeTree(computed_ms)
             ORDER BY (experiment_id, kind, variant, metric, day)"
         ))
@@ -417,24 +408,32 @@ impl ClickHouse {
             ORDER BY (event_type, unit_key, ts_ms, event_id)"
         ))
         .await?;
-        // Tables that an earlier version created lack the property columns; 18.16 has no
-        // `ADD COLUMN IF NOT EXISTS`, so the catalog says which to add.
-        for table in ["exposures", "metric_events"] {
-            for (name, kind) in PROPERTY_COLUMNS {
-                let present: Vec<Count> = self
-                    .rows(&format!(
-                        "SELECT count() AS n FROM system.columns WHERE database = {} AND table = {} AND name = {}",
-                        literal(db),
-                        literal(table),
-                        literal(name)
-                    ))
-                    .await?;
-                if present.first().is_none_or(|c| c.n == 0) {
-                    self.execute(&format!(
-                        "ALTER TABLE {db}.{table} ADD COLUMN {name} {kind}"
-                    ))
-                    .await?;
-                }
+        // Tables that an earlier version created lack the property columns and the ratio
+        // covariate's sums; 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the catalog says which
+        // to add. Stored rollups without the new sums read them as 0 until recomputed.
+        let added = ["exposures", "metric_events"]
+            .into_iter()
+            .flat_map(|table| PROPERTY_COLUMNS.map(|(name, kind)| (table, name, kind)))
+            // The sums of d, added for the ratio covariate, follow the first eight.
+            .chain(
+                Sums::COLUMNS[8..]
+                    .iter()
+                    .map(|name| ("experiment_rollups", *name, "Float64")),
+            );
+        for (table, name, kind) in added {
+            let present: Vec<Count> = self
+                .rows(&format!(
+                    "SELECT count() AS n FROM system.columns WHERE database = {} AND table = {} AND name = {}",
+                    literal(db),
+                    literal(table),
+                    literal(name)
+                ))
+                .await?;
+            if present.first().is_none_or(|c| c.n == 0) {
+                self.execute(&format!(
+                    "ALTER TABLE {db}.{table} ADD COLUMN {name} {kind}"
+                ))
+                .await?;
             }
         }
         Ok(())
@@ -696,38 +695,32 @@ impl ClickHouse {
         let mut values = Vec::new();
         let mut sums = Vec::new();
         for (i, metric) in plan.metrics.iter().enumerate() {
-            let (a, b, x, y, c) = Self::quantities(metric);
-            per_day.push(format!("toFloat64({a}) AS a{i}, toFloat64({b}) AS b{i}"));
-            // Element 1 of the sorted tuples is the day.
-            let (ka, kb) = (2 * i + 2, 2 * i + 3);
-            elements.push(format!("a{i}, b{i}"));
-            running.push(format!(
-                "arrayCumSum(arrayMap(t -> t.{ka}, sorted)) AS a{i}1s,
-                 arrayPopBack(arrayPushFront(a{i}1s, 0.)) AS a{i}0s,
-                 arrayCumSum(arrayMap(t -> t.{kb}, sorted)) AS b{i}1s,
-                 arrayPopBack(arrayPushFront(b{i}1s, 0.)) AS b{i}0s"
-            ));
-            joined.push(format!(
-                "a{i}1s AS a{i}1, a{i}0s AS a{i}0, b{i}1s AS b{i}1, b{i}0s AS b{i}0"
-            ));
-            let at =
-                |end: &str, value: ValueSql| value(&format!("a{i}{end}"), &format!("b{i}{end}"));
-            values.push(format!(
-                "{} AS x{i}1, {} AS x{i}0, {} AS y{i}1, {} AS y{i}0, {} AS c{i}1, {} AS c{i}0",
-                at("1", x),
-                at("0", x),
-                at("1", y),
-                at("0", y),
-                at("1", c),
-                at("0", c),
-            ));
-            sums.push(format!(
-                "sum(x{i}1 - x{i}0) AS sum_x_{i}, sum(x{i}1 * x{i}1 - x{i}0 * x{i}0) AS sum_x2_{i},
-                 sum(y{i}1 - y{i}0) AS sum_y_{i}, sum(y{i}1 * y{i}1 - y{i}0 * y{i}0) AS sum_y2_{i},
-                 sum(x{i}1 * y{i}1 - x{i}0 * y{i}0) AS sum_xy_{i},
-                 sum(c{i}1 - c{i}0) AS sum_c_{i}, sum(c{i}1 * c{i}1 - c{i}0 * c{i}0) AS sum_c2_{i},
-                 sum(x{i}1 * c{i}1 - x{i}0 * c{i}0) AS sum_xc_{i}"
-            ));
+            for (name, quantity) in Self::quantities(metric) {
+                let Some((total, value)) = quantity else {
+                    values.push(format!("0.0 AS {name}{i}1, 0.0 AS {name}{i}0"));
+                    continue;
+                };
+                let q = format!("{name}{i}t");
+                per_day.push(format!("toFloat64({total}) AS {q}"));
+                elements.push(q.clone());
+                // Element 1 of the sorted tuples is the day.
+                let k = elements.len() + 1;
+                running.push(format!(
+                    "arrayCumSum(arrayMap(t -> t.{k}, sorted)) AS {q}1s,
+                     arrayPopBack(arrayPushFront({q}1s, 0.)) AS {q}0s"
+                ));
+                joined.push(format!("{q}1s AS {q}1, {q}0s AS {q}0"));
+                values.push(format!(
+                    "{} AS {name}{i}1, {} AS {name}{i}0",
+                    value(&format!("{q}1")),
+                    value(&format!("{q}0"))
+                ));
+            }
+            // A unit's change in each product from before the day to its end.
+            let at = |factors: &str, end: char| Self::product(factors, |v| format!("{v}{i}{end}"));
+            sums.push(Self::sums_sql(&format!("_{i}"), |factors| {
+                format!("{} - {}", at(factors, '1'), at(factors, '0'))
+            }));
         }
         let event_types =
             literal_list(plan.metrics.iter().flat_map(|m| {
@@ -809,13 +802,24 @@ impl ClickHouse {
                 (None, None) => continue,
             };
             let cap_sql = format!("{cap:?}");
+            // The numerator and its covariate capped; a denominator never is.
+            let sums = Self::sums_sql("", |factors| {
+                Self::product(factors, |v| {
+                    match v {
+                        'x' => "xc",
+                        'c' => "cc",
+                        'y' => "y",
+                        _ => "d",
+                    }
+                    .to_string()
+                })
+            });
             let rows: Vec<CappedRow> = self
                 .rows(&format!(
                     "SELECT variant, toUInt64(count()) AS units, toUInt64(countIf(x > {cap_sql})) AS capped_units,
-                            sum(xc) AS sum_x, sum(xc * xc) AS sum_x2, sum(y) AS sum_y, sum(y * y) AS sum_y2,
-                            sum(xc * y) AS sum_xy, sum(cc) AS sum_c, sum(cc * cc) AS sum_c2, sum(xc * cc) AS sum_xc
+                            {sums}
                      FROM (SELECT variant, x{i} AS x, least(x{i}, {cap_sql}) AS xc, y{i} AS y,
-                                  least(c{i}, {cap_sql}) AS cc FROM ({per_unit}))
+                                  least(c{i}, {cap_sql}) AS cc, d{i} AS d FROM ({per_unit}))
                      GROUP BY variant ORDER BY variant"
                 ))
                 .await?;
@@ -940,61 +944,71 @@ impl ClickHouse {
             .collect())
     }
 
-    /// A metric's two per-day quantities (a, b), and how the unit's x, y and c follow from
-    /// their running totals, as `MetricKind::unit_values` defines them: a is the total that
-    /// x comes from, b the one that y or c comes from (no kind uses both).
-    fn quantities(metric: &MetricPlan) -> (String, String, ValueSql, ValueSql, ValueSql) {
+    /// A metric's values x, y, c and d (as `MetricKind::unit_values` defines them), each as
+    /// the SQL of the total over a unit's events that it follows from and how it follows from
+    /// that total; `None` for a value that is always zero. x is always given, so that every
+    /// metric has one total.
+    fn quantities(metric: &MetricPlan) -> [(&'static str, Option<(String, ValueSql)>); 4] {
         let t = Self::counted(metric);
         let window = Self::in_window(metric);
         let values = metric.kind.unit_values();
-        let total = |value: UnitValue| match value {
-            UnitValue::Zero => "0".to_string(),
-            UnitValue::Converted(period) => {
-                format!(
-                    "countIf(event_type = {t} AND {}{window})",
-                    Self::period(period)
-                )
-            }
-            UnitValue::Sum(period) => {
-                format!(
-                    "sumIf(value, event_type = {t} AND {}{window})",
-                    Self::period(period)
-                )
-            }
-            UnitValue::DenominatorSum => match metric.denominator.as_deref().map(literal) {
-                Some(d) => format!(
-                    "sumIf(value, event_type = {d} AND {}{window})",
-                    Self::period(Period::AfterExposure)
-                ),
-                None => "0".to_string(),
-            },
-        };
-        let of_a = |value: UnitValue| -> ValueSql {
+        let total = |value: UnitValue| -> Option<(String, ValueSql)> {
+            let of_total: ValueSql = |total| total.to_string();
             match value {
-                UnitValue::Zero => |_, _| "0.0".to_string(),
-                UnitValue::Converted(_) => |a, _| format!("if({a} > 0, 1.0, 0.0)"),
-                UnitValue::Sum(_) | UnitValue::DenominatorSum => |a, _| a.to_string(),
+                UnitValue::Zero => None,
+                UnitValue::Converted(period) => Some((
+                    format!(
+                        "countIf(event_type = {t} AND {}{window})",
+                        Self::period(period)
+                    ),
+                    |total| format!("if({total} > 0, 1.0, 0.0)"),
+                )),
+                UnitValue::Sum(period) => Some((
+                    format!(
+                        "sumIf(value, event_type = {t} AND {}{window})",
+                        Self::period(period)
+                    ),
+                    of_total,
+                )),
+                UnitValue::DenominatorSum(period) => {
+                    let d = literal(metric.denominator.as_deref()?);
+                    Some((
+                        format!(
+                            "sumIf(value, event_type = {d} AND {}{window})",
+                            Self::period(period)
+                        ),
+                        of_total,
+                    ))
+                }
             }
         };
-        let of_b = |value: UnitValue| -> ValueSql {
-            match value {
-                UnitValue::Zero => |_, _| "0.0".to_string(),
-                UnitValue::Converted(_) => |_, b| format!("if({b} > 0, 1.0, 0.0)"),
-                UnitValue::Sum(_) | UnitValue::DenominatorSum => |_, b| b.to_string(),
-            }
-        };
-        let second = if values.y == UnitValue::Zero {
-            values.c
-        } else {
-            values.y
-        };
-        (
-            total(values.x),
-            total(second),
-            of_a(values.x),
-            of_b(values.y),
-            of_b(values.c),
-        )
+        let zero: ValueSql = |_| "0.0".to_string();
+        [
+            (
+                "x",
+                Some(total(values.x).unwrap_or(("0".to_string(), zero))),
+            ),
+            ("y", total(values.y)),
+            ("c", total(values.c)),
+            ("d", total(values.d)),
+        ]
+    }
+
+    /// The SQL of every `Sums` column (`sum_x{suffix}`, …): the sum of `term` of the factors
+    /// `Sums::PRODUCTS` names for it.
+    fn sums_sql(suffix: &str, term: impl Fn(&str) -> String) -> String {
+        Sums::COLUMNS
+            .iter()
+            .zip(Sums::PRODUCTS)
+            .map(|(column, factors)| format!("sum({}) AS {column}{suffix}", term(factors)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The SQL product of a unit's values named by `factors` ("xc": x times c), each value's
+    /// column given by `column`.
+    fn product(factors: &str, column: impl Fn(char) -> String) -> String {
+        factors.chars().map(column).collect::<Vec<_>>().join(" * ")
     }
 
     /// What follows `event_type = ` to select the events a metric counts: its event type,
@@ -1194,7 +1208,7 @@ impl ClickHouse {
 
     /// Per clean unit of `exposed` (whose extra `columns` it keeps), every metric's values
     /// over all the unit's events as the SQL pipeline's per-unit totals give them: `x{i}`,
-    /// `y{i}`, `c{i}` for the plan's i-th metric. Units without events get zeros from the
+    /// `y{i}`, `c{i}`, `d{i}` for the plan's i-th metric. Units without events get zeros from the
     /// LEFT JOIN's defaults.
     fn unit_values(&self, plan: &ExperimentPlan, exposed: &str, columns: &str) -> String {
         let units = format!("SELECT ukey, variant{columns} FROM ({exposed}) WHERE multiple = 0");
@@ -1204,15 +1218,16 @@ impl ClickHouse {
         let mut totals = Vec::new();
         let mut values = Vec::new();
         for (i, metric) in plan.metrics.iter().enumerate() {
-            let (a, b, x, y, c) = Self::quantities(metric);
-            totals.push(format!("toFloat64({a}) AS a{i}, toFloat64({b}) AS b{i}"));
-            let (ai, bi) = (format!("a{i}"), format!("b{i}"));
-            values.push(format!(
-                "{} AS x{i}, {} AS y{i}, {} AS c{i}",
-                x(&ai, &bi),
-                y(&ai, &bi),
-                c(&ai, &bi)
-            ));
+            for (name, quantity) in Self::quantities(metric) {
+                match quantity {
+                    Some((total, value)) => {
+                        let q = format!("{name}{i}t");
+                        totals.push(format!("toFloat64({total}) AS {q}"));
+                        values.push(format!("{} AS {name}{i}", value(&q)));
+                    }
+                    None => values.push(format!("0.0 AS {name}{i}")),
+                }
+            }
         }
         let event_types =
             literal_list(plan.metrics.iter().flat_map(|m| {
@@ -1248,11 +1263,8 @@ impl ClickHouse {
         let per_unit = self.unit_values(plan, &exposed, ", dimension");
         let sums: String = (0..plan.metrics.len())
             .map(|i| {
-                format!(
-                    ", sum(x{i}) AS sum_x_{i}, sum(x{i} * x{i}) AS sum_x2_{i}, sum(y{i}) AS sum_y_{i},
-                     sum(y{i} * y{i}) AS sum_y2_{i}, sum(x{i} * y{i}) AS sum_xy_{i}, sum(c{i}) AS sum_c_{i},
-                     sum(c{i} * c{i}) AS sum_c2_{i}, sum(x{i} * c{i}) AS sum_xc_{i}"
-                )
+                let term = |factors: &str| Self::product(factors, |v| format!("{v}{i}"));
+                format!(", {}", Self::sums_sql(&format!("_{i}"), term))
             })
             .collect();
         let rows: Vec<DimensionRow> = self
@@ -1350,36 +1362,62 @@ mod tests {
             denominator_measure: denominator.map(Into::into),
             compiled_filter: None,
         };
+        // Per value x, y, c, d: the total it follows from and its SQL from a total `T`.
         let rendered = |kind, denominator| {
-            let (a, b, x, y, c) = ClickHouse::quantities(&plan(kind, denominator));
-            (a, b, x("A", "B"), y("A", "B"), c("A", "B"))
+            ClickHouse::quantities(&plan(kind, denominator))
+                .map(|(name, q)| (name, q.map(|(total, value)| (total, value("T")))))
         };
-        let text = |parts: [&str; 5]| parts.map(String::from).into();
-        let converted: (String, String, String, String, String) = text([
-            "countIf(event_type = 'e' AND ts_ms >= first_ms)",
-            "countIf(event_type = 'e' AND ts_ms < first_ms)",
-            "if(A > 0, 1.0, 0.0)",
-            "0.0",
-            "if(B > 0, 1.0, 0.0)",
-        ]);
-        assert_eq!(rendered(MetricKind::Conversion, None), converted);
-        let summed: (String, String, String, String, String) = text([
-            "sumIf(value, event_type = 'e' AND ts_ms >= first_ms)",
-            "sumIf(value, event_type = 'e' AND ts_ms < first_ms)",
-            "A",
-            "0.0",
-            "B",
-        ]);
+        let some = |total: &str, value: &str| Some((total.to_string(), value.to_string()));
+        let post = |t: &str| format!("sumIf(value, event_type = '{t}' AND ts_ms >= first_ms)");
+        let pre = |t: &str| format!("sumIf(value, event_type = '{t}' AND ts_ms < first_ms)");
+        assert_eq!(
+            rendered(MetricKind::Conversion, None),
+            [
+                (
+                    "x",
+                    some(
+                        "countIf(event_type = 'e' AND ts_ms >= first_ms)",
+                        "if(T > 0, 1.0, 0.0)"
+                    )
+                ),
+                ("y", None),
+                (
+                    "c",
+                    some(
+                        "countIf(event_type = 'e' AND ts_ms < first_ms)",
+                        "if(T > 0, 1.0, 0.0)"
+                    )
+                ),
+                ("d", None),
+            ]
+        );
+        let summed = [
+            ("x", some(&post("e"), "T")),
+            ("y", None),
+            ("c", some(&pre("e"), "T")),
+            ("d", None),
+        ];
         assert_eq!(rendered(MetricKind::Mean, None), summed);
         assert_eq!(rendered(MetricKind::Sum, None), summed);
-        let ratio: (String, String, String, String, String) = text([
-            "sumIf(value, event_type = 'e' AND ts_ms >= first_ms)",
-            "sumIf(value, event_type = 'd' AND ts_ms >= first_ms)",
-            "A",
-            "B",
-            "0.0",
-        ]);
-        assert_eq!(rendered(MetricKind::Ratio, Some("d")), ratio);
+        assert_eq!(
+            rendered(MetricKind::Ratio, Some("d")),
+            [
+                ("x", some(&post("e"), "T")),
+                ("y", some(&post("d"), "T")),
+                ("c", some(&pre("e"), "T")),
+                ("d", some(&pre("d"), "T")),
+            ]
+        );
+        // A quantile's rollups stay empty, but every metric has its x total.
+        assert_eq!(
+            rendered(MetricKind::Quantile, None),
+            [
+                ("x", some("0", "0.0")),
+                ("y", None),
+                ("c", None),
+                ("d", None)
+            ]
+        );
     }
 
     #[test]

@@ -665,11 +665,12 @@ pub async fn add_exposure_rollups(
     Ok(())
 }
 
+// The columns are `Sums::COLUMNS`, in order.
 static ADD_METRIC_ROLLUPS: MultiRow = MultiRow::new(
-    "INSERT INTO metric_rollups (experiment_id, variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc) VALUES ",
-    12,
+    "INSERT INTO metric_rollups (experiment_id, variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc, sum_d, sum_d2, sum_cd, sum_xd, sum_yc, sum_yd) VALUES ",
+    18,
     ROWS_PER_STATEMENT / 2,
-    " ON CONFLICT (experiment_id, variant, metric, day) DO UPDATE SET sum_x = metric_rollups.sum_x + excluded.sum_x, sum_x2 = metric_rollups.sum_x2 + excluded.sum_x2, sum_y = metric_rollups.sum_y + excluded.sum_y, sum_y2 = metric_rollups.sum_y2 + excluded.sum_y2, sum_xy = metric_rollups.sum_xy + excluded.sum_xy, sum_c = metric_rollups.sum_c + excluded.sum_c, sum_c2 = metric_rollups.sum_c2 + excluded.sum_c2, sum_xc = metric_rollups.sum_xc + excluded.sum_xc",
+    " ON CONFLICT (experiment_id, variant, metric, day) DO UPDATE SET sum_x = metric_rollups.sum_x + excluded.sum_x, sum_x2 = metric_rollups.sum_x2 + excluded.sum_x2, sum_y = metric_rollups.sum_y + excluded.sum_y, sum_y2 = metric_rollups.sum_y2 + excluded.sum_y2, sum_xy = metric_rollups.sum_xy + excluded.sum_xy, sum_c = metric_rollups.sum_c + excluded.sum_c, sum_c2 = metric_rollups.sum_c2 + excluded.sum_c2, sum_xc = metric_rollups.sum_xc + excluded.sum_xc, sum_d = metric_rollups.sum_d + excluded.sum_d, sum_d2 = metric_rollups.sum_d2 + excluded.sum_d2, sum_cd = metric_rollups.sum_cd + excluded.sum_cd, sum_xd = metric_rollups.sum_xd + excluded.sum_xd, sum_yc = metric_rollups.sum_yc + excluded.sum_yc, sum_yd = metric_rollups.sum_yd + excluded.sum_yd",
 );
 
 pub async fn add_metric_rollups(
@@ -684,15 +685,10 @@ pub async fn add_metric_rollups(
                 .bind(*experiment)
                 .bind(*variant)
                 .bind(*metric)
-                .bind(*day)
-                .bind(s.sum_x)
-                .bind(s.sum_x2)
-                .bind(s.sum_y)
-                .bind(s.sum_y2)
-                .bind(s.sum_xy)
-                .bind(s.sum_c)
-                .bind(s.sum_c2)
-                .bind(s.sum_xc);
+                .bind(*day);
+            for value in s.values() {
+                query = query.bind(value);
+            }
         }
         query.execute(&mut *conn).await?;
     }
@@ -726,7 +722,7 @@ pub async fn metric_rollups(
     experiment_id: &str,
 ) -> Result<Vec<MetricRollup>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc
+        "SELECT variant, metric, day, sum_x, sum_x2, sum_y, sum_y2, sum_xy, sum_c, sum_c2, sum_xc, sum_d, sum_d2, sum_cd, sum_xd, sum_yc, sum_yd
          FROM metric_rollups WHERE experiment_id = $1 ORDER BY day, variant, metric",
     )
     .bind(experiment_id)
@@ -738,15 +734,12 @@ pub async fn metric_rollups(
                 variant: r.try_get("variant")?,
                 metric: r.try_get("metric")?,
                 day: r.try_get("day")?,
-                sums: Sums {
-                    sum_x: r.try_get("sum_x")?,
-                    sum_x2: r.try_get("sum_x2")?,
-                    sum_y: r.try_get("sum_y")?,
-                    sum_y2: r.try_get("sum_y2")?,
-                    sum_xy: r.try_get("sum_xy")?,
-                    sum_c: r.try_get("sum_c")?,
-                    sum_c2: r.try_get("sum_c2")?,
-                    sum_xc: r.try_get("sum_xc")?,
+                sums: {
+                    let mut values = [0.0; 14];
+                    for (value, column) in values.iter_mut().zip(Sums::COLUMNS) {
+                        *value = r.try_get(column)?;
+                    }
+                    Sums::from_values(values)
                 },
             })
         })

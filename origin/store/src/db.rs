@@ -127,6 +127,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0009_metric_definitions.sql"),
         postgres: include_str!("../migrations/postgres/0009_metric_definitions.sql"),
     },
+    Migration {
+        version: 10,
+        name: "ratio_covariate",
+        sqlite: include_str!("../migrations/sqlite/0010_ratio_covariate.sql"),
+        postgres: include_str!("../migrations/postgres/0010_ratio_covariate.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

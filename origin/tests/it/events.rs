@@ -116,17 +116,20 @@ impl Model {
             let (_, conversions) = total(true, "conversion");
             let (_, pre_conversions) = total(false, "conversion");
             let (sessions, _) = total(true, "session");
+            let (pre_sessions, _) = total(false, "session");
+            // Per metric: x, the ratio's denominator y, and both before the exposure (c, d).
             let values = [
                 (
                     "conversion",
                     f64::from(u8::from(conversions > 0)),
                     0.0,
                     f64::from(u8::from(pre_conversions > 0)),
+                    0.0,
                 ),
-                ("revenue", revenue, 0.0, pre_revenue),
-                ("rps", revenue, sessions, 0.0),
+                ("revenue", revenue, 0.0, pre_revenue, 0.0),
+                ("rps", revenue, sessions, pre_revenue, pre_sessions),
             ];
-            for (metric, x, y, c) in values {
+            for (metric, x, y, c, d) in values {
                 let s = sums
                     .entry((first.1.clone(), metric.to_string()))
                     .or_default();
@@ -139,6 +142,12 @@ impl Model {
                     sum_c: c,
                     sum_c2: c * c,
                     sum_xc: x * c,
+                    sum_d: d,
+                    sum_d2: d * d,
+                    sum_cd: c * d,
+                    sum_xd: x * d,
+                    sum_yc: y * c,
+                    sum_yd: y * d,
                 });
             }
         }
@@ -149,16 +158,10 @@ impl Model {
 fn assert_same(got: &BTreeMap<(String, String), Sums>, want: &BTreeMap<(String, String), Sums>) {
     for (key, w) in want {
         let g = got.get(key).copied().unwrap_or_default();
-        for (name, a, b) in [
-            ("sum_x", g.sum_x, w.sum_x),
-            ("sum_x2", g.sum_x2, w.sum_x2),
-            ("sum_y", g.sum_y, w.sum_y),
-            ("sum_y2", g.sum_y2, w.sum_y2),
-            ("sum_xy", g.sum_xy, w.sum_xy),
-            ("sum_c", g.sum_c, w.sum_c),
-            ("sum_c2", g.sum_c2, w.sum_c2),
-            ("sum_xc", g.sum_xc, w.sum_xc),
-        ] {
+        for (name, (a, b)) in Sums::COLUMNS
+            .into_iter()
+            .zip(g.values().into_iter().zip(w.values()))
+        {
             assert!(
                 (a - b).abs() <= 1e-6 * b.abs().max(1.0),
                 "{key:?} {name}: pipeline {a}, model {b}"

@@ -9,6 +9,7 @@ mod analysis;
 mod api;
 mod capping;
 mod crash;
+mod cuped;
 mod demo;
 mod dimensions;
 mod events;

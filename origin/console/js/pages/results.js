@@ -156,7 +156,8 @@ function detailTable(r, m) {
             groupSequential ? th('Group-sequential looks (z / boundary)') : null,
             th('Chance to beat control'),
             th('Expected loss'),
-            th('CUPED effect [CI]'),
+            th('Estimate that decided'),
+            th('Unadjusted effect [CI]'),
             th('Variance reduction'),
           ),
         ),
@@ -178,8 +179,11 @@ function detailTable(r, m) {
                 : null,
               figure('chance_to_win', c.bayesian ? percent(c.bayesian.chance_to_win, 1) : '—'),
               figure('expected_loss', c.bayesian ? sig(c.bayesian.expected_loss) : '—'),
-              c.cuped ? figure('cuped', metricEffect(m.kind, c.cuped.absolute.estimate), interval(c.cuped.absolute.ci, (x) => metricEffect(m.kind, x))) : figure('cuped', '—'),
-              figure('variance_reduction', c.cuped ? percent(c.cuped.variance_reduction, 1) : '—'),
+              // With pre-exposure data CUPED decides and the headline figures are its own; the
+              // unadjusted difference is shown beside them for reference.
+              figure('estimator', c.estimator === 'cuped' ? 'CUPED' : 'unadjusted'),
+              c.unadjusted ? figure('unadjusted', metricEffect(m.kind, c.unadjusted.estimate), interval(c.unadjusted.ci, (x) => metricEffect(m.kind, x))) : figure('unadjusted', '—'),
+              figure('variance_reduction', c.estimator === 'cuped' && c.cuped ? percent(c.cuped.variance_reduction, 1) : '—'),
             ),
           ),
         ),

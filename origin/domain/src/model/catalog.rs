@@ -180,7 +180,7 @@ pub enum Period {
     BeforeExposure,
 }
 
-/// How one of a unit's three values for a metric follows from its event totals.
+/// How one of a unit's values for a metric follows from its event totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitValue {
     Zero,
@@ -188,17 +188,19 @@ pub enum UnitValue {
     Converted(Period),
     /// The sum of the values of the unit's events of the metric's type in the period.
     Sum(Period),
-    /// The sum of the values of the unit's events of the denominator's type after exposure.
-    DenominatorSum,
+    /// The sum of the values of the unit's events of the denominator's type in the period.
+    DenominatorSum(Period),
 }
 
-/// A unit's values for a metric: x (the value), y (a ratio's denominator) and c (the
-/// pre-exposure covariate), summed into the rollups' sufficient statistics.
+/// A unit's values for a metric: x (the value), y (a ratio's denominator), c (x before
+/// exposure, the CUPED covariate) and d (y before exposure), summed into the rollups'
+/// sufficient statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnitValues {
     pub x: UnitValue,
     pub y: UnitValue,
     pub c: UnitValue,
+    pub d: UnitValue,
 }
 
 impl MetricKind {
@@ -212,16 +214,19 @@ impl MetricKind {
                 x: Converted(AfterExposure),
                 y: Zero,
                 c: Converted(BeforeExposure),
+                d: Zero,
             },
             MetricKind::Mean | MetricKind::Sum => UnitValues {
                 x: Sum(AfterExposure),
                 y: Zero,
                 c: Sum(BeforeExposure),
+                d: Zero,
             },
             MetricKind::Ratio => UnitValues {
                 x: Sum(AfterExposure),
-                y: DenominatorSum,
-                c: Zero,
+                y: DenominatorSum(AfterExposure),
+                c: Sum(BeforeExposure),
+                d: DenominatorSum(BeforeExposure),
             },
             // A quantile is not a function of per-unit totals: its engines keep each unit's
             // events by bucket instead (`plan::MetricPlan::bucketed`), and its rollups stay
@@ -230,6 +235,7 @@ impl MetricKind {
                 x: Zero,
                 y: Zero,
                 c: Zero,
+                d: Zero,
             },
         }
     }

@@ -20,11 +20,11 @@ use crate::model::catalog::Window;
 use crate::model::catalog::{Period, UnitValue};
 use crate::model::filter::Filter;
 use crate::plan::{ExperimentPlan, bucket_measure, day, switchback_cell as cell};
-use crate::rollup::Sums;
+use crate::rollup::{Sums, UnitPoint};
 use crate::tables::{self, Exposure, Logged, Totals};
 
 /// A unit's metric values per metric of a plan: (x, y, c).
-pub(super) type Values = Vec<(f64, f64, f64)>;
+pub(super) type Values = Vec<UnitPoint>;
 
 /// A unit's attribution state: per experiment it was exposed in, its exposure and its
 /// totals per event type, each with whether it changed in this batch.
@@ -233,33 +233,27 @@ pub(super) fn metric_values(plan: &ExperimentPlan, totals: impl Fn(&str) -> Tota
                 }
                 UnitValue::Sum(Period::AfterExposure) => t.post_sum,
                 UnitValue::Sum(Period::BeforeExposure) => t.pre_sum,
-                UnitValue::DenominatorSum => {
-                    m.denominator_measure
+                UnitValue::DenominatorSum(period) => {
+                    let denominator = m
+                        .denominator_measure
                         .as_deref()
                         .map(&totals)
-                        .unwrap_or_default()
-                        .post_sum
+                        .unwrap_or_default();
+                    match period {
+                        Period::AfterExposure => denominator.post_sum,
+                        Period::BeforeExposure => denominator.pre_sum,
+                    }
                 }
             };
             let values = m.kind.unit_values();
-            (value(values.x), value(values.y), value(values.c))
+            UnitPoint {
+                x: value(values.x),
+                y: value(values.y),
+                c: value(values.c),
+                d: value(values.d),
+            }
         })
         .collect()
-}
-
-/// The change in sufficient statistics when one unit's values move from `a` to `b`.
-pub(super) fn contribution(a: (f64, f64, f64), b: (f64, f64, f64)) -> Sums {
-    let ((x0, y0, c0), (x1, y1, c1)) = (a, b);
-    Sums {
-        sum_x: x1 - x0,
-        sum_x2: x1 * x1 - x0 * x0,
-        sum_y: y1 - y0,
-        sum_y2: y1 * y1 - y0 * y0,
-        sum_xy: x1 * y1 - x0 * y0,
-        sum_c: c1 - c0,
-        sum_c2: c1 * c1 - c0 * c0,
-        sum_xc: x1 * c1 - x0 * c0,
-    }
 }
 
 impl Batch {
@@ -416,7 +410,7 @@ impl Batch {
             self.metric_deltas
                 .entry((experiment.clone(), variant.clone(), metric, day))
                 .or_default()
-                .add(&contribution(*a, *b));
+                .add(&Sums::change(a, b));
         }
     }
 
@@ -588,7 +582,7 @@ impl Batch {
                 {
                     self.add_event_totals((&key, experiment), &earlier, event.ts_ms, 1);
                 }
-                let zero = vec![(0.0, 0.0, 0.0); plan.metrics.len()];
+                let zero = vec![UnitPoint::default(); plan.metrics.len()];
                 let after = self.values(plan, &key, experiment);
                 self.contribute((experiment, &variant, day_of), &zero, &after);
             }
@@ -596,7 +590,7 @@ impl Batch {
             Some(existing) if existing.variant != variant => {
                 // Seen in two variants: out of the analysis from now on.
                 let before = self.values(plan, &key, experiment);
-                let zero = vec![(0.0, 0.0, 0.0); plan.metrics.len()];
+                let zero = vec![UnitPoint::default(); plan.metrics.len()];
                 let first = (
                     experiment,
                     &existing.variant,
@@ -768,8 +762,9 @@ mod tests {
     fn contributions_telescope() {
         // A unit whose value goes 0 → 2 → 5 contributes exactly 5 and 25 in total.
         let mut sums = Sums::default();
-        sums.add(&contribution((0.0, 0.0, 0.0), (2.0, 1.0, 3.0)));
-        sums.add(&contribution((2.0, 1.0, 3.0), (5.0, 2.0, 3.0)));
+        let point = |x, y, c| UnitPoint { x, y, c, d: 0.0 };
+        sums.add(&Sums::change(&UnitPoint::default(), &point(2.0, 1.0, 3.0)));
+        sums.add(&Sums::change(&point(2.0, 1.0, 3.0), &point(5.0, 2.0, 3.0)));
         assert_eq!(
             (
                 sums.sum_x,
