@@ -103,3 +103,18 @@ export function daysRunning(experiment, now = Date.now()) {
 export function json(value) {
   return JSON.stringify(value, null, 2);
 }
+
+/** A number of seconds in the largest whole unit: 3 d, 12 h, 90 s. */
+export function duration(seconds) {
+  if (seconds % 86_400 === 0) return `${seconds / 86_400} d`;
+  if (seconds % 3_600 === 0) return `${seconds / 3_600} h`;
+  return `${seconds} s`;
+}
+
+/** A metric's window after the exposure in words: "first 3 d after exposure". */
+export function windowText(window) {
+  if (!window) return 'all events after exposure';
+  const delay = window.delay_s || 0;
+  if (delay === 0) return `first ${duration(window.length_s)} after exposure`;
+  return `${duration(delay)} to ${duration(delay + window.length_s)} after exposure`;
+}

@@ -15,6 +15,7 @@ const routes = [
   { pattern: /^\/experiments\/([^/]+)$/, load: () => import('./pages/experiment.js'), section: 'experiments' },
   { pattern: /^\/layers$/, load: () => import('./pages/layers.js'), section: 'layers' },
   { pattern: /^\/flags$/, load: () => import('./pages/flags.js'), section: 'flags' },
+  { pattern: /^\/metrics$/, load: () => import('./pages/metrics.js'), section: 'metrics' },
   { pattern: /^\/power$/, load: () => import('./pages/power.js'), section: 'power' },
   { pattern: /^\/audit$/, load: () => import('./pages/audit.js'), section: 'audit' },
 ];

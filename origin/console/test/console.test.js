@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 
 import { chromium } from 'playwright-core';
 
-import { count, interval, metricEffect, metricValue, pValue, signedPercent } from '../js/format.js';
+import { count, interval, metricEffect, metricValue, pValue, sig, signedPercent } from '../js/format.js';
 import { ADMIN_KEY, CHECKOUT, CHECKOUT_TRAFFIC, Origin, seed, traffic } from './origin.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -119,6 +119,8 @@ test('an admin creates, starts and completes an experiment, and the results page
   await form.locator('[name=primary_metric]').selectOption(CHECKOUT.primary_metric);
   await form.locator('[name=secondary_metrics][value=revenue]').check();
   await form.locator('[name=secondary_metrics][value=p95_latency]').check();
+  await form.locator('[name=secondary_metrics][value=revenue_capped]').check();
+  await form.locator('[name=secondary_metrics][value=purchase_3d]').check();
   await form.locator('[name=guardrail_metrics][value=crash_rate]').check();
   await form.locator('[name=dimensions]').fill(CHECKOUT.dimensions.join(', '));
   await checkPage(page, 'experiment-form');
@@ -165,8 +167,13 @@ test('an admin creates, starts and completes an experiment, and the results page
   let checked = 0;
   for (const m of results.metrics) {
     const control = results.variants[results.control].metrics[m.metric];
-    // A quantile's units say how many events it was computed from.
-    const units = (summary) => (m.kind === 'quantile' ? `${count(summary.units)} (${count(summary.count)} events)` : count(summary.units));
+    // A quantile's units say how many events it was computed from, a capped metric's how
+    // many units the cap held.
+    const units = (summary) => {
+      if (m.kind === 'quantile') return `${count(summary.units)} (${count(summary.count)} events)`;
+      if (summary.cap != null) return `${count(summary.units)} (${count(summary.capped_units)} capped at ${sig(summary.cap)})`;
+      return count(summary.units);
+    };
     assert.equal(await cell(page, m.metric, results.control, 'units', 'estimate'), units(control));
     assert.equal(await cell(page, m.metric, results.control, 'value', 'estimate'), metricValue(m.kind, control.value));
     for (const c of m.comparisons) {
@@ -182,9 +189,13 @@ test('an admin creates, starts and completes an experiment, and the results page
       checked += 1;
     }
   }
-  assert.equal(checked, 4, 'purchase, revenue, p95_latency and crash_rate each have one comparison');
+  assert.equal(checked, 6, 'purchase, revenue, p95_latency, revenue_capped, purchase_3d and crash_rate each have one comparison');
   assert.ok(results.metrics.some((m) => m.kind === 'quantile' && m.quantile === 0.95), 'the quantile metric is in the results');
   await page.getByRole('columnheader', { name: 'p95 of events' }).waitFor();
+  // The capped metric says what its cap held, the windowed one which events it counts.
+  assert.ok(results.variants[results.control].metrics.revenue_capped.cap > 0);
+  assert.match(await cell(page, 'revenue_capped', results.control, 'units', 'estimate'), /capped at/);
+  await page.getByRole('columnheader', { name: 'Rate, first 3 d after exposure' }).waitFor();
   // The decision badge says what the API decided (the data are random: each run's
   // experiment id gives other assignments, so significance is not asserted here; the
   // statistics are tested in origin/tests/analysis.rs and e2e/measurement.test.mjs).
@@ -209,7 +220,8 @@ test('an admin creates, starts and completes an experiment, and the results page
       }
     }
   }
-  assert.equal(drilled, 6, 'mobile and desktop × purchase, revenue and crash_rate');
+  assert.equal(drilled, byPlatform.groups.reduce((n, g) => n + g.metrics.reduce((k, m) => k + m.comparisons.length, 0), 0));
+  assert.ok(drilled >= 6, 'mobile and desktop × at least purchase, revenue and crash_rate');
   assert.equal(await page.locator('#heterogeneity li').count(), byPlatform.heterogeneity.length);
   assert.match(await page.locator('#drilldown-note').textContent(), /Exploratory/);
   await checkPage(page, 'experiment-results');
@@ -229,9 +241,51 @@ test('an admin creates, starts and completes an experiment, and the results page
   await page.context().close();
 });
 
-test('the other pages: layers, flags (rollout and kill switch), power calculator, audit log', { skip, timeout: 120_000 }, async () => {
+test('the other pages: layers, flags (rollout and kill switch), metrics, power calculator, audit log', { skip, timeout: 120_000 }, async () => {
   const page = await openPage();
   await signIn(page, ADMIN_KEY);
+
+  // Metrics: the seeded ones say what they measure; an admin defines new kinds with the
+  // form, and a refused definition shows the origin's message at its field.
+  await page.getByRole('link', { name: 'Metrics' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Metrics' }).waitFor();
+  const row = (key, field) => page.locator(`table[data-table="metrics"] tr[data-metric="${key}"] [data-field="${field}"]`);
+  assert.equal((await row('p95_latency', 'measures').textContent()).trim(), 'p95 of latency_ms');
+  assert.equal((await row('revenue_capped', 'cap').textContent()).trim(), 'at the 99th percentile');
+  assert.equal((await row('purchase_3d', 'window').textContent()).trim(), 'first 3 d after exposure');
+  const metricForm = page.locator('form');
+  await metricForm.locator('[name=key]').fill('p99_checkout_ms');
+  await metricForm.locator('[name=kind]').selectOption('quantile');
+  await metricForm.locator('[name=event_type]').fill('checkout_ms');
+  await metricForm.locator('[name=direction]').selectOption('decrease');
+  await metricForm.locator('[name=quantile]').fill('99');
+  await page.getByRole('button', { name: 'Create metric' }).click();
+  await page.locator('#form-errors[role=alert]').waitFor();
+  assert.match(await metricForm.locator('[data-field=quantile] .field-error').textContent(), /\S/);
+  const refused = page.errors.findIndex((e) => e.includes('422'));
+  assert.notEqual(refused, -1, `the 422 was not seen: ${page.errors}`);
+  page.errors.splice(refused, 1);
+  await metricForm.locator('[name=quantile]').fill('0.99');
+  await page.getByRole('button', { name: 'Create metric' }).click();
+  await row('p99_checkout_ms', 'measures').waitFor();
+  const quantileMetric = await origin.get('/metrics/p99_checkout_ms');
+  assert.equal(quantileMetric.kind, 'quantile');
+  assert.equal(quantileMetric.quantile, 0.99);
+  // A capped ratio counted in the second week after the exposure.
+  await page.locator('form [name=key]').fill('revenue_per_session_week2');
+  await page.locator('form [name=kind]').selectOption('ratio');
+  await page.locator('form [name=event_type]').fill('revenue');
+  await page.locator('form [name=denominator_event_type]').fill('session');
+  await page.locator('form [name="cap.kind"]').selectOption('value');
+  await page.locator('form [name="cap.amount"]').fill('500');
+  await page.locator('form [name="window.delay"]').fill('7');
+  await page.locator('form [name="window.length"]').fill('7');
+  await checkPage(page, 'metrics');
+  await page.getByRole('button', { name: 'Create metric' }).click();
+  await row('revenue_per_session_week2', 'window').waitFor();
+  assert.equal((await row('revenue_per_session_week2', 'window').textContent()).trim(), '7 d to 14 d after exposure');
+  const ratio = await origin.get('/metrics/revenue_per_session_week2');
+  assert.deepEqual([ratio.denominator_event_type, ratio.cap, ratio.window], ['session', { value: 500 }, { delay_s: 604_800, length_s: 604_800 }]);
 
   // Layers: the slot map names the experiment owning each range.
   await page.getByRole('link', { name: 'Layers' }).click();
@@ -295,6 +349,11 @@ test('a viewer sees everything and can change nothing; bad keys are refused', { 
   await page.getByRole('link', { name: 'Flags' }).click();
   await page.getByRole('heading', { level: 1, name: 'Feature flags' }).waitFor();
   assert.equal(await page.locator('button[data-action]').count(), 0, 'no flag controls for a viewer');
+  await page.getByRole('link', { name: 'Metrics' }).click();
+  await page.locator('table[data-table="metrics"] tr[data-metric="purchase_3d"]').waitFor();
+  assert.equal(await page.locator('form').count(), 0, 'no metric form for a viewer');
+  await page.getByRole('link', { name: 'Flags' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Feature flags' }).waitFor();
   // Keyboard: the skip link moves focus to the content, and Tab from the page heading
   // reaches the flag tables (focusable so that wide ones can be scrolled).
   await page.getByRole('link', { name: 'Skip to content' }).focus();

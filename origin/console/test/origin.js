@@ -174,6 +174,8 @@ export async function seed(origin, sdk) {
   await origin.post('/metrics', { key: 'revenue', name: 'Revenue per user', kind: 'mean', event_type: 'revenue', direction: 'increase' });
   await origin.post('/metrics', { key: 'crash_rate', name: 'Crash rate', kind: 'conversion', event_type: 'crash', direction: 'decrease' });
   await origin.post('/metrics', { key: 'p95_latency', name: 'Page load p95', kind: 'quantile', quantile: 0.95, event_type: 'latency_ms', direction: 'decrease' });
+  await origin.post('/metrics', { key: 'revenue_capped', name: 'Revenue per user, whales capped', kind: 'mean', event_type: 'revenue', cap: { percentile: 0.99 }, direction: 'increase' });
+  await origin.post('/metrics', { key: 'purchase_3d', name: 'Purchase within 3 days', kind: 'conversion', event_type: 'purchase', window: { delay_s: 0, length_s: 259_200 }, direction: 'increase' });
   await origin.post('/layers', { key: 'checkout_ui', name: 'Checkout UI', description: 'Experiments on the checkout page never share a user.' });
   await origin.post('/layers', { key: 'search', name: 'Search' });
   const ranking = await origin.post('/experiments', {
@@ -239,7 +241,7 @@ export const CHECKOUT = {
     { name: 'treatment', weight: 50, config: { button_color: 'green' } },
   ],
   primary_metric: 'purchase',
-  secondary_metrics: ['revenue', 'p95_latency'],
+  secondary_metrics: ['revenue', 'p95_latency', 'revenue_capped', 'purchase_3d'],
   guardrail_metrics: ['crash_rate'],
   dimensions: ['platform'],
 };

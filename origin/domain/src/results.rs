@@ -274,6 +274,9 @@ pub struct MetricResult {
     /// The quantile of a quantile metric (0.95 for a 95th percentile).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantile: Option<f64>,
+    /// The window after the exposure the metric counts events in, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::model::catalog::Window>,
     pub role: MetricRole,
     pub direction: Direction,
     pub comparisons: Vec<ComparisonView>,
@@ -282,6 +285,21 @@ pub struct MetricResult {
     /// the events).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unknown_filter_properties: Vec<String>,
+}
+
+impl MetricResult {
+    fn of(metric: &Metric, role: MetricRole, comparisons: Vec<ComparisonView>) -> MetricResult {
+        MetricResult {
+            metric: metric.key.clone(),
+            kind: metric.kind,
+            quantile: metric.quantile,
+            window: metric.window,
+            role,
+            direction: metric.direction,
+            comparisons,
+            unknown_filter_properties: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -1064,15 +1082,7 @@ fn analyse(inputs: &Inputs<'_>, until_day: i64) -> (Vec<MetricResult>, Vec<Guard
             };
             comparisons.push(comparison_view(variant, &analysed));
         }
-        results.push(MetricResult {
-            metric: key.clone(),
-            kind: metric.kind,
-            quantile: metric.quantile,
-            role: *role,
-            direction: metric.direction,
-            comparisons,
-            unknown_filter_properties: Vec::new(),
-        });
+        results.push(MetricResult::of(metric, *role, comparisons));
     }
     (results, guardrails)
 }

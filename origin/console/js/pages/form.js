@@ -4,6 +4,7 @@
 // syntax is checked here, since a malformed JSON text cannot be sent at all.
 
 import { ApiError, api, enc, listAll } from '../api.js';
+import { box, errorDisplay, group, input, number, parseJson, select } from '../fields.js';
 import { announce, fill, h, uid } from '../dom.js';
 import { json } from '../format.js';
 import { setFlash } from './experiment.js';
@@ -11,65 +12,6 @@ import { setFlash } from './experiment.js';
 /** Fields that may change in each status (docs/api.md, "Experiments"). */
 const LOCKED_WHILE_RUNNING = ['layer', 'unit', 'variants', 'targeting', 'holdout', 'switchback_period_s', 'primary_metric', 'secondary_metrics', 'analysis'];
 const TEXTS = ['name', 'hypothesis', 'description', 'owner'];
-
-/** A labelled control inside a box that names its API field (for 422 details). */
-function box(fieldName, label, control, hint) {
-  const id = control.id || uid('f');
-  control.id = id;
-  const errorId = `${id}-error`;
-  const hintId = hint ? `${id}-hint` : null;
-  if (hintId) control.setAttribute('aria-describedby', hintId);
-  return h(
-    'div',
-    { class: 'field', dataset: { field: fieldName } },
-    h('label', { for: id }, label),
-    control,
-    hint ? h('p', { class: 'hint', id: hintId }, hint) : null,
-    h('p', { class: 'field-error', id: errorId, hidden: true }),
-  );
-}
-
-/** A fieldset that names its API field; errors show under its legend. */
-function group(fieldName, legend, children, hint) {
-  const errorId = uid('group-error');
-  return h(
-    'fieldset',
-    { dataset: { field: fieldName }, 'aria-describedby': errorId },
-    h('legend', {}, legend),
-    hint ? h('p', { class: 'hint' }, hint) : null,
-    h('p', { class: 'field-error', id: errorId, hidden: true }),
-    children,
-  );
-}
-
-function input(attrs) {
-  return h('input', { type: 'text', autocomplete: 'off', ...attrs });
-}
-
-function select(options, value, attrs = {}) {
-  return h(
-    'select',
-    attrs,
-    options.map(([v, text]) => h('option', { value: v, selected: v === value }, text)),
-  );
-}
-
-function parseJson(text, field, errors, fallback) {
-  if (!text.trim()) return fallback;
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    errors.push({ field, message: `not valid JSON: ${error.message}` });
-    return fallback;
-  }
-}
-
-function number(control) {
-  const text = control.value.trim();
-  if (text === '') return null;
-  const n = Number(text);
-  return Number.isFinite(n) ? n : text;
-}
 
 export async function render(ctx) {
   const [id] = ctx.params;
@@ -313,76 +255,7 @@ export async function render(ctx) {
     h('div', { class: 'actions' }, submit, h('a', { class: 'button secondary', href: editing ? `#/experiments/${enc(e.id)}` : '#/experiments' }, 'Cancel')),
   );
 
-  const clearErrors = () => {
-    fill(summary);
-    summary.className = '';
-    for (const error of form.querySelectorAll('.field-error[id]')) {
-      if (error.dataset.warning) continue;
-      error.hidden = true;
-      error.textContent = '';
-    }
-    for (const control of form.querySelectorAll('[aria-invalid]')) {
-      control.removeAttribute('aria-invalid');
-      const described = (control.getAttribute('aria-describedby') || '').split(' ').filter((x) => x && !x.endsWith('-error'));
-      if (described.length) control.setAttribute('aria-describedby', described.join(' '));
-      else control.removeAttribute('aria-describedby');
-    }
-  };
-
-  /** The box of an API field name, trying shorter names: variants[1].name, forced.u1 → forced. */
-  const boxOf = (field) => {
-    let name = field;
-    for (;;) {
-      const found = form.querySelector(`[data-field="${CSS.escape(name)}"]`);
-      if (found) return found;
-      const shorter = name.replace(/(\.[^.[\]]*|\[\d+\])$/, '');
-      if (shorter === name || !shorter) return null;
-      name = shorter;
-    }
-  };
-
-  const showErrors = (heading, errors) => {
-    const items = [];
-    for (const { field, message } of errors) {
-      const target = field ? boxOf(field) : null;
-      let control = null;
-      if (target) {
-        const error = target.querySelector(':scope > .field-error');
-        error.hidden = false;
-        error.textContent = error.textContent ? `${error.textContent} ${message}` : message;
-        control = target.matches('fieldset') ? target.querySelector('input, select, textarea') : target.querySelector(':scope > input, :scope > select, :scope > textarea');
-        if (control && !target.matches('fieldset')) {
-          control.setAttribute('aria-invalid', 'true');
-          const described = (control.getAttribute('aria-describedby') || '').split(' ').filter(Boolean);
-          if (!described.includes(error.id)) control.setAttribute('aria-describedby', [error.id, ...described].join(' '));
-        }
-      }
-      const text = field ? `${field}: ${message}` : message;
-      items.push(
-        h(
-          'li',
-          {},
-          control
-            ? h(
-                'a',
-                {
-                  href: `#${control.id}`,
-                  onclick: (event) => {
-                    event.preventDefault();
-                    control.focus();
-                  },
-                },
-                text,
-              )
-            : text,
-        ),
-      );
-    }
-    summary.className = 'message error';
-    summary.setAttribute('role', 'alert');
-    fill(summary, h('strong', {}, heading), items.length ? h('ul', {}, items) : null);
-    summary.focus();
-  };
+  const { clearErrors, showErrors } = errorDisplay(form, summary);
 
   form.addEventListener('submit', async (event) => {
     event.preventDefault();

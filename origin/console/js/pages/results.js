@@ -5,7 +5,7 @@
 import { api, enc } from '../api.js';
 import { badge, fill, h, uid } from '../dom.js';
 import { forestPlot, liftChart } from '../charts.js';
-import { count, days, fixed, interval, metricEffect, metricValue, pValue, percent, sig, signedPercent } from '../format.js';
+import { count, days, fixed, interval, metricEffect, metricValue, pValue, percent, sig, signedPercent, windowText } from '../format.js';
 
 function actionTone(text) {
   if (text.startsWith('Ship')) return 'good';
@@ -116,16 +116,21 @@ function metricTable(r, m) {
   );
 }
 
-/** What a metric's value column holds: a rate, a ratio, a quantile of events or a mean. */
+/**
+ * What a metric's value column holds: a rate, a ratio, a quantile of events or a mean, and
+ * over which window after the exposure when it has one.
+ */
 function valueHeading(m) {
-  if (m.kind === 'quantile') return `p${+(m.quantile * 100).toFixed(2)} of events`;
-  return m.kind === 'conversion' ? 'Rate' : m.kind === 'ratio' ? 'Ratio' : 'Mean per unit';
+  const value = m.kind === 'quantile' ? `p${+(m.quantile * 100).toFixed(2)} of events` : m.kind === 'conversion' ? 'Rate' : m.kind === 'ratio' ? 'Ratio' : 'Mean per unit';
+  return m.window ? `${value}, ${windowText(m.window)}` : value;
 }
 
-/** A variant's units, and for a quantile the events it was computed from. */
+/** A variant's units, for a quantile the events it was computed from, for a cap how many it held. */
 function units(m, summary) {
   if (!summary) return count(0);
-  return m.kind === 'quantile' ? `${count(summary.units)} (${count(summary.count)} events)` : count(summary.units);
+  if (m.kind === 'quantile') return `${count(summary.units)} (${count(summary.count)} events)`;
+  if (summary.cap != null) return `${count(summary.units)} (${count(summary.capped_units)} capped at ${sig(summary.cap)})`;
+  return count(summary.units);
 }
 
 /** Sequential, group-sequential, Bayesian and CUPED figures of one metric's comparisons. */

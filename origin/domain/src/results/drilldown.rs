@@ -200,15 +200,7 @@ pub fn drill_down(
                             comparison_view(&v.name, &analysed)
                         })
                         .collect();
-                    Some(MetricResult {
-                        metric: key.clone(),
-                        kind: metric.kind,
-                        quantile: metric.quantile,
-                        role: *role,
-                        direction: metric.direction,
-                        comparisons,
-                        unknown_filter_properties: Vec::new(),
-                    })
+                    Some(MetricResult::of(metric, *role, comparisons))
                 })
                 .collect(),
         })
