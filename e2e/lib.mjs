@@ -70,6 +70,7 @@ export async function startEdge({ originUrl, sdkKey, publicKey, ttlSeconds = 1 }
   const workers = await startWorkerd([{ name: 'edge', bindings }], { cachePort: cache.port });
   return {
     url: workers.url,
+    logs: workers.logs,
     stop: async () => {
       await workers.stop();
       await cache.close();

@@ -2,13 +2,17 @@
 // exposures and metric events three ways (the browser package's beacons from a page in
 // Chromium, the edge's /abx/events, and straight to the origin). The results find the true
 // lift, do not flag the null, and the guardrail monitor pauses the harmful experiment, after
-// which the edge and the page stop assigning it.
+// which the edge and the page stop assigning it. Then the seed's experiment, created from
+// its own body, is paused by its p95 latency guardrail when the treatment adds 30 ms to every
+// request, and the edge and the page stop assigning it too.
 
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { missingPieces, openPage, pool, sleep, startEdge, startOrigin, startSite, tempDir } from './lib.mjs';
+import { ADMIN_KEY, REPO, missingPieces, openPage, pool, sleep, startEdge, startOrigin, startSite, tempDir } from './lib.mjs';
 
 const UNITS = 15_000;
 const skip = missingPieces() ?? false;
@@ -206,5 +210,99 @@ test('true effects are found through beacons, the edge and the origin; the harmf
   // ... and so does the page once it refreshes (every 60 s by default; here on demand).
   await browser.page.evaluate(() => window.refresh());
   assert.deepEqual(await browser.page.evaluate(() => window.detail('harmful', { user_id: 'm-user-1' })), 'null/not_running');
+  assert.deepEqual(browser.page.errors, []);
+});
+
+/** A standard normal draw per (unit, purpose) (Box–Muller on two uniforms). */
+function normal(unit, purpose) {
+  const u = Math.max(uniform(unit, `${purpose}/u`), 2 ** -32);
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * uniform(unit, `${purpose}/v`));
+}
+
+// Issue 27: the seed's POST /api/v1/experiments body, verbatim.
+const SEED_BODY = readFileSync(join(REPO, 'origin', 'tests', 'seed_experiment.json'), 'utf8');
+
+test("the seed's experiment, created verbatim, is paused by its p95 latency guardrail; the edge and the page stop assigning it", { skip, timeout: 300_000 }, async () => {
+  const create = (path, body) => origin.create(path, body);
+  await create('/api/v1/layers', { key: 'checkout_ui' });
+  await create('/api/v1/metrics', { key: 'checkout_conversion_rate', kind: 'conversion', event_type: 'checkout' });
+  await create('/api/v1/metrics', { key: 'crash_rate', kind: 'conversion', event_type: 'crash', direction: 'decrease' });
+  await create('/api/v1/metrics', { key: 'p95_latency', kind: 'quantile', quantile: 0.95, event_type: 'latency_ms', direction: 'decrease' });
+  const reply = await fetch(`${origin.url}/api/v1/experiments`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+    body: SEED_BODY,
+  });
+  const text = await reply.text();
+  assert.equal(reply.status, 201, text);
+  const seeded = JSON.parse(text);
+  assert.equal(seeded.key, 'checkout_button_color');
+  await create(`/api/v1/experiments/${seeded.id}/start`, {});
+  const key = seeded.key;
+
+  // 12,000 users; a fifth are admitted. Each exposed user makes 1–20 requests around a level
+  // of its own, and the treatment adds 30 ms to every request.
+  const users = Array.from({ length: 12_000 }, (_, i) => `seed-user-${i}`);
+  const events = [];
+  const exposedUsers = [];
+  await pool(users, 16, async (unit) => {
+    const assigned = await origin.call('POST', '/api/v1/evaluate', { context: { user_id: unit } }, sdk);
+    const variant = assigned.body.experiments[key]?.variant;
+    if (!variant) return;
+    exposedUsers.push(unit);
+    const now = Date.now();
+    events.push({ event_id: randomUUID(), kind: 'exposure', unit, experiment_id: seeded.id, variant, timestamp: now });
+    const level = 60 * Math.exp(0.3 * normal(unit, 'level'));
+    const requests = 1 + Math.floor(uniform(unit, 'requests') * 20);
+    for (let r = 0; r < requests; r += 1) {
+      const ms = level * Math.exp(0.2 * normal(unit, `request-${r}`)) + (variant === 'treatment' ? 30 : 0);
+      events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'latency_ms', value: ms, timestamp: now + 1 + r });
+    }
+  });
+  assert.ok(exposedUsers.length > 1_800 && exposedUsers.length < 3_000, `about a fifth admitted: ${exposedUsers.length}`);
+  // Before any event arrives, the edge (once its snapshot is refreshed: it answers from the
+  // one it has and refreshes behind the request) assigns an admitted user as the origin did.
+  const someone = exposedUsers[0];
+  const edgeAnswer = async () => (await (await fetch(edge.url('edge', `/abx/assignments?user_id=${someone}`))).json()).experiments[key];
+  const caughtUp = Date.now() + 10_000;
+  for (;;) {
+    const got = await edgeAnswer();
+    if (got?.reason === 'assigned') break;
+    assert.ok(Date.now() < caughtUp, `the edge does not assign ${key} yet: ${JSON.stringify(got)}`);
+    await sleep(200);
+  }
+  // So does the page.
+  const inPage = () => browser.page.evaluate(({ key, unit }) => window.detail(key, { user_id: unit }), { key, unit: someone });
+  await browser.page.evaluate(() => window.refresh());
+  assert.match(await inPage(), /^(control|treatment)\/assigned$/);
+  for (let i = 0; i < events.length; i += 2_000) {
+    const sent = await origin.call('POST', '/api/v1/events', { events: events.slice(i, i + 2_000) }, sdk);
+    assert.equal(sent.status, 202, JSON.stringify(sent.body));
+  }
+  // The guardrail monitor (every second here) pauses it, naming the latency guardrail.
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const e = (await origin.call('GET', `/api/v1/experiments/${seeded.id}`)).body;
+    if (e.status === 'paused') {
+      assert.match(e.status_reason, /p95_latency/);
+      break;
+    }
+    assert.ok(Date.now() < deadline, `the seed's experiment is still ${e.status}`);
+    await sleep(250);
+  }
+  const r = (await origin.call('GET', `/api/v1/experiments/${seeded.id}/results`)).body;
+  const guardrail = r.guardrails.find((g) => g.metric === 'p95_latency');
+  assert.equal(guardrail.status, 'alarm', JSON.stringify(guardrail));
+  // The edge stops assigning it within its refresh interval (1 s here) ...
+  const edgeDeadline = Date.now() + 10_000;
+  for (;;) {
+    const got = await edgeAnswer();
+    if (got.reason === 'not_running') break;
+    assert.ok(Date.now() < edgeDeadline, `the edge still assigns ${key}: ${JSON.stringify(got)}`);
+    await sleep(200);
+  }
+  // ... and so does the page once it refreshes.
+  await browser.page.evaluate(() => window.refresh());
+  assert.equal(await inPage(), 'null/not_running');
   assert.deepEqual(browser.page.errors, []);
 });

@@ -19,17 +19,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use abx_origin_domain::model::catalog::{Direction, Metric, MetricKind};
-use abx_origin_domain::model::experiment::{Analysis, AnalysisMode, Experiment};
+use abx_origin_domain::model::experiment::{AnalysisMode, Experiment};
 use abx_origin_domain::results::{self, Estimator};
 use abx_origin_domain::rollup::{ExposureRollup, MetricRollup, Rollups, Sums, UnitPoint};
 use abx_stats::montecarlo::Xoshiro256;
 
 mod simulation;
+use simulation::{ALPHA, normal};
 
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
-const START_DAY: i64 = 20_000;
-const ALPHA: f64 = 0.05;
 const PLANNED_UNITS: u64 = 6_000;
 /// At least the default minimum duration, so that a fixed-horizon test reads at its plan.
 const PLAN_DAYS: u32 = 14;
@@ -40,12 +37,6 @@ const RETURNING: f64 = 0.7;
 const LIFT: f64 = 0.05;
 const VARIANTS: [&str; 2] = ["control", "treatment"];
 const METRIC: &str = "revenue";
-
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut Xoshiro256) -> f64 {
-    let (u, v) = (rng.uniform().max(f64::MIN_POSITIVE), rng.uniform());
-    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-}
 
 /// A Poisson draw by inversion (small means only).
 fn poisson(rng: &mut Xoshiro256, mean: f64) -> f64 {
@@ -94,24 +85,6 @@ fn unit(kind: MetricKind, scale: f64, rng: &mut Xoshiro256) -> UnitPoint {
             d: 0.0,
         },
     }
-}
-
-fn experiment(mode: AnalysisMode) -> Experiment {
-    let analysis = Analysis {
-        mode,
-        alpha: ALPHA,
-        planned_units_per_variant: Some(PLANNED_UNITS),
-        looks: (mode == AnalysisMode::GroupSequential).then_some(5),
-        ..Analysis::default()
-    };
-    Experiment::running(
-        "cuped",
-        &[("control", 5_000), ("treatment", 5_000)],
-        METRIC,
-        &[],
-        analysis,
-        START_DAY * DAY_MS,
-    )
 }
 
 /// Daily rollups as the pipeline keeps them, with and without the units' history.
@@ -184,15 +157,9 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn read(&mut self, arms: &Arms, now_ms: i64) {
-        let reading = results::Reading {
-            now_ms,
-            data_until_ms: None,
-            recorded: &self.recorded,
-            daily: false,
-        };
-        let r = results::compute_with(self.e, self.metrics, &arms.rollups(self.history), &reading);
-        self.recorded = r.decision_looks.clone();
+    fn read(&mut self, arms: &Arms, hour: u32) {
+        let rollups = arms.rollups(self.history);
+        let r = simulation::read(self.e, self.metrics, &rollups, hour, &mut self.recorded);
         for c in r.metrics.iter().flat_map(|m| &m.comparisons) {
             self.significant |= c.significant;
             if c.estimator == Estimator::Cuped {
@@ -219,10 +186,8 @@ fn simulate(
     rng: &mut Xoshiro256,
 ) -> Outcome {
     let per_hour = PLANNED_UNITS.div_ceil(u64::from(PLAN_DAYS) * 24);
-    let after_last_day = (results::LATE_EVENT_GRACE_MS / HOUR_MS) as u32 + 1;
     // A/B experiments are read to their plan, A/A ones past it.
-    let run = if lift == 0.0 { RUN } else { 1.0 };
-    let hours = (f64::from(PLAN_DAYS) * 24.0 * run).round() as u32 + after_last_day;
+    let hours = simulation::hours(PLAN_DAYS, if lift == 0.0 { RUN } else { 1.0 });
     let mut arms = Arms::default();
     let reader = |history| Reader {
         e,
@@ -235,7 +200,7 @@ fn simulate(
     };
     let (mut cuped, mut unadjusted) = (reader(true), reader(false));
     for hour in 0..hours {
-        let day = START_DAY + i64::from(hour / 24);
+        let day = simulation::day_of(hour);
         if hour < PLAN_DAYS * 24 || lift == 0.0 {
             for (v, scale) in [(0, 1.0), (1, 1.0 + lift)] {
                 for _ in 0..per_hour {
@@ -243,11 +208,10 @@ fn simulate(
                 }
             }
         }
-        let now_ms = (START_DAY * 24 + i64::from(hour) + 1) * HOUR_MS;
-        cuped.read(&arms, now_ms);
+        cuped.read(&arms, hour);
         // The unadjusted reading is the comparison for power only.
         if lift != 0.0 {
-            unadjusted.read(&arms, now_ms);
+            unadjusted.read(&arms, hour);
         }
     }
     Outcome {
@@ -289,7 +253,7 @@ fn main() {
                 AnalysisMode::GroupSequential,
             ),
         ] {
-            let e = experiment(mode);
+            let e = simulation::two_arm_experiment("cuped", METRIC, mode, PLANNED_UNITS);
             row += 1;
             let run = |lift: f64, seed: u64| {
                 simulation::on_two_cores(experiments, seed, |rng| {
@@ -307,10 +271,7 @@ fn main() {
             let (plain, plain_se) = count(&ab, |o| o.unadjusted);
             let reads: u64 = aa.iter().map(|o| o.cuped_reads).sum();
             let reduction: f64 = aa.iter().map(|o| o.reduction).sum::<f64>() / reads.max(1) as f64;
-            let total_reads = n
-                * ((f64::from(PLAN_DAYS) * 24.0 * RUN).round() as u64
-                    + (results::LATE_EVENT_GRACE_MS / HOUR_MS) as u64
-                    + 1);
+            let total_reads = n * u64::from(simulation::hours(PLAN_DAYS, RUN));
             println!(
                 "| {label} | {name} | {fpr:.3} ± {fpr_se:.3} | {:.3} | {:.3} | {reduction:.2} | {power:.3} ± {power_se:.3} | {plain:.3} ± {plain_se:.3} |",
                 ALPHA + 2.0 * (ALPHA * (1.0 - ALPHA) / n as f64).sqrt(),

@@ -24,14 +24,10 @@ use abx_stats::montecarlo::Xoshiro256;
 
 mod simulation;
 use abx_stats::power::{Mde, PlannedTest, PowerConfig, conversion_sample_size};
+use simulation::{ALPHA, DAY_MS, START_DAY};
 
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
-/// The simulated experiments start at midnight UTC of this day (2024-10-04).
-const START_DAY: i64 = 20_000;
 const BASELINE: f64 = 0.10;
 const LIFT: f64 = 0.10;
-const ALPHA: f64 = 0.05;
 const POWER: f64 = 0.80;
 /// Guardrail metrics' rate in every variant (A/A for guardrails in every scenario).
 const GUARDRAIL_RATE: f64 = 0.05;
@@ -197,7 +193,7 @@ fn simulate(
     // The looks the service records on first computation, reused by every later read.
     let mut recorded: Vec<results::DecisionLook> = Vec::new();
     for hour in 0..scenario.hours {
-        let day = START_DAY + i64::from(hour / 24);
+        let day = simulation::day_of(hour);
         let mut arrivals = vec![0_u64; variants.len()];
         if scenario.random_split {
             for _ in 0..per_hour * variants.len() as u64 {
@@ -215,15 +211,7 @@ fn simulate(
                 growing.add_conversions((day, v, g + 1), (&variants[v], name), hit as f64);
             }
         }
-        let now_ms = (START_DAY * 24 + i64::from(hour) + 1) * HOUR_MS;
-        let reading = results::Reading {
-            now_ms,
-            data_until_ms: None,
-            recorded: &recorded,
-            daily: false,
-        };
-        let r = results::compute_with(e, metrics, &growing.rollups, &reading);
-        recorded = r.decision_looks.clone();
+        let r = simulation::read(e, metrics, &growing.rollups, hour, &mut recorded);
         let primary = r.metrics.iter().find(|m| m.metric == "converted");
         outcome.significant |= primary.is_some_and(|m| m.comparisons.iter().any(|c| c.significant));
         outcome.alarm |= r.guardrails.iter().any(|g| g.status == "alarm");
@@ -275,14 +263,11 @@ fn run(scenario: &Scenario, experiments: u64, seed: u64) -> (Tally, u64) {
 
 fn main() {
     let (experiments, seed) = simulation::args(20_261_204);
-    // Reads go on until the last simulated day counts as complete (its grace included), so
-    // that a test due on that day is read.
-    let after_last_day = (results::LATE_EVENT_GRACE_MS / HOUR_MS) as u32 + 1;
     let aa = |name, mode, plan_days: u32, run: f64| Scenario {
         name,
         mode,
         plan_days,
-        hours: (f64::from(plan_days) * 24.0 * run).round() as u32 + after_last_day,
+        hours: simulation::hours(plan_days, run),
         lift: 0.0,
         treatments: 1,
         guardrails: 0,
@@ -293,7 +278,7 @@ fn main() {
         mode,
         plan_days,
         // Read hourly until the plan is complete and its last day is over.
-        hours: plan_days * 24 + after_last_day,
+        hours: simulation::hours(plan_days, 1.0),
         lift: LIFT,
         treatments: 1,
         guardrails: 0,

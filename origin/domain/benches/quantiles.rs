@@ -18,18 +18,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use abx_origin_domain::model::catalog::{Direction, Metric, MetricKind};
-use abx_origin_domain::model::experiment::{Analysis, AnalysisMode, Experiment};
+use abx_origin_domain::model::experiment::{AnalysisMode, Experiment};
 use abx_origin_domain::results;
 use abx_origin_domain::rollup::{ExposureRollup, QuantileRollup, Rollups};
 use abx_stats::montecarlo::Xoshiro256;
 use abx_stats::quantile;
 
 mod simulation;
+use simulation::{ALPHA, normal};
 
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
-const START_DAY: i64 = 20_000;
-const ALPHA: f64 = 0.05;
 const P: f64 = 0.95;
 const PLANNED_UNITS: u64 = 1_500;
 const PLAN_DAYS: u32 = 10;
@@ -39,12 +36,6 @@ const MEDIAN_MS: f64 = 100.0;
 const SIGMA_UNIT: f64 = 0.5;
 const SIGMA_REQUEST: f64 = 0.4;
 const VARIANTS: [&str; 2] = ["control", "treatment"];
-
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut Xoshiro256) -> f64 {
-    let (u, v) = (rng.uniform().max(f64::MIN_POSITIVE), rng.uniform());
-    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-}
 
 /// One unit's requests.
 fn unit_latencies(rng: &mut Xoshiro256) -> Vec<f64> {
@@ -86,21 +77,7 @@ impl Arm {
 }
 
 fn experiment(mode: AnalysisMode) -> Experiment {
-    let analysis = Analysis {
-        mode,
-        alpha: ALPHA,
-        planned_units_per_variant: Some(PLANNED_UNITS),
-        looks: (mode == AnalysisMode::GroupSequential).then_some(5),
-        ..Analysis::default()
-    };
-    Experiment::running(
-        "latency",
-        &[("control", 5_000), ("treatment", 5_000)],
-        "p95_latency",
-        &[],
-        analysis,
-        START_DAY * DAY_MS,
-    )
+    simulation::two_arm_experiment("latency", "p95_latency", mode, PLANNED_UNITS)
 }
 
 #[derive(Default, Clone, Copy)]
@@ -117,15 +94,14 @@ fn simulate(
     rng: &mut Xoshiro256,
 ) -> Outcome {
     let per_hour = PLANNED_UNITS.div_ceil(u64::from(PLAN_DAYS) * 24);
-    let after_last_day = (results::LATE_EVENT_GRACE_MS / HOUR_MS) as u32 + 1;
-    let hours = (f64::from(PLAN_DAYS) * 24.0 * RUN).round() as u32 + after_last_day;
+    let hours = simulation::hours(PLAN_DAYS, RUN);
     let mut arms: [Arm; 2] = Default::default();
     let mut units_by_day: BTreeMap<(i64, usize), i64> = BTreeMap::new();
     let mut recorded: Vec<results::DecisionLook> = Vec::new();
     let mut outcome = Outcome::default();
     let mut last = [None, None];
     for hour in 0..hours {
-        let day = START_DAY + i64::from(hour / 24);
+        let day = simulation::day_of(hour);
         for (v, arm) in arms.iter_mut().enumerate() {
             for _ in 0..per_hour {
                 arm.add(&unit_latencies(rng));
@@ -153,14 +129,7 @@ fn simulate(
                 .collect(),
             capped: Vec::new(),
         };
-        let reading = results::Reading {
-            now_ms: (START_DAY * 24 + i64::from(hour) + 1) * HOUR_MS,
-            data_until_ms: None,
-            recorded: &recorded,
-            daily: false,
-        };
-        let r = results::compute_with(e, metrics, &rollups, &reading);
-        recorded = r.decision_looks.clone();
+        let r = simulation::read(e, metrics, &rollups, hour, &mut recorded);
         outcome.significant |= r
             .metrics
             .iter()

@@ -676,10 +676,9 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
             view.p_value = Some(comparison.absolute.p_value);
             view.statistic = Some(comparison.absolute.statistic);
             view.improvement = Some(improvement(metric.direction, comparison.absolute.estimate));
-            let estimator = view.estimator;
             if let Ok(s) = sequential_view(
                 metric.kind,
-                estimator,
+                view.estimator,
                 (c, t),
                 &comparison,
                 sequential_config,

@@ -9,19 +9,8 @@ use crate::common::{self, TestOrigin};
 use axum::http::StatusCode;
 use serde_json::{Value as Json, json};
 
-/// The seed's `POST /api/v1/experiments` body, verbatim.
-const SEED_BODY: &str = r#"{
-"name": "checkout_button_color",
-"hypothesis": "Green button increases conversion by 5%",
-"layer": "checkout_ui",
-"traffic_percent": 20,
-"variants": [
-{ "name": "control", "weight": 50, "config": { "button_color": "blue" } },
-{ "name": "treatment", "weight": 50, "config": { "button_color": "green" } }
-],
-"primary_metric": "checkout_conversion_rate",
-"guardrail_metrics": ["crash_rate", "p95_latency"]
-}"#;
+/// The seed's `POST /api/v1/experiments` body, verbatim (the e2e journey sends it too).
+const SEED_BODY: &str = include_str!("../seed_experiment.json");
 
 /// A uniform draw in (0, 1) from a seed (splitmix64).
 fn uniform(seed: u64) -> f64 {

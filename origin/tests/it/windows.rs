@@ -17,9 +17,11 @@ fn event_id(n: u64) -> String {
 }
 
 /// The windowed metrics of these tests: key, kind, window (delay, length) in seconds.
-fn windowed_metrics() -> [(&'static str, &'static str, (i64, i64)); 4] {
+fn windowed_metrics() -> [(&'static str, &'static str, (i64, i64)); 5] {
     [
         ("purchase_within_1h", "conversion", (0, 3_600)),
+        // Retention: the share of units that order on their second day after exposure.
+        ("retained_on_day_2", "conversion", (86_400, 86_400)),
         ("revenue_on_day_2", "sum", (86_400, 86_400)),
         ("revenue_per_session_1h", "ratio", (0, 3_600)),
         ("median_order_1h", "quantile", (0, 3_600)),
@@ -157,7 +159,10 @@ fn assert_windowed(results: &Json, units: &BTreeMap<String, Unit>) {
         let summary = &results["variants"][&variant]["metrics"][&key];
         let what = format!("{variant} {key}");
         match key.as_str() {
-            "purchase_within_1h" => assert_eq!(summary["count"], json!(e.converted), "{what}"),
+            "purchase_within_1h" | "retained_on_day_2" => {
+                assert_eq!(summary["count"], json!(e.converted), "{what}");
+                assert!(e.converted > 0, "{what}: the scenario has conversions");
+            }
             "revenue_on_day_2" => close(summary["sum"].as_f64().expect("sum"), e.sum, &what),
             "revenue_per_session_1h" => close(
                 summary["value"].as_f64().expect("ratio"),
