@@ -114,7 +114,8 @@ struct Linearised {
     s_ll: f64,
     s_kk: f64,
     s_lk: f64,
-    /// The scale of s_kk's terms, to tell a constant covariate from rounding noise.
+    /// The scale of s_kk's terms before centring, to tell a constant covariate from
+    /// rounding noise (as `centred_square` does).
     kk_scale: f64,
 }
 
@@ -139,6 +140,10 @@ fn linearise(g: &RatioCovariateMoments) -> Option<Linearised> {
     let s_bc = cov(g.sum_den_pre_num, m.sum_den, p.sum_num);
     let s_bd = cov(g.sum_den_pre_den, m.sum_den, p.sum_den);
     let q = pre_ratio;
+    // The scale of s_kk from uncentred moments: a covariate whose linearisation is constant
+    // leaves s_kk at rounding noise of these, whereas its centred terms are noise too.
+    let uncentred = (p.sum_num_sq + 2.0 * (q * p.sum_num_den).abs() + q * q * p.sum_den_sq)
+        / ((n - 1.0) * mu_d * mu_d);
     Some(Linearised {
         n,
         ratio,
@@ -146,7 +151,7 @@ fn linearise(g: &RatioCovariateMoments) -> Option<Linearised> {
         s_ll: ((s_aa - 2.0 * ratio * s_ab + ratio * ratio * s_bb) / (mu_b * mu_b)).max(0.0),
         s_kk: ((s_cc - 2.0 * q * s_cd + q * q * s_dd) / (mu_d * mu_d)).max(0.0),
         s_lk: (s_ac - ratio * s_bc - q * s_ad + ratio * q * s_bd) / (mu_b * mu_d),
-        kk_scale: (s_cc.abs() + 2.0 * (q * s_cd).abs() + q * q * s_dd.abs()) / (mu_d * mu_d),
+        kk_scale: uncentred,
     })
 }
 
@@ -200,6 +205,10 @@ pub fn ratio_cuped_test(
         |g: &Linearised| (g.s_ll - 2.0 * theta * g.s_lk + theta * theta * g.s_kk).max(0.0) / g.n;
     let (r_c, r_t) = (adjusted(&c), adjusted(&t));
     let (v_c, v_t) = (variance(&c), variance(&t));
+    // Sums at the edge of floating point can overflow the products above.
+    if ![theta, r_c, r_t, v_c, v_t].iter().all(|x| x.is_finite()) {
+        return unadjusted();
+    }
     let se = (v_c + v_t).sqrt();
     if !(se > 0.0 && se.is_finite()) {
         return Err(StatsError::ZeroVariance);

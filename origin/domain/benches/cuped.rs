@@ -6,6 +6,10 @@
 //! session) are each simulated; 30 % of the units are new and have no history (their
 //! covariates are 0).
 //!
+//! A last scenario gives history only to units exposed after the first day (an event type
+//! that is new with the experiment): the estimate chosen on the first day (the standard
+//! test) must decide for the experiment's life.
+//!
 //! It prints, per metric and analysis mode, how often an A/A experiment was ever declared
 //! significant with the CUPED estimate deciding, and for a treatment that adds 5 % how often
 //! the test found it at the planned sample with CUPED and, on the same units with their
@@ -52,10 +56,10 @@ fn poisson(rng: &mut Xoshiro256, mean: f64) -> f64 {
 
 /// One unit's values: a spending level and an activity level that persist from before the
 /// exposure to after it, with noise in each period; `scale` multiplies what it spends after.
-fn unit(kind: MetricKind, scale: f64, rng: &mut Xoshiro256) -> UnitPoint {
+fn unit(kind: MetricKind, scale: f64, may_have_history: bool, rng: &mut Xoshiro256) -> UnitPoint {
     let spend = normal(rng).exp();
     let activity = 2.0 * (0.5 * normal(rng)).exp();
-    let returning = rng.uniform() < RETURNING;
+    let returning = rng.uniform() < RETURNING && may_have_history;
     let mut period = |scale: f64| {
         let sessions = 1.0 + poisson(rng, activity);
         let revenue = scale * spend * sessions * (0.3 * normal(rng)).exp();
@@ -151,9 +155,10 @@ struct Reader<'a> {
     history: bool,
     recorded: Vec<results::DecisionLook>,
     significant: bool,
-    /// Reads whose comparison the CUPED estimate decided, and its variance reductions.
+    /// Reads whose comparison the CUPED estimate decided, and its variance reduction at the
+    /// last such read.
     cuped_reads: u64,
-    reduction: f64,
+    reduction: Option<f64>,
 }
 
 impl Reader<'_> {
@@ -164,7 +169,7 @@ impl Reader<'_> {
             self.significant |= c.significant;
             if c.estimator == Estimator::Cuped {
                 self.cuped_reads += 1;
-                self.reduction += c.cuped.map_or(0.0, |k| k.variance_reduction);
+                self.reduction = c.cuped.map(|k| k.variance_reduction);
             }
         }
     }
@@ -175,11 +180,21 @@ struct Outcome {
     cuped: bool,
     unadjusted: bool,
     cuped_reads: u64,
-    reduction: f64,
+    reduction: Option<f64>,
+}
+
+/// Which units have a history before their exposure.
+#[derive(Clone, Copy, PartialEq)]
+enum History {
+    /// 70 % of the units, from the first hour on.
+    FromTheStart,
+    /// Only units exposed after the first day (a metric event type new with the
+    /// experiment): CUPED must not take over part-way.
+    AfterTheFirstDay,
 }
 
 fn simulate(
-    kind: MetricKind,
+    (kind, history): (MetricKind, History),
     e: &Experiment,
     metrics: &HashMap<String, Metric>,
     lift: f64,
@@ -196,15 +211,16 @@ fn simulate(
         recorded: Vec::new(),
         significant: false,
         cuped_reads: 0,
-        reduction: 0.0,
+        reduction: None,
     };
     let (mut cuped, mut unadjusted) = (reader(true), reader(false));
     for hour in 0..hours {
         let day = simulation::day_of(hour);
         if hour < PLAN_DAYS * 24 || lift == 0.0 {
             for (v, scale) in [(0, 1.0), (1, 1.0 + lift)] {
+                let may_have_history = history == History::FromTheStart || hour >= 24;
                 for _ in 0..per_hour {
-                    arms.add(day, v, &unit(kind, scale, rng));
+                    arms.add(day, v, &unit(kind, scale, may_have_history, rng));
                 }
             }
         }
@@ -232,14 +248,31 @@ fn main() {
         LIFT * 100.0
     );
     println!(
-        "| metric | mode | A/A ever significant (CUPED deciding) | α + 2 MC s.e. | reads CUPED decided | mean variance reduction | A/B power, CUPED | A/B power, unadjusted |"
+        "| metric | mode | A/A ever significant (CUPED deciding) | α + 2 MC s.e. | reads CUPED decided | variance reduction at the last read | A/B power, CUPED | A/B power, unadjusted |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut row = 0;
-    for (label, kind) in [
-        ("conversion (bought)", MetricKind::Conversion),
-        ("mean (revenue per user)", MetricKind::Mean),
-        ("ratio (revenue per session)", MetricKind::Ratio),
+    for (label, kind, history) in [
+        (
+            "conversion (bought)",
+            MetricKind::Conversion,
+            History::FromTheStart,
+        ),
+        (
+            "mean (revenue per user)",
+            MetricKind::Mean,
+            History::FromTheStart,
+        ),
+        (
+            "ratio (revenue per session)",
+            MetricKind::Ratio,
+            History::FromTheStart,
+        ),
+        (
+            "mean, history only after day 1",
+            MetricKind::Mean,
+            History::AfterTheFirstDay,
+        ),
     ] {
         let metrics = HashMap::from([(
             METRIC.to_string(),
@@ -257,7 +290,7 @@ fn main() {
             row += 1;
             let run = |lift: f64, seed: u64| {
                 simulation::on_two_cores(experiments, seed, |rng| {
-                    simulate(kind, &e, &metrics, lift, rng)
+                    simulate((kind, history), &e, &metrics, lift, rng)
                 })
             };
             let aa = run(0.0, seed.wrapping_add(row));
@@ -270,10 +303,18 @@ fn main() {
             let (power, power_se) = count(&ab, |o| o.cuped);
             let (plain, plain_se) = count(&ab, |o| o.unadjusted);
             let reads: u64 = aa.iter().map(|o| o.cuped_reads).sum();
-            let reduction: f64 = aa.iter().map(|o| o.reduction).sum::<f64>() / reads.max(1) as f64;
+            let reductions: Vec<f64> = aa.iter().filter_map(|o| o.reduction).collect();
+            let reduction = if reductions.is_empty() {
+                "—".to_string()
+            } else {
+                format!(
+                    "{:.2}",
+                    reductions.iter().sum::<f64>() / reductions.len() as f64
+                )
+            };
             let total_reads = n * u64::from(simulation::hours(PLAN_DAYS, RUN));
             println!(
-                "| {label} | {name} | {fpr:.3} ± {fpr_se:.3} | {:.3} | {:.3} | {reduction:.2} | {power:.3} ± {power_se:.3} | {plain:.3} ± {plain_se:.3} |",
+                "| {label} | {name} | {fpr:.3} ± {fpr_se:.3} | {:.3} | {:.3} | {reduction} | {power:.3} ± {power_se:.3} | {plain:.3} ± {plain_se:.3} |",
                 ALPHA + 2.0 * (ALPHA * (1.0 - ALPHA) / n as f64).sqrt(),
                 reads as f64 / total_reads as f64,
             );

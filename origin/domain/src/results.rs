@@ -138,6 +138,9 @@ pub struct DecisionStatistic {
     /// The test statistic (group sequential) and the unadjusted p-value (fixed horizon).
     pub z: Option<f64>,
     pub p_value: Option<f64>,
+    /// The estimate they are of (looks recorded before CUPED decided have none: unadjusted).
+    #[serde(default)]
+    pub estimator: Estimator,
 }
 
 /// A look of a test, recorded the first time it is computed and reused by every later read:
@@ -217,10 +220,11 @@ pub struct CupedView {
 }
 
 /// Which estimate a comparison's figures and decision are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Estimator {
     /// The metric kind's standard test on the units' values after exposure.
+    #[default]
     Unadjusted,
     /// CUPED: adjusted by the units' values before exposure (docs/statistics.md §5).
     Cuped,
@@ -508,13 +512,13 @@ fn metric_roles(e: &Experiment) -> Vec<(String, MetricRole)> {
 /// reports `error`, which the recommendation shows.
 fn guardrail_view(
     metric: &Metric,
-    variant: &str,
+    (variant, chosen): (&str, Estimator),
     c: &Group,
     t: &Group,
     config: &GuardrailConfig,
     margin: Option<f64>,
 ) -> GuardrailView {
-    let estimator = estimator(metric.kind, c, t, config.alpha);
+    let estimator = used(chosen, metric.kind, c, t, config.alpha).0;
     let view = |status: &str, check: Option<&GuardrailCheck>, note: Option<String>| GuardrailView {
         metric: metric.key.clone(),
         variant: variant.to_string(),
@@ -532,7 +536,7 @@ fn guardrail_view(
         non_inferior: margin.map(|_| false),
         note,
     };
-    let error = match guardrail_check(metric.kind, c, t, config) {
+    let error = match guardrail_check(chosen, metric.kind, c, t, config) {
         Ok(check) => {
             let status = match check.status {
                 GuardrailStatus::InsufficientData => "insufficient_data",
@@ -541,7 +545,8 @@ fn guardrail_view(
             };
             let mut healthy = view(status, Some(&check), None);
             if check.status != GuardrailStatus::InsufficientData {
-                healthy.harm_upper_bound = harm_upper_bound(metric.kind, c, t, &check, config);
+                healthy.harm_upper_bound =
+                    harm_upper_bound(chosen, metric.kind, (c, t), &check, config);
                 healthy.non_inferior =
                     margin.map(|m| healthy.harm_upper_bound.is_some_and(|bound| bound < m));
             }
@@ -587,16 +592,16 @@ fn guardrail_view(
 /// The always-valid upper confidence bound of a guardrail's harm, relative to control's
 /// value, at the guardrail's level: the non-inferiority evidence "Ship" asks for.
 fn harm_upper_bound(
+    chosen: Estimator,
     kind: MetricKind,
-    c: &Group,
-    t: &Group,
+    (c, t): (&Group, &Group),
     check: &GuardrailCheck,
     config: &GuardrailConfig,
 ) -> Option<f64> {
     let baseline = c.value(kind)?.abs();
     // The bound is on the effect as it is, so it takes the unpooled standard error (the
     // pooled one, right for the test under H0, can be the smaller one under harm).
-    let effect = compare(kind, c, t, config.alpha).ok()?.absolute;
+    let effect = compare(chosen, kind, c, t, config.alpha).ok()?.absolute;
     if baseline == 0.0 || effect.std_error <= 0.0 {
         return None;
     }
@@ -620,6 +625,8 @@ struct Analysed<'a> {
     treatment: &'a Group,
     alpha: f64,
     sequential: &'a SequentialConfig,
+    /// The estimate chosen for this metric and treatment (`Estimators`).
+    estimator: Estimator,
 }
 
 /// One treatment against control on one metric: the estimates and every test the
@@ -631,6 +638,7 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
         treatment: t,
         alpha,
         sequential: sequential_config,
+        estimator,
     } = *analysed;
     let mut view = ComparisonView {
         variant: variant.to_string(),
@@ -653,7 +661,7 @@ fn comparison_view(variant: &str, analysed: &Analysed<'_>) -> ComparisonView {
         statistic: None,
     };
     let cuped = cuped(metric.kind, c, t, alpha);
-    let adjusted = cuped.filter(|k| k.adjusted);
+    let adjusted = cuped.filter(|k| estimator == Estimator::Cuped && k.adjusted);
     let deciding = match adjusted {
         Some(k) => Ok(k.comparison),
         None => standard_test(metric.kind, c, t, alpha),
@@ -788,14 +796,36 @@ pub fn describe(error: &StatsError) -> String {
     }
 }
 
-/// The comparison every decision uses: CUPED where the metric has a pre-exposure covariate
-/// that varies (§5), else the metric kind's standard test. Which one applies is fixed by
-/// the data's kind, not by which gives the smaller variance, so the choice adds no
-/// multiplicity.
-fn compare(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Result<Comparison, StatsError> {
-    match adjusted(kind, c, t, alpha) {
-        Some(adjusted) => Ok(adjusted.comparison),
-        None => standard_test(kind, c, t, alpha),
+/// The comparison every decision uses: CUPED where it was chosen for the metric and the
+/// data allow it (§5, §12g), else the metric kind's standard test.
+fn compare(
+    chosen: Estimator,
+    kind: MetricKind,
+    c: &Group,
+    t: &Group,
+    alpha: f64,
+) -> Result<Comparison, StatsError> {
+    match used(chosen, kind, c, t, alpha) {
+        (Estimator::Cuped, Some(adjusted)) => Ok(adjusted.comparison),
+        _ => standard_test(kind, c, t, alpha),
+    }
+}
+
+/// The estimate a comparison is of: CUPED only where it was chosen and it adjusts (the
+/// covariate varies in these data), with its comparison.
+fn used(
+    chosen: Estimator,
+    kind: MetricKind,
+    c: &Group,
+    t: &Group,
+    alpha: f64,
+) -> (Estimator, Option<CupedComparison>) {
+    match chosen {
+        Estimator::Cuped => match adjusted(kind, c, t, alpha) {
+            Some(k) => (Estimator::Cuped, Some(k)),
+            None => (Estimator::Unadjusted, None),
+        },
+        Estimator::Unadjusted => (Estimator::Unadjusted, None),
     }
 }
 
@@ -914,13 +944,6 @@ fn adjusted(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Option<CupedC
     cuped(kind, c, t, alpha).filter(|k| k.adjusted)
 }
 
-fn estimator(kind: MetricKind, c: &Group, t: &Group, alpha: f64) -> Estimator {
-    match adjusted(kind, c, t, alpha) {
-        Some(_) => Estimator::Cuped,
-        None => Estimator::Unadjusted,
-    }
-}
-
 /// Boundaries by (information fractions, alpha, spending), as bits.
 type BoundaryCache = Mutex<HashMap<(Vec<u64>, u64, Spending), Vec<Look>>>;
 
@@ -984,6 +1007,7 @@ fn guardrail_config(metric: &Metric, alpha: f64, tuning_units: f64) -> Guardrail
 }
 
 fn guardrail_check(
+    chosen: Estimator,
     kind: MetricKind,
     c: &Group,
     t: &Group,
@@ -998,7 +1022,7 @@ fn guardrail_check(
             config,
         )
     };
-    if let Some(adjusted) = adjusted(kind, c, t, config.alpha) {
+    if let (Estimator::Cuped, Some(adjusted)) = used(chosen, kind, c, t, config.alpha) {
         return delta_method(adjusted.comparison);
     }
     match kind {
@@ -1035,6 +1059,56 @@ struct Inputs<'a> {
     rollups: &'a Rollups,
     roles: &'a [(String, MetricRole)],
     sequential: SequentialConfig,
+    estimators: Estimators,
+}
+
+/// The estimate each metric and treatment is compared with, for the experiment's life
+/// (docs/statistics.md §12g): the one its first recorded look used; before any look, CUPED
+/// when the pre-exposure covariate already varies among the units exposed on the
+/// experiment's first day, else the standard test. Fixing it early keeps every look of a
+/// test (and every read of an mSPRT) on one estimate, and the choice rests on pre-exposure
+/// data only, so it adds no multiplicity.
+#[derive(Default)]
+struct Estimators(HashMap<(String, String), Estimator>);
+
+impl Estimators {
+    fn choose(
+        e: &Experiment,
+        metrics: &HashMap<String, Metric>,
+        rollups: &Rollups,
+        recorded: &[DecisionLook],
+    ) -> Estimators {
+        let mut chosen = HashMap::new();
+        let first_recorded = recorded.iter().min_by_key(|l| l.look);
+        let first_day = rollups.exposures.iter().map(|r| r.day).min();
+        let (units, _) = units_by_variant(rollups, first_day.unwrap_or(i64::MIN));
+        let n = |v: &str| units.get(v).copied().unwrap_or(0);
+        for (key, _) in metric_roles(e) {
+            let Some(metric) = metrics.get(&key) else {
+                continue;
+            };
+            let data = VariantData::of(rollups, metric, first_day.unwrap_or(i64::MIN));
+            let c = data.group(e.control(), n(e.control()));
+            for t in e.variants.iter().skip(1) {
+                let estimator = match first_recorded.and_then(|l| statistic(l, &key, &t.name)) {
+                    Some(recorded) => recorded.estimator,
+                    None => {
+                        let t = data.group(&t.name, n(&t.name));
+                        used(Estimator::Cuped, metric.kind, &c, &t, e.analysis.alpha).0
+                    }
+                };
+                chosen.insert((key.clone(), t.name.clone()), estimator);
+            }
+        }
+        Estimators(chosen)
+    }
+
+    fn of(&self, metric: &str, variant: &str) -> Estimator {
+        self.0
+            .get(&(metric.to_string(), variant.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// The comparisons of every metric with the data up to `until_day` (inclusive), and the
@@ -1070,7 +1144,8 @@ fn analyse(inputs: &Inputs<'_>, until_day: i64) -> (Vec<MetricResult>, Vec<Guard
                 let config =
                     guardrail_config(metric, guardrail_alpha, inputs.sequential.tuning_units);
                 let margin = e.analysis.guardrail_margins.get(key).copied();
-                guardrails.push(guardrail_view(metric, variant, &c, &t, &config, margin));
+                let chosen = (variant, inputs.estimators.of(key, variant));
+                guardrails.push(guardrail_view(metric, chosen, &c, &t, &config, margin));
             }
             let analysed = Analysed {
                 metric,
@@ -1078,6 +1153,7 @@ fn analyse(inputs: &Inputs<'_>, until_day: i64) -> (Vec<MetricResult>, Vec<Guard
                 treatment: &t,
                 alpha: e.analysis.alpha,
                 sequential: &inputs.sequential,
+                estimator: inputs.estimators.of(key, variant),
             };
             comparisons.push(comparison_view(variant, &analysed));
         }
@@ -1338,18 +1414,16 @@ fn statistics_at(inputs: &Inputs<'_>, until_day: i64) -> Vec<DecisionStatistic> 
         let data = VariantData::of(inputs.rollups, metric, until_day);
         let group = |v: &str| data.group(v, n(v));
         for t in e.variants.iter().skip(1) {
-            let c = compare(
-                metric.kind,
-                &group(e.control()),
-                &group(&t.name),
-                e.analysis.alpha,
-            )
-            .ok();
+            let (c, t_group) = (group(e.control()), group(&t.name));
+            let chosen = inputs.estimators.of(&metric.key, &t.name);
+            let alpha = e.analysis.alpha;
+            let comparison = compare(chosen, metric.kind, &c, &t_group, alpha).ok();
             out.push(DecisionStatistic {
                 metric: metric.key.clone(),
                 variant: t.name.clone(),
-                z: c.as_ref().map(|c| c.absolute.statistic),
-                p_value: c.as_ref().map(|c| c.absolute.p_value),
+                z: comparison.as_ref().map(|c| c.absolute.statistic),
+                p_value: comparison.as_ref().map(|c| c.absolute.p_value),
+                estimator: used(chosen, metric.kind, &c, &t_group, alpha).0,
             });
         }
     }
@@ -1420,6 +1494,7 @@ pub fn compute_with(
         rollups,
         roles: &roles,
         sequential: sequential_config(e),
+        estimators: Estimators::choose(e, metrics, rollups, reading.recorded),
     };
     let variants = variant_summaries(&inputs);
     let (units, multiple) = units_by_variant(rollups, i64::MAX);
@@ -1485,7 +1560,7 @@ pub fn compute_with(
             .filter(|m| has_daily_figures(m))
     {
         for comparison in &mut primary.comparisons {
-            comparison.trend = trend(e, metric, rollups, &comparison.variant, completed_day);
+            comparison.trend = trend(&inputs, metric, &comparison.variant, completed_day);
         }
     }
 
@@ -1520,7 +1595,7 @@ pub fn compute_with(
         min_units_now,
         now_ms,
     );
-    let series = daily.then(|| daily_series(e, metrics, rollups, &roles, alpha));
+    let series = daily.then(|| daily_series(&inputs, alpha));
     Results {
         experiment_id: e.id.clone(),
         experiment: e.key.clone(),
@@ -1558,12 +1633,13 @@ pub fn compute_with(
 /// increments are not the independent samples the test assumes, and it is read on every
 /// refresh; it flags a drift worth a look, not a decision.
 fn trend(
-    e: &Experiment,
+    inputs: &Inputs<'_>,
     metric: &Metric,
-    rollups: &Rollups,
     variant: &str,
     completed_day: i64,
 ) -> Option<TrendView> {
+    let (e, rollups) = (inputs.e, inputs.rollups);
+    let chosen = inputs.estimators.of(&metric.key, variant);
     let control = e.control();
     let mut units: BTreeMap<i64, [u64; 2]> = BTreeMap::new();
     for r in &rollups.exposures {
@@ -1602,9 +1678,15 @@ fn trend(
                 groups[arm].s.add(&s[arm]);
             }
         }
-        let lift = compare(metric.kind, &groups[0], &groups[1], e.analysis.alpha)
-            .ok()
-            .and_then(|c| c.relative.effect().copied());
+        let lift = compare(
+            chosen,
+            metric.kind,
+            &groups[0],
+            &groups[1],
+            e.analysis.alpha,
+        )
+        .ok()
+        .and_then(|c| c.relative.effect().copied());
         if let Some(lift) = lift.filter(|l| l.estimate > -1.0) {
             let ratio = 1.0 + lift.estimate;
             points.push(CumulativeEstimate {
@@ -1833,13 +1915,14 @@ fn recommend(
 }
 
 /// Cumulative estimates by day, from the first exposure day to the last rollup day.
-fn daily_series(
-    e: &Experiment,
-    metrics: &HashMap<String, Metric>,
-    rollups: &Rollups,
-    roles: &[(String, MetricRole)],
-    alpha: f64,
-) -> Vec<DailyPoint> {
+fn daily_series(inputs: &Inputs<'_>, alpha: f64) -> Vec<DailyPoint> {
+    let Inputs {
+        e,
+        metrics,
+        rollups,
+        roles,
+        ..
+    } = *inputs;
     let days: std::collections::BTreeSet<i64> = rollups
         .exposures
         .iter()
@@ -1862,8 +1945,9 @@ fn daily_series(
                 q: None,
             };
             for variant in e.variants.iter().skip(1) {
-                let comparison =
-                    compare(metric.kind, &group(control), &group(&variant.name), alpha).ok();
+                let chosen = inputs.estimators.of(key, &variant.name);
+                let (c, t) = (group(control), group(&variant.name));
+                let comparison = compare(chosen, metric.kind, &c, &t, alpha).ok();
                 points.push(DailyPoint {
                     date: date(day),
                     metric: key.clone(),

@@ -13,8 +13,8 @@ use abx_stats::heterogeneity::{self, Heterogeneity, SubgroupEffect};
 use serde::Serialize;
 
 use super::{
-    Analysed, ComparisonView, Group, MetricResult, comparison_view, correction, metric_roles,
-    sequential_config,
+    Analysed, ComparisonView, Estimator, Group, MetricResult, comparison_view, correction,
+    metric_roles, sequential_config,
 };
 use crate::model::catalog::{Metric, MetricKind};
 use crate::model::experiment::{AnalysisMode, Experiment};
@@ -196,6 +196,8 @@ pub fn drill_down(
                                 treatment: &t,
                                 alpha: analysis.alpha,
                                 sequential: &sequential,
+                                // Exploratory: CUPED wherever the group's data allow it.
+                                estimator: Estimator::Cuped,
                             };
                             comparison_view(&v.name, &analysed)
                         })

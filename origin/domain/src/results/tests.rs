@@ -959,3 +959,95 @@ fn sequential_and_group_sequential_tests_read_the_cuped_estimate() {
         absolute.estimate / absolute.std_error
     ));
 }
+
+/// The rollups of `with_covariate` for `units` a variant on `day`, with or without their
+/// pre-exposure sums.
+fn revenue_day(day: i64, units: f64, history: bool) -> Rollups {
+    let mut rollups = Rollups {
+        exposures: vec![
+            exposures("control", units as i64),
+            exposures("treatment", units as i64),
+        ],
+        metrics: vec![
+            with_covariate("control", "revenue", units, 2.0),
+            with_covariate("treatment", "revenue", units, 2.04),
+        ],
+        ..Rollups::default()
+    };
+    for r in &mut rollups.exposures {
+        r.day = day;
+    }
+    for r in &mut rollups.metrics {
+        r.day = day;
+        if !history {
+            (r.sums.sum_c, r.sums.sum_c2, r.sums.sum_xc) = (0.0, 0.0, 0.0);
+        }
+    }
+    rollups
+}
+
+#[test]
+fn the_estimator_is_chosen_by_the_first_day_and_kept_by_recorded_looks() {
+    let mut e = experiment("checkout", &["revenue"]);
+    e.primary_metric = "revenue".into();
+    let metrics = HashMap::from([metric("revenue", MetricKind::Mean, Direction::Increase)]);
+    // No unit of the first day has history; later units have: the standard test decides
+    // for the experiment's life (a switch mid-test would join two tests' error rates).
+    let late_history = days(&[
+        revenue_day(DAY, 5_000.0, false),
+        revenue_day(DAY + 1, 5_000.0, true),
+    ]);
+    let results = compute(&e, &metrics, &late_history, NOW, false);
+    let comparison = &results.metrics[0].comparisons[0];
+    assert_eq!(comparison.estimator, Estimator::Unadjusted);
+    assert_eq!(results.guardrails[0].estimator, Estimator::Unadjusted);
+    assert!(comparison.unadjusted.is_none());
+    assert_eq!(
+        results.decision_looks[0].statistics[0].estimator,
+        Estimator::Unadjusted
+    );
+
+    // With history from the first day, CUPED decides, and the look records it.
+    let history = days(&[
+        revenue_day(DAY, 5_000.0, true),
+        revenue_day(DAY + 1, 5_000.0, true),
+    ]);
+    let results = compute(&e, &metrics, &history, NOW, false);
+    assert_eq!(
+        results.metrics[0].comparisons[0].estimator,
+        Estimator::Cuped
+    );
+    let look = &results.decision_looks[0];
+    assert_eq!(look.statistics[0].estimator, Estimator::Cuped);
+
+    // A look recorded before CUPED decided has no estimator: it was unadjusted, and the
+    // frozen comparison is recomputed as it was, so its p-value and interval agree.
+    let mut old = look.clone();
+    let mut json = serde_json::to_value(&old).unwrap();
+    json["statistics"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("estimator");
+    old = serde_json::from_value(json).unwrap();
+    old.statistics[0].p_value = results_without_history_p(&e, &metrics);
+    let reading = Reading {
+        now_ms: NOW,
+        data_until_ms: None,
+        recorded: std::slice::from_ref(&old),
+        daily: false,
+    };
+    let results = compute_with(&e, &metrics, &history, &reading);
+    let comparison = &results.metrics[0].comparisons[0];
+    assert_eq!(comparison.estimator, Estimator::Unadjusted);
+    let absolute = comparison.absolute.expect("absolute");
+    assert!(close(comparison.p_value.unwrap(), absolute.p_value));
+}
+
+/// The unadjusted p-value of `the_estimator_is_chosen_…`'s data at its plan.
+fn results_without_history_p(e: &Experiment, metrics: &HashMap<String, Metric>) -> Option<f64> {
+    let plain = days(&[
+        revenue_day(DAY, 5_000.0, false),
+        revenue_day(DAY + 1, 5_000.0, false),
+    ]);
+    compute(e, metrics, &plain, NOW, false).metrics[0].comparisons[0].p_value
+}
