@@ -6,7 +6,8 @@
 //! 2. the same neighbours while one client (127.0.0.2) floods with the same key from 32
 //!    connections: how much of the flood is served, and the neighbours' percentiles; (a) with
 //!    the flooder in this process, (b) in a process of its own at nice 19, so that its
-//!    client's CPU yields to the origin's as an attacker's on another machine would;
+//!    client's CPU yields to the origin's as an attacker's on another machine would, and
+//!    (c) so with 1,000 connections, past the cap of connections per address;
 //! 3. a stream flood: one client opening 40 change streams;
 //! 4. a gzip flood: small gzip bodies that inflate to 64 MiB, from 32 addresses at once;
 //! 5. an idempotency flood: `POST /experiments/{id}/events` with fresh `Idempotency-Key`s,
@@ -20,7 +21,7 @@
 //! The neighbours run in the origin's process on the same two cores, so their latencies
 //! include their own scheduling: an upper bound for what a separate client would see.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,11 +37,16 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     // The flooder of phase 2b, run by this same binary in a process of its own.
-    if let [_, mode, base, sdk, seconds, ..] = args.as_slice()
+    if let [_, mode, base, sdk, seconds, connections, ..] = args.as_slice()
         && mode == "--flooder"
     {
         let length = Duration::from_secs(seconds.parse()?);
-        let counts = runtime.block_on(assignment_flood(base.clone(), sdk.clone(), length));
+        let counts = runtime.block_on(assignment_flood(
+            base.clone(),
+            sdk.clone(),
+            length,
+            connections.parse()?,
+        ));
         println!("{}", serde_json::to_string(&counts)?);
         return Ok(());
     }
@@ -55,15 +61,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(Duration::from_secs(seconds)))
 }
 
-/// One client (127.0.0.2) asking for assignments with the sdk key as fast as 32 connections
-/// go, for `length`: the answers by status.
+/// One client (127.0.0.2) asking for assignments with the sdk key as fast as `connections`
+/// connections go, for `length`: the answers by status (0: the connection was closed or
+/// refused, and the loop reconnects at once).
 async fn assignment_flood(
     base: String,
     sdk: String,
     length: Duration,
+    connections: u32,
 ) -> std::collections::BTreeMap<u16, u64> {
     flood(
-        32,
+        connections,
         |_| [127, 0, 0, 2],
         length,
         move |http, n| {
@@ -265,14 +273,11 @@ async fn run(length: Duration) -> anyhow::Result<()> {
     state.spawn_background();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let app = abx_origin::app(state.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    tokio::spawn(abx_origin::serve::serve(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
     let base = format!("http://{address}/api/v1");
     let admin = client([127, 0, 0, 1]);
     let post = |path: &str, body: Json| {
@@ -316,7 +321,7 @@ async fn run(length: Duration) -> anyhow::Result<()> {
 
     // 1 and 2: the neighbours alone, then beside the flood.
     report("neighbours alone", &neighbours(&base, &sdk, length).await);
-    let flooded = tokio::spawn(assignment_flood(base.clone(), sdk.clone(), length));
+    let flooded = tokio::spawn(assignment_flood(base.clone(), sdk.clone(), length, 32));
     let beside = neighbours(&base, &sdk, length).await;
     let flood_counts = flooded.await?;
     report(
@@ -330,27 +335,31 @@ async fn run(length: Duration) -> anyhow::Result<()> {
     );
     // 2b: the same flood from a process of its own at the lowest priority, so that its
     // client's CPU (which an attacker elsewhere would not take from the origin) yields to
-    // the origin and the neighbours.
-    let flooder = std::process::Command::new("nice")
-        .args(["-n", "19"])
-        .arg(std::env::current_exe()?)
-        .args(["--flooder", &base, &sdk, &length.as_secs().to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting the flooder process (nice)")?;
-    let beside = neighbours(&base, &sdk, length).await;
-    let output = tokio::task::spawn_blocking(move || flooder.wait_with_output()).await??;
-    let flood_counts: std::collections::BTreeMap<u16, u64> =
-        serde_json::from_slice(&output.stdout).context("the flooder's counts")?;
-    report(
-        "neighbours during the flood (flooder in its own process, nice 19)",
-        &beside,
-    );
-    report_flooder(
-        "  the flooder (127.0.0.2, 32 connections)",
-        &flood_counts,
-        length,
-    );
+    // the origin and the neighbours; 2c: that process with 1,000 connections, four times
+    // what one address may open, reconnecting at once whenever one is closed.
+    for connections in [32, 1_000] {
+        let flooder = std::process::Command::new("nice")
+            .args(["-n", "19"])
+            .arg(std::env::current_exe()?)
+            .args(["--flooder", &base, &sdk, &length.as_secs().to_string()])
+            .arg(connections.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the flooder process (nice)")?;
+        let beside = neighbours(&base, &sdk, length).await;
+        let output = tokio::task::spawn_blocking(move || flooder.wait_with_output()).await??;
+        let flood_counts: std::collections::BTreeMap<u16, u64> =
+            serde_json::from_slice(&output.stdout).context("the flooder's counts")?;
+        report(
+            "neighbours during the flood (flooder in its own process, nice 19)",
+            &beside,
+        );
+        report_flooder(
+            &format!("  the flooder (127.0.0.2, {connections} connections)"),
+            &flood_counts,
+            length,
+        );
+    }
 
     // 3: streams from one address.
     let streamer = client([127, 0, 0, 11]);

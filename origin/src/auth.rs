@@ -75,7 +75,7 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// What a client address counts as: IPv4 as it is (IPv4-mapped IPv6 included), IPv6 by its
 /// /64, which one client (a home, a server) gets whole — keyed by /128, one client would
 /// own 2⁶⁴ buckets.
-fn client_bucket(address: IpAddr) -> IpAddr {
+pub(crate) fn client_bucket(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);

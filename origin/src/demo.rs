@@ -293,14 +293,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
-    let app = abx_origin::app(started.state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    let server = tokio::spawn(abx_origin::serve::serve(
+        listener,
+        started.state.clone(),
+        std::future::pending(),
+    ));
 
     let base = format!("http://{}", settings.listen);
     let api = Api {

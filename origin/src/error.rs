@@ -2,7 +2,7 @@
 //! `{"error": {"code", "message", "details"}}` with the status code of docs/api.md; internal
 //! details are logged, never sent.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -124,6 +124,13 @@ impl ApiError {
     }
 }
 
+/// Marks a 429 for the server's outer layer, which answers it only after a while (see
+/// `Settings::rate_limit_hold`).
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimited {
+    pub retry_after: std::time::Duration,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -141,6 +148,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if let ApiError::RateLimited { retry_after_s } = self {
+            response.extensions_mut().insert(RateLimited {
+                retry_after: std::time::Duration::from_secs(retry_after_s.max(1)),
+            });
         }
         response
     }
@@ -227,9 +239,26 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+/// A body that could not be read whole: over the size limit (413), or cut off — the client
+/// went away, or did not send it within the body deadline (`serve::ConnectionLimits`).
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge {
+                limit: crate::api::BODY_LIMIT,
+            };
+        }
+        ApiError::BadRequest {
+            code: "invalid_body",
+            message: "the request body could not be read whole (it stopped arriving, or did not arrive in time)".into(),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
+            JsonRejection::BytesRejection(rejection) => rejection.into(),
             JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest {
                 code: "unsupported_media_type",
                 message: "expected a JSON body with `Content-Type: application/json`".into(),

@@ -11,7 +11,9 @@ pub mod error;
 pub mod guardrails;
 pub mod lifecycle;
 pub mod outbox;
+pub mod per_client;
 pub mod publish;
+pub mod serve;
 
 // The crates below, by the names the server's modules use for them (ARCHITECTURE.md).
 use abx_origin_domain::{clock, event, model, results};
@@ -57,6 +59,13 @@ pub struct Settings {
     pub trusted_proxy_header: Option<String>,
     /// Requests handled at once; more get 503 at once (`/health` and `/metrics` are exempt).
     pub max_concurrent_requests: usize,
+    /// A rate-limited request gets its 429 after this long (at most its `Retry-After`),
+    /// without holding a request permit meanwhile: a client flooding over its limit then
+    /// waits on each of its connections instead of costing the process a refusal per
+    /// round trip, and its neighbours keep the CPU.
+    pub rate_limit_hold: Duration,
+    /// Caps and timeouts on client connections (see `serve`).
+    pub connections: serve::ConnectionLimits,
     /// Refuse (and count apart) exposures whose variant is not the one the snapshot assigns
     /// their unit (see `api::events`). Off only for simulations that plant assignments.
     pub verify_exposures: bool,
@@ -69,7 +78,8 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     /// `Cache-Control: max-age` of the snapshot.
     pub snapshot_max_age_s: u32,
-    pub max_connections: u32,
+    /// Connections each database pool opens.
+    pub database_connections: u32,
     /// Raw events are kept (and deduplicated) this long; older timestamps are refused.
     pub event_retention_days: i64,
     /// Event requests get 503 while more events than this wait for the pipeline.
@@ -120,6 +130,13 @@ impl Settings {
             private_attributes: Vec::new(),
             verify_exposures: true,
             max_concurrent_requests: 2_048,
+            rate_limit_hold: Duration::from_secs(1),
+            connections: serve::ConnectionLimits {
+                per_client: 256,
+                total: 20_000,
+                header_read_timeout: Duration::from_secs(30),
+                body_deadline: Duration::from_secs(30),
+            },
             streams: StreamLimits {
                 per_client: 8,
                 total: 10_000,
@@ -127,7 +144,7 @@ impl Settings {
             },
             webhook_url: None,
             snapshot_max_age_s: 10,
-            max_connections: 8,
+            database_connections: 8,
             event_retention_days: 7,
             max_pipeline_lag: 2_000_000,
             roles: Roles::ALL,
@@ -251,7 +268,7 @@ pub struct Origin {
     /// Permits for requests in progress (`Settings::max_concurrent_requests`).
     pub requests: Arc<tokio::sync::Semaphore>,
     /// Open snapshot streams, in total and by client address.
-    pub streams: api::StreamCount,
+    pub streams: Arc<per_client::OpenCounts>,
     /// The range of values each event type's metrics accept (see `reload_keys`).
     value_bounds: RwLock<Arc<event::ValueBounds>>,
     published: RwLock<Arc<Published>>,
@@ -311,13 +328,13 @@ impl AppState {
             )
         })?;
         let url = settings.database_url();
-        let db = Db::connect(&url, settings.max_connections)
+        let db = Db::connect(&url, settings.database_connections)
             .await
             .context("connecting to the database")?;
         db.migrate().await?;
         let log = match store::db::event_log_file(&url) {
             Some(file) => {
-                let log = Db::connect(&file.url, settings.max_connections)
+                let log = Db::connect(&file.url, settings.database_connections)
                     .await
                     .with_context(|| format!("opening the event log {}", file.path.display()))?;
                 log.migrate_event_log().await?;
@@ -415,7 +432,7 @@ impl AppState {
             requests: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_concurrent_requests,
             )),
-            streams: api::StreamCount::default(),
+            streams: Arc::default(),
             value_bounds: RwLock::default(),
             keys: KeyCache::default(),
             published: RwLock::new(Arc::new(publish::genesis())),

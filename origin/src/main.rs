@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use abx_origin::auth::{self, Limit, Role};
-use abx_origin::{AppState, Roles, Settings, app};
+use abx_origin::{AppState, Roles, Settings};
 use abx_origin_domain::model;
 use abx_origin_pipeline::clickhouse::ClickHouseConfig;
 use abx_origin_pipeline::jetstream::JetStreamConfig;
@@ -114,6 +114,18 @@ struct ServeArgs {
     /// Requests handled at once; more get 503 (`/health` and `/metrics` are exempt).
     #[arg(long, env = "ABX_MAX_CONCURRENT_REQUESTS", default_value_t = 2_048)]
     max_concurrent_requests: usize,
+    /// Milliseconds a rate-limited request waits for its 429 (at most its `Retry-After`),
+    /// holding no request permit: a client flooding over its limit then waits on each of
+    /// its connections instead of taking the CPU its neighbours need.
+    #[arg(long, env = "ABX_RATE_LIMIT_HOLD_MS", default_value_t = 1_000)]
+    rate_limit_hold_ms: u64,
+    /// Open connections per client address (IPv6: per /64); more are closed at once.
+    /// Behind a proxy every connection is the proxy's: raise it to what the proxy opens.
+    #[arg(long, env = "ABX_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    max_connections_per_client: usize,
+    /// Open client connections in this process; more are closed at once.
+    #[arg(long, env = "ABX_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
     /// Open snapshot streams per client address, and in total.
     #[arg(long, env = "ABX_MAX_STREAMS_PER_CLIENT", default_value_t = 8)]
     max_streams_per_client: usize,
@@ -281,6 +293,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|name| !name.is_empty())
         .collect();
     settings.max_concurrent_requests = args.max_concurrent_requests;
+    settings.rate_limit_hold = std::time::Duration::from_millis(args.rate_limit_hold_ms);
+    settings.connections.per_client = args.max_connections_per_client;
+    settings.connections.total = args.max_connections;
     settings.streams = abx_origin::StreamLimits {
         per_client: args.max_streams_per_client,
         total: args.max_streams,
@@ -329,14 +344,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings.listen,
         started.state.published().version
     );
-    // The peer's address is the client's (unless a trusted proxy header says otherwise):
-    // public sdk keys are rate-limited per address.
-    axum::serve(
-        listener,
-        app(started.state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown())
-    .await?;
+    abx_origin::serve::serve(listener, started.state, shutdown()).await?;
     Ok(())
 }
 

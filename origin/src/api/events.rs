@@ -141,9 +141,7 @@ pub async fn post_events(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     caller.require(Permission::SendEvents)?;
-    let body = body.map_err(|_| ApiError::PayloadTooLarge {
-        limit: LIMITS.request,
-    })?;
+    let body = body?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

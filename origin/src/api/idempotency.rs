@@ -4,8 +4,8 @@
 //! errors, rate limits, 401 and 403 are not stored, so a retry after them really retries.
 //! Secrets are never stored: a replayed `POST /keys` answer has `"secret": null`.
 
-use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
+use axum::body::{Body, Bytes, to_bytes};
+use axum::extract::{FromRequest as _, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -68,9 +68,9 @@ async fn idempotent(state: AppState, request: Request, next: Next) -> Result<Res
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
     let scope = caller.id;
-    let bytes = to_bytes(body, BODY_LIMIT)
+    let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), &())
         .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT }.into_response())?;
+        .map_err(|rejection| ApiError::from(rejection).into_response())?;
     let mut hasher = Sha256::new();
     hasher.update(parts.method.as_str());
     hasher.update(b" ");
@@ -148,12 +148,13 @@ async fn idempotent(state: AppState, request: Request, next: Next) -> Result<Res
     };
     let saved = async {
         let mut conn = state.db.pool.acquire().await?;
-        if store::count_idempotent_responses(&mut conn, Some(&scope)).await? >= MAX_STORED_PER_KEY
-        {
-            tracing::warn!(api_key_id = %scope, "idempotency keys per API key exhausted; not storing");
-            return Ok(());
+        let stored =
+            store::store_idempotent_response(&mut conn, &scope, &key, &record, MAX_STORED_PER_KEY)
+                .await?;
+        if !stored {
+            tracing::warn!(api_key_id = %scope, "response not stored: this API key has its {MAX_STORED_PER_KEY} idempotency keys, or a concurrent request with the same key stored first");
         }
-        store::store_idempotent_response(&mut conn, &scope, &key, &record).await
+        Ok::<(), store::Error>(())
     }
     .await;
     if let Err(error) = saved {

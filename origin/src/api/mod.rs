@@ -23,7 +23,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
@@ -57,12 +56,7 @@ impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> 
 
     async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
         let (parts, body) = req.into_parts();
-        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
-            .await
-            .map_err(|rejection| match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: BODY_LIMIT },
-                _ => ApiError::bad_request(rejection.body_text()),
-            })?;
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
@@ -362,6 +356,9 @@ pub fn app(state: AppState) -> Router {
 /// Refuses requests beyond `Settings::max_concurrent_requests` at once with 503, instead of
 /// queueing them until every request is slow: a flood then costs its senders, not everyone.
 /// Health and metrics stay answerable, so an overloaded process is not also declared dead.
+/// A rate-limited client's 429 is held for `Settings::rate_limit_hold` outside the permits:
+/// answered at once, a client sending as fast as it gets answers would make the process
+/// spend a core on refusals, and its neighbours would queue behind them.
 async fn limit_concurrency(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
@@ -374,7 +371,17 @@ async fn limit_concurrency(
         return next.run(request).await;
     }
     match state.requests.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            // Held after the permit is given back: a held refusal costs a timer, not a
+            // share of the process.
+            if let Some(limited) = response.extensions().get::<crate::error::RateLimited>() {
+                let hold = state.settings.rate_limit_hold.min(limited.retry_after);
+                tokio::time::sleep(hold).await;
+            }
+            response
+        }
         Err(_) => ApiError::Unavailable {
             message: "the origin is at its limit of concurrent requests; retry shortly".into(),
             retry_after_s: 1,
@@ -383,61 +390,24 @@ async fn limit_concurrency(
     }
 }
 
-/// Open snapshot streams (`GET /snapshot/stream`): in total and by client address.
-#[derive(Default)]
-pub struct StreamCount {
-    open: std::sync::Mutex<(usize, HashMap<Option<IpAddr>, usize>)>,
-}
-
-/// One open stream, counted until it is dropped (when the client goes or its lifetime ends).
-pub struct StreamSlot {
-    state: AppState,
-    client: Option<IpAddr>,
-}
-
-impl StreamCount {
-    /// A slot for a new stream from `client`, or the error to answer: 429 when this client
-    /// has its share, 503 when the process has all it takes.
-    pub fn open(state: &AppState, client: Option<IpAddr>) -> ApiResult<StreamSlot> {
-        let limits = state.settings.streams;
-        let mut open = state.streams.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, by_client) = &mut *open;
-        if *total >= limits.total {
-            return Err(ApiError::Unavailable {
+/// A slot for a new snapshot stream from `client`, or the error to answer: 429 when this
+/// client has its share, 503 when the process has all it takes.
+fn open_stream(state: &AppState, client: Option<IpAddr>) -> ApiResult<crate::per_client::Slot> {
+    let limits = state.settings.streams;
+    let caps = crate::per_client::Caps {
+        per_client: limits.per_client,
+        total: limits.total,
+    };
+    state
+        .streams
+        .admit(client, caps)
+        .map_err(|refused| match refused {
+            crate::per_client::Refused::Client => ApiError::RateLimited { retry_after_s: 5 },
+            crate::per_client::Refused::Total => ApiError::Unavailable {
                 message: "this process has as many snapshot streams open as it takes".into(),
                 retry_after_s: 30,
-            });
-        }
-        // Counted only once admitted, so refused clients leave nothing behind.
-        if by_client.get(&client).copied().unwrap_or(0) >= limits.per_client {
-            return Err(ApiError::RateLimited { retry_after_s: 5 });
-        }
-        *by_client.entry(client).or_default() += 1;
-        *total += 1;
-        Ok(StreamSlot {
-            state: state.clone(),
-            client,
+            },
         })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .state
-            .streams
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let (total, by_client) = &mut *open;
-        *total = total.saturating_sub(1);
-        if let Some(mine) = by_client.get_mut(&self.client) {
-            *mine = mine.saturating_sub(1);
-            if *mine == 0 {
-                by_client.remove(&self.client);
-            }
-        }
-    }
 }
 
 /// The admin API, with the snapshot and assignment routes that sdks call.

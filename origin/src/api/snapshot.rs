@@ -12,7 +12,7 @@ use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{StreamCount, json};
+use super::{json, open_stream};
 use crate::AppState;
 use crate::auth::{Caller, Permission, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -221,7 +221,7 @@ pub async fn stream(
     caller.require(Permission::ReadSnapshot)?;
     // Each stream holds a connection while it lives: capped per client and in total, and
     // ended after its lifetime (EventSource reconnects, and is counted again).
-    let slot = StreamCount::open(&state, caller.client)?;
+    let slot = open_stream(&state, caller.client)?;
     let ends = tokio::time::Instant::now() + state.settings.streams.lifetime;
     let receiver = state.subscribe();
     let first = announcement(&state, &caller);

@@ -541,15 +541,22 @@ pub async fn idempotent_response(
     .transpose()
 }
 
+/// Stores the response unless the API key (`scope`) already has `max_per_key` stored, or
+/// this key is stored already; says whether it stored it. Counted and inserted in one
+/// statement, so on SQLite (one writer) the cap is exact; on PostgreSQL concurrent requests
+/// of one API key can each pass it, so it is exceeded by at most their number.
 pub async fn store_idempotent_response(
     conn: &mut AnyConnection,
     scope: &str,
     key: &str,
     response: &StoredResponse,
-) -> Result<(), Error> {
-    sqlx::query(
+    max_per_key: i64,
+) -> Result<bool, Error> {
+    let stored = sqlx::query(
         "INSERT INTO idempotency_keys (api_key_id, key, request_hash, status, response, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (api_key_id, key) DO NOTHING",
+         SELECT $1, $2, $3, $4, $5, $6
+         WHERE (SELECT COUNT(*) FROM idempotency_keys WHERE api_key_id = $1) < $7
+         ON CONFLICT (api_key_id, key) DO NOTHING",
     )
     .bind(scope)
     .bind(key)
@@ -557,9 +564,10 @@ pub async fn store_idempotent_response(
     .bind(i64::from(response.status))
     .bind(&response.body)
     .bind(clock::now_ms())
+    .bind(max_per_key)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(stored.rows_affected() == 1)
 }
 
 /// Stored idempotent responses of one API key (by id), or of all keys.

@@ -825,19 +825,9 @@ async fn split_deployment_follows_a_pause(o: &TestOrigin) {
         .start_experiment(json!({"key": "split", "primary_metric": "purchase", "guardrail_metrics": ["crash_rate"],
             "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]}))
         .await;
-    let process = |roles: &str| {
-        let mut settings = o.settings.clone();
-        settings.roles = abx_origin::Roles::parse(roles).expect("roles");
-        async move {
-            abx_origin::AppState::start(settings)
-                .await
-                .expect("a process")
-                .state
-        }
-    };
     // `o` is the first admin (and collector); a second admin and the pipeline run beside it.
-    let admin = process("admin").await;
-    let pipeline = process("pipeline").await;
+    let admin = o.another_process("admin").await;
+    let pipeline = o.another_process("pipeline").await;
     for state in [&o.state, &admin, &pipeline] {
         state.spawn_follower();
     }

@@ -987,6 +987,28 @@ async fn idempotency(o: &TestOrigin) {
         .await;
     assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
     assert_eq!(stored().await, before);
+    // The cap of stored responses per API key is checked in the statement that inserts.
+    {
+        let mut conn = o.state.db.pool.acquire().await.expect("connection");
+        let response = abx_origin_store::StoredResponse {
+            request_hash: "h".into(),
+            status: 202,
+            body: "{}".into(),
+        };
+        let mut outcomes = Vec::new();
+        for key in ["k1", "k2", "k3", "k1"] {
+            outcomes.push(
+                abx_origin_store::store_idempotent_response(&mut conn, "capped", key, &response, 2)
+                    .await
+                    .expect("store"),
+            );
+        }
+        assert_eq!(outcomes, [true, true, false, false]);
+        let capped = abx_origin_store::count_idempotent_responses(&mut conn, Some("capped"))
+            .await
+            .expect("count");
+        assert_eq!(capped, 2);
+    }
     // A new key's secret is shown once and never stored: a replay has no secret.
     let create_key = || {
         o.send(
@@ -1286,14 +1308,10 @@ async fn each_process_role_serves_its_own_routes() {
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
         .await;
     let first = o.start_experiment(experiment("first", "conversion")).await;
-    let process = |roles: &str| {
-        let mut settings = o.settings.clone();
-        settings.roles = abx_origin::Roles::parse(roles).expect("roles");
+    let process = |roles: &'static str| {
+        let o = &o;
         async move {
-            let state = abx_origin::AppState::start(settings)
-                .await
-                .expect("starts")
-                .state;
+            let state = o.another_process(roles).await;
             (abx_origin::app(state.clone()), state)
         }
     };
@@ -1574,14 +1592,11 @@ async fn public_keys_are_limited_per_client(o: &TestOrigin) {
         .await
         .expect("listener");
     let address = listener.local_addr().expect("address");
-    let app = abx_origin::app(o.state.clone());
-    let served = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    let served = tokio::spawn(abx_origin::serve::serve(
+        listener,
+        o.state.clone(),
+        std::future::pending(),
+    ));
     let from = |ip: [u8; 4]| {
         reqwest::Client::builder()
             .local_address(std::net::IpAddr::from(ip))
@@ -1666,6 +1681,8 @@ on_both_backends!(
             burst: 20.0,
         };
         s.streams.per_client = 2;
+        // Held refusals are tested in `connections`; this test sends them one at a time.
+        s.rate_limit_hold = std::time::Duration::from_millis(10);
     }
 );
 

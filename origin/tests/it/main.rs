@@ -8,6 +8,7 @@ mod common;
 mod analysis;
 mod api;
 mod capping;
+mod connections;
 mod crash;
 mod cuped;
 mod demo;

@@ -306,6 +306,17 @@ impl TestOrigin {
         id
     }
 
+    /// Another process of this deployment (same database, signing key and data directory)
+    /// taking only `roles` (as `--role` takes them), as a split deployment runs them.
+    pub async fn another_process(&self, roles: &str) -> AppState {
+        let mut settings = self.settings.clone();
+        settings.roles = abx_origin::Roles::parse(roles).expect("roles");
+        AppState::start(settings)
+            .await
+            .expect("another process starts")
+            .state
+    }
+
     /// Creates a key with a role and returns its secret.
     pub async fn key(&self, role: &str) -> String {
         let created = self
