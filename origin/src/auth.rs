@@ -14,6 +14,7 @@ pub use abx_origin_domain::keys::{
 };
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -142,10 +143,13 @@ impl RateLimiter {
 /// proxy appended (earlier entries are whatever the client claimed). Only the last entry
 /// counts, with an optional port or brackets: skipping one that does not parse would let
 /// the client's own entry through.
-pub fn client_address(parts: &Parts, trusted_header: Option<&str>) -> Option<IpAddr> {
+pub fn client_address(
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    trusted_header: Option<&str>,
+) -> Option<IpAddr> {
     if let Some(name) = trusted_header {
-        let last = parts
-            .headers
+        let last = headers
             .get_all(name)
             .iter()
             .next_back()
@@ -158,8 +162,7 @@ pub fn client_address(parts: &Parts, trusted_header: Option<&str>) -> Option<IpA
             return Some(address);
         }
     }
-    parts
-        .extensions
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| peer.ip())
 }
@@ -238,7 +241,11 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = secret_from(parts).ok_or(ApiError::Unauthorized)?;
         let key = state.keys.lookup(&secret).ok_or(ApiError::Unauthorized)?;
-        let client = client_address(parts, state.settings.trusted_proxy_header.as_deref());
+        let client = client_address(
+            &parts.headers,
+            &parts.extensions,
+            state.settings.trusted_proxy_header.as_deref(),
+        );
         state
             .limiter
             .check(&key, client, 1.0)
@@ -265,7 +272,7 @@ mod tests {
             .body(())
             .expect("request")
             .into_parts();
-        client_address(&parts, Some("x-forwarded-for"))
+        client_address(&parts.headers, &parts.extensions, Some("x-forwarded-for"))
     }
 
     /// One IPv6 client holds a whole /64: it gets one bucket, not 2⁶⁴ of them; IPv4

@@ -59,6 +59,9 @@ pub struct Settings {
     pub trusted_proxy_header: Option<String>,
     /// Requests handled at once; more get 503 at once (`/health` and `/metrics` are exempt).
     pub max_concurrent_requests: usize,
+    /// Requests handled at once for one client address (as the rate limiter tells
+    /// addresses); more get 429, so that a few clients cannot take every permit.
+    pub max_concurrent_requests_per_client: usize,
     /// A rate-limited request gets its 429 after this long (at most its `Retry-After`),
     /// without holding a request permit meanwhile: a client flooding over its limit then
     /// waits on each of its connections instead of costing the process a refusal per
@@ -130,7 +133,8 @@ impl Settings {
             private_attributes: Vec::new(),
             verify_exposures: true,
             max_concurrent_requests: 2_048,
-            rate_limit_hold: Duration::from_secs(1),
+            max_concurrent_requests_per_client: 64,
+            rate_limit_hold: Duration::from_millis(500),
             connections: serve::ConnectionLimits {
                 per_client: 256,
                 total: 20_000,
@@ -267,6 +271,9 @@ pub struct Origin {
     pub limiter: RateLimiter,
     /// Permits for requests in progress (`Settings::max_concurrent_requests`).
     pub requests: Arc<tokio::sync::Semaphore>,
+    /// Requests in progress by client address
+    /// (`Settings::max_concurrent_requests_per_client`).
+    pub requests_by_client: Arc<per_client::OpenCounts>,
     /// Open snapshot streams, in total and by client address.
     pub streams: Arc<per_client::OpenCounts>,
     /// The range of values each event type's metrics accept (see `reload_keys`).
@@ -432,6 +439,7 @@ impl AppState {
             requests: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_concurrent_requests,
             )),
+            requests_by_client: Arc::default(),
             streams: Arc::default(),
             value_bounds: RwLock::default(),
             keys: KeyCache::default(),

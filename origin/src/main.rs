@@ -114,15 +114,24 @@ struct ServeArgs {
     /// Requests handled at once; more get 503 (`/health` and `/metrics` are exempt).
     #[arg(long, env = "ABX_MAX_CONCURRENT_REQUESTS", default_value_t = 2_048)]
     max_concurrent_requests: usize,
+    /// Requests handled at once per client address (as rate limits tell addresses); more
+    /// get 429.
+    #[arg(
+        long,
+        env = "ABX_MAX_CONCURRENT_REQUESTS_PER_CLIENT",
+        default_value_t = 64
+    )]
+    max_concurrent_requests_per_client: usize,
     /// Milliseconds a rate-limited request waits for its 429 (at most its `Retry-After`),
     /// holding no request permit: a client flooding over its limit then waits on each of
     /// its connections instead of taking the CPU its neighbours need.
-    #[arg(long, env = "ABX_RATE_LIMIT_HOLD_MS", default_value_t = 1_000)]
+    #[arg(long, env = "ABX_RATE_LIMIT_HOLD_MS", default_value_t = 500)]
     rate_limit_hold_ms: u64,
-    /// Open connections per client address (IPv6: per /64); more are closed at once.
-    /// Behind a proxy every connection is the proxy's: raise it to what the proxy opens.
-    #[arg(long, env = "ABX_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
-    max_connections_per_client: usize,
+    /// Open connections per TCP peer address (IPv6: per /64); more are closed at once.
+    /// Default: 256, or `--max-connections` with `--trusted-proxy-header` (every peer is
+    /// then a proxy).
+    #[arg(long, env = "ABX_MAX_CONNECTIONS_PER_CLIENT")]
+    max_connections_per_client: Option<usize>,
     /// Open client connections in this process; more are closed at once.
     #[arg(long, env = "ABX_MAX_CONNECTIONS", default_value_t = 20_000)]
     max_connections: usize,
@@ -293,9 +302,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|name| !name.is_empty())
         .collect();
     settings.max_concurrent_requests = args.max_concurrent_requests;
+    settings.max_concurrent_requests_per_client = args.max_concurrent_requests_per_client;
     settings.rate_limit_hold = std::time::Duration::from_millis(args.rate_limit_hold_ms);
-    settings.connections.per_client = args.max_connections_per_client;
     settings.connections.total = args.max_connections;
+    settings.connections.per_client = match args.max_connections_per_client {
+        Some(cap) => cap,
+        None if settings.trusted_proxy_header.is_some() => args.max_connections,
+        None => settings.connections.per_client,
+    };
     settings.streams = abx_origin::StreamLimits {
         per_client: args.max_streams_per_client,
         total: args.max_streams,

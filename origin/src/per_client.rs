@@ -15,6 +15,20 @@ pub struct Caps {
     pub total: usize,
 }
 
+impl Caps {
+    /// What one client may hold once three quarters of `total` are taken: a sixteenth of
+    /// its usual share (at least one). Clients holding a few keep being admitted then, while
+    /// those holding many are not, so that a handful of addresses holding their full share
+    /// each cannot leave nothing for everyone else.
+    fn per_client_under_pressure(self) -> usize {
+        (self.per_client / 16).max(1)
+    }
+
+    fn under_pressure(self, open: usize) -> bool {
+        open >= self.total - self.total / 4
+    }
+}
+
 /// Why a new one was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -47,7 +61,13 @@ impl OpenCounts {
         if *total >= caps.total {
             return Err(Refused::Total);
         }
-        if by_client.get(&client).copied().unwrap_or(0) >= caps.per_client {
+        let mine = by_client.get(&client).copied().unwrap_or(0);
+        let share = if caps.under_pressure(*total) {
+            caps.per_client_under_pressure().min(caps.per_client)
+        } else {
+            caps.per_client
+        };
+        if mine >= share {
             return Err(Refused::Client);
         }
         *by_client.entry(client).or_default() += 1;
@@ -109,5 +129,28 @@ mod tests {
         assert_eq!(counts.admit(None, caps).err(), Some(Refused::Total));
         let open = counts.open.lock().expect("lock");
         assert_eq!(open.1.len(), 2, "{:?}", open.1);
+    }
+
+    /// Past three quarters of the total, a client holding many is refused while one
+    /// holding few is still admitted.
+    #[test]
+    fn under_pressure_clients_holding_many_are_refused_first() {
+        let counts = Arc::new(OpenCounts::default());
+        let caps = Caps {
+            per_client: 32,
+            total: 40,
+        };
+        let heavy: IpAddr = "192.0.2.1".parse().expect("address");
+        let light: IpAddr = "192.0.2.2".parse().expect("address");
+        let mut slots: Vec<_> = (0..30)
+            .map(|_| counts.admit(Some(heavy), caps).expect("under the share"))
+            .collect();
+        assert_eq!(counts.admit(Some(heavy), caps).err(), Some(Refused::Client));
+        // 30 of 40 open: a client with one gets a second, the heavy one nothing more.
+        slots.push(counts.admit(Some(light), caps).expect("a light client"));
+        slots.push(counts.admit(Some(light), caps).expect("still light"));
+        assert_eq!(counts.admit(Some(light), caps).err(), Some(Refused::Client));
+        let newcomer: IpAddr = "192.0.2.3".parse().expect("address");
+        assert!(counts.admit(Some(newcomer), caps).is_ok());
     }
 }

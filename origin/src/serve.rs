@@ -2,13 +2,18 @@
 //! a process open to the internet needs and `axum::serve` does not set (it starts no timer,
 //! so hyper's header timeout never runs, and it takes every connection offered):
 //!
-//! - connections per client address and in total are capped ([`ConnectionLimits`]): a
-//!   connection past a cap is closed at once, so one client cannot hold every socket;
+//! - connections per client address and in total are capped ([`ConnectionLimits`]; the total
+//!   also by the open-files limit): a connection past a cap is closed at once, so one client
+//!   cannot hold every socket, and once three quarters of them are open, clients already
+//!   holding many are refused first (`per_client::Caps`);
 //! - a client must send a request's headers within `header_read_timeout` of the
 //!   connection's opening or of its previous response, so connections trickling headers
 //!   (slowloris) or idling for ever are closed;
 //! - a request's body must arrive within `body_deadline` in total (not between bytes), so a
-//!   trickled body cannot hold one of the process's request permits for long.
+//!   trickled body cannot hold a request permit for long (and one client holds at most
+//!   `Settings::max_concurrent_requests_per_client` of them);
+//! - a connection buffers at most [`READ_BUFFER`] while reading, so trickled headers cost
+//!   little memory.
 //!
 //! A client's address reaches handlers as `ConnectInfo<SocketAddr>`, as with axum's server.
 
@@ -40,6 +45,11 @@ pub struct ConnectionLimits {
     pub body_deadline: Duration,
 }
 
+/// The most a connection buffers while reading (hyper's default is ~400 KiB): a request's
+/// headers must fit, and a client trickling them cannot make each of its connections hold
+/// more.
+const READ_BUFFER: usize = 32 * 1024;
+
 /// How long open connections get to finish their requests once shutdown is asked for;
 /// snapshot streams would otherwise keep the process alive until their lifetime ends.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -54,8 +64,15 @@ pub async fn serve(
     let limits = state.settings.connections;
     let caps = Caps {
         per_client: limits.per_client,
-        total: limits.total,
+        total: limits.total.min(connections_the_process_can_open()),
     };
+    if caps.total < limits.total {
+        tracing::warn!(
+            configured = limits.total,
+            effective = caps.total,
+            "the open-files limit allows fewer client connections than configured"
+        );
+    }
     let router = crate::app(state);
     let open = Arc::new(OpenCounts::default());
     // Every connection holds a receiver: the sender tells them to finish, and its `closed`
@@ -108,6 +125,7 @@ pub async fn serve(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(READ_BUFFER)
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(connection);
             tokio::select! {
@@ -126,17 +144,49 @@ pub async fn serve(
     Ok(())
 }
 
-/// A request body that fails once its deadline passes, however steadily bytes arrive.
+/// File descriptors kept for everything but client connections: database connections,
+/// the event log's files, the broker and warehouse clients, logs.
+const RESERVED_FILES: u64 = 512;
+
+/// How many client connections the open-files limit leaves room for, after raising the
+/// soft limit to the hard one (as servers commonly do): past it, `accept` would fail for
+/// everyone instead of the connection caps refusing the clients that hold the most.
+fn connections_the_process_can_open() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    limit.current.map_or(usize::MAX, |files| {
+        usize::try_from(files.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX)
+    })
+}
+
+/// A request body that fails once its deadline passes, however steadily bytes arrive. The
+/// deadline counts from the request's arrival and is only looked at while the body keeps
+/// the reader waiting, so a body that has arrived is never refused for a slow reader.
 struct BodyDeadline {
     body: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    /// Made on the first wait, so that bodiless requests cost no timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The body ended (or failed): nothing more is read.
+    done: bool,
 }
 
 impl BodyDeadline {
     fn new(body: Incoming, within: Duration) -> Self {
         BodyDeadline {
             body,
-            deadline: Box::pin(tokio::time::sleep(within)),
+            deadline: tokio::time::Instant::now() + within,
+            timer: None,
+            done: false,
         }
     }
 }
@@ -149,21 +199,37 @@ impl hyper::body::Body for BodyDeadline {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        if self.body.is_end_stream() {
+        if self.done {
             return Poll::Ready(None);
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(axum::Error::new(
-                "the request body did not arrive in time",
-            ))));
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(error))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(axum::Error::new(error))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = self.deadline;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.done = true;
+                Poll::Ready(Some(Err(axum::Error::new(
+                    "the request body did not arrive in time",
+                ))))
+            }
         }
-        Pin::new(&mut self.body)
-            .poll_frame(cx)
-            .map_err(axum::Error::new)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.done || self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

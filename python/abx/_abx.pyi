@@ -1,6 +1,6 @@
 # Types of the native module (python/src/lib.rs). Use the `abx` package, which re-exports
 # `Context`, `Assignment` and `FlagDetail`.
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional, TypeVar
 
 _T = TypeVar("_T")
@@ -68,6 +68,32 @@ class Flags(_LazyMapping):
     def values(self) -> list[FlagDetail]: ...
     def items(self) -> list[tuple[str, FlagDetail]]: ...
     def get(self, key: str, default: _T = ...) -> FlagDetail | _T: ...
+
+class ClientCore:
+    """The per-request calls of ``abx.Client``, in Rust (python/src/client.rs); the client
+    subclasses it and supplies ``_not_loaded`` and ``_record_exposure``."""
+
+    _engine: Optional[Engine]
+    _logs_exposures: bool
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def assign(
+        self, experiment_key: str, context: Optional[Mapping[str, Any] | Context] = None, *, now_ms: Optional[int] = None
+    ) -> Assignment:
+        """One experiment for ``context``: ``Assignment(variant, config, reason)``. Logs the
+        exposure the first time this process assigns this unit a variant of it."""
+    def flag_detail(
+        self,
+        key: str,
+        context: Optional[Mapping[str, Any] | Context] = None,
+        default: Any = None,
+        *,
+        now_ms: Optional[int] = None,
+    ) -> FlagDetail:
+        """A flag's ``FlagDetail(value, reason, variant)``; ``variant`` is that of the
+        experiment that supplied the value, when one did, and its exposure is logged when it
+        assigned this unit."""
+    def _first_exposure(self, experiment_id: str, unit_attribute: str, unit: str) -> bool: ...
+    def _forget_exposures(self) -> None: ...
 
 class Engine:
     def __init__(self, snapshot: bytes, public_keys: Optional[list[bytes]] = None) -> None: ...

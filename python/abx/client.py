@@ -41,10 +41,9 @@ PublicKey = Union[str, bytes]
 # many evaluations of one request).
 Context = Union[Mapping[str, Any], _abx.Context, None]
 
+# The reasons of answers that no snapshot gave (the extension answers with the same).
 NOT_LOADED = "not_loaded"
 UNKNOWN = "unknown_key"
-# Bounds the exposure memory of a long-lived process.
-MAX_REMEMBERED_EXPOSURES = 100_000
 # The origin's change stream sends a comment every 15 s; a read this long without one means
 # the connection is dead.
 STREAM_READ_TIMEOUT = 45.0
@@ -109,7 +108,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Client:
+class Client(_abx.ClientCore):
     """abx for one origin.
 
     ``Client(base_url, sdk_key, public_key=...)`` starts from the snapshot cached on disk (if
@@ -148,7 +147,7 @@ class Client:
         self._stream = stream
         self._refresh_interval = refresh_interval
         self._cache_path = (Path(cache_path) if cache_path else _default_cache_path(self._base_url)) if cache else None
-        self._engine: Optional[_abx.Engine] = None
+        self._engine = None
         self._etag: Optional[str] = None
         self._listeners: list[Callable[[int], None]] = []
         self._warned_not_loaded = False
@@ -158,6 +157,7 @@ class Client:
             self._queue = EventQueue(
                 transport, max_queue=max_queue, batch_size=batch_size, flush_interval=flush_interval, on_error=self._error
             )
+        self._logs_exposures = self._queue is not None
         self._reset_process_state()
         _live_clients.add(self)
         if not base_url:
@@ -187,7 +187,7 @@ class Client:
 
     def _reset_process_state(self) -> None:
         self._lock = threading.Lock()
-        self._exposed: set[tuple[str, str, str]] = set()
+        self._forget_exposures()
         self._first_load = threading.Event()
         self._stop = threading.Event()
         self._follower: Optional[threading.Thread] = None
@@ -382,49 +382,13 @@ class Client:
             self._warned_not_loaded = True
             self._error(AbxError(NOT_LOADED, "no snapshot is loaded: serving defaults until one loads"))
 
-    def assign(self, experiment_key: str, context: Context = None, *, now_ms: Optional[int] = None) -> Assignment:
-        """One experiment for ``context``: ``Assignment(variant, config, reason)``. Logs the
-        exposure the first time this process assigns this unit a variant of it."""
-        engine = self._engine
-        if engine is None:
-            self._not_loaded()
-            return Assignment(None, None, NOT_LOADED)
-        # Inlined `_attributes`: this is the hottest path of the package.
-        if context is not None and context.__class__ is not dict and context.__class__ is not _abx.Context:
-            context = dict(context)  # type: ignore[arg-type]
-        assignment = engine.assign(experiment_key, context, _now_ms() if now_ms is None else now_ms)
-        if assignment is None:
-            return Assignment(None, None, UNKNOWN)
-        if self._queue is not None:
-            exposure = assignment._exposure
-            if exposure is not None:
-                self._expose(exposure, assignment.variant, now_ms)
-        return assignment
+    # `assign(experiment_key, context=None, *, now_ms=None)` and `flag_detail(key,
+    # context=None, default=None, *, now_ms=None)` are `_abx.ClientCore`'s: the calls of every
+    # request, made in Rust (python/src/client.rs), with the exposure memory there too.
 
     def flag(self, key: str, context: Context = None, default: Any = None, *, now_ms: Optional[int] = None) -> Any:
         """A flag's value, or ``default`` when it cannot be evaluated."""
         return self.flag_detail(key, context, default, now_ms=now_ms).value
-
-    def flag_detail(
-        self, key: str, context: Context = None, default: Any = None, *, now_ms: Optional[int] = None
-    ) -> FlagDetail:
-        """A flag's ``FlagDetail(value, reason, variant)``; ``variant`` is that of the
-        experiment that supplied the value, when one did, and its exposure is logged when it
-        assigned this unit."""
-        engine = self._engine
-        if engine is None:
-            self._not_loaded()
-            return FlagDetail(default, NOT_LOADED)
-        if context is not None and context.__class__ is not dict and context.__class__ is not _abx.Context:
-            context = dict(context)  # type: ignore[arg-type]
-        detail = engine.flag(key, context, _now_ms() if now_ms is None else now_ms)
-        if detail is None:
-            return FlagDetail(default, UNKNOWN)
-        if self._queue is not None:
-            exposure = detail._exposure
-            if exposure is not None:
-                self._expose(exposure, detail.variant, now_ms)
-        return detail
 
     def evaluate(
         self, context: Context = None, *, now_ms: Optional[int] = None, log_exposures: bool = False
@@ -446,14 +410,11 @@ class Client:
     # ------------------------------------------------------------------ events
 
     def _expose(self, exposure: tuple[str, str, str], variant: Optional[str], now_ms: Optional[int]) -> None:
-        if self._queue is None:
-            return
-        with self._lock:
-            if exposure in self._exposed:
-                return
-            if len(self._exposed) >= MAX_REMEMBERED_EXPOSURES:
-                self._exposed.clear()
-            self._exposed.add(exposure)
+        if self._queue is not None and self._first_exposure(*exposure):
+            self._record_exposure(exposure, variant, now_ms)
+
+    def _record_exposure(self, exposure: tuple[str, str, str], variant: Optional[str], now_ms: Optional[int]) -> None:
+        """Queues an exposure this process has not logged before (`ClientCore` calls it)."""
         experiment_id, unit_attribute, unit = exposure
         self._record(
             {

@@ -6,8 +6,12 @@ snapshots/golden/realistic_1000.abxs (1,000 experiments, 200 flags) translated t
 - Unleash: the toggles of core/benches/assign.rs's translation (`unleash_toggles` below),
   bootstrapped into UnleashClient (which evaluates with Unleash's Rust engine, yggdrasil).
 - Eppo: `eppo_flags` below, given to eppo-server-sdk (a Rust core too) as its initial
-  configuration, with polling off. statsig-python-core is left out: it starts from its own
-  server's config-spec format, for which no translation is written yet.
+  configuration, with polling off.
+- Statsig: `statsig_specs` below, the config-spec format its servers send, given to
+  statsig-python-core (a Rust core too) through a data store, with the network off.
+
+Holdouts are left out of every translation (only abx evaluates the snapshot's holdout), and
+peers' exposure logging is off (Eppo `doLog: false`, Statsig `disable_exposure_logging`).
 
 Figures are the median of 7 rounds of about 0.3 s each, in µs per call; the native figures
 are abx-core timed inside the extension (`Engine.time_native`) in the same process, and the
@@ -36,6 +40,15 @@ import abx
 import eppo_client
 from eppo_client import AssignmentLogger, ClientConfig, Configuration
 from growthbook import GrowthBook
+from statsig_python_core import (
+    DynamicConfigEvaluationOptions,
+    ExperimentEvaluationOptions,
+    FeatureGateEvaluationOptions,
+    Statsig,
+    StatsigOptions,
+    StatsigUser,
+)
+from statsig_python_core.data_store import DataStore, DataStoreResponse
 from UnleashClient import UnleashClient as Unleash
 from UnleashClient.cache import FileCache
 
@@ -43,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "snapshots" / "golden"
 NOW_MS = 1_760_000_000_000
 # The user of core/benches/assign.rs and wasm/js/bench/bench.js.
-PEERS = [("GrowthBook", "gb"), ("Unleash", "unleash"), ("Eppo", "eppo")]
+PEERS = [("GrowthBook", "gb"), ("Unleash", "unleash"), ("Eppo", "eppo"), ("Statsig", "statsig")]
 USER = {
     "user_id": "8f14e45f-ceea-467f-a0e6-0a1b2c3d4e5f",
     "country": "US",
@@ -260,6 +273,120 @@ def eppo_flags(s: dict[str, Any]) -> dict[str, Any]:
     return {"createdAt": "2026-12-04T00:00:00Z", "format": "SERVER", "environment": {"name": "bench"}, "flags": flags}
 
 
+def statsig_targeting(s: dict[str, Any], node: int) -> list[dict[str, Any]]:
+    tests = []
+    for name, op, value in attribute_tests(s, node):
+        if op == "in":
+            operator, target = "any_case_sensitive", value
+        elif op == "eq" and isinstance(value, str):
+            operator, target = "any_case_sensitive", [value]
+        elif op == "semver_gte":
+            operator, target = "version_gte", value
+        elif op == "gte":
+            operator, target = "gte", value
+        else:
+            raise ValueError(f"no Statsig equivalent needed for {op}")
+        tests.append({"type": "user_field", "field": name, "operator": operator, "targetValue": target})
+    return tests
+
+
+def statsig_specs(s: dict[str, Any]) -> dict[str, Any]:
+    """The same translation in Statsig's config-spec format (download_config_specs v2, as its
+    servers send it and statsig-python-core reads it from a data store), shaped the way
+    Statsig compiles an experiment: a rule that returns the default to units outside the
+    traffic share (a bucket test with the experiment's traffic salt) or outside their
+    layer's slots (the layer's key as salt, the slots as a bucket list), a rule failing a
+    targeting gate, then one rule per variant testing the variant bucket; each flag a gate
+    (boolean values) or a dynamic config with one rule per abx rule, its rollout as pass
+    percentage. Statsig buckets are per mille, so abx's basis points are divided by ten."""
+    # Specs name their conditions by id in a shared map, as Statsig's servers send them; a
+    # condition used twice is one entry.
+    conditions: dict[str, dict[str, Any]] = {}
+    ids: dict[str, str] = {}
+
+    def condition(**fields: Any) -> str:
+        spec = {"targetValue": None, "operator": None, "field": None, "additionalValues": {}, "idType": "userID"}
+        spec.update(fields)
+        text = json.dumps(spec, sort_keys=True)
+        if text not in ids:
+            ids[text] = f"c{len(ids)}"
+            conditions[ids[text]] = spec
+        return ids[text]
+
+    def rule(name: str, conditions: list[str], value: Any, pass_percentage: float = 100, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name, "id": name, "salt": name, "groupName": name, "passPercentage": pass_percentage,
+            "conditions": conditions, "returnValue": value, "idType": "userID", **extra,
+        }
+
+    def gate(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"type": "feature_gate", "salt": name, "enabled": True, "defaultValue": False, "rules": rules,
+                "idType": "userID", "entity": "feature_gate"}
+
+    gates: dict[str, Any] = {}
+    configs: dict[str, Any] = {}
+    for e in s["experiments"]:
+        key, allocation = e["key"], e["allocation"]
+        if "traffic" in allocation:
+            outside = condition(type="user_bucket", operator="gte", targetValue=allocation["traffic"]["bp"] // 10,
+                                additionalValues={"salt": f"{key}-traffic"})
+        else:
+            slots = [b for r in allocation["layer"]["ranges"] for b in range(r["start"] // 10, r["end"] // 10)]
+            layer = s["layers"][allocation["layer"]["layer"]]["key"]
+            outside = condition(type="user_bucket", operator="none", targetValue=slots, additionalValues={"salt": layer})
+        rules = [rule(f"{key}-allocation", [outside], {})]
+        if e["targeting"] is not None:
+            targeting = f"{key}-targeting"
+            gates[targeting] = gate(targeting, [rule(f"{targeting}-rule", [condition(**t) for t in statsig_targeting(s, e["targeting"])], True)])
+            rules.append(rule(f"{key}-targeting-gate", [condition(type="fail_gate", targetValue=targeting)], {}))
+        for v in e["variants"]:
+            bucket = condition(type="user_bucket", operator="lt", targetValue=v["threshold"] // 10,
+                               additionalValues={"salt": f"{key}-split"})
+            rules.append(rule(f"{key}-{s['strings'][v['key']]}", [bucket], json.loads(v["config"]), isExperimentGroup=True))
+        configs[key] = {"type": "dynamic_config", "salt": key, "enabled": True, "defaultValue": {}, "rules": rules,
+                        "idType": "userID", "entity": "experiment", "isActive": True, "hasSharedParams": False}
+    everyone = condition(type="public")
+    for f in s["flags"]:
+        default = json.loads(f["default_value"])
+        boolean = isinstance(default, bool) and all(isinstance(json.loads(r["value"]["json"]), bool) for r in f["rules"])
+        rules = []
+        for i, r in enumerate(f["rules"]):
+            tests = [everyone] if r["condition"] is None else [condition(**t) for t in statsig_targeting(s, r["condition"])]
+            value = json.loads(r["value"]["json"])
+            rules.append(rule(f"{f['key']}-{i}", tests, value if boolean else {"value": value}, r["rollout_bp"] / 100))
+        if boolean:
+            gates[f["key"]] = {**gate(f["key"], rules), "enabled": f["enabled"]}
+        else:
+            configs[f["key"]] = {"type": "dynamic_config", "salt": f["key"], "enabled": f["enabled"],
+                                 "defaultValue": {"value": default}, "rules": rules, "idType": "userID",
+                                 "entity": "dynamic_config"}
+    return {"dynamic_configs": configs, "feature_gates": gates, "layer_configs": {}, "experiment_to_layer": {},
+            "condition_map": conditions, "has_updates": True, "time": 1_764_806_400_000}
+
+
+class StaticSpecs(DataStore):
+    """A data store holding one config-spec response: how statsig-python-core starts
+    without its servers (with `disable_network`)."""
+
+    def __init__(self, specs: str) -> None:
+        super().__init__()
+        self.specs = specs
+
+    def get(self, key: str) -> DataStoreResponse | None:
+        return DataStoreResponse(result=self.specs, time=1) if "config_specs" in key else None
+
+
+def start_statsig(specs: dict[str, Any]) -> Statsig:
+    options = StatsigOptions(
+        disable_network=True, disable_all_logging=True, data_store=StaticSpecs(json.dumps(specs)), output_log_level="error"
+    )
+    statsig = Statsig("secret-abx-bench", options)
+    statsig.initialize().wait()
+    if not statsig.get_experiment_list():
+        raise RuntimeError("statsig-python-core did not take the translated specs")
+    return statsig
+
+
 def main() -> None:
     data = (GOLDEN / "realistic_1000.abxs").read_bytes()
     twin = json.loads((GOLDEN / "realistic_1000.json").read_text())
@@ -323,7 +450,29 @@ def main() -> None:
                 else:
                     eppo.get_json_assignment(k, subject, subject_attributes, default)
 
+        statsig = start_statsig(statsig_specs(twin))
+        statsig_user = StatsigUser(user_id=USER["user_id"], custom={k: v for k, v in USER.items() if k != "user_id"})
+        no_exposure = ExperimentEvaluationOptions(disable_exposure_logging=True)
+        gate_options = FeatureGateEvaluationOptions(disable_exposure_logging=True)
+        config_options = DynamicConfigEvaluationOptions(disable_exposure_logging=True)
+        statsig_gates = set(statsig.get_feature_gate_list())
+        variant_rules = {f"{e['key']}-{twin['strings'][v['key']]}" for e in twin["experiments"] for v in e["variants"]}
+        statsig_assigned = sum(
+            1 for k in experiment_keys if statsig.get_experiment(statsig_user, k, no_exposure).rule_id in variant_rules
+        )
+
+        def statsig_everything() -> None:
+            for k in experiment_keys:
+                statsig.get_experiment(statsig_user, k, no_exposure)
+            for k in flag_keys:
+                if k in statsig_gates:
+                    statsig.check_gate(statsig_user, k, gate_options)
+                else:
+                    statsig.get_dynamic_config(statsig_user, k, config_options)
+
         figures = {
+            "statsig_one": measure(lambda: statsig.get_experiment(statsig_user, one_key, no_exposure)),
+            "statsig_all": measure(statsig_everything),
             "eppo_one": measure(lambda: eppo.get_json_assignment(one_key, subject, subject_attributes, {})),
             "eppo_all": measure(eppo_everything),
             "call": measure(lambda: engine.assign("no such experiment", None, NOW_MS)),
@@ -345,15 +494,17 @@ def main() -> None:
             "unleash_all": measure(lambda: [unleash.get_variant(k, unleash_context) for k in toggle_names]),
         }
         unleash.destroy()
+        statsig.shutdown().wait()
 
     import platform
     import sys
 
     print(
         f"python {platform.python_version()} ({sys.implementation.name}); abx (abx-core through PyO3), "
-        f"growthbook, UnleashClient and eppo-server-sdk as pinned in python/requirements-dev.txt; "
+        f"growthbook, UnleashClient, eppo-server-sdk and statsig-python-core as pinned in python/requirements-dev.txt; "
         f"{len(experiment_keys)} experiments, {len(twin['flags'])} flags; "
-        f"assigned: abx {abx_assigned}, GrowthBook {gb_assigned}, Unleash {unleash_assigned}, Eppo {eppo_assigned}"
+        f"assigned: abx {abx_assigned}, GrowthBook {gb_assigned}, Unleash {unleash_assigned}, Eppo {eppo_assigned}, "
+        f"Statsig {statsig_assigned}"
     )
 
     def line(label: str, key: str) -> None:
@@ -370,6 +521,7 @@ def main() -> None:
     line("GrowthBook eval_feature", "gb_one")
     line("UnleashClient get_variant", "unleash_one")
     line("eppo-server-sdk get_json_assignment", "eppo_one")
+    line("statsig-python-core get_experiment", "statsig_one")
     print(f"all {len(experiment_keys)} experiments (and flags) for one user:")
     line("native abx-core (Evaluator::evaluate, in-process)", "native_all")
     line("abx Engine.evaluate (the extension alone)", "engine_all")
@@ -380,6 +532,7 @@ def main() -> None:
     line(f"GrowthBook eval_feature x{len(feature_keys)}", "gb_all")
     line(f"UnleashClient get_variant x{len(toggle_names)}", "unleash_all")
     line(f"eppo-server-sdk typed assignments x{len(experiment_keys) + len(twin['flags'])}", "eppo_all")
+    line(f"statsig-python-core get_experiment and check_gate x{len(experiment_keys) + len(twin['flags'])}", "statsig_all")
     goal = 2 * figures["native_one"] + figures["call"]
     print(
         f"goal: one assignment within 2x native + the call cost = {goal:.2f} µs: "

@@ -10,6 +10,7 @@
 //! result names (experiment ids, variant keys, configs, reasons) are Python objects made once
 //! per snapshot, and evaluating everything builds result objects only for the keys read.
 
+mod client;
 mod context;
 mod results;
 
@@ -207,6 +208,52 @@ impl Engine {
             exposure,
         }
     }
+
+    /// `Engine.assign`, for `ClientCore` too.
+    fn assignment_of(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        attributes: Option<&Bound<'_, PyAny>>,
+        now_ms: i64,
+    ) -> PyResult<Option<PyAssignment>> {
+        let Some(index) = self.evaluator.experiment_index(key) else {
+            return Ok(None);
+        };
+        let read = self.experiment_reads.get(index as usize);
+        let context = self.context(attributes, read.map(Vec::as_slice))?;
+        let assignment = self.evaluator.experiment_at(index, &context, now_ms);
+        Ok(assignment.map(|a| self.assignment(py, index, answer(&a), &context)))
+    }
+
+    /// `Engine.flag`, for `ClientCore` too.
+    fn flag_of(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        attributes: Option<&Bound<'_, PyAny>>,
+        now_ms: i64,
+    ) -> PyResult<Option<PyFlagDetail>> {
+        let Some(index) = self.evaluator.flag_index(key) else {
+            return Ok(None);
+        };
+        let read = self.flag_reads.get(index as usize);
+        let context = self.context(attributes, read.map(Vec::as_slice))?;
+        let Some(result) = self.evaluator.flag(key, &context, now_ms) else {
+            return Ok(None);
+        };
+        let experiment = result.experiment.and_then(|e| {
+            let a = self.evaluator.experiment_at(e, &context, now_ms)?;
+            Some((e, a.variant_index?, answer(&a)))
+        });
+        let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, &context));
+        let flag = FlagAnswer {
+            value: result.value.into(),
+            reason: result.reason,
+            variant: experiment.map(|(e, v, _)| (e, v)),
+        };
+        Ok(Some(self.flag_detail(py, &flag, exposure)))
+    }
 }
 
 fn answer(assignment: &abx_core::Assignment<'_>) -> Answer {
@@ -289,13 +336,7 @@ impl Engine {
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
     ) -> PyResult<Option<PyAssignment>> {
-        let Some(index) = self.evaluator.experiment_index(key) else {
-            return Ok(None);
-        };
-        let read = self.experiment_reads.get(index as usize);
-        let context = self.context(attributes, read.map(Vec::as_slice))?;
-        let assignment = self.evaluator.experiment_at(index, &context, now_ms);
-        Ok(assignment.map(|a| self.assignment(py, index, answer(&a), &context)))
+        self.assignment_of(py, key, attributes, now_ms)
     }
 
     /// One flag's `FlagDetail`, or `None` for an unknown key. Its `_exposure` is set when
@@ -308,25 +349,7 @@ impl Engine {
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
     ) -> PyResult<Option<PyFlagDetail>> {
-        let Some(index) = self.evaluator.flag_index(key) else {
-            return Ok(None);
-        };
-        let read = self.flag_reads.get(index as usize);
-        let context = self.context(attributes, read.map(Vec::as_slice))?;
-        let Some(result) = self.evaluator.flag(key, &context, now_ms) else {
-            return Ok(None);
-        };
-        let experiment = result.experiment.and_then(|e| {
-            let a = self.evaluator.experiment_at(e, &context, now_ms)?;
-            Some((e, a.variant_index?, answer(&a)))
-        });
-        let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, &context));
-        let flag = FlagAnswer {
-            value: result.value.into(),
-            reason: result.reason,
-            variant: experiment.map(|(e, v, _)| (e, v)),
-        };
-        Ok(Some(self.flag_detail(py, &flag, exposure)))
+        self.flag_of(py, key, attributes, now_ms)
     }
 
     /// Every experiment and flag: `(experiments, flags)`, read-only mappings from key to
@@ -396,6 +419,7 @@ impl Engine {
 #[pymodule]
 fn _abx(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Engine>()?;
+    module.add_class::<client::ClientCore>()?;
     module.add_class::<PreparedContext>()?;
     module.add_class::<PyAssignment>()?;
     module.add_class::<PyFlagDetail>()?;

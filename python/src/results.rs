@@ -50,6 +50,11 @@ pub(crate) struct PyAssignment {
 }
 
 impl PyAssignment {
+    /// No variant, for `reason` (nothing loaded, an unknown key).
+    pub(crate) fn empty(reason: Py<PyString>) -> Self {
+        PyAssignment::new(None, None, reason, None)
+    }
+
     fn key(&self, py: Python<'_>) -> (Option<String>, String, Option<String>) {
         (
             self.variant.as_ref().map(|s| text(py, s)),
@@ -124,6 +129,13 @@ pub(crate) struct PyFlagDetail {
     #[pyo3(get)]
     pub(crate) variant: Option<Py<PyString>>,
     pub(crate) exposure: Option<Exposure>,
+}
+
+impl PyFlagDetail {
+    /// A detail holding `value` itself, for `reason` (the caller's default).
+    pub(crate) fn holding(py: Python<'_>, value: Py<PyAny>, reason: Py<PyString>) -> Self {
+        PyFlagDetail::new(py, value, reason, None)
+    }
 }
 
 #[pymethods]

@@ -350,15 +350,32 @@ pub fn app(state: AppState) -> Router {
             limit_concurrency,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), hold_refusals))
         .with_state(state)
 }
 
+/// Answers a rate-limited request's 429 only after `Settings::rate_limit_hold` (at most its
+/// `Retry-After`). Answered at once, a client sending as fast as it gets answers makes the
+/// process spend a core on refusals while its neighbours queue behind them; held, each of
+/// its connections waits. The outermost layer: the request's permits are given back and
+/// its latency recorded before the hold, so a held refusal costs a timer and nothing else.
+async fn hold_refusals(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    if let Some(limited) = response.extensions().get::<crate::error::RateLimited>() {
+        tokio::time::sleep(state.settings.rate_limit_hold.min(limited.retry_after)).await;
+    }
+    response
+}
+
 /// Refuses requests beyond `Settings::max_concurrent_requests` at once with 503, instead of
-/// queueing them until every request is slow: a flood then costs its senders, not everyone.
-/// Health and metrics stay answerable, so an overloaded process is not also declared dead.
-/// A rate-limited client's 429 is held for `Settings::rate_limit_hold` outside the permits:
-/// answered at once, a client sending as fast as it gets answers would make the process
-/// spend a core on refusals, and its neighbours would queue behind them.
+/// queueing them until every request is slow: a flood then costs its senders, not everyone;
+/// and a client's requests beyond `Settings::max_concurrent_requests_per_client` with 429,
+/// so that a few clients (sending bodies slowly, say) cannot hold every permit. Health and
+/// metrics stay answerable, so an overloaded process is not also declared dead.
 async fn limit_concurrency(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
@@ -370,18 +387,21 @@ async fn limit_concurrency(
     ) {
         return next.run(request).await;
     }
+    let client = crate::auth::client_address(
+        request.headers(),
+        request.extensions(),
+        state.settings.trusted_proxy_header.as_deref(),
+    );
+    // The process-wide cap is the semaphore's, which tests and `/metrics` read.
+    let share = crate::per_client::Caps {
+        per_client: state.settings.max_concurrent_requests_per_client,
+        total: usize::MAX,
+    };
+    let Ok(_mine) = state.requests_by_client.admit(client, share) else {
+        return ApiError::RateLimited { retry_after_s: 1 }.into_response();
+    };
     match state.requests.clone().try_acquire_owned() {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            // Held after the permit is given back: a held refusal costs a timer, not a
-            // share of the process.
-            if let Some(limited) = response.extensions().get::<crate::error::RateLimited>() {
-                let hold = state.settings.rate_limit_hold.min(limited.retry_after);
-                tokio::time::sleep(hold).await;
-            }
-            response
-        }
+        Ok(_permit) => next.run(request).await,
         Err(_) => ApiError::Unavailable {
             message: "the origin is at its limit of concurrent requests; retry shortly".into(),
             retry_after_s: 1,

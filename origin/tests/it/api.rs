@@ -996,14 +996,15 @@ async fn idempotency(o: &TestOrigin) {
             body: "{}".into(),
         };
         let mut outcomes = Vec::new();
-        for key in ["k1", "k2", "k3", "k1"] {
+        // A key stored already is not stored again (under the cap), nor one past the cap.
+        for key in ["k1", "k1", "k2", "k3"] {
             outcomes.push(
                 abx_origin_store::store_idempotent_response(&mut conn, "capped", key, &response, 2)
                     .await
                     .expect("store"),
             );
         }
-        assert_eq!(outcomes, [true, true, false, false]);
+        assert_eq!(outcomes, [true, false, true, false]);
         let capped = abx_origin_store::count_idempotent_responses(&mut conn, Some("capped"))
             .await
             .expect("count");
@@ -1143,7 +1144,9 @@ async fn rate_limits_answer_429_with_retry_after() {
         s.admin_rate = abx_origin::auth::Limit {
             per_second: 1.0,
             burst: 3.0,
-        }
+        };
+        // Refusals held for the default 500 ms would let the bucket refill meanwhile.
+        s.rate_limit_hold = std::time::Duration::from_millis(10);
     })
     .await
     else {
@@ -1730,6 +1733,7 @@ on_both_backends!(
             burst: 10.0,
         };
         s.trusted_proxy_header = Some("x-forwarded-for".into());
+        s.rate_limit_hold = std::time::Duration::from_millis(10);
     }
 );
 

@@ -1,0 +1,213 @@
+//! The per-request calls of `abx.Client` (`assign`, `flag_detail`), in Rust. As Python
+//! methods around `Engine` they cost a fifth more than the evaluation they wrap (a Python
+//! frame, attribute loads, the clock read in Python), which is most of what separates a
+//! call from native speed (docs/benchmarks.md, "abx for Python"). `abx.Client` subclasses
+//! `ClientCore`: following the origin, the cache on disk and the event queue stay in Python.
+//!
+//! The engine and the exposure memory sit behind mutexes only so that the class can be
+//! shared between threads (`frozen`); every access holds the GIL and never calls Python
+//! while it holds a lock, so a fork (which happens with the GIL held) never finds one taken.
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use crate::Engine;
+use crate::context::PreparedContext;
+use crate::results::{Exposure, PyAssignment, PyFlagDetail};
+
+/// Exposures a process remembers having logged; when full it forgets them all (and logs
+/// each again once), which bounds a long-lived process's memory.
+const MAX_REMEMBERED_EXPOSURES: usize = 100_000;
+
+const NOT_LOADED: &str = "not_loaded";
+const UNKNOWN: &str = "unknown_key";
+
+#[pyclass(subclass, frozen, module = "abx._abx")]
+pub(crate) struct ClientCore {
+    engine: Mutex<Option<Py<Engine>>>,
+    /// Hashes of the `(experiment_id, unit_attribute, unit)` exposures logged so far.
+    exposures: Mutex<HashSet<u64>>,
+    /// Keyed per process, so that no unit id can be chosen to collide with another's.
+    hasher: std::collections::hash_map::RandomState,
+    /// Whether `assign` and `flag_detail` log exposures (the client has an event queue).
+    logs_exposures: AtomicBool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A context as `Engine` takes it: a dict, an `abx.Context`, or `None` as they are; any
+/// other mapping copied into a dict.
+fn attributes<'py>(context: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match context {
+        Some(c)
+            if !c.is_exact_instance_of::<PyDict>()
+                && !c.is_exact_instance_of::<PreparedContext>() =>
+        {
+            Ok(Some(c.py().get_type::<PyDict>().call1((c,))?.into_any()))
+        }
+        other => Ok(other),
+    }
+}
+
+impl ClientCore {
+    fn current_engine(&self, py: Python<'_>) -> Option<Py<Engine>> {
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        engine.as_ref().map(|e| e.clone_ref(py))
+    }
+
+    fn remember(&self, experiment_id: &str, unit_attribute: &str, unit: &str) -> bool {
+        let hash = self.hasher.hash_one((experiment_id, unit_attribute, unit));
+        let mut seen = self.exposures.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&hash) {
+            return false;
+        }
+        if seen.len() >= MAX_REMEMBERED_EXPOSURES {
+            seen.clear();
+        }
+        seen.insert(hash)
+    }
+
+    /// Logs `exposure` through the Python client's `_record_exposure` unless this process
+    /// has logged it already.
+    fn expose(
+        slf: &Bound<'_, Self>,
+        exposure: Option<&Exposure>,
+        variant: Option<&Py<PyString>>,
+        now_ms: i64,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        let Some((id, attribute, unit)) = exposure else {
+            return Ok(());
+        };
+        if !this.logs_exposures.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let py = slf.py();
+        let first = this.remember(
+            id.bind(py).to_str()?,
+            attribute.bind(py).to_str()?,
+            unit.bind(py).to_str()?,
+        );
+        if first {
+            let exposure = (
+                id.clone_ref(py),
+                attribute.clone_ref(py),
+                unit.clone_ref(py),
+            );
+            slf.call_method1("_record_exposure", (exposure, variant, now_ms))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl ClientCore {
+    /// Takes whatever `abx.Client.__init__` takes; that sets the client up.
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        ClientCore {
+            engine: Mutex::new(None),
+            exposures: Mutex::new(HashSet::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
+            logs_exposures: AtomicBool::new(false),
+        }
+    }
+
+    /// The engine of the snapshot in use, or `None` before one loads.
+    #[getter(_engine)]
+    fn engine(&self, py: Python<'_>) -> Option<Py<Engine>> {
+        self.current_engine(py)
+    }
+
+    #[setter(_engine)]
+    fn set_engine(&self, engine: Option<Py<Engine>>) {
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) = engine;
+    }
+
+    #[setter(_logs_exposures)]
+    fn set_logs_exposures(&self, on: bool) {
+        self.logs_exposures.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether this exposure is new to this process (and remembers it).
+    fn _first_exposure(&self, experiment_id: &str, unit_attribute: &str, unit: &str) -> bool {
+        self.remember(experiment_id, unit_attribute, unit)
+    }
+
+    /// Forgets the exposures logged so far (a forked worker logs its own).
+    fn _forget_exposures(&self) {
+        self.exposures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// One experiment for ``context``: ``Assignment(variant, config, reason)``. Logs the
+    /// exposure the first time this process assigns this unit a variant of it.
+    #[pyo3(signature = (experiment_key, context = None, *, now_ms = None))]
+    fn assign(
+        slf: &Bound<'_, Self>,
+        experiment_key: &str,
+        context: Option<Bound<'_, PyAny>>,
+        now_ms: Option<i64>,
+    ) -> PyResult<PyAssignment> {
+        let py = slf.py();
+        let reason = |r: &str| PyString::intern(py, r).unbind();
+        let Some(engine) = slf.get().current_engine(py) else {
+            slf.call_method0("_not_loaded")?;
+            return Ok(PyAssignment::empty(reason(NOT_LOADED)));
+        };
+        let now = now_ms.unwrap_or_else(self::now_ms);
+        let context = attributes(context)?;
+        let assignment = engine
+            .get()
+            .assignment_of(py, experiment_key, context.as_ref(), now)?;
+        let Some(assignment) = assignment else {
+            return Ok(PyAssignment::empty(reason(UNKNOWN)));
+        };
+        Self::expose(
+            slf,
+            assignment.exposure.as_ref(),
+            assignment.variant.as_ref(),
+            now,
+        )?;
+        Ok(assignment)
+    }
+
+    /// A flag's ``FlagDetail(value, reason, variant)``; ``variant`` is that of the
+    /// experiment that supplied the value, when one did, and its exposure is logged when it
+    /// assigned this unit.
+    #[pyo3(signature = (key, context = None, default = None, *, now_ms = None))]
+    fn flag_detail(
+        slf: &Bound<'_, Self>,
+        key: &str,
+        context: Option<Bound<'_, PyAny>>,
+        default: Option<Py<PyAny>>,
+        now_ms: Option<i64>,
+    ) -> PyResult<PyFlagDetail> {
+        let py = slf.py();
+        let default = || default.unwrap_or_else(|| py.None());
+        let reason = |r: &str| PyString::intern(py, r).unbind();
+        let Some(engine) = slf.get().current_engine(py) else {
+            slf.call_method0("_not_loaded")?;
+            return Ok(PyFlagDetail::holding(py, default(), reason(NOT_LOADED)));
+        };
+        let now = now_ms.unwrap_or_else(self::now_ms);
+        let context = attributes(context)?;
+        let Some(detail) = engine.get().flag_of(py, key, context.as_ref(), now)? else {
+            return Ok(PyFlagDetail::holding(py, default(), reason(UNKNOWN)));
+        };
+        Self::expose(slf, detail.exposure.as_ref(), detail.variant.as_ref(), now)?;
+        Ok(detail)
+    }
+}
