@@ -67,7 +67,9 @@ clickhouse() { curl -sfS "$ABX_BENCH_CLICKHOUSE_URL" --data-binary "$1"; }
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 # The generator plants each unit's variant (u mod 2) rather than asking the snapshot, so the
 # exposure check is off: with it, half its exposures would be refused as forged.
+# The load comes from this one address: the per-address caps are lifted like the rate limits.
 ABX_BOOTSTRAP_ADMIN_KEY=$admin ABX_ADMIN_RATE_LIMIT=1000000 ABX_SDK_RATE_LIMIT=10000000 RUST_LOG=${RUST_LOG:-warn} \
+  ABX_MAX_CONCURRENT_REQUESTS_PER_CLIENT=1000000 ABX_MAX_CONNECTIONS_PER_CLIENT=1000000 \
   ABX_VERIFY_EXPOSURES=false "$bin" serve --data-dir "$dir" --listen "127.0.0.1:$port" --guardrail-interval 3600 &
 origin=$!
 # Deletes the run's streams through the JetStream API (core NATS protocol, no client needed).

@@ -345,6 +345,8 @@ export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-
     ABX_BOOTSTRAP_ADMIN_KEY: ADMIN_KEY,
     ABX_SDK_RATE_LIMIT: '1000000',
     ABX_ADMIN_RATE_LIMIT: '100000',
+    // Every simulated user and edge comes from this machine's one address.
+    ABX_MAX_CONCURRENT_REQUESTS_PER_CLIENT: '100000',
     RUST_LOG: process.env.RUST_LOG || 'warn',
     ...extraEnv,
   };

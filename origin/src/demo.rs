@@ -287,6 +287,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The simulated traffic comes from this machine: one address for every simulated user.
     settings.sdk_rate.per_second = 1_000_000.0;
     settings.sdk_rate.burst = 1_000_000.0;
+    settings.max_concurrent_requests_per_client = settings.max_concurrent_requests;
     settings.guardrail_interval_s = 10;
     let started = abx_origin::AppState::start(settings.clone()).await?;
     started.state.spawn_background();
