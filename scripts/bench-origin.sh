@@ -18,7 +18,7 @@
 # ABX_BENCH_QUANTILE=1 (with it) adds a p95 quantile metric on them as a guardrail;
 # ABX_BENCH_NATS_URL (e.g. nats://127.0.0.1:4222) sends the events through a JetStream stream
 # of the run's own (deleted afterwards) instead of straight into the event log, and prints
-# nats-server's CPU time; with ABX_BENCH_COLLECTOR_ONLY=1 as well, the origin only collects
+# nats-server's CPU time (ABX_NATS_STREAMS=4 spreads them over four streams); with ABX_BENCH_COLLECTOR_ONLY=1 as well, the origin only collects
 # (no loader, no pipeline), which measures the collector and the stream alone;
 # ABX_BENCH_CLICKHOUSE_URL (e.g. http://127.0.0.1:8123; needs ABX_BENCH_NATS_URL) loads the
 # stream into a ClickHouse database of the run's own (dropped afterwards) and computes
@@ -74,13 +74,14 @@ ABX_BOOTSTRAP_ADMIN_KEY=$admin ABX_ADMIN_RATE_LIMIT=1000000 ABX_SDK_RATE_LIMIT=1
 origin=$!
 # Deletes the run's streams through the JetStream API (core NATS protocol, no client needed).
 delete_streams() {
-  python3 - "$ABX_BENCH_NATS_URL" "$stream" <<'PY'
+  python3 - "$ABX_BENCH_NATS_URL" "$stream" "${ABX_NATS_STREAMS:-1}" <<'PY'
 import socket, sys
 host, port = sys.argv[1].removeprefix("nats://").split(":")
 with socket.create_connection((host, int(port)), timeout=5) as s:
     s.recv(4096)
     s.sendall(b"CONNECT {}\r\nSUB _INBOX.abx_bench 1\r\n")
-    for name in (sys.argv[2], sys.argv[2] + "_DEAD"):
+    # The log's further streams ({stream}_1, …; ABX_NATS_STREAMS) and the dead letters.
+    for name in [sys.argv[2], sys.argv[2] + "_DEAD"] + [f"{sys.argv[2]}_{k}" for k in range(1, int(sys.argv[3]))]:
         s.sendall(f"PUB $JS.API.STREAM.DELETE.{name} _INBOX.abx_bench 0\r\n\r\n".encode())
         reply = b""
         while b"success" not in reply and b"error" not in reply:

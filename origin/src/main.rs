@@ -179,8 +179,9 @@ struct ServeArgs {
     /// JetStream stream of the events (shared by every process of one deployment).
     #[arg(long, env = "ABX_NATS_STREAM", default_value = "ABX_EVENTS")]
     nats_stream: String,
-    /// Subjects are `{prefix}.events.{partition}` and `{prefix}.dead`; each stream of a
-    /// broker needs its own prefix.
+    /// Subjects are `{prefix}.events.{partition}` (`{prefix}.s{k}.events.{partition}` in the
+    /// k-th further stream) and `{prefix}.dead`; each event log of a broker needs its own
+    /// prefix.
     #[arg(long, env = "ABX_NATS_SUBJECT_PREFIX", default_value = "abx")]
     nats_subject_prefix: String,
     /// Seconds a loader may hold a message unacknowledged before the broker delivers it
@@ -190,7 +191,13 @@ struct ServeArgs {
     /// Copies of the event stream a NATS cluster keeps (a single server keeps one).
     #[arg(long, env = "ABX_NATS_REPLICAS", default_value_t = 3)]
     nats_replicas: usize,
-    /// Subjects the stream spreads events over, by unit.
+    /// Streams the events are spread over, by unit (`{stream}`, `{stream}_1`, …): each has
+    /// its own Raft leader in a cluster. Changing it moves units between streams; the
+    /// pipeline drains every stream of the log, old ones included (docs/capacity.md).
+    #[arg(long, env = "ABX_NATS_STREAMS", default_value_t = 1)]
+    nats_streams: u32,
+    /// Subjects the log spreads its events over, by unit (rounded up to a multiple of the
+    /// streams); a request's events travel as at most one message per subject.
     #[arg(long, env = "ABX_NATS_PARTITIONS", default_value_t = 4)]
     nats_partitions: u32,
     /// ClickHouse HTTP endpoint (`http://host:8123`) that the pipeline loads events into
@@ -333,6 +340,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut config = JetStreamConfig::new(url);
         config.stream = args.nats_stream;
         config.subject_prefix = args.nats_subject_prefix;
+        config.streams = args.nats_streams.max(1);
         config.partitions = args.nats_partitions.max(1);
         config.ack_wait = std::time::Duration::from_secs(args.nats_ack_wait.max(1));
         config.replicas = args.nats_replicas.max(1);

@@ -1,10 +1,19 @@
 //! The distributed event log (NATS JetStream), for deployments where one database cannot
-//! take the event path. Collectors publish each request's validated events to a stream,
-//! partitioned by unit, and answer the client only once JetStream has stored them. A loader
-//! in the pipeline process consumes the stream with a durable pull consumer and writes the
-//! events into the event log that the metric pipeline reads, or, with a warehouse, into
-//! ClickHouse (`crate::clickhouse`) in inserts of up to a few hundred thousand rows,
-//! acknowledging each message only after that write committed.
+//! take the event path. Collectors publish each request's validated events to one of
+//! several streams, chosen by unit (and within it to a subject, by unit), and answer the
+//! client only once JetStream has stored them. Each stream has its own Raft leader in a
+//! cluster, so the log's throughput grows with the number of streams; a unit's events stay
+//! in one stream and subject, in order. A loader per stream in the pipeline process
+//! consumes it with a durable pull consumer and writes the events into the event log that
+//! the metric pipeline reads, or, with a warehouse, into ClickHouse (`crate::clickhouse`) in
+//! inserts of up to a few hundred thousand rows, acknowledging each message only after that
+//! write committed.
+//!
+//! Changing the number of streams moves units between streams: collectors publish to the
+//! new set at once, and the loaders keep draining every stream of the log's name that exists
+//! (`{stream}` and `{stream}_{k}`), so nothing waiting in a stream no longer published to is
+//! lost. A unit's events may then sit in two streams for a while; nothing depends on their
+//! order across streams, since the pipeline orders a unit's events by their timestamps.
 //!
 //! Nothing is counted twice: a client's retry of a whole request carries the same message
 //! ids (derived from the event ids) and is dropped by the broker within its duplicate
@@ -27,17 +36,16 @@ use crate::Pipeline;
 use crate::event::{EventRecord, Kind};
 use crate::telemetry::Telemetry;
 
-/// The loader's durable pull consumer.
-fn loader_config(config: &JetStreamConfig) -> pull::Config {
-    let name = config.consumer_name();
+/// The loader's durable pull consumer of stream `k`.
+fn loader_config(config: &JetStreamConfig, k: u32) -> pull::Config {
     pull::Config {
-        durable_name: Some(name),
+        durable_name: Some(config.consumer_name()),
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         // Redelivered until loaded, however long the destination is down: an acknowledged
         // event is never set aside for a failure that is not its own.
         max_deliver: -1,
-        filter_subject: format!("{}.events.*", config.subject_prefix),
+        filter_subject: config.events_filter(k),
         max_ack_pending: 10_000,
         ..Default::default()
     }
@@ -48,11 +56,16 @@ fn loader_config(config: &JetStreamConfig) -> pull::Config {
 pub struct JetStreamConfig {
     /// `nats://host:port`.
     pub url: String,
-    /// Stream name; the dead-letter stream is `{stream}_DEAD`.
+    /// Name of the first stream; the others are `{stream}_{k}` (k = 1, 2, …), the
+    /// dead-letter stream `{stream}_DEAD`.
     pub stream: String,
-    /// Subjects are `{prefix}.events.{partition}` and `{prefix}.dead`.
+    /// Subjects are `{prefix}.events.{partition}` in the first stream,
+    /// `{prefix}.s{k}.events.{partition}` in the others, and `{prefix}.dead`.
     pub subject_prefix: String,
-    /// Subjects the events are spread over, by unit.
+    /// Streams the events are spread over, by unit: one Raft leader each in a cluster.
+    pub streams: u32,
+    /// Subjects the log spreads its events over, by unit (rounded up to a multiple of
+    /// `streams`; partition `p` is in stream `p % streams`).
     pub partitions: u32,
     /// How long a delivered message may stay unacknowledged before it is delivered again.
     pub ack_wait: Duration,
@@ -76,6 +89,7 @@ impl JetStreamConfig {
             url: url.into(),
             stream: "ABX_EVENTS".into(),
             subject_prefix: "abx".into(),
+            streams: 1,
             partitions: 4,
             ack_wait: Duration::from_secs(30),
             max_backoff: Duration::from_secs(60),
@@ -86,8 +100,43 @@ impl JetStreamConfig {
         }
     }
 
-    fn events_subject(&self, partition: u32) -> String {
-        format!("{}.events.{partition}", self.subject_prefix)
+    /// The name of stream `k`.
+    fn stream_name(&self, k: u32) -> String {
+        match k {
+            0 => self.stream.clone(),
+            k => format!("{}_{k}", self.stream),
+        }
+    }
+
+    /// What stream `k`'s event subjects start with. The first stream keeps the subjects it
+    /// had before the log had several, so that a deployment adding streams keeps its stream.
+    fn events_root(&self, k: u32) -> String {
+        match k {
+            0 => format!("{}.events", self.subject_prefix),
+            k => format!("{}.s{k}.events", self.subject_prefix),
+        }
+    }
+
+    /// Stream `k`'s subject of `partition`.
+    fn events_subject(&self, k: u32, partition: u32) -> String {
+        format!("{}.{partition}", self.events_root(k))
+    }
+
+    /// All of stream `k`'s event subjects.
+    fn events_filter(&self, k: u32) -> String {
+        format!("{}.*", self.events_root(k))
+    }
+
+    /// Which stream a name belongs to, if it is one of this log's event streams.
+    fn stream_number(&self, name: &str) -> Option<u32> {
+        if name == self.stream {
+            return Some(0);
+        }
+        let digits = name.strip_prefix(&self.stream)?.strip_prefix('_')?;
+        // `{stream}_DEAD` is not an event stream; neither is `{stream}_01`, which
+        // `stream_name` never makes.
+        let k: u32 = digits.parse().ok()?;
+        (k > 0 && k.to_string() == digits).then_some(k)
     }
 
     fn dead_subject(&self) -> String {
@@ -188,7 +237,7 @@ pub struct StreamTelemetry {
     pub messages_dead_lettered: AtomicU64,
 }
 
-/// A connection to the stream.
+/// A connection to the event log's streams.
 pub struct EventStream {
     config: JetStreamConfig,
     js: jetstream::Context,
@@ -196,7 +245,7 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// Connects and creates the streams if they do not exist yet.
+    /// Connects and creates the streams and the loaders' consumers if they do not exist yet.
     pub async fn connect(config: JetStreamConfig) -> anyhow::Result<Arc<EventStream>> {
         let client = async_nats::ConnectOptions::new()
             .name("abx-origin")
@@ -204,23 +253,25 @@ impl EventStream {
             .connect(config.url.as_str())
             .await?;
         let js = jetstream::new(client);
-        let events = stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{}.events.*", config.subject_prefix)],
-            storage: StorageType::File,
-            max_age: config.max_age,
-            duplicate_window: config.duplicate_window,
-            num_replicas: config.replicas.max(1),
-            ..Default::default()
-        };
-        let dead = stream::Config {
+        let mut wanted: Vec<stream::Config> = (0..config.streams.max(1))
+            .map(|k| stream::Config {
+                name: config.stream_name(k),
+                subjects: vec![config.events_filter(k)],
+                storage: StorageType::File,
+                max_age: config.max_age,
+                duplicate_window: config.duplicate_window,
+                num_replicas: config.replicas.max(1),
+                ..Default::default()
+            })
+            .collect();
+        wanted.push(stream::Config {
             name: format!("{}_DEAD", config.stream),
             subjects: vec![config.dead_subject()],
             storage: StorageType::File,
             num_replicas: config.replicas.max(1),
             ..Default::default()
-        };
-        for wanted in [events, dead] {
+        });
+        for wanted in wanted {
             if let Err(error) = js.get_or_create_stream(wanted.clone()).await {
                 if wanted.num_replicas <= 1 {
                     return Err(error.into());
@@ -239,32 +290,58 @@ impl EventStream {
                 .await?;
             }
         }
-        // Creating the loader's consumer with its whole configuration also updates one an
-        // older version made (whose max_deliver of 50 would now leave failed messages
-        // undelivered for ever, since they are no longer dead-lettered).
-        js.get_stream(&config.stream)
-            .await?
-            .create_consumer(loader_config(&config))
-            .await?;
-        Ok(Arc::new(EventStream {
+        let event_stream = EventStream {
             config,
             js,
             telemetry: StreamTelemetry::default(),
-        }))
+        };
+        // Creating the loaders' consumers with their whole configuration also updates ones
+        // an older version made (whose max_deliver of 50 would now leave failed messages
+        // undelivered for ever, since they are no longer dead-lettered).
+        for k in event_stream.event_streams().await? {
+            event_stream.create_consumer(k).await?;
+        }
+        Ok(Arc::new(event_stream))
+    }
+
+    /// The event streams to load: those published to, then those that a larger `streams`
+    /// setting left (drained, no longer published to), in order.
+    pub async fn event_streams(&self) -> anyhow::Result<Vec<u32>> {
+        let published = self.config.streams.max(1);
+        let mut streams: Vec<u32> = (0..published).collect();
+        let mut names = self.js.stream_names();
+        while let Some(name) = names.next().await {
+            match self.config.stream_number(&name?) {
+                Some(k) if k >= published => streams.push(k),
+                _ => {}
+            }
+        }
+        streams.sort_unstable();
+        Ok(streams)
+    }
+
+    async fn create_consumer(&self, k: u32) -> anyhow::Result<PullConsumer> {
+        Ok(self
+            .js
+            .get_stream(self.config.stream_name(k))
+            .await?
+            .create_consumer(loader_config(&self.config, k))
+            .await?)
     }
 
     pub fn config(&self) -> &JetStreamConfig {
         &self.config
     }
 
-    /// Publishes validated events, one message per partition, and returns once JetStream has
-    /// stored them all. Returns how many of the events were in messages the broker already
-    /// had (a retried request).
+    /// Publishes validated events, one message per stream and partition, and returns once
+    /// JetStream has stored them all. Returns how many of the events were in messages the
+    /// broker already had (a retried request).
     pub async fn publish(&self, events: &[EventRecord]) -> Result<usize, crate::Error> {
-        let partitions = self.config.partitions.max(1);
-        let mut groups: Vec<Vec<&EventRecord>> = vec![Vec::new(); partitions as usize];
+        let (streams, partitions) = (self.config.streams.max(1), self.config.partitions);
+        let mut groups: Vec<Vec<&EventRecord>> =
+            vec![Vec::new(); partitions_of_log(streams, partitions) as usize];
         for e in events {
-            groups[partition_of(&e.unit_key, partitions) as usize].push(e);
+            groups[place_of(&e.unit_key, streams, partitions).1 as usize].push(e);
         }
         let unavailable = |error: &dyn std::fmt::Display| {
             tracing::warn!(%error, "publishing events to JetStream failed");
@@ -273,13 +350,14 @@ impl EventStream {
                 retry_after_s: 2,
             }
         };
-        // Every message is sent before any acknowledgement is awaited, so the partitions
-        // are stored in parallel.
+        // Every message is sent before any acknowledgement is awaited, so the streams and
+        // partitions are stored in parallel.
         let mut pending = Vec::new();
         for (partition, group) in groups.iter().enumerate() {
             if group.is_empty() {
                 continue;
             }
+            let (k, partition) = (partition as u32 % streams, partition as u32);
             let wire: Vec<WireEvent> = group.iter().map(|e| WireEvent::from(*e)).collect();
             let payload = serde_json::to_vec(&wire).map_err(|e| unavailable(&e))?;
             let message = PublishMessage::build()
@@ -287,7 +365,7 @@ impl EventStream {
                 .message_id(message_id(group));
             let ack = self
                 .js
-                .send_publish(self.config.events_subject(partition as u32), message)
+                .send_publish(self.config.events_subject(k, partition), message)
                 .await
                 .map_err(|e| unavailable(&e))?;
             pending.push((ack, group.len()));
@@ -304,10 +382,11 @@ impl EventStream {
         Ok(duplicates)
     }
 
-    async fn consumer(&self) -> anyhow::Result<PullConsumer> {
-        let stream = self.js.get_stream(&self.config.stream).await?;
+    /// The loader's consumer of stream `k`.
+    async fn consumer(&self, k: u32) -> anyhow::Result<PullConsumer> {
+        let stream = self.js.get_stream(self.config.stream_name(k)).await?;
         Ok(stream
-            .get_or_create_consumer(&self.config.consumer_name(), loader_config(&self.config))
+            .get_or_create_consumer(&self.config.consumer_name(), loader_config(&self.config, k))
             .await?)
     }
 
@@ -323,17 +402,29 @@ impl EventStream {
         Ok(())
     }
 
-    /// Messages the loader has not acknowledged, and when the first of them was stored
-    /// (Unix ms, 0 when none): the part of the pipeline's lag that is still in the stream.
+    /// Messages the loaders have not acknowledged, and when the first of them was stored
+    /// (Unix ms, 0 when none): the part of the pipeline's lag that is still in the streams.
     pub async fn backlog(&self) -> anyhow::Result<(i64, i64)> {
-        let mut consumer = self.consumer().await?;
+        let (mut pending, mut oldest_ms) = (0, 0);
+        for k in self.event_streams().await? {
+            let (stream_pending, stream_oldest_ms) = self.stream_backlog(k).await?;
+            pending += stream_pending;
+            if stream_oldest_ms > 0 && (oldest_ms == 0 || stream_oldest_ms < oldest_ms) {
+                oldest_ms = stream_oldest_ms;
+            }
+        }
+        Ok((pending, oldest_ms))
+    }
+
+    async fn stream_backlog(&self, k: u32) -> anyhow::Result<(i64, i64)> {
+        let mut consumer = self.consumer(k).await?;
         let info = consumer.info().await?;
         let pending = info.num_pending as i64 + info.num_ack_pending as i64;
         let first_unacknowledged = info.ack_floor.stream_sequence + 1;
         if pending == 0 {
             return Ok((0, 0));
         }
-        let stream = self.js.get_stream(&self.config.stream).await?;
+        let stream = self.js.get_stream(self.config.stream_name(k)).await?;
         let oldest_ms = match stream.get_raw_message(first_unacknowledged).await {
             Ok(message) => (message.time.unix_timestamp_nanos() / 1_000_000) as i64,
             Err(_) => 0,
@@ -360,10 +451,10 @@ impl EventStream {
             let Ok(message) = dead.get_raw_message(sequence).await else {
                 continue;
             };
-            // The first partition: order across a replay does not matter, as the pipeline
-            // orders a unit's events by their timestamps.
+            // The first stream's first partition: order across a replay does not matter, as
+            // the pipeline orders a unit's events by their timestamps.
             self.js
-                .publish(self.config.events_subject(0), message.payload.clone())
+                .publish(self.config.events_subject(0, 0), message.payload.clone())
                 .await?
                 .await?;
             dead.delete_message(sequence).await?;
@@ -383,10 +474,12 @@ impl EventStream {
 }
 
 impl EventStream {
-    /// Deletes both streams (tests clean up the broker they share with this).
+    /// Deletes the log's streams (tests clean up the broker they share with this).
     #[doc(hidden)]
     pub async fn delete_streams(&self) -> anyhow::Result<()> {
-        self.js.delete_stream(&self.config.stream).await?;
+        for k in self.event_streams().await? {
+            self.js.delete_stream(self.config.stream_name(k)).await?;
+        }
         self.js
             .delete_stream(format!("{}_DEAD", self.config.stream))
             .await?;
@@ -394,9 +487,20 @@ impl EventStream {
     }
 }
 
-/// Which partition a unit's events go to: a unit's events stay in one subject, in order.
-fn partition_of(unit_key: &str, partitions: u32) -> u32 {
-    abx_core::murmur3_x86_32(unit_key.as_bytes(), 0) % partitions
+/// The partitions (subjects) of a log of `streams` streams: `partitions` rounded up to a
+/// multiple of the streams, so that every stream holds as many. A request's events travel
+/// as at most one message per partition, and fewer, larger messages cost the broker and the
+/// loaders less (docs/benchmarks.md): more streams do not multiply the messages.
+fn partitions_of_log(streams: u32, partitions: u32) -> u32 {
+    partitions.max(1).div_ceil(streams) * streams
+}
+
+/// Which stream and partition a unit's events go to: a unit's events stay in one subject,
+/// in order. With one stream, partitions are what they were before there could be several.
+fn place_of(unit_key: &str, streams: u32, partitions: u32) -> (u32, u32) {
+    let partition =
+        abx_core::murmur3_x86_32(unit_key.as_bytes(), 0) % partitions_of_log(streams, partitions);
+    (partition % streams, partition)
 }
 
 /// The broker's deduplication id of a message: a digest of its event ids, so a retried
@@ -418,12 +522,39 @@ const LOAD_MESSAGES: usize = 256;
 const WAREHOUSE_MESSAGES: usize = 2_000;
 const WAREHOUSE_BYTES: usize = 32 << 20;
 
-/// Runs the loader (and the lag poller) in the background, for as long as the process.
+/// How often the loaders look for streams to load that appeared since they started (a
+/// collector configured with more streams than this process).
+const STREAM_DISCOVERY: Duration = Duration::from_secs(30);
+
+/// Runs a loader per event stream in the background, for as long as the process, starting
+/// one for every stream that appears later.
 pub fn spawn_loader(state: Arc<Pipeline>, stream: Arc<EventStream>) {
     tokio::spawn(async move {
+        let mut loading = std::collections::BTreeSet::new();
+        let mut tick = tokio::time::interval(STREAM_DISCOVERY);
         loop {
-            if let Err(error) = load(&state, &stream).await {
-                tracing::warn!(%error, "the JetStream loader stopped; restarting it");
+            tick.tick().await;
+            let streams = match stream.event_streams().await {
+                Ok(streams) => streams,
+                Err(error) => {
+                    tracing::warn!(%error, "listing the JetStream event streams failed");
+                    continue;
+                }
+            };
+            for k in streams {
+                if loading.insert(k) {
+                    spawn_stream_loader(state.clone(), stream.clone(), k);
+                }
+            }
+        }
+    });
+}
+
+fn spawn_stream_loader(state: Arc<Pipeline>, stream: Arc<EventStream>, k: u32) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = load(&state, &stream, k).await {
+                tracing::warn!(%error, stream = k, "a JetStream loader stopped; restarting it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -467,8 +598,8 @@ pub fn spawn_lag_poller(stream: Arc<EventStream>) {
     });
 }
 
-async fn load(state: &Pipeline, stream: &EventStream) -> anyhow::Result<()> {
-    let consumer = stream.consumer().await?;
+async fn load(state: &Pipeline, stream: &EventStream, k: u32) -> anyhow::Result<()> {
+    let consumer = stream.consumer(k).await?;
     loop {
         // While the pipeline is behind, events wait in the stream rather than in the event
         // log, which the pipeline would have to page through.
@@ -597,10 +728,15 @@ async fn record_properties(state: &Pipeline, events: &[EventRecord]) -> anyhow::
     Ok(())
 }
 
-/// The loader's consumer, for tests that drive [`load_once`] themselves.
+/// The loaders' consumers, one per event stream, for tests that drive [`load_once`]
+/// themselves.
 #[doc(hidden)]
-pub async fn loader_consumer(stream: &EventStream) -> anyhow::Result<PullConsumer> {
-    stream.consumer().await
+pub async fn loader_consumers(stream: &EventStream) -> anyhow::Result<Vec<PullConsumer>> {
+    let mut consumers = Vec::new();
+    for k in stream.event_streams().await? {
+        consumers.push(stream.consumer(k).await?);
+    }
+    Ok(consumers)
 }
 
 #[cfg(test)]
@@ -668,5 +804,54 @@ mod tests {
         assert_eq!(message_id(&[&a, &b]), message_id(&[&a, &b]));
         assert_ne!(message_id(&[&a, &b]), message_id(&[&a]));
         assert_ne!(message_id(&[&a, &b]), message_id(&[&b, &a]));
+    }
+
+    #[test]
+    fn one_stream_keeps_the_partitions_of_a_log_without_streams() {
+        for unit in ["user_id:u1", "user_id:u2", "device:abc", ""] {
+            let hash = abx_core::murmur3_x86_32(unit.as_bytes(), 0);
+            assert_eq!(place_of(unit, 1, 4), (0, hash % 4));
+        }
+    }
+
+    #[test]
+    fn units_spread_evenly_over_every_stream_and_partition() {
+        // (streams, partitions asked for) → partitions of the log, each stream's share.
+        for (streams, partitions, expected) in [(4, 8, 8), (4, 3, 4), (3, 4, 6), (2, 3, 4)] {
+            assert_eq!(partitions_of_log(streams, partitions), expected);
+            let mut seen = std::collections::BTreeMap::new();
+            for u in 0..6_000 {
+                let (k, partition) = place_of(&format!("user_id:u{u}"), streams, partitions);
+                assert_eq!(k, partition % streams);
+                *seen.entry(partition).or_insert(0) += 1;
+            }
+            assert_eq!(seen.len(), expected as usize, "{seen:?}");
+            let even = 6_000 / expected;
+            assert!(
+                seen.values().all(|&n| n * 5 > even * 4 && n * 5 < even * 6),
+                "{streams} streams: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn streams_are_named_and_recognised_alike() {
+        let config = JetStreamConfig::new("nats://x");
+        for k in [0, 1, 2, 17] {
+            assert_eq!(config.stream_number(&config.stream_name(k)), Some(k));
+        }
+        for other in [
+            "ABX_EVENTS_DEAD",
+            "ABX_EVENTS_01",
+            "ABX_EVENTS_",
+            "ABX_EVENTSX",
+            "ABX",
+            "ABX_EVENTS_-1",
+        ] {
+            assert_eq!(config.stream_number(other), None, "{other}");
+        }
+        assert_eq!(config.events_subject(0, 3), "abx.events.3");
+        assert_eq!(config.events_subject(2, 3), "abx.s2.events.3");
+        assert_eq!(config.events_filter(2), "abx.s2.events.*");
     }
 }

@@ -324,6 +324,8 @@ async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let client = reqwest::Client::new();
+    // The pipeline runs a loader per stream (two, as `test_stream` makes).
+    let streams = stream.streams.to_string();
     let start_role = |role: &str| {
         let args = [
             "--role",
@@ -332,6 +334,8 @@ async fn separate_role_processes_over_the_warehouse_survive_kill_9() {
             &stream.url,
             "--nats-stream",
             &stream.stream,
+            "--nats-streams",
+            &streams,
             "--nats-subject-prefix",
             &stream.subject_prefix,
             "--nats-ack-wait",

@@ -16,7 +16,7 @@ use crate::common;
 use crate::common::{Backend, TestOrigin, experiment, metric};
 use abx_origin::AppState;
 use abx_origin_domain::rollup::Rollups;
-use abx_origin_pipeline::jetstream::{self, EventStream, JetStreamConfig, Settle};
+use abx_origin_pipeline::jetstream::{EventStream, JetStreamConfig, Settle};
 use abx_origin_pipeline::tables;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value as Json, json};
@@ -122,10 +122,29 @@ async fn logged_events(state: &AppState) -> i64 {
         .expect("count")
 }
 
-async fn consumer_backlog(stream: &EventStream) -> usize {
-    let mut consumer = jetstream::loader_consumer(stream).await.expect("consumer");
-    let info = consumer.info().await.expect("consumer info");
-    info.num_pending as usize + info.num_ack_pending
+/// Messages the loaders have not acknowledged, over every stream of the log.
+async fn consumer_backlog(stream: &EventStream) -> i64 {
+    stream.backlog().await.expect("backlog").0
+}
+
+/// Messages stored in each of the log's streams, by number (the first stream is 0).
+async fn messages_per_stream(config: &JetStreamConfig) -> Vec<u64> {
+    let client = async_nats::connect(config.url.as_str())
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut counts = Vec::new();
+    for k in 0.. {
+        let name = match k {
+            0 => config.stream.clone(),
+            k => format!("{}_{k}", config.stream),
+        };
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            break;
+        };
+        counts.push(stream.info().await.expect("stream info").state.messages);
+    }
+    counts
 }
 
 /// The scenario's rollups and number of logged events when it goes straight into the event
@@ -143,10 +162,14 @@ async fn direct_path() -> (Rollups, i64) {
 
 #[tokio::test]
 async fn events_through_the_stream_give_the_rollups_of_the_direct_path() {
-    let Some((_, via_stream, id, key, events)) = collector_with_experiment().await else {
+    let Some((config, via_stream, id, key, events)) = collector_with_experiment().await else {
         return;
     };
     send_all(&via_stream, &key, &events, 50).await;
+    // The units are spread over both streams.
+    let stored = messages_per_stream(&config).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(stored.iter().all(|&m| m > 0), "{stored:?}");
     common::drain(&via_stream.state).await;
 
     let (expected, logged) = direct_path().await;
@@ -211,14 +234,11 @@ async fn a_loader_killed_between_write_and_acknowledgement_doubles_nothing() {
     };
     send_all(&o, &key, &events, 40).await;
 
-    // The loader writes the events, then dies before acknowledging them.
+    // The loaders write the events, then die before acknowledging them.
     let stream = stream_of(&o.state);
-    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
     let mut abandoned = 0;
     while abandoned < 9 {
-        abandoned += jetstream::load_once(&o.state.pipeline, &stream, &consumer, Settle::Abandon)
-            .await
-            .expect("load");
+        abandoned += common::load_round(&o.state, Settle::Abandon).await;
     }
     let logged = logged_events(&o.state).await;
     assert!(logged > 0);
@@ -245,13 +265,7 @@ async fn events_wait_in_the_stream_while_the_event_log_is_unavailable() {
     // and the loader's writes fail, so it hands the messages back for later.
     o.state.close_databases().await;
     let stream = stream_of(&o.state);
-    let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
-    assert!(
-        jetstream::load_once(&o.state.pipeline, &stream, &consumer, Settle::Acknowledge)
-            .await
-            .expect("load")
-            > 0
-    );
+    assert!(common::load_round(&o.state, Settle::Acknowledge).await > 0);
     assert!(consumer_backlog(&stream).await > 0);
 
     // A restarted origin gets them once the back-off has passed.
@@ -319,15 +333,17 @@ async fn the_wire_form_keeps_every_field() {
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client);
-    let stored = js.get_stream(&config.stream).await.expect("stream");
     let mut seen: BTreeMap<String, Json> = BTreeMap::new();
-    for seq in 1..=3 {
-        let Ok(message) = stored.get_raw_message(seq).await else {
-            break;
-        };
-        let batch: Vec<Json> = serde_json::from_slice(&message.payload).expect("JSON array");
-        for event in batch {
-            seen.insert(event["event_id"].as_str().expect("id").into(), event);
+    for name in [config.stream.clone(), format!("{}_1", config.stream)] {
+        let stored = js.get_stream(&name).await.expect("stream");
+        for seq in 1..=3 {
+            let Ok(message) = stored.get_raw_message(seq).await else {
+                break;
+            };
+            let batch: Vec<Json> = serde_json::from_slice(&message.payload).expect("JSON array");
+            for event in batch {
+                seen.insert(event["event_id"].as_str().expect("id").into(), event);
+            }
         }
     }
     assert_eq!(seen.len(), 3);
@@ -337,4 +353,54 @@ async fn the_wire_form_keeps_every_field() {
     assert_eq!(exposure["unit_key"], json!("user_id:u0"));
     assert_eq!(exposure["ts_ms"], events[0]["timestamp"]);
     stream_of(&o.state).delete_streams().await.expect("delete");
+}
+
+#[tokio::test]
+async fn changing_the_number_of_streams_loses_nothing() {
+    let Some((config, o, id, key, events)) = collector_with_experiment().await else {
+        return;
+    };
+    // During a rolling change, collectors configured for three streams and for one publish
+    // beside this process (two), whose loaders then drain the log.
+    let collector_with = |streams: u32| {
+        o.another_process_with("collector", move |settings| {
+            settings.jetstream.as_mut().expect("stream").streams = streams;
+        })
+    };
+    let wider = abx_origin::app(collector_with(3).await);
+    let narrower = abx_origin::app(collector_with(1).await);
+    let third = events.len() / 3;
+    send_all(&o, &key, &events[..third], 40).await;
+    for (router, part) in [
+        (&wider, &events[third..2 * third]),
+        (&narrower, &events[2 * third..]),
+    ] {
+        for chunk in part.chunks(40) {
+            let reply = common::call(
+                router,
+                Method::POST,
+                "/api/v1/events",
+                Some(json!({ "events": chunk }).to_string().into_bytes()),
+                &[
+                    ("authorization", &format!("Bearer {key}")),
+                    ("content-type", "application/json"),
+                ],
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        }
+    }
+    let stream = stream_of(&o.state);
+    // The third stream, which this process does not publish to, is loaded all the same.
+    assert_eq!(stream.event_streams().await.expect("streams"), [0, 1, 2]);
+    let stored = messages_per_stream(&config).await;
+    assert!(stored.len() == 3 && stored[2] > 0, "{stored:?}");
+
+    common::drain(&o.state).await;
+    assert_eq!(consumer_backlog(&stream).await, 0);
+    let (expected, logged) = direct_path().await;
+    assert_eq!(rollups(&o.state, &id).await, expected);
+    assert_eq!(logged_events(&o.state).await, logged);
+    stream.delete_streams().await.expect("delete");
+    assert!(messages_per_stream(&config).await.is_empty());
 }

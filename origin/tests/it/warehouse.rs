@@ -19,7 +19,7 @@ use abx_origin::AppState;
 use abx_origin_domain::rollup::Rollups;
 use abx_origin_domain::rollup::Sums;
 use abx_origin_pipeline::clickhouse::ClickHouseConfig;
-use abx_origin_pipeline::jetstream::{self, JetStreamConfig, Settle};
+use abx_origin_pipeline::jetstream::{JetStreamConfig, Settle};
 use axum::http::StatusCode;
 use serde_json::{Value as Json, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -399,16 +399,9 @@ async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
 
     // The loader inserts, then dies before acknowledging: after the deadline the stream
     // delivers the same messages again, and they are inserted a second time.
-    let event_stream = o.state.event_stream.clone().expect("stream");
-    let consumer = jetstream::loader_consumer(&event_stream)
-        .await
-        .expect("consumer");
     let mut abandoned = 0;
     while abandoned < 10 {
-        abandoned +=
-            jetstream::load_once(&o.state.pipeline, &event_stream, &consumer, Settle::Abandon)
-                .await
-                .expect("load");
+        abandoned += common::load_round(&o.state, Settle::Abandon).await;
     }
     tokio::time::sleep(stream.ack_wait + Duration::from_millis(200)).await;
     common::drain(&o.state).await;
@@ -626,9 +619,6 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
     let down_since = std::time::Instant::now();
     send_all(&o, &key, &scenario(&checkout, &banner), 500).await;
     let event_stream = o.state.event_stream.clone().expect("stream");
-    let consumer = jetstream::loader_consumer(&event_stream)
-        .await
-        .expect("consumer");
     let (messages, _) = event_stream.backlog().await.expect("backlog");
     assert!(messages > 0);
     // The outage lasts at least OUTAGE, and until every message has been delivered more
@@ -641,14 +631,7 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
             std::time::Instant::now() < give_up,
             "{attempts} deliveries of {messages} messages"
         );
-        attempts += jetstream::load_once(
-            &o.state.pipeline,
-            &event_stream,
-            &consumer,
-            Settle::Acknowledge,
-        )
-        .await
-        .expect("load");
+        attempts += common::load_round(&o.state, Settle::Acknowledge).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let reply = o

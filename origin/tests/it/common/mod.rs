@@ -141,6 +141,8 @@ pub fn test_stream(url: String) -> JetStreamConfig {
     let mut config = JetStreamConfig::new(url);
     config.stream = format!("ABX_T_{}", tag.to_uppercase());
     config.subject_prefix = format!("abx_t_{tag}");
+    // Two streams, so that every test through JetStream goes through a partitioned log.
+    config.streams = 2;
     config.partitions = 3;
     config.ack_wait = Duration::from_secs(1);
     // Should a failing test leave its stream behind, its messages expire soon.
@@ -309,8 +311,19 @@ impl TestOrigin {
     /// Another process of this deployment (same database, signing key and data directory)
     /// taking only `roles` (as `--role` takes them), as a split deployment runs them.
     pub async fn another_process(&self, roles: &str) -> AppState {
+        self.another_process_with(roles, |_| {}).await
+    }
+
+    /// Another process of this deployment with adjusted settings (one configured
+    /// differently during a rolling change, say).
+    pub async fn another_process_with(
+        &self,
+        roles: &str,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> AppState {
         let mut settings = self.settings.clone();
         settings.roles = abx_origin::Roles::parse(roles).expect("roles");
+        adjust(&mut settings);
         AppState::start(settings)
             .await
             .expect("another process starts")
@@ -350,16 +363,27 @@ impl TestOrigin {
     }
 }
 
+/// One loader round over every stream of the event log (with the loaders' consumers, as
+/// the process's loaders would): returns the messages handled.
+pub async fn load_round(state: &AppState, settle: Settle) -> usize {
+    let stream = state.event_stream.clone().expect("origin has a stream");
+    let mut handled = 0;
+    for consumer in jetstream::loader_consumers(&stream)
+        .await
+        .expect("consumers")
+    {
+        handled += jetstream::load_once(&state.pipeline, &stream, &consumer, settle)
+            .await
+            .expect("load");
+    }
+    handled
+}
+
 /// Loads whatever the event stream holds, if there is one, into the event log or the
 /// warehouse.
 pub async fn load_stream(state: &AppState) {
-    if let Some(stream) = state.event_stream.clone() {
-        let consumer = jetstream::loader_consumer(&stream).await.expect("consumer");
-        while jetstream::load_once(&state.pipeline, &stream, &consumer, Settle::Acknowledge)
-            .await
-            .expect("load")
-            > 0
-        {}
+    if state.event_stream.is_some() {
+        while load_round(state, Settle::Acknowledge).await > 0 {}
     }
 }
 
