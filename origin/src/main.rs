@@ -340,8 +340,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut config = JetStreamConfig::new(url);
         config.stream = args.nats_stream;
         config.subject_prefix = args.nats_subject_prefix;
-        config.streams = args.nats_streams.max(1);
-        config.partitions = args.nats_partitions.max(1);
+        // Bounded so that the log's partitions (a multiple of the streams) fit a u32 easily.
+        config.streams = args.nats_streams.clamp(1, 1_024);
+        config.partitions = args.nats_partitions.clamp(1, 65_536);
         config.ack_wait = std::time::Duration::from_secs(args.nats_ack_wait.max(1));
         config.replicas = args.nats_replicas.max(1);
         config

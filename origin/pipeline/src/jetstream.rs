@@ -20,8 +20,10 @@
 //! window; anything later, and any redelivery after a loader crash, is dropped by the event
 //! log's unique `event_id` (in the warehouse: collapsed by `event_id` when read).
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
@@ -81,6 +83,8 @@ pub struct JetStreamConfig {
     pub max_age: Duration,
     /// The loader's durable consumer is `{stream}_{consumer}`.
     pub consumer: String,
+    /// How often the pipeline lists the broker's streams, to load those that appeared.
+    pub discovery_interval: Duration,
 }
 
 impl JetStreamConfig {
@@ -97,6 +101,7 @@ impl JetStreamConfig {
             duplicate_window: Duration::from_secs(120),
             max_age: Duration::from_secs(7 * 86_400),
             consumer: "loader".into(),
+            discovery_interval: Duration::from_secs(30),
         }
     }
 
@@ -241,6 +246,8 @@ pub struct StreamTelemetry {
 pub struct EventStream {
     config: JetStreamConfig,
     js: jetstream::Context,
+    /// The event streams to load, as last listed (`refresh_streams`).
+    streams: Mutex<Vec<u32>>,
     pub telemetry: StreamTelemetry,
 }
 
@@ -272,51 +279,80 @@ impl EventStream {
             ..Default::default()
         });
         for wanted in wanted {
-            if let Err(error) = js.get_or_create_stream(wanted.clone()).await {
-                if wanted.num_replicas <= 1 {
-                    return Err(error.into());
+            let stream = match js.get_or_create_stream(wanted.clone()).await {
+                // A single server (no cluster) refuses replicas: one copy is all it has. Any
+                // other failure is an error, so that a cluster never quietly gets a stream
+                // of one copy (a Raft group still forming, say).
+                Err(error) if refuses_replicas(&error) => {
+                    tracing::warn!(
+                        %error,
+                        stream = wanted.name,
+                        replicas = wanted.num_replicas,
+                        "the NATS server refused replicas; the stream keeps one copy"
+                    );
+                    js.get_or_create_stream(stream::Config {
+                        num_replicas: 1,
+                        ..wanted.clone()
+                    })
+                    .await?
                 }
-                // A single server (no cluster) refuses replicas: one copy is all it has.
-                tracing::warn!(
-                    %error,
-                    stream = wanted.name,
-                    replicas = wanted.num_replicas,
-                    "the NATS server refused replicas; the stream keeps one copy"
+                created => created?,
+            };
+            // A stream of this name that takes other subjects belongs to something else (a
+            // second deployment on the broker without its own `--nats-stream`): publishing
+            // to it would fail, and loading it would load someone else's messages.
+            let subjects = &stream.cached_info().config.subjects;
+            if *subjects != wanted.subjects {
+                anyhow::bail!(
+                    "the JetStream stream {} takes the subjects {subjects:?}, not {:?}: it is \
+                     not this event log's; give this deployment its own --nats-stream and \
+                     --nats-subject-prefix",
+                    wanted.name,
+                    wanted.subjects
                 );
-                js.get_or_create_stream(stream::Config {
-                    num_replicas: 1,
-                    ..wanted
-                })
-                .await?;
             }
         }
         let event_stream = EventStream {
             config,
             js,
+            streams: Mutex::new(Vec::new()),
             telemetry: StreamTelemetry::default(),
         };
         // Creating the loaders' consumers with their whole configuration also updates ones
         // an older version made (whose max_deliver of 50 would now leave failed messages
         // undelivered for ever, since they are no longer dead-lettered).
-        for k in event_stream.event_streams().await? {
+        for k in event_stream.refresh_streams().await? {
             event_stream.create_consumer(k).await?;
         }
         Ok(Arc::new(event_stream))
     }
 
-    /// The event streams to load: those published to, then those that a larger `streams`
-    /// setting left (drained, no longer published to), in order.
-    pub async fn event_streams(&self) -> anyhow::Result<Vec<u32>> {
+    /// The event streams to load, in order: those published to, then those that a larger
+    /// `streams` setting left (drained, no longer published to), as last listed.
+    pub fn event_streams(&self) -> Vec<u32> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Lists the broker's streams for [`EventStream::event_streams`]: a stream counts as
+    /// one of the log's only with the name and the subjects this log gives it.
+    pub async fn refresh_streams(&self) -> anyhow::Result<Vec<u32>> {
         let published = self.config.streams.max(1);
         let mut streams: Vec<u32> = (0..published).collect();
-        let mut names = self.js.stream_names();
-        while let Some(name) = names.next().await {
-            match self.config.stream_number(&name?) {
-                Some(k) if k >= published => streams.push(k),
+        let mut listed = self.js.streams();
+        while let Some(info) = listed.next().await {
+            let config = info?.config;
+            match self.config.stream_number(&config.name) {
+                Some(k) if k >= published && config.subjects == [self.config.events_filter(k)] => {
+                    streams.push(k)
+                }
                 _ => {}
             }
         }
         streams.sort_unstable();
+        *self.streams.lock().unwrap_or_else(|e| e.into_inner()) = streams.clone();
         Ok(streams)
     }
 
@@ -406,8 +442,17 @@ impl EventStream {
     /// (Unix ms, 0 when none): the part of the pipeline's lag that is still in the streams.
     pub async fn backlog(&self) -> anyhow::Result<(i64, i64)> {
         let (mut pending, mut oldest_ms) = (0, 0);
-        for k in self.event_streams().await? {
-            let (stream_pending, stream_oldest_ms) = self.stream_backlog(k).await?;
+        for k in self.event_streams() {
+            let (stream_pending, stream_oldest_ms) = match self.stream_backlog(k).await {
+                Ok(backlog) => backlog,
+                // A stream no longer published to may have been deleted once drained; the
+                // next listing drops it.
+                Err(error) if k >= self.config.streams.max(1) => {
+                    tracing::debug!(%error, stream = k, "a drained stream is gone");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             pending += stream_pending;
             if stream_oldest_ms > 0 && (oldest_ms == 0 || stream_oldest_ms < oldest_ms) {
                 oldest_ms = stream_oldest_ms;
@@ -477,7 +522,7 @@ impl EventStream {
     /// Deletes the log's streams (tests clean up the broker they share with this).
     #[doc(hidden)]
     pub async fn delete_streams(&self) -> anyhow::Result<()> {
-        for k in self.event_streams().await? {
+        for k in self.refresh_streams().await? {
             self.js.delete_stream(self.config.stream_name(k)).await?;
         }
         self.js
@@ -485,6 +530,15 @@ impl EventStream {
             .await?;
         Ok(())
     }
+}
+
+/// Whether a stream was refused for asking for replicas of a server that has no cluster.
+fn refuses_replicas(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED
+    )
 }
 
 /// The partitions (subjects) of a log of `streams` streams: `partitions` rounded up to a
@@ -522,41 +576,56 @@ const LOAD_MESSAGES: usize = 256;
 const WAREHOUSE_MESSAGES: usize = 2_000;
 const WAREHOUSE_BYTES: usize = 32 << 20;
 
-/// How often the loaders look for streams to load that appeared since they started (a
-/// collector configured with more streams than this process).
-const STREAM_DISCOVERY: Duration = Duration::from_secs(30);
-
 /// Runs a loader per event stream in the background, for as long as the process, starting
-/// one for every stream that appears later.
+/// one for every stream that appears later (a collector configured with more streams than
+/// this process) and ending those of drained streams that were deleted.
 pub fn spawn_loader(state: Arc<Pipeline>, stream: Arc<EventStream>) {
     tokio::spawn(async move {
-        let mut loading = std::collections::BTreeSet::new();
-        let mut tick = tokio::time::interval(STREAM_DISCOVERY);
+        let loading = Arc::new(Mutex::new(BTreeSet::new()));
         loop {
-            tick.tick().await;
-            let streams = match stream.event_streams().await {
-                Ok(streams) => streams,
+            let wait = match stream.refresh_streams().await {
+                Ok(streams) => {
+                    for k in streams {
+                        let new = loading.lock().unwrap_or_else(|e| e.into_inner()).insert(k);
+                        if new {
+                            spawn_stream_loader(state.clone(), stream.clone(), k, loading.clone());
+                        }
+                    }
+                    stream.config.discovery_interval
+                }
                 Err(error) => {
                     tracing::warn!(%error, "listing the JetStream event streams failed");
-                    continue;
+                    Duration::from_secs(1)
                 }
             };
-            for k in streams {
-                if loading.insert(k) {
-                    spawn_stream_loader(state.clone(), stream.clone(), k);
-                }
-            }
+            tokio::time::sleep(wait).await;
         }
     });
 }
 
-fn spawn_stream_loader(state: Arc<Pipeline>, stream: Arc<EventStream>, k: u32) {
+fn spawn_stream_loader(
+    state: Arc<Pipeline>,
+    stream: Arc<EventStream>,
+    k: u32,
+    loading: Arc<Mutex<BTreeSet<u32>>>,
+) {
     tokio::spawn(async move {
         loop {
-            if let Err(error) = load(&state, &stream, k).await {
-                tracing::warn!(%error, stream = k, "a JetStream loader stopped; restarting it");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            let Err(error) = load(&state, &stream, k).await;
+            // A stream no longer published to that an operator deleted once drained.
+            if k >= stream.config.streams.max(1)
+                && let Ok(streams) = stream.refresh_streams().await
+                && !streams.contains(&k)
+            {
+                tracing::info!(
+                    stream = k,
+                    "a drained JetStream stream is gone; its loader ends"
+                );
+                loading.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+                return;
             }
+            tracing::warn!(%error, stream = k, "a JetStream loader stopped; restarting it");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
@@ -598,7 +667,7 @@ pub fn spawn_lag_poller(stream: Arc<EventStream>) {
     });
 }
 
-async fn load(state: &Pipeline, stream: &EventStream, k: u32) -> anyhow::Result<()> {
+async fn load(state: &Pipeline, stream: &EventStream, k: u32) -> anyhow::Result<Infallible> {
     let consumer = stream.consumer(k).await?;
     loop {
         // While the pipeline is behind, events wait in the stream rather than in the event
@@ -728,12 +797,12 @@ async fn record_properties(state: &Pipeline, events: &[EventRecord]) -> anyhow::
     Ok(())
 }
 
-/// The loaders' consumers, one per event stream, for tests that drive [`load_once`]
-/// themselves.
+/// The loaders' consumers, one per event stream (as last listed), for tests that drive
+/// [`load_once`] themselves.
 #[doc(hidden)]
 pub async fn loader_consumers(stream: &EventStream) -> anyhow::Result<Vec<PullConsumer>> {
     let mut consumers = Vec::new();
-    for k in stream.event_streams().await? {
+    for k in stream.event_streams() {
         consumers.push(stream.consumer(k).await?);
     }
     Ok(consumers)

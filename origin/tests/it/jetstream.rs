@@ -16,7 +16,7 @@ use crate::common;
 use crate::common::{Backend, TestOrigin, experiment, metric};
 use abx_origin::AppState;
 use abx_origin_domain::rollup::Rollups;
-use abx_origin_pipeline::jetstream::{EventStream, JetStreamConfig, Settle};
+use abx_origin_pipeline::jetstream::{self, EventStream, JetStreamConfig, Settle};
 use abx_origin_pipeline::tables;
 use axum::http::{Method, StatusCode};
 use serde_json::{Value as Json, json};
@@ -360,8 +360,12 @@ async fn changing_the_number_of_streams_loses_nothing() {
     let Some((config, o, id, key, events)) = collector_with_experiment().await else {
         return;
     };
-    // During a rolling change, collectors configured for three streams and for one publish
-    // beside this process (two), whose loaders then drain the log.
+    let stream = stream_of(&o.state);
+    // This process (two streams) runs its loaders in the background, as `serve` does,
+    // listing the broker's streams every 200 ms (`test_stream`).
+    jetstream::spawn_loader(o.state.pipeline.clone(), stream.clone());
+    // Then, during a rolling change, collectors configured for three streams and for one
+    // start beside it; the third stream appears after the loaders started.
     let collector_with = |streams: u32| {
         o.another_process_with("collector", move |settings| {
             settings.jetstream.as_mut().expect("stream").streams = streams;
@@ -369,38 +373,95 @@ async fn changing_the_number_of_streams_loses_nothing() {
     };
     let wider = abx_origin::app(collector_with(3).await);
     let narrower = abx_origin::app(collector_with(1).await);
+    let send_through = |router: &axum::Router, part: &[Json]| {
+        let (router, part, key) = (router.clone(), part.to_vec(), key.clone());
+        async move {
+            for chunk in part.chunks(40) {
+                let reply = common::call(
+                    &router,
+                    Method::POST,
+                    "/api/v1/events",
+                    Some(json!({ "events": chunk }).to_string().into_bytes()),
+                    &[
+                        ("authorization", &format!("Bearer {key}")),
+                        ("content-type", "application/json"),
+                    ],
+                )
+                .await;
+                assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+            }
+        }
+    };
     let third = events.len() / 3;
     send_all(&o, &key, &events[..third], 40).await;
-    for (router, part) in [
-        (&wider, &events[third..2 * third]),
-        (&narrower, &events[2 * third..]),
-    ] {
-        for chunk in part.chunks(40) {
-            let reply = common::call(
-                router,
-                Method::POST,
-                "/api/v1/events",
-                Some(json!({ "events": chunk }).to_string().into_bytes()),
-                &[
-                    ("authorization", &format!("Bearer {key}")),
-                    ("content-type", "application/json"),
-                ],
-            )
-            .await;
-            assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
-        }
-    }
-    let stream = stream_of(&o.state);
-    // The third stream, which this process does not publish to, is loaded all the same.
-    assert_eq!(stream.event_streams().await.expect("streams"), [0, 1, 2]);
+    send_through(&wider, &events[third..2 * third]).await;
+    send_through(&narrower, &events[2 * third..]).await;
+    // A client retrying its first requests through the wider collector: their units now go
+    // to other streams than the first time, past the broker's deduplication.
+    send_through(&wider, &events[..third]).await;
     let stored = messages_per_stream(&config).await;
     assert!(stored.len() == 3 && stored[2] > 0, "{stored:?}");
 
-    common::drain(&o.state).await;
-    assert_eq!(consumer_backlog(&stream).await, 0);
+    // The background loaders find the third stream and drain all three.
     let (expected, logged) = direct_path().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while consumer_backlog(&stream).await > 0 || logged_events(&o.state).await < logged {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stream.event_streams(), [0, 1, 2]);
+    common::drain(&o.state).await;
     assert_eq!(rollups(&o.state, &id).await, expected);
     assert_eq!(logged_events(&o.state).await, logged);
+
+    // Drained, the third stream may be deleted; the listing lets it go.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(config.url.as_str())
+            .await
+            .expect("connect"),
+    );
+    js.delete_stream(format!("{}_2", config.stream))
+        .await
+        .expect("delete the third stream");
+    assert_eq!(stream.refresh_streams().await.expect("list"), [0, 1]);
     stream.delete_streams().await.expect("delete");
     assert!(messages_per_stream(&config).await.is_empty());
+}
+
+#[tokio::test]
+async fn streams_of_another_log_are_left_alone() {
+    let Some(url) = common::nats_or_skip().await else {
+        return;
+    };
+    let config = common::test_stream(url.clone());
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.expect("connect"));
+    let foreign = |k: u32| async_nats::jetstream::stream::Config {
+        name: format!("{}_{k}", config.stream),
+        subjects: vec![format!("{}_other.{k}", config.subject_prefix)],
+        max_age: Duration::from_secs(600),
+        ..Default::default()
+    };
+    // Another deployment's stream whose name happens to follow this log's pattern is
+    // neither loaded nor counted.
+    js.create_stream(foreign(5)).await.expect("create");
+    let stream = EventStream::connect(config.clone()).await.expect("connect");
+    assert_eq!(stream.event_streams(), [0, 1]);
+    stream.delete_streams().await.expect("delete");
+    // One with the name of a stream this log publishes to stops the start.
+    js.create_stream(foreign(1)).await.expect("create");
+    let refused = EventStream::connect(config.clone()).await;
+    let error = refused.err().expect("a foreign stream refused").to_string();
+    assert!(error.contains("not this event log's"), "{error}");
+    for name in [
+        config.stream.clone(),
+        format!("{}_DEAD", config.stream),
+        format!("{}_1", config.stream),
+        format!("{}_5", config.stream),
+    ] {
+        // The first two may not exist (the refused start stopped before creating them all).
+        let _ = js.delete_stream(name).await;
+    }
 }

@@ -150,6 +150,7 @@ pub fn test_stream(url: String) -> JetStreamConfig {
     // Shortened timers: a failed load is retried after 20 ms, so a minute's outage is
     // hundreds of deliveries (the production back-off reaches a minute).
     config.max_backoff = Duration::from_millis(20);
+    config.discovery_interval = Duration::from_millis(200);
     config
 }
 
@@ -367,6 +368,7 @@ impl TestOrigin {
 /// the process's loaders would): returns the messages handled.
 pub async fn load_round(state: &AppState, settle: Settle) -> usize {
     let stream = state.event_stream.clone().expect("origin has a stream");
+    stream.refresh_streams().await.expect("list streams");
     let mut handled = 0;
     for consumer in jetstream::loader_consumers(&stream)
         .await
