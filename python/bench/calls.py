@@ -1,0 +1,60 @@
+"""The cost of one call, split into its parts, in one process: the minimum of several
+rounds of `timeit` (steadier than bench.py's medians on a noisy machine), for comparing two
+builds of the extension. docs/benchmarks.md, "Experiments and flags found by a hash of their
+key", records its figures.
+
+    python -P python/bench/calls.py [rounds]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import timeit
+from pathlib import Path
+
+import abx
+from abx import _abx
+
+GOLDEN = Path(__file__).resolve().parents[2] / "snapshots" / "golden"
+NOW_MS = 1_760_000_000_000
+# bench.py's user.
+USER = {
+    "user_id": "8f14e45f-ceea-467f-a0e6-0a1b2c3d4e5f",
+    "country": "US",
+    "platform": "ios",
+    "app_version": "2.4.1",
+    "plan": "pro",
+    "age": 34,
+}
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    data = (GOLDEN / "realistic_1000.abxs").read_bytes()
+    twin = json.loads((GOLDEN / "realistic_1000.json").read_text())
+    one = twin["experiments"][42]["key"]  # bench.py's experiment
+    client = abx.Client.from_snapshot(data)
+    engine = client._engine
+    assert engine is not None
+    prepared = _abx.Context(USER)
+    cases = {
+        "Python call cost (Engine.assign of an unknown key)": lambda: engine.assign("no such key", USER, NOW_MS),
+        "Engine.assign, prepared abx.Context": lambda: engine.assign(one, prepared, NOW_MS),
+        "Engine.assign, dict": lambda: engine.assign(one, USER, NOW_MS),
+        "Client.assign, prepared abx.Context": lambda: client.assign(one, prepared, now_ms=NOW_MS),
+        "Client.assign, dict": lambda: client.assign(one, USER, now_ms=NOW_MS),
+    }
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, call in cases.items():
+            seconds = min(timeit.repeat(call, number=100_000, repeat=3)) / 100_000
+            best[name] = min(best[name], seconds * 1e6)
+    native = min(engine.time_native(one, USER, NOW_MS, 200_000) for _ in range(3 * rounds)) * 1e6
+    print(f"{'native abx-core (Engine.time_native)':52s} {native:.3f} µs")
+    for name, micros in best.items():
+        print(f"{name:52s} {micros:.3f} µs")
+
+
+if __name__ == "__main__":
+    main()
