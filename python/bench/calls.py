@@ -16,17 +16,9 @@ from pathlib import Path
 import abx
 from abx import _abx
 
-GOLDEN = Path(__file__).resolve().parents[2] / "snapshots" / "golden"
-NOW_MS = 1_760_000_000_000
-# bench.py's user.
-USER = {
-    "user_id": "8f14e45f-ceea-467f-a0e6-0a1b2c3d4e5f",
-    "country": "US",
-    "platform": "ios",
-    "app_version": "2.4.1",
-    "plan": "pro",
-    "age": 34,
-}
+# bench.py's snapshot, clock and user (`-P` leaves this folder off the path).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import GOLDEN, NOW_MS, USER  # noqa: E402
 
 
 def main() -> None:
