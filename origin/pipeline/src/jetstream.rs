@@ -10,9 +10,9 @@
 //! write committed.
 //!
 //! Changing the number of streams moves units between streams: collectors publish to the
-//! new set at once, and the loaders keep draining every stream of the log's name that exists
-//! (`{stream}` and `{stream}_{k}`), so nothing waiting in a stream no longer published to is
-//! lost. A unit's events may then sit in two streams for a while; nothing depends on their
+//! new set at once, and the loaders keep draining every stream of the log that exists
+//! (`{stream}` and `{stream}_{k}`, with the log's subjects), so nothing waiting in a stream
+//! no longer published to is lost. A unit's events may then sit in two streams for a while; nothing depends on their
 //! order across streams, since the pipeline orders a unit's events by their timestamps.
 //!
 //! Nothing is counted twice: a client's retry of a whole request carries the same message
@@ -369,8 +369,8 @@ impl EventStream {
         &self.config
     }
 
-    /// Publishes validated events, one message per stream and partition, and returns once
-    /// JetStream has stored them all. Returns how many of the events were in messages the
+    /// Publishes validated events, one message per partition (subject) of the log, and
+    /// returns once JetStream has stored them all. Returns how many of the events were in messages the
     /// broker already had (a retried request).
     pub async fn publish(&self, events: &[EventRecord]) -> Result<usize, crate::Error> {
         let (streams, partitions) = (self.config.streams.max(1), self.config.partitions);
