@@ -3,14 +3,14 @@
 
 use core::cmp::Ordering;
 
-use crate::context::Value;
+use crate::context::ValueRef;
 use crate::murmur3::murmur3_x86_32;
 use crate::snapshot::{Op, Operand};
 
 /// Tests one attribute. `value` is `None` when the context lacks the attribute; `strings` is
 /// the snapshot's string table, which the operand's indices refer to (validated beforehand).
 pub(crate) fn test(
-    value: Option<&Value>,
+    value: Option<ValueRef<'_>>,
     op: Op,
     operand: &Operand,
     strings: &[alloc::string::String],
@@ -19,70 +19,72 @@ pub(crate) fn test(
         return false;
     };
     let string = |index: u32| strings.get(index as usize).map_or("", |s| s.as_str());
-    match (op, value, operand) {
+    match (op, &value, operand) {
         (Op::Exists, _, _) => true,
 
-        (Op::Eq, Value::Str(a), Operand::Str(b)) => a == string(*b),
-        (Op::Eq, Value::Num(a), Operand::Num(b)) => a == b,
-        (Op::Eq, Value::Bool(a), Operand::Bool(b)) => a == b,
-        (Op::Ne, Value::Str(a), Operand::Str(b)) => a != string(*b),
-        (Op::Ne, Value::Num(a), Operand::Num(b)) => !a.is_nan() && !b.is_nan() && a != b,
-        (Op::Ne, Value::Bool(a), Operand::Bool(b)) => a != b,
+        (Op::Eq, ValueRef::Str(a), Operand::Str(b)) => *a == string(*b),
+        (Op::Eq, ValueRef::Num(a), Operand::Num(b)) => a == b,
+        (Op::Eq, ValueRef::Bool(a), Operand::Bool(b)) => a == b,
+        (Op::Ne, ValueRef::Str(a), Operand::Str(b)) => *a != string(*b),
+        (Op::Ne, ValueRef::Num(a), Operand::Num(b)) => !a.is_nan() && !b.is_nan() && a != b,
+        (Op::Ne, ValueRef::Bool(a), Operand::Bool(b)) => a != b,
 
-        (Op::In, Value::Str(a), Operand::StrList(list)) => list.iter().any(|&i| string(i) == a),
-        (Op::In, Value::List(items), Operand::StrList(list)) => items
+        (Op::In, ValueRef::Str(a), Operand::StrList(list)) => list.iter().any(|&i| string(i) == *a),
+        (Op::In, ValueRef::List(items), Operand::StrList(list)) => items
             .iter()
             .any(|item| list.iter().any(|&i| string(i) == item)),
-        (Op::In, Value::Num(a), Operand::NumList(list)) => list.contains(a),
-        (Op::NotIn, Value::Str(a), Operand::StrList(list)) => list.iter().all(|&i| string(i) != a),
-        (Op::NotIn, Value::List(items), Operand::StrList(list)) => !items
+        (Op::In, ValueRef::Num(a), Operand::NumList(list)) => list.contains(a),
+        (Op::NotIn, ValueRef::Str(a), Operand::StrList(list)) => {
+            list.iter().all(|&i| string(i) != *a)
+        }
+        (Op::NotIn, ValueRef::List(items), Operand::StrList(list)) => !items
             .iter()
             .any(|item| list.iter().any(|&i| string(i) == item)),
-        (Op::NotIn, Value::Num(a), Operand::NumList(list)) => !a.is_nan() && !list.contains(a),
+        (Op::NotIn, ValueRef::Num(a), Operand::NumList(list)) => !a.is_nan() && !list.contains(a),
 
         // Private attributes: equality on hashes, with exactly the rows above.
-        (Op::Eq, Value::Str(a), Operand::HashedStr(h)) => private_hash_str(a) == *h,
-        (Op::Eq, Value::Num(a), Operand::HashedNum(h)) => private_hash_num(*a) == Some(*h),
-        (Op::Ne, Value::Str(a), Operand::HashedStr(h)) => private_hash_str(a) != *h,
-        (Op::Ne, Value::Num(a), Operand::HashedNum(h)) => {
+        (Op::Eq, ValueRef::Str(a), Operand::HashedStr(h)) => private_hash_str(a) == *h,
+        (Op::Eq, ValueRef::Num(a), Operand::HashedNum(h)) => private_hash_num(*a) == Some(*h),
+        (Op::Ne, ValueRef::Str(a), Operand::HashedStr(h)) => private_hash_str(a) != *h,
+        (Op::Ne, ValueRef::Num(a), Operand::HashedNum(h)) => {
             private_hash_num(*a).is_some_and(|a| a != *h)
         }
-        (Op::In, Value::Str(a), Operand::HashedStrList(list)) => {
+        (Op::In, ValueRef::Str(a), Operand::HashedStrList(list)) => {
             list.contains(&private_hash_str(a))
         }
-        (Op::In, Value::List(items), Operand::HashedStrList(list)) => items
+        (Op::In, ValueRef::List(items), Operand::HashedStrList(list)) => items
             .iter()
             .any(|item| list.contains(&private_hash_str(item))),
-        (Op::In, Value::Num(a), Operand::HashedNumList(list)) => {
+        (Op::In, ValueRef::Num(a), Operand::HashedNumList(list)) => {
             private_hash_num(*a).is_some_and(|a| list.contains(&a))
         }
-        (Op::NotIn, Value::Str(a), Operand::HashedStrList(list)) => {
+        (Op::NotIn, ValueRef::Str(a), Operand::HashedStrList(list)) => {
             !list.contains(&private_hash_str(a))
         }
-        (Op::NotIn, Value::List(items), Operand::HashedStrList(list)) => !items
+        (Op::NotIn, ValueRef::List(items), Operand::HashedStrList(list)) => !items
             .iter()
             .any(|item| list.contains(&private_hash_str(item))),
-        (Op::NotIn, Value::Num(a), Operand::HashedNumList(list)) => {
+        (Op::NotIn, ValueRef::Num(a), Operand::HashedNumList(list)) => {
             private_hash_num(*a).is_some_and(|a| !list.contains(&a))
         }
 
-        (Op::Contains, Value::Str(a), Operand::Str(b)) => a.contains(string(*b)),
-        (Op::Contains, Value::List(items), Operand::Str(b)) => {
+        (Op::Contains, ValueRef::Str(a), Operand::Str(b)) => a.contains(string(*b)),
+        (Op::Contains, ValueRef::List(items), Operand::Str(b)) => {
             items.iter().any(|s| s == string(*b))
         }
-        (Op::StartsWith, Value::Str(a), Operand::Str(b)) => a.starts_with(string(*b)),
-        (Op::EndsWith, Value::Str(a), Operand::Str(b)) => a.ends_with(string(*b)),
+        (Op::StartsWith, ValueRef::Str(a), Operand::Str(b)) => a.starts_with(string(*b)),
+        (Op::EndsWith, ValueRef::Str(a), Operand::Str(b)) => a.ends_with(string(*b)),
 
-        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, Value::Num(a), Operand::Num(b)) => a
+        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, ValueRef::Num(a), Operand::Num(b)) => a
             .partial_cmp(b)
             .is_some_and(|ord| ordering_matches(op, ord)),
-        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, Value::Str(a), Operand::Str(b)) => {
+        (Op::Gt | Op::Gte | Op::Lt | Op::Lte, ValueRef::Str(a), Operand::Str(b)) => {
             ordering_matches(op, a.as_bytes().cmp(string(*b).as_bytes()))
         }
 
         (
             Op::SemverEq | Op::SemverGt | Op::SemverGte | Op::SemverLt | Op::SemverLte,
-            Value::Str(a),
+            ValueRef::Str(a),
             Operand::Str(b),
         ) => semver_compare(a, string(*b)).is_some_and(|ord| ordering_matches(op, ord)),
 

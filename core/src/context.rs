@@ -20,6 +20,56 @@ pub enum Value {
     List(Vec<String>),
 }
 
+impl Value {
+    /// The value borrowed, as evaluation reads it.
+    pub fn view(&self) -> ValueRef<'_> {
+        match self {
+            Value::Str(s) => ValueRef::Str(s),
+            Value::Num(n) => ValueRef::Num(*n),
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::List(list) => ValueRef::List(list),
+        }
+    }
+}
+
+/// An attribute value as evaluation reads it: borrowed from a [`Context`], or from a host's
+/// own values by a binding that implements [`Attributes`] (so that it converts nothing).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueRef<'a> {
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+    List(&'a [String]),
+}
+
+impl From<ValueRef<'_>> for Value {
+    fn from(value: ValueRef<'_>) -> Self {
+        match value {
+            ValueRef::Str(s) => Value::Str(s.into()),
+            ValueRef::Num(n) => Value::Num(n),
+            ValueRef::Bool(b) => Value::Bool(b),
+            ValueRef::List(list) => Value::List(list.into()),
+        }
+    }
+}
+
+/// Where an evaluation of one experiment or flag reads the unit's attributes from. A
+/// [`Context`] is one; a binding can read its host's values in place instead (abx-python
+/// reads a `dict`'s strings where Python keeps them), which spares building a `Context` per
+/// call. Evaluation asks only for the attributes [`crate::Evaluator::experiment_attributes`]
+/// and [`crate::Evaluator::flag_attributes`] name, and may ask for one more than once.
+pub trait Attributes {
+    /// The value of the snapshot's attribute `index` (named `name`), or `None` when the unit
+    /// has none.
+    fn attribute(&self, index: u32, name: &str) -> Option<ValueRef<'_>>;
+}
+
+impl Attributes for Context {
+    fn attribute(&self, _index: u32, name: &str) -> Option<ValueRef<'_>> {
+        self.get(name).map(Value::view)
+    }
+}
+
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
         Value::Str(s.into())

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use crate::condition;
-use crate::context::{Context, Value};
+use crate::context::{Attributes, Context, Value, ValueRef};
 use crate::envelope;
 use crate::error::{Error, Invalid};
 use crate::murmur3::{Murmur3, murmur3_x86_32, to_bucket};
@@ -311,7 +311,12 @@ impl Evaluator {
     }
 
     /// Evaluates one experiment by key; `None` when the snapshot has no such experiment.
-    pub fn experiment(&self, key: &str, context: &Context, now_ms: i64) -> Option<Assignment<'_>> {
+    pub fn experiment(
+        &self,
+        key: &str,
+        context: &dyn Attributes,
+        now_ms: i64,
+    ) -> Option<Assignment<'_>> {
         let index = self.experiment_index(key)?;
         Some(Pass::new(self, context, now_ms).assign(index))
     }
@@ -320,7 +325,7 @@ impl Evaluator {
     pub fn experiment_at(
         &self,
         index: u32,
-        context: &Context,
+        context: &dyn Attributes,
         now_ms: i64,
     ) -> Option<Assignment<'_>> {
         (index < self.experiments.len() as u32)
@@ -403,8 +408,20 @@ impl Evaluator {
     }
 
     /// Evaluates one flag by key; `None` when the snapshot has no such flag.
-    pub fn flag(&self, key: &str, context: &Context, now_ms: i64) -> Option<FlagResult<'_>> {
-        let index = self.flag_index(key)?;
+    pub fn flag(&self, key: &str, context: &dyn Attributes, now_ms: i64) -> Option<FlagResult<'_>> {
+        self.flag_at(self.flag_index(key)?, context, now_ms)
+    }
+
+    /// Evaluates one flag by its index in the snapshot.
+    pub fn flag_at(
+        &self,
+        index: u32,
+        context: &dyn Attributes,
+        now_ms: i64,
+    ) -> Option<FlagResult<'_>> {
+        if index >= self.flags.len() as u32 {
+            return None;
+        }
         let mut pass = Pass::new(self, context, now_ms);
         // A flag evaluated alone computes the one experiment it may depend on.
         let mut side = Pass::new(self, context, now_ms);
@@ -718,18 +735,24 @@ impl Digits {
 /// cannot be a unit (the experiment then answers `missing_unit`). Bindings use it to log
 /// exposures without restating the rule.
 pub fn unit_text(value: &Value) -> Option<String> {
-    unit_of(Some(value)).map(|unit| unit.as_str().into())
+    unit_of(Some(value.view())).map(|unit| unit.as_str().into())
+}
+
+/// [`unit_text`] of a borrowed value, without allocating: for bindings that check an
+/// exposure against those already logged before making anything of it.
+pub fn with_unit_text<R>(value: ValueRef<'_>, f: impl FnOnce(&str) -> R) -> Option<R> {
+    unit_of(Some(value)).map(|unit| f(unit.as_str()))
 }
 
 /// Largest integer that every runtime represents exactly (JavaScript's safe integers).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 #[inline(always)]
-fn unit_of(value: Option<&Value>) -> Option<Unit<'_>> {
+fn unit_of(value: Option<ValueRef<'_>>) -> Option<Unit<'_>> {
     match value? {
-        Value::Str(s) if !s.is_empty() => Some(Unit::Text(s)),
-        Value::Num(n) if n.abs() <= MAX_SAFE_INTEGER && (*n as i64) as f64 == *n => {
-            Some(Unit::Integer(Digits::new(*n as i64)))
+        ValueRef::Str(s) if !s.is_empty() => Some(Unit::Text(s)),
+        ValueRef::Num(n) if n.abs() <= MAX_SAFE_INTEGER && (n as i64) as f64 == n => {
+            Some(Unit::Integer(Digits::new(n as i64)))
         }
         _ => None,
     }
@@ -764,10 +787,10 @@ const SLOT_UNKNOWN: u16 = u16::MAX - 1;
 /// experiment without targeting or layers allocates nothing.
 struct Pass<'e, 'c> {
     eval: &'e Evaluator,
-    context: &'c Context,
+    context: &'c dyn Attributes,
     /// Every snapshot attribute resolved up front (full passes); `None` looks attributes up
     /// in the context on demand (single evaluations, which read one or two).
-    attributes: Option<Vec<Option<&'c Value>>>,
+    attributes: Option<Vec<Option<ValueRef<'c>>>>,
     now_ms: i64,
     conditions: Vec<u8>,
     layer_slots: Vec<u16>,
@@ -778,7 +801,7 @@ struct Pass<'e, 'c> {
 }
 
 impl<'e, 'c> Pass<'e, 'c> {
-    fn new(eval: &'e Evaluator, context: &'c Context, now_ms: i64) -> Self {
+    fn new(eval: &'e Evaluator, context: &'c dyn Attributes, now_ms: i64) -> Self {
         Pass {
             eval,
             context,
@@ -802,7 +825,7 @@ impl<'e, 'c> Pass<'e, 'c> {
                 .iter()
                 .take_while(|&&i| names[i as usize] == name)
             {
-                attributes[i as usize] = Some(value);
+                attributes[i as usize] = Some(value.view());
             }
         }
         Pass {
@@ -812,12 +835,12 @@ impl<'e, 'c> Pass<'e, 'c> {
     }
 
     #[inline(always)]
-    fn attribute(&self, attr: u32) -> Option<&'c Value> {
+    fn attribute(&self, attr: u32) -> Option<ValueRef<'c>> {
         match &self.attributes {
             Some(resolved) => resolved[attr as usize],
             None => self
                 .context
-                .get(&self.eval.snapshot.attributes[attr as usize]),
+                .attribute(attr, &self.eval.snapshot.attributes[attr as usize]),
         }
     }
 

@@ -24,7 +24,7 @@ mod murmur3;
 pub mod snapshot;
 
 pub use builder::{Expr, Literal, SnapshotBuilder, thresholds};
-pub use context::{Context, Value};
+pub use context::{Attributes, Context, Value, ValueRef};
 pub use envelope::{
     FORMAT_VERSION, MAGIC, MAX_PAYLOAD_LEN, SignedParts, crc32, decode, decode_verified, encode,
     encode_signed, peek_version, public_key, signed_parts,
@@ -32,7 +32,7 @@ pub use envelope::{
 pub use error::{Error, Invalid};
 pub use evaluator::{
     Assignment, Evaluation, Evaluator, FlagReason, FlagResult, MAX_CONDITION_DEPTH, Reason,
-    unit_text,
+    unit_text, with_unit_text,
 };
 pub use murmur3::{Murmur3, bucket, murmur3_x86_32};
 pub use snapshot::Snapshot;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use abx_core::snapshot::FlagValue;
-use abx_core::{Context, Error, Evaluator, FlagReason, Reason, unit_text};
+use abx_core::{Attributes, Context, Error, Evaluator, FlagReason, Reason, with_unit_text};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -126,13 +126,29 @@ impl Engine {
         context::read(attributes, names, &self.attributes, read)
     }
 
-    /// The exposure of experiment `index` to log for this context, if its answer asks for one.
+    /// Runs `f` on the caller's context as the evaluation reading the attributes `read`
+    /// sees it (`context::with_context`).
+    fn with_context<R>(
+        &self,
+        attributes: Option<&Bound<'_, PyAny>>,
+        read: Option<&Vec<u32>>,
+        f: impl FnOnce(&dyn Attributes) -> R,
+    ) -> PyResult<R> {
+        let names = &self.evaluator.snapshot().attributes;
+        let read = read.map_or(&[][..], Vec::as_slice);
+        context::with_context(attributes, names, &self.attributes, read, f)
+    }
+
+    /// The exposure of experiment `index` to log for this context, if its answer asks for
+    /// one and `first(experiment_id, unit_attribute, unit)` says it is new: asked before any
+    /// Python string is made, so that a client's repeated exposures cost no allocation.
     fn exposure(
         &self,
         py: Python<'_>,
         index: u32,
         answer: Answer,
-        context: &Context,
+        context: &dyn Attributes,
+        first: &mut NewExposure<'_>,
     ) -> Option<Exposure> {
         if !answer.log_exposure {
             return None;
@@ -144,12 +160,12 @@ impl Engine {
             .snapshot()
             .attributes
             .get(experiment.unit as usize)?;
-        let unit = unit_text(context.get(attribute)?)?;
-        Some((
-            names.id.clone_ref(py),
-            names.unit.clone_ref(py),
-            PyString::new(py, &unit).unbind(),
-        ))
+        let value = context.attribute(experiment.unit, attribute)?;
+        let id = names.id.bind(py).to_str().ok()?;
+        let unit = with_unit_text(value, |unit| {
+            first(id, attribute, unit).then(|| PyString::new(py, unit).unbind())
+        })??;
+        Some((names.id.clone_ref(py), names.unit.clone_ref(py), unit))
     }
 
     fn variant_key(&self, py: Python<'_>, index: u32, variant: u32) -> Option<Py<PyString>> {
@@ -166,7 +182,7 @@ impl Engine {
         py: Python<'_>,
         index: u32,
         answer: Answer,
-        context: &Context,
+        exposure: Option<Exposure>,
     ) -> PyAssignment {
         let names = self.experiments.get(index as usize);
         let reason = Reason::ALL.iter().position(|r| *r == answer.reason);
@@ -180,7 +196,7 @@ impl Engine {
                     .map(|s| s.clone_ref(py))
             }),
             config: PyOnceLock::new(),
-            exposure: self.exposure(py, index, answer, context),
+            exposure,
         }
     }
 
@@ -209,51 +225,63 @@ impl Engine {
         }
     }
 
-    /// `Engine.assign`, for `ClientCore` too.
+    /// `Engine.assign`, for `ClientCore` too; `first` decides which exposures to hand back.
     fn assignment_of(
         &self,
         py: Python<'_>,
         key: &str,
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
+        first: &mut NewExposure<'_>,
     ) -> PyResult<Option<PyAssignment>> {
         let Some(index) = self.evaluator.experiment_index(key) else {
             return Ok(None);
         };
         let read = self.experiment_reads.get(index as usize);
-        let context = self.context(attributes, read.map(Vec::as_slice))?;
-        let assignment = self.evaluator.experiment_at(index, &context, now_ms);
-        Ok(assignment.map(|a| self.assignment(py, index, answer(&a), &context)))
+        self.with_context(attributes, read, |context| {
+            let answer = answer(&self.evaluator.experiment_at(index, context, now_ms)?);
+            let exposure = self.exposure(py, index, answer, context, first);
+            Some(self.assignment(py, index, answer, exposure))
+        })
     }
 
-    /// `Engine.flag`, for `ClientCore` too.
+    /// `Engine.flag`, for `ClientCore` too; `first` decides which exposures to hand back.
     fn flag_of(
         &self,
         py: Python<'_>,
         key: &str,
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
+        first: &mut NewExposure<'_>,
     ) -> PyResult<Option<PyFlagDetail>> {
         let Some(index) = self.evaluator.flag_index(key) else {
             return Ok(None);
         };
         let read = self.flag_reads.get(index as usize);
-        let context = self.context(attributes, read.map(Vec::as_slice))?;
-        let Some(result) = self.evaluator.flag(key, &context, now_ms) else {
-            return Ok(None);
-        };
-        let experiment = result.experiment.and_then(|e| {
-            let a = self.evaluator.experiment_at(e, &context, now_ms)?;
-            Some((e, a.variant_index?, answer(&a)))
-        });
-        let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, &context));
-        let flag = FlagAnswer {
-            value: result.value.into(),
-            reason: result.reason,
-            variant: experiment.map(|(e, v, _)| (e, v)),
-        };
-        Ok(Some(self.flag_detail(py, &flag, exposure)))
+        self.with_context(attributes, read, |context| {
+            let result = self.evaluator.flag_at(index, context, now_ms)?;
+            let experiment = result.experiment.and_then(|e| {
+                let a = self.evaluator.experiment_at(e, context, now_ms)?;
+                Some((e, a.variant_index?, answer(&a)))
+            });
+            let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, context, first));
+            let flag = FlagAnswer {
+                value: result.value.into(),
+                reason: result.reason,
+                variant: experiment.map(|(e, v, _)| (e, v)),
+            };
+            Some(self.flag_detail(py, &flag, exposure))
+        })
     }
+}
+
+/// Whether an exposure `(experiment_id, unit_attribute, unit)` is to be logged: always for
+/// `Engine`'s own calls, once per process for a client's.
+pub(crate) type NewExposure<'a> = dyn FnMut(&str, &str, &str) -> bool + 'a;
+
+/// Every exposure, for the engine's own calls (the caller decides what to log).
+fn every_exposure(_: &str, _: &str, _: &str) -> bool {
+    true
 }
 
 fn answer(assignment: &abx_core::Assignment<'_>) -> Answer {
@@ -336,7 +364,7 @@ impl Engine {
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
     ) -> PyResult<Option<PyAssignment>> {
-        self.assignment_of(py, key, attributes, now_ms)
+        self.assignment_of(py, key, attributes, now_ms, &mut every_exposure)
     }
 
     /// One flag's `FlagDetail`, or `None` for an unknown key. Its `_exposure` is set when
@@ -349,7 +377,7 @@ impl Engine {
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
     ) -> PyResult<Option<PyFlagDetail>> {
-        self.flag_of(py, key, attributes, now_ms)
+        self.flag_of(py, key, attributes, now_ms, &mut every_exposure)
     }
 
     /// Every experiment and flag: `(experiments, flags)`, read-only mappings from key to
@@ -405,7 +433,7 @@ impl Engine {
         for _ in 0..iterations {
             match key {
                 Some(key) => {
-                    black_box(self.evaluator.experiment(key, black_box(&context), now_ms));
+                    black_box(self.evaluator.experiment(key, black_box(&*context), now_ms));
                 }
                 None => {
                     black_box(self.evaluator.evaluate(black_box(&context), now_ms));

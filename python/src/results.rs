@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString};
 
-use crate::Engine;
+use crate::{Engine, every_exposure};
 
 /// `(experiment_id, unit_attribute, unit)` of an exposure to log.
 pub(crate) type Exposure = (Py<PyString>, Py<PyString>, Py<PyString>);
@@ -308,7 +308,8 @@ impl LazyMapping for Experiments {
     fn item(&self, py: Python<'_>, engine: &Engine, i: u32) -> PyResult<Py<PyAny>> {
         let answer = self.answers.get(i as usize).copied();
         let answer = answer.ok_or_else(|| PyKeyError::new_err(i))?;
-        let assignment = engine.assignment(py, i, answer, &self.context);
+        let exposure = engine.exposure(py, i, answer, &self.context, &mut every_exposure);
+        let assignment = engine.assignment(py, i, answer, exposure);
         Ok(Bound::new(py, assignment)?.into_any().unbind())
     }
 }
