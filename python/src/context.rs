@@ -86,16 +86,14 @@ impl PreparedContext {
     }
 }
 
-/// The context abx-core would build from the same attributes as JSON: a prepared `Context`
-/// as it is, or a dict's entries among `names` (the snapshot's attributes, with their
-/// interned Python twins), the only ones abx-core reads, and of those only the indices in
-/// `read`, when given (what one evaluation reads). `None` is the empty context; anything
-/// else is a `TypeError`.
+/// The context abx-core would build from the same attributes as JSON, for evaluating
+/// everything: a prepared `Context` as it is, or a dict's entries among `names` (the
+/// snapshot's attributes, with their interned Python twins), the only ones abx-core reads.
+/// `None` is the empty context; anything else is a `TypeError`.
 pub(crate) fn read<'a>(
     attributes: Option<&'a Bound<'_, PyAny>>,
     names: &[String],
     interned: &[Py<PyString>],
-    read: Option<&[u32]>,
 ) -> PyResult<Cow<'a, Context>> {
     let Some(attributes) = attributes else {
         return Ok(Cow::Owned(Context::new()));
@@ -109,50 +107,38 @@ pub(crate) fn read<'a>(
         return Ok(Cow::Owned(context));
     }
     let py = attributes.py();
-    let mut take = |i: usize| -> PyResult<()> {
-        if let (Some(name), Some(key)) = (names.get(i), interned.get(i))
-            && let Some(value) = attributes.get_item(key.bind(py))?
+    for (name, key) in names.iter().zip(interned) {
+        if let Some(value) = attributes.get_item(key.bind(py))?
             && let Some(value) = attribute(&value)
         {
             context.insert(name.as_str(), value);
         }
-        Ok(())
-    };
-    match read {
-        Some(read) => read.iter().try_for_each(|&i| take(i as usize))?,
-        None => (0..names.len()).try_for_each(&mut take)?,
     }
     Ok(Cow::Owned(context))
 }
 
-/// An evaluation reading at most this many attributes reads a dict's values in place; one
-/// that reads more (rare: a flag whose rules name many attributes) gets a `Context` built.
-const IN_PLACE: usize = 8;
+/// An evaluation reading at most this many attributes (a unit and up to three targeting
+/// attributes: most experiments) keeps what it reads from a dict on the stack; one that reads
+/// more, in a `Vec`. The conformance suite runs both: its `targeting` scenario reads five.
+const ON_STACK: usize = 4;
 
 /// A dict's values for the attributes one evaluation reads, borrowed where Python keeps them
 /// (a `str`'s UTF-8): no `Context`, no copies, which was half of a call's cost from a dict.
-struct InPlace<'a> {
-    values: [(u32, Option<ValueRef<'a>>); IN_PLACE],
-    len: usize,
-}
+struct InPlace<'a>(&'a [(u32, Option<ValueRef<'a>>)]);
 
 impl Attributes for InPlace<'_> {
     fn attribute(&self, index: u32, _name: &str) -> Option<ValueRef<'_>> {
-        let values = &self.values[..self.len];
-        values
-            .iter()
-            .find(|(i, _)| *i == index)
-            .and_then(|(_, v)| *v)
+        let found = self.0.iter().find(|(i, _)| *i == index);
+        found.and_then(|(_, value)| *value)
     }
 }
 
 /// Runs `f` on the caller's context as an evaluation reading the attributes `read` (indices
-/// into `names`, the snapshot's attributes, whose interned twins are `interned`) sees it: a
-/// prepared `Context` as it is, a dict's entries read in place, `None` as the empty context;
+/// into the snapshot's attributes, whose interned Python names are `interned`) sees it: a
+/// dict's entries read in place, a prepared `Context` as it is, `None` as the empty context;
 /// anything else is a `TypeError`.
 pub(crate) fn with_context<R>(
     attributes: Option<&Bound<'_, PyAny>>,
-    names: &[String],
     interned: &[Py<PyString>],
     read: &[u32],
     f: impl FnOnce(&dyn Attributes) -> R,
@@ -166,13 +152,16 @@ pub(crate) fn with_context<R>(
         let prepared = attributes.cast::<PreparedContext>()?;
         return Ok(f(&prepared.get().context));
     };
-    if read.len() > IN_PLACE {
-        let context = self::read(Some(attributes), names, interned, Some(read))?;
-        return Ok(f(&*context));
-    }
     let py = dict.py();
     // Two steps, because the views borrow from the values the first step holds.
-    let mut held: [Option<Held<'_>>; IN_PLACE] = Default::default();
+    let mut held_on_stack: [Option<Held<'_>>; ON_STACK] = Default::default();
+    let mut held_on_heap = Vec::new();
+    let held = if read.len() <= ON_STACK {
+        &mut held_on_stack[..read.len()]
+    } else {
+        held_on_heap.resize_with(read.len(), || None);
+        &mut held_on_heap[..]
+    };
     for (slot, &i) in held.iter_mut().zip(read) {
         if let Some(key) = interned.get(i as usize)
             && let Some(value) = dict.get_item(key.bind(py))?
@@ -180,12 +169,16 @@ pub(crate) fn with_context<R>(
             *slot = Held::of(value);
         }
     }
-    let mut view = InPlace {
-        values: [(u32::MAX, None); IN_PLACE],
-        len: read.len(),
+    let mut views_on_stack = [(u32::MAX, None); ON_STACK];
+    let mut views_on_heap = Vec::new();
+    let views = if read.len() <= ON_STACK {
+        &mut views_on_stack[..read.len()]
+    } else {
+        views_on_heap.resize(read.len(), (u32::MAX, None));
+        &mut views_on_heap[..]
     };
-    for ((entry, &i), held) in view.values.iter_mut().zip(read).zip(&held) {
-        *entry = (i, held.as_ref().and_then(Held::view));
+    for ((view, &i), held) in views.iter_mut().zip(read).zip(held.iter()) {
+        *view = (i, held.as_ref().and_then(Held::view));
     }
-    Ok(f(&view))
+    Ok(f(&InPlace(views)))
 }

@@ -115,15 +115,13 @@ const FLAG_REASONS: [FlagReason; 4] = [
 ];
 
 impl Engine {
-    /// The caller's context, as far as an evaluation reading the attributes `read` (every
-    /// attribute, without it) needs it.
+    /// The caller's context, for evaluating everything.
     fn context<'a>(
         &self,
         attributes: Option<&'a Bound<'_, PyAny>>,
-        read: Option<&[u32]>,
     ) -> PyResult<std::borrow::Cow<'a, Context>> {
         let names = &self.evaluator.snapshot().attributes;
-        context::read(attributes, names, &self.attributes, read)
+        context::read(attributes, names, &self.attributes)
     }
 
     /// Runs `f` on the caller's context as the evaluation reading the attributes `read`
@@ -134,9 +132,8 @@ impl Engine {
         read: Option<&Vec<u32>>,
         f: impl FnOnce(&dyn Attributes) -> R,
     ) -> PyResult<R> {
-        let names = &self.evaluator.snapshot().attributes;
         let read = read.map_or(&[][..], Vec::as_slice);
-        context::with_context(attributes, names, &self.attributes, read, f)
+        context::with_context(attributes, &self.attributes, read, f)
     }
 
     /// The exposure of experiment `index` to log for this context, if its answer asks for
@@ -389,7 +386,7 @@ impl Engine {
         now_ms: i64,
     ) -> PyResult<(Experiments, Flags)> {
         let engine = slf.get();
-        let context = engine.context(attributes, None)?;
+        let context = engine.context(attributes)?;
         let evaluation = engine.evaluator.evaluate(&context, now_ms);
         let answers: Vec<Answer> = evaluation.experiments.iter().map(answer).collect();
         let flags = evaluation
@@ -427,7 +424,7 @@ impl Engine {
         now_ms: i64,
         iterations: u32,
     ) -> PyResult<f64> {
-        let context = self.context(attributes, None)?;
+        let context = self.context(attributes)?;
         let iterations = iterations.max(1);
         let started = std::time::Instant::now();
         for _ in 0..iterations {
