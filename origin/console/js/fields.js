@@ -2,6 +2,7 @@
 // next to them (and all of them in a summary at the top), shared by the console's forms so
 // that validation stays the origin's alone.
 
+import { ApiError } from './api.js';
 import { fill, h, uid } from './dom.js';
 
 /** A labelled control inside a box that names its API field (for 422 details). */
@@ -141,4 +142,30 @@ export function errorDisplay(form, summary) {
   };
 
   return { clearErrors, showErrors };
+}
+
+/**
+ * Sends a form's `request` with its `submit` button disabled, and shows what the origin
+ * refused: a 422's field errors at their fields, a 412 as somebody else's change since the
+ * page loaded, anything else as its message (with the fields `fieldsOf(error)` names, for
+ * refusals such as a full layer that concern one field). Resolves to what was saved, or null
+ * when it was refused.
+ */
+export async function save({ submit, showErrors, what, request, fieldsOf = () => [] }) {
+  submit.disabled = true;
+  try {
+    return await request();
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    if (error.status === 422) {
+      showErrors(`The origin refused the ${what}:`, error.fields || []);
+    } else if (error.status === 412) {
+      showErrors(`Someone changed this ${what} since it was loaded. Reload the page to see their change, then edit again.`, []);
+    } else {
+      showErrors(error.message, fieldsOf(error));
+    }
+    return null;
+  } finally {
+    submit.disabled = false;
+  }
 }

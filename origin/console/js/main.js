@@ -16,6 +16,7 @@ const routes = [
   { pattern: /^\/layers$/, load: () => import('./pages/layers.js'), section: 'layers' },
   { pattern: /^\/flags$/, load: () => import('./pages/flags.js'), section: 'flags' },
   { pattern: /^\/metrics$/, load: () => import('./pages/metrics.js'), section: 'metrics' },
+  { pattern: /^\/metrics\/([^/]+)$/, load: () => import('./pages/metrics.js'), section: 'metrics', admin: true },
   { pattern: /^\/power$/, load: () => import('./pages/power.js'), section: 'power' },
   { pattern: /^\/audit$/, load: () => import('./pages/audit.js'), section: 'audit' },
 ];
@@ -136,7 +137,7 @@ async function route({ keepFocus = false } = {}) {
   };
   try {
     if (r.admin && !ctx.canEdit) {
-      fill(root, h('h1', { tabindex: '-1' }, 'Not allowed'), h('p', {}, 'Only admin keys can create or edit experiments.'));
+      fill(root, h('h1', { tabindex: '-1' }, 'Not allowed'), h('p', {}, 'Only admin keys can create or edit configuration.'));
     } else {
       const page = await r.load();
       await page.render(ctx);

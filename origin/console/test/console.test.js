@@ -287,6 +287,51 @@ test('the other pages: layers, flags (rollout and kill switch), metrics, power c
   const ratio = await origin.get('/metrics/revenue_per_session_week2');
   assert.deepEqual([ratio.denominator_event_type, ratio.cap, ratio.window], ['session', { value: 500 }, { delay_s: 604_800, length_s: 604_800 }]);
 
+  // Editing: the form opens with the metric as it is; a filter is added and the window
+  // cleared (an edit removes what was emptied); the origin's 422 shows at the filter.
+  await page.getByRole('link', { name: 'Edit revenue_per_session_week2' }).click();
+  await page.getByRole('heading', { level: 1, name: 'revenue_per_session_week2' }).waitFor();
+  const editForm = page.locator('form');
+  assert.equal(await editForm.locator('[name=key]').isDisabled(), true);
+  assert.deepEqual(
+    await Promise.all(['kind', 'denominator_event_type', '"cap.kind"', '"cap.amount"', '"window.delay"', '"window.length"'].map((n) => editForm.locator(`[name=${n}]`).inputValue())),
+    ['ratio', 'session', 'value', '500', '7', '7'],
+  );
+  await editForm.locator('[name=filter]').fill('{"all": [{"attr": "currency", "op": "matches", "value": "USD"}]}');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.locator('#form-errors[role=alert]').waitFor();
+  assert.match(await editForm.locator('[data-field=filter] .field-error').textContent(), /\S/);
+  const badFilter = page.errors.findIndex((e) => e.includes('422'));
+  assert.notEqual(badFilter, -1, `the 422 was not seen: ${page.errors}`);
+  page.errors.splice(badFilter, 1);
+  await editForm.locator('[name=filter]').fill('{"all": [{"attr": "currency", "op": "eq", "value": "USD"}]}');
+  await editForm.locator('[name="window.delay"]').fill('');
+  await editForm.locator('[name="window.length"]').fill('');
+  await checkPage(page, 'metric-edit');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Metrics' }).waitFor();
+  assert.match(await row('revenue_per_session_week2', 'filter').textContent(), /currency/);
+  const edited = await origin.get('/metrics/revenue_per_session_week2');
+  assert.deepEqual(edited.filter, { all: [{ attr: 'currency', op: 'eq', value: 'USD' }] });
+  assert.equal(edited.window ?? null, null);
+  assert.deepEqual([edited.kind, edited.cap, edited.version], ['ratio', { value: 500 }, ratio.version + 1]);
+  // A metric that running experiments use keeps what it measures (the origin's 409), while
+  // its name can change.
+  await page.getByRole('link', { name: 'Edit crash_rate' }).click();
+  await page.getByRole('heading', { level: 1, name: 'crash_rate' }).waitFor();
+  await page.locator('form [name=filter]').fill('{"all": [{"attr": "fatal", "op": "eq", "value": true}]}');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.getByText('cannot change while running experiments use it').waitFor();
+  const inUse = page.errors.findIndex((e) => e.includes('409'));
+  assert.notEqual(inUse, -1, `the 409 was not seen: ${page.errors}`);
+  page.errors.splice(inUse, 1);
+  await page.locator('form [name=filter]').fill('');
+  await page.locator('form [name=name]').fill('Crashes');
+  await page.getByRole('button', { name: 'Save changes' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Metrics' }).waitFor();
+  const crash = await origin.get('/metrics/crash_rate');
+  assert.deepEqual([crash.name, crash.filter ?? null, crash.event_type], ['Crashes', null, 'crash']);
+
   // Layers: the slot map names the experiment owning each range.
   await page.getByRole('link', { name: 'Layers' }).click();
   await page.getByRole('heading', { level: 1, name: 'Layers' }).waitFor();
@@ -352,6 +397,9 @@ test('a viewer sees everything and can change nothing; bad keys are refused', { 
   await page.getByRole('link', { name: 'Metrics' }).click();
   await page.locator('table[data-table="metrics"] tr[data-metric="purchase_3d"]').waitFor();
   assert.equal(await page.locator('form').count(), 0, 'no metric form for a viewer');
+  assert.equal(await page.getByRole('link', { name: /^Edit / }).count(), 0, 'no edit links for a viewer');
+  await page.goto(`${origin.base}/#/metrics/purchase_3d`);
+  await page.getByRole('heading', { level: 1, name: 'Not allowed' }).waitFor();
   await page.getByRole('link', { name: 'Flags' }).click();
   await page.getByRole('heading', { level: 1, name: 'Feature flags' }).waitFor();
   // Keyboard: the skip link moves focus to the content, and Tab from the page heading

@@ -3,8 +3,8 @@
 // at the top), so the rules live in one place (origin/src/model/experiment.rs). Only JSON
 // syntax is checked here, since a malformed JSON text cannot be sent at all.
 
-import { ApiError, api, enc, listAll } from '../api.js';
-import { box, errorDisplay, group, input, number, parseJson, select } from '../fields.js';
+import { api, enc, listAll } from '../api.js';
+import { box, errorDisplay, group, input, number, parseJson, save, select } from '../fields.js';
 import { announce, fill, h, uid } from '../dom.js';
 import { json } from '../format.js';
 import { setFlash } from './experiment.js';
@@ -295,25 +295,16 @@ export async function render(ctx) {
       showErrors('Fix the JSON before saving:', errors);
       return;
     }
-    submit.disabled = true;
-    try {
-      const saved = editing
-        ? await api(`/experiments/${enc(e.id)}`, { method: 'PATCH', body, ifMatch: e.version })
-        : await api('/experiments', { method: 'POST', body });
-      setFlash(editing ? `${saved.key} saved.` : `${saved.key} created as a draft.`);
-      ctx.navigate(`#/experiments/${enc(saved.id)}`);
-    } catch (error) {
-      if (!(error instanceof ApiError)) throw error;
-      if (error.status === 422) {
-        showErrors('The origin refused the experiment:', error.fields);
-      } else if (error.status === 412) {
-        showErrors('Someone changed this experiment since it was loaded. Reload the page to see their change, then edit again.', []);
-      } else {
-        showErrors(error.message, error.code === 'layer_full' && error.details ? [{ field: 'layer', message: `${error.details.free_percent}% is free` }] : []);
-      }
-    } finally {
-      submit.disabled = false;
-    }
+    const saved = await save({
+      submit,
+      showErrors,
+      what: 'experiment',
+      request: () => (editing ? api(`/experiments/${enc(e.id)}`, { method: 'PATCH', body, ifMatch: e.version }) : api('/experiments', { method: 'POST', body })),
+      fieldsOf: (error) => (error.code === 'layer_full' && error.details ? [{ field: 'layer', message: `${error.details.free_percent}% is free` }] : []),
+    });
+    if (!saved) return;
+    setFlash(editing ? `${saved.key} saved.` : `${saved.key} created as a draft.`);
+    ctx.navigate(`#/experiments/${enc(saved.id)}`);
   });
 
   fill(ctx.root,

@@ -1,10 +1,11 @@
 // Metrics: what each one measures (kind, events, quantile, cap, window, filter), and for an
-// admin a form that defines a new one. As in the experiment form, validation is the
-// origin's: the form sends what was entered and shows each 422 field error at its field.
+// admin a form that defines a new one or edits one (#/metrics/{key}). As in the experiment
+// form, validation is the origin's: the form sends what was entered and shows each 422 field
+// error at its field, and the origin's 409 when a running experiment uses the metric.
 
-import { ApiError, api, listAll } from '../api.js';
+import { api, enc, listAll } from '../api.js';
 import { announce, fill, h } from '../dom.js';
-import { box, errorDisplay, group, input, number, parseJson, select } from '../fields.js';
+import { box, errorDisplay, group, input, number, parseJson, save, select } from '../fields.js';
 import { json, windowText } from '../format.js';
 
 let flash = null;
@@ -34,11 +35,12 @@ function capText(cap) {
   return cap.value != null ? `at ${cap.value}` : `at the ${+(cap.percentile * 100).toFixed(3)}th percentile`;
 }
 
-function metricRow(m) {
+function metricRow(m, canEdit) {
+  const edit = canEdit ? h('a', { class: 'row-action', href: `#/metrics/${enc(m.key)}`, 'aria-label': `Edit ${m.key}` }, 'Edit') : null;
   return h(
     'tr',
     { dataset: { metric: m.key } },
-    h('th', { scope: 'row' }, m.key, m.name && m.name !== m.key ? h('span', { class: 'muted' }, ` ${m.name}`) : null),
+    h('th', { scope: 'row' }, m.key, m.name && m.name !== m.key ? h('span', { class: 'muted' }, ` ${m.name}`) : null, edit ? ' ' : null, edit),
     h('td', { dataset: { field: 'measures' } }, measures(m)),
     h('td', { dataset: { field: 'direction' } }, m.direction === 'increase' ? 'higher is better' : 'lower is better'),
     h('td', { dataset: { field: 'cap' } }, capText(m.cap)),
@@ -53,19 +55,26 @@ function seconds(control) {
   return typeof days === 'number' ? Math.round(days * 86_400) : days;
 }
 
-function metricForm(ctx) {
-  const key = input({ name: 'key', required: true, spellcheck: 'false' });
-  const name = input({ name: 'name' });
-  const kind = select(KINDS, 'conversion', { name: 'kind' });
-  const eventType = input({ name: 'event_type', spellcheck: 'false' });
-  const denominator = input({ name: 'denominator_event_type', spellcheck: 'false' });
-  const quantile = input({ name: 'quantile', type: 'number', min: 0, max: 1, step: 'any', placeholder: '0.95' });
+/** Seconds as the form shows them, in days; empty for none. */
+function days(s) {
+  return s == null ? '' : String(s / 86_400);
+}
+
+/** The form that defines a metric, or with `m` edits it (its key cannot change). */
+function metricForm(ctx, m = null) {
+  const editing = m !== null;
+  const key = input({ name: 'key', required: true, spellcheck: 'false', value: m?.key ?? '', disabled: editing });
+  const name = input({ name: 'name', value: m && m.name !== m.key ? m.name : '' });
+  const kind = select(KINDS, m?.kind ?? 'conversion', { name: 'kind' });
+  const eventType = input({ name: 'event_type', spellcheck: 'false', value: m?.event_type ?? '' });
+  const denominator = input({ name: 'denominator_event_type', spellcheck: 'false', value: m?.denominator_event_type ?? '' });
+  const quantile = input({ name: 'quantile', type: 'number', min: 0, max: 1, step: 'any', placeholder: '0.95', value: m?.quantile ?? '' });
   const direction = select(
     [
       ['increase', 'Higher is better'],
       ['decrease', 'Lower is better'],
     ],
-    'increase',
+    m?.direction ?? 'increase',
     { name: 'direction' },
   );
   const capKind = select(
@@ -74,14 +83,18 @@ function metricForm(ctx) {
       ['value', 'At a value'],
       ['percentile', 'At a percentile of the units\u2019 values'],
     ],
-    '',
+    m?.cap ? (m.cap.value != null ? 'value' : 'percentile') : '',
     { name: 'cap.kind' },
   );
-  const capValue = input({ name: 'cap.amount', type: 'number', step: 'any' });
-  const windowDelay = input({ name: 'window.delay', type: 'number', min: 0, step: 'any' });
-  const windowLength = input({ name: 'window.length', type: 'number', min: 0, step: 'any' });
-  const threshold = input({ name: 'guardrail_threshold', type: 'number', step: 'any' });
-  const filter = h('textarea', { name: 'filter', rows: 2, spellcheck: 'false', placeholder: '{"all": [{"attr": "currency", "op": "eq", "value": "USD"}]}' });
+  const capValue = input({ name: 'cap.amount', type: 'number', step: 'any', value: m?.cap ? (m.cap.value ?? m.cap.percentile) : '' });
+  const windowDelay = input({ name: 'window.delay', type: 'number', min: 0, step: 'any', value: days(m?.window?.delay_s) });
+  const windowLength = input({ name: 'window.length', type: 'number', min: 0, step: 'any', value: days(m?.window?.length_s) });
+  const threshold = input({ name: 'guardrail_threshold', type: 'number', step: 'any', value: m?.guardrail_threshold ?? '' });
+  const filter = h(
+    'textarea',
+    { name: 'filter', rows: m?.filter ? 6 : 2, spellcheck: 'false', placeholder: '{"all": [{"attr": "currency", "op": "eq", "value": "USD"}]}' },
+    m?.filter ? json(m.filter) : '',
+  );
 
   const denominatorBox = box('denominator_event_type', 'Denominator event type', denominator, 'Ratio metrics: Σ value of these events per unit.');
   const quantileBox = box('quantile', 'Quantile', quantile, 'Strictly between 0 and 1: 0.95 is the 95th percentile.');
@@ -96,10 +109,11 @@ function metricForm(ctx) {
   capKind.addEventListener('change', showParts);
 
   const summary = h('div', { id: 'form-errors', tabindex: '-1' });
-  const submit = h('button', { type: 'submit' }, 'Create metric');
+  const submit = h('button', { type: 'submit' }, editing ? 'Save changes' : 'Create metric');
+  const heading = editing ? 'edit-metric' : 'new-metric';
   const form = h(
     'form',
-    { novalidate: true, 'aria-labelledby': 'new-metric' },
+    { novalidate: true, 'aria-labelledby': heading },
     summary,
     group('definition', 'What it measures', [
       h('div', { class: 'inline' }, box('key', 'Key', key, 'Lowercase letters, digits, _ and -.'), box('name', 'Name', name, 'Defaults to the key.')),
@@ -118,7 +132,7 @@ function metricForm(ctx) {
       box('guardrail_threshold', 'Guardrail threshold (standard errors)', threshold, 'Optional: the harm that must be seen before a guardrail alarms.'),
       box('filter', 'Filter (JSON condition on event properties)', filter, 'Optional: only events whose properties match count.'),
     ]),
-    h('div', { class: 'actions' }, submit),
+    h('div', { class: 'actions' }, submit, editing ? h('a', { class: 'button secondary', href: '#/metrics' }, 'Cancel') : null),
   );
   const { clearErrors, showErrors } = errorDisplay(form, summary);
 
@@ -126,43 +140,58 @@ function metricForm(ctx) {
     event.preventDefault();
     clearErrors();
     const errors = [];
+    // Every part is sent, null when empty or not taken by the kind, so that an edit (a
+    // merge patch) also removes what was cleared.
+    const takes = (part) => TAKES[part].includes(kind.value);
+    const windowed = windowDelay.value.trim() || windowLength.value.trim();
     const body = {
-      key: key.value.trim(),
-      name: name.value.trim() || undefined,
+      name: name.value.trim() || null,
       kind: kind.value,
       event_type: eventType.value.trim(),
       direction: direction.value,
       guardrail_threshold: number(threshold),
       filter: parseJson(filter.value, 'filter', errors, null),
+      denominator_event_type: takes('denominator') ? denominator.value.trim() || null : null,
+      quantile: takes('quantile') ? number(quantile) : null,
+      cap: takes('cap') && capKind.value ? { [capKind.value]: number(capValue) } : null,
+      window: windowed ? { delay_s: seconds(windowDelay) ?? 0, length_s: seconds(windowLength) } : null,
     };
-    if (TAKES.denominator.includes(kind.value)) body.denominator_event_type = denominator.value.trim() || null;
-    if (TAKES.quantile.includes(kind.value)) body.quantile = number(quantile);
-    if (TAKES.cap.includes(kind.value) && capKind.value) body.cap = { [capKind.value]: number(capValue) };
-    if (windowDelay.value.trim() || windowLength.value.trim()) {
-      body.window = { delay_s: seconds(windowDelay) ?? 0, length_s: seconds(windowLength) };
-    }
+    if (!editing) body.key = key.value.trim();
     if (errors.length) {
       showErrors('Fix the JSON before saving:', errors);
       return;
     }
-    submit.disabled = true;
-    try {
-      const created = await api('/metrics', { method: 'POST', body });
-      flash = `${created.key} created.`;
-      announce(flash);
-      await ctx.refresh();
-    } catch (error) {
-      if (!(error instanceof ApiError)) throw error;
-      showErrors(error.status === 422 ? 'The origin refused the metric:' : error.message, error.fields || []);
-    } finally {
-      submit.disabled = false;
-    }
+    const saved = await save({
+      submit,
+      showErrors,
+      what: 'metric',
+      request: () => (editing ? api(`/metrics/${enc(m.key)}`, { method: 'PATCH', body, ifMatch: m.version }) : api('/metrics', { method: 'POST', body })),
+    });
+    if (!saved) return;
+    flash = `${saved.key} ${editing ? 'saved' : 'created'}.`;
+    announce(flash);
+    if (editing) ctx.navigate('#/metrics');
+    else await ctx.refresh();
   });
   showParts();
-  return h('section', { class: 'panel', 'aria-labelledby': 'new-metric' }, h('h2', { id: 'new-metric' }, 'New metric'), form);
+  return h('section', { class: 'panel', 'aria-labelledby': heading }, h('h2', { id: heading }, editing ? `Edit ${m.key}` : 'New metric'), form);
+}
+
+/** #/metrics/{key}: one metric's form. */
+async function renderEdit(ctx, key) {
+  const metric = await api(`/metrics/${enc(key)}`, { signal: ctx.signal });
+  ctx.setTitle(`Edit ${metric.key}`);
+  fill(
+    ctx.root,
+    h('p', { class: 'note' }, h('a', { href: '#/metrics' }, '← Metrics')),
+    h('h1', { tabindex: '-1' }, metric.key),
+    h('p', { class: 'subtitle' }, 'What the metric measures (kind, events, quantile, cap, window, filter) cannot change while a running experiment uses it; its name, direction and guardrail threshold can.'),
+    metricForm(ctx, metric),
+  );
 }
 
 export async function render(ctx) {
+  if (ctx.params.length) return renderEdit(ctx, ctx.params[0]);
   ctx.setTitle('Metrics');
   const metrics = await listAll('/metrics', { signal: ctx.signal });
   const note = flash ? h('div', { class: 'message success', role: 'status', tabindex: '-1' }, flash) : null;
@@ -185,7 +214,7 @@ export async function render(ctx) {
               {},
               h('tr', {}, ['Metric', 'Measures', 'Direction', 'Cap', 'Window', 'Filter'].map((t) => h('th', { scope: 'col' }, t))),
             ),
-            h('tbody', {}, metrics.map(metricRow)),
+            h('tbody', {}, metrics.map((m) => metricRow(m, ctx.canEdit))),
           ),
         )
       : h('p', { class: 'panel' }, 'No metrics yet.'),
