@@ -45,8 +45,8 @@ async fn note_unknown_filter_properties(
     Ok(())
 }
 
-/// Loads an experiment (by id or key) and computes its results by one of its declared
-/// dimensions, with the `top` values apart.
+/// Loads an experiment (by id or key) and computes its results by one of its dimensions
+/// (its own or the instance's), with the `top` values apart.
 pub async fn drill_down_of(
     state: &AppState,
     conn: &mut AnyConnection,
@@ -57,15 +57,18 @@ pub async fn drill_down_of(
     let e = store::experiments::get(conn, reference)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("experiment `{reference}`")))?;
-    if !e.dimensions.iter().any(|d| d == dimension) {
-        return Err(ApiError::bad_request(if e.dimensions.is_empty() {
+    let instance = store::catalog::instance_dimensions(conn).await?.dimensions;
+    let mut declared = e.dimensions.clone();
+    declared.extend(instance.into_iter().filter(|d| !e.dimensions.contains(d)));
+    if !declared.iter().any(|d| d == dimension) {
+        return Err(ApiError::bad_request(if declared.is_empty() {
             format!(
-                "the experiment declares no dimensions; add `{dimension}` to its `dimensions` first"
+                "neither the experiment nor the instance declares dimensions; add `{dimension}` to the experiment's `dimensions` (or the instance's, PUT /dimensions) first"
             )
         } else {
             format!(
-                "`{dimension}` is not one of the experiment's dimensions ({})",
-                e.dimensions.join(", ")
+                "`{dimension}` is not one of the experiment's or the instance's dimensions ({})",
+                declared.join(", ")
             )
         }));
     }

@@ -205,25 +205,34 @@ test('an admin creates, starts and completes an experiment, and the results page
   await page.locator('#srm').waitFor();
   await page.locator('#guardrails').waitFor();
   await page.locator('#daily canvas, #daily table').first().waitFor({ state: 'attached' });
-  // The drill-down by platform (the only dimension, chosen at once): every effect shown is
-  // the API's, and the heterogeneity test is stated for each metric and treatment.
-  const byPlatform = await origin.get(`/experiments/${created.id}/results?dimension=platform`);
-  await page.locator('table[data-table="drilldown"]').waitFor();
-  let drilled = 0;
-  for (const g of byPlatform.groups) {
-    for (const m of g.metrics) {
-      for (const c of m.comparisons) {
-        const row = page.locator(`table[data-table="drilldown"] tr[data-group="${g.value}"][data-metric="${m.metric}"][data-variant="${c.variant}"]`);
-        assert.equal((await row.locator('[data-field="absolute"] [data-part="estimate"]').textContent()).trim(), metricEffect(m.kind, c.absolute.estimate));
-        assert.equal((await row.locator('[data-field="adjusted_p_value"] [data-part="estimate"]').textContent()).trim(), pValue(c.adjusted_p_value));
-        drilled += 1;
+  // The drill-downs by platform (the experiment's dimension, chosen at once) and by country
+  // (the instance's): every effect shown is the API's, and the heterogeneity test is stated
+  // for each metric and treatment.
+  const picker = page.getByLabel('Break down by');
+  assert.deepEqual(await picker.locator('option').allTextContents(), ['platform', 'country']);
+  for (const dimension of ['platform', 'country']) {
+    const drill = await origin.get(`/experiments/${created.id}/results?dimension=${dimension}`);
+    if (dimension !== 'platform') await picker.selectOption(dimension);
+    const first = drill.groups[0];
+    await page.locator(`table[data-table="drilldown"] tr[data-group="${first.value}"]`).first().waitFor();
+    let drilled = 0;
+    for (const g of drill.groups) {
+      for (const m of g.metrics) {
+        for (const c of m.comparisons) {
+          const row = page.locator(`table[data-table="drilldown"] tr[data-group="${g.value}"][data-metric="${m.metric}"][data-variant="${c.variant}"]`);
+          assert.equal((await row.locator('[data-field="absolute"] [data-part="estimate"]').textContent()).trim(), metricEffect(m.kind, c.absolute.estimate));
+          assert.equal((await row.locator('[data-field="adjusted_p_value"] [data-part="estimate"]').textContent()).trim(), pValue(c.adjusted_p_value));
+          drilled += 1;
+        }
       }
     }
+    assert.equal(drilled, drill.groups.reduce((n, g) => n + g.metrics.reduce((k, m) => k + m.comparisons.length, 0), 0));
+    assert.ok(drilled >= 6, `two ${dimension} values × at least purchase, revenue and crash_rate`);
+    assert.equal(await page.locator('#heterogeneity li').count(), drill.heterogeneity.length);
+    assert.match(await page.locator('#drilldown-note').textContent(), /Exploratory/);
   }
-  assert.equal(drilled, byPlatform.groups.reduce((n, g) => n + g.metrics.reduce((k, m) => k + m.comparisons.length, 0), 0));
-  assert.ok(drilled >= 6, 'mobile and desktop × at least purchase, revenue and crash_rate');
-  assert.equal(await page.locator('#heterogeneity li').count(), byPlatform.heterogeneity.length);
-  assert.match(await page.locator('#drilldown-note').textContent(), /Exploratory/);
+  await picker.selectOption('platform');
+  await page.locator('table[data-table="drilldown"] tr[data-group="mobile"]').first().waitFor();
   await checkPage(page, 'experiment-results');
 
   // Complete, shipping the treatment.

@@ -146,7 +146,7 @@ export async function traffic(origin, sdk, experiment, { units, days = 5, conver
     const day = u % days;
     const at = now - (days - 1 - day) * 86_400_000 - 3_600_000;
     // Every third unit on mobile: the context attribute that drill-downs group by.
-    const attributes = { platform: u % 3 === 0 ? 'mobile' : 'desktop' };
+    const attributes = { platform: u % 3 === 0 ? 'mobile' : 'desktop', country: u % 2 === 0 ? 'US' : 'DE' };
     events.push({ event_id: randomUUID(), kind: 'exposure', unit, experiment_id: experiment.id, variant, timestamp: at, attributes });
     if (r(1) < (conversion[variant] ?? 0)) {
       events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'purchase', value: 1, timestamp: at + 60_000 });
@@ -170,6 +170,8 @@ export async function traffic(origin, sdk, experiment, { units, days = 5, conver
 
 /** Metrics, a layer, a flag and two running experiments (one tripping a guardrail, one with a sample ratio mismatch) and a draft. */
 export async function seed(origin, sdk) {
+  // Every experiment can be broken down by country (the instance's dimension) besides its own.
+  await origin.ok('PUT', '/dimensions', { dimensions: ['country'] });
   await origin.post('/metrics', { key: 'purchase', name: 'Purchase', kind: 'conversion', event_type: 'purchase', direction: 'increase' });
   await origin.post('/metrics', { key: 'revenue', name: 'Revenue per user', kind: 'mean', event_type: 'revenue', direction: 'increase' });
   await origin.post('/metrics', { key: 'crash_rate', name: 'Crash rate', kind: 'conversion', event_type: 'crash', direction: 'decrease' });

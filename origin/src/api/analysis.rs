@@ -32,7 +32,7 @@ fn stats_error(error: StatsError) -> ApiError {
 pub struct ResultsQuery {
     /// `day` adds the cumulative daily series of every estimate.
     pub granularity: Option<String>,
-    /// One of the experiment's `dimensions`: the results per value of that attribute at
+    /// One of the experiment's `dimensions` or the instance's: the results per value of that attribute at
     /// each unit's first exposure instead (a `DrillDown`, exploratory).
     pub dimension: Option<String>,
     /// With `dimension`: how many values to show apart (1–50, default 10); the rest are

@@ -15,7 +15,7 @@ use crate::store;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
-    /// `experiment`, `layer`, `flag`, `segment`, `holdout`, `metric`, `api_key`.
+    /// `experiment`, `layer`, `flag`, `segment`, `holdout`, `metric`, `dimensions`, `api_key`.
     pub entity_type: Option<String>,
     pub entity_id: Option<String>,
     /// 1 to 500; default 100.

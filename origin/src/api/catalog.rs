@@ -1,4 +1,4 @@
-//! `/api/v1/layers`, `/holdouts`, `/segments`, `/metrics`.
+//! `/api/v1/layers`, `/holdouts`, `/segments`, `/metrics`, `/dimensions`.
 
 use std::collections::HashMap;
 
@@ -14,8 +14,10 @@ use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::model::catalog::{self, HoldoutInput, LayerInput, MetricInput, SegmentInput};
-use crate::model::catalog::{Holdout, Layer, Metric, Segment};
+use crate::model::catalog::{
+    self, HoldoutInput, InstanceDimensionsInput, LayerInput, MetricInput, SegmentInput,
+};
+use crate::model::catalog::{Holdout, InstanceDimensions, Layer, Metric, Segment};
 use crate::model::experiment::Status;
 use crate::model::{Page, new_id, targeting};
 use crate::store::{self, Change};
@@ -626,4 +628,52 @@ pub async fn patch_metric(
     state.reload_keys().await?;
     let version = metric.version;
     Ok(with_version(json(StatusCode::OK, &metric), version))
+}
+
+// ---- the instance's dimensions ----
+
+#[utoipa::path(get, path = "/api/v1/dimensions", tag = "dimensions",
+    responses((status = 200, body = InstanceDimensions, description = "The attributes every experiment may be broken down by, besides its own `dimensions`")))]
+pub async fn get_dimensions(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let found = store::catalog::instance_dimensions(&mut conn).await?;
+    let version = found.version;
+    Ok(with_version(json(StatusCode::OK, &found), version))
+}
+
+#[utoipa::path(put, path = "/api/v1/dimensions", tag = "dimensions", request_body = InstanceDimensionsInput,
+    params(("If-Match" = Option<String>, Header, description = "The version last read; 412 when it changed since")),
+    responses((status = 200, body = InstanceDimensions), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_dimensions(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(input): ApiJson<InstanceDimensionsInput>,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let expected = if_match(&headers)?;
+    let dimensions = catalog::validate_instance_dimensions(&input)?;
+    let actor = caller.actor();
+    let saved = state
+        .mutate(async |conn| {
+            let current = store::catalog::instance_dimensions(conn).await?;
+            check_version(expected, current.version)?;
+            store::catalog::set_instance_dimensions(conn, &dimensions).await?;
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "dimensions.updated",
+                    entity_type: "dimensions",
+                    entity_id: "instance",
+                    details: json!({"from": current.dimensions, "to": dimensions}),
+                },
+            )
+            .await?;
+            Ok(store::catalog::instance_dimensions(conn).await?)
+        })
+        .await?;
+    let version = saved.version;
+    Ok(with_version(json(StatusCode::OK, &saved), version))
 }

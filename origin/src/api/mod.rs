@@ -156,6 +156,7 @@ pub fn with_version(mut response: Response, version: i64) -> Response {
         catalog::list_holdouts, catalog::create_holdout, catalog::get_holdout, catalog::patch_holdout,
         catalog::list_segments, catalog::create_segment, catalog::get_segment, catalog::patch_segment,
         catalog::list_metrics, catalog::create_metric, catalog::get_metric, catalog::patch_metric,
+        catalog::get_dimensions, catalog::put_dimensions,
         flags::list, flags::create, flags::get_one, flags::patch, flags::enable, flags::disable,
         keys::list, keys::create, keys::revoke,
         snapshot::latest, snapshot::latest_json, snapshot::by_version, snapshot::public_key, snapshot::stream,
@@ -502,6 +503,10 @@ fn admin_routes(state: &AppState) -> Router<AppState> {
         .route(
             "/metrics/{id}",
             get(catalog::get_metric).patch(catalog::patch_metric),
+        )
+        .route(
+            "/dimensions",
+            get(catalog::get_dimensions).put(catalog::put_dimensions),
         )
         .route("/flags", get(flags::list).post(flags::create))
         .route("/flags/{id}", get(flags::get_one).patch(flags::patch))

@@ -3,14 +3,16 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::json_column;
+use super::{json_column, to_json_text, typed_json};
 use crate::Error;
 use crate::clock;
 use crate::model::bp_to_percent;
 use crate::model::catalog::{
     Direction, HoldoutSpec, LayerSpec, MetricKind, MetricSpec, SegmentSpec,
 };
-use crate::model::catalog::{Holdout, Layer, LayerName, Metric, Segment, SlotOwner};
+use crate::model::catalog::{
+    Holdout, InstanceDimensions, Layer, LayerName, Metric, Segment, SlotOwner,
+};
 
 pub async fn insert_layer(
     conn: &mut AnyConnection,
@@ -392,4 +394,45 @@ pub async fn metrics(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(metric).collect()
+}
+
+const DIMENSIONS: &str = "dimensions";
+
+/// The instance's dimensions; none, at version 0, before they are first set.
+pub async fn instance_dimensions(conn: &mut AnyConnection) -> Result<InstanceDimensions, Error> {
+    let row =
+        sqlx::query("SELECT value, version, updated_at_ms FROM instance_settings WHERE name = $1")
+            .bind(DIMENSIONS)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(row) = row else {
+        return Ok(InstanceDimensions {
+            dimensions: Vec::new(),
+            version: 0,
+            updated_at: None,
+        });
+    };
+    Ok(InstanceDimensions {
+        dimensions: typed_json(&row, "value")?,
+        version: row.try_get("version")?,
+        updated_at: Some(clock::rfc3339(row.try_get("updated_at_ms")?)),
+    })
+}
+
+/// Replaces the instance's dimensions (validated) and bumps their version.
+pub async fn set_instance_dimensions(
+    conn: &mut AnyConnection,
+    dimensions: &[String],
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO instance_settings (name, value, version, updated_at_ms) VALUES ($1, $2, 1, $3)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value,
+             version = instance_settings.version + 1, updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(DIMENSIONS)
+    .bind(to_json_text(&dimensions))
+    .bind(clock::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -133,6 +133,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0010_ratio_covariate.sql"),
         postgres: include_str!("../migrations/postgres/0010_ratio_covariate.sql"),
     },
+    Migration {
+        version: 11,
+        name: "instance_settings",
+        sqlite: include_str!("../migrations/sqlite/0011_instance_settings.sql"),
+        postgres: include_str!("../migrations/postgres/0011_instance_settings.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::common;
 use crate::common::{TestOrigin, experiment, metric};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value as Json, json};
 
 /// A well-mixed 64-bit hash (SplitMix64's finaliser), for deterministic draws.
@@ -108,7 +108,8 @@ async fn a_lift_on_mobile_only_shows_in_the_drill_down(o: &TestOrigin) {
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
         .await;
     let mut body = experiment("checkout", "conversion");
-    body["dimensions"] = json!(["platform", "country"]);
+    // `country` is the instance's dimension (below), not the experiment's.
+    body["dimensions"] = json!(["platform"]);
     let id = o.start_experiment(body).await;
     let key = o.key("sdk").await;
     let (events, counts) = scenario(&id);
@@ -155,7 +156,23 @@ async fn a_lift_on_mobile_only_shows_in_the_drill_down(o: &TestOrigin) {
     assert_eq!(heterogeneity["test"]["df"], json!(2), "{heterogeneity}");
     assert!(heterogeneity["test"]["p_value"].as_f64().expect("p") < 1e-6);
 
-    // Twelve countries, two shown: the other ten merged, with every unit somewhere.
+    // Twelve countries, two shown: the other ten merged, with every unit somewhere. The
+    // experiment does not declare `country`; once the instance does, it can be drilled into.
+    let reply = o
+        .get(&format!(
+            "/api/v1/experiments/{id}/results?dimension=country"
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let reply = o
+        .request(
+            Method::PUT,
+            "/api/v1/dimensions",
+            Some(&o.admin),
+            Some(json!({"dimensions": ["country", "platform"]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let body = drill_down(o, &id, "dimension=country&top=2").await;
     let groups = body["groups"].as_array().expect("groups");
     assert_eq!(groups.len(), 3, "{body}");
@@ -186,3 +203,118 @@ async fn a_lift_on_mobile_only_shows_in_the_drill_down(o: &TestOrigin) {
 }
 
 on_every_backend!(drill_downs, a_lift_on_mobile_only_shows_in_the_drill_down);
+
+/// `GET`/`PUT /dimensions`: validated as an experiment's `dimensions` are, versioned (412 on a
+/// stale `If-Match`), admin only, audited.
+async fn instance_dimensions_are_validated_and_versioned(o: &TestOrigin) {
+    let empty = o.get("/api/v1/dimensions").await;
+    assert_eq!(empty.status, StatusCode::OK);
+    assert_eq!(empty.body, json!({"dimensions": [], "version": 0}));
+    let put = |body: Json, headers: Vec<(&'static str, String)>, key: String| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        o.send(
+            Method::PUT,
+            "/api/v1/dimensions",
+            Some(&key),
+            Some(body),
+            &headers,
+        )
+        .await
+    };
+    let admin = o.admin.clone();
+
+    let refused = put(
+        json!({"dimensions": ["country", "not an attribute", "country"]}),
+        vec![],
+        admin.clone(),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    let fields: Vec<&str> = refused.body["error"]["details"]
+        .as_array()
+        .expect("field errors")
+        .iter()
+        .map(|f| f["field"].as_str().expect("field"))
+        .collect();
+    assert_eq!(
+        fields,
+        ["dimensions[1]", "dimensions[2]"],
+        "{}",
+        refused.body
+    );
+    let too_many: Vec<String> = (0..11).map(|i| format!("d{i}")).collect();
+    let refused = put(json!({ "dimensions": too_many }), vec![], admin.clone()).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let refused = put(
+        json!({"dimensions": ["country"], "extra": 1}),
+        vec![],
+        admin.clone(),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+
+    let first = put(
+        json!({"dimensions": ["country", "platform"]}),
+        vec![],
+        admin.clone(),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.body["dimensions"], json!(["country", "platform"]));
+    assert_eq!(first.body["version"], json!(1));
+    let etag = first.headers.get("etag").and_then(|v| v.to_str().ok());
+    assert_eq!(etag, Some("\"1\""));
+
+    let stale = put(
+        json!({"dimensions": ["browser"]}),
+        vec![("if-match", "\"0\"".to_string())],
+        admin.clone(),
+    )
+    .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+    let second = put(
+        json!({"dimensions": ["browser"]}),
+        vec![("if-match", "\"1\"".to_string())],
+        admin.clone(),
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    assert_eq!(second.body["version"], json!(2));
+
+    let viewer = o.key("viewer").await;
+    let forbidden = put(json!({"dimensions": []}), vec![], viewer.clone()).await;
+    assert_eq!(
+        forbidden.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        forbidden.body
+    );
+    let read = o
+        .request(Method::GET, "/api/v1/dimensions", Some(&viewer), None)
+        .await;
+    assert_eq!(read.body["dimensions"], json!(["browser"]));
+
+    let audit = o.get("/api/v1/audit?entity_type=dimensions").await;
+    let actions: Vec<&Json> = audit.body["items"]
+        .as_array()
+        .expect("audit items")
+        .iter()
+        .filter(|entry| entry["action"] == json!("dimensions.updated"))
+        .collect();
+    assert_eq!(actions.len(), 2, "{}", audit.body);
+}
+
+on_both_backends!(
+    instance_dimensions,
+    instance_dimensions_are_validated_and_versioned
+);

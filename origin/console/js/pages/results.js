@@ -306,9 +306,13 @@ function drillDownForest(r, d) {
   return forestPlot(rows, { title: `Relative effects by ${d.dimension}`, description: 'Squares are estimates; bars are intervals of the relative lift in each group. The dashed line is no effect.' });
 }
 
-/** The drill-down of the results by one of the experiment's dimensions, chosen in a picker. */
-function drillDownPanel(r, e, ctx) {
-  const dimensions = e.dimensions || [];
+/**
+ * The drill-down of the results by one of the experiment's dimensions or the instance's
+ * (`instance`), chosen in a picker.
+ */
+function drillDownPanel(r, e, instance, ctx) {
+  const own = e.dimensions || [];
+  const dimensions = [...own, ...instance.filter((d) => !own.includes(d))];
   if (dimensions.length === 0) return null;
   const id = uid('dimension');
   const select = h('select', { id }, dimensions.map((d) => h('option', { value: d }, d)));
@@ -522,7 +526,10 @@ function dailyPanel(r) {
 
 export async function renderResults(container, e, ctx) {
   fill(container, h('h2', { id: 'results-title' }, 'Results'), h('p', { class: 'loading' }, 'Loading results…'));
-  const r = await api(`/experiments/${enc(e.id)}/results?granularity=day`, { signal: ctx.signal });
+  const [r, instance] = await Promise.all([
+    api(`/experiments/${enc(e.id)}/results?granularity=day`, { signal: ctx.signal }),
+    api('/dimensions', { signal: ctx.signal }),
+  ]);
   const mode = MODES[r.analysis_mode] || r.analysis_mode;
   const summary = h(
     'dl',
@@ -546,7 +553,7 @@ export async function renderResults(container, e, ctx) {
     h('div', { class: 'panel' }, summary),
     h('div', { class: 'grid-2' }, srmPanel(r), guardrailPanel(r, e)),
     forest(r),
-    drillDownPanel(r, e, ctx),
+    drillDownPanel(r, e, instance.dimensions, ctx),
     dailyPanel(r),
     r.metrics.map((m) =>
       h(

@@ -103,6 +103,33 @@ pub fn validate_holdout(input: &HoldoutInput) -> Result<HoldoutSpec, Error> {
     )
 }
 
+/// `PUT /dimensions`: the attributes every experiment may be broken down by, besides the
+/// `dimensions` it declares itself.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceDimensionsInput {
+    pub dimensions: Vec<String>,
+}
+
+/// The instance's dimensions (`GET /dimensions`).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct InstanceDimensions {
+    pub dimensions: Vec<String>,
+    /// Increases with every change (0 before the first); send it in `If-Match` to update
+    /// safely.
+    pub version: i64,
+    /// When they last changed; absent before the first change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+/// The same rules as an experiment's `dimensions`: at most ten attribute names, none twice.
+pub fn validate_instance_dimensions(input: &InstanceDimensionsInput) -> Result<Vec<String>, Error> {
+    let mut errors = Vec::new();
+    super::experiment::validate_dimensions(&input.dimensions, &mut errors);
+    finish(input.dimensions.clone(), errors)
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentInput {

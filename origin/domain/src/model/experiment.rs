@@ -300,7 +300,7 @@ pub struct VariantSpec {
 /// At most this many dimensions per experiment.
 pub const MAX_DIMENSIONS: usize = 10;
 
-fn validate_dimensions(dimensions: &[String], errors: &mut Vec<FieldError>) {
+pub(crate) fn validate_dimensions(dimensions: &[String], errors: &mut Vec<FieldError>) {
     if dimensions.len() > MAX_DIMENSIONS {
         errors.push(FieldError::new(
             "dimensions",
