@@ -15,6 +15,8 @@ drop_stale_test_databases
 log "workspace tests"
 cargo test --workspace --locked
 
+bash scripts/test-warehouse-current.sh
+
 log "abx-core builds for wasm32-unknown-unknown"
 cargo build -p abx-core --target wasm32-unknown-unknown --locked
 

@@ -13,7 +13,10 @@
 //! event's own timestamp.
 //!
 //! The SQL stays within what ClickHouse 18.16 (Debian's package) supports: one JOIN per
-//! SELECT with `USING`, no window functions, no CTEs, no `LowCardinality`, no TTL.
+//! SELECT with `USING`, no window functions, no CTEs, no `LowCardinality`, no TTL. It must
+//! also run on today's ClickHouse (scripts/test-warehouse-current.sh runs the warehouse tests
+//! on chdb 26.9), whose analyzer refuses a joined subquery without an alias: every subquery on
+//! either side of a JOIN is named.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -738,8 +741,8 @@ impl ClickHouse {
                           greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
                           {per_day}
                    FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                         WHERE event_type IN ({event_types}))
-                   ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+                         WHERE event_type IN ({event_types})) AS events
+                   ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
                    GROUP BY ukey, day
                  ) GROUP BY ukey, variant
                ) ARRAY JOIN {joined}
@@ -868,8 +871,8 @@ impl ClickHouse {
             "SELECT ukey, arm, toInt32(if(abs(value) < {MIN_MAGNITUDE:?}, 0,
                       if(value > 0, 1, -1) * ({OFFSET} + toInt32(ceil(log(abs(value)) / {LN_GAMMA:?}))))) AS bucket
              FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                   WHERE event_type = {t})
-             ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+                   WHERE event_type = {t}) AS events
+             ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
              WHERE event_type = {counted} AND ts_ms >= first_ms{window}",
             unit = Self::unit_expression(plan),
             properties = Self::property_columns(plan),
@@ -1234,14 +1237,14 @@ impl ClickHouse {
                 std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
             }));
         format!(
-            "SELECT ukey, variant{columns}, {values} FROM ({units})
+            "SELECT ukey, variant{columns}, {values} FROM ({units}) AS units
              ALL LEFT JOIN (
                SELECT ukey, {totals}
                FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                     WHERE event_type IN ({event_types}))
-               ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed}) WHERE multiple = 0) USING ukey
+                     WHERE event_type IN ({event_types})) AS events
+               ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
                GROUP BY ukey
-             ) USING ukey",
+             ) AS totals USING ukey",
             values = values.join(", "),
             totals = totals.join(", "),
             unit = Self::unit_expression(plan),
@@ -1322,16 +1325,16 @@ impl ClickHouse {
                SELECT va, vb, {x} AS x
                FROM (
                  SELECT ukey, va, vb
-                 FROM (SELECT ukey, variant AS va FROM ({exposed_a}) WHERE multiple = 0)
-                 ALL INNER JOIN (SELECT ukey, variant AS vb FROM ({exposed_b}) WHERE multiple = 0) USING ukey
-               ) ALL LEFT JOIN (
+                 FROM (SELECT ukey, variant AS va FROM ({exposed_a}) WHERE multiple = 0) AS a
+                 ALL INNER JOIN (SELECT ukey, variant AS vb FROM ({exposed_b}) WHERE multiple = 0) AS b USING ukey
+               ) AS pairs ALL LEFT JOIN (
                SELECT ukey, toFloat64(countIf(ts_ms >= first_ms{window})) AS post_count,
                       sumIf(value, ts_ms >= first_ms{window}) AS post_sum
                FROM (SELECT {unit} AS ukey, value, ts_ms FROM {db}.metric_events FINAL
-                     WHERE event_type = {t})
-               ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed_a}) WHERE multiple = 0) USING ukey
+                     WHERE event_type = {t}) AS events
+               ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed_a}) WHERE multiple = 0) AS exposed USING ukey
                  GROUP BY ukey
-               ) USING ukey
+               ) AS totals USING ukey
              ) GROUP BY va, vb ORDER BY va, vb",
             unit = Self::unit_expression(a.1),
             db = self.database,
