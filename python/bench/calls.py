@@ -1,7 +1,7 @@
 """The cost of one call, split into its parts, in one process: the minimum of several
 rounds of `timeit` (steadier than bench.py's medians on a noisy machine), for comparing two
-builds of the extension. docs/benchmarks.md, "Experiments and flags found by a hash of their
-key", records its figures.
+builds of the extension. docs/benchmarks.md records its figures ("Experiments and flags found
+by a hash of their key", "A dict read in place").
 
     python -P python/bench/calls.py [rounds]
 """

@@ -9,9 +9,8 @@
 //! while it holds a lock, so a fork (which happens with the GIL held) never finds one taken.
 
 use std::collections::HashSet;
+use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-
-use foldhash::quality::RandomState;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,10 +32,9 @@ const UNKNOWN: &str = "unknown_key";
 pub(crate) struct ClientCore {
     engine: Mutex<Option<Py<Engine>>>,
     /// Hashes of the `(experiment_id, unit_attribute, unit)` exposures logged so far.
-    exposures: Mutex<HashSet<u64, RandomState>>,
-    /// Seeded per process, so that no unit id can be chosen to collide with another's. A
-    /// collision would leave an exposure unlogged; foldhash rather than SipHash because this
-    /// runs on every call, where SipHash took a tenth of a call from Python.
+    exposures: Mutex<HashSet<u64>>,
+    /// Keyed per process, so that no unit id can be chosen to collide with another's (a
+    /// collision would leave an exposure unlogged).
     hasher: RandomState,
     /// Whether `assign` and `flag_detail` log exposures (the client has an event queue).
     logs_exposures: AtomicBool,
@@ -116,8 +114,8 @@ impl ClientCore {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         ClientCore {
             engine: Mutex::new(None),
-            exposures: Mutex::new(HashSet::with_hasher(RandomState::default())),
-            hasher: RandomState::default(),
+            exposures: Mutex::new(HashSet::new()),
+            hasher: RandomState::new(),
             logs_exposures: AtomicBool::new(false),
         }
     }

@@ -1,4 +1,5 @@
-//! Python values as abx-core's `Context`.
+//! Python values as abx-core reads them: a dict in place (`with_context`), or converted once
+//! into abx-core's `Context` (`abx.Context`, and evaluating everything).
 
 use std::borrow::Cow;
 
@@ -59,8 +60,8 @@ fn attribute(value: &Bound<'_, PyAny>) -> Option<Value> {
 }
 
 /// A context converted once, for the many evaluations of one request (`abx.Context`):
-/// converting a dict is most of a call's cost, and a prepared context skips it. It holds
-/// every entry, so it serves any snapshot.
+/// reading a dict is about a quarter of a call's cost, and a prepared context skips it. It
+/// holds every entry, so it serves any snapshot.
 #[pyclass(frozen, name = "Context", module = "abx._abx")]
 pub(crate) struct PreparedContext {
     context: Context,
@@ -123,7 +124,8 @@ pub(crate) fn read<'a>(
 const ON_STACK: usize = 4;
 
 /// A dict's values for the attributes one evaluation reads, borrowed where Python keeps them
-/// (a `str`'s UTF-8): no `Context`, no copies, which was half of a call's cost from a dict.
+/// (a `str`'s UTF-8): no `Context` is built and no string copied (only a list's items are),
+/// which was half of a call's cost from a dict.
 struct InPlace<'a>(&'a [(u32, Option<ValueRef<'a>>)]);
 
 impl Attributes for InPlace<'_> {
@@ -148,9 +150,12 @@ pub(crate) fn with_context<R>(
     };
     // A dict first: most calls pass one, and its check is a flag test, where a class's is
     // a subtype search.
-    let Ok(dict) = attributes.cast::<PyDict>() else {
-        let prepared = attributes.cast::<PreparedContext>()?;
-        return Ok(f(&prepared.get().context));
+    let dict = match attributes.cast::<PyDict>() {
+        Ok(dict) => dict,
+        Err(not_a_dict) => match attributes.cast::<PreparedContext>() {
+            Ok(prepared) => return Ok(f(&prepared.get().context)),
+            Err(_) => return Err(not_a_dict.into()),
+        },
     };
     let py = dict.py();
     // Two steps, because the views borrow from the values the first step holds.

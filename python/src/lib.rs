@@ -1,6 +1,7 @@
 //! abx-core for Python: the extension module `abx._abx` behind the `abx` package (python/abx).
-//! It holds no assignment logic: it turns Python values into abx-core's `Context`, calls the
-//! evaluator and hands back result objects, which the package adds exposure logging to.
+//! It holds no assignment logic: it lends Python values to abx-core's evaluator (reading a
+//! dict in place, or a prepared `Context`), calls it and hands back result objects, which the
+//! package adds exposure logging to.
 //!
 //! A call is a few hundred nanoseconds of Python machinery around a few hundred of
 //! evaluation, so the boundary is kept cheap (docs/benchmarks.md, "abx for Python"): a dict
@@ -29,8 +30,9 @@ use crate::results::{
     Answer, Experiments, Exposure, FlagAnswer, Flags, PyAssignment, PyFlagDetail,
 };
 
-// A dict context is a dozen small strings per call, made and freed at once; mimalloc's
-// thread-local free lists make that cheaper than the system allocator does.
+// An evaluation allocates its memo tables, and evaluating everything or preparing a context
+// makes many small strings, all freed at once; mimalloc's thread-local free lists make that
+// cheaper than the system allocator does.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

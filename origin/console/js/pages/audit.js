@@ -4,7 +4,7 @@ import { api, enc } from '../api.js';
 import { errorBox, fill, h, uid } from '../dom.js';
 import { dateTime, json } from '../format.js';
 
-const TYPES = ['experiment', 'layer', 'flag', 'segment', 'holdout', 'metric', 'api_key'];
+const TYPES = ['experiment', 'layer', 'flag', 'segment', 'holdout', 'metric', 'dimensions', 'api_key'];
 
 function entity(entry) {
   if (entry.entity_type === 'experiment') {

@@ -317,10 +317,15 @@ function drillDownPanel(r, e, instance, ctx) {
   const id = uid('dimension');
   const select = h('select', { id }, dimensions.map((d) => h('option', { value: d }, d)));
   const body = h('div', { id: 'drilldown-body', 'aria-live': 'polite' });
+  // Only the newest choice's answer is shown: one for a dimension chosen before may arrive
+  // after it.
+  let latest = 0;
   const show = async () => {
+    const request = ++latest;
     fill(body, h('p', { class: 'loading' }, 'Loading…'));
     try {
       const d = await api(`/experiments/${enc(e.id)}/results?dimension=${enc(select.value)}`, { signal: ctx.signal });
+      if (request !== latest) return;
       fill(
         body,
         h('div', { class: 'message neutral', id: 'drilldown-note' }, d.note),
@@ -329,7 +334,7 @@ function drillDownPanel(r, e, instance, ctx) {
         drillDownTable(r, d),
       );
     } catch (error) {
-      if (error.name !== 'AbortError') fill(body, h('p', { class: 'message bad' }, error.message));
+      if (error.name !== 'AbortError' && request === latest) fill(body, h('p', { class: 'message bad' }, error.message));
     }
   };
   select.addEventListener('change', show);
@@ -528,7 +533,11 @@ export async function renderResults(container, e, ctx) {
   fill(container, h('h2', { id: 'results-title' }, 'Results'), h('p', { class: 'loading' }, 'Loading results…'));
   const [r, instance] = await Promise.all([
     api(`/experiments/${enc(e.id)}/results?granularity=day`, { signal: ctx.signal }),
-    api('/dimensions', { signal: ctx.signal }),
+    // The instance's dimensions only add to the picker, so the results show without them.
+    api('/dimensions', { signal: ctx.signal }).catch((error) => {
+      if (error.name === 'AbortError') throw error;
+      return { dimensions: [] };
+    }),
   ]);
   const mode = MODES[r.analysis_mode] || r.analysis_mode;
   const summary = h(
