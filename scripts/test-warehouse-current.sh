@@ -26,6 +26,8 @@ port=$(sed -n 's/^listening on //p' "$work/chdb.log")
 [ -n "$port" ] || { echo "chdb_http.py did not start:" >&2; cat "$work/chdb.log" >&2; exit 1; }
 
 log "warehouse tests against $(head -n 1 "$work/chdb.log") on 127.0.0.1:$port"
-# `--workspace` resolves features as `cargo test --workspace` did just before, so the test
-# binary is reused rather than rebuilt (with `-p abx-origin` it was: three minutes in CI).
+# This rebuilds the test binary (about three minutes in CI): with `--test it` cargo resolves
+# features for abx-origin alone, not as `cargo test --workspace` did just before, whether or
+# not `--workspace` is given. Running the executable that `cargo test --workspace --no-run
+# --message-format=json` names would avoid it.
 ABX_TEST_CLICKHOUSE_URL="http://127.0.0.1:$port" cargo test --workspace --test it --locked -- warehouse
