@@ -4,9 +4,11 @@
 //! call from native speed (docs/benchmarks.md, "abx for Python"). `abx.Client` subclasses
 //! `ClientCore`: following the origin, the cache on disk and the event queue stay in Python.
 //!
-//! The engine and the exposure memory sit behind mutexes only so that the class can be
-//! shared between threads (`frozen`); every access holds the GIL and never calls Python
-//! while it holds a lock, so a fork (which happens with the GIL held) never finds one taken.
+//! The class is shared between threads (`frozen`). The engine in use sits in a one-item
+//! Python list, which the GIL guards: reading it is two calls into the interpreter, where a
+//! mutex cost two atomic operations, a fifth of what the client adds to `Engine.assign`. The
+//! exposure memory sits behind a mutex; every access holds the GIL and never calls Python
+//! while it holds the lock, so a fork (which happens with the GIL held) never finds it taken.
 
 use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
@@ -14,12 +16,13 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::Engine;
 use crate::context::PreparedContext;
 use crate::results::{Exposure, PyAssignment, PyFlagDetail};
+use crate::{Engine, NewExposure};
 
 /// Exposures a process remembers having logged; when full it forgets them all (and logs
 /// each again once), which bounds a long-lived process's memory.
@@ -30,7 +33,8 @@ const UNKNOWN: &str = "unknown_key";
 
 #[pyclass(subclass, frozen, module = "abx._abx")]
 pub(crate) struct ClientCore {
-    engine: Mutex<Option<Py<Engine>>>,
+    /// `[engine]`, or `[None]` before a snapshot loads.
+    engine: Py<PyList>,
     /// Hashes of the `(experiment_id, unit_attribute, unit)` exposures logged so far.
     exposures: Mutex<HashSet<u64>>,
     /// Keyed per process, so that no unit id can be chosen to collide with another's (a
@@ -61,9 +65,9 @@ fn attributes<'py>(context: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<
 }
 
 impl ClientCore {
-    fn current_engine(&self, py: Python<'_>) -> Option<Py<Engine>> {
-        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
-        engine.as_ref().map(|e| e.clone_ref(py))
+    fn current_engine<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Engine>> {
+        let engine = self.engine.bind(py).get_item(0).ok()?;
+        engine.cast_into::<Engine>().ok()
     }
 
     fn remember(&self, experiment_id: &str, unit_attribute: &str, unit: &str) -> bool {
@@ -78,11 +82,11 @@ impl ClientCore {
         seen.insert(hash)
     }
 
-    /// Whether an exposure is to be logged: the client has an event queue and this process
-    /// has not logged it before.
-    fn is_new(&self, experiment_id: &str, unit_attribute: &str, unit: &str) -> bool {
-        self.logs_exposures.load(Ordering::Relaxed)
-            && self.remember(experiment_id, unit_attribute, unit)
+    /// What decides which exposures to log: none without an event queue, and otherwise
+    /// those this process has not logged before.
+    fn new_exposures(&self) -> Option<impl FnMut(&str, &str, &str) -> bool + '_> {
+        let logs = self.logs_exposures.load(Ordering::Relaxed);
+        logs.then_some(|id: &str, attribute: &str, unit: &str| self.remember(id, attribute, unit))
     }
 
     /// Logs `exposure` (new to this process) through the Python client's `_record_exposure`.
@@ -111,24 +115,28 @@ impl ClientCore {
     /// Takes whatever `abx.Client.__init__` takes; that sets the client up.
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        ClientCore {
-            engine: Mutex::new(None),
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        Ok(ClientCore {
+            engine: PyList::new(py, [py.None()])?.unbind(),
             exposures: Mutex::new(HashSet::new()),
             hasher: RandomState::new(),
             logs_exposures: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The engine of the snapshot in use, or `None` before one loads.
     #[getter(_engine)]
-    fn engine(&self, py: Python<'_>) -> Option<Py<Engine>> {
+    fn engine<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Engine>> {
         self.current_engine(py)
     }
 
     #[setter(_engine)]
-    fn set_engine(&self, engine: Option<Py<Engine>>) {
-        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) = engine;
+    fn set_engine(&self, py: Python<'_>, engine: Option<Py<Engine>>) -> PyResult<()> {
+        self.engine.bind(py).set_item(0, engine)
     }
 
     #[setter(_logs_exposures)]
@@ -149,38 +157,47 @@ impl ClientCore {
             .clear();
     }
 
+    /// Takes what `assign` takes and does nothing: the cost of a call of that shape (method
+    /// lookup, arguments, keyword) into the extension, which `python/bench/calls.py`
+    /// subtracts to find what `assign` itself costs.
+    #[pyo3(signature = (_experiment_key, _context = None, *, now_ms = None))]
+    fn _call_cost(
+        &self,
+        _experiment_key: &Bound<'_, PyString>,
+        _context: Option<Bound<'_, PyAny>>,
+        now_ms: Option<i64>,
+    ) -> Option<i64> {
+        now_ms
+    }
+
     /// One experiment for ``context``: ``Assignment(variant, config, reason)``. Logs the
     /// exposure the first time this process assigns this unit a variant of it.
     #[pyo3(signature = (experiment_key, context = None, *, now_ms = None))]
     fn assign(
         slf: &Bound<'_, Self>,
-        experiment_key: &str,
+        experiment_key: &Bound<'_, PyString>,
         context: Option<Bound<'_, PyAny>>,
         now_ms: Option<i64>,
-    ) -> PyResult<PyAssignment> {
+    ) -> PyResult<Py<PyAssignment>> {
         let py = slf.py();
-        let reason = |r: &str| PyString::intern(py, r).unbind();
+        let empty = |reason: &Bound<'_, PyString>| Py::new(py, PyAssignment::empty(reason));
         let Some(engine) = slf.get().current_engine(py) else {
             slf.call_method0("_not_loaded")?;
-            return Ok(PyAssignment::empty(reason(NOT_LOADED)));
+            return empty(intern!(py, NOT_LOADED));
         };
         let now = now_ms.unwrap_or_else(self::now_ms);
         let context = attributes(context)?;
-        let mut first =
-            |id: &str, attribute: &str, unit: &str| slf.get().is_new(id, attribute, unit);
+        let mut first = slf.get().new_exposures();
+        let first = first.as_mut().map(|f| f as &mut NewExposure<'_>);
         let assignment =
             engine
                 .get()
-                .assignment_of(py, experiment_key, context.as_ref(), now, &mut first)?;
+                .assignment_of(py, experiment_key, context.as_ref(), now, first)?;
         let Some(assignment) = assignment else {
-            return Ok(PyAssignment::empty(reason(UNKNOWN)));
+            return empty(intern!(py, UNKNOWN));
         };
-        Self::expose(
-            slf,
-            assignment.exposure.as_ref(),
-            assignment.variant.as_ref(),
-            now,
-        )?;
+        let answer = assignment.get();
+        Self::expose(slf, answer.exposure.as_ref(), answer.variant.as_ref(), now)?;
         Ok(assignment)
     }
 
@@ -190,27 +207,35 @@ impl ClientCore {
     #[pyo3(signature = (key, context = None, default = None, *, now_ms = None))]
     fn flag_detail(
         slf: &Bound<'_, Self>,
-        key: &str,
+        key: &Bound<'_, PyString>,
         context: Option<Bound<'_, PyAny>>,
         default: Option<Py<PyAny>>,
         now_ms: Option<i64>,
     ) -> PyResult<PyFlagDetail> {
         let py = slf.py();
         let default = || default.unwrap_or_else(|| py.None());
-        let reason = |r: &str| PyString::intern(py, r).unbind();
+        let reason = |r: &Bound<'_, PyString>| r.clone().unbind();
         let Some(engine) = slf.get().current_engine(py) else {
             slf.call_method0("_not_loaded")?;
-            return Ok(PyFlagDetail::holding(py, default(), reason(NOT_LOADED)));
+            return Ok(PyFlagDetail::holding(
+                py,
+                default(),
+                reason(intern!(py, NOT_LOADED)),
+            ));
         };
         let now = now_ms.unwrap_or_else(self::now_ms);
         let context = attributes(context)?;
-        let mut first =
-            |id: &str, attribute: &str, unit: &str| slf.get().is_new(id, attribute, unit);
+        let mut first = slf.get().new_exposures();
+        let first = first.as_mut().map(|f| f as &mut NewExposure<'_>);
         let detail = engine
             .get()
-            .flag_of(py, key, context.as_ref(), now, &mut first)?;
+            .flag_of(py, key, context.as_ref(), now, first)?;
         let Some(detail) = detail else {
-            return Ok(PyFlagDetail::holding(py, default(), reason(UNKNOWN)));
+            return Ok(PyFlagDetail::holding(
+                py,
+                default(),
+                reason(intern!(py, UNKNOWN)),
+            ));
         };
         Self::expose(slf, detail.exposure.as_ref(), detail.variant.as_ref(), now)?;
         Ok(detail)

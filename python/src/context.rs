@@ -2,6 +2,7 @@
 //! into abx-core's `Context` (`abx.Context`, and evaluating everything).
 
 use std::borrow::Cow;
+use std::cell::{Cell, OnceCell};
 
 use abx_core::{Attributes, Context, Value, ValueRef};
 use pyo3::prelude::*;
@@ -21,10 +22,22 @@ impl<'py> Held<'py> {
     /// anything else (None, dicts, mixed lists) is absent. `bool` is tested before `int`, its
     /// base class.
     fn of(value: Bound<'py, PyAny>) -> Option<Self> {
+        // An exact `str` by its type's address, before the subclass-aware test's call.
+        if value.is_exact_instance_of::<PyString>() {
+            return value.cast_into::<PyString>().ok().map(Held::Str);
+        }
         let value = match value.cast_into::<PyString>() {
             Ok(text) => return Some(Held::Str(text)),
             Err(other) => other.into_inner(),
         };
+        // An exact `int` first, the commonest number: read as an integer, since reading it
+        // as a float would make (and free) a `float` object. `i64 as f64` rounds as
+        // `float(int)` does, to the nearest even.
+        if value.is_exact_instance_of::<PyInt>()
+            && let Ok(n) = value.extract::<i64>()
+        {
+            return Some(Held::Num(n as f64));
+        }
         if value.is_instance_of::<PyBool>() {
             return value.is_truthy().ok().map(Held::Bool);
         }
@@ -123,15 +136,68 @@ pub(crate) fn read<'a>(
 /// more, in a `Vec`. The conformance suite runs both: its `targeting` scenario reads five.
 const ON_STACK: usize = 4;
 
-/// A dict's values for the attributes one evaluation reads, borrowed where Python keeps them
-/// (a `str`'s UTF-8): no `Context` is built and no string copied (only a list's items are),
-/// which was half of a call's cost from a dict.
-struct InPlace<'a>(&'a [(u32, Option<ValueRef<'a>>)]);
+/// `n` empty cells: `stack`'s when `n` fits there, otherwise `heap` grown to `n`.
+fn cells<'s, T>(
+    n: usize,
+    stack: &'s [OnceCell<T>; ON_STACK],
+    heap: &'s mut Vec<OnceCell<T>>,
+) -> &'s [OnceCell<T>] {
+    if n <= ON_STACK {
+        &stack[..n]
+    } else {
+        heap.resize_with(n, OnceCell::new);
+        &heap[..]
+    }
+}
 
-impl Attributes for InPlace<'_> {
+/// A dict as the attributes of one evaluation, read in place and on demand: an attribute is
+/// looked up the first time the evaluation asks for it (one that stops early, say at a
+/// targeting test that fails, reads fewer), and its value is borrowed where Python keeps it
+/// (a `str`'s UTF-8), so no `Context` is built and no string is copied (only a list's items
+/// are). Building a `Context` was half of a call's cost from a dict.
+struct InPlace<'a, 'py> {
+    dict: &'a Bound<'py, PyDict>,
+    /// The snapshot's attribute names, interned.
+    interned: &'a [Py<PyString>],
+    /// The attributes the evaluation may read, what each held when it was first read, and
+    /// how abx-core sees that (kept, since an evaluation may read one attribute many times).
+    read: &'a [u32],
+    held: &'a [OnceCell<Option<Held<'py>>>],
+    views: &'a [OnceCell<Option<ValueRef<'a>>>],
+    /// The first error a lookup raised (a key's `__eq__` can raise), for the caller.
+    error: Cell<Option<PyErr>>,
+}
+
+impl<'py> InPlace<'_, 'py> {
+    fn look_up(&self, index: u32) -> Option<Held<'py>> {
+        let key = self.interned.get(index as usize)?;
+        match self.dict.get_item(key.bind(self.dict.py())) {
+            Ok(value) => value.and_then(Held::of),
+            Err(error) => {
+                let first = self.error.take();
+                self.error.set(Some(first.unwrap_or(error)));
+                None
+            }
+        }
+    }
+}
+
+impl<'a> Attributes for InPlace<'a, '_> {
     fn attribute(&self, index: u32, _name: &str) -> Option<ValueRef<'_>> {
-        let found = self.0.iter().find(|(i, _)| *i == index);
-        found.and_then(|(_, value)| *value)
+        let slot = self.read.iter().position(|&i| i == index)?;
+        let (held, views): (&'a [_], &'a [_]) = (self.held, self.views);
+        if let Some(view) = views[slot].get() {
+            return *view;
+        }
+        // `set` and `get` rather than `get_or_init`, whose initialising path is outlined as
+        // cold: here every slot read is initialised once per call.
+        let _ = held[slot].set(self.look_up(index));
+        let view = held[slot]
+            .get()
+            .and_then(Option::as_ref)
+            .and_then(Held::view);
+        let _ = views[slot].set(view);
+        view
     }
 }
 
@@ -157,33 +223,22 @@ pub(crate) fn with_context<R>(
             Err(_) => return Err(not_a_dict.into()),
         },
     };
-    let py = dict.py();
-    // Two steps, because the views borrow from the values the first step holds.
-    let mut held_on_stack: [Option<Held<'_>>; ON_STACK] = Default::default();
-    let mut held_on_heap = Vec::new();
-    let held = if read.len() <= ON_STACK {
-        &mut held_on_stack[..read.len()]
-    } else {
-        held_on_heap.resize_with(read.len(), || None);
-        &mut held_on_heap[..]
+    // The held values are declared before the views, which borrow from them.
+    let (held_on_stack, mut held_on_heap) = (Default::default(), Vec::new());
+    let held = cells(read.len(), &held_on_stack, &mut held_on_heap);
+    let (views_on_stack, mut views_on_heap) = (Default::default(), Vec::new());
+    let views = cells(read.len(), &views_on_stack, &mut views_on_heap);
+    let context = InPlace {
+        dict,
+        interned,
+        read,
+        held,
+        views,
+        error: Cell::new(None),
     };
-    for (slot, &i) in held.iter_mut().zip(read) {
-        if let Some(key) = interned.get(i as usize)
-            && let Some(value) = dict.get_item(key.bind(py))?
-        {
-            *slot = Held::of(value);
-        }
+    let result = f(&context);
+    match context.error.into_inner() {
+        Some(error) => Err(error),
+        None => Ok(result),
     }
-    let mut views_on_stack = [(u32::MAX, None); ON_STACK];
-    let mut views_on_heap = Vec::new();
-    let views = if read.len() <= ON_STACK {
-        &mut views_on_stack[..read.len()]
-    } else {
-        views_on_heap.resize(read.len(), (u32::MAX, None));
-        &mut views_on_heap[..]
-    };
-    for ((view, &i), held) in views.iter_mut().zip(read).zip(held.iter()) {
-        *view = (i, held.as_ref().and_then(Held::view));
-    }
-    Ok(f(&InPlace(views)))
 }

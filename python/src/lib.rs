@@ -23,7 +23,7 @@ use abx_core::{Attributes, Context, Error, Evaluator, FlagReason, Reason, with_u
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use crate::context::PreparedContext;
 use crate::results::{
@@ -63,6 +63,16 @@ struct Engine {
     /// The snapshot's attribute names, interned: the only context entries abx-core reads.
     attributes: Vec<Py<PyString>>,
     experiments: Vec<ExperimentNames>,
+    /// Experiment and flag keys → their indices, as Python dicts: a key passed from Python
+    /// keeps its hash, so one probe finds it where abx-core's sorted index compares about ten
+    /// keys, a tenth of a call.
+    experiment_keys: Py<PyDict>,
+    flag_keys: Py<PyDict>,
+    /// Each experiment's answers without a variant, one per reason (`Reason::ALL` order), made
+    /// on first use and shared: they hold no config and no exposure, so nothing in them can
+    /// change or differ between calls, and most calls of most experiments end without a
+    /// variant (not targeted, not in traffic, held out).
+    no_variant_answers: Vec<PyOnceLock<Py<PyAssignment>>>,
     /// The attributes each experiment and each flag reads
     /// (`Evaluator::experiment_attributes`), so that one evaluation converts only those.
     experiment_reads: Vec<Vec<u32>>,
@@ -141,17 +151,16 @@ impl Engine {
     /// The exposure of experiment `index` to log for this context, if its answer asks for
     /// one and `first(experiment_id, unit_attribute, unit)` says it is new: asked before any
     /// Python string is made, so that a client's repeated exposures cost no allocation.
+    /// Without `first` (a client that logs nothing) nothing is looked at.
     fn exposure(
         &self,
         py: Python<'_>,
         index: u32,
         answer: Answer,
         context: &dyn Attributes,
-        first: &mut NewExposure<'_>,
+        first: Option<&mut NewExposure<'_>>,
     ) -> Option<Exposure> {
-        if !answer.log_exposure {
-            return None;
-        }
+        let first = first.filter(|_| answer.log_exposure)?;
         let names = self.experiments.get(index as usize)?;
         let experiment = self.evaluator.snapshot().experiments.get(index as usize)?;
         let attribute = self
@@ -175,19 +184,21 @@ impl Engine {
             .map(|s| s.clone_ref(py))
     }
 
-    /// Experiment `index`'s answer as an `Assignment`.
+    /// Experiment `index`'s answer as an `Assignment`: a shared one when it has no variant
+    /// (so no config and no exposure).
     fn assignment(
         &self,
         py: Python<'_>,
         index: u32,
         answer: Answer,
         exposure: Option<Exposure>,
-    ) -> PyAssignment {
+    ) -> PyResult<Py<PyAssignment>> {
         let names = self.experiments.get(index as usize);
         let reason = Reason::ALL.iter().position(|r| *r == answer.reason);
-        PyAssignment {
+        let reason = reason.unwrap_or(0);
+        let make = |exposure| PyAssignment {
             variant: answer.variant.and_then(|v| self.variant_key(py, index, v)),
-            reason: self.reasons[reason.unwrap_or(0)].clone_ref(py),
+            reason: self.reasons[reason].clone_ref(py),
             experiment_id: names.map(|n| n.id.clone_ref(py)),
             config_json: answer.variant.and_then(|v| {
                 names
@@ -196,7 +207,16 @@ impl Engine {
             }),
             config: PyOnceLock::new(),
             exposure,
+        };
+        let slot = index as usize * Reason::ALL.len() + reason;
+        if answer.variant.is_none()
+            && exposure.is_none()
+            && let Some(shared) = self.no_variant_answers.get(slot)
+        {
+            let shared = shared.get_or_try_init(py, || Py::new(py, make(None)))?;
+            return Ok(shared.clone_ref(py));
         }
+        Py::new(py, make(exposure))
     }
 
     /// A flag's answer as a `FlagDetail`.
@@ -228,32 +248,34 @@ impl Engine {
     fn assignment_of(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyString>,
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
-        first: &mut NewExposure<'_>,
-    ) -> PyResult<Option<PyAssignment>> {
-        let Some(index) = self.evaluator.experiment_index(key) else {
+        first: Option<&mut NewExposure<'_>>,
+    ) -> PyResult<Option<Py<PyAssignment>>> {
+        let Some(index) = index_in(&self.experiment_keys, key)? else {
             return Ok(None);
         };
         let read = self.experiment_reads.get(index as usize);
-        self.with_context(attributes, read, |context| {
+        let evaluated = self.with_context(attributes, read, |context| {
             let answer = answer(&self.evaluator.experiment_at(index, context, now_ms)?);
-            let exposure = self.exposure(py, index, answer, context, first);
-            Some(self.assignment(py, index, answer, exposure))
-        })
+            Some((answer, self.exposure(py, index, answer, context, first)))
+        })?;
+        evaluated
+            .map(|(answer, exposure)| self.assignment(py, index, answer, exposure))
+            .transpose()
     }
 
     /// `Engine.flag`, for `ClientCore` too; `first` decides which exposures to hand back.
     fn flag_of(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyString>,
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
-        first: &mut NewExposure<'_>,
+        first: Option<&mut NewExposure<'_>>,
     ) -> PyResult<Option<PyFlagDetail>> {
-        let Some(index) = self.evaluator.flag_index(key) else {
+        let Some(index) = index_in(&self.flag_keys, key)? else {
             return Ok(None);
         };
         let read = self.flag_reads.get(index as usize);
@@ -272,6 +294,12 @@ impl Engine {
             Some(self.flag_detail(py, &flag, exposure))
         })
     }
+}
+
+/// The index `keys` (`Engine::experiment_keys` or `flag_keys`) gives `key`.
+fn index_in(keys: &Py<PyDict>, key: &Bound<'_, PyString>) -> PyResult<Option<u32>> {
+    let index = keys.bind(key.py()).get_item(key)?;
+    index.map(|i| i.extract()).transpose()
 }
 
 /// Whether an exposure `(experiment_id, unit_attribute, unit)` is to be logged: always for
@@ -327,9 +355,21 @@ impl Engine {
                 variant_configs: e.variants.iter().map(|v| text(&v.config)).collect(),
             })
             .collect();
+        let keys = |names: &mut dyn Iterator<Item = &String>| -> PyResult<Py<PyDict>> {
+            let dict = PyDict::new(py);
+            for (index, name) in names.enumerate() {
+                dict.set_item(text(name), index as u32)?;
+            }
+            Ok(dict.unbind())
+        };
         Ok(Engine {
             attributes: s.attributes.iter().map(|a| text(a)).collect(),
             experiments,
+            experiment_keys: keys(&mut s.experiments.iter().map(|e| &e.key))?,
+            flag_keys: keys(&mut s.flags.iter().map(|f| &f.key))?,
+            no_variant_answers: (0..s.experiments.len() * Reason::ALL.len())
+                .map(|_| PyOnceLock::new())
+                .collect(),
             reasons: Reason::ALL.iter().map(|r| text(r.as_str())).collect(),
             flag_reasons: FLAG_REASONS.iter().map(|r| text(r.as_str())).collect(),
             scalars: parse_scalars(py, s)?,
@@ -359,11 +399,11 @@ impl Engine {
     fn assign(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyString>,
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
-    ) -> PyResult<Option<PyAssignment>> {
-        self.assignment_of(py, key, attributes, now_ms, &mut every_exposure)
+    ) -> PyResult<Option<Py<PyAssignment>>> {
+        self.assignment_of(py, key, attributes, now_ms, Some(&mut every_exposure))
     }
 
     /// One flag's `FlagDetail`, or `None` for an unknown key. Its `_exposure` is set when
@@ -372,11 +412,11 @@ impl Engine {
     fn flag(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyString>,
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
     ) -> PyResult<Option<PyFlagDetail>> {
-        self.flag_of(py, key, attributes, now_ms, &mut every_exposure)
+        self.flag_of(py, key, attributes, now_ms, Some(&mut every_exposure))
     }
 
     /// Every experiment and flag: `(experiments, flags)`, read-only mappings from key to

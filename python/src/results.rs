@@ -51,8 +51,8 @@ pub(crate) struct PyAssignment {
 
 impl PyAssignment {
     /// No variant, for `reason` (nothing loaded, an unknown key).
-    pub(crate) fn empty(reason: Py<PyString>) -> Self {
-        PyAssignment::new(None, None, reason, None)
+    pub(crate) fn empty(reason: &Bound<'_, PyString>) -> Self {
+        PyAssignment::new(None, None, reason.clone().unbind(), None)
     }
 
     fn key(&self, py: Python<'_>) -> (Option<String>, String, Option<String>) {
@@ -308,9 +308,8 @@ impl LazyMapping for Experiments {
     fn item(&self, py: Python<'_>, engine: &Engine, i: u32) -> PyResult<Py<PyAny>> {
         let answer = self.answers.get(i as usize).copied();
         let answer = answer.ok_or_else(|| PyKeyError::new_err(i))?;
-        let exposure = engine.exposure(py, i, answer, &self.context, &mut every_exposure);
-        let assignment = engine.assignment(py, i, answer, exposure);
-        Ok(Bound::new(py, assignment)?.into_any().unbind())
+        let exposure = engine.exposure(py, i, answer, &self.context, Some(&mut every_exposure));
+        Ok(engine.assignment(py, i, answer, exposure)?.into_any())
     }
 }
 

@@ -287,3 +287,52 @@ def test_an_evaluation_reads_like_a_read_only_mapping():
     banner["text"] = "changed"
     assert evaluation.flags["banner_config"].value["text"] != "changed"
     assert client.flag("everyone", USER, now_ms=NOW) is True
+
+
+def test_answers_without_a_variant_are_shared_and_configs_never_are():
+    client = abx.Client.from_snapshot(BASIC)
+    # A paused experiment answers everyone alike: one object per experiment and reason.
+    paused = client.assign("paused_experiment", USER, now_ms=NOW)
+    assert paused.reason == "not_running" and paused.variant is None and paused.config is None
+    assert client.assign("paused_experiment", {"user_id": "someone else"}, now_ms=NOW) is paused
+    assert client.assign("draft_experiment", USER, now_ms=NOW) is not paused
+    # An answer with a variant is the caller's own, and so is its config.
+    first = client.assign("checkout_button_color", USER, now_ms=NOW)
+    second = client.assign("checkout_button_color", USER, now_ms=NOW)
+    assert first.reason == "assigned" and first == second and first is not second
+    first.config["button_color"] = "changed"
+    assert second.config["button_color"] != "changed"
+    assert client.assign("checkout_button_color", USER, now_ms=NOW).config["button_color"] != "changed"
+    # A key that is not a `str` is a TypeError, an equal `str` finds the same experiment.
+    with pytest.raises(TypeError):
+        client.assign(42, USER, now_ms=NOW)  # type: ignore[arg-type]
+    assert client.assign("".join(["checkout_", "button_color"]), USER, now_ms=NOW) == first
+
+
+def test_an_error_raised_while_a_context_is_read_reaches_the_caller():
+    class Clash:
+        """A key equal in hash to `user_id`, whose comparison fails."""
+
+        def __hash__(self) -> int:
+            return hash("user_id")
+
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("compared")
+
+    client = abx.Client.from_snapshot(BASIC)
+    with pytest.raises(RuntimeError, match="compared"):
+        client.assign("checkout_button_color", {Clash(): 1, "user_id": "u"}, now_ms=NOW)
+
+
+def test_the_engine_in_use_is_replaced_whole():
+    client = abx.Client.from_snapshot(BASIC)
+    engine = client._engine
+    assert engine is not None and engine.version == 1
+    with pytest.raises(TypeError):
+        client._engine = "not an engine"  # type: ignore[assignment]
+    assert client._engine is engine
+    client._engine = None
+    assert client.assign("checkout_button_color", USER, now_ms=NOW).reason == "not_loaded"
+    client._engine = abx._abx.Engine(FLAGS)
+    assert client._engine.version == 5
+    assert client.assign("theme_experiment", USER, now_ms=NOW).reason != "unknown_key"
