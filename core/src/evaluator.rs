@@ -875,6 +875,14 @@ impl<'e, 'c> Pass<'e, 'c> {
         HashedUnit { unit, period }
     }
 
+    /// Whether holdout `h` holds out `unit`, the value of attribute `unit_attr` (hashed
+    /// per switchback period, if any).
+    fn held(&mut self, h: u32, unit_attr: u32, period: Option<u32>, unit: Unit<'c>) -> bool {
+        let bp = self.eval.snapshot.holdouts[h as usize].bp;
+        let hashed = self.hashed_unit(unit, period);
+        self.holdout_bucket(h, unit_attr, period, &hashed) < bp
+    }
+
     fn holdout_bucket(
         &mut self,
         holdout: u32,
@@ -942,11 +950,22 @@ impl<'e, 'c> Pass<'e, 'c> {
             }
         };
 
-        // 1. Status.
+        // 1. Status. A shipped variant reaches everyone but the units of a holdout the
+        // experiment respects: a holdout measures everything shipped, so its units keep the
+        // experience without the experiment while it runs.
         match (e.status, e.shipped) {
             _ if self.hash_only => {}
             (Status::Running, _) => {}
-            (Status::Completed, Some(shipped)) => return outcome(Some(shipped), Reason::Shipped),
+            (Status::Completed, Some(shipped)) => {
+                let held = match (unit_of(self.attribute(e.unit)), e.holdout) {
+                    (Some(unit), Some(h)) => self.held(h, e.unit, e.switchback_period_s, unit),
+                    _ => false,
+                };
+                return match held {
+                    true => outcome(None, Reason::Holdout),
+                    false => outcome(Some(shipped), Reason::Shipped),
+                };
+            }
             _ => return outcome(None, Reason::NotRunning),
         }
         // 2. Forced overrides, keyed by the raw unit value.
@@ -967,15 +986,13 @@ impl<'e, 'c> Pass<'e, 'c> {
         {
             return outcome(None, Reason::NotTargeted);
         }
-        // 8. Switchback changes the hashed unit for steps 5-7.
-        let hashed = self.hashed_unit(unit, e.switchback_period_s);
-        // 5. Holdout.
-        if let Some(h) = e.holdout {
-            let bp = eval.snapshot.holdouts[h as usize].bp;
-            if self.holdout_bucket(h, e.unit, e.switchback_period_s, &hashed) < bp {
-                return outcome(None, Reason::Holdout);
-            }
+        // 5. Holdout (switchback, step 8, changes the hashed unit for steps 5-7).
+        if let Some(h) = e.holdout
+            && self.held(h, e.unit, e.switchback_period_s, unit)
+        {
+            return outcome(None, Reason::Holdout);
         }
+        let hashed = self.hashed_unit(unit, e.switchback_period_s);
         // 6. Traffic. The gate and variant hashes share the "{experiment_id}:{unit}" state.
         let mut state = prepared.prefix;
         hashed.feed(&mut state);

@@ -8,7 +8,9 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use abx_core::snapshot::{Allocation, Condition, FlagValue, Id, Op, Operand, Snapshot, Status};
+use abx_core::snapshot::{
+    Allocation, Condition, Experiment, FlagValue, Id, Op, Operand, Snapshot, Status,
+};
 use serde_json::Value as Json;
 
 /// What the reference decides for one experiment.
@@ -76,6 +78,19 @@ fn unit_string(value: Option<&Json>) -> Option<String> {
     }
 }
 
+/// The unit as the holdout, traffic and variant steps hash it: within its switchback
+/// period, if the experiment has one.
+fn hashed_unit(e: &Experiment, unit: &str, now_ms: i64) -> String {
+    match e.switchback_period_s {
+        Some(period) => {
+            let now_s = (now_ms as f64 / 1000.0).floor() as i64;
+            let index = (now_s as f64 / period as f64).floor() as i64;
+            format!("{unit}@{index}")
+        }
+        None => unit.to_string(),
+    }
+}
+
 impl<'s> Reference<'s> {
     pub fn experiment(
         &self,
@@ -87,6 +102,14 @@ impl<'s> Reference<'s> {
         let outcome = self.experiment_inner(index, context, now_ms, coverage);
         *coverage.reasons.entry(outcome.reason).or_default() += 1;
         outcome
+    }
+
+    /// Whether the holdout experiment `e` respects (if any) holds `unit` out.
+    fn held(&self, e: &Experiment, unit: &str, now_ms: i64) -> bool {
+        let Some(h) = e.holdout else { return false };
+        let holdout = &self.snapshot.holdouts[h as usize];
+        let hashed = hashed_unit(e, unit, now_ms);
+        bucket(&format!("holdout:{}:{hashed}", uuid_text(&holdout.id))) < u32::from(holdout.bp)
     }
 
     fn variant_key(&self, index: usize, variant: u32) -> String {
@@ -104,13 +127,18 @@ impl<'s> Reference<'s> {
         let s = self.snapshot;
         let e = &s.experiments[index];
         let done = |variant: Option<String>, reason| Outcome { variant, reason };
+        let unit = unit_string(attribute(context, &s.attributes[e.unit as usize]));
         if e.status != Status::Running {
             return match (e.status, e.shipped) {
+                (Status::Completed, Some(_))
+                    if unit.as_ref().is_some_and(|u| self.held(e, u, now_ms)) =>
+                {
+                    done(None, "holdout")
+                }
                 (Status::Completed, Some(v)) => done(Some(self.variant_key(index, v)), "shipped"),
                 _ => done(None, "not_running"),
             };
         }
-        let unit = unit_string(attribute(context, &s.attributes[e.unit as usize]));
         if let Some(unit) = &unit {
             for forced in &e.forced {
                 if &forced.unit == unit {
@@ -126,21 +154,10 @@ impl<'s> Reference<'s> {
         {
             return done(None, "not_targeted");
         }
-        let unit = match e.switchback_period_s {
-            Some(period) => {
-                let now_s = (now_ms as f64 / 1000.0).floor() as i64;
-                let index = (now_s as f64 / period as f64).floor() as i64;
-                format!("{unit}@{index}")
-            }
-            None => unit,
-        };
-        if let Some(h) = e.holdout {
-            let holdout = &s.holdouts[h as usize];
-            if bucket(&format!("holdout:{}:{unit}", uuid_text(&holdout.id))) < u32::from(holdout.bp)
-            {
-                return done(None, "holdout");
-            }
+        if self.held(e, &unit, now_ms) {
+            return done(None, "holdout");
         }
+        let unit = hashed_unit(e, &unit, now_ms);
         let experiment_id = uuid_text(&e.id);
         let in_traffic = match &e.allocation {
             Allocation::Traffic { bp } => {

@@ -540,6 +540,18 @@ pub fn holdouts_forced() -> Scenario {
             ..Spec::new("device_holdout", traffic(100.0), AB)
         },
     );
+    // A shipped variant reaches everyone but the units of the holdout the experiment
+    // respects (forced overrides do not apply once shipped); without a unit, everyone.
+    add(
+        &mut b,
+        Spec {
+            status: Status::Completed,
+            shipped: Some(1),
+            holdout: Some(big),
+            forced,
+            ..Spec::new("shipped_respects_big", traffic(100.0), AB)
+        },
+    );
     let mut targeted = Spec {
         holdout: Some(global),
         forced,
@@ -792,6 +804,18 @@ pub fn switchback() -> Scenario {
         Spec {
             unit: "city",
             ..Spec::new("not_switchback", traffic(100.0), AB)
+        },
+    );
+    // Once shipped, the holdout still holds out its cities period by period.
+    add(
+        &mut b,
+        Spec {
+            unit: "city",
+            status: Status::Completed,
+            shipped: Some(0),
+            switchback_period_s: Some(900),
+            holdout: Some(holdout),
+            ..Spec::new("shipped_quarter_hour", traffic(100.0), AB)
         },
     );
     Scenario {
