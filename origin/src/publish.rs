@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use crate::clock;
-use crate::model::catalog::{Holdout, LayerName, Segment};
+use crate::model::catalog::{Holdout, HoldoutStatus, LayerName, Segment};
 use crate::model::experiment::Experiment;
 use crate::model::experiment::Status;
 use crate::model::flag::Flag;
@@ -300,9 +300,12 @@ pub fn compile(config: &Config, version: u64, published_at_ms: i64) -> anyhow::R
         .iter()
         .map(|l| Ok((l.id.as_str(), b.layer(id(&l.id)?, &l.key))))
         .collect::<anyhow::Result<_>>()?;
+    // Only running holdouts: an ended one holds nobody, so experiments that respected it
+    // (shipped variants included) now reach its units.
     let holdouts: HashMap<&str, u32> = config
         .holdouts
         .iter()
+        .filter(|h| h.status == HoldoutStatus::Running)
         .map(|h| Ok((h.id.as_str(), b.holdout(id(&h.id)?, &h.key, h.percent_bp))))
         .collect::<anyhow::Result<_>>()?;
     let mut segments: HashMap<String, u32> = HashMap::new();

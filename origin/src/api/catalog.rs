@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::catalog::{
     self, HoldoutInput, InstanceDimensionsInput, LayerInput, MetricInput, SegmentInput,
 };
-use crate::model::catalog::{Holdout, InstanceDimensions, Layer, Metric, Segment};
+use crate::model::catalog::{Holdout, HoldoutStatus, InstanceDimensions, Layer, Metric, Segment};
 use crate::model::experiment::Status;
 use crate::model::{Page, new_id, targeting};
 use crate::store::{self, Change};
@@ -305,13 +305,77 @@ pub async fn patch_holdout(
             let spec = catalog::validate_holdout(&merge_patch(&holdout_input(&current), body)?)?;
             key_unchanged(&current.key, &spec.key)?;
             if spec.percent_bp != current.percent_bp
-                && active_experiments(conn).await?.iter().any(|e| e.holdout_id.as_deref() == Some(current.id.as_str()))
+                && current.status == HoldoutStatus::Running
+                && holding_experiments(conn).await?.iter().any(|e| e.holdout_id.as_deref() == Some(current.id.as_str()))
             {
-                return Err(ApiError::conflict("not_editable", "the holdout's size cannot change while running experiments respect it: it would move their units"));
+                return Err(ApiError::conflict("not_editable", "the holdout's size cannot change while running experiments or shipped variants respect it: it would move their units"));
             }
             store::catalog::update_holdout(conn, &current.id, &spec).await?;
             store::record(conn, Change { actor: &actor, action: "holdout.updated", entity_type: "holdout", entity_id: &current.id, details: json!({"key": spec.key, "percent_bp": spec.percent_bp}) }).await?;
             one(store::catalog::holdouts(conn, Some(&current.id)).await?, "holdout", &id)
+        })
+        .await?;
+    let version = holdout.version;
+    Ok(with_version(json(StatusCode::OK, &holdout), version))
+}
+
+/// Experiments whose units a running holdout keeps: running and paused ones, and completed
+/// ones with a shipped variant.
+async fn holding_experiments(
+    conn: &mut AnyConnection,
+) -> Result<Vec<crate::model::experiment::Experiment>, crate::store::Error> {
+    let mut experiments = active_experiments(conn).await?;
+    let completed = store::experiments::with_status(conn, &[Status::Completed]).await?;
+    experiments.extend(
+        completed
+            .into_iter()
+            .filter(|e| e.shipped_variant.is_some()),
+    );
+    Ok(experiments)
+}
+
+#[utoipa::path(post, path = "/api/v1/holdouts/{id}/end", tag = "holdouts", params(("id" = String, Path, description = "Id or key"),
+        ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
+    responses((status = 200, body = Holdout), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
+pub async fn end_holdout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    caller.require(Permission::WriteConfig)?;
+    let expected = if_match(&headers)?;
+    let actor = caller.actor();
+    let holdout = state
+        .mutate(async |conn| {
+            let current = one(
+                store::catalog::holdouts(conn, Some(&id)).await?,
+                "holdout",
+                &id,
+            )?;
+            check_version(expected, current.version)?;
+            if !store::catalog::end_holdout(conn, &current.id).await? {
+                return Err(ApiError::conflict(
+                    "illegal_transition",
+                    "the holdout has ended already; an ended holdout never holds units again",
+                ));
+            }
+            store::record(
+                conn,
+                Change {
+                    actor: &actor,
+                    action: "holdout.ended",
+                    entity_type: "holdout",
+                    entity_id: &current.id,
+                    details: json!({"key": current.key}),
+                },
+            )
+            .await?;
+            one(
+                store::catalog::holdouts(conn, Some(&current.id)).await?,
+                "holdout",
+                &id,
+            )
         })
         .await?;
     let version = holdout.version;

@@ -154,6 +154,7 @@ pub fn with_version(mut response: Response, version: i64) -> Response {
         experiments::start, experiments::pause, experiments::resume, experiments::complete, experiments::archive,
         catalog::list_layers, catalog::create_layer, catalog::get_layer, catalog::patch_layer,
         catalog::list_holdouts, catalog::create_holdout, catalog::get_holdout, catalog::patch_holdout,
+        catalog::end_holdout,
         catalog::list_segments, catalog::create_segment, catalog::get_segment, catalog::patch_segment,
         catalog::list_metrics, catalog::create_metric, catalog::get_metric, catalog::patch_metric,
         catalog::get_dimensions, catalog::put_dimensions,
@@ -488,6 +489,7 @@ fn admin_routes(state: &AppState) -> Router<AppState> {
             "/holdouts/{id}",
             get(catalog::get_holdout).patch(catalog::patch_holdout),
         )
+        .route("/holdouts/{id}/end", post(catalog::end_holdout))
         .route(
             "/segments",
             get(catalog::list_segments).post(catalog::create_segment),

@@ -8,7 +8,7 @@ use crate::Error;
 use crate::clock;
 use crate::model::bp_to_percent;
 use crate::model::catalog::{
-    Direction, HoldoutSpec, LayerSpec, MetricKind, MetricSpec, SegmentSpec,
+    Direction, HoldoutSpec, HoldoutStatus, LayerSpec, MetricKind, MetricSpec, SegmentSpec,
 };
 use crate::model::catalog::{
     Holdout, InstanceDimensions, Layer, LayerName, Metric, Segment, SlotOwner,
@@ -166,7 +166,8 @@ pub async fn insert_holdout(
     spec: &HoldoutSpec,
 ) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO holdouts (id, key, name, description, percent_bp, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        "INSERT INTO holdouts (id, key, name, description, percent_bp, status, started_at_ms, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, 'running', $6, $6, $6)",
     )
     .bind(id)
     .bind(&spec.key)
@@ -195,13 +196,28 @@ pub async fn update_holdout(
     Ok(())
 }
 
+/// Ends a running holdout; `false` if it was not running.
+pub async fn end_holdout(conn: &mut AnyConnection, id: &str) -> Result<bool, Error> {
+    let now = clock::now_ms();
+    let ended = sqlx::query(
+        "UPDATE holdouts SET status = 'ended', ended_at_ms = $1, updated_at_ms = $1, version = version + 1
+         WHERE id = $2 AND status = 'running'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(ended.rows_affected() == 1)
+}
+
 pub async fn holdouts(
     conn: &mut AnyConnection,
     reference: Option<&str>,
 ) -> Result<Vec<Holdout>, Error> {
     let rows = sqlx::query(
-        "SELECT id, key, name, description, percent_bp, version, created_at_ms, updated_at_ms FROM holdouts
-         WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
+        "SELECT id, key, name, description, percent_bp, status, started_at_ms, ended_at_ms, version,
+                created_at_ms, updated_at_ms
+         FROM holdouts WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))
     .fetch_all(&mut *conn)
@@ -209,12 +225,19 @@ pub async fn holdouts(
     rows.iter()
         .map(|r| {
             let bp: i64 = r.try_get("percent_bp")?;
+            let status: String = r.try_get("status")?;
+            let ended_at: Option<i64> = r.try_get("ended_at_ms")?;
             Ok(Holdout {
                 id: r.try_get("id")?,
                 key: r.try_get("key")?,
                 name: r.try_get("name")?,
                 description: r.try_get("description")?,
                 percent: bp_to_percent(bp),
+                status: HoldoutStatus::parse(&status).ok_or_else(|| {
+                    sqlx::Error::Decode(format!("holdout status {status}").into())
+                })?,
+                started_at: clock::rfc3339(r.try_get("started_at_ms")?),
+                ended_at: ended_at.map(clock::rfc3339),
                 percent_bp: bp as u16,
                 version: r.try_get("version")?,
                 created_at: clock::rfc3339(r.try_get("created_at_ms")?),

@@ -139,6 +139,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0011_instance_settings.sql"),
         postgres: include_str!("../migrations/postgres/0011_instance_settings.sql"),
     },
+    Migration {
+        version: 12,
+        name: "holdout_lifecycle",
+        sqlite: include_str!("../migrations/sqlite/0012_holdout_lifecycle.sql"),
+        postgres: include_str!("../migrations/postgres/0012_holdout_lifecycle.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

@@ -1283,6 +1283,7 @@ async fn openapi_documents_every_route() {
         "/api/v1/experiments/{id}/assignment",
         "/api/v1/layers/{id}",
         "/api/v1/holdouts",
+        "/api/v1/holdouts/{id}/end",
         "/api/v1/segments/{id}",
         "/api/v1/metrics",
         "/api/v1/flags/{id}/disable",

@@ -14,6 +14,7 @@ mod cuped;
 mod demo;
 mod dimensions;
 mod events;
+mod holdouts;
 mod jetstream;
 mod layering;
 mod properties;

@@ -70,7 +70,11 @@ export async function render(ctx) {
   const layerInfo = h('div', { class: 'hint', id: uid('layer-info'), 'aria-live': 'polite' });
   const traffic = input({ name: 'traffic_percent', type: 'number', min: running ? e.traffic_percent : 0, max: 100, step: '0.01', value: e.traffic_percent, disabled: locked('traffic_percent') });
   const unit = input({ name: 'unit', value: editing ? e.unit : '', placeholder: 'user_id (or the layer\u2019s unit)', disabled: locked('unit'), spellcheck: 'false' });
-  const holdout = select([['', 'None'], ...holdouts.map((x) => [x.key, `${x.key} (${x.percent}%)`])], e.holdout || '', { name: 'holdout', disabled: locked('holdout') });
+  // An ended holdout holds nobody: offered only to an experiment that already names it.
+  const holdoutChoices = holdouts
+    .filter((x) => x.status !== 'ended' || x.key === e.holdout || x.id === e.holdout)
+    .map((x) => [x.key, `${x.key} (${x.percent}%${x.status === 'ended' ? ', ended' : ''})`]);
+  const holdout = select([['', 'None'], ...holdoutChoices], e.holdout || '', { name: 'holdout', disabled: locked('holdout') });
   const showLayer = () => {
     const layer = layers.find((l) => l.key === layerSelect.value);
     if (!layer) {

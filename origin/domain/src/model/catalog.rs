@@ -575,6 +575,32 @@ pub struct LayerName {
     pub key: String,
 }
 
+/// Where a holdout is in its life. It holds units out from its creation until an admin
+/// ends it (`POST /holdouts/{id}/end`); an ended holdout never holds anyone again, since
+/// units released into shipped variants and experiments cannot be held out afresh without
+/// mixing the two groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldoutStatus {
+    Running,
+    Ended,
+}
+
+impl HoldoutStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldoutStatus::Running => "running",
+            HoldoutStatus::Ended => "ended",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HoldoutStatus> {
+        [HoldoutStatus::Running, HoldoutStatus::Ended]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Holdout {
     pub id: String,
@@ -582,6 +608,11 @@ pub struct Holdout {
     pub name: String,
     pub description: String,
     pub percent: f64,
+    pub status: HoldoutStatus,
+    /// When it began holding units out.
+    pub started_at: String,
+    /// When it ended, if it has.
+    pub ended_at: Option<String>,
     /// Increases with every change; send it in `If-Match` to update safely.
     pub version: i64,
     pub created_at: String,
