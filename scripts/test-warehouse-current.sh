@@ -26,8 +26,18 @@ port=$(sed -n 's/^listening on //p' "$work/chdb.log")
 [ -n "$port" ] || { echo "chdb_http.py did not start:" >&2; cat "$work/chdb.log" >&2; exit 1; }
 
 log "warehouse tests against $(head -n 1 "$work/chdb.log") on 127.0.0.1:$port"
-# This rebuilds the test binary (about three minutes in CI): with `--test it` cargo resolves
-# features for abx-origin alone, not as `cargo test --workspace` did just before, whether or
-# not `--workspace` is given. Running the executable that `cargo test --workspace --no-run
-# --message-format=json` names would avoid it.
-ABX_TEST_CLICKHOUSE_URL="http://127.0.0.1:$port" cargo test --workspace --test it --locked -- warehouse
+# The test executable `cargo test --workspace` built (scripts/test.sh runs that just before,
+# so nothing is rebuilt), run directly: `cargo test --test it` would resolve features for
+# abx-origin alone and rebuild it (about three minutes in CI). Cargo runs a package's tests
+# from the package's folder; so does this.
+executable=$(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    artifact = json.loads(line)
+    target = artifact.get("target", {})
+    if artifact.get("executable") and target.get("name") == "it" and "test" in target.get("kind", []):
+        print(artifact["executable"])
+')
+[ -n "$executable" ] || { echo "no abx-origin integration test executable" >&2; exit 1; }
+(cd origin && ABX_TEST_CLICKHOUSE_URL="http://127.0.0.1:$port" "$executable" warehouse)

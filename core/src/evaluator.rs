@@ -986,14 +986,14 @@ impl<'e, 'c> Pass<'e, 'c> {
         {
             return outcome(None, Reason::NotTargeted);
         }
-        // 5. Holdout (switchback, step 8, changes the hashed unit for steps 5-7).
+        // 5-6. Switchback (in `held` and below) and holdout, as docs/assignment.md numbers them.
         if let Some(h) = e.holdout
             && self.held(h, e.unit, e.switchback_period_s, unit)
         {
             return outcome(None, Reason::Holdout);
         }
         let hashed = self.hashed_unit(unit, e.switchback_period_s);
-        // 6. Traffic. The gate and variant hashes share the "{experiment_id}:{unit}" state.
+        // 7. Traffic. The gate and variant hashes share the "{experiment_id}:{unit}" state.
         let mut state = prepared.prefix;
         hashed.feed(&mut state);
         let in_traffic = match &e.allocation {
@@ -1006,7 +1006,7 @@ impl<'e, 'c> Pass<'e, 'c> {
         if !in_traffic {
             return outcome(None, Reason::NotInTraffic);
         }
-        // 7. Variant.
+        // 8. Variant.
         state.write(b":variant");
         let v = to_bucket(state.finish());
         let chosen = e.variants.iter().position(|variant| v < variant.threshold);

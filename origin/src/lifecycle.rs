@@ -16,7 +16,8 @@ use crate::store::{self, Change};
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleBody {
-    /// For `complete`: the variant to ship to everyone.
+    /// For `complete`: the variant to ship to everyone (but the units of a running holdout
+    /// the experiment respects).
     #[serde(default)]
     pub ship: Option<String>,
     /// Recorded in the audit log and shown as the status reason.

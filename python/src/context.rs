@@ -204,22 +204,25 @@ impl<'a> Attributes for InPlace<'a, '_> {
 /// Runs `f` on the caller's context as an evaluation reading the attributes `read` (indices
 /// into the snapshot's attributes, whose interned Python names are `interned`) sees it: a
 /// dict's entries read in place, a prepared `Context` as it is, `None` as the empty context;
-/// anything else is a `TypeError`.
+/// anything else is a `TypeError`. `f`'s second argument says whether reading the dict has
+/// failed so far: its error is raised once `f` returns, so `f` must not act on an answer
+/// (remember an exposure) when it has.
 pub(crate) fn with_context<R>(
     attributes: Option<&Bound<'_, PyAny>>,
     interned: &[Py<PyString>],
     read: &[u32],
-    f: impl FnOnce(&dyn Attributes) -> R,
+    f: impl FnOnce(&dyn Attributes, &dyn Fn() -> bool) -> R,
 ) -> PyResult<R> {
+    let never = || false;
     let Some(attributes) = attributes else {
-        return Ok(f(&Context::new()));
+        return Ok(f(&Context::new(), &never));
     };
     // A dict first: most calls pass one, and its check is a flag test, where a class's is
     // a subtype search.
     let dict = match attributes.cast::<PyDict>() {
         Ok(dict) => dict,
         Err(not_a_dict) => match attributes.cast::<PreparedContext>() {
-            Ok(prepared) => return Ok(f(&prepared.get().context)),
+            Ok(prepared) => return Ok(f(&prepared.get().context, &never)),
             Err(_) => return Err(not_a_dict.into()),
         },
     };
@@ -236,7 +239,13 @@ pub(crate) fn with_context<R>(
         views,
         error: Cell::new(None),
     };
-    let result = f(&context);
+    let failed = || {
+        let error = context.error.take();
+        let failed = error.is_some();
+        context.error.set(error);
+        failed
+    };
+    let result = f(&context, &failed);
     match context.error.into_inner() {
         Some(error) => Err(error),
         None => Ok(result),

@@ -23,7 +23,7 @@ use abx_core::{Attributes, Context, Error, Evaluator, FlagReason, Reason, with_u
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::context::PreparedContext;
 use crate::results::{
@@ -64,15 +64,17 @@ struct Engine {
     attributes: Vec<Py<PyString>>,
     experiments: Vec<ExperimentNames>,
     /// Experiment and flag keys → their indices, as Python dicts: a key passed from Python
-    /// keeps its hash, so one probe finds it where abx-core's sorted index compares about ten
-    /// keys, a tenth of a call.
+    /// keeps its hash, so one probe finds it, where abx-core's index needs the key's UTF-8
+    /// and hashes it again (a tenth of a call).
     experiment_keys: Py<PyDict>,
     flag_keys: Py<PyDict>,
     /// Each experiment's answers without a variant, one per reason (`Reason::ALL` order), made
     /// on first use and shared: they hold no config and no exposure, so nothing in them can
     /// change or differ between calls, and most calls of most experiments end without a
-    /// variant (not targeted, not in traffic, held out).
-    no_variant_answers: Vec<PyOnceLock<Py<PyAssignment>>>,
+    /// variant (not targeted, not in traffic, held out). A Python list of `None` until made,
+    /// which the GIL guards: a once-cell would block a thread (or a forked child) that finds
+    /// it being filled; two threads filling one slot at once only make one object too many.
+    no_variant_answers: Py<PyList>,
     /// The attributes each experiment and each flag reads
     /// (`Evaluator::experiment_attributes`), so that one evaluation converts only those.
     experiment_reads: Vec<Vec<u32>>,
@@ -142,7 +144,7 @@ impl Engine {
         &self,
         attributes: Option<&Bound<'_, PyAny>>,
         read: Option<&Vec<u32>>,
-        f: impl FnOnce(&dyn Attributes) -> R,
+        f: impl FnOnce(&dyn Attributes, &dyn Fn() -> bool) -> R,
     ) -> PyResult<R> {
         let read = read.map_or(&[][..], Vec::as_slice);
         context::with_context(attributes, &self.attributes, read, f)
@@ -208,15 +210,21 @@ impl Engine {
             config: PyOnceLock::new(),
             exposure,
         };
-        let slot = index as usize * Reason::ALL.len() + reason;
-        if answer.variant.is_none()
-            && exposure.is_none()
-            && let Some(shared) = self.no_variant_answers.get(slot)
-        {
-            let shared = shared.get_or_try_init(py, || Py::new(py, make(None)))?;
-            return Ok(shared.clone_ref(py));
+        if answer.variant.is_some() || exposure.is_some() {
+            return Py::new(py, make(exposure));
         }
-        Py::new(py, make(exposure))
+        let shared = self.no_variant_answers.bind(py);
+        let slot = index as usize * Reason::ALL.len() + reason;
+        if let Ok(made) = shared.get_item(slot)
+            && let Ok(made) = made.cast_into::<PyAssignment>()
+        {
+            return Ok(made.unbind());
+        }
+        let made = Py::new(py, make(None))?;
+        if slot < shared.len() {
+            shared.set_item(slot, made.clone_ref(py))?;
+        }
+        Ok(made)
     }
 
     /// A flag's answer as a `FlagDetail`.
@@ -257,8 +265,10 @@ impl Engine {
             return Ok(None);
         };
         let read = self.experiment_reads.get(index as usize);
-        let evaluated = self.with_context(attributes, read, |context| {
+        let evaluated = self.with_context(attributes, read, |context, failed| {
             let answer = answer(&self.evaluator.experiment_at(index, context, now_ms)?);
+            // A failed read raises: its exposure must not be remembered as logged.
+            let first = first.filter(|_| !failed());
             Some((answer, self.exposure(py, index, answer, context, first)))
         })?;
         evaluated
@@ -279,12 +289,13 @@ impl Engine {
             return Ok(None);
         };
         let read = self.flag_reads.get(index as usize);
-        self.with_context(attributes, read, |context| {
+        self.with_context(attributes, read, |context, failed| {
             let result = self.evaluator.flag_at(index, context, now_ms)?;
             let experiment = result.experiment.and_then(|e| {
                 let a = self.evaluator.experiment_at(e, context, now_ms)?;
                 Some((e, a.variant_index?, answer(&a)))
             });
+            let first = first.filter(|_| !failed());
             let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, context, first));
             let flag = FlagAnswer {
                 value: result.value.into(),
@@ -367,9 +378,11 @@ impl Engine {
             experiments,
             experiment_keys: keys(&mut s.experiments.iter().map(|e| &e.key))?,
             flag_keys: keys(&mut s.flags.iter().map(|f| &f.key))?,
-            no_variant_answers: (0..s.experiments.len() * Reason::ALL.len())
-                .map(|_| PyOnceLock::new())
-                .collect(),
+            no_variant_answers: PyList::new(
+                py,
+                (0..s.experiments.len() * Reason::ALL.len()).map(|_| py.None()),
+            )?
+            .unbind(),
             reasons: Reason::ALL.iter().map(|r| text(r.as_str())).collect(),
             flag_reasons: FLAG_REASONS.iter().map(|r| text(r.as_str())).collect(),
             scalars: parse_scalars(py, s)?,

@@ -311,17 +311,34 @@ def test_answers_without_a_variant_are_shared_and_configs_never_are():
 
 def test_an_error_raised_while_a_context_is_read_reaches_the_caller():
     class Clash:
-        """A key equal in hash to `user_id`, whose comparison fails."""
+        """A key equal in hash to `email`, whose comparison fails once armed (after the
+        dict holding it is built)."""
+
+        armed = False
 
         def __hash__(self) -> int:
-            return hash("user_id")
+            return hash("email")
 
         def __eq__(self, other: object) -> bool:
-            raise RuntimeError("compared")
+            if Clash.armed:
+                raise RuntimeError("compared")
+            return False
 
-    client = abx.Client.from_snapshot(BASIC)
+    # `t_not_exists` assigns units without an `email`, so a failed read of it would
+    # still assign one.
+    client = abx.Client.from_snapshot((GOLDEN / "targeting.abxs").read_bytes())
+    logged: list[tuple[str, str, str]] = []
+    client._record_exposure = lambda exposure, variant, now_ms: logged.append(exposure)  # type: ignore[method-assign]
+    client._logs_exposures = True
+    context = {Clash(): 1, "user_id": "u0"}
+    Clash.armed = True
     with pytest.raises(RuntimeError, match="compared"):
-        client.assign("checkout_button_color", {Clash(): 1, "user_id": "u"}, now_ms=NOW)
+        client.assign("t_not_exists", context, now_ms=NOW)
+    Clash.armed = False
+    # The call that raised logged nothing and did not count as logging this exposure.
+    assert logged == []
+    assert client.assign("t_not_exists", {"user_id": "u0"}, now_ms=NOW).reason == "assigned"
+    assert [unit for _, _, unit in logged] == ["u0"]
 
 
 def test_the_engine_in_use_is_replaced_whole():

@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::lifecycle::{self, LifecycleBody, layer_full, load};
+use crate::model::catalog::HoldoutStatus;
 use crate::model::experiment::Experiment;
 use crate::model::experiment::{self, Action, ExperimentInput, References, Status};
 use crate::model::{Page, new_id, slots, targeting};
@@ -34,6 +35,9 @@ pub(super) async fn references(
             .insert(layer.id.clone(), (layer.id, layer.unit));
     }
     for holdout in store::catalog::holdouts(conn, None).await? {
+        if holdout.status == HoldoutStatus::Ended {
+            known.ended_holdouts.insert(holdout.id.clone());
+        }
         known
             .holdouts
             .insert(holdout.key.clone(), holdout.id.clone());
@@ -215,7 +219,13 @@ pub async fn patch(
                 .map(|o| o.keys().cloned().collect())
                 .unwrap_or_default();
             let input = merge_patch(&current.input(), body)?;
-            let spec = experiment::validate(&input, &references(conn).await?)?;
+            let mut known = references(conn).await?;
+            // An ended holdout the experiment respected already may stay: only a new
+            // reference to one is refused.
+            if let Some(holdout) = &current.holdout_id {
+                known.ended_holdouts.remove(holdout);
+            }
+            let spec = experiment::validate(&input, &known)?;
             experiment::check_edit(current.status, &current.spec(), &spec)?;
             if current.status.holds_slots()
                 && spec.traffic_bp > current.traffic_bp

@@ -130,7 +130,8 @@ async fn lifecycle(o: &TestOrigin) {
     let layer = o.get("/api/v1/layers/checkout_ui").await;
     assert_eq!(layer.body["free_percent"], 100.0);
 
-    // Everyone now gets the shipped config, with no exposure.
+    // Everyone now gets the shipped config (the experiment respects no holdout), with no
+    // exposure.
     let reply = o
         .get("/api/v1/experiments/checkout_button_color/assignment?user_id=anyone&country=FR")
         .await;

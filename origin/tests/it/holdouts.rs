@@ -51,6 +51,12 @@ async fn holdouts_keep_units_out_of_shipped_variants_until_they_end(o: &TestOrig
     let mut body = experiment("checkout", "conversion");
     body["holdout"] = json!("long_term");
     let id = o.start_experiment(body).await;
+    // A second experiment keeps running through the holdout's end.
+    let mut body = experiment("search", "conversion");
+    body["holdout"] = json!("long_term");
+    o.start_experiment(body).await;
+    let searching = answers(o, "search").await;
+    assert!(searching.iter().any(|(_, r)| r == "holdout"));
     // While it runs, the holdout's units get no variant.
     let running = answers(o, "checkout").await;
     let held = running.iter().filter(|(_, r)| r == "holdout").count();
@@ -115,13 +121,42 @@ async fn holdouts_keep_units_out_of_shipped_variants_until_they_end(o: &TestOrig
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
     assert_eq!(again.body["error"]["code"], "illegal_transition");
 
-    // Ended, it holds nobody: the shipped variant reaches every unit.
+    // Ended, it holds nobody: the shipped variant reaches every unit, and the running
+    // experiment assigns the units it held as any others.
     let released = answers(o, "checkout").await;
     assert!(
         released
             .iter()
             .all(|(v, r)| r == "shipped" && v == "treatment")
     );
+    let searching = answers(o, "search").await;
+    assert!(
+        searching
+            .iter()
+            .all(|(v, r)| r == "assigned" && !v.is_null())
+    );
+
+    // No experiment may newly respect it; one that did keeps it through its edits.
+    let mut body = experiment("pricing", "conversion");
+    body["holdout"] = json!("long_term");
+    let refused = o.post("/api/v1/experiments", body).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.body["error"]["details"][0]["field"], "holdout");
+    let edited = o
+        .send(
+            Method::PATCH,
+            "/api/v1/experiments/search",
+            Some(&o.admin),
+            Some(json!({"description": "still respects the ended holdout"})),
+            &[],
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{}", edited.body);
     let listed = o.get("/api/v1/holdouts/long_term").await.body;
     assert_eq!(listed["status"], "ended");
     let audit = o.get("/api/v1/audit?entity_type=holdout").await.body;

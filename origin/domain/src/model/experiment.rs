@@ -329,6 +329,9 @@ pub struct References {
     pub layers: HashMap<String, (String, String)>,
     /// Holdout key and id → id.
     pub holdouts: HashMap<String, String>,
+    /// Ids of the holdouts that have ended, which no experiment may newly respect (they
+    /// hold nobody).
+    pub ended_holdouts: HashSet<String>,
     pub metrics: HashSet<String>,
     /// Segment key → its condition's total depth.
     pub segments: HashMap<String, u32>,
@@ -394,11 +397,16 @@ pub fn validate(input: &ExperimentInput, known: &References) -> Result<Experimen
         None => None,
         Some(reference) => {
             let found = known.holdouts.get(reference).cloned();
-            if found.is_none() {
-                errors.push(FieldError::new(
+            match &found {
+                None => errors.push(FieldError::new(
                     "holdout",
                     format!("unknown holdout `{reference}`"),
-                ));
+                )),
+                Some(id) if known.ended_holdouts.contains(id) => errors.push(FieldError::new(
+                    "holdout",
+                    format!("holdout `{reference}` has ended: it holds nobody"),
+                )),
+                Some(_) => {}
             }
             found
         }
@@ -953,6 +961,7 @@ mod tests {
         References {
             layers: HashMap::from([("checkout_ui".into(), ("layer-1".into(), "user_id".into()))]),
             holdouts: HashMap::new(),
+            ended_holdouts: HashSet::new(),
             metrics: ["conversion", "crash_rate"]
                 .into_iter()
                 .map(String::from)
