@@ -36,7 +36,8 @@ import json, sys
 for line in sys.stdin:
     artifact = json.loads(line)
     target = artifact.get("target", {})
-    if artifact.get("executable") and target.get("name") == "it" and "test" in target.get("kind", []):
+    if (artifact.get("executable") and target.get("name") == "it" and "test" in target.get("kind", [])
+            and "#abx-origin@" in artifact.get("package_id", "")):
         print(artifact["executable"])
 ')
 [ -n "$executable" ] || { echo "no abx-origin integration test executable" >&2; exit 1; }

@@ -12,7 +12,7 @@ const ACTIONS = {
   start: { from: ['draft'], label: 'Start', done: 'started', message: 'Units will be assigned from the next snapshot on. A layered experiment takes its slots in the layer now.' },
   pause: { from: ['running'], label: 'Pause', done: 'paused', message: 'Nobody is assigned while it is paused; its layer slots are kept.' },
   resume: { from: ['paused'], label: 'Resume', done: 'resumed', message: 'Assignment continues where it stopped.' },
-  complete: { from: ['running', 'paused'], label: 'Complete', done: 'completed', message: 'The experiment ends and frees its layer slots. Choose a variant to serve to everyone (but a running holdout's units), or none.' },
+  complete: { from: ['running', 'paused'], label: 'Complete', done: 'completed', message: 'The experiment ends and frees its layer slots. Choose a variant to serve to everyone (except the units of a running holdout), or none.' },
   archive: { from: ['completed'], label: 'Archive', done: 'archived', message: 'Archived experiments leave the snapshot and the default list.' },
 };
 
