@@ -491,6 +491,50 @@ mod tests {
         }
     }
 
+    /// Holdouts made before migration 12 have held units out since their creation: they
+    /// come out of it running, started when they were created.
+    #[tokio::test]
+    async fn holdouts_made_before_their_lifecycle_run_from_their_creation() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("abx.db");
+        let db = Db::connect(&format!("sqlite://{}?mode=rwc", path.display()), 2)
+            .await
+            .expect("connect");
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.name == "holdout_lifecycle");
+        let before = before.expect("the lifecycle migration");
+        db.apply(&MIGRATIONS[..before])
+            .await
+            .expect("earlier migrations");
+        sqlx::query(
+            "INSERT INTO holdouts (id, key, name, description, percent_bp, created_at_ms, updated_at_ms)
+             VALUES ('h-1', 'old', 'old', '', 500, 1700000000000, 1700000000000)",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("an old holdout");
+        db.migrate().await.expect("the rest");
+        let mut conn = db.pool.acquire().await.expect("connection");
+        let holdouts = crate::catalog::holdouts(&mut conn, None)
+            .await
+            .expect("read");
+        assert_eq!(holdouts.len(), 1);
+        let old = &holdouts[0];
+        assert_eq!(
+            old.status,
+            abx_origin_domain::model::catalog::HoldoutStatus::Running
+        );
+        assert_eq!(old.started_at, old.created_at);
+        assert_eq!(old.ended_at, None);
+        let refused = sqlx::query("UPDATE holdouts SET status = 'paused'")
+            .execute(&mut *conn)
+            .await;
+        assert!(refused.is_err(), "only running and ended are statuses");
+        drop(conn);
+        db.pool.close().await;
+    }
+
     /// Without the background checkpointer, pages stay in the WAL until a commit crosses
     /// `wal_autocheckpoint` (256 MiB), so the database file would not grow here.
     #[tokio::test]
