@@ -36,6 +36,18 @@ async fn snapshot_version(o: &TestOrigin) -> u64 {
         .expect("snapshot_version")
 }
 
+/// Asks to change the holdout's size to 10 %.
+async fn resize(o: &TestOrigin) -> common::Reply {
+    o.send(
+        Method::PATCH,
+        "/api/v1/holdouts/long_term",
+        Some(&o.admin),
+        Some(json!({"percent": 10})),
+        &[],
+    )
+    .await
+}
+
 async fn holdouts_keep_units_out_of_shipped_variants_until_they_end(o: &TestOrigin) {
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
         .await;
@@ -80,15 +92,7 @@ async fn holdouts_keep_units_out_of_shipped_variants_until_they_end(o: &TestOrig
     }
 
     // Its size cannot change while a shipped variant respects it.
-    let resized = o
-        .send(
-            Method::PATCH,
-            "/api/v1/holdouts/long_term",
-            Some(&o.admin),
-            Some(json!({"percent": 10})),
-            &[],
-        )
-        .await;
+    let resized = resize(o).await;
     assert_eq!(resized.status, StatusCode::CONFLICT, "{}", resized.body);
     assert_eq!(resized.body["error"]["code"], "not_editable");
 
@@ -168,15 +172,7 @@ async fn holdouts_keep_units_out_of_shipped_variants_until_they_end(o: &TestOrig
         .collect();
     assert!(actions.contains(&"holdout.ended"), "{actions:?}");
     // An ended holdout's size no longer matters to anyone.
-    let resized = o
-        .send(
-            Method::PATCH,
-            "/api/v1/holdouts/long_term",
-            Some(&o.admin),
-            Some(json!({"percent": 10})),
-            &[],
-        )
-        .await;
+    let resized = resize(o).await;
     assert_eq!(resized.status, StatusCode::OK, "{}", resized.body);
 }
 
