@@ -69,7 +69,44 @@ pub struct Assignment<'a> {
     pub reason: Reason,
     /// Whether the caller should log an exposure event (only for `assigned`).
     pub log_exposure: bool,
+    /// The holdout the unit reached, if any: see [`HoldoutStep`].
+    pub holdout: Option<HoldoutStep<'a>>,
 }
+
+/// Where a unit stands in the holdout an experiment respects. A holdout is read out by
+/// comparing the units it holds with the units it releases, so both sides must log it: the
+/// caller logs one exposure per unit and holdout, to the holdout's id with [`arm`] as the
+/// variant, whenever an answer carries a step (the origin checks the arm against the
+/// holdout's hash, as it checks experiment exposures).
+///
+/// An answer carries one when the unit reached the holdout: a running experiment's unit
+/// passed its forced overrides and targeting (reasons `holdout`, `not_in_traffic` and
+/// `assigned`), or a shipped experiment's unit is present (reasons `holdout` and
+/// `shipped`). Switchback experiments carry none: their holdout holds a unit per period,
+/// which no per-unit readout can compare.
+///
+/// [`arm`]: HoldoutStep::arm
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldoutStep<'a> {
+    /// Index of the holdout in the snapshot.
+    pub index: u32,
+    pub holdout_id: &'a str,
+    pub held: bool,
+}
+
+impl HoldoutStep<'_> {
+    /// The exposure's variant: `held` or `released`.
+    pub fn arm(&self) -> &'static str {
+        match self.held {
+            true => HELD_ARM,
+            false => RELEASED_ARM,
+        }
+    }
+}
+
+/// The variants of a holdout's exposures (see [`HoldoutStep`]).
+pub const HELD_ARM: &str = "held";
+pub const RELEASED_ARM: &str = "released";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FlagReason {
@@ -126,8 +163,8 @@ pub struct Evaluator {
     experiments_by_key: KeyIndex,
     experiments_by_id: Vec<u32>,
     layers: Vec<PreparedLayer>,
-    /// Hash state after `"holdout:{holdout_id}:"`.
-    holdouts: Vec<Murmur3>,
+    /// Hash state after `"holdout:{holdout_id}:"`, and the id as text.
+    holdouts: Vec<(Murmur3, String)>,
     /// Hash state after `"{flag_key}:"`.
     flags: Vec<Murmur3>,
     flags_by_key: KeyIndex,
@@ -234,7 +271,11 @@ impl Evaluator {
         let holdouts = snapshot
             .holdouts
             .iter()
-            .map(|h| prefix_state(&[b"holdout:", h.id.to_text().as_str().as_bytes(), b":"]))
+            .map(|h| {
+                let id_text = String::from(h.id.to_text().as_str());
+                let prefix = prefix_state(&[b"holdout:", id_text.as_bytes(), b":"]);
+                (prefix, id_text)
+            })
             .collect();
         let flags = snapshot
             .flags
@@ -345,6 +386,31 @@ impl Evaluator {
         let mut pass = Pass::new(self, &context, now_ms);
         pass.hash_only = true;
         Some(pass.assign(index))
+    }
+
+    /// Index of the holdout with this id.
+    pub fn holdout_index_by_id(&self, id: &Id) -> Option<u32> {
+        let position = self.snapshot.holdouts.iter().position(|h| h.id == *id)?;
+        Some(position as u32)
+    }
+
+    /// The arm of holdout `index` that `unit` belongs to, as an exposure to the holdout
+    /// should name it ([`HoldoutStep::arm`]): what a client holding this snapshot logs for
+    /// the unit from any experiment that is not a switchback. `None` for an index out of
+    /// range.
+    pub fn holdout_arm(&self, index: u32, unit: &str) -> Option<&'static str> {
+        let holdout = self.snapshot.holdouts.get(index as usize)?;
+        let mut state = self.holdouts[index as usize].0;
+        state.write(unit.as_bytes());
+        let held = to_bucket(state.finish()) < holdout.bp;
+        Some(
+            HoldoutStep {
+                index,
+                holdout_id: "",
+                held,
+            }
+            .arm(),
+        )
     }
 
     /// The attributes (indices into [`Snapshot::attributes`]) that evaluating experiment
@@ -898,7 +964,7 @@ impl<'e, 'c> Pass<'e, 'c> {
         {
             return bucket;
         }
-        let mut state = self.eval.holdouts[holdout as usize];
+        let mut state = self.eval.holdouts[holdout as usize].0;
         unit.feed(&mut state);
         let bucket = to_bucket(state.finish());
         self.holdout_buckets
@@ -936,7 +1002,15 @@ impl<'e, 'c> Pass<'e, 'c> {
         let e = &eval.snapshot.experiments[index as usize];
         let prepared = &eval.experiments[index as usize];
         let strings = &eval.snapshot.strings;
-        let outcome = |variant: Option<u32>, reason: Reason| {
+        let step = |held: bool| {
+            let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
+            Some(HoldoutStep {
+                index: h,
+                holdout_id: eval.holdouts[h as usize].1.as_str(),
+                held,
+            })
+        };
+        let outcome = |variant: Option<u32>, reason: Reason, holdout: Option<HoldoutStep<'e>>| {
             let chosen = variant.map(|v| &e.variants[v as usize]);
             Assignment {
                 index,
@@ -947,6 +1021,7 @@ impl<'e, 'c> Pass<'e, 'c> {
                 config: chosen.map(|v| v.config.as_str()),
                 reason,
                 log_exposure: reason == Reason::Assigned,
+                holdout,
             }
         };
 
@@ -958,40 +1033,45 @@ impl<'e, 'c> Pass<'e, 'c> {
             (Status::Running, _) => {}
             (Status::Completed, Some(shipped)) => {
                 let held = match (unit_of(self.attribute(e.unit)), e.holdout) {
-                    (Some(unit), Some(h)) => self.held(h, e.unit, e.switchback_period_s, unit),
-                    _ => false,
+                    (Some(unit), Some(h)) => {
+                        Some(self.held(h, e.unit, e.switchback_period_s, unit))
+                    }
+                    _ => None,
                 };
                 return match held {
-                    true => outcome(None, Reason::Holdout),
-                    false => outcome(Some(shipped), Reason::Shipped),
+                    Some(true) => outcome(None, Reason::Holdout, step(true)),
+                    Some(false) => outcome(Some(shipped), Reason::Shipped, step(false)),
+                    None => outcome(Some(shipped), Reason::Shipped, None),
                 };
             }
-            _ => return outcome(None, Reason::NotRunning),
+            _ => return outcome(None, Reason::NotRunning, None),
         }
         // 2. Forced overrides, keyed by the raw unit value.
         let unit = unit_of(self.attribute(e.unit));
         if let Some(unit) = &unit
             && let Some(forced) = e.forced.iter().find(|f| f.unit == unit.as_str())
         {
-            return outcome(Some(forced.variant), Reason::Forced);
+            return outcome(Some(forced.variant), Reason::Forced, None);
         }
         // 3. Unit.
         let Some(unit) = unit else {
-            return outcome(None, Reason::MissingUnit);
+            return outcome(None, Reason::MissingUnit, None);
         };
         // 4. Targeting.
         if let Some(root) = e.targeting
             && !self.hash_only
             && !self.condition(root)
         {
-            return outcome(None, Reason::NotTargeted);
+            return outcome(None, Reason::NotTargeted, None);
         }
         // 5-6. Switchback (in `held` and below) and holdout, as docs/assignment.md numbers them.
-        if let Some(h) = e.holdout
-            && self.held(h, e.unit, e.switchback_period_s, unit)
-        {
-            return outcome(None, Reason::Holdout);
-        }
+        let released = match e.holdout {
+            Some(h) if self.held(h, e.unit, e.switchback_period_s, unit) => {
+                return outcome(None, Reason::Holdout, step(true));
+            }
+            Some(_) => step(false),
+            None => None,
+        };
         let hashed = self.hashed_unit(unit, e.switchback_period_s);
         // 7. Traffic. The gate and variant hashes share the "{experiment_id}:{unit}" state.
         let mut state = prepared.prefix;
@@ -1004,14 +1084,14 @@ impl<'e, 'c> Pass<'e, 'c> {
             }
         };
         if !in_traffic {
-            return outcome(None, Reason::NotInTraffic);
+            return outcome(None, Reason::NotInTraffic, released);
         }
         // 8. Variant.
         state.write(b":variant");
         let v = to_bucket(state.finish());
         let chosen = e.variants.iter().position(|variant| v < variant.threshold);
         // Validation guarantees the last threshold is 10000, so a variant always matches.
-        outcome(Some(chosen.unwrap_or(0) as u32), Reason::Assigned)
+        outcome(Some(chosen.unwrap_or(0) as u32), Reason::Assigned, released)
     }
 
     fn flag(

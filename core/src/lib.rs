@@ -31,8 +31,8 @@ pub use envelope::{
 };
 pub use error::{Error, Invalid};
 pub use evaluator::{
-    Assignment, Evaluation, Evaluator, FlagReason, FlagResult, MAX_CONDITION_DEPTH, Reason,
-    unit_text, with_unit_text,
+    Assignment, Evaluation, Evaluator, FlagReason, FlagResult, HELD_ARM, HoldoutStep,
+    MAX_CONDITION_DEPTH, RELEASED_ARM, Reason, unit_text, with_unit_text,
 };
 pub use murmur3::{Murmur3, bucket, murmur3_x86_32};
 pub use snapshot::Snapshot;

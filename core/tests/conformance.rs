@@ -46,10 +46,15 @@ fn check(vector_file: &Path) -> (usize, Vec<String>) {
         );
         for got in &evaluation.experiments {
             let want = &expected[got.experiment_key];
-            let got_pair = (got.variant, got.reason.as_str());
+            let got_pair = (
+                got.variant,
+                got.reason.as_str(),
+                got.holdout.map(|step| step.arm()),
+            );
             let want_pair = (
                 want["variant"].as_str(),
                 want["reason"].as_str().unwrap_or_default(),
+                want["holdout"].as_str(),
             );
             if got_pair != want_pair {
                 mismatches.push(format!(
@@ -63,6 +68,21 @@ fn check(vector_file: &Path) -> (usize, Vec<String>) {
                 .expect("known key");
             assert_eq!(&single, got, "case {n}: single evaluation differs");
             assert_eq!(got.log_exposure, got.reason == abx_core::Reason::Assigned);
+            // The origin checks a holdout exposure by the unit alone: it must agree.
+            if let Some(step) = got.holdout {
+                let snapshot = evaluator.snapshot();
+                let unit_attribute = snapshot.experiments[got.index as usize].unit;
+                let unit = context
+                    .get(&snapshot.attributes[unit_attribute as usize])
+                    .and_then(abx_core::unit_text)
+                    .expect("a holdout step has a unit");
+                assert_eq!(
+                    evaluator.holdout_arm(step.index, &unit),
+                    Some(step.arm()),
+                    "case {n}: {} holdout arm",
+                    got.experiment_key
+                );
+            }
         }
         let expected_flags = case["flags"].as_object().expect("flags");
         assert_eq!(

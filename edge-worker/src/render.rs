@@ -149,6 +149,7 @@ mod tests {
                 Reason::NotInTraffic
             },
             log_exposure: variant.is_some(),
+            holdout: None,
         }
     }
 

@@ -396,6 +396,7 @@ mod tests {
                 Reason::NotInTraffic
             },
             log_exposure: variant.is_some(),
+            holdout: None,
         }
     }
 

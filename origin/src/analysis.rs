@@ -96,12 +96,77 @@ pub async fn results_of(
     let e = store::experiments::get(conn, reference)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("experiment `{reference}`")))?;
+    results_for(state, conn, &e, daily).await
+}
+
+/// Loads a holdout (by id or key) and reads it out: the experiment `Holdout::readout`
+/// makes of it, through the same results code, with a verdict in a holdout's terms.
+pub async fn holdout_results_of(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    reference: &str,
+    daily: bool,
+) -> ApiResult<Results> {
+    let holdout = store::catalog::holdouts(conn, Some(reference))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("holdout `{reference}`")))?;
+    let mut results = results_for(state, conn, &holdout.readout(), daily).await?;
+    if let Some(verdict) = holdout_verdict(&results) {
+        results.recommended_action = verdict;
+    }
+    Ok(results)
+}
+
+/// What a holdout's primary comparison says, once the results code would recommend
+/// anything at all: an experiment's "ship" or "keep running" means nothing for a holdout,
+/// which measures what has shipped and keeps measuring until it is ended. `None` leaves
+/// the results code's words (no data yet, a sample ratio mismatch, no primary metric).
+fn holdout_verdict(results: &Results) -> Option<String> {
+    if results.srm.as_ref().is_some_and(|s| s.mismatch) {
+        return None;
+    }
+    let primary = results
+        .metrics
+        .iter()
+        .find(|m| m.role == results::MetricRole::Primary)?;
+    let released = primary.comparisons.first()?;
+    let relative = released
+        .relative
+        .as_ref()
+        .map(|r| format!(" by {:+.2}% (released against held)", r.estimate * 100.0))
+        .unwrap_or_default();
+    Some(match (released.significant, released.improvement) {
+        (true, Some(true)) => format!(
+            "What shipped improves {}{relative}: significant, and always valid however often it is read",
+            primary.metric
+        ),
+        (true, _) => format!(
+            "What shipped harms {}{relative}: significant; find which shipped change did it",
+            primary.metric
+        ),
+        (false, _) => format!(
+            "No significant long-term effect on {} yet{relative}; the holdout keeps measuring until it is ended",
+            primary.metric
+        ),
+    })
+}
+
+/// Computes the results of an experiment (or a holdout's readout), recording the decision
+/// looks it takes first.
+async fn results_for(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    e: &crate::model::experiment::Experiment,
+    daily: bool,
+) -> ApiResult<Results> {
     let metrics: HashMap<String, Metric> = store::catalog::metrics(conn, None)
         .await?
         .into_iter()
         .map(|m| (m.key.clone(), m))
         .collect();
-    let (rollups, computed_ms) = state.pipeline.rollups(conn, &e, &metrics).await?;
+    let (rollups, computed_ms) = state.pipeline.rollups(conn, e, &metrics).await?;
     let now_ms = clock::now_ms();
     // How far the rollups reach: a warehouse's last computation, or now less the pipeline's
     // lag (as the background gauges last measured it, and older the longer ago that was).
@@ -121,7 +186,7 @@ pub async fn results_of(
             recorded,
             daily,
         };
-        results::compute_with(&e, &metrics, &rollups, &reading)
+        results::compute_with(e, &metrics, &rollups, &reading)
     };
     let mut results = compute(&recorded);
     if results.decision_looks != recorded {

@@ -405,6 +405,11 @@ class Client(_abx.ClientCore):
                 exposure = assignment._exposure
                 if exposure is not None:
                     self._expose(exposure, assignment.variant, now_ms)
+                # The unit's place in the experiment's holdout, logged as an exposure to the
+                # holdout with its arm (`held` or `released`) as the variant.
+                holdout = assignment._holdout_exposure
+                if holdout is not None:
+                    self._expose(holdout[0], holdout[1], now_ms)
         return Evaluation(engine.version, experiments, flags)
 
     # ------------------------------------------------------------------ events

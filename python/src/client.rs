@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::context::PreparedContext;
-use crate::results::{Exposure, PyAssignment, PyFlagDetail};
+use crate::results::{Exposure, PyAssignment, PyFlagDetail, clone_exposure};
 use crate::{Engine, NewExposure};
 
 /// Exposures a process remembers having logged; when full it forgets them all (and logs
@@ -96,15 +96,10 @@ impl ClientCore {
         variant: Option<&Py<PyString>>,
         now_ms: i64,
     ) -> PyResult<()> {
-        let Some((id, attribute, unit)) = exposure else {
+        let Some(exposure) = exposure else {
             return Ok(());
         };
-        let py = slf.py();
-        let exposure = (
-            id.clone_ref(py),
-            attribute.clone_ref(py),
-            unit.clone_ref(py),
-        );
+        let exposure = clone_exposure(slf.py(), exposure);
         slf.call_method1("_record_exposure", (exposure, variant, now_ms))?;
         Ok(())
     }
@@ -198,6 +193,9 @@ impl ClientCore {
         };
         let answer = assignment.get();
         Self::expose(slf, answer.exposure.as_ref(), answer.variant.as_ref(), now)?;
+        if let Some((exposure, arm)) = &answer.holdout_exposure {
+            Self::expose(slf, Some(exposure), Some(arm), now)?;
+        }
         Ok(assignment)
     }
 

@@ -19,7 +19,10 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use abx_core::snapshot::FlagValue;
-use abx_core::{Attributes, Context, Error, Evaluator, FlagReason, Reason, with_unit_text};
+use abx_core::{
+    Attributes, Context, Error, Evaluator, FlagReason, HELD_ARM, RELEASED_ARM, Reason,
+    with_unit_text,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -27,7 +30,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::context::PreparedContext;
 use crate::results::{
-    Answer, Experiments, Exposure, FlagAnswer, Flags, PyAssignment, PyFlagDetail,
+    Answer, Experiments, Exposure, Exposures, FlagAnswer, Flags, PyAssignment, PyFlagDetail,
 };
 
 // An evaluation allocates its memo tables, and evaluating everything or preparing a context
@@ -50,6 +53,8 @@ fn refused(error: &Error) -> PyErr {
 /// Python strings of one experiment, made once per snapshot.
 struct ExperimentNames {
     id: Py<PyString>,
+    /// The id of the holdout the experiment respects, if any.
+    holdout_id: Option<Py<PyString>>,
     unit: Py<PyString>,
     variant_keys: Vec<Py<PyString>>,
     variant_configs: Vec<Py<PyString>>,
@@ -164,6 +169,39 @@ impl Engine {
     ) -> Option<Exposure> {
         let first = first.filter(|_| answer.log_exposure)?;
         let names = self.experiments.get(index as usize)?;
+        self.unit_exposure(py, &names.id, index, context, first)
+    }
+
+    /// Like [`Engine::exposure`] for the holdout experiment `index` respects, when the
+    /// answer reached it (`abx_core::HoldoutStep`): the exposure to the holdout's id, and
+    /// the arm it names.
+    fn holdout_exposure(
+        &self,
+        py: Python<'_>,
+        index: u32,
+        answer: Answer,
+        context: &dyn Attributes,
+        first: Option<&mut NewExposure<'_>>,
+    ) -> Option<(Exposure, Py<PyString>)> {
+        let held = answer.holdout?;
+        let first = first?;
+        let id = self.experiments.get(index as usize)?.holdout_id.as_ref()?;
+        let exposure = self.unit_exposure(py, id, index, context, first)?;
+        let arm = PyString::intern(py, if held { HELD_ARM } else { RELEASED_ARM });
+        Some((exposure, arm.unbind()))
+    }
+
+    /// The exposure to `id` of the unit experiment `index` randomizes by, if `first` says
+    /// it is new.
+    fn unit_exposure(
+        &self,
+        py: Python<'_>,
+        id: &Py<PyString>,
+        index: u32,
+        context: &dyn Attributes,
+        first: &mut NewExposure<'_>,
+    ) -> Option<Exposure> {
+        let names = self.experiments.get(index as usize)?;
         let experiment = self.evaluator.snapshot().experiments.get(index as usize)?;
         let attribute = self
             .evaluator
@@ -171,11 +209,11 @@ impl Engine {
             .attributes
             .get(experiment.unit as usize)?;
         let value = context.attribute(experiment.unit, attribute)?;
-        let id = names.id.bind(py).to_str().ok()?;
+        let id_text = id.bind(py).to_str().ok()?;
         let unit = with_unit_text(value, |unit| {
-            first(id, attribute, unit).then(|| PyString::new(py, unit).unbind())
+            first(id_text, attribute, unit).then(|| PyString::new(py, unit).unbind())
         })??;
-        Some((names.id.clone_ref(py), names.unit.clone_ref(py), unit))
+        Some((id.clone_ref(py), names.unit.clone_ref(py), unit))
     }
 
     fn variant_key(&self, py: Python<'_>, index: u32, variant: u32) -> Option<Py<PyString>> {
@@ -187,18 +225,18 @@ impl Engine {
     }
 
     /// Experiment `index`'s answer as an `Assignment`: a shared one when it has no variant
-    /// (so no config and no exposure).
+    /// (so no config) and no exposure to log.
     fn assignment(
         &self,
         py: Python<'_>,
         index: u32,
         answer: Answer,
-        exposure: Option<Exposure>,
+        (exposure, holdout_exposure): Exposures,
     ) -> PyResult<Py<PyAssignment>> {
         let names = self.experiments.get(index as usize);
         let reason = Reason::ALL.iter().position(|r| *r == answer.reason);
         let reason = reason.unwrap_or(0);
-        let make = |exposure| PyAssignment {
+        let make = |exposure, holdout_exposure| PyAssignment {
             variant: answer.variant.and_then(|v| self.variant_key(py, index, v)),
             reason: self.reasons[reason].clone_ref(py),
             experiment_id: names.map(|n| n.id.clone_ref(py)),
@@ -209,9 +247,10 @@ impl Engine {
             }),
             config: PyOnceLock::new(),
             exposure,
+            holdout_exposure,
         };
-        if answer.variant.is_some() || exposure.is_some() {
-            return Py::new(py, make(exposure));
+        if answer.variant.is_some() || exposure.is_some() || holdout_exposure.is_some() {
+            return Py::new(py, make(exposure, holdout_exposure));
         }
         let shared = self.no_variant_answers.bind(py);
         let slot = index as usize * Reason::ALL.len() + reason;
@@ -220,7 +259,7 @@ impl Engine {
         {
             return Ok(made.unbind());
         }
-        let made = Py::new(py, make(None))?;
+        let made = Py::new(py, make(None, None))?;
         if slot < shared.len() {
             shared.set_item(slot, made.clone_ref(py))?;
         }
@@ -267,12 +306,14 @@ impl Engine {
         let read = self.experiment_reads.get(index as usize);
         let evaluated = self.with_context(attributes, read, |context, failed| {
             let answer = answer(&self.evaluator.experiment_at(index, context, now_ms)?);
-            // A failed read raises: its exposure must not be remembered as logged.
-            let first = first.filter(|_| !failed());
-            Some((answer, self.exposure(py, index, answer, context, first)))
+            // A failed read raises: its exposures must not be remembered as logged.
+            let mut first = first.filter(|_| !failed());
+            let exposure = self.exposure(py, index, answer, context, first.as_deref_mut());
+            let holdout = self.holdout_exposure(py, index, answer, context, first);
+            Some((answer, (exposure, holdout)))
         })?;
         evaluated
-            .map(|(answer, exposure)| self.assignment(py, index, answer, exposure))
+            .map(|(answer, exposures)| self.assignment(py, index, answer, exposures))
             .transpose()
     }
 
@@ -327,6 +368,7 @@ fn answer(assignment: &abx_core::Assignment<'_>) -> Answer {
         variant: assignment.variant_index,
         reason: assignment.reason,
         log_exposure: assignment.log_exposure,
+        holdout: assignment.holdout.map(|step| step.held),
     }
 }
 
@@ -361,6 +403,10 @@ impl Engine {
             .iter()
             .map(|e| ExperimentNames {
                 id: text(e.id.to_text().as_str()),
+                holdout_id: e
+                    .holdout
+                    .and_then(|h| s.holdouts.get(h as usize))
+                    .map(|h| text(h.id.to_text().as_str())),
                 unit: text(s.attributes.get(e.unit as usize).map_or("", String::as_str)),
                 variant_keys: e.variants.iter().map(|v| string(v.key)).collect(),
                 variant_configs: e.variants.iter().map(|v| text(&v.config)).collect(),

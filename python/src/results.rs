@@ -14,18 +14,20 @@ use crate::{Engine, every_exposure};
 /// `(experiment_id, unit_attribute, unit)` of an exposure to log.
 pub(crate) type Exposure = (Py<PyString>, Py<PyString>, Py<PyString>);
 
+/// An answer's exposures to log: to its experiment, and to its holdout with the arm.
+pub(crate) type Exposures = (Option<Exposure>, Option<(Exposure, Py<PyString>)>);
+
 fn parse_json(py: Python<'_>, json: &Py<PyString>) -> PyResult<Py<PyAny>> {
     let loads = py.import("json")?.getattr("loads")?;
     Ok(loads.call1((json.bind(py),))?.unbind())
 }
 
-fn clone_exposure(py: Python<'_>, exposure: &Option<Exposure>) -> Option<Exposure> {
-    let (id, attribute, unit) = exposure.as_ref()?;
-    Some((
+pub(crate) fn clone_exposure(py: Python<'_>, (id, attribute, unit): &Exposure) -> Exposure {
+    (
         id.clone_ref(py),
         attribute.clone_ref(py),
         unit.clone_ref(py),
-    ))
+    )
 }
 
 fn text(py: Python<'_>, s: &Py<PyString>) -> String {
@@ -47,6 +49,8 @@ pub(crate) struct PyAssignment {
     pub(crate) config: PyOnceLock<Py<PyAny>>,
     /// Set when the client is to log an exposure.
     pub(crate) exposure: Option<Exposure>,
+    /// Set when the client is to log an exposure to the experiment's holdout, with its arm.
+    pub(crate) holdout_exposure: Option<(Exposure, Py<PyString>)>,
 }
 
 impl PyAssignment {
@@ -81,6 +85,7 @@ impl PyAssignment {
             config_json,
             config: PyOnceLock::new(),
             exposure: None,
+            holdout_exposure: None,
         }
     }
 
@@ -95,7 +100,14 @@ impl PyAssignment {
 
     #[getter(_exposure)]
     fn exposure(&self, py: Python<'_>) -> Option<Exposure> {
-        clone_exposure(py, &self.exposure)
+        self.exposure.as_ref().map(|e| clone_exposure(py, e))
+    }
+
+    /// `(exposure, arm)` of the exposure to the experiment's holdout to log.
+    #[getter(_holdout_exposure)]
+    fn holdout_exposure(&self, py: Python<'_>) -> Option<(Exposure, Py<PyString>)> {
+        let (exposure, arm) = self.holdout_exposure.as_ref()?;
+        Some((clone_exposure(py, exposure), arm.clone_ref(py)))
     }
 
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> bool {
@@ -171,7 +183,7 @@ impl PyFlagDetail {
 
     #[getter(_exposure)]
     fn exposure(&self, py: Python<'_>) -> Option<Exposure> {
-        clone_exposure(py, &self.exposure)
+        self.exposure.as_ref().map(|e| clone_exposure(py, e))
     }
 
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -200,6 +212,8 @@ pub(crate) struct Answer {
     pub(crate) variant: Option<u32>,
     pub(crate) reason: Reason,
     pub(crate) log_exposure: bool,
+    /// Whether the unit is held, when it reached the experiment's holdout.
+    pub(crate) holdout: Option<bool>,
 }
 
 /// One flag's evaluation, kept compact until it is read.
@@ -308,8 +322,12 @@ impl LazyMapping for Experiments {
     fn item(&self, py: Python<'_>, engine: &Engine, i: u32) -> PyResult<Py<PyAny>> {
         let answer = self.answers.get(i as usize).copied();
         let answer = answer.ok_or_else(|| PyKeyError::new_err(i))?;
-        let exposure = engine.exposure(py, i, answer, &self.context, Some(&mut every_exposure));
-        Ok(engine.assignment(py, i, answer, exposure)?.into_any())
+        let context = &self.context;
+        let exposure = engine.exposure(py, i, answer, context, Some(&mut every_exposure));
+        let holdout = engine.holdout_exposure(py, i, answer, context, Some(&mut every_exposure));
+        Ok(engine
+            .assignment(py, i, answer, (exposure, holdout))?
+            .into_any())
     }
 }
 

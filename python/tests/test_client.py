@@ -152,6 +152,47 @@ def test_exposures_are_logged_once_per_unit_and_events_arrive(tmp_path, errors):
     assert errors == []
 
 
+HOLDOUTS = (GOLDEN / "holdouts_forced.abxs").read_bytes()
+HOLDOUT_CASES = json.loads((GOLDEN.parent / "vectors" / "holdouts_forced.json").read_text())["cases"]
+
+
+def test_units_log_one_exposure_per_holdout_with_their_arm(tmp_path, errors):
+    """Every answer that reached a holdout logs the unit's arm as an exposure to the holdout,
+    once per unit and holdout, whether the experiment assigned a variant, left the unit out
+    of traffic, held it out or shipped; the conformance vectors say which arm is right."""
+    origin = FakeOrigin(HOLDOUTS)
+    engine = abx._abx.Engine(HOLDOUTS)
+    with client_for(origin, tmp_path, errors) as client:
+        want = set()
+        checked = 0
+        for case in HOLDOUT_CASES[:20]:
+            context, now = case["context"], case["now_ms"]
+            for key, expected in case["expected"].items():
+                for _ in range(3):
+                    got = client.assign(key, context, now_ms=now)
+                arm = expected.get("holdout")
+                holdout = engine.assign(key, context, now)._holdout_exposure
+                assert (holdout and holdout[1]) == arm, (key, expected)
+                if arm is None:
+                    continue
+                (holdout_id, unit_attribute, unit), _ = holdout
+                assert holdout_id != got.experiment_id
+                assert unit == str(context[unit_attribute])
+                want.add((holdout_id, unit, arm))
+                checked += 1
+        assert client.flush(5)
+        logged = [e for e in exposures(origin) if e[2] in ("held", "released")]
+        assert sorted(logged) == sorted(want), "one exposure per unit and holdout"
+        assert {arm for _, _, arm in want} == {"held", "released"}
+        assert checked > 40
+        # Evaluating everything with exposures logs no holdout exposure twice.
+        client.evaluate(HOLDOUT_CASES[0]["context"], now_ms=HOLDOUT_CASES[0]["now_ms"], log_exposures=True)
+        assert client.flush(5)
+        again = [e for e in exposures(origin) if e[2] in ("held", "released")]
+        assert sorted(again) == sorted(want)
+    assert errors == []
+
+
 def test_invalid_events_raise():
     client = abx.Client.from_snapshot(BASIC)
     for unit, event_type, value in [("", "x", 1), ("u", "", 1), ("u", "x", float("nan")), (None, "x", 1)]:

@@ -117,9 +117,14 @@ fn vectors(scenario: &Scenario, seed: u64, coverage: &mut Coverage) -> String {
                 .map_or("null".into(), |v| Json::from(v).to_string());
             let separator = if i == 0 { "" } else { "," };
             let key = Json::from(e.key.as_str());
+            // The holdout's arm only where the unit reached one, so that runtimes that do not
+            // log holdout exposures read the vectors as before.
+            let holdout = outcome
+                .holdout
+                .map_or(String::new(), |arm| format!(",\"holdout\":\"{arm}\""));
             write!(
                 expected,
-                "{separator}{key}:{{\"variant\":{variant},\"reason\":\"{}\"}}",
+                "{separator}{key}:{{\"variant\":{variant},\"reason\":\"{}\"{holdout}}}",
                 outcome.reason
             )
             .expect("writing to a String");

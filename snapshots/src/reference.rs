@@ -18,6 +18,9 @@ use serde_json::Value as Json;
 pub struct Outcome {
     pub variant: Option<String>,
     pub reason: &'static str,
+    /// The arm of the holdout the unit reached (`held` or `released`), if it reached one:
+    /// what a runtime logs an exposure to the holdout with.
+    pub holdout: Option<&'static str>,
 }
 
 /// What the reference decides for one flag.
@@ -126,16 +129,34 @@ impl<'s> Reference<'s> {
     ) -> Outcome {
         let s = self.snapshot;
         let e = &s.experiments[index];
-        let done = |variant: Option<String>, reason| Outcome { variant, reason };
+        let done = |variant: Option<String>, reason| Outcome {
+            variant,
+            reason,
+            holdout: None,
+        };
+        // The holdout's arm, for experiments that are not switchbacks (whose holdouts hold
+        // units per period, which no readout compares).
+        let reached =
+            |outcome: Outcome, held: bool| Outcome {
+                holdout: (e.holdout.is_some() && e.switchback_period_s.is_none())
+                    .then_some(if held { "held" } else { "released" }),
+                ..outcome
+            };
         let unit = unit_string(attribute(context, &s.attributes[e.unit as usize]));
         if e.status != Status::Running {
             return match (e.status, e.shipped) {
                 (Status::Completed, Some(_))
                     if unit.as_ref().is_some_and(|u| self.held(e, u, now_ms)) =>
                 {
-                    done(None, "holdout")
+                    reached(done(None, "holdout"), true)
                 }
-                (Status::Completed, Some(v)) => done(Some(self.variant_key(index, v)), "shipped"),
+                (Status::Completed, Some(v)) => {
+                    let shipped = done(Some(self.variant_key(index, v)), "shipped");
+                    match unit {
+                        Some(_) => reached(shipped, false),
+                        None => shipped,
+                    }
+                }
                 _ => done(None, "not_running"),
             };
         }
@@ -155,7 +176,7 @@ impl<'s> Reference<'s> {
             return done(None, "not_targeted");
         }
         if self.held(e, &unit, now_ms) {
-            return done(None, "holdout");
+            return reached(done(None, "holdout"), true);
         }
         let unit = hashed_unit(e, &unit, now_ms);
         let experiment_id = uuid_text(&e.id);
@@ -172,14 +193,17 @@ impl<'s> Reference<'s> {
             }
         };
         if !in_traffic {
-            return done(None, "not_in_traffic");
+            return reached(done(None, "not_in_traffic"), false);
         }
         let v = bucket(&format!("{experiment_id}:{unit}:variant"));
         let mut cumulative_end = 0;
         for (i, variant) in e.variants.iter().enumerate() {
             cumulative_end = u32::from(variant.threshold);
             if v < cumulative_end {
-                return done(Some(self.variant_key(index, i as u32)), "assigned");
+                return reached(
+                    done(Some(self.variant_key(index, i as u32)), "assigned"),
+                    false,
+                );
             }
         }
         unreachable!("thresholds end at 10000, last was {cumulative_end}")

@@ -42,9 +42,13 @@ pub async fn load_plans(
             .map(|m| (m.key.clone(), m))
             .collect();
     let experiments = store::experiments::all_published(conn).await?;
+    // Holdouts are read out as experiments of their own (`Holdout::readout`), from the
+    // exposures runtimes log to them.
+    let holdouts = store::catalog::holdouts(conn, None).await?;
     Ok(experiments
         .into_iter()
         .filter(|e| e.status != Status::Archived)
+        .chain(holdouts.iter().map(|h| h.readout()))
         .map(|e| {
             let plan = plan_of(&e, &metrics);
             (e.id, plan)

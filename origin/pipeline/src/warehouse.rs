@@ -79,11 +79,14 @@ async fn candidates(
     state: &Pipeline,
 ) -> Result<(Vec<Experiment>, HashMap<String, Metric>), crate::Error> {
     let mut conn = state.db.pool.acquire().await?;
-    let experiments = store::experiments::with_status(
+    let mut experiments = store::experiments::with_status(
         &mut conn,
         &[Status::Running, Status::Paused, Status::Completed],
     )
     .await?;
+    // Holdouts are read out as experiments of their own (`Holdout::readout`).
+    let holdouts = store::catalog::holdouts(&mut conn, None).await?;
+    experiments.extend(holdouts.iter().map(|h| h.readout()));
     let metrics = store::catalog::metrics(&mut conn, None)
         .await?
         .into_iter()

@@ -72,19 +72,48 @@ pub async fn experiment_results(
     } else if query.top.is_some() {
         return Err(ApiError::bad_request("`top` needs a `dimension`"));
     }
-    let daily = match query.granularity.as_deref() {
-        None => false,
-        Some("day") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "granularity must be `day`, not `{other}`"
-            )));
-        }
-    };
+    let daily = daily_series(query.granularity.as_deref())?;
     let mut conn = state.db.pool.acquire().await?;
     Ok(json(
         StatusCode::OK,
         &results_of(&state, &mut conn, &id, daily).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct HoldoutResultsQuery {
+    /// `day` adds the cumulative daily series of every estimate.
+    pub granularity: Option<String>,
+}
+
+/// Whether `granularity` asks for the daily series.
+fn daily_series(granularity: Option<&str>) -> ApiResult<bool> {
+    match granularity {
+        None => Ok(false),
+        Some("day") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "granularity must be `day`, not `{other}`"
+        ))),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/holdouts/{id}/results", tag = "holdouts",
+    params(("id" = String, Path, description = "Id or key"), HoldoutResultsQuery),
+    responses((status = 200, body = Results, description = "The holdout read out as a two-arm experiment: `held` (control) against `released`"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn holdout_results(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<HoldoutResultsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(Permission::ReadConfig)?;
+    let Query(query) = query?;
+    let daily = daily_series(query.granularity.as_deref())?;
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(json(
+        StatusCode::OK,
+        &crate::analysis::holdout_results_of(&state, &mut conn, &id, daily).await?,
     ))
 }
 

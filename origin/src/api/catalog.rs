@@ -1,6 +1,6 @@
 //! `/api/v1/layers`, `/holdouts`, `/segments`, `/metrics`, `/dimensions`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -248,10 +248,10 @@ pub async fn create_holdout(
     ApiJson(input): ApiJson<HoldoutInput>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
-    let spec = catalog::validate_holdout(&input)?;
     let (id, actor) = (new_id(), caller.actor());
     let holdout = state
         .mutate(async |conn| {
+            let spec = catalog::validate_holdout(&input, &metric_keys(conn).await?)?;
             store::catalog::insert_holdout(conn, &id, &spec).await?;
             store::record(
                 conn,
@@ -281,7 +281,15 @@ fn holdout_input(h: &Holdout) -> HoldoutInput {
         name: Some(h.name.clone()),
         description: Some(h.description.clone()),
         percent: h.percent,
+        unit: Some(h.unit.clone()),
+        metrics: h.metrics.clone(),
     }
+}
+
+/// The catalog's metric keys, which a holdout's metrics must be.
+async fn metric_keys(conn: &mut AnyConnection) -> Result<HashSet<String>, crate::store::Error> {
+    let metrics = store::catalog::metrics(conn, None).await?;
+    Ok(metrics.into_iter().map(|m| m.key).collect())
 }
 
 #[utoipa::path(patch, path = "/api/v1/holdouts/{id}", tag = "holdouts", params(("id" = String, Path, description = "Id or key"),
@@ -302,13 +310,15 @@ pub async fn patch_holdout(
         .mutate(async |conn| {
             let current = one(store::catalog::holdouts(conn, Some(&id)).await?, "holdout", &id)?;
             check_version(expected, current.version)?;
-            let spec = catalog::validate_holdout(&merge_patch(&holdout_input(&current), body)?)?;
+            let input = merge_patch(&holdout_input(&current), body)?;
+            let spec = catalog::validate_holdout(&input, &metric_keys(conn).await?)?;
             key_unchanged(&current.key, &spec.key)?;
-            if spec.percent_bp != current.percent_bp
+            let moves_units = spec.percent_bp != current.percent_bp || spec.unit != current.unit;
+            if moves_units
                 && current.status == HoldoutStatus::Running
                 && holding_experiments(conn).await?.iter().any(|e| e.holdout_id.as_deref() == Some(current.id.as_str()))
             {
-                return Err(ApiError::conflict("not_editable", "the holdout's size cannot change while running experiments or shipped variants respect it: it would move their units"));
+                return Err(ApiError::conflict("not_editable", "the holdout's size and unit cannot change while running experiments or shipped variants respect it: it would move their units"));
             }
             store::catalog::update_holdout(conn, &current.id, &spec).await?;
             store::record(conn, Change { actor: &actor, action: "holdout.updated", entity_type: "holdout", entity_id: &current.id, details: json!({"key": spec.key, "percent_bp": spec.percent_bp}) }).await?;

@@ -30,7 +30,18 @@ pub struct AssignmentView {
     pub reason: &'static str,
     /// Whether the caller should log an exposure.
     pub log_exposure: bool,
+    /// The holdout the unit reached, if any: the caller logs one exposure to it per unit,
+    /// with `experiment_id` the holdout's id and `variant` its `arm` (docs/assignment.md).
+    pub holdout: Option<HoldoutView>,
     pub snapshot_version: u64,
+}
+
+/// Where the unit stands in a holdout (`abx_core::HoldoutStep`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HoldoutView {
+    pub holdout_id: String,
+    /// `held` or `released`.
+    pub arm: &'static str,
 }
 
 fn raw(json: &str) -> Option<Box<RawValue>> {
@@ -45,6 +56,10 @@ fn view(a: &Assignment<'_>, snapshot_version: u64) -> AssignmentView {
         config: a.config.and_then(raw),
         reason: a.reason.as_str(),
         log_exposure: a.log_exposure,
+        holdout: a.holdout.map(|step| HoldoutView {
+            holdout_id: step.holdout_id.to_string(),
+            arm: step.arm(),
+        }),
         snapshot_version,
     }
 }

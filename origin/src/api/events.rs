@@ -211,9 +211,20 @@ async fn refuse_mismatched_exposures(
             kept.push((index, record));
             continue;
         };
-        let Some(experiment) = abx_core::snapshot::Id::parse(experiment_id)
-            .and_then(|id| evaluator.experiment_index_by_id(&id))
-        else {
+        let id = abx_core::snapshot::Id::parse(experiment_id);
+        if let Some(holdout) = id.and_then(|id| evaluator.holdout_index_by_id(&id)) {
+            match holdout_mismatch(evaluator, holdout, &record.unit_key, variant) {
+                None => kept.push((index, record)),
+                Some(reason) => {
+                    *counts
+                        .entry((experiment_id.clone(), variant.clone()))
+                        .or_default() += 1;
+                    parsed.rejected.push((index, reason));
+                }
+            }
+            continue;
+        }
+        let Some(experiment) = id.and_then(|id| evaluator.experiment_index_by_id(&id)) else {
             kept.push((index, record));
             continue;
         };
@@ -263,6 +274,40 @@ async fn refuse_mismatched_exposures(
     parsed.rejected.sort_by_key(|(index, _)| *index);
     parsed.events = kept;
     Ok(parsed)
+}
+
+/// Why an exposure to holdout `holdout` (`abx_core::HoldoutStep`) cannot come from a
+/// client holding the served snapshot, if it cannot: its arm must be the one the holdout's
+/// hash gives the unit, and its unit attribute one that an experiment respecting the
+/// holdout (and not a switchback, whose holdout steps are not logged) randomizes by.
+fn holdout_mismatch(
+    evaluator: &abx_core::Evaluator,
+    holdout: u32,
+    unit_key: &str,
+    arm: &str,
+) -> Option<String> {
+    let snapshot = evaluator.snapshot();
+    let (attribute, unit) = unit_key.split_once(':').unwrap_or(("", ""));
+    let respected_by = |e: &&abx_core::snapshot::Experiment| {
+        e.holdout == Some(holdout) && e.switchback_period_s.is_none()
+    };
+    let mut units = snapshot
+        .experiments
+        .iter()
+        .filter(respected_by)
+        .map(|e| e.unit);
+    if !units.any(|u| snapshot.attributes[u as usize] == attribute) {
+        return Some(format!(
+            "variant_mismatch: no experiment that respects the holdout randomizes by `{attribute}`"
+        ));
+    }
+    match evaluator.holdout_arm(holdout, unit) {
+        Some(expected) if expected == arm => None,
+        expected => Some(format!(
+            "variant_mismatch: the holdout's arm for this unit is `{}`, not `{arm}`",
+            expected.unwrap_or("unknown")
+        )),
+    }
 }
 
 /// The seed's form: one metric event for an experiment's unit.

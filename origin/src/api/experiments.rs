@@ -39,6 +39,9 @@ pub(super) async fn references(
             known.ended_holdouts.insert(holdout.id.clone());
         }
         known
+            .holdout_units
+            .insert(holdout.id.clone(), holdout.unit.clone());
+        known
             .holdouts
             .insert(holdout.key.clone(), holdout.id.clone());
         known.holdouts.insert(holdout.id.clone(), holdout.id);
@@ -220,10 +223,12 @@ pub async fn patch(
                 .unwrap_or_default();
             let input = merge_patch(&current.input(), body)?;
             let mut known = references(conn).await?;
-            // An ended holdout the experiment respected already may stay: only a new
-            // reference to one is refused.
+            // A holdout the experiment respected already may stay when it has ended or
+            // compares another unit (it may predate holdouts' units): only a new reference
+            // to one is refused.
             if let Some(holdout) = &current.holdout_id {
                 known.ended_holdouts.remove(holdout);
+                known.holdout_units.remove(holdout);
             }
             let spec = experiment::validate(&input, &known)?;
             experiment::check_edit(current.status, &current.spec(), &spec)?;

@@ -165,7 +165,7 @@ pub fn with_version(mut response: Response, version: i64) -> Response {
         audit::list,
         events::post_events, events::post_experiment_event, events::get_event, events::pipeline_status,
         events::dead_letters, events::replay,
-        analysis::experiment_results, analysis::kill, analysis::compare, analysis::srm, analysis::adjust,
+        analysis::experiment_results, analysis::holdout_results, analysis::kill, analysis::compare, analysis::srm, analysis::adjust,
         analysis::boundaries, analysis::power_calculator, analysis::interactions,
         system::health, console::whoami,
     ),
@@ -490,6 +490,7 @@ fn admin_routes(state: &AppState) -> Router<AppState> {
             get(catalog::get_holdout).patch(catalog::patch_holdout),
         )
         .route("/holdouts/{id}/end", post(catalog::end_holdout))
+        .route("/holdouts/{id}/results", get(analysis::holdout_results))
         .route(
             "/segments",
             get(catalog::list_segments).post(catalog::create_segment),

@@ -160,20 +160,27 @@ pub async fn set_allocations(
     Ok(())
 }
 
+/// A holdout's metric keys as stored: a JSON array.
+fn metrics_text(metrics: &[String]) -> String {
+    serde_json::Value::from(metrics).to_string()
+}
+
 pub async fn insert_holdout(
     conn: &mut AnyConnection,
     id: &str,
     spec: &HoldoutSpec,
 ) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO holdouts (id, key, name, description, percent_bp, status, started_at_ms, created_at_ms, updated_at_ms)
-         VALUES ($1, $2, $3, $4, $5, 'running', $6, $6, $6)",
+        "INSERT INTO holdouts (id, key, name, description, percent_bp, unit, metrics, status, started_at_ms, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8, $8, $8)",
     )
     .bind(id)
     .bind(&spec.key)
     .bind(&spec.name)
     .bind(&spec.description)
     .bind(i64::from(spec.percent_bp))
+    .bind(&spec.unit)
+    .bind(metrics_text(&spec.metrics))
     .bind(clock::now_ms())
     .execute(&mut *conn)
     .await?;
@@ -185,10 +192,12 @@ pub async fn update_holdout(
     id: &str,
     spec: &HoldoutSpec,
 ) -> Result<(), Error> {
-    sqlx::query("UPDATE holdouts SET name = $1, description = $2, percent_bp = $3, updated_at_ms = $4, version = version + 1 WHERE id = $5")
+    sqlx::query("UPDATE holdouts SET name = $1, description = $2, percent_bp = $3, unit = $4, metrics = $5, updated_at_ms = $6, version = version + 1 WHERE id = $7")
         .bind(&spec.name)
         .bind(&spec.description)
         .bind(i64::from(spec.percent_bp))
+        .bind(&spec.unit)
+        .bind(metrics_text(&spec.metrics))
         .bind(clock::now_ms())
         .bind(id)
         .execute(&mut *conn)
@@ -215,8 +224,8 @@ pub async fn holdouts(
     reference: Option<&str>,
 ) -> Result<Vec<Holdout>, Error> {
     let rows = sqlx::query(
-        "SELECT id, key, name, description, percent_bp, status, started_at_ms, ended_at_ms, version,
-                created_at_ms, updated_at_ms
+        "SELECT id, key, name, description, percent_bp, unit, metrics, status, started_at_ms,
+                ended_at_ms, version, created_at_ms, updated_at_ms
          FROM holdouts WHERE $1 = '' OR id = $1 OR key = $1 ORDER BY key",
     )
     .bind(reference.unwrap_or(""))
@@ -227,6 +236,8 @@ pub async fn holdouts(
             let bp: i64 = r.try_get("percent_bp")?;
             let status: String = r.try_get("status")?;
             let ended_at: Option<i64> = r.try_get("ended_at_ms")?;
+            let started_at: i64 = r.try_get("started_at_ms")?;
+            let metrics: String = r.try_get("metrics")?;
             Ok(Holdout {
                 id: r.try_get("id")?,
                 key: r.try_get("key")?,
@@ -236,9 +247,15 @@ pub async fn holdouts(
                 status: HoldoutStatus::parse(&status).ok_or_else(|| {
                     sqlx::Error::Decode(format!("holdout status {status}").into())
                 })?,
-                started_at: clock::rfc3339(r.try_get("started_at_ms")?),
+                started_at: clock::rfc3339(started_at),
                 ended_at: ended_at.map(clock::rfc3339),
+                unit: r.try_get("unit")?,
+                metrics: serde_json::from_str(&metrics).map_err(|e| {
+                    sqlx::Error::Decode(format!("holdout metrics {metrics}: {e}").into())
+                })?,
                 percent_bp: bp as u16,
+                started_at_ms: started_at,
+                ended_at_ms: ended_at,
                 version: r.try_get("version")?,
                 created_at: clock::rfc3339(r.try_get("created_at_ms")?),
                 updated_at: clock::rfc3339(r.try_get("updated_at_ms")?),

@@ -145,6 +145,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0012_holdout_lifecycle.sql"),
         postgres: include_str!("../migrations/postgres/0012_holdout_lifecycle.sql"),
     },
+    Migration {
+        version: 13,
+        name: "holdout_readout",
+        sqlite: include_str!("../migrations/sqlite/0013_holdout_readout.sql"),
+        postgres: include_str!("../migrations/postgres/0013_holdout_readout.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.
@@ -492,7 +498,9 @@ mod tests {
     }
 
     /// Holdouts made before migration 12 have held units out since their creation: they
-    /// come out of it running, started when they were created.
+    /// come out of it running, started when they were created. Migration 13 gives them the
+    /// unit of the first experiment that respects them (`user_id` when none does) and no
+    /// metrics.
     #[tokio::test]
     async fn holdouts_made_before_their_lifecycle_run_from_their_creation() {
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -514,13 +522,36 @@ mod tests {
         .execute(&db.pool)
         .await
         .expect("an old holdout");
+        sqlx::query(
+            "INSERT INTO holdouts (id, key, name, description, percent_bp, created_at_ms, updated_at_ms)
+             VALUES ('h-2', 'devices', 'devices', '', 500, 1700000000000, 1700000000000)",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("an old holdout of devices");
+        sqlx::query(
+            "INSERT INTO experiments (id, key, name, hypothesis, description, owner, status, unit,
+                traffic_bp, holdout_id, forced, primary_metric, secondary_metrics,
+                guardrail_metrics, analysis, version, created_at_ms, updated_at_ms)
+             VALUES ('e-1', 'e', 'e', '', '', '', 'running', 'device_id', 10000, 'h-2', '{}',
+                'conversion', '[]', '[]', '{}', 1, 1700000000000, 1700000000000)",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("an experiment of devices");
         db.migrate().await.expect("the rest");
         let mut conn = db.pool.acquire().await.expect("connection");
         let holdouts = crate::catalog::holdouts(&mut conn, None)
             .await
             .expect("read");
-        assert_eq!(holdouts.len(), 1);
-        let old = &holdouts[0];
+        assert_eq!(holdouts.len(), 2);
+        // In key order: `devices`, then `old`.
+        assert_eq!(
+            (holdouts[0].unit.as_str(), holdouts[1].unit.as_str()),
+            ("device_id", "user_id")
+        );
+        assert!(holdouts.iter().all(|h| h.metrics.is_empty()));
+        let old = &holdouts[1];
         assert_eq!(
             old.status,
             abx_origin_domain::model::catalog::HoldoutStatus::Running

@@ -180,3 +180,167 @@ on_both_backends!(
     holdout_lifecycle,
     holdouts_keep_units_out_of_shipped_variants_until_they_end
 );
+
+/// A stable pseudo-random number per unit, for planted outcomes.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+const READOUT_USERS: u64 = 2_000;
+
+/// The holdout readout (issue 28): two shipped experiments respect a 20 % holdout; every
+/// unit's answers name its arm, which the unit logs as an exposure to the holdout, as the
+/// runtimes do; released units, who get both shipped changes, convert at 20 %, held units
+/// at 10 %. `GET /holdouts/{id}/results` must find the planted effect of what shipped, and
+/// the origin must refuse exposures that name the wrong arm or unit.
+async fn holdout_readout(o: &TestOrigin) {
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    let refused = o
+        .post(
+            "/api/v1/holdouts",
+            json!({"key": "bad", "percent": 20, "metrics": ["no_such_metric"]}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.body["error"]["details"][0]["field"], "metrics[0]");
+    let holdout = o
+        .create(
+            "/api/v1/holdouts",
+            json!({"key": "everything_shipped", "percent": 20, "metrics": ["conversion"]}),
+        )
+        .await;
+    assert_eq!(holdout["unit"], "user_id");
+    let holdout_id = holdout["id"].as_str().expect("id").to_string();
+    // Its experiments randomize by its unit.
+    let mut body = experiment("by_device", "conversion");
+    body["holdout"] = json!("everything_shipped");
+    body["unit"] = json!("device_id");
+    let refused = o.post("/api/v1/experiments", body).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.body["error"]["details"][0]["field"], "holdout");
+
+    for key in ["checkout", "search"] {
+        let mut body = experiment(key, "conversion");
+        body["holdout"] = json!("everything_shipped");
+        let id = o.start_experiment(body).await;
+        let completed = o
+            .post(
+                &format!("/api/v1/experiments/{id}/complete"),
+                json!({"ship": "treatment"}),
+            )
+            .await;
+        assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
+    }
+
+    let sdk = o.key("sdk").await;
+    let now = abx_origin_domain::clock::now_ms() - 60_000;
+    let mut events = Vec::new();
+    let mut held = 0;
+    let event_id = |n: usize| format!("00000000-0000-4000-8000-{n:012x}");
+    for u in 0..READOUT_USERS {
+        let mut arms = Vec::new();
+        for key in ["checkout", "search"] {
+            let reply = o
+                .get(&format!(
+                    "/api/v1/experiments/{key}/assignment?user_id=r{u}"
+                ))
+                .await;
+            let step = &reply.body["holdout"];
+            assert_eq!(step["holdout_id"], holdout_id.as_str(), "{}", reply.body);
+            let arm = step["arm"].as_str().expect("arm").to_string();
+            assert_eq!(reply.body["reason"] == "holdout", arm == "held");
+            arms.push(arm);
+        }
+        assert_eq!(arms[0], arms[1], "one arm per unit and holdout");
+        let arm = &arms[0];
+        held += usize::from(arm == "held");
+        // One exposure per unit and holdout, as the runtimes log it.
+        events.push(
+            json!({"event_id": event_id(events.len()), "kind": "exposure",
+            "unit": format!("r{u}"), "experiment_id": holdout_id, "variant": arm,
+            "timestamp": now}),
+        );
+        let rate = if arm == "held" { 100 } else { 200 };
+        if mix(u) % 1_000 < rate {
+            events.push(json!({"event_id": event_id(events.len()), "kind": "metric",
+                "unit": format!("r{u}"), "event_type": "conversion", "timestamp": now + 1_000}));
+        }
+    }
+    assert!(
+        (300..=500).contains(&held),
+        "{held} of {READOUT_USERS} held"
+    );
+    // Forged: the other arm, and a unit attribute no respecting experiment uses.
+    let other = |arm: &str| if arm == "held" { "released" } else { "held" };
+    let first_arm = events[0]["variant"].as_str().expect("arm").to_string();
+    // With one valid event beside them: a batch with none is refused whole (400).
+    let forged = [
+        json!({"event_id": event_id(events.len() + 2), "kind": "metric", "unit": "nobody",
+            "event_type": "conversion", "timestamp": now}),
+        json!({"event_id": event_id(events.len()), "kind": "exposure", "unit": "r0",
+            "experiment_id": holdout_id, "variant": other(&first_arm), "timestamp": now}),
+        json!({"event_id": event_id(events.len() + 1), "kind": "exposure", "unit": "r0",
+            "unit_attribute": "device_id",
+            "experiment_id": holdout_id, "variant": first_arm, "timestamp": now}),
+    ];
+    for chunk in events.chunks(1_000) {
+        let reply = o.send_events(&sdk, chunk).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    let reply = o.send_events(&sdk, &forged).await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.body);
+    let rejected = reply.body["rejected"].as_array().expect("rejected");
+    assert_eq!(rejected.len(), 2, "{}", reply.body);
+    assert!(rejected.iter().all(|r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("variant_mismatch"))
+    }));
+    common::drain(&o.state).await;
+
+    let results = o.get("/api/v1/holdouts/everything_shipped/results").await;
+    assert_eq!(results.status, StatusCode::OK, "{}", results.body);
+    let body = &results.body;
+    assert_eq!(body["experiment_id"], holdout_id.as_str());
+    assert_eq!(body["control"], "held");
+    assert_eq!(body["variants"]["held"]["impressions"], held);
+    assert_eq!(
+        body["variants"]["released"]["impressions"],
+        READOUT_USERS as usize - held
+    );
+    assert_eq!(body["srm"]["mismatch"], false, "{body}");
+    let comparison = &body["metrics"][0]["comparisons"][0];
+    assert_eq!(comparison["variant"], "released");
+    assert_eq!(comparison["significant"], true, "{body}");
+    assert_eq!(comparison["improvement"], true, "{body}");
+    let lift = comparison["relative"]["estimate"].as_f64().expect("lift");
+    assert!((0.5..1.6).contains(&lift), "relative lift {lift}");
+    let verdict = body["recommended_action"].as_str().expect("verdict");
+    assert!(
+        verdict.starts_with("What shipped improves conversion"),
+        "{verdict}"
+    );
+    assert_eq!(
+        body["mismatched_exposures"]["released"]
+            .as_i64()
+            .unwrap_or(0)
+            + body["mismatched_exposures"]["held"].as_i64().unwrap_or(0),
+        2,
+        "{body}"
+    );
+    let missing = o.get("/api/v1/holdouts/no_such_holdout/results").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+backend_tests!(
+    holdout_readouts,
+    holdout_readout,
+    |s: &mut abx_origin::Settings| s.verify_exposures = true,
+    sqlite => Sqlite,
+    postgres => Postgres,
+    warehouse => Warehouse
+);

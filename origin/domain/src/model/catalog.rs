@@ -1,8 +1,12 @@
 //! The smaller configuration objects: layers, holdouts, segments and metric definitions.
 
+use std::collections::HashSet;
+
+use abx_core::snapshot::FULL_BP;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use super::experiment::{Analysis, AnalysisMode, Experiment, Status};
 use super::{check_key, check_text, percent_to_bp, targeting};
 use crate::{Error, FieldError};
 
@@ -77,6 +81,14 @@ pub struct HoldoutInput {
     pub description: Option<String>,
     /// Percent of units held out of every experiment that respects this holdout.
     pub percent: f64,
+    /// The unit attribute its experiments randomize by, which its readout compares units
+    /// of. Default `user_id`.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Metric keys its readout compares the held and released units on, the first as the
+    /// primary metric.
+    #[serde(default)]
+    pub metrics: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -85,19 +97,54 @@ pub struct HoldoutSpec {
     pub name: String,
     pub description: String,
     pub percent_bp: u16,
+    pub unit: String,
+    pub metrics: Vec<String>,
 }
 
-pub fn validate_holdout(input: &HoldoutInput) -> Result<HoldoutSpec, Error> {
+/// A readout of more metrics than an experiment may have would only dilute its correction.
+const MAX_HOLDOUT_METRICS: usize = 20;
+
+/// Validates a holdout; `metrics` are the catalog's metric keys, which its metrics must be.
+pub fn validate_holdout(
+    input: &HoldoutInput,
+    metrics: &HashSet<String>,
+) -> Result<HoldoutSpec, Error> {
     let mut errors = Vec::new();
     check_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
     let percent_bp = percent_to_bp(input.percent, "percent", &mut errors);
+    let unit = input.unit.clone().unwrap_or_else(|| "user_id".into());
+    if !targeting::valid_attribute(&unit) {
+        errors.push(FieldError::new("unit", "must be an attribute name"));
+    }
+    if input.metrics.len() > MAX_HOLDOUT_METRICS {
+        errors.push(FieldError::new(
+            "metrics",
+            format!("at most {MAX_HOLDOUT_METRICS} metrics"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, metric) in input.metrics.iter().enumerate() {
+        if !metrics.contains(metric) {
+            errors.push(FieldError::new(
+                format!("metrics[{i}]"),
+                format!("unknown metric `{metric}`"),
+            ));
+        } else if !seen.insert(metric) {
+            errors.push(FieldError::new(
+                format!("metrics[{i}]"),
+                format!("`{metric}` is listed twice"),
+            ));
+        }
+    }
     finish(
         HoldoutSpec {
             key: input.key.clone(),
             name,
             description,
             percent_bp,
+            unit,
+            metrics: input.metrics.clone(),
         },
         errors,
     )
@@ -613,12 +660,20 @@ pub struct Holdout {
     pub started_at: String,
     /// When it ended, if it has.
     pub ended_at: Option<String>,
+    /// The unit attribute its experiments randomize by.
+    pub unit: String,
+    /// What its readout (`GET /holdouts/{id}/results`) compares, the first as primary.
+    pub metrics: Vec<String>,
     /// Increases with every change; send it in `If-Match` to update safely.
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip)]
     pub percent_bp: u16,
+    #[serde(skip)]
+    pub started_at_ms: i64,
+    #[serde(skip)]
+    pub ended_at_ms: Option<i64>,
 }
 
 impl Holdout {
@@ -628,9 +683,54 @@ impl Holdout {
             name: self.name.clone(),
             description: self.description.clone(),
             percent_bp: self.percent_bp,
+            unit: self.unit.clone(),
+            metrics: self.metrics.clone(),
         }
     }
+
+    /// The holdout as the two-arm experiment its readout is: the units it holds (`held`,
+    /// the control, which lives without what the experiments respecting it shipped) against
+    /// the units it releases (`released`), split as its percent splits them, from its start.
+    /// The pipeline rolls up its exposures (which runtimes log to the holdout's id) by this
+    /// plan, and the results code reads it out as it reads every experiment, with
+    /// always-valid (sequential) statistics, since a holdout is read for months. Without
+    /// metrics it still counts its exposures, so the sample-ratio check runs.
+    pub fn readout(&self) -> Experiment {
+        let (primary, secondary) = self
+            .metrics
+            .split_first()
+            .map_or(("", &[][..]), |(p, s)| (p.as_str(), s));
+        let held_bp = self.percent_bp;
+        let mut e = Experiment::running(
+            &self.key,
+            &[(HELD_ARM, held_bp), (RELEASED_ARM, FULL_BP - held_bp)],
+            primary,
+            &[],
+            Analysis {
+                mode: AnalysisMode::Sequential,
+                min_duration_days: 0,
+                ..Analysis::default()
+            },
+            self.started_at_ms,
+        );
+        e.id = self.id.clone();
+        e.name = self.name.clone();
+        e.description = self.description.clone();
+        e.unit = self.unit.clone();
+        e.secondary_metrics = secondary.to_vec();
+        e.started_at = Some(self.started_at.clone());
+        e.ended_at = self.ended_at.clone();
+        e.ended_at_ms = self.ended_at_ms;
+        if self.status == HoldoutStatus::Ended {
+            e.status = Status::Completed;
+        }
+        e
+    }
 }
+
+/// The arms of a holdout's exposures, as abx-core names them.
+pub const HELD_ARM: &str = abx_core::HELD_ARM;
+pub const RELEASED_ARM: &str = abx_core::RELEASED_ARM;
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Segment {

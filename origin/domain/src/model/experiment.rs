@@ -332,6 +332,9 @@ pub struct References {
     /// Ids of the holdouts that have ended, which no experiment may newly respect (they
     /// hold nobody).
     pub ended_holdouts: HashSet<String>,
+    /// Holdout id → the unit its experiments must randomize by, which an experiment that
+    /// respected it before holdouts had units may keep (see `ended_holdouts`).
+    pub holdout_units: HashMap<String, String>,
     pub metrics: HashSet<String>,
     /// Segment key → its condition's total depth.
     pub segments: HashMap<String, u32>,
@@ -406,6 +409,15 @@ pub fn validate(input: &ExperimentInput, known: &References) -> Result<Experimen
                     "holdout",
                     format!("holdout `{reference}` has ended: it holds nobody"),
                 )),
+                Some(id) if known.holdout_units.get(id).is_some_and(|u| *u != unit) => {
+                    errors.push(FieldError::new(
+                        "holdout",
+                        format!(
+                            "holdout `{reference}` compares `{}` units; the experiments that respect it must randomize by the same unit",
+                            known.holdout_units[id]
+                        ),
+                    ))
+                }
                 Some(_) => {}
             }
             found
@@ -962,6 +974,7 @@ mod tests {
             layers: HashMap::from([("checkout_ui".into(), ("layer-1".into(), "user_id".into()))]),
             holdouts: HashMap::new(),
             ended_holdouts: HashSet::new(),
+            holdout_units: HashMap::new(),
             metrics: ["conversion", "crash_rate"]
                 .into_iter()
                 .map(String::from)
