@@ -41,6 +41,18 @@ impl Reason {
         Reason::Assigned,
     ];
 
+    /// The arm of a result with this reason in the holdout of its experiment, when the
+    /// experiment respects one, is not a switchback, and the context has its unit: what
+    /// [`Evaluator::holdout_step`] says of such results. For bindings that hand results on
+    /// as reason codes (docs/wasm-abi.md's packed words), so that they need no other word.
+    pub fn holdout_arm(self) -> Option<&'static str> {
+        match self {
+            Reason::Holdout => Some(HELD_ARM),
+            Reason::NotInTraffic | Reason::Assigned | Reason::Shipped => Some(RELEASED_ARM),
+            Reason::NotRunning | Reason::Forced | Reason::MissingUnit | Reason::NotTargeted => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NotRunning => "not_running",
@@ -69,21 +81,20 @@ pub struct Assignment<'a> {
     pub reason: Reason,
     /// Whether the caller should log an exposure event (only for `assigned`).
     pub log_exposure: bool,
-    /// The holdout the unit reached, if any: see [`HoldoutStep`].
-    pub holdout: Option<HoldoutStep<'a>>,
 }
 
-/// Where a unit stands in the holdout an experiment respects. A holdout is read out by
-/// comparing the units it holds with the units it releases, so both sides must log it: the
-/// caller logs one exposure per unit and holdout, to the holdout's id with [`arm`] as the
-/// variant, whenever an answer carries a step (the origin checks the arm against the
-/// holdout's hash, as it checks experiment exposures).
+/// Where a unit stands in the holdout an experiment respects ([`Evaluator::holdout_step`]).
+/// A holdout is read out by comparing the units it holds with the units it releases, so
+/// both sides must log it: the caller logs one exposure per unit and holdout, to the
+/// holdout's id with [`arm`] as the variant, whenever an answer has a step (the origin
+/// checks the arm against the holdout's hash, as it checks experiment exposures).
 ///
-/// An answer carries one when the unit reached the holdout: a running experiment's unit
-/// passed its forced overrides and targeting (reasons `holdout`, `not_in_traffic` and
-/// `assigned`), or a shipped experiment's unit is present (reasons `holdout` and
-/// `shipped`). Switchback experiments carry none: their holdout holds a unit per period,
-/// which no per-unit readout can compare.
+/// An answer has one when the unit reached the holdout: a running experiment's unit passed
+/// its forced overrides and targeting (reasons `holdout`, `not_in_traffic` and `assigned`),
+/// or a shipped experiment's unit is present (reasons `holdout` and `shipped`). Switchback
+/// experiments have none: their holdout holds a unit per period, which no per-unit readout
+/// can compare. Steps are found on demand rather than carried by every [`Assignment`], so
+/// that evaluations whose exposures nobody logs pay nothing for them.
 ///
 /// [`arm`]: HoldoutStep::arm
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,10 +108,14 @@ pub struct HoldoutStep<'a> {
 impl HoldoutStep<'_> {
     /// The exposure's variant: `held` or `released`.
     pub fn arm(&self) -> &'static str {
-        match self.held {
-            true => HELD_ARM,
-            false => RELEASED_ARM,
-        }
+        arm(self.held)
+    }
+}
+
+fn arm(held: bool) -> &'static str {
+    match held {
+        true => HELD_ARM,
+        false => RELEASED_ARM,
     }
 }
 
@@ -163,8 +178,10 @@ pub struct Evaluator {
     experiments_by_key: KeyIndex,
     experiments_by_id: Vec<u32>,
     layers: Vec<PreparedLayer>,
-    /// Hash state after `"holdout:{holdout_id}:"`, and the id as text.
-    holdouts: Vec<(Murmur3, String)>,
+    /// Hash state after `"holdout:{holdout_id}:"`.
+    holdouts: Vec<Murmur3>,
+    /// Holdout ids as text.
+    holdout_ids: Vec<String>,
     /// Hash state after `"{flag_key}:"`.
     flags: Vec<Murmur3>,
     flags_by_key: KeyIndex,
@@ -271,11 +288,12 @@ impl Evaluator {
         let holdouts = snapshot
             .holdouts
             .iter()
-            .map(|h| {
-                let id_text = String::from(h.id.to_text().as_str());
-                let prefix = prefix_state(&[b"holdout:", id_text.as_bytes(), b":"]);
-                (prefix, id_text)
-            })
+            .map(|h| prefix_state(&[b"holdout:", h.id.to_text().as_str().as_bytes(), b":"]))
+            .collect();
+        let holdout_ids = snapshot
+            .holdouts
+            .iter()
+            .map(|h| String::from(h.id.to_text().as_str()))
             .collect();
         let flags = snapshot
             .flags
@@ -300,6 +318,7 @@ impl Evaluator {
             experiments_by_id,
             layers,
             holdouts,
+            holdout_ids,
             flags,
             flags_by_key,
         })
@@ -394,23 +413,39 @@ impl Evaluator {
         Some(position as u32)
     }
 
+    /// The holdout step of `assignment`, an answer this evaluator gave for `context`, if
+    /// the unit reached the holdout of the experiment (see [`HoldoutStep`]).
+    pub fn holdout_step(
+        &self,
+        assignment: &Assignment<'_>,
+        context: &dyn Attributes,
+    ) -> Option<HoldoutStep<'_>> {
+        let e = self.snapshot.experiments.get(assignment.index as usize)?;
+        let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
+        assignment.reason.holdout_arm()?;
+        if assignment.reason == Reason::Shipped {
+            // Only a present unit reaches a shipped experiment's holdout; every other reason
+            // with an arm comes after the unit step.
+            let name = self.snapshot.attributes.get(e.unit as usize)?;
+            unit_of(context.attribute(e.unit, name))?;
+        }
+        Some(HoldoutStep {
+            index: h,
+            holdout_id: self.holdout_ids.get(h as usize)?.as_str(),
+            held: assignment.reason == Reason::Holdout,
+        })
+    }
+
     /// The arm of holdout `index` that `unit` belongs to, as an exposure to the holdout
     /// should name it ([`HoldoutStep::arm`]): what a client holding this snapshot logs for
     /// the unit from any experiment that is not a switchback. `None` for an index out of
     /// range.
     pub fn holdout_arm(&self, index: u32, unit: &str) -> Option<&'static str> {
         let holdout = self.snapshot.holdouts.get(index as usize)?;
-        let mut state = self.holdouts[index as usize].0;
+        let mut state = self.holdouts[index as usize];
         state.write(unit.as_bytes());
         let held = to_bucket(state.finish()) < holdout.bp;
-        Some(
-            HoldoutStep {
-                index,
-                holdout_id: "",
-                held,
-            }
-            .arm(),
-        )
+        Some(arm(held))
     }
 
     /// The attributes (indices into [`Snapshot::attributes`]) that evaluating experiment
@@ -964,7 +999,7 @@ impl<'e, 'c> Pass<'e, 'c> {
         {
             return bucket;
         }
-        let mut state = self.eval.holdouts[holdout as usize].0;
+        let mut state = self.eval.holdouts[holdout as usize];
         unit.feed(&mut state);
         let bucket = to_bucket(state.finish());
         self.holdout_buckets
@@ -1002,15 +1037,7 @@ impl<'e, 'c> Pass<'e, 'c> {
         let e = &eval.snapshot.experiments[index as usize];
         let prepared = &eval.experiments[index as usize];
         let strings = &eval.snapshot.strings;
-        let step = |held: bool| {
-            let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
-            Some(HoldoutStep {
-                index: h,
-                holdout_id: eval.holdouts[h as usize].1.as_str(),
-                held,
-            })
-        };
-        let outcome = |variant: Option<u32>, reason: Reason, holdout: Option<HoldoutStep<'e>>| {
+        let outcome = |variant: Option<u32>, reason: Reason| {
             let chosen = variant.map(|v| &e.variants[v as usize]);
             Assignment {
                 index,
@@ -1021,7 +1048,6 @@ impl<'e, 'c> Pass<'e, 'c> {
                 config: chosen.map(|v| v.config.as_str()),
                 reason,
                 log_exposure: reason == Reason::Assigned,
-                holdout,
             }
         };
 
@@ -1033,45 +1059,40 @@ impl<'e, 'c> Pass<'e, 'c> {
             (Status::Running, _) => {}
             (Status::Completed, Some(shipped)) => {
                 let held = match (unit_of(self.attribute(e.unit)), e.holdout) {
-                    (Some(unit), Some(h)) => {
-                        Some(self.held(h, e.unit, e.switchback_period_s, unit))
-                    }
-                    _ => None,
+                    (Some(unit), Some(h)) => self.held(h, e.unit, e.switchback_period_s, unit),
+                    _ => false,
                 };
                 return match held {
-                    Some(true) => outcome(None, Reason::Holdout, step(true)),
-                    Some(false) => outcome(Some(shipped), Reason::Shipped, step(false)),
-                    None => outcome(Some(shipped), Reason::Shipped, None),
+                    true => outcome(None, Reason::Holdout),
+                    false => outcome(Some(shipped), Reason::Shipped),
                 };
             }
-            _ => return outcome(None, Reason::NotRunning, None),
+            _ => return outcome(None, Reason::NotRunning),
         }
         // 2. Forced overrides, keyed by the raw unit value.
         let unit = unit_of(self.attribute(e.unit));
         if let Some(unit) = &unit
             && let Some(forced) = e.forced.iter().find(|f| f.unit == unit.as_str())
         {
-            return outcome(Some(forced.variant), Reason::Forced, None);
+            return outcome(Some(forced.variant), Reason::Forced);
         }
         // 3. Unit.
         let Some(unit) = unit else {
-            return outcome(None, Reason::MissingUnit, None);
+            return outcome(None, Reason::MissingUnit);
         };
         // 4. Targeting.
         if let Some(root) = e.targeting
             && !self.hash_only
             && !self.condition(root)
         {
-            return outcome(None, Reason::NotTargeted, None);
+            return outcome(None, Reason::NotTargeted);
         }
         // 5-6. Switchback (in `held` and below) and holdout, as docs/assignment.md numbers them.
-        let released = match e.holdout {
-            Some(h) if self.held(h, e.unit, e.switchback_period_s, unit) => {
-                return outcome(None, Reason::Holdout, step(true));
-            }
-            Some(_) => step(false),
-            None => None,
-        };
+        if let Some(h) = e.holdout
+            && self.held(h, e.unit, e.switchback_period_s, unit)
+        {
+            return outcome(None, Reason::Holdout);
+        }
         let hashed = self.hashed_unit(unit, e.switchback_period_s);
         // 7. Traffic. The gate and variant hashes share the "{experiment_id}:{unit}" state.
         let mut state = prepared.prefix;
@@ -1084,14 +1105,14 @@ impl<'e, 'c> Pass<'e, 'c> {
             }
         };
         if !in_traffic {
-            return outcome(None, Reason::NotInTraffic, released);
+            return outcome(None, Reason::NotInTraffic);
         }
         // 8. Variant.
         state.write(b":variant");
         let v = to_bucket(state.finish());
         let chosen = e.variants.iter().position(|variant| v < variant.threshold);
         // Validation guarantees the last threshold is 10000, so a variant always matches.
-        outcome(Some(chosen.unwrap_or(0) as u32), Reason::Assigned, released)
+        outcome(Some(chosen.unwrap_or(0) as u32), Reason::Assigned)
     }
 
     fn flag(

@@ -46,10 +46,11 @@ fn check(vector_file: &Path) -> (usize, Vec<String>) {
         );
         for got in &evaluation.experiments {
             let want = &expected[got.experiment_key];
+            let step = evaluator.holdout_step(got, &context);
             let got_pair = (
                 got.variant,
                 got.reason.as_str(),
-                got.holdout.map(|step| step.arm()),
+                step.map(|step| step.arm()),
             );
             let want_pair = (
                 want["variant"].as_str(),
@@ -69,7 +70,7 @@ fn check(vector_file: &Path) -> (usize, Vec<String>) {
             assert_eq!(&single, got, "case {n}: single evaluation differs");
             assert_eq!(got.log_exposure, got.reason == abx_core::Reason::Assigned);
             // The origin checks a holdout exposure by the unit alone: it must agree.
-            if let Some(step) = got.holdout {
+            if let Some(step) = step {
                 let snapshot = evaluator.snapshot();
                 let unit_attribute = snapshot.experiments[got.index as usize].unit;
                 let unit = context

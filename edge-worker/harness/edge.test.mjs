@@ -470,6 +470,16 @@ describe('with the real origin', () => {
       primary_metric: 'conversion',
     });
     await origin.create(`/api/v1/experiments/${site.id}/start`, {});
+    // A routed experiment that respects a holdout: the edge logs each visitor's arm in it.
+    await origin.create('/api/v1/holdouts', { key: 'edge_holdout', percent: 50, metrics: ['conversion'] });
+    const promo = await origin.create('/api/v1/experiments', {
+      key: 'promo_split',
+      holdout: 'edge_holdout',
+      variants: [{ name: 'control', weight: 50, config: {} },
+        { name: 'treatment', weight: 50, config: { $route: { '/promo': '/promo-v2' } } }],
+      primary_metric: 'conversion',
+    });
+    await origin.create(`/api/v1/experiments/${promo.id}/start`, {});
     const button = await origin.create('/api/v1/experiments', {
       key: 'button_color', traffic_percent: 100,
       variants: [{ name: 'blue', weight: 50, config: { color: 'blue' } }, { name: 'green', weight: 50, config: { color: 'green' } }],
@@ -500,7 +510,7 @@ describe('with the real origin', () => {
   it('serves the origin\'s signed snapshot', async () => {
     const status = await waitForEdgeVersion(await originVersion());
     assert.equal(status.snapshot.source, 'origin');
-    assert.equal(status.snapshot.experiments, 3);
+    assert.equal(status.snapshot.experiments, 4);
     assert.deepEqual(status.snapshot.route_problems, []);
   });
 
@@ -606,6 +616,31 @@ describe('with the real origin', () => {
       assert.equal(rows[0].kind, 'exposure');
       assert.equal(rows[0].experiment_id, experimentId);
       assert.equal(rows[0].variant, variant);
+    }
+  });
+
+  it('logs the arm of each visitor it routes in the experiment\'s holdout', async () => {
+    const holdoutId = (await origin.call('GET', '/api/v1/holdouts/edge_holdout')).body.id;
+    const visitors = {};
+    for (let i = 0; i < 500 && Object.keys(visitors).length < 2; i++) {
+      const uid = `visitor-promo-${i}`;
+      const body = await edgeAssignments('/abx/assignments', { headers: { cookie: `abx_uid=${uid}` } });
+      const step = body.experiments.promo_split.holdout;
+      assert.equal(step.holdout_id, holdoutId);
+      assert.equal(step.arm === 'held', body.experiments.promo_split.reason === 'holdout');
+      visitors[step.arm] ??= uid;
+    }
+    assert.deepEqual(Object.keys(visitors).sort(), ['held', 'released']);
+    for (const [arm, uid] of Object.entries(visitors)) {
+      await fetch(edge.url(name, '/promo'), { headers: { cookie: `abx_uid=${uid}` } }).then((r) => r.arrayBuffer());
+      let rows = [];
+      for (let i = 0; i < 100 && !rows.some((r) => r.experiment_id === holdoutId); i++) {
+        await h.sleep(100);
+        rows = origin.storedEvents(`user_id:${uid}`);
+      }
+      const held = rows.filter((r) => r.experiment_id === holdoutId);
+      assert.equal(held.length, 1, `${uid}: ${JSON.stringify(rows)}`);
+      assert.equal(held[0].variant, arm);
     }
   });
 

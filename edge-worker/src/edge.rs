@@ -261,7 +261,8 @@ async fn assignments(req: &Request, url: &Url, env: &Env, ctx: &Context) -> JsRe
         return unavailable("no snapshot is available yet");
     };
     let evaluation = loaded.evaluator.evaluate(&query.context, query.now_ms);
-    let body = render::assignments_json(&evaluation, loaded.version, loaded.all_json_valid);
+    let step = |a: &abx_core::Assignment<'_>| loaded.evaluator.holdout_step(a, &query.context);
+    let body = render::assignments_json(&evaluation, &step, loaded.version, loaded.all_json_valid);
     json_response(200, &body, visitor.set_cookie.as_deref())
 }
 
@@ -627,16 +628,33 @@ async fn proxy_assigned(
             if let Some((rule, rest)) = &decision.rule {
                 target = route::routed_url(rule, rest, &upstream, url.path(), url.query());
             }
-            if decision.log_exposure {
+            if decision.log_exposure
+                && let Some(assignment) = evaluation.experiments.get(decision.experiment as usize)
+                && let Some(variant) = assignment.variant
+            {
+                let exposure = (assignment.experiment_id, variant);
                 log_exposure(
                     loaded,
                     decision.experiment,
-                    &evaluation.experiments,
+                    exposure,
                     &context,
                     now,
                     config,
                     ctx,
                 );
+            }
+        }
+        // The edge decides these requests itself, held units included, so it logs each unit's
+        // arm in the holdouts of the experiments that route the path (docs/assignment.md,
+        // "Holdout exposures"); the pipeline counts a unit from its first.
+        for experiment in loaded.routes.routing(url.path()) {
+            if let Some(step) = evaluation
+                .experiments
+                .get(experiment as usize)
+                .and_then(|a| loaded.evaluator.holdout_step(a, &context))
+            {
+                let exposure = (step.holdout_id, step.arm());
+                log_exposure(loaded, experiment, exposure, &context, now, config, ctx);
             }
         }
     }
@@ -751,24 +769,19 @@ fn unit_string(value: &AbxValue) -> Option<String> {
     }
 }
 
-/// Queues the exposure of a request the edge routed itself, and sends the queue when it is
+/// Queues the exposure `(experiment or holdout id, variant or arm)` of experiment
+/// `experiment`'s unit for a request the edge routed itself, and sends the queue when it is
 /// due (by age or size) rather than waiting for a beacon.
 fn log_exposure(
     loaded: &Loaded,
     experiment: u32,
-    assignments: &[abx_core::Assignment<'_>],
+    (exposed_id, variant): (&str, &str),
     context: &AbxContext,
     now: f64,
     config: &Rc<Config>,
     ctx: &Context,
 ) {
     let snapshot = loaded.evaluator.snapshot();
-    let Some(assignment) = assignments.get(experiment as usize) else {
-        return;
-    };
-    let Some(variant) = assignment.variant else {
-        return;
-    };
     let Some(unit_attribute) = snapshot
         .experiments
         .get(experiment as usize)
@@ -783,7 +796,7 @@ fn log_exposure(
         random_uuid(),
         &unit,
         unit_attribute,
-        assignment.experiment_id,
+        exposed_id,
         variant,
         now as i64,
     );

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use abx_core::Evaluation;
+use abx_core::{Assignment, Evaluation, HoldoutStep};
 
 /// Writes `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
@@ -47,8 +47,10 @@ fn push_raw(out: &mut String, text: Option<&str>, all_json_valid: bool) {
 
 /// `{"snapshot_version", "experiments": {key: {...}}, "flags": {key: {"value", "reason"}}}`,
 /// keys in snapshot order.
-pub fn assignments_json(
-    evaluation: &Evaluation<'_>,
+/// `holdout_step` is the evaluator's `holdout_step` for the evaluated context.
+pub fn assignments_json<'e>(
+    evaluation: &Evaluation<'e>,
+    holdout_step: &dyn Fn(&Assignment<'e>) -> Option<HoldoutStep<'e>>,
     snapshot_version: u64,
     all_json_valid: bool,
 ) -> String {
@@ -75,11 +77,16 @@ pub fn assignments_json(
         push_raw(&mut out, a.config, all_json_valid);
         out.push_str(",\"reason\":\"");
         out.push_str(a.reason.as_str());
-        let _ = write!(
-            out,
-            "\",\"log_exposure\":{},\"snapshot_version\":{snapshot_version}}}",
-            a.log_exposure
-        );
+        let _ = write!(out, "\",\"log_exposure\":{},\"holdout\":", a.log_exposure);
+        match holdout_step(a) {
+            Some(step) => {
+                out.push_str("{\"holdout_id\":");
+                push_json_str(&mut out, step.holdout_id);
+                let _ = write!(out, ",\"arm\":\"{}\"}}", step.arm());
+            }
+            None => out.push_str("null"),
+        }
+        let _ = write!(out, ",\"snapshot_version\":{snapshot_version}}}");
     }
     out.push_str("},\"flags\":{");
     for (i, f) in evaluation.flags.iter().enumerate() {
@@ -149,7 +156,6 @@ mod tests {
                 Reason::NotInTraffic
             },
             log_exposure: variant.is_some(),
-            holdout: None,
         }
     }
 
@@ -188,20 +194,29 @@ mod tests {
                 experiment: None,
             }],
         };
-        let text = assignments_json(&evaluation, 7, false);
+        let step = |a: &Assignment<'_>| {
+            (a.experiment_key == "b").then_some(HoldoutStep {
+                index: 0,
+                holdout_id: "0b7e5c2a-9d41-4f3e-8a6b-2c1d0e9f8a7b",
+                held: false,
+            })
+        };
+        let text = assignments_json(&evaluation, &step, 7, false);
         let parsed: serde_json::Value = serde_json::from_str(&text).expect(&text);
         let expected = serde_json::json!({
             "snapshot_version": 7,
             "experiments": {
                 "a": {"experiment": "a", "experiment_id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
                       "variant": "treatment", "config": {"color": "green"}, "reason": "assigned",
-                      "log_exposure": true, "snapshot_version": 7},
+                      "log_exposure": true, "holdout": null, "snapshot_version": 7},
                 "b": {"experiment": "b", "experiment_id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
                       "variant": null, "config": null, "reason": "not_in_traffic",
-                      "log_exposure": false, "snapshot_version": 7},
+                      "log_exposure": false,
+                      "holdout": {"holdout_id": "0b7e5c2a-9d41-4f3e-8a6b-2c1d0e9f8a7b", "arm": "released"},
+                      "snapshot_version": 7},
                 "c": {"experiment": "c", "experiment_id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
                       "variant": "x", "config": null, "reason": "assigned",
-                      "log_exposure": true, "snapshot_version": 7}
+                      "log_exposure": true, "holdout": null, "snapshot_version": 7}
             },
             "flags": {"f": {"value": [1, 2], "reason": "rule"}}
         });

@@ -157,6 +157,23 @@ impl RouteTable {
         self.experiments.is_empty()
     }
 
+    /// The experiments (snapshot indices) whose variants route `path`, in snapshot order.
+    pub fn routing(&self, path: &str) -> impl Iterator<Item = u32> {
+        self.routing_rules(path).map(|(index, _)| index)
+    }
+
+    fn routing_rules<'t>(&'t self, path: &str) -> impl Iterator<Item = (u32, &'t [Vec<Rule>])> {
+        self.experiments
+            .iter()
+            .filter_map(move |(index, per_variant)| {
+                let routes_path = per_variant
+                    .iter()
+                    .flatten()
+                    .any(|rule| rule.pattern.matches(path).is_some());
+                routes_path.then_some((*index, per_variant.as_slice()))
+            })
+    }
+
     /// Decides how `path` is routed for a visitor with these assignments (all experiments of
     /// the snapshot, in order).
     pub fn decide<'t>(
@@ -164,15 +181,8 @@ impl RouteTable {
         path: &str,
         assignments: &[Assignment<'_>],
     ) -> Option<Decision<'t>> {
-        for (index, per_variant) in &self.experiments {
-            let routes_path = per_variant
-                .iter()
-                .flatten()
-                .any(|rule| rule.pattern.matches(path).is_some());
-            if !routes_path {
-                continue;
-            }
-            let Some(assignment) = assignments.get(*index as usize) else {
+        for (index, per_variant) in self.routing_rules(path) {
+            let Some(assignment) = assignments.get(index as usize) else {
                 continue;
             };
             let Some(variant) = assignment.variant_index else {
@@ -186,7 +196,7 @@ impl RouteTable {
                 })
             });
             return Some(Decision {
-                experiment: *index,
+                experiment: index,
                 log_exposure: assignment.log_exposure,
                 rule,
             });
@@ -396,7 +406,6 @@ mod tests {
                 Reason::NotInTraffic
             },
             log_exposure: variant.is_some(),
-            holdout: None,
         }
     }
 

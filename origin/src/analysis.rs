@@ -112,8 +112,9 @@ pub async fn holdout_results_of(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found(format!("holdout `{reference}`")))?;
+    let running = holdout.status == crate::model::catalog::HoldoutStatus::Running;
     let mut results = results_for(state, conn, &holdout.readout(), daily).await?;
-    if let Some(verdict) = holdout_verdict(&results) {
+    if let Some(verdict) = holdout_verdict(&results, running) {
         results.recommended_action = verdict;
     }
     Ok(results)
@@ -123,8 +124,9 @@ pub async fn holdout_results_of(
 /// anything at all: an experiment's "ship" or "keep running" means nothing for a holdout,
 /// which measures what has shipped and keeps measuring until it is ended. `None` leaves
 /// the results code's words (no data yet, a sample ratio mismatch, no primary metric).
-fn holdout_verdict(results: &Results) -> Option<String> {
-    if results.srm.as_ref().is_some_and(|s| s.mismatch) {
+fn holdout_verdict(results: &Results, running: bool) -> Option<String> {
+    let exposed = results.variants.values().any(|v| v.impressions > 0);
+    if !exposed || results.srm.as_ref().is_some_and(|s| s.mismatch) {
         return None;
     }
     let primary = results
@@ -146,8 +148,12 @@ fn holdout_verdict(results: &Results) -> Option<String> {
             "What shipped harms {}{relative}: significant; find which shipped change did it",
             primary.metric
         ),
-        (false, _) => format!(
+        (false, _) if running => format!(
             "No significant long-term effect on {} yet{relative}; the holdout keeps measuring until it is ended",
+            primary.metric
+        ),
+        (false, _) => format!(
+            "No significant long-term effect on {}{relative}: the holdout has ended",
             primary.metric
         ),
     })

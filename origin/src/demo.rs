@@ -106,8 +106,11 @@ async fn configure(api: &Api) -> anyhow::Result<()> {
     )
     .await?;
     api.post("/segments", json!({"key": "north_america", "condition": {"attr": "country", "op": "in", "value": ["US", "CA", "MX"]}})).await?;
-    api.post("/holdouts", json!({"key": "global_holdout", "percent": 5}))
-        .await?;
+    api.post(
+        "/holdouts",
+        json!({"key": "global_holdout", "percent": 5, "metrics": ["checkout_conversion", "revenue_per_user"]}),
+    )
+    .await?;
     let experiments = [
         json!({"key": "checkout_button_color", "name": "Green checkout button", "hypothesis": "Green button increases conversion by 5%",
                "layer": "checkout_ui", "traffic_percent": 60, "variants": variants("control", "treatment", "button_color", json!("blue"), json!("green")),
@@ -227,6 +230,18 @@ async fn simulate(api: &Api, sdk: &str, days: u32, users_per_day: u64) -> anyhow
         for a in evaluation.experiments.iter().filter(|a| a.log_exposure) {
             events.push(json!({"event_id": uuid::Uuid::now_v7().to_string(), "kind": "exposure", "unit": user, "experiment_id": a.experiment_id,
                                "variant": a.variant, "timestamp": ts}));
+        }
+        // Each user's arm in each holdout it reached, once, as the SDKs log it.
+        let mut holdouts: Vec<abx_core::HoldoutStep<'_>> = evaluation
+            .experiments
+            .iter()
+            .filter_map(|a| evaluator.holdout_step(a, &context))
+            .collect();
+        holdouts.sort_by_key(|step| step.index);
+        holdouts.dedup_by_key(|step| step.index);
+        for step in holdouts {
+            events.push(json!({"event_id": uuid::Uuid::now_v7().to_string(), "kind": "exposure", "unit": user, "experiment_id": step.holdout_id,
+                               "variant": step.arm(), "timestamp": ts}));
         }
         let (purchase, click, crash, order) = probabilities(&evaluation);
         let mut metric = |event_type: &str, value: f64, offset: i64| {

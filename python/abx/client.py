@@ -399,8 +399,9 @@ class Client(_abx.ClientCore):
         if engine is None:
             self._not_loaded()
             return Evaluation(None, {}, {})
-        experiments, flags = engine.evaluate(_attributes(context), _now_ms() if now_ms is None else now_ms)
-        if log_exposures and self._queue is not None:
+        logs = log_exposures and self._queue is not None
+        experiments, flags = engine.evaluate(_attributes(context), _now_ms() if now_ms is None else now_ms, logs)
+        if logs:
             for assignment in experiments.values():
                 exposure = assignment._exposure
                 if exposure is not None:

@@ -305,7 +305,8 @@ impl Engine {
         };
         let read = self.experiment_reads.get(index as usize);
         let evaluated = self.with_context(attributes, read, |context, failed| {
-            let answer = answer(&self.evaluator.experiment_at(index, context, now_ms)?);
+            let assignment = self.evaluator.experiment_at(index, context, now_ms)?;
+            let answer = answer(&self.evaluator, &assignment, context);
             // A failed read raises: its exposures must not be remembered as logged.
             let mut first = first.filter(|_| !failed());
             let exposure = self.exposure(py, index, answer, context, first.as_deref_mut());
@@ -334,7 +335,7 @@ impl Engine {
             let result = self.evaluator.flag_at(index, context, now_ms)?;
             let experiment = result.experiment.and_then(|e| {
                 let a = self.evaluator.experiment_at(e, context, now_ms)?;
-                Some((e, a.variant_index?, answer(&a)))
+                Some((e, a.variant_index?, answer(&self.evaluator, &a, context)))
             });
             let first = first.filter(|_| !failed());
             let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, context, first));
@@ -363,12 +364,19 @@ fn every_exposure(_: &str, _: &str, _: &str) -> bool {
     true
 }
 
-fn answer(assignment: &abx_core::Assignment<'_>) -> Answer {
+/// An answer kept compact; `context` is the one evaluated (for its holdout step).
+fn answer(
+    evaluator: &Evaluator,
+    assignment: &abx_core::Assignment<'_>,
+    context: &dyn Attributes,
+) -> Answer {
     Answer {
         variant: assignment.variant_index,
         reason: assignment.reason,
         log_exposure: assignment.log_exposure,
-        holdout: assignment.holdout.map(|step| step.held),
+        holdout: evaluator
+            .holdout_step(assignment, context)
+            .map(|step| step.held),
     }
 }
 
@@ -479,17 +487,24 @@ impl Engine {
     }
 
     /// Every experiment and flag: `(experiments, flags)`, read-only mappings from key to
-    /// `Assignment` and to `FlagDetail` that build an object only for the keys read.
-    #[pyo3(signature = (attributes, now_ms))]
+    /// `Assignment` and to `FlagDetail` that build an object only for the keys read. Their
+    /// holdout exposures are made only with `holdout_exposures`: most answers without a
+    /// variant reach a holdout, and would otherwise each need an object of their own.
+    #[pyo3(signature = (attributes, now_ms, holdout_exposures = false))]
     fn evaluate(
         slf: &Bound<'_, Self>,
         attributes: Option<&Bound<'_, PyAny>>,
         now_ms: i64,
+        holdout_exposures: bool,
     ) -> PyResult<(Experiments, Flags)> {
         let engine = slf.get();
         let context = engine.context(attributes)?;
         let evaluation = engine.evaluator.evaluate(&context, now_ms);
-        let answers: Vec<Answer> = evaluation.experiments.iter().map(answer).collect();
+        let answers: Vec<Answer> = evaluation
+            .experiments
+            .iter()
+            .map(|a| answer(&engine.evaluator, a, &*context))
+            .collect();
         let flags = evaluation
             .flags
             .iter()
@@ -506,6 +521,7 @@ impl Engine {
                 engine: slf.clone().unbind(),
                 answers,
                 context: context.into_owned(),
+                holdout_exposures,
             },
             Flags {
                 engine: slf.clone().unbind(),

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString};
 
-use crate::{Engine, every_exposure};
+use crate::{Engine, NewExposure, every_exposure};
 
 /// `(experiment_id, unit_attribute, unit)` of an exposure to log.
 pub(crate) type Exposure = (Py<PyString>, Py<PyString>, Py<PyString>);
@@ -303,6 +303,8 @@ pub(crate) struct Experiments {
     pub(crate) answers: Vec<Answer>,
     /// For the units of exposures, should the caller log them.
     pub(crate) context: Context,
+    /// Whether answers carry their holdout exposures (`Engine.evaluate`).
+    pub(crate) holdout_exposures: bool,
 }
 
 impl LazyMapping for Experiments {
@@ -324,7 +326,11 @@ impl LazyMapping for Experiments {
         let answer = answer.ok_or_else(|| PyKeyError::new_err(i))?;
         let context = &self.context;
         let exposure = engine.exposure(py, i, answer, context, Some(&mut every_exposure));
-        let holdout = engine.holdout_exposure(py, i, answer, context, Some(&mut every_exposure));
+        let mut every = every_exposure;
+        let first = self
+            .holdout_exposures
+            .then_some(&mut every as &mut NewExposure<'_>);
+        let holdout = engine.holdout_exposure(py, i, answer, context, first);
         Ok(engine
             .assignment(py, i, answer, (exposure, holdout))?
             .into_any())

@@ -121,6 +121,31 @@ impl Engine {
             .collect()
     }
 
+    /// The id of the holdout each experiment respects, where its results can carry a
+    /// holdout step (`abx_core::HoldoutStep`: not for switchbacks), else `""`: with
+    /// [`holdout_arms`], what a host needs to log holdout exposures from packed results.
+    #[wasm_bindgen(js_name = experimentHoldoutIds)]
+    pub fn experiment_holdout_ids(&self) -> Vec<String> {
+        let snapshot = self.evaluator.snapshot();
+        let holdout_of = |e: &abx_core::snapshot::Experiment| {
+            let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
+            Some(
+                snapshot
+                    .holdouts
+                    .get(h as usize)?
+                    .id
+                    .to_text()
+                    .as_str()
+                    .into(),
+            )
+        };
+        snapshot
+            .experiments
+            .iter()
+            .map(|e| holdout_of(e).unwrap_or_default())
+            .collect()
+    }
+
     /// Variant keys of experiment `index`, in variant order.
     #[wasm_bindgen(js_name = variantKeys)]
     pub fn variant_keys(&self, index: u32) -> Vec<String> {
@@ -222,6 +247,17 @@ impl Engine {
 #[wasm_bindgen]
 pub fn reasons() -> Vec<String> {
     REASONS.iter().map(|r| r.as_str().into()).collect()
+}
+
+/// The holdout arm (`held`, `released`) of a result with each reason code, or `""` for
+/// none (`abx_core::Reason::holdout_arm`), for experiments with a holdout id and contexts
+/// with their unit.
+#[wasm_bindgen(js_name = holdoutArms)]
+pub fn holdout_arms() -> Vec<String> {
+    REASONS
+        .iter()
+        .map(|r| r.holdout_arm().unwrap_or_default().into())
+        .collect()
 }
 
 /// Flag reason names in code order.

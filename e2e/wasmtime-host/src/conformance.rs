@@ -221,6 +221,18 @@ impl Replay<'_> {
                 got["experiment_id"].as_str(),
                 Some(a.experiment_id),
             );
+            check.same(
+                &format!("{} holdout (JSON)", want.key),
+                (
+                    got["holdout"]["holdout_id"].as_str(),
+                    got["holdout"]["arm"].as_str(),
+                ),
+                self.evaluator
+                    .holdout_step(a, &context)
+                    .map_or((None, None), |step| {
+                        (Some(step.holdout_id), Some(step.arm()))
+                    }),
+            );
         }
         let flags = result["flags"]
             .as_object()

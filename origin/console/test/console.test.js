@@ -384,6 +384,32 @@ test('the other pages: layers, flags (rollout and kill switch), metrics, power c
   await page.context().close();
 });
 
+test('the holdouts page lists holdouts, and a holdout\'s readout shows the API numbers', { skip, timeout: 120_000 }, async () => {
+  const page = await openPage();
+  await signIn(page, ADMIN_KEY);
+  await page.getByRole('link', { name: 'Holdouts' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Holdouts' }).waitFor();
+  const row = page.locator('table[data-table="holdouts"] tr[data-holdout="everything_shipped"]');
+  assert.equal((await row.locator('[data-field=percent]').textContent()).trim(), '20%');
+  assert.equal((await row.locator('[data-field=metrics]').textContent()).trim(), 'purchase, revenue');
+  await checkPage(page, 'holdouts');
+  await row.getByRole('link', { name: 'everything_shipped' }).click();
+  await page.getByRole('heading', { level: 1, name: 'everything_shipped' }).waitFor();
+  await page.locator('#recommended-action').waitFor();
+  const api = await origin.get(`/holdouts/${seeded.holdout.id}/results?granularity=day`);
+  assert.equal(api.control, 'held');
+  assert.equal((await page.locator('#recommended-action').textContent()).replace('Recommended action: ', '').trim(), api.recommended_action);
+  assert.match(api.recommended_action, /^What shipped improves purchase/);
+  const units = (arm) => count(api.variants[arm].impressions);
+  assert.equal((await page.locator('dd[data-field=arms]').textContent()).trim(), `${units('held')} held, ${units('released')} released`);
+  const effects = page.locator('table[data-metric="purchase"][data-table="effects"] tr[data-variant="released"]');
+  const comparison = api.metrics.find((m) => m.metric === 'purchase').comparisons[0];
+  assert.equal((await effects.locator('[data-field=relative] [data-part=estimate]').textContent()).trim(), signedPercent(comparison.relative.estimate));
+  await checkPage(page, 'holdout');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
 test('a viewer sees everything and can change nothing; bad keys are refused', { skip, timeout: 60_000 }, async () => {
   const page = await openPage();
   await page.goto(`${origin.base}/#/signin`);

@@ -125,6 +125,30 @@ export function uniform(seed) {
  * spends and crashes with the given per-variant probabilities. `drop` loses a share of a
  * variant's exposures, as a broken client would (a sample ratio mismatch).
  */
+/**
+ * `units` users of a shipped experiment that respects `holdout`: each logs the arm its
+ * assignment names as an exposure to the holdout, as the SDKs do, and converts at the
+ * arm's rate.
+ */
+async function holdoutTraffic(origin, sdk, holdout, experiment, { units, conversion }) {
+  const now = Date.now();
+  const events = [];
+  for (let u = 0; u < units; u += 1) {
+    const unit = `${holdout.key}-u${u}`;
+    const reply = await origin.get(`/experiments/${experiment.key}/assignment?user_id=${unit}`, sdk);
+    const arm = reply.holdout.arm;
+    const at = now - (u % 5) * 86_400_000 - 3_600_000;
+    events.push({ event_id: randomUUID(), kind: 'exposure', unit, experiment_id: holdout.id, variant: arm, timestamp: at });
+    if (uniform(7_000_003 + u) < conversion[arm]) {
+      events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'purchase', value: 1, timestamp: at + 60_000 });
+      events.push({ event_id: randomUUID(), kind: 'metric', unit, event_type: 'revenue', value: Math.round(20 + 60 * uniform(9_000_011 + u)), timestamp: at + 60_000 });
+    }
+  }
+  const reply = await origin.call('POST', '/events', { events }, sdk);
+  if (reply.status !== 202) throw new Error(`holdout events: ${reply.status} ${JSON.stringify(reply.body)}`);
+  await origin.drain();
+}
+
 export async function traffic(origin, sdk, experiment, { units, days = 5, conversion = {}, crash = {}, drop = {}, seed = 1 }) {
   const now = Date.now();
   const assignments = new Array(units);
@@ -226,9 +250,24 @@ export async function seed(origin, sdk) {
     ],
   });
   await origin.post('/flags', { key: 'dark_mode', description: 'Dark theme', default_value: true, rules: [] });
+  // A holdout of what a shipped navigation change did: held units convert at 6 %, released
+  // ones at 14 %.
+  const holdout = await origin.post('/holdouts', { key: 'everything_shipped', name: 'Everything shipped in Q4', percent: 20, metrics: ['purchase', 'revenue'] });
+  const navigation = await origin.post('/experiments', {
+    key: 'new_navigation',
+    holdout: 'everything_shipped',
+    variants: [
+      { name: 'control', weight: 50 },
+      { name: 'treatment', weight: 50 },
+    ],
+    primary_metric: 'purchase',
+  });
+  await origin.post(`/experiments/${navigation.id}/start`);
+  await origin.post(`/experiments/${navigation.id}/complete`, { ship: 'treatment' });
+  await holdoutTraffic(origin, sdk, holdout, navigation, { units: 3_000, conversion: { held: 0.06, released: 0.14 } });
   await traffic(origin, sdk, ranking, { units: 10_000, conversion: { control: 0.1, treatment: 0.1 }, crash: { control: 0.01, treatment: 0.06 }, seed: 2 });
   await traffic(origin, sdk, onboarding, { units: 4_000, conversion: { control: 0.1, short: 0.11 }, drop: { short: 0.3 }, seed: 3 });
-  return { ranking, onboarding };
+  return { ranking, onboarding, holdout };
 }
 
 /** The experiment the browser test creates, as an API body (for seeding a dev origin). */

@@ -313,12 +313,15 @@ pub async fn patch_holdout(
             let input = merge_patch(&holdout_input(&current), body)?;
             let spec = catalog::validate_holdout(&input, &metric_keys(conn).await?)?;
             key_unchanged(&current.key, &spec.key)?;
+            // Its units, and the readout that counts them, depend on both: once any
+            // experiment has respected a running holdout (drafts and archived ones too: its
+            // readout may hold their exposures), they are fixed until it ends.
             let moves_units = spec.percent_bp != current.percent_bp || spec.unit != current.unit;
             if moves_units
                 && current.status == HoldoutStatus::Running
-                && holding_experiments(conn).await?.iter().any(|e| e.holdout_id.as_deref() == Some(current.id.as_str()))
+                && respecting_experiments(conn, &current.id).await? > 0
             {
-                return Err(ApiError::conflict("not_editable", "the holdout's size and unit cannot change while running experiments or shipped variants respect it: it would move their units"));
+                return Err(ApiError::conflict("not_editable", "the holdout's size and unit cannot change once experiments respect it: it would move their units between its arms; end it and create another"));
             }
             store::catalog::update_holdout(conn, &current.id, &spec).await?;
             store::record(conn, Change { actor: &actor, action: "holdout.updated", entity_type: "holdout", entity_id: &current.id, details: json!({"key": spec.key, "percent_bp": spec.percent_bp}) }).await?;
@@ -329,19 +332,23 @@ pub async fn patch_holdout(
     Ok(with_version(json(StatusCode::OK, &holdout), version))
 }
 
-/// Experiments whose units a running holdout keeps: running and paused ones, and completed
-/// ones with a shipped variant.
-async fn holding_experiments(
+/// How many experiments, in any status, respect holdout `id`.
+async fn respecting_experiments(
     conn: &mut AnyConnection,
-) -> Result<Vec<crate::model::experiment::Experiment>, crate::store::Error> {
-    let mut experiments = active_experiments(conn).await?;
-    let completed = store::experiments::with_status(conn, &[Status::Completed]).await?;
-    experiments.extend(
-        completed
-            .into_iter()
-            .filter(|e| e.shipped_variant.is_some()),
-    );
-    Ok(experiments)
+    id: &str,
+) -> Result<usize, crate::store::Error> {
+    let all = [
+        Status::Draft,
+        Status::Running,
+        Status::Paused,
+        Status::Completed,
+        Status::Archived,
+    ];
+    let experiments = store::experiments::with_status(conn, &all).await?;
+    Ok(experiments
+        .iter()
+        .filter(|e| e.holdout_id.as_deref() == Some(id))
+        .count())
 }
 
 #[utoipa::path(post, path = "/api/v1/holdouts/{id}/end", tag = "holdouts", params(("id" = String, Path, description = "Id or key"),
@@ -674,10 +681,22 @@ pub async fn patch_metric(
                     || e.secondary_metrics.contains(&current.key)
                     || e.guardrail_metrics.contains(&current.key)
             });
+            // A running holdout's readout is read for months: redefining its metric would
+            // rewrite all of it.
+            let read_out = store::catalog::holdouts(conn, None)
+                .await?
+                .iter()
+                .any(|h| h.status == HoldoutStatus::Running && h.metrics.contains(&current.key));
             if redefines && in_use {
                 return Err(ApiError::conflict(
                     "not_editable",
                     "what a metric measures cannot change while running experiments use it",
+                ));
+            }
+            if redefines && read_out {
+                return Err(ApiError::conflict(
+                    "not_editable",
+                    "what a metric measures cannot change while running holdouts read it out",
                 ));
             }
             store::catalog::update_metric(conn, &current.id, &spec).await?;

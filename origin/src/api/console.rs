@@ -55,6 +55,7 @@ const ASSETS: &[Asset] = assets![
     "js/pages/results.js",
     "js/pages/form.js",
     "js/pages/layers.js",
+    "js/pages/holdouts.js",
     "js/pages/flags.js",
     "js/pages/metrics.js",
     "js/pages/power.js",

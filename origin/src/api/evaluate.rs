@@ -15,6 +15,7 @@ use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::clock;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::publish::Published;
 
 /// One experiment's outcome for a context.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -48,7 +49,9 @@ fn raw(json: &str) -> Option<Box<RawValue>> {
     RawValue::from_string(json.to_string()).ok()
 }
 
-fn view(a: &Assignment<'_>, snapshot_version: u64) -> AssignmentView {
+/// `a`, an answer `published` gave for `context`, as the API shows it.
+fn view(published: &Published, a: &Assignment<'_>, context: &Context) -> AssignmentView {
+    let snapshot_version = published.version;
     AssignmentView {
         experiment: a.experiment_key.to_string(),
         experiment_id: a.experiment_id.to_string(),
@@ -56,10 +59,13 @@ fn view(a: &Assignment<'_>, snapshot_version: u64) -> AssignmentView {
         config: a.config.and_then(raw),
         reason: a.reason.as_str(),
         log_exposure: a.log_exposure,
-        holdout: a.holdout.map(|step| HoldoutView {
-            holdout_id: step.holdout_id.to_string(),
-            arm: step.arm(),
-        }),
+        holdout: published
+            .evaluator
+            .holdout_step(a, context)
+            .map(|step| HoldoutView {
+                holdout_id: step.holdout_id.to_string(),
+                arm: step.arm(),
+            }),
         snapshot_version,
     }
 }
@@ -117,7 +123,10 @@ pub async fn assignment(
         .evaluator
         .experiment_at(index, &context, now_ms)
         .ok_or_else(|| ApiError::not_found("experiment"))?;
-    Ok(json(StatusCode::OK, &view(&assignment, published.version)))
+    Ok(json(
+        StatusCode::OK,
+        &view(&published, &assignment, &context),
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -173,7 +182,10 @@ pub async fn evaluate(
         experiments: evaluation
             .experiments
             .iter()
-            .map(|a| (a.experiment_key.to_string(), view(a, published.version)))
+            .map(|a| {
+                let view = view(&published, a, &request.context);
+                (a.experiment_key.to_string(), view)
+            })
             .collect(),
         flags: evaluation
             .flags

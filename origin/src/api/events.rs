@@ -202,6 +202,7 @@ async fn refuse_mismatched_exposures(
     let evaluator = &published.evaluator;
     let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
     let mut kept = Vec::with_capacity(parsed.events.len());
+    let mut holdout_units: Option<std::collections::HashMap<String, String>> = None;
     for (index, record) in parsed.events {
         let Kind::Exposure {
             experiment_id,
@@ -213,7 +214,24 @@ async fn refuse_mismatched_exposures(
         };
         let id = abx_core::snapshot::Id::parse(experiment_id);
         if let Some(holdout) = id.and_then(|id| evaluator.holdout_index_by_id(&id)) {
-            match holdout_mismatch(evaluator, holdout, &record.unit_key, variant) {
+            // Holdouts' units are configuration the snapshot does not carry: read once per
+            // request, and only by requests with holdout exposures.
+            let units = match &holdout_units {
+                Some(units) => units,
+                None => {
+                    let mut conn = state.db.pool.acquire().await?;
+                    let holdouts = crate::store::catalog::holdouts(&mut conn, None).await?;
+                    holdout_units.insert(holdouts.into_iter().map(|h| (h.id, h.unit)).collect())
+                }
+            };
+            let unit_attribute = units.get(experiment_id).map(String::as_str);
+            match holdout_mismatch(
+                evaluator,
+                holdout,
+                unit_attribute,
+                &record.unit_key,
+                variant,
+            ) {
                 None => kept.push((index, record)),
                 Some(reason) => {
                     *counts
@@ -277,28 +295,21 @@ async fn refuse_mismatched_exposures(
 }
 
 /// Why an exposure to holdout `holdout` (`abx_core::HoldoutStep`) cannot come from a
-/// client holding the served snapshot, if it cannot: its arm must be the one the holdout's
-/// hash gives the unit, and its unit attribute one that an experiment respecting the
-/// holdout (and not a switchback, whose holdout steps are not logged) randomizes by.
+/// client holding the served snapshot, if it cannot: its unit attribute must be the
+/// holdout's (`unit_attribute`), which its readout counts, and its arm the one the holdout's
+/// hash gives the unit.
 fn holdout_mismatch(
     evaluator: &abx_core::Evaluator,
     holdout: u32,
+    unit_attribute: Option<&str>,
     unit_key: &str,
     arm: &str,
 ) -> Option<String> {
-    let snapshot = evaluator.snapshot();
     let (attribute, unit) = unit_key.split_once(':').unwrap_or(("", ""));
-    let respected_by = |e: &&abx_core::snapshot::Experiment| {
-        e.holdout == Some(holdout) && e.switchback_period_s.is_none()
-    };
-    let mut units = snapshot
-        .experiments
-        .iter()
-        .filter(respected_by)
-        .map(|e| e.unit);
-    if !units.any(|u| snapshot.attributes[u as usize] == attribute) {
+    if unit_attribute != Some(attribute) {
         return Some(format!(
-            "variant_mismatch: no experiment that respects the holdout randomizes by `{attribute}`"
+            "variant_mismatch: the holdout's unit is `{}`, not `{attribute}`",
+            unit_attribute.unwrap_or("unknown")
         ));
     }
     match evaluator.holdout_arm(holdout, unit) {

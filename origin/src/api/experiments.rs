@@ -223,12 +223,14 @@ pub async fn patch(
                 .unwrap_or_default();
             let input = merge_patch(&current.input(), body)?;
             let mut known = references(conn).await?;
-            // A holdout the experiment respected already may stay when it has ended or
-            // compares another unit (it may predate holdouts' units): only a new reference
-            // to one is refused.
+            // A holdout the experiment respected already may stay when it has ended, or
+            // compares another unit (it may predate holdouts' units) while the experiment
+            // keeps its own: only a new reference to one, or a new unit, is refused.
             if let Some(holdout) = &current.holdout_id {
                 known.ended_holdouts.remove(holdout);
-                known.holdout_units.remove(holdout);
+                if input.unit.as_deref() == Some(current.unit.as_str()) {
+                    known.holdout_units.remove(holdout);
+                }
             }
             let spec = experiment::validate(&input, &known)?;
             experiment::check_edit(current.status, &current.spec(), &spec)?;

@@ -87,6 +87,11 @@ async fn the_demo_builds_data_and_serves_it() {
             .sum();
         assert!(exposed > 100, "{key} has {exposed} exposed units");
     }
+    // The demo's users log their arm in its holdout, so the holdout reads out too.
+    let readout = get("/api/v1/holdouts/global_holdout/results".into()).await;
+    let arm = |name: &str| readout["variants"][name]["impressions"].as_u64();
+    let (held, released) = (arm("held").unwrap_or(0), arm("released").unwrap_or(0));
+    assert!(held > 10 && released > 10 * held, "{readout}");
     assert_eq!(
         get("/api/v1/flags".into()).await["items"]
             .as_array()

@@ -1,7 +1,9 @@
-//! A holdout's lifecycle (issue 28), through the public API on both stores: it holds units
-//! out of experiments and of their shipped variants from its creation until an admin ends
-//! it, ending is explicit, audited and final, and its size is fixed while anything it holds
-//! units out of is live.
+//! Holdouts (issue 28), through the public API. Their lifecycle, on both stores: a holdout
+//! holds units out of experiments and of their shipped variants from its creation until an
+//! admin ends it, ending is explicit, audited and final, and its size is fixed while
+//! anything it holds units out of is live. Their readout, on every backend: the arms units
+//! log find the planted effect of what shipped, forged arms are refused, and nothing the
+//! readout counts can move under it.
 
 use crate::common;
 use crate::common::{TestOrigin, experiment, metric};
@@ -34,6 +36,17 @@ async fn snapshot_version(o: &TestOrigin) -> u64 {
     reply.body["snapshot_version"]
         .as_u64()
         .expect("snapshot_version")
+}
+
+/// Completes experiment `id`, shipping its `treatment`.
+async fn ship(o: &TestOrigin, id: &str) {
+    let completed = o
+        .post(
+            &format!("/api/v1/experiments/{id}/complete"),
+            json!({"ship": "treatment"}),
+        )
+        .await;
+    assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
 }
 
 /// Asks to change the holdout's size to 10 %.
@@ -76,13 +89,7 @@ async fn holdouts_keep_units_out_of_shipped_variants_until_they_end(o: &TestOrig
     assert!(running.iter().all(|(v, r)| v.is_null() == (r == "holdout")));
 
     // Shipped, the variant reaches everyone but the same held units.
-    let completed = o
-        .post(
-            &format!("/api/v1/experiments/{id}/complete"),
-            json!({"ship": "treatment"}),
-        )
-        .await;
-    assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
+    ship(o, &id).await;
     let shipped = answers(o, "checkout").await;
     for ((_, before), (variant, after)) in running.iter().zip(&shipped) {
         match before.as_str() {
@@ -194,7 +201,7 @@ const READOUT_USERS: u64 = 2_000;
 /// The holdout readout (issue 28): two shipped experiments respect a 20 % holdout; every
 /// unit's answers name its arm, which the unit logs as an exposure to the holdout, as the
 /// runtimes do; released units, who get both shipped changes, convert at 20 %, held units
-/// at 10 %. `GET /holdouts/{id}/results` must find the planted effect of what shipped, and
+/// at 5 %. `GET /holdouts/{id}/results` must find the planted effect of what shipped, and
 /// the origin must refuse exposures that name the wrong arm or unit.
 async fn holdout_readout(o: &TestOrigin) {
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
@@ -227,19 +234,14 @@ async fn holdout_readout(o: &TestOrigin) {
         let mut body = experiment(key, "conversion");
         body["holdout"] = json!("everything_shipped");
         let id = o.start_experiment(body).await;
-        let completed = o
-            .post(
-                &format!("/api/v1/experiments/{id}/complete"),
-                json!({"ship": "treatment"}),
-            )
-            .await;
-        assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
+        ship(o, &id).await;
     }
 
     let sdk = o.key("sdk").await;
     let now = abx_origin_domain::clock::now_ms() - 60_000;
     let mut events = Vec::new();
     let mut held = 0;
+    let mut conversions = std::collections::HashMap::<String, f64>::new();
     let event_id = |n: usize| format!("00000000-0000-4000-8000-{n:012x}");
     for u in 0..READOUT_USERS {
         let mut arms = Vec::new();
@@ -264,8 +266,10 @@ async fn holdout_readout(o: &TestOrigin) {
             "unit": format!("r{u}"), "experiment_id": holdout_id, "variant": arm,
             "timestamp": now}),
         );
-        let rate = if arm == "held" { 100 } else { 200 };
-        if mix(u) % 1_000 < rate {
+        let rate = if arm == "held" { 50 } else { 200 };
+        let converted = mix(u) % 1_000 < rate;
+        *conversions.entry(arm.clone()).or_insert(0.0) += f64::from(u8::from(converted));
+        if converted {
             events.push(json!({"event_id": event_id(events.len()), "kind": "metric",
                 "unit": format!("r{u}"), "event_type": "conversion", "timestamp": now + 1_000}));
         }
@@ -317,8 +321,14 @@ async fn holdout_readout(o: &TestOrigin) {
     assert_eq!(comparison["variant"], "released");
     assert_eq!(comparison["significant"], true, "{body}");
     assert_eq!(comparison["improvement"], true, "{body}");
+    // The lift of what shipped, exactly as the planted events give it.
+    let rate = |arm: &str, units: usize| conversions[arm] / units as f64;
+    let planted = rate("released", READOUT_USERS as usize - held) / rate("held", held) - 1.0;
     let lift = comparison["relative"]["estimate"].as_f64().expect("lift");
-    assert!((0.5..1.6).contains(&lift), "relative lift {lift}");
+    assert!(
+        (lift - planted).abs() < 1e-9,
+        "lift {lift}, planted {planted}"
+    );
     let verdict = body["recommended_action"].as_str().expect("verdict");
     assert!(
         verdict.starts_with("What shipped improves conversion"),
@@ -334,6 +344,42 @@ async fn holdout_readout(o: &TestOrigin) {
     );
     let missing = o.get("/api/v1/holdouts/no_such_holdout/results").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    // What the readout counts cannot move under it: the holdout's unit, an experiment's
+    // unit away from it, and the definition of a metric it reads.
+    let patch = |path: &'static str, body: Json| async move {
+        o.send(Method::PATCH, path, Some(&o.admin), Some(body), &[])
+            .await
+    };
+    let moved = patch(
+        "/api/v1/holdouts/everything_shipped",
+        json!({"unit": "device_id"}),
+    )
+    .await;
+    assert_eq!(moved.status, StatusCode::CONFLICT, "{}", moved.body);
+    let mut body = experiment("draft_nav", "conversion");
+    body["holdout"] = json!("everything_shipped");
+    assert_eq!(
+        o.post("/api/v1/experiments", body).await.status,
+        StatusCode::CREATED
+    );
+    let moved = patch(
+        "/api/v1/experiments/draft_nav",
+        json!({"unit": "device_id"}),
+    )
+    .await;
+    assert_eq!(
+        moved.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        moved.body
+    );
+    let redefined = patch(
+        "/api/v1/metrics/conversion",
+        json!({"event_type": "signup"}),
+    )
+    .await;
+    assert_eq!(redefined.status, StatusCode::CONFLICT, "{}", redefined.body);
 }
 
 backend_tests!(

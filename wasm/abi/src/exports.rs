@@ -291,6 +291,7 @@ pub extern "C" fn abx_evaluate(
                 &EvaluationJson {
                     evaluator: &engine.evaluator,
                     evaluation: &evaluation,
+                    context: &context,
                 },
             )?,
             RESULT_PACKED => {
@@ -331,7 +332,7 @@ pub extern "C" fn abx_experiment(
             .ok_or(code::UNKNOWN_KEY)?;
         let output = json_output(
             Output::Bytes(Vec::new()),
-            &ExperimentJson::from(&assignment),
+            &ExperimentJson::new(&engine.evaluator, &assignment, &context),
         )?;
         state.output = output;
         Ok(1)

@@ -4,7 +4,7 @@
 //! cannot make the whole result unparsable.
 
 use abx_core::snapshot::Snapshot;
-use abx_core::{Assignment, Evaluation, Evaluator, FlagResult};
+use abx_core::{Assignment, Context, Evaluation, Evaluator, FlagResult};
 use serde::Serialize;
 use serde::ser::Serializer;
 
@@ -18,10 +18,19 @@ pub struct ExperimentJson<'a> {
     pub config_json: Option<&'a str>,
     pub reason: &'static str,
     pub log_exposure: bool,
+    /// The holdout the unit reached, to log as an exposure to it (`abx_core::HoldoutStep`).
+    pub holdout: Option<HoldoutJson<'a>>,
 }
 
-impl<'a> From<&Assignment<'a>> for ExperimentJson<'a> {
-    fn from(a: &Assignment<'a>) -> Self {
+#[derive(Serialize)]
+pub struct HoldoutJson<'a> {
+    pub holdout_id: &'a str,
+    pub arm: &'static str,
+}
+
+impl<'a> ExperimentJson<'a> {
+    /// `a`, an answer `evaluator` gave for `context`.
+    pub fn new(evaluator: &'a Evaluator, a: &Assignment<'a>, context: &Context) -> Self {
         ExperimentJson {
             experiment: a.experiment_key,
             experiment_id: a.experiment_id,
@@ -29,6 +38,10 @@ impl<'a> From<&Assignment<'a>> for ExperimentJson<'a> {
             config_json: a.config,
             reason: a.reason.as_str(),
             log_exposure: a.log_exposure,
+            holdout: evaluator.holdout_step(a, context).map(|step| HoldoutJson {
+                holdout_id: step.holdout_id,
+                arm: step.arm(),
+            }),
         }
     }
 }
@@ -61,17 +74,18 @@ impl<'a> FlagJson<'a> {
 pub struct EvaluationJson<'a> {
     pub evaluator: &'a Evaluator,
     pub evaluation: &'a Evaluation<'a>,
+    /// The context evaluated, for the holdout steps.
+    pub context: &'a Context,
 }
 
 impl Serialize for EvaluationJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let snapshot = self.evaluator.snapshot();
-        let experiments = self
-            .evaluation
-            .experiments
-            .iter()
-            .map(|a| (a.experiment_key, ExperimentJson::from(a)));
+        let experiments = self.evaluation.experiments.iter().map(|a| {
+            let json = ExperimentJson::new(self.evaluator, a, self.context);
+            (a.experiment_key, json)
+        });
         let flags = self
             .evaluation
             .flags

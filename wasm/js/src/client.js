@@ -282,7 +282,10 @@ export class AbxClient {
       one.experimentId = snapshot.experimentIds[i];
       one.logExposure = one.reason === 'assigned';
       result.experiments[experiments[i]] = one;
-      if (one.logExposure && options?.logExposures) this.expose(snapshot, i, one.variant, context, options);
+      if (options?.logExposures) {
+        if (one.logExposure) this.expose(snapshot, i, one.variant, context, options);
+        this.exposeHoldout(snapshot, i, words[2 * i], context, options);
+      }
     }
     const base = 2 * experiments.length;
     const flags = snapshot.flagKeys;
@@ -305,6 +308,7 @@ export class AbxClient {
       const words = snapshot.experimentPacked(i, context, this.now(options));
       const { variant, config, reason } = snapshot.experimentResult(i, words[0], words[1]);
       if (reason === 'assigned') this.expose(snapshot, i, variant, context, options);
+      this.exposeHoldout(snapshot, i, words[0], context, options);
       return { variant, config, reason };
     } catch (error) {
       this.onError(AbxError.from(error));
@@ -342,11 +346,21 @@ export class AbxClient {
     }
   }
 
-  expose(snapshot, i, variant, context, options) {
+  /**
+   * Logs the unit's arm in experiment `i`'s holdout, once per unit and holdout, when the
+   * result (reason code `reason`) reached it: the holdout's readout compares the units it
+   * holds with those it releases, so both must be logged.
+   */
+  exposeHoldout(snapshot, i, reason, context, options) {
+    const step = snapshot.holdoutStep(i, reason);
+    if (step !== null) this.expose(snapshot, i, step.arm, context, options, step.holdoutId);
+  }
+
+  /** Logs an exposure to `experimentId` (experiment `i`'s own unless given) of its unit. */
+  expose(snapshot, i, variant, context, options, experimentId = snapshot.experimentIds[i]) {
     const unitAttribute = snapshot.experimentUnits[i];
     const unit = unitString(context?.[unitAttribute]);
     if (unit === null) return;
-    const experimentId = snapshot.experimentIds[i];
     const memory = `${experimentId}\u0000${unitAttribute}\u0000${unit}`;
     if (this.exposed.has(memory)) return;
     if (this.exposed.size >= MAX_REMEMBERED_EXPOSURES) this.exposed.clear();

@@ -51,6 +51,7 @@ export class LoadedSnapshot {
     this.experimentKeys = engine.experimentKeys();
     this.experimentIds = engine.experimentIds();
     this.experimentUnits = engine.experimentUnits();
+    this.experimentHoldoutIds = engine.experimentHoldoutIds();
     this.flagKeys = engine.flagKeys();
     this.experimentIndex = new Map(this.experimentKeys.map((key, i) => [key, i]));
     this.flagIndex = new Map(this.flagKeys.map((key, i) => [key, i]));
@@ -60,6 +61,18 @@ export class LoadedSnapshot {
     const names = reasonNames();
     this.reasons = names.reasons;
     this.flagReasons = names.flagReasons;
+    this.holdoutArms = names.holdoutArms;
+  }
+
+  /**
+   * The holdout id and arm of experiment `i`'s result with reason code `reason`, when the
+   * result reached the experiment's holdout (docs/assignment.md, "Holdout exposures"), else
+   * null. Callers log it only with the unit, without which no result reaches a holdout.
+   */
+  holdoutStep(i, reason) {
+    const holdoutId = this.experimentHoldoutIds[i];
+    const arm = this.holdoutArms[reason];
+    return holdoutId && arm ? { holdoutId, arm } : null;
   }
 
   /** Releases the module memory now instead of at garbage collection. */

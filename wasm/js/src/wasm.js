@@ -1,6 +1,6 @@
 // Loads the WebAssembly module once per page (or Node process) and wraps its engine.
 
-import initModule, { initSync, Engine, reasons, flagReasons } from '../pkg/abx_wasm.js';
+import initModule, { initSync, Engine, reasons, flagReasons, holdoutArms } from '../pkg/abx_wasm.js';
 import { AbxError } from './errors.js';
 
 let loading = null;
@@ -36,7 +36,7 @@ async function load(source) {
   } else {
     await initModule({ module_or_path: source ?? moduleUrl() });
   }
-  names = { reasons: reasons(), flagReasons: flagReasons() };
+  names = { reasons: reasons(), flagReasons: flagReasons(), holdoutArms: holdoutArms() };
 }
 
 /** Whether `init()` has completed. */

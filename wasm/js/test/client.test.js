@@ -214,6 +214,8 @@ test('an exposure is logged once per unit and experiment, with the origin\'s eve
   client.close();
 });
 
+const holdoutArm = (event) => event.variant === 'held' || event.variant === 'released';
+
 test('no exposure without an assignment (forced, shipped, not in traffic) or from plain evaluate', async () => {
   const { client, transport, clock } = recordingClient(golden('holdouts_forced.abxs'));
   const file = vectors('holdouts_forced.json');
@@ -221,9 +223,37 @@ test('no exposure without an assignment (forced, shipped, not in traffic) or fro
     const { testCase, key } = caseWith(file, reason);
     assert.equal(client.variant(key, testCase.context, { nowMs: testCase.now_ms }).reason, reason);
   }
-  client.evaluate(file.cases[0].context, { nowMs: file.cases[0].now_ms });
+  client.evaluate(file.cases[1].context, { nowMs: file.cases[1].now_ms });
   await clock.advance(10_000);
-  assert.deepEqual(transport.events(), []);
+  // Units that reached a holdout log their arm in it (the next test); nothing else.
+  assert.deepEqual(transport.events().filter((e) => !holdoutArm(e)), []);
+  client.close();
+});
+
+test('a unit logs its arm in each holdout it reaches, once, from variant() and evaluate()', async () => {
+  const { client, transport, clock } = recordingClient(golden('holdouts_forced.abxs'));
+  const file = vectors('holdouts_forced.json');
+  const want = new Set();
+  const experimentIds = new Set(client.snapshot.experimentIds);
+  for (const testCase of file.cases.slice(0, 20)) {
+    const options = { nowMs: testCase.now_ms };
+    for (const [key, expected] of Object.entries(testCase.expected)) {
+      client.variant(key, testCase.context, options);
+      client.variant(key, testCase.context, options);
+      if (expected.holdout === undefined) continue;
+      const i = client.snapshot.experimentIndex.get(key);
+      const holdoutId = client.snapshot.experimentHoldoutIds[i];
+      assert.ok(holdoutId && !experimentIds.has(holdoutId), key);
+      const unit = String(testCase.context[client.snapshot.experimentUnits[i]]);
+      want.add(`${holdoutId} ${unit} ${expected.holdout}`);
+    }
+    client.evaluate(testCase.context, { ...options, logExposures: true });
+  }
+  await clock.advance(10_000);
+  const logged = transport.events().filter(holdoutArm).map((e) => `${e.experiment_id} ${e.unit} ${e.variant}`);
+  assert.equal(logged.length, new Set(logged).size, 'each unit once per holdout');
+  assert.deepEqual(new Set(logged), want);
+  assert.deepEqual(new Set([...want].map((w) => w.split(' ')[2])), new Set(['held', 'released']));
   client.close();
 });
 

@@ -8,8 +8,8 @@ import { forestPlot, liftChart } from '../charts.js';
 import { count, days, fixed, interval, metricEffect, metricValue, pValue, percent, sig, signedPercent, windowText } from '../format.js';
 
 function actionTone(text) {
-  if (text.startsWith('Ship')) return 'good';
-  if (/^(Stop|Invalid|Don't)/.test(text)) return 'bad';
+  if (/^(Ship|What shipped improves)/.test(text)) return 'good';
+  if (/^(Stop|Invalid|Don't|What shipped harms)/.test(text)) return 'bad';
   return 'neutral';
 }
 
@@ -556,13 +556,17 @@ export async function renderResults(container, e, ctx) {
     h('dt', {}, 'Minimum duration'),
     h('dd', { dataset: { field: 'min_duration_days' } }, r.min_duration_days ? `${r.min_duration_days} days` : 'none'),
   );
-  fill(container,
+  fill(container, resultsPanels(r, summary, [h('div', { class: 'grid-2' }, srmPanel(r), guardrailPanel(r, e)), forest(r), drillDownPanel(r, e, instance.dimensions, ctx)]));
+  return r;
+}
+
+/** The recommendation, the summary, `middle`, the daily lift and each metric's tables. */
+function resultsPanels(r, summary, middle) {
+  return [
     h('h2', { id: 'results-title' }, 'Results'),
     h('div', { class: `message action ${actionTone(r.recommended_action)}`, id: 'recommended-action' }, h('span', { class: 'visually-hidden' }, 'Recommended action: '), r.recommended_action),
     h('div', { class: 'panel' }, summary),
-    h('div', { class: 'grid-2' }, srmPanel(r), guardrailPanel(r, e)),
-    forest(r),
-    drillDownPanel(r, e, instance.dimensions, ctx),
+    middle,
     dailyPanel(r),
     r.metrics.map((m) =>
       h(
@@ -573,6 +577,27 @@ export async function renderResults(container, e, ctx) {
         detailTable(r, m),
       ),
     ),
+  ];
+}
+
+/**
+ * A holdout's readout (GET /api/v1/holdouts/{id}/results): the units it holds (`held`, the
+ * control) against those it releases, with the experiment results' tables and charts.
+ */
+export async function renderHoldoutResults(container, holdout, ctx) {
+  fill(container, h('h2', { id: 'results-title' }, 'Results'), h('p', { class: 'loading' }, 'Loading results…'));
+  const r = await api(`/holdouts/${enc(holdout.id)}/results?granularity=day`, { signal: ctx.signal });
+  const units = (arm) => count(r.variants[arm]?.impressions ?? 0);
+  const summary = h(
+    'dl',
+    { class: 'facts' },
+    h('dt', {}, 'Days running'),
+    h('dd', { dataset: { field: 'days_running' } }, days(r.days_running)),
+    h('dt', {}, 'Units'),
+    h('dd', { dataset: { field: 'arms' } }, `${units('held')} held, ${units('released')} released`),
+    h('dt', {}, 'Analysis'),
+    h('dd', {}, `${MODES[r.analysis_mode] || r.analysis_mode}, α = ${r.alpha}: a holdout is read for months, so every figure stays valid however often it is read`),
   );
+  fill(container, resultsPanels(r, summary, [srmPanel(r), forest(r)]));
   return r;
 }
