@@ -420,8 +420,8 @@ impl Evaluator {
         assignment: &Assignment<'_>,
         context: &dyn Attributes,
     ) -> Option<HoldoutStep<'_>> {
-        let e = self.snapshot.experiments.get(assignment.index as usize)?;
-        let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
+        let (h, holdout_id) = self.experiment_holdout(assignment.index)?;
+        let e = &self.snapshot.experiments[assignment.index as usize];
         assignment.reason.holdout_arm()?;
         if assignment.reason == Reason::Shipped {
             // Only a present unit reaches a shipped experiment's holdout; every other reason
@@ -431,9 +431,17 @@ impl Evaluator {
         }
         Some(HoldoutStep {
             index: h,
-            holdout_id: self.holdout_ids.get(h as usize)?.as_str(),
+            holdout_id,
             held: assignment.reason == Reason::Holdout,
         })
+    }
+
+    /// The holdout (index and id) whose steps experiment `index`'s results can have: the
+    /// one it respects, unless it is a switchback (see [`HoldoutStep`]).
+    pub fn experiment_holdout(&self, index: u32) -> Option<(u32, &str)> {
+        let e = self.snapshot.experiments.get(index as usize)?;
+        let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
+        Some((h, self.holdout_ids.get(h as usize)?.as_str()))
     }
 
     /// The arm of holdout `index` that `unit` belongs to, as an exposure to the holdout

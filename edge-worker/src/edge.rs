@@ -53,6 +53,10 @@ struct Global {
     config: Option<Result<Rc<Config>, ConfigError>>,
     cell: Cell,
     pending: Pending,
+    /// `"{holdout id}:{unit}"` of the holdout exposures this isolate has logged, so that a
+    /// visitor's every routed request does not log its arm again (bounded: cleared when
+    /// full, after which an arm may be logged twice, which the pipeline counts once).
+    holdout_exposures: std::collections::HashSet<String>,
     forwarded_batches: u64,
     failed_batches: u64,
 }
@@ -652,6 +656,7 @@ async fn proxy_assigned(
                 .experiments
                 .get(experiment as usize)
                 .and_then(|a| loaded.evaluator.holdout_step(a, &context))
+                && first_holdout_exposure(step.holdout_id, &visitor.uid)
             {
                 let exposure = (step.holdout_id, step.arm());
                 log_exposure(loaded, experiment, exposure, &context, now, config, ctx);
@@ -767,6 +772,20 @@ fn unit_string(value: &AbxValue) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Most holdout exposures one isolate remembers (see `Global::holdout_exposures`).
+const MAX_REMEMBERED_HOLDOUT_EXPOSURES: usize = 10_000;
+
+/// Whether this isolate has not logged visitor `uid`'s arm in holdout `holdout_id` yet;
+/// remembers it.
+fn first_holdout_exposure(holdout_id: &str, uid: &str) -> bool {
+    with(|g| {
+        if g.holdout_exposures.len() >= MAX_REMEMBERED_HOLDOUT_EXPOSURES {
+            g.holdout_exposures.clear();
+        }
+        g.holdout_exposures.insert(format!("{holdout_id}:{uid}"))
+    })
 }
 
 /// Queues the exposure `(experiment or holdout id, variant or arm)` of experiment

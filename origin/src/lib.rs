@@ -278,6 +278,9 @@ pub struct Origin {
     pub streams: Arc<per_client::OpenCounts>,
     /// The range of values each event type's metrics accept (see `reload_keys`).
     value_bounds: RwLock<Arc<event::ValueBounds>>,
+    /// Each holdout's unit attribute by id, which ingest checks holdout exposures against
+    /// (see `reload_keys`).
+    holdout_units: RwLock<Arc<std::collections::HashMap<String, String>>>,
     published: RwLock<Arc<Published>>,
     /// Serialises configuration changes so snapshot versions follow commit order, and keeps
     /// the experiments the last change loaded (see `publish`).
@@ -442,6 +445,7 @@ impl AppState {
             requests_by_client: Arc::default(),
             streams: Arc::default(),
             value_bounds: RwLock::default(),
+            holdout_units: RwLock::default(),
             keys: KeyCache::default(),
             published: RwLock::new(Arc::new(publish::genesis())),
             write_lock: tokio::sync::Mutex::new(publish::LoadedExperiments::default()),
@@ -621,7 +625,29 @@ impl AppState {
         let metrics = store::catalog::metrics(&mut conn, None).await?;
         *self.value_bounds.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(event::ValueBounds::from_metrics(&metrics));
+        drop(conn);
+        self.reload_holdout_units().await
+    }
+
+    /// Reloads the holdouts' units: with the keys, and when an exposure names a holdout
+    /// made since (by another process, say).
+    pub async fn reload_holdout_units(&self) -> Result<(), crate::store::Error> {
+        let mut conn = self.db.pool.acquire().await?;
+        let holdouts = store::catalog::holdouts(&mut conn, None).await?;
+        let units = holdouts.into_iter().map(|h| (h.id, h.unit)).collect();
+        *self
+            .holdout_units
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(units);
         Ok(())
+    }
+
+    /// Each holdout's unit attribute by id, as last loaded.
+    pub fn holdout_units(&self) -> Arc<std::collections::HashMap<String, String>> {
+        self.holdout_units
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The metrics' value bounds, as last loaded.

@@ -121,28 +121,18 @@ impl Engine {
             .collect()
     }
 
-    /// The id of the holdout each experiment respects, where its results can carry a
-    /// holdout step (`abx_core::HoldoutStep`: not for switchbacks), else `""`: with
-    /// [`holdout_arms`], what a host needs to log holdout exposures from packed results.
+    /// The id of the holdout whose steps each experiment's results can have
+    /// (`Evaluator::experiment_holdout`), else `""`: with [`holdout_arms`], what a host needs
+    /// to log holdout exposures from packed results, for contexts with the experiment's unit
+    /// (without it a host logs no exposure at all).
     #[wasm_bindgen(js_name = experimentHoldoutIds)]
     pub fn experiment_holdout_ids(&self) -> Vec<String> {
-        let snapshot = self.evaluator.snapshot();
-        let holdout_of = |e: &abx_core::snapshot::Experiment| {
-            let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
-            Some(
-                snapshot
-                    .holdouts
-                    .get(h as usize)?
-                    .id
-                    .to_text()
-                    .as_str()
-                    .into(),
-            )
-        };
-        snapshot
-            .experiments
-            .iter()
-            .map(|e| holdout_of(e).unwrap_or_default())
+        let experiments = self.evaluator.snapshot().experiments.len() as u32;
+        (0..experiments)
+            .map(|i| {
+                let holdout = self.evaluator.experiment_holdout(i);
+                holdout.map_or_else(String::new, |(_, id)| id.into())
+            })
             .collect()
     }
 

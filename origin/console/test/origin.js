@@ -120,12 +120,6 @@ export function uniform(seed) {
 }
 
 /**
- * Traffic for a running experiment: each unit is assigned by the origin itself (GET
- * /experiments/{key}/assignment), exposed on one of the last `days` days, and converts,
- * spends and crashes with the given per-variant probabilities. `drop` loses a share of a
- * variant's exposures, as a broken client would (a sample ratio mismatch).
- */
-/**
  * `units` users of a shipped experiment that respects `holdout`: each logs the arm its
  * assignment names as an exposure to the holdout, as the SDKs do, and converts at the
  * arm's rate.
@@ -149,6 +143,12 @@ async function holdoutTraffic(origin, sdk, holdout, experiment, { units, convers
   await origin.drain();
 }
 
+/**
+ * Traffic for a running experiment: each unit is assigned by the origin itself (GET
+ * /experiments/{key}/assignment), exposed on one of the last `days` days, and converts,
+ * spends and crashes with the given per-variant probabilities. `drop` loses a share of a
+ * variant's exposures, as a broken client would (a sample ratio mismatch).
+ */
 export async function traffic(origin, sdk, experiment, { units, days = 5, conversion = {}, crash = {}, drop = {}, seed = 1 }) {
   const now = Date.now();
   const assignments = new Array(units);

@@ -314,13 +314,11 @@ pub async fn patch_holdout(
             let spec = catalog::validate_holdout(&input, &metric_keys(conn).await?)?;
             key_unchanged(&current.key, &spec.key)?;
             // Its units, and the readout that counts them, depend on both: once any
-            // experiment has respected a running holdout (drafts and archived ones too: its
-            // readout may hold their exposures), they are fixed until it ends.
+            // experiment has respected a holdout (drafts and archived ones too: its readout
+            // may hold their exposures), they are fixed, also after it ends, since its
+            // readout stays.
             let moves_units = spec.percent_bp != current.percent_bp || spec.unit != current.unit;
-            if moves_units
-                && current.status == HoldoutStatus::Running
-                && respecting_experiments(conn, &current.id).await? > 0
-            {
+            if moves_units && respecting_experiments(conn, &current.id).await? > 0 {
                 return Err(ApiError::conflict("not_editable", "the holdout's size and unit cannot change once experiments respect it: it would move their units between its arms; end it and create another"));
             }
             store::catalog::update_holdout(conn, &current.id, &spec).await?;

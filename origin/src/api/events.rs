@@ -202,7 +202,8 @@ async fn refuse_mismatched_exposures(
     let evaluator = &published.evaluator;
     let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
     let mut kept = Vec::with_capacity(parsed.events.len());
-    let mut holdout_units: Option<std::collections::HashMap<String, String>> = None;
+    let mut holdout_units = state.holdout_units();
+    let mut reloaded = false;
     for (index, record) in parsed.events {
         let Kind::Exposure {
             experiment_id,
@@ -213,18 +214,19 @@ async fn refuse_mismatched_exposures(
             continue;
         };
         let id = abx_core::snapshot::Id::parse(experiment_id);
-        if let Some(holdout) = id.and_then(|id| evaluator.holdout_index_by_id(&id)) {
-            // Holdouts' units are configuration the snapshot does not carry: read once per
-            // request, and only by requests with holdout exposures.
-            let units = match &holdout_units {
-                Some(units) => units,
-                None => {
-                    let mut conn = state.db.pool.acquire().await?;
-                    let holdouts = crate::store::catalog::holdouts(&mut conn, None).await?;
-                    holdout_units.insert(holdouts.into_iter().map(|h| (h.id, h.unit)).collect())
-                }
-            };
-            let unit_attribute = units.get(experiment_id).map(String::as_str);
+        if let Some((id, holdout)) =
+            id.and_then(|id| Some((id, evaluator.holdout_index_by_id(&id)?)))
+        {
+            let id = id.to_text();
+            let mut unit_attribute = holdout_units.get(id.as_str()).cloned();
+            if unit_attribute.is_none() && !reloaded {
+                // A holdout made since the units were loaded (by another process, say).
+                reloaded = true;
+                state.reload_holdout_units().await?;
+                holdout_units = state.holdout_units();
+                unit_attribute = holdout_units.get(id.as_str()).cloned();
+            }
+            let unit_attribute = unit_attribute.as_deref();
             match holdout_mismatch(
                 evaluator,
                 holdout,
@@ -232,8 +234,9 @@ async fn refuse_mismatched_exposures(
                 &record.unit_key,
                 variant,
             ) {
-                None => kept.push((index, record)),
-                Some(reason) => {
+                HoldoutCheck::Valid => kept.push((index, record)),
+                HoldoutCheck::OtherUnit(reason) => parsed.rejected.push((index, reason)),
+                HoldoutCheck::Forged(reason) => {
                     *counts
                         .entry((experiment_id.clone(), variant.clone()))
                         .or_default() += 1;
@@ -294,27 +297,37 @@ async fn refuse_mismatched_exposures(
     Ok(parsed)
 }
 
-/// Why an exposure to holdout `holdout` (`abx_core::HoldoutStep`) cannot come from a
-/// client holding the served snapshot, if it cannot: its unit attribute must be the
-/// holdout's (`unit_attribute`), which its readout counts, and its arm the one the holdout's
-/// hash gives the unit.
+/// What ingest makes of an exposure to a holdout.
+enum HoldoutCheck {
+    Valid,
+    /// Another unit attribute than the holdout's, which its readout cannot count. Legitimate
+    /// clients send these for experiments that kept a holdout of another unit (holdouts
+    /// made before they had units): refused, but not counted as forged.
+    OtherUnit(String),
+    /// Not the arm the holdout's hash gives the unit: from a forged or broken client.
+    Forged(String),
+}
+
+/// Checks an exposure to holdout `holdout` (`abx_core::HoldoutStep`) against the served
+/// snapshot: its unit attribute must be the holdout's (`unit_attribute`), which its readout
+/// counts, and its arm the one the holdout's hash gives the unit.
 fn holdout_mismatch(
     evaluator: &abx_core::Evaluator,
     holdout: u32,
     unit_attribute: Option<&str>,
     unit_key: &str,
     arm: &str,
-) -> Option<String> {
+) -> HoldoutCheck {
     let (attribute, unit) = unit_key.split_once(':').unwrap_or(("", ""));
     if unit_attribute != Some(attribute) {
-        return Some(format!(
-            "variant_mismatch: the holdout's unit is `{}`, not `{attribute}`",
+        return HoldoutCheck::OtherUnit(format!(
+            "holdout_unit: the holdout compares `{}` units, not `{attribute}`; its readout cannot count this exposure",
             unit_attribute.unwrap_or("unknown")
         ));
     }
     match evaluator.holdout_arm(holdout, unit) {
-        Some(expected) if expected == arm => None,
-        expected => Some(format!(
+        Some(expected) if expected == arm => HoldoutCheck::Valid,
+        expected => HoldoutCheck::Forged(format!(
             "variant_mismatch: the holdout's arm for this unit is `{}`, not `{arm}`",
             expected.unwrap_or("unknown")
         )),

@@ -96,7 +96,11 @@ export interface ClientOptions {
   publicKey?: string | Uint8Array | Array<string | Uint8Array>;
   clock?: Clock;
   onError?: (error: AbxError) => void;
-  /** Called for every exposure logged (after it is queued). */
+  /**
+   * Called for every exposure logged (after it is queued), holdout exposures included: those
+   * name the holdout's id as `experiment_id` and the unit's arm (`held` or `released`) as
+   * `variant`.
+   */
   onExposure?: (event: ExposureEvent) => void;
   /** Where exposures and metric events go. `connect` creates one for the origin. */
   queue?: EventQueue;

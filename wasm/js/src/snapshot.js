@@ -67,7 +67,9 @@ export class LoadedSnapshot {
   /**
    * The holdout id and arm of experiment `i`'s result with reason code `reason`, when the
    * result reached the experiment's holdout (docs/assignment.md, "Holdout exposures"), else
-   * null. Callers log it only with the unit, without which no result reaches a holdout.
+   * null. The arm table says `released` for `shipped` whether or not the context has the
+   * unit; callers log only with the unit (`AbxClient.expose` checks it), which is exactly
+   * when a shipped result reaches the holdout.
    */
   holdoutStep(i, reason) {
     const holdoutId = this.experimentHoldoutIds[i];
