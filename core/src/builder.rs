@@ -187,12 +187,43 @@ impl SnapshotBuilder {
         push(&mut self.snapshot.flags, flag)
     }
 
+    /// Sets the attributes that experiment `experiment`'s exposures carry (format 2),
+    /// interning their names. Experiments left unset carry none.
+    pub fn exposure_attributes(&mut self, experiment: u32, names: &[&str]) {
+        let attributes: Vec<u32> = names.iter().map(|name| self.attribute(name)).collect();
+        let table = &mut self.snapshot.exposure_attributes;
+        let at = experiment as usize;
+        if table.len() <= at {
+            table.resize(at + 1, Vec::new());
+        }
+        table[at] = attributes;
+    }
+
+    /// Sets the unit attribute of holdout `holdout` (format 2). Set it for every holdout or
+    /// for none: a snapshot with some holdouts' units unset is invalid.
+    pub fn holdout_unit(&mut self, holdout: u32, name: &str) {
+        let unit = self.attribute(name);
+        let table = &mut self.snapshot.holdout_units;
+        let at = holdout as usize;
+        if table.len() <= at {
+            table.resize(at + 1, u32::MAX);
+        }
+        table[at] = unit;
+    }
+
     /// The experiments added so far, for callers that patch them after adding.
     pub fn experiments_mut(&mut self) -> &mut [Experiment] {
         &mut self.snapshot.experiments
     }
 
-    pub fn build(self) -> Snapshot {
+    pub fn build(mut self) -> Snapshot {
+        let s = &mut self.snapshot;
+        if s.exposure_attributes.iter().all(Vec::is_empty) {
+            s.exposure_attributes.clear();
+        } else {
+            s.exposure_attributes
+                .resize(s.experiments.len(), Vec::new());
+        }
         self.snapshot
     }
 }

@@ -19,7 +19,8 @@ use crate::snapshot::{Condition, FlagValue, Op, Operand, Snapshot, Status};
 ///   values: `eq`, `ne`, `in` and `not_in` compare hashes ([`private_hash_str`],
 ///   [`private_hash_num`]); any other operator on a private attribute is tested as if the
 ///   context lacked the attribute, since an order or a substring cannot be hashed;
-/// - strings that only those tests used are dropped from the string table.
+/// - strings that only those tests used are dropped from the string table;
+/// - exposures carry no private attribute (format 2's per-experiment table leaves them out).
 pub fn client_view(snapshot: &Snapshot, private_attributes: &[&str]) -> Snapshot {
     let mut view = snapshot.clone();
 
@@ -34,6 +35,11 @@ pub fn client_view(snapshot: &Snapshot, private_attributes: &[&str]) -> Snapshot
         }
     }
     view.experiments.retain(|e| e.status != Status::Draft);
+    if !view.exposure_attributes.is_empty() {
+        let mut kept_flags = new_index.iter().map(Option::is_some);
+        view.exposure_attributes
+            .retain(|_| kept_flags.next().unwrap_or(false));
+    }
     for e in &mut view.experiments {
         e.forced.clear();
     }
@@ -58,6 +64,11 @@ pub fn client_view(snapshot: &Snapshot, private_attributes: &[&str]) -> Snapshot
             .is_some_and(|name| private_attributes.contains(&name.as_str()))
     };
     let private: Vec<bool> = (0..view.attributes.len() as u32).map(is_private).collect();
+    // Browsers do not send private attributes' values in their exposures either: a
+    // dimension on one is read out from server runtimes' exposures only.
+    for attributes in &mut view.exposure_attributes {
+        attributes.retain(|&attr| !private.get(attr as usize).copied().unwrap_or(false));
+    }
     for node in &mut view.conditions {
         let Condition::Attr { attr, op, operand } = node else {
             continue;
@@ -275,6 +286,25 @@ mod tests {
             assigned += usize::from(expected.is_some_and(|(reason, _)| reason == "assigned"));
         }
         assert_eq!(assigned, 3, "the hashed tests still match");
+    }
+
+    #[test]
+    fn exposure_attributes_follow_the_experiments_kept() {
+        let mut full = sample();
+        let country = full.attributes.iter().position(|a| a == "country").unwrap() as u32;
+        let email = full.attributes.iter().position(|a| a == "email").unwrap() as u32;
+        full.exposure_attributes = vec![vec![email], vec![country, email]];
+        let view = client_view(&full, &[]);
+        assert_eq!(view.exposure_attributes, [vec![country, email]]);
+        let view = client_view(&full, &["email"]);
+        assert_eq!(view.exposure_attributes, [vec![country]]);
+        let view = Evaluator::new(view).expect("valid");
+        let context = Context::new().with("user_id", "u1").with("country", "DE");
+        let checkout = view.experiment_index("checkout").unwrap();
+        assert_eq!(
+            view.exposure_attributes(checkout, &context).0,
+            [("country", crate::ValueRef::Str("DE"))]
+        );
     }
 
     #[test]

@@ -150,6 +150,42 @@ impl Context {
     }
 }
 
+/// What an exposure to one experiment carries besides its unit: the name and value of each
+/// attribute that [`crate::Evaluator::exposure_attributes`] found in the context. Serializes
+/// as a map of names to plain values (an exposure event's `attributes`), integral numbers up
+/// to 2^53 as integers (`21`, not `21.0`), which is how JavaScript writes them; the origin
+/// stores every number by its f64 value, so other spellings of one value group alike.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExposureAttributes<'s, 'c>(pub Vec<(&'s str, ValueRef<'c>)>);
+
+impl ExposureAttributes<'_, '_> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for ExposureAttributes<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// Integers up to 2^53 are exact in an f64; a larger magnitude keeps its float form.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            match value {
+                ValueRef::Str(s) => map.serialize_entry(name, s)?,
+                // `as i64` saturates and truncates, so the round trip holds only for
+                // integers in range (`fract` is not in `core`).
+                ValueRef::Num(n) if n.abs() <= EXACT && (*n as i64) as f64 == *n => {
+                    map.serialize_entry(name, &(*n as i64))?
+                }
+                ValueRef::Num(n) => map.serialize_entry(name, n)?,
+                ValueRef::Bool(b) => map.serialize_entry(name, b)?,
+                ValueRef::List(list) => map.serialize_entry(name, list)?,
+            }
+        }
+        map.end()
+    }
+}
+
 /// JSON: `{"user_id": "u1", "country": "US"}`. Binary: a sequence of `(name, Value)`.
 impl Serialize for Context {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -58,6 +58,9 @@ pub enum Invalid {
     FlagVariants { flag: u32 },
     /// Two experiments or two flags share a key.
     DuplicateKey { what: &'static str, index: u32 },
+    /// A table that runs beside another (one entry per experiment, or per holdout) is neither
+    /// empty nor as long as that table.
+    SideTable { what: &'static str, len: u32 },
 }
 
 impl Error {
@@ -144,6 +147,9 @@ impl fmt::Display for Invalid {
                 )
             }
             Invalid::DuplicateKey { what, index } => write!(f, "duplicate {what} key at {index}"),
+            Invalid::SideTable { what, len } => {
+                write!(f, "{what} has {len} entries, neither none nor one per item")
+            }
         }
     }
 }

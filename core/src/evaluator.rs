@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 
 use crate::condition;
-use crate::context::{Attributes, Context, Value, ValueRef};
+use crate::context::{Attributes, Context, ExposureAttributes, Value, ValueRef};
 use crate::envelope;
 use crate::error::{Error, Invalid};
 use crate::murmur3::{Murmur3, murmur3_x86_32, to_bucket};
@@ -437,11 +437,47 @@ impl Evaluator {
     }
 
     /// The holdout (index and id) whose steps experiment `index`'s results can have: the
-    /// one it respects, unless it is a switchback (see [`HoldoutStep`]).
+    /// one it respects, unless it is a switchback or (format 2) the holdout holds another
+    /// attribute than the experiment's unit, whose exposures the holdout could not count
+    /// (see [`HoldoutStep`]).
     pub fn experiment_holdout(&self, index: u32) -> Option<(u32, &str)> {
         let e = self.snapshot.experiments.get(index as usize)?;
         let h = e.holdout.filter(|_| e.switchback_period_s.is_none())?;
+        if let Some(&unit) = self.snapshot.holdout_units.get(h as usize)
+            && unit != e.unit
+        {
+            return None;
+        }
         Some((h, self.holdout_ids.get(h as usize)?.as_str()))
+    }
+
+    /// What an exposure to experiment `index` carries besides its unit (format 2): the name
+    /// and value of each attribute the snapshot lists for the experiment's exposures that the
+    /// context has as a string of at most [`MAX_EXPOSURE_STRING_BYTES`], a finite number or
+    /// a boolean, in the snapshot's order. Lists are left out (a drill-down groups units by
+    /// one value), and so are longer strings, which the origin would refuse the whole
+    /// exposure for. Empty for an index out of range and for snapshots decoded from format 1.
+    pub fn exposure_attributes<'s, 'c>(
+        &'s self,
+        index: u32,
+        context: &'c dyn Attributes,
+    ) -> ExposureAttributes<'s, 'c> {
+        let Some(attributes) = self.snapshot.exposure_attributes.get(index as usize) else {
+            return ExposureAttributes::default();
+        };
+        let carried = attributes
+            .iter()
+            .filter_map(|&attr| {
+                let name = self.snapshot.attributes.get(attr as usize)?.as_str();
+                match context.attribute(attr, name)? {
+                    ValueRef::List(_) => None,
+                    ValueRef::Num(n) if !n.is_finite() => None,
+                    ValueRef::Str(s) if s.len() > MAX_EXPOSURE_STRING_BYTES => None,
+                    value => Some((name, value)),
+                }
+            })
+            .collect();
+        ExposureAttributes(carried)
     }
 
     /// The arm of holdout `index` that `unit` belongs to, as an exposure to the holdout
@@ -537,6 +573,10 @@ impl Evaluator {
         Some(pass.flag(index, &mut |e| side.assign(e)))
     }
 }
+
+/// The longest string value (in UTF-8 bytes) an exposure carries as an attribute: the
+/// origin's limit on an event's property and attribute values.
+pub const MAX_EXPOSURE_STRING_BYTES: usize = 256;
 
 /// Checks every index and numeric invariant so that evaluation can never go out of bounds.
 fn validate(s: &Snapshot) -> Result<(), Invalid> {
@@ -672,6 +712,38 @@ fn validate(s: &Snapshot) -> Result<(), Invalid> {
                 }
             }
         }
+    }
+
+    let side_table = |what: &'static str, len: usize, items: usize| {
+        if len == 0 || len == items {
+            Ok(())
+        } else {
+            Err(Invalid::SideTable {
+                what,
+                len: len as u32,
+            })
+        }
+    };
+    side_table(
+        "exposure attributes",
+        s.exposure_attributes.len(),
+        s.experiments.len(),
+    )?;
+    for (experiment, attributes) in s.exposure_attributes.iter().enumerate() {
+        for (i, &attr) in attributes.iter().enumerate() {
+            check("exposure attribute", attr, n_attrs)?;
+            // Twice would name one key twice in an exposure's `attributes`.
+            if attributes[..i].contains(&attr) {
+                return Err(Invalid::DuplicateKey {
+                    what: "exposure attribute",
+                    index: experiment as u32,
+                });
+            }
+        }
+    }
+    side_table("holdout units", s.holdout_units.len(), s.holdouts.len())?;
+    for &unit in &s.holdout_units {
+        check("holdout unit", unit, n_attrs)?;
     }
 
     check_unique_keys("experiment", s.experiments.iter().map(|e| e.key.as_str()))?;

@@ -24,15 +24,17 @@ mod murmur3;
 pub mod snapshot;
 
 pub use builder::{Expr, Literal, SnapshotBuilder, thresholds};
-pub use context::{Attributes, Context, Value, ValueRef};
+pub use context::{Attributes, Context, ExposureAttributes, Value, ValueRef};
 pub use envelope::{
-    FORMAT_VERSION, MAGIC, MAX_PAYLOAD_LEN, SignedParts, crc32, decode, decode_verified, encode,
-    encode_signed, peek_version, public_key, signed_parts,
+    FORMAT_VERSION, Format, MAGIC, MAX_PAYLOAD_LEN, SignedParts, crc32, decode, decode_verified,
+    encode, encode_as, encode_signed, encode_signed_as, format_of, peek_version, public_key,
+    signed_parts,
 };
 pub use error::{Error, Invalid};
 pub use evaluator::{
     Assignment, Evaluation, Evaluator, FlagReason, FlagResult, HELD_ARM, HoldoutStep,
-    MAX_CONDITION_DEPTH, RELEASED_ARM, Reason, unit_text, with_unit_text,
+    MAX_CONDITION_DEPTH, MAX_EXPOSURE_STRING_BYTES, RELEASED_ARM, Reason, unit_text,
+    with_unit_text,
 };
 pub use murmur3::{Murmur3, bucket, murmur3_x86_32};
 pub use snapshot::Snapshot;

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 pub const FULL_BP: u16 = 10_000;
 
 /// A decoded snapshot. Field order is the wire order; never reorder, only append in a new
-/// format version.
+/// format version. Format 1 ends after `flags`; format 2 appends `exposure_attributes` and
+/// `holdout_units`, which a snapshot decoded from format 1 has empty (see
+/// [`crate::Format`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Strictly increasing with every publication.
@@ -34,6 +36,13 @@ pub struct Snapshot {
     pub segments: Vec<Segment>,
     pub experiments: Vec<Experiment>,
     pub flags: Vec<Flag>,
+    /// Format 2. Per experiment, in the order of `experiments`: the attributes (indices into
+    /// `attributes`) that its exposures carry, so that its results can be broken down by
+    /// them (its dimensions and the instance's). Empty, or one entry per experiment.
+    pub exposure_attributes: Vec<Vec<u32>>,
+    /// Format 2. Per holdout, in the order of `holdouts`: the attribute (index into
+    /// `attributes`) whose values it holds. Empty, or one entry per holdout.
+    pub holdout_units: Vec<u32>,
 }
 
 /// A 128-bit id, rendered in hashes as lowercase hyphenated UUID text. Postcard stores the

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use abx_core::{Context, Error, Evaluator};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 fn suite_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../snapshots")
@@ -60,6 +60,16 @@ fn check(vector_file: &Path) -> (usize, Vec<String>) {
             if got_pair != want_pair {
                 mismatches.push(format!(
                     "{snapshot_name} case {n} {}: got {got_pair:?}, want {want_pair:?}",
+                    got.experiment_key
+                ));
+            }
+            // What its exposures carry (format 2), as the `attributes` object of an event.
+            let carried = serde_json::to_value(evaluator.exposure_attributes(got.index, &context))
+                .expect("serializes");
+            let want_carried = want.get("attributes").cloned().unwrap_or(json!({}));
+            if carried != want_carried {
+                mismatches.push(format!(
+                    "{snapshot_name} case {n} {} attributes: got {carried:?}, want {want_carried:?}",
                     got.experiment_key
                 ));
             }

@@ -457,6 +457,8 @@ describe('with the real origin', () => {
     await origin.create('/api/v1/metrics', { key: 'conversion', kind: 'conversion', event_type: 'conversion' });
     const pricing = await origin.create('/api/v1/experiments', {
       key: 'pricing_split',
+      // What the edge knows of a visitor that the results can be broken down by.
+      dimensions: ['country', 'colo', 'plan'],
       variants: [{ name: 'control', weight: 50, config: {} },
         { name: 'treatment', weight: 50, config: { $route: { '/pricing': '/pricing-v2' } } }],
       primary_metric: 'conversion',
@@ -616,7 +618,21 @@ describe('with the real origin', () => {
       assert.equal(rows[0].kind, 'exposure');
       assert.equal(rows[0].experiment_id, experimentId);
       assert.equal(rows[0].variant, variant);
+      // The experiment's dimensions that the edge's context has (the harness's edge data:
+      // no country or colo without `cf-blob`), and nothing else.
+      assert.deepEqual(rows[0].properties, null, `${uid}: ${JSON.stringify(rows)}`);
     }
+    // A visitor whose request carries edge data: the exposure carries its country and colo
+    // (the experiment's `plan` is not something the edge knows).
+    const visitor = 'visitor-from-nz';
+    await fetch(edge.url(name, '/pricing'), { headers: { cookie: `abx_uid=${visitor}`, ...nz } }).then((r) => r.arrayBuffer());
+    let rows = [];
+    for (let i = 0; i < 100 && rows.length === 0; i++) {
+      await h.sleep(100);
+      rows = origin.storedEvents(`user_id:${visitor}`).filter((r) => r.experiment_id === experimentId);
+    }
+    assert.equal(rows.length, 1, `${visitor}: ${JSON.stringify(rows)}`);
+    assert.deepEqual(rows[0].properties, { country: 'NZ', colo: 'AKL' });
   });
 
   it('logs the arm of each visitor it routes in the experiment\'s holdout', async () => {

@@ -393,8 +393,10 @@ export async function startOrigin({ binary = join(REPO, 'target', 'debug', 'abx-
       const script = [
         'import json, sqlite3, sys',
         'db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)',
-        'rows = db.execute("SELECT event_id, kind, unit_key, experiment_id, variant, event_type, value FROM events WHERE unit_key = ? ORDER BY seq", (sys.argv[2],)).fetchall()',
-        'print(json.dumps([dict(zip(["event_id", "kind", "unit_key", "experiment_id", "variant", "event_type", "value"], r)) for r in rows]))',
+        'rows = db.execute("SELECT event_id, kind, unit_key, experiment_id, variant, event_type, value, properties FROM events WHERE unit_key = ? ORDER BY seq", (sys.argv[2],)).fetchall()',
+        'names = ["event_id", "kind", "unit_key", "experiment_id", "variant", "event_type", "value", "properties"]',
+        '# properties: a metric event\'s properties, or the attributes an exposure carried.',
+        'print(json.dumps([dict(zip(names, r[:-1] + (json.loads(r[-1]) if r[-1] else None,))) for r in rows]))',
       ].join('\n');
       const out = execFileSync('python3', ['-c', script, join(dataDir, databases[0]), unitKey]);
       return JSON.parse(out.toString('utf8'));

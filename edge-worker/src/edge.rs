@@ -265,8 +265,19 @@ async fn assignments(req: &Request, url: &Url, env: &Env, ctx: &Context) -> JsRe
         return unavailable("no snapshot is available yet");
     };
     let evaluation = loaded.evaluator.evaluate(&query.context, query.now_ms);
-    let step = |a: &abx_core::Assignment<'_>| loaded.evaluator.holdout_step(a, &query.context);
-    let body = render::assignments_json(&evaluation, &step, loaded.version, loaded.all_json_valid);
+    let holdout_step =
+        |a: &abx_core::Assignment<'_>| loaded.evaluator.holdout_step(a, &query.context);
+    let exposure_attributes = |a: &abx_core::Assignment<'_>| {
+        let carried = loaded
+            .evaluator
+            .exposure_attributes(a.index, &query.context);
+        (!carried.is_empty()).then(|| serde_json::to_string(&carried).unwrap_or_default())
+    };
+    let steps = render::Steps {
+        holdout_step: &holdout_step,
+        exposure_attributes: &exposure_attributes,
+    };
+    let body = render::assignments_json(&evaluation, &steps, loaded.version, loaded.all_json_valid);
     json_response(200, &body, visitor.set_cookie.as_deref())
 }
 
@@ -419,7 +430,8 @@ async fn fetch_snapshot(
     timeout_ms: u64,
 ) -> Result<Fetched, SnapshotError> {
     let network = |e: JsValue| SnapshotError::Network(js_message(&e));
-    let url = route::forward_url(&config.origin, "/api/v1/snapshot", None);
+    // Format 2 names the attributes each experiment's exposures carry.
+    let url = route::forward_url(&config.origin, "/api/v1/snapshot", Some("format=2"));
     let headers = Headers::new().map_err(network)?;
     headers
         .set("authorization", &format!("Bearer {}", config.sdk_key))
@@ -637,15 +649,15 @@ async fn proxy_assigned(
                 && let Some(variant) = assignment.variant
             {
                 let exposure = (assignment.experiment_id, variant);
-                log_exposure(
-                    loaded,
-                    decision.experiment,
+                let attributes = loaded
+                    .evaluator
+                    .exposure_attributes(decision.experiment, &context);
+                let exposed = Exposed {
+                    experiment: decision.experiment,
                     exposure,
-                    &context,
-                    now,
-                    config,
-                    ctx,
-                );
+                    attributes: &attributes,
+                };
+                log_exposure(loaded, exposed, &context, now, config, ctx);
             }
         }
         // The edge decides these requests itself, held units included, so it logs each unit's
@@ -658,8 +670,13 @@ async fn proxy_assigned(
                 .and_then(|a| loaded.evaluator.holdout_step(a, &context))
                 && first_holdout_exposure(step.holdout_id, &visitor.uid)
             {
-                let exposure = (step.holdout_id, step.arm());
-                log_exposure(loaded, experiment, exposure, &context, now, config, ctx);
+                // A holdout has no dimensions: its exposures carry the unit alone.
+                let exposed = Exposed {
+                    experiment,
+                    exposure: (step.holdout_id, step.arm()),
+                    attributes: &abx_core::ExposureAttributes::default(),
+                };
+                log_exposure(loaded, exposed, &context, now, config, ctx);
             }
         }
     }
@@ -788,13 +805,19 @@ fn first_holdout_exposure(holdout_id: &str, uid: &str) -> bool {
     })
 }
 
-/// Queues the exposure `(experiment or holdout id, variant or arm)` of experiment
-/// `experiment`'s unit for a request the edge routed itself, and sends the queue when it is
+/// One exposure the edge logs: `exposure` is `(experiment or holdout id, variant or arm)`,
+/// of experiment `experiment`'s unit, carrying `attributes`.
+struct Exposed<'a> {
+    experiment: u32,
+    exposure: (&'a str, &'a str),
+    attributes: &'a abx_core::ExposureAttributes<'a, 'a>,
+}
+
+/// Queues an exposure for a request the edge routed itself, and sends the queue when it is
 /// due (by age or size) rather than waiting for a beacon.
 fn log_exposure(
     loaded: &Loaded,
-    experiment: u32,
-    (exposed_id, variant): (&str, &str),
+    exposed: Exposed<'_>,
     context: &AbxContext,
     now: f64,
     config: &Rc<Config>,
@@ -803,7 +826,7 @@ fn log_exposure(
     let snapshot = loaded.evaluator.snapshot();
     let Some(unit_attribute) = snapshot
         .experiments
-        .get(experiment as usize)
+        .get(exposed.experiment as usize)
         .and_then(|e| snapshot.attributes.get(e.unit as usize))
     else {
         return;
@@ -815,8 +838,8 @@ fn log_exposure(
         random_uuid(),
         &unit,
         unit_attribute,
-        exposed_id,
-        variant,
+        exposed.exposure,
+        exposed.attributes,
         now as i64,
     );
     let due = with(|g| {

@@ -254,19 +254,25 @@ fn complete(event: Value, fill: &mut Fill<'_>) -> Result<Value, String> {
     Ok(event)
 }
 
-/// An exposure the edge logged itself (a request it routed for a split-URL test).
+/// An exposure the edge logged itself (a request it routed for a split-URL test), with the
+/// context `attributes` the experiment's results are broken down by, if any.
 pub fn exposure(
     event_id: String,
     unit: &str,
     unit_attribute: &str,
-    experiment_id: &str,
-    variant: &str,
+    (experiment_id, variant): (&str, &str),
+    attributes: &abx_core::ExposureAttributes<'_, '_>,
     timestamp_ms: i64,
 ) -> Value {
-    json!({
+    let mut event = json!({
         "event_id": event_id, "kind": "exposure", "unit": unit, "unit_attribute": unit_attribute,
         "experiment_id": experiment_id, "variant": variant, "timestamp": timestamp_ms,
-    })
+    });
+    if !attributes.is_empty() {
+        // Serializing names and plain values cannot fail.
+        event["attributes"] = serde_json::to_value(attributes).unwrap_or_default();
+    }
+    event
 }
 
 /// The body sent to the origin.
@@ -489,12 +495,23 @@ mod tests {
 
     #[test]
     fn origin_body_wraps_events() {
-        let event = exposure("id".into(), "u", "user_id", "x", "treatment", 5);
+        let none = abx_core::ExposureAttributes::default();
+        let event = exposure("id".into(), "u", "user_id", ("x", "treatment"), &none, 5);
+        let carried = abx_core::ExposureAttributes(vec![
+            ("country", abx_core::ValueRef::Str("DE")),
+            ("age", abx_core::ValueRef::Num(31.0)),
+        ]);
+        let with = exposure("id".into(), "u", "user_id", ("x", "a"), &carried, 5);
         // The edge's own exposures are built from the snapshot, so they are valid by
         // construction; this checks only the wrapping.
-        let body: Value = serde_json::from_str(&origin_body(&[event])).unwrap();
+        let body: Value = serde_json::from_str(&origin_body(&[event, with])).unwrap();
         assert_eq!(body["events"][0]["kind"], "exposure");
         assert_eq!(body["events"][0]["variant"], "treatment");
         assert_eq!(body["events"][0]["timestamp"], 5);
+        assert!(body["events"][0].get("attributes").is_none());
+        assert_eq!(
+            body["events"][1]["attributes"],
+            json!({"country": "DE", "age": 31})
+        );
     }
 }

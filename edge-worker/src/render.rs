@@ -45,12 +45,21 @@ fn push_raw(out: &mut String, text: Option<&str>, all_json_valid: bool) {
     }
 }
 
+/// What the evaluator adds to an answer for the evaluated context.
+pub struct Steps<'a, 'e> {
+    /// The evaluator's `holdout_step`.
+    pub holdout_step: &'a dyn Fn(&Assignment<'e>) -> Option<HoldoutStep<'e>>,
+    /// The answer's exposure attributes as a JSON object, `None` when there are none.
+    pub exposure_attributes: &'a dyn Fn(&Assignment<'e>) -> Option<String>,
+}
+
 /// `{"snapshot_version", "experiments": {key: {...}}, "flags": {key: {"value", "reason"}}}`,
-/// keys in snapshot order.
-/// `holdout_step` is the evaluator's `holdout_step` for the evaluated context.
+/// keys in snapshot order; an answer that logs an exposure carries its `attributes`.
+/// `steps` gives each answer's holdout step and exposure attributes for the evaluated
+/// context.
 pub fn assignments_json<'e>(
     evaluation: &Evaluation<'e>,
-    holdout_step: &dyn Fn(&Assignment<'e>) -> Option<HoldoutStep<'e>>,
+    steps: &Steps<'_, 'e>,
     snapshot_version: u64,
     all_json_valid: bool,
 ) -> String {
@@ -78,13 +87,19 @@ pub fn assignments_json<'e>(
         out.push_str(",\"reason\":\"");
         out.push_str(a.reason.as_str());
         let _ = write!(out, "\",\"log_exposure\":{},\"holdout\":", a.log_exposure);
-        match holdout_step(a) {
+        match (steps.holdout_step)(a) {
             Some(step) => {
                 out.push_str("{\"holdout_id\":");
                 push_json_str(&mut out, step.holdout_id);
                 let _ = write!(out, ",\"arm\":\"{}\"}}", step.arm());
             }
             None => out.push_str("null"),
+        }
+        if a.log_exposure
+            && let Some(attributes) = (steps.exposure_attributes)(a)
+        {
+            out.push_str(",\"attributes\":");
+            out.push_str(&attributes);
         }
         let _ = write!(out, ",\"snapshot_version\":{snapshot_version}}}");
     }
@@ -201,14 +216,21 @@ mod tests {
                 held: false,
             })
         };
-        let text = assignments_json(&evaluation, &step, 7, false);
+        // Every answer has attributes to carry; only those that log an exposure show them.
+        let carried = |_: &Assignment<'_>| Some(r#"{"country":"NZ"}"#.to_string());
+        let steps = Steps {
+            holdout_step: &step,
+            exposure_attributes: &carried,
+        };
+        let text = assignments_json(&evaluation, &steps, 7, false);
         let parsed: serde_json::Value = serde_json::from_str(&text).expect(&text);
         let expected = serde_json::json!({
             "snapshot_version": 7,
             "experiments": {
                 "a": {"experiment": "a", "experiment_id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
                       "variant": "treatment", "config": {"color": "green"}, "reason": "assigned",
-                      "log_exposure": true, "holdout": null, "snapshot_version": 7},
+                      "log_exposure": true, "holdout": null, "attributes": {"country": "NZ"},
+                      "snapshot_version": 7},
                 "b": {"experiment": "b", "experiment_id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
                       "variant": null, "config": null, "reason": "not_in_traffic",
                       "log_exposure": false,
@@ -216,7 +238,8 @@ mod tests {
                       "snapshot_version": 7},
                 "c": {"experiment": "c", "experiment_id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
                       "variant": "x", "config": null, "reason": "assigned",
-                      "log_exposure": true, "holdout": null, "snapshot_version": 7}
+                      "log_exposure": true, "holdout": null, "attributes": {"country": "NZ"},
+                      "snapshot_version": 7}
             },
             "flags": {"f": {"value": [1, 2], "reason": "rule"}}
         });

@@ -570,19 +570,20 @@ impl AppState {
             .clone()
     }
 
-    /// The copy of a snapshot this caller may read: the client copy for browser (sdk) keys,
-    /// the full snapshot for everyone else.
+    /// The copy of a snapshot this caller may read, in `format`: the client copy for browser
+    /// (sdk) keys, the full snapshot for everyone else.
     pub fn snapshot_copy<'a>(
         &self,
         caller: &Caller,
         published: &'a Published,
+        format: abx_core::Format,
     ) -> publish::SnapshotCopy<'a> {
         if caller.role == Role::Sdk {
-            publish::SnapshotCopy::Client(
-                published.client(&self.signing_seed, &self.settings.private_attributes),
-            )
+            published
+                .client(&self.signing_seed, &self.settings.private_attributes)
+                .copy(format, &self.signing_seed)
         } else {
-            publish::SnapshotCopy::Full(published)
+            published.copy(format, &self.signing_seed)
         }
     }
 

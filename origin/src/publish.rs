@@ -17,7 +17,7 @@ use abx_core::snapshot::{
     Allocation, Experiment as CoreExperiment, Flag as CoreFlag, FlagRule as CoreRule, FlagValue,
     Forced, Id, SlotRange, Status as CoreStatus, Variant,
 };
-use abx_core::{Evaluator, Snapshot, SnapshotBuilder};
+use abx_core::{Evaluator, Format, Snapshot, SnapshotBuilder};
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -36,13 +36,73 @@ use crate::store::{self, StoredSnapshot};
 pub struct Published {
     pub version: u64,
     pub published_at_ms: i64,
-    /// Strong ETag, quoted.
+    /// Strong ETag of `bytes`, quoted.
     pub etag: String,
+    /// As stored: the newest format, unless an older origin stored it.
     pub bytes: Arc<[u8]>,
+    /// The format of `bytes`, known when they are made or loaded, so that a request does
+    /// not read the envelope again.
+    format: Format,
     pub evaluator: Evaluator,
     json: OnceLock<String>,
+    /// The same snapshot in the other format, derived on first request.
+    other_format: OnceLock<Encoded>,
     /// What browser keys read, derived on first request (see [`client_copy`]).
     client: OnceLock<ClientCopy>,
+}
+
+/// A snapshot's bytes in one format, with their strong ETag (quoted).
+#[derive(Debug)]
+pub struct Encoded {
+    pub etag: String,
+    pub bytes: Arc<[u8]>,
+    format: Format,
+}
+
+impl Encoded {
+    fn new(version: u64, bytes: Vec<u8>, format: Format) -> Encoded {
+        Encoded {
+            etag: etag(version, &bytes),
+            bytes: bytes.into(),
+            format,
+        }
+    }
+}
+
+/// `snapshot` in `format`, signed when `like` (its bytes in some format) is signed: the
+/// genesis snapshot is not, every published one is.
+fn encode_like(
+    snapshot: &abx_core::Snapshot,
+    like: &[u8],
+    signing_seed: &[u8; 32],
+    format: Format,
+) -> Vec<u8> {
+    if abx_core::signed_parts(like).is_ok() {
+        abx_core::encode_signed_as(snapshot, signing_seed, format)
+    } else {
+        abx_core::encode_as(snapshot, format)
+    }
+}
+
+/// The bytes of a copy (`held`) in `format`: those bytes when they are in it, else the copy
+/// re-encoded, kept in `other`. Deterministic, so every process serves the same bytes, and
+/// so the same ETag, for one version and format.
+fn in_format<'a>(
+    held: (&'a str, &'a Arc<[u8]>, Format),
+    other: &'a OnceLock<Encoded>,
+    snapshot: &abx_core::Snapshot,
+    format: Format,
+    signing_seed: &[u8; 32],
+) -> (&'a str, &'a Arc<[u8]>) {
+    let (etag, bytes, held_format) = held;
+    if held_format == format {
+        return (etag, bytes);
+    }
+    let encoded = other.get_or_init(|| {
+        let bytes = encode_like(snapshot, bytes, signing_seed, format);
+        Encoded::new(snapshot.snapshot_version, bytes, format)
+    });
+    (&encoded.etag, &encoded.bytes)
 }
 
 /// The client snapshot of one version: no drafts, no QA overrides, private attributes'
@@ -50,16 +110,34 @@ pub struct Published {
 /// so this is all they may read; edges and servers read the full snapshot.
 #[derive(Debug)]
 pub struct ClientCopy {
-    pub etag: String,
-    pub bytes: Arc<[u8]>,
+    /// In the newest format.
+    pub encoded: Encoded,
     snapshot: abx_core::Snapshot,
     json: OnceLock<String>,
+    other_format: OnceLock<Encoded>,
 }
 
 impl ClientCopy {
-    pub fn json(&self) -> &str {
-        self.json
-            .get_or_init(|| serde_json::to_string_pretty(&self.snapshot).unwrap_or_default())
+    /// This copy in `format`.
+    pub fn copy(&self, format: Format, signing_seed: &[u8; 32]) -> SnapshotCopy<'_> {
+        let held = (
+            self.encoded.etag.as_str(),
+            &self.encoded.bytes,
+            self.encoded.format,
+        );
+        let (etag, bytes) = in_format(
+            held,
+            &self.other_format,
+            &self.snapshot,
+            format,
+            signing_seed,
+        );
+        SnapshotCopy {
+            etag,
+            bytes,
+            snapshot: &self.snapshot,
+            json: &self.json,
+        }
     }
 }
 
@@ -74,45 +152,30 @@ pub fn client_copy(
 ) -> ClientCopy {
     let private: Vec<&str> = private_attributes.iter().map(String::as_str).collect();
     let snapshot = abx_core::client_view(full, &private);
-    let bytes = if abx_core::signed_parts(full_bytes).is_ok() {
-        abx_core::encode_signed(&snapshot, signing_seed)
-    } else {
-        abx_core::encode(&snapshot)
-    };
+    let bytes = encode_like(&snapshot, full_bytes, signing_seed, Format::LATEST);
     ClientCopy {
-        etag: etag(full.snapshot_version, &bytes),
-        bytes: bytes.into(),
+        encoded: Encoded::new(full.snapshot_version, bytes, Format::LATEST),
         snapshot,
         json: OnceLock::new(),
+        other_format: OnceLock::new(),
     }
 }
 
-/// What one caller reads of a version (see `AppState::snapshot_copy`).
-pub enum SnapshotCopy<'a> {
-    Full(&'a Published),
-    Client(&'a ClientCopy),
+/// What one caller reads of a version, in the format it asked for (see
+/// `AppState::snapshot_copy`).
+pub struct SnapshotCopy<'a> {
+    pub etag: &'a str,
+    pub bytes: &'a Arc<[u8]>,
+    snapshot: &'a abx_core::Snapshot,
+    json: &'a OnceLock<String>,
 }
 
 impl SnapshotCopy<'_> {
-    pub fn etag(&self) -> &str {
-        match self {
-            SnapshotCopy::Full(p) => &p.etag,
-            SnapshotCopy::Client(c) => &c.etag,
-        }
-    }
-
-    pub fn bytes(&self) -> &Arc<[u8]> {
-        match self {
-            SnapshotCopy::Full(p) => &p.bytes,
-            SnapshotCopy::Client(c) => &c.bytes,
-        }
-    }
-
+    /// The readable twin, the same in every format (it shows everything format 2 holds),
+    /// rendered on first request.
     pub fn json(&self) -> &str {
-        match self {
-            SnapshotCopy::Full(p) => p.json(),
-            SnapshotCopy::Client(c) => c.json(),
-        }
+        self.json
+            .get_or_init(|| serde_json::to_string_pretty(self.snapshot).unwrap_or_default())
     }
 }
 
@@ -120,15 +183,49 @@ impl Published {
     pub fn from_bytes(stored: &StoredSnapshot) -> anyhow::Result<Published> {
         let evaluator =
             Evaluator::from_bytes(&stored.bytes).map_err(|e| anyhow!("stored snapshot: {e}"))?;
-        Ok(Published {
-            version: stored.version as u64,
-            published_at_ms: stored.published_at_ms,
-            etag: stored.etag.clone(),
-            bytes: stored.bytes.clone().into(),
+        // Older origins stored format 1.
+        let format = abx_core::format_of(&stored.bytes).unwrap_or(Format::V1);
+        Ok(Published::new(
+            stored.version as u64,
+            stored.published_at_ms,
+            Encoded {
+                etag: stored.etag.clone(),
+                bytes: stored.bytes.clone().into(),
+                format,
+            },
+            evaluator,
+        ))
+    }
+
+    fn new(version: u64, published_at_ms: i64, stored: Encoded, evaluator: Evaluator) -> Self {
+        Published {
+            version,
+            published_at_ms,
+            etag: stored.etag,
+            bytes: stored.bytes,
+            format: stored.format,
             evaluator,
             json: OnceLock::new(),
+            other_format: OnceLock::new(),
             client: OnceLock::new(),
-        })
+        }
+    }
+
+    /// The full snapshot in `format`.
+    pub fn copy(&self, format: Format, signing_seed: &[u8; 32]) -> SnapshotCopy<'_> {
+        let (etag, bytes) = in_format(
+            (&self.etag, &self.bytes, self.format),
+            &self.other_format,
+            self.evaluator.snapshot(),
+            format,
+            signing_seed,
+        );
+        SnapshotCopy {
+            etag,
+            bytes,
+            snapshot: self.evaluator.snapshot(),
+            json: &self.json,
+        }
     }
 
     /// The client copy of this snapshot (see [`ClientCopy`]).
@@ -140,13 +237,6 @@ impl Published {
                 signing_seed,
                 private_attributes,
             )
-        })
-    }
-
-    /// The readable twin, rendered on first request.
-    pub fn json(&self) -> &str {
-        self.json.get_or_init(|| {
-            serde_json::to_string_pretty(self.evaluator.snapshot()).unwrap_or_default()
         })
     }
 }
@@ -192,6 +282,8 @@ pub struct Config {
     pub segments: Vec<Segment>,
     pub experiments: Vec<Arc<Experiment>>,
     pub flags: Vec<Flag>,
+    /// The instance's dimensions, which every experiment's exposures carry besides its own.
+    pub dimensions: Vec<String>,
 }
 
 /// The experiments as last committed, by id (see the module's documentation).
@@ -224,6 +316,7 @@ async fn load_config(
         holdouts: store::catalog::holdouts(conn, None).await?,
         segments: store::catalog::segments(conn, None).await?,
         flags: store::flags::flags(conn, None).await?,
+        dimensions: store::catalog::instance_dimensions(conn).await?.dimensions,
         experiments,
     };
     let now_loaded = config
@@ -306,7 +399,11 @@ pub fn compile(config: &Config, version: u64, published_at_ms: i64) -> anyhow::R
         .holdouts
         .iter()
         .filter(|h| h.status == HoldoutStatus::Running)
-        .map(|h| Ok((h.id.as_str(), b.holdout(id(&h.id)?, &h.key, h.percent_bp))))
+        .map(|h| {
+            let index = b.holdout(id(&h.id)?, &h.key, h.percent_bp);
+            b.holdout_unit(index, &h.unit);
+            Ok((h.id.as_str(), index))
+        })
         .collect::<anyhow::Result<_>>()?;
     let mut segments: HashMap<String, u32> = HashMap::new();
     for segment in segments_in_dependency_order(&config.segments)? {
@@ -325,6 +422,15 @@ pub fn compile(config: &Config, version: u64, published_at_ms: i64) -> anyhow::R
     for e in &config.experiments {
         let index = compile_experiment(&mut b, e, &known)?;
         experiment_index.insert(e.key.as_str(), index);
+        // Exposures carry what the experiment's results can be broken down by: its own
+        // dimensions, then the instance's.
+        let mut carried: Vec<&str> = e.dimensions.iter().map(String::as_str).collect();
+        for dimension in &config.dimensions {
+            if !carried.contains(&dimension.as_str()) {
+                carried.push(dimension);
+            }
+        }
+        b.exposure_attributes(index, &carried);
     }
 
     for f in &config.flags {
@@ -542,15 +648,16 @@ pub async fn prepare(
     };
     store::insert_snapshot(conn, &stored).await?;
     Ok(Prepared {
-        published: Some(Published {
+        published: Some(Published::new(
             version,
-            published_at_ms: now,
-            etag: stored.etag,
-            bytes: stored.bytes.into(),
+            now,
+            Encoded {
+                etag: stored.etag,
+                bytes: stored.bytes.into(),
+                format: Format::LATEST,
+            },
             evaluator,
-            json: OnceLock::new(),
-            client: OnceLock::new(),
-        }),
+        )),
         loaded,
     })
 }
@@ -559,13 +666,10 @@ pub async fn prepare(
 pub fn genesis() -> Published {
     let snapshot = SnapshotBuilder::new(0, 0).build();
     let bytes = abx_core::encode(&snapshot);
-    Published {
-        version: 0,
-        published_at_ms: 0,
-        etag: etag(0, &bytes),
-        bytes: bytes.into(),
-        evaluator: Evaluator::new(snapshot).expect("the empty snapshot is valid"),
-        json: OnceLock::new(),
-        client: OnceLock::new(),
-    }
+    Published::new(
+        0,
+        0,
+        Encoded::new(0, bytes, Format::LATEST),
+        Evaluator::new(snapshot).expect("the empty snapshot is valid"),
+    )
 }

@@ -114,3 +114,6 @@ class Engine:
     def time_native(
         self, key: Optional[str], attributes: _Attributes, now_ms: int, iterations: int
     ) -> float: ...
+    def _exposure_attributes(
+        self, experiment_id: str, context: _Attributes
+    ) -> Optional[dict[str, str | int | float | bool]]: ...

@@ -294,7 +294,8 @@ class Client(_abx.ClientCore):
         headers = {"authorization": f"Bearer {self._sdk_key}"}
         if self._etag:
             headers["if-none-match"] = self._etag
-        request = urllib.request.Request(f"{self._base_url}/api/v1/snapshot", headers=headers)
+        # Format 2 names the attributes that each experiment's exposures carry.
+        request = urllib.request.Request(f"{self._base_url}/api/v1/snapshot?format=2", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 data = response.read()
@@ -343,7 +344,8 @@ class Client(_abx.ClientCore):
         try:
             connection.request(
                 "GET",
-                f"{parts.path}/api/v1/snapshot/stream",
+                # The format the snapshot is fetched in, so that the announced ETags are its own.
+                f"{parts.path}/api/v1/snapshot/stream?format=2",
                 headers={"authorization": f"Bearer {self._sdk_key}", "accept": "text/event-stream"},
             )
             self._stream_socket = connection.sock
@@ -400,12 +402,13 @@ class Client(_abx.ClientCore):
             self._not_loaded()
             return Evaluation(None, {}, {})
         logs = log_exposures and self._queue is not None
-        experiments, flags = engine.evaluate(_attributes(context), _now_ms() if now_ms is None else now_ms, logs)
+        attributes = _attributes(context)
+        experiments, flags = engine.evaluate(attributes, _now_ms() if now_ms is None else now_ms, logs)
         if logs:
             for assignment in experiments.values():
                 exposure = assignment._exposure
                 if exposure is not None:
-                    self._expose(exposure, assignment.variant, now_ms)
+                    self._expose(exposure, assignment.variant, now_ms, attributes)
                 # The unit's place in the experiment's holdout, logged as an exposure to the
                 # holdout with its arm (`held` or `released`) as the variant.
                 holdout = assignment._holdout_exposure
@@ -415,23 +418,39 @@ class Client(_abx.ClientCore):
 
     # ------------------------------------------------------------------ events
 
-    def _expose(self, exposure: tuple[str, str, str], variant: Optional[str], now_ms: Optional[int]) -> None:
+    def _expose(
+        self, exposure: tuple[str, str, str], variant: Optional[str], now_ms: Optional[int], context: Any = None
+    ) -> None:
         if self._queue is not None and self._first_exposure(*exposure):
-            self._record_exposure(exposure, variant, now_ms)
+            self._record_exposure(exposure, variant, now_ms, context)
 
-    def _record_exposure(self, exposure: tuple[str, str, str], variant: Optional[str], now_ms: Optional[int]) -> None:
-        """Queues an exposure this process has not logged before (`ClientCore` calls it)."""
+    def _record_exposure(
+        self, exposure: tuple[str, str, str], variant: Optional[str], now_ms: Optional[int], context: Any = None
+    ) -> None:
+        """Queues an exposure this process has not logged before (`ClientCore` calls it). An
+        exposure to an experiment comes with the context it was evaluated with, and carries the
+        attributes the experiment's results are broken down by (format 2 snapshots); one to a
+        holdout comes without."""
         experiment_id, unit_attribute, unit = exposure
-        self._record(
-            {
-                "kind": "exposure",
-                "unit": unit,
-                "unit_attribute": unit_attribute,
-                "experiment_id": experiment_id,
-                "variant": variant,
-                "timestamp": _now_ms() if now_ms is None else now_ms,
-            }
-        )
+        event = {
+            "kind": "exposure",
+            "unit": unit,
+            "unit_attribute": unit_attribute,
+            "experiment_id": experiment_id,
+            "variant": variant,
+            "timestamp": _now_ms() if now_ms is None else now_ms,
+        }
+        engine = self._engine
+        if context is not None and engine is not None:
+            try:
+                attributes = engine._exposure_attributes(experiment_id, context)
+            except Exception as error:  # noqa: BLE001 - a context that fails to read again
+                # costs the exposure its attributes, reported, not the exposure.
+                self._error(AbxError("invalid_context", f"cannot read the exposure's attributes: {error}"))
+                attributes = None
+            if attributes:
+                event["attributes"] = attributes
+        self._record(event)
 
     def track(
         self,

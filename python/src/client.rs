@@ -89,18 +89,21 @@ impl ClientCore {
         logs.then_some(|id: &str, attribute: &str, unit: &str| self.remember(id, attribute, unit))
     }
 
-    /// Logs `exposure` (new to this process) through the Python client's `_record_exposure`.
+    /// Logs `exposure` (new to this process) through the Python client's `_record_exposure`,
+    /// with the context it was evaluated with when it is an exposure to an experiment (whose
+    /// attributes it carries), `None` for one to a holdout.
     fn expose(
         slf: &Bound<'_, Self>,
         exposure: Option<&Exposure>,
         variant: Option<&Py<PyString>>,
         now_ms: i64,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let Some(exposure) = exposure else {
             return Ok(());
         };
         let exposure = clone_exposure(slf.py(), exposure);
-        slf.call_method1("_record_exposure", (exposure, variant, now_ms))?;
+        slf.call_method1("_record_exposure", (exposure, variant, now_ms, context))?;
         Ok(())
     }
 }
@@ -192,9 +195,16 @@ impl ClientCore {
             return empty(intern!(py, UNKNOWN));
         };
         let answer = assignment.get();
-        Self::expose(slf, answer.exposure.as_ref(), answer.variant.as_ref(), now)?;
+        let variant = answer.variant.as_ref();
+        Self::expose(
+            slf,
+            answer.exposure.as_ref(),
+            variant,
+            now,
+            context.as_ref(),
+        )?;
         if let Some((exposure, arm)) = &answer.holdout_exposure {
-            Self::expose(slf, Some(exposure), Some(arm), now)?;
+            Self::expose(slf, Some(exposure), Some(arm), now, None)?;
         }
         Ok(assignment)
     }
@@ -235,7 +245,14 @@ impl ClientCore {
                 reason(intern!(py, UNKNOWN)),
             ));
         };
-        Self::expose(slf, detail.exposure.as_ref(), detail.variant.as_ref(), now)?;
+        let variant = detail.variant.as_ref();
+        Self::expose(
+            slf,
+            detail.exposure.as_ref(),
+            variant,
+            now,
+            context.as_ref(),
+        )?;
         Ok(detail)
     }
 }

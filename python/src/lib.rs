@@ -20,7 +20,7 @@ use std::hint::black_box;
 
 use abx_core::snapshot::FlagValue;
 use abx_core::{
-    Attributes, Context, Error, Evaluator, FlagReason, HELD_ARM, RELEASED_ARM, Reason,
+    Attributes, Context, Error, Evaluator, FlagReason, HELD_ARM, RELEASED_ARM, Reason, ValueRef,
     with_unit_text,
 };
 use pyo3::exceptions::PyValueError;
@@ -382,6 +382,53 @@ fn answer(
 
 #[pymethods]
 impl Engine {
+    /// What an exposure to the experiment with id `experiment_id` carries for `context` (a
+    /// dict, an `abx.Context` or `None`) besides its unit (format 2 snapshots): a dict of
+    /// the attributes its results are broken down by that the context has as a string, a
+    /// number or a boolean (`abx_core::Evaluator::exposure_attributes`), or `None`. Numbers
+    /// without a fraction come back as `int`, which JSON writes without one, as every other
+    /// runtime does.
+    fn _exposure_attributes<'py>(
+        &self,
+        py: Python<'py>,
+        experiment_id: &str,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let index = abx_core::snapshot::Id::parse(experiment_id)
+            .and_then(|id| self.evaluator.experiment_index_by_id(&id));
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let read = self
+            .evaluator
+            .snapshot()
+            .exposure_attributes
+            .get(index as usize);
+        if read.is_none_or(Vec::is_empty) {
+            return Ok(None);
+        }
+        self.with_context(context.as_ref(), read, |context, _| {
+            let carried = self.evaluator.exposure_attributes(index, context);
+            if carried.is_empty() {
+                return Ok(None);
+            }
+            let dict = PyDict::new(py);
+            for (name, value) in carried.0 {
+                match value {
+                    ValueRef::Str(s) => dict.set_item(name, s)?,
+                    ValueRef::Num(n) if n.abs() <= 9_007_199_254_740_992.0 && n.fract() == 0.0 => {
+                        dict.set_item(name, n as i64)?
+                    }
+                    ValueRef::Num(n) => dict.set_item(name, n)?,
+                    ValueRef::Bool(b) => dict.set_item(name, b)?,
+                    // `exposure_attributes` leaves lists out.
+                    ValueRef::List(_) => {}
+                }
+            }
+            Ok(Some(dict))
+        })?
+    }
+
     /// Decodes snapshot bytes. With `public_keys` (32-byte Ed25519 keys; several while the
     /// origin's signing key is rotated), only a snapshot one of them signed is accepted.
     /// Raises `SnapshotError(code, message)`.

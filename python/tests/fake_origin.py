@@ -47,7 +47,8 @@ class FakeOrigin:
             def do_GET(self) -> None:  # noqa: N802
                 if not self.authorized():
                     return
-                if self.path == "/api/v1/snapshot":
+                # The client asks for format 2 (docs/snapshot-format.md, "Versions").
+                if self.path == "/api/v1/snapshot?format=2":
                     origin.snapshot_gets += 1
                     if origin.fail_snapshots:
                         self.answer(503, b"{}", {"retry-after": "1"})
@@ -55,7 +56,7 @@ class FakeOrigin:
                         self.answer(304, b"")
                     else:
                         self.answer(200, origin.snapshot, {"etag": origin.etag})
-                elif self.path == "/api/v1/snapshot/stream":
+                elif self.path == "/api/v1/snapshot/stream?format=2":
                     self.send_response(200)
                     self.send_header("content-type", "text/event-stream")
                     self.end_headers()

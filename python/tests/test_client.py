@@ -193,6 +193,70 @@ def test_units_log_one_exposure_per_holdout_with_their_arm(tmp_path, errors):
     assert errors == []
 
 
+DIMENSIONS = (GOLDEN / "dimensions.abxs").read_bytes()
+DIMENSION_CASES = json.loads((GOLDEN.parent / "vectors" / "dimensions.json").read_text())["cases"]
+
+
+def test_exposures_carry_the_attributes_their_experiment_is_broken_down_by(tmp_path, errors):
+    """A format 2 snapshot lists, per experiment, the attributes its exposures carry: each
+    unit's first exposure carries its context's values of them (the conformance vectors say
+    which), from `assign`, from a prepared `abx.Context` and from `evaluate`; exposures to
+    holdouts carry none."""
+    origin = FakeOrigin(DIMENSIONS)
+    engine = abx._abx.Engine(DIMENSIONS)
+    with client_for(origin, tmp_path, errors) as client:
+        want = {}
+        for n, case in enumerate(DIMENSION_CASES[:60]):
+            context, now = case["context"], case["now_ms"]
+            if n % 3 == 1:
+                client.evaluate(context, now_ms=now, log_exposures=True)
+            for key, expected in case["expected"].items():
+                client.assign(key, abx.Context(context) if n % 3 == 2 else context, now_ms=now)
+                if expected["reason"] != "assigned":
+                    continue
+                # (experiment id, unit attribute, unit): a unit's first exposure is logged.
+                exposure = engine.assign(key, context, now)._exposure
+                want.setdefault(exposure, expected.get("attributes") or None)
+        assert client.flush(5)
+    logged = [e for e in origin.events if e["kind"] == "exposure"]
+    holdouts = [e for e in logged if e["variant"] in ("held", "released")]
+    experiments = [e for e in logged if e["variant"] not in ("held", "released")]
+    assert holdouts and all("attributes" not in e for e in holdouts)
+    carried = 0
+    for event in experiments:
+        expected = want[(event["experiment_id"], event["unit_attribute"], event["unit"])]
+        assert event.get("attributes") == expected, event
+        carried += expected is not None
+    assert len(experiments) == len(want)
+    assert carried > 20
+    assert errors == []
+
+
+def test_a_context_that_fails_to_read_its_attributes_costs_the_exposure_its_attributes(tmp_path, errors):
+    """Reading the exposure's attributes is a second read of the context, after the
+    evaluation: when it raises, the exposure is still logged, without attributes, and the
+    error is reported."""
+
+    class Clash:
+        """A key that shares `country`'s hash and raises when compared with it."""
+
+        def __hash__(self) -> int:
+            return hash("country")
+
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("compared")
+
+    origin = FakeOrigin(DIMENSIONS)
+    with client_for(origin, tmp_path, errors) as client:
+        # `respects_global` reads only `user_id`, and its exposures carry `country`.
+        got = client.assign("respects_global", {Clash(): 1, "user_id": "u-clash"}, now_ms=NOW)
+        assert got.reason == "assigned"
+        assert client.flush(5)
+    logged = [e for e in origin.events if e["experiment_id"] == got.experiment_id]
+    assert len(logged) == 1 and "attributes" not in logged[0]
+    assert [e.code for e in errors] == ["invalid_context"]
+
+
 def test_invalid_events_raise():
     client = abx.Client.from_snapshot(BASIC)
     for unit, event_type, value in [("", "x", 1), ("u", "", 1), ("u", "x", float("nan")), (None, "x", 1)]:
@@ -369,7 +433,7 @@ def test_an_error_raised_while_a_context_is_read_reaches_the_caller():
     # still assign one.
     client = abx.Client.from_snapshot((GOLDEN / "targeting.abxs").read_bytes())
     logged: list[tuple[str, str, str]] = []
-    client._record_exposure = lambda exposure, variant, now_ms: logged.append(exposure)  # type: ignore[method-assign]
+    client._record_exposure = lambda exposure, *_: logged.append(exposure)  # type: ignore[method-assign]
     client._logs_exposures = True
     context = {Clash(): 1, "user_id": "u0"}
     Clash.armed = True

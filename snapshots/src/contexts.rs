@@ -155,10 +155,16 @@ pub fn context(rng: &mut Rng) -> Attributes {
         };
         put("email", Json::from(email));
     }
+    // The last is longer than the 256 bytes an exposure attribute may have.
+    let long_agent = format!(
+        "Mozilla/5.0 (X11; Linux x86_64) {}",
+        "Plugin/1.0 ".repeat(24)
+    );
     let agents = [
         "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
         "curl/8.4.0",
+        long_agent.as_str(),
     ];
     put("user_agent", Json::from(*rng.pick(&agents)));
     put(

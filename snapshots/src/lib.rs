@@ -35,7 +35,7 @@ pub fn generate() -> Suite {
     let mut artifacts = Vec::new();
     let mut coverage = Coverage::default();
     let mut cases = 0;
-    let mut scenarios = scenarios::all();
+    let scenarios = scenarios::all();
     for (seed, scenario) in scenarios.iter().enumerate() {
         if let Err(error) = abx_core::Evaluator::new(scenario.snapshot.clone()) {
             panic!(
@@ -61,7 +61,7 @@ pub fn generate() -> Suite {
             bytes: vectors.into_bytes(),
         });
     }
-    artifacts.extend(invalid(&mut scenarios));
+    artifacts.extend(invalid(&scenarios));
     Suite {
         artifacts,
         coverage,
@@ -69,10 +69,19 @@ pub fn generate() -> Suite {
     }
 }
 
+/// Each golden file is written in the oldest format that holds its snapshot, so that the
+/// suite keeps both formats that runtimes must read: format 1, which deployed origins still
+/// serve, and format 2 where a scenario uses what it added.
 fn encode(scenario: &Scenario) -> Vec<u8> {
+    let s = &scenario.snapshot;
+    let format = if s.exposure_attributes.is_empty() && s.holdout_units.is_empty() {
+        abx_core::Format::V1
+    } else {
+        abx_core::Format::V2
+    };
     match &scenario.signing_seed {
-        Some(seed) => abx_core::encode_signed(&scenario.snapshot, seed),
-        None => abx_core::encode(&scenario.snapshot),
+        Some(seed) => abx_core::encode_signed_as(s, seed, format),
+        None => abx_core::encode_as(s, format),
     }
 }
 
@@ -122,9 +131,17 @@ fn vectors(scenario: &Scenario, seed: u64, coverage: &mut Coverage) -> String {
             let holdout = outcome
                 .holdout
                 .map_or(String::new(), |arm| format!(",\"holdout\":\"{arm}\""));
+            // Likewise the attributes its exposures carry, only where the snapshot lists some.
+            let attributes =
+                reference
+                    .exposure_attributes(i, &context)
+                    .map_or(String::new(), |carried| {
+                        let object: serde_json::Map<String, Json> = carried.into_iter().collect();
+                        format!(",\"attributes\":{}", Json::Object(object))
+                    });
             write!(
                 expected,
-                "{separator}{key}:{{\"variant\":{variant},\"reason\":\"{}\"{holdout}}}",
+                "{separator}{key}:{{\"variant\":{variant},\"reason\":\"{}\"{holdout}{attributes}}}",
                 outcome.reason
             )
             .expect("writing to a String");
@@ -154,7 +171,7 @@ fn vectors(scenario: &Scenario, seed: u64, coverage: &mut Coverage) -> String {
 }
 
 /// Broken snapshots and the error code every runtime must report for them.
-fn invalid(scenarios: &mut [Scenario]) -> Vec<Artifact> {
+fn invalid(scenarios: &[Scenario]) -> Vec<Artifact> {
     let basic = scenarios
         .iter()
         .find(|s| s.name == "basic")
@@ -176,6 +193,14 @@ fn invalid(scenarios: &mut [Scenario]) -> Vec<Artifact> {
         bytes.extend_from_slice(&abx_core::crc32(payload).to_le_bytes());
         bytes
     };
+    let dimensions = scenarios
+        .iter()
+        .find(|s| s.name == "dimensions")
+        .expect("dimensions scenario");
+    let mut stray_attribute = dimensions.snapshot.clone();
+    stray_attribute.exposure_attributes[0].push(999);
+    let mut short_table = dimensions.snapshot.clone();
+    short_table.holdout_units.pop();
     let mut broken_model = basic.snapshot.clone();
     broken_model.experiments[0].unit = 999;
     let broken_model_payload = postcard_payload(&broken_model);
@@ -191,9 +216,16 @@ fn invalid(scenarios: &mut [Scenario]) -> Vec<Artifact> {
     case("bad_magic", patched(&good, 3, b'T'), "null", "bad_magic");
     case(
         "future_version",
-        patched(&good, 4, 2),
+        patched(&good, 4, 3),
         "null",
         "unsupported_version",
+    );
+    // Format 2 appends tables to format 1's payload: a format 1 payload labelled 2 lacks them.
+    case(
+        "format_1_labelled_2",
+        patched(&good, 4, 2),
+        "null",
+        "malformed_payload",
     );
     case(
         "unknown_flags",
@@ -213,6 +245,16 @@ fn invalid(scenarios: &mut [Scenario]) -> Vec<Artifact> {
     let mut trailing = good.clone();
     trailing.push(0);
     case("trailing_byte", trailing, "null", "trailing_bytes");
+    // A byte after a format 1 payload, inside the checksum: it would read as the start of
+    // format 2's tables, which format 1 does not have.
+    let mut payload_and_byte = good[12..good.len() - 4].to_vec();
+    payload_and_byte.push(1);
+    case(
+        "format_1_payload_and_a_byte",
+        with_payload(&payload_and_byte),
+        "null",
+        "trailing_bytes",
+    );
     case(
         "flipped_payload_bit",
         patched(
@@ -232,6 +274,18 @@ fn invalid(scenarios: &mut [Scenario]) -> Vec<Artifact> {
     case(
         "broken_model",
         with_payload(&broken_model_payload),
+        "null",
+        "invalid_snapshot",
+    );
+    case(
+        "stray_exposure_attribute",
+        abx_core::encode(&stray_attribute),
+        "null",
+        "invalid_snapshot",
+    );
+    case(
+        "short_holdout_units",
+        abx_core::encode(&short_table),
         "null",
         "invalid_snapshot",
     );
@@ -276,7 +330,9 @@ fn patched(bytes: &[u8], at: usize, value: u8) -> Vec<u8> {
     out
 }
 
+/// The payload of `snapshot` in format 1, the format of the `basic` golden file whose
+/// header the invalid cases reuse.
 fn postcard_payload(snapshot: &Snapshot) -> Vec<u8> {
-    let bytes = abx_core::encode(snapshot);
+    let bytes = abx_core::encode_as(snapshot, abx_core::Format::V1);
     bytes[12..bytes.len() - 4].to_vec()
 }

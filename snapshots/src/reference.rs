@@ -107,6 +107,45 @@ impl<'s> Reference<'s> {
         outcome
     }
 
+    /// What an exposure to experiment `index` carries besides its unit (format 2): each
+    /// attribute the snapshot lists for it that the context has as a string of at most 256
+    /// bytes, a number or a boolean, with that value. `None` when it lists none.
+    pub fn exposure_attributes(
+        &self,
+        index: usize,
+        context: &serde_json::Map<String, Json>,
+    ) -> Option<Vec<(String, Json)>> {
+        let s = self.snapshot;
+        let listed = s.exposure_attributes.get(index).filter(|l| !l.is_empty())?;
+        let carried = listed
+            .iter()
+            .filter_map(|&attr| {
+                let name = &s.attributes[attr as usize];
+                match attribute(context, name)? {
+                    // Numbers without a fraction are written as integers, as JavaScript
+                    // writes them, so that every runtime writes one value one way.
+                    Json::Number(n) => {
+                        let f = n.as_f64()?;
+                        let exact = f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0;
+                        let value = if exact {
+                            Json::from(f as i64)
+                        } else {
+                            Json::from(f)
+                        };
+                        Some((name.clone(), value))
+                    }
+                    // The origin refuses string values over 256 bytes.
+                    Json::String(s) if s.len() > 256 => None,
+                    value @ (Json::String(_) | Json::Bool(_)) => {
+                        Some((name.clone(), value.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        Some(carried)
+    }
+
     /// Whether the holdout experiment `e` respects (if any) holds `unit` out.
     fn held(&self, e: &Experiment, unit: &str, now_ms: i64) -> bool {
         let Some(h) = e.holdout else { return false };
@@ -136,12 +175,18 @@ impl<'s> Reference<'s> {
         };
         // The holdout's arm, for experiments that are not switchbacks (whose holdouts hold
         // units per period, which no readout compares).
-        let reached =
-            |outcome: Outcome, held: bool| Outcome {
-                holdout: (e.holdout.is_some() && e.switchback_period_s.is_none())
-                    .then_some(if held { "held" } else { "released" }),
-                ..outcome
-            };
+        // Nor for a holdout that (format 2) holds another attribute than the experiment's
+        // unit, whose exposures the holdout could not count.
+        let same_unit = |h: u32| {
+            s.holdout_units
+                .get(h as usize)
+                .is_none_or(|&unit| unit == e.unit)
+        };
+        let reached = |outcome: Outcome, held: bool| Outcome {
+            holdout: (e.holdout.is_some_and(same_unit) && e.switchback_period_s.is_none())
+                .then_some(if held { "held" } else { "released" }),
+            ..outcome
+        };
         let unit = unit_string(attribute(context, &s.attributes[e.unit as usize]));
         if e.status != Status::Running {
             return match (e.status, e.shipped) {

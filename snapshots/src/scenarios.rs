@@ -1006,6 +1006,45 @@ pub fn targeting_client() -> Scenario {
     }
 }
 
+/// `holdouts_forced` in format 2: exposures carry dimension attributes (strings, numbers,
+/// booleans, and lists, nulls and strings over 256 bytes that they leave out), and the
+/// holdouts name their unit, so
+/// that `device_holdout`, which hashes `device_id` against a `user_id` holdout (a
+/// configuration older origins allowed), reaches no holdout step.
+pub fn dimensions() -> Scenario {
+    let mut scenario = holdouts_forced();
+    scenario.name = "dimensions";
+    let s = &mut scenario.snapshot;
+    s.snapshot_version = 8;
+    let mut attribute = |name: &str| match s.attributes.iter().position(|a| a == name) {
+        Some(i) => i as u32,
+        None => {
+            s.attributes.push(name.into());
+            (s.attributes.len() - 1) as u32
+        }
+    };
+    let user = attribute("user_id");
+    let lists: [Vec<u32>; 4] = [
+        vec![
+            attribute("country"),
+            attribute("platform"),
+            attribute("user_agent"),
+        ],
+        vec![attribute("age"), attribute("beta"), attribute("tags")],
+        vec![],
+        vec![
+            attribute("score"),
+            attribute("nested"),
+            attribute("country"),
+        ],
+    ];
+    s.exposure_attributes = (0..s.experiments.len())
+        .map(|i| lists[i % lists.len()].clone())
+        .collect();
+    s.holdout_units = vec![user; s.holdouts.len()];
+    scenario
+}
+
 pub fn all() -> Vec<Scenario> {
     vec![
         basic(),
@@ -1016,7 +1055,8 @@ pub fn all() -> Vec<Scenario> {
         switchback(),
         signed(),
         realistic_1000(),
-        // Last, so that the scenarios before it keep their seeds and files.
+        // Last, so that the scenarios before them keep their seeds and files.
         targeting_client(),
+        dimensions(),
     ]
 }

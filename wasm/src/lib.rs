@@ -136,6 +136,24 @@ impl Engine {
             .collect()
     }
 
+    /// The names of the attributes that an exposure to experiment `index` carries for this
+    /// context (`Evaluator::exposure_attributes`, format 2 snapshots): the host copies their
+    /// values from the context it encoded. Empty when there are none.
+    #[wasm_bindgen(js_name = exposureAttributes)]
+    pub fn exposure_attributes(
+        &self,
+        index: u32,
+        context_bytes: &[u8],
+    ) -> Result<Vec<String>, JsValue> {
+        let context = context(context_bytes)?;
+        let carried = self.evaluator.exposure_attributes(index, &context);
+        Ok(carried
+            .0
+            .iter()
+            .map(|(name, _)| String::from(*name))
+            .collect())
+    }
+
     /// Variant keys of experiment `index`, in variant order.
     #[wasm_bindgen(js_name = variantKeys)]
     pub fn variant_keys(&self, index: u32) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! Snapshot bytes are untrusted: decoding, validation and evaluation must never panic.
 //! The input is tried as a whole envelope and, reframed with a valid header and checksum,
-//! as a payload, so that the fuzzer reaches the postcard decoder and the validator.
+//! as a payload of each format, so that the fuzzer reaches the postcard decoder (format 1's
+//! and format 2's) and the validator.
 #![no_main]
 
 use abx_core::{Context, Evaluator};
@@ -20,6 +21,8 @@ fn exercise(bytes: &[u8]) {
                 let evaluation = evaluator.evaluate(context, now_ms);
                 for a in &evaluation.experiments {
                     let _ = evaluator.experiment(a.experiment_key, context, now_ms);
+                    let _ = evaluator.holdout_step(a, context);
+                    let _ = evaluator.exposure_attributes(a.index, context);
                 }
                 for f in &evaluation.flags {
                     let _ = evaluator.flag(f.flag_key, context, now_ms);
@@ -31,9 +34,11 @@ fn exercise(bytes: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     exercise(data);
-    let mut framed = b"ABXS\x01\x00\x00\x00".to_vec();
-    framed.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    framed.extend_from_slice(data);
-    framed.extend_from_slice(&abx_core::crc32(data).to_le_bytes());
-    exercise(&framed);
+    for header in [b"ABXS\x01\x00\x00\x00", b"ABXS\x02\x00\x00\x00"] {
+        let mut framed = header.to_vec();
+        framed.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        framed.extend_from_slice(data);
+        framed.extend_from_slice(&abx_core::crc32(data).to_le_bytes());
+        exercise(&framed);
+    }
 });

@@ -233,6 +233,17 @@ impl Replay<'_> {
                         (Some(step.holdout_id), Some(step.arm()))
                     }),
             );
+            // What the exposure to log carries: the vector's object, left out when empty or
+            // when there is no exposure to log.
+            let want_carried = expected[&want.key]
+                .get("attributes")
+                .filter(|carried| carried.as_object().is_some_and(|o| !o.is_empty()))
+                .filter(|_| a.log_exposure);
+            check.same(
+                &format!("{} attributes (JSON)", want.key),
+                got.get("attributes"),
+                want_carried,
+            );
         }
         let flags = result["flags"]
             .as_object()

@@ -68,14 +68,16 @@ pub struct EventRecord {
 /// At most this many properties (or exposure attributes) per event.
 pub const MAX_PROPERTIES: usize = 32;
 /// A string property's value, at most (in UTF-8 bytes).
-pub const MAX_PROPERTY_BYTES: usize = 256;
+pub const MAX_PROPERTY_BYTES: usize = abx_core::MAX_EXPOSURE_STRING_BYTES;
 
 /// Checks an event's `properties` (or `attributes`, named by `field`): an object of at most
 /// [`MAX_PROPERTIES`] entries, named like attributes, whose values are strings of at most
 /// [`MAX_PROPERTY_BYTES`], finite numbers or booleans. Returns the object's compact JSON
-/// text (keys sorted), `None` for an absent, null or empty object.
+/// text (keys sorted), `None` for an absent, null or empty object. Numbers are stored by
+/// their f64 value, integral ones as integers ([`canonical_number`]), so that a drill-down
+/// groups a value alike whichever runtime wrote it: JavaScript writes `21`, Python `21.0`.
 pub fn properties(value: Option<Json>, field: &str) -> Result<Option<String>, String> {
-    let map = match value {
+    let mut map = match value {
         None | Some(Json::Null) => return Ok(None),
         Some(Json::Object(map)) => map,
         Some(_) => return Err(format!("`{field}` must be an object")),
@@ -110,7 +112,25 @@ pub fn properties(value: Option<Json>, field: &str) -> Result<Option<String>, St
     if map.is_empty() {
         return Ok(None);
     }
+    for value in map.values_mut() {
+        if let Some(f) = value.as_f64() {
+            *value = canonical_number(f);
+        }
+    }
     Ok(Some(Json::Object(map).to_string()))
+}
+
+/// A number as events store it: by its f64 value (what filters compare and every runtime
+/// holds), written as an integer when it has no fraction and fits one. One value is then one
+/// text however a runtime wrote it: `21`, `21.0`, or `1e16` and `10000000000000000`.
+fn canonical_number(f: f64) -> Json {
+    /// 2^63: every integral f64 below it in magnitude is an exact i64.
+    const I64_RANGE: f64 = 9_223_372_036_854_775_808.0;
+    if f.fract() == 0.0 && f.abs() < I64_RANGE {
+        Json::from(f as i64)
+    } else {
+        Json::from(f)
+    }
 }
 
 /// The properties of a stored event (text that [`properties`] produced); empty if `None`.
@@ -595,14 +615,15 @@ mod tests {
         );
     }
 
-    /// Properties are stored as compact JSON with sorted keys, and absent when empty; the
-    /// exposure's `attributes` go to the same place.
+    /// Properties are stored as compact JSON with sorted keys, numbers without a fraction as
+    /// integers, and absent when empty; the exposure's `attributes` go to the same place.
     #[test]
     fn properties_are_kept_compact_and_sorted() {
         let mut metric = exposure();
         metric["kind"] = json!("metric");
         metric["event_type"] = json!("purchase");
-        metric["properties"] = json!({"items": 2, "currency": "USD", "first": true});
+        metric["properties"] = json!({"items": 2.0, "currency": "USD", "first": true,
+            "share": 0.5, "big": 1e300, "js": 10_000_000_000_000_000u64, "py": 1e16});
         let mut exposed = exposure();
         exposed["event_id"] = json!("7a2d2c1e-8b1a-4c1e-9a7e-0a1b2c3d4e5f");
         exposed["attributes"] = json!({});
@@ -610,7 +631,9 @@ mod tests {
         assert_eq!(parsed.rejected, []);
         assert_eq!(
             parsed.events[0].1.properties.as_deref(),
-            Some(r#"{"currency":"USD","first":true,"items":2}"#)
+            Some(
+                r#"{"big":1e+300,"currency":"USD","first":true,"items":2,"js":10000000000000000,"py":10000000000000000,"share":0.5}"#
+            )
         );
         assert_eq!(parsed.events[1].1.properties, None);
         let back = parse_properties(parsed.events[0].1.properties.as_deref());

@@ -34,6 +34,11 @@ pub struct AssignmentView {
     /// The holdout the unit reached, if any: the caller logs one exposure to it per unit,
     /// with `experiment_id` the holdout's id and `variant` its `arm` (docs/assignment.md).
     pub holdout: Option<HoldoutView>,
+    /// With `log_exposure`: the `attributes` the exposure carries, the context's values of
+    /// what the experiment's results are broken down by; absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = true)]
+    pub attributes: Option<serde_json::Value>,
     pub snapshot_version: u64,
 }
 
@@ -66,6 +71,9 @@ fn view(published: &Published, a: &Assignment<'_>, context: &Context) -> Assignm
                 holdout_id: step.holdout_id.to_string(),
                 arm: step.arm(),
             }),
+        attributes: Some(published.evaluator.exposure_attributes(a.index, context))
+            .filter(|carried| a.log_exposure && !carried.is_empty())
+            .and_then(|carried| serde_json::to_value(carried).ok()),
         snapshot_version,
     }
 }

@@ -227,6 +227,11 @@ async fn refuse_mismatched_exposures(
                 unit_attribute = holdout_units.get(id.as_str()).cloned();
             }
             let unit_attribute = unit_attribute.as_deref();
+            let (_, unit) = record.unit_key.split_once(':').unwrap_or(("", ""));
+            if has_qa_override(evaluator, holdout, unit) {
+                parsed.rejected.push((index, FORCED_UNIT.into()));
+                continue;
+            }
             match holdout_mismatch(
                 evaluator,
                 holdout,
@@ -261,10 +266,7 @@ async fn refuse_mismatched_exposures(
             // A QA override: runtimes with the full snapshot log no exposure for it, and
             // browsers, whose client snapshot has no overrides, log the hashed variant. Either
             // way its traffic is testing, not users: kept out, and not counted as forged.
-            parsed.rejected.push((
-                index,
-                "forced_unit: the unit has a QA override; its exposures are not analysed".into(),
-            ));
+            parsed.rejected.push((index, FORCED_UNIT.into()));
             continue;
         }
         let reason = match expected.as_ref().and_then(|a| a.variant) {
@@ -295,6 +297,20 @@ async fn refuse_mismatched_exposures(
     parsed.rejected.sort_by_key(|(index, _)| *index);
     parsed.events = kept;
     Ok(parsed)
+}
+
+const FORCED_UNIT: &str = "forced_unit: the unit has a QA override; its exposures are not analysed";
+
+/// Whether `unit` has a QA override in a running experiment that respects holdout
+/// `holdout`. Runtimes with the full snapshot log no holdout step for a forced answer, but
+/// browsers, whose client snapshot has no overrides, log the unit's arm: QA traffic is
+/// testing, so the holdout's readout leaves such units out, as experiments' readouts do.
+fn has_qa_override(evaluator: &abx_core::Evaluator, holdout: u32, unit: &str) -> bool {
+    evaluator.snapshot().experiments.iter().any(|e| {
+        e.holdout == Some(holdout)
+            && e.status == abx_core::snapshot::Status::Running
+            && e.forced.iter().any(|f| f.unit == unit)
+    })
 }
 
 /// What ingest makes of an exposure to a holdout.

@@ -318,3 +318,237 @@ on_both_backends!(
     instance_dimensions,
     instance_dimensions_are_validated_and_versioned
 );
+
+/// Format 2 snapshots (`?format=2`) tell runtimes which attributes each experiment's
+/// exposures carry, its own dimensions then the instance's, and each holdout's unit; the
+/// default stays format 1, which deployed runtimes read. Both are signed, for full and
+/// browser keys alike, for the latest and for older versions, and the change stream
+/// announces the ETag of the format asked for.
+async fn format_2_snapshots_carry_what_exposures_carry(o: &TestOrigin) {
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    o.create(
+        "/api/v1/holdouts",
+        json!({"key": "long_term", "percent": 10}),
+    )
+    .await;
+    let mut body = experiment("checkout", "conversion");
+    body["dimensions"] = json!(["platform", "country"]);
+    body["holdout"] = json!("long_term");
+    o.start_experiment(body).await;
+    o.start_experiment(experiment("search", "conversion")).await;
+    let put = o
+        .send(
+            Method::PUT,
+            "/api/v1/dimensions",
+            Some(&o.admin),
+            Some(json!({"dimensions": ["country", "browser"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+
+    // The origin's own answers carry the attributes an exposure it asks for would carry.
+    let mut carried = 0;
+    for u in 0..20 {
+        let path = format!(
+            "/api/v1/experiments/checkout/assignment?user_id=u{u}&platform=ios&browser=firefox&plan=pro"
+        );
+        let reply = o.get(&path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        if reply.body["log_exposure"] == json!(true) {
+            let want = json!({"platform": "ios", "browser": "firefox"});
+            assert_eq!(reply.body["attributes"], want, "{}", reply.body);
+            carried += 1;
+        } else {
+            assert!(reply.body.get("attributes").is_none(), "{}", reply.body);
+        }
+    }
+    assert!(carried > 10, "{carried} of 20 assigned");
+
+    let public_key = o.state.public_key;
+    for role in ["server", "sdk"] {
+        let key = o.key(role).await;
+        let read = |path: String| {
+            let key = key.clone();
+            async move { o.request(Method::GET, &path, Some(&key), None).await }
+        };
+        let v1 = read("/api/v1/snapshot".into()).await;
+        let v2 = read("/api/v1/snapshot?format=2".into()).await;
+        assert_eq!(
+            read("/api/v1/snapshot?format=1".into()).await.bytes,
+            v1.bytes
+        );
+        assert_eq!(&v1.bytes[4..6], &[1, 0], "{role}: the default is format 1");
+        assert_eq!(&v2.bytes[4..6], &[2, 0], "{role}");
+        assert_ne!(v1.headers["etag"], v2.headers["etag"]);
+        let old = abx_core::Evaluator::from_verified_bytes(&v1.bytes, &public_key).expect("signed");
+        let new = abx_core::Evaluator::from_verified_bytes(&v2.bytes, &public_key).expect("signed");
+        assert!(old.snapshot().exposure_attributes.is_empty());
+        assert!(old.snapshot().holdout_units.is_empty());
+        let context = abx_core::Context::new()
+            .with("user_id", "u1")
+            .with("platform", "ios")
+            .with("country", "DE")
+            .with("browser", "firefox")
+            .with("ignored", "x");
+        let carried = |key: &str| -> Vec<(String, String)> {
+            new.exposure_attributes(new.experiment_index(key).expect(key), &context)
+                .0
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), format!("{value:?}")))
+                .collect()
+        };
+        let expected = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| {
+                    (
+                        n.to_string(),
+                        format!("{:?}", context.get(n).unwrap().view()),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            carried("checkout"),
+            expected(&["platform", "country", "browser"])
+        );
+        assert_eq!(carried("search"), expected(&["country", "browser"]));
+        let s = new.snapshot();
+        assert_eq!(s.holdout_units.len(), 1);
+        assert_eq!(s.attributes[s.holdout_units[0] as usize], "user_id");
+        // Apart from the tables, the two formats hold the same snapshot.
+        let mut stripped = s.clone();
+        stripped.exposure_attributes.clear();
+        stripped.holdout_units.clear();
+        assert_eq!(&stripped, old.snapshot(), "{role}");
+
+        let not_modified = o
+            .send(
+                Method::GET,
+                "/api/v1/snapshot?format=2",
+                Some(&key),
+                None,
+                &[("if-none-match", v2.headers["etag"].to_str().unwrap())],
+            )
+            .await;
+        assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+        let version = o.state.published().version;
+        let older = read(format!("/api/v1/snapshots/{version}?format=2")).await;
+        assert_eq!(older.bytes, v2.bytes, "{role}");
+        assert_eq!(older.headers["etag"], v2.headers["etag"]);
+        let older = read(format!("/api/v1/snapshots/{version}")).await;
+        assert_eq!(older.bytes, v1.bytes, "{role}");
+        // The change stream's first event names the ETag of the format asked for.
+        for (format, etag) in [("1", &v1.headers["etag"]), ("2", &v2.headers["etag"])] {
+            let request = axum::http::Request::builder()
+                .uri(format!("/api/v1/snapshot/stream?format={format}"))
+                .header("authorization", format!("Bearer {key}"))
+                .body(axum::body::Body::empty())
+                .expect("request");
+            let response = tower::ServiceExt::oneshot(abx_origin::app(o.state.clone()), request)
+                .await
+                .expect("infallible");
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut frames = response.into_body().into_data_stream();
+            let first = futures_util::StreamExt::next(&mut frames)
+                .await
+                .expect("an event")
+                .expect("bytes");
+            let text = String::from_utf8_lossy(&first).into_owned();
+            let etag = etag.to_str().unwrap().replace('"', "\\\"");
+            assert!(
+                text.contains(&etag),
+                "{role} format {format}: {text} lacks {etag}"
+            );
+        }
+        for path in [
+            "/api/v1/snapshot?format=3",
+            "/api/v1/snapshot/stream?format=v2",
+        ] {
+            let refused = read(path.into()).await;
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(refused.body["error"]["message"], "format must be 1 or 2");
+        }
+    }
+}
+
+on_both_backends!(
+    format_2_snapshots,
+    format_2_snapshots_carry_what_exposures_carry
+);
+
+/// An origin upgraded over a database whose newest snapshot an older origin stored in
+/// format 1 reads it, serves it as stored by default and re-encoded on `?format=2`, and,
+/// since the configuration has dimensions that the stored copy lacks, republishes at start.
+async fn an_upgrade_over_a_format_1_snapshot(o: &TestOrigin) {
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    let mut body = experiment("checkout", "conversion");
+    body["dimensions"] = json!(["platform"]);
+    o.start_experiment(body).await;
+    let seed_hex = match &o.settings.signing_key {
+        Some(hex) => hex.clone(),
+        None => std::fs::read_to_string(o.settings.data_dir.join("signing.key")).expect("seed"),
+    };
+    let seed: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&seed_hex.trim()[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let seed: [u8; 32] = seed.try_into().expect("32 bytes");
+
+    // What an older origin stores: the snapshot in format 1, as a newer version.
+    let mut older = o.state.published().evaluator.snapshot().clone();
+    older.snapshot_version += 1;
+    let bytes = abx_core::encode_signed_as(&older, &seed, abx_core::Format::V1);
+    let stored = abx_origin_store::StoredSnapshot {
+        version: older.snapshot_version as i64,
+        published_at_ms: older.published_at_ms,
+        etag: abx_origin::publish::etag(older.snapshot_version, &bytes),
+        bytes: bytes.clone(),
+    };
+    {
+        let mut conn = o.state.db.pool.acquire().await.expect("connection");
+        abx_origin_store::insert_snapshot(&mut conn, &stored)
+            .await
+            .expect("stored");
+    }
+    let state = o.restart().await;
+    let published = state.published();
+    assert_eq!(published.version, older.snapshot_version + 1, "republished");
+    let carried = &published.evaluator.snapshot().exposure_attributes;
+    assert_eq!(carried.len(), 1, "the republished snapshot has the tables");
+    // The stored format 1 version is still served as stored, and in format 2 on request.
+    let router = abx_origin::app(state.clone());
+    let read = |path: String| {
+        let router = router.clone();
+        let key = o.admin.clone();
+        async move {
+            common::call(
+                &router,
+                Method::GET,
+                &path,
+                None,
+                &[("authorization", &format!("Bearer {key}"))],
+            )
+            .await
+        }
+    };
+    let version = older.snapshot_version;
+    let as_stored = read(format!("/api/v1/snapshots/{version}")).await;
+    assert_eq!(as_stored.bytes, bytes);
+    let reencoded = read(format!("/api/v1/snapshots/{version}?format=2")).await;
+    assert_eq!(&reencoded.bytes[4..6], &[2, 0]);
+    let decoded = abx_core::decode_verified(&reencoded.bytes, &state.public_key).expect("signed");
+    let held = abx_core::decode(&bytes).expect("decodes");
+    assert!(held.exposure_attributes.is_empty() && !older.exposure_attributes.is_empty());
+    assert_eq!(
+        decoded, held,
+        "format 1 held no tables, so format 2's are empty"
+    );
+    let latest = read("/api/v1/snapshot?format=2".into()).await;
+    let latest = abx_core::decode(&latest.bytes).expect("decodes");
+    assert_eq!(latest.exposure_attributes.len(), 1);
+}
+
+on_both_backends!(format_1_upgrade, an_upgrade_over_a_format_1_snapshot);

@@ -236,6 +236,12 @@ async fn holdout_readout(o: &TestOrigin) {
         let id = o.start_experiment(body).await;
         ship(o, &id).await;
     }
+    // A running experiment under the holdout with a QA override: browsers, which do not see
+    // overrides, log the QA unit's arm, and ingest sets it apart.
+    let mut body = experiment("qa_checked", "conversion");
+    body["holdout"] = json!("everything_shipped");
+    body["forced"] = json!({"qa-tester": "treatment"});
+    o.start_experiment(body).await;
 
     let sdk = o.key("sdk").await;
     let now = abx_origin_domain::clock::now_ms() - 60_000;
@@ -290,6 +296,10 @@ async fn holdout_readout(o: &TestOrigin) {
         json!({"event_id": event_id(events.len() + 1), "kind": "exposure", "unit": "r0",
             "unit_attribute": "device_id",
             "experiment_id": holdout_id, "variant": first_arm, "timestamp": now}),
+        json!({"event_id": event_id(events.len() + 3), "kind": "exposure", "unit": "qa-tester",
+            "experiment_id": holdout_id, "variant": "released", "timestamp": now}),
+        json!({"event_id": event_id(events.len() + 4), "kind": "exposure", "unit": "qa-tester",
+            "experiment_id": holdout_id, "variant": "held", "timestamp": now}),
     ];
     for chunk in events.chunks(1_000) {
         let reply = o.send_events(&sdk, chunk).await;
@@ -302,11 +312,16 @@ async fn holdout_readout(o: &TestOrigin) {
         .iter()
         .map(|r| r["reason"].as_str().expect("reason"))
         .collect();
-    assert_eq!(reasons.len(), 2, "{}", reply.body);
+    assert_eq!(reasons.len(), 4, "{}", reply.body);
     // The other arm is forged; another unit may come from an experiment that kept an older
-    // holdout of another unit, so it is refused without counting as forged.
+    // holdout of another unit, so it is refused without counting as forged; a QA unit's arm,
+    // whichever it names, is set apart.
     assert!(reasons[0].starts_with("variant_mismatch"), "{reasons:?}");
     assert!(reasons[1].starts_with("holdout_unit"), "{reasons:?}");
+    assert!(
+        reasons[2..].iter().all(|r| r.starts_with("forced_unit")),
+        "{reasons:?}"
+    );
 
     common::drain(&o.state).await;
 

@@ -4,7 +4,7 @@
 //! cannot make the whole result unparsable.
 
 use abx_core::snapshot::Snapshot;
-use abx_core::{Assignment, Context, Evaluation, Evaluator, FlagResult};
+use abx_core::{Assignment, Context, Evaluation, Evaluator, ExposureAttributes, FlagResult};
 use serde::Serialize;
 use serde::ser::Serializer;
 
@@ -20,6 +20,11 @@ pub struct ExperimentJson<'a> {
     pub log_exposure: bool,
     /// The holdout the unit reached, to log as an exposure to it (`abx_core::HoldoutStep`).
     pub holdout: Option<HoldoutJson<'a>>,
+    /// What the exposure to log carries besides its unit: the context's values of the
+    /// attributes the experiment's results are broken down by (format 2 snapshots). Only
+    /// with `log_exposure`, and left out when there are none.
+    #[serde(skip_serializing_if = "ExposureAttributes::is_empty")]
+    pub attributes: ExposureAttributes<'a, 'a>,
 }
 
 #[derive(Serialize)]
@@ -30,7 +35,7 @@ pub struct HoldoutJson<'a> {
 
 impl<'a> ExperimentJson<'a> {
     /// `a`, an answer `evaluator` gave for `context`.
-    pub fn new(evaluator: &'a Evaluator, a: &Assignment<'a>, context: &Context) -> Self {
+    pub fn new(evaluator: &'a Evaluator, a: &Assignment<'a>, context: &'a Context) -> Self {
         ExperimentJson {
             experiment: a.experiment_key,
             experiment_id: a.experiment_id,
@@ -42,6 +47,11 @@ impl<'a> ExperimentJson<'a> {
                 holdout_id: step.holdout_id,
                 arm: step.arm(),
             }),
+            attributes: if a.log_exposure {
+                evaluator.exposure_attributes(a.index, context)
+            } else {
+                ExposureAttributes::default()
+            },
         }
     }
 }

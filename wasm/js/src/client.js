@@ -205,7 +205,8 @@ export class AbxClient {
     try {
       const headers = { authorization: `Bearer ${this.sdkKey}` };
       if (this.etag) headers['if-none-match'] = this.etag;
-      const response = await this.fetch(`${this.origin}/api/v1/snapshot`, { headers, cache: 'no-store' });
+      // Format 2 names the attributes that each experiment's exposures carry.
+      const response = await this.fetch(`${this.origin}/api/v1/snapshot?format=2`, { headers, cache: 'no-store' });
       if (response.status === 304) return false;
       if (!response.ok) {
         this.onError(new AbxError('fetch_failed', `GET /api/v1/snapshot answered ${response.status}`));
@@ -238,7 +239,8 @@ export class AbxClient {
     }
     if (typeof EventSourceClass === 'function') {
       try {
-        const url = `${this.origin}/api/v1/snapshot/stream?key=${encodeURIComponent(this.sdkKey)}`;
+        // The format the snapshot is fetched in, so that the announced ETags are its own.
+        const url = `${this.origin}/api/v1/snapshot/stream?format=2&key=${encodeURIComponent(this.sdkKey)}`;
         const source = new EventSourceClass(url);
         source.addEventListener('snapshot', (event) => {
           let announced;
@@ -356,15 +358,17 @@ export class AbxClient {
     if (step !== null) this.expose(snapshot, i, step.arm, context, options, step.holdoutId);
   }
 
-  /** Logs an exposure to `experimentId` (experiment `i`'s own unless given) of its unit. */
+  /**
+   * Logs an exposure to `experimentId` (experiment `i`'s own unless given) of its unit. An
+   * exposure to the experiment itself carries the attributes its results are broken down
+   * by; one to its holdout (which has no dimensions) carries the unit alone.
+   */
   expose(snapshot, i, variant, context, options, experimentId = snapshot.experimentIds[i]) {
     const unitAttribute = snapshot.experimentUnits[i];
     const unit = unitString(context?.[unitAttribute]);
     if (unit === null) return;
     const memory = `${experimentId}\u0000${unitAttribute}\u0000${unit}`;
     if (this.exposed.has(memory)) return;
-    if (this.exposed.size >= MAX_REMEMBERED_EXPOSURES) this.exposed.clear();
-    this.exposed.add(memory);
     const event = {
       kind: 'exposure',
       unit,
@@ -373,7 +377,26 @@ export class AbxClient {
       variant,
       timestamp: this.now(options),
     };
+    if (experimentId === snapshot.experimentIds[i]) {
+      const attributes = this.exposureAttributes(snapshot, i, context);
+      if (attributes !== null) event.attributes = attributes;
+    }
+    if (this.exposed.size >= MAX_REMEMBERED_EXPOSURES) this.exposed.clear();
+    this.exposed.add(memory);
     this.record(event);
+  }
+
+  /**
+   * The attributes an exposure to experiment `i` carries, or null. A context that fails to
+   * read (a throwing getter) costs the exposure its attributes, reported, not the exposure.
+   */
+  exposureAttributes(snapshot, i, context) {
+    try {
+      return snapshot.exposureAttributes(i, context);
+    } catch (error) {
+      this.onError(AbxError.from(error));
+      return null;
+    }
   }
 
   /**

@@ -86,6 +86,11 @@ export interface ExposureEvent {
   experiment_id: string;
   variant: string;
   timestamp: number;
+  /**
+   * The context's values of the attributes the experiment's results are broken down by (its
+   * dimensions and the instance's), when it has any; never on holdout exposures.
+   */
+  attributes?: Record<string, string | number | boolean>;
 }
 
 export interface ClientOptions {

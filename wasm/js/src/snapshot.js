@@ -77,6 +77,23 @@ export class LoadedSnapshot {
     return holdoutId && arm ? { holdoutId, arm } : null;
   }
 
+  /**
+   * What an exposure to experiment `i` carries besides its unit: the context's values of the
+   * attributes its results are broken down by (format 2 snapshots), or null for none. The
+   * module names the attributes whose values count (strings, finite numbers, booleans);
+   * their values are the caller's own.
+   */
+  exposureAttributes(i, context) {
+    const names = this.engine.exposureAttributes(i, encodeContext(context));
+    if (names.length === 0) return null;
+    const carried = {};
+    for (const name of names) {
+      // Defined rather than assigned, so that an attribute named `__proto__` is kept too.
+      Object.defineProperty(carried, name, { value: context[name], enumerable: true, writable: true, configurable: true });
+    }
+    return carried;
+  }
+
   /** Releases the module memory now instead of at garbage collection. */
   free() {
     this.engine.free();

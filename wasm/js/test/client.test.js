@@ -28,10 +28,10 @@ async function deadPort() {
 }
 
 /** The first case of a vector file with an experiment whose reason is `reason`. */
-function caseWith(file, reason) {
+function caseWith(file, reason, also = () => true) {
   for (const testCase of file.cases) {
     for (const [key, want] of Object.entries(testCase.expected)) {
-      if (want.reason === reason) return { testCase, key, want };
+      if (want.reason === reason && also(want)) return { testCase, key, want };
     }
   }
   throw new Error(`no ${reason} case`);
@@ -97,7 +97,7 @@ test('refresh() sends If-None-Match and keeps the snapshot on 304', async () => 
   const origin = new FakeOrigin();
   origin.serve(golden('basic.abxs'), '"v1"');
   const client = await AbxClient.connect({ origin: 'https://abx.test/', sdkKey: 'sdk key', fetch: origin.fetch, storage: new MemoryStorage(), refreshIntervalMs: 0, stream: false });
-  assert.equal(origin.requests[0].url, 'https://abx.test/api/v1/snapshot');
+  assert.equal(origin.requests[0].url, 'https://abx.test/api/v1/snapshot?format=2');
   assert.equal(origin.requests[0].headers.authorization, 'Bearer sdk key');
   assert.equal(origin.requests[0].headers['if-none-match'], undefined);
   assert.equal(await client.refresh(), false);
@@ -112,7 +112,7 @@ test('a change announced on the stream loads the new snapshot; older ones are re
   origin.serve(golden('basic.abxs'), '"v1"');
   const client = await AbxClient.connect({ origin: 'https://abx.test', sdkKey: 'k&1', fetch: origin.fetch, EventSource: FakeEventSource, storage: new MemoryStorage(), refreshIntervalMs: 0 });
   const [source] = FakeEventSource.instances;
-  assert.equal(source.url, 'https://abx.test/api/v1/snapshot/stream?key=k%261');
+  assert.equal(source.url, 'https://abx.test/api/v1/snapshot/stream?format=2&key=k%261');
   source.emit('snapshot', { version: 1, etag: '"v1"' });
   await settle();
   assert.equal(origin.requests.length, 1, 'the current etag is not fetched again');
@@ -254,6 +254,68 @@ test('a unit logs its arm in each holdout it reaches, once, from variant() and e
   assert.equal(logged.length, new Set(logged).size, 'each unit once per holdout');
   assert.deepEqual(new Set(logged), want);
   assert.deepEqual(new Set([...want].map((w) => w.split(' ')[2])), new Set(['held', 'released']));
+  client.close();
+});
+
+test('exposures carry the attributes the experiment is broken down by (format 2), holdout arms none', async () => {
+  const { client, transport, clock } = recordingClient(golden('dimensions.abxs'));
+  const file = vectors('dimensions.json');
+  const want = new Map();
+  for (const testCase of file.cases.slice(0, 60)) {
+    for (const [key, expected] of Object.entries(testCase.expected)) {
+      client.variant(key, testCase.context, { nowMs: testCase.now_ms });
+      if (expected.reason !== 'assigned') continue;
+      const i = client.snapshot.experimentIndex.get(key);
+      const unit = String(testCase.context[client.snapshot.experimentUnits[i]]);
+      // A unit's first exposure is the one logged, with that context's attributes.
+      const exposure = `${client.snapshot.experimentIds[i]} ${unit}`;
+      if (!want.has(exposure)) want.set(exposure, expected.attributes);
+    }
+  }
+  await clock.advance(10_000);
+  const events = transport.events();
+  const experiments = events.filter((e) => !holdoutArm(e));
+  assert.equal(experiments.length, want.size);
+  let carried = 0;
+  for (const event of experiments) {
+    const expected = want.get(`${event.experiment_id} ${event.unit}`);
+    const empty = expected === undefined || Object.keys(expected).length === 0;
+    assert.deepEqual(event.attributes, empty ? undefined : expected, JSON.stringify(event));
+    carried += empty ? 0 : 1;
+  }
+  assert.ok(carried > 20, `${carried} exposures carried attributes`);
+  assert.ok(events.filter(holdoutArm).length > 0);
+  assert.ok(events.filter(holdoutArm).every((e) => e.attributes === undefined));
+  client.close();
+});
+
+test('a context that fails to read its attributes again costs the exposure its attributes, not the exposure', async () => {
+  const clock = new FakeClock();
+  const transport = new FakeTransport({ clock });
+  const queue = new EventQueue({ transport, storage: new MemoryStorage(), clock });
+  const errors = [];
+  const client = AbxClient.fromSnapshot(golden('dimensions.abxs'), { queue, clock, onError: (e) => errors.push(e) });
+  const file = vectors('dimensions.json');
+  const { testCase, key } = caseWith(file, 'assigned', (want) => Object.keys(want.attributes ?? {}).includes('country'));
+  // Evaluating reads each attribute twice (encodeContext counts, then writes); the reads
+  // for the exposure's attributes come after.
+  let reads = 0;
+  const context = { ...testCase.context };
+  Object.defineProperty(context, 'country', {
+    enumerable: true,
+    get() {
+      reads += 1;
+      if (reads > 2) throw new Error('read again');
+      return testCase.context.country;
+    },
+  });
+  assert.equal(client.variant(key, context, { nowMs: testCase.now_ms }).reason, 'assigned');
+  await clock.advance(10_000);
+  const i = client.snapshot.experimentIndex.get(key);
+  const logged = transport.events().filter((e) => e.experiment_id === client.snapshot.experimentIds[i]);
+  assert.equal(logged.length, 1);
+  assert.equal(logged[0].attributes, undefined);
+  assert.equal(errors.length, 1);
   client.close();
 });
 
