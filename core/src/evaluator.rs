@@ -729,16 +729,22 @@ fn validate(s: &Snapshot) -> Result<(), Invalid> {
         s.exposure_attributes.len(),
         s.experiments.len(),
     )?;
+    // Marks of the attributes one experiment's list named so far (cleared after each list),
+    // so that the check stays linear in the input however long the lists are.
+    let mut listed = vec![false; s.attributes.len()];
     for (experiment, attributes) in s.exposure_attributes.iter().enumerate() {
-        for (i, &attr) in attributes.iter().enumerate() {
+        for &attr in attributes {
             check("exposure attribute", attr, n_attrs)?;
             // Twice would name one key twice in an exposure's `attributes`.
-            if attributes[..i].contains(&attr) {
+            if core::mem::replace(&mut listed[attr as usize], true) {
                 return Err(Invalid::DuplicateKey {
                     what: "exposure attribute",
                     index: experiment as u32,
                 });
             }
+        }
+        for &attr in attributes {
+            listed[attr as usize] = false;
         }
     }
     side_table("holdout units", s.holdout_units.len(), s.holdouts.len())?;
@@ -1257,6 +1263,47 @@ impl<'e, 'c> Pass<'e, 'c> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_attribute_listed_twice_for_one_experiments_exposures_is_refused() {
+        let mut b = crate::SnapshotBuilder::new(1, 0);
+        let unit = b.attribute("user_id");
+        let variant = crate::snapshot::Variant {
+            key: b.string("a"),
+            threshold: FULL_BP,
+            config: "{}".into(),
+        };
+        for key in ["first", "second"] {
+            let index = b.experiment(crate::snapshot::Experiment {
+                id: Id([key.len() as u8; 16]),
+                key: key.into(),
+                status: Status::Running,
+                unit,
+                targeting: None,
+                holdout: None,
+                allocation: Allocation::Traffic { bp: FULL_BP },
+                variants: vec![variant.clone()],
+                forced: Vec::new(),
+                shipped: None,
+                switchback_period_s: None,
+            });
+            // Each list alone names an attribute once; the marks of one list do not carry
+            // over to the next.
+            b.exposure_attributes(index, &["country", "platform"]);
+        }
+        let good = b.build();
+        assert!(Evaluator::new(good.clone()).is_ok());
+        let mut twice = good;
+        let first = twice.exposure_attributes[1][0];
+        twice.exposure_attributes[1].push(first);
+        assert_eq!(
+            Evaluator::new(twice).err(),
+            Some(Error::Invalid(Invalid::DuplicateKey {
+                what: "exposure attribute",
+                index: 1,
+            }))
+        );
+    }
 
     proptest! {
         /// The hand-written sort must give the standard stable sort's order, duplicates

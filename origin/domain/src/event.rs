@@ -73,9 +73,9 @@ pub const MAX_PROPERTY_BYTES: usize = abx_core::MAX_EXPOSURE_STRING_BYTES;
 /// Checks an event's `properties` (or `attributes`, named by `field`): an object of at most
 /// [`MAX_PROPERTIES`] entries, named like attributes, whose values are strings of at most
 /// [`MAX_PROPERTY_BYTES`], finite numbers or booleans. Returns the object's compact JSON
-/// text (keys sorted), `None` for an absent, null or empty object. Numbers are stored by
-/// their f64 value, integral ones as integers ([`canonical_number`]), so that a drill-down
-/// groups a value alike whichever runtime wrote it: JavaScript writes `21`, Python `21.0`.
+/// text (keys sorted), `None` for an absent, null or empty object. Floats without a fraction
+/// are stored as integers ([`canonical_number`]), so that a drill-down groups a value alike
+/// whichever runtime wrote it: JavaScript writes `21`, Python `21.0`.
 pub fn properties(value: Option<Json>, field: &str) -> Result<Option<String>, String> {
     let mut map = match value {
         None | Some(Json::Null) => return Ok(None),
@@ -113,16 +113,17 @@ pub fn properties(value: Option<Json>, field: &str) -> Result<Option<String>, St
         return Ok(None);
     }
     for value in map.values_mut() {
-        if let Some(f) = value.as_f64() {
+        // Integers are kept exactly; floats without a fraction become integers.
+        if let Some(f) = value.as_f64().filter(|_| value.is_f64()) {
             *value = canonical_number(f);
         }
     }
     Ok(Some(Json::Object(map).to_string()))
 }
 
-/// A number as events store it: by its f64 value (what filters compare and every runtime
-/// holds), written as an integer when it has no fraction and fits one. One value is then one
-/// text however a runtime wrote it: `21`, `21.0`, or `1e16` and `10000000000000000`.
+/// A number that arrived as a float, as events store it: as an integer when it has no
+/// fraction and fits one. One value is then one text however a runtime wrote it: `21` and
+/// `21.0`, or `10000000000000000` and `1e16`. (Integers stay as sent.)
 fn canonical_number(f: f64) -> Json {
     /// 2^63: every integral f64 below it in magnitude is an exact i64.
     const I64_RANGE: f64 = 9_223_372_036_854_775_808.0;
@@ -623,7 +624,8 @@ mod tests {
         metric["kind"] = json!("metric");
         metric["event_type"] = json!("purchase");
         metric["properties"] = json!({"items": 2.0, "currency": "USD", "first": true,
-            "share": 0.5, "big": 1e300, "js": 10_000_000_000_000_000u64, "py": 1e16});
+            "share": 0.5, "big": 1e300, "js": 10_000_000_000_000_000u64, "py": 1e16,
+            "exact": 9_007_199_254_740_993u64});
         let mut exposed = exposure();
         exposed["event_id"] = json!("7a2d2c1e-8b1a-4c1e-9a7e-0a1b2c3d4e5f");
         exposed["attributes"] = json!({});
@@ -632,7 +634,7 @@ mod tests {
         assert_eq!(
             parsed.events[0].1.properties.as_deref(),
             Some(
-                r#"{"big":1e+300,"currency":"USD","first":true,"items":2,"js":10000000000000000,"py":10000000000000000,"share":0.5}"#
+                r#"{"big":1e+300,"currency":"USD","exact":9007199254740993,"first":true,"items":2,"js":10000000000000000,"py":10000000000000000,"share":0.5}"#
             )
         );
         assert_eq!(parsed.events[1].1.properties, None);

@@ -227,11 +227,6 @@ async fn refuse_mismatched_exposures(
                 unit_attribute = holdout_units.get(id.as_str()).cloned();
             }
             let unit_attribute = unit_attribute.as_deref();
-            let (_, unit) = record.unit_key.split_once(':').unwrap_or(("", ""));
-            if has_qa_override(evaluator, holdout, unit) {
-                parsed.rejected.push((index, FORCED_UNIT.into()));
-                continue;
-            }
             match holdout_mismatch(
                 evaluator,
                 holdout,
@@ -239,6 +234,9 @@ async fn refuse_mismatched_exposures(
                 &record.unit_key,
                 variant,
             ) {
+                HoldoutCheck::Valid if has_qa_override(evaluator, holdout, &record.unit_key) => {
+                    parsed.rejected.push((index, FORCED_UNIT.into()));
+                }
                 HoldoutCheck::Valid => kept.push((index, record)),
                 HoldoutCheck::OtherUnit(reason) => parsed.rejected.push((index, reason)),
                 HoldoutCheck::Forged(reason) => {
@@ -301,14 +299,21 @@ async fn refuse_mismatched_exposures(
 
 const FORCED_UNIT: &str = "forced_unit: the unit has a QA override; its exposures are not analysed";
 
-/// Whether `unit` has a QA override in a running experiment that respects holdout
-/// `holdout`. Runtimes with the full snapshot log no holdout step for a forced answer, but
-/// browsers, whose client snapshot has no overrides, log the unit's arm: QA traffic is
-/// testing, so the holdout's readout leaves such units out, as experiments' readouts do.
-fn has_qa_override(evaluator: &abx_core::Evaluator, holdout: u32, unit: &str) -> bool {
-    evaluator.snapshot().experiments.iter().any(|e| {
+/// Whether the unit of `unit_key` (`attribute:unit`) has a QA override in a running
+/// experiment that respects holdout `holdout` and randomizes by that attribute. Runtimes
+/// with the full snapshot log no holdout step for a forced answer, but browsers, whose
+/// client snapshot has no overrides, log the unit's arm: QA traffic is testing, so the
+/// holdout's readout leaves such units out, as experiments' readouts do.
+fn has_qa_override(evaluator: &abx_core::Evaluator, holdout: u32, unit_key: &str) -> bool {
+    let (attribute, unit) = unit_key.split_once(':').unwrap_or(("", ""));
+    let snapshot = evaluator.snapshot();
+    let unit_attribute = |e: &abx_core::snapshot::Experiment| {
+        snapshot.attributes.get(e.unit as usize).map(String::as_str)
+    };
+    snapshot.experiments.iter().any(|e| {
         e.holdout == Some(holdout)
             && e.status == abx_core::snapshot::Status::Running
+            && unit_attribute(e) == Some(attribute)
             && e.forced.iter().any(|f| f.unit == unit)
     })
 }

@@ -88,8 +88,12 @@ export class LoadedSnapshot {
     if (names.length === 0) return null;
     const carried = {};
     for (const name of names) {
+      let value = context[name];
+      // A lone surrogate is what the module saw as U+FFFD, and what the origin's JSON parser
+      // would refuse the whole batch for.
+      if (typeof value === 'string' && typeof value.toWellFormed === 'function') value = value.toWellFormed();
       // Defined rather than assigned, so that an attribute named `__proto__` is kept too.
-      Object.defineProperty(carried, name, { value: context[name], enumerable: true, writable: true, configurable: true });
+      Object.defineProperty(carried, name, { value, enumerable: true, writable: true, configurable: true });
     }
     return carried;
   }
