@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::clock;
 use crate::model::catalog::{Cap, Metric, MetricKind, Window};
-use crate::model::experiment::Experiment;
+use crate::model::experiment::{Experiment, Status};
 use crate::model::filter::Filter;
 
 /// How one experiment's events are attributed and rolled up.
@@ -16,6 +16,13 @@ pub struct ExperimentPlan {
     pub unit_attribute: String,
     pub switchback_period_s: Option<u32>,
     pub metrics: Vec<MetricPlan>,
+    /// When the analysis closes: the end of a completed experiment or an ended holdout.
+    /// Events stamped later count nowhere, exposures or metric events, however late they
+    /// arrive: from its end every unit gets what shipped (or, a holdout's held units,
+    /// everything), so they would measure that rather than the arm the unit had. Not in
+    /// the fingerprint: ending adds no event to rollups already made, it only stops adding.
+    #[serde(skip)]
+    pub ends_at_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -56,6 +63,11 @@ fn match_nothing() -> Filter {
 }
 
 impl ExperimentPlan {
+    /// Whether an event stamped `ts_ms` is within the analysis (before its end, if any).
+    pub fn counts_at(&self, ts_ms: i64) -> bool {
+        self.ends_at_ms.is_none_or(|end| ts_ms <= end)
+    }
+
     /// The plan as text, stored beside rollups computed by it: rollups serve only the plan
     /// that made them (a metric added since, say, would be missing from them), so a reader
     /// compares this with its own plan's, and the pipelines rebuild when they differ.
@@ -185,6 +197,10 @@ pub fn plan_of(e: &Experiment, metrics: &HashMap<String, Metric>) -> ExperimentP
             .into_iter()
             .filter_map(|k| metrics.get(k).map(MetricPlan::from))
             .collect(),
+        ends_at_ms: match e.status {
+            Status::Completed | Status::Archived => e.ended_at_ms,
+            Status::Draft | Status::Running | Status::Paused => None,
+        },
     }
 }
 

@@ -1817,12 +1817,24 @@ fn recommend(
             g.note.as_deref().unwrap_or("unknown reason")
         );
     }
+    // An experiment that has ended cannot keep running: where a running one would be told
+    // to, an ended one is told what that leaves its results.
+    let ended = matches!(e.status, Status::Completed | Status::Archived);
     if min_units == 0 {
-        return "Waiting for data: no exposures yet".into();
+        return if ended {
+            "Ended without data: no exposures were counted".into()
+        } else {
+            "Waiting for data: no exposures yet".into()
+        };
     }
     let minimum = f64::from(e.analysis.min_duration_days);
     let ran = e.days_running(now_ms);
     if ran < minimum {
+        if ended {
+            return format!(
+                "Ended early: after {ran:.1} of its {minimum}-day minimum, so these results are preliminary (early effects fade or grow, and weekdays differ)"
+            );
+        }
         let left = (minimum - ran).ceil();
         return format!(
             "Keep running: {left} more day{} of the {minimum}-day minimum (early effects fade or grow, and weekdays differ)",
@@ -1835,6 +1847,11 @@ fn recommend(
     let frozen = primary.comparisons.iter().any(|c| c.latest.is_some());
     if e.analysis.mode == AnalysisMode::FixedHorizon && !frozen {
         let pct = (planned_fraction.unwrap_or(0.0) * 100.0).min(100.0).floor();
+        if ended {
+            return format!(
+                "Ended early: at {pct}% of its planned sample, before its fixed-horizon test, so these results are descriptive only"
+            );
+        }
         return format!(
             "Keep running: {pct}% of planned sample; a fixed-horizon test is read once, at the end of the first full day with its planned size"
         );
@@ -1906,10 +1923,13 @@ fn recommend(
                     "No significant difference after the final look: keep {}",
                     e.control()
                 )
+            } else if ended {
+                "Ended before any boundary was crossed: no significant difference".into()
             } else {
                 "Keep running: no boundary crossed yet".into()
             }
         }
+        AnalysisMode::Sequential if ended => "Ended with no significant difference".into(),
         AnalysisMode::Sequential => "Keep running: no significant difference yet".into(),
     }
 }

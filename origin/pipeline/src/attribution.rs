@@ -464,7 +464,10 @@ async fn refill_derived_measures(
                     .await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            for event in page.iter().filter(|e| !held.contains(&e.seq)) {
+            for event in page
+                .iter()
+                .filter(|e| !held.contains(&e.seq) && plan.counts_at(e.ts_ms))
+            {
                 let key = match plan.switchback_period_s {
                     Some(period) => {
                         crate::plan::switchback_cell(&event.unit_key, event.ts_ms, period)

@@ -612,9 +612,10 @@ impl ClickHouse {
             "SELECT ukey, argMin(arm, t) AS variant, min(t) AS first_ms, min(arm) != max(arm) AS multiple{chosen}
              FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t{read} FROM {db}.exposures FINAL
                    WHERE experiment_id = {id} AND variant IN ({variants})
-                     AND substring(unit_key, 1, {len}) = {prefix})
+                     AND substring(unit_key, 1, {len}) = {prefix}{before_end})
              GROUP BY ukey",
             unit = Self::unit_expression(plan),
+            before_end = Self::before_end(plan),
             db = self.database,
             id = literal(experiment_id),
             variants = literal_list(plan.variants.iter().map(String::as_str)),
@@ -741,7 +742,7 @@ impl ClickHouse {
                           greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
                           {per_day}
                    FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                         WHERE event_type IN ({event_types})) AS events
+                         WHERE event_type IN ({event_types}){before_end}) AS events
                    ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
                    GROUP BY ukey, day
                  ) GROUP BY ukey, variant
@@ -755,6 +756,7 @@ impl ClickHouse {
             joined = joined.join(", "),
             properties = Self::property_columns(plan),
             unit = Self::unit_expression(plan),
+            before_end = Self::before_end(plan),
             db = self.database,
         )
     }
@@ -871,11 +873,12 @@ impl ClickHouse {
             "SELECT ukey, arm, toInt32(if(abs(value) < {MIN_MAGNITUDE:?}, 0,
                       if(value > 0, 1, -1) * ({OFFSET} + toInt32(ceil(log(abs(value)) / {LN_GAMMA:?}))))) AS bucket
              FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                   WHERE event_type = {t}) AS events
+                   WHERE event_type = {t}{before_end}) AS events
              ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
              WHERE event_type = {counted} AND ts_ms >= first_ms{window}",
             unit = Self::unit_expression(plan),
             properties = Self::property_columns(plan),
+            before_end = Self::before_end(plan),
             db = self.database,
             t = literal(&metric.event_type),
             counted = Self::counted(metric),
@@ -1035,6 +1038,13 @@ impl ClickHouse {
             }
             None => String::new(),
         }
+    }
+
+    /// The condition (to append to a `WHERE` on the raw events) that an event is stamped
+    /// before the analysis's end, as `ExperimentPlan::counts_at`: nothing while it is open.
+    fn before_end(plan: &ExperimentPlan) -> String {
+        plan.ends_at_ms
+            .map_or_else(String::new, |end| format!(" AND ts_ms <= {end}"))
     }
 
     /// The condition on an event's time (`ts_ms`, against the unit's `first_ms`) of a period.
@@ -1241,13 +1251,14 @@ impl ClickHouse {
              ALL LEFT JOIN (
                SELECT ukey, {totals}
                FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                     WHERE event_type IN ({event_types})) AS events
+                     WHERE event_type IN ({event_types}){before_end}) AS events
                ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
                GROUP BY ukey
              ) AS totals USING ukey",
             values = values.join(", "),
             totals = totals.join(", "),
             unit = Self::unit_expression(plan),
+            before_end = Self::before_end(plan),
             db = self.database,
             properties = Self::property_columns(plan),
         )
@@ -1331,12 +1342,13 @@ impl ClickHouse {
                SELECT ukey, toFloat64(countIf(ts_ms >= first_ms{window})) AS post_count,
                       sumIf(value, ts_ms >= first_ms{window}) AS post_sum
                FROM (SELECT {unit} AS ukey, value, ts_ms FROM {db}.metric_events FINAL
-                     WHERE event_type = {t}) AS events
+                     WHERE event_type = {t}{before_end}) AS events
                ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed_a}) WHERE multiple = 0) AS exposed USING ukey
                  GROUP BY ukey
                ) AS totals USING ukey
              ) GROUP BY va, vb ORDER BY va, vb",
             unit = Self::unit_expression(a.1),
+            before_end = Self::before_end(a.1),
             db = self.database,
             t = Self::counted(metric),
             window = Self::in_window(metric),

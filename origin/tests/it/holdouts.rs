@@ -421,3 +421,124 @@ backend_tests!(
     postgres => Postgres,
     warehouse => Warehouse
 );
+
+/// Readouts close at the end (issue 28): once an experiment completes or a holdout ends,
+/// every unit gets what shipped, so events stamped later must count nowhere, however late
+/// they arrive, while events stamped before the end still count when they arrive after it.
+/// Twenty units log an exposure to an experiment and to a holdout, eight convert; after
+/// both end, every unit converts again, a new unit is exposed, one unit's late conversion
+/// from before the end arrives, and a unit whose exposure from before the end arrives after
+/// its conversion from after it (so that the pipeline finds the conversion among the
+/// unit's earlier events) adds an impression without a conversion.
+async fn readouts_stop_at_the_end(o: &TestOrigin) {
+    use abx_origin_domain::clock::now_ms;
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    let holdout = o
+        .create(
+            "/api/v1/holdouts",
+            json!({"key": "long_term", "percent": 25, "metrics": ["conversion"]}),
+        )
+        .await;
+    let holdout_id = holdout["id"].as_str().expect("id").to_string();
+    let experiment_id = o
+        .start_experiment(experiment("checkout", "conversion"))
+        .await;
+    let sdk = o.key("sdk").await;
+    let mut sequence = 0;
+    let mut event = |unit: &str, fields: Json, ts: i64| {
+        sequence += 1;
+        let mut e = json!({"event_id": format!("00000000-0000-4000-8000-{sequence:012x}"),
+            "unit": unit, "timestamp": ts});
+        e.as_object_mut()
+            .expect("object")
+            .extend(fields.as_object().expect("object").clone());
+        e
+    };
+    let exposures = |unit: &str, i: usize| {
+        let variant = if i.is_multiple_of(2) { "control" } else { "treatment" };
+        let arm = if i < 5 { "held" } else { "released" };
+        [
+            json!({"kind": "exposure", "experiment_id": experiment_id, "variant": variant}),
+            json!({"kind": "exposure", "experiment_id": holdout_id, "variant": arm}),
+        ]
+        .map(|fields| (unit.to_string(), fields))
+    };
+    let conversion = json!({"kind": "metric", "event_type": "conversion"});
+    let sdk = &sdk;
+    let send = |events: Vec<Json>| async move {
+        let reply = o.send_events(sdk, &events).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    };
+
+    let start = now_ms() - 60_000;
+    let mut before = Vec::new();
+    for i in 0..20 {
+        let unit = format!("u{i}");
+        for (unit, fields) in exposures(&unit, i) {
+            before.push(event(&unit, fields, start));
+        }
+        if matches!(i, 0..=3 | 10..=13) {
+            before.push(event(&unit, conversion.clone(), start + 1_000));
+        }
+    }
+    send(before).await;
+    common::drain(&o.state).await;
+
+    let last_moment_before = now_ms() - 1_000;
+    ship(o, &experiment_id).await;
+    let ended = o
+        .send(
+            Method::POST,
+            "/api/v1/holdouts/long_term/end",
+            Some(&o.admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(ended.status, StatusCode::OK, "{}", ended.body);
+    let later = now_ms() + 1_000;
+
+    // The straggler's conversion from after the end is applied before its exposure.
+    send(vec![event("straggler", conversion.clone(), later)]).await;
+    common::drain(&o.state).await;
+    let mut after = Vec::new();
+    for (unit, fields) in exposures("straggler", 0) {
+        after.push(event(&unit, fields, last_moment_before - 1_000));
+    }
+    for i in 0..20 {
+        after.push(event(&format!("u{i}"), conversion.clone(), later));
+    }
+    for (unit, fields) in exposures("newcomer", 1) {
+        after.push(event(&unit, fields, later));
+    }
+    after.push(event("newcomer", conversion.clone(), later));
+    after.push(event("u4", conversion.clone(), last_moment_before));
+    send(after).await;
+    common::drain(&o.state).await;
+
+    // (impressions, conversions) of each variant, as the planted events give them.
+    let expected = [
+        ("/api/v1/experiments/checkout/results", "control", (11, 5)),
+        ("/api/v1/experiments/checkout/results", "treatment", (10, 4)),
+        ("/api/v1/holdouts/long_term/results", "held", (6, 5)),
+        ("/api/v1/holdouts/long_term/results", "released", (15, 4)),
+    ];
+    for (path, variant, (impressions, conversions)) in expected {
+        let results = o.get(path).await;
+        assert_eq!(results.status, StatusCode::OK, "{}", results.body);
+        assert_eq!(results.body["status"], "completed", "{}", results.body);
+        let counted = &results.body["variants"][variant];
+        assert_eq!(
+            (
+                counted["impressions"].as_u64(),
+                counted["conversions"].as_f64()
+            ),
+            (Some(impressions), Some(conversions as f64)),
+            "{path} {variant}: {}",
+            results.body
+        );
+    }
+}
+
+on_every_backend!(readouts_close_at_the_end, readouts_stop_at_the_end);

@@ -131,6 +131,9 @@ fn a_fixed_horizon_test_is_not_read_before_its_planned_sample() {
     assert_eq!(results.planned_sample_fraction, Some(0.5));
     assert!(!results.metrics[0].comparisons[0].significant);
     recommends(&results, "Keep running: 50%");
+    e.status = Status::Completed;
+    let results = compute(&e, &metrics, &ten_percent_lift(), NOW, false);
+    recommends(&results, "Ended early: at 50% of its planned sample");
 }
 
 #[test]
@@ -662,6 +665,11 @@ fn no_decision_before_the_minimum_duration() {
     let now = (DAY + 2) * DAY_MS;
     let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), now, false);
     recommends(&results, "Keep running: 12 more days of the 14-day minimum");
+    // Ended there, it cannot keep running: its results are preliminary.
+    e.status = Status::Completed;
+    e.ended_at_ms = Some(now);
+    let results = compute(&e, &conversion_metrics(), &ten_percent_lift(), now, false);
+    recommends(&results, "Ended early: after 2.0 of its 14-day minimum");
 }
 
 /// Issue 25, item 12: an effect that fades day after day shows as a significant trend.

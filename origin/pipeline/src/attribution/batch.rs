@@ -503,19 +503,21 @@ impl Batch {
         }
     }
 
-    /// Metric events of the unit already applied, within the cell for switchback plans.
+    /// Metric events of the unit already applied that the plan counts: within the cell for
+    /// switchback plans, and before the analysis's end.
     fn earlier_events(
         &self,
         base_key: &str,
         key: &str,
-        period: Option<u32>,
+        plan: &ExperimentPlan,
         horizon: i64,
     ) -> Vec<MetricEvent<'static>> {
+        let period = plan.switchback_period_s;
         self.history
             .get(base_key)
             .into_iter()
             .flatten()
-            .filter(|e| e.seq <= horizon)
+            .filter(|e| e.seq <= horizon && plan.counts_at(e.ts_ms))
             .filter(|e| period.is_none_or(|p| cell(&e.unit_key, e.ts_ms, p) == key))
             .filter_map(|e| match &e.kind {
                 Kind::Metric { event_type } => Some(MetricEvent {
@@ -553,6 +555,10 @@ impl Batch {
                 plan.unit_attribute
             ));
         }
+        if !plan.counts_at(event.ts_ms) {
+            // Valid, but after the analysis closed (a runtime still on an older snapshot).
+            return Ok(());
+        }
         let key = match plan.switchback_period_s {
             Some(period) => cell(&event.unit_key, event.ts_ms, period),
             None => event.unit_key.clone(),
@@ -577,9 +583,7 @@ impl Batch {
                 );
                 self.count_unit((experiment, &variant, day_of), 1, 0);
                 // Metric events that arrived before this exposure.
-                for earlier in
-                    self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
-                {
+                for earlier in self.earlier_events(&event.unit_key, &key, plan, horizon) {
                     self.add_event_totals((&key, experiment), &earlier, event.ts_ms, 1);
                 }
                 let zero = vec![UnitPoint::default(); plan.metrics.len()];
@@ -612,9 +616,7 @@ impl Batch {
                 // covariate to the metric, and windows start earlier, so every event at or
                 // after the new exposure is counted again from it.
                 let before = self.values(plan, &key, experiment);
-                for earlier in
-                    self.earlier_events(&event.unit_key, &key, plan.switchback_period_s, horizon)
-                {
+                for earlier in self.earlier_events(&event.unit_key, &key, plan, horizon) {
                     if earlier.ts_ms >= event.ts_ms {
                         let (old, new) = (existing.first_exposure_ms, event.ts_ms);
                         self.add_event_totals((&key, experiment), &earlier, old, -1);
@@ -678,7 +680,7 @@ impl Batch {
         }
         for (cell_key, experiment) in targets {
             let key = cell_key.as_deref().unwrap_or(&event.unit_key);
-            let Some(plan) = plans.get(&experiment) else {
+            let Some(plan) = plans.get(&experiment).filter(|p| p.counts_at(event.ts_ms)) else {
                 continue;
             };
             let Some(exposure) = self
