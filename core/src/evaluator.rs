@@ -158,6 +158,13 @@ pub struct FlagResult<'a> {
     pub rule: Option<u32>,
     /// For `Experiment`, the index of the experiment that supplied the value.
     pub experiment: Option<u32>,
+    /// The first experiment a matching rule consulted whose answer reached its holdout
+    /// ([`Evaluator::holdout_step`]), whether or not it supplied the value: the one whose
+    /// holdout step a caller logs for the flag. A unit its holdout holds falls through to
+    /// later rules, so `experiment` alone cannot tell it from a unit no rule reached. Which
+    /// experiment this is never depends on the arm: rules before it either matched neither
+    /// arm or gave both the same answer, and both arms reach it.
+    pub holdout_experiment: Option<u32>,
 }
 
 /// Everything evaluated for one context, in snapshot order.
@@ -1208,18 +1215,23 @@ impl<'e, 'c> Pass<'e, 'c> {
     ) -> FlagResult<'e> {
         let eval = self.eval;
         let f = &eval.snapshot.flags[index as usize];
-        let result =
-            |value: &'e String, reason, rule: Option<u32>, experiment: Option<u32>| FlagResult {
-                index,
-                flag_key: &f.key,
-                value,
-                reason,
-                rule,
-                experiment,
-            };
+        let result = |value: &'e String,
+                      reason,
+                      rule: Option<u32>,
+                      experiment: Option<u32>,
+                      holdout_experiment: Option<u32>| FlagResult {
+            index,
+            flag_key: &f.key,
+            value,
+            reason,
+            rule,
+            experiment,
+            holdout_experiment,
+        };
         if !f.enabled {
-            return result(&f.off_value, FlagReason::Disabled, None, None);
+            return result(&f.off_value, FlagReason::Disabled, None, None, None);
         }
+        let mut holdout_experiment = None;
         let mut rollout_bucket: Option<Option<u16>> = None;
         for (rule_index, rule) in f.rules.iter().enumerate() {
             let rule_index = Some(rule_index as u32);
@@ -1242,20 +1254,35 @@ impl<'e, 'c> Pass<'e, 'c> {
                 }
             }
             match &rule.value {
-                FlagValue::Json(value) => return result(value, FlagReason::Rule, rule_index, None),
+                FlagValue::Json(value) => {
+                    let reason = FlagReason::Rule;
+                    return result(value, reason, rule_index, None, holdout_experiment);
+                }
                 FlagValue::Experiment {
                     experiment: e,
                     values,
                 } => {
                     let assignment = experiment(*e);
+                    if holdout_experiment.is_none()
+                        && eval.holdout_step(&assignment, self.context).is_some()
+                    {
+                        holdout_experiment = Some(*e);
+                    }
                     if let Some(v) = assignment.variant_index {
                         let value = &values[v as usize];
-                        return result(value, FlagReason::Experiment, rule_index, Some(*e));
+                        let reason = FlagReason::Experiment;
+                        return result(value, reason, rule_index, Some(*e), holdout_experiment);
                     }
                 }
             }
         }
-        result(&f.default_value, FlagReason::Default, None, None)
+        result(
+            &f.default_value,
+            FlagReason::Default,
+            None,
+            None,
+            holdout_experiment,
+        )
     }
 }
 

@@ -103,10 +103,23 @@ fn check(vector_file: &Path) -> (usize, Vec<String>) {
         );
         for got in &evaluation.flags {
             let want = &expected_flags[got.flag_key];
-            let got_pair = (got.value, got.reason.as_str());
+            // The arm a caller logs for the flag: that of the experiment it names.
+            let step = got.holdout_experiment.map(|e| {
+                let answer = &evaluation.experiments[e as usize];
+                let step = evaluator.holdout_step(answer, &context);
+                let step =
+                    step.expect("the flag names an experiment whose answer reached its holdout");
+                (step.arm(), answer.experiment_key)
+            });
+            let got_pair = (got.value, got.reason.as_str(), step);
+            let want_step = want["holdout"].as_str().map(|arm| {
+                let through = want["holdout_experiment"].as_str();
+                (arm, through.expect("an arm names its experiment"))
+            });
             let want_pair = (
                 want["value"].as_str().unwrap_or_default(),
                 want["reason"].as_str().unwrap_or_default(),
+                want_step,
             );
             if got_pair != want_pair {
                 mismatches.push(format!(

@@ -207,6 +207,7 @@ mod tests {
                 reason: FlagReason::Rule,
                 rule: Some(0),
                 experiment: None,
+                holdout_experiment: None,
             }],
         };
         let step = |a: &Assignment<'_>| {

@@ -211,7 +211,8 @@ impl ClientCore {
 
     /// A flag's ``FlagDetail(value, reason, variant)``; ``variant`` is that of the
     /// experiment that supplied the value, when one did, and its exposure is logged when it
-    /// assigned this unit.
+    /// assigned this unit, as is the unit's arm in the holdout it reached through the
+    /// experiments the flag consulted.
     #[pyo3(signature = (key, context = None, default = None, *, now_ms = None))]
     fn flag_detail(
         slf: &Bound<'_, Self>,
@@ -253,6 +254,9 @@ impl ClientCore {
             now,
             context.as_ref(),
         )?;
+        if let Some((exposure, arm)) = &detail.holdout_exposure {
+            Self::expose(slf, Some(exposure), Some(arm), now, None)?;
+        }
         Ok(detail)
     }
 }

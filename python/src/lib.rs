@@ -271,7 +271,7 @@ impl Engine {
         &self,
         py: Python<'_>,
         answer: &FlagAnswer,
-        exposure: Option<Exposure>,
+        (exposure, holdout_exposure): Exposures,
     ) -> PyFlagDetail {
         let reason = FLAG_REASONS.iter().position(|r| *r == answer.reason);
         let value = PyOnceLock::new();
@@ -288,6 +288,7 @@ impl Engine {
             reason: self.flag_reasons[reason.unwrap_or(0)].clone_ref(py),
             variant: answer.variant.and_then(|(e, v)| self.variant_key(py, e, v)),
             exposure,
+            holdout_exposure,
         }
     }
 
@@ -333,18 +334,27 @@ impl Engine {
         let read = self.flag_reads.get(index as usize);
         self.with_context(attributes, read, |context, failed| {
             let result = self.evaluator.flag_at(index, context, now_ms)?;
-            let experiment = result.experiment.and_then(|e| {
+            let answer_of = |e: u32| {
                 let a = self.evaluator.experiment_at(e, context, now_ms)?;
-                Some((e, a.variant_index?, answer(&self.evaluator, &a, context)))
-            });
-            let first = first.filter(|_| !failed());
-            let exposure = experiment.and_then(|(e, _, a)| self.exposure(py, e, a, context, first));
+                Some((e, a.variant_index, answer(&self.evaluator, &a, context)))
+            };
+            let experiment = result.experiment.and_then(answer_of);
+            let mut first = first.filter(|_| !failed());
+            let exposure = experiment
+                .and_then(|(e, _, a)| self.exposure(py, e, a, context, first.as_deref_mut()));
+            // Most often the experiment that supplied the value: its answer serves both.
+            let holdout = match result.holdout_experiment {
+                Some(e) if experiment.is_some_and(|(supplier, ..)| supplier == e) => experiment,
+                other => other.and_then(answer_of),
+            };
+            let holdout =
+                holdout.and_then(|(e, _, a)| self.holdout_exposure(py, e, a, context, first));
             let flag = FlagAnswer {
                 value: result.value.into(),
                 reason: result.reason,
-                variant: experiment.map(|(e, v, _)| (e, v)),
+                variant: experiment.and_then(|(e, v, _)| Some((e, v?))),
             };
-            Some(self.flag_detail(py, &flag, exposure))
+            Some(self.flag_detail(py, &flag, (exposure, holdout)))
         })
     }
 }
@@ -521,7 +531,8 @@ impl Engine {
     }
 
     /// One flag's `FlagDetail`, or `None` for an unknown key. Its `_exposure` is set when
-    /// the value came from an experiment that assigned the unit.
+    /// the value came from an experiment that assigned the unit, its `_holdout_exposure`
+    /// when the unit reached a holdout through the experiments the flag consulted.
     #[pyo3(signature = (key, attributes, now_ms))]
     fn flag(
         &self,

@@ -141,6 +141,9 @@ pub(crate) struct PyFlagDetail {
     #[pyo3(get)]
     pub(crate) variant: Option<Py<PyString>>,
     pub(crate) exposure: Option<Exposure>,
+    /// Set when the client is to log the unit's arm in the holdout it reached through the
+    /// experiments the flag consulted (`abx_core::FlagResult::holdout_experiment`).
+    pub(crate) holdout_exposure: Option<(Exposure, Py<PyString>)>,
 }
 
 impl PyFlagDetail {
@@ -169,6 +172,7 @@ impl PyFlagDetail {
             reason,
             variant,
             exposure: None,
+            holdout_exposure: None,
         }
     }
 
@@ -184,6 +188,13 @@ impl PyFlagDetail {
     #[getter(_exposure)]
     fn exposure(&self, py: Python<'_>) -> Option<Exposure> {
         self.exposure.as_ref().map(|e| clone_exposure(py, e))
+    }
+
+    /// `(exposure, arm)` of the exposure to the holdout to log.
+    #[getter(_holdout_exposure)]
+    fn holdout_exposure(&self, py: Python<'_>) -> Option<(Exposure, Py<PyString>)> {
+        let (exposure, arm) = self.holdout_exposure.as_ref()?;
+        Some((clone_exposure(py, exposure), arm.clone_ref(py)))
     }
 
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -363,9 +374,11 @@ impl LazyMapping for Flags {
     fn item(&self, py: Python<'_>, engine: &Engine, i: u32) -> PyResult<Py<PyAny>> {
         let answer = self.answers.get(i as usize);
         let answer = answer.ok_or_else(|| PyKeyError::new_err(i))?;
-        Ok(Bound::new(py, engine.flag_detail(py, answer, None))?
-            .into_any()
-            .unbind())
+        Ok(
+            Bound::new(py, engine.flag_detail(py, answer, (None, None)))?
+                .into_any()
+                .unbind(),
+        )
     }
 }
 

@@ -193,6 +193,36 @@ def test_units_log_one_exposure_per_holdout_with_their_arm(tmp_path, errors):
     assert errors == []
 
 
+def test_flags_log_the_arm_of_the_holdout_their_experiments_reached(tmp_path, errors):
+    """A unit a holdout holds falls through the flag rule that consulted its experiment, so
+    the flag's value alone cannot show it; `flag_detail` logs the arm of the holdout the
+    unit reached through the flag's experiments, as the conformance vectors give it."""
+    origin = FakeOrigin(HOLDOUTS)
+    engine = abx._abx.Engine(HOLDOUTS)
+    with client_for(origin, tmp_path, errors) as client:
+        want = set()
+        for case in HOLDOUT_CASES[:40]:
+            context, now = case["context"], case["now_ms"]
+            for key, expected in case["flags"].items():
+                got = client.flag_detail(key, context, now_ms=now)
+                assert json.dumps(got.value) == expected["value"], (key, expected)
+                arm = expected.get("holdout")
+                holdout = engine.flag(key, context, now)._holdout_exposure
+                assert (holdout and holdout[1]) == arm, (key, expected)
+                if arm is not None:
+                    # The step of the experiment the unit reached the holdout through.
+                    through = engine.assign(expected["holdout_experiment"], context, now)
+                    assert holdout == through._holdout_exposure, (key, expected)
+                    (holdout_id, unit_attribute, unit), _ = holdout
+                    assert unit == str(context[unit_attribute])
+                    want.add((holdout_id, unit, arm))
+        assert client.flush(5)
+        logged = [e for e in exposures(origin) if e[2] in ("held", "released")]
+        assert sorted(logged) == sorted(want), "one exposure per unit and holdout"
+        assert {arm for _, _, arm in want} == {"held", "released"}
+    assert errors == []
+
+
 DIMENSIONS = (GOLDEN / "dimensions.abxs").read_bytes()
 DIMENSION_CASES = json.loads((GOLDEN.parent / "vectors" / "dimensions.json").read_text())["cases"]
 

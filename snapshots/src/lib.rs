@@ -152,9 +152,15 @@ fn vectors(scenario: &Scenario, seed: u64, coverage: &mut Coverage) -> String {
             let separator = if i == 0 { "" } else { "," };
             let key = Json::from(f.key.as_str());
             let value = Json::from(outcome.value);
+            // As for experiments, the arm only where the flag's unit reached a holdout, with
+            // the experiment it reached it through (whose unit the exposure names).
+            let holdout = outcome.holdout.map_or(String::new(), |(e, arm)| {
+                let through = Json::from(scenario.snapshot.experiments[e].key.as_str());
+                format!(",\"holdout\":\"{arm}\",\"holdout_experiment\":{through}")
+            });
             write!(
                 flags,
-                "{separator}{key}:{{\"value\":{value},\"reason\":\"{}\"}}",
+                "{separator}{key}:{{\"value\":{value},\"reason\":\"{}\"{holdout}}}",
                 outcome.reason
             )
             .expect("writing to a String");

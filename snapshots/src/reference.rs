@@ -28,6 +28,9 @@ pub struct Outcome {
 pub struct FlagOutcome {
     pub value: String,
     pub reason: &'static str,
+    /// The first experiment a matching rule consulted whose answer reached its holdout,
+    /// and that arm: what a runtime logs for the flag.
+    pub holdout: Option<(usize, &'static str)>,
 }
 
 /// Records which operators were seen true and false, so the generator can prove coverage.
@@ -279,8 +282,11 @@ impl<'s> Reference<'s> {
             return FlagOutcome {
                 value: f.off_value.clone(),
                 reason: "disabled",
+                holdout: None,
             };
         }
+        // The first consulted experiment whose answer reached its holdout, with the arm.
+        let mut holdout: Option<(usize, &'static str)> = None;
         let unit = unit_string(attribute(context, &s.attributes[f.unit as usize]));
         for rule in &f.rules {
             if let Some(c) = rule.condition
@@ -299,12 +305,14 @@ impl<'s> Reference<'s> {
                     return FlagOutcome {
                         value: value.clone(),
                         reason: "rule",
+                        holdout,
                     };
                 }
                 FlagValue::Experiment { experiment, values } => {
                     let mut scratch = Coverage::default();
                     let outcome =
                         self.experiment_inner(*experiment as usize, context, now_ms, &mut scratch);
+                    holdout = holdout.or(outcome.holdout.map(|arm| (*experiment as usize, arm)));
                     if let Some(variant) = outcome.variant {
                         let e = &s.experiments[*experiment as usize];
                         let position = e
@@ -315,6 +323,7 @@ impl<'s> Reference<'s> {
                         return FlagOutcome {
                             value: values[position].clone(),
                             reason: "experiment",
+                            holdout,
                         };
                     }
                 }
@@ -323,6 +332,7 @@ impl<'s> Reference<'s> {
         FlagOutcome {
             value: f.default_value.clone(),
             reason: "default",
+            holdout,
         }
     }
 

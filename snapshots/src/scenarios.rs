@@ -490,14 +490,14 @@ pub fn holdouts_forced() -> Scenario {
             ..Spec::new("respects_global", traffic(100.0), AB)
         },
     );
-    add(
+    let global_partial = add(
         &mut b,
         Spec {
             holdout: Some(global),
             ..Spec::new("respects_global_partial", traffic(40.0), AB)
         },
     );
-    add(
+    let respects_big = add(
         &mut b,
         Spec {
             holdout: Some(big),
@@ -532,7 +532,7 @@ pub fn holdouts_forced() -> Scenario {
             ..Spec::new("forced_paused", traffic(100.0), AB)
         },
     );
-    add(
+    let device_holdout = add(
         &mut b,
         Spec {
             unit: "device_id",
@@ -542,7 +542,7 @@ pub fn holdouts_forced() -> Scenario {
     );
     // A shipped variant reaches everyone but the units of the holdout the experiment
     // respects (forced overrides do not apply once shipped); without a unit, everyone.
-    add(
+    let shipped = add(
         &mut b,
         Spec {
             status: Status::Completed,
@@ -558,7 +558,54 @@ pub fn holdouts_forced() -> Scenario {
         ..Spec::new("forced_beats_targeting", traffic(100.0), AB)
     };
     targeted.targeting = Some(attr("country", Op::Eq, s("JP")));
-    add(&mut b, targeted);
+    let targeted = add(&mut b, targeted);
+    // Flags that take their values from these experiments: a held unit falls through to
+    // later rules, and the flag reports the first consulted experiment whose answer reached
+    // its holdout, so that callers log the unit's arm for flags too.
+    let user = b.attribute("user_id");
+    let from = |experiment: u32, rollout: f64| FlagRule {
+        condition: None,
+        rollout_bp: pct(rollout),
+        value: FlagValue::Experiment {
+            experiment,
+            values: vec!["\"a\"".into(), "\"b\"".into()],
+        },
+    };
+    b.flag(flag(
+        "held_falls_through",
+        user,
+        true,
+        "\"off\"",
+        "\"default\"",
+        vec![from(respects_big, 100.0), rule(None, 100.0, "\"fallback\"")],
+    ));
+    b.flag(flag(
+        "partial_rollout_then_shipped",
+        user,
+        true,
+        "\"off\"",
+        "\"default\"",
+        vec![from(global_partial, 50.0), from(shipped, 100.0)],
+    ));
+    // Only Japanese units reach the first experiment's holdout; the others reach the second's.
+    b.flag(flag(
+        "targeted_then_big",
+        user,
+        true,
+        "\"off\"",
+        "\"default\"",
+        vec![from(targeted, 100.0), from(respects_big, 100.0)],
+    ));
+    // A device-unit experiment first: its fall-through hashes another attribute, and in
+    // format 2 (`dimensions`) it reaches no step, so the second experiment's counts.
+    b.flag(flag(
+        "device_then_user",
+        user,
+        true,
+        "\"off\"",
+        "\"default\"",
+        vec![from(device_holdout, 100.0), from(global_partial, 100.0)],
+    ));
     Scenario {
         name: "holdouts_forced",
         snapshot: b.build(),

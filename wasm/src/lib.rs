@@ -223,9 +223,11 @@ impl Engine {
         Ok(experiment_words(&assignment).to_vec())
     }
 
-    /// One flag by index: `[reason, value]`, followed by `[experiment + 1, reason, variant + 1]`
-    /// of the experiment that supplied the value when the reason is `experiment` (so the
-    /// caller can log that experiment's exposure).
+    /// One flag by index, in seven words: `[reason, value]`; `[experiment + 1, reason,
+    /// variant + 1]` of the experiment that supplied the value when the reason is
+    /// `experiment`, else zeros (so the caller can log that experiment's exposure); and
+    /// `[experiment + 1, reason]` of the experiment whose holdout step the caller logs for
+    /// the flag (`abx_core::FlagResult::holdout_experiment`), else zeros.
     pub fn flag(&self, index: u32, context_bytes: &[u8], now_ms: f64) -> Result<Vec<u32>, JsValue> {
         let context = context(context_bytes)?;
         let now_ms = millis(now_ms)?;
@@ -241,12 +243,15 @@ impl Engine {
             .flag_words(snapshot, &result)
             .map_err(|_| error(code::INTERNAL))?
             .to_vec();
-        if let Some(experiment) = result.experiment
-            && let Some(assignment) = self.evaluator.experiment_at(experiment, &context, now_ms)
-        {
-            words.push(experiment.saturating_add(1));
-            words.extend_from_slice(&experiment_words(&assignment));
-        }
+        let answer = |experiment: Option<u32>| {
+            let e = experiment?;
+            let assignment = self.evaluator.experiment_at(e, &context, now_ms)?;
+            let [reason, variant] = experiment_words(&assignment);
+            Some([e.saturating_add(1), reason, variant])
+        };
+        words.extend_from_slice(&answer(result.experiment).unwrap_or_default());
+        let holdout = answer(result.holdout_experiment).unwrap_or_default();
+        words.extend_from_slice(&holdout[..2]);
         Ok(words)
     }
 }

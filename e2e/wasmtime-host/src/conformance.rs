@@ -266,6 +266,7 @@ impl Replay<'_> {
                 got["experiment"].as_str(),
                 experiment,
             );
+            check_flag_holdout(&mut check, &want.key, got, &expected_flags[&want.key]);
         }
 
         // 2. Postcard context, packed result.
@@ -351,11 +352,28 @@ impl Replay<'_> {
                 &json_row(&want.key, &got, "value_json"),
                 want,
             );
+            check_flag_holdout(&mut check, &want.key, &got, &expected_flags[&want.key]);
         }
         self.module.free(json_context)?;
         self.module.free(postcard_context)?;
         Ok(check.mismatches)
     }
+}
+
+/// A flag's holdout step in the module's JSON against the vector's: the arm, and the
+/// experiment the unit reached the holdout through, present exactly where the vector has them.
+fn check_flag_holdout(check: &mut Checker<'_>, key: &str, got: &Json, want: &Json) {
+    check.same(
+        &format!("flag {key} holdout (JSON)"),
+        (
+            got["holdout"]["arm"].as_str(),
+            got["holdout_experiment"].as_str(),
+        ),
+        (
+            want["holdout"].as_str(),
+            want["holdout_experiment"].as_str(),
+        ),
+    );
 }
 
 fn alternate(n: usize, json: Buffer, postcard: Buffer) -> (Buffer, ContextFormat) {

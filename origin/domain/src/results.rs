@@ -1871,6 +1871,15 @@ fn recommend(
             .iter()
             .find(|g| g.variant == best.variant && g.non_inferior == Some(false))
         {
+            if ended {
+                return format!(
+                    "Ended before a decision: {} improves {}, but guardrail {} was not shown to be within its {:.1}% margin",
+                    best.variant,
+                    primary.metric,
+                    g.metric,
+                    g.margin.unwrap_or(0.0) * 100.0
+                );
+            }
             return format!(
                 "Not yet: {} improves {}, but guardrail {} is not shown to be within its {:.1}% margin (it may be up to {}% worse); keep running or reconsider the margin",
                 best.variant,

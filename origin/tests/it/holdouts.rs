@@ -456,7 +456,11 @@ async fn readouts_stop_at_the_end(o: &TestOrigin) {
         e
     };
     let exposures = |unit: &str, i: usize| {
-        let variant = if i.is_multiple_of(2) { "control" } else { "treatment" };
+        let variant = if i.is_multiple_of(2) {
+            "control"
+        } else {
+            "treatment"
+        };
         let arm = if i < 5 { "held" } else { "released" };
         [
             json!({"kind": "exposure", "experiment_id": experiment_id, "variant": variant}),

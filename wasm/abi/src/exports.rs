@@ -339,7 +339,8 @@ pub extern "C" fn abx_experiment(
     })
 }
 
-/// Evaluates one flag by key, writing `{"flag", "value_json", "reason", "experiment"}`.
+/// Evaluates one flag by key, writing `{"flag", "value_json", "reason", "experiment",
+/// "holdout", "holdout_experiment"}`.
 /// Returns 1, or 0 (`unknown_key`).
 #[unsafe(no_mangle)]
 pub extern "C" fn abx_flag(
@@ -359,7 +360,10 @@ pub extern "C" fn abx_flag(
             .evaluator
             .flag(key, &context, now_ms)
             .ok_or(code::UNKNOWN_KEY)?;
-        let json = FlagJson::new(engine.evaluator.snapshot(), &result);
+        let answer = result
+            .holdout_experiment
+            .and_then(|e| engine.evaluator.experiment_at(e, &context, now_ms));
+        let json = FlagJson::new(&engine.evaluator, &result, answer.as_ref(), &context);
         let output = json_output(Output::Bytes(Vec::new()), &json)?;
         state.output = output;
         Ok(1)

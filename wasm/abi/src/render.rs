@@ -63,18 +63,37 @@ pub struct FlagJson<'a> {
     pub reason: &'static str,
     /// The key of the experiment that supplied the value (reason `experiment`).
     pub experiment: Option<&'a str>,
+    /// The holdout the unit reached through the experiments the flag consulted, to log as
+    /// an exposure to it with the unit of the experiment `holdout_experiment` names
+    /// (`abx_core::FlagResult::holdout_experiment`).
+    pub holdout: Option<HoldoutJson<'a>>,
+    pub holdout_experiment: Option<&'a str>,
 }
 
 impl<'a> FlagJson<'a> {
-    pub fn new(snapshot: &'a Snapshot, f: &FlagResult<'a>) -> Self {
+    /// `f`, a result `evaluator` gave for `context`, with `answer`, the answer of the
+    /// experiment `f.holdout_experiment` names.
+    pub fn new(
+        evaluator: &'a Evaluator,
+        f: &FlagResult<'a>,
+        answer: Option<&Assignment<'a>>,
+        context: &Context,
+    ) -> Self {
+        let key = |e: u32| {
+            let experiments = &evaluator.snapshot().experiments;
+            experiments.get(e as usize).map(|e| e.key.as_str())
+        };
+        let step = answer.and_then(|a| evaluator.holdout_step(a, context));
         FlagJson {
             flag: f.flag_key,
             value_json: f.value,
             reason: f.reason.as_str(),
-            experiment: f
-                .experiment
-                .and_then(|e| snapshot.experiments.get(e as usize))
-                .map(|e| e.key.as_str()),
+            experiment: f.experiment.and_then(key),
+            holdout: step.map(|step| HoldoutJson {
+                holdout_id: step.holdout_id,
+                arm: step.arm(),
+            }),
+            holdout_experiment: step.and(f.holdout_experiment).and_then(key),
         }
     }
 }
@@ -96,11 +115,14 @@ impl Serialize for EvaluationJson<'_> {
             let json = ExperimentJson::new(self.evaluator, a, self.context);
             (a.experiment_key, json)
         });
-        let flags = self
-            .evaluation
-            .flags
-            .iter()
-            .map(|f| (f.flag_key, FlagJson::new(snapshot, f)));
+        let flags = self.evaluation.flags.iter().map(|f| {
+            let experiments = &self.evaluation.experiments;
+            let answer = f
+                .holdout_experiment
+                .and_then(|e| experiments.get(e as usize));
+            let json = FlagJson::new(self.evaluator, f, answer, self.context);
+            (f.flag_key, json)
+        });
         let mut out = serializer.serialize_struct("Evaluation", 3)?;
         out.serialize_field("snapshot_version", &snapshot.snapshot_version)?;
         out.serialize_field("experiments", &Map(experiments))?;

@@ -325,7 +325,8 @@ export class AbxClient {
 
   /**
    * A flag's `{ value, reason }`, with the `variant` of the experiment that supplied the
-   * value when one did; that experiment's exposure is logged when it assigned the unit.
+   * value when one did; that experiment's exposure is logged when it assigned the unit, and
+   * the unit's arm in the holdout it reached through the flag's experiments, if any.
    */
   flagDetail(key, context, fallback = null, options) {
     const snapshot = this.snapshot;
@@ -335,7 +336,10 @@ export class AbxClient {
     try {
       const words = snapshot.flagPacked(i, context, this.now(options));
       const { value, reason } = snapshot.flagResult(i, words[0], words[1]);
-      if (words.length === 5) {
+      // A held unit falls through the rule that consulted its experiment, so the module
+      // names the experiment whose holdout step to log separately from the value's.
+      if (words[5] > 0) this.exposeHoldout(snapshot, words[5] - 1, words[6], context, options);
+      if (words[2] > 0) {
         const experiment = words[2] - 1;
         const result = snapshot.experimentResult(experiment, words[3], words[4]);
         if (result.reason === 'assigned') this.expose(snapshot, experiment, result.variant, context, options);

@@ -257,6 +257,32 @@ test('a unit logs its arm in each holdout it reaches, once, from variant() and e
   client.close();
 });
 
+test('a flag logs the arm of the holdout its unit reached through the experiments it consulted', async () => {
+  const { client, transport, clock } = recordingClient(golden('holdouts_forced.abxs'));
+  const file = vectors('holdouts_forced.json');
+  const want = new Set();
+  for (const testCase of file.cases.slice(0, 40)) {
+    for (const [key, expected] of Object.entries(testCase.flags)) {
+      const detail = client.flagDetail(key, testCase.context, null, { nowMs: testCase.now_ms });
+      assert.equal(JSON.stringify(detail.value), expected.value, key);
+      if (expected.holdout === undefined) continue;
+      // The holdout and unit of the experiment the unit reached it through.
+      const i = client.snapshot.experimentIndex.get(expected.holdout_experiment);
+      const unitAttribute = client.snapshot.experimentUnits[i];
+      const unit = String(testCase.context[unitAttribute]);
+      want.add(`${client.snapshot.experimentHoldoutIds[i]} ${unitAttribute} ${unit} ${expected.holdout}`);
+    }
+  }
+  await clock.advance(10_000);
+  const logged = transport.events().filter(holdoutArm);
+  const once = logged.map((e) => `${e.experiment_id} ${e.unit_attribute} ${e.unit}`);
+  assert.equal(once.length, new Set(once).size, 'each unit once per holdout');
+  assert.deepEqual(new Set(logged.map((e) => `${e.experiment_id} ${e.unit_attribute} ${e.unit} ${e.variant}`)), want);
+  // Held units, whose flags fall through to later rules, log their arm too.
+  assert.deepEqual(new Set([...want].map((w) => w.split(' ').at(-1))), new Set(['held', 'released']));
+  client.close();
+});
+
 test('exposures carry the attributes the experiment is broken down by (format 2), holdout arms none', async () => {
   const { client, transport, clock } = recordingClient(golden('dimensions.abxs'));
   const file = vectors('dimensions.json');

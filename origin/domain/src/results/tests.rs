@@ -650,6 +650,11 @@ fn shipping_needs_guardrails_shown_within_their_margins() {
     assert_eq!(guardrail.non_inferior, Some(false), "{guardrail:?}");
     assert!(guardrail.harm_upper_bound.expect("bound") > 0.01);
     recommends(&results, "Not yet");
+    // Ended there, it cannot keep running to show the margin.
+    e.status = Status::Completed;
+    let results = compute(&e, &metrics, &rollups, NOW, false);
+    recommends(&results, "Ended before a decision: treatment improves");
+    e.status = Status::Running;
     // A margin of 100 % is shown at once.
     e.analysis.guardrail_margins = BTreeMap::from([("crashed".to_string(), 1.0)]);
     let results = compute(&e, &metrics, &rollups, NOW, false);
