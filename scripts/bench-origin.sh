@@ -5,7 +5,7 @@
 #   bash scripts/bench-origin.sh assign    # issue 3: assignment endpoint (wrk at saturation, then a bounded load), publish time, 1,000 experiments
 #   bash scripts/bench-origin.sh ingest    # issue 4: events/s acknowledged, ack latency, pipeline lag
 #   bash scripts/bench-origin.sh results   # issue 5: results of 10 metrics over 10M events
-#   bash scripts/bench-origin.sh warehouse # issue 10: results computed in ClickHouse over 100M events
+#   bash scripts/bench-origin.sh warehouse # issues 10, 30: rollups in ClickHouse over 100M events, full and incremental
 #
 # The load generators run on the same two cores as the origin, so the figures are lower
 # bounds of what the origin does on a machine of its own.
@@ -231,10 +231,12 @@ warehouse)
   t0=$(( ($(date +%s) - 14 * 86400) * 1000 ))
   log "writing 10M exposures and 90M metric events into ClickHouse"
   start=$(date +%s.%N)
-  clickhouse "INSERT INTO $warehouse_db.exposures SELECT concat('x', toString(number)), '$id',
+  clickhouse "INSERT INTO $warehouse_db.exposures (event_id, experiment_id, variant, unit_key, ts_ms, received_ms)
+      SELECT concat('x', toString(number)), '$id',
       if(cityHash64(number) % 2 = 0, 'control', 'treatment'), concat('user_id:u', toString(number)),
       $t0 + intDiv(number * 1123200000, 10000000), $t0 FROM system.numbers LIMIT 10000000"
-  clickhouse "INSERT INTO $warehouse_db.metric_events SELECT concat('m', toString(number)),
+  clickhouse "INSERT INTO $warehouse_db.metric_events (event_id, event_type, unit_key, value, ts_ms, received_ms)
+      SELECT concat('m', toString(number)),
       ['conversion', 'revenue', 'session'][number % 3 + 1], concat('user_id:u', toString(intDiv(number, 9))),
       if(number % 3 = 1, toFloat64(cityHash64(number) % 10000) / 100, 1.0),
       $t0 + intDiv(intDiv(number, 9) * 1123200000, 10000000) + if(number % 10 = 0, -3600000, toInt64(cityHash64(number) % 86400000)), $t0
@@ -258,5 +260,19 @@ for path in (f"/experiments/{id}/results", f"/experiments/{id}/results?granulari
     times = sorted(get(path)[0] * 1000 for _ in range(50))
     print(f"GET {path.split('/')[-1]} from the stored rollups: median {times[25]:.1f} ms, p90 {times[45]:.1f} ms, max {times[-1]:.1f} ms")
 PY
+  # The repair command, then a tick after 1M new events: a day 14 of conversions, revenue
+  # and sessions from 333,334 of the users (every 30th), loaded now.
+  cli=(--data-dir "$dir" --clickhouse-url "$ABX_BENCH_CLICKHOUSE_URL" --clickhouse-database "$warehouse_db")
+  log "full computation (abx-origin warehouse rebuild)"
+  "$bin" warehouse rebuild "${cli[@]}"
+  log "writing 1M new metric events (loaded now), then one tick (abx-origin warehouse tick)"
+  now=$(( $(date +%s) * 1000 ))
+  clickhouse "INSERT INTO $warehouse_db.metric_events (event_id, event_type, unit_key, value, ts_ms, received_ms, loaded_ms)
+      SELECT concat('n', toString(number)), ['conversion', 'revenue', 'session'][number % 3 + 1],
+      concat('user_id:u', toString(intDiv(number, 3) * 30)), if(number % 3 = 1, toFloat64(cityHash64(number) % 10000) / 100, 1.0),
+      $now - 3600000 + number % 3600000, $now, $now FROM system.numbers LIMIT 1000000"
+  "$bin" warehouse tick "${cli[@]}"
+  log "a tick with nothing new"
+  "$bin" warehouse tick "${cli[@]}"
   ;;
 esac

@@ -1,4 +1,5 @@
-//! `abx-origin serve` runs the origin; `abx-origin keys create` makes API keys.
+//! `abx-origin serve` runs the origin; `abx-origin keys create` makes API keys;
+//! `abx-origin warehouse rebuild|tick` computes the warehouse's rollups on demand.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,33 @@ enum Command {
         #[command(subcommand)]
         command: SigningKeyCommand,
     },
+    /// Computes the ClickHouse warehouse's rollups now, outside the pipeline's schedule.
+    Warehouse {
+        #[command(subcommand)]
+        command: WarehouseCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WarehouseCommand {
+    /// The repair: computes the rollups of every experiment that may still hold results in
+    /// full, from all their raw events, whatever was stored.
+    Rebuild(WarehouseArgs),
+    /// One analysis tick: moves the rollups of every experiment still collecting events
+    /// forward by the units with events loaded since they were computed.
+    Tick(WarehouseArgs),
+}
+
+#[derive(Args)]
+struct WarehouseArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// ClickHouse HTTP endpoint (`http://host:8123`).
+    #[arg(long, env = "ABX_CLICKHOUSE_URL")]
+    clickhouse_url: String,
+    /// ClickHouse database of the warehouse's tables.
+    #[arg(long, env = "ABX_CLICKHOUSE_DATABASE", default_value = "abx")]
+    clickhouse_database: String,
 }
 
 #[derive(Subcommand)]
@@ -246,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
                     signing_key,
                 },
         } => activate_signing_key(location, signing_key).await,
+        Command::Warehouse { command } => warehouse(command).await,
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -271,6 +300,38 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
+    let (WarehouseCommand::Rebuild(args) | WarehouseCommand::Tick(args)) = &command;
+    let mut settings = Settings::new(&args.store.data_dir);
+    settings.database_url = args.store.database_url.clone();
+    let database = db::Db::connect(&settings.database_url(), 1)
+        .await
+        .context("connecting to the database")?;
+    let warehouse = abx_origin_pipeline::clickhouse::ClickHouse::connect(ClickHouseConfig {
+        url: args.clickhouse_url.clone(),
+        database: args.clickhouse_database.clone(),
+    })
+    .await
+    .context("connecting to ClickHouse")?;
+    let started = std::time::Instant::now();
+    let computed = match command {
+        WarehouseCommand::Rebuild(_) => {
+            abx_origin_pipeline::warehouse::rebuild_all(&database, &warehouse).await?
+        }
+        // Raw events past retention are the serving pipeline's to drop.
+        WarehouseCommand::Tick(_) => {
+            let margin = abx_origin_pipeline::warehouse::LOAD_MARGIN_MS;
+            abx_origin_pipeline::warehouse::refresh_with_margin(&database, None, &warehouse, margin)
+                .await?
+        }
+    };
+    println!(
+        "{computed} experiments computed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn activate_signing_key(

@@ -1,14 +1,16 @@
 //! The columnar warehouse (ClickHouse, over its HTTP interface), for deployments whose event
 //! volume no SQL database can take. The JetStream loader inserts events here in large
-//! batches; the pipeline computes the rollups with SQL, per unit, then per variant, instead
-//! of maintaining them event by event, and stores each computation in `experiment_rollups`
-//! for results to read (`crate::warehouse`).
+//! batches, stamped with the time it loaded them; the pipeline computes the rollups with
+//! SQL, per unit (kept in `unit_rollups`, recomputed for the units with newly loaded events:
+//! `units`), then per variant, and stores each computation in `experiment_rollups` for
+//! results to read (`crate::warehouse`).
 //!
 //! Events are kept in two `ReplacingMergeTree` tables: exposures ordered by (experiment,
 //! variant, time) as in the seed, and metric events ordered by (event type, unit, time).
 //! Both sorting keys end with `event_id`, so copies of an event (a redelivered stream
-//! message, a client retry beyond the broker's window) collapse into one row; queries read
-//! with `FINAL`, so they never see a copy that background merges have not removed yet.
+//! message, a client retry beyond the broker's window) collapse into one row; queries that
+//! add events up read with `FINAL` (or keep one row per event id), so they never count a copy
+//! that background merges have not removed yet.
 //! Copies always land in the same monthly partition because the partition comes from the
 //! event's own timestamp.
 //!
@@ -17,6 +19,8 @@
 //! also run on today's ClickHouse (scripts/test-warehouse-current.sh runs the warehouse tests
 //! on chdb 26.9), whose analyzer refuses a joined subquery without an alias: every subquery on
 //! either side of a JOIN is named.
+
+mod units;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -94,6 +98,9 @@ struct ExposureRow<'a> {
     unit_key: &'a str,
     ts_ms: i64,
     received_ms: i64,
+    /// When the loader inserted the row: a tick recomputes the units with rows loaded since
+    /// the previous one (`units`).
+    loaded_ms: i64,
     #[serde(flatten)]
     properties: PropertyColumns,
 }
@@ -106,6 +113,9 @@ struct MetricRow<'a> {
     value: f64,
     ts_ms: i64,
     received_ms: i64,
+    /// When the loader inserted the row: a tick recomputes the units with rows loaded since
+    /// the previous one (`units`).
+    loaded_ms: i64,
     #[serde(flatten)]
     properties: PropertyColumns,
 }
@@ -168,7 +178,7 @@ fn number(value: f64) -> String {
 /// The SQL condition on an event's property arrays that a metric filter means: the same
 /// truth table as `Filter::matches` in abx-origin-domain (a missing property or a type
 /// mismatch is false), which the warehouse tests check event by event. The lambdas capture
-/// nothing but their parameters (see `metrics_query`).
+/// nothing but their parameters (see `units::changed_units`).
 pub(crate) fn filter_sql(expr: &Expr) -> String {
     let join = |children: &[Expr], operator: &str, empty: &str| {
         if children.is_empty() {
@@ -262,16 +272,7 @@ struct ExposureRollupRow {
     multiples: i64,
 }
 
-/// Per variant and day, every metric's sums (`sum_x_0`, `sum_x2_0`, …, `sum_xc_{n-1}`).
-#[derive(Deserialize)]
-struct MetricRollupRow {
-    variant: String,
-    day: i64,
-    #[serde(flatten)]
-    sums: HashMap<String, f64>,
-}
-
-/// One drill-down cell, with every metric's sums named as in [`MetricRollupRow`].
+/// One drill-down cell, with every metric's sums named `sum_x_0`, `sum_x2_0`, …, `sum_xc_{n-1}`.
 #[derive(Deserialize)]
 struct DimensionRow {
     present: u8,
@@ -298,7 +299,8 @@ impl DimensionRow {
 type ValueSql = fn(&str) -> String;
 
 /// What a row of `experiment_rollups` holds: the marker of a computation (with the plan it
-/// followed), one exposure rollup, or one metric rollup.
+/// followed in `plan`, and in `units` the generation of the unit rows it summed), one
+/// exposure rollup, or one metric rollup.
 const MARKER: u8 = 0;
 const EXPOSURE: u8 = 1;
 const METRIC: u8 = 2;
@@ -328,6 +330,9 @@ struct StoredRollupRow {
 pub struct StoredRollups {
     pub computed_ms: i64,
     pub plan: String,
+    /// The generation of the unit rows the computation summed (`units`); 0 for one stored
+    /// before units were kept.
+    pub generation: i64,
     pub rollups: Rollups,
 }
 
@@ -337,6 +342,12 @@ struct Count {
 }
 
 const DAY_MS: i64 = crate::clock::DAY_MS;
+
+/// How long an insert of rows (the loader's, a computation's stored rollups) may take.
+const INSERT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long any other statement may take: a computation over all of a large experiment's
+/// events takes minutes.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 /// The monthly partition of an event, from its own timestamp.
 const PARTITION: &str = "toYYYYMM(toDate(toDateTime(intDiv(ts_ms, 1000))))";
@@ -360,9 +371,6 @@ impl ClickHouse {
             // closing would fail a request for nothing.
             .pool_idle_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(5))
-            // A request that hangs (a stalled server, a half-open connection) would stall the
-            // loader with it; it fails instead, and the events are redelivered.
-            .timeout(Duration::from_secs(120))
             .build()?;
         let warehouse = ClickHouse {
             http,
@@ -385,7 +393,7 @@ impl ClickHouse {
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.exposures (
                 event_id String, experiment_id String, variant String, unit_key String,
-                ts_ms Int64, received_ms Int64, {properties}
+                ts_ms Int64, received_ms Int64, loaded_ms Int64, {properties}
             ) ENGINE = ReplacingMergeTree PARTITION BY {PARTITION}
             ORDER BY (experiment_id, variant, ts_ms, event_id)"
         ))
@@ -406,17 +414,23 @@ impl ClickHouse {
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.metric_events (
                 event_id String, event_type String, unit_key String, value Float64,
-                ts_ms Int64, received_ms Int64, {properties}
+                ts_ms Int64, received_ms Int64, loaded_ms Int64, {properties}
             ) ENGINE = ReplacingMergeTree PARTITION BY {PARTITION}
             ORDER BY (event_type, unit_key, ts_ms, event_id)"
         ))
         .await?;
-        // Tables that an earlier version created lack the property columns and the ratio
-        // covariate's sums; 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the catalog says which
+        // Tables that an earlier version created lack the property columns, the load time
+        // (rows without one read as loaded at 0, before any tick) and the ratio covariate's
+        // sums; 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the catalog says which
         // to add. Stored rollups without the new sums read them as 0 until recomputed.
         let added = ["exposures", "metric_events"]
             .into_iter()
-            .flat_map(|table| PROPERTY_COLUMNS.map(|(name, kind)| (table, name, kind)))
+            .flat_map(|table| {
+                PROPERTY_COLUMNS
+                    .into_iter()
+                    .chain([("loaded_ms", "Int64")])
+                    .map(move |(name, kind)| (table, name, kind))
+            })
             // The sums of d, added for the ratio covariate, follow the first eight.
             .chain(
                 Sums::COLUMNS[8..]
@@ -439,12 +453,20 @@ impl ClickHouse {
                 .await?;
             }
         }
-        Ok(())
+        self.create_unit_tables().await
     }
 
     /// Sends one statement; `data` follows it for inserts (the statement then goes in the
     /// URL, else in the body, which has no length limit).
     async fn post(&self, statement: &str, data: Vec<u8>) -> Result<String, WarehouseError> {
+        // A request that hangs (a stalled server, a half-open connection) would stall the
+        // loader with it; an insert of rows fails instead, and the events are redelivered.
+        // A computation over a large experiment's events may take minutes.
+        let timeout = if data.is_empty() {
+            QUERY_TIMEOUT
+        } else {
+            INSERT_TIMEOUT
+        };
         let mut parameters = vec![
             // The answer's status then reflects the whole statement, not just its start.
             ("wait_end_of_query", "1"),
@@ -462,6 +484,7 @@ impl ClickHouse {
         let response = self
             .http
             .post(&self.url)
+            .timeout(timeout)
             .query(&parameters)
             .body(body)
             .send()
@@ -521,6 +544,8 @@ impl ClickHouse {
     pub async fn insert(&self, events: &[EventRecord]) -> Result<(), WarehouseError> {
         let mut exposures = Vec::new();
         let mut metrics = Vec::new();
+        // Each table's rows are stamped just before their insert (see `units`).
+        let loaded_ms = crate::clock::now_ms();
         for e in events {
             match &e.kind {
                 Kind::Exposure {
@@ -533,6 +558,7 @@ impl ClickHouse {
                     unit_key: &e.unit_key,
                     ts_ms: e.ts_ms,
                     received_ms: e.received_at_ms,
+                    loaded_ms,
                     properties: PropertyColumns::of(e.properties.as_deref()),
                 }),
                 Kind::Metric { event_type } => metrics.push(MetricRow {
@@ -542,11 +568,16 @@ impl ClickHouse {
                     value: e.value,
                     ts_ms: e.ts_ms,
                     received_ms: e.received_at_ms,
+                    loaded_ms,
                     properties: PropertyColumns::of(e.properties.as_deref()),
                 }),
             }
         }
         self.insert_rows("exposures", &exposures).await?;
+        let loaded_ms = crate::clock::now_ms();
+        for row in &mut metrics {
+            row.loaded_ms = loaded_ms;
+        }
         self.insert_rows("metric_events", &metrics).await
     }
 
@@ -584,18 +615,22 @@ impl ClickHouse {
 
     /// Per analysis unit of an experiment: the variant and time of its first exposure, and
     /// whether it was seen in more than one variant. Exposures that the SQL pipeline would
-    /// refuse (unknown variant, another unit attribute) are left out here.
+    /// refuse (unknown variant, another unit attribute) are left out here. Copies of an
+    /// exposure change none of these (minima and the first's attributes), so they are read
+    /// without `FINAL`'s merge.
     fn exposed_units(&self, experiment_id: &str, plan: &ExperimentPlan) -> String {
-        self.exposed(experiment_id, plan, None)
+        self.exposed(experiment_id, plan, None, "")
     }
 
     /// [`Self::exposed_units`], with `dimension`: the tuple (present, text) of that
-    /// attribute on the unit's first exposure, chosen with the variant.
+    /// attribute on the unit's first exposure, chosen with the variant; `units` a condition
+    /// on the raw exposures' `unit_key` (`units::touch_since`), or nothing for every unit.
     fn exposed(
         &self,
         experiment_id: &str,
         plan: &ExperimentPlan,
         dimension: Option<&str>,
+        units: &str,
     ) -> String {
         let prefix = format!("{}:", plan.unit_attribute);
         let (read, chosen) = match dimension {
@@ -610,9 +645,9 @@ impl ClickHouse {
         };
         format!(
             "SELECT ukey, argMin(arm, t) AS variant, min(t) AS first_ms, min(arm) != max(arm) AS multiple{chosen}
-             FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t{read} FROM {db}.exposures FINAL
+             FROM (SELECT {unit} AS ukey, variant AS arm, ts_ms AS t{read} FROM {db}.exposures
                    WHERE experiment_id = {id} AND variant IN ({variants})
-                     AND substring(unit_key, 1, {len}) = {prefix}{before_end})
+                     AND substring(unit_key, 1, {len}) = {prefix}{before_end}{units})
              GROUP BY ukey",
             unit = Self::unit_expression(plan),
             before_end = Self::before_end(plan),
@@ -621,143 +656,6 @@ impl ClickHouse {
             variants = literal_list(plan.variants.iter().map(String::as_str)),
             len = prefix.len(),
             prefix = literal(&prefix),
-        )
-    }
-
-    /// An experiment's rollups, computed from its events: units by variant and day of first
-    /// exposure, and each metric's sufficient statistics by variant and day, cumulative as
-    /// of each day's end (the SQL pipeline's rollups when events arrive in time order).
-    pub async fn rollups(
-        &self,
-        experiment_id: &str,
-        plan: &ExperimentPlan,
-    ) -> Result<Rollups, WarehouseError> {
-        let exposed = self.exposed_units(experiment_id, plan);
-        let exposures: Vec<ExposureRollupRow> = self
-            .rows(&format!(
-                "SELECT variant, intDiv(first_ms, {DAY_MS}) AS day,
-                        toInt64(countIf(multiple = 0)) AS units, toInt64(countIf(multiple = 1)) AS multiples
-                 FROM ({exposed}) GROUP BY variant, day ORDER BY day, variant"
-            ))
-            .await?;
-        let mut metrics = Vec::new();
-        if !plan.metrics.is_empty() {
-            let rows: Vec<MetricRollupRow> = self.rows(&self.metrics_query(plan, &exposed)).await?;
-            for r in rows {
-                for (i, metric) in plan.metrics.iter().enumerate() {
-                    let sums = indexed_sums(&r.sums, i);
-                    // A day on which this metric's values did not change (the unit-days
-                    // came from other metrics' events) adds nothing.
-                    if sums != Sums::default() {
-                        metrics.push(MetricRollup {
-                            variant: r.variant.clone(),
-                            metric: metric.key.clone(),
-                            day: r.day,
-                            sums,
-                        });
-                    }
-                }
-            }
-        }
-        metrics.sort_by(|a, b| (a.day, &a.variant, &a.metric).cmp(&(b.day, &b.variant, &b.metric)));
-        let mut quantiles = Vec::new();
-        for metric in &plan.metrics {
-            if let Some(p) = metric.quantile {
-                quantiles.extend(self.quantile_rollups(plan, metric, p, &exposed).await?);
-            }
-        }
-        Ok(Rollups {
-            quantiles,
-            capped: self.capped_rollups(plan, &exposed).await?,
-            exposures: exposures
-                .into_iter()
-                .map(|r| ExposureRollup {
-                    variant: r.variant,
-                    day: r.day,
-                    units: r.units,
-                    multiple: r.multiples,
-                })
-                .collect(),
-            metrics,
-        })
-    }
-
-    /// Every metric's sums by variant and day, in one pass over the metric events and one
-    /// join to the exposed units. Per unit and day it adds up the day's events of each
-    /// metric (events before the exposure day count on the exposure day); per unit it sorts
-    /// those by day into running totals (`a1s`, and `a0s` up to the day before), which give
-    /// the unit's value x (y, c) as of each day's end and as of its previous day; each day
-    /// then contributes the change of x, x², …, so that the sums up to any day are those of
-    /// the units' values as of that day. Columns are suffixed with the metric's index in
-    /// the plan. (Lambdas here capture nothing but their parameters: 18.16 loses captured
-    /// columns of a subquery under ARRAY JOIN.)
-    fn metrics_query(&self, plan: &ExperimentPlan, exposed: &str) -> String {
-        let mut per_day = Vec::new();
-        let mut elements = Vec::new();
-        let mut running = Vec::new();
-        let mut joined = vec!["days AS day".to_string()];
-        let mut values = Vec::new();
-        let mut sums = Vec::new();
-        for (i, metric) in plan.metrics.iter().enumerate() {
-            for (name, quantity) in Self::quantities(metric) {
-                let Some((total, value)) = quantity else {
-                    values.push(format!("0.0 AS {name}{i}1, 0.0 AS {name}{i}0"));
-                    continue;
-                };
-                let q = format!("{name}{i}t");
-                per_day.push(format!("toFloat64({total}) AS {q}"));
-                elements.push(q.clone());
-                // Element 1 of the sorted tuples is the day.
-                let k = elements.len() + 1;
-                running.push(format!(
-                    "arrayCumSum(arrayMap(t -> t.{k}, sorted)) AS {q}1s,
-                     arrayPopBack(arrayPushFront({q}1s, 0.)) AS {q}0s"
-                ));
-                joined.push(format!("{q}1s AS {q}1, {q}0s AS {q}0"));
-                values.push(format!(
-                    "{} AS {name}{i}1, {} AS {name}{i}0",
-                    value(&format!("{q}1")),
-                    value(&format!("{q}0"))
-                ));
-            }
-            // A unit's change in each product from before the day to its end.
-            let at = |factors: &str, end: char| Self::product(factors, |v| format!("{v}{i}{end}"));
-            sums.push(Self::sums_sql(&format!("_{i}"), |factors| {
-                format!("{} - {}", at(factors, '1'), at(factors, '0'))
-            }));
-        }
-        let event_types =
-            literal_list(plan.metrics.iter().flat_map(|m| {
-                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
-            }));
-        format!(
-            "SELECT variant, day, {sums}
-             FROM (
-               SELECT variant, day, {values}
-               FROM (
-                 SELECT variant, arraySort(groupArray((day, {elements}))) AS sorted,
-                        arrayMap(t -> t.1, sorted) AS days, {running}
-                 FROM (
-                   SELECT ukey, any(arm) AS variant,
-                          greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
-                          {per_day}
-                   FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                         WHERE event_type IN ({event_types}){before_end}) AS events
-                   ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
-                   GROUP BY ukey, day
-                 ) GROUP BY ukey, variant
-               ) ARRAY JOIN {joined}
-             ) GROUP BY variant, day ORDER BY day, variant",
-            sums = sums.join(",\n"),
-            values = values.join(",\n"),
-            elements = elements.join(", "),
-            running = running.join(",\n"),
-            per_day = per_day.join(",\n"),
-            joined = joined.join(", "),
-            properties = Self::property_columns(plan),
-            unit = Self::unit_expression(plan),
-            before_end = Self::before_end(plan),
-            db = self.database,
         )
     }
 
@@ -1056,11 +954,12 @@ impl ClickHouse {
     }
 
     /// Stores one computation of an experiment's rollups, made by `plan` (a description of
-    /// the plan that readers compare with theirs), in one insert.
+    /// the plan that readers compare with theirs) from the unit rows of `generation`, in one
+    /// insert.
     pub async fn store_rollups(
         &self,
         experiment_id: &str,
-        plan: &str,
+        (plan, generation): (&str, i64),
         computed_ms: i64,
         rollups: &Rollups,
     ) -> Result<(), WarehouseError> {
@@ -1081,7 +980,7 @@ impl ClickHouse {
                 multiples,
                 sums,
             };
-        let mut rows = vec![row(MARKER, "", "", 0, 0, 0, Sums::default())];
+        let mut rows = vec![row(MARKER, "", "", 0, generation, 0, Sums::default())];
         for r in &rollups.exposures {
             rows.push(row(
                 EXPOSURE,
@@ -1135,7 +1034,8 @@ impl ClickHouse {
         let Some(marker) = rows.iter().find(|r| r.kind == MARKER) else {
             return Ok(None);
         };
-        let (computed_ms, plan) = (marker.computed_ms, marker.plan.clone());
+        let (computed_ms, plan, generation) =
+            (marker.computed_ms, marker.plan.clone(), marker.units);
         let mut rollups = Rollups::default();
         for r in rows.into_iter().filter(|r| r.computed_ms == computed_ms) {
             match r.kind {
@@ -1181,13 +1081,16 @@ impl ClickHouse {
         Ok(Some(StoredRollups {
             computed_ms,
             plan,
+            generation,
             rollups,
         }))
     }
 
-    /// Drops the monthly partitions of raw events before `month` (`YYYYMM`); returns the
-    /// months dropped.
-    pub async fn drop_months_before(&self, month: u32) -> Result<Vec<u32>, WarehouseError> {
+    /// The active partitions of `tables` whose partition key is a number: (table, number).
+    async fn numbered_partitions(
+        &self,
+        tables: &[&str],
+    ) -> Result<Vec<(String, i64)>, WarehouseError> {
         #[derive(Deserialize)]
         struct Partition {
             table: String,
@@ -1196,22 +1099,39 @@ impl ClickHouse {
         let partitions: Vec<Partition> = self
             .rows(&format!(
                 "SELECT DISTINCT table, partition FROM system.parts
-                 WHERE database = {} AND table IN ('exposures', 'metric_events') AND active",
-                literal(&self.database)
+                 WHERE database = {} AND table IN ({}) AND active",
+                literal(&self.database),
+                literal_list(tables.iter().copied())
             ))
             .await?;
+        Ok(partitions
+            .into_iter()
+            .filter_map(|p| {
+                let number = p.partition.trim_matches('\'').parse().ok()?;
+                Some((p.table, number))
+            })
+            .collect())
+    }
+
+    async fn drop_partition(&self, table: &str, partition: i64) -> Result<(), WarehouseError> {
+        self.execute(&format!(
+            "ALTER TABLE {}.{table} DROP PARTITION {partition}",
+            self.database
+        ))
+        .await
+    }
+
+    /// Drops the monthly partitions of raw events before `month` (`YYYYMM`); returns the
+    /// months dropped.
+    pub async fn drop_months_before(&self, month: u32) -> Result<Vec<u32>, WarehouseError> {
         let mut dropped = Vec::new();
-        for p in partitions {
-            let Ok(m) = p.partition.trim_matches('\'').parse::<u32>() else {
-                continue;
-            };
-            if m < month {
-                self.execute(&format!(
-                    "ALTER TABLE {}.{} DROP PARTITION {m}",
-                    self.database, p.table
-                ))
-                .await?;
-                dropped.push(m);
+        for (table, m) in self
+            .numbered_partitions(&["exposures", "metric_events"])
+            .await?
+        {
+            if m < i64::from(month) {
+                self.drop_partition(&table, m).await?;
+                dropped.push(m as u32);
             }
         }
         dropped.sort_unstable();
@@ -1273,7 +1193,7 @@ impl ClickHouse {
         plan: &ExperimentPlan,
         dimension: &str,
     ) -> Result<Vec<DimensionCell>, WarehouseError> {
-        let exposed = self.exposed(experiment_id, plan, Some(dimension));
+        let exposed = self.exposed(experiment_id, plan, Some(dimension), "");
         let per_unit = self.unit_values(plan, &exposed, ", dimension");
         let sums: String = (0..plan.metrics.len())
             .map(|i| {

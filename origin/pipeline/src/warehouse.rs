@@ -1,13 +1,19 @@
 //! The pipeline's rollups in the warehouse. The JetStream loader only inserts raw events;
-//! on every analysis tick the pipeline recomputes, from the deduplicated raw events (per
-//! unit, then per variant), the rollups of each experiment still collecting events, and
-//! stores them in the warehouse as one computation. Results and guardrails read the newest
-//! stored computation, so a results request costs milliseconds whatever the event count,
-//! and lags the events by at most one tick plus the computation's own time.
+//! on every analysis tick the pipeline moves forward the rollups of each experiment still
+//! collecting events and stores them in the warehouse as one computation. Results and
+//! guardrails read the newest stored computation, so a results request costs milliseconds
+//! whatever the event count, and lags the events by at most one tick plus the
+//! computation's own time.
 //!
-//! The rollups are recomputed rather than added to batch by batch because only the raw
-//! tables can collapse the copies of an event (a redelivered message, a client's retry
-//! beyond the broker's deduplication window); sums cannot tell a copy from a new event.
+//! A tick recomputes, from the deduplicated raw events, only the units with events loaded
+//! since the previous computation, and adds the difference they make
+//! (`ClickHouse::advance`): beyond a scan of the load times and of the units' keys, its
+//! cost grows with the units that had new events, not with the experiment's age. A unit's state is recomputed rather than added to event by event
+//! because only the raw tables can collapse the copies of an event (a redelivered message,
+//! a client's retry beyond the broker's deduplication window); sums cannot tell a copy from
+//! a new event. A full computation from all raw events (`ClickHouse::rebuild`) remains for
+//! a new plan, an ended experiment, a tick that died after writing its units' rows, and
+//! after raw events past retention go (pre-exposure covariates may have lost events).
 //!
 //! The raw events are kept for `warehouse_retention_days`, as whole monthly partitions:
 //! a month goes once it is past retention and no experiment that still collects events
@@ -15,7 +21,8 @@
 
 use std::collections::HashMap;
 
-use crate::clickhouse::ClickHouse;
+use crate::clickhouse::{ClickHouse, StoredRollups};
+use crate::db::Db;
 use crate::model::catalog::Metric;
 use crate::model::experiment::Experiment;
 use crate::model::experiment::Status;
@@ -42,19 +49,74 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
     }
 }
 
-/// Computes an experiment's rollups from the raw events and stores them. The computation is
-/// stamped with the time it started, so it holds at least every event loaded by then.
+/// How far before the previous computation a tick looks for units with newly loaded
+/// events: a loader stamps rows when it sends them, and ClickHouse may commit them up to
+/// the loader's request timeout (`INSERT_TIMEOUT`, 120 s) later, on a clock that may differ
+/// by a few seconds. Units whose rows were loaded in this margin are recomputed again,
+/// which changes nothing.
+pub const LOAD_MARGIN_MS: i64 = 300_000;
+
+/// Computes an experiment's rollups from all its raw events (a new generation of unit
+/// rows) and stores them. The computation is stamped with the time it started, so it holds
+/// at least every event loaded by then.
 async fn compute(
     warehouse: &ClickHouse,
     e: &Experiment,
     plan: &ExperimentPlan,
 ) -> Result<(Rollups, i64), crate::Error> {
-    let computed_ms = clock::now_ms();
-    let rollups = warehouse.rollups(&e.id, plan).await?;
+    // Later than the stored computation even if the clock stepped back, so that it replaces
+    // that computation rather than dropping the rows it summed for nothing.
+    let stored_ms = warehouse
+        .stored_rollups(&e.id)
+        .await?
+        .map(|s| s.computed_ms);
+    let computed_ms = clock::now_ms().max(stored_ms.map_or(i64::MIN, |ms| ms + 1));
+    let rollups = warehouse.rebuild(&e.id, plan, computed_ms).await?;
     warehouse
-        .store_rollups(&e.id, &plan.fingerprint(), computed_ms, &rollups)
+        .store_rollups(
+            &e.id,
+            (&plan.fingerprint(), computed_ms),
+            computed_ms,
+            &rollups,
+        )
         .await?;
+    warehouse.drop_older_generations(&e.id, computed_ms).await?;
     Ok((rollups, computed_ms))
+}
+
+/// Moves an experiment's stored rollups forward by the units with events loaded since
+/// (`LOAD_MARGIN_MS` before) they were computed, or computes them in full when they cannot
+/// be moved: the experiment has ended (its end leaves out events that the stored rows
+/// counted), or `ClickHouse::advance` says so.
+async fn advance(
+    warehouse: &ClickHouse,
+    e: &Experiment,
+    plan: &ExperimentPlan,
+    stored: &StoredRollups,
+    margin_ms: i64,
+) -> Result<(), crate::Error> {
+    let version = clock::now_ms().max(stored.computed_ms + 1);
+    let since = stored.computed_ms - margin_ms;
+    let advanced = match plan.ends_at_ms {
+        Some(_) => None,
+        None => {
+            warehouse
+                .advance(&e.id, plan, stored, version, since)
+                .await?
+        }
+    };
+    match advanced {
+        Some(rollups) => {
+            let fingerprint = plan.fingerprint();
+            warehouse
+                .store_rollups(&e.id, (&fingerprint, stored.generation), version, &rollups)
+                .await?;
+        }
+        None => {
+            compute(warehouse, e, plan).await?;
+        }
+    }
+    Ok(())
 }
 
 /// An experiment's rollups and when they were computed: the newest stored computation if it
@@ -75,10 +137,8 @@ pub async fn rollups(
 }
 
 /// Experiments that may still hold results, with the catalog's metrics.
-async fn candidates(
-    state: &Pipeline,
-) -> Result<(Vec<Experiment>, HashMap<String, Metric>), crate::Error> {
-    let mut conn = state.db.pool.acquire().await?;
+async fn candidates(db: &Db) -> Result<(Vec<Experiment>, HashMap<String, Metric>), crate::Error> {
+    let mut conn = db.pool.acquire().await?;
     let mut experiments = store::experiments::with_status(
         &mut conn,
         &[Status::Running, Status::Paused, Status::Completed],
@@ -95,11 +155,35 @@ async fn candidates(
     Ok((experiments, metrics))
 }
 
-/// One analysis tick's warehouse work: recomputes the rollups of every experiment still
+/// One analysis tick's warehouse work: moves forward the rollups of every experiment still
 /// collecting events, then drops raw events past retention. Returns the experiments
 /// recomputed.
 pub async fn refresh(state: &Pipeline, warehouse: &ClickHouse) -> Result<usize, crate::Error> {
-    let (experiments, metrics) = candidates(state).await?;
+    let retention_days = state.settings.warehouse_retention_days;
+    refresh_with_margin(&state.db, retention_days, warehouse, LOAD_MARGIN_MS).await
+}
+
+/// The repair: computes the rollups of every experiment that may still hold results in
+/// full, from all their raw events, whatever is stored. Returns the experiments computed.
+pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<usize, crate::Error> {
+    let (experiments, metrics) = candidates(db).await?;
+    for e in &experiments {
+        compute(warehouse, e, &plan_of(e, &metrics)).await?;
+    }
+    Ok(experiments.len())
+}
+
+/// [`refresh`] with the configuration database, the raw events' retention (`None` keeps
+/// them all), and how long before the previous computation to look for newly loaded events
+/// (tests, whose loads all commit before a tick, use 0 to recompute only the units with
+/// events loaded since).
+pub async fn refresh_with_margin(
+    db: &Db,
+    retention_days: Option<i64>,
+    warehouse: &ClickHouse,
+    margin_ms: i64,
+) -> Result<usize, crate::Error> {
+    let (experiments, metrics) = candidates(db).await?;
     let mut refreshed = 0;
     // The earliest start among experiments whose rollups may still change: raw events from
     // before it can go once past retention.
@@ -110,16 +194,28 @@ pub async fn refresh(state: &Pipeline, warehouse: &ClickHouse) -> Result<usize, 
         let current = stored
             .as_ref()
             .is_some_and(|s| s.plan == plan.fingerprint());
-        let collecting = collecting(e.status, e.ended_at_ms, stored.map(|s| s.computed_ms));
-        if collecting || !current {
-            compute(warehouse, e, &plan).await?;
-            refreshed += 1;
+        let collecting = collecting(
+            e.status,
+            e.ended_at_ms,
+            stored.as_ref().map(|s| s.computed_ms),
+        );
+        match &stored {
+            Some(stored) if current && collecting => {
+                advance(warehouse, e, &plan, stored, margin_ms).await?;
+                refreshed += 1;
+            }
+            _ if collecting || !current => {
+                compute(warehouse, e, &plan).await?;
+                refreshed += 1;
+            }
+            _ => {}
         }
         if collecting {
             needed_from = needed_from.min(e.started_at_ms.unwrap_or(i64::MIN));
         }
     }
-    if let Some(days) = state.settings.warehouse_retention_days {
+    warehouse.drop_old_staging(clock::now_ms()).await?;
+    if let Some(days) = retention_days {
         let cutoff = (clock::now_ms() - days * clock::DAY_MS).min(needed_from);
         let dropped = warehouse.drop_months_before(month_of(cutoff)).await?;
         if !dropped.is_empty() {
@@ -127,6 +223,15 @@ pub async fn refresh(state: &Pipeline, warehouse: &ClickHouse) -> Result<usize, 
                 ?dropped,
                 "dropped monthly partitions of raw events past retention"
             );
+            // Units' pre-exposure covariates may have counted events of those months: every
+            // unit is recomputed alike, rather than only those a tick touches.
+            for e in &experiments {
+                let plan = plan_of(e, &metrics);
+                let stored = warehouse.stored_rollups(&e.id).await?;
+                if collecting(e.status, e.ended_at_ms, stored.map(|s| s.computed_ms)) {
+                    compute(warehouse, e, &plan).await?;
+                }
+            }
         }
     }
     Ok(refreshed)

@@ -671,3 +671,177 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
     assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
     clean_up(&o.state).await;
 }
+
+/// A small deterministic generator for the fault schedule (xorshift64*).
+struct Schedule(u64);
+
+impl Schedule {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+}
+
+/// Rollups as the statistics read them: exposure counts exactly, sums to 1e-9 (relative),
+/// and a row missing on one side as zeros (sums moved forward by differences can leave a
+/// day a rounding error away from zero where a full computation has no row).
+fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
+    let exposures = |r: &Rollups| -> BTreeMap<(String, i64), (i64, i64)> {
+        r.exposures
+            .iter()
+            .map(|e| ((e.variant.clone(), e.day), (e.units, e.multiple)))
+            .collect()
+    };
+    assert_eq!(
+        exposures(actual),
+        exposures(expected),
+        "{context}: exposures"
+    );
+    let metrics = |r: &Rollups| -> BTreeMap<(String, String, i64), Sums> {
+        r.metrics
+            .iter()
+            .map(|m| ((m.variant.clone(), m.metric.clone(), m.day), m.sums))
+            .collect()
+    };
+    let (actual, expected) = (metrics(actual), metrics(expected));
+    for key in actual.keys().chain(expected.keys()) {
+        let a = actual.get(key).copied().unwrap_or_default().values();
+        let b = expected.get(key).copied().unwrap_or_default().values();
+        for (column, (a, b)) in Sums::COLUMNS.iter().zip(a.iter().zip(b)) {
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                "{context}: {key:?} {column}: {a} ≠ {b}"
+            );
+        }
+    }
+}
+
+/// Each experiment's plan and stored computation.
+async fn stored(
+    o: &TestOrigin,
+    ids: &[&str],
+) -> Vec<(
+    abx_origin_domain::plan::ExperimentPlan,
+    abx_origin_pipeline::clickhouse::StoredRollups,
+)> {
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let metrics = common::catalog_metrics(&mut conn).await;
+    let mut out = Vec::new();
+    for id in ids {
+        let e = abx_origin_store::experiments::get(&mut conn, id)
+            .await
+            .expect("experiment")
+            .expect("exists");
+        let plan = abx_origin_domain::plan::plan_of(&e, &metrics);
+        let stored = warehouse
+            .stored_rollups(id)
+            .await
+            .expect("read")
+            .expect("stored");
+        out.push((plan, stored));
+    }
+    out
+}
+
+/// Ticks recompute only the units with events loaded since the previous computation and
+/// add the difference they make. Whatever fails on the way (a client's retry that gets
+/// past the broker, a loader killed between its insert and its acknowledgement, a tick
+/// killed after writing its units' rows but before storing its rollups) and in whatever
+/// order events arrive (late events, a unit's earlier exposure after its later one), each
+/// tick's rollups equal a full computation from the deduplicated raw events.
+#[tokio::test]
+async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some((o, _)) = warehouse_origin(url).await else {
+        return;
+    };
+    let (checkout, banner, key) = experiments(&o).await;
+    let ids = [checkout.as_str(), banner.as_str()];
+    let events = scenario(&checkout, &banner);
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let mut schedule = Schedule(0x9e37_79b9_7f4a_7c15);
+    let db = &o.state.pipeline.db;
+    let tick = || abx_origin_pipeline::warehouse::refresh_with_margin(db, None, &warehouse, 0);
+    send_all(&o, &key, &events[..40], 40).await;
+    common::load_stream(&o.state).await;
+    tick().await.expect("first tick");
+
+    let (mut sent, mut late) = (40, Vec::new());
+    let (mut advanced, mut killed, mut rounds) = (0, 0, 0);
+    while sent < events.len() || !late.is_empty() {
+        rounds += 1;
+        let size = (40 + schedule.below(100)).min(events.len() - sent);
+        let mut batch: Vec<Json> = std::mem::take(&mut late);
+        for e in &events[sent..sent + size] {
+            // Some events arrive a round late.
+            if schedule.below(8) == 0 {
+                late.push(e.clone());
+            } else {
+                batch.push(e.clone());
+            }
+        }
+        sent += size;
+        if batch.is_empty() {
+            continue;
+        }
+        send_all(&o, &key, &batch, 1 + schedule.below(batch.len())).await;
+        if schedule.below(3) == 0 {
+            // A client's retry in other batches: the broker lets it through.
+            let from = schedule.below(batch.len());
+            send_all(&o, &key, &batch[from..], 7).await;
+        }
+        if schedule.below(3) == 0 {
+            // The loader inserts, then dies before acknowledging: the messages come back.
+            common::load_round(&o.state, Settle::Abandon).await;
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+        }
+        common::load_stream(&o.state).await;
+        let before = stored(&o, &ids).await;
+        let kill = schedule.below(4) == 0;
+        if kill {
+            // A tick dies after copying its units' rows, before storing its rollups.
+            killed += 1;
+            for (id, (plan, stored)) in ids.iter().zip(&before) {
+                let version = abx_origin_domain::clock::now_ms();
+                warehouse
+                    .advance(id, plan, stored, version, stored.computed_ms)
+                    .await
+                    .expect("advance");
+            }
+        }
+        tick().await.expect("tick");
+        for (id, (plan, previous)) in ids.iter().zip(&before) {
+            let after = warehouse
+                .stored_rollups(id)
+                .await
+                .expect("read")
+                .expect("stored");
+            assert!(after.computed_ms > previous.computed_ms);
+            // Moved forward, unless a killed tick's rows forced a full computation.
+            assert_eq!(
+                after.generation == previous.generation,
+                !kill,
+                "round {rounds}"
+            );
+            advanced += usize::from(!kill);
+            let full = warehouse
+                .rebuild(id, plan, abx_origin_domain::clock::now_ms())
+                .await
+                .expect("full computation");
+            assert_equivalent(&after.rollups, &full, &format!("{id}, round {rounds}"));
+        }
+    }
+    eprintln!("{rounds} rounds: {advanced} advanced, {killed} killed");
+    assert!(
+        advanced >= 8 && killed >= 1,
+        "{advanced} advanced, {killed} killed"
+    );
+    // And at the end, the results of the SQL pipeline given the same events.
+    assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+    clean_up(&o.state).await;
+}

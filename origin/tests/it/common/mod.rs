@@ -418,18 +418,25 @@ pub async fn rollups(state: &AppState, experiment_id: &str) -> Rollups {
         .await
         .expect("experiment")
         .expect("exists");
-    let metrics = abx_origin_store::catalog::metrics(&mut conn, None)
-        .await
-        .expect("metrics")
-        .into_iter()
-        .map(|m| (m.key.clone(), m))
-        .collect();
+    let metrics = catalog_metrics(&mut conn).await;
     state
         .pipeline
         .rollups(&mut conn, &e, &metrics)
         .await
         .expect("rollups")
         .0
+}
+
+/// The catalog's metrics by key, as the pipeline plans with them.
+pub async fn catalog_metrics(
+    conn: &mut sqlx::AnyConnection,
+) -> std::collections::HashMap<String, abx_origin_domain::model::catalog::Metric> {
+    abx_origin_store::catalog::metrics(conn, None)
+        .await
+        .expect("metrics")
+        .into_iter()
+        .map(|m| (m.key.clone(), m))
+        .collect()
 }
 
 /// When the rollups behind a results body were computed (warehouse only), in ms.

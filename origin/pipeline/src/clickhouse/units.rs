@@ -1,0 +1,561 @@
+//! Incremental rollups: the per-unit state of each experiment, kept in `unit_rollups`, from
+//! which the per-variant sums follow.
+//!
+//! A unit's row holds what the unit adds to its experiment's rollups: its variant, the day
+//! of its first exposure, whether it was seen in more than one variant, and per day on which
+//! its values changed, its change of every metric's products (x, x², xy, …: the terms of
+//! [`Sums`]). A row is a function of the unit's deduplicated raw events alone, so computing
+//! it again from the same events gives the same row, however many copies of them were
+//! loaded. That is what makes ticks exactly once: a tick recomputes only the units with
+//! events loaded since the previous tick (`loaded_ms`), and moves the rollups by the
+//! difference between their new rows and the rows the previous computation summed.
+//!
+//! Rows carry a `generation` (the time of the full computation they descend from; each
+//! experiment's generation is a partition, dropped whole once another is stored) and a
+//! `version` (the time of the computation that wrote them). A tick writes its rows in a
+//! staging table first, takes the difference there, and only then copies them into
+//! `unit_rollups`, which keeps one row per unit (a `ReplacingMergeTree` by version): its
+//! rows are therefore all of committed computations, except after a tick killed between
+//! the copy and storing its rollups. Such rows are newer than the stored computation, and
+//! the next tick, finding them, recomputes the experiment in full instead (a new
+//! generation), as it does after a plan change, for an experiment that has ended, and for
+//! rollups stored before units were kept.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{ClickHouse, Count, DAY_MS, ExposureRollupRow, StoredRollups, WarehouseError};
+use super::{literal, literal_list};
+use crate::plan::ExperimentPlan;
+use crate::rollup::{ExposureRollup, MetricRollup, Rollups, Sums};
+
+/// Staged rows are dropped by the hour once this old (a tick takes seconds).
+const STAGING_KEPT_MS: i64 = 2 * 3_600_000;
+const STAGING_PARTITION_MS: i64 = 3_600_000;
+
+/// The columns of both unit tables, in order.
+const COLUMNS: &str =
+    "experiment_id, generation, version, ukey, variant, first_day, multiple, days, contributions";
+
+#[derive(Deserialize)]
+struct DayRow {
+    variant: String,
+    day: i64,
+    sums: Vec<f64>,
+}
+
+impl ClickHouse {
+    pub(super) async fn create_unit_tables(&self) -> Result<(), WarehouseError> {
+        let db = &self.database;
+        let columns = "experiment_id String, generation Int64, version Int64, ukey FixedString(16),
+                       variant String, first_day Int64, multiple UInt8, days Array(Int64),
+                       contributions Array(Array(Float64))";
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.unit_rollups ({columns})
+             ENGINE = ReplacingMergeTree(version) PARTITION BY (experiment_id, generation)
+             ORDER BY (experiment_id, generation, ukey)"
+        ))
+        .await?;
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.unit_rollups_staging ({columns})
+             ENGINE = MergeTree PARTITION BY intDiv(version, {STAGING_PARTITION_MS})
+             ORDER BY (experiment_id, version, ukey)"
+        ))
+        .await?;
+        // The units a tick recomputes, found once (a scan of the load times) and read as a
+        // small set by each of its statements.
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.unit_rollups_touched
+               (experiment_id String, version Int64, unit_key String)
+             ENGINE = MergeTree PARTITION BY intDiv(version, {STAGING_PARTITION_MS})
+             ORDER BY (experiment_id, version, unit_key)"
+        ))
+        .await
+    }
+
+    /// The rows of the experiment's clean units that have events of the plan's metrics (all
+    /// of them, or those `touched` selects): `ukey, variant, first_day, multiple, days,
+    /// contributions`, where `contributions` holds, per day of `days`, the change of the
+    /// unit's products on that day: the plan's i-th metric's `Sums::COLUMNS` at 14·i.. Per
+    /// unit and day it adds up the day's events of each metric (events before the exposure
+    /// day count on the exposure day); sorted by day into running totals (`…1s`, and `…0s`
+    /// up to the day before), these give the unit's values as of each day's end and as of its
+    /// previous day. The units' arrays are built by a grouping, which spills to disk, never
+    /// on the right of a join, which must fit in memory. (The lambda captures nothing but its
+    /// parameters: 18.16 loses captured columns of a subquery.)
+    fn changed_units(&self, experiment_id: &str, plan: &ExperimentPlan, touched: &str) -> String {
+        let exposed = self.exposed(experiment_id, plan, None, touched);
+        let mut per_day = Vec::new();
+        let mut elements = Vec::new();
+        let mut running = Vec::new();
+        let mut parameters = Vec::new();
+        let mut arrays = Vec::new();
+        let mut body = Vec::new();
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            let mut value_at = BTreeMap::new();
+            for (name, quantity) in Self::quantities(metric) {
+                let Some((total, value)) = quantity else {
+                    continue;
+                };
+                let q = format!("{name}{i}t");
+                per_day.push(format!("toFloat64({total}) AS {q}"));
+                elements.push(q.clone());
+                // Element 1 of the sorted tuples is the day.
+                let k = elements.len() + 1;
+                running.push(format!(
+                    "arrayCumSum(arrayMap(t -> t.{k}, sorted)) AS {q}1s,
+                     arrayPopBack(arrayPushFront({q}1s, 0.)) AS {q}0s"
+                ));
+                for end in ['1', '0'] {
+                    let parameter = format!("p{name}{i}{end}");
+                    arrays.push(format!("{q}{end}s"));
+                    value_at.insert((name, end), value(&parameter));
+                    parameters.push(parameter);
+                }
+            }
+            // A unit's change in each product from before the day to its end.
+            let at = |factors: &str, end: char| {
+                Self::product(factors, |v| {
+                    let name = match v {
+                        'x' => "x",
+                        'y' => "y",
+                        'c' => "c",
+                        _ => "d",
+                    };
+                    value_at
+                        .get(&(name, end))
+                        .cloned()
+                        .unwrap_or_else(|| "0.0".into())
+                })
+            };
+            body.extend(
+                Sums::PRODUCTS
+                    .iter()
+                    .map(|factors| format!("({}) - ({})", at(factors, '1'), at(factors, '0'))),
+            );
+        }
+        format!(
+            "SELECT ukey, any(unit_arm) AS variant, intDiv(any(first), {DAY_MS}) AS first_day, toUInt8(0) AS multiple,
+                    arraySort(groupArray((day, {elements}))) AS sorted,
+                    arrayMap(t -> t.1, sorted) AS days, {running},
+                    arrayMap(({parameters}) -> [{body}], {arrays}) AS contributions
+             FROM (
+               SELECT ukey, any(arm) AS unit_arm, any(first_ms) AS first,
+                      greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
+                      {per_day}
+               FROM ({events}) AS events
+               ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) AS all_exposed WHERE multiple = 0) AS exposed USING ukey
+               GROUP BY ukey, day
+             ) AS unit_days GROUP BY ukey",
+            elements = elements.join(", "),
+            running = running.join(",\n"),
+            parameters = parameters.join(", "),
+            body = body.join(",\n"),
+            arrays = arrays.join(", "),
+            per_day = per_day.join(",\n"),
+            events = self.metric_events(plan, touched),
+        )
+    }
+
+    /// The rows of the experiment's other units (all, or those `touched` selects), whose
+    /// arrays stay empty: every unit but those `written` (the SQL of a set of units) holds.
+    fn unchanged_units(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        touched: &str,
+        written: Option<&str>,
+    ) -> String {
+        let exposed = self.exposed(experiment_id, plan, None, touched);
+        let not_written = written.map_or_else(String::new, |written| {
+            format!(" WHERE ukey NOT IN ({written})")
+        });
+        format!(
+            "SELECT ukey, variant, intDiv(first_ms, {DAY_MS}) AS first_day, multiple
+             FROM ({exposed}) AS exposed{not_written}"
+        )
+    }
+
+    /// The deduplicated raw events of the plan's metrics (of the units `touched` selects),
+    /// with their analysis unit as `ukey` and the property columns a filter reads. All of
+    /// them are read with `FINAL`; a few units' are kept once per event id instead, which
+    /// reads only those units' rows where `FINAL` would merge the whole table.
+    fn metric_events(&self, plan: &ExperimentPlan, touched: &str) -> String {
+        let event_types =
+            literal_list(plan.metrics.iter().flat_map(|m| {
+                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
+            }));
+        let (deduplicated, once) = if touched.is_empty() {
+            (" FINAL", "")
+        } else {
+            ("", " LIMIT 1 BY event_id")
+        };
+        format!(
+            "SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events{deduplicated}
+             WHERE event_type IN ({event_types}){before_end}{touched}{once}",
+            unit = Self::unit_expression(plan),
+            properties = Self::property_columns(plan),
+            before_end = Self::before_end(plan),
+            db = self.database,
+        )
+    }
+
+    /// Records, as those of the tick at `version`, the units with exposures to the
+    /// experiment or events of the plan's metrics loaded at or after `since_ms`; returns the
+    /// condition (to append to a `WHERE` on raw events) that an event is of one of them.
+    async fn touch_since(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        version: i64,
+        since_ms: i64,
+    ) -> Result<String, WarehouseError> {
+        let (db, id) = (&self.database, literal(experiment_id));
+        let mut loaded = format!(
+            "SELECT unit_key FROM {db}.exposures WHERE experiment_id = {id} AND loaded_ms >= {since_ms}"
+        );
+        if !plan.metrics.is_empty() {
+            let event_types = literal_list(plan.metrics.iter().flat_map(|m| {
+                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
+            }));
+            loaded.push_str(&format!(
+                " UNION ALL SELECT unit_key FROM {db}.metric_events WHERE event_type IN ({event_types}) AND loaded_ms >= {since_ms}"
+            ));
+        }
+        self.execute(&format!(
+            "INSERT INTO {db}.unit_rollups_touched (experiment_id, version, unit_key)
+             SELECT {id}, {version}, unit_key FROM ({loaded}) AS loaded GROUP BY unit_key"
+        ))
+        .await?;
+        Ok(format!(
+            " AND unit_key IN (SELECT unit_key FROM {db}.unit_rollups_touched WHERE experiment_id = {id} AND version = {version})"
+        ))
+    }
+
+    /// Writes the rows of the units `touched` selects (all, if empty) into `table`, in two
+    /// inserts: units with changes, then the others, which the first did not write, so that
+    /// no unit has two rows. A unit whose events or exposures are loaded while this runs
+    /// may be written as it was before them (or not at all, when they are its first); being
+    /// loaded after the computation started, it is recomputed by the next tick.
+    async fn write_units(
+        &self,
+        table: &str,
+        (experiment_id, plan): (&str, &ExperimentPlan),
+        generation: i64,
+        version: i64,
+        touched: &str,
+    ) -> Result<(), WarehouseError> {
+        let insert = |columns: &str, rows: String| {
+            format!(
+                "INSERT INTO {db}.{table} ({columns})
+                 SELECT {id}, {generation}, {version}, {columns_selected} FROM ({rows}) AS rows",
+                db = self.database,
+                id = literal(experiment_id),
+                columns_selected = columns.splitn(4, ", ").nth(3).unwrap_or_default(),
+            )
+        };
+        let written = format!(
+            "SELECT ukey FROM {db}.{table} WHERE experiment_id = {id} AND generation = {generation} AND version = {version}",
+            db = self.database,
+            id = literal(experiment_id),
+        );
+        let written = if plan.metrics.is_empty() {
+            None
+        } else {
+            let changed = self.changed_units(experiment_id, plan, touched);
+            self.execute(&insert(COLUMNS, changed)).await?;
+            Some(written.as_str())
+        };
+        // Units without changes: the arrays keep their defaults.
+        let columns = COLUMNS.trim_end_matches(", days, contributions");
+        let unchanged = self.unchanged_units(experiment_id, plan, touched, written);
+        self.execute(&insert(columns, unchanged)).await
+    }
+
+    /// Computes every unit's row anew from the raw events, as generation `generation`, and
+    /// the experiment's rollups from them: the full computation, which also repairs
+    /// anything the incremental ones could have missed.
+    pub async fn rebuild(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        generation: i64,
+    ) -> Result<Rollups, WarehouseError> {
+        self.write_units(
+            "unit_rollups",
+            (experiment_id, plan),
+            generation,
+            generation,
+            "",
+        )
+        .await?;
+        let rows = format!(
+            "SELECT variant, first_day, multiple, days, contributions FROM {}.unit_rollups
+             WHERE experiment_id = {} AND generation = {generation}",
+            self.database,
+            literal(experiment_id)
+        );
+        let (exposures, metrics) = self.sum_units(plan, &rows, None).await?;
+        let mut rollups = Rollups {
+            exposures: exposures.into_iter().map(exposure_rollup).collect(),
+            metrics: metric_rollups(plan, metrics, &BTreeMap::new()),
+            ..Rollups::default()
+        };
+        self.non_additive_rollups(experiment_id, plan, &mut rollups)
+            .await?;
+        Ok(rollups)
+    }
+
+    /// Moves `stored` forward to `version`: recomputes the rows of the units with events
+    /// loaded at or after `touched_since_ms`, and adds the difference they make. `None` when
+    /// the stored computation cannot be moved forward (it predates unit rows, or a tick
+    /// died after writing rows it did not store): the experiment needs [`Self::rebuild`].
+    pub async fn advance(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        stored: &StoredRollups,
+        version: i64,
+        touched_since_ms: i64,
+    ) -> Result<Option<Rollups>, WarehouseError> {
+        let (db, id) = (&self.database, literal(experiment_id));
+        let (generation, base) = (stored.generation, stored.computed_ms);
+        if generation == 0 || version <= base {
+            return Ok(None);
+        }
+        let newer: Vec<Count> = self
+            .rows(&format!(
+                "SELECT toUInt64(count()) AS n FROM {db}.unit_rollups
+                 WHERE experiment_id = {id} AND generation = {generation} AND version > {base}"
+            ))
+            .await?;
+        if newer.first().is_some_and(|c| c.n > 0) {
+            return Ok(None);
+        }
+        let touched = self
+            .touch_since(experiment_id, plan, version, touched_since_ms)
+            .await?;
+        self.write_units(
+            "unit_rollups_staging",
+            (experiment_id, plan),
+            generation,
+            version,
+            &touched,
+        )
+        .await?;
+        let staged = format!(
+            "SELECT ukey, variant, first_day, multiple, days, contributions FROM {db}.unit_rollups_staging
+             WHERE experiment_id = {id} AND version = {version}"
+        );
+        // The rows the stored computation summed for the same units. `unit_rollups` holds
+        // no row newer than it (checked above), so each unit's newest row is that one.
+        let previous = format!(
+            "SELECT ukey, argMax(variant, version) AS v, argMax(first_day, version) AS f,
+                    argMax(multiple, version) AS m, argMax(days, version) AS ds,
+                    argMax(contributions, version) AS cs
+             FROM {db}.unit_rollups
+             WHERE experiment_id = {id} AND generation = {generation}
+               AND ukey IN (SELECT ukey FROM ({staged}) AS staged)
+             GROUP BY ukey"
+        );
+        let previous = format!(
+            "SELECT v AS variant, f AS first_day, m AS multiple, ds AS days, cs AS contributions FROM ({previous}) AS previous"
+        );
+        let (exposures, metrics) = self.sum_units(plan, &staged, Some(&previous)).await?;
+        self.execute(&format!(
+            "INSERT INTO {db}.unit_rollups ({COLUMNS}) SELECT {COLUMNS} FROM {db}.unit_rollups_staging
+             WHERE experiment_id = {id} AND version = {version}"
+        ))
+        .await?;
+
+        let mut units: BTreeMap<(i64, String), (i64, i64)> = stored
+            .rollups
+            .exposures
+            .iter()
+            .map(|r| ((r.day, r.variant.clone()), (r.units, r.multiple)))
+            .collect();
+        for r in exposures {
+            let entry = units.entry((r.day, r.variant)).or_default();
+            entry.0 += r.units;
+            entry.1 += r.multiples;
+        }
+        let previous_metrics = stored
+            .rollups
+            .metrics
+            .iter()
+            .map(|r| ((r.day, r.variant.clone(), r.metric.clone()), r.sums))
+            .collect();
+        let mut rollups = Rollups {
+            exposures: units
+                .into_iter()
+                .filter(|(_, (units, multiple))| *units != 0 || *multiple != 0)
+                .map(|((day, variant), (units, multiple))| ExposureRollup {
+                    variant,
+                    day,
+                    units,
+                    multiple,
+                })
+                .collect(),
+            metrics: metric_rollups(plan, metrics, &previous_metrics),
+            ..Rollups::default()
+        };
+        self.non_additive_rollups(experiment_id, plan, &mut rollups)
+            .await?;
+        Ok(Some(rollups))
+    }
+
+    /// Per variant and day, the units of `rows` by the day of their first exposure, and
+    /// their metrics' changes; less those of `minus`.
+    async fn sum_units(
+        &self,
+        plan: &ExperimentPlan,
+        rows: &str,
+        minus: Option<&str>,
+    ) -> Result<(Vec<ExposureRollupRow>, Vec<DayRow>), WarehouseError> {
+        let units = |rows: &str, sign: &str| {
+            format!(
+                "SELECT variant, first_day AS day, {sign}toInt64(multiple = 0) AS clean,
+                        {sign}toInt64(multiple != 0) AS seen_twice FROM ({rows}) AS unit_rows"
+            )
+        };
+        let mut counted = units(rows, "");
+        if let Some(minus) = minus {
+            counted.push_str(&format!(" UNION ALL {}", units(minus, "-")));
+        }
+        let exposures: Vec<ExposureRollupRow> = self
+            .rows(&format!(
+                "SELECT variant, day, toInt64(sum(clean)) AS units, toInt64(sum(seen_twice)) AS multiples
+                 FROM ({counted}) AS counted GROUP BY variant, day ORDER BY day, variant"
+            ))
+            .await?;
+        if plan.metrics.is_empty() {
+            return Ok((exposures, Vec::new()));
+        }
+        let mut changes = format!("SELECT variant, days, contributions FROM ({rows}) AS added");
+        if let Some(minus) = minus {
+            changes.push_str(&format!(
+                " UNION ALL SELECT variant, days, arrayMap(v -> arrayMap(x -> -x, v), contributions) AS negated
+                  FROM ({minus}) AS removed"
+            ));
+        }
+        let metrics: Vec<DayRow> = self
+            .rows(&format!(
+                "SELECT variant, day, sumForEach(c) AS sums
+                 FROM ({changes}) AS changes ARRAY JOIN days AS day, contributions AS c
+                 GROUP BY variant, day ORDER BY day, variant"
+            ))
+            .await?;
+        Ok((exposures, metrics))
+    }
+
+    /// The rollups that do not add up over units, computed from the raw events each time:
+    /// quantiles, and capped metrics (a percentile cap depends on every unit's value).
+    async fn non_additive_rollups(
+        &self,
+        experiment_id: &str,
+        plan: &ExperimentPlan,
+        rollups: &mut Rollups,
+    ) -> Result<(), WarehouseError> {
+        let quantiles = plan.metrics.iter().any(|m| m.quantile.is_some());
+        let capped = plan.metrics.iter().any(|m| m.cap.is_some());
+        if !quantiles && !capped {
+            return Ok(());
+        }
+        let exposed = self.exposed_units(experiment_id, plan);
+        for metric in &plan.metrics {
+            if let Some(p) = metric.quantile {
+                rollups
+                    .quantiles
+                    .extend(self.quantile_rollups(plan, metric, p, &exposed).await?);
+            }
+        }
+        if capped {
+            rollups.capped = self.capped_rollups(plan, &exposed).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops staged rows and touched units older than [`STAGING_KEPT_MS`] before `now_ms`, by
+    /// whole partitions.
+    pub async fn drop_old_staging(&self, now_ms: i64) -> Result<(), WarehouseError> {
+        let oldest_kept = (now_ms - STAGING_KEPT_MS) / STAGING_PARTITION_MS;
+        let tables = ["unit_rollups_staging", "unit_rollups_touched"];
+        for (table, hour) in self.numbered_partitions(&tables).await? {
+            if hour < oldest_kept {
+                self.drop_partition(&table, hour).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops an experiment's unit rows of generations older than `generation` (those of
+    /// earlier full computations, or of one that died before it was stored): each
+    /// experiment's generation is a partition of its own, dropped whole. Newer ones may be
+    /// a computation still under way.
+    pub async fn drop_older_generations(
+        &self,
+        experiment_id: &str,
+        generation: i64,
+    ) -> Result<(), WarehouseError> {
+        #[derive(Deserialize)]
+        struct Generation {
+            generation: i64,
+        }
+        let (db, id) = (&self.database, literal(experiment_id));
+        let generations: Vec<Generation> = self
+            .rows(&format!(
+                "SELECT DISTINCT generation FROM {db}.unit_rollups WHERE experiment_id = {id}"
+            ))
+            .await?;
+        for g in generations.iter().filter(|g| g.generation < generation) {
+            self.execute(&format!(
+                "ALTER TABLE {db}.unit_rollups DROP PARTITION ({id}, {})",
+                g.generation
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn exposure_rollup(r: ExposureRollupRow) -> ExposureRollup {
+    ExposureRollup {
+        variant: r.variant,
+        day: r.day,
+        units: r.units,
+        multiple: r.multiples,
+    }
+}
+
+/// The metric rollups of `previous` plus the per-day changes `rows` (each holding every
+/// metric's sums, 14 per metric in plan order), ordered by day, variant and metric; a day on
+/// which a metric's sums add up to nothing is left out.
+fn metric_rollups(
+    plan: &ExperimentPlan,
+    rows: Vec<DayRow>,
+    previous: &BTreeMap<(i64, String, String), Sums>,
+) -> Vec<MetricRollup> {
+    let mut sums = previous.clone();
+    let width = Sums::COLUMNS.len();
+    for r in rows {
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            let Some(values) = r.sums.get(i * width..(i + 1) * width) else {
+                continue;
+            };
+            let change = Sums::from_values(std::array::from_fn(|k| values[k]));
+            sums.entry((r.day, r.variant.clone(), metric.key.clone()))
+                .or_default()
+                .add(&change);
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, sums)| *sums != Sums::default())
+        .map(|((day, variant, metric), sums)| MetricRollup {
+            variant,
+            metric,
+            day,
+            sums,
+        })
+        .collect()
+}
