@@ -12,8 +12,9 @@
 //! because only the raw tables can collapse the copies of an event (a redelivered message,
 //! a client's retry beyond the broker's deduplication window); sums cannot tell a copy from
 //! a new event. A full computation from all raw events (`ClickHouse::rebuild`) remains for
-//! a new plan, an ended experiment, a tick that died after writing its units' rows, and
-//! after raw events past retention go (pre-exposure covariates may have lost events).
+//! a new plan, the first tick after an experiment ends, a tick that died after writing its
+//! units' rows, and after raw events past retention go (pre-exposure covariates may have
+//! lost events).
 //!
 //! The raw events are kept for `warehouse_retention_days`, as whole monthly partitions:
 //! a month goes once it is past retention and no experiment that still collects events
@@ -49,6 +50,28 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
     }
 }
 
+/// What the warehouse's unit rows and rollups are computed by, stored beside them: the
+/// plan's fingerprint, and once the experiment has ended, its end. The fingerprint leaves
+/// the end out (the SQL pipeline's rollups stay valid: ending adds no event to them), but
+/// rows computed before the end may count events stamped after it, which only a
+/// computation that knew the end leaves out.
+fn computed_by(plan: &ExperimentPlan) -> String {
+    match plan.ends_at_ms {
+        Some(end) => format!("{} ends at {end}", plan.fingerprint()),
+        None => plan.fingerprint(),
+    }
+}
+
+/// Whether a stored computation followed the plan's metrics, whether or not it knew the
+/// end: results may read it while the first computation after the end is under way.
+fn follows(stored_by: &str, plan: &ExperimentPlan) -> bool {
+    let fingerprint = plan.fingerprint();
+    stored_by == fingerprint
+        || stored_by
+            .strip_prefix(fingerprint.as_str())
+            .is_some_and(|rest| rest.starts_with(" ends at "))
+}
+
 /// How far before the previous computation a tick looks for units with newly loaded
 /// events: a loader stamps rows when it sends them, and ClickHouse may commit them up to
 /// the loader's request timeout (`INSERT_TIMEOUT`, 120 s) later, on a clock that may differ
@@ -75,7 +98,7 @@ async fn compute(
     warehouse
         .store_rollups(
             &e.id,
-            (&plan.fingerprint(), computed_ms),
+            (&computed_by(plan), computed_ms),
             computed_ms,
             &rollups,
         )
@@ -86,8 +109,9 @@ async fn compute(
 
 /// Moves an experiment's stored rollups forward by the units with events loaded since
 /// (`LOAD_MARGIN_MS` before) they were computed, or computes them in full when they cannot
-/// be moved: the experiment has ended (its end leaves out events that the stored rows
-/// counted), or `ClickHouse::advance` says so.
+/// be moved: the experiment has ended since (its end leaves out events that the stored
+/// rows may count; once a computation knew the end, later ticks move forward again), or
+/// `ClickHouse::advance` says so.
 async fn advance(
     warehouse: &ClickHouse,
     e: &Experiment,
@@ -97,19 +121,18 @@ async fn advance(
 ) -> Result<(), crate::Error> {
     let version = clock::now_ms().max(stored.computed_ms + 1);
     let since = stored.computed_ms - margin_ms;
-    let advanced = match plan.ends_at_ms {
-        Some(_) => None,
-        None => {
-            warehouse
-                .advance(&e.id, plan, stored, version, since)
-                .await?
-        }
+    let by = computed_by(plan);
+    let advanced = if stored.plan == by {
+        warehouse
+            .advance(&e.id, plan, stored, version, since)
+            .await?
+    } else {
+        None
     };
     match advanced {
         Some(rollups) => {
-            let fingerprint = plan.fingerprint();
             warehouse
-                .store_rollups(&e.id, (&fingerprint, stored.generation), version, &rollups)
+                .store_rollups(&e.id, (&by, stored.generation), version, &rollups)
                 .await?;
         }
         None => {
@@ -129,9 +152,7 @@ pub async fn rollups(
 ) -> Result<(Rollups, i64), crate::Error> {
     let plan = plan_of(e, metrics);
     match warehouse.stored_rollups(&e.id).await? {
-        Some(stored) if stored.plan == plan.fingerprint() => {
-            Ok((stored.rollups, stored.computed_ms))
-        }
+        Some(stored) if follows(&stored.plan, &plan) => Ok((stored.rollups, stored.computed_ms)),
         _ => compute(warehouse, e, &plan).await,
     }
 }
@@ -191,9 +212,7 @@ pub async fn refresh_with_margin(
     for e in &experiments {
         let stored = warehouse.stored_rollups(&e.id).await?;
         let plan = plan_of(e, &metrics);
-        let current = stored
-            .as_ref()
-            .is_some_and(|s| s.plan == plan.fingerprint());
+        let current = stored.as_ref().is_some_and(|s| follows(&s.plan, &plan));
         let collecting = collecting(
             e.status,
             e.ended_at_ms,
@@ -267,6 +286,27 @@ mod tests {
             ended,
             Some(1_000_000 + SETTLE_MS)
         ));
+    }
+
+    #[test]
+    fn a_computation_that_knew_the_end_is_told_apart() {
+        let mut plan = ExperimentPlan {
+            variants: vec!["control".into(), "treatment".into()],
+            unit_attribute: "user_id".into(),
+            switchback_period_s: None,
+            metrics: Vec::new(),
+            ends_at_ms: None,
+        };
+        let running = computed_by(&plan);
+        assert_eq!(running, plan.fingerprint());
+        plan.ends_at_ms = Some(1_796_083_200_000);
+        let ended = computed_by(&plan);
+        assert_ne!(ended, running);
+        // Results read either; only the second lets a tick move forward.
+        assert!(follows(&running, &plan) && follows(&ended, &plan));
+        assert!(!follows(&format!("{running} and more"), &plan));
+        plan.unit_attribute = "device_id".into();
+        assert!(!follows(&running, &plan) && !follows(&ended, &plan));
     }
 
     #[test]

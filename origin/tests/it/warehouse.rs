@@ -718,6 +718,168 @@ fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
     }
 }
 
+/// The first tick after an experiment completes computes it in full, which leaves out what
+/// was stamped after the end but counted before it (a client's clock running ahead); the
+/// ticks of the settling hour after that move it forward again, and leave such events out
+/// too.
+#[tokio::test]
+async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some((o, _)) = warehouse_origin(url).await else {
+        return;
+    };
+    let (checkout, banner, key) = experiments(&o).await;
+    let events = scenario(&checkout, &banner);
+    let half = events.len() / 2;
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let db = &o.state.pipeline.db;
+    let tick = || abx_origin_pipeline::warehouse::refresh_with_margin(db, None, &warehouse, 0);
+    // Revenue of 1,000 from ten units exposed on the first day (in the first half), each
+    // to one variant, stamped an hour ahead.
+    let ahead = |batch: u64| -> Vec<Json> {
+        let at = abx_origin_domain::clock::now_ms() + 3_600_000;
+        (0..10u64)
+            .map(|k| {
+                json!({"event_id": format!("00000000-0000-4000-9000-{batch:04x}{k:08x}"),
+                    "kind": "metric", "unit": format!("u{}", 3 * k), "event_type": "revenue",
+                    "value": 1000.0, "timestamp": at})
+            })
+            .collect()
+    };
+    let revenue = |r: &Rollups| -> f64 {
+        r.metrics
+            .iter()
+            .filter(|m| m.metric == "revenue")
+            .map(|m| m.sums.sum_x)
+            .sum()
+    };
+
+    send_all(&o, &key, &events[..half], 50).await;
+    send_all(&o, &key, &ahead(1), 10).await;
+    common::load_stream(&o.state).await;
+    tick().await.expect("tick while running");
+    let running = &stored(&o, &[checkout.as_str()]).await[0].1;
+
+    let done = o
+        .post(
+            &format!("/api/v1/experiments/{checkout}/complete"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    tick().await.expect("first tick after the end");
+    let (plan, ended) = stored(&o, &[checkout.as_str()]).await.remove(0);
+    assert!(plan.ends_at_ms.is_some());
+    assert_ne!(ended.generation, running.generation, "computed in full");
+    let left_out = revenue(&running.rollups) - revenue(&ended.rollups);
+    assert!((left_out - 10_000.0).abs() < 1e-6, "left out {left_out}");
+
+    // The rest of the events, and more from a clock ahead: the settling hour's ticks move
+    // the computation forward, to what a full computation gives.
+    for round in 2..4 {
+        let from = half + (round - 2) * (events.len() - half) / 2;
+        let to = half + (round - 1) * (events.len() - half) / 2;
+        send_all(&o, &key, &events[from..to], 50).await;
+        send_all(&o, &key, &ahead(round as u64), 10).await;
+        common::load_stream(&o.state).await;
+        let before = stored(&o, &[checkout.as_str(), banner.as_str()]).await;
+        tick().await.expect("tick in the settling hour");
+        for (id, (plan, previous)) in [&checkout, &banner].into_iter().zip(&before) {
+            let after = warehouse
+                .stored_rollups(id)
+                .await
+                .expect("read")
+                .expect("stored");
+            assert!(after.computed_ms > previous.computed_ms);
+            assert_eq!(after.generation, previous.generation, "{id} moved forward");
+            let full = warehouse
+                .rebuild(id, plan, abx_origin_domain::clock::now_ms())
+                .await
+                .expect("full computation");
+            assert_equivalent(&after.rollups, &full, &format!("{id}, round {round}"));
+        }
+    }
+    clean_up(&o.state).await;
+}
+
+/// One unit's row of per-unit aggregates: variant, first day, whether it was exposed to
+/// several variants, the days it has events on, and its contributions on each.
+type UnitRow = (String, i64, u8, Vec<i64>, Vec<Vec<f64>>);
+
+/// Each unit's newest row of the experiment's per-unit aggregates in `generation`, read
+/// straight from ClickHouse, by the unit's hashed key.
+async fn unit_rows(
+    config: &ClickHouseConfig,
+    experiment_id: &str,
+    generation: i64,
+) -> BTreeMap<String, UnitRow> {
+    let query = format!(
+        "SELECT hex(ukey) AS unit, argMax(variant, version) AS variant,
+                argMax(first_day, version) AS first_day, argMax(multiple, version) AS multiple,
+                argMax(days, version) AS days, argMax(contributions, version) AS contributions
+         FROM {}.unit_rollups WHERE experiment_id = '{experiment_id}' AND generation = {generation}
+         GROUP BY ukey FORMAT JSONEachRow",
+        config.database
+    );
+    let body = reqwest::Client::new()
+        .post(&config.url)
+        .query(&[("output_format_json_quote_64bit_integers", "0")])
+        .body(query)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("unit rows")
+        .text()
+        .await
+        .expect("unit rows' body");
+    body.lines()
+        .map(|line| {
+            let row: Json = serde_json::from_str(line).expect("a JSON row");
+            let unit = row["unit"].as_str().expect("unit").to_string();
+            let row: UnitRow = (
+                row["variant"].as_str().expect("variant").to_string(),
+                row["first_day"].as_i64().expect("first day"),
+                serde_json::from_value(row["multiple"].clone()).expect("multiple"),
+                serde_json::from_value(row["days"].clone()).expect("days"),
+                serde_json::from_value(row["contributions"].clone()).expect("contributions"),
+            );
+            (unit, row)
+        })
+        .collect()
+}
+
+/// The same units with the same variant, first day and days, and contributions equal to
+/// 1e-9 (relative: a unit's sums may be added in another order).
+fn assert_same_units(
+    actual: &BTreeMap<String, UnitRow>,
+    expected: &BTreeMap<String, UnitRow>,
+    context: &str,
+) {
+    assert!(!expected.is_empty(), "{context}: no units");
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{context}: units"
+    );
+    for (unit, (a, b)) in actual.iter().map(|(u, a)| (u, (a, &expected[u]))) {
+        assert_eq!(
+            (&a.0, a.1, a.2, &a.3),
+            (&b.0, b.1, b.2, &b.3),
+            "{context}: unit {unit}"
+        );
+        let (a, b) = (a.4.concat(), b.4.concat());
+        assert_eq!(a.len(), b.len(), "{context}: unit {unit}'s contributions");
+        for (a, b) in a.iter().zip(&b) {
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                "{context}: unit {unit}: {a} ≠ {b}"
+            );
+        }
+    }
+}
+
 /// Each experiment's plan and stored computation.
 async fn stored(
     o: &TestOrigin,
@@ -829,11 +991,22 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
                 "round {rounds}"
             );
             advanced += usize::from(!kill);
+            let generation = abx_origin_domain::clock::now_ms();
             let full = warehouse
-                .rebuild(id, plan, abx_origin_domain::clock::now_ms())
+                .rebuild(id, plan, generation)
                 .await
                 .expect("full computation");
-            assert_equivalent(&after.rollups, &full, &format!("{id}, round {rounds}"));
+            let context = format!("{id}, round {rounds}");
+            assert_equivalent(&after.rollups, &full, &context);
+            // The per-unit aggregates themselves, not only their sums: each unit's newest
+            // row in the generation the ticks moved forward is the row the full
+            // computation wrote for it.
+            let config = o.settings.clickhouse.as_ref().expect("warehouse settings");
+            assert_same_units(
+                &unit_rows(config, id, after.generation).await,
+                &unit_rows(config, id, generation).await,
+                &context,
+            );
         }
     }
     eprintln!("{rounds} rounds: {advanced} advanced, {killed} killed");
