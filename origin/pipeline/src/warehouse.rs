@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use crate::clickhouse::{ClickHouse, StoredRollups};
 use crate::db::Db;
-use crate::model::catalog::Metric;
+use crate::model::catalog::{Holdout, Metric};
 use crate::model::experiment::Experiment;
 use crate::model::experiment::Status;
 use crate::plan::{ExperimentPlan, plan_of};
@@ -189,9 +189,24 @@ pub async fn refresh(state: &Pipeline, warehouse: &ClickHouse) -> Result<usize, 
 pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<usize, crate::Error> {
     let (experiments, metrics) = candidates(db).await?;
     for e in &experiments {
-        compute(warehouse, e, &plan_of(e, &metrics)).await?;
+        if let Some(e) = reread(db, e).await? {
+            compute(warehouse, &e, &plan_of(&e, &metrics)).await?;
+        }
     }
     Ok(experiments.len())
+}
+
+/// The experiment (or holdout readout) as it is now, `None` if it has gone. A tick reads
+/// its list once, and a long one may reach an experiment after it ended: the end must be
+/// known, or a computation made after it would count what was stamped later, and once
+/// settled would never be redone.
+async fn reread(db: &Db, e: &Experiment) -> Result<Option<Experiment>, crate::Error> {
+    let mut conn = db.pool.acquire().await?;
+    if let Some(fresh) = store::experiments::get(&mut conn, &e.id).await? {
+        return Ok(Some(fresh));
+    }
+    let holdouts = store::catalog::holdouts(&mut conn, Some(&e.id)).await?;
+    Ok(holdouts.first().map(Holdout::readout))
 }
 
 /// [`refresh`] with the configuration database, the raw events' retention (`None` keeps
@@ -210,6 +225,9 @@ pub async fn refresh_with_margin(
     // before it can go once past retention.
     let mut needed_from = i64::MAX;
     for e in &experiments {
+        let Some(e) = &reread(db, e).await? else {
+            continue;
+        };
         let stored = warehouse.stored_rollups(&e.id).await?;
         let plan = plan_of(e, &metrics);
         let current = stored.as_ref().is_some_and(|s| follows(&s.plan, &plan));
@@ -245,6 +263,9 @@ pub async fn refresh_with_margin(
             // Units' pre-exposure covariates may have counted events of those months: every
             // unit is recomputed alike, rather than only those a tick touches.
             for e in &experiments {
+                let Some(e) = &reread(db, e).await? else {
+                    continue;
+                };
                 let plan = plan_of(e, &metrics);
                 let stored = warehouse.stored_rollups(&e.id).await?;
                 if collecting(e.status, e.ended_at_ms, stored.map(|s| s.computed_ms)) {

@@ -746,6 +746,12 @@ async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
                     "kind": "metric", "unit": format!("u{}", 3 * k), "event_type": "revenue",
                     "value": 1000.0, "timestamp": at})
             })
+            // And a unit first exposed after the end, which no computation may count.
+            .chain([
+                json!({"event_id": format!("00000000-0000-4000-9000-{batch:04x}ffffffff"),
+                "kind": "exposure", "unit": format!("late{batch}"), "experiment_id": checkout,
+                "variant": "control", "timestamp": at}),
+            ])
             .collect()
     };
     let revenue = |r: &Rollups| -> f64 {
@@ -769,12 +775,23 @@ async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
         )
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    // Until the next tick, results read the computation made before the end.
+    let reply = o
+        .get(&format!("/api/v1/experiments/{checkout}/results"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        common::rollups_computed_ms(&reply.body),
+        Some(running.computed_ms)
+    );
     tick().await.expect("first tick after the end");
     let (plan, ended) = stored(&o, &[checkout.as_str()]).await.remove(0);
     assert!(plan.ends_at_ms.is_some());
     assert_ne!(ended.generation, running.generation, "computed in full");
     let left_out = revenue(&running.rollups) - revenue(&ended.rollups);
     assert!((left_out - 10_000.0).abs() < 1e-6, "left out {left_out}");
+    let units = |r: &Rollups| r.exposures.iter().map(|e| e.units).sum::<i64>();
+    assert_eq!(units(&running.rollups) - units(&ended.rollups), 1);
 
     // The rest of the events, and more from a clock ahead: the settling hour's ticks move
     // the computation forward, to what a full computation gives.

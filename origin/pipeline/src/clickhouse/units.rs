@@ -18,8 +18,8 @@
 //! rows are therefore all of committed computations, except after a tick killed between
 //! the copy and storing its rollups. Such rows are newer than the stored computation, and
 //! the next tick, finding them, recomputes the experiment in full instead (a new
-//! generation), as it does after a plan change, for an experiment that has ended, and for
-//! rollups stored before units were kept.
+//! generation), as it does after a plan change, at the first tick after an experiment
+//! ends, and for rollups stored before units were kept.
 
 use std::collections::BTreeMap;
 
