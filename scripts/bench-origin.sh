@@ -222,11 +222,20 @@ warehouse)
   # 10M users, each exposed once over 13 days; 90M metric events over three metrics
   # (conversion, revenue, sessions for revenue per session), a tenth of them before the
   # user's exposure. Written with INSERT … SELECT: the loader's own speed is `ingest`'s.
-  for m in '"key":"conversion","kind":"conversion","event_type":"conversion"' '"key":"revenue","kind":"mean","event_type":"revenue"' \
-           '"key":"rps","kind":"ratio","event_type":"revenue","denominator_event_type":"session"'; do
+  # ABX_BENCH_NON_ADDITIVE=1 adds a capped mean and a quantile of revenue (metrics that
+  # do not add up over units, computed from the units' rows at each tick).
+  metrics=('"key":"conversion","kind":"conversion","event_type":"conversion"' '"key":"revenue","kind":"mean","event_type":"revenue"'
+           '"key":"rps","kind":"ratio","event_type":"revenue","denominator_event_type":"session"')
+  secondary='"revenue","rps"'
+  if [ -n "${ABX_BENCH_NON_ADDITIVE:-}" ]; then
+    metrics+=('"key":"revenue_capped","kind":"mean","event_type":"revenue","cap":{"percentile":0.99}'
+              '"key":"revenue_p90","kind":"quantile","quantile":0.9,"event_type":"revenue"')
+    secondary+=',"revenue_capped","revenue_p90"'
+  fi
+  for m in "${metrics[@]}"; do
     api POST /metrics "{$m}" >/dev/null
   done
-  id=$(api POST /experiments '{"key":"bench","primary_metric":"conversion","secondary_metrics":["revenue","rps"],"variants":[{"name":"control","weight":50},{"name":"treatment","weight":50}]}' | json_field id)
+  id=$(api POST /experiments "{\"key\":\"bench\",\"primary_metric\":\"conversion\",\"secondary_metrics\":[$secondary],\"variants\":[{\"name\":\"control\",\"weight\":50},{\"name\":\"treatment\",\"weight\":50}]}" | json_field id)
   api POST "/experiments/$id/start" '{}' >/dev/null
   t0=$(( ($(date +%s) - 14 * 86400) * 1000 ))
   log "writing 10M exposures and 90M metric events into ClickHouse"

@@ -213,6 +213,7 @@ impl From<abx_origin_pipeline::Error> for ApiError {
                 }
             }
             Error::Write(message) => ApiError::Internal(anyhow::anyhow!(message)),
+            error @ Error::TicksLeaseLost => ApiError::Internal(error.into()),
         }
     }
 }

@@ -27,11 +27,15 @@ pub fn spawn(state: AppState) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Some(warehouse) = &state.pipeline.warehouse
-                && let Err(error) =
-                    crate::pipeline::warehouse::refresh(&state.pipeline, warehouse).await
-            {
-                tracing::warn!(%error, "recomputing the warehouse's rollups failed");
+            if let Some(warehouse) = &state.pipeline.warehouse {
+                match crate::pipeline::warehouse::refresh(&state.pipeline, warehouse).await {
+                    Ok(Some(_)) => {}
+                    // Another pipeline process ticks; this one checks what it stores.
+                    Ok(None) => tracing::debug!("another process holds the warehouse's ticks"),
+                    Err(error) => {
+                        tracing::warn!(%error, "recomputing the warehouse's rollups failed")
+                    }
+                }
             }
             match check_all(&state).await {
                 Ok(paused) if !paused.is_empty() => {

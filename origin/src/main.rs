@@ -306,7 +306,8 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
     let (WarehouseCommand::Rebuild(args) | WarehouseCommand::Tick(args)) = &command;
     let mut settings = Settings::new(&args.store.data_dir);
     settings.database_url = args.store.database_url.clone();
-    let database = db::Db::connect(&settings.database_url(), 1)
+    // Two connections: one for the work, one for renewing the ticks' lease beside it.
+    let database = db::Db::connect(&settings.database_url(), 2)
         .await
         .context("connecting to the database")?;
     let warehouse = abx_origin_pipeline::clickhouse::ClickHouse::connect(ClickHouseConfig {
@@ -326,6 +327,11 @@ async fn warehouse(command: WarehouseCommand) -> anyhow::Result<()> {
             abx_origin_pipeline::warehouse::refresh_with_margin(&database, None, &warehouse, margin)
                 .await?
         }
+    };
+    let Some(computed) = computed else {
+        anyhow::bail!(
+            "another process holds the warehouse's ticks (a running pipeline, or another tick or rebuild); nothing was computed"
+        );
     };
     println!(
         "{computed} experiments computed in {:.1} s",

@@ -421,8 +421,7 @@ impl ClickHouse {
         .await?;
         // Tables that an earlier version created lack the property columns, the load time
         // (rows without one read as loaded at 0, before any tick) and the ratio covariate's
-        // sums; 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the catalog says which
-        // to add. Stored rollups without the new sums read them as 0 until recomputed.
+        // sums. Stored rollups without the new sums read them as 0 until recomputed.
         let added = ["exposures", "metric_events"]
             .into_iter()
             .flat_map(|table| {
@@ -437,7 +436,18 @@ impl ClickHouse {
                     .iter()
                     .map(|name| ("experiment_rollups", *name, "Float64")),
             );
-        for (table, name, kind) in added {
+        self.add_missing_columns(added).await?;
+        self.create_unit_tables().await
+    }
+
+    /// Adds each `(table, name, type)` column that its table lacks: tables that an earlier
+    /// version created. 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the catalog says which.
+    async fn add_missing_columns(
+        &self,
+        columns: impl IntoIterator<Item = (&str, &str, &str)>,
+    ) -> Result<(), WarehouseError> {
+        let db = &self.database;
+        for (table, name, kind) in columns {
             let present: Vec<Count> = self
                 .rows(&format!(
                     "SELECT count() AS n FROM system.columns WHERE database = {} AND table = {} AND name = {}",
@@ -453,7 +463,7 @@ impl ClickHouse {
                 .await?;
             }
         }
-        self.create_unit_tables().await
+        Ok(())
     }
 
     /// Sends one statement; `data` follows it for inserts (the statement then goes in the
@@ -662,11 +672,12 @@ impl ClickHouse {
     /// Each capped metric's sums per variant over its clean units' capped values, as the SQL
     /// pipeline's `attribution::capped_rollups` computes them: the percentile of the units'
     /// non-zero values (the order statistic at rank ⌈p·n⌉) in one query, the sums of
-    /// `least(value, cap)` in a second.
+    /// `least(value, cap)` in a second. `per_unit` is the SQL of every clean unit's
+    /// `variant` and values `x{i}`, `y{i}`, `c{i}`, `d{i}` of the plan's i-th metric.
     async fn capped_rollups(
         &self,
         plan: &ExperimentPlan,
-        exposed: &str,
+        per_unit: &str,
     ) -> Result<Vec<CappedRollup>, WarehouseError> {
         #[derive(Deserialize)]
         struct CapRow {
@@ -682,10 +693,8 @@ impl ClickHouse {
             sums: Sums,
         }
         let mut out = Vec::new();
-        let mut per_unit = None;
         for (i, metric) in plan.metrics.iter().enumerate() {
             let Some(cap) = &metric.cap else { continue };
-            let per_unit = per_unit.get_or_insert_with(|| self.unit_values(plan, exposed, ""));
             let cap = match (cap.value, cap.percentile) {
                 (Some(value), _) => value,
                 (None, Some(p)) => {
@@ -739,18 +748,18 @@ impl ClickHouse {
     }
 
     /// A quantile metric's estimate per variant, in two passes over its events after the
-    /// units' exposures: the variant's events per value bucket (which give the quantile's
+    /// units' exposures, given per unit and value bucket with their number (`events`:
+    /// `ukey, arm, bucket, w`): the variant's events per bucket (which give the quantile's
     /// bucket), then per unit its events at or below its variant's quantile bucket and in
     /// all (which give the variance); `abx_stats::quantile` does the rest, as for the SQL
-    /// pipeline. The bucket is computed here with the same formula and constants.
+    /// pipeline.
     async fn quantile_rollups(
         &self,
-        plan: &ExperimentPlan,
         metric: &MetricPlan,
         p: f64,
-        exposed: &str,
+        events: &str,
     ) -> Result<Vec<QuantileRollup>, WarehouseError> {
-        use abx_stats::quantile::{self, LN_GAMMA, MIN_MAGNITUDE, OFFSET, ThresholdMoments};
+        use abx_stats::quantile::{self, ThresholdMoments};
         #[derive(Deserialize)]
         struct BucketRow {
             variant: String,
@@ -767,24 +776,9 @@ impl ClickHouse {
             sum_n2: f64,
             sum_sn: f64,
         }
-        let events = format!(
-            "SELECT ukey, arm, toInt32(if(abs(value) < {MIN_MAGNITUDE:?}, 0,
-                      if(value > 0, 1, -1) * ({OFFSET} + toInt32(ceil(log(abs(value)) / {LN_GAMMA:?}))))) AS bucket
-             FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                   WHERE event_type = {t}{before_end}) AS events
-             ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
-             WHERE event_type = {counted} AND ts_ms >= first_ms{window}",
-            unit = Self::unit_expression(plan),
-            properties = Self::property_columns(plan),
-            before_end = Self::before_end(plan),
-            db = self.database,
-            t = literal(&metric.event_type),
-            counted = Self::counted(metric),
-            window = Self::in_window(metric),
-        );
         let buckets: Vec<BucketRow> = self
             .rows(&format!(
-                "SELECT arm AS variant, bucket, toUInt64(count()) AS events FROM ({events})
+                "SELECT arm AS variant, bucket, toUInt64(sum(w)) AS events FROM ({events}) AS events
                  GROUP BY variant, bucket ORDER BY variant, bucket"
             ))
             .await?;
@@ -821,9 +815,9 @@ impl ClickHouse {
             .rows(&format!(
                 "SELECT variant, toUInt64(count()) AS units, sum(s) AS sum_s, sum(s * s) AS sum_s2,
                         sum(n) AS sum_n, sum(n * n) AS sum_n2, sum(s * n) AS sum_sn
-                 FROM (SELECT ukey, any(arm) AS variant, toFloat64(countIf(bucket <= {threshold})) AS s,
-                              toFloat64(count()) AS n
-                       FROM ({events}) GROUP BY ukey)
+                 FROM (SELECT ukey, any(arm) AS variant, toFloat64(sumIf(w, bucket <= {threshold})) AS s,
+                              toFloat64(sum(w)) AS n
+                       FROM ({events}) AS events GROUP BY ukey)
                  GROUP BY variant"
             ))
             .await?;
@@ -846,6 +840,16 @@ impl ClickHouse {
                 })
             })
             .collect())
+    }
+
+    /// The SQL of the bucket of a quantile metric's `value`, with `abx_stats::quantile`'s
+    /// formula and constants.
+    fn value_bucket(value: &str) -> String {
+        use abx_stats::quantile::{LN_GAMMA, MIN_MAGNITUDE, OFFSET};
+        format!(
+            "toInt32(if(abs({value}) < {MIN_MAGNITUDE:?}, 0,
+                if({value} > 0, 1, -1) * ({OFFSET} + toInt32(ceil(log(abs({value})) / {LN_GAMMA:?})))))"
+        )
     }
 
     /// A metric's values x, y, c and d (as `MetricKind::unit_values` defines them), each as

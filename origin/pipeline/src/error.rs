@@ -14,6 +14,10 @@ pub enum Error {
     Store(#[from] abx_origin_store::Error),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    /// The warehouse's ticks' lease ran out while this process was ticking (it stalled
+    /// past it, and another process may have ticked since): it stores nothing more.
+    #[error("the warehouse's ticks' lease ran out while ticking")]
+    TicksLeaseLost,
     /// Writing events failed for another reason than availability.
     #[error("writing events: {0}")]
     Write(String),

@@ -7,20 +7,28 @@
 //!
 //! A tick recomputes, from the deduplicated raw events, only the units with events loaded
 //! since the previous computation, and adds the difference they make
-//! (`ClickHouse::advance`): beyond a scan of the load times and of the units' keys, its
-//! cost grows with the units that had new events, not with the experiment's age. A unit's state is recomputed rather than added to event by event
-//! because only the raw tables can collapse the copies of an event (a redelivered message,
-//! a client's retry beyond the broker's deduplication window); sums cannot tell a copy from
-//! a new event. A full computation from all raw events (`ClickHouse::rebuild`) remains for
-//! a new plan, the first tick after an experiment ends, a tick that died after writing its
-//! units' rows, and after raw events past retention go (pre-exposure covariates may have
-//! lost events).
+//! (`ClickHouse::advance`). Its groupings grow with the units that had new events; to find
+//! their events and previous rows it still scans the experiment's raw events and unit rows
+//! (docs/benchmarks.md, "Where a tick's time goes"), and capped and quantile metrics add a
+//! pass over the unit rows. A unit's state is recomputed rather than added to event by
+//! event because only the raw tables can collapse the copies of an event (a redelivered
+//! message, a client's retry beyond the broker's deduplication window); sums cannot tell a
+//! copy from a new event. A full computation from all raw events (`ClickHouse::rebuild`)
+//! remains for a new plan, the first tick after an experiment ends, a tick that died after
+//! writing its units' rows, after raw events past retention go (pre-exposure covariates may
+//! have lost events), and once for a plan with capped or quantile metrics whose rows an
+//! earlier version wrote (see [`computed_by`]).
+//!
+//! One process at a time ticks: ticks and repairs hold a lease in the configuration
+//! database (`store::leases`), since two ticks from the same computation would each add
+//! the difference their units make, and one's unit rows would be summed by neither.
 //!
 //! The raw events are kept for `warehouse_retention_days`, as whole monthly partitions:
 //! a month goes once it is past retention and no experiment that still collects events
 //! started before its end, so no stored rollups are ever recomputed from partial data.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::clickhouse::{ClickHouse, StoredRollups};
 use crate::db::Db;
@@ -51,25 +59,134 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
 }
 
 /// What the warehouse's unit rows and rollups are computed by, stored beside them: the
-/// plan's fingerprint, and once the experiment has ended, its end. The fingerprint leaves
-/// the end out (the SQL pipeline's rollups stay valid: ending adds no event to them), but
-/// rows computed before the end may count events stamped after it, which only a
-/// computation that knew the end leaves out.
+/// plan's fingerprint; once the experiment has ended, its end; and for a plan with quantile
+/// or capped metrics, that its units' rows hold their values and events per bucket. The
+/// fingerprint leaves the end out (the SQL pipeline's rollups stay valid: ending adds no
+/// event to them), but rows computed before the end may count events stamped after it,
+/// which only a computation that knew the end leaves out. Rows written before units kept
+/// their values read them as empty, so such a plan's computations from then are made anew.
 fn computed_by(plan: &ExperimentPlan) -> String {
-    match plan.ends_at_ms {
-        Some(end) => format!("{} ends at {end}", plan.fingerprint()),
-        None => plan.fingerprint(),
+    let mut by = plan.fingerprint();
+    if let Some(end) = plan.ends_at_ms {
+        by.push_str(&format!("{ENDS_AT}{end}"));
+    }
+    if plan
+        .metrics
+        .iter()
+        .any(|m| m.quantile.is_some() || m.cap.is_some())
+    {
+        by.push_str(FROM_UNIT_VALUES);
+    }
+    by
+}
+
+const ENDS_AT: &str = " ends at ";
+const FROM_UNIT_VALUES: &str = " from unit values";
+
+/// Whether a stored computation followed the plan's metrics, whatever else it knew: results
+/// may read it while the first computation after the end, or with units' values, is under
+/// way.
+fn follows(stored_by: &str, plan: &ExperimentPlan) -> bool {
+    let Some(rest) = stored_by.strip_prefix(plan.fingerprint().as_str()) else {
+        return false;
+    };
+    let rest = rest.strip_suffix(FROM_UNIT_VALUES).unwrap_or(rest);
+    rest.is_empty()
+        || rest.strip_prefix(ENDS_AT).is_some_and(|end| {
+            !end.is_empty() && end.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The lease that warehouse ticks and repairs hold.
+pub const TICKS_LEASE: &str = "warehouse ticks";
+/// How long the ticks' lease lasts unless renewed; the holder renews it every third of
+/// this while it works, so a process that dies while ticking holds the ticks up for at
+/// most this long.
+const LEASE_MS: i64 = 60_000;
+
+/// The ticks' lease, while this process holds it; a task renews it in the background.
+struct Lease {
+    db: Db,
+    /// This take's name as the holder: a lease taken again, by this process or another,
+    /// is another holder's.
+    holder: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Takes the lease, `None` if another holder has it.
+    async fn take(db: &Db) -> Result<Option<Lease>, crate::Error> {
+        let holder = crate::model::new_id();
+        let taken = {
+            let mut conn = db.pool.acquire().await?;
+            let now = clock::now_ms();
+            store::leases::take(&mut conn, TICKS_LEASE, &holder, now, now + LEASE_MS).await?
+        };
+        if !taken {
+            return Ok(None);
+        }
+        let renewer = tokio::spawn({
+            let (db, holder) = (db.clone(), holder.clone());
+            async move {
+                let period = Duration::from_millis(LEASE_MS.unsigned_abs() / 3);
+                loop {
+                    tokio::time::sleep(period).await;
+                    match renew(&db, &holder).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("the warehouse's ticks' lease ran out while ticking");
+                            return;
+                        }
+                        // Tried again at the next period; the lease outlasts two failures.
+                        Err(error) => tracing::warn!(%error, "renewing the ticks' lease failed"),
+                    }
+                }
+            }
+        });
+        Ok(Some(Lease {
+            db: db.clone(),
+            holder,
+            renewer,
+        }))
+    }
+
+    /// Renews the lease, and fails unless this take still holds it. A tick calls it just
+    /// before it stores a computation: one that stalled past its lease must not store what
+    /// another tick may have moved past already.
+    async fn hold(&self) -> Result<(), crate::Error> {
+        if renew(&self.db, &self.holder).await? {
+            Ok(())
+        } else {
+            Err(crate::Error::TicksLeaseLost)
+        }
+    }
+
+    /// Gives the lease up for the next tick, whichever process runs it.
+    async fn release(self) {
+        self.renewer.abort();
+        let released = match self.db.pool.acquire().await {
+            Ok(mut conn) => store::leases::release(&mut conn, TICKS_LEASE, &self.holder)
+                .await
+                .map_err(crate::Error::from),
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = released {
+            tracing::warn!(%error, "releasing the ticks' lease failed; it runs out by itself");
+        }
     }
 }
 
-/// Whether a stored computation followed the plan's metrics, whether or not it knew the
-/// end: results may read it while the first computation after the end is under way.
-fn follows(stored_by: &str, plan: &ExperimentPlan) -> bool {
-    let fingerprint = plan.fingerprint();
-    stored_by == fingerprint
-        || stored_by
-            .strip_prefix(fingerprint.as_str())
-            .is_some_and(|rest| rest.starts_with(" ends at "))
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+/// Extends `holder`'s lease on the ticks; whether it still held it.
+async fn renew(db: &Db, holder: &str) -> Result<bool, crate::Error> {
+    let mut conn = db.pool.acquire().await?;
+    let now = clock::now_ms();
+    Ok(store::leases::renew(&mut conn, TICKS_LEASE, holder, now, now + LEASE_MS).await?)
 }
 
 /// How far before the previous computation a tick looks for units with newly loaded
@@ -84,8 +201,8 @@ pub const LOAD_MARGIN_MS: i64 = 300_000;
 /// at least every event loaded by then.
 async fn compute(
     warehouse: &ClickHouse,
-    e: &Experiment,
-    plan: &ExperimentPlan,
+    (e, plan): (&Experiment, &ExperimentPlan),
+    lease: Option<&Lease>,
 ) -> Result<(Rollups, i64), crate::Error> {
     // Later than the stored computation even if the clock stepped back, so that it replaces
     // that computation rather than dropping the rows it summed for nothing.
@@ -95,6 +212,9 @@ async fn compute(
         .map(|s| s.computed_ms);
     let computed_ms = clock::now_ms().max(stored_ms.map_or(i64::MIN, |ms| ms + 1));
     let rollups = warehouse.rebuild(&e.id, plan, computed_ms).await?;
+    if let Some(lease) = lease {
+        lease.hold().await?;
+    }
     warehouse
         .store_rollups(
             &e.id,
@@ -110,14 +230,14 @@ async fn compute(
 /// Moves an experiment's stored rollups forward by the units with events loaded since
 /// (`LOAD_MARGIN_MS` before) they were computed, or computes them in full when they cannot
 /// be moved: the experiment has ended since (its end leaves out events that the stored
-/// rows may count; once a computation knew the end, later ticks move forward again), or
-/// `ClickHouse::advance` says so.
+/// rows may count; once a computation knew the end, later ticks move forward again), its
+/// rows lack what its capped or quantile metrics read, or `ClickHouse::advance` says so.
 async fn advance(
     warehouse: &ClickHouse,
-    e: &Experiment,
-    plan: &ExperimentPlan,
+    (e, plan): (&Experiment, &ExperimentPlan),
     stored: &StoredRollups,
     margin_ms: i64,
+    lease: &Lease,
 ) -> Result<(), crate::Error> {
     let version = clock::now_ms().max(stored.computed_ms + 1);
     let since = stored.computed_ms - margin_ms;
@@ -131,12 +251,13 @@ async fn advance(
     };
     match advanced {
         Some(rollups) => {
+            lease.hold().await?;
             warehouse
                 .store_rollups(&e.id, (&by, stored.generation), version, &rollups)
                 .await?;
         }
         None => {
-            compute(warehouse, e, plan).await?;
+            compute(warehouse, (e, plan), Some(lease)).await?;
         }
     }
     Ok(())
@@ -153,7 +274,9 @@ pub async fn rollups(
     let plan = plan_of(e, metrics);
     match warehouse.stored_rollups(&e.id).await? {
         Some(stored) if follows(&stored.plan, &plan) => Ok((stored.rollups, stored.computed_ms)),
-        _ => compute(warehouse, e, &plan).await,
+        // Without the ticks' lease: a request must not wait for a tick. It computes only
+        // what no stored computation follows, which a tick never moves forward.
+        _ => compute(warehouse, (e, &plan), None).await,
     }
 }
 
@@ -178,22 +301,34 @@ async fn candidates(db: &Db) -> Result<(Vec<Experiment>, HashMap<String, Metric>
 
 /// One analysis tick's warehouse work: moves forward the rollups of every experiment still
 /// collecting events, then drops raw events past retention. Returns the experiments
-/// recomputed.
-pub async fn refresh(state: &Pipeline, warehouse: &ClickHouse) -> Result<usize, crate::Error> {
+/// recomputed, `None` if another process holds the ticks.
+pub async fn refresh(
+    state: &Pipeline,
+    warehouse: &ClickHouse,
+) -> Result<Option<usize>, crate::Error> {
     let retention_days = state.settings.warehouse_retention_days;
     refresh_with_margin(&state.db, retention_days, warehouse, LOAD_MARGIN_MS).await
 }
 
 /// The repair: computes the rollups of every experiment that may still hold results in
-/// full, from all their raw events, whatever is stored. Returns the experiments computed.
-pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<usize, crate::Error> {
-    let (experiments, metrics) = candidates(db).await?;
-    for e in &experiments {
-        if let Some(e) = reread(db, e).await? {
-            compute(warehouse, &e, &plan_of(&e, &metrics)).await?;
+/// full, from all their raw events, whatever is stored. Returns the experiments computed,
+/// `None` if another process holds the ticks.
+pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<Option<usize>, crate::Error> {
+    let Some(lease) = Lease::take(db).await? else {
+        return Ok(None);
+    };
+    let rebuilt = async {
+        let (experiments, metrics) = candidates(db).await?;
+        for e in &experiments {
+            if let Some(e) = reread(db, e).await? {
+                compute(warehouse, (&e, &plan_of(&e, &metrics)), Some(&lease)).await?;
+            }
         }
+        Ok::<_, crate::Error>(experiments.len())
     }
-    Ok(experiments.len())
+    .await;
+    lease.release().await;
+    rebuilt.map(Some)
 }
 
 /// The experiment (or holdout readout) as it is now, `None` if it has gone. A tick reads
@@ -218,6 +353,21 @@ pub async fn refresh_with_margin(
     retention_days: Option<i64>,
     warehouse: &ClickHouse,
     margin_ms: i64,
+) -> Result<Option<usize>, crate::Error> {
+    let Some(lease) = Lease::take(db).await? else {
+        return Ok(None);
+    };
+    let ticked = tick(db, (retention_days, margin_ms), warehouse, &lease).await;
+    lease.release().await;
+    ticked.map(Some)
+}
+
+/// [`refresh_with_margin`]'s work, under the ticks' lease.
+async fn tick(
+    db: &Db,
+    (retention_days, margin_ms): (Option<i64>, i64),
+    warehouse: &ClickHouse,
+    lease: &Lease,
 ) -> Result<usize, crate::Error> {
     let (experiments, metrics) = candidates(db).await?;
     let mut refreshed = 0;
@@ -238,11 +388,11 @@ pub async fn refresh_with_margin(
         );
         match &stored {
             Some(stored) if current && collecting => {
-                advance(warehouse, e, &plan, stored, margin_ms).await?;
+                advance(warehouse, (e, &plan), stored, margin_ms, lease).await?;
                 refreshed += 1;
             }
             _ if collecting || !current => {
-                compute(warehouse, e, &plan).await?;
+                compute(warehouse, (e, &plan), Some(lease)).await?;
                 refreshed += 1;
             }
             _ => {}
@@ -269,7 +419,7 @@ pub async fn refresh_with_margin(
                 let plan = plan_of(e, &metrics);
                 let stored = warehouse.stored_rollups(&e.id).await?;
                 if collecting(e.status, e.ended_at_ms, stored.map(|s| s.computed_ms)) {
-                    compute(warehouse, e, &plan).await?;
+                    compute(warehouse, (e, &plan), Some(lease)).await?;
                 }
             }
         }
@@ -328,6 +478,47 @@ mod tests {
         assert!(!follows(&format!("{running} and more"), &plan));
         plan.unit_attribute = "device_id".into();
         assert!(!follows(&running, &plan) && !follows(&ended, &plan));
+    }
+
+    #[test]
+    fn a_quantile_plan_moves_forward_only_from_units_with_values() {
+        let mut plan = ExperimentPlan {
+            variants: vec!["control".into(), "treatment".into()],
+            unit_attribute: "user_id".into(),
+            switchback_period_s: None,
+            metrics: vec![crate::plan::MetricPlan {
+                key: "p95_latency".into(),
+                kind: crate::model::catalog::MetricKind::Quantile,
+                event_type: "latency_ms".into(),
+                denominator: None,
+                quantile: Some(0.95),
+                cap: None,
+                window: None,
+                filter: None,
+                measure: "latency_ms".into(),
+                denominator_measure: None,
+                compiled_filter: None,
+            }],
+            ends_at_ms: None,
+        };
+        // What an earlier version stored: results still read it, ticks compute anew.
+        let earlier = plan.fingerprint();
+        let by = computed_by(&plan);
+        assert_eq!(by, format!("{earlier} from unit values"));
+        assert!(follows(&earlier, &plan) && follows(&by, &plan));
+        plan.ends_at_ms = Some(1_796_083_200_000);
+        let ended = computed_by(&plan);
+        assert_eq!(
+            ended,
+            format!("{earlier} ends at 1796083200000 from unit values")
+        );
+        assert!(follows(&ended, &plan) && follows(&by, &plan));
+        assert!(!follows(
+            &format!("{earlier} ends at  from unit values"),
+            &plan
+        ));
+        plan.metrics[0].quantile = Some(0.5);
+        assert!(!follows(&ended, &plan) && !follows(&by, &plan));
     }
 
     #[test]

@@ -151,6 +151,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0013_holdout_readout.sql"),
         postgres: include_str!("../migrations/postgres/0013_holdout_readout.sql"),
     },
+    Migration {
+        version: 14,
+        name: "leases",
+        sqlite: include_str!("../migrations/sqlite/0014_leases.sql"),
+        postgres: include_str!("../migrations/postgres/0014_leases.sql"),
+    },
 ];
 
 /// Migrations of the SQLite event log file, numbered on their own.

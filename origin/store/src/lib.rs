@@ -8,6 +8,7 @@ pub mod db;
 mod error;
 pub mod experiments;
 pub mod flags;
+pub mod leases;
 
 pub use error::Error;
 

@@ -20,6 +20,7 @@ use abx_origin_domain::rollup::Rollups;
 use abx_origin_domain::rollup::Sums;
 use abx_origin_pipeline::clickhouse::ClickHouseConfig;
 use abx_origin_pipeline::jetstream::{JetStreamConfig, Settle};
+use abx_stats::QuantileEstimate;
 use axum::http::StatusCode;
 use serde_json::{Value as Json, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,6 +48,23 @@ async fn warehouse_origin(clickhouse_url: String) -> Option<(TestOrigin, JetStre
     Some((o, stream))
 }
 
+/// Most tests' set-up: an origin with a stream and a warehouse of its own at
+/// `clickhouse_url` ([`warehouse_origin`]), and the ids of the two experiments of
+/// [`experiments`] with an sdk key; `None` when a server is unreachable (the test is
+/// skipped).
+async fn with_experiments(
+    clickhouse_url: String,
+) -> Option<(TestOrigin, JetStreamConfig, [String; 3])> {
+    let (o, stream) = warehouse_origin(clickhouse_url).await?;
+    let (checkout, banner, key) = experiments(&o).await;
+    Some((o, stream, [checkout, banner, key]))
+}
+
+/// [`with_experiments`] with the warehouse at `ABX_TEST_CLICKHOUSE_URL`.
+async fn set_up() -> Option<(TestOrigin, JetStreamConfig, [String; 3])> {
+    with_experiments(common::clickhouse_or_skip().await?).await
+}
+
 async fn clean_up(state: &AppState) {
     let stream = state.event_stream.clone().expect("stream");
     stream.delete_streams().await.expect("delete streams");
@@ -54,8 +72,9 @@ async fn clean_up(state: &AppState) {
     warehouse.drop_database().await.expect("drop database");
 }
 
-/// Two experiments over the same users (for interactions) and three metrics (conversion,
-/// mean with a pre-exposure covariate, ratio); returns their ids and an sdk key.
+/// Two experiments over the same users (for interactions) and five metrics (conversion,
+/// mean with a pre-exposure covariate, ratio, capped mean, quantile); returns their ids and
+/// an sdk key.
 async fn experiments(o: &TestOrigin) -> (String, String, String) {
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
         .await;
@@ -65,10 +84,22 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
         json!({"key": "rps", "kind": "ratio", "event_type": "revenue", "denominator_event_type": "session"}),
     )
     .await;
+    // The kinds that do not add up over units: a percentile cap moves with every unit's
+    // value, a quantile with every event.
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "revenue_capped", "kind": "mean", "event_type": "revenue", "cap": {"percentile": 0.8}}),
+    )
+    .await;
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "revenue_p75", "kind": "quantile", "quantile": 0.75, "event_type": "revenue"}),
+    )
+    .await;
     let mut ids = Vec::new();
     for key in ["checkout", "banner"] {
         let mut body = experiment(key, "conversion");
-        body["secondary_metrics"] = json!(["revenue", "rps"]);
+        body["secondary_metrics"] = json!(["revenue", "rps", "revenue_capped", "revenue_p75"]);
         body["dimensions"] = json!(["tier"]);
         ids.push(o.start_experiment(body).await);
     }
@@ -76,8 +107,8 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
 }
 
 /// 240 users exposed over three days, with conversions, revenue (also before the
-/// exposure), sessions, later events on the following day, a user seen in both variants
-/// and a repeated event; in time order, as the SQL pipeline's daily split assumes.
+/// exposure), sessions, later events on the following day, users seen in both variants
+/// (one of them with revenue, an hour after its first exposure) and a repeated event; in time order, as the SQL pipeline's daily split assumes.
 fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
     let now = abx_origin_domain::clock::now_ms();
     let t0 = (now - 3 * DAY_MS).div_euclid(DAY_MS) * DAY_MS + 3_600_000;
@@ -139,6 +170,14 @@ fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
                 json!({"kind": "metric", "unit": unit, "event_type": "revenue", "value": 3.0, "timestamp": at + DAY_MS + 5}),
             );
         }
+        // Revenue in the other variant of each experiment too, so that quantiles and caps
+        // compare variants.
+        if u % 4 == 2 {
+            push(
+                &mut events,
+                json!({"kind": "metric", "unit": unit, "event_type": "revenue", "value": 6.0 + (u % 5) as f64, "timestamp": at + 30_000}),
+            );
+        }
         if u % 2 == 0 {
             push(
                 &mut events,
@@ -155,6 +194,16 @@ fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
             push(
                 &mut events,
                 json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": "control", "timestamp": at + 5}),
+            );
+        }
+        // A unit with revenue seen in the other variant an hour later, the same day (in a
+        // later round of the incremental test): it then counts nowhere, capped or quantile
+        // alike. (A day later, the SQL pipeline's daily series would keep it on the days
+        // before, where the warehouse's leaves it out of every day.)
+        if u == 9 {
+            push(
+                &mut events,
+                json!({"kind": "exposure", "unit": unit, "experiment_id": checkout, "variant": "control", "timestamp": at + 3_600_000}),
             );
         }
         if u % 9 == 2 {
@@ -239,10 +288,7 @@ fn assert_same(actual: &Json, expected: &Json, path: &str) {
     match (actual, expected) {
         (Json::Number(a), Json::Number(b)) => {
             let (a, b) = (a.as_f64().expect("f64"), b.as_f64().expect("f64"));
-            assert!(
-                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
-                "{path}: {a} ≠ {b}"
-            );
+            assert!(close(a, b), "{path}: {a} ≠ {b}");
         }
         (Json::Object(a), Json::Object(b)) => {
             assert_eq!(
@@ -357,13 +403,9 @@ async fn assert_matches_the_sql_pipeline(o: &TestOrigin, checkout: &str, banner:
 
 #[tokio::test]
 async fn the_warehouse_gives_the_results_of_the_sql_pipeline() {
-    let Some(url) = common::clickhouse_or_skip().await else {
+    let Some((o, _, [checkout, banner, key])) = set_up().await else {
         return;
     };
-    let Some((o, _)) = warehouse_origin(url).await else {
-        return;
-    };
-    let (checkout, banner, key) = experiments(&o).await;
     send_all(&o, &key, &scenario(&checkout, &banner), 50).await;
     common::drain(&o.state).await;
 
@@ -380,13 +422,9 @@ async fn the_warehouse_gives_the_results_of_the_sql_pipeline() {
 
 #[tokio::test]
 async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
-    let Some(url) = common::clickhouse_or_skip().await else {
+    let Some((o, stream, [checkout, banner, key])) = set_up().await else {
         return;
     };
-    let Some((o, stream)) = warehouse_origin(url).await else {
-        return;
-    };
-    let (checkout, banner, key) = experiments(&o).await;
     let events = scenario(&checkout, &banner);
 
     // A collector that stored a request but whose answer was lost: the client sends it
@@ -412,13 +450,9 @@ async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
 
 #[tokio::test]
 async fn results_read_the_rollups_the_pipeline_computed_last() {
-    let Some(url) = common::clickhouse_or_skip().await else {
+    let Some((o, _, [checkout, banner, key])) = set_up().await else {
         return;
     };
-    let Some((o, _)) = warehouse_origin(url).await else {
-        return;
-    };
-    let (checkout, banner, key) = experiments(&o).await;
     let events = scenario(&checkout, &banner);
     let half = events.len() / 2;
     let path = format!("/api/v1/experiments/{checkout}/results");
@@ -443,7 +477,7 @@ async fn results_read_the_rollups_the_pipeline_computed_last() {
     let recomputed = abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse)
         .await
         .expect("refresh");
-    assert_eq!(recomputed, 2);
+    assert_eq!(recomputed, Some(2));
     let fresh = o.get(&path).await.body;
     assert!(
         common::rollups_computed_ms(&fresh) > Some(first_at),
@@ -463,7 +497,7 @@ async fn results_read_the_rollups_the_pipeline_computed_last() {
         abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse)
             .await
             .expect("refresh"),
-        2
+        Some(2)
     );
     let before = o.get(&path).await.body;
     let redefined = o
@@ -607,10 +641,9 @@ async fn events_wait_in_the_stream_while_the_warehouse_is_down() {
         return;
     };
     let proxy = Proxy::start(&url).await;
-    let Some((o, _)) = warehouse_origin(proxy.url.clone()).await else {
+    let Some((o, _, [checkout, banner, key])) = with_experiments(proxy.url.clone()).await else {
         return;
     };
-    let (checkout, banner, key) = experiments(&o).await;
 
     // ClickHouse goes away for a minute: the collector still accepts (the stream holds the
     // events), the loader's inserts keep failing and it hands the messages back for later,
@@ -684,10 +717,61 @@ impl Schedule {
     }
 }
 
-/// Rollups as the statistics read them: exposure counts exactly, sums to 1e-9 (relative),
-/// and a row missing on one side as zeros (sums moved forward by differences can leave a
-/// day a rounding error away from zero where a full computation has no row).
+/// Numbers equal to 1e-9 (relative): sums of the same values in another order, or a
+/// stored figure read back as ClickHouse prints it, may differ in the last bits.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Rollups as the statistics read them: exposure counts exactly, sums close, and a row
+/// missing on one side as zeros (sums moved forward by differences can leave a day a
+/// rounding error away from zero where a full computation has no row); quantiles' units
+/// and events and capped units exactly, estimates, caps and capped sums close.
 fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
+    assert!(
+        !expected.quantiles.is_empty() && !expected.capped.is_empty(),
+        "{context}: no quantiles or capped sums"
+    );
+    let quantiles = |r: &Rollups| -> BTreeMap<(String, String), Option<QuantileEstimate>> {
+        r.quantiles
+            .iter()
+            .map(|q| ((q.metric.clone(), q.variant.clone()), q.estimate))
+            .collect()
+    };
+    let (a, b) = (quantiles(actual), quantiles(expected));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{context}: quantiles"
+    );
+    for (key, (a, b)) in a.iter().map(|(key, a)| (key, (a, &b[key]))) {
+        let same = match (a, b) {
+            (Some(a), Some(b)) => {
+                (a.p, a.units, a.events) == (b.p, b.units, b.events)
+                    && close(a.estimate, b.estimate)
+                    && close(a.variance, b.variance)
+            }
+            (a, b) => a == b,
+        };
+        assert!(same, "{context}: quantile {key:?}: {a:?} ≠ {b:?}");
+    }
+    assert_eq!(
+        actual.capped.len(),
+        expected.capped.len(),
+        "{context}: capped"
+    );
+    for (a, b) in actual.capped.iter().zip(&expected.capped) {
+        let what = format!("{context}: capped {} {}", a.metric, a.variant);
+        assert_eq!(
+            (&a.variant, &a.metric, a.units, a.capped_units),
+            (&b.variant, &b.metric, b.units, b.capped_units),
+            "{what}"
+        );
+        assert!(close(a.cap, b.cap), "{what}: cap {} ≠ {}", a.cap, b.cap);
+        for (a, b) in a.sums.values().iter().zip(b.sums.values()) {
+            assert!(close(*a, b), "{what}: {a} ≠ {b}");
+        }
+    }
     let exposures = |r: &Rollups| -> BTreeMap<(String, i64), (i64, i64)> {
         r.exposures
             .iter()
@@ -710,10 +794,7 @@ fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
         let a = actual.get(key).copied().unwrap_or_default().values();
         let b = expected.get(key).copied().unwrap_or_default().values();
         for (column, (a, b)) in Sums::COLUMNS.iter().zip(a.iter().zip(b)) {
-            assert!(
-                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
-                "{context}: {key:?} {column}: {a} ≠ {b}"
-            );
+            assert!(close(*a, b), "{context}: {key:?} {column}: {a} ≠ {b}");
         }
     }
 }
@@ -724,13 +805,9 @@ fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
 /// too.
 #[tokio::test]
 async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
-    let Some(url) = common::clickhouse_or_skip().await else {
+    let Some((o, _, [checkout, banner, key])) = set_up().await else {
         return;
     };
-    let Some((o, _)) = warehouse_origin(url).await else {
-        return;
-    };
-    let (checkout, banner, key) = experiments(&o).await;
     let events = scenario(&checkout, &banner);
     let half = events.len() / 2;
     let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
@@ -743,7 +820,7 @@ async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
         (0..10u64)
             .map(|k| {
                 json!({"event_id": format!("00000000-0000-4000-9000-{batch:04x}{k:08x}"),
-                    "kind": "metric", "unit": format!("u{}", 3 * k), "event_type": "revenue",
+                    "kind": "metric", "unit": format!("u{}", 6 * k), "event_type": "revenue",
                     "value": 1000.0, "timestamp": at})
             })
             // And a unit first exposed after the end, which no computation may count.
@@ -823,7 +900,18 @@ async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
 
 /// One unit's row of per-unit aggregates: variant, first day, whether it was exposed to
 /// several variants, the days it has events on, and its contributions on each.
-type UnitRow = (String, i64, u8, Vec<i64>, Vec<Vec<f64>>);
+/// A unit's row: variant, first day, multiple, days, contributions, values, and its
+/// events per bucket of each metric.
+type UnitRow = (
+    String,
+    i64,
+    u8,
+    Vec<i64>,
+    Vec<Vec<f64>>,
+    Vec<f64>,
+    Vec<Vec<i32>>,
+    Vec<Vec<u64>>,
+);
 
 /// Each unit's newest row of the experiment's per-unit aggregates in `generation`, read
 /// straight from ClickHouse, by the unit's hashed key.
@@ -835,7 +923,10 @@ async fn unit_rows(
     let query = format!(
         "SELECT hex(ukey) AS unit, argMax(variant, version) AS variant,
                 argMax(first_day, version) AS first_day, argMax(multiple, version) AS multiple,
-                argMax(days, version) AS days, argMax(contributions, version) AS contributions
+                argMax(days, version) AS days, argMax(contributions, version) AS contributions,
+                argMax(unit_values, version) AS unit_values,
+                argMax(quantile_buckets, version) AS quantile_buckets,
+                argMax(quantile_counts, version) AS quantile_counts
          FROM {}.unit_rollups WHERE experiment_id = '{experiment_id}' AND generation = {generation}
          GROUP BY ukey FORMAT JSONEachRow",
         config.database
@@ -861,14 +952,18 @@ async fn unit_rows(
                 serde_json::from_value(row["multiple"].clone()).expect("multiple"),
                 serde_json::from_value(row["days"].clone()).expect("days"),
                 serde_json::from_value(row["contributions"].clone()).expect("contributions"),
+                serde_json::from_value(row["unit_values"].clone()).expect("values"),
+                serde_json::from_value(row["quantile_buckets"].clone()).expect("buckets"),
+                serde_json::from_value(row["quantile_counts"].clone()).expect("counts"),
             );
             (unit, row)
         })
         .collect()
 }
 
-/// The same units with the same variant, first day and days, and contributions equal to
-/// 1e-9 (relative: a unit's sums may be added in another order).
+/// The same units with the same variant, first day, days and events per bucket, and
+/// contributions and values equal to 1e-9 (relative: a unit's sums may be added in another
+/// order).
 fn assert_same_units(
     actual: &BTreeMap<String, UnitRow>,
     expected: &BTreeMap<String, UnitRow>,
@@ -882,17 +977,21 @@ fn assert_same_units(
     );
     for (unit, (a, b)) in actual.iter().map(|(u, a)| (u, (a, &expected[u]))) {
         assert_eq!(
-            (&a.0, a.1, a.2, &a.3),
-            (&b.0, b.1, b.2, &b.3),
+            (&a.0, a.1, a.2, &a.3, &a.6, &a.7),
+            (&b.0, b.1, b.2, &b.3, &b.6, &b.7),
             "{context}: unit {unit}"
         );
-        let (a, b) = (a.4.concat(), b.4.concat());
-        assert_eq!(a.len(), b.len(), "{context}: unit {unit}'s contributions");
+        let (a, b) = (
+            [a.4.concat(), a.5.clone()].concat(),
+            [b.4.concat(), b.5.clone()].concat(),
+        );
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{context}: unit {unit}'s contributions and values"
+        );
         for (a, b) in a.iter().zip(&b) {
-            assert!(
-                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
-                "{context}: unit {unit}: {a} ≠ {b}"
-            );
+            assert!(close(*a, *b), "{context}: unit {unit}: {a} ≠ {b}");
         }
     }
 }
@@ -933,13 +1032,9 @@ async fn stored(
 /// tick's rollups equal a full computation from the deduplicated raw events.
 #[tokio::test]
 async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
-    let Some(url) = common::clickhouse_or_skip().await else {
+    let Some((o, _, [checkout, banner, key])) = set_up().await else {
         return;
     };
-    let Some((o, _)) = warehouse_origin(url).await else {
-        return;
-    };
-    let (checkout, banner, key) = experiments(&o).await;
     let ids = [checkout.as_str(), banner.as_str()];
     let events = scenario(&checkout, &banner);
     let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
@@ -949,6 +1044,28 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
     send_all(&o, &key, &events[..40], 40).await;
     common::load_stream(&o.state).await;
     tick().await.expect("first tick");
+    // A computation stored by a version whose unit rows kept no values or buckets (it
+    // names the plan alone): results read it, and the next tick computes in full.
+    let first = stored(&o, &ids).await;
+    for (id, (plan, s)) in ids.iter().zip(&first) {
+        let earlier = s.computed_ms + 1;
+        let by = plan.fingerprint();
+        warehouse
+            .store_rollups(id, (&by, s.generation), earlier, &s.rollups)
+            .await
+            .expect("store");
+        let read = o.get(&format!("/api/v1/experiments/{id}/results")).await;
+        assert_eq!(common::rollups_computed_ms(&read.body), Some(earlier));
+    }
+    tick().await.expect("tick");
+    for (id, (_, s)) in ids.iter().zip(&first) {
+        let after = warehouse.stored_rollups(id).await.expect("read");
+        let after = after.expect("stored");
+        assert!(
+            after.generation > s.generation,
+            "moved forward from rows without values"
+        );
+    }
 
     let (mut sent, mut late) = (40, Vec::new());
     let (mut advanced, mut killed, mut rounds) = (0, 0, 0);
@@ -1033,5 +1150,95 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
     );
     // And at the end, the results of the SQL pipeline given the same events.
     assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+    clean_up(&o.state).await;
+}
+
+/// A lease has one holder at a time: renewed by its holder, refused to others until it runs
+/// out, then taken over; a release by anyone but its holder leaves it. `renew` extends only
+/// a lease still held: not another's, nor one that ran out, taken since or not.
+async fn one_lease_holder_at_a_time(o: &TestOrigin) {
+    use abx_origin_store::leases::{release, renew, take};
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let (name, now) = ("a role", 1_000_000);
+    assert!(
+        take(&mut conn, name, "a", now, now + 60_000)
+            .await
+            .expect("take")
+    );
+    let refused = take(&mut conn, name, "b", now + 1, now + 60_001).await;
+    assert!(!refused.expect("refused"));
+    let renewed = take(&mut conn, name, "a", now + 30_000, now + 90_000).await;
+    assert!(renewed.expect("renewed"));
+    // Renewed, so still a's after its first term.
+    let refused = take(&mut conn, name, "b", now + 60_000, now + 120_000).await;
+    assert!(!refused.expect("refused"));
+    // Run out: b takes it over, and a, late, is refused.
+    let taken = take(&mut conn, name, "b", now + 90_000, now + 150_000).await;
+    assert!(taken.expect("taken over"));
+    let late = take(&mut conn, name, "a", now + 90_001, now + 150_001).await;
+    assert!(!late.expect("refused"));
+    release(&mut conn, name, "a").await.expect("release");
+    let still = take(&mut conn, name, "c", now + 90_002, now + 150_002).await;
+    assert!(!still.expect("still b's"));
+    release(&mut conn, name, "b").await.expect("release");
+    let free = take(&mut conn, name, "c", now + 90_003, now + 150_003).await;
+    assert!(free.expect("free"));
+
+    let held = renew(&mut conn, name, "c", now + 100_000, now + 160_000).await;
+    assert!(held.expect("renewed"));
+    let others = renew(&mut conn, name, "b", now + 100_001, now + 160_001).await;
+    assert!(!others.expect("not b's"));
+    // c stalls past its lease: nobody took it, yet c cannot extend it.
+    let stale = renew(&mut conn, name, "c", now + 160_000, now + 220_000).await;
+    assert!(!stale.expect("ran out"));
+}
+
+on_both_backends!(leases, one_lease_holder_at_a_time);
+
+/// One process at a time ticks: while another holds the ticks' lease, a tick and a repair
+/// compute nothing; once that lease runs out, a tick takes it over and gives it up when
+/// done.
+#[tokio::test]
+async fn ticks_wait_for_the_process_that_holds_them() {
+    use abx_origin_pipeline::warehouse::{TICKS_LEASE, rebuild_all, refresh_with_margin};
+    use abx_origin_store::leases::take;
+    let Some((o, _, [checkout, banner, _])) = set_up().await else {
+        return;
+    };
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let db = &o.state.pipeline.db;
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let now = abx_origin_domain::clock::now_ms();
+    let other = "another process";
+    assert!(
+        take(&mut conn, TICKS_LEASE, other, now, now + 600_000)
+            .await
+            .expect("take")
+    );
+    let tick = refresh_with_margin(db, None, &warehouse, 0).await;
+    assert_eq!(tick.expect("tick"), None);
+    assert_eq!(rebuild_all(db, &warehouse).await.expect("repair"), None);
+    for id in [&checkout, &banner] {
+        let stored = warehouse.stored_rollups(id).await.expect("read");
+        assert!(stored.is_none(), "computed without the lease");
+    }
+
+    // The other process died: its lease runs out.
+    sqlx::query("UPDATE leases SET expires_at_ms = ? WHERE name = ?")
+        .bind(now)
+        .bind(TICKS_LEASE)
+        .execute(&mut *conn)
+        .await
+        .expect("run out");
+    let tick = refresh_with_margin(db, None, &warehouse, 0).await;
+    assert_eq!(tick.expect("tick"), Some(2));
+    for id in [&checkout, &banner] {
+        let stored = warehouse.stored_rollups(id).await.expect("read");
+        assert!(stored.is_some(), "not computed");
+    }
+    let later = abx_origin_domain::clock::now_ms();
+    let free = take(&mut conn, TICKS_LEASE, other, later, later + 60_000).await;
+    assert!(free.expect("take"), "the tick kept the lease");
+    drop(conn);
     clean_up(&o.state).await;
 }

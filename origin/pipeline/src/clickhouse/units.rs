@@ -4,11 +4,14 @@
 //! A unit's row holds what the unit adds to its experiment's rollups: its variant, the day
 //! of its first exposure, whether it was seen in more than one variant, and per day on which
 //! its values changed, its change of every metric's products (x, x², xy, …: the terms of
-//! [`Sums`]). A row is a function of the unit's deduplicated raw events alone, so computing
-//! it again from the same events gives the same row, however many copies of them were
-//! loaded. That is what makes ticks exactly once: a tick recomputes only the units with
-//! events loaded since the previous tick (`loaded_ms`), and moves the rollups by the
-//! difference between their new rows and the rows the previous computation summed.
+//! [`Sums`]). For the rollups that do not add up over units (capped metrics, quantiles) it
+//! also keeps its values and its events per value bucket, from which a pass over the units,
+//! rather than over their raw events, computes them. A row is a function of the unit's
+//! deduplicated raw events alone, so computing it again from the same events gives the same
+//! row, however many copies of them were loaded. That is what makes ticks exactly once: a
+//! tick recomputes only the units with events loaded since the previous tick (`loaded_ms`),
+//! and moves the rollups by the difference between their new rows and the rows the previous
+//! computation summed.
 //!
 //! Rows carry a `generation` (the time of the full computation they descend from; each
 //! experiment's generation is a partition, dropped whole once another is stored) and a
@@ -19,7 +22,8 @@
 //! the copy and storing its rollups. Such rows are newer than the stored computation, and
 //! the next tick, finding them, recomputes the experiment in full instead (a new
 //! generation), as it does after a plan change, at the first tick after an experiment
-//! ends, and for rollups stored before units were kept.
+//! ends, and for rollups stored before units were kept (or, for capped and quantile
+//! metrics, before units kept their values and buckets).
 
 use std::collections::BTreeMap;
 
@@ -34,9 +38,18 @@ use crate::rollup::{ExposureRollup, MetricRollup, Rollups, Sums};
 const STAGING_KEPT_MS: i64 = 2 * 3_600_000;
 const STAGING_PARTITION_MS: i64 = 3_600_000;
 
-/// The columns of both unit tables, in order.
-const COLUMNS: &str =
-    "experiment_id, generation, version, ukey, variant, first_day, multiple, days, contributions";
+/// The columns of both unit tables, in order: those every unit's row fills, then the arrays
+/// of units with metric events (see [`ClickHouse::changed_units`]), which other units leave
+/// empty.
+const COLUMNS: &str = "experiment_id, generation, version, ukey, variant, first_day, multiple, \
+                       days, contributions, unit_values, quantile_buckets, quantile_counts";
+const ARRAY_COLUMNS: &str = ", days, contributions, unit_values, quantile_buckets, quantile_counts";
+/// The array columns added since the tables were first made, with their types.
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("unit_values", "Array(Float64)"),
+    ("quantile_buckets", "Array(Array(Int32))"),
+    ("quantile_counts", "Array(Array(UInt64))"),
+];
 
 #[derive(Deserialize)]
 struct DayRow {
@@ -50,7 +63,8 @@ impl ClickHouse {
         let db = &self.database;
         let columns = "experiment_id String, generation Int64, version Int64, ukey FixedString(16),
                        variant String, first_day Int64, multiple UInt8, days Array(Int64),
-                       contributions Array(Array(Float64))";
+                       contributions Array(Array(Float64)), unit_values Array(Float64),
+                       quantile_buckets Array(Array(Int32)), quantile_counts Array(Array(UInt64))";
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.unit_rollups ({columns})
              ENGINE = ReplacingMergeTree(version) PARTITION BY (experiment_id, generation)
@@ -62,6 +76,12 @@ impl ClickHouse {
              ENGINE = MergeTree PARTITION BY intDiv(version, {STAGING_PARTITION_MS})
              ORDER BY (experiment_id, version, ukey)"
         ))
+        .await?;
+        // Rows written before the columns existed read them as empty: computations that
+        // need them are made anew (see `warehouse::computed_by`).
+        self.add_missing_columns(ADDED_COLUMNS.into_iter().flat_map(|(name, kind)| {
+            ["unit_rollups", "unit_rollups_staging"].map(|table| (table, name, kind))
+        }))
         .await?;
         // The units a tick recomputes, found once (a scan of the load times) and read as a
         // small set by each of its statements.
@@ -75,15 +95,22 @@ impl ClickHouse {
     }
 
     /// The rows of the experiment's clean units that have events of the plan's metrics (all
-    /// of them, or those `touched` selects): `ukey, variant, first_day, multiple, days,
-    /// contributions`, where `contributions` holds, per day of `days`, the change of the
-    /// unit's products on that day: the plan's i-th metric's `Sums::COLUMNS` at 14·i.. Per
-    /// unit and day it adds up the day's events of each metric (events before the exposure
-    /// day count on the exposure day); sorted by day into running totals (`…1s`, and `…0s`
-    /// up to the day before), these give the unit's values as of each day's end and as of its
-    /// previous day. The units' arrays are built by a grouping, which spills to disk, never
-    /// on the right of a join, which must fit in memory. (The lambda captures nothing but its
-    /// parameters: 18.16 loses captured columns of a subquery.)
+    /// of them, or those `touched` selects): `ukey, variant, first_day, multiple`, then
+    /// - `days` and `contributions`, which hold, per day of `days`, the change of the unit's
+    ///   products on that day: the plan's i-th metric's `Sums::COLUMNS` at 14·i..;
+    /// - `unit_values`, the unit's values over all its events: the i-th metric's x, y, c
+    ///   and d at 4·i.., from which capped metrics' sums follow once their cap is known
+    ///   (empty if the plan has none);
+    /// - `quantile_buckets` and `quantile_counts`, the i-th metric's events after the
+    ///   exposure per value bucket, sorted by bucket, if it is a quantile metric (else
+    ///   empty), from which the variants' histograms and quantiles follow.
+    ///
+    /// Per unit and day it adds up the day's events of each metric (events before the
+    /// exposure day count on the exposure day); sorted by day into running totals (`…1s`, and
+    /// `…0s` up to the day before), these give the unit's values as of each day's end and as
+    /// of its previous day. The units' arrays are built by a grouping, which spills to disk,
+    /// never on the right of a join, which must fit in memory. (The lambda captures nothing
+    /// but its parameters: 18.16 loses captured columns of a subquery.)
     fn changed_units(&self, experiment_id: &str, plan: &ExperimentPlan, touched: &str) -> String {
         let exposed = self.exposed(experiment_id, plan, None, touched);
         let mut per_day = Vec::new();
@@ -92,12 +119,31 @@ impl ClickHouse {
         let mut parameters = Vec::new();
         let mut arrays = Vec::new();
         let mut body = Vec::new();
+        let mut unit_values = Vec::new();
+        let mut histograms = Vec::new();
+        let (mut buckets, mut counts) = (Vec::new(), Vec::new());
         for (i, metric) in plan.metrics.iter().enumerate() {
             let mut value_at = BTreeMap::new();
+            if metric.quantile.is_some() {
+                per_day.push(format!(
+                    "sumMapIf([{bucket}], [toUInt64(1)], event_type = {counted} AND ts_ms >= first_ms{window}) AS h{i}",
+                    bucket = Self::value_bucket("value"),
+                    counted = Self::counted(metric),
+                    window = Self::in_window(metric),
+                ));
+                histograms.push(format!("sumMap(h{i}.1, h{i}.2) AS hs{i}"));
+                buckets.push(format!("hs{i}.1"));
+                counts.push(format!("hs{i}.2"));
+            } else {
+                buckets.push("emptyArrayInt32()".into());
+                counts.push("emptyArrayUInt64()".into());
+            }
             for (name, quantity) in Self::quantities(metric) {
                 let Some((total, value)) = quantity else {
+                    unit_values.push("0.".to_string());
                     continue;
                 };
+                unit_values.push(value(&format!("{name}{i}t1s[-1]")));
                 let q = format!("{name}{i}t");
                 per_day.push(format!("toFloat64({total}) AS {q}"));
                 elements.push(q.clone());
@@ -135,11 +181,20 @@ impl ClickHouse {
                     .map(|factors| format!("({}) - ({})", at(factors, '1'), at(factors, '0'))),
             );
         }
+        let histograms: String = histograms.iter().map(|h| format!(", {h}")).collect();
+        // Only capped metrics read the values; other plans' rows leave them out.
+        let unit_values = if plan.metrics.iter().any(|m| m.cap.is_some()) {
+            format!("[{}]", unit_values.join(", "))
+        } else {
+            "emptyArrayFloat64()".into()
+        };
         format!(
             "SELECT ukey, any(unit_arm) AS variant, intDiv(any(first), {DAY_MS}) AS first_day, toUInt8(0) AS multiple,
                     arraySort(groupArray((day, {elements}))) AS sorted,
                     arrayMap(t -> t.1, sorted) AS days, {running},
-                    arrayMap(({parameters}) -> [{body}], {arrays}) AS contributions
+                    arrayMap(({parameters}) -> [{body}], {arrays}) AS contributions,
+                    {unit_values} AS unit_values{histograms},
+                    [{buckets}] AS quantile_buckets, [{counts}] AS quantile_counts
              FROM (
                SELECT ukey, any(arm) AS unit_arm, any(first_ms) AS first,
                       greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
@@ -153,6 +208,8 @@ impl ClickHouse {
             parameters = parameters.join(", "),
             body = body.join(",\n"),
             arrays = arrays.join(", "),
+            buckets = buckets.join(", "),
+            counts = counts.join(", "),
             per_day = per_day.join(",\n"),
             events = self.metric_events(plan, touched),
         )
@@ -268,7 +325,7 @@ impl ClickHouse {
             Some(written.as_str())
         };
         // Units without changes: the arrays keep their defaults.
-        let columns = COLUMNS.trim_end_matches(", days, contributions");
+        let columns = COLUMNS.trim_end_matches(ARRAY_COLUMNS);
         let unchanged = self.unchanged_units(experiment_id, plan, touched, written);
         self.execute(&insert(columns, unchanged)).await
     }
@@ -302,7 +359,7 @@ impl ClickHouse {
             metrics: metric_rollups(plan, metrics, &BTreeMap::new()),
             ..Rollups::default()
         };
-        self.non_additive_rollups(experiment_id, plan, &mut rollups)
+        self.non_additive_rollups((experiment_id, plan), generation, generation, &mut rollups)
             .await?;
         Ok(rollups)
     }
@@ -400,7 +457,7 @@ impl ClickHouse {
             metrics: metric_rollups(plan, metrics, &previous_metrics),
             ..Rollups::default()
         };
-        self.non_additive_rollups(experiment_id, plan, &mut rollups)
+        self.non_additive_rollups((experiment_id, plan), generation, version, &mut rollups)
             .await?;
         Ok(Some(rollups))
     }
@@ -449,12 +506,15 @@ impl ClickHouse {
         Ok((exposures, metrics))
     }
 
-    /// The rollups that do not add up over units, computed from the raw events each time:
-    /// quantiles, and capped metrics (a percentile cap depends on every unit's value).
+    /// The rollups that do not add up over units: quantiles, and capped metrics (a
+    /// percentile cap depends on every unit's value). They follow from every clean unit's
+    /// newest row in `generation` up to `version` (its values, and its events per bucket),
+    /// not from the raw events: a pass over the experiment's units, not over its events.
     async fn non_additive_rollups(
         &self,
-        experiment_id: &str,
-        plan: &ExperimentPlan,
+        (experiment_id, plan): (&str, &ExperimentPlan),
+        generation: i64,
+        version: i64,
         rollups: &mut Rollups,
     ) -> Result<(), WarehouseError> {
         let quantiles = plan.metrics.iter().any(|m| m.quantile.is_some());
@@ -462,16 +522,51 @@ impl ClickHouse {
         if !quantiles && !capped {
             return Ok(());
         }
-        let exposed = self.exposed_units(experiment_id, plan);
-        for metric in &plan.metrics {
-            if let Some(p) = metric.quantile {
-                rollups
-                    .quantiles
-                    .extend(self.quantile_rollups(plan, metric, p, &exposed).await?);
-            }
+        // Each clean unit's newest row in the computation, with the `columns` asked for
+        // (their newest values): each query reads only the arrays it needs.
+        let newest = |columns: &str| {
+            format!(
+                "SELECT * FROM (
+                   SELECT ukey, argMax(variant, version) AS variant, argMax(multiple, version) AS newest_multiple, {columns}
+                   FROM {db}.unit_rollups
+                   WHERE experiment_id = {id} AND generation = {generation} AND version <= {version}
+                   GROUP BY ukey) AS newest
+                 WHERE newest_multiple = 0",
+                db = self.database,
+                id = literal(experiment_id),
+            )
+        };
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            let Some(p) = metric.quantile else { continue };
+            let k = i + 1;
+            let units = newest(&format!(
+                "argMax(quantile_buckets[{k}], version) AS buckets, argMax(quantile_counts[{k}], version) AS counts"
+            ));
+            let events = format!(
+                "SELECT ukey, variant AS arm, bucket, w FROM ({units}) AS units
+                 ARRAY JOIN buckets AS bucket, counts AS w"
+            );
+            rollups
+                .quantiles
+                .extend(self.quantile_rollups(metric, p, &events).await?);
         }
         if capped {
-            rollups.capped = self.capped_rollups(plan, &exposed).await?;
+            let values: Vec<String> = (0..plan.metrics.len())
+                .flat_map(|i| {
+                    ["x", "y", "c", "d"]
+                        .into_iter()
+                        .enumerate()
+                        .map(move |(j, name)| {
+                            format!("unit_values[{}] AS {name}{i}", 4 * i + j + 1)
+                        })
+                })
+                .collect();
+            let units = newest("argMax(unit_values, version) AS unit_values");
+            let per_unit = format!(
+                "SELECT ukey, variant, {} FROM ({units}) AS units",
+                values.join(", ")
+            );
+            rollups.capped = self.capped_rollups(plan, &per_unit).await?;
         }
         Ok(())
     }

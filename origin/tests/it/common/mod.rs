@@ -396,9 +396,10 @@ pub async fn drain(state: &AppState) {
     match &state.pipeline.warehouse {
         // As the pipeline's next analysis tick would.
         Some(warehouse) => {
-            abx_origin_pipeline::warehouse::refresh(&state.pipeline, warehouse)
+            let ticked = abx_origin_pipeline::warehouse::refresh(&state.pipeline, warehouse)
                 .await
                 .expect("recompute the warehouse's rollups");
+            assert!(ticked.is_some(), "another process holds the ticks");
         }
         None => {
             while abx_origin_pipeline::attribution::run_once(&state.pipeline)
