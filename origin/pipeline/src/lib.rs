@@ -81,7 +81,7 @@ impl Pipeline {
         match &self.warehouse {
             Some(warehouse) => {
                 let (rollups, computed_ms) =
-                    warehouse::rollups(warehouse, experiment, metrics).await?;
+                    warehouse::rollups(&self.db, warehouse, experiment, metrics).await?;
                 Ok((rollups, Some(computed_ms)))
             }
             None => {

@@ -202,7 +202,7 @@ pub const LOAD_MARGIN_MS: i64 = 300_000;
 async fn compute(
     warehouse: &ClickHouse,
     (e, plan): (&Experiment, &ExperimentPlan),
-    lease: Option<&Lease>,
+    lease: &Lease,
 ) -> Result<(Rollups, i64), crate::Error> {
     // Later than the stored computation even if the clock stepped back, so that it replaces
     // that computation rather than dropping the rows it summed for nothing.
@@ -212,9 +212,7 @@ async fn compute(
         .map(|s| s.computed_ms);
     let computed_ms = clock::now_ms().max(stored_ms.map_or(i64::MIN, |ms| ms + 1));
     let rollups = warehouse.rebuild(&e.id, plan, computed_ms).await?;
-    if let Some(lease) = lease {
-        lease.hold().await?;
-    }
+    lease.hold().await?;
     warehouse
         .store_rollups(
             &e.id,
@@ -250,14 +248,21 @@ async fn advance(
         None
     };
     match advanced {
-        Some(rollups) => {
+        Some(mut rollups) => {
+            // Once its rows are copied, the stored computation can no longer be moved
+            // forward by another tick: both steps only while this one holds the ticks.
+            lease.hold().await?;
+            let computation = (stored.generation, version);
+            warehouse
+                .commit_units((&e.id, plan), computation, &mut rollups)
+                .await?;
             lease.hold().await?;
             warehouse
                 .store_rollups(&e.id, (&by, stored.generation), version, &rollups)
                 .await?;
         }
         None => {
-            compute(warehouse, (e, plan), Some(lease)).await?;
+            compute(warehouse, (e, plan), lease).await?;
         }
     }
     Ok(())
@@ -267,17 +272,31 @@ async fn advance(
 /// followed the experiment's current plan, else a new one (which is stored for the next
 /// reader).
 pub async fn rollups(
+    db: &Db,
     warehouse: &ClickHouse,
     e: &Experiment,
     metrics: &HashMap<String, Metric>,
 ) -> Result<(Rollups, i64), crate::Error> {
     let plan = plan_of(e, metrics);
-    match warehouse.stored_rollups(&e.id).await? {
-        Some(stored) if follows(&stored.plan, &plan) => Ok((stored.rollups, stored.computed_ms)),
-        // Without the ticks' lease: a request must not wait for a tick. It computes only
-        // what no stored computation follows, which a tick never moves forward.
-        _ => compute(warehouse, (e, &plan), None).await,
+    if let Some(stored) = warehouse.stored_rollups(&e.id).await?
+        && follows(&stored.plan, &plan)
+    {
+        return Ok((stored.rollups, stored.computed_ms));
     }
+    // Stored only under the ticks' lease: storing drops older generations of unit rows,
+    // which a tick may be moving forward. While a tick holds it, the request does not wait:
+    // it computes into a generation of its own that nobody else writes (negative, so
+    // older than any stored one), answers from it, and drops it; the tick stores its own.
+    if let Some(lease) = Lease::take(db).await? {
+        let computed = compute(warehouse, (e, &plan), &lease).await;
+        lease.release().await;
+        return computed;
+    }
+    let started_ms = clock::now_ms();
+    let generation = -i64::try_from(uuid::Uuid::new_v4().as_u64_pair().0 >> 1).unwrap_or(1) - 1;
+    let computed = warehouse.rebuild(&e.id, &plan, generation).await;
+    warehouse.drop_generation(&e.id, generation).await?;
+    Ok((computed?, started_ms))
 }
 
 /// Experiments that may still hold results, with the catalog's metrics.
@@ -321,7 +340,7 @@ pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<Option<usize
         let (experiments, metrics) = candidates(db).await?;
         for e in &experiments {
             if let Some(e) = reread(db, e).await? {
-                compute(warehouse, (&e, &plan_of(&e, &metrics)), Some(&lease)).await?;
+                compute(warehouse, (&e, &plan_of(&e, &metrics)), &lease).await?;
             }
         }
         Ok::<_, crate::Error>(experiments.len())
@@ -392,7 +411,7 @@ async fn tick(
                 refreshed += 1;
             }
             _ if collecting || !current => {
-                compute(warehouse, (e, &plan), Some(lease)).await?;
+                compute(warehouse, (e, &plan), lease).await?;
                 refreshed += 1;
             }
             _ => {}
@@ -419,7 +438,7 @@ async fn tick(
                 let plan = plan_of(e, &metrics);
                 let stored = warehouse.stored_rollups(&e.id).await?;
                 if collecting(e.status, e.ended_at_ms, stored.map(|s| s.computed_ms)) {
-                    compute(warehouse, (e, &plan), Some(lease)).await?;
+                    compute(warehouse, (e, &plan), lease).await?;
                 }
             }
         }

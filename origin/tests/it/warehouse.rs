@@ -1104,10 +1104,16 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
             killed += 1;
             for (id, (plan, stored)) in ids.iter().zip(&before) {
                 let version = abx_origin_domain::clock::now_ms();
-                warehouse
+                let mut rollups = warehouse
                     .advance(id, plan, stored, version, stored.computed_ms)
                     .await
-                    .expect("advance");
+                    .expect("advance")
+                    .expect("moved forward");
+                let computation = (stored.generation, version);
+                warehouse
+                    .commit_units((id, plan), computation, &mut rollups)
+                    .await
+                    .expect("copy the units' rows");
             }
         }
         tick().await.expect("tick");
@@ -1196,8 +1202,8 @@ async fn one_lease_holder_at_a_time(o: &TestOrigin) {
 on_both_backends!(leases, one_lease_holder_at_a_time);
 
 /// One process at a time ticks: while another holds the ticks' lease, a tick and a repair
-/// compute nothing; once that lease runs out, a tick takes it over and gives it up when
-/// done.
+/// compute nothing, and results are computed but not stored; once that lease runs out, a
+/// tick takes it over and gives it up when done.
 #[tokio::test]
 async fn ticks_wait_for_the_process_that_holds_them() {
     use abx_origin_pipeline::warehouse::{TICKS_LEASE, rebuild_all, refresh_with_margin};
@@ -1222,6 +1228,35 @@ async fn ticks_wait_for_the_process_that_holds_them() {
         let stored = warehouse.stored_rollups(id).await.expect("read");
         assert!(stored.is_none(), "computed without the lease");
     }
+    // A results request does not wait for the ticks: it computes, answers and keeps nothing
+    // (storing would drop unit rows that a tick may be moving forward).
+    let reply = o
+        .get(&format!("/api/v1/experiments/{checkout}/results"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(common::rollups_computed_ms(&reply.body).is_some());
+    assert!(
+        warehouse
+            .stored_rollups(&checkout)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    let config = o.settings.clickhouse.as_ref().expect("warehouse settings");
+    let kept = reqwest::Client::new()
+        .post(&config.url)
+        .body(format!(
+            "SELECT count() FROM {}.unit_rollups WHERE experiment_id = '{checkout}'",
+            config.database
+        ))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("count")
+        .text()
+        .await
+        .expect("count's body");
+    assert_eq!(kept.trim(), "0", "unit rows kept");
 
     // The other process died: its lease runs out.
     sqlx::query("UPDATE leases SET expires_at_ms = ? WHERE name = ?")

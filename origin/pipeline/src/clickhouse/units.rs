@@ -365,7 +365,8 @@ impl ClickHouse {
     }
 
     /// Moves `stored` forward to `version`: recomputes the rows of the units with events
-    /// loaded at or after `touched_since_ms`, and adds the difference they make. `None` when
+    /// loaded at or after `touched_since_ms` (into the staging table), and adds the
+    /// difference they make; [`Self::commit_units`] completes it. `None` when
     /// the stored computation cannot be moved forward (it predates unit rows, or a tick
     /// died after writing rows it did not store): the experiment needs [`Self::rebuild`].
     pub async fn advance(
@@ -420,12 +421,6 @@ impl ClickHouse {
             "SELECT v AS variant, f AS first_day, m AS multiple, ds AS days, cs AS contributions FROM ({previous}) AS previous"
         );
         let (exposures, metrics) = self.sum_units(plan, &staged, Some(&previous)).await?;
-        self.execute(&format!(
-            "INSERT INTO {db}.unit_rollups ({COLUMNS}) SELECT {COLUMNS} FROM {db}.unit_rollups_staging
-             WHERE experiment_id = {id} AND version = {version}"
-        ))
-        .await?;
-
         let mut units: BTreeMap<(i64, String), (i64, i64)> = stored
             .rollups
             .exposures
@@ -443,7 +438,7 @@ impl ClickHouse {
             .iter()
             .map(|r| ((r.day, r.variant.clone(), r.metric.clone()), r.sums))
             .collect();
-        let mut rollups = Rollups {
+        Ok(Some(Rollups {
             exposures: units
                 .into_iter()
                 .filter(|(_, (units, multiple))| *units != 0 || *multiple != 0)
@@ -456,10 +451,28 @@ impl ClickHouse {
                 .collect(),
             metrics: metric_rollups(plan, metrics, &previous_metrics),
             ..Rollups::default()
-        };
-        self.non_additive_rollups((experiment_id, plan), generation, version, &mut rollups)
-            .await?;
-        Ok(Some(rollups))
+        }))
+    }
+
+    /// Completes what [`Self::advance`] staged at `version` in `generation`: copies the
+    /// staged rows into `unit_rollups`, where they become the units' current rows (the
+    /// step after which another tick from the same stored computation would go wrong, so
+    /// the caller takes it only while it holds the ticks), then adds to `rollups` those
+    /// that follow from every unit's row (capped metrics, quantiles).
+    pub async fn commit_units(
+        &self,
+        (experiment_id, plan): (&str, &ExperimentPlan),
+        (generation, version): (i64, i64),
+        rollups: &mut Rollups,
+    ) -> Result<(), WarehouseError> {
+        let (db, id) = (&self.database, literal(experiment_id));
+        self.execute(&format!(
+            "INSERT INTO {db}.unit_rollups ({COLUMNS}) SELECT {COLUMNS} FROM {db}.unit_rollups_staging
+             WHERE experiment_id = {id} AND version = {version}"
+        ))
+        .await?;
+        self.non_additive_rollups((experiment_id, plan), generation, version, rollups)
+            .await
     }
 
     /// Per variant and day, the units of `rows` by the day of their first exposure, and
@@ -582,6 +595,21 @@ impl ClickHouse {
             }
         }
         Ok(())
+    }
+
+    /// Drops the unit rows of one generation of an experiment: those of a computation that
+    /// was not stored.
+    pub async fn drop_generation(
+        &self,
+        experiment_id: &str,
+        generation: i64,
+    ) -> Result<(), WarehouseError> {
+        self.execute(&format!(
+            "ALTER TABLE {}.unit_rollups DROP PARTITION ({}, {generation})",
+            self.database,
+            literal(experiment_id)
+        ))
+        .await
     }
 
     /// Drops an experiment's unit rows of generations older than `generation` (those of
