@@ -23,7 +23,9 @@ class Assignment:
     why (docs/assignment.md: ``assigned``, ``forced``, ``shipped``, ``not_running``,
     ``missing_unit``, ``not_targeted``, ``holdout``, ``not_in_traffic``; the client adds
     ``not_loaded`` before any snapshot and ``unknown_key``). ``config`` is the variant's
-    configuration, parsed on first access.
+    configuration, parsed afresh at each read (so every reader has its own; keep it in a
+    variable to read it twice). Answers without an exposure to log are shared between
+    calls: compare them with ``==``, not ``is``.
     """
 
     variant: Optional[str]
@@ -101,7 +103,7 @@ class ClientCore:
     def _forget_exposures(self) -> None: ...
     def _call_cost(
         self, _experiment_key: str, _context: Optional[Mapping[str, Any] | Context] = None, *, now_ms: Optional[int] = None
-    ) -> Optional[int]: ...
+    ) -> None: ...
 
 class Engine:
     def __init__(self, snapshot: bytes, public_keys: Optional[list[bytes]] = None) -> None: ...

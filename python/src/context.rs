@@ -150,29 +150,59 @@ fn cells<'s, T>(
     }
 }
 
+/// `value` as abx-core reads it, by [`Held::of`]'s rule; a list's items are copied into
+/// `items`, which keeps the first copy (an evaluation that reads a list again copies it
+/// again: lists are rare, and seldom read twice). Values other than a `str` are classified
+/// again at each read, which for an `int` or `float` subclass may call its `__float__`
+/// again: an object whose answer changes between reads is not a context any runtime can
+/// evaluate.
+fn view<'a>(value: &'a Bound<'_, PyAny>, items: &'a OnceCell<Vec<String>>) -> Option<ValueRef<'a>> {
+    // An exact `str`, the commonest value, known by its type's address.
+    if let Ok(text) = value.cast_exact::<PyString>() {
+        return text.to_str().ok().map(ValueRef::Str);
+    }
+    match Held::of(value.clone())? {
+        Held::Str(_) => value
+            .cast::<PyString>()
+            .ok()?
+            .to_str()
+            .ok()
+            .map(ValueRef::Str),
+        Held::Num(n) => Some(ValueRef::Num(n)),
+        Held::Bool(b) => Some(ValueRef::Bool(b)),
+        Held::List(list) => Some(ValueRef::List(items.get_or_init(|| list))),
+    }
+}
+
 /// A dict as the attributes of one evaluation, read in place and on demand: an attribute is
 /// looked up the first time the evaluation asks for it (one that stops early, say at a
 /// targeting test that fails, reads fewer), and its value is borrowed where Python keeps it
 /// (a `str`'s UTF-8), so no `Context` is built and no string is copied (only a list's items
 /// are). Building a `Context` was half of a call's cost from a dict.
+///
+/// Only the value looked up is kept (a pointer), and how abx-core sees it is derived at
+/// each read: keeping that too (an enum of three words) cost more than deriving it again,
+/// since copying it out of the cell stalled on the narrower stores that had just written
+/// it (perf: half of the read's own time, more than the dict lookups).
 struct InPlace<'a, 'py> {
     dict: &'a Bound<'py, PyDict>,
     /// The snapshot's attribute names, interned.
     interned: &'a [Py<PyString>],
-    /// The attributes the evaluation may read, what each held when it was first read, and
-    /// how abx-core sees that (kept, since an evaluation may read one attribute many times).
+    /// The attributes the evaluation may read; the slices below are in the same order.
     read: &'a [u32],
-    held: &'a [OnceCell<Option<Held<'py>>>],
-    views: &'a [OnceCell<Option<ValueRef<'a>>>],
+    /// What the dict held for each, once looked up (kept alive while its UTF-8 is lent).
+    values: &'a [OnceCell<Option<Bound<'py, PyAny>>>],
+    /// A list's items, copied at its first read.
+    lists: &'a [OnceCell<Vec<String>>],
     /// The first error a lookup raised (a key's `__eq__` can raise), for the caller.
     error: Cell<Option<PyErr>>,
 }
 
 impl<'py> InPlace<'_, 'py> {
-    fn look_up(&self, index: u32) -> Option<Held<'py>> {
+    fn look_up(&self, index: u32) -> Option<Bound<'py, PyAny>> {
         let key = self.interned.get(index as usize)?;
         match self.dict.get_item(key.bind(self.dict.py())) {
-            Ok(value) => value.and_then(Held::of),
+            Ok(value) => value,
             Err(error) => {
                 let first = self.error.take();
                 self.error.set(Some(first.unwrap_or(error)));
@@ -185,19 +215,13 @@ impl<'py> InPlace<'_, 'py> {
 impl<'a> Attributes for InPlace<'a, '_> {
     fn attribute(&self, index: u32, _name: &str) -> Option<ValueRef<'_>> {
         let slot = self.read.iter().position(|&i| i == index)?;
-        let (held, views): (&'a [_], &'a [_]) = (self.held, self.views);
-        if let Some(view) = views[slot].get() {
-            return *view;
-        }
+        let (values, lists): (&'a [_], &'a [_]) = (self.values, self.lists);
         // `set` and `get` rather than `get_or_init`, whose initialising path is outlined as
         // cold: here every slot read is initialised once per call.
-        let _ = held[slot].set(self.look_up(index));
-        let view = held[slot]
-            .get()
-            .and_then(Option::as_ref)
-            .and_then(Held::view);
-        let _ = views[slot].set(view);
-        view
+        if values[slot].get().is_none() {
+            let _ = values[slot].set(self.look_up(index));
+        }
+        view(values[slot].get()?.as_ref()?, &lists[slot])
     }
 }
 
@@ -226,17 +250,17 @@ pub(crate) fn with_context<R>(
             Err(_) => return Err(not_a_dict.into()),
         },
     };
-    // The held values are declared before the views, which borrow from them.
-    let (held_on_stack, mut held_on_heap) = (Default::default(), Vec::new());
-    let held = cells(read.len(), &held_on_stack, &mut held_on_heap);
-    let (views_on_stack, mut views_on_heap) = (Default::default(), Vec::new());
-    let views = cells(read.len(), &views_on_stack, &mut views_on_heap);
+    // The values are declared before the context, which borrows them.
+    let (values_on_stack, mut values_on_heap) = (Default::default(), Vec::new());
+    let values = cells(read.len(), &values_on_stack, &mut values_on_heap);
+    let (lists_on_stack, mut lists_on_heap) = (Default::default(), Vec::new());
+    let lists = cells(read.len(), &lists_on_stack, &mut lists_on_heap);
     let context = InPlace {
         dict,
         interned,
         read,
-        held,
-        views,
+        values,
+        lists,
         error: Cell::new(None),
     };
     let failed = || {

@@ -13,6 +13,7 @@
 
 mod client;
 mod context;
+mod keys;
 mod results;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::context::PreparedContext;
+use crate::keys::Keys;
 use crate::results::{
     Answer, Experiments, Exposure, Exposures, FlagAnswer, Flags, PyAssignment, PyFlagDetail,
 };
@@ -68,18 +70,19 @@ struct Engine {
     /// The snapshot's attribute names, interned: the only context entries abx-core reads.
     attributes: Vec<Py<PyString>>,
     experiments: Vec<ExperimentNames>,
-    /// Experiment and flag keys → their indices, as Python dicts: a key passed from Python
-    /// keeps its hash, so one probe finds it, where abx-core's index needs the key's UTF-8
-    /// and hashes it again (a tenth of a call).
-    experiment_keys: Py<PyDict>,
-    flag_keys: Py<PyDict>,
-    /// Each experiment's answers without a variant, one per reason (`Reason::ALL` order), made
-    /// on first use and shared: they hold no config and no exposure, so nothing in them can
-    /// change or differ between calls, and most calls of most experiments end without a
-    /// variant (not targeted, not in traffic, held out). A Python list of `None` until made,
-    /// which the GIL guards: a once-cell would block a thread (or a forked child) that finds
-    /// it being filled; two threads filling one slot at once only make one object too many.
-    no_variant_answers: Py<PyList>,
+    /// Experiment and flag keys → their indices.
+    experiment_keys: Keys,
+    flag_keys: Keys,
+    /// Each experiment's answers without an exposure to log, one per variant (or none) and
+    /// reason, made on first use and shared: nothing in them can change or differ between
+    /// calls (`config` is parsed afresh at each read), and after its first exposure every
+    /// call of a unit gets one. A Python list of `None` until made, which the GIL guards: a
+    /// once-cell would block a thread (or a forked child) that finds it being filled; two
+    /// threads filling one slot at once only make one object too many.
+    shared_answers: Py<PyList>,
+    /// Where each experiment's slots start in `shared_answers` (one past the last
+    /// experiment's at the end): `(variants + 1) × Reason::ALL.len()` each.
+    shared_answer_offsets: Vec<usize>,
     /// The attributes each experiment and each flag reads
     /// (`Evaluator::experiment_attributes`), so that one evaluation converts only those.
     experiment_reads: Vec<Vec<u32>>,
@@ -224,46 +227,70 @@ impl Engine {
             .map(|s| s.clone_ref(py))
     }
 
-    /// Experiment `index`'s answer as an `Assignment`: a shared one when it has no variant
-    /// (so no config) and no exposure to log.
+    /// Experiment `index`'s answer as an `Assignment`: a shared one unless it carries an
+    /// exposure to log. (The exposures are only looked at here and moved on the rare path:
+    /// copying them on entry stalled on the stores that had just written them.)
     fn assignment(
         &self,
         py: Python<'_>,
         index: u32,
         answer: Answer,
-        (exposure, holdout_exposure): Exposures,
+        exposures: Exposures,
     ) -> PyResult<Py<PyAssignment>> {
+        match exposures {
+            (None, None) => self.shared_assignment(py, index, answer),
+            exposures => Py::new(py, self.new_assignment(py, index, answer, exposures)),
+        }
+    }
+
+    /// The shared `Assignment` of experiment `index` for `answer`, made on first use.
+    fn shared_assignment(
+        &self,
+        py: Python<'_>,
+        index: u32,
+        answer: Answer,
+    ) -> PyResult<Py<PyAssignment>> {
+        let first = self.shared_answer_offsets.get(index as usize);
+        let end = self.shared_answer_offsets.get(index as usize + 1);
+        let slot = first.map(|first| {
+            let variant = answer.variant.map_or(0, |v| v as usize + 1);
+            first + variant * Reason::ALL.len() + reason_index(answer.reason)
+        });
+        let Some(slot) = slot.filter(|slot| end.is_some_and(|end| slot < end)) else {
+            return Py::new(py, self.new_assignment(py, index, answer, (None, None)));
+        };
+        let shared = self.shared_answers.bind(py);
+        if let Ok(made) = shared.get_item(slot)
+            && let Ok(made) = made.cast_into::<PyAssignment>()
+        {
+            return Ok(made.unbind());
+        }
+        let made = Py::new(py, self.new_assignment(py, index, answer, (None, None)))?;
+        shared.set_item(slot, made.clone_ref(py))?;
+        Ok(made)
+    }
+
+    /// A new `Assignment` of experiment `index` for `answer`, carrying `exposures`.
+    fn new_assignment(
+        &self,
+        py: Python<'_>,
+        index: u32,
+        answer: Answer,
+        (exposure, holdout_exposure): Exposures,
+    ) -> PyAssignment {
         let names = self.experiments.get(index as usize);
-        let reason = Reason::ALL.iter().position(|r| *r == answer.reason);
-        let reason = reason.unwrap_or(0);
-        let make = |exposure, holdout_exposure| PyAssignment {
+        PyAssignment {
             variant: answer.variant.and_then(|v| self.variant_key(py, index, v)),
-            reason: self.reasons[reason].clone_ref(py),
+            reason: self.reasons[reason_index(answer.reason)].clone_ref(py),
             experiment_id: names.map(|n| n.id.clone_ref(py)),
             config_json: answer.variant.and_then(|v| {
                 names
                     .and_then(|n| n.variant_configs.get(v as usize))
                     .map(|s| s.clone_ref(py))
             }),
-            config: PyOnceLock::new(),
             exposure,
             holdout_exposure,
-        };
-        if answer.variant.is_some() || exposure.is_some() || holdout_exposure.is_some() {
-            return Py::new(py, make(exposure, holdout_exposure));
         }
-        let shared = self.no_variant_answers.bind(py);
-        let slot = index as usize * Reason::ALL.len() + reason;
-        if let Ok(made) = shared.get_item(slot)
-            && let Ok(made) = made.cast_into::<PyAssignment>()
-        {
-            return Ok(made.unbind());
-        }
-        let made = Py::new(py, make(None, None))?;
-        if slot < shared.len() {
-            shared.set_item(slot, made.clone_ref(py))?;
-        }
-        Ok(made)
     }
 
     /// A flag's answer as a `FlagDetail`.
@@ -301,22 +328,24 @@ impl Engine {
         now_ms: i64,
         first: Option<&mut NewExposure<'_>>,
     ) -> PyResult<Option<Py<PyAssignment>>> {
-        let Some(index) = index_in(&self.experiment_keys, key)? else {
+        let Some(index) = self.experiment_keys.index(key) else {
             return Ok(None);
         };
         let read = self.experiment_reads.get(index as usize);
-        let evaluated = self.with_context(attributes, read, |context, failed| {
-            let assignment = self.evaluator.experiment_at(index, context, now_ms)?;
-            let answer = answer(&self.evaluator, &assignment, context);
+        // The answer object is made in the evaluation's closure, so that only a pointer
+        // leaves it: the answer and its exposures (nine words) were copied out through
+        // memory, and each copy stalled on the stores that had just written them.
+        let assignment = self.with_context(attributes, read, |context, failed| {
+            // Read where it was returned, not moved out of its `Option` (a copy that stalled).
+            let evaluated = self.evaluator.experiment_at(index, context, now_ms);
+            let answer = answer(&self.evaluator, evaluated.as_ref()?, context);
             // A failed read raises: its exposures must not be remembered as logged.
             let mut first = first.filter(|_| !failed());
             let exposure = self.exposure(py, index, answer, context, first.as_deref_mut());
             let holdout = self.holdout_exposure(py, index, answer, context, first);
-            Some((answer, (exposure, holdout)))
+            Some(self.assignment(py, index, answer, (exposure, holdout)))
         })?;
-        evaluated
-            .map(|(answer, exposures)| self.assignment(py, index, answer, exposures))
-            .transpose()
+        assignment.transpose()
     }
 
     /// `Engine.flag`, for `ClientCore` too; `first` decides which exposures to hand back.
@@ -328,7 +357,7 @@ impl Engine {
         now_ms: i64,
         first: Option<&mut NewExposure<'_>>,
     ) -> PyResult<Option<PyFlagDetail>> {
-        let Some(index) = index_in(&self.flag_keys, key)? else {
+        let Some(index) = self.flag_keys.index(key) else {
             return Ok(None);
         };
         let read = self.flag_reads.get(index as usize);
@@ -359,12 +388,6 @@ impl Engine {
     }
 }
 
-/// The index `keys` (`Engine::experiment_keys` or `flag_keys`) gives `key`.
-fn index_in(keys: &Py<PyDict>, key: &Bound<'_, PyString>) -> PyResult<Option<u32>> {
-    let index = keys.bind(key.py()).get_item(key)?;
-    index.map(|i| i.extract()).transpose()
-}
-
 /// Whether an exposure `(experiment_id, unit_attribute, unit)` is to be logged: always for
 /// `Engine`'s own calls, once per process for a client's.
 pub(crate) type NewExposure<'a> = dyn FnMut(&str, &str, &str) -> bool + 'a;
@@ -372,6 +395,11 @@ pub(crate) type NewExposure<'a> = dyn FnMut(&str, &str, &str) -> bool + 'a;
 /// Every exposure, for the engine's own calls (the caller decides what to log).
 fn every_exposure(_: &str, _: &str, _: &str) -> bool {
     true
+}
+
+/// `reason`'s position in `Reason::ALL` (that of `Engine::reasons`).
+fn reason_index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
 /// An answer kept compact; `context` is the one evaluated (for its holdout step).
@@ -477,23 +505,20 @@ impl Engine {
                 variant_configs: e.variants.iter().map(|v| text(&v.config)).collect(),
             })
             .collect();
-        let keys = |names: &mut dyn Iterator<Item = &String>| -> PyResult<Py<PyDict>> {
-            let dict = PyDict::new(py);
-            for (index, name) in names.enumerate() {
-                dict.set_item(text(name), index as u32)?;
-            }
-            Ok(dict.unbind())
-        };
+        let shared_answer_offsets = std::iter::once(0)
+            .chain(s.experiments.iter().scan(0, |end, e| {
+                *end += (e.variants.len() + 1) * Reason::ALL.len();
+                Some(*end)
+            }))
+            .collect::<Vec<_>>();
+        let slots = shared_answer_offsets.last().copied().unwrap_or(0);
         Ok(Engine {
             attributes: s.attributes.iter().map(|a| text(a)).collect(),
             experiments,
-            experiment_keys: keys(&mut s.experiments.iter().map(|e| &e.key))?,
-            flag_keys: keys(&mut s.flags.iter().map(|f| &f.key))?,
-            no_variant_answers: PyList::new(
-                py,
-                (0..s.experiments.len() * Reason::ALL.len()).map(|_| py.None()),
-            )?
-            .unbind(),
+            experiment_keys: Keys::new(py, s.experiments.iter().map(|e| &e.key)),
+            flag_keys: Keys::new(py, s.flags.iter().map(|f| &f.key)),
+            shared_answers: PyList::new(py, (0..slots).map(|_| py.None()))?.unbind(),
+            shared_answer_offsets,
             reasons: Reason::ALL.iter().map(|r| text(r.as_str())).collect(),
             flag_reasons: FLAG_REASONS.iter().map(|r| text(r.as_str())).collect(),
             scalars: parse_scalars(py, s)?,

@@ -17,9 +17,14 @@ pub(crate) type Exposure = (Py<PyString>, Py<PyString>, Py<PyString>);
 /// An answer's exposures to log: to its experiment, and to its holdout with the arm.
 pub(crate) type Exposures = (Option<Exposure>, Option<(Exposure, Py<PyString>)>);
 
+/// `json.loads`, looked up once: an `Assignment`'s config is parsed at every read.
+static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 fn parse_json(py: Python<'_>, json: &Py<PyString>) -> PyResult<Py<PyAny>> {
-    let loads = py.import("json")?.getattr("loads")?;
-    Ok(loads.call1((json.bind(py),))?.unbind())
+    let loads = LOADS.get_or_try_init(py, || {
+        PyResult::Ok(py.import("json")?.getattr("loads")?.unbind())
+    })?;
+    Ok(loads.bind(py).call1((json.bind(py),))?.unbind())
 }
 
 pub(crate) fn clone_exposure(py: Python<'_>, (id, attribute, unit): &Exposure) -> Exposure {
@@ -35,7 +40,8 @@ fn text(py: Python<'_>, s: &Py<PyString>) -> String {
 }
 
 /// One experiment's answer (`abx.Assignment`). `config` is the variant's configuration,
-/// parsed from its JSON on first access.
+/// parsed from its JSON at each read, so that every reader has its own: most answers are
+/// shared between calls (`Engine::assignment`).
 #[pyclass(frozen, name = "Assignment", module = "abx._abx")]
 pub(crate) struct PyAssignment {
     #[pyo3(get)]
@@ -46,7 +52,6 @@ pub(crate) struct PyAssignment {
     pub(crate) experiment_id: Option<Py<PyString>>,
     #[pyo3(get)]
     pub(crate) config_json: Option<Py<PyString>>,
-    pub(crate) config: PyOnceLock<Py<PyAny>>,
     /// Set when the client is to log an exposure.
     pub(crate) exposure: Option<Exposure>,
     /// Set when the client is to log an exposure to the experiment's holdout, with its arm.
@@ -83,7 +88,6 @@ impl PyAssignment {
             reason,
             experiment_id,
             config_json,
-            config: PyOnceLock::new(),
             exposure: None,
             holdout_exposure: None,
         }
@@ -91,11 +95,10 @@ impl PyAssignment {
 
     #[getter]
     fn config(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let Some(json) = &self.config_json else {
-            return Ok(py.None());
-        };
-        let parsed = self.config.get_or_try_init(py, || parse_json(py, json))?;
-        Ok(parsed.clone_ref(py))
+        match &self.config_json {
+            Some(json) => parse_json(py, json),
+            None => Ok(py.None()),
+        }
     }
 
     #[getter(_exposure)]

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -400,6 +401,60 @@ def test_context_values_follow_the_context_rule():
     assert json.dumps(client.evaluate(USER, now_ms=NOW).experiments["checkout_button_color"].config) is not None
 
 
+def test_a_dict_read_in_place_answers_as_a_converted_context():
+    # A dict is read in place, one attribute at a time as the evaluation asks; `abx.Context`
+    # and `evaluate` convert it first. Python-only values must read alike on both paths:
+    # `str` and `int` subclasses, tuples, `int`s beyond a float's range, lists read twice.
+    class Text(str):
+        pass
+
+    class Whole(int):
+        pass
+
+    def pythonic(value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return Text(value)
+        if isinstance(value, int):
+            return Whole(value)
+        if isinstance(value, list):
+            return tuple(pythonic(item) for item in value)
+        return value
+
+    client = abx.Client.from_snapshot((GOLDEN / "targeting.abxs").read_bytes())
+    vectors = json.loads((GOLDEN.parent / "vectors" / "targeting.json").read_text())
+    keys = list(client.evaluate({}, now_ms=NOW).experiments)
+    assigned = 0
+    for case in vectors["cases"][:150]:
+        for context in (
+            {name: pythonic(value) for name, value in case["context"].items()},
+            {**case["context"], "age": 2**70, "score": float(case["context"].get("score", 0))},
+        ):
+            everything = client.evaluate(context, now_ms=case["now_ms"]).experiments
+            prepared = abx.Context(context)
+            for key in keys:
+                in_place = client.assign(key, context, now_ms=case["now_ms"])
+                assert in_place == client.assign(key, prepared, now_ms=case["now_ms"]) == everything[key], (key, context)
+                assigned += in_place.variant is not None
+    assert assigned > 1_000, assigned
+
+
+def test_keys_are_found_by_their_text_whatever_the_str():
+    client = abx.Client.from_snapshot(BASIC)
+    literal = client.assign("checkout_button_color", USER, now_ms=NOW)
+
+    class Key(str):
+        pass
+
+    assert client.assign(Key("checkout_button_color"), USER, now_ms=NOW) == literal
+    assert client.assign("checkout_button_color\ud800", USER, now_ms=NOW).reason == "unknown_key"
+    assert client.assign("\ud800", USER, now_ms=NOW).reason == "unknown_key"
+    # This snapshot has no flags at all.
+    assert client.flag("checkout_button_color", USER, "fallback", now_ms=NOW) == "fallback"
+    assert client.flag_detail("anything", USER, now_ms=NOW).reason == "unknown_key"
+
+
 def test_an_evaluation_reads_like_a_read_only_mapping():
     from collections.abc import Mapping
 
@@ -424,20 +479,39 @@ def test_an_evaluation_reads_like_a_read_only_mapping():
     assert client.flag("everyone", USER, now_ms=NOW) is True
 
 
-def test_answers_without_a_variant_are_shared_and_configs_never_are():
+def test_answers_are_shared_and_configs_never_are():
     client = abx.Client.from_snapshot(BASIC)
     # A paused experiment answers everyone alike: one object per experiment and reason.
     paused = client.assign("paused_experiment", USER, now_ms=NOW)
     assert paused.reason == "not_running" and paused.variant is None and paused.config is None
     assert client.assign("paused_experiment", {"user_id": "someone else"}, now_ms=NOW) is paused
     assert client.assign("draft_experiment", USER, now_ms=NOW) is not paused
-    # An answer with a variant is the caller's own, and so is its config.
+    # One object per experiment, variant and reason, whoever it was given to.
     first = client.assign("checkout_button_color", USER, now_ms=NOW)
     second = client.assign("checkout_button_color", USER, now_ms=NOW)
-    assert first.reason == "assigned" and first == second and first is not second
-    first.config["button_color"] = "changed"
-    assert second.config["button_color"] != "changed"
+    assert first.reason == "assigned" and first is second
+    assert first.experiment_id == client.evaluate(USER, now_ms=NOW).experiments["checkout_button_color"].experiment_id
+    other = next(
+        a
+        for a in (client.assign("checkout_button_color", {"user_id": f"u{i}"}, now_ms=NOW) for i in range(100))
+        if a.variant != first.variant
+    )
+    assert other != first and other.config != first.config
+    # Its config is parsed afresh for every read, so no caller sees another's changes.
+    config = first.config
+    config["button_color"] = "changed"
+    assert first.config["button_color"] != "changed" and first.config is not config
     assert client.assign("checkout_button_color", USER, now_ms=NOW).config["button_color"] != "changed"
+    # An answer that carries an exposure to log is the caller's own; the next, with nothing
+    # left to log, is the shared one.
+    logging = abx.Client.from_snapshot(BASIC)
+    logging._record_exposure = lambda *_: None  # type: ignore[method-assign]
+    logging._logs_exposures = True
+    exposed = logging.assign("checkout_button_color", USER, now_ms=NOW)
+    assert exposed._exposure == (first.experiment_id, "user_id", USER["user_id"])
+    again = logging.assign("checkout_button_color", USER, now_ms=NOW)
+    assert again == exposed and again is not exposed and again._exposure is None
+    assert logging.assign("checkout_button_color", USER, now_ms=NOW) is again
     # A key that is not a `str` is a TypeError, an equal `str` finds the same experiment.
     with pytest.raises(TypeError):
         client.assign(42, USER, now_ms=NOW)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ backend would use it: ``evaluate`` for everything at once, then ``assign`` and
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,9 @@ def replay(name: str, vectors: dict) -> list[str]:
             every = got.experiments.get(key)
             if every is None or (every.variant, every.reason) != (want["variant"], want["reason"]):
                 mismatches.append(f"{where} {key}: got {every!r}, want {want}")
-            one = client.assign(key, context, now_ms=now_ms)
+            # The snapshot's own key object (a program's literal keys are interned, and the
+            # extension finds those by address), then the JSON's equal copy (found by value).
+            one = client.assign(sys.intern(key), context, now_ms=now_ms)
             if one != every:
                 mismatches.append(f"{where} {key} (single): got {one!r}, want {every!r}")
             if client.assign(key, prepared, now_ms=now_ms) != every:
@@ -47,10 +50,13 @@ def replay(name: str, vectors: dict) -> list[str]:
             every = got.flags.get(key)
             if every is None or (every.value, every.reason) != (expected_value, want["reason"]):
                 mismatches.append(f"{where} flag {key}: got {every!r}, want {want}")
-            one = client.flag_detail(key, context, now_ms=now_ms)
+            one = client.flag_detail(sys.intern(key), context, now_ms=now_ms)
             # `==` would take 1 for True; the JSON types must match too.
             if (json.dumps(one.value), one.reason) != (json.dumps(expected_value), want["reason"]):
                 mismatches.append(f"{where} flag {key} (single): got {one!r}")
+            by_text = client.flag_detail(key, context, now_ms=now_ms)
+            if (json.dumps(by_text.value), by_text.reason) != (json.dumps(expected_value), want["reason"]):
+                mismatches.append(f"{where} flag {key} (by an equal key): got {by_text!r}")
         if len(mismatches) > 20:
             break
     TOTAL["cases"] += len(vectors["cases"])
