@@ -1125,6 +1125,16 @@ impl ClickHouse {
         .await
     }
 
+    /// The oldest month (`YYYYMM`) of raw events kept, `None` without any. Retention drops
+    /// the oldest months first, so every month from this one on is kept.
+    pub async fn oldest_raw_month(&self) -> Result<Option<u32>, WarehouseError> {
+        let partitions = self
+            .numbered_partitions(&["exposures", "metric_events"])
+            .await?;
+        let oldest = partitions.into_iter().map(|(_, month)| month).min();
+        Ok(oldest.and_then(|month| u32::try_from(month).ok()))
+    }
+
     /// Drops the monthly partitions of raw events before `month` (`YYYYMM`); returns the
     /// months dropped.
     pub async fn drop_months_before(&self, month: u32) -> Result<Vec<u32>, WarehouseError> {

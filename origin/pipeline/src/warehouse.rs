@@ -27,7 +27,7 @@
 //! a month goes once it is past retention and no experiment that still collects events
 //! started before its end, so no stored rollups are ever recomputed from partial data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::clickhouse::{ClickHouse, StoredRollups};
@@ -44,17 +44,25 @@ use crate::{Pipeline, clock, store};
 /// are final.
 pub const SETTLE_MS: i64 = 3_600_000;
 
+/// How long after its end an archived experiment is still looked at by the ticks: archiving
+/// may come within the settling hour, or before any tick learnt of the end, and its rollups
+/// must still settle and leave out what was stamped after the end. Archived experiments
+/// pile up, so older ones are not looked at (each one looked at costs a read of its stored
+/// rollups per tick); a week covers a pipeline that was down through a completion and an
+/// archiving. One whose end no tick learnt within it keeps the computation it has.
+const ARCHIVED_SETTLING_WINDOW_MS: i64 = 7 * 86_400_000;
+
 /// Whether an experiment's rollups may still change: while it runs or is paused, and until
-/// a computation made after its settling time is stored.
+/// a computation made after its settling time is stored (archiving does not cut that short).
 fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) -> bool {
     match status {
         Status::Running | Status::Paused => true,
-        Status::Completed => match (stored_ms, ended_at_ms) {
+        Status::Completed | Status::Archived => match (stored_ms, ended_at_ms) {
             (None, _) => true,
             (Some(stored), Some(ended)) => stored < ended + SETTLE_MS,
             (Some(_), None) => false,
         },
-        Status::Draft | Status::Archived => false,
+        Status::Draft => false,
     }
 }
 
@@ -307,6 +315,11 @@ async fn candidates(db: &Db) -> Result<(Vec<Experiment>, HashMap<String, Metric>
         &[Status::Running, Status::Paused, Status::Completed],
     )
     .await?;
+    let recently = clock::now_ms() - ARCHIVED_SETTLING_WINDOW_MS;
+    let archived = store::experiments::archived_since(&mut conn, recently).await?;
+    // One archived between the two reads is listed once.
+    let listed: HashSet<String> = experiments.iter().map(|e| e.id.clone()).collect();
+    experiments.extend(archived.into_iter().filter(|e| !listed.contains(&e.id)));
     // Holdouts are read out as experiments of their own (`Holdout::readout`).
     let holdouts = store::catalog::holdouts(&mut conn, None).await?;
     experiments.extend(holdouts.iter().map(|h| h.readout()));
@@ -393,11 +406,26 @@ async fn tick(
     // The earliest start among experiments whose rollups may still change: raw events from
     // before it can go once past retention.
     let mut needed_from = i64::MAX;
+    // Read once, when an archived experiment asks.
+    let mut oldest_raw_month = None;
     for e in &experiments {
         let Some(e) = &reread(db, e).await? else {
             continue;
         };
         let stored = warehouse.stored_rollups(&e.id).await?;
+        // Versions before this one left archived experiments out of the ticks, and did not
+        // keep their raw events from retention: one they left unsettled may have lost months
+        // since, and a computation from what is left would count less than the one it has.
+        if e.status == Status::Archived && stored.is_some() {
+            let oldest = match oldest_raw_month {
+                Some(oldest) => oldest,
+                None => *oldest_raw_month.insert(warehouse.oldest_raw_month().await?),
+            };
+            if !raw_events_kept_since(e.started_at_ms, oldest) {
+                tracing::debug!(id = %e.id, "archived experiment left as computed: raw events gone");
+                continue;
+            }
+        }
         let plan = plan_of(e, &metrics);
         let current = stored.as_ref().is_some_and(|s| follows(&s.plan, &plan));
         let collecting = collecting(
@@ -446,6 +474,15 @@ async fn tick(
     Ok(refreshed)
 }
 
+/// Whether every month of raw events since an experiment's start is kept, given the oldest
+/// month kept (retention drops the oldest months first).
+fn raw_events_kept_since(started_at_ms: Option<i64>, oldest_raw_month: Option<u32>) -> bool {
+    match (started_at_ms, oldest_raw_month) {
+        (Some(start), Some(oldest)) => oldest <= month_of(start),
+        _ => false,
+    }
+}
+
 /// The month (`YYYYMM`, UTC) of a time; 0, which drops nothing, for times out of range.
 fn month_of(ms: i64) -> u32 {
     match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
@@ -464,7 +501,6 @@ mod tests {
         assert!(collecting(Status::Running, None, Some(5)));
         assert!(collecting(Status::Paused, None, Some(5)));
         assert!(!collecting(Status::Draft, None, None));
-        assert!(!collecting(Status::Archived, ended, None));
         assert!(collecting(Status::Completed, ended, None));
         assert!(collecting(
             Status::Completed,
@@ -473,6 +509,21 @@ mod tests {
         ));
         assert!(!collecting(
             Status::Completed,
+            ended,
+            Some(1_000_000 + SETTLE_MS)
+        ));
+        // Archived in its settling hour, or before any tick knew its end: it settles too,
+        // unless raw events it counted are gone.
+        let march = 1_709_251_200_000; // 2024-03-01
+        assert!(raw_events_kept_since(Some(march), Some(202_403)));
+        assert!(raw_events_kept_since(Some(march), Some(202_402)));
+        assert!(!raw_events_kept_since(Some(march), Some(202_404)));
+        assert!(!raw_events_kept_since(Some(march), None));
+        assert!(!raw_events_kept_since(None, Some(202_401)));
+        assert!(collecting(Status::Archived, ended, None));
+        assert!(collecting(Status::Archived, ended, Some(1_000_000 - 1)));
+        assert!(!collecting(
+            Status::Archived,
             ended,
             Some(1_000_000 + SETTLE_MS)
         ));

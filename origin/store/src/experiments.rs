@@ -281,6 +281,25 @@ pub async fn with_status(
     Ok(experiments)
 }
 
+/// Archived experiments that ended at `ended_from_ms` or later (for the warehouse's ticks,
+/// which let them settle; archived experiments pile up, so the rest are not read).
+pub async fn archived_since(
+    conn: &mut AnyConnection,
+    ended_from_ms: i64,
+) -> Result<Vec<Experiment>, Error> {
+    let sql = format!(
+        "{SELECT} WHERE e.status = $1 AND e.ended_at_ms >= $2 ORDER BY e.created_at_ms, e.id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(Status::Archived.as_str())
+        .bind(ended_from_ms)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut experiments = rows.iter().map(experiment).collect::<Result<Vec<_>, _>>()?;
+    attach_children(conn, &mut experiments).await?;
+    Ok(experiments)
+}
+
 async fn write_variants(
     conn: &mut AnyConnection,
     id: &str,

@@ -585,6 +585,40 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     refresh().await.expect("refresh");
     let kept = warehouse.event_count().await.expect("count");
     assert!((2..=3).contains(&kept), "{kept} events kept");
+    let oldest = warehouse.oldest_raw_month().await.expect("oldest month");
+    let month = |ms: i64| {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .expect("a time");
+        u32::try_from(t.year()).expect("a year") * 100 + u32::from(u8::from(t.month()))
+    };
+    assert!(
+        oldest.is_some_and(|m| m > month(started) && m <= month(now)),
+        "{oldest:?}"
+    );
+
+    // Versions before this one let an experiment archived in its settling hour stop there,
+    // and its months go: it keeps its computation rather than one from what is left.
+    let before = warehouse
+        .stored_rollups(&id)
+        .await
+        .expect("read")
+        .expect("stored");
+    sqlx::query("UPDATE experiments SET status = 'archived', ended_at_ms = ? WHERE id = ?")
+        .bind(before.computed_ms - 60_000)
+        .bind(&id)
+        .execute(&o.state.db.pool)
+        .await
+        .expect("archive");
+    refresh().await.expect("refresh");
+    let after = warehouse
+        .stored_rollups(&id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(
+        after.computed_ms, before.computed_ms,
+        "computed from what is left"
+    );
     clean_up(&o.state).await;
 }
 
@@ -805,6 +839,17 @@ fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
 /// too.
 #[tokio::test]
 async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
+    an_ended_experiment_settles(false).await;
+}
+
+/// The same when the experiment is archived right after it completes, before any tick: the
+/// ticks still learn its end and let it settle.
+#[tokio::test]
+async fn an_experiment_archived_in_its_settling_hour_settles_too() {
+    an_ended_experiment_settles(true).await;
+}
+
+async fn an_ended_experiment_settles(archive: bool) {
     let Some((o, _, [checkout, banner, key])) = set_up().await else {
         return;
     };
@@ -845,13 +890,15 @@ async fn an_ended_experiment_is_computed_in_full_once_then_moves_forward() {
     tick().await.expect("tick while running");
     let running = &stored(&o, &[checkout.as_str()]).await[0].1;
 
-    let done = o
-        .post(
-            &format!("/api/v1/experiments/{checkout}/complete"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    for action in ["complete"].into_iter().chain(archive.then_some("archive")) {
+        let done = o
+            .post(
+                &format!("/api/v1/experiments/{checkout}/{action}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(done.status, StatusCode::OK, "{action}: {}", done.body);
+    }
     // Until the next tick, results read the computation made before the end.
     let reply = o
         .get(&format!("/api/v1/experiments/{checkout}/results"))
@@ -1200,6 +1247,46 @@ async fn one_lease_holder_at_a_time(o: &TestOrigin) {
 }
 
 on_both_backends!(leases, one_lease_holder_at_a_time);
+
+/// The ticks read archived experiments by their end: those that ended at or after a time,
+/// and nothing else.
+async fn archived_experiments_by_their_end(o: &TestOrigin) {
+    use abx_origin_store::experiments::{archived_since, get};
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    let archived = o
+        .start_experiment(experiment("archived", "conversion"))
+        .await;
+    let completed = o
+        .start_experiment(experiment("completed", "conversion"))
+        .await;
+    for (id, actions) in [
+        (&archived, &["complete", "archive"][..]),
+        (&completed, &["complete"][..]),
+    ] {
+        for action in actions {
+            let reply = o
+                .post(&format!("/api/v1/experiments/{id}/{action}"), json!({}))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        }
+    }
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let found = get(&mut conn, &archived)
+        .await
+        .expect("read")
+        .expect("found");
+    let ended = found.ended_at_ms.expect("ended");
+    let ids = |experiments: Vec<abx_origin_domain::model::experiment::Experiment>| {
+        experiments.into_iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let since = archived_since(&mut conn, ended).await.expect("read");
+    assert_eq!(ids(since), std::slice::from_ref(&archived));
+    let after = archived_since(&mut conn, ended + 1).await.expect("read");
+    assert!(after.is_empty());
+}
+
+on_both_backends!(archived, archived_experiments_by_their_end);
 
 /// One process at a time ticks: while another holds the ticks' lease, a tick and a repair
 /// compute nothing, and results are computed but not stored; once that lease runs out, a
