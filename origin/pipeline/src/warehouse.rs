@@ -495,6 +495,46 @@ fn month_of(ms: i64) -> u32 {
 mod tests {
     use super::*;
 
+    /// A tick that stalls past its lease, while another process takes the ticks over, must
+    /// not store: every store is preceded by `hold`, which then fails. Its release leaves
+    /// the other's lease.
+    #[tokio::test]
+    async fn a_lease_taken_over_mid_tick_holds_no_more() {
+        let path = std::env::temp_dir().join(format!("abx-lease-{}.db", uuid::Uuid::new_v4()));
+        let db = Db::connect(&format!("sqlite://{}?mode=rwc", path.display()), 2)
+            .await
+            .expect("connect");
+        db.migrate().await.expect("migrate");
+        let tick = Lease::take(&db).await.expect("take").expect("free");
+        tick.hold().await.expect("held");
+        assert!(
+            Lease::take(&db).await.expect("take").is_none(),
+            "the tick's"
+        );
+        sqlx::query("UPDATE leases SET expires_at_ms = 0 WHERE name = $1")
+            .bind(TICKS_LEASE)
+            .execute(&db.pool)
+            .await
+            .expect("run out");
+        let other = Lease::take(&db).await.expect("take").expect("taken over");
+        assert!(matches!(
+            tick.hold().await,
+            Err(crate::Error::TicksLeaseLost)
+        ));
+        tick.release().await;
+        assert!(
+            Lease::take(&db).await.expect("take").is_none(),
+            "the other's"
+        );
+        other.hold().await.expect("the other's");
+        other.release().await;
+        assert!(Lease::take(&db).await.expect("take").is_some(), "free");
+        db.pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
     #[test]
     fn completed_experiments_settle_for_an_hour() {
         let ended = Some(1_000_000);
