@@ -408,21 +408,26 @@ async fn tick(
     let mut needed_from = i64::MAX;
     // Read once, when an archived experiment asks.
     let mut oldest_raw_month = None;
+    // Archived experiments left as computed, by this tick's recomputations too.
+    let mut left = HashSet::new();
     for e in &experiments {
         let Some(e) = &reread(db, e).await? else {
             continue;
         };
         let stored = warehouse.stored_rollups(&e.id).await?;
-        // Versions before this one left archived experiments out of the ticks, and did not
-        // keep their raw events from retention: one they left unsettled may have lost months
-        // since, and a computation from what is left would count less than the one it has.
-        if e.status == Status::Archived && stored.is_some() {
+        // Versions before 0957952 left archived experiments out of the ticks, and did not
+        // keep their raw events from retention: one they left unsettled may have lost events
+        // it counted since, and a computation from what is left would count less.
+        if e.status == Status::Archived
+            && let Some(stored) = &stored
+        {
             let oldest = match oldest_raw_month {
                 Some(oldest) => oldest,
                 None => *oldest_raw_month.insert(warehouse.oldest_raw_month().await?),
             };
-            if !raw_events_kept_since(e.started_at_ms, oldest) {
+            if !raw_events_kept_for(&stored.rollups, oldest) {
                 tracing::debug!(id = %e.id, "archived experiment left as computed: raw events gone");
+                left.insert(e.id.clone());
                 continue;
             }
         }
@@ -459,7 +464,7 @@ async fn tick(
             );
             // Units' pre-exposure covariates may have counted events of those months: every
             // unit is recomputed alike, rather than only those a tick touches.
-            for e in &experiments {
+            for e in experiments.iter().filter(|e| !left.contains(&e.id)) {
                 let Some(e) = &reread(db, e).await? else {
                     continue;
                 };
@@ -474,13 +479,15 @@ async fn tick(
     Ok(refreshed)
 }
 
-/// Whether every month of raw events since an experiment's start is kept, given the oldest
-/// month kept (retention drops the oldest months first).
-fn raw_events_kept_since(started_at_ms: Option<i64>, oldest_raw_month: Option<u32>) -> bool {
-    match (started_at_ms, oldest_raw_month) {
-        (Some(start), Some(oldest)) => oldest <= month_of(start),
-        _ => false,
-    }
+/// Whether the raw events that `stored` counted after its units' exposures are all kept,
+/// given the oldest month kept (retention drops the oldest months first): those of every
+/// month since its earliest exposure. (Covariates before the exposures are lost to
+/// retention whenever an experiment is recomputed, as `tick` says.)
+fn raw_events_kept_for(stored: &Rollups, oldest_raw_month: Option<u32>) -> bool {
+    let Some(earliest) = stored.exposures.iter().map(|e| e.day).min() else {
+        return true;
+    };
+    oldest_raw_month.is_some_and(|oldest| oldest <= month_of(earliest * clock::DAY_MS))
 }
 
 /// The month (`YYYYMM`, UTC) of a time; 0, which drops nothing, for times out of range.
@@ -554,12 +561,26 @@ mod tests {
         ));
         // Archived in its settling hour, or before any tick knew its end: it settles too,
         // unless raw events it counted are gone.
-        let march = 1_709_251_200_000; // 2024-03-01
-        assert!(raw_events_kept_since(Some(march), Some(202_403)));
-        assert!(raw_events_kept_since(Some(march), Some(202_402)));
-        assert!(!raw_events_kept_since(Some(march), Some(202_404)));
-        assert!(!raw_events_kept_since(Some(march), None));
-        assert!(!raw_events_kept_since(None, Some(202_401)));
+        let exposed = |days: &[i64]| Rollups {
+            exposures: days
+                .iter()
+                .map(|&day| crate::rollup::ExposureRollup {
+                    variant: "control".into(),
+                    day,
+                    units: 1,
+                    multiple: 0,
+                })
+                .collect(),
+            ..Rollups::default()
+        };
+        let (march_1, april_1) = (19_783, 19_814); // 2024-03-01, 2024-04-01
+        let since_march = exposed(&[april_1, march_1 + 3]);
+        assert!(raw_events_kept_for(&since_march, Some(202_403)));
+        assert!(raw_events_kept_for(&since_march, Some(202_402)));
+        assert!(!raw_events_kept_for(&since_march, Some(202_404)));
+        assert!(!raw_events_kept_for(&since_march, None));
+        assert!(raw_events_kept_for(&exposed(&[april_1]), Some(202_404)));
+        assert!(raw_events_kept_for(&exposed(&[]), None));
         assert!(collecting(Status::Archived, ended, None));
         assert!(collecting(Status::Archived, ended, Some(1_000_000 - 1)));
         assert!(!collecting(

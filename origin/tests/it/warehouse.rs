@@ -557,10 +557,17 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         value: 1.0,
         properties: None,
     };
-    warehouse
-        .insert(&(0..5).map(record).collect::<Vec<_>>())
-        .await
-        .expect("insert");
+    // And an exposure three months ago, whose unit's event that month counts.
+    let exposure = abx_origin_domain::event::EventRecord {
+        event_id: "x3".into(),
+        kind: abx_origin_domain::event::Kind::Exposure {
+            experiment_id: id.clone(),
+            variant: "control".into(),
+        },
+        ..record(3)
+    };
+    let records = (0..5).map(record).chain([exposure]).collect::<Vec<_>>();
+    warehouse.insert(&records).await.expect("insert");
     let refresh = || abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse);
 
     // The running experiment started (as far as the warehouse knows) four months ago: it
@@ -573,7 +580,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .await
         .expect("backdate");
     refresh().await.expect("refresh");
-    assert_eq!(warehouse.event_count().await.expect("count"), 5);
+    assert_eq!(warehouse.event_count().await.expect("count"), 6);
 
     // Once it has completed and settled, only the last 60 days (whole months) stay.
     sqlx::query("UPDATE experiments SET status = 'completed', ended_at_ms = ? WHERE id = ?")
@@ -596,8 +603,9 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         "{oldest:?}"
     );
 
-    // Versions before this one let an experiment archived in its settling hour stop there,
-    // and its months go: it keeps its computation rather than one from what is left.
+    // Versions before 0957952 let an experiment archived in its settling hour stop there,
+    // and its months go: it keeps its computation rather than one from what is left, also
+    // through a tick that drops more months (and then recomputes what still settles).
     let before = warehouse
         .stored_rollups(&id)
         .await
@@ -609,7 +617,15 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .execute(&o.state.db.pool)
         .await
         .expect("archive");
-    refresh().await.expect("refresh");
+    let db = &o.state.pipeline.db;
+    abx_origin_pipeline::warehouse::refresh_with_margin(db, Some(0), &warehouse, 0)
+        .await
+        .expect("refresh");
+    assert_eq!(
+        warehouse.event_count().await.expect("count"),
+        1,
+        "this month's"
+    );
     let after = warehouse
         .stored_rollups(&id)
         .await
