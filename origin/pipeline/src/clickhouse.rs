@@ -12,7 +12,9 @@
 //! add events up read with `FINAL` (or keep one row per event id), so they never count a copy
 //! that background merges have not removed yet.
 //! Copies always land in the same monthly partition because the partition comes from the
-//! event's own timestamp.
+//! event's own timestamp. Metric events of months past retention are kept summed per unit
+//! (`history`), which the same queries read beside the raw ones; a copy loaded after its
+//! month was summed is the one copy they would count twice.
 //!
 //! The SQL stays within what ClickHouse 18.16 (Debian's package) supports: one JOIN per
 //! SELECT with `USING`, no window functions, no CTEs, no `LowCardinality`, no TTL. It must
@@ -20,7 +22,10 @@
 //! on chdb 26.9), whose analyzer refuses a joined subquery without an alias: every subquery on
 //! either side of a JOIN is named.
 
+mod history;
 mod units;
+
+use history::History;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -437,7 +442,8 @@ impl ClickHouse {
                     .map(|name| ("experiment_rollups", *name, "Float64")),
             );
         self.add_missing_columns(added).await?;
-        self.create_unit_tables().await
+        self.create_unit_tables().await?;
+        self.create_history_tables().await
     }
 
     /// Adds each `(table, name, type)` column that its table lacks: tables that an earlier
@@ -866,7 +872,7 @@ impl ClickHouse {
                 UnitValue::Zero => None,
                 UnitValue::Converted(period) => Some((
                     format!(
-                        "countIf(event_type = {t} AND {}{window})",
+                        "sumIf(events, event_type = {t} AND {}{window})",
                         Self::period(period)
                     ),
                     |total| format!("if({total} > 0, 1.0, 0.0)"),
@@ -1135,15 +1141,26 @@ impl ClickHouse {
         Ok(oldest.and_then(|month| u32::try_from(month).ok()))
     }
 
-    /// Drops the monthly partitions of raw events before `month` (`YYYYMM`); returns the
-    /// months dropped.
-    pub async fn drop_months_before(&self, month: u32) -> Result<Vec<u32>, WarehouseError> {
+    /// Drops the monthly partitions of raw events before `month` (`YYYYMM`), a month of
+    /// metric events once all of it is summed into the history (see the `history` module;
+    /// rows loaded at or after `loaded_before_ms` may still be committing, and keep their
+    /// month for a later drop); returns the months dropped.
+    pub async fn drop_months_before(
+        &self,
+        month: u32,
+        loaded_before_ms: i64,
+    ) -> Result<Vec<u32>, WarehouseError> {
         let mut dropped = Vec::new();
         for (table, m) in self
             .numbered_partitions(&["exposures", "metric_events"])
             .await?
         {
             if m < i64::from(month) {
+                if table == "metric_events"
+                    && !self.keep_history_of(m as u32, loaded_before_ms).await?
+                {
+                    continue;
+                }
                 self.drop_partition(&table, m).await?;
                 dropped.push(m as u32);
             }
@@ -1157,7 +1174,12 @@ impl ClickHouse {
     /// over all the unit's events as the SQL pipeline's per-unit totals give them: `x{i}`,
     /// `y{i}`, `c{i}`, `d{i}` for the plan's i-th metric. Units without events get zeros from the
     /// LEFT JOIN's defaults.
-    fn unit_values(&self, plan: &ExperimentPlan, exposed: &str, columns: &str) -> String {
+    fn unit_values(
+        &self,
+        plan: &ExperimentPlan,
+        (exposed, columns): (&str, &str),
+        history: &History,
+    ) -> String {
         let units = format!("SELECT ukey, variant{columns} FROM ({exposed}) WHERE multiple = 0");
         if plan.metrics.is_empty() {
             return units;
@@ -1176,25 +1198,17 @@ impl ClickHouse {
                 }
             }
         }
-        let event_types =
-            literal_list(plan.metrics.iter().flat_map(|m| {
-                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
-            }));
         format!(
             "SELECT ukey, variant{columns}, {values} FROM ({units}) AS units
              ALL LEFT JOIN (
                SELECT ukey, {totals}
-               FROM (SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events FINAL
-                     WHERE event_type IN ({event_types}){before_end}) AS events
+               FROM ({events}) AS events
                ALL INNER JOIN (SELECT ukey, first_ms FROM ({exposed}) WHERE multiple = 0) AS exposed USING ukey
                GROUP BY ukey
              ) AS totals USING ukey",
             values = values.join(", "),
             totals = totals.join(", "),
-            unit = Self::unit_expression(plan),
-            before_end = Self::before_end(plan),
-            db = self.database,
-            properties = Self::property_columns(plan),
+            events = self.metric_events_with_history(plan, "", history),
         )
     }
 
@@ -1208,7 +1222,8 @@ impl ClickHouse {
         dimension: &str,
     ) -> Result<Vec<DimensionCell>, WarehouseError> {
         let exposed = self.exposed(experiment_id, plan, Some(dimension), "");
-        let per_unit = self.unit_values(plan, &exposed, ", dimension");
+        let history = self.history().await?;
+        let per_unit = self.unit_values(plan, (&exposed, ", dimension"), &history);
         let sums: String = (0..plan.metrics.len())
             .map(|i| {
                 let term = |factors: &str| Self::product(factors, |v| format!("{v}{i}"));
@@ -1325,7 +1340,7 @@ mod tests {
                 (
                     "x",
                     some(
-                        "countIf(event_type = 'e' AND ts_ms >= first_ms)",
+                        "sumIf(events, event_type = 'e' AND ts_ms >= first_ms)",
                         "if(T > 0, 1.0, 0.0)"
                     )
                 ),
@@ -1333,7 +1348,7 @@ mod tests {
                 (
                     "c",
                     some(
-                        "countIf(event_type = 'e' AND ts_ms < first_ms)",
+                        "sumIf(events, event_type = 'e' AND ts_ms < first_ms)",
                         "if(T > 0, 1.0, 0.0)"
                     )
                 ),

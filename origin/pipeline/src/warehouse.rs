@@ -15,8 +15,7 @@
 //! message, a client's retry beyond the broker's deduplication window); sums cannot tell a
 //! copy from a new event. A full computation from all raw events (`ClickHouse::rebuild`)
 //! remains for a new plan, the first tick after an experiment ends, a tick that died after
-//! writing its units' rows, after raw events past retention go (pre-exposure covariates may
-//! have lost events), and once for a plan with capped or quantile metrics whose rows an
+//! writing its units' rows, and once for a plan with capped or quantile metrics whose rows an
 //! earlier version wrote (see [`computed_by`]).
 //!
 //! One process at a time ticks: ticks and repairs hold a lease in the configuration
@@ -26,6 +25,9 @@
 //! The raw events are kept for `warehouse_retention_days`, as whole monthly partitions:
 //! a month goes once it is past retention and no experiment that still collects events
 //! started before its end, so no stored rollups are ever recomputed from partial data.
+//! Its metric events are first summed per unit into the warehouse's history
+//! (`ClickHouse::keep_history_of`), from which units' pre-exposure covariates keep
+//! counting them: dropping a month changes no unit's row, and recomputes nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -408,8 +410,6 @@ async fn tick(
     let mut needed_from = i64::MAX;
     // Read once, when an archived experiment asks.
     let mut oldest_raw_month = None;
-    // Archived experiments left as computed, by this tick's recomputations too.
-    let mut left = HashSet::new();
     for e in &experiments {
         let Some(e) = &reread(db, e).await? else {
             continue;
@@ -427,7 +427,6 @@ async fn tick(
             };
             if !raw_events_kept_for(&stored.rollups, oldest) {
                 tracing::debug!(id = %e.id, "archived experiment left as computed: raw events gone");
-                left.insert(e.id.clone());
                 continue;
             }
         }
@@ -456,24 +455,22 @@ async fn tick(
     warehouse.drop_old_staging(clock::now_ms()).await?;
     if let Some(days) = retention_days {
         let cutoff = (clock::now_ms() - days * clock::DAY_MS).min(needed_from);
-        let dropped = warehouse.drop_months_before(month_of(cutoff)).await?;
+        // A tick that stalled past its lease must not sum months that another tick may be
+        // summing too.
+        lease.hold().await?;
+        let loaded_before = clock::now_ms() - margin_ms;
+        let dropped = warehouse
+            .drop_months_before(month_of(cutoff), loaded_before)
+            .await?;
         if !dropped.is_empty() {
             tracing::info!(
                 ?dropped,
                 "dropped monthly partitions of raw events past retention"
             );
-            // Units' pre-exposure covariates may have counted events of those months: every
-            // unit is recomputed alike, rather than only those a tick touches.
-            for e in experiments.iter().filter(|e| !left.contains(&e.id)) {
-                let Some(e) = &reread(db, e).await? else {
-                    continue;
-                };
-                let plan = plan_of(e, &metrics);
-                let stored = warehouse.stored_rollups(&e.id).await?;
-                if collecting(e.status, e.ended_at_ms, stored.map(|s| s.computed_ms)) {
-                    compute(warehouse, (e, &plan), lease).await?;
-                }
-            }
+            // Nothing is recomputed: the metric events of those months are kept as history,
+            // where units' pre-exposure covariates still read them (`ClickHouse::
+            // keep_history_of`), and every collecting experiment's exposures and events
+            // after them are later than those months.
         }
     }
     Ok(refreshed)
@@ -481,8 +478,8 @@ async fn tick(
 
 /// Whether the raw events that `stored` counted after its units' exposures are all kept,
 /// given the oldest month kept (retention drops the oldest months first): those of every
-/// month since its earliest exposure. (Covariates before the exposures are lost to
-/// retention whenever an experiment is recomputed, as `tick` says.)
+/// month since its earliest exposure. (Events before the exposures outlive retention as
+/// the warehouse's history.)
 fn raw_events_kept_for(stored: &Rollups, oldest_raw_month: Option<u32>) -> bool {
     let Some(earliest) = stored.exposures.iter().map(|e| e.day).min() else {
         return true;

@@ -589,7 +589,12 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .execute(&o.state.db.pool)
         .await
         .expect("complete");
-    refresh().await.expect("refresh");
+    // (With no margin for loads still committing: a month with rows loaded in the last
+    // minutes waits for them to be summed before it goes.)
+    let db = &o.state.pipeline.db;
+    abx_origin_pipeline::warehouse::refresh_with_margin(db, Some(60), &warehouse, 0)
+        .await
+        .expect("refresh");
     let kept = warehouse.event_count().await.expect("count");
     assert!((2..=3).contains(&kept), "{kept} events kept");
     let oldest = warehouse.oldest_raw_month().await.expect("oldest month");
@@ -617,7 +622,6 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .execute(&o.state.db.pool)
         .await
         .expect("archive");
-    let db = &o.state.pipeline.db;
     abx_origin_pipeline::warehouse::refresh_with_margin(db, Some(0), &warehouse, 0)
         .await
         .expect("refresh");
@@ -635,6 +639,228 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         after.computed_ms, before.computed_ms,
         "computed from what is left"
     );
+    clean_up(&o.state).await;
+}
+
+/// Per variant and metric of stored or computed rollups: Σx and Σc (the pre-exposure
+/// covariate) over all days.
+fn covariates(rollups: &Rollups) -> BTreeMap<(String, String), (f64, f64)> {
+    let mut out = BTreeMap::<_, (f64, f64)>::new();
+    for r in &rollups.metrics {
+        let entry = out
+            .entry((r.variant.clone(), r.metric.clone()))
+            .or_default();
+        entry.0 += r.sums.sum_x;
+        entry.1 += r.sums.sum_c;
+    }
+    out
+}
+
+/// A unit's events before its exposure are its covariate however old they are: before a
+/// month of raw events goes past retention its metric events are summed into the
+/// warehouse's history, and every computation after (a tick that recomputes the unit, a
+/// full one) still counts them, once, also when the summing ran before and the month was
+/// not dropped (a tick that died between the two), and when it runs again.
+#[tokio::test]
+async fn pre_exposure_covariates_outlive_raw_event_retention() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some(stream) = common::nats_or_skip().await.map(common::test_stream) else {
+        return;
+    };
+    let database = format!("abx_t_{}", uuid::Uuid::new_v4().simple());
+    let config = ClickHouseConfig {
+        url: url.clone(),
+        database: database.clone(),
+    };
+    let o = TestOrigin::with(Backend::Sqlite, |s| {
+        s.jetstream = Some(stream);
+        s.clickhouse = Some(config);
+    })
+    .await
+    .expect("origin with a warehouse");
+    let clickhouse = |statement: String| {
+        let url = url.clone();
+        async move {
+            let reply = reqwest::Client::new()
+                .post(url)
+                .body(statement)
+                .send()
+                .await
+                .expect("ClickHouse");
+            assert!(reply.status().is_success(), "{}", reply.status());
+            reply.text().await.expect("answer")
+        }
+    };
+    o.create("/api/v1/metrics", metric("conversion", "conversion"))
+        .await;
+    o.create("/api/v1/metrics", metric("revenue", "sum")).await;
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "vip_revenue", "kind": "sum", "event_type": "revenue",
+               "filter": {"attr": "tier", "op": "eq", "value": "vip"}}),
+    )
+    .await;
+    let mut body = experiment("old_users", "conversion");
+    body["secondary_metrics"] = json!(["revenue", "vip_revenue"]);
+    let id = o.start_experiment(body).await;
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let db = &o.state.pipeline.db;
+
+    // Straight into the warehouse (the collector refuses such old timestamps): events of
+    // u1 and u2 93 days ago (a month that 60 days of retention drop; one of them loaded
+    // twice), the three units' exposures ten minutes ago and a conversion of u2's since.
+    let now = abx_origin_domain::clock::now_ms();
+    let old = now - 93 * DAY_MS;
+    let event = |event_id: &str, unit: &str, (event_type, value): (&str, f64), ts_ms: i64| {
+        abx_origin_domain::event::EventRecord {
+            event_id: event_id.into(),
+            received_at_ms: now,
+            ts_ms,
+            kind: abx_origin_domain::event::Kind::Metric {
+                event_type: event_type.into(),
+            },
+            unit_key: format!("user_id:{unit}"),
+            value,
+            properties: None,
+        }
+    };
+    let with_tier = |mut e: abx_origin_domain::event::EventRecord, tier: &str| {
+        e.properties = Some(json!({ "tier": tier }).to_string());
+        e
+    };
+    let exposure = |unit: &str, variant: &str| abx_origin_domain::event::EventRecord {
+        kind: abx_origin_domain::event::Kind::Exposure {
+            experiment_id: id.clone(),
+            variant: variant.into(),
+        },
+        ..event(&format!("x-{unit}"), unit, ("", 0.0), now - 600_000)
+    };
+    let old_events = [
+        event("o1", "u1", ("conversion", 1.0), old),
+        event("o1", "u1", ("conversion", 1.0), old),
+        with_tier(event("o2", "u1", ("revenue", 5.0), old + 1), "vip"),
+        with_tier(event("o3", "u1", ("revenue", 7.0), old + 2), "basic"),
+        event("o4", "u2", ("conversion", 1.0), old + 3),
+    ];
+    for batch in [
+        &old_events[..],
+        &[
+            exposure("u1", "control"),
+            exposure("u2", "treatment"),
+            exposure("u3", "treatment"),
+            event("n1", "u2", ("conversion", 1.0), now - 300_000),
+        ],
+    ] {
+        warehouse.insert(batch).await.expect("insert");
+    }
+    let tick = |retention_days| {
+        abx_origin_pipeline::warehouse::refresh_with_margin(db, retention_days, &warehouse, 0)
+    };
+    tick(None).await.expect("first tick");
+    let key = |variant: &str, metric: &str| (variant.to_string(), metric.to_string());
+    let expected: BTreeMap<_, _> = [
+        (key("control", "conversion"), (0.0, 1.0)),
+        (key("control", "revenue"), (0.0, 12.0)),
+        (key("control", "vip_revenue"), (0.0, 5.0)),
+        (key("treatment", "conversion"), (1.0, 1.0)),
+    ]
+    .into_iter()
+    .collect();
+    let first = stored(&o, &[&id]).await.remove(0);
+    assert_eq!(
+        covariates(&first.1.rollups),
+        expected,
+        "before any month went"
+    );
+
+    // A full computation after the old month was summed but not dropped (ticks that died
+    // in between) counts each old event once: summed once, again with nothing new, and
+    // again after a late event of that month, which a second batch sums.
+    let old_month = warehouse
+        .oldest_raw_month()
+        .await
+        .expect("oldest month")
+        .expect("a month");
+    let full = || async {
+        let (plan, _) = stored(&o, &[&id]).await.remove(0);
+        let generation = abx_origin_domain::clock::now_ms();
+        let rollups = warehouse
+            .rebuild(&id, &plan, generation)
+            .await
+            .expect("full computation");
+        warehouse
+            .drop_generation(&id, generation)
+            .await
+            .expect("drop");
+        covariates(&rollups)
+    };
+    let sum_old_month = || async {
+        let loaded_before = abx_origin_domain::clock::now_ms() + 1;
+        let all = warehouse.keep_history_of(old_month, loaded_before).await;
+        assert!(all.expect("summed"), "every event of the month summed");
+    };
+    // What an attempt at summing it that failed, or still runs, wrote: rows under an
+    // attempt that no batch names, which count for nothing and the next summing drops.
+    let orphan = format!(
+        "INSERT INTO {database}.metric_events_history
+           (month, batch, attempt, event_type, unit_key, value, events, ts_ms)
+         VALUES ({old_month}, {now}, 7, 'revenue', 'user_id:u1', 100, 5, {old})"
+    );
+    clickhouse(orphan).await;
+    assert_eq!(full().await, expected, "an attempt that did not end");
+    for _ in 0..2 {
+        sum_old_month().await;
+        assert_eq!(full().await, expected, "summed, not dropped");
+    }
+    let orphans = format!("SELECT count() FROM {database}.metric_events_history WHERE attempt = 7");
+    assert_eq!(clickhouse(orphans).await.trim(), "0", "dropped");
+    let late = with_tier(event("o5", "u1", ("revenue", 2.0), old + 4), "basic");
+    warehouse.insert(&[late]).await.expect("insert");
+    let mut expected = expected;
+    expected.insert(key("control", "revenue"), (0.0, 14.0));
+    sum_old_month().await;
+    assert_eq!(full().await, expected, "summed in two batches");
+
+    // A month with a row loaded within a tick's margin for loads still committing waits
+    // (the tick counts that row from the raw events); the next tick drops it, and that
+    // changes nothing, nor do ticks that recompute u1 and u2 from what is left, nor a
+    // full computation.
+    let late = with_tier(event("o6", "u1", ("revenue", 1.0), old + 5), "basic");
+    warehouse.insert(&[late]).await.expect("insert");
+    expected.insert(key("control", "revenue"), (0.0, 15.0));
+    let raw_before = warehouse.event_count().await.expect("count");
+    let minutes = 5 * 60_000;
+    abx_origin_pipeline::warehouse::refresh_with_margin(db, Some(60), &warehouse, minutes)
+        .await
+        .expect("tick");
+    assert_eq!(warehouse.event_count().await.expect("count"), raw_before);
+    let stored_covariates = || async { covariates(&stored(&o, &[&id]).await.remove(0).1.rollups) };
+    assert_eq!(stored_covariates().await, expected, "a month kept");
+    tick(Some(60)).await.expect("dropping tick");
+    assert_eq!(
+        warehouse.event_count().await.expect("count"),
+        raw_before - 6,
+        "the old month's six events went"
+    );
+    assert_eq!(stored_covariates().await, expected, "after the drop");
+    assert!(
+        warehouse.oldest_raw_month().await.expect("oldest") > Some(old_month),
+        "dropped"
+    );
+    warehouse
+        .insert(&[
+            event("n2", "u1", ("conversion", 1.0), now - 60_000),
+            event("n3", "u2", ("revenue", 3.0), now - 60_000),
+        ])
+        .await
+        .expect("insert");
+    tick(Some(60)).await.expect("tick");
+    expected.insert(key("control", "conversion"), (1.0, 1.0));
+    expected.insert(key("treatment", "revenue"), (3.0, 0.0));
+    assert_eq!(stored_covariates().await, expected, "units recomputed");
+    assert_eq!(full().await, expected, "a full computation");
     clean_up(&o.state).await;
 }
 

@@ -7,8 +7,9 @@
 //! [`Sums`]). For the rollups that do not add up over units (capped metrics, quantiles) it
 //! also keeps its values and its events per value bucket, from which a pass over the units,
 //! rather than over their raw events, computes them. A row is a function of the unit's
-//! deduplicated raw events alone, so computing it again from the same events gives the same
-//! row, however many copies of them were loaded. That is what makes ticks exactly once: a
+//! deduplicated events alone (raw, and those of months past retention as the history's
+//! sums), so computing it again from the same events gives the same row, however many
+//! copies of them were loaded. That is what makes ticks exactly once: a
 //! tick recomputes only the units with events loaded since the previous tick (`loaded_ms`),
 //! and moves the rollups by the difference between their new rows and the rows the previous
 //! computation summed.
@@ -29,6 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::history::History;
 use super::{ClickHouse, Count, DAY_MS, ExposureRollupRow, StoredRollups, WarehouseError};
 use super::{literal, literal_list};
 use crate::plan::ExperimentPlan;
@@ -111,7 +113,12 @@ impl ClickHouse {
     /// of its previous day. The units' arrays are built by a grouping, which spills to disk,
     /// never on the right of a join, which must fit in memory. (The lambda captures nothing
     /// but its parameters: 18.16 loses captured columns of a subquery.)
-    fn changed_units(&self, experiment_id: &str, plan: &ExperimentPlan, touched: &str) -> String {
+    fn changed_units(
+        &self,
+        (experiment_id, plan): (&str, &ExperimentPlan),
+        touched: &str,
+        history: &History,
+    ) -> String {
         let exposed = self.exposed(experiment_id, plan, None, touched);
         let mut per_day = Vec::new();
         let mut elements = Vec::new();
@@ -211,7 +218,7 @@ impl ClickHouse {
             buckets = buckets.join(", "),
             counts = counts.join(", "),
             per_day = per_day.join(",\n"),
-            events = self.metric_events(plan, touched),
+            events = self.metric_events_with_history(plan, touched, history),
         )
     }
 
@@ -231,30 +238,6 @@ impl ClickHouse {
         format!(
             "SELECT ukey, variant, intDiv(first_ms, {DAY_MS}) AS first_day, multiple
              FROM ({exposed}) AS exposed{not_written}"
-        )
-    }
-
-    /// The deduplicated raw events of the plan's metrics (of the units `touched` selects),
-    /// with their analysis unit as `ukey` and the property columns a filter reads. All of
-    /// them are read with `FINAL`; a few units' are kept once per event id instead, which
-    /// reads only those units' rows where `FINAL` would merge the whole table.
-    fn metric_events(&self, plan: &ExperimentPlan, touched: &str) -> String {
-        let event_types =
-            literal_list(plan.metrics.iter().flat_map(|m| {
-                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
-            }));
-        let (deduplicated, once) = if touched.is_empty() {
-            (" FINAL", "")
-        } else {
-            ("", " LIMIT 1 BY event_id")
-        };
-        format!(
-            "SELECT {unit} AS ukey, event_type, value, ts_ms{properties} FROM {db}.metric_events{deduplicated}
-             WHERE event_type IN ({event_types}){before_end}{touched}{once}",
-            unit = Self::unit_expression(plan),
-            properties = Self::property_columns(plan),
-            before_end = Self::before_end(plan),
-            db = self.database,
         )
     }
 
@@ -320,7 +303,8 @@ impl ClickHouse {
         let written = if plan.metrics.is_empty() {
             None
         } else {
-            let changed = self.changed_units(experiment_id, plan, touched);
+            let history = self.history().await?;
+            let changed = self.changed_units((experiment_id, plan), touched, &history);
             self.execute(&insert(COLUMNS, changed)).await?;
             Some(written.as_str())
         };
