@@ -26,6 +26,7 @@ mod history;
 mod units;
 
 use history::History;
+pub use history::MonthSum;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -353,6 +354,8 @@ const INSERT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long any other statement may take: a computation over all of a large experiment's
 /// events takes minutes.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// The server's limit on a statement's time, in seconds, just under [`QUERY_TIMEOUT`].
+const MAX_EXECUTION_S: &str = "3590";
 
 /// The monthly partition of an event, from its own timestamp.
 const PARTITION: &str = "toYYYYMM(toDate(toDateTime(intDiv(ts_ms, 1000))))";
@@ -490,6 +493,8 @@ impl ClickHouse {
             // Per-unit groupings of a large experiment spill to disk rather than fail at the
             // per-query memory limit (10 GB by default).
             ("max_bytes_before_external_group_by", "4000000000"),
+            // A statement outlives a client that timed out unless the server stops it.
+            ("max_execution_time", MAX_EXECUTION_S),
         ];
         let body = if data.is_empty() {
             statement.as_bytes().to_vec()
@@ -1141,33 +1146,33 @@ impl ClickHouse {
         Ok(oldest.and_then(|month| u32::try_from(month).ok()))
     }
 
-    /// Drops the monthly partitions of raw events before `month` (`YYYYMM`), a month of
-    /// metric events once all of it is summed into the history (see the `history` module;
-    /// rows loaded at or after `loaded_before_ms` may still be committing, and keep their
-    /// month for a later drop); returns the months dropped.
-    pub async fn drop_months_before(
+    /// The monthly partitions of raw events before `month` (`YYYYMM`), as (table, month),
+    /// metric events first: retention drops them with [`Self::drop_raw_month`], each month
+    /// of metric events once [`Self::sum_month`] has summed it into the history.
+    pub async fn raw_months_before(
         &self,
         month: u32,
-        loaded_before_ms: i64,
-    ) -> Result<Vec<u32>, WarehouseError> {
-        let mut dropped = Vec::new();
-        for (table, m) in self
+    ) -> Result<Vec<(String, u32)>, WarehouseError> {
+        let mut months: Vec<(String, u32)> = self
             .numbered_partitions(&["exposures", "metric_events"])
             .await?
-        {
-            if m < i64::from(month) {
-                if table == "metric_events"
-                    && !self.keep_history_of(m as u32, loaded_before_ms).await?
-                {
-                    continue;
-                }
-                self.drop_partition(&table, m).await?;
-                dropped.push(m as u32);
-            }
+            .into_iter()
+            .filter_map(|(table, m)| Some((table, u32::try_from(m).ok()?)))
+            .filter(|(_, m)| *m < month)
+            .collect();
+        months.sort_by_key(|(table, m)| (table != "metric_events", *m));
+        Ok(months)
+    }
+
+    /// Drops a month of raw events of `table`: exposures at once, metric events only if
+    /// the history counts every one of them (rows loaded since its last batch keep the
+    /// month for a later tick); whether it dropped the month.
+    pub async fn drop_raw_month(&self, table: &str, month: u32) -> Result<bool, WarehouseError> {
+        if table == "metric_events" {
+            return self.drop_summed_month(month).await;
         }
-        dropped.sort_unstable();
-        dropped.dedup();
-        Ok(dropped)
+        self.drop_partition(table, i64::from(month)).await?;
+        Ok(true)
     }
 
     /// Per clean unit of `exposed` (whose extra `columns` it keeps), every metric's values

@@ -26,7 +26,7 @@
 //! a month goes once it is past retention and no experiment that still collects events
 //! started before its end, so no stored rollups are ever recomputed from partial data.
 //! Its metric events are first summed per unit into the warehouse's history
-//! (`ClickHouse::keep_history_of`), from which units' pre-exposure covariates keep
+//! (`ClickHouse::sum_month`), from which units' pre-exposure covariates keep
 //! counting them: dropping a month changes no unit's row, and recomputes nothing.
 
 use std::collections::{HashMap, HashSet};
@@ -455,25 +455,50 @@ async fn tick(
     warehouse.drop_old_staging(clock::now_ms()).await?;
     if let Some(days) = retention_days {
         let cutoff = (clock::now_ms() - days * clock::DAY_MS).min(needed_from);
-        // A tick that stalled past its lease must not sum months that another tick may be
-        // summing too.
-        lease.hold().await?;
-        let loaded_before = clock::now_ms() - margin_ms;
-        let dropped = warehouse
-            .drop_months_before(month_of(cutoff), loaded_before)
-            .await?;
-        if !dropped.is_empty() {
-            tracing::info!(
-                ?dropped,
-                "dropped monthly partitions of raw events past retention"
-            );
-            // Nothing is recomputed: the metric events of those months are kept as history,
-            // where units' pre-exposure covariates still read them (`ClickHouse::
-            // keep_history_of`), and every collecting experiment's exposures and events
-            // after them are later than those months.
-        }
+        drop_months_before(
+            warehouse,
+            month_of(cutoff),
+            clock::now_ms() - margin_ms,
+            lease,
+        )
+        .await?;
     }
     Ok(refreshed)
+}
+
+/// Drops the months of raw events before `month`, each month of metric events once it is
+/// summed into the warehouse's history (of its rows loaded before `loaded_before_ms`: later
+/// ones may be of loads still committing, and keep the month for a later tick). Nothing is
+/// recomputed: units' pre-exposure covariates read the history as they read the raw
+/// events, and every collecting experiment's exposures and events after them are later
+/// than those months. Each step renews the ticks' lease strictly first, so that a tick
+/// that stalled past it sums, counts and drops nothing that another tick may be summing.
+async fn drop_months_before(
+    warehouse: &ClickHouse,
+    month: u32,
+    loaded_before_ms: i64,
+    lease: &Lease,
+) -> Result<(), crate::Error> {
+    let mut dropped = Vec::new();
+    for (table, m) in warehouse.raw_months_before(month).await? {
+        if table == "metric_events" {
+            lease.hold().await?;
+            let sum = warehouse.sum_month(m, loaded_before_ms).await?;
+            lease.hold().await?;
+            warehouse.count_sum(&sum).await?;
+        }
+        lease.hold().await?;
+        if warehouse.drop_raw_month(&table, m).await? {
+            dropped.push((table, m));
+        }
+    }
+    if !dropped.is_empty() {
+        tracing::info!(
+            ?dropped,
+            "dropped monthly partitions of raw events past retention"
+        );
+    }
+    Ok(())
 }
 
 /// Whether the raw events that `stored` counted after its units' exposures are all kept,

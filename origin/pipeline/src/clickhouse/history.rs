@@ -8,25 +8,38 @@
 //! every experiment whose rollups may still change: only pre-exposure totals read them,
 //! and for those a sum of values and a count of events stand for the events themselves
 //! (conversions count events, sums, means and ratios add values). A history row keeps its
-//! events' earliest time, which is all that "before the exposure" asks of it.
+//! events' latest time, so that it counts as before an exposure only if all of them were.
+//! An experiment recomputed after months since its own exposures were summed (its plan
+//! changed after it ended, or a repair) reads their rows as events at that time: its sums
+//! and conversions keep those events, but a day's share moves to the row's time, and a
+//! unit whose month's events straddle its exposure counts them all as after it; quantiles
+//! leave out rows that stand for more than one event.
 //!
 //! Exactly once: a month's events are summed in batches, each covering the month's raw
 //! rows loaded after the previous batch (`loaded_ms` above its `batch`) and up to its own
 //! `batch`, their greatest `loaded_ms` before a cutoff that leaves loads still committing
-//! to the next batch. Each attempt at a batch writes under an id of its own (`attempt`),
+//! to a later batch. Each attempt at a batch writes under an id of its own (`attempt`),
 //! and counts only once its row is written in `metric_events_history_batches`, a one-row
-//! insert and so atomic; from then on readers leave out the raw rows it covers. So an
-//! attempt that failed or was cut off (its statement may go on running in the server)
-//! writes rows that count for nothing, which the next summing of the month drops; one that
-//! failed after writing its batch leaves raw rows that readers take from the history only,
-//! until the month is dropped. A month is dropped only once every raw row of it is
-//! covered. Copies of an event are counted once within a batch; a copy loaded after its
-//! month was summed (months past retention) would count again.
+//! insert and so atomic; from then on readers leave out the raw rows it covers. An attempt
+//! that failed or was cut off from its client (the server stops it within
+//! `max_execution_time`) writes rows that count for nothing, which the next summing drops.
+//! One that failed after writing its batch leaves raw rows that readers take from the
+//! history only, until the month is dropped, which happens only once a count finds none
+//! of its raw rows uncovered, just before the drop. The ticks' lease is renewed strictly
+//! before each step (`warehouse::drop_months_before`), so a stalled tick never counts a
+//! batch that another tick may be summing too. Copies of an event are counted once within
+//! a batch (`FINAL` keeps one before the load times are compared); a copy loaded after its
+//! month was summed counts again.
 
 use serde::Deserialize;
 
 use super::{ClickHouse, PARTITION, PROPERTY_COLUMNS, WarehouseError, literal_list};
 use crate::plan::ExperimentPlan;
+
+/// A batch of history written and not yet counted: (month, batch, attempt), or nothing to
+/// count.
+#[derive(Debug)]
+pub struct MonthSum(Option<(u32, i64, i64)>);
 
 /// The batches of history that count, as (month `YYYYMM`, batch, attempt).
 #[derive(Debug, Default)]
@@ -111,20 +124,19 @@ impl ClickHouse {
     }
 
     /// Sums the raw metric events of `month` loaded before `loaded_before_ms` that the
-    /// history does not count yet into a batch of it (see the module's documentation),
-    /// before the month is dropped; whether every raw row of the month is now counted by
-    /// the history (else the month must not be dropped yet). Running it again, after a
-    /// failure or not, counts nothing twice.
-    pub async fn keep_history_of(
+    /// history does not count yet into a batch of it (see the module's documentation), as
+    /// a new attempt that counts once [`Self::count_sum`] is given it; first drops the
+    /// rows of every attempt that never counted (it failed, or still runs cut off from
+    /// its client). The caller holds the ticks throughout.
+    pub async fn sum_month(
         &self,
         month: u32,
         loaded_before_ms: i64,
-    ) -> Result<bool, WarehouseError> {
+    ) -> Result<MonthSum, WarehouseError> {
         let db = &self.database;
         let history = self.history().await?;
-        // Partitions of attempts that never counted: they failed, or still run.
         for (m, batch, attempt) in self.history_partitions().await? {
-            if m == month && !history.batches.contains(&(m, batch, attempt)) {
+            if !history.batches.contains(&(m, batch, attempt)) {
                 self.execute(&format!(
                     "ALTER TABLE {db}.metric_events_history DROP PARTITION ({m}, {batch}, {attempt})"
                 ))
@@ -136,42 +148,70 @@ impl ClickHouse {
             .map_or_else(String::new, |batch| format!(" AND loaded_ms > {batch}"));
         #[derive(Deserialize)]
         struct Uncovered {
-            n: u64,
             before: u64,
             latest: i64,
         }
         let uncovered: Vec<Uncovered> = self
             .rows(&format!(
-                "SELECT toUInt64(count()) AS n, toUInt64(countIf(loaded_ms < {loaded_before_ms})) AS before,
+                "SELECT toUInt64(countIf(loaded_ms < {loaded_before_ms})) AS before,
                         maxIf(loaded_ms, loaded_ms < {loaded_before_ms}) AS latest
                  FROM {db}.metric_events WHERE {PARTITION} = {month}{after}"
             ))
             .await?;
-        let Some(uncovered) = uncovered.first() else {
-            return Err(WarehouseError::Decode("no count of raw events".into()));
+        let Some(batch) = uncovered.first().filter(|u| u.before > 0).map(|u| u.latest) else {
+            return Ok(MonthSum(None));
         };
-        if uncovered.before == 0 {
-            return Ok(uncovered.n == 0);
-        }
-        let batch = uncovered.latest;
         let attempt = i64::try_from(uuid::Uuid::new_v4().as_u64_pair().0 >> 1).unwrap_or_default();
         // Copies of an event are merged by `FINAL`, which streams through the partition's
         // sorted parts, where `LIMIT 1 BY` would hold every event id of the month in memory.
+        // A row keeps its events' latest time: before every exposure of an experiment still
+        // collecting, and, for one recomputed after its own months were summed, after its
+        // exposure only if some of them were.
         let properties = PROPERTY_COLUMNS.map(|(name, _)| name).join(", ");
         self.execute(&format!(
             "INSERT INTO {db}.metric_events_history
                (month, batch, attempt, event_type, unit_key, value, events, ts_ms, {properties})
-             SELECT {month}, {batch}, {attempt}, event_type, unit_key, sum(value), toUInt64(count()), min(ts_ms), {properties}
+             SELECT {month}, {batch}, {attempt}, event_type, unit_key, sum(value), toUInt64(count()), max(ts_ms), {properties}
              FROM (SELECT event_type, unit_key, value, ts_ms, {properties} FROM {db}.metric_events FINAL
                    WHERE {PARTITION} = {month}{after} AND loaded_ms <= {batch}) AS month_events
              GROUP BY event_type, unit_key, {properties}"
         ))
         .await?;
+        Ok(MonthSum(Some((month, batch, attempt))))
+    }
+
+    /// Makes the batch [`Self::sum_month`] wrote count: from now on readers take its events
+    /// from the history and leave out the raw rows it covers.
+    pub async fn count_sum(&self, sum: &MonthSum) -> Result<(), WarehouseError> {
+        let Some((month, batch, attempt)) = sum.0 else {
+            return Ok(());
+        };
         self.execute(&format!(
-            "INSERT INTO {db}.metric_events_history_batches (month, batch, attempt) VALUES ({month}, {batch}, {attempt})"
+            "INSERT INTO {}.metric_events_history_batches (month, batch, attempt) VALUES ({month}, {batch}, {attempt})",
+            self.database
         ))
-        .await?;
-        Ok(uncovered.n == uncovered.before)
+        .await
+    }
+
+    /// Drops the month's raw metric events if the history counts every one of them;
+    /// whether it did.
+    pub(super) async fn drop_summed_month(&self, month: u32) -> Result<bool, WarehouseError> {
+        let history = self.history().await?;
+        let after = history
+            .covered(month)
+            .map_or_else(String::new, |batch| format!(" AND loaded_ms > {batch}"));
+        let uncovered: Vec<super::Count> = self
+            .rows(&format!(
+                "SELECT toUInt64(count()) AS n FROM {}.metric_events WHERE {PARTITION} = {month}{after}",
+                self.database
+            ))
+            .await?;
+        if uncovered.first().is_none_or(|c| c.n > 0) {
+            return Ok(false);
+        }
+        self.drop_partition("metric_events", i64::from(month))
+            .await?;
+        Ok(true)
     }
 
     /// The partitions of `metric_events_history`, as (month, batch, attempt).

@@ -133,7 +133,7 @@ impl ClickHouse {
             let mut value_at = BTreeMap::new();
             if metric.quantile.is_some() {
                 per_day.push(format!(
-                    "sumMapIf([{bucket}], [toUInt64(1)], event_type = {counted} AND ts_ms >= first_ms{window}) AS h{i}",
+                    "sumMapIf([{bucket}], [toUInt64(1)], event_type = {counted} AND events = 1 AND ts_ms >= first_ms{window}) AS h{i}",
                     bucket = Self::value_bucket("value"),
                     counted = Self::counted(metric),
                     window = Self::in_window(metric),
