@@ -5,7 +5,11 @@
 ABX_TOOLS="${ABX_TOOLS:-$HOME/.cache/abx-tools}"
 mkdir -p "$ABX_TOOLS"
 
-log() { printf '\n== %s\n' "$*" >&2; }
+# Each heading carries the seconds since the outermost script started (the scripts call one
+# another as new processes, so the start is passed on in the environment): a slow run's log
+# then shows which step took the time.
+export ABX_RUN_START="${ABX_RUN_START:-$(date +%s)}"
+log() { printf '\n== [%5ss] %s\n' "$(( $(date +%s) - ABX_RUN_START ))" "$*" >&2; }
 
 # ensure_cargo_tool CRATE VERSION [BINARY] [extra cargo install flags...]
 # Puts the tool's bin directory on PATH, installing it first if needed.
