@@ -14,7 +14,7 @@ if [ ! -x "$venv/bin/st" ]; then
   "$venv/bin/pip" install -q "schemathesis==$version"
 fi
 ensure_postgres
-cargo build -q -p abx-origin --locked
+build_workspace_executables
 
 key=abx_admin_api_fuzz_key_0000000001
 work=$(mktemp -d)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The experiment console (origin/console/, issue 9) in headless Chromium against a real
 # abx-origin: npm packages from origin/console/package-lock.json, Debian's Chromium, the debug
-# origin binary (already built by `cargo test --workspace`).
+# origin binary (already built by `cargo test --workspace` when scripts/test.sh runs this).
 #
 #   bash scripts/test-console.sh                # the browser tests
 #   bash scripts/test-console.sh --screenshots  # and refresh docs/screenshots/ (review the diff)
@@ -23,7 +23,7 @@ if ! ensure_chromium; then
   exit 0
 fi
 ensure_npm_packages origin/console
-cargo build -p abx-origin --locked
+build_workspace_executables
 
 log "console browser tests (headless $(chromium --version 2>/dev/null | tail -n 1))"
 (cd origin/console && npm test)

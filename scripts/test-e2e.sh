@@ -13,9 +13,7 @@ ensure_npm_packages e2e
 # The Python service of e2e/python.test.mjs.
 ABX_PYTHON="$(ensure_python_package)/bin/python"
 export ABX_PYTHON
-# Separate invocations: built together, Cargo would unify features and rebuild shared crates.
-cargo build --locked -p abx-origin
-cargo build --locked -p abx-wasmtime-host
+build_workspace_executables
 [ -f wasm/js/pkg/abx_wasm_bg.wasm ] && [ -f target/abx-wasm/abx_wasm_abi.wasm ] || bash wasm/build.sh
 [ -f edge-worker/build/index_bg.wasm ] || bash scripts/test-edge.sh
 

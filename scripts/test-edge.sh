@@ -46,10 +46,14 @@ ensure_cargo_tool worker-build 0.8.7 worker-build --locked
 # npm packages (workerd, esbuild, binaryen) pinned by package-lock.json.
 ensure_npm_packages "$edge"
 
-if [ "$bench" = 0 ]; then
+# scripts/test.sh has run the native unit tests with the workspace's just before (run alone,
+# they would compile serde and what depends on it again, with fewer features).
+if [ "$bench" = 0 ] && [ -z "${ABX_WORKSPACE_TESTED:-}" ]; then
   log "abx-edge-worker unit tests (native)"
   cargo test -p abx-edge-worker --locked
+fi
 
+if [ "$bench" = 0 ]; then
   log "clippy for wasm32 (the Workers glue only compiles there)"
   cargo clippy -p abx-edge-worker --target wasm32-unknown-unknown --locked -- -D warnings
 fi
@@ -80,8 +84,7 @@ if [ "$bench" = 1 ]; then
   exit 0
 fi
 
-log "abx-origin (the real origin the end-to-end tests run against)"
-cargo build -p abx-origin --locked
+build_workspace_executables
 
 log "edge worker end to end on workerd"
 node --test --test-concurrency=1 "$edge/harness/edge.test.mjs"

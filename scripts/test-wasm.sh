@@ -60,7 +60,8 @@ log "Node $(node --version): conformance, beacon queue, client"
 (cd wasm/js && node --test test/)
 
 log "wasmtime: conformance through the C-ABI module"
-cargo run --locked -q -p abx-wasmtime-host -- conformance target/abx-wasm/abx_wasm_abi.wasm
+build_workspace_executables
+target/debug/abx-wasmtime-host conformance target/abx-wasm/abx_wasm_abi.wasm
 
 if [ "$browser" = true ]; then
   log "headless Chromium ($(chromium --version 2>/dev/null | tail -n 1)): conformance, connect, beacon"

@@ -14,6 +14,7 @@ drop_stale_test_databases
 
 log "workspace tests"
 cargo test --workspace --locked
+export ABX_WORKSPACE_TESTED=1
 
 bash scripts/test-warehouse-current.sh
 

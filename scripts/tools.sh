@@ -24,6 +24,17 @@ ensure_cargo_tool() {
   export PATH="$root/bin:$PATH"
 }
 
+# The workspace's executables in target/debug (abx-origin, abx-wasmtime-host, abx-load),
+# built with the dependency features that `cargo test --workspace` unifies. After
+# scripts/test.sh's workspace tests this compiles the executables and nothing else: built on
+# its own, `cargo build -p abx-origin` would resolve features for that package alone (serde,
+# hashbrown, getrandom… with fewer of them) and compile most of the dependency graph, wasmtime
+# and sqlx included, a second time.
+build_workspace_executables() {
+  log "the workspace's executables (with the features of the workspace's tests)"
+  cargo build --workspace --bins --tests --locked
+}
+
 # Sets `bench` to true for the one optional argument `--bench`, to false without one; any
 # other argument ends the script with its usage.
 parse_bench_flag() {

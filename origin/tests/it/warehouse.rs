@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::common;
 use crate::common::{Backend, TestOrigin, experiment, metric};
-use abx_origin::AppState;
+use abx_origin::{AppState, Settings};
 use abx_origin_domain::rollup::Rollups;
 use abx_origin_domain::rollup::Sums;
 use abx_origin_pipeline::clickhouse::ClickHouseConfig;
@@ -33,6 +33,14 @@ const OUTAGE: Duration = Duration::from_secs(61);
 /// An origin whose events go through a stream of its own into a warehouse database of its
 /// own, at `clickhouse_url`.
 async fn warehouse_origin(clickhouse_url: String) -> Option<(TestOrigin, JetStreamConfig)> {
+    warehouse_origin_with(clickhouse_url, |_| {}).await
+}
+
+/// [`warehouse_origin`] with the rest of its settings adjusted by `adjust`.
+async fn warehouse_origin_with(
+    clickhouse_url: String,
+    adjust: impl FnOnce(&mut Settings),
+) -> Option<(TestOrigin, JetStreamConfig)> {
     let stream = common::test_stream(common::nats_or_skip().await?);
     let warehouse = ClickHouseConfig {
         url: clickhouse_url,
@@ -42,6 +50,7 @@ async fn warehouse_origin(clickhouse_url: String) -> Option<(TestOrigin, JetStre
     let o = TestOrigin::with(Backend::Sqlite, |s| {
         s.jetstream = Some(config);
         s.clickhouse = Some(warehouse);
+        adjust(s);
     })
     .await
     .expect("origin with a warehouse");
@@ -527,17 +536,10 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     let Some(url) = common::clickhouse_or_skip().await else {
         return;
     };
-    let Some(stream) = common::nats_or_skip().await.map(common::test_stream) else {
+    let Some((o, _)) = warehouse_origin_with(url, |s| s.warehouse_retention_days = Some(60)).await
+    else {
         return;
     };
-    let database = format!("abx_t_{}", uuid::Uuid::new_v4().simple());
-    let o = TestOrigin::with(Backend::Sqlite, |s| {
-        s.jetstream = Some(stream);
-        s.clickhouse = Some(ClickHouseConfig { url, database });
-        s.warehouse_retention_days = Some(60);
-    })
-    .await
-    .expect("origin with a warehouse");
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
         .await;
     let id = o.start_experiment(experiment("old", "conversion")).await;
@@ -611,11 +613,14 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     // Versions before 0957952 let an experiment archived in its settling hour stop there,
     // and its months go: it keeps its computation rather than one from what is left, also
     // through a tick that drops more months (and then recomputes what still settles).
-    let before = warehouse
-        .stored_rollups(&id)
-        .await
-        .expect("read")
-        .expect("stored");
+    let stored = || async {
+        warehouse
+            .stored_rollups(&id)
+            .await
+            .expect("read")
+            .expect("stored")
+    };
+    let before = stored().await;
     sqlx::query("UPDATE experiments SET status = 'archived', ended_at_ms = ? WHERE id = ?")
         .bind(before.computed_ms - 60_000)
         .bind(&id)
@@ -630,11 +635,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         1,
         "this month's"
     );
-    let after = warehouse
-        .stored_rollups(&id)
-        .await
-        .expect("read")
-        .expect("stored");
+    let after = stored().await;
     assert_eq!(
         after.computed_ms, before.computed_ms,
         "computed from what is left"
@@ -666,20 +667,11 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
     let Some(url) = common::clickhouse_or_skip().await else {
         return;
     };
-    let Some(stream) = common::nats_or_skip().await.map(common::test_stream) else {
+    let Some((o, _)) = warehouse_origin(url).await else {
         return;
     };
-    let database = format!("abx_t_{}", uuid::Uuid::new_v4().simple());
-    let config = ClickHouseConfig {
-        url: url.clone(),
-        database: database.clone(),
-    };
-    let o = TestOrigin::with(Backend::Sqlite, |s| {
-        s.jetstream = Some(stream);
-        s.clickhouse = Some(config);
-    })
-    .await
-    .expect("origin with a warehouse");
+    let config = o.settings.clickhouse.clone().expect("warehouse settings");
+    let (url, database) = (config.url, config.database);
     let clickhouse = |statement: String| {
         let url = url.clone();
         async move {
