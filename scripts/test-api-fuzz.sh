@@ -18,35 +18,53 @@ build_workspace_executables
 
 key=abx_admin_api_fuzz_key_0000000001
 work=$(mktemp -d)
-pid=""
 cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  # The two runs below, and through their own traps the origins they started.
+  kill $(jobs -p) 2>/dev/null || true
+  wait
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-fuzz() {
-  local name=$1 url=$2
-  local port
+# One origin on the given database (SQLite in a directory of its own when the URL is empty)
+# and schemathesis against it; a subshell (its variables are its own), whose trap stops its
+# origin however it ends.
+fuzz() (
+  name=$1 url=$2
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  local args=(serve --data-dir "$work/$name" --listen "127.0.0.1:$port")
+  args=(serve --data-dir "$work/$name" --listen "127.0.0.1:$port")
   [ -n "$url" ] && args+=(--database-url "$url")
   ABX_BOOTSTRAP_ADMIN_KEY=$key ABX_ADMIN_RATE_LIMIT=100000 RUST_LOG=warn \
     target/debug/abx-origin "${args[@]}" >"$work/$name.log" 2>&1 &
   pid=$!
+  trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null' EXIT
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
   log "schemathesis against the origin on $name"
-  (cd "$work" && "$venv/bin/st" run "http://127.0.0.1:$port/api/v1/openapi.json" \
+  mkdir -p "$work/st-$name"
+  cd "$work/st-$name" && "$venv/bin/st" run "http://127.0.0.1:$port/api/v1/openapi.json" \
     --header "Authorization: Bearer $key" --max-examples 20 --seed 7 \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance)
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
-  pid=""
-}
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance
+)
 
-fuzz sqlite ""
+# Both databases at once: each run spends much of its time in schemathesis's own (single
+# threaded) Python, so on two cores together they take little longer than one.
 db="abx_fuzz_$$"
 psql "$ABX_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db"
-fuzz postgres "${ABX_TEST_POSTGRES_URL%/*}/$db"
+fuzz sqlite "" >"$work/sqlite.out" 2>&1 &
+sqlite_run=$!
+fuzz postgres "${ABX_TEST_POSTGRES_URL%/*}/$db" >"$work/postgres.out" 2>&1 &
+postgres_run=$!
+failed=""
+wait "$sqlite_run" || failed+=" sqlite"
+wait "$postgres_run" || failed+=" postgres"
+cat "$work/sqlite.out" "$work/postgres.out"
 psql "$ABX_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+if [ -n "$failed" ]; then
+  for name in $failed; do
+    echo "--- the origin's log on $name (last 40 lines)" >&2
+    tail -40 "$work/$name.log" >&2
+  done
+  echo "API fuzzing failed on:$failed" >&2
+  exit 1
+fi
 log "API fuzzing found no server errors or contract violations"
