@@ -19,7 +19,8 @@ build_workspace_executables
 key=abx_admin_api_fuzz_key_0000000001
 work=$(mktemp -d)
 cleanup() {
-  # The two runs below, and through their own traps the origins they started.
+  # The two runs below, and through their own traps the origins and schemathesis they
+  # started.
   kill $(jobs -p) 2>/dev/null || true
   wait
   rm -rf "$work"
@@ -27,32 +28,46 @@ cleanup() {
 trap cleanup EXIT
 
 # One origin on the given database (SQLite in a directory of its own when the URL is empty)
-# and schemathesis against it; a subshell (its variables are its own), whose trap stops its
-# origin however it ends.
+# at the given port, and schemathesis against it; a subshell (its variables are its own),
+# whose trap stops both however it ends.
 fuzz() (
-  name=$1 url=$2
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  name=$1 url=$2 port=$3
   args=(serve --data-dir "$work/$name" --listen "127.0.0.1:$port")
   [ -n "$url" ] && args+=(--database-url "$url")
   ABX_BOOTSTRAP_ADMIN_KEY=$key ABX_ADMIN_RATE_LIMIT=100000 RUST_LOG=warn \
     target/debug/abx-origin "${args[@]}" >"$work/$name.log" 2>&1 &
   pid=$!
-  trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null' EXIT
+  st_pid=""
+  trap 'kill $st_pid "$pid" 2>/dev/null; wait 2>/dev/null' EXIT
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
   log "schemathesis against the origin on $name"
   mkdir -p "$work/st-$name"
-  cd "$work/st-$name" && "$venv/bin/st" run "http://127.0.0.1:$port/api/v1/openapi.json" \
+  cd "$work/st-$name"
+  "$venv/bin/st" run "http://127.0.0.1:$port/api/v1/openapi.json" \
     --header "Authorization: Bearer $key" --max-examples 20 --seed 7 \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance &
+  st_pid=$!
+  wait "$st_pid"
+  # An origin that stopped (or never listened) leaves the run's answers to something else.
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "the origin on $name was not running at the end of its run" >&2
+    exit 1
+  fi
 )
 
 # Both databases at once: each run spends much of its time in schemathesis's own (single
-# threaded) Python, so on two cores together they take little longer than one.
+# threaded) Python, so on two cores together they take little longer than one. Both ports
+# are taken in one call, so that they differ.
+read -r sqlite_port postgres_port < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
 db="abx_fuzz_$$"
 psql "$ABX_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db"
-fuzz sqlite "" >"$work/sqlite.out" 2>&1 &
+fuzz sqlite "" "$sqlite_port" >"$work/sqlite.out" 2>&1 &
 sqlite_run=$!
-fuzz postgres "${ABX_TEST_POSTGRES_URL%/*}/$db" >"$work/postgres.out" 2>&1 &
+fuzz postgres "${ABX_TEST_POSTGRES_URL%/*}/$db" "$postgres_port" >"$work/postgres.out" 2>&1 &
 postgres_run=$!
 failed=""
 wait "$sqlite_run" || failed+=" sqlite"

@@ -29,7 +29,8 @@ ensure_cargo_tool() {
 # scripts/test.sh's workspace tests this compiles the executables and nothing else: built on
 # its own, `cargo build -p abx-origin` would resolve features for that package alone (serde,
 # hashbrown, getrandom… with fewer of them) and compile most of the dependency graph, wasmtime
-# and sqlx included, a second time.
+# and sqlx included, a second time. (So a script run on its own builds the workspace's tests
+# too: `--tests` is what makes the features match.)
 build_workspace_executables() {
   log "the workspace's executables (with the features of the workspace's tests)"
   cargo build --workspace --bins --tests --locked
