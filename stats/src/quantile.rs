@@ -134,6 +134,90 @@ impl ThresholdMoments {
     }
 }
 
+/// What one unit's events in one bucket add to its group's threshold moments at every
+/// threshold at or above that bucket. These quantities add up over units, so an engine can
+/// keep them per group and bucket and move them by the difference that a unit's new events
+/// make. The moments at any threshold are then prefix sums ([`quantile_of_bucket_sums`]),
+/// with no pass over the units. Below, S(b) is a unit's events at or below bucket b, and N
+/// all its events. Counts are whole numbers, so sums of them are exact in any order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BucketSums {
+    /// The events in the bucket. Prefix sums give ΣS; the total gives ΣN.
+    pub events: i64,
+    /// The units whose lowest bucket this is. The total is the units with events.
+    pub units: i64,
+    /// Σ S(b)² − S(b′)², where b′ is the unit's bucket before b (S(b′) = 0 at its lowest).
+    /// The sum telescopes: prefix sums give ΣS², the total gives ΣN².
+    pub squares: i64,
+    /// Σ (S(b) − S(b′))·N: the unit's events in the bucket times all its events. Prefix sums
+    /// give ΣS·N.
+    pub cross: i64,
+}
+
+impl BucketSums {
+    /// One unit's sums per bucket, from its histogram (sorted by bucket, each bucket once,
+    /// as [`histogram`] gives it).
+    pub fn of_unit(unit: &[(i32, u64)]) -> Vec<(i32, BucketSums)> {
+        let total: u64 = unit.iter().map(|(_, n)| n).sum();
+        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        let mut below = 0_i64;
+        unit.iter()
+            .enumerate()
+            .map(|(i, &(b, n))| {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                let before = below;
+                below = below.saturating_add(n);
+                let sums = BucketSums {
+                    events: n,
+                    units: i64::from(i == 0),
+                    squares: below
+                        .saturating_mul(below)
+                        .saturating_sub(before.saturating_mul(before)),
+                    cross: n.saturating_mul(total),
+                };
+                (b, sums)
+            })
+            .collect()
+    }
+
+    /// Adds `other` times `sign` (1 to add a unit's sums, −1 to take them away).
+    pub fn add(&mut self, other: &BucketSums, sign: i64) {
+        self.events = self.events.wrapping_add(sign.wrapping_mul(other.events));
+        self.units = self.units.wrapping_add(sign.wrapping_mul(other.units));
+        self.squares = self.squares.wrapping_add(sign.wrapping_mul(other.squares));
+        self.cross = self.cross.wrapping_add(sign.wrapping_mul(other.cross));
+    }
+}
+
+/// A group's quantile estimate from its bucket sums (sorted by bucket, each bucket once):
+/// what [`quantile_of_units`] gives for the units they add up.
+///
+/// Errors: as [`quantile_estimate`].
+pub fn quantile_of_bucket_sums(
+    buckets: &[(i32, BucketSums)],
+    p: f64,
+) -> Result<QuantileEstimate, StatsError> {
+    let histogram: Histogram = buckets
+        .iter()
+        .filter_map(|(b, sums)| Some((*b, u64::try_from(sums.events).ok()?)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let threshold = quantile_bucket(&histogram, p).unwrap_or(i32::MIN);
+    let (mut moments, mut units) = (ThresholdMoments::default(), 0_i64);
+    for (b, sums) in buckets {
+        units = units.saturating_add(sums.units);
+        moments.sum_n += sums.events as f64;
+        moments.sum_n2 += sums.squares as f64;
+        if *b <= threshold {
+            moments.sum_s += sums.events as f64;
+            moments.sum_s2 += sums.squares as f64;
+            moments.sum_sn += sums.cross as f64;
+        }
+    }
+    moments.units = u64::try_from(units).unwrap_or(0);
+    quantile_estimate(&histogram, p, &moments)
+}
+
 /// One group's quantile with the variance of the estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct QuantileEstimate {

@@ -362,3 +362,55 @@ fn a_lift_whose_interval_overflows_is_unavailable() {
     let effect = wide.effect().expect("estimated");
     assert!(effect.ci_upper.is_finite() && effect.ci_upper > effect.estimate);
 }
+
+/// A unit's histogram: up to six buckets among a few dozen, so that units share buckets.
+fn unit_histogram() -> impl Strategy<Value = quantile::Histogram> {
+    prop::collection::vec((-20_i32..20, 1_u64..40), 1..6).prop_map(quantile::histogram)
+}
+
+/// Every unit's bucket sums added per bucket, `sign` times.
+fn add_bucket_sums(
+    sums: &mut std::collections::BTreeMap<i32, quantile::BucketSums>,
+    units: &[quantile::Histogram],
+    sign: i64,
+) {
+    for unit in units {
+        for (b, s) in quantile::BucketSums::of_unit(unit) {
+            sums.entry(b).or_default().add(&s, sign);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Bucket sums kept per group and moved by differences (units' old histograms taken
+    /// away, their new ones added, as a warehouse tick does) give exactly the estimate of a
+    /// pass over the units' current histograms.
+    #[test]
+    fn bucket_sums_moved_by_differences_give_the_pass_over_the_units(
+        before in prop::collection::vec(unit_histogram(), 0..30),
+        changed in prop::collection::vec(unit_histogram(), 0..10),
+        p in 0.01_f64..0.99,
+    ) {
+        let mut sums = std::collections::BTreeMap::new();
+        add_bucket_sums(&mut sums, &before, 1);
+        // The first units' histograms change (those beyond `before` are new units).
+        let replaced = changed.len().min(before.len());
+        add_bucket_sums(&mut sums, &before[..replaced], -1);
+        add_bucket_sums(&mut sums, &changed, 1);
+        let now: Vec<&[(i32, u64)]> = changed
+            .iter()
+            .chain(&before[replaced..])
+            .map(Vec::as_slice)
+            .collect();
+        let sums: Vec<(i32, quantile::BucketSums)> = sums
+            .into_iter()
+            .filter(|(_, s)| *s != quantile::BucketSums::default())
+            .collect();
+        prop_assert_eq!(
+            quantile::quantile_of_bucket_sums(&sums, p),
+            quantile::quantile_of_units(now.iter().copied(), p)
+        );
+    }
+}

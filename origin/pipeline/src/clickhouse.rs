@@ -28,8 +28,10 @@ mod units;
 use history::History;
 pub use history::MonthSum;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use abx_stats::quantile::BucketSums;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -316,6 +318,24 @@ const QUANTILE: u8 = 3;
 /// A capped metric's sums over capped values: `units` the capped units, `multiples` the
 /// units, `plan` the cap.
 const CAPPED: u8 = 4;
+/// A quantile metric's bucket sums for one variant and bucket (`day`): `units` the events,
+/// `multiples` the units, the squares and the cross products in `sum_x` + `sum_x2` and
+/// `sum_y` + `sum_y2` (see `abx_stats::quantile::BucketSums` and [`split_exactly`]).
+const QUANTILE_BUCKET: u8 = 5;
+
+/// A whole number as two `Float64`s that add up to it exactly: the number rounded, and what
+/// the rounding left out (small). The rows of `experiment_rollups` have two whole-number
+/// columns; bucket sums need four, and a square of a unit's events may pass 2⁵³, beyond
+/// which one `Float64` would round it, and ticks that move it by differences would drift.
+fn split_exactly(n: i64) -> (f64, f64) {
+    let rounded = n as f64;
+    (rounded, n.wrapping_sub(rounded as i64) as f64)
+}
+
+/// The whole number [`split_exactly`] split.
+fn join_exactly(rounded: f64, rest: f64) -> i64 {
+    (rounded as i64).wrapping_add(rest as i64)
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoredRollupRow {
@@ -332,14 +352,86 @@ struct StoredRollupRow {
     sums: Sums,
 }
 
-/// Rollups computed at `computed_ms` by a given plan (see [`ClickHouse::store_rollups`]).
+/// The capped metrics that a computation of capped sums covers (see
+/// [`ClickHouse::capped_sums`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caps {
+    /// Fixed caps alone: sums that add up over units, given as a change.
+    Fixed,
+    /// Percentile caps alone, from every unit.
+    Percentile,
+    /// Both, from every unit.
+    All,
+}
+
+/// A capped metric's sums over one variant's clean units, or the change that a tick's units
+/// make to them.
+#[derive(Clone, Debug)]
+struct CappedSums {
+    metric: String,
+    variant: String,
+    cap: f64,
+    units: i64,
+    capped_units: i64,
+    sums: Sums,
+}
+
+impl CappedSums {
+    /// The sums of a stored rollup, to move by differences.
+    fn of(rollup: &CappedRollup) -> Self {
+        CappedSums {
+            metric: rollup.metric.clone(),
+            variant: rollup.variant.clone(),
+            cap: rollup.cap,
+            units: i64::try_from(rollup.units).unwrap_or(i64::MAX),
+            capped_units: i64::try_from(rollup.capped_units).unwrap_or(i64::MAX),
+            sums: rollup.sums,
+        }
+    }
+
+    /// Adds a change of the same metric and variant.
+    fn add(&mut self, change: &CappedSums) {
+        self.units += change.units;
+        self.capped_units += change.capped_units;
+        self.sums.add(&change.sums);
+    }
+
+    /// The rollup of a variant with units (none when moving sums by differences has left
+    /// the variant without any).
+    fn rollup(self) -> Option<CappedRollup> {
+        Some(CappedRollup {
+            units: u64::try_from(self.units).ok().filter(|units| *units > 0)?,
+            capped_units: u64::try_from(self.capped_units).unwrap_or(0),
+            variant: self.variant,
+            metric: self.metric,
+            sums: self.sums,
+            cap: self.cap,
+        })
+    }
+}
+
+/// Per quantile metric, variant and value bucket (`(metric, variant, bucket)`), the sums
+/// over the variant's clean units from which its quantile follows at any threshold. They add
+/// up over units, so a tick moves them by the difference its units make, as it does the
+/// metrics' sums, instead of going over every unit again.
+pub type QuantileSums = BTreeMap<(String, String, i32), BucketSums>;
+
+/// One computation of an experiment: its rollups, and the quantile metrics' bucket sums
+/// that the next tick moves forward.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Computation {
+    pub rollups: Rollups,
+    pub quantile_sums: QuantileSums,
+}
+
+/// A computation stored at `computed_ms` by a given plan (see [`ClickHouse::store_rollups`]).
 pub struct StoredRollups {
     pub computed_ms: i64,
     pub plan: String,
     /// The generation of the unit rows the computation summed (`units`); 0 for one stored
     /// before units were kept.
     pub generation: i64,
-    pub rollups: Rollups,
+    pub computation: Computation,
 }
 
 #[derive(Deserialize)]
@@ -680,16 +772,21 @@ impl ClickHouse {
         )
     }
 
-    /// Each capped metric's sums per variant over its clean units' capped values, as the SQL
-    /// pipeline's `attribution::capped_rollups` computes them: the percentile of the units'
-    /// non-zero values (the order statistic at rank ⌈p·n⌉) in one query, the sums of
-    /// `least(value, cap)` in a second. `per_unit` is the SQL of every clean unit's
-    /// `variant` and values `x{i}`, `y{i}`, `c{i}`, `d{i}` of the plan's i-th metric.
-    async fn capped_rollups(
+    /// The capped metrics' sums per variant over the clean units of `per_unit` (the SQL of
+    /// units' `variant`, `direction` and values `x{i}`, `y{i}`, `c{i}`, `d{i}` of the plan's
+    /// i-th metric), each unit counted `direction` times, as the SQL pipeline's
+    /// `attribution::capped_rollups` computes them: the sums of `least(value, cap)`. A fixed
+    /// cap is known in advance, so these sums add up over units, and a tick moves them by
+    /// the difference its units make (their new rows with 1, the rows the previous
+    /// computation summed with −1). A percentile cap, the order statistic at rank ⌈p·n⌉ of
+    /// the units' non-zero values (a first query), depends on every unit: it needs them all
+    /// (with direction 1).
+    async fn capped_sums(
         &self,
         plan: &ExperimentPlan,
         per_unit: &str,
-    ) -> Result<Vec<CappedRollup>, WarehouseError> {
+        caps: Caps,
+    ) -> Result<Vec<CappedSums>, WarehouseError> {
         #[derive(Deserialize)]
         struct CapRow {
             cap: f64,
@@ -698,8 +795,8 @@ impl ClickHouse {
         #[derive(Deserialize)]
         struct CappedRow {
             variant: String,
-            units: u64,
-            capped_units: u64,
+            units: i64,
+            capped_units: i64,
             #[serde(flatten)]
             sums: Sums,
         }
@@ -707,8 +804,8 @@ impl ClickHouse {
         for (i, metric) in plan.metrics.iter().enumerate() {
             let Some(cap) = &metric.cap else { continue };
             let cap = match (cap.value, cap.percentile) {
-                (Some(value), _) => value,
-                (None, Some(p)) => {
+                (Some(value), _) if caps != Caps::Percentile => value,
+                (None, Some(p)) if caps != Caps::Fixed => {
                     let rows: Vec<CapRow> = self
                         .rows(&format!(
                             "SELECT toUInt64(countIf(x{i} != 0)) AS nonzero,
@@ -722,12 +819,12 @@ impl ClickHouse {
                         _ => continue,
                     }
                 }
-                (None, None) => continue,
+                _ => continue,
             };
             let cap_sql = format!("{cap:?}");
             // The numerator and its covariate capped; a denominator never is.
             let sums = Self::sums_sql("", |factors| {
-                Self::product(factors, |v| {
+                let product = Self::product(factors, |v| {
                     match v {
                         'x' => "xc",
                         'c' => "cc",
@@ -735,122 +832,54 @@ impl ClickHouse {
                         _ => "d",
                     }
                     .to_string()
-                })
+                });
+                format!("direction * {product}")
             });
             let rows: Vec<CappedRow> = self
                 .rows(&format!(
-                    "SELECT variant, toUInt64(count()) AS units, toUInt64(countIf(x > {cap_sql})) AS capped_units,
+                    "SELECT variant, sum(direction) AS units, sum(direction * toInt64(x > {cap_sql})) AS capped_units,
                             {sums}
-                     FROM (SELECT variant, x{i} AS x, least(x{i}, {cap_sql}) AS xc, y{i} AS y,
+                     FROM (SELECT variant, direction, x{i} AS x, least(x{i}, {cap_sql}) AS xc, y{i} AS y,
                                   least(c{i}, {cap_sql}) AS cc, d{i} AS d FROM ({per_unit}))
                      GROUP BY variant ORDER BY variant"
                 ))
                 .await?;
-            out.extend(rows.into_iter().map(|r| CappedRollup {
-                variant: r.variant,
+            out.extend(rows.into_iter().map(|r| CappedSums {
                 metric: metric.key.clone(),
-                sums: r.sums,
-                units: r.units,
+                variant: r.variant,
                 cap,
+                units: r.units,
                 capped_units: r.capped_units,
+                sums: r.sums,
             }));
         }
         Ok(out)
     }
 
-    /// A quantile metric's estimate per variant, in two passes over its events after the
-    /// units' exposures, given per unit and value bucket with their number (`events`:
-    /// `ukey, arm, bucket, w`): the variant's events per bucket (which give the quantile's
-    /// bucket), then per unit its events at or below its variant's quantile bucket and in
-    /// all (which give the variance); `abx_stats::quantile` does the rest, as for the SQL
-    /// pipeline.
-    async fn quantile_rollups(
-        &self,
-        metric: &MetricPlan,
-        p: f64,
-        events: &str,
-    ) -> Result<Vec<QuantileRollup>, WarehouseError> {
-        use abx_stats::quantile::{self, ThresholdMoments};
-        #[derive(Deserialize)]
-        struct BucketRow {
-            variant: String,
-            bucket: i32,
-            events: u64,
-        }
-        #[derive(Deserialize)]
-        struct MomentsRow {
-            variant: String,
-            units: u64,
-            sum_s: f64,
-            sum_s2: f64,
-            sum_n: f64,
-            sum_n2: f64,
-            sum_sn: f64,
-        }
-        let buckets: Vec<BucketRow> = self
-            .rows(&format!(
-                "SELECT arm AS variant, bucket, toUInt64(sum(w)) AS events FROM ({events}) AS events
-                 GROUP BY variant, bucket ORDER BY variant, bucket"
-            ))
-            .await?;
-        let mut histograms: std::collections::BTreeMap<String, quantile::Histogram> =
-            Default::default();
-        for r in buckets {
-            histograms
-                .entry(r.variant)
+    /// Each quantile metric's estimate per variant from its bucket sums, as
+    /// `abx_stats::quantile` computes it for the SQL pipeline from the units' events.
+    fn quantile_rollups(plan: &ExperimentPlan, sums: &QuantileSums) -> Vec<QuantileRollup> {
+        let mut groups: BTreeMap<(&str, &str), Vec<(i32, BucketSums)>> = BTreeMap::new();
+        for ((metric, variant, bucket), s) in sums {
+            groups
+                .entry((metric.as_str(), variant.as_str()))
                 .or_default()
-                .push((r.bucket, r.events));
+                .push((*bucket, *s));
         }
-        let thresholds: Vec<(&str, i32)> = histograms
+        plan.metrics
             .iter()
-            .filter_map(|(v, h)| Some((v.as_str(), quantile::quantile_bucket(h, p)?)))
-            .collect();
-        if thresholds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let threshold = format!(
-            "transform(arm, [{}], [{}], toInt32({}))",
-            thresholds
-                .iter()
-                .map(|(v, _)| literal(v))
-                .collect::<Vec<_>>()
-                .join(", "),
-            thresholds
-                .iter()
-                .map(|(_, b)| format!("toInt32({b})"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            i32::MIN + 1,
-        );
-        let moments: Vec<MomentsRow> = self
-            .rows(&format!(
-                "SELECT variant, toUInt64(count()) AS units, sum(s) AS sum_s, sum(s * s) AS sum_s2,
-                        sum(n) AS sum_n, sum(n * n) AS sum_n2, sum(s * n) AS sum_sn
-                 FROM (SELECT ukey, any(arm) AS variant, toFloat64(sumIf(w, bucket <= {threshold})) AS s,
-                              toFloat64(sum(w)) AS n
-                       FROM ({events}) AS events GROUP BY ukey)
-                 GROUP BY variant"
-            ))
-            .await?;
-        Ok(moments
-            .into_iter()
-            .filter_map(|m| {
-                let histogram = histograms.get(&m.variant)?;
-                let at_threshold = ThresholdMoments {
-                    units: m.units,
-                    sum_s: m.sum_s,
-                    sum_s2: m.sum_s2,
-                    sum_n: m.sum_n,
-                    sum_n2: m.sum_n2,
-                    sum_sn: m.sum_sn,
-                };
-                Some(QuantileRollup {
-                    estimate: quantile::quantile_estimate(histogram, p, &at_threshold).ok(),
-                    variant: m.variant,
-                    metric: metric.key.clone(),
-                })
+            .filter_map(|m| Some((m, m.quantile?)))
+            .flat_map(|(metric, p)| {
+                groups
+                    .iter()
+                    .filter(move |((key, _), _)| *key == metric.key)
+                    .map(move |((_, variant), buckets)| QuantileRollup {
+                        variant: (*variant).to_string(),
+                        metric: metric.key.clone(),
+                        estimate: abx_stats::quantile::quantile_of_bucket_sums(buckets, p).ok(),
+                    })
             })
-            .collect())
+            .collect()
     }
 
     /// The SQL of the bucket of a quantile metric's `value`, with `abx_stats::quantile`'s
@@ -976,8 +1005,9 @@ impl ClickHouse {
         experiment_id: &str,
         (plan, generation): (&str, i64),
         computed_ms: i64,
-        rollups: &Rollups,
+        computation: &Computation,
     ) -> Result<(), WarehouseError> {
+        let rollups = &computation.rollups;
         let row =
             |kind, variant: &str, metric: &str, day, units, multiples, sums| StoredRollupRow {
                 experiment_id: experiment_id.to_string(),
@@ -1027,21 +1057,64 @@ impl ClickHouse {
             stored.plan = format!("{:?}", r.cap);
             rows.push(stored);
         }
+        for ((metric, variant, bucket), b) in &computation.quantile_sums {
+            let ((sum_x, sum_x2), (sum_y, sum_y2)) =
+                (split_exactly(b.squares), split_exactly(b.cross));
+            let sums = Sums {
+                sum_x,
+                sum_x2,
+                sum_y,
+                sum_y2,
+                ..Sums::default()
+            };
+            let day = i64::from(*bucket);
+            rows.push(row(
+                QUANTILE_BUCKET,
+                variant,
+                metric,
+                day,
+                b.events,
+                b.units,
+                sums,
+            ));
+        }
         self.insert_rows("experiment_rollups", &rows).await
     }
 
-    /// The newest stored computation of an experiment's rollups, if any. Reading with
-    /// `FINAL` gives, per row key, the newest computation that has it; the rows of the
-    /// newest computation overall are then exactly those with its time (a key that an
-    /// older computation had and the newest lacks is left out, and rows of two
-    /// computations stored in the same millisecond collapse into one).
+    /// The newest stored computation of an experiment's rollups, if any, as a tick moves it
+    /// forward: with its bucket sums.
     pub async fn stored_rollups(
         &self,
         experiment_id: &str,
     ) -> Result<Option<StoredRollups>, WarehouseError> {
+        self.stored(experiment_id, "").await
+    }
+
+    /// The same without the bucket sums (thousands of rows per quantile metric), for
+    /// readers of the rollups alone, such as results.
+    pub async fn stored_for_results(
+        &self,
+        experiment_id: &str,
+    ) -> Result<Option<StoredRollups>, WarehouseError> {
+        self.stored(experiment_id, &format!(" AND kind != {QUANTILE_BUCKET}"))
+            .await
+    }
+
+    /// The newest stored computation, of the rows that `condition` (appended to a `WHERE`)
+    /// selects. Reading with `FINAL` gives, per row key, the newest computation that has
+    /// it; the rows of the newest computation overall are then exactly those with its time
+    /// (a key that an older computation had and the newest lacks is left out, and rows of
+    /// two computations stored in the same millisecond collapse into one). Each computation
+    /// is stored in one insert, far below a block (about a million rows), which ClickHouse
+    /// writes whole or not at all.
+    async fn stored(
+        &self,
+        experiment_id: &str,
+        condition: &str,
+    ) -> Result<Option<StoredRollups>, WarehouseError> {
         let rows: Vec<StoredRollupRow> = self
             .rows(&format!(
-                "SELECT * FROM {}.experiment_rollups FINAL WHERE experiment_id = {}",
+                "SELECT * FROM {}.experiment_rollups FINAL WHERE experiment_id = {}{condition}",
                 self.database,
                 literal(experiment_id)
             ))
@@ -1051,7 +1124,8 @@ impl ClickHouse {
         };
         let (computed_ms, plan, generation) =
             (marker.computed_ms, marker.plan.clone(), marker.units);
-        let mut rollups = Rollups::default();
+        let mut computation = Computation::default();
+        let rollups = &mut computation.rollups;
         for r in rows.into_iter().filter(|r| r.computed_ms == computed_ms) {
             match r.kind {
                 EXPOSURE => rollups.exposures.push(ExposureRollup {
@@ -1090,6 +1164,19 @@ impl ClickHouse {
                         events: r.multiples.max(0) as u64,
                     }),
                 }),
+                QUANTILE_BUCKET => {
+                    let Ok(bucket) = i32::try_from(r.day) else {
+                        continue;
+                    };
+                    let sums = BucketSums {
+                        events: r.units,
+                        units: r.multiples,
+                        squares: join_exactly(r.sums.sum_x, r.sums.sum_x2),
+                        cross: join_exactly(r.sums.sum_y, r.sums.sum_y2),
+                    };
+                    let key = (r.metric, r.variant, bucket);
+                    computation.quantile_sums.insert(key, sums);
+                }
                 _ => {}
             }
         }
@@ -1097,7 +1184,7 @@ impl ClickHouse {
             computed_ms,
             plan,
             generation,
-            rollups,
+            computation,
         }))
     }
 
@@ -1315,6 +1402,26 @@ impl ClickHouse {
 mod tests {
     use super::*;
     use crate::model::catalog::MetricKind;
+
+    #[test]
+    fn whole_numbers_split_into_two_floats_come_back_exactly() {
+        let beyond = (1_i64 << 53) + 1;
+        for n in [
+            0,
+            1,
+            -1,
+            beyond,
+            -beyond,
+            123_456_789_012_345_678,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let (rounded, rest) = split_exactly(n);
+            assert_eq!(join_exactly(rounded, rest), n, "{n}");
+            assert!(rest.abs() <= 1024.0, "{n}: {rest}");
+        }
+        assert_eq!(split_exactly(beyond).1, 1.0);
+    }
 
     #[test]
     fn each_metric_kind_reads_the_totals_its_unit_values_name() {

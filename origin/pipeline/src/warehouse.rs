@@ -74,7 +74,9 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
 /// fingerprint leaves the end out (the SQL pipeline's rollups stay valid: ending adds no
 /// event to them), but rows computed before the end may count events stamped after it,
 /// which only a computation that knew the end leaves out. Rows written before units kept
-/// their values read them as empty, so such a plan's computations from then are made anew.
+/// their values read them as empty, so such a plan's computations from then are made anew;
+/// and a plan with quantile metrics names the bucket sums, which computations stored
+/// before them lack (they are made anew too).
 fn computed_by(plan: &ExperimentPlan) -> String {
     let mut by = plan.fingerprint();
     if let Some(end) = plan.ends_at_ms {
@@ -87,11 +89,15 @@ fn computed_by(plan: &ExperimentPlan) -> String {
     {
         by.push_str(FROM_UNIT_VALUES);
     }
+    if plan.metrics.iter().any(|m| m.quantile.is_some()) {
+        by.push_str(WITH_BUCKET_SUMS);
+    }
     by
 }
 
 const ENDS_AT: &str = " ends at ";
 const FROM_UNIT_VALUES: &str = " from unit values";
+const WITH_BUCKET_SUMS: &str = " with bucket sums";
 
 /// Whether a stored computation followed the plan's metrics, whatever else it knew: results
 /// may read it while the first computation after the end, or with units' values, is under
@@ -100,6 +106,7 @@ fn follows(stored_by: &str, plan: &ExperimentPlan) -> bool {
     let Some(rest) = stored_by.strip_prefix(plan.fingerprint().as_str()) else {
         return false;
     };
+    let rest = rest.strip_suffix(WITH_BUCKET_SUMS).unwrap_or(rest);
     let rest = rest.strip_suffix(FROM_UNIT_VALUES).unwrap_or(rest);
     rest.is_empty()
         || rest.strip_prefix(ENDS_AT).is_some_and(|end| {
@@ -217,29 +224,30 @@ async fn compute(
     // Later than the stored computation even if the clock stepped back, so that it replaces
     // that computation rather than dropping the rows it summed for nothing.
     let stored_ms = warehouse
-        .stored_rollups(&e.id)
+        .stored_for_results(&e.id)
         .await?
         .map(|s| s.computed_ms);
     let computed_ms = clock::now_ms().max(stored_ms.map_or(i64::MIN, |ms| ms + 1));
-    let rollups = warehouse.rebuild(&e.id, plan, computed_ms).await?;
+    let computation = warehouse.rebuild(&e.id, plan, computed_ms).await?;
     lease.hold().await?;
     warehouse
         .store_rollups(
             &e.id,
             (&computed_by(plan), computed_ms),
             computed_ms,
-            &rollups,
+            &computation,
         )
         .await?;
     warehouse.drop_older_generations(&e.id, computed_ms).await?;
-    Ok((rollups, computed_ms))
+    Ok((computation.rollups, computed_ms))
 }
 
 /// Moves an experiment's stored rollups forward by the units with events loaded since
 /// (`LOAD_MARGIN_MS` before) they were computed, or computes them in full when they cannot
 /// be moved: the experiment has ended since (its end leaves out events that the stored
 /// rows may count; once a computation knew the end, later ticks move forward again), its
-/// rows lack what its capped or quantile metrics read, or `ClickHouse::advance` says so.
+/// rows lack what its capped or quantile metrics read (or the stored computation lacks the
+/// bucket sums of its quantile metrics), or `ClickHouse::advance` says so.
 async fn advance(
     warehouse: &ClickHouse,
     (e, plan): (&Experiment, &ExperimentPlan),
@@ -258,17 +266,20 @@ async fn advance(
         None
     };
     match advanced {
-        Some(mut rollups) => {
+        Some(mut computation) => {
             // Once its rows are copied, the stored computation can no longer be moved
             // forward by another tick: both steps only while this one holds the ticks.
             lease.hold().await?;
-            let computation = (stored.generation, version);
             warehouse
-                .commit_units((&e.id, plan), computation, &mut rollups)
+                .commit_units(
+                    (&e.id, plan),
+                    (stored.generation, version),
+                    &mut computation,
+                )
                 .await?;
             lease.hold().await?;
             warehouse
-                .store_rollups(&e.id, (&by, stored.generation), version, &rollups)
+                .store_rollups(&e.id, (&by, stored.generation), version, &computation)
                 .await?;
         }
         None => {
@@ -288,10 +299,10 @@ pub async fn rollups(
     metrics: &HashMap<String, Metric>,
 ) -> Result<(Rollups, i64), crate::Error> {
     let plan = plan_of(e, metrics);
-    if let Some(stored) = warehouse.stored_rollups(&e.id).await?
+    if let Some(stored) = warehouse.stored_for_results(&e.id).await?
         && follows(&stored.plan, &plan)
     {
-        return Ok((stored.rollups, stored.computed_ms));
+        return Ok((stored.computation.rollups, stored.computed_ms));
     }
     // Stored only under the ticks' lease: storing drops older generations of unit rows,
     // which a tick may be moving forward. While a tick holds it, the request does not wait:
@@ -306,7 +317,7 @@ pub async fn rollups(
     let generation = -i64::try_from(uuid::Uuid::new_v4().as_u64_pair().0 >> 1).unwrap_or(1) - 1;
     let computed = warehouse.rebuild(&e.id, &plan, generation).await;
     warehouse.drop_generation(&e.id, generation).await?;
-    Ok((computed?, started_ms))
+    Ok((computed?.rollups, started_ms))
 }
 
 /// Experiments that may still hold results, with the catalog's metrics.
@@ -425,7 +436,7 @@ async fn tick(
                 Some(oldest) => oldest,
                 None => *oldest_raw_month.insert(warehouse.oldest_raw_month().await?),
             };
-            if !raw_events_kept_for(&stored.rollups, oldest) {
+            if !raw_events_kept_for(&stored.computation.rollups, oldest) {
                 tracing::debug!(id = %e.id, "archived experiment left as computed: raw events gone");
                 continue;
             }
@@ -654,18 +665,36 @@ mod tests {
             }],
             ends_at_ms: None,
         };
-        // What an earlier version stored: results still read it, ticks compute anew.
+        // What earlier versions stored (before units kept their values, then before the
+        // bucket sums): results still read it, ticks compute anew.
         let earlier = plan.fingerprint();
+        let without_sums = format!("{earlier} from unit values");
         let by = computed_by(&plan);
-        assert_eq!(by, format!("{earlier} from unit values"));
-        assert!(follows(&earlier, &plan) && follows(&by, &plan));
+        assert_eq!(by, format!("{earlier} from unit values with bucket sums"));
+        assert!(follows(&earlier, &plan) && follows(&without_sums, &plan));
+        assert!(follows(&by, &plan));
         plan.ends_at_ms = Some(1_796_083_200_000);
         let ended = computed_by(&plan);
         assert_eq!(
             ended,
-            format!("{earlier} ends at 1796083200000 from unit values")
+            format!("{earlier} ends at 1796083200000 from unit values with bucket sums")
         );
         assert!(follows(&ended, &plan) && follows(&by, &plan));
+        // A capped plan without quantiles has no bucket sums to name.
+        plan.metrics[0].quantile = None;
+        plan.metrics[0].cap = Some(crate::model::catalog::Cap {
+            value: Some(100.0),
+            percentile: None,
+        });
+        assert_eq!(
+            computed_by(&plan),
+            format!(
+                "{} ends at 1796083200000 from unit values",
+                plan.fingerprint()
+            )
+        );
+        plan.metrics[0].cap = None;
+        plan.metrics[0].quantile = Some(0.95);
         assert!(!follows(
             &format!("{earlier} ends at  from unit values"),
             &plan

@@ -16,9 +16,9 @@ use std::time::Duration;
 use crate::common;
 use crate::common::{Backend, TestOrigin, experiment, metric};
 use abx_origin::{AppState, Settings};
-use abx_origin_domain::rollup::Rollups;
 use abx_origin_domain::rollup::Sums;
-use abx_origin_pipeline::clickhouse::ClickHouseConfig;
+use abx_origin_domain::rollup::{CappedRollup, Rollups};
+use abx_origin_pipeline::clickhouse::{ClickHouseConfig, Computation};
 use abx_origin_pipeline::jetstream::{JetStreamConfig, Settle};
 use abx_stats::QuantileEstimate;
 use axum::http::StatusCode;
@@ -81,8 +81,8 @@ async fn clean_up(state: &AppState) {
     warehouse.drop_database().await.expect("drop database");
 }
 
-/// Two experiments over the same users (for interactions) and five metrics (conversion,
-/// mean with a pre-exposure covariate, ratio, capped mean, quantile); returns their ids and
+/// Two experiments over the same users (for interactions) and six metrics (conversion,
+/// mean with a pre-exposure covariate, ratio, capped means, quantile); returns their ids and
 /// an sdk key.
 async fn experiments(o: &TestOrigin) -> (String, String, String) {
     o.create("/api/v1/metrics", metric("conversion", "conversion"))
@@ -93,11 +93,16 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
         json!({"key": "rps", "kind": "ratio", "event_type": "revenue", "denominator_event_type": "session"}),
     )
     .await;
-    // The kinds that do not add up over units: a percentile cap moves with every unit's
-    // value, a quantile with every event.
+    // A percentile cap moves with every unit's value, and a tick computes it from all units;
+    // a fixed cap and a quantile's bucket sums add up over units and move by differences.
     o.create(
         "/api/v1/metrics",
         json!({"key": "revenue_capped", "kind": "mean", "event_type": "revenue", "cap": {"percentile": 0.8}}),
+    )
+    .await;
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "revenue_capped_at_10", "kind": "mean", "event_type": "revenue", "cap": {"value": 10.0}}),
     )
     .await;
     o.create(
@@ -108,7 +113,13 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
     let mut ids = Vec::new();
     for key in ["checkout", "banner"] {
         let mut body = experiment(key, "conversion");
-        body["secondary_metrics"] = json!(["revenue", "rps", "revenue_capped", "revenue_p75"]);
+        body["secondary_metrics"] = json!([
+            "revenue",
+            "rps",
+            "revenue_capped",
+            "revenue_capped_at_10",
+            "revenue_p75"
+        ]);
         body["dimensions"] = json!(["tier"]);
         ids.push(o.start_experiment(body).await);
     }
@@ -762,7 +773,7 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
     .collect();
     let first = stored(&o, &[&id]).await.remove(0);
     assert_eq!(
-        covariates(&first.1.rollups),
+        covariates(&first.1.computation.rollups),
         expected,
         "before any month went"
     );
@@ -778,7 +789,7 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
     let full = || async {
         let (plan, _) = stored(&o, &[&id]).await.remove(0);
         let generation = abx_origin_domain::clock::now_ms();
-        let rollups = warehouse
+        let computation = warehouse
             .rebuild(&id, &plan, generation)
             .await
             .expect("full computation");
@@ -786,7 +797,7 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
             .drop_generation(&id, generation)
             .await
             .expect("drop");
-        covariates(&rollups)
+        covariates(&computation.rollups)
     };
     let sum_old_month = || async {
         let loaded_before = abx_origin_domain::clock::now_ms() + 1;
@@ -829,7 +840,8 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
         .await
         .expect("tick");
     assert_eq!(warehouse.event_count().await.expect("count"), raw_before);
-    let stored_covariates = || async { covariates(&stored(&o, &[&id]).await.remove(0).1.rollups) };
+    let stored_covariates =
+        || async { covariates(&stored(&o, &[&id]).await.remove(0).1.computation.rollups) };
     assert_eq!(stored_covariates().await, expected, "a month kept");
     tick(Some(60)).await.expect("dropping tick");
     assert_eq!(
@@ -992,11 +1004,21 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
-/// Rollups as the statistics read them: exposure counts exactly, sums close, and a row
-/// missing on one side as zeros (sums moved forward by differences can leave a day a
-/// rounding error away from zero where a full computation has no row); quantiles' units
-/// and events and capped units exactly, estimates, caps and capped sums close.
-fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
+/// Computations as the statistics read them: the quantile metrics' bucket sums exactly
+/// (whole numbers), exposure counts exactly, sums close, and a row missing on one side as
+/// zeros (sums moved forward by differences can leave a day a rounding error away from zero
+/// where a full computation has no row); quantiles' units and events and capped units
+/// exactly, estimates, caps and capped sums close.
+fn assert_equivalent(actual: &Computation, expected: &Computation, context: &str) {
+    assert!(
+        !expected.quantile_sums.is_empty(),
+        "{context}: no bucket sums"
+    );
+    assert_eq!(
+        actual.quantile_sums, expected.quantile_sums,
+        "{context}: bucket sums"
+    );
+    let (actual, expected) = (&actual.rollups, &expected.rollups);
     assert!(
         !expected.quantiles.is_empty() && !expected.capped.is_empty(),
         "{context}: no quantiles or capped sums"
@@ -1024,16 +1046,24 @@ fn assert_equivalent(actual: &Rollups, expected: &Rollups, context: &str) {
         };
         assert!(same, "{context}: quantile {key:?}: {a:?} ≠ {b:?}");
     }
+    // By metric and variant: a stored computation reads back in the table's order.
+    let capped = |r: &Rollups| -> BTreeMap<(String, String), CappedRollup> {
+        r.capped
+            .iter()
+            .map(|c| ((c.metric.clone(), c.variant.clone()), c.clone()))
+            .collect()
+    };
+    let (a, b) = (capped(actual), capped(expected));
     assert_eq!(
-        actual.capped.len(),
-        expected.capped.len(),
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
         "{context}: capped"
     );
-    for (a, b) in actual.capped.iter().zip(&expected.capped) {
+    for (a, b) in a.values().zip(b.values()) {
         let what = format!("{context}: capped {} {}", a.metric, a.variant);
         assert_eq!(
-            (&a.variant, &a.metric, a.units, a.capped_units),
-            (&b.variant, &b.metric, b.units, b.capped_units),
+            (a.units, a.capped_units),
+            (b.units, b.capped_units),
             "{what}"
         );
         assert!(close(a.cap, b.cap), "{what}: cap {} ≠ {}", a.cap, b.cap);
@@ -1147,10 +1177,12 @@ async fn an_ended_experiment_settles(archive: bool) {
     let (plan, ended) = stored(&o, &[checkout.as_str()]).await.remove(0);
     assert!(plan.ends_at_ms.is_some());
     assert_ne!(ended.generation, running.generation, "computed in full");
-    let left_out = revenue(&running.rollups) - revenue(&ended.rollups);
+    let (running_rollups, ended_rollups) =
+        (&running.computation.rollups, &ended.computation.rollups);
+    let left_out = revenue(running_rollups) - revenue(ended_rollups);
     assert!((left_out - 10_000.0).abs() < 1e-6, "left out {left_out}");
     let units = |r: &Rollups| r.exposures.iter().map(|e| e.units).sum::<i64>();
-    assert_eq!(units(&running.rollups) - units(&ended.rollups), 1);
+    assert_eq!(units(running_rollups) - units(ended_rollups), 1);
 
     // The rest of the events, and more from a clock ahead: the settling hour's ticks move
     // the computation forward, to what a full computation gives.
@@ -1174,7 +1206,7 @@ async fn an_ended_experiment_settles(archive: bool) {
                 .rebuild(id, plan, abx_origin_domain::clock::now_ms())
                 .await
                 .expect("full computation");
-            assert_equivalent(&after.rollups, &full, &format!("{id}, round {round}"));
+            assert_equivalent(&after.computation, &full, &format!("{id}, round {round}"));
         }
     }
     clean_up(&o.state).await;
@@ -1326,14 +1358,21 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
     send_all(&o, &key, &events[..40], 40).await;
     common::load_stream(&o.state).await;
     tick().await.expect("first tick");
-    // A computation stored by a version whose unit rows kept no values or buckets (it
-    // names the plan alone): results read it, and the next tick computes in full.
+    // Computations stored by earlier versions: one whose unit rows kept no values or
+    // buckets (it names the plan alone), and one that kept no bucket sums for its
+    // quantile metric. Results read them, and the next tick computes in full.
     let first = stored(&o, &ids).await;
-    for (id, (plan, s)) in ids.iter().zip(&first) {
+    for (i, (id, (plan, s))) in ids.iter().zip(&first).enumerate() {
         let earlier = s.computed_ms + 1;
-        let by = plan.fingerprint();
+        let mut computation = s.computation.clone();
+        let by = if i == 0 {
+            plan.fingerprint()
+        } else {
+            computation.quantile_sums.clear();
+            format!("{} from unit values", plan.fingerprint())
+        };
         warehouse
-            .store_rollups(id, (&by, s.generation), earlier, &s.rollups)
+            .store_rollups(id, (&by, s.generation), earlier, &computation)
             .await
             .expect("store");
         let read = o.get(&format!("/api/v1/experiments/{id}/results")).await;
@@ -1345,7 +1384,7 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
         let after = after.expect("stored");
         assert!(
             after.generation > s.generation,
-            "moved forward from rows without values"
+            "moved forward from rows without values, or without bucket sums"
         );
     }
 
@@ -1386,14 +1425,13 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
             killed += 1;
             for (id, (plan, stored)) in ids.iter().zip(&before) {
                 let version = abx_origin_domain::clock::now_ms();
-                let mut rollups = warehouse
+                let mut computation = warehouse
                     .advance(id, plan, stored, version, stored.computed_ms)
                     .await
                     .expect("advance")
                     .expect("moved forward");
-                let computation = (stored.generation, version);
                 warehouse
-                    .commit_units((id, plan), computation, &mut rollups)
+                    .commit_units((id, plan), (stored.generation, version), &mut computation)
                     .await
                     .expect("copy the units' rows");
             }
@@ -1419,7 +1457,7 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
                 .await
                 .expect("full computation");
             let context = format!("{id}, round {rounds}");
-            assert_equivalent(&after.rollups, &full, &context);
+            assert_equivalent(&after.computation, &full, &context);
             // The per-unit aggregates themselves, not only their sums: each unit's newest
             // row in the generation the ticks moved forward is the row the full
             // computation wrote for it.

@@ -4,9 +4,11 @@
 //! A unit's row holds what the unit adds to its experiment's rollups: its variant, the day
 //! of its first exposure, whether it was seen in more than one variant, and per day on which
 //! its values changed, its change of every metric's products (x, x², xy, …: the terms of
-//! [`Sums`]). For the rollups that do not add up over units (capped metrics, quantiles) it
-//! also keeps its values and its events per value bucket, from which a pass over the units,
-//! rather than over their raw events, computes them. A row is a function of the unit's
+//! [`Sums`]). It also keeps its events per value bucket for quantile metrics, whose
+//! per-variant bucket sums (`abx_stats::quantile::BucketSums`) add up over units and move by
+//! differences like the other sums, and its values for capped metrics, whose rollups do not
+//! add up (a percentile cap depends on every unit), so that a pass over the units rather
+//! than over their raw events computes them. A row is a function of the unit's
 //! deduplicated events alone (raw, and those of months past retention as the history's
 //! sums), so computing it again from the same events gives the same row, however many
 //! copies of them were loaded. That is what makes ticks exactly once: a
@@ -24,17 +26,22 @@
 //! the next tick, finding them, recomputes the experiment in full instead (a new
 //! generation), as it does after a plan change, at the first tick after an experiment
 //! ends, and for rollups stored before units were kept (or, for capped and quantile
-//! metrics, before units kept their values and buckets).
+//! metrics, before units kept their values and buckets, and for quantile metrics before
+//! their bucket sums were stored).
 
 use std::collections::BTreeMap;
 
+use abx_stats::quantile::BucketSums;
 use serde::Deserialize;
 
 use super::history::History;
-use super::{ClickHouse, Count, DAY_MS, ExposureRollupRow, StoredRollups, WarehouseError};
+use super::{
+    CappedSums, Caps, ClickHouse, Computation, Count, DAY_MS, ExposureRollupRow, QuantileSums,
+    StoredRollups, WarehouseError,
+};
 use super::{literal, literal_list};
 use crate::plan::ExperimentPlan;
-use crate::rollup::{ExposureRollup, MetricRollup, Rollups, Sums};
+use crate::rollup::{CappedRollup, ExposureRollup, MetricRollup, Rollups, Sums};
 
 /// Staged rows are dropped by the hour once this old (a tick takes seconds).
 const STAGING_KEPT_MS: i64 = 2 * 3_600_000;
@@ -322,7 +329,7 @@ impl ClickHouse {
         experiment_id: &str,
         plan: &ExperimentPlan,
         generation: i64,
-    ) -> Result<Rollups, WarehouseError> {
+    ) -> Result<Computation, WarehouseError> {
         self.write_units(
             "unit_rollups",
             (experiment_id, plan),
@@ -332,20 +339,29 @@ impl ClickHouse {
         )
         .await?;
         let rows = format!(
-            "SELECT variant, first_day, multiple, days, contributions FROM {}.unit_rollups
-             WHERE experiment_id = {} AND generation = {generation}",
+            "SELECT variant, first_day, multiple, days, contributions, quantile_buckets, quantile_counts
+             FROM {}.unit_rollups WHERE experiment_id = {} AND generation = {generation}",
             self.database,
             literal(experiment_id)
         );
         let (exposures, metrics) = self.sum_units(plan, &rows, None).await?;
-        let mut rollups = Rollups {
-            exposures: exposures.into_iter().map(exposure_rollup).collect(),
-            metrics: metric_rollups(plan, metrics, &BTreeMap::new()),
-            ..Rollups::default()
-        };
-        self.non_additive_rollups((experiment_id, plan), generation, generation, &mut rollups)
+        let quantile_sums = self
+            .sum_quantile_buckets(plan, &rows, None, QuantileSums::new())
             .await?;
-        Ok(rollups)
+        let mut computation = Computation {
+            rollups: Rollups {
+                exposures: exposures.into_iter().map(exposure_rollup).collect(),
+                metrics: metric_rollups(plan, metrics, &BTreeMap::new()),
+                quantiles: Self::quantile_rollups(plan, &quantile_sums),
+                ..Rollups::default()
+            },
+            quantile_sums,
+        };
+        let units = (generation, generation);
+        computation.rollups.capped = self
+            .capped_of_units((experiment_id, plan), units, Caps::All)
+            .await?;
+        Ok(computation)
     }
 
     /// Moves `stored` forward to `version`: recomputes the rows of the units with events
@@ -360,7 +376,7 @@ impl ClickHouse {
         stored: &StoredRollups,
         version: i64,
         touched_since_ms: i64,
-    ) -> Result<Option<Rollups>, WarehouseError> {
+    ) -> Result<Option<Computation>, WarehouseError> {
         let (db, id) = (&self.database, literal(experiment_id));
         let (generation, base) = (stored.generation, stored.computed_ms);
         if generation == 0 || version <= base {
@@ -387,26 +403,41 @@ impl ClickHouse {
         )
         .await?;
         let staged = format!(
-            "SELECT ukey, variant, first_day, multiple, days, contributions FROM {db}.unit_rollups_staging
-             WHERE experiment_id = {id} AND version = {version}"
+            "SELECT ukey, variant, first_day, multiple, days, contributions, unit_values, quantile_buckets,
+                    quantile_counts
+             FROM {db}.unit_rollups_staging WHERE experiment_id = {id} AND version = {version}"
         );
         // The rows the stored computation summed for the same units. `unit_rollups` holds
         // no row newer than it (checked above), so each unit's newest row is that one.
         let previous = format!(
             "SELECT ukey, argMax(variant, version) AS v, argMax(first_day, version) AS f,
                     argMax(multiple, version) AS m, argMax(days, version) AS ds,
-                    argMax(contributions, version) AS cs
+                    argMax(contributions, version) AS cs, argMax(unit_values, version) AS uv,
+                    argMax(quantile_buckets, version) AS qb, argMax(quantile_counts, version) AS qc
              FROM {db}.unit_rollups
              WHERE experiment_id = {id} AND generation = {generation}
                AND ukey IN (SELECT ukey FROM ({staged}) AS staged)
              GROUP BY ukey"
         );
         let previous = format!(
-            "SELECT v AS variant, f AS first_day, m AS multiple, ds AS days, cs AS contributions FROM ({previous}) AS previous"
+            "SELECT v AS variant, f AS first_day, m AS multiple, ds AS days, cs AS contributions,
+                    uv AS unit_values, qb AS quantile_buckets, qc AS quantile_counts
+             FROM ({previous}) AS previous"
         );
         let (exposures, metrics) = self.sum_units(plan, &staged, Some(&previous)).await?;
+        let quantile_sums = self
+            .sum_quantile_buckets(
+                plan,
+                &staged,
+                Some(&previous),
+                stored.computation.quantile_sums.clone(),
+            )
+            .await?;
+        let capped = self
+            .fixed_caps_moved(plan, (&staged, &previous), &stored.computation.rollups)
+            .await?;
+        let stored = &stored.computation.rollups;
         let mut units: BTreeMap<(i64, String), (i64, i64)> = stored
-            .rollups
             .exposures
             .iter()
             .map(|r| ((r.day, r.variant.clone()), (r.units, r.multiple)))
@@ -417,37 +448,85 @@ impl ClickHouse {
             entry.1 += r.multiples;
         }
         let previous_metrics = stored
-            .rollups
             .metrics
             .iter()
             .map(|r| ((r.day, r.variant.clone(), r.metric.clone()), r.sums))
             .collect();
-        Ok(Some(Rollups {
-            exposures: units
-                .into_iter()
-                .filter(|(_, (units, multiple))| *units != 0 || *multiple != 0)
-                .map(|((day, variant), (units, multiple))| ExposureRollup {
-                    variant,
-                    day,
-                    units,
-                    multiple,
-                })
-                .collect(),
-            metrics: metric_rollups(plan, metrics, &previous_metrics),
-            ..Rollups::default()
+        Ok(Some(Computation {
+            rollups: Rollups {
+                exposures: units
+                    .into_iter()
+                    .filter(|(_, (units, multiple))| *units != 0 || *multiple != 0)
+                    .map(|((day, variant), (units, multiple))| ExposureRollup {
+                        variant,
+                        day,
+                        units,
+                        multiple,
+                    })
+                    .collect(),
+                metrics: metric_rollups(plan, metrics, &previous_metrics),
+                quantiles: Self::quantile_rollups(plan, &quantile_sums),
+                capped,
+            },
+            quantile_sums,
         }))
+    }
+
+    /// The rollups of the metrics with a fixed cap in `stored`, moved by the difference
+    /// between the `staged` rows of a tick's units and their `previous` ones.
+    async fn fixed_caps_moved(
+        &self,
+        plan: &ExperimentPlan,
+        (staged, previous): (&str, &str),
+        stored: &Rollups,
+    ) -> Result<Vec<CappedRollup>, WarehouseError> {
+        let fixed = |key: &str| {
+            plan.metrics
+                .iter()
+                .any(|m| m.key == key && m.cap.as_ref().is_some_and(|c| c.value.is_some()))
+        };
+        if !plan.metrics.iter().any(|m| fixed(&m.key)) {
+            return Ok(Vec::new());
+        }
+        let mut moved: BTreeMap<(String, String), CappedSums> = stored
+            .capped
+            .iter()
+            .filter(|r| fixed(&r.metric))
+            .map(|r| ((r.metric.clone(), r.variant.clone()), CappedSums::of(r)))
+            .collect();
+        let clean = |rows: &str| {
+            format!("SELECT variant, unit_values FROM ({rows}) AS unit_rows WHERE multiple = 0")
+        };
+        let changes = format!(
+            "{} UNION ALL {}",
+            capped_values(plan, &clean(staged), 1),
+            capped_values(plan, &clean(previous), -1)
+        );
+        for change in self.capped_sums(plan, &changes, Caps::Fixed).await? {
+            let key = (change.metric.clone(), change.variant.clone());
+            match moved.get_mut(&key) {
+                Some(sums) => sums.add(&change),
+                None => {
+                    moved.insert(key, change);
+                }
+            }
+        }
+        let mut capped: Vec<CappedRollup> =
+            moved.into_values().filter_map(CappedSums::rollup).collect();
+        sort_capped(plan, &mut capped);
+        Ok(capped)
     }
 
     /// Completes what [`Self::advance`] staged at `version` in `generation`: copies the
     /// staged rows into `unit_rollups`, where they become the units' current rows (the
     /// step after which another tick from the same stored computation would go wrong, so
-    /// the caller takes it only while it holds the ticks), then adds to `rollups` those
-    /// that follow from every unit's row (capped metrics, quantiles).
+    /// the caller takes it only while it holds the ticks), then adds to `computation` the
+    /// rollups that follow from every unit's row (metrics capped at a percentile).
     pub async fn commit_units(
         &self,
         (experiment_id, plan): (&str, &ExperimentPlan),
         (generation, version): (i64, i64),
-        rollups: &mut Rollups,
+        computation: &mut Computation,
     ) -> Result<(), WarehouseError> {
         let (db, id) = (&self.database, literal(experiment_id));
         self.execute(&format!(
@@ -455,8 +534,13 @@ impl ClickHouse {
              WHERE experiment_id = {id} AND version = {version}"
         ))
         .await?;
-        self.non_additive_rollups((experiment_id, plan), generation, version, rollups)
-            .await
+        let units = (generation, version);
+        let percentile = self.capped_of_units((experiment_id, plan), units, Caps::Percentile);
+        let percentile = percentile.await?;
+        let capped = &mut computation.rollups.capped;
+        capped.extend(percentile);
+        sort_capped(plan, capped);
+        Ok(())
     }
 
     /// Per variant and day, the units of `rows` by the day of their first exposure, and
@@ -503,69 +587,112 @@ impl ClickHouse {
         Ok((exposures, metrics))
     }
 
-    /// The rollups that do not add up over units: quantiles, and capped metrics (a
-    /// percentile cap depends on every unit's value). They follow from every clean unit's
-    /// newest row in `generation` up to `version` (its values, and its events per bucket),
-    /// not from the raw events: a pass over the experiment's units, not over its events.
-    async fn non_additive_rollups(
+    /// Per quantile metric, variant and value bucket, `start` plus the bucket sums
+    /// (`abx_stats::quantile::BucketSums`) of the units of `rows`, less those of `minus`
+    /// (both the SQL of unit rows with `variant`, `quantile_buckets` and `quantile_counts`).
+    /// Only clean units have buckets. A unit's sums follow from its buckets alone, with the
+    /// same arithmetic as `BucketSums::of_unit` (the lambda captures nothing, see
+    /// [`Self::changed_units`]); buckets whose sums come to nothing are left out.
+    async fn sum_quantile_buckets(
+        &self,
+        plan: &ExperimentPlan,
+        rows: &str,
+        minus: Option<&str>,
+        mut start: QuantileSums,
+    ) -> Result<QuantileSums, WarehouseError> {
+        #[derive(Deserialize)]
+        struct BucketRow {
+            variant: String,
+            bucket: i32,
+            events: i64,
+            units: i64,
+            squares: i64,
+            crossed: i64,
+        }
+        for (i, metric) in plan.metrics.iter().enumerate() {
+            if metric.quantile.is_none() {
+                continue;
+            }
+            let k = i + 1;
+            let side = |rows: &str, direction: i64| {
+                format!(
+                    "SELECT variant, toInt64({direction}) AS direction, quantile_buckets[{k}] AS buckets,
+                            quantile_counts[{k}] AS counts
+                     FROM ({rows}) AS unit_rows"
+                )
+            };
+            let mut sides = side(rows, 1);
+            if let Some(minus) = minus {
+                sides.push_str(&format!(" UNION ALL {}", side(minus, -1)));
+            }
+            let changes: Vec<BucketRow> = self
+                .rows(&format!(
+                    "SELECT variant, bucket, sum(direction * toInt64(w)) AS events,
+                            sum(direction * toInt64(j = 1)) AS units, sum(direction * s2) AS squares,
+                            sum(direction * toInt64(w) * n) AS crossed
+                     FROM (SELECT variant, direction, buckets, counts, toInt64(arraySum(counts)) AS n,
+                                  arrayMap((below, here) -> toInt64(below * below) - toInt64((below - here) * (below - here)),
+                                           arrayCumSum(counts), counts) AS s2s
+                           FROM ({sides}) AS sides)
+                     ARRAY JOIN buckets AS bucket, counts AS w, s2s AS s2, arrayEnumerate(buckets) AS j
+                     GROUP BY variant, bucket"
+                ))
+                .await?;
+            for r in changes {
+                let change = BucketSums {
+                    events: r.events,
+                    units: r.units,
+                    squares: r.squares,
+                    cross: r.crossed,
+                };
+                start
+                    .entry((metric.key.clone(), r.variant, r.bucket))
+                    .or_default()
+                    .add(&change, 1);
+            }
+        }
+        start.retain(|_, sums| *sums != BucketSums::default());
+        Ok(start)
+    }
+
+    /// The rollups of the capped metrics that `caps` selects, from every clean unit's newest
+    /// row in `generation` up to `version` (its values), not from the raw events: a pass over
+    /// the experiment's units, not over its events. A percentile cap depends on every unit,
+    /// so a tick makes this pass for those; fixed caps add up over units and move by
+    /// differences instead ([`Self::fixed_caps_moved`]).
+    async fn capped_of_units(
         &self,
         (experiment_id, plan): (&str, &ExperimentPlan),
-        generation: i64,
-        version: i64,
-        rollups: &mut Rollups,
-    ) -> Result<(), WarehouseError> {
-        let quantiles = plan.metrics.iter().any(|m| m.quantile.is_some());
-        let capped = plan.metrics.iter().any(|m| m.cap.is_some());
-        if !quantiles && !capped {
-            return Ok(());
-        }
-        // Each clean unit's newest row in the computation, with the `columns` asked for
-        // (their newest values): each query reads only the arrays it needs.
-        let newest = |columns: &str| {
-            format!(
-                "SELECT * FROM (
-                   SELECT ukey, argMax(variant, version) AS variant, argMax(multiple, version) AS newest_multiple, {columns}
-                   FROM {db}.unit_rollups
-                   WHERE experiment_id = {id} AND generation = {generation} AND version <= {version}
-                   GROUP BY ukey) AS newest
-                 WHERE newest_multiple = 0",
-                db = self.database,
-                id = literal(experiment_id),
-            )
+        (generation, version): (i64, i64),
+        caps: Caps,
+    ) -> Result<Vec<CappedRollup>, WarehouseError> {
+        let wanted = |cap: &crate::model::catalog::Cap| match caps {
+            Caps::Fixed => cap.value.is_some(),
+            Caps::Percentile => cap.value.is_none() && cap.percentile.is_some(),
+            Caps::All => true,
         };
-        for (i, metric) in plan.metrics.iter().enumerate() {
-            let Some(p) = metric.quantile else { continue };
-            let k = i + 1;
-            let units = newest(&format!(
-                "argMax(quantile_buckets[{k}], version) AS buckets, argMax(quantile_counts[{k}], version) AS counts"
-            ));
-            let events = format!(
-                "SELECT ukey, variant AS arm, bucket, w FROM ({units}) AS units
-                 ARRAY JOIN buckets AS bucket, counts AS w"
-            );
-            rollups
-                .quantiles
-                .extend(self.quantile_rollups(metric, p, &events).await?);
+        if !plan
+            .metrics
+            .iter()
+            .any(|m| m.cap.as_ref().is_some_and(wanted))
+        {
+            return Ok(Vec::new());
         }
-        if capped {
-            let values: Vec<String> = (0..plan.metrics.len())
-                .flat_map(|i| {
-                    ["x", "y", "c", "d"]
-                        .into_iter()
-                        .enumerate()
-                        .map(move |(j, name)| {
-                            format!("unit_values[{}] AS {name}{i}", 4 * i + j + 1)
-                        })
-                })
-                .collect();
-            let units = newest("argMax(unit_values, version) AS unit_values");
-            let per_unit = format!(
-                "SELECT ukey, variant, {} FROM ({units}) AS units",
-                values.join(", ")
-            );
-            rollups.capped = self.capped_rollups(plan, &per_unit).await?;
-        }
-        Ok(())
+        // Each clean unit's newest row in the computation, with its newest values.
+        let units = format!(
+            "SELECT variant, unit_values FROM (
+               SELECT ukey, argMax(variant, version) AS variant, argMax(multiple, version) AS newest_multiple,
+                      argMax(unit_values, version) AS unit_values
+               FROM {db}.unit_rollups
+               WHERE experiment_id = {id} AND generation = {generation} AND version <= {version}
+               GROUP BY ukey) AS newest
+             WHERE newest_multiple = 0",
+            db = self.database,
+            id = literal(experiment_id),
+        );
+        let per_unit = capped_values(plan, &units, 1);
+        let sums = self.capped_sums(plan, &per_unit, caps).await?;
+        Ok(sums.into_iter().filter_map(CappedSums::rollup).collect())
     }
 
     /// Drops staged rows and touched units older than [`STAGING_KEPT_MS`] before `now_ms`, by
@@ -665,4 +792,29 @@ fn metric_rollups(
             sums,
         })
         .collect()
+}
+
+/// The SQL of the units of `clean` (clean units' `variant` and `unit_values`) as
+/// [`ClickHouse::capped_sums`] reads them: each counted `direction` times, with the plan's
+/// i-th metric's x, y, c and d as `x{i}`, `y{i}`, `c{i}` and `d{i}`.
+fn capped_values(plan: &ExperimentPlan, clean: &str, direction: i64) -> String {
+    let values: Vec<String> = (0..plan.metrics.len())
+        .flat_map(|i| {
+            ["x", "y", "c", "d"]
+                .into_iter()
+                .enumerate()
+                .map(move |(j, name)| format!("unit_values[{}] AS {name}{i}", 4 * i + j + 1))
+        })
+        .collect();
+    format!(
+        "SELECT variant, toInt64({direction}) AS direction, {} FROM ({clean}) AS clean_units",
+        values.join(", ")
+    )
+}
+
+/// Capped rollups in the order a full computation gives them: by the metric's place in the
+/// plan, then by variant.
+fn sort_capped(plan: &ExperimentPlan, capped: &mut [CappedRollup]) {
+    let place = |key: &str| plan.metrics.iter().position(|m| m.key == key);
+    capped.sort_by(|a, b| (place(&a.metric), &a.variant).cmp(&(place(&b.metric), &b.variant)));
 }
