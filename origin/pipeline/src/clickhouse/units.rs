@@ -692,8 +692,9 @@ impl ClickHouse {
         // Each clean unit's newest row. `FINAL` keeps it by merging the sorted parts as it
         // reads them, where grouping by unit with `argMax` of the values (an array, which
         // 18.16 compares and copies as a generic value) took 27–35 s over 10 M units
-        // against 5–9 s on the same machine. Clean units are chosen outside the subquery, after the merge, so
-        // a unit whose newest row is not clean is left out, not read as an older clean one.
+        // against 5–9 s on the same machine. Clean units are chosen outside the subquery,
+        // after the merge, so a unit whose newest row is not clean is left out, not read as
+        // an older clean one.
         let units = format!(
             "SELECT variant, unit_values FROM (
                SELECT variant, multiple, unit_values FROM {db}.unit_rollups FINAL
