@@ -15,8 +15,8 @@
 //! message, a client's retry beyond the broker's deduplication window); sums cannot tell a
 //! copy from a new event. A full computation from all raw events (`ClickHouse::rebuild`)
 //! remains for a new plan, the first tick after an experiment ends, a tick that died after
-//! writing its units' rows, and once for a plan with capped or quantile metrics whose rows an
-//! earlier version wrote (see [`computed_by`]).
+//! writing its units' rows, and once for a plan with metrics whose rows an earlier version
+//! wrote (see [`computed_by`]).
 //!
 //! One process at a time ticks: ticks and repairs hold a lease in the configuration
 //! database (`store::leases`), since two ticks from the same computation would each add
@@ -69,14 +69,15 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
 }
 
 /// What the warehouse's unit rows and rollups are computed by, stored beside them: the
-/// plan's fingerprint; once the experiment has ended, its end; and for a plan with quantile
-/// or capped metrics, that its units' rows hold their values and events per bucket. The
-/// fingerprint leaves the end out (the SQL pipeline's rollups stay valid: ending adds no
-/// event to them), but rows computed before the end may count events stamped after it,
-/// which only a computation that knew the end leaves out. Rows written before units kept
-/// their values read them as empty, so such a plan's computations from then are made anew;
-/// and a plan with quantile metrics names the bucket sums, which computations stored
-/// before them lack (they are made anew too).
+/// plan's fingerprint; once the experiment has ended, its end; for a plan with quantile
+/// or capped metrics, that its units' rows hold their values and events per bucket; and for
+/// a plan with metrics, that they hold running totals. The fingerprint leaves the end out
+/// (the SQL pipeline's rollups stay valid: ending adds no event to them), but rows computed
+/// before the end may count events stamped after it, which only a computation that knew
+/// the end leaves out. Rows written before units kept their values, or their totals, read
+/// them as empty, so such a plan's computations from then are made anew; and a plan with
+/// quantile metrics names the bucket sums, which computations stored before them lack
+/// (they are made anew too).
 fn computed_by(plan: &ExperimentPlan) -> String {
     let mut by = plan.fingerprint();
     if let Some(end) = plan.ends_at_ms {
@@ -92,20 +93,25 @@ fn computed_by(plan: &ExperimentPlan) -> String {
     if plan.metrics.iter().any(|m| m.quantile.is_some()) {
         by.push_str(WITH_BUCKET_SUMS);
     }
+    if !plan.metrics.is_empty() {
+        by.push_str(FROM_DAY_TOTALS);
+    }
     by
 }
 
 const ENDS_AT: &str = " ends at ";
 const FROM_UNIT_VALUES: &str = " from unit values";
 const WITH_BUCKET_SUMS: &str = " with bucket sums";
+const FROM_DAY_TOTALS: &str = " from day totals";
 
 /// Whether a stored computation followed the plan's metrics, whatever else it knew: results
-/// may read it while the first computation after the end, or with units' values, is under
-/// way.
+/// may read it while the first computation after the end, or with units' values or running
+/// totals, is under way.
 fn follows(stored_by: &str, plan: &ExperimentPlan) -> bool {
     let Some(rest) = stored_by.strip_prefix(plan.fingerprint().as_str()) else {
         return false;
     };
+    let rest = rest.strip_suffix(FROM_DAY_TOTALS).unwrap_or(rest);
     let rest = rest.strip_suffix(WITH_BUCKET_SUMS).unwrap_or(rest);
     let rest = rest.strip_suffix(FROM_UNIT_VALUES).unwrap_or(rest);
     rest.is_empty()
@@ -246,8 +252,9 @@ async fn compute(
 /// (`LOAD_MARGIN_MS` before) they were computed, or computes them in full when they cannot
 /// be moved: the experiment has ended since (its end leaves out events that the stored
 /// rows may count; once a computation knew the end, later ticks move forward again), its
-/// rows lack what its capped or quantile metrics read (or the stored computation lacks the
-/// bucket sums of its quantile metrics), or `ClickHouse::advance` says so.
+/// rows lack what its metrics read (running totals, or the values and buckets of capped and
+/// quantile metrics; or the stored computation lacks the bucket sums of its quantile
+/// metrics), or `ClickHouse::advance` says so.
 async fn advance(
     warehouse: &ClickHouse,
     (e, plan): (&Experiment, &ExperimentPlan),
@@ -534,6 +541,7 @@ fn month_of(ms: i64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::catalog::MetricKind;
 
     /// A tick that stalls past its lease, while another process takes the ticks over, must
     /// not store: every store is preceded by `hold`, which then fails. Its release leaves
@@ -644,40 +652,48 @@ mod tests {
         assert!(!follows(&running, &plan) && !follows(&ended, &plan));
     }
 
-    #[test]
-    fn a_quantile_plan_moves_forward_only_from_units_with_values() {
-        let mut plan = ExperimentPlan {
+    /// A plan of two variants and one metric of `kind`.
+    fn plan_of_one_metric(kind: MetricKind, quantile: Option<f64>) -> ExperimentPlan {
+        ExperimentPlan {
             variants: vec!["control".into(), "treatment".into()],
             unit_attribute: "user_id".into(),
             switchback_period_s: None,
             metrics: vec![crate::plan::MetricPlan {
-                key: "p95_latency".into(),
-                kind: crate::model::catalog::MetricKind::Quantile,
-                event_type: "latency_ms".into(),
+                key: "metric".into(),
+                kind,
+                event_type: "metric_event".into(),
                 denominator: None,
-                quantile: Some(0.95),
+                quantile,
                 cap: None,
                 window: None,
                 filter: None,
-                measure: "latency_ms".into(),
+                measure: "metric_event".into(),
                 denominator_measure: None,
                 compiled_filter: None,
             }],
             ends_at_ms: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_quantile_plan_moves_forward_only_from_units_with_values() {
+        let mut plan = plan_of_one_metric(MetricKind::Quantile, Some(0.95));
         // What earlier versions stored (before units kept their values, then before the
         // bucket sums): results still read it, ticks compute anew.
         let earlier = plan.fingerprint();
         let without_sums = format!("{earlier} from unit values");
+        let without_totals = format!("{earlier} from unit values with bucket sums");
         let by = computed_by(&plan);
-        assert_eq!(by, format!("{earlier} from unit values with bucket sums"));
+        assert_eq!(by, format!("{without_totals} from day totals"));
         assert!(follows(&earlier, &plan) && follows(&without_sums, &plan));
-        assert!(follows(&by, &plan));
+        assert!(follows(&without_totals, &plan) && follows(&by, &plan));
         plan.ends_at_ms = Some(1_796_083_200_000);
         let ended = computed_by(&plan);
         assert_eq!(
             ended,
-            format!("{earlier} ends at 1796083200000 from unit values with bucket sums")
+            format!(
+                "{earlier} ends at 1796083200000 from unit values with bucket sums from day totals"
+            )
         );
         assert!(follows(&ended, &plan) && follows(&by, &plan));
         // A capped plan without quantiles has no bucket sums to name.
@@ -689,7 +705,7 @@ mod tests {
         assert_eq!(
             computed_by(&plan),
             format!(
-                "{} ends at 1796083200000 from unit values",
+                "{} ends at 1796083200000 from unit values from day totals",
                 plan.fingerprint()
             )
         );
@@ -701,6 +717,28 @@ mod tests {
         ));
         plan.metrics[0].quantile = Some(0.5);
         assert!(!follows(&ended, &plan) && !follows(&by, &plan));
+    }
+
+    #[test]
+    fn a_plan_with_metrics_moves_forward_only_from_units_with_totals() {
+        let mut plan = plan_of_one_metric(MetricKind::Conversion, None);
+        // An earlier version's computations, whose unit rows kept no running totals:
+        // results read them, ticks compute anew.
+        let earlier = plan.fingerprint();
+        assert_eq!(computed_by(&plan), format!("{earlier} from day totals"));
+        assert!(follows(&earlier, &plan) && follows(&computed_by(&plan), &plan));
+        plan.ends_at_ms = Some(1_796_083_200_000);
+        let ended = computed_by(&plan);
+        assert_eq!(
+            ended,
+            format!("{earlier} ends at 1796083200000 from day totals")
+        );
+        assert!(follows(&format!("{earlier} ends at 1796083200000"), &plan));
+        assert!(follows(&ended, &plan));
+        assert!(!follows(
+            &format!("{earlier} from day totals and more"),
+            &plan
+        ));
     }
 
     #[test]

@@ -1213,9 +1213,8 @@ async fn an_ended_experiment_settles(archive: bool) {
 }
 
 /// One unit's row of per-unit aggregates: variant, first day, whether it was exposed to
-/// several variants, the days it has events on, and its contributions on each.
-/// A unit's row: variant, first day, multiple, days, contributions, values, and its
-/// events per bucket of each metric.
+/// several variants, the days it has events on, its running totals at the end of each, its
+/// values, and its events per bucket of each metric.
 type UnitRow = (
     String,
     i64,
@@ -1237,7 +1236,7 @@ async fn unit_rows(
     let query = format!(
         "SELECT hex(ukey) AS unit, argMax(variant, version) AS variant,
                 argMax(first_day, version) AS first_day, argMax(multiple, version) AS multiple,
-                argMax(days, version) AS days, argMax(contributions, version) AS contributions,
+                argMax(days, version) AS days, argMax(totals, version) AS totals,
                 argMax(unit_values, version) AS unit_values,
                 argMax(quantile_buckets, version) AS quantile_buckets,
                 argMax(quantile_counts, version) AS quantile_counts
@@ -1265,7 +1264,7 @@ async fn unit_rows(
                 row["first_day"].as_i64().expect("first day"),
                 serde_json::from_value(row["multiple"].clone()).expect("multiple"),
                 serde_json::from_value(row["days"].clone()).expect("days"),
-                serde_json::from_value(row["contributions"].clone()).expect("contributions"),
+                serde_json::from_value(row["totals"].clone()).expect("totals"),
                 serde_json::from_value(row["unit_values"].clone()).expect("values"),
                 serde_json::from_value(row["quantile_buckets"].clone()).expect("buckets"),
                 serde_json::from_value(row["quantile_counts"].clone()).expect("counts"),
@@ -1276,8 +1275,8 @@ async fn unit_rows(
 }
 
 /// The same units with the same variant, first day, days and events per bucket, and
-/// contributions and values equal to 1e-9 (relative: a unit's sums may be added in another
-/// order).
+/// running totals and values equal to 1e-9 (relative: a unit's events may be added in
+/// another order).
 fn assert_same_units(
     actual: &BTreeMap<String, UnitRow>,
     expected: &BTreeMap<String, UnitRow>,
@@ -1295,14 +1294,15 @@ fn assert_same_units(
             (&b.0, b.1, b.2, &b.3, &b.6, &b.7),
             "{context}: unit {unit}"
         );
+        let lengths = |row: &UnitRow| (row.4.iter().map(Vec::len).collect::<Vec<_>>(), row.5.len());
+        assert_eq!(
+            lengths(a),
+            lengths(b),
+            "{context}: unit {unit}'s totals and values"
+        );
         let (a, b) = (
             [a.4.concat(), a.5.clone()].concat(),
             [b.4.concat(), b.5.clone()].concat(),
-        );
-        assert_eq!(
-            a.len(),
-            b.len(),
-            "{context}: unit {unit}'s contributions and values"
         );
         for (a, b) in a.iter().zip(&b) {
             assert!(close(*a, *b), "{context}: unit {unit}: {a} ≠ {b}");
@@ -1358,15 +1358,17 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
     send_all(&o, &key, &events[..40], 40).await;
     common::load_stream(&o.state).await;
     tick().await.expect("first tick");
-    // Computations stored by earlier versions: one whose unit rows kept no values or
-    // buckets (it names the plan alone), and one that kept no bucket sums for its
-    // quantile metric. Results read them, and the next tick computes in full.
+    // Computations stored by earlier versions: one whose unit rows kept no running totals
+    // (named as this version names its own, less the totals), and one that kept no bucket
+    // sums for its quantile metric (nor values, buckets or totals in its rows). Results
+    // read them, and the next tick computes in full.
     let first = stored(&o, &ids).await;
     for (i, (id, (plan, s))) in ids.iter().zip(&first).enumerate() {
         let earlier = s.computed_ms + 1;
         let mut computation = s.computation.clone();
         let by = if i == 0 {
-            plan.fingerprint()
+            let without_totals = s.plan.strip_suffix(" from day totals");
+            without_totals.expect("named with its totals").to_string()
         } else {
             computation.quantile_sums.clear();
             format!("{} from unit values", plan.fingerprint())
@@ -1384,7 +1386,7 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
         let after = after.expect("stored");
         assert!(
             after.generation > s.generation,
-            "moved forward from rows without values, or without bucket sums"
+            "moved forward from rows without totals, or without bucket sums"
         );
     }
 

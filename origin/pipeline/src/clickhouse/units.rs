@@ -3,17 +3,18 @@
 //!
 //! A unit's row holds what the unit adds to its experiment's rollups: its variant, the day
 //! of its first exposure, whether it was seen in more than one variant, and per day on which
-//! its values changed, its change of every metric's products (x, x², xy, …: the terms of
-//! [`Sums`]). It also keeps its events per value bucket for quantile metrics, whose
-//! per-variant bucket sums (`abx_stats::quantile::BucketSums`) add up over units and move by
-//! differences like the other sums, and its values for capped metrics, whose rollups do not
-//! add up (a percentile cap depends on every unit), so that a pass over the units rather
-//! than over their raw events computes them. A row is a function of the unit's
-//! deduplicated events alone (raw, and those of months past retention as the history's
-//! sums), so computing it again from the same events gives the same row, however many
-//! copies of them were loaded. That is what makes ticks exactly once: a
-//! tick recomputes only the units with events loaded since the previous tick (`loaded_ms`),
-//! and moves the rollups by the difference between their new rows and the rows the previous
+//! its values changed, the running totals of its events that its metrics' values follow
+//! from; its change of every metric's products on each day (x, x², xy, …: the terms of
+//! [`Sums`]) follows from those. It also keeps its events per value bucket for quantile
+//! metrics, whose per-variant bucket sums (`abx_stats::quantile::BucketSums`) add up over
+//! units and move by differences like the other sums, and its values for capped metrics,
+//! whose rollups do not add up (a percentile cap depends on every unit), so that a pass
+//! over the units rather than over their raw events computes them. A row is a function of
+//! the unit's deduplicated events alone (raw, and those of months past retention as the
+//! history's sums), so computing it again from the same events gives the same row, however
+//! many copies of them were loaded. That is what makes ticks exactly once: a tick
+//! recomputes only the units with events loaded since the previous tick (`loaded_ms`), and
+//! moves the rollups by the difference between their new rows and the rows the previous
 //! computation summed.
 //!
 //! Rows carry a `generation` (the time of the full computation they descend from; each
@@ -25,9 +26,9 @@
 //! the copy and storing its rollups. Such rows are newer than the stored computation, and
 //! the next tick, finding them, recomputes the experiment in full instead (a new
 //! generation), as it does after a plan change, at the first tick after an experiment
-//! ends, and for rollups stored before units were kept (or, for capped and quantile
-//! metrics, before units kept their values and buckets, and for quantile metrics before
-//! their bucket sums were stored).
+//! ends, and for rollups stored before units were kept or kept their running totals (or,
+//! for quantile metrics, before units kept their buckets and their bucket sums were
+//! stored).
 
 use std::collections::BTreeMap;
 
@@ -37,7 +38,7 @@ use serde::Deserialize;
 use super::history::History;
 use super::{
     CappedSums, Caps, ClickHouse, Computation, Count, DAY_MS, ExposureRollupRow, QuantileSums,
-    StoredRollups, WarehouseError,
+    StoredRollups, ValueSql, WarehouseError,
 };
 use super::{literal, literal_list};
 use crate::plan::ExperimentPlan;
@@ -51,14 +52,28 @@ const STAGING_PARTITION_MS: i64 = 3_600_000;
 /// of units with metric events (see [`ClickHouse::changed_units`]), which other units leave
 /// empty.
 const COLUMNS: &str = "experiment_id, generation, version, ukey, variant, first_day, multiple, \
-                       days, contributions, unit_values, quantile_buckets, quantile_counts";
-const ARRAY_COLUMNS: &str = ", days, contributions, unit_values, quantile_buckets, quantile_counts";
-/// The array columns added since the tables were first made, with their types.
-const ADDED_COLUMNS: [(&str, &str); 3] = [
+                       days, totals, unit_values, quantile_buckets, quantile_counts";
+const ARRAY_COLUMNS: &str = ", days, totals, unit_values, quantile_buckets, quantile_counts";
+/// The array columns added since the tables were first made, with their types. (Tables made
+/// before the rows kept totals also hold `contributions`, which nothing writes or reads any
+/// more.)
+const ADDED_COLUMNS: [(&str, &str); 4] = [
     ("unit_values", "Array(Float64)"),
     ("quantile_buckets", "Array(Array(Int32))"),
     ("quantile_counts", "Array(Array(UInt64))"),
+    ("totals", "Array(Array(Float64))"),
 ];
+
+/// One running total that a unit's row keeps: of the plan's `metric`-th metric's value
+/// `name` (x, y, c or d).
+struct UnitTotal {
+    metric: usize,
+    name: &'static str,
+    /// The SQL of the total over a unit's events of one day (an aggregate, or a constant).
+    sql: String,
+    /// How the value follows from the total.
+    value: ValueSql,
+}
 
 #[derive(Deserialize)]
 struct DayRow {
@@ -72,7 +87,7 @@ impl ClickHouse {
         let db = &self.database;
         let columns = "experiment_id String, generation Int64, version Int64, ukey FixedString(16),
                        variant String, first_day Int64, multiple UInt8, days Array(Int64),
-                       contributions Array(Array(Float64)), unit_values Array(Float64),
+                       totals Array(Array(Float64)), unit_values Array(Float64),
                        quantile_buckets Array(Array(Int32)), quantile_counts Array(Array(UInt64))";
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.unit_rollups ({columns})
@@ -105,21 +120,28 @@ impl ClickHouse {
 
     /// The rows of the experiment's clean units that have events of the plan's metrics (all
     /// of them, or those `touched` selects): `ukey, variant, first_day, multiple`, then
-    /// - `days` and `contributions`, which hold, per day of `days`, the change of the unit's
-    ///   products on that day: the plan's i-th metric's `Sums::COLUMNS` at 14·i..;
+    /// - `days` and `totals`, which hold, per total of [`Self::unit_totals`], the unit's
+    ///   running total at the end of each day of `days`, from which its values as of each
+    ///   day's end, and so its changes of the metrics' sums on that day, follow
+    ///   ([`Self::contributions`]);
     /// - `unit_values`, the unit's values over all its events: the i-th metric's x, y, c
     ///   and d at 4·i.., from which capped metrics' sums follow once their cap is known
-    ///   (empty if the plan has none);
+    ///   (empty if the plan has none; they follow from the totals too, but a percentile
+    ///   cap's passes over every unit read these faster: 7–9 s against 10–12 s over 10 M
+    ///   synthetic units, docs/benchmarks.md);
     /// - `quantile_buckets` and `quantile_counts`, the i-th metric's events after the
     ///   exposure per value bucket, sorted by bucket, if it is a quantile metric (else
     ///   empty), from which the variants' histograms and quantiles follow.
     ///
     /// Per unit and day it adds up the day's events of each metric (events before the
-    /// exposure day count on the exposure day); sorted by day into running totals (`…1s`, and
-    /// `…0s` up to the day before), these give the unit's values as of each day's end and as
-    /// of its previous day. The units' arrays are built by a grouping, which spills to disk,
-    /// never on the right of a join, which must fit in memory. (The lambda captures nothing
-    /// but its parameters: 18.16 loses captured columns of a subquery.)
+    /// exposure day count on the exposure day), sorted by day into running totals. The
+    /// rows keep the totals, not the changes of the sums that follow from them: a unit's
+    /// day holds one number per total instead of 14 per metric, so a tick reads a third of
+    /// the bytes for the previous rows, and a full computation writes far fewer
+    /// (docs/benchmarks.md, "Unit rows keep running totals"). The
+    /// units' arrays are built by a grouping, which spills to disk, never on the right of a
+    /// join, which must fit in memory. (The lambda captures nothing but its parameters:
+    /// 18.16 loses captured columns of a subquery.)
     fn changed_units(
         &self,
         (experiment_id, plan): (&str, &ExperimentPlan),
@@ -130,14 +152,9 @@ impl ClickHouse {
         let mut per_day = Vec::new();
         let mut elements = Vec::new();
         let mut running = Vec::new();
-        let mut parameters = Vec::new();
-        let mut arrays = Vec::new();
-        let mut body = Vec::new();
-        let mut unit_values = Vec::new();
         let mut histograms = Vec::new();
         let (mut buckets, mut counts) = (Vec::new(), Vec::new());
         for (i, metric) in plan.metrics.iter().enumerate() {
-            let mut value_at = BTreeMap::new();
             if metric.quantile.is_some() {
                 // Per unit and day, the events' buckets gathered as a plain array and counted
                 // once (`arrayReduce` of `sumMap`), then the days' counts added up per unit:
@@ -163,26 +180,103 @@ impl ClickHouse {
                 buckets.push("emptyArrayInt32()".into());
                 counts.push("emptyArrayUInt64()".into());
             }
-            for (name, quantity) in Self::quantities(metric) {
-                let Some((total, value)) = quantity else {
-                    unit_values.push("0.".to_string());
-                    continue;
-                };
-                unit_values.push(value(&format!("{name}{i}t1s[-1]")));
-                let q = format!("{name}{i}t");
-                per_day.push(format!("toFloat64({total}) AS {q}"));
-                elements.push(q.clone());
-                // Element 1 of the sorted tuples is the day.
-                let k = elements.len() + 1;
-                running.push(format!(
-                    "arrayCumSum(arrayMap(t -> t.{k}, sorted)) AS {q}1s,
-                     arrayPopBack(arrayPushFront({q}1s, 0.)) AS {q}0s"
-                ));
-                for end in ['1', '0'] {
-                    let parameter = format!("p{name}{i}{end}");
-                    arrays.push(format!("{q}{end}s"));
-                    value_at.insert((name, end), value(&parameter));
+        }
+        let totals = Self::unit_totals(plan);
+        for (k, total) in totals.iter().enumerate() {
+            let q = format!("{}{}t", total.name, total.metric);
+            per_day.push(format!("toFloat64({}) AS {q}", total.sql));
+            // Element 1 of the sorted tuples is the day.
+            running.push(format!(
+                "arrayCumSum(arrayMap(t -> t.{}, sorted)) AS {q}s",
+                k + 2
+            ));
+            elements.push(q);
+        }
+        // Only capped metrics read the values; other plans' rows leave them out.
+        let unit_values = if plan.metrics.iter().any(|m| m.cap.is_some()) {
+            let values: Vec<String> = (0..plan.metrics.len())
+                .flat_map(|i| ["x", "y", "c", "d"].map(|name| (i, name)))
+                .map(|(i, name)| {
+                    totals
+                        .iter()
+                        .find(|t| t.metric == i && t.name == name)
+                        .map_or_else(|| "0.".into(), |t| (t.value)(&format!("{name}{i}ts[-1]")))
+                })
+                .collect();
+            format!("[{}]", values.join(", "))
+        } else {
+            "emptyArrayFloat64()".into()
+        };
+        let histograms: String = histograms.iter().map(|h| format!(", {h}")).collect();
+        format!(
+            "SELECT ukey, any(unit_arm) AS variant, intDiv(any(first), {DAY_MS}) AS first_day, toUInt8(0) AS multiple,
+                    arraySort(groupArray((day, {elements}))) AS sorted,
+                    arrayMap(t -> t.1, sorted) AS days, [{running}] AS totals,
+                    {unit_values} AS unit_values{histograms},
+                    [{buckets}] AS quantile_buckets, [{counts}] AS quantile_counts
+             FROM (
+               SELECT ukey, any(arm) AS unit_arm, any(first_ms) AS first,
+                      greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
+                      {per_day}
+               FROM ({events}) AS events
+               ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) AS all_exposed WHERE multiple = 0) AS exposed USING ukey
+               GROUP BY ukey, day
+             ) AS unit_days GROUP BY ukey",
+            elements = elements.join(", "),
+            running = running.join(",\n"),
+            buckets = buckets.join(", "),
+            counts = counts.join(", "),
+            per_day = per_day.join(",\n"),
+            events = self.metric_events_with_history(plan, touched, history),
+        )
+    }
+
+    /// The totals a unit's row keeps (`totals`, in this order): per metric of the plan, in
+    /// order, those of its values x, y, c and d that follow from a total: x always (a
+    /// constant zero for a quantile metric, so that every metric has a total), y, c and d
+    /// as its kind defines them.
+    fn unit_totals(plan: &ExperimentPlan) -> Vec<UnitTotal> {
+        plan.metrics
+            .iter()
+            .enumerate()
+            .flat_map(|(i, metric)| {
+                Self::quantities(metric)
+                    .into_iter()
+                    .filter_map(move |(name, quantity)| {
+                        let (sql, value) = quantity?;
+                        Some(UnitTotal {
+                            metric: i,
+                            name,
+                            sql,
+                            value,
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// The SQL of a unit row's changes of the metrics' sums per day of its `days`, from its
+    /// `totals`: per day, the plan's i-th metric's `Sums::COLUMNS` at 14·i.., each the
+    /// product of the unit's values as of the day's end less that as of the day before.
+    /// (The lambda captures nothing but its parameters, as in [`Self::changed_units`].)
+    fn contributions(plan: &ExperimentPlan) -> String {
+        let totals = Self::unit_totals(plan);
+        let (mut parameters, mut arrays, mut body) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..plan.metrics.len() {
+            let mut value_at = BTreeMap::new();
+            for (k, total) in totals.iter().enumerate().filter(|(_, t)| t.metric == i) {
+                let k = k + 1;
+                for (end, array) in [
+                    ('1', format!("totals[{k}]")),
+                    (
+                        '0',
+                        format!("arrayPopBack(arrayPushFront(totals[{k}], 0.))"),
+                    ),
+                ] {
+                    let parameter = format!("p{}{i}{end}", total.name);
+                    value_at.insert((total.name, end), (total.value)(&parameter));
                     parameters.push(parameter);
+                    arrays.push(array);
                 }
             }
             // A unit's change in each product from before the day to its end.
@@ -206,37 +300,11 @@ impl ClickHouse {
                     .map(|factors| format!("({}) - ({})", at(factors, '1'), at(factors, '0'))),
             );
         }
-        let histograms: String = histograms.iter().map(|h| format!(", {h}")).collect();
-        // Only capped metrics read the values; other plans' rows leave them out.
-        let unit_values = if plan.metrics.iter().any(|m| m.cap.is_some()) {
-            format!("[{}]", unit_values.join(", "))
-        } else {
-            "emptyArrayFloat64()".into()
-        };
         format!(
-            "SELECT ukey, any(unit_arm) AS variant, intDiv(any(first), {DAY_MS}) AS first_day, toUInt8(0) AS multiple,
-                    arraySort(groupArray((day, {elements}))) AS sorted,
-                    arrayMap(t -> t.1, sorted) AS days, {running},
-                    arrayMap(({parameters}) -> [{body}], {arrays}) AS contributions,
-                    {unit_values} AS unit_values{histograms},
-                    [{buckets}] AS quantile_buckets, [{counts}] AS quantile_counts
-             FROM (
-               SELECT ukey, any(arm) AS unit_arm, any(first_ms) AS first,
-                      greatest(intDiv(ts_ms, {DAY_MS}), intDiv(first_ms, {DAY_MS})) AS day,
-                      {per_day}
-               FROM ({events}) AS events
-               ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) AS all_exposed WHERE multiple = 0) AS exposed USING ukey
-               GROUP BY ukey, day
-             ) AS unit_days GROUP BY ukey",
-            elements = elements.join(", "),
-            running = running.join(",\n"),
-            parameters = parameters.join(", "),
-            body = body.join(",\n"),
-            arrays = arrays.join(", "),
-            buckets = buckets.join(", "),
-            counts = counts.join(", "),
-            per_day = per_day.join(",\n"),
-            events = self.metric_events_with_history(plan, touched, history),
+            "arrayMap(({}) -> [{}], {})",
+            parameters.join(", "),
+            body.join(",\n"),
+            arrays.join(", ")
         )
     }
 
@@ -350,7 +418,7 @@ impl ClickHouse {
         )
         .await?;
         let rows = format!(
-            "SELECT variant, first_day, multiple, days, contributions, quantile_buckets, quantile_counts
+            "SELECT variant, first_day, multiple, days, totals, quantile_buckets, quantile_counts
              FROM {}.unit_rollups WHERE experiment_id = {} AND generation = {generation}",
             self.database,
             literal(experiment_id)
@@ -413,7 +481,7 @@ impl ClickHouse {
         )
         .await?;
         let staged = format!(
-            "SELECT ukey, variant, first_day, multiple, days, contributions, unit_values, quantile_buckets,
+            "SELECT ukey, variant, first_day, multiple, days, totals, unit_values, quantile_buckets,
                     quantile_counts
              FROM {db}.unit_rollups_staging WHERE experiment_id = {id} AND version = {version}"
         );
@@ -422,7 +490,7 @@ impl ClickHouse {
         let previous = format!(
             "SELECT ukey, argMax(variant, version) AS v, argMax(first_day, version) AS f,
                     argMax(multiple, version) AS m, argMax(days, version) AS ds,
-                    argMax(contributions, version) AS cs, argMax(unit_values, version) AS uv,
+                    argMax(totals, version) AS ts, argMax(unit_values, version) AS uv,
                     argMax(quantile_buckets, version) AS qb, argMax(quantile_counts, version) AS qc
              FROM {db}.unit_rollups
              WHERE experiment_id = {id} AND generation = {generation}
@@ -430,7 +498,7 @@ impl ClickHouse {
              GROUP BY ukey"
         );
         let previous = format!(
-            "SELECT v AS variant, f AS first_day, m AS multiple, ds AS days, cs AS contributions,
+            "SELECT v AS variant, f AS first_day, m AS multiple, ds AS days, ts AS totals,
                     uv AS unit_values, qb AS quantile_buckets, qc AS quantile_counts
              FROM ({previous}) AS previous"
         );
@@ -553,7 +621,9 @@ impl ClickHouse {
     }
 
     /// Per variant and day, the units of `rows` by the day of their first exposure, and
-    /// their metrics' changes; less those of `minus`.
+    /// their metrics' changes; less those of `minus` (both the SQL of unit rows with
+    /// `variant`, `first_day`, `multiple`, `days` and `totals`, from which the changes are
+    /// computed here).
     async fn sum_units(
         &self,
         plan: &ExperimentPlan,
@@ -579,17 +649,19 @@ impl ClickHouse {
         if plan.metrics.is_empty() {
             return Ok((exposures, Vec::new()));
         }
-        let mut changes = format!("SELECT variant, days, contributions FROM ({rows}) AS added");
+        let contributions = Self::contributions(plan);
+        let mut changes =
+            format!("SELECT variant, days, {contributions} AS c FROM ({rows}) AS added");
         if let Some(minus) = minus {
             changes.push_str(&format!(
-                " UNION ALL SELECT variant, days, arrayMap(v -> arrayMap(x -> -x, v), contributions) AS negated
+                " UNION ALL SELECT variant, days, arrayMap(v -> arrayMap(x -> -x, v), {contributions}) AS negated
                   FROM ({minus}) AS removed"
             ));
         }
         let metrics: Vec<DayRow> = self
             .rows(&format!(
-                "SELECT variant, day, sumForEach(c) AS sums
-                 FROM ({changes}) AS changes ARRAY JOIN days AS day, contributions AS c
+                "SELECT variant, day, sumForEach(contribution) AS sums
+                 FROM ({changes}) AS changes ARRAY JOIN days AS day, c AS contribution
                  GROUP BY variant, day ORDER BY day, variant"
             ))
             .await?;
