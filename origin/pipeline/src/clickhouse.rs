@@ -774,13 +774,15 @@ impl ClickHouse {
 
     /// The capped metrics' sums per variant over the clean units of `per_unit` (the SQL of
     /// units' `variant`, `direction` and values `x{i}`, `y{i}`, `c{i}`, `d{i}` of the plan's
-    /// i-th metric), each unit counted `direction` times, as the SQL pipeline's
+    /// i-th metric if it is capped), each unit counted `direction` times, as the SQL pipeline's
     /// `attribution::capped_rollups` computes them: the sums of `least(value, cap)`. A fixed
     /// cap is known in advance, so these sums add up over units, and a tick moves them by
     /// the difference its units make (their new rows with 1, the rows the previous
     /// computation summed with −1). A percentile cap, the order statistic at rank ⌈p·n⌉ of
-    /// the units' non-zero values (a first query), depends on every unit: it needs them all
-    /// (with direction 1).
+    /// the units' non-zero values, depends on every unit: it needs them all (with direction
+    /// 1). Every selected metric is computed together: one pass over `per_unit` finds the
+    /// percentile caps, and one more sums, however many metrics are capped (for a percentile
+    /// cap each pass reads every unit's newest row, docs/benchmarks.md).
     async fn capped_sums(
         &self,
         plan: &ExperimentPlan,
@@ -788,70 +790,99 @@ impl ClickHouse {
         caps: Caps,
     ) -> Result<Vec<CappedSums>, WarehouseError> {
         #[derive(Deserialize)]
-        struct CapRow {
-            cap: f64,
-            nonzero: u64,
-        }
-        #[derive(Deserialize)]
         struct CappedRow {
             variant: String,
             units: i64,
-            capped_units: i64,
+            /// `capped_units_{i}` and the sums of the i-th metric (`sum_x_{i}`, …).
             #[serde(flatten)]
-            sums: Sums,
+            columns: HashMap<String, f64>,
         }
-        let mut out = Vec::new();
+        // The selected metrics by their place in the plan, with their caps: a fixed one as
+        // given, a percentile one found from the units (left out if no unit has a value).
+        let mut capped: Vec<(usize, f64)> = Vec::new();
+        let mut percentiles: Vec<(usize, f64)> = Vec::new();
         for (i, metric) in plan.metrics.iter().enumerate() {
-            let Some(cap) = &metric.cap else { continue };
-            let cap = match (cap.value, cap.percentile) {
-                (Some(value), _) if caps != Caps::Percentile => value,
-                (None, Some(p)) if caps != Caps::Fixed => {
-                    let rows: Vec<CapRow> = self
-                        .rows(&format!(
-                            "SELECT toUInt64(countIf(x{i} != 0)) AS nonzero,
-                                    toFloat64(if(nonzero = 0, 0,
-                                        arraySort(groupArrayIf(x{i}, x{i} != 0))[toUInt64(greatest(1, ceil({p:?} * nonzero)))])) AS cap
-                             FROM ({per_unit})"
-                        ))
-                        .await?;
-                    match rows.first() {
-                        Some(row) if row.nonzero > 0 => row.cap,
-                        _ => continue,
-                    }
+            match metric.cap.as_ref().map(|cap| (cap.value, cap.percentile)) {
+                Some((Some(value), _)) if caps != Caps::Percentile => capped.push((i, value)),
+                Some((None, Some(p))) if caps != Caps::Fixed => percentiles.push((i, p)),
+                _ => {}
+            }
+        }
+        if !percentiles.is_empty() {
+            let columns: Vec<String> = percentiles
+                .iter()
+                .map(|(i, p)| {
+                    format!(
+                        "toUInt64(countIf(x{i} != 0)) AS nonzero_{i},
+                         toFloat64(if(nonzero_{i} = 0, 0,
+                             arraySort(groupArrayIf(x{i}, x{i} != 0))[toUInt64(greatest(1, ceil({p:?} * nonzero_{i})))])) AS cap_{i}"
+                    )
+                })
+                .collect();
+            let rows: Vec<HashMap<String, f64>> = self
+                .rows(&format!("SELECT {} FROM ({per_unit})", columns.join(",\n")))
+                .await?;
+            let found = |name: String| rows.first().and_then(|row| row.get(&name)).copied();
+            for (i, _) in percentiles {
+                if found(format!("nonzero_{i}")).is_some_and(|n| n > 0.0) {
+                    let cap = found(format!("cap_{i}")).ok_or_else(|| {
+                        WarehouseError::Decode(format!("no percentile cap for metric {i}"))
+                    })?;
+                    capped.push((i, cap));
                 }
-                _ => continue,
-            };
-            let cap_sql = format!("{cap:?}");
+            }
+            capped.sort_by_key(|(i, _)| *i);
+        }
+        if capped.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut values = Vec::new();
+        let mut sums = Vec::new();
+        for (i, cap) in &capped {
             // The numerator and its covariate capped; a denominator never is.
-            let sums = Self::sums_sql("", |factors| {
-                let product = Self::product(factors, |v| {
-                    match v {
-                        'x' => "xc",
-                        'c' => "cc",
-                        'y' => "y",
-                        _ => "d",
-                    }
-                    .to_string()
+            values.push(format!(
+                "x{i}, least(x{i}, {cap:?}) AS xc{i}, y{i}, least(c{i}, {cap:?}) AS cc{i}, d{i}"
+            ));
+            let term = |factors: &str| {
+                let product = Self::product(factors, |v| match v {
+                    'x' => format!("xc{i}"),
+                    'c' => format!("cc{i}"),
+                    'y' => format!("y{i}"),
+                    _ => format!("d{i}"),
                 });
                 format!("direction * {product}")
-            });
-            let rows: Vec<CappedRow> = self
-                .rows(&format!(
-                    "SELECT variant, sum(direction) AS units, sum(direction * toInt64(x > {cap_sql})) AS capped_units,
-                            {sums}
-                     FROM (SELECT variant, direction, x{i} AS x, least(x{i}, {cap_sql}) AS xc, y{i} AS y,
-                                  least(c{i}, {cap_sql}) AS cc, d{i} AS d FROM ({per_unit}))
-                     GROUP BY variant ORDER BY variant"
-                ))
-                .await?;
-            out.extend(rows.into_iter().map(|r| CappedSums {
-                metric: metric.key.clone(),
-                variant: r.variant,
-                cap,
-                units: r.units,
-                capped_units: r.capped_units,
-                sums: r.sums,
-            }));
+            };
+            sums.push(format!(
+                "sum(direction * toInt64(x{i} > {cap:?})) AS capped_units_{i}, {}",
+                Self::sums_sql(&format!("_{i}"), term)
+            ));
+        }
+        let rows: Vec<CappedRow> = self
+            .rows(&format!(
+                "SELECT variant, sum(direction) AS units, {sums}
+                 FROM (SELECT variant, direction, {values} FROM ({per_unit}))
+                 GROUP BY variant ORDER BY variant",
+                sums = sums.join(",\n"),
+                values = values.join(", "),
+            ))
+            .await?;
+        let mut out = Vec::new();
+        for (i, cap) in capped {
+            for r in &rows {
+                let capped_units =
+                    r.columns.get(&format!("capped_units_{i}")).ok_or_else(|| {
+                        WarehouseError::Decode(format!("no capped units for metric {i}"))
+                    })?;
+                out.push(CappedSums {
+                    metric: plan.metrics[i].key.clone(),
+                    variant: r.variant.clone(),
+                    cap,
+                    units: r.units,
+                    // A count, exact in a double below 2^53.
+                    capped_units: *capped_units as i64,
+                    sums: indexed_sums(&r.columns, i),
+                });
+            }
         }
         Ok(out)
     }

@@ -70,14 +70,15 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
 
 /// What the warehouse's unit rows and rollups are computed by, stored beside them: the
 /// plan's fingerprint; once the experiment has ended, its end; for a plan with quantile
-/// or capped metrics, that its units' rows hold their values and events per bucket; and for
-/// a plan with metrics, that they hold running totals. The fingerprint leaves the end out
-/// (the SQL pipeline's rollups stay valid: ending adds no event to them), but rows computed
-/// before the end may count events stamped after it, which only a computation that knew
-/// the end leaves out. Rows written before units kept their values, or their totals, read
-/// them as empty, so such a plan's computations from then are made anew; and a plan with
-/// quantile metrics names the bucket sums, which computations stored before them lack
-/// (they are made anew too).
+/// or capped metrics, that its units' rows hold their values and events per bucket; for
+/// a plan with metrics, that they hold running totals; and for a plan with capped metrics,
+/// that they hold the values of those only. The fingerprint leaves the end out (the SQL
+/// pipeline's rollups stay valid: ending adds no event to them), but rows computed before
+/// the end may count events stamped after it, which only a computation that knew the end
+/// leaves out. Rows written before units kept their values, or their totals, read them as
+/// empty, and rows that kept every metric's values hold them in other places, so such a
+/// plan's computations from then are made anew; and a plan with quantile metrics names the
+/// bucket sums, which computations stored before them lack (they are made anew too).
 fn computed_by(plan: &ExperimentPlan) -> String {
     let mut by = plan.fingerprint();
     if let Some(end) = plan.ends_at_ms {
@@ -96,6 +97,9 @@ fn computed_by(plan: &ExperimentPlan) -> String {
     if !plan.metrics.is_empty() {
         by.push_str(FROM_DAY_TOTALS);
     }
+    if plan.metrics.iter().any(|m| m.cap.is_some()) {
+        by.push_str(CAPPED_VALUES_ONLY);
+    }
     by
 }
 
@@ -103,6 +107,7 @@ const ENDS_AT: &str = " ends at ";
 const FROM_UNIT_VALUES: &str = " from unit values";
 const WITH_BUCKET_SUMS: &str = " with bucket sums";
 const FROM_DAY_TOTALS: &str = " from day totals";
+const CAPPED_VALUES_ONLY: &str = " capped values only";
 
 /// Whether a stored computation followed the plan's metrics, whatever else it knew: results
 /// may read it while the first computation after the end, or with units' values or running
@@ -111,6 +116,7 @@ fn follows(stored_by: &str, plan: &ExperimentPlan) -> bool {
     let Some(rest) = stored_by.strip_prefix(plan.fingerprint().as_str()) else {
         return false;
     };
+    let rest = rest.strip_suffix(CAPPED_VALUES_ONLY).unwrap_or(rest);
     let rest = rest.strip_suffix(FROM_DAY_TOTALS).unwrap_or(rest);
     let rest = rest.strip_suffix(WITH_BUCKET_SUMS).unwrap_or(rest);
     let rest = rest.strip_suffix(FROM_UNIT_VALUES).unwrap_or(rest);
@@ -254,7 +260,8 @@ async fn compute(
 /// rows may count; once a computation knew the end, later ticks move forward again), its
 /// rows lack what its metrics read (running totals, or the values and buckets of capped and
 /// quantile metrics; or the stored computation lacks the bucket sums of its quantile
-/// metrics), or `ClickHouse::advance` says so.
+/// metrics), or hold the values of capped metrics in other places (rows that kept every
+/// metric's), or `ClickHouse::advance` says so.
 async fn advance(
     warehouse: &ClickHouse,
     (e, plan): (&Experiment, &ExperimentPlan),
@@ -702,13 +709,15 @@ mod tests {
             value: Some(100.0),
             percentile: None,
         });
-        assert_eq!(
-            computed_by(&plan),
-            format!(
-                "{} ends at 1796083200000 from unit values from day totals",
-                plan.fingerprint()
-            )
+        let capped_by = computed_by(&plan);
+        let earlier_capped = format!(
+            "{} ends at 1796083200000 from unit values from day totals",
+            plan.fingerprint()
         );
+        assert_eq!(capped_by, format!("{earlier_capped} capped values only"));
+        // Rows that kept every metric's values: results read them, ticks compute anew.
+        assert!(follows(&earlier_capped, &plan) && follows(&capped_by, &plan));
+        assert_ne!(earlier_capped, capped_by);
         plan.metrics[0].cap = None;
         plan.metrics[0].quantile = Some(0.95);
         assert!(!follows(

@@ -12,12 +12,14 @@ fn event_id(n: u64) -> String {
     format!("00000000-0000-4000-8000-{n:012x}")
 }
 
-/// The capped metrics of these tests: key, kind, cap.
-fn capped_metrics() -> [(&'static str, &'static str, Json); 3] {
+/// The capped metrics of these tests: key, kind, cap. (Two percentile caps: the warehouse
+/// finds every cap of a plan in one pass over the units.)
+fn capped_metrics() -> [(&'static str, &'static str, Json); 4] {
     [
         ("revenue_capped", "mean", json!({"value": 100})),
         ("revenue_p90", "sum", json!({"percentile": 0.9})),
         ("revenue_per_session", "ratio", json!({"value": 150})),
+        ("revenue_p50", "mean", json!({"percentile": 0.5})),
     ]
 }
 

@@ -440,6 +440,130 @@ async fn the_warehouse_gives_the_results_of_the_sql_pipeline() {
     clean_up(&o.state).await;
 }
 
+/// The answer of the ClickHouse server at `url` to `statement`, which must succeed.
+async fn clickhouse_answer(url: &str, statement: String) -> String {
+    reqwest::Client::new()
+        .post(url)
+        .body(statement)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("ClickHouse: {e}"))
+        .text()
+        .await
+        .expect("ClickHouse's answer")
+}
+
+/// A warehouse whose tables are as the first version that made each one left them (raw
+/// events without properties or load times, rollups without the ratio covariate's sums,
+/// unit rows with their contributions and none of the columns since) is brought up to date
+/// when an origin connects: the rows already there read with the new columns empty, and
+/// loads, a full computation and a tick that moves it forward give the SQL pipeline's
+/// results.
+#[tokio::test]
+async fn a_warehouse_that_earlier_versions_made_is_brought_up_to_date() {
+    // Both servers first, so that a skipped test leaves no database behind.
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    if common::nats_or_skip().await.is_none() {
+        return;
+    }
+    let database = format!("abx_t_{}", uuid::Uuid::new_v4().simple());
+    let unit_columns =
+        "experiment_id String, generation Int64, version Int64, ukey FixedString(16),
+                        variant String, first_day Int64, multiple UInt8, days Array(Int64),
+                        contributions Array(Array(Float64))";
+    let partition = "toYYYYMM(toDate(toDateTime(intDiv(ts_ms, 1000))))";
+    for statement in [
+        format!("CREATE DATABASE {database}"),
+        format!(
+            "CREATE TABLE {database}.exposures (event_id String, experiment_id String,
+               variant String, unit_key String, ts_ms Int64, received_ms Int64)
+             ENGINE = ReplacingMergeTree PARTITION BY {partition}
+             ORDER BY (experiment_id, variant, ts_ms, event_id)"
+        ),
+        format!(
+            "CREATE TABLE {database}.metric_events (event_id String, event_type String,
+               unit_key String, value Float64, ts_ms Int64, received_ms Int64)
+             ENGINE = ReplacingMergeTree PARTITION BY {partition}
+             ORDER BY (event_type, unit_key, ts_ms, event_id)"
+        ),
+        format!(
+            "CREATE TABLE {database}.experiment_rollups (experiment_id String, computed_ms Int64,
+               plan String, kind UInt8, variant String, metric String, day Int64, units Int64,
+               multiples Int64, sum_x Float64, sum_x2 Float64, sum_y Float64, sum_y2 Float64,
+               sum_xy Float64, sum_c Float64, sum_c2 Float64, sum_xc Float64)
+             ENGINE = ReplacingMergeTree(computed_ms)
+             ORDER BY (experiment_id, kind, variant, metric, day)"
+        ),
+        format!(
+            "CREATE TABLE {database}.unit_rollups ({unit_columns})
+             ENGINE = ReplacingMergeTree(version) PARTITION BY (experiment_id, generation)
+             ORDER BY (experiment_id, generation, ukey)"
+        ),
+        format!(
+            "CREATE TABLE {database}.unit_rollups_staging ({unit_columns})
+             ENGINE = MergeTree PARTITION BY intDiv(version, 3600000)
+             ORDER BY (experiment_id, version, ukey)"
+        ),
+        // The rows of an experiment that these versions computed, since deleted.
+        format!(
+            "INSERT INTO {database}.unit_rollups VALUES
+               ('gone', 1, 1, '0123456789abcdef', 'control', 20000, 0, [20000], [[1, 1]])"
+        ),
+        format!(
+            "INSERT INTO {database}.experiment_rollups (experiment_id, computed_ms, plan, kind,
+               variant, metric, day, units, multiples, sum_x)
+             VALUES ('gone', 1, 'earlier', 1, 'control', 'conversion', 20000, 0, 0, 3)"
+        ),
+    ] {
+        clickhouse_answer(&url, statement).await;
+    }
+    let Some((o, _)) = warehouse_origin_with(url.clone(), |s| {
+        s.clickhouse.as_mut().expect("warehouse settings").database = database.clone();
+    })
+    .await
+    else {
+        return;
+    };
+    let (checkout, banner, key) = experiments(&o).await;
+    let events = scenario(&checkout, &banner);
+    // A full computation of the first half, then a tick that moves it forward.
+    let half = events.len() / 2;
+    send_all(&o, &key, &events[..half], 50).await;
+    common::drain(&o.state).await;
+    let ids = [checkout.as_str(), banner.as_str()];
+    let first = stored(&o, &ids).await;
+    send_all(&o, &key, &events[half..], 50).await;
+    common::drain(&o.state).await;
+    for ((_, before), (_, after)) in first.iter().zip(stored(&o, &ids).await) {
+        assert!(after.computed_ms > before.computed_ms);
+        assert_eq!(after.generation, before.generation, "moved forward");
+    }
+    assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+
+    let gone = clickhouse_answer(
+        &url,
+        format!(
+            "SELECT days, totals, unit_values, quantile_counts, contributions
+             FROM {database}.unit_rollups WHERE experiment_id = 'gone' FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(gone.trim(), "[20000]\t[]\t[]\t[]\t[[1,1]]");
+    let earlier = clickhouse_answer(
+        &url,
+        format!(
+            "SELECT sum_x, sum_d, sum_yd FROM {database}.experiment_rollups
+             WHERE experiment_id = 'gone' FORMAT TSV"
+        ),
+    )
+    .await;
+    assert_eq!(earlier.trim(), "3\t0\t0");
+    clean_up(&o.state).await;
+}
+
 #[tokio::test]
 async fn retries_and_a_loader_killed_mid_batch_double_nothing() {
     let Some((o, stream, [checkout, banner, key])) = set_up().await else {
@@ -1358,17 +1482,19 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
     send_all(&o, &key, &events[..40], 40).await;
     common::load_stream(&o.state).await;
     tick().await.expect("first tick");
-    // Computations stored by earlier versions: one whose unit rows kept no running totals
-    // (named as this version names its own, less the totals), and one that kept no bucket
-    // sums for its quantile metric (nor values, buckets or totals in its rows). Results
-    // read them, and the next tick computes in full.
+    // Computations stored by earlier versions: one whose unit rows kept every metric's
+    // values, not only the capped metrics' (named as this version names its own, less
+    // that), and one that kept no bucket sums for its quantile metric (nor values, buckets
+    // or totals in its rows). Results read them, and the next tick computes in full.
     let first = stored(&o, &ids).await;
     for (i, (id, (plan, s))) in ids.iter().zip(&first).enumerate() {
         let earlier = s.computed_ms + 1;
         let mut computation = s.computation.clone();
         let by = if i == 0 {
-            let without_totals = s.plan.strip_suffix(" from day totals");
-            without_totals.expect("named with its totals").to_string()
+            let every_value = s.plan.strip_suffix(" capped values only");
+            every_value
+                .expect("named with its capped values")
+                .to_string()
         } else {
             computation.quantile_sums.clear();
             format!("{} from unit values", plan.fingerprint())
@@ -1386,7 +1512,7 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
         let after = after.expect("stored");
         assert!(
             after.generation > s.generation,
-            "moved forward from rows without totals, or without bucket sums"
+            "moved forward from rows with every metric's values, or without bucket sums"
         );
     }
 
@@ -1605,19 +1731,14 @@ async fn ticks_wait_for_the_process_that_holds_them() {
             .is_none()
     );
     let config = o.settings.clickhouse.as_ref().expect("warehouse settings");
-    let kept = reqwest::Client::new()
-        .post(&config.url)
-        .body(format!(
+    let kept = clickhouse_answer(
+        &config.url,
+        format!(
             "SELECT count() FROM {}.unit_rollups WHERE experiment_id = '{checkout}'",
             config.database
-        ))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .expect("count")
-        .text()
-        .await
-        .expect("count's body");
+        ),
+    )
+    .await;
     assert_eq!(kept.trim(), "0", "unit rows kept");
 
     // The other process died: its lease runs out.

@@ -28,7 +28,7 @@
 //! generation), as it does after a plan change, at the first tick after an experiment
 //! ends, and for rollups stored before units were kept or kept their running totals (or,
 //! for quantile metrics, before units kept their buckets and their bucket sums were
-//! stored).
+//! stored; for capped metrics, while units kept every metric's values).
 
 use std::collections::BTreeMap;
 
@@ -124,11 +124,11 @@ impl ClickHouse {
     ///   running total at the end of each day of `days`, from which its values as of each
     ///   day's end, and so its changes of the metrics' sums on that day, follow
     ///   ([`Self::contributions`]);
-    /// - `unit_values`, the unit's values over all its events: the i-th metric's x, y, c
-    ///   and d at 4·i.., from which capped metrics' sums follow once their cap is known
-    ///   (empty if the plan has none; they follow from the totals too, but a percentile
-    ///   cap's passes over every unit read these faster: 7–9 s against 10–12 s over 10 M
-    ///   synthetic units, docs/benchmarks.md);
+    /// - `unit_values`, the unit's values over all its events of the plan's capped metrics:
+    ///   the k-th capped metric's x, y, c and d at 4·k.. ([`capped_metrics`]), from which
+    ///   their sums follow once their cap is known (empty if the plan has none; they follow
+    ///   from the totals too, but a percentile cap's passes over every unit read these
+    ///   faster: 7–9 s against 10–12 s over 10 M synthetic units, docs/benchmarks.md);
     /// - `quantile_buckets` and `quantile_counts`, the i-th metric's events after the
     ///   exposure per value bucket, sorted by bucket, if it is a quantile metric (else
     ///   empty), from which the variants' histograms and quantiles follow.
@@ -192,20 +192,23 @@ impl ClickHouse {
             ));
             elements.push(q);
         }
-        // Only capped metrics read the values; other plans' rows leave them out.
-        let unit_values = if plan.metrics.iter().any(|m| m.cap.is_some()) {
-            let values: Vec<String> = (0..plan.metrics.len())
-                .flat_map(|i| ["x", "y", "c", "d"].map(|name| (i, name)))
-                .map(|(i, name)| {
-                    totals
-                        .iter()
-                        .find(|t| t.metric == i && t.name == name)
-                        .map_or_else(|| "0.".into(), |t| (t.value)(&format!("{name}{i}ts[-1]")))
-                })
-                .collect();
-            format!("[{}]", values.join(", "))
-        } else {
+        // Only capped metrics read the values, so only theirs are kept (none for a plan
+        // without one): a percentile cap's passes merge every unit's newest row, and they
+        // took about half the time over 10 M synthetic units with one capped metric's 4
+        // values as with all five metrics' 20 (docs/benchmarks.md).
+        let values: Vec<String> = capped_metrics(plan)
+            .flat_map(|i| ["x", "y", "c", "d"].map(|name| (i, name)))
+            .map(|(i, name)| {
+                totals
+                    .iter()
+                    .find(|t| t.metric == i && t.name == name)
+                    .map_or_else(|| "0.".into(), |t| (t.value)(&format!("{name}{i}ts[-1]")))
+            })
+            .collect();
+        let unit_values = if values.is_empty() {
             "emptyArrayFloat64()".into()
+        } else {
+            format!("[{}]", values.join(", "))
         };
         let histograms: String = histograms.iter().map(|h| format!(", {h}")).collect();
         format!(
@@ -879,16 +882,27 @@ fn metric_rollups(
         .collect()
 }
 
+/// The places in the plan of its capped metrics, in order: a unit's `unit_values` hold the
+/// x, y, c and d of the k-th of them at 4·k.. ([`ClickHouse::changed_units`]).
+fn capped_metrics(plan: &ExperimentPlan) -> impl Iterator<Item = usize> + '_ {
+    plan.metrics
+        .iter()
+        .enumerate()
+        .filter(|(_, metric)| metric.cap.is_some())
+        .map(|(i, _)| i)
+}
+
 /// The SQL of the units of `clean` (clean units' `variant` and `unit_values`) as
-/// [`ClickHouse::capped_sums`] reads them: each counted `direction` times, with the plan's
-/// i-th metric's x, y, c and d as `x{i}`, `y{i}`, `c{i}` and `d{i}`.
+/// [`ClickHouse::capped_sums`] reads them: each counted `direction` times, with the x, y, c
+/// and d of the plan's i-th metric, if it is capped, as `x{i}`, `y{i}`, `c{i}` and `d{i}`.
 fn capped_values(plan: &ExperimentPlan, clean: &str, direction: i64) -> String {
-    let values: Vec<String> = (0..plan.metrics.len())
-        .flat_map(|i| {
+    let values: Vec<String> = capped_metrics(plan)
+        .enumerate()
+        .flat_map(|(k, i)| {
             ["x", "y", "c", "d"]
                 .into_iter()
                 .enumerate()
-                .map(move |(j, name)| format!("unit_values[{}] AS {name}{i}", 4 * i + j + 1))
+                .map(move |(j, name)| format!("unit_values[{}] AS {name}{i}", 4 * k + j + 1))
         })
         .collect();
     format!(
