@@ -1558,6 +1558,10 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
                     .await
                     .expect("advance")
                     .expect("moved forward");
+                // A tick retried at the version of one that died before its copy (a clock
+                // standing still) would count the staged units twice: it computes in full.
+                let retried = warehouse.advance(id, plan, stored, version, stored.computed_ms);
+                assert!(retried.await.expect("advance again").is_none());
                 warehouse
                     .commit_units((id, plan), (stored.generation, version), &mut computation)
                     .await
