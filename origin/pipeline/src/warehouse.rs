@@ -71,14 +71,16 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
 /// What the warehouse's unit rows and rollups are computed by, stored beside them: the
 /// plan's fingerprint; once the experiment has ended, its end; for a plan with quantile
 /// or capped metrics, that its units' rows hold their values and events per bucket; for
-/// a plan with metrics, that they hold running totals; and for a plan with capped metrics,
-/// that they hold the values of those only. The fingerprint leaves the end out (the SQL
-/// pipeline's rollups stay valid: ending adds no event to them), but rows computed before
-/// the end may count events stamped after it, which only a computation that knew the end
-/// leaves out. Rows written before units kept their values, or their totals, read them as
+/// a plan with metrics, that they hold running totals; for a plan with capped metrics,
+/// that they hold the values of those only; and that units are keyed by 64 bits. The
+/// fingerprint leaves the end out (the SQL pipeline's rollups stay valid: ending adds no
+/// event to them), but rows computed before the end may count events stamped after it,
+/// which only a computation that knew the end leaves out. Rows written before units kept their values, or their totals, read them as
 /// empty, and rows that kept every metric's values hold them in other places, so such a
 /// plan's computations from then are made anew; and a plan with quantile metrics names the
-/// bucket sums, which computations stored before them lack (they are made anew too).
+/// bucket sums, which computations stored before them lack (they are made anew too). Rows
+/// keyed by 128 bits are dropped (`ClickHouse::create_unit_tables`), so computations that
+/// summed them are made anew.
 fn computed_by(plan: &ExperimentPlan) -> String {
     let mut by = plan.fingerprint();
     if let Some(end) = plan.ends_at_ms {
@@ -100,6 +102,7 @@ fn computed_by(plan: &ExperimentPlan) -> String {
     if plan.metrics.iter().any(|m| m.cap.is_some()) {
         by.push_str(CAPPED_VALUES_ONLY);
     }
+    by.push_str(BY_64_BIT_KEYS);
     by
 }
 
@@ -108,6 +111,7 @@ const FROM_UNIT_VALUES: &str = " from unit values";
 const WITH_BUCKET_SUMS: &str = " with bucket sums";
 const FROM_DAY_TOTALS: &str = " from day totals";
 const CAPPED_VALUES_ONLY: &str = " capped values only";
+const BY_64_BIT_KEYS: &str = " by 64-bit unit keys";
 
 /// Whether a stored computation followed the plan's metrics, whatever else it knew: results
 /// may read it while the first computation after the end, or with units' values or running
@@ -116,6 +120,7 @@ fn follows(stored_by: &str, plan: &ExperimentPlan) -> bool {
     let Some(rest) = stored_by.strip_prefix(plan.fingerprint().as_str()) else {
         return false;
     };
+    let rest = rest.strip_suffix(BY_64_BIT_KEYS).unwrap_or(rest);
     let rest = rest.strip_suffix(CAPPED_VALUES_ONLY).unwrap_or(rest);
     let rest = rest.strip_suffix(FROM_DAY_TOTALS).unwrap_or(rest);
     let rest = rest.strip_suffix(WITH_BUCKET_SUMS).unwrap_or(rest);
@@ -648,7 +653,10 @@ mod tests {
             ends_at_ms: None,
         };
         let running = computed_by(&plan);
-        assert_eq!(running, plan.fingerprint());
+        assert_eq!(
+            running,
+            format!("{} by 64-bit unit keys", plan.fingerprint())
+        );
         plan.ends_at_ms = Some(1_796_083_200_000);
         let ended = computed_by(&plan);
         assert_ne!(ended, running);
@@ -690,16 +698,19 @@ mod tests {
         let earlier = plan.fingerprint();
         let without_sums = format!("{earlier} from unit values");
         let without_totals = format!("{earlier} from unit values with bucket sums");
+        let keyed_by_128_bits = format!("{without_totals} from day totals");
         let by = computed_by(&plan);
-        assert_eq!(by, format!("{without_totals} from day totals"));
+        assert_eq!(by, format!("{keyed_by_128_bits} by 64-bit unit keys"));
         assert!(follows(&earlier, &plan) && follows(&without_sums, &plan));
-        assert!(follows(&without_totals, &plan) && follows(&by, &plan));
+        assert!(follows(&without_totals, &plan) && follows(&keyed_by_128_bits, &plan));
+        assert!(follows(&by, &plan));
         plan.ends_at_ms = Some(1_796_083_200_000);
         let ended = computed_by(&plan);
         assert_eq!(
             ended,
             format!(
-                "{earlier} ends at 1796083200000 from unit values with bucket sums from day totals"
+                "{earlier} ends at 1796083200000 from unit values with bucket sums from day totals \
+                 by 64-bit unit keys"
             )
         );
         assert!(follows(&ended, &plan) && follows(&by, &plan));
@@ -714,9 +725,16 @@ mod tests {
             "{} ends at 1796083200000 from unit values from day totals",
             plan.fingerprint()
         );
-        assert_eq!(capped_by, format!("{earlier_capped} capped values only"));
+        assert_eq!(
+            capped_by,
+            format!("{earlier_capped} capped values only by 64-bit unit keys")
+        );
         // Rows that kept every metric's values: results read them, ticks compute anew.
         assert!(follows(&earlier_capped, &plan) && follows(&capped_by, &plan));
+        assert!(follows(
+            &format!("{earlier_capped} capped values only"),
+            &plan
+        ));
         assert_ne!(earlier_capped, capped_by);
         plan.metrics[0].cap = None;
         plan.metrics[0].quantile = Some(0.95);
@@ -734,18 +752,27 @@ mod tests {
         // An earlier version's computations, whose unit rows kept no running totals:
         // results read them, ticks compute anew.
         let earlier = plan.fingerprint();
-        assert_eq!(computed_by(&plan), format!("{earlier} from day totals"));
+        assert_eq!(
+            computed_by(&plan),
+            format!("{earlier} from day totals by 64-bit unit keys")
+        );
         assert!(follows(&earlier, &plan) && follows(&computed_by(&plan), &plan));
         plan.ends_at_ms = Some(1_796_083_200_000);
         let ended = computed_by(&plan);
         assert_eq!(
             ended,
-            format!("{earlier} ends at 1796083200000 from day totals")
+            format!("{earlier} ends at 1796083200000 from day totals by 64-bit unit keys")
         );
         assert!(follows(&format!("{earlier} ends at 1796083200000"), &plan));
         assert!(follows(&ended, &plan));
         assert!(!follows(
             &format!("{earlier} from day totals and more"),
+            &plan
+        ));
+        // Rows keyed by 128 bits: results read them, ticks compute anew.
+        assert!(follows(&format!("{earlier} from day totals"), &plan));
+        assert!(!follows(
+            &format!("{earlier} by 64-bit unit keys from day totals"),
             &plan
         ));
     }

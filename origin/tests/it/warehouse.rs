@@ -456,10 +456,10 @@ async fn clickhouse_answer(url: &str, statement: String) -> String {
 
 /// A warehouse whose tables are as the first version that made each one left them (raw
 /// events without properties or load times, rollups without the ratio covariate's sums,
-/// unit rows with their contributions and none of the columns since) is brought up to date
-/// when an origin connects: the rows already there read with the new columns empty, and
-/// loads, a full computation and a tick that moves it forward give the SQL pipeline's
-/// results.
+/// unit rows keyed by 128 bits with their contributions and none of the columns since) is
+/// brought up to date when an origin connects: the events and rollups already there read
+/// with the new columns empty, the unit rows (derived data) are dropped, and loads, a full
+/// computation and a tick that moves it forward give the SQL pipeline's results.
 #[tokio::test]
 async fn a_warehouse_that_earlier_versions_made_is_brought_up_to_date() {
     // Both servers first, so that a skipped test leaves no database behind.
@@ -543,15 +543,24 @@ async fn a_warehouse_that_earlier_versions_made_is_brought_up_to_date() {
     }
     assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
 
-    let gone = clickhouse_answer(
+    let unit_tables = clickhouse_answer(
         &url,
         format!(
-            "SELECT days, totals, unit_values, quantile_counts, contributions
-             FROM {database}.unit_rollups WHERE experiment_id = 'gone' FORMAT TSV"
+            "SELECT table, type FROM system.columns
+             WHERE database = '{database}' AND name = 'ukey' ORDER BY table FORMAT TSV"
         ),
     )
     .await;
-    assert_eq!(gone.trim(), "[20000]\t[]\t[]\t[]\t[[1,1]]");
+    assert_eq!(
+        unit_tables.trim(),
+        "unit_rollups\tUInt64\nunit_rollups_previous\tUInt64\nunit_rollups_staging\tUInt64"
+    );
+    let gone = clickhouse_answer(
+        &url,
+        format!("SELECT count() FROM {database}.unit_rollups WHERE experiment_id = 'gone'"),
+    )
+    .await;
+    assert_eq!(gone.trim(), "0");
     let earlier = clickhouse_answer(
         &url,
         format!(
@@ -1482,18 +1491,18 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
     send_all(&o, &key, &events[..40], 40).await;
     common::load_stream(&o.state).await;
     tick().await.expect("first tick");
-    // Computations stored by earlier versions: one whose unit rows kept every metric's
-    // values, not only the capped metrics' (named as this version names its own, less
-    // that), and one that kept no bucket sums for its quantile metric (nor values, buckets
-    // or totals in its rows). Results read them, and the next tick computes in full.
+    // Computations stored by earlier versions: one whose unit rows were keyed by 128 bits
+    // (named as this version names its own, less that), and one that kept no bucket sums
+    // for its quantile metric (nor values, buckets or totals in its rows). Results read
+    // them, and the next tick computes in full.
     let first = stored(&o, &ids).await;
     for (i, (id, (plan, s))) in ids.iter().zip(&first).enumerate() {
         let earlier = s.computed_ms + 1;
         let mut computation = s.computation.clone();
         let by = if i == 0 {
-            let every_value = s.plan.strip_suffix(" capped values only");
-            every_value
-                .expect("named with its capped values")
+            let keyed_by_128_bits = s.plan.strip_suffix(" by 64-bit unit keys");
+            keyed_by_128_bits
+                .expect("named with its 64-bit keys")
                 .to_string()
         } else {
             computation.quantile_sums.clear();
@@ -1512,7 +1521,7 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
         let after = after.expect("stored");
         assert!(
             after.generation > s.generation,
-            "moved forward from rows with every metric's values, or without bucket sums"
+            "moved forward from rows keyed by 128 bits, or without bucket sums"
         );
     }
 

@@ -31,9 +31,11 @@
 //! a batch (`FINAL` keeps one before the load times are compared); a copy loaded after its
 //! month was summed counts again.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 
-use super::{ClickHouse, PARTITION, PROPERTY_COLUMNS, WarehouseError, literal_list};
+use super::{ClickHouse, PARTITION, PROPERTY_COLUMNS, WarehouseError, literal, literal_list};
 use crate::plan::ExperimentPlan;
 
 /// A batch of history written and not yet counted: (month, batch, attempt), or nothing to
@@ -243,29 +245,46 @@ impl ClickHouse {
     /// them `FINAL`, or a few units' kept once per event id, which reads only those
     /// units' rows where `FINAL` would merge the whole table), then the history's rows.
     /// `units` is a condition on `unit_key` selecting the units to read, or nothing for all.
+    ///
+    /// 18.16 merges a `FINAL` read in one stream, which leaves what follows it on one
+    /// core, so all of them are read as one `FINAL` per event type, in parallel: copies of
+    /// an event share its event type (it leads the sorting key), so each read keeps one of
+    /// its own events' copies, and the table's index gives each read its own rows.
     pub(super) fn metric_events_with_history(
         &self,
         plan: &ExperimentPlan,
         units: &str,
         history: &History,
     ) -> String {
-        let event_types =
-            literal_list(plan.metrics.iter().flat_map(|m| {
-                std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref())
-            }));
-        let (deduplicated, once) = if units.is_empty() {
-            (" FINAL", "")
-        } else {
-            ("", " LIMIT 1 BY event_id")
-        };
+        let event_types: BTreeSet<&str> = plan
+            .metrics
+            .iter()
+            .flat_map(|m| std::iter::once(m.event_type.as_str()).chain(m.denominator.as_deref()))
+            .collect();
         let (db, unit) = (&self.database, Self::unit_expression(plan));
         let (properties, before_end) = (Self::property_columns(plan), Self::before_end(plan));
-        let raw = format!(
-            "SELECT {unit} AS ukey, event_type, value, ts_ms, toUInt64(1) AS events{properties}
-             FROM {db}.metric_events{deduplicated}
-             WHERE event_type IN ({event_types}){before_end}{units}{not_covered}{once}",
-            not_covered = history.raw_not_covered(),
-        );
+        let read = |types: &str, deduplicated: &str, once: &str| {
+            format!(
+                "SELECT {unit} AS ukey, event_type, value, ts_ms, toUInt64(1) AS events{properties}
+                 FROM {db}.metric_events{deduplicated}
+                 WHERE event_type IN ({types}){before_end}{units}{not_covered}{once}",
+                not_covered = history.raw_not_covered(),
+            )
+        };
+        let raw = if units.is_empty() {
+            let reads: Vec<String> = event_types
+                .iter()
+                .map(|t| read(&literal(t), " FINAL", ""))
+                .collect();
+            reads.join(" UNION ALL ")
+        } else {
+            read(
+                &literal_list(event_types.iter().copied()),
+                "",
+                " LIMIT 1 BY event_id",
+            )
+        };
+        let event_types = literal_list(event_types);
         if history.batches.is_empty() {
             return raw;
         }

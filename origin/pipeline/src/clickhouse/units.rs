@@ -54,14 +54,11 @@ const STAGING_PARTITION_MS: i64 = 3_600_000;
 const COLUMNS: &str = "experiment_id, generation, version, ukey, variant, first_day, multiple, \
                        days, totals, unit_values, quantile_buckets, quantile_counts";
 const ARRAY_COLUMNS: &str = ", days, totals, unit_values, quantile_buckets, quantile_counts";
-/// The array columns added since the tables were first made, with their types. (Tables made
-/// before the rows kept totals also hold `contributions`, which nothing writes or reads any
-/// more.)
-const ADDED_COLUMNS: [(&str, &str); 4] = [
-    ("unit_values", "Array(Float64)"),
-    ("quantile_buckets", "Array(Array(Int32))"),
-    ("quantile_counts", "Array(Array(UInt64))"),
-    ("totals", "Array(Array(Float64))"),
+/// The tables of units' rows, which earlier versions keyed by a 128-bit hash of the unit.
+const UNIT_TABLES: [&str; 3] = [
+    "unit_rollups",
+    "unit_rollups_staging",
+    "unit_rollups_previous",
 ];
 
 /// Of `columns` (a list of the unit tables' columns that starts as [`COLUMNS`] does), those
@@ -91,7 +88,25 @@ struct DayRow {
 impl ClickHouse {
     pub(super) async fn create_unit_tables(&self) -> Result<(), WarehouseError> {
         let db = &self.database;
-        let columns = "experiment_id String, generation Int64, version Int64, ukey FixedString(16),
+        // Tables that earlier versions made key units by 128 bits (and may lack columns
+        // added since). Their rows are derived data that no tick moves forward from any
+        // more (`warehouse::computed_by` names the 64-bit keys): every experiment is
+        // computed anew at its next tick, so they are dropped and made again.
+        let keyed_before: Vec<Count> = self
+            .rows(&format!(
+                "SELECT count() AS n FROM system.columns
+                 WHERE database = {} AND table IN ({}) AND name = 'ukey' AND type != 'UInt64'",
+                literal(db),
+                literal_list(UNIT_TABLES),
+            ))
+            .await?;
+        if keyed_before.first().is_some_and(|c| c.n > 0) {
+            for table in UNIT_TABLES {
+                self.execute(&format!("DROP TABLE IF EXISTS {db}.{table}"))
+                    .await?;
+            }
+        }
+        let columns = "experiment_id String, generation Int64, version Int64, ukey UInt64,
                        variant String, first_day Int64, multiple UInt8, days Array(Int64),
                        totals Array(Array(Float64)), unit_values Array(Float64),
                        quantile_buckets Array(Array(Int32)), quantile_counts Array(Array(UInt64))";
@@ -104,7 +119,7 @@ impl ClickHouse {
         // A tick's new rows, and the rows the stored computation summed for the same units
         // (read once from `unit_rollups`, then by each sum from this small table), by the
         // tick's version.
-        for staging in ["unit_rollups_staging", "unit_rollups_previous"] {
+        for staging in &UNIT_TABLES[1..] {
             self.execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {db}.{staging} ({columns})
                  ENGINE = MergeTree PARTITION BY intDiv(version, {STAGING_PARTITION_MS})
@@ -112,12 +127,6 @@ impl ClickHouse {
             ))
             .await?;
         }
-        // Rows written before the columns existed read them as empty: computations that
-        // need them are made anew (see `warehouse::computed_by`).
-        self.add_missing_columns(ADDED_COLUMNS.into_iter().flat_map(|(name, kind)| {
-            ["unit_rollups", "unit_rollups_staging"].map(|table| (table, name, kind))
-        }))
-        .await?;
         // The units a tick recomputes, found once (a scan of the load times) and read as a
         // small set by each of its statements.
         self.execute(&format!(
@@ -151,8 +160,11 @@ impl ClickHouse {
     /// the bytes for the previous rows, and a full computation writes far fewer
     /// (docs/benchmarks.md, "Unit rows keep running totals"). The
     /// units' arrays are built by a grouping, which spills to disk, never on the right of a
-    /// join, which must fit in memory. (The lambda captures nothing but its parameters:
-    /// 18.16 loses captured columns of a subquery.)
+    /// join, which must fit in memory. Each total's days are gathered as an array of its own
+    /// and sorted by the days' array (a unit has one row per day, so the order is
+    /// unambiguous): arrays of numbers, where `groupArray` of a tuple per day keeps each in
+    /// a generic, slower state (docs/benchmarks.md, "Units keyed by 64 bits"). (The lambdas
+    /// capture nothing but their parameters: 18.16 loses captured columns of a subquery.)
     fn changed_units(
         &self,
         (experiment_id, plan): (&str, &ExperimentPlan),
@@ -161,7 +173,7 @@ impl ClickHouse {
     ) -> String {
         let exposed = self.exposed(experiment_id, plan, None, touched);
         let mut per_day = Vec::new();
-        let mut elements = Vec::new();
+        let mut gathered = Vec::new();
         let mut running = Vec::new();
         let mut histograms = Vec::new();
         let (mut buckets, mut counts) = (Vec::new(), Vec::new());
@@ -193,15 +205,13 @@ impl ClickHouse {
             }
         }
         let totals = Self::unit_totals(plan);
-        for (k, total) in totals.iter().enumerate() {
+        for total in &totals {
             let q = format!("{}{}t", total.name, total.metric);
             per_day.push(format!("toFloat64({}) AS {q}", total.sql));
-            // Element 1 of the sorted tuples is the day.
+            gathered.push(format!("groupArray({q}) AS {q}a"));
             running.push(format!(
-                "arrayCumSum(arrayMap(t -> t.{}, sorted)) AS {q}s",
-                k + 2
+                "arrayCumSum(arraySort((v, d) -> d, {q}a, unsorted_days)) AS {q}s"
             ));
-            elements.push(q);
         }
         // Only capped metrics read the values, so only theirs are kept (none for a plan
         // without one): a percentile cap's passes merge every unit's newest row, and they
@@ -224,8 +234,8 @@ impl ClickHouse {
         let histograms: String = histograms.iter().map(|h| format!(", {h}")).collect();
         format!(
             "SELECT ukey, any(unit_arm) AS variant, intDiv(any(first), {DAY_MS}) AS first_day, toUInt8(0) AS multiple,
-                    arraySort(groupArray((day, {elements}))) AS sorted,
-                    arrayMap(t -> t.1, sorted) AS days, [{running}] AS totals,
+                    groupArray(day) AS unsorted_days, {gathered},
+                    arraySort(unsorted_days) AS days, [{running}] AS totals,
                     {unit_values} AS unit_values{histograms},
                     [{buckets}] AS quantile_buckets, [{counts}] AS quantile_counts
              FROM (
@@ -236,7 +246,7 @@ impl ClickHouse {
                ALL INNER JOIN (SELECT ukey, variant AS arm, first_ms FROM ({exposed}) AS all_exposed WHERE multiple = 0) AS exposed USING ukey
                GROUP BY ukey, day
              ) AS unit_days GROUP BY ukey",
-            elements = elements.join(", "),
+            gathered = gathered.join(", "),
             running = running.join(",\n"),
             buckets = buckets.join(", "),
             counts = counts.join(", "),
