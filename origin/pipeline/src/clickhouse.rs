@@ -25,8 +25,8 @@
 mod history;
 mod units;
 
-use history::History;
-pub use history::MonthSum;
+pub use history::{History, MonthSum};
+pub use units::generation_beside_ticks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -474,6 +474,21 @@ pub struct StoredRollups {
     /// before units were kept.
     pub generation: i64,
     pub computation: Computation,
+}
+
+/// The raw events' monthly partitions at one time, from [`ClickHouse::raw_months`].
+#[derive(Debug)]
+pub struct RawMonths(BTreeMap<(String, String), i64>);
+
+impl RawMonths {
+    /// Whether a month that `earlier` held was dropped by now (months loaded into since do
+    /// not count).
+    pub fn dropped_since(&self, earlier: &RawMonths) -> bool {
+        earlier
+            .0
+            .iter()
+            .any(|(month, first_block)| self.0.get(month) != Some(first_block))
+    }
 }
 
 #[derive(Deserialize)]
@@ -1305,6 +1320,34 @@ impl ClickHouse {
         Ok(oldest.and_then(|month| u32::try_from(month).ok()))
     }
 
+    /// The raw events' monthly partitions as they stand, each with the first block of its
+    /// oldest part: to tell whether a month was dropped meanwhile ([`RawMonths::dropped_since`]).
+    /// Rows leave a month only when it is dropped whole, merges keep a partition's first
+    /// block, and a month dropped and then loaded into again starts at a later block (each
+    /// table numbers its blocks in one sequence).
+    pub async fn raw_months(&self) -> Result<RawMonths, WarehouseError> {
+        #[derive(Deserialize)]
+        struct Partition {
+            table: String,
+            partition: String,
+            first_block: i64,
+        }
+        let partitions: Vec<Partition> = self
+            .rows(&format!(
+                "SELECT table, partition, min(min_block_number) AS first_block FROM system.parts
+                 WHERE database = {} AND table IN ('exposures', 'metric_events') AND active
+                 GROUP BY table, partition",
+                literal(&self.database),
+            ))
+            .await?;
+        Ok(RawMonths(
+            partitions
+                .into_iter()
+                .map(|p| ((p.table, p.partition), p.first_block))
+                .collect(),
+        ))
+    }
+
     /// The monthly partitions of raw events before `month` (`YYYYMM`), as (table, month),
     /// metric events first: retention drops them with [`Self::drop_raw_month`], each month
     /// of metric events once [`Self::sum_month`] has summed it into the history.
@@ -1378,16 +1421,16 @@ impl ClickHouse {
 
     /// The drill-down cells of an experiment by a dimension: per value of the attribute at
     /// each clean unit's first exposure and variant, the units and every metric's sums of
-    /// the units' values over all their events (the SQL pipeline's per-unit totals).
+    /// the units' values over all their events (the SQL pipeline's per-unit totals), with
+    /// the events that `history` counts.
     pub async fn dimension_cells(
         &self,
-        experiment_id: &str,
-        plan: &ExperimentPlan,
+        (experiment_id, plan): (&str, &ExperimentPlan),
         dimension: &str,
+        history: &History,
     ) -> Result<Vec<DimensionCell>, WarehouseError> {
         let exposed = self.exposed(experiment_id, plan, Some(dimension), "");
-        let history = self.history().await?;
-        let per_unit = self.unit_values(plan, (&exposed, ", dimension"), &history);
+        let per_unit = self.unit_values(plan, (&exposed, ", dimension"), history);
         let sums: String = (0..plan.metrics.len())
             .map(|i| {
                 let term = |factors: &str| Self::product(factors, |v| format!("{v}{i}"));

@@ -109,12 +109,17 @@ impl Pipeline {
         metrics: &HashMap<String, Metric>,
         dimension: &str,
     ) -> Result<Vec<rollup::DimensionCell>, Error> {
-        let plan = plan::plan_of(experiment, metrics);
+        let plan = &plan::plan_of(experiment, metrics);
         match &self.warehouse {
-            Some(warehouse) => Ok(warehouse
-                .dimension_cells(&experiment.id, &plan, dimension)
-                .await?),
-            None => Ok(attribution::dimension_cells(conn, &experiment.id, &plan, dimension).await?),
+            Some(warehouse) => {
+                warehouse::beside_ticks(warehouse, |history| async move {
+                    let cells =
+                        warehouse.dimension_cells((&experiment.id, plan), dimension, &history);
+                    Ok(cells.await?)
+                })
+                .await
+            }
+            None => Ok(attribution::dimension_cells(conn, &experiment.id, plan, dimension).await?),
         }
     }
 

@@ -32,7 +32,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::clickhouse::{ClickHouse, StoredRollups};
+use crate::clickhouse::{ClickHouse, History, StoredRollups, generation_beside_ticks};
 use crate::db::Db;
 use crate::model::catalog::{Holdout, Metric};
 use crate::model::experiment::Experiment;
@@ -75,12 +75,12 @@ fn collecting(status: Status, ended_at_ms: Option<i64>, stored_ms: Option<i64>) 
 /// that they hold the values of those only; and that units are keyed by 64 bits. The
 /// fingerprint leaves the end out (the SQL pipeline's rollups stay valid: ending adds no
 /// event to them), but rows computed before the end may count events stamped after it,
-/// which only a computation that knew the end leaves out. Rows written before units kept their values, or their totals, read them as
-/// empty, and rows that kept every metric's values hold them in other places, so such a
-/// plan's computations from then are made anew; and a plan with quantile metrics names the
-/// bucket sums, which computations stored before them lack (they are made anew too). Rows
-/// keyed by 128 bits are dropped (`ClickHouse::create_unit_tables`), so computations that
-/// summed them are made anew.
+/// which only a computation that knew the end leaves out. Rows written before units kept
+/// their values, or their totals, read them as empty, and rows that kept every metric's
+/// values hold them in other places, so such a plan's computations from then are made anew;
+/// and a plan with quantile metrics names the bucket sums, which computations stored before
+/// them lack (they are made anew too). Rows keyed by 128 bits are dropped
+/// (`ClickHouse::create_unit_tables`), so computations that summed them are made anew.
 fn computed_by(plan: &ExperimentPlan) -> String {
     let mut by = plan.fingerprint();
     if let Some(end) = plan.ends_at_ms {
@@ -245,7 +245,10 @@ async fn compute(
         .await?
         .map(|s| s.computed_ms);
     let computed_ms = clock::now_ms().max(stored_ms.map_or(i64::MIN, |ms| ms + 1));
-    let computation = warehouse.rebuild(&e.id, plan, computed_ms).await?;
+    let history = warehouse.history().await?;
+    let computation = warehouse
+        .rebuild((&e.id, plan), computed_ms, &history)
+        .await?;
     lease.hold().await?;
     warehouse
         .store_rollups(
@@ -325,18 +328,58 @@ pub async fn rollups(
     }
     // Stored only under the ticks' lease: storing drops older generations of unit rows,
     // which a tick may be moving forward. While a tick holds it, the request does not wait:
-    // it computes into a generation of its own that nobody else writes (negative, so
-    // older than any stored one), answers from it, and drops it; the tick stores its own.
+    // it computes into a generation of its own that nobody else writes (negative, so never
+    // taken for a stored one's), answers from it, and drops it; the tick stores its own.
     if let Some(lease) = Lease::take(db).await? {
         let computed = compute(warehouse, (e, &plan), &lease).await;
         lease.release().await;
         return computed;
     }
-    let started_ms = clock::now_ms();
-    let generation = -i64::try_from(uuid::Uuid::new_v4().as_u64_pair().0 >> 1).unwrap_or(1) - 1;
-    let computed = warehouse.rebuild(&e.id, &plan, generation).await;
-    warehouse.drop_generation(&e.id, generation).await?;
-    Ok((computed?.rollups, started_ms))
+    let plan = &plan;
+    beside_ticks(warehouse, |history| async move {
+        let started_ms = clock::now_ms();
+        let generation = generation_beside_ticks(started_ms);
+        let computed = warehouse.rebuild((&e.id, plan), generation, &history).await;
+        warehouse.drop_generation(&e.id, generation).await?;
+        Ok((computed?.rollups, started_ms))
+    })
+    .await
+}
+
+/// How many times a computation beside the ticks is made before the request is told to
+/// come back: ticks drop months of raw events about once a month, so the second attempt
+/// all but always finds none dropped.
+const ATTEMPTS_BESIDE_TICKS: usize = 3;
+
+/// Makes `compute`, a computation from the history it is given and the raw events, without
+/// the ticks' lease (a request's). A tick may meanwhile sum a month of raw events into the
+/// history and drop them: a computation that read the history before the summing and the
+/// raw events after the drop would miss that month's events, and one that read a month of
+/// exposures in one statement and not in the next would count its units in part. So it is
+/// made again when a month was dropped while it ran, and after `ATTEMPTS_BESIDE_TICKS`
+/// such attempts the caller is told to try again later. The months are read before the
+/// history, or a month dropped in between would go unseen. A batch of history counted
+/// meanwhile changes nothing while its month is kept: the computation reads its rows raw.
+pub async fn beside_ticks<T, F, Fut>(
+    warehouse: &ClickHouse,
+    mut compute: F,
+) -> Result<T, crate::Error>
+where
+    F: FnMut(History) -> Fut,
+    Fut: Future<Output = Result<T, crate::Error>>,
+{
+    for _ in 0..ATTEMPTS_BESIDE_TICKS {
+        let months = warehouse.raw_months().await?;
+        let computed = compute(warehouse.history().await?).await?;
+        if !warehouse.raw_months().await?.dropped_since(&months) {
+            return Ok(computed);
+        }
+        tracing::info!("a tick dropped raw events while a request computed from them");
+    }
+    Err(crate::Error::Unavailable {
+        message: "the warehouse is dropping raw events past retention; try again shortly",
+        retry_after_s: 30,
+    })
 }
 
 /// Experiments that may still hold results, with the catalog's metrics.

@@ -6,6 +6,7 @@ use crate::common;
 use crate::common::{TestOrigin, metric};
 use axum::http::{Method, StatusCode};
 use serde_json::{Value as Json, json};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 fn reference() -> Json {
@@ -356,8 +357,20 @@ fn uniform(seed: u64) -> f64 {
     (z ^ (z >> 31)) as f64 / u64::MAX as f64
 }
 
+/// Whether the unit at `index` of its variant is one of the ⌊n·rate⌋ that an exact rate over
+/// the variant's first n units picks.
+fn meets_rate(index: u64, rate: f64) -> bool {
+    ((index + 1) as f64 * rate).floor() > (index as f64 * rate).floor()
+}
+
 /// Sends exposures for `units` users split by assignment through the origin's own evaluator,
-/// and conversions / crashes with the given probabilities per variant.
+/// and conversions / crashes at the given rates per variant.
+///
+/// The rates are met exactly, not drawn: the k-th unit of a variant converts when ⌊(k+1)·p⌋
+/// passes ⌊k·p⌋. Which units a variant gets follows the experiment's random id, so drawn
+/// outcomes made the assertions below fail now and then (a 60 % lift once measured 27 %, each
+/// arm 2.4 standard errors off). These tests check the API's results and decisions on known
+/// data; the statistics' error rates are checked by simulation in the statistics crate.
 async fn simulate(
     o: &TestOrigin,
     sdk: &str,
@@ -374,11 +387,15 @@ async fn simulate(
     // the origin rightly dropped the second experiment's events as repeated deliveries.
     static NEXT_ID_BLOCK: AtomicU64 = AtomicU64::new(1);
     let mut n = NEXT_ID_BLOCK.fetch_add(1, Ordering::Relaxed) << 32;
+    let mut units_so_far: HashMap<String, u64> = HashMap::new();
     for u in 0..units {
         let unit = format!("{key}-user-{u}");
         let Some(variant) = common::assigned_variant(o, key, u).await else {
             continue;
         };
+        let k = units_so_far.entry(variant.clone()).or_default();
+        let index = *k;
+        *k += 1;
         let variant = variant.as_str();
         n += 1;
         events.push(json!({"event_id": event_id(n), "kind": "exposure", "unit": unit, "experiment_id": experiment_id, "variant": variant, "timestamp": now}));
@@ -386,7 +403,7 @@ async fn simulate(
             .iter()
             .find(|(v, _)| *v == variant)
             .map_or(0.0, |(_, p)| *p);
-        if uniform(u * 2 + 1) < p {
+        if meets_rate(index, p) {
             n += 1;
             events.push(json!({"event_id": event_id(n), "kind": "metric", "unit": unit, "event_type": "purchase", "timestamp": now + 1_000}));
         }
@@ -394,7 +411,7 @@ async fn simulate(
             .iter()
             .find(|(v, _)| *v == variant)
             .map_or(0.0, |(_, p)| *p);
-        if uniform(u * 2 + 2) < q {
+        if meets_rate(index, q) {
             n += 1;
             events.push(json!({"event_id": event_id(n), "kind": "metric", "unit": unit, "event_type": "crash", "timestamp": now + 2_000}));
         }
@@ -802,9 +819,10 @@ async fn interactions(o: &TestOrigin) {
     assert_eq!(pair["shared_units"], 8_000);
     assert_eq!(pair["flagged"], true, "{pair}");
     assert!(pair["interaction"]["estimate"].as_f64().expect("estimate") < -0.1);
-    // Assignment in one is independent of the other (different hash inputs).
+    // Assignment in one is independent of the other (different hash inputs). The p-value is
+    // uniform under independence, so this fails a correct build once in a million runs.
     assert!(
-        pair["independence_p_value"].as_f64().expect("p") > 0.001,
+        pair["independence_p_value"].as_f64().expect("p") > 1e-6,
         "{pair}"
     );
 }

@@ -18,7 +18,9 @@ use crate::common::{Backend, TestOrigin, experiment, metric};
 use abx_origin::{AppState, Settings};
 use abx_origin_domain::rollup::Sums;
 use abx_origin_domain::rollup::{CappedRollup, Rollups};
-use abx_origin_pipeline::clickhouse::{ClickHouseConfig, Computation};
+use abx_origin_pipeline::clickhouse::{
+    ClickHouse, ClickHouseConfig, Computation, generation_beside_ticks,
+};
 use abx_origin_pipeline::jetstream::{JetStreamConfig, Settle};
 use abx_stats::QuantileEstimate;
 use axum::http::StatusCode;
@@ -922,10 +924,7 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
     let full = || async {
         let (plan, _) = stored(&o, &[&id]).await.remove(0);
         let generation = abx_origin_domain::clock::now_ms();
-        let computation = warehouse
-            .rebuild(&id, &plan, generation)
-            .await
-            .expect("full computation");
+        let computation = full_computation(&warehouse, (&id, &plan), generation).await;
         warehouse
             .drop_generation(&id, generation)
             .await
@@ -976,7 +975,56 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
     let stored_covariates =
         || async { covariates(&stored(&o, &[&id]).await.remove(0).1.computation.rollups) };
     assert_eq!(stored_covariates().await, expected, "a month kept");
-    tick(Some(60)).await.expect("dropping tick");
+    // The next tick drops it. A computation made meanwhile without the ticks' lease (a
+    // results request) that read the history before the tick summed the month's last event
+    // and the raw events after the tick dropped them would miss that event: it finds the
+    // history changed, and is made again.
+    let (plan, _) = stored(&o, &[&id]).await.remove(0);
+    let attempts = std::sync::Mutex::new(Vec::new());
+    let computed = abx_origin_pipeline::warehouse::beside_ticks(&warehouse, |history| {
+        let (attempts, plan, tick, id, warehouse) = (&attempts, &plan, &tick, &id, &warehouse);
+        async move {
+            if attempts.lock().expect("attempts").is_empty() {
+                tick(Some(60)).await.expect("dropping tick");
+            }
+            let generation = abx_origin_domain::clock::now_ms();
+            let computation = warehouse.rebuild((id, plan), generation, &history).await?;
+            warehouse.drop_generation(id, generation).await?;
+            let covariates = covariates(&computation.rollups);
+            attempts.lock().expect("attempts").push(covariates.clone());
+            Ok(covariates)
+        }
+    })
+    .await
+    .expect("computed beside the tick");
+    let attempts = attempts.into_inner().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_ne!(
+        attempts[0], expected,
+        "the first attempt missed the month's last event"
+    );
+    assert_eq!(computed, expected, "made again");
+    // A full computation stored meanwhile (here a repair's) drops the experiment's older
+    // generations of unit rows, but not those of a computation beside the ticks that may
+    // still be summing them.
+    let generation = generation_beside_ticks(abx_origin_domain::clock::now_ms());
+    full_computation(&warehouse, (&id, &plan), generation).await;
+    abx_origin_pipeline::warehouse::rebuild_all(db, &warehouse)
+        .await
+        .expect("repair")
+        .expect("lease");
+    let rows =
+        format!("SELECT count() FROM {database}.unit_rollups WHERE generation = {generation}");
+    assert_eq!(
+        clickhouse(rows.clone()).await.trim(),
+        "3",
+        "left to the request"
+    );
+    warehouse
+        .drop_generation(&id, generation)
+        .await
+        .expect("drop");
+    assert_eq!(clickhouse(rows).await.trim(), "0");
     assert_eq!(
         warehouse.event_count().await.expect("count"),
         raw_before - 6,
@@ -1335,10 +1383,8 @@ async fn an_ended_experiment_settles(archive: bool) {
                 .expect("stored");
             assert!(after.computed_ms > previous.computed_ms);
             assert_eq!(after.generation, previous.generation, "{id} moved forward");
-            let full = warehouse
-                .rebuild(id, plan, abx_origin_domain::clock::now_ms())
-                .await
-                .expect("full computation");
+            let full = full_computation(&warehouse, (id, plan), abx_origin_domain::clock::now_ms());
+            let full = full.await;
             assert_equivalent(&after.computation, &full, &format!("{id}, round {round}"));
         }
     }
@@ -1441,6 +1487,18 @@ fn assert_same_units(
             assert!(close(*a, *b), "{context}: unit {unit}: {a} ≠ {b}");
         }
     }
+}
+
+/// A full computation of an experiment's rollups, as generation `generation`, from the
+/// warehouse's history as it is now.
+async fn full_computation(
+    warehouse: &ClickHouse,
+    experiment: (&str, &abx_origin_domain::plan::ExperimentPlan),
+    generation: i64,
+) -> Computation {
+    let history = warehouse.history().await.expect("history");
+    let computation = warehouse.rebuild(experiment, generation, &history);
+    computation.await.expect("full computation")
 }
 
 /// Each experiment's plan and stored computation.
@@ -1593,10 +1651,7 @@ async fn incremental_ticks_equal_a_full_computation_whatever_fails() {
             );
             advanced += usize::from(!kill);
             let generation = abx_origin_domain::clock::now_ms();
-            let full = warehouse
-                .rebuild(id, plan, generation)
-                .await
-                .expect("full computation");
+            let full = full_computation(&warehouse, (id, plan), generation).await;
             let context = format!("{id}, round {rounds}");
             assert_equivalent(&after.computation, &full, &context);
             // The per-unit aggregates themselves, not only their sums: each unit's newest

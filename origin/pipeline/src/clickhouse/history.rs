@@ -43,9 +43,12 @@ use crate::plan::ExperimentPlan;
 #[derive(Debug)]
 pub struct MonthSum(Option<(u32, i64, i64)>);
 
-/// The batches of history that count, as (month `YYYYMM`, batch, attempt).
+/// The batches of history that count, as (month `YYYYMM`, batch, attempt): which rows of
+/// the history a computation reads, and so which raw events it leaves out. A computation
+/// made without the ticks' lease reads by the batches that counted when it started
+/// (`warehouse::beside_ticks` says why that is enough).
 #[derive(Debug, Default)]
-pub(super) struct History {
+pub struct History {
     batches: Vec<(u32, i64, i64)>,
 }
 
@@ -104,7 +107,7 @@ impl ClickHouse {
     }
 
     /// The batches of history that count.
-    pub(super) async fn history(&self) -> Result<History, WarehouseError> {
+    pub async fn history(&self) -> Result<History, WarehouseError> {
         #[derive(Deserialize)]
         struct Batch {
             month: u32,

@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use abx_stats::quantile::BucketSums;
 use serde::Deserialize;
 
-use super::history::History;
+use super::History;
 use super::{
     CappedSums, Caps, ClickHouse, Computation, Count, DAY_MS, ExposureRollupRow, QuantileSums,
     StoredRollups, ValueSql, WarehouseError,
@@ -90,8 +90,9 @@ impl ClickHouse {
         let db = &self.database;
         // Tables that earlier versions made key units by 128 bits (and may lack columns
         // added since). Their rows are derived data that no tick moves forward from any
-        // more (`warehouse::computed_by` names the 64-bit keys): every experiment is
-        // computed anew at its next tick, so they are dropped and made again.
+        // more (`warehouse::computed_by` names the 64-bit keys): every experiment still
+        // brought up to date is computed anew at its next tick, so they are dropped and made
+        // again.
         let keyed_before: Vec<Count> = self
             .rows(&format!(
                 "SELECT count() AS n FROM system.columns
@@ -387,14 +388,15 @@ impl ClickHouse {
     /// inserts: units with changes, then the others, which the first did not write, so that
     /// no unit has two rows. A unit whose events or exposures are loaded while this runs
     /// may be written as it was before them (or not at all, when they are its first); being
-    /// loaded after the computation started, it is recomputed by the next tick.
+    /// loaded after the computation started, it is recomputed by the next tick. Metric
+    /// events are read as `history` says: those it counts from it, the others raw.
     async fn write_units(
         &self,
         table: &str,
         (experiment_id, plan): (&str, &ExperimentPlan),
-        generation: i64,
-        version: i64,
+        (generation, version): (i64, i64),
         touched: &str,
+        history: &History,
     ) -> Result<(), WarehouseError> {
         let insert = |columns: &str, rows: String| {
             format!(
@@ -413,8 +415,7 @@ impl ClickHouse {
         let written = if plan.metrics.is_empty() {
             None
         } else {
-            let history = self.history().await?;
-            let changed = self.changed_units((experiment_id, plan), touched, &history);
+            let changed = self.changed_units((experiment_id, plan), touched, history);
             self.execute(&insert(COLUMNS, changed)).await?;
             Some(written.as_str())
         };
@@ -424,21 +425,21 @@ impl ClickHouse {
         self.execute(&insert(columns, unchanged)).await
     }
 
-    /// Computes every unit's row anew from the raw events, as generation `generation`, and
-    /// the experiment's rollups from them: the full computation, which also repairs
-    /// anything the incremental ones could have missed.
+    /// Computes every unit's row anew from the raw events and the events `history` counts,
+    /// as generation `generation`, and the experiment's rollups from them: the full
+    /// computation, which also repairs anything the incremental ones could have missed.
     pub async fn rebuild(
         &self,
-        experiment_id: &str,
-        plan: &ExperimentPlan,
+        (experiment_id, plan): (&str, &ExperimentPlan),
         generation: i64,
+        history: &History,
     ) -> Result<Computation, WarehouseError> {
         self.write_units(
             "unit_rollups",
             (experiment_id, plan),
-            generation,
-            generation,
+            (generation, generation),
             "",
+            history,
         )
         .await?;
         let rows = format!(
@@ -505,12 +506,13 @@ impl ClickHouse {
         let touched = self
             .touch_since(experiment_id, plan, version, touched_since_ms)
             .await?;
+        let history = self.history().await?;
         self.write_units(
             "unit_rollups_staging",
             (experiment_id, plan),
-            generation,
-            version,
+            (generation, version),
             &touched,
+            &history,
         )
         .await?;
         let staged = format!(
@@ -856,10 +858,12 @@ impl ClickHouse {
         .await
     }
 
-    /// Drops an experiment's unit rows of generations older than `generation` (those of
-    /// earlier full computations, or of one that died before it was stored): each
-    /// experiment's generation is a partition of its own, dropped whole. Newer ones may be
-    /// a computation still under way.
+    /// Drops an experiment's unit rows of generations older than `generation`, the time of
+    /// the full computation being stored (those of earlier full computations, or of one that
+    /// died before it was stored, or of a computation beside the ticks that started more
+    /// than `BESIDE_TICKS_KEPT_MS` before or after it): each experiment's generation is a
+    /// partition of its own, dropped whole. Newer ones may be a computation still under way,
+    /// and so may one beside the ticks that started less long before.
     pub async fn drop_older_generations(
         &self,
         experiment_id: &str,
@@ -875,7 +879,17 @@ impl ClickHouse {
                 "SELECT DISTINCT generation FROM {db}.unit_rollups WHERE experiment_id = {id}"
             ))
             .await?;
-        for g in generations.iter().filter(|g| g.generation < generation) {
+        // Earlier versions drew these generations at random: such a start is almost surely
+        // far from now, and the generation goes.
+        let kept_beside_ticks = |g: i64| {
+            started_beside_ticks(g).is_some_and(|ms| {
+                ms > generation - BESIDE_TICKS_KEPT_MS && ms <= generation + BESIDE_TICKS_KEPT_MS
+            })
+        };
+        let older = generations
+            .iter()
+            .filter(|g| g.generation < generation && !kept_beside_ticks(g.generation));
+        for g in older {
             self.execute(&format!(
                 "ALTER TABLE {db}.unit_rollups DROP PARTITION ({id}, {})",
                 g.generation
@@ -884,6 +898,29 @@ impl ClickHouse {
         }
         Ok(())
     }
+}
+
+/// How long the unit rows of a computation beside the ticks are left to it: one whose
+/// request died before dropping them is dropped by a full computation of its experiment
+/// this long after it started.
+const BESIDE_TICKS_KEPT_MS: i64 = 86_400_000;
+/// Generations beside the ticks hold their start times to the millisecond times this, plus
+/// a random number below it, so that two requests that start together write apart.
+const BESIDE_TICKS_SALTS: i64 = 1 << 10;
+
+/// The generation of the unit rows of a computation made beside the ticks (a request's)
+/// that starts at `started_ms`: negative, so that no tick takes it for a stored
+/// computation's, and naming its start, so that a full computation stored meanwhile
+/// ([`ClickHouse::drop_older_generations`]) leaves it to its request.
+pub fn generation_beside_ticks(started_ms: i64) -> i64 {
+    let salt = i64::from(uuid::Uuid::new_v4().as_u64_pair().0 as u16) % BESIDE_TICKS_SALTS;
+    let started = started_ms.clamp(0, i64::MAX / BESIDE_TICKS_SALTS - 1);
+    -(started * BESIDE_TICKS_SALTS + salt) - 1
+}
+
+/// When the computation beside the ticks of `generation` started, if it is one.
+fn started_beside_ticks(generation: i64) -> Option<i64> {
+    (generation < 0).then(|| (-(generation + 1)) / BESIDE_TICKS_SALTS)
 }
 
 fn exposure_rollup(r: ExposureRollupRow) -> ExposureRollup {
@@ -961,4 +998,27 @@ fn capped_values(plan: &ExperimentPlan, clean: &str, direction: i64) -> String {
 fn sort_capped(plan: &ExperimentPlan, capped: &mut [CappedRollup]) {
     let place = |key: &str| plan.metrics.iter().position(|m| m.key == key);
     capped.sort_by(|a, b| (place(&a.metric), &a.variant).cmp(&(place(&b.metric), &b.variant)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_beside_the_ticks_name_their_start() {
+        for started in [0, 1, 1_800_000_000_000, i64::MAX / BESIDE_TICKS_SALTS - 1] {
+            let generation = generation_beside_ticks(started);
+            assert!(generation < 0, "{generation}");
+            assert_eq!(started_beside_ticks(generation), Some(started));
+        }
+        // A stored computation's generation is its time, and a generation of 0 predates
+        // unit rows: neither is beside the ticks.
+        assert_eq!(started_beside_ticks(0), None);
+        assert_eq!(started_beside_ticks(1_800_000_000_000), None);
+        assert_eq!(started_beside_ticks(-1), Some(0));
+        assert_eq!(
+            started_beside_ticks(i64::MIN),
+            Some(i64::MAX / BESIDE_TICKS_SALTS)
+        );
+    }
 }
