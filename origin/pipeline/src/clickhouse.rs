@@ -1415,7 +1415,7 @@ impl ClickHouse {
              ) AS totals USING ukey",
             values = values.join(", "),
             totals = totals.join(", "),
-            events = self.metric_events_with_history(plan, "", history),
+            events = self.metric_events_with_history(plan, ("", ""), history),
         )
     }
 

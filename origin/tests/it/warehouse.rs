@@ -1490,7 +1490,7 @@ fn assert_same_units(
 }
 
 /// A full computation of an experiment's rollups, as generation `generation`, from the
-/// warehouse's history as it is now.
+/// warehouse's history as it is now; checked against one in three passes by unit key.
 async fn full_computation(
     warehouse: &ClickHouse,
     experiment: (&str, &abx_origin_domain::plan::ExperimentPlan),
@@ -1498,7 +1498,21 @@ async fn full_computation(
 ) -> Computation {
     let history = warehouse.history().await.expect("history");
     let computation = warehouse.rebuild(experiment, generation, &history);
-    computation.await.expect("full computation")
+    let computation = computation.await.expect("full computation");
+    let aside = generation_beside_ticks(abx_origin_domain::clock::now_ms());
+    let in_passes = warehouse.rebuild_in_passes(experiment, aside, &history, 3);
+    let in_passes = in_passes.await.expect("full computation in passes");
+    let dropped = warehouse.drop_generation(experiment.0, aside).await;
+    dropped.expect("drop");
+    // `assert_equivalent` expects quantile metrics; plans without them are compared as
+    // the statistics read their exposures and sums.
+    if computation.quantile_sums.is_empty() {
+        let normalised = |c: &Computation| normalise(c.rollups.clone());
+        assert_same_rollups(&normalised(&in_passes), &normalised(&computation));
+    } else {
+        assert_equivalent(&in_passes, &computation, "three passes against one");
+    }
+    computation
 }
 
 /// Each experiment's plan and stored computation.

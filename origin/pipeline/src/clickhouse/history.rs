@@ -247,7 +247,8 @@ impl ClickHouse {
     /// property columns a filter reads: the raw events not yet in the history (all of
     /// them `FINAL`, or a few units' kept once per event id, which reads only those
     /// units' rows where `FINAL` would merge the whole table), then the history's rows.
-    /// `units` is a condition on `unit_key` selecting the units to read, or nothing for all.
+    /// `units` is a condition on `unit_key` selecting the units to read, or nothing for all,
+    /// and `share` one on the unit that every read adds (a pass's share of the units).
     ///
     /// 18.16 merges a `FINAL` read in one stream, which leaves what follows it on one
     /// core, so all of them are read as one `FINAL` per event type, in parallel: copies of
@@ -256,7 +257,7 @@ impl ClickHouse {
     pub(super) fn metric_events_with_history(
         &self,
         plan: &ExperimentPlan,
-        units: &str,
+        (units, share): (&str, &str),
         history: &History,
     ) -> String {
         let event_types: BTreeSet<&str> = plan
@@ -270,7 +271,7 @@ impl ClickHouse {
             format!(
                 "SELECT {unit} AS ukey, event_type, value, ts_ms, toUInt64(1) AS events{properties}
                  FROM {db}.metric_events{deduplicated}
-                 WHERE event_type IN ({types}){before_end}{units}{not_covered}{once}",
+                 WHERE event_type IN ({types}){before_end}{units}{share}{not_covered}{once}",
                 not_covered = history.raw_not_covered(),
             )
         };
@@ -301,7 +302,7 @@ impl ClickHouse {
              SELECT * FROM (
                SELECT {unit} AS ukey, event_type, value, ts_ms, events{properties}
                FROM {db}.metric_events_history
-               WHERE (month, batch, attempt) IN ({batches}) AND event_type IN ({event_types}){before_end}{units}
+               WHERE (month, batch, attempt) IN ({batches}) AND event_type IN ({event_types}){before_end}{units}{share}
              ) AS history",
             batches = batches.join(", "),
         )

@@ -44,6 +44,15 @@ use super::{literal, literal_list};
 use crate::plan::ExperimentPlan;
 use crate::rollup::{CappedRollup, ExposureRollup, MetricRollup, Rollups, Sums};
 
+/// The units a full computation's pass computes, at most: the statement that writes the
+/// units' rows holds about 2 KB per unit, so more would spill past the origin's 4 GB for a
+/// grouping (`max_bytes_before_external_group_by`). Over 10 M units of three metrics, two
+/// passes took 116 s where one took 155 s and four 124 s: each pass reads every event.
+const UNITS_PER_PASS: u64 = 5_000_000;
+/// At most this many passes: each reads every event again, so beyond a few the reads cost
+/// more than the spilled groupings they spare (four passes took 124 s against two's 116 s).
+const MAX_PASSES: u64 = 4;
+
 /// Staged rows are dropped by the hour once this old (a tick takes seconds).
 const STAGING_KEPT_MS: i64 = 2 * 3_600_000;
 const STAGING_PARTITION_MS: i64 = 3_600_000;
@@ -166,13 +175,23 @@ impl ClickHouse {
     /// unambiguous): arrays of numbers, where `groupArray` of a tuple per day keeps each in
     /// a generic, slower state (docs/benchmarks.md, "Units keyed by 64 bits"). (The lambdas
     /// capture nothing but their parameters: 18.16 loses captured columns of a subquery.)
+    ///
+    /// Of those units, it computes the `pass`-th share of `passes` by unit key (all for one
+    /// pass): the statement holds about 2 KB per unit, so a full computation of many units
+    /// runs in several passes, each reading every event again (docs/benchmarks.md, "in
+    /// passes by unit hash").
     fn changed_units(
         &self,
         (experiment_id, plan): (&str, &ExperimentPlan),
-        touched: &str,
+        (touched, (pass, passes)): (&str, (u64, u64)),
         history: &History,
     ) -> String {
-        let exposed = self.exposed(experiment_id, plan, None, touched);
+        let share = if passes > 1 {
+            format!(" AND {} % {passes} = {pass}", Self::unit_expression(plan))
+        } else {
+            String::new()
+        };
+        let exposed = self.exposed(experiment_id, plan, None, &format!("{touched}{share}"));
         let mut per_day = Vec::new();
         let mut gathered = Vec::new();
         let mut running = Vec::new();
@@ -252,7 +271,7 @@ impl ClickHouse {
             buckets = buckets.join(", "),
             counts = counts.join(", "),
             per_day = per_day.join(",\n"),
-            events = self.metric_events_with_history(plan, touched, history),
+            events = self.metric_events_with_history(plan, (touched, &share), history),
         )
     }
 
@@ -389,13 +408,14 @@ impl ClickHouse {
     /// no unit has two rows. A unit whose events or exposures are loaded while this runs
     /// may be written as it was before them (or not at all, when they are its first); being
     /// loaded after the computation started, it is recomputed by the next tick. Metric
-    /// events are read as `history` says: those it counts from it, the others raw.
+    /// events are read as `history` says: those it counts from it, the others raw. Units
+    /// with changes are written in `passes` shares by unit key ([`Self::changed_units`]).
     async fn write_units(
         &self,
         table: &str,
         (experiment_id, plan): (&str, &ExperimentPlan),
         (generation, version): (i64, i64),
-        touched: &str,
+        (touched, passes): (&str, u64),
         history: &History,
     ) -> Result<(), WarehouseError> {
         let insert = |columns: &str, rows: String| {
@@ -415,8 +435,11 @@ impl ClickHouse {
         let written = if plan.metrics.is_empty() {
             None
         } else {
-            let changed = self.changed_units((experiment_id, plan), touched, history);
-            self.execute(&insert(COLUMNS, changed)).await?;
+            for pass in 0..passes {
+                let units = (touched, (pass, passes));
+                let changed = self.changed_units((experiment_id, plan), units, history);
+                self.execute(&insert(COLUMNS, changed)).await?;
+            }
             Some(written.as_str())
         };
         // Units without changes: the arrays keep their defaults.
@@ -427,18 +450,46 @@ impl ClickHouse {
 
     /// Computes every unit's row anew from the raw events and the events `history` counts,
     /// as generation `generation`, and the experiment's rollups from them: the full
-    /// computation, which also repairs anything the incremental ones could have missed.
+    /// computation, which also repairs anything the incremental ones could have missed. It
+    /// takes a pass per `UNITS_PER_PASS` units of the experiment, up to `MAX_PASSES`.
     pub async fn rebuild(
         &self,
         (experiment_id, plan): (&str, &ExperimentPlan),
         generation: i64,
         history: &History,
     ) -> Result<Computation, WarehouseError> {
+        #[derive(Deserialize)]
+        struct Units {
+            n: u64,
+        }
+        let units: Vec<Units> = self
+            .rows(&format!(
+                "SELECT toUInt64(uniq({})) AS n FROM {}.exposures WHERE experiment_id = {}",
+                Self::unit_expression(plan),
+                self.database,
+                literal(experiment_id)
+            ))
+            .await?;
+        let passes = units.first().map_or(0, |u| u.n).div_ceil(UNITS_PER_PASS);
+        let passes = passes.clamp(1, MAX_PASSES);
+        self.rebuild_in_passes((experiment_id, plan), generation, history, passes)
+            .await
+    }
+
+    /// [`Self::rebuild`] in `passes` passes, whatever the experiment's size (the results
+    /// are the same for any number).
+    pub async fn rebuild_in_passes(
+        &self,
+        (experiment_id, plan): (&str, &ExperimentPlan),
+        generation: i64,
+        history: &History,
+        passes: u64,
+    ) -> Result<Computation, WarehouseError> {
         self.write_units(
             "unit_rollups",
             (experiment_id, plan),
             (generation, generation),
-            "",
+            ("", passes),
             history,
         )
         .await?;
@@ -511,7 +562,7 @@ impl ClickHouse {
             "unit_rollups_staging",
             (experiment_id, plan),
             (generation, version),
-            &touched,
+            (&touched, 1),
             &history,
         )
         .await?;
