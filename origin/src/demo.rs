@@ -341,9 +341,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let paused = abx_origin::guardrails::check_all(&started.state)
+    let round = abx_origin::guardrails::check_all(&started.state)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some((key, error)) = round.failed.first() {
+        anyhow::bail!("checking the guardrails of {key} failed: {error}");
+    }
+    let paused = round.paused;
     println!("\nThe demo is running. Admin key: {ADMIN_KEY}\n");
     println!("  console            {base}/");
     println!(

@@ -213,7 +213,9 @@ impl From<abx_origin_pipeline::Error> for ApiError {
                 }
             }
             Error::Write(message) => ApiError::Internal(anyhow::anyhow!(message)),
-            error @ Error::TicksLeaseLost => ApiError::Internal(error.into()),
+            error @ (Error::TicksLeaseLost | Error::ExperimentsFailed { .. }) => {
+                ApiError::Internal(error.into())
+            }
         }
     }
 }

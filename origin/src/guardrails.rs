@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::analysis::results_of;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::{self, LifecycleBody};
-use crate::model::experiment::{Action, Status};
+use crate::model::experiment::{Action, Experiment, Status};
 use crate::{AppState, store};
 
 pub const ACTOR: &str = "guardrail-monitor";
@@ -38,62 +38,92 @@ pub fn spawn(state: AppState) {
                 }
             }
             match check_all(&state).await {
-                Ok(paused) if !paused.is_empty() => {
-                    tracing::warn!(?paused, "guardrail monitor paused experiments")
+                Ok(round) if !round.paused.is_empty() => {
+                    tracing::warn!(paused = ?round.paused, "guardrail monitor paused experiments")
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "guardrail check failed"),
+                Err(error) => tracing::warn!(%error, "listing the running experiments failed"),
             }
         }
     });
 }
 
-/// Checks every running experiment with guardrails; returns the keys of those it paused.
-pub async fn check_all(state: &AppState) -> ApiResult<Vec<String>> {
-    let mut conn = state.db.pool.acquire().await?;
-    let running = store::experiments::with_status(&mut conn, &[Status::Running]).await?;
-    let mut paused = Vec::new();
+/// What one round of the monitor did.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// The keys of the experiments it paused.
+    pub paused: Vec<String>,
+    /// The experiments it could not check or pause, with why. Each is logged, and the next
+    /// round tries it again.
+    pub failed: Vec<(String, ApiError)>,
+}
+
+/// Checks every running experiment with guardrails, pausing those in alarm. One
+/// experiment's failure (its results could not be computed, say a warehouse answering
+/// `unavailable`, or someone paused it first) does not stop the round: a harmful
+/// experiment further down the list must still be paused. Only failing to list the running
+/// experiments fails the round.
+pub async fn check_all(state: &AppState) -> ApiResult<Round> {
+    let running = {
+        let mut conn = state.db.pool.acquire().await?;
+        store::experiments::with_status(&mut conn, &[Status::Running]).await?
+    };
+    let mut round = Round::default();
     for experiment in running.iter().filter(|e| !e.guardrail_metrics.is_empty()) {
-        let results = results_of(state, &mut conn, &experiment.id, false).await?;
-        let Some(alarm) = results.guardrails.iter().find(|g| g.status == "alarm") else {
-            continue;
-        };
-        let reason = match &alarm.note {
-            Some(note) => format!(
-                "guardrail {} degraded in {}: {note}",
-                alarm.metric, alarm.variant
-            ),
-            None => format!(
-                "guardrail {} degraded in {}: harmful effect {:.4} (z = {:.2}, always-valid p = {:.2e})",
-                alarm.metric, alarm.variant, alarm.harmful_effect, alarm.z, alarm.p_value
-            ),
-        };
-        let evidence = json!({"key": experiment.key, "alarm": alarm, "guardrails": results.guardrails, "srm": results.srm});
-        let id = experiment.id.clone();
-        drop(conn);
-        state
-            .mutate(async |tx| {
-                let body = LifecycleBody {
-                    ship: None,
-                    reason: Some(reason.clone()),
-                };
-                let updated = lifecycle::apply(tx, ACTOR, &id, Action::Pause, &body).await?;
-                store::record(
-                    tx,
-                    store::Change {
-                        actor: ACTOR,
-                        action: "experiment.guardrail_alarm",
-                        entity_type: "experiment",
-                        entity_id: &updated.id,
-                        details: evidence.clone(),
-                    },
-                )
-                .await?;
-                Ok(())
-            })
-            .await?;
-        paused.push(experiment.key.clone());
-        conn = state.db.pool.acquire().await?;
+        match check(state, experiment).await {
+            Ok(true) => round.paused.push(experiment.key.clone()),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(experiment = %experiment.key, %error, "guardrail check failed");
+                round.failed.push((experiment.key.clone(), error));
+            }
+        }
     }
-    Ok(paused)
+    Ok(round)
+}
+
+/// Checks one experiment's guardrails and pauses it if one is in alarm; says whether it did.
+async fn check(state: &AppState, experiment: &Experiment) -> ApiResult<bool> {
+    // A connection of its own: one an earlier experiment's failure broke is not reused, and
+    // none is held while the pause takes another for its transaction.
+    let results = {
+        let mut conn = state.db.pool.acquire().await?;
+        results_of(state, &mut conn, &experiment.id, false).await?
+    };
+    let Some(alarm) = results.guardrails.iter().find(|g| g.status == "alarm") else {
+        return Ok(false);
+    };
+    let reason = match &alarm.note {
+        Some(note) => format!(
+            "guardrail {} degraded in {}: {note}",
+            alarm.metric, alarm.variant
+        ),
+        None => format!(
+            "guardrail {} degraded in {}: harmful effect {:.4} (z = {:.2}, always-valid p = {:.2e})",
+            alarm.metric, alarm.variant, alarm.harmful_effect, alarm.z, alarm.p_value
+        ),
+    };
+    let evidence = json!({"key": experiment.key, "alarm": alarm, "guardrails": results.guardrails, "srm": results.srm});
+    state
+        .mutate(async |tx| {
+            let body = LifecycleBody {
+                ship: None,
+                reason: Some(reason.clone()),
+            };
+            let updated = lifecycle::apply(tx, ACTOR, &experiment.id, Action::Pause, &body).await?;
+            store::record(
+                tx,
+                store::Change {
+                    actor: ACTOR,
+                    action: "experiment.guardrail_alarm",
+                    entity_type: "experiment",
+                    entity_id: &updated.id,
+                    details: evidence.clone(),
+                },
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+    Ok(true)
 }

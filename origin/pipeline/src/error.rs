@@ -18,6 +18,10 @@ pub enum Error {
     /// past it, and another process may have ticked since): it stores nothing more.
     #[error("the warehouse's ticks' lease ran out while ticking")]
     TicksLeaseLost,
+    /// A tick went through every experiment, but could not compute the rollups of these
+    /// (each failure is logged with its experiment); the next tick tries them again.
+    #[error("the rollups of {} experiment(s) could not be computed, first {}", failed.len(), failed.first().map_or("", String::as_str))]
+    ExperimentsFailed { failed: Vec<String> },
     /// Writing events failed for another reason than availability.
     #[error("writing events: {0}")]
     Write(String),

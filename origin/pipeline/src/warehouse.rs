@@ -419,19 +419,27 @@ pub async fn refresh(
 
 /// The repair: computes the rollups of every experiment that may still hold results in
 /// full, from all their raw events, whatever is stored. Returns the experiments computed,
-/// `None` if another process holds the ticks.
+/// `None` if another process holds the ticks. Like a tick, it goes on past an experiment
+/// it cannot compute, and then fails naming them.
 pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<Option<usize>, crate::Error> {
     let Some(lease) = Lease::take(db).await? else {
         return Ok(None);
     };
     let rebuilt = async {
         let (experiments, metrics) = candidates(db).await?;
+        let mut failed = Vec::new();
         for e in &experiments {
-            if let Some(e) = reread(db, e).await? {
-                compute(warehouse, (&e, &plan_of(&e, &metrics)), &lease).await?;
+            let computed = async {
+                if let Some(e) = reread(db, e).await? {
+                    compute(warehouse, (&e, &plan_of(&e, &metrics)), &lease).await?;
+                }
+                Ok::<_, crate::Error>(())
+            };
+            if let Err(error) = computed.await {
+                failed.push(went_on_past(error, &e.id)?);
             }
         }
-        Ok::<_, crate::Error>(experiments.len())
+        all_or_failed(experiments.len(), failed)
     }
     .await;
     lease.release().await;
@@ -469,7 +477,12 @@ pub async fn refresh_with_margin(
     ticked.map(Some)
 }
 
-/// [`refresh_with_margin`]'s work, under the ticks' lease.
+/// [`refresh_with_margin`]'s work, under the ticks' lease. An experiment whose computation
+/// fails is logged and left for the next tick, and the tick goes on: at a thousand
+/// experiments, one that fails every time (an undecodable stored row, a statement over the
+/// warehouse's limits) must not hold back the results of every experiment listed after it.
+/// Its raw events are kept. The tick then fails with [`crate::Error::ExperimentsFailed`];
+/// only a lost lease stops it at once.
 async fn tick(
     db: &Db,
     (retention_days, margin_ms): (Option<i64>, i64),
@@ -478,51 +491,33 @@ async fn tick(
 ) -> Result<usize, crate::Error> {
     let (experiments, metrics) = candidates(db).await?;
     let mut refreshed = 0;
+    let mut failed = Vec::new();
     // The earliest start among experiments whose rollups may still change: raw events from
     // before it can go once past retention.
     let mut needed_from = i64::MAX;
     // Read once, when an archived experiment asks.
     let mut oldest_raw_month = None;
     for e in &experiments {
-        let Some(e) = &reread(db, e).await? else {
-            continue;
-        };
-        let stored = warehouse.stored_rollups(&e.id).await?;
-        // Versions before 0957952 left archived experiments out of the ticks, and did not
-        // keep their raw events from retention: one they left unsettled may have lost events
-        // it counted since, and a computation from what is left would count less.
-        if e.status == Status::Archived
-            && let Some(stored) = &stored
-        {
-            let oldest = match oldest_raw_month {
-                Some(oldest) => oldest,
-                None => *oldest_raw_month.insert(warehouse.oldest_raw_month().await?),
-            };
-            if !raw_events_kept_for(&stored.computation.rollups, oldest) {
-                tracing::debug!(id = %e.id, "archived experiment left as computed: raw events gone");
-                continue;
-            }
-        }
-        let plan = plan_of(e, &metrics);
-        let current = stored.as_ref().is_some_and(|s| follows(&s.plan, &plan));
-        let collecting = collecting(
-            e.status,
-            e.ended_at_ms,
-            stored.as_ref().map(|s| s.computed_ms),
+        let ticked = tick_experiment(
+            db,
+            (e, &metrics),
+            (warehouse, &mut oldest_raw_month),
+            margin_ms,
+            lease,
         );
-        match &stored {
-            Some(stored) if current && collecting => {
-                advance(warehouse, (e, &plan), stored, margin_ms, lease).await?;
+        match ticked.await {
+            Ok(Ticked::Left) => {}
+            Ok(Ticked::Computed { collecting }) => {
                 refreshed += 1;
+                if collecting {
+                    needed_from = needed_from.min(e.started_at_ms.unwrap_or(i64::MIN));
+                }
             }
-            _ if collecting || !current => {
-                compute(warehouse, (e, &plan), lease).await?;
-                refreshed += 1;
+            Err(error) => {
+                failed.push(went_on_past(error, &e.id)?);
+                // Whether it still collects is unknown: its raw events stay.
+                needed_from = needed_from.min(e.started_at_ms.unwrap_or(i64::MIN));
             }
-            _ => {}
-        }
-        if collecting {
-            needed_from = needed_from.min(e.started_at_ms.unwrap_or(i64::MIN));
         }
     }
     warehouse.drop_old_staging(clock::now_ms()).await?;
@@ -536,7 +531,84 @@ async fn tick(
         )
         .await?;
     }
-    Ok(refreshed)
+    all_or_failed(refreshed, failed)
+}
+
+/// One experiment's failure in a tick or a repair, which go on past it: logged, and its id
+/// returned to be named at the end. A lost lease is returned as the error instead, since
+/// nothing more may be stored.
+fn went_on_past(error: crate::Error, id: &str) -> Result<String, crate::Error> {
+    if matches!(error, crate::Error::TicksLeaseLost) {
+        return Err(error);
+    }
+    tracing::warn!(%id, %error, "computing an experiment's rollups failed");
+    Ok(id.to_string())
+}
+
+/// What a tick or a repair that went through every experiment returns: `done`, or the
+/// experiments it failed to compute.
+fn all_or_failed(done: usize, failed: Vec<String>) -> Result<usize, crate::Error> {
+    if failed.is_empty() {
+        Ok(done)
+    } else {
+        Err(crate::Error::ExperimentsFailed { failed })
+    }
+}
+
+/// What a tick did with one experiment.
+enum Ticked {
+    /// Nothing, and its raw events are not needed: it has gone, it has settled, it is a
+    /// draft, or it is an archived experiment whose raw events have gone.
+    Left,
+    /// Its rollups were computed; `collecting` says whether they may still change.
+    Computed { collecting: bool },
+}
+
+/// One experiment's part of a tick: moves its rollups forward, computes them in full, or
+/// leaves them.
+async fn tick_experiment(
+    db: &Db,
+    (e, metrics): (&Experiment, &HashMap<String, Metric>),
+    (warehouse, oldest_raw_month): (&ClickHouse, &mut Option<Option<u32>>),
+    margin_ms: i64,
+    lease: &Lease,
+) -> Result<Ticked, crate::Error> {
+    let Some(e) = &reread(db, e).await? else {
+        return Ok(Ticked::Left);
+    };
+    let stored = warehouse.stored_rollups(&e.id).await?;
+    // Versions before 0957952 left archived experiments out of the ticks, and did not
+    // keep their raw events from retention: one they left unsettled may have lost events
+    // it counted since, and a computation from what is left would count less.
+    if e.status == Status::Archived
+        && let Some(stored) = &stored
+    {
+        let oldest = match oldest_raw_month {
+            Some(oldest) => *oldest,
+            None => *oldest_raw_month.insert(warehouse.oldest_raw_month().await?),
+        };
+        if !raw_events_kept_for(&stored.computation.rollups, oldest) {
+            tracing::debug!(id = %e.id, "archived experiment left as computed: raw events gone");
+            return Ok(Ticked::Left);
+        }
+    }
+    let plan = plan_of(e, metrics);
+    let current = stored.as_ref().is_some_and(|s| follows(&s.plan, &plan));
+    let collecting = collecting(
+        e.status,
+        e.ended_at_ms,
+        stored.as_ref().map(|s| s.computed_ms),
+    );
+    match &stored {
+        Some(stored) if current && collecting => {
+            advance(warehouse, (e, &plan), stored, margin_ms, lease).await?;
+        }
+        _ if collecting || !current => {
+            compute(warehouse, (e, &plan), lease).await?;
+        }
+        _ => return Ok(Ticked::Left),
+    }
+    Ok(Ticked::Computed { collecting })
 }
 
 /// Drops the months of raw events before `month`, each month of metric events once it is

@@ -613,7 +613,8 @@ async fn results_and_guardrails(o: &TestOrigin) {
     let before = o.state.published().version;
     let paused = abx_origin::guardrails::check_all(&o.state)
         .await
-        .expect("monitor");
+        .expect("monitor")
+        .paused;
     assert_eq!(paused, vec!["checkout".to_string()]);
     assert!(o.state.published().version > before);
     let e = o.get(&format!("/api/v1/experiments/{id}")).await.body;
@@ -649,6 +650,7 @@ async fn results_and_guardrails(o: &TestOrigin) {
         abx_origin::guardrails::check_all(&o.state)
             .await
             .expect("monitor")
+            .paused
             .is_empty()
     );
 
@@ -863,7 +865,8 @@ async fn split_deployment_follows_a_pause(o: &TestOrigin) {
     let before = admin.published().version;
     let paused = abx_origin::guardrails::check_all(&pipeline)
         .await
-        .expect("monitor");
+        .expect("monitor")
+        .paused;
     assert_eq!(paused, vec!["split".to_string()]);
     // On PostgreSQL the admins may already serve it by the time this line runs.
     let version = pipeline.published().version;
@@ -901,4 +904,59 @@ async fn split_deployment_follows_a_pause(o: &TestOrigin) {
 on_both_backends!(
     split_deployment_follows_guardrail_pauses,
     split_deployment_follows_a_pause
+);
+
+/// One experiment the monitor cannot check (here a corrupt decision look, in production as
+/// likely a warehouse answering `unavailable`) must not shield the experiments listed after
+/// it: the harmful one is still paused, and the failure is reported with its key.
+async fn a_failed_check_does_not_stop_the_round(o: &TestOrigin) {
+    o.create(
+        "/api/v1/metrics",
+        json!({"key": "purchase", "kind": "conversion", "event_type": "purchase"}),
+    )
+    .await;
+    o.create("/api/v1/metrics", json!({"key": "crash_rate", "kind": "conversion", "event_type": "crash", "direction": "decrease"})).await;
+    let sdk = o.key("sdk").await;
+    let mut ids = Vec::new();
+    // Created first, so listed (and checked) first.
+    for key in ["unreadable", "harmful"] {
+        ids.push(
+            o.start_experiment(json!({"key": key, "primary_metric": "purchase", "guardrail_metrics": ["crash_rate"],
+                "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]}))
+                .await,
+        );
+    }
+    simulate(
+        o,
+        &sdk,
+        "harmful",
+        &ids[1],
+        3_000,
+        &[("control", 0.10), ("treatment", 0.10)],
+        &[("control", 0.01), ("treatment", 0.10)],
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO decision_looks (experiment_id, look, record, recorded_at_ms)
+         VALUES ($1, 1, 'not a look', 0)",
+    )
+    .bind(&ids[0])
+    .execute(&o.state.db.pool)
+    .await
+    .expect("corrupt look");
+
+    let round = abx_origin::guardrails::check_all(&o.state)
+        .await
+        .expect("the round itself succeeds");
+    assert_eq!(round.paused, vec!["harmful".to_string()]);
+    let failed: Vec<&str> = round.failed.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(failed, ["unreadable"], "{:?}", round.failed);
+    let unreadable = o.get(&format!("/api/v1/experiments/{}", ids[0])).await.body;
+    assert_eq!(unreadable["status"], "running");
+    let harmful = o.get(&format!("/api/v1/experiments/{}", ids[1])).await.body;
+    assert_eq!(harmful["status"], "paused");
+}
+on_both_backends!(
+    a_failed_guardrail_check_does_not_stop_the_round,
+    a_failed_check_does_not_stop_the_round
 );

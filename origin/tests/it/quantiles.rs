@@ -187,7 +187,8 @@ async fn the_seeds_experiment_pauses_on_a_latency_regression(o: &TestOrigin) {
 
     let paused = abx_origin::guardrails::check_all(&o.state)
         .await
-        .expect("monitor");
+        .expect("monitor")
+        .paused;
     assert_eq!(paused, vec!["checkout_button_color".to_string()]);
     let e = o.get(&format!("/api/v1/experiments/{id}")).await.body;
     assert_eq!(e["status"], "paused");

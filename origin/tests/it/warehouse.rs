@@ -1842,3 +1842,73 @@ async fn ticks_wait_for_the_process_that_holds_them() {
     drop(conn);
     clean_up(&o.state).await;
 }
+
+/// A tick and a repair go on past an experiment they cannot compute (here one whose stored
+/// rollups no longer decode; in production as likely a statement over the warehouse's
+/// limits): the experiments listed after it are still computed, and the tick fails naming
+/// it. Once it reads again, the next tick computes both.
+#[tokio::test]
+async fn a_failing_experiment_does_not_hold_back_the_others() {
+    use abx_origin_pipeline::warehouse::{rebuild_all, refresh_with_margin};
+    let Some((o, _, [checkout, banner, key])) = set_up().await else {
+        return;
+    };
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let db = &o.state.pipeline.db;
+    let events = scenario(&checkout, &banner);
+    let half = events.len() / 2;
+    send_all(&o, &key, &events[..half], 50).await;
+    common::load_stream(&o.state).await;
+    let tick = refresh_with_margin(db, None, &warehouse, 0).await;
+    assert_eq!(tick.expect("tick"), Some(2));
+    let computed_ms = |id: String| {
+        let warehouse = warehouse.clone();
+        async move {
+            let stored = warehouse.stored_rollups(&id).await.expect("read");
+            stored.expect("stored").computed_ms
+        }
+    };
+    let banner_before = computed_ms(banner.clone()).await;
+
+    // `checkout` is listed first (created first). A stored row whose sum is not a number
+    // is written out as `null`, which no computation reads back.
+    let config = o.settings.clickhouse.clone().expect("warehouse settings");
+    let stored_row = |computed_ms: i64, sum: &str| {
+        clickhouse_answer(
+            &config.url,
+            format!(
+                "INSERT INTO {}.experiment_rollups (experiment_id, computed_ms, plan, kind,
+                     variant, metric, day, sum_x)
+                 VALUES ('{checkout}', {computed_ms}, '', 2, 'control', 'corrupt', 0, {sum})",
+                config.database
+            ),
+        )
+    };
+    stored_row(1, "nan").await;
+    assert!(warehouse.stored_rollups(&checkout).await.is_err());
+
+    send_all(&o, &key, &events[half..], 50).await;
+    common::load_stream(&o.state).await;
+    for run in ["tick", "repair"] {
+        let result = match run {
+            "tick" => refresh_with_margin(db, None, &warehouse, 0).await,
+            _ => rebuild_all(db, &warehouse).await,
+        };
+        match result {
+            Err(abx_origin_pipeline::Error::ExperimentsFailed { failed }) => {
+                assert_eq!(failed, std::slice::from_ref(&checkout), "{run}")
+            }
+            other => panic!("the {run} should fail naming checkout: {other:?}"),
+        }
+        let banner_now = computed_ms(banner.clone()).await;
+        assert!(banner_now > banner_before, "{run} left banner behind");
+    }
+
+    // A newer row of the same key replaces it; being of no stored computation, it is not
+    // read as a rollup.
+    stored_row(2, "0").await;
+    let tick = refresh_with_margin(db, None, &warehouse, 0).await;
+    assert_eq!(tick.expect("tick"), Some(2));
+    assert_matches_the_sql_pipeline(&o, &checkout, &banner).await;
+    clean_up(&o.state).await;
+}
