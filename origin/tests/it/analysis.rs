@@ -525,13 +525,18 @@ async fn plans_follow_the_analysis_mode_and_family() {
     o.finish().await;
 }
 
-async fn results_and_guardrails(o: &TestOrigin) {
+/// The metrics of the guardrail tests: a purchase conversion, and a crash rate to keep down.
+async fn purchase_and_crash_rate(o: &TestOrigin) {
     o.create(
         "/api/v1/metrics",
         json!({"key": "purchase", "kind": "conversion", "event_type": "purchase"}),
     )
     .await;
     o.create("/api/v1/metrics", json!({"key": "crash_rate", "kind": "conversion", "event_type": "crash", "direction": "decrease"})).await;
+}
+
+async fn results_and_guardrails(o: &TestOrigin) {
+    purchase_and_crash_rate(o).await;
     let sdk = o.key("sdk").await;
     let mut body = json!({"key": "checkout", "primary_metric": "purchase", "guardrail_metrics": ["crash_rate"],
         "variants": [{"name": "control", "weight": 50}, {"name": "treatment", "weight": 50}]});
@@ -834,12 +839,7 @@ on_every_backend!(interaction_effects, interactions);
 /// alarm and stores the snapshot; both admin processes serve it within `FOLLOW_INTERVAL`
 /// (LISTEN wakes them at once on PostgreSQL), and their assignment endpoints stop assigning.
 async fn split_deployment_follows_a_pause(o: &TestOrigin) {
-    o.create(
-        "/api/v1/metrics",
-        json!({"key": "purchase", "kind": "conversion", "event_type": "purchase"}),
-    )
-    .await;
-    o.create("/api/v1/metrics", json!({"key": "crash_rate", "kind": "conversion", "event_type": "crash", "direction": "decrease"})).await;
+    purchase_and_crash_rate(o).await;
     let sdk = o.key("sdk").await;
     let id = o
         .start_experiment(json!({"key": "split", "primary_metric": "purchase", "guardrail_metrics": ["crash_rate"],
@@ -910,12 +910,7 @@ on_both_backends!(
 /// likely a warehouse answering `unavailable`) must not shield the experiments listed after
 /// it: the harmful one is still paused, and the failure is reported with its key.
 async fn a_failed_check_does_not_stop_the_round(o: &TestOrigin) {
-    o.create(
-        "/api/v1/metrics",
-        json!({"key": "purchase", "kind": "conversion", "event_type": "purchase"}),
-    )
-    .await;
-    o.create("/api/v1/metrics", json!({"key": "crash_rate", "kind": "conversion", "event_type": "crash", "direction": "decrease"})).await;
+    purchase_and_crash_rate(o).await;
     let sdk = o.key("sdk").await;
     let mut ids = Vec::new();
     // Created first, so listed (and checked) first.

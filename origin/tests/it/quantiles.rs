@@ -255,6 +255,28 @@ on_both_backends!(
     a_quantile_added_later_counts_the_logged_events
 );
 
+/// An experiment whose metrics are all quantiles: its units' rows keep buckets and no sum
+/// at all (a quantile's running total is a constant zero), and its quantiles are the
+/// events' sample quantiles.
+async fn quantile_metrics_alone(o: &TestOrigin) {
+    create_seed_metrics(o).await;
+    let id = o
+        .start_experiment(common::experiment("latency_only", "p95_latency"))
+        .await;
+    let (events, mut sent) = latency_traffic(o, "latency_only", &id, 400, 10.0).await;
+    send(o, &events).await;
+    let r = o
+        .get(&format!("/api/v1/experiments/{id}/results"))
+        .await
+        .body;
+    assert_quantiles(&r, "p95_latency", 0.95, &mut sent);
+}
+
+on_every_backend!(
+    an_experiment_of_quantile_metrics_alone,
+    quantile_metrics_alone
+);
+
 /// A quantile metric needs its quantile, strictly inside (0, 1), and only quantile metrics
 /// take one; an experiment without a key takes its name, which must then be a valid key.
 async fn quantile_definitions_and_keys_are_checked(o: &TestOrigin) {

@@ -132,8 +132,14 @@ async fn experiments(o: &TestOrigin) -> (String, String, String) {
 /// exposure), sessions, later events on the following day, users seen in both variants
 /// (one of them with revenue, an hour after its first exposure) and a repeated event; in time order, as the SQL pipeline's daily split assumes.
 fn scenario(checkout: &str, banner: &str) -> Vec<Json> {
-    let now = abx_origin_domain::clock::now_ms();
-    let t0 = (now - 3 * DAY_MS).div_euclid(DAY_MS) * DAY_MS + 3_600_000;
+    // One start for every scenario of the run: a test that computes the SQL pipeline's
+    // results before midnight (UTC) and the warehouse's after would otherwise compare
+    // scenarios a day apart.
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let t0 = *START.get_or_init(|| {
+        let now = abx_origin_domain::clock::now_ms();
+        (now - 3 * DAY_MS).div_euclid(DAY_MS) * DAY_MS + 3_600_000
+    });
     let mut events = Vec::new();
     let mut n = 0u64;
     let mut push = |events: &mut Vec<Json>, mut event: Json| {
