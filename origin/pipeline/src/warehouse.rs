@@ -269,7 +269,8 @@ async fn compute(
 /// rows lack what its metrics read (running totals, or the values and buckets of capped and
 /// quantile metrics; or the stored computation lacks the bucket sums of its quantile
 /// metrics), or hold the values of capped metrics in other places (rows that kept every
-/// metric's), or `ClickHouse::advance` says so.
+/// metric's), it is stamped too far ahead of now ([`stamped_ahead`]), or
+/// `ClickHouse::advance` says so.
 async fn advance(
     warehouse: &ClickHouse,
     (e, plan): (&Experiment, &ExperimentPlan),
@@ -277,10 +278,11 @@ async fn advance(
     margin_ms: i64,
     lease: &Lease,
 ) -> Result<(), crate::Error> {
-    let version = clock::now_ms().max(stored.computed_ms + 1);
+    let now_ms = clock::now_ms();
+    let version = now_ms.max(stored.computed_ms + 1);
     let since = stored.computed_ms - margin_ms;
     let by = computed_by(plan);
-    let advanced = if stored.plan == by {
+    let advanced = if stored.plan == by && !stamped_ahead(stored.computed_ms, now_ms, margin_ms) {
         warehouse
             .advance(&e.id, plan, stored, version, since)
             .await?
@@ -311,9 +313,20 @@ async fn advance(
     Ok(())
 }
 
+/// Whether a stored computation is stamped further ahead of now than the margin a tick
+/// looks back by: made on a clock that ran fast (and carried forward since, each
+/// computation being stamped after the one before). Loaders stamp their rows by their own
+/// clocks, so a tick that looked for rows loaded since that stamp would miss, for good,
+/// every row loaded until the real time caught up with it; such a computation is made
+/// again in full instead, until it has. Within the margin, a tick looks back far enough.
+fn stamped_ahead(stored_ms: i64, now_ms: i64, margin_ms: i64) -> bool {
+    stored_ms > now_ms.saturating_add(margin_ms)
+}
+
 /// An experiment's rollups and when they were computed: the newest stored computation if it
-/// followed the experiment's current plan, else a new one (which is stored for the next
-/// reader).
+/// followed the experiment's current plan (or, once the raw events of a settled experiment
+/// have gone, whatever plan it followed: [`kept_as_computed`]), else a new one (which is
+/// stored for the next reader).
 pub async fn rollups(
     db: &Db,
     warehouse: &ClickHouse,
@@ -321,10 +334,11 @@ pub async fn rollups(
     metrics: &HashMap<String, Metric>,
 ) -> Result<(Rollups, i64), crate::Error> {
     let plan = plan_of(e, metrics);
-    if let Some(stored) = warehouse.stored_for_results(&e.id).await?
-        && follows(&stored.plan, &plan)
-    {
-        return Ok((stored.computation.rollups, stored.computed_ms));
+    if let Some(stored) = warehouse.stored_for_results(&e.id).await? {
+        let current = follows(&stored.plan, &plan);
+        if current || kept_as_computed(warehouse, e, &stored, &mut None).await? {
+            return Ok((stored.computation.rollups, stored.computed_ms));
+        }
     }
     // Stored only under the ticks' lease: storing drops older generations of unit rows,
     // which a tick may be moving forward. While a tick holds it, the request does not wait:
@@ -418,7 +432,8 @@ pub async fn refresh(
 }
 
 /// The repair: computes the rollups of every experiment that may still hold results in
-/// full, from all their raw events, whatever is stored. Returns the experiments computed,
+/// full, from all their raw events, whatever is stored (but for settled experiments whose
+/// raw events have gone, [`kept_as_computed`]). Returns the experiments computed,
 /// `None` if another process holds the ticks. Like a tick, it goes on past an experiment
 /// it cannot compute, and then fails naming them.
 pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<Option<usize>, crate::Error> {
@@ -428,11 +443,19 @@ pub async fn rebuild_all(db: &Db, warehouse: &ClickHouse) -> Result<Option<usize
     let rebuilt = async {
         let (experiments, metrics) = candidates(db).await?;
         let mut failed = Vec::new();
+        // Read once, when a settled experiment asks.
+        let mut oldest_raw_month = None;
         for e in &experiments {
             let computed = async {
-                if let Some(e) = reread(db, e).await? {
-                    compute(warehouse, (&e, &plan_of(&e, &metrics)), &lease).await?;
+                let Some(e) = reread(db, e).await? else {
+                    return Ok(());
+                };
+                if let Some(stored) = warehouse.stored_rollups(&e.id).await?
+                    && kept_as_computed(warehouse, &e, &stored, &mut oldest_raw_month).await?
+                {
+                    return Ok(());
                 }
+                compute(warehouse, (&e, &plan_of(&e, &metrics)), &lease).await?;
                 Ok::<_, crate::Error>(())
             };
             if let Err(error) = computed.await {
@@ -577,20 +600,10 @@ async fn tick_experiment(
         return Ok(Ticked::Left);
     };
     let stored = warehouse.stored_rollups(&e.id).await?;
-    // Versions before 0957952 left archived experiments out of the ticks, and did not
-    // keep their raw events from retention: one they left unsettled may have lost events
-    // it counted since, and a computation from what is left would count less.
-    if e.status == Status::Archived
-        && let Some(stored) = &stored
+    if let Some(stored) = &stored
+        && kept_as_computed(warehouse, e, stored, oldest_raw_month).await?
     {
-        let oldest = match oldest_raw_month {
-            Some(oldest) => *oldest,
-            None => *oldest_raw_month.insert(warehouse.oldest_raw_month().await?),
-        };
-        if !raw_events_kept_for(&stored.computation.rollups, oldest) {
-            tracing::debug!(id = %e.id, "archived experiment left as computed: raw events gone");
-            return Ok(Ticked::Left);
-        }
+        return Ok(Ticked::Left);
     }
     let plan = plan_of(e, metrics);
     let current = stored.as_ref().is_some_and(|s| follows(&s.plan, &plan));
@@ -609,6 +622,36 @@ async fn tick_experiment(
         _ => return Ok(Ticked::Left),
     }
     Ok(Ticked::Computed { collecting })
+}
+
+/// Whether an experiment's `stored` computation stays as it is because the raw events it
+/// counted are no longer all kept: retention drops an experiment's months once it has
+/// settled (its exposures with them; only metric events are summed into the history), and
+/// a computation from what is left would count a fraction of its units and replace its
+/// results for good. That holds for a settled experiment whose plan changed since (a
+/// metric it reads was edited after it completed), which is computed again only while its
+/// events are all there, and for one that versions before 0957952 left unsettled when it
+/// was archived (they dropped its months too). `oldest_raw_month` is read once, on first
+/// asking.
+async fn kept_as_computed(
+    warehouse: &ClickHouse,
+    e: &Experiment,
+    stored: &StoredRollups,
+    oldest_raw_month: &mut Option<Option<u32>>,
+) -> Result<bool, crate::Error> {
+    let settled = !collecting(e.status, e.ended_at_ms, Some(stored.computed_ms));
+    if !settled && e.status != Status::Archived {
+        return Ok(false);
+    }
+    let oldest = match oldest_raw_month {
+        Some(oldest) => *oldest,
+        None => *oldest_raw_month.insert(warehouse.oldest_raw_month().await?),
+    };
+    let kept = !raw_events_kept_for(&stored.computation.rollups, oldest);
+    if kept {
+        tracing::debug!(id = %e.id, "left as computed: its raw events have gone");
+    }
+    Ok(kept)
 }
 
 /// Drops the months of raw events before `month`, each month of metric events once it is
@@ -669,6 +712,17 @@ fn month_of(ms: i64) -> u32 {
 mod tests {
     use super::*;
     use crate::model::catalog::MetricKind;
+
+    /// A computation stamped up to the margin ahead of now (clocks a few seconds apart)
+    /// moves forward; one stamped further ahead is made again in full.
+    #[test]
+    fn computations_stamped_far_ahead_are_made_again() {
+        let (now, margin) = (1_800_000_000_000, LOAD_MARGIN_MS);
+        assert!(!stamped_ahead(now - 60_000, now, margin));
+        assert!(!stamped_ahead(now + margin, now, margin));
+        assert!(stamped_ahead(now + margin + 1, now, margin));
+        assert!(!stamped_ahead(i64::MAX, i64::MAX, margin), "no overflow");
+    }
 
     /// A tick that stalls past its lease, while another process takes the ticks over, must
     /// not store: every store is preceded by `hold`, which then fails. Its release leaves

@@ -683,6 +683,43 @@ async fn results_read_the_rollups_the_pipeline_computed_last() {
     clean_up(&o.state).await;
 }
 
+/// A metric event of `unit`, received now, to write straight into the warehouse (the
+/// collector refuses the old timestamps and the copies some tests need).
+fn metric_event(
+    event_id: &str,
+    unit: &str,
+    (event_type, value): (&str, f64),
+    ts_ms: i64,
+) -> abx_origin_domain::event::EventRecord {
+    abx_origin_domain::event::EventRecord {
+        event_id: event_id.into(),
+        received_at_ms: abx_origin_domain::clock::now_ms(),
+        ts_ms,
+        kind: abx_origin_domain::event::Kind::Metric {
+            event_type: event_type.into(),
+        },
+        unit_key: format!("user_id:{unit}"),
+        value,
+        properties: None,
+    }
+}
+
+/// `unit`'s exposure to an experiment's variant, likewise.
+fn exposure_event(
+    event_id: &str,
+    unit: &str,
+    (experiment_id, variant): (&str, &str),
+    ts_ms: i64,
+) -> abx_origin_domain::event::EventRecord {
+    abx_origin_domain::event::EventRecord {
+        kind: abx_origin_domain::event::Kind::Exposure {
+            experiment_id: experiment_id.into(),
+            variant: variant.into(),
+        },
+        ..metric_event(event_id, unit, ("", 0.0), ts_ms)
+    }
+}
+
 #[tokio::test]
 async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_them() {
     let Some(url) = common::clickhouse_or_skip().await else {
@@ -700,26 +737,17 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     // Events straight into the warehouse (the collector refuses such old timestamps): one
     // in each of this month and the four months before it.
     let now = abx_origin_domain::clock::now_ms();
-    let record = |n: i64| abx_origin_domain::event::EventRecord {
-        event_id: format!("e{n}"),
-        received_at_ms: now,
-        ts_ms: now - n * 31 * DAY_MS,
-        kind: abx_origin_domain::event::Kind::Metric {
-            event_type: "conversion".into(),
-        },
-        unit_key: format!("user_id:u{n}"),
-        value: 1.0,
-        properties: None,
+    let record = |n: i64| {
+        let unit = format!("u{n}");
+        metric_event(
+            &format!("e{n}"),
+            &unit,
+            ("conversion", 1.0),
+            now - n * 31 * DAY_MS,
+        )
     };
     // And an exposure three months ago, whose unit's event that month counts.
-    let exposure = abx_origin_domain::event::EventRecord {
-        event_id: "x3".into(),
-        kind: abx_origin_domain::event::Kind::Exposure {
-            experiment_id: id.clone(),
-            variant: "control".into(),
-        },
-        ..record(3)
-    };
+    let exposure = exposure_event("x3", "u3", (&id, "control"), now - 3 * 31 * DAY_MS);
     let records = (0..5).map(record).chain([exposure]).collect::<Vec<_>>();
     warehouse.insert(&records).await.expect("insert");
     let refresh = || abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse);
@@ -737,12 +765,17 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     assert_eq!(warehouse.event_count().await.expect("count"), 6);
 
     // Once it has completed and settled, only the last 60 days (whole months) stay.
-    sqlx::query("UPDATE experiments SET status = 'completed', ended_at_ms = ? WHERE id = ?")
-        .bind(now - 2 * abx_origin_pipeline::warehouse::SETTLE_MS)
-        .bind(&id)
-        .execute(&o.state.db.pool)
-        .await
-        .expect("complete");
+    // (Bumping its version, as every write of an experiment does: a metric is edited
+    // below, and the snapshot that publishes checks it.)
+    sqlx::query(
+        "UPDATE experiments SET status = 'completed', ended_at_ms = ?, version = version + 1
+         WHERE id = ?",
+    )
+    .bind(now - 2 * abx_origin_pipeline::warehouse::SETTLE_MS)
+    .bind(&id)
+    .execute(&o.state.db.pool)
+    .await
+    .expect("complete");
     // (With no margin for loads still committing: a month with rows loaded in the last
     // minutes waits for them to be summed before it goes.)
     let db = &o.state.pipeline.db;
@@ -761,10 +794,6 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         oldest.is_some_and(|m| m > month(started) && m <= month(now)),
         "{oldest:?}"
     );
-
-    // Versions before 0957952 let an experiment archived in its settling hour stop there,
-    // and its months go: it keeps its computation rather than one from what is left, also
-    // through a tick that drops more months (and then recomputes what still settles).
     let stored = || async {
         warehouse
             .stored_rollups(&id)
@@ -772,6 +801,35 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
             .expect("read")
             .expect("stored")
     };
+
+    // Completed experiments do not pin their metrics: one edited since changes its plan.
+    // With its exposure's month gone, neither a tick, nor the repair, nor a results
+    // request computes it again from what is left (its unit, exposed three months ago,
+    // would no longer count): each keeps or reads the computation it settled with.
+    let settled = stored().await;
+    let exposed = |r: &Rollups| r.exposures.iter().map(|e| e.units).sum::<i64>();
+    assert_eq!(exposed(&settled.computation.rollups), 1);
+    let reply = o
+        .patch(
+            "/api/v1/metrics/conversion",
+            json!({"event_type": "purchase"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    abx_origin_pipeline::warehouse::refresh_with_margin(db, Some(60), &warehouse, 0)
+        .await
+        .expect("tick");
+    abx_origin_pipeline::warehouse::rebuild_all(db, &warehouse)
+        .await
+        .expect("repair");
+    assert_eq!(stored().await.computed_ms, settled.computed_ms);
+    let read = results(&o, &id).await;
+    assert_eq!(read["variants"]["control"]["impressions"], 1, "{read}");
+    assert_eq!(stored().await.computed_ms, settled.computed_ms);
+
+    // Versions before 0957952 let an experiment archived in its settling hour stop there,
+    // and its months go: it keeps its computation rather than one from what is left, also
+    // through a tick that drops more months (and then recomputes what still settles).
     let before = stored().await;
     sqlx::query("UPDATE experiments SET status = 'archived', ended_at_ms = ? WHERE id = ?")
         .bind(before.computed_ms - 60_000)
@@ -791,6 +849,67 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     assert_eq!(
         after.computed_ms, before.computed_ms,
         "computed from what is left"
+    );
+    clean_up(&o.state).await;
+}
+
+/// Copies of an event stamped apart (a client's retry of an event without a timestamp,
+/// stamped by the collector each time, that gets past the log's deduplication window) are
+/// two rows of the raw events to a full computation, which keeps one per sorting key; a
+/// tick that moves the rollups forward by such a copy counts it as the full computation
+/// does, so that a repair changes nothing.
+#[tokio::test]
+async fn copies_stamped_apart_count_in_a_tick_as_in_a_full_computation() {
+    let Some(url) = common::clickhouse_or_skip().await else {
+        return;
+    };
+    let Some((o, _)) = warehouse_origin_with(url, |_| {}).await else {
+        return;
+    };
+    o.create("/api/v1/metrics", metric("revenue", "mean")).await;
+    let id = o.start_experiment(experiment("stamped", "revenue")).await;
+    let warehouse = o.state.pipeline.warehouse.clone().expect("warehouse");
+    let now = abx_origin_domain::clock::now_ms();
+    let purchase = |ts_ms: i64| {
+        let id = "00000000-0000-4000-8000-000000000001";
+        metric_event(id, "u1", ("revenue", 5.0), ts_ms)
+    };
+    let exposure_id = "00000000-0000-4000-8000-000000000002";
+    let exposure = exposure_event(exposure_id, "u1", (&id, "control"), now - 3_600_000);
+    let db = &o.state.pipeline.db;
+    let tick = || abx_origin_pipeline::warehouse::refresh_with_margin(db, None, &warehouse, 0);
+    warehouse
+        .insert(&[exposure, purchase(now - 1_800_000)])
+        .await
+        .expect("insert");
+    tick().await.expect("tick");
+    let first = warehouse.stored_rollups(&id).await.expect("read");
+    let first = first.expect("stored");
+    warehouse
+        .insert(&[purchase(now - 600_000)])
+        .await
+        .expect("insert the copy");
+    tick().await.expect("tick");
+    let moved = warehouse.stored_rollups(&id).await.expect("read");
+    let moved = moved.expect("stored");
+    assert_eq!(moved.generation, first.generation, "moved forward");
+    let mut conn = o.state.db.pool.acquire().await.expect("connection");
+    let e = abx_origin_store::experiments::get(&mut conn, &id)
+        .await
+        .expect("read")
+        .expect("found");
+    let plan = abx_origin_domain::plan::plan_of(&e, &common::catalog_metrics(&mut conn).await);
+    let generation = abx_origin_domain::clock::now_ms();
+    let full = full_computation(&warehouse, (&id, &plan), generation).await;
+    let sum_x = |r: &Rollups| r.metrics.iter().map(|m| m.sums.sum_x).sum::<f64>();
+    assert_eq!(
+        sum_x(&full.rollups),
+        10.0,
+        "two rows to the full computation"
+    );
+    assert_same_rollups(
+        &normalise(moved.computation.rollups.clone()),
+        &normalise(full.rollups.clone()),
     );
     clean_up(&o.state).await;
 }
@@ -857,29 +976,13 @@ async fn pre_exposure_covariates_outlive_raw_event_retention() {
     // twice), the three units' exposures ten minutes ago and a conversion of u2's since.
     let now = abx_origin_domain::clock::now_ms();
     let old = now - 93 * DAY_MS;
-    let event = |event_id: &str, unit: &str, (event_type, value): (&str, f64), ts_ms: i64| {
-        abx_origin_domain::event::EventRecord {
-            event_id: event_id.into(),
-            received_at_ms: now,
-            ts_ms,
-            kind: abx_origin_domain::event::Kind::Metric {
-                event_type: event_type.into(),
-            },
-            unit_key: format!("user_id:{unit}"),
-            value,
-            properties: None,
-        }
-    };
+    let event = metric_event;
     let with_tier = |mut e: abx_origin_domain::event::EventRecord, tier: &str| {
         e.properties = Some(json!({ "tier": tier }).to_string());
         e
     };
-    let exposure = |unit: &str, variant: &str| abx_origin_domain::event::EventRecord {
-        kind: abx_origin_domain::event::Kind::Exposure {
-            experiment_id: id.clone(),
-            variant: variant.into(),
-        },
-        ..event(&format!("x-{unit}"), unit, ("", 0.0), now - 600_000)
+    let exposure = |unit: &str, variant: &str| {
+        exposure_event(&format!("x-{unit}"), unit, (&id, variant), now - 600_000)
     };
     let old_events = [
         event("o1", "u1", ("conversion", 1.0), old),
@@ -1496,7 +1599,9 @@ fn assert_same_units(
 }
 
 /// A full computation of an experiment's rollups, as generation `generation`, from the
-/// warehouse's history as it is now; checked against one in three passes by unit key.
+/// warehouse's history as it is now; checked against one in three passes by unit key,
+/// made in a generation that an attempt before it filled already (as a retry that draws
+/// the same generation finds it).
 async fn full_computation(
     warehouse: &ClickHouse,
     experiment: (&str, &abx_origin_domain::plan::ExperimentPlan),
@@ -1506,6 +1611,8 @@ async fn full_computation(
     let computation = warehouse.rebuild(experiment, generation, &history);
     let computation = computation.await.expect("full computation");
     let aside = generation_beside_ticks(abx_origin_domain::clock::now_ms());
+    let attempt = warehouse.rebuild_in_passes(experiment, aside, &history, 2);
+    attempt.await.expect("an earlier attempt");
     let in_passes = warehouse.rebuild_in_passes(experiment, aside, &history, 3);
     let in_passes = in_passes.await.expect("full computation in passes");
     let dropped = warehouse.drop_generation(experiment.0, aside).await;

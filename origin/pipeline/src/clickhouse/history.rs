@@ -245,8 +245,12 @@ impl ClickHouse {
     /// The deduplicated metric events of the plan's metric event types, with their analysis
     /// unit as `ukey`, the number of events each row stands for as `events`, and the
     /// property columns a filter reads: the raw events not yet in the history (all of
-    /// them `FINAL`, or a few units' kept once per event id, which reads only those
+    /// them `FINAL`, or a few units' kept once per sorting key, which reads only those
     /// units' rows where `FINAL` would merge the whole table), then the history's rows.
+    /// Both keep one row per sorting key, the event's type, unit, time and id: copies of
+    /// an event stamped apart (a client's retry of an event without a timestamp, which the
+    /// collector stamps each time, past the log's deduplication window) are two rows to
+    /// `FINAL`, so a tick counts them twice too, as the full computation it must equal.
     /// `units` is a condition on `unit_key` selecting the units to read, or nothing for all,
     /// and `share` one on the unit that every read adds (a pass's share of the units).
     ///
@@ -285,7 +289,7 @@ impl ClickHouse {
             read(
                 &literal_list(event_types.iter().copied()),
                 "",
-                " LIMIT 1 BY event_id",
+                " LIMIT 1 BY event_type, unit_key, ts_ms, event_id",
             )
         };
         let event_types = literal_list(event_types);

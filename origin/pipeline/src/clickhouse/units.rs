@@ -504,6 +504,11 @@ impl ClickHouse {
         history: &History,
         passes: u64,
     ) -> Result<Computation, WarehouseError> {
+        // An earlier attempt at this generation that failed after writing rows (a retry
+        // while the clock stands behind the stored computation draws the same one) would
+        // otherwise have its units summed twice: only the units without events are
+        // written once per unit, checked against those already written.
+        self.drop_generation(experiment_id, generation).await?;
         self.write_units(
             "unit_rollups",
             (experiment_id, plan),
@@ -975,15 +980,17 @@ impl ClickHouse {
 /// this long after it started.
 const BESIDE_TICKS_KEPT_MS: i64 = 86_400_000;
 /// Generations beside the ticks hold their start times to the millisecond times this, plus
-/// a random number below it, so that two requests that start together write apart.
-const BESIDE_TICKS_SALTS: i64 = 1 << 10;
+/// a random number below it, so that two requests that start together write apart: two in
+/// one millisecond share a generation once in a million, where 1,024 salts made it once in
+/// a thousand (each then summed the other's rows too). Starts stay representable until 2248.
+const BESIDE_TICKS_SALTS: i64 = 1 << 20;
 
 /// The generation of the unit rows of a computation made beside the ticks (a request's)
 /// that starts at `started_ms`: negative, so that no tick takes it for a stored
 /// computation's, and naming its start, so that a full computation stored meanwhile
 /// ([`ClickHouse::drop_older_generations`]) leaves it to its request.
 pub fn generation_beside_ticks(started_ms: i64) -> i64 {
-    let salt = i64::from(uuid::Uuid::new_v4().as_u64_pair().0 as u16) % BESIDE_TICKS_SALTS;
+    let salt = i64::from(uuid::Uuid::new_v4().as_u64_pair().0 as u32) % BESIDE_TICKS_SALTS;
     let started = started_ms.clamp(0, i64::MAX / BESIDE_TICKS_SALTS - 1);
     -(started * BESIDE_TICKS_SALTS + salt) - 1
 }
