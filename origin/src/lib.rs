@@ -299,6 +299,8 @@ pub struct Origin {
     /// The pipeline's figures for `/metrics` and when they were computed (see
     /// `refresh_gauges`).
     gauges: RwLock<Option<(std::time::Instant, Arc<api::PipelineStatus>)>>,
+    /// When the databases last answered a health check (see `api::system::health`).
+    pub(crate) healthy_at: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Deref for AppState {
@@ -456,6 +458,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
             ),
             gauges: RwLock::new(None),
+            healthy_at: tokio::sync::Mutex::new(None),
             signing_seed,
             settings,
             db,
@@ -584,6 +587,24 @@ impl AppState {
                 .copy(format, &self.signing_seed)
         } else {
             published.copy(format, &self.signing_seed)
+        }
+    }
+
+    /// What this caller's evaluations answer from: the client copy's evaluator for browser
+    /// (sdk) keys, which may learn no more from an evaluation than from the snapshot they
+    /// read (no drafts, no QA overrides), the full snapshot's for everyone else. `None` only
+    /// if the client copy were invalid.
+    pub fn evaluator_for<'a>(
+        &self,
+        caller: &Caller,
+        published: &'a Published,
+    ) -> Option<&'a abx_core::Evaluator> {
+        if caller.role == Role::Sdk {
+            published
+                .client(&self.signing_seed, &self.settings.private_attributes)
+                .evaluator()
+        } else {
+            Some(&published.evaluator)
         }
     }
 

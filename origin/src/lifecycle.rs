@@ -25,6 +25,9 @@ pub struct LifecycleBody {
     pub reason: Option<String>,
 }
 
+/// The longest reason a lifecycle action records, in characters.
+const MAX_REASON_CHARS: usize = 1_000;
+
 /// One experiment by id or key; 404 when there is none.
 pub(crate) async fn load(conn: &mut AnyConnection, id: &str) -> ApiResult<Experiment> {
     store::experiments::get(conn, id)
@@ -50,6 +53,15 @@ pub async fn apply(
     action: Action,
     body: &LifecycleBody,
 ) -> ApiResult<Experiment> {
+    if let Some(reason) = &body.reason {
+        // Stored as the status reason, shown to everyone reading the experiment; and
+        // PostgreSQL's text cannot hold NUL, which would fail the change with a 500.
+        let mut errors = Vec::new();
+        crate::model::check_text(reason, "reason", MAX_REASON_CHARS, &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::Unprocessable(errors));
+        }
+    }
     let current = load(conn, id).await?;
     let to = experiment::transition(current.status, action)?;
     if body.ship.is_some() && action != Action::Complete {

@@ -115,9 +115,26 @@ pub struct ClientCopy {
     snapshot: abx_core::Snapshot,
     json: OnceLock<String>,
     other_format: OnceLock<Encoded>,
+    /// What browser keys evaluate with, made on their first evaluation.
+    evaluator: OnceLock<Option<Evaluator>>,
 }
 
 impl ClientCopy {
+    /// An evaluator of this copy: what a browser key's evaluation on the origin answers
+    /// from, so that it tells a browser no more than the copy it may read (no drafts, no QA
+    /// overrides). `None` only if the copy were invalid, which `client_view` never makes.
+    pub fn evaluator(&self) -> Option<&Evaluator> {
+        self.evaluator
+            .get_or_init(|| match Evaluator::new(self.snapshot.clone()) {
+                Ok(evaluator) => Some(evaluator),
+                Err(error) => {
+                    tracing::error!(%error, "the client copy of a snapshot is invalid");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
     /// This copy in `format`.
     pub fn copy(&self, format: Format, signing_seed: &[u8; 32]) -> SnapshotCopy<'_> {
         let held = (
@@ -158,6 +175,7 @@ pub fn client_copy(
         snapshot,
         json: OnceLock::new(),
         other_format: OnceLock::new(),
+        evaluator: OnceLock::new(),
     }
 }
 

@@ -232,6 +232,11 @@ fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecor
     if unit.len() > MAX_UNIT_BYTES {
         return Err(format!("`unit` is longer than {MAX_UNIT_BYTES} bytes"));
     }
+    // PostgreSQL's text cannot hold NUL: one such event would fail the write of every
+    // request batched with it, and a log's load over and over.
+    if unit.contains('\0') {
+        return Err("`unit` must not contain NUL characters".into());
+    }
     let attribute = input.unit_attribute.unwrap_or_else(|| "user_id".into());
     if !valid_attribute(&attribute) {
         return Err("`unit_attribute` must be an attribute name".into());
@@ -275,6 +280,9 @@ fn validate(input: EventInput, now_ms: i64, window: Window) -> Result<EventRecor
                 .ok_or("exposures need `variant`")?;
             if variant.len() > MAX_NAME_BYTES {
                 return Err("`variant` is too long".into());
+            }
+            if variant.contains('\0') {
+                return Err("`variant` must not contain NUL characters".into());
             }
             (
                 Kind::Exposure {
@@ -666,6 +674,26 @@ mod tests {
         assert!(reasons[3].1.contains("UUID"));
         assert!(reasons[4].1.contains("not an event object"));
         assert!(reasons[5].1.contains("unknown `kind`"));
+    }
+
+    /// PostgreSQL's text cannot hold NUL: such an event is refused on its own, with its
+    /// reason, rather than failing the write of every request batched with it.
+    #[test]
+    fn units_and_variants_with_nul_are_refused() {
+        let mut unit = exposure();
+        unit["unit"] = json!("u\u{0}1");
+        let mut variant = exposure();
+        variant["variant"] = json!("control\u{0}");
+        let parsed = parse(json!([unit, variant, exposure()])).expect("body is fine");
+        assert_eq!(parsed.events.len(), 1);
+        let reasons: Vec<&str> = parsed.rejected.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "`unit` must not contain NUL characters",
+                "`variant` must not contain NUL characters"
+            ]
+        );
     }
 
     #[test]

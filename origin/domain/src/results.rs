@@ -412,8 +412,8 @@ pub struct Results {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollups_computed_at: Option<String>,
     /// Exposures refused because their variant is not the one the snapshot assigns their
-    /// unit (forged or broken clients), by the variant they claimed. They are not in any
-    /// figure above.
+    /// unit (forged or broken clients), by the variant they claimed (`(not a variant)` for
+    /// names the experiment has no variant of). They are not in any figure above.
     pub mismatched_exposures: BTreeMap<String, i64>,
 }
 

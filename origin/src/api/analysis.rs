@@ -6,13 +6,13 @@ use abx_stats::group_sequential;
 use abx_stats::power::{self, Mde, PlannedTest, PowerConfig};
 use abx_stats::sequential::{self, SequentialConfig};
 use abx_stats::{Moments, Proportion, StatsError};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiJson, json, with_version};
+use super::{ApiJson, ApiPath, json, with_version};
 use crate::AppState;
 use crate::analysis::results_of;
 use crate::auth::{Caller, Permission};
@@ -47,7 +47,7 @@ pub struct ResultsQuery {
 pub async fn experiment_results(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     query: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
@@ -104,7 +104,7 @@ fn daily_series(granularity: Option<&str>) -> ApiResult<bool> {
 pub async fn holdout_results(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     query: Result<Query<HoldoutResultsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
@@ -688,7 +688,7 @@ pub struct KillRequest {
 pub async fn kill(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Option<ApiJson<KillRequest>>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;

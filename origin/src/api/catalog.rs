@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use sqlx::AnyConnection;
 
 use super::experiments::segment_depths;
-use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
+use super::{ApiJson, ApiPath, ApiQuery, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -81,7 +81,7 @@ async fn active_experiments(
 pub async fn list_layers(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -94,7 +94,7 @@ pub async fn list_layers(
 pub async fn get_layer(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -154,7 +154,7 @@ fn layer_input(layer: &Layer) -> LayerInput {
 pub async fn patch_layer(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
@@ -214,7 +214,7 @@ pub async fn patch_layer(
 pub async fn list_holdouts(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -227,7 +227,7 @@ pub async fn list_holdouts(
 pub async fn get_holdout(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -299,7 +299,7 @@ async fn metric_keys(conn: &mut AnyConnection) -> Result<HashSet<String>, crate:
 pub async fn patch_holdout(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
@@ -355,7 +355,7 @@ async fn respecting_experiments(
 pub async fn end_holdout(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
@@ -403,7 +403,7 @@ pub async fn end_holdout(
 pub async fn list_segments(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -416,7 +416,7 @@ pub async fn list_segments(
 pub async fn get_segment(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -506,6 +506,95 @@ fn segment_input(s: &Segment) -> SegmentInput {
     }
 }
 
+/// Refuses a change of a segment's condition while a running or paused experiment's
+/// targeting refers to it, directly or through other segments: an experiment's targeting
+/// cannot change while it runs (it would move units in and out mid-test), and a segment it
+/// refers to is part of its targeting. Flags may refer to segments that change.
+async fn refuse_while_targeted_by_active(conn: &mut AnyConnection, key: &str) -> ApiResult<()> {
+    let conditions: HashMap<String, Json> = store::catalog::segments(conn, None)
+        .await?
+        .into_iter()
+        .map(|s| (s.key, s.condition))
+        .collect();
+    for e in active_experiments(conn).await? {
+        let Some(targeting) = &e.targeting else {
+            continue;
+        };
+        let mut reached = std::collections::BTreeSet::new();
+        let mut next = std::collections::BTreeSet::new();
+        targeting::references(targeting, &mut next);
+        while let Some(segment) = next.pop_first() {
+            if reached.insert(segment.clone())
+                && let Some(condition) = conditions.get(&segment)
+            {
+                targeting::references(condition, &mut next);
+            }
+        }
+        if reached.contains(key) {
+            return Err(ApiError::conflict(
+                "not_editable",
+                format!(
+                    "experiment `{}` is {} and targets this segment: its condition cannot change until it is completed",
+                    e.key,
+                    e.status.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a segment change that makes a condition referring to it nest deeper than a
+/// snapshot holds: another segment's, an experiment's targeting or a flag rule's, each
+/// checked against the segment as it was. The snapshot would not compile (a 500).
+async fn refuse_conditions_too_deep(conn: &mut AnyConnection) -> ApiResult<()> {
+    let depths = segment_depths(conn).await?;
+    let mut too_deep: Vec<String> = depths
+        .iter()
+        .filter(|(_, depth)| **depth > targeting::MAX_DEPTH)
+        .map(|(key, _)| format!("segment `{key}`"))
+        .collect();
+    let experiments = store::experiments::with_status(
+        conn,
+        &[
+            Status::Draft,
+            Status::Running,
+            Status::Paused,
+            Status::Completed,
+        ],
+    )
+    .await?;
+    for e in experiments {
+        if e.targeting
+            .as_ref()
+            .is_some_and(|t| targeting::depth(t, &depths) > targeting::MAX_DEPTH)
+        {
+            too_deep.push(format!("experiment `{}`", e.key));
+        }
+    }
+    for flag in store::flags::flags(conn, None).await? {
+        let conditions = flag.rules.iter().filter_map(|r| r.condition.as_ref());
+        if conditions
+            .into_iter()
+            .any(|c| targeting::depth(c, &depths) > targeting::MAX_DEPTH)
+        {
+            too_deep.push(format!("flag `{}`", flag.key));
+        }
+    }
+    if too_deep.is_empty() {
+        return Ok(());
+    }
+    too_deep.sort();
+    Err(ApiError::invalid(
+        "condition",
+        format!(
+            "with this condition, conditions that refer to the segment nest deeper than {}: {}",
+            targeting::MAX_DEPTH,
+            too_deep.join(", ")
+        ),
+    ))
+}
+
 #[utoipa::path(patch, path = "/api/v1/segments/{id}", tag = "segments", params(("id" = String, Path, description = "Id or key"),
         ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
     request_body(content = Object, description = "Fields of the create body to change"),
@@ -513,7 +602,7 @@ fn segment_input(s: &Segment) -> SegmentInput {
 pub async fn patch_segment(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
@@ -531,7 +620,11 @@ pub async fn patch_segment(
             let spec =
                 validate_segment(conn, &merge_patch(&segment_input(&current), body)?).await?;
             key_unchanged(&current.key, &spec.key)?;
+            if spec.condition != current.condition {
+                refuse_while_targeted_by_active(conn, &current.key).await?;
+            }
             store::catalog::update_segment(conn, &current.id, &spec).await?;
+            refuse_conditions_too_deep(conn).await?;
             store::record(
                 conn,
                 Change {
@@ -560,7 +653,7 @@ pub async fn patch_segment(
 pub async fn list_metrics(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -573,7 +666,7 @@ pub async fn list_metrics(
 pub async fn get_metric(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -650,7 +743,7 @@ fn metric_input(m: &Metric) -> MetricInput {
 pub async fn patch_metric(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {

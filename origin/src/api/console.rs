@@ -11,13 +11,12 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::LazyLock;
 
-use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::json;
+use super::{ApiPath, json};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ErrorBody};
 
@@ -218,7 +217,7 @@ pub async fn index(request: HeaderMap) -> Response {
 
 /// `GET /console/{version}/{*path}`: a module, stylesheet or image of the console.
 pub async fn asset(
-    Path((version, path)): Path<(String, String)>,
+    ApiPath((version, path)): ApiPath<(String, String)>,
     request: HeaderMap,
 ) -> Result<Response, ApiError> {
     let bundle = &*BUNDLE;

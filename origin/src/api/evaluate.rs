@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use abx_core::{Assignment, Context, Evaluator, FlagResult, Value};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{ApiJson, json};
+use super::{ApiJson, ApiPath, ApiQuery, json};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::clock;
@@ -54,9 +54,55 @@ fn raw(json: &str) -> Option<Box<RawValue>> {
     RawValue::from_string(json.to_string()).ok()
 }
 
-/// `a`, an answer `published` gave for `context`, as the API shows it.
-fn view(published: &Published, a: &Assignment<'_>, context: &Context) -> AssignmentView {
-    let snapshot_version = published.version;
+/// The most attributes a context may carry, and items a list attribute may hold: a test
+/// of a list attribute against an `in` list compares every pair, so a 1 MiB body of a
+/// quarter of a million items against a targeting list of thousands would hold a core for
+/// seconds.
+const MAX_CONTEXT_ATTRIBUTES: usize = 200;
+const MAX_CONTEXT_LIST: usize = 100;
+
+/// Refuses a context too large to evaluate at a request's cost.
+fn check_context(context: &Context) -> ApiResult<()> {
+    let attributes = context.len();
+    if attributes > MAX_CONTEXT_ATTRIBUTES {
+        return Err(ApiError::bad_request(format!(
+            "the context has {attributes} attributes; at most {MAX_CONTEXT_ATTRIBUTES}"
+        )));
+    }
+    for (name, value) in context.iter() {
+        if let Value::List(items) = value
+            && items.len() > MAX_CONTEXT_LIST
+        {
+            return Err(ApiError::bad_request(format!(
+                "context attribute `{name}` lists {} items; at most {MAX_CONTEXT_LIST}",
+                items.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The evaluator `caller`'s evaluations answer from ([`AppState::evaluator_for`]).
+fn evaluator<'a>(
+    state: &AppState,
+    caller: &Caller,
+    published: &'a Published,
+) -> ApiResult<&'a Evaluator> {
+    state.evaluator_for(caller, published).ok_or_else(|| {
+        let version = published.version;
+        ApiError::Internal(anyhow::anyhow!(
+            "the client copy of snapshot {version} is invalid"
+        ))
+    })
+}
+
+/// `a`, an answer `evaluator` gave for `context` from snapshot `snapshot_version`, as the
+/// API shows it.
+fn view(
+    (evaluator, snapshot_version): (&Evaluator, u64),
+    a: &Assignment<'_>,
+    context: &Context,
+) -> AssignmentView {
     AssignmentView {
         experiment: a.experiment_key.to_string(),
         experiment_id: a.experiment_id.to_string(),
@@ -64,14 +110,11 @@ fn view(published: &Published, a: &Assignment<'_>, context: &Context) -> Assignm
         config: a.config.and_then(raw),
         reason: a.reason.as_str(),
         log_exposure: a.log_exposure,
-        holdout: published
-            .evaluator
-            .holdout_step(a, context)
-            .map(|step| HoldoutView {
-                holdout_id: step.holdout_id.to_string(),
-                arm: step.arm(),
-            }),
-        attributes: Some(published.evaluator.exposure_attributes(a.index, context))
+        holdout: evaluator.holdout_step(a, context).map(|step| HoldoutView {
+            holdout_id: step.holdout_id.to_string(),
+            arm: step.arm(),
+        }),
+        attributes: Some(evaluator.exposure_attributes(a.index, context))
             .filter(|carried| a.log_exposure && !carried.is_empty())
             .and_then(|carried| serde_json::to_value(carried).ok()),
         snapshot_version,
@@ -96,8 +139,8 @@ fn find(evaluator: &Evaluator, reference: &str) -> Option<u32> {
 pub async fn assignment(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(params): Query<Vec<(String, String)>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadSnapshot)?;
     let mut context = Context::new();
@@ -123,18 +166,17 @@ pub async fn assignment(
             _ => context.insert(name, Value::Str(value)),
         }
     }
+    check_context(&context)?;
     let published = state.published();
-    let index = find(&published.evaluator, &id).ok_or_else(|| {
+    let evaluator = evaluator(&state, &caller, &published)?;
+    let index = find(evaluator, &id).ok_or_else(|| {
         ApiError::not_found(format!("experiment `{id}` in the published snapshot"))
     })?;
-    let assignment = published
-        .evaluator
+    let assignment = evaluator
         .experiment_at(index, &context, now_ms)
         .ok_or_else(|| ApiError::not_found("experiment"))?;
-    Ok(json(
-        StatusCode::OK,
-        &view(&published, &assignment, &context),
-    ))
+    let view = view((evaluator, published.version), &assignment, &context);
+    Ok(json(StatusCode::OK, &view))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -180,8 +222,10 @@ pub async fn evaluate(
     ApiJson(request): ApiJson<EvaluateRequest>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadSnapshot)?;
+    check_context(&request.context)?;
     let published = state.published();
-    let evaluation = published.evaluator.evaluate(
+    let evaluator = evaluator(&state, &caller, &published)?;
+    let evaluation = evaluator.evaluate(
         &request.context,
         request.now_ms.unwrap_or_else(clock::now_ms),
     );
@@ -191,7 +235,7 @@ pub async fn evaluate(
             .experiments
             .iter()
             .map(|a| {
-                let view = view(&published, a, &request.context);
+                let view = view((evaluator, published.version), a, &request.context);
                 (a.experiment_key.to_string(), view)
             })
             .collect(),

@@ -2,15 +2,15 @@
 //! pipeline status, dead letters and `/metrics`.
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use std::sync::atomic::Ordering;
 
-use super::{ApiJson, json};
+use super::{ApiJson, ApiPath, json};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::clock;
@@ -240,9 +240,9 @@ async fn refuse_mismatched_exposures(
                 HoldoutCheck::Valid => kept.push((index, record)),
                 HoldoutCheck::OtherUnit(reason) => parsed.rejected.push((index, reason)),
                 HoldoutCheck::Forged(reason) => {
-                    *counts
-                        .entry((experiment_id.clone(), variant.clone()))
-                        .or_default() += 1;
+                    let arms = [abx_core::HELD_ARM, abx_core::RELEASED_ARM];
+                    let claimed = counted_as(variant, arms.into_iter());
+                    *counts.entry((experiment_id.clone(), claimed)).or_default() += 1;
                     parsed.rejected.push((index, reason));
                 }
             }
@@ -283,9 +283,12 @@ async fn refuse_mismatched_exposures(
                 expected.map_or("unknown", |a| a.reason.as_str())
             ),
         };
-        *counts
-            .entry((experiment_id.clone(), variant.clone()))
-            .or_default() += 1;
+        let names = snapshot.experiments[experiment as usize]
+            .variants
+            .iter()
+            .filter_map(|v| snapshot.strings.get(v.key as usize).map(String::as_str));
+        let claimed = counted_as(variant, names);
+        *counts.entry((experiment_id.clone(), claimed)).or_default() += 1;
         parsed.rejected.push((index, reason));
     }
     if !counts.is_empty() {
@@ -296,6 +299,22 @@ async fn refuse_mismatched_exposures(
     parsed.events = kept;
     Ok(parsed)
 }
+
+/// What a refused exposure is counted under: the variant it claimed, if the experiment (or
+/// holdout) has one of that name, else one row for all others. The claims come from
+/// public (sdk) keys, and each new name was a row of its own, and a line of every results
+/// response, for as long as the experiment lives.
+fn counted_as<'a>(claimed: &str, mut names: impl Iterator<Item = &'a str>) -> String {
+    if names.any(|name| name == claimed) {
+        claimed.to_string()
+    } else {
+        NOT_A_VARIANT.to_string()
+    }
+}
+
+/// The name refused exposures that claim no variant of their experiment are counted under:
+/// not a possible variant name (those are keys, without spaces or parentheses).
+const NOT_A_VARIANT: &str = "(not a variant)";
 
 const FORCED_UNIT: &str = "forced_unit: the unit has a QA override; its exposures are not analysed";
 
@@ -376,7 +395,7 @@ pub struct SeedEvent {
 pub async fn post_experiment_event(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SeedEvent>,
 ) -> ApiResult<Response> {
     caller.require(Permission::SendEvents)?;
@@ -437,7 +456,7 @@ pub struct StoredEvent {
 pub async fn get_event(
     State(state): State<AppState>,
     caller: Caller,
-    Path(event_id): Path<String>,
+    ApiPath(event_id): ApiPath<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut log = state.pipeline.log.pool.acquire().await?;

@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use sqlx::AnyConnection;
 
-use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
+use super::{ApiJson, ApiPath, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -189,7 +189,7 @@ pub async fn create(
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -206,7 +206,7 @@ pub async fn get_one(
 pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
@@ -287,7 +287,7 @@ async fn grow_allocation(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     caller.require(Permission::WriteConfig)?;
     let actor = caller.actor();
@@ -335,7 +335,7 @@ macro_rules! lifecycle_route {
         pub async fn $name(
             State(state): State<AppState>,
             caller: Caller,
-            Path(id): Path<String>,
+            ApiPath(id): ApiPath<String>,
             body: Option<ApiJson<LifecycleBody>>,
         ) -> ApiResult<Response> {
             lifecycle(state, caller, id, $action, body.map(|b| b.0)).await

@@ -1,6 +1,6 @@
 //! `/api/v1/flags`: feature flags, their rollouts and kill switches.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value as Json, json};
@@ -8,7 +8,7 @@ use sqlx::AnyConnection;
 
 use super::catalog::{PageQuery, page};
 use super::experiments::segment_depths;
-use super::{ApiJson, check_version, if_match, json, merge_patch, with_version};
+use super::{ApiJson, ApiPath, ApiQuery, check_version, if_match, json, merge_patch, with_version};
 use crate::AppState;
 use crate::auth::{Caller, Permission};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -40,7 +40,7 @@ async fn validate(conn: &mut AnyConnection, input: &FlagInput) -> ApiResult<Flag
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -53,7 +53,7 @@ pub async fn list(
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadConfig)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -93,13 +93,25 @@ pub async fn create(
     Ok(with_version(json(StatusCode::CREATED, &created), version))
 }
 
-/// Applies a change to a flag's definition.
+/// A change of a flag.
+enum Edit {
+    /// A new definition, checked before it is written.
+    Definition(FlagInput),
+    /// Turning it on or off, which writes nothing else and checks nothing again: the kill
+    /// switch must work exactly when something went wrong, also when a rule no longer holds
+    /// (an experiment it took its value from was archived since; the snapshot leaves such a
+    /// rule out), which an edit of the rules must fix but turning the flag off must not
+    /// wait for.
+    Enabled(bool),
+}
+
+/// Applies a change to a flag.
 async fn change(
     state: &AppState,
     caller: &Caller,
     id: &str,
     expected: Option<i64>,
-    edit: impl FnOnce(&Flag) -> ApiResult<FlagInput>,
+    edit: impl FnOnce(&Flag) -> ApiResult<Edit>,
     action: &str,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
@@ -108,20 +120,35 @@ async fn change(
         .mutate(async |conn| {
             let current = load(conn, id).await?;
             check_version(expected, current.version)?;
-            let spec = validate(conn, &edit(&current)?).await?;
-            if spec.key != current.key {
-                return Err(ApiError::conflict(
-                    "not_editable",
-                    "a flag's key never changes",
-                ));
-            }
-            if !store::flags::update(conn, &current.id, &spec, current.version).await? {
+            let (written, details) = match edit(&current)? {
+                Edit::Definition(input) => {
+                    let spec = validate(conn, &input).await?;
+                    if spec.key != current.key {
+                        return Err(ApiError::conflict(
+                            "not_editable",
+                            "a flag's key never changes",
+                        ));
+                    }
+                    let written =
+                        store::flags::update(conn, &current.id, &spec, current.version).await?;
+                    let details =
+                        json!({"key": spec.key, "enabled": spec.enabled, "rules": spec.rules});
+                    (written, details)
+                }
+                Edit::Enabled(enabled) => {
+                    let written =
+                        store::flags::set_enabled(conn, &current.id, enabled, current.version);
+                    let details =
+                        json!({"key": current.key, "enabled": enabled, "rules": current.rules});
+                    (written.await?, details)
+                }
+            };
+            if !written {
                 return Err(ApiError::conflict(
                     "version_conflict",
                     "the flag changed concurrently; reload and retry",
                 ));
             }
-            let details = json!({"key": spec.key, "enabled": spec.enabled, "rules": spec.rules});
             store::record(
                 conn,
                 Change {
@@ -148,7 +175,7 @@ async fn change(
 pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Json>,
 ) -> ApiResult<Response> {
@@ -158,7 +185,7 @@ pub async fn patch(
         &caller,
         &id,
         expected,
-        |current| merge_patch(&current.input(), body),
+        |current| merge_patch(&current.input(), body).map(Edit::Definition),
         "flag.updated",
     )
     .await
@@ -169,19 +196,14 @@ pub async fn patch(
 pub async fn enable(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     change(
         &state,
         &caller,
         &id,
         None,
-        |current| {
-            Ok(FlagInput {
-                enabled: true,
-                ..current.input()
-            })
-        },
+        |_| Ok(Edit::Enabled(true)),
         "flag.enabled",
     )
     .await
@@ -193,19 +215,14 @@ pub async fn enable(
 pub async fn disable(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     change(
         &state,
         &caller,
         &id,
         None,
-        |current| {
-            Ok(FlagInput {
-                enabled: false,
-                ..current.input()
-            })
-        },
+        |_| Ok(Edit::Enabled(false)),
         "flag.disabled",
     )
     .await

@@ -1,12 +1,12 @@
 //! `/api/v1/keys`: API keys. A key's secret is shown once, at creation.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiJson, json};
+use super::{ApiJson, ApiPath, json};
 use crate::AppState;
 use crate::auth::{self, Caller, Permission, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -97,7 +97,7 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     caller.require(Permission::WriteConfig)?;
     let actor = caller.actor();

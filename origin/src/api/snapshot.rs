@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use abx_core::Format;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use futures_util::stream::{self, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{json, open_stream};
+use super::{ApiPath, json, open_stream};
 use crate::AppState;
 use crate::auth::{Caller, Permission, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -150,7 +150,7 @@ pub async fn latest_json(
 pub async fn by_version(
     State(state): State<AppState>,
     caller: Caller,
-    Path(version): Path<String>,
+    ApiPath(version): ApiPath<String>,
     query: Result<Query<FormatQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     caller.require(Permission::ReadSnapshot)?;

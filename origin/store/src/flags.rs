@@ -56,6 +56,27 @@ pub async fn insert(conn: &mut AnyConnection, id: &str, spec: &FlagSpec) -> Resu
     Ok(())
 }
 
+/// Turns a flag on or off, whatever else it holds; false if it is not at
+/// `expected_version`.
+pub async fn set_enabled(
+    conn: &mut AnyConnection,
+    id: &str,
+    enabled: bool,
+    expected_version: i64,
+) -> Result<bool, Error> {
+    let result = sqlx::query(
+        "UPDATE flags SET enabled = $1, version = version + 1, updated_at_ms = $2
+         WHERE id = $3 AND version = $4",
+    )
+    .bind(i64::from(enabled))
+    .bind(clock::now_ms())
+    .bind(id)
+    .bind(expected_version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
 pub async fn update(
     conn: &mut AnyConnection,
     id: &str,

@@ -255,6 +255,36 @@ async fn validation(o: &TestOrigin) {
         )
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    // A query or a path segment that does not parse, on any route, is a 400 in the same
+    // shape (it was axum's plain text on most routes).
+    for (path, code) in [
+        ("/api/v1/layers?limit=abc", "invalid_query"),
+        ("/api/v1/metrics?limit=-1", "invalid_query"),
+        ("/api/v1/flags?limit=x", "invalid_query"),
+        ("/api/v1/experiments/%FF", "invalid_path"),
+        ("/api/v1/segments/%C3%28", "invalid_path"),
+    ] {
+        let reply = o.get(path).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(reply.body["error"]["code"], code, "{path}: {}", reply.body);
+    }
+    // Objects are found by id or key: a key that reads as an id is refused.
+    let uuid_key = json!({"key": "6f1c2c1e-8b1a-4c1e-9a7e-0a1b2c3d4e5f", "name": "n",
+                          "condition": {"attr": "country", "op": "eq", "value": "US"}});
+    let reply = o.post("/api/v1/segments", uuid_key).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"]["details"][0]["field"], "key");
+    // A context whose lists would cost a request seconds to test is refused.
+    for (items, status) in [(100, StatusCode::OK), (101, StatusCode::BAD_REQUEST)] {
+        let context = json!({"context": {"user_id": "u1", "tags": vec!["a"; items]}});
+        let reply = o.post("/api/v1/evaluate", context).await;
+        assert_eq!(reply.status, status, "{items} items: {}", reply.body);
+    }
     // Unknown routes and methods answer JSON too.
     assert_eq!(
         o.get("/api/v1/nowhere").await.body["error"]["code"],
@@ -884,6 +914,37 @@ async fn client_snapshots(o: &TestOrigin) {
     assert_eq!(answer(&client, &staff).expect("known").1, "not_targeted");
     assert!(client.experiment("secret-launch", &alice, 0).is_none());
 
+    // Evaluations on the origin tell a browser key what its snapshot tells it, no more;
+    // a server key's tell what the full snapshot does.
+    let evaluate = |key: String| async move {
+        let context = json!({"context": {"user_id": "qa-alice", "country": "DE"}});
+        let reply = o
+            .request(Method::POST, "/api/v1/evaluate", Some(&key), Some(context))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body["experiments"].clone()
+    };
+    let (by_browser, by_server) = (evaluate(sdk.clone()).await, evaluate(server.clone()).await);
+    assert_eq!(by_server["visible"]["reason"], "forced");
+    assert_eq!(by_server["secret-launch"]["reason"], "not_running");
+    assert_eq!(by_browser["visible"]["reason"], "assigned", "{by_browser}");
+    assert!(by_browser.get("secret-launch").is_none(), "{by_browser}");
+    let assignment = |key: String, experiment: &'static str| async move {
+        let path =
+            format!("/api/v1/experiments/{experiment}/assignment?user_id=qa-alice&country=DE");
+        o.request(Method::GET, &path, Some(&key), None).await
+    };
+    let visible = assignment(sdk.clone(), "visible").await;
+    assert_eq!(visible.body["reason"], "assigned", "{}", visible.body);
+    assert_eq!(
+        assignment(server.clone(), "visible").await.body["reason"],
+        "forced"
+    );
+    let secret = assignment(sdk.clone(), "secret-launch").await;
+    assert_eq!(secret.status, StatusCode::NOT_FOUND, "{}", secret.body);
+    let secret = assignment(server.clone(), "secret-launch").await;
+    assert_eq!(secret.status, StatusCode::OK, "{}", secret.body);
+
     // An older version reads the same way.
     let version = o.state.published().version;
     let path = format!("/api/v1/snapshots/{version}");
@@ -1110,8 +1171,99 @@ async fn flags_and_segments(o: &TestOrigin) {
         staff["flags"]["new_checkout"],
         json!({"value": false, "reason": "disabled"})
     );
+    // The theme flag's experiment is completed and archived: its rule no longer holds
+    // (an edit of the rules is refused until it is fixed), but the kill switch still
+    // works, and turning the flag back on too.
+    for action in ["complete", "archive"] {
+        let reply = o
+            .post(&format!("/api/v1/experiments/{id}/{action}"), json!({}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let edited = o
+        .patch("/api/v1/flags/theme", json!({"description": "dark mode"}))
+        .await;
+    assert_eq!(
+        edited.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        edited.body
+    );
+    for (action, enabled) in [("disable", false), ("enable", true)] {
+        let reply = o
+            .post(&format!("/api/v1/flags/theme/{action}"), json!({}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.body["enabled"], enabled);
+        assert_eq!(reply.body["rules"].as_array().map(Vec::len), Some(1));
+    }
+    let theme = eval(json!({"user_id": "u1"})).await;
+    assert_eq!(theme["flags"]["theme"]["value"], "light", "{theme}");
 }
 on_both_backends!(flags_segments, flags_and_segments);
+
+/// A segment is part of the targeting of the experiments that refer to it: its condition
+/// cannot change while one of them runs, also through another segment. And a change that
+/// would make a condition referring to it nest deeper than a snapshot holds is refused
+/// with the conditions it would break (the snapshot failed to compile: a 500).
+async fn segment_edits(o: &TestOrigin) {
+    seed_metrics(o).await;
+    let us = json!({"attr": "country", "op": "eq", "value": "US"});
+    o.create(
+        "/api/v1/segments",
+        json!({"key": "inner", "name": "US", "condition": us}),
+    )
+    .await;
+    let outer = json!({"all": [{"segment": "inner"}]});
+    o.create(
+        "/api/v1/segments",
+        json!({"key": "outer", "name": "outer", "condition": outer}),
+    )
+    .await;
+    let mut body = experiment("targeted", "revenue");
+    body["targeting"] = json!({"segment": "outer"});
+    let id = o.start_experiment(body).await;
+    let germany = json!({"condition": {"attr": "country", "op": "eq", "value": "DE"}});
+    let refused = o.patch("/api/v1/segments/inner", germany.clone()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "not_editable");
+    let renamed = o
+        .patch("/api/v1/segments/inner", json!({"name": "USA"}))
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.body);
+    let completed = o
+        .post(&format!("/api/v1/experiments/{id}/complete"), json!({}))
+        .await;
+    assert_eq!(completed.status, StatusCode::OK, "{}", completed.body);
+    let changed = o.patch("/api/v1/segments/inner", germany).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+
+    // As deep as a condition may nest on its own, which `outer` and the experiment's
+    // targeting, one and two levels above it, would exceed.
+    let mut deep = json!({"attr": "country", "op": "exists"});
+    for _ in 1..abx_core::MAX_CONDITION_DEPTH {
+        deep = json!({"not": deep});
+    }
+    let version = o.state.published().version;
+    let too_deep = o
+        .patch("/api/v1/segments/inner", json!({"condition": deep}))
+        .await;
+    assert_eq!(
+        too_deep.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        too_deep.body
+    );
+    let message = too_deep.body["error"]["details"][0]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        message.contains("experiment `targeted`") && message.contains("segment `outer`"),
+        "{message}"
+    );
+    assert_eq!(o.state.published().version, version, "nothing published");
+}
+on_both_backends!(segments_in_use_keep_their_meaning, segment_edits);
 
 async fn restart(o: &TestOrigin) {
     seed_metrics(o).await;

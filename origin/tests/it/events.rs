@@ -921,6 +921,46 @@ async fn values_out_of_range(o: &TestOrigin) {
 }
 on_both_backends!(out_of_range_values_are_refused, values_out_of_range);
 
+/// PostgreSQL's text cannot hold NUL. An event whose unit has one is refused on its own
+/// (it failed the write of every request batched with it, 500s to other clients), and so is
+/// a lifecycle reason with one (a 500).
+async fn nul_characters(o: &TestOrigin) {
+    let (id, sdk) = running_experiment(o).await;
+    let t = now() - 60_000;
+    let reply = o
+        .send_events(
+            &sdk,
+            &[
+                exposure(1, "a\u{0}", &id, "control", t),
+                exposure(2, "a", &id, "control", t),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 1);
+    assert_eq!(
+        reply.body["rejected"][0]["reason"],
+        "`unit` must not contain NUL characters"
+    );
+    let paused = o
+        .post(
+            &format!("/api/v1/experiments/{id}/pause"),
+            json!({"reason": "a\u{0}"}),
+        )
+        .await;
+    assert_eq!(
+        paused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        paused.body
+    );
+    assert_eq!(paused.body["error"]["details"][0]["field"], "reason");
+    drain(o).await;
+    let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
+    assert_eq!(results.body["variants"]["control"]["impressions"], 1);
+}
+on_both_backends!(nul_characters_are_refused, nul_characters);
+
 /// Exposures are checked against the assignment the snapshot gives their unit: a forged
 /// variant, or a unit attribute that is not the experiment's, is refused per event with a
 /// reason, counted apart in the results, and never reaches the figures.
@@ -981,12 +1021,18 @@ async fn forged_exposures(o: &TestOrigin) {
     wrong_unit["unit_attribute"] = json!("device_id");
     *forged.entry(assigned("u1")).or_default() += 1;
     events.push(wrong_unit);
+    // Made-up names are counted together, however many there are: a public key's claims
+    // could otherwise add a row to every results response per name.
+    for n in 0..3 {
+        events.push(exposure(30_000 + n, "u2", &id, &format!("made_up_{n}"), t));
+    }
+    forged.insert("(not a variant)".into(), 3);
 
     let reply = o.send_events(&sdk, &events).await;
     assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.body);
     assert_eq!(reply.body["accepted"], 300);
     let rejected = reply.body["rejected"].as_array().expect("rejected");
-    assert_eq!(rejected.len(), 62);
+    assert_eq!(rejected.len(), 65);
     let reasons = |prefix: &str| {
         rejected
             .iter()
@@ -995,7 +1041,7 @@ async fn forged_exposures(o: &TestOrigin) {
     };
     assert_eq!(
         (reasons("variant_mismatch"), reasons("forced_unit")),
-        (61, 1)
+        (64, 1)
     );
 
     drain(o).await;

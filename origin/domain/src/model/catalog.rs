@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::experiment::{Analysis, AnalysisMode, Experiment, Status};
-use super::{check_key, check_text, percent_to_bp, targeting};
+use super::{check_key, check_object_key, check_text, percent_to_bp, targeting};
 use crate::{Error, FieldError};
 
 fn finish<T>(value: T, errors: Vec<FieldError>) -> Result<T, Error> {
@@ -54,7 +54,7 @@ pub struct LayerSpec {
 
 pub fn validate_layer(input: &LayerInput) -> Result<LayerSpec, Error> {
     let mut errors = Vec::new();
-    check_key(&input.key, "key", &mut errors);
+    check_object_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
     let unit = input.unit.clone().unwrap_or_else(|| "user_id".into());
     if !targeting::valid_attribute(&unit) {
@@ -110,7 +110,7 @@ pub fn validate_holdout(
     metrics: &HashSet<String>,
 ) -> Result<HoldoutSpec, Error> {
     let mut errors = Vec::new();
-    check_key(&input.key, "key", &mut errors);
+    check_object_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
     let percent_bp = percent_to_bp(input.percent, "percent", &mut errors);
     let unit = input.unit.clone().unwrap_or_else(|| "user_id".into());
@@ -205,7 +205,7 @@ pub fn validate_segment(
     reaches: impl Fn(&str, &str) -> bool,
 ) -> Result<SegmentSpec, Error> {
     let mut errors = Vec::new();
-    check_key(&input.key, "key", &mut errors);
+    check_object_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
     let mut others = segments.clone();
     others.remove(&input.key);
@@ -489,7 +489,7 @@ fn validate_cap(kind: MetricKind, cap: &Cap, errors: &mut Vec<FieldError>) {
 
 pub fn validate_metric(input: &MetricInput) -> Result<MetricSpec, Error> {
     let mut errors = Vec::new();
-    check_key(&input.key, "key", &mut errors);
+    check_object_key(&input.key, "key", &mut errors);
     let (name, description) = texts(&input.name, &input.key, &input.description, &mut errors);
     check_key(&input.event_type, "event_type", &mut errors);
     match (&input.kind, &input.denominator_event_type) {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::{check_key, check_text, percent_to_bp, targeting};
+use super::{check_key, check_object_key, check_text, percent_to_bp, targeting};
 use crate::clock;
 use crate::{Error, FieldError};
 
@@ -347,12 +347,12 @@ pub fn validate(input: &ExperimentInput, known: &References) -> Result<Experimen
     let mut errors = Vec::new();
     let key = match (&input.key, &input.name) {
         (Some(key), _) => {
-            check_key(key, "key", &mut errors);
+            check_object_key(key, "key", &mut errors);
             key.clone()
         }
         (None, Some(name)) => {
             let mut invalid = Vec::new();
-            check_key(name, "key", &mut invalid);
+            check_object_key(name, "key", &mut invalid);
             if !invalid.is_empty() {
                 errors.push(FieldError::new(
                     "key",

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::{check_key, check_text, percent_to_bp, targeting};
+use super::{check_object_key, check_text, percent_to_bp, targeting};
 use crate::{Error, FieldError};
 
 /// Takes the flag's value from the unit's variant in an experiment: the whole variant
@@ -91,7 +91,7 @@ pub fn validate(
     experiments: &HashMap<String, String>,
 ) -> Result<FlagSpec, Error> {
     let mut errors = Vec::new();
-    check_key(&input.key, "key", &mut errors);
+    check_object_key(&input.key, "key", &mut errors);
     let description = input.description.clone().unwrap_or_default();
     check_text(&description, "description", 10_000, &mut errors);
     let unit = input.unit.clone().unwrap_or_else(|| "user_id".into());

@@ -30,6 +30,19 @@ pub fn bp_to_percent(bp: i64) -> f64 {
     bp as f64 / 100.0
 }
 
+/// The key of an experiment, layer, flag, metric, segment or holdout: a [`check_key`] that
+/// does not read as an id. Every route finds these objects by id or by key, so a key that
+/// is another object's id (a UUID) would let a change meant for one reach the other.
+pub fn check_object_key(key: &str, field: &str, errors: &mut Vec<FieldError>) {
+    check_key(key, field, errors);
+    if uuid::Uuid::try_parse(key).is_ok() {
+        errors.push(FieldError::new(
+            field,
+            "must not be a UUID: objects are found by id or key",
+        ));
+    }
+}
+
 /// Keys of experiments, layers, flags, metrics, segments and holdouts: stable identifiers
 /// used in URLs, SDK calls and snapshots.
 pub fn check_key(key: &str, field: &str, errors: &mut Vec<FieldError>) {
