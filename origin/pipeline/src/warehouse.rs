@@ -515,8 +515,9 @@ async fn tick(
     let (experiments, metrics) = candidates(db).await?;
     let mut refreshed = 0;
     let mut failed = Vec::new();
-    // The earliest start among experiments whose rollups may still change: raw events from
-    // before it can go once past retention.
+    // The earliest start among experiments whose rollups may still change, less what their
+    // exposures may be stamped before it: raw events from before that can go once past
+    // retention.
     let mut needed_from = i64::MAX;
     // Read once, when an archived experiment asks.
     let mut oldest_raw_month = None;
@@ -533,13 +534,13 @@ async fn tick(
             Ok(Ticked::Computed { collecting }) => {
                 refreshed += 1;
                 if collecting {
-                    needed_from = needed_from.min(e.started_at_ms.unwrap_or(i64::MIN));
+                    needed_from = needed_from.min(needs_raw_events_from(e));
                 }
             }
             Err(error) => {
                 failed.push(went_on_past(error, &e.id)?);
                 // Whether it still collects is unknown: its raw events stay.
-                needed_from = needed_from.min(e.started_at_ms.unwrap_or(i64::MIN));
+                needed_from = needed_from.min(needs_raw_events_from(e));
             }
         }
     }
@@ -555,6 +556,21 @@ async fn tick(
         .await?;
     }
     all_or_failed(refreshed, failed)
+}
+
+/// How long before its start an experiment's exposures may be stamped: a client whose
+/// clock lags stamps an exposure from the experiment's first snapshot up to the collector's
+/// window before (7 days by default, `--event-retention-days`), and such an exposure counts.
+/// A month covers windows of up to 31 days.
+const EXPOSED_BEFORE_START_MS: i64 = 31 * clock::DAY_MS;
+
+/// From when a collecting experiment needs its raw events: its exposures' month may be the
+/// one before its start's, and dropping it would take units out of its results (or move
+/// their first day) at their next tick.
+fn needs_raw_events_from(e: &Experiment) -> i64 {
+    e.started_at_ms.map_or(i64::MIN, |started| {
+        started.saturating_sub(EXPOSED_BEFORE_START_MS)
+    })
 }
 
 /// One experiment's failure in a tick or a repair, which go on past it: logged, and its id

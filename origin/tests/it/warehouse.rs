@@ -748,13 +748,27 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
     };
     // And an exposure three months ago, whose unit's event that month counts.
     let exposure = exposure_event("x3", "u3", (&id, "control"), now - 3 * 31 * DAY_MS);
-    let records = (0..5).map(record).chain([exposure]).collect::<Vec<_>>();
-    warehouse.insert(&records).await.expect("insert");
+    // The running experiment started (as far as the warehouse knows) four months ago, an
+    // hour into a month: it needs every month since, and the month before, in which a
+    // client whose clock lags stamped an exposure.
+    let month_start = |ms: i64| {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .expect("a time");
+        let first = t
+            .replace_day(1)
+            .expect("a first day")
+            .replace_time(time::Time::MIDNIGHT);
+        first.unix_timestamp() * 1_000
+    };
+    let started = month_start(now - 4 * 31 * DAY_MS) + 3_600_000;
+    let lagging = exposure_event("x5", "u5", (&id, "control"), started - 2 * 3_600_000);
+    let records = (0..5).map(record).chain([exposure, lagging]);
+    warehouse
+        .insert(&records.collect::<Vec<_>>())
+        .await
+        .expect("insert");
     let refresh = || abx_origin_pipeline::warehouse::refresh(&o.state.pipeline, &warehouse);
 
-    // The running experiment started (as far as the warehouse knows) four months ago: it
-    // needs every month since.
-    let started = now - 4 * 31 * DAY_MS;
     sqlx::query("UPDATE experiments SET started_at_ms = ? WHERE id = ?")
         .bind(started)
         .bind(&id)
@@ -762,7 +776,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .await
         .expect("backdate");
     refresh().await.expect("refresh");
-    assert_eq!(warehouse.event_count().await.expect("count"), 6);
+    assert_eq!(warehouse.event_count().await.expect("count"), 7);
 
     // Once it has completed and settled, only the last 60 days (whole months) stay.
     // (Bumping its version, as every write of an experiment does: a metric is edited
@@ -804,11 +818,12 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
 
     // Completed experiments do not pin their metrics: one edited since changes its plan.
     // With its exposure's month gone, neither a tick, nor the repair, nor a results
-    // request computes it again from what is left (its unit, exposed three months ago,
-    // would no longer count): each keeps or reads the computation it settled with.
+    // request computes it again from what is left (its units, exposed three and four
+    // months ago, would no longer count): each keeps or reads the computation it settled
+    // with.
     let settled = stored().await;
     let exposed = |r: &Rollups| r.exposures.iter().map(|e| e.units).sum::<i64>();
-    assert_eq!(exposed(&settled.computation.rollups), 1);
+    assert_eq!(exposed(&settled.computation.rollups), 2, "u3 and u5");
     let reply = o
         .patch(
             "/api/v1/metrics/conversion",
@@ -824,7 +839,7 @@ async fn raw_events_past_retention_go_by_whole_months_once_no_experiment_needs_t
         .expect("repair");
     assert_eq!(stored().await.computed_ms, settled.computed_ms);
     let read = results(&o, &id).await;
-    assert_eq!(read["variants"]["control"]["impressions"], 1, "{read}");
+    assert_eq!(read["variants"]["control"]["impressions"], 2, "{read}");
     assert_eq!(stored().await.computed_ms, settled.computed_ms);
 
     // Versions before 0957952 let an experiment archived in its settling hour stop there,
