@@ -40,6 +40,16 @@ pub async fn insert_events(
     conn: &mut AnyConnection,
     events: &[&EventRecord],
 ) -> Result<Appended, sqlx::Error> {
+    // On PostgreSQL `seq` numbers are handed out at insert and seen at commit: two writers'
+    // transactions (the collectors of several processes) could commit out of order, and the
+    // pipeline, which reads past the highest `seq` it has seen, would skip for good the rows
+    // of the one that commits later. So event writes take turns: each transaction holds
+    // this lock from its first insert to its commit (SQLite's write lock does the same).
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock(727412)")
+            .execute(&mut *conn)
+            .await?;
+    }
     let head_before = max_seq(conn).await?;
     let mut new = Vec::with_capacity(events.len());
     for chunk in events.chunks(INSERT_EVENTS.rows) {

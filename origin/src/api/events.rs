@@ -41,7 +41,7 @@ pub struct IngestResult {
 /// Refuses new events while the pipeline is too far behind, so memory and the log stay
 /// bounded; clients retry after the delay.
 fn check_backpressure(state: &AppState) -> ApiResult<()> {
-    if state.pipeline.telemetry.lag_events() > state.settings.max_pipeline_lag {
+    if lag_events(state) > state.settings.max_pipeline_lag {
         Telemetry::add(&state.pipeline.telemetry.ingest_overloaded, 1);
         return Err(ApiError::Unavailable {
             message: "the metric pipeline is behind; retry shortly".into(),
@@ -49,6 +49,22 @@ fn check_backpressure(state: &AppState) -> ApiResult<()> {
         });
     }
     Ok(())
+}
+
+/// How far the pipeline is behind the event log, in events. The database's figures, as the
+/// background gauges last measured them, hold every process's writes and the pipeline's
+/// position wherever it runs; this process's own figures are fresher but know only its own
+/// writes, and its pipeline's position only if it runs one. A collector that ran no
+/// pipeline took its position for 0 and refused every event once the log held more than
+/// the limit; one that does takes the larger of the two.
+fn lag_events(state: &AppState) -> i64 {
+    let measured = state.gauges().map(|(_, status)| status.lag_events);
+    let own = state
+        .settings
+        .roles
+        .pipeline
+        .then(|| state.pipeline.telemetry.lag_events());
+    measured.max(own).unwrap_or(0)
 }
 
 /// Logs validated events; answers with what was new.
@@ -172,35 +188,46 @@ pub async fn post_events(
     .map_err(|e| failed(&e))??
     .screen(&state.value_bounds());
     drop(permit);
-    let parsed = refuse_mismatched_exposures(&state, parsed).await?;
+    let (parsed, mismatches) = refuse_mismatched_exposures(&state, parsed).await?;
     let rejected = parsed
         .rejected
         .into_iter()
         .map(|(index, reason)| Rejected { index, reason })
         .collect();
-    ingest(
+    let answer = ingest(
         &state,
         parsed.events.into_iter().map(|(_, e)| e).collect(),
         rejected,
     )
-    .await
+    .await?;
+    // Counted once the request is answered: one refused for backpressure, or whose events
+    // could not be logged, is sent again, and its exposures were counted again each time.
+    if !mismatches.is_empty() {
+        let mut conn = state.db.pool.acquire().await?;
+        crate::store::experiments::add_exposure_mismatches(&mut conn, &mismatches).await?;
+    }
+    Ok(answer)
 }
 
+/// Refused exposures, per experiment and the variant they claimed.
+type Mismatches = std::collections::BTreeMap<(String, String), i64>;
+
 /// Moves exposures whose variant is not the one the served snapshot gives their unit to the
-/// rejected events, and counts them per experiment and claimed variant for the results. The
+/// rejected events, and counts them per experiment and claimed variant for the results
+/// (returned, to be recorded once the request's events are logged). The
 /// origin recomputes the assignment with abx-core (`Evaluator::exposure_check`): status and
 /// targeting cannot be checked (an exposure carries no context), everything hashed can. An
 /// exposure of an experiment the snapshot does not hold is left to the pipeline, as before.
 async fn refuse_mismatched_exposures(
     state: &AppState,
     mut parsed: event::Parsed,
-) -> ApiResult<event::Parsed> {
+) -> ApiResult<(event::Parsed, Mismatches)> {
     if !state.settings.verify_exposures {
-        return Ok(parsed);
+        return Ok((parsed, Mismatches::new()));
     }
     let published = state.published();
     let evaluator = &published.evaluator;
-    let mut counts = std::collections::BTreeMap::<(String, String), i64>::new();
+    let mut counts = Mismatches::new();
     let mut kept = Vec::with_capacity(parsed.events.len());
     let mut holdout_units = state.holdout_units();
     let mut reloaded = false;
@@ -291,13 +318,9 @@ async fn refuse_mismatched_exposures(
         *counts.entry((experiment_id.clone(), claimed)).or_default() += 1;
         parsed.rejected.push((index, reason));
     }
-    if !counts.is_empty() {
-        let mut conn = state.db.pool.acquire().await?;
-        crate::store::experiments::add_exposure_mismatches(&mut conn, &counts).await?;
-    }
     parsed.rejected.sort_by_key(|(index, _)| *index);
     parsed.events = kept;
-    Ok(parsed)
+    Ok((parsed, counts))
 }
 
 /// What a refused exposure is counted under: the variant it claimed, if the experiment (or

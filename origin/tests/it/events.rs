@@ -710,30 +710,87 @@ on_every_backend!(switchback_cells, multiple_exposures_and_switchback);
 
 #[tokio::test]
 async fn backpressure_answers_503_with_retry_after() {
-    let Some(o) = TestOrigin::with(common::Backend::Sqlite, |s| s.max_pipeline_lag = 0).await
-    else {
+    let settings = |s: &mut abx_origin::Settings| {
+        s.max_pipeline_lag = 0;
+        s.verify_exposures = true;
+    };
+    let Some(o) = TestOrigin::with(common::Backend::Sqlite, settings).await else {
         return;
     };
     let (id, sdk) = running_experiment(&o).await;
+    let published = o.state.published();
+    let context = abx_core::Context::new().with("user_id", "a");
+    let assigned = published.evaluator.experiment("checkout", &context, now());
+    let mine = assigned.and_then(|a| a.variant).expect("in traffic");
+    let other = if mine == "control" {
+        "treatment"
+    } else {
+        "control"
+    };
     assert_eq!(
-        o.send_events(&sdk, &[exposure(1, "a", &id, "control", now())])
+        o.send_events(&sdk, &[exposure(1, "a", &id, mine, now())])
             .await
             .status,
         StatusCode::ACCEPTED
     );
-    // The pipeline has not run: one event of lag is now over the limit.
-    let reply = o
-        .send_events(&sdk, &[exposure(2, "b", &id, "control", now())])
-        .await;
+    // The pipeline has not run: one event of lag is now over the limit. A forged exposure
+    // in the refused request is counted once, when the request is sent again and taken.
+    let (t, forged) = (now(), exposure(3, "a", &id, other, now()));
+    let events = [conversion(2, "a", "conversion", 1.0, t), forged];
+    let reply = o.send_events(&sdk, &events).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.headers.contains_key("retry-after"));
     drain(&o).await;
-    assert_eq!(
-        o.send_events(&sdk, &[exposure(2, "b", &id, "control", now())])
-            .await
-            .status,
-        StatusCode::ACCEPTED
-    );
+    let reply = o.send_events(&sdk, &events).await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 1);
+    drain(&o).await;
+    let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
+    assert_eq!(results.body["mismatched_exposures"], json!({ other: 1 }));
+    o.finish().await;
+}
+
+/// A process that only collects runs no pipeline: it measures the lag from the database
+/// (every process's writes, the pipeline's position), as its background gauges last did.
+/// It took its own pipeline position for 0, and once the log held more events than the
+/// limit refused every event, whatever the real lag.
+#[tokio::test]
+async fn a_collector_without_a_pipeline_measures_the_lag_from_the_database() {
+    let Some(o) = TestOrigin::with(common::Backend::Sqlite, |s| s.max_pipeline_lag = 1).await
+    else {
+        return;
+    };
+    let (_, sdk) = running_experiment(&o).await;
+    let collector = o.another_process("collector").await;
+    let router = abx_origin::app(collector.clone());
+    let send = |n: u64| {
+        let event = conversion(n, &format!("u{n}"), "conversion", 1.0, now());
+        let body = json!({ "events": [event] });
+        let authorization = format!("Bearer {sdk}");
+        let router = router.clone();
+        async move {
+            let headers = [
+                ("authorization", authorization.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let body = Some(body.to_string().into_bytes());
+            common::call(&router, Method::POST, "/api/v1/events", body, &headers)
+                .await
+                .status
+        }
+    };
+    // Two events in the log, none consumed: within the limit as last measured (nothing),
+    // where the collector's own figures said two behind.
+    assert_eq!(send(1).await, StatusCode::ACCEPTED);
+    assert_eq!(send(2).await, StatusCode::ACCEPTED);
+    // Measured again: two behind, over the limit.
+    collector.refresh_gauges().await.expect("gauges");
+    assert_eq!(send(3).await, StatusCode::SERVICE_UNAVAILABLE);
+    // Once the pipeline (in the other process) has caught up, the next measure lets the
+    // events in again.
+    drain(&o).await;
+    collector.refresh_gauges().await.expect("gauges");
+    assert_eq!(send(3).await, StatusCode::ACCEPTED);
     o.finish().await;
 }
 
@@ -799,6 +856,52 @@ async fn retention_prunes_consumed_events_only() {
     drop((conn, log));
     // The rollups survive pruning.
     assert_eq!(rollups(&o, &id).await.0["control"], (1, 0));
+    o.finish().await;
+}
+
+/// On PostgreSQL an event's `seq` is handed out at insert and seen at commit. Two
+/// collectors (of two processes) whose transactions commit out of order let the pipeline
+/// read past the first one's rows before they committed, and skip them for good, though
+/// both were acknowledged: event writes take turns.
+#[tokio::test]
+async fn event_writes_of_two_collectors_are_all_counted() {
+    let Some(o) = TestOrigin::new(common::Backend::Postgres).await else {
+        return;
+    };
+    let (id, _) = running_experiment(&o).await;
+    let exposure = |n: u64| abx_origin_domain::event::EventRecord {
+        event_id: event_id(n),
+        received_at_ms: now(),
+        ts_ms: now() - 60_000,
+        kind: abx_origin_domain::event::Kind::Exposure {
+            experiment_id: id.clone(),
+            variant: "control".into(),
+        },
+        unit_key: format!("user_id:u{n}"),
+        value: 1.0,
+        properties: None,
+    };
+    let log = o.state.pipeline.log.clone();
+    let mut first = log.begin_write().await.expect("begin");
+    tables::insert_events(&mut first, &[&exposure(1)])
+        .await
+        .expect("insert");
+    let second = tokio::spawn({
+        let (log, event) = (log.clone(), exposure(2));
+        async move {
+            let mut tx = log.begin_write().await.map_err(|e| e.to_string())?;
+            let inserted = tables::insert_events(&mut tx, &[&event]).await;
+            inserted.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())
+        }
+    });
+    // The second would commit first, and the pipeline run meanwhile.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drain(&o).await;
+    first.commit().await.expect("commit");
+    second.await.expect("join").expect("the second write");
+    drain(&o).await;
+    assert_eq!(rollups(&o, &id).await.0["control"], (2, 0));
     o.finish().await;
 }
 
