@@ -506,10 +506,11 @@ fn metric_roles(e: &Experiment) -> Vec<(String, MetricRole)> {
 }
 
 /// A guardrail metric's check of one treatment against control. A check whose statistics
-/// cannot be computed is never dropped: with enough units it alarms when the treatment is
-/// certainly worse (every unit moved the harmful way, so there is no variance to test) or
-/// lost what control has (a ratio whose treatment denominator vanished), and otherwise
-/// reports `error`, which the recommendation shows.
+/// cannot be computed is never dropped: with enough units carrying the metric in the arms
+/// the verdict rests on, it alarms when the treatment is certainly worse (every unit moved
+/// the harmful way, so there is no variance to test) or lost what control has (a ratio
+/// whose treatment denominator vanished); with fewer it reports `insufficient_data`, and
+/// otherwise `error`, which the recommendation shows.
 fn guardrail_view(
     metric: &Metric,
     (variant, chosen): (&str, Estimator),
@@ -536,10 +537,18 @@ fn guardrail_view(
         non_inferior: margin.map(|_| false),
         note,
     };
+    // A verdict needs the arms it rests on to carry the metric in at least
+    // `min_units_per_arm` units, not only to have that many exposed. A sparse ratio or
+    // quantile (one unit with a session per arm, a p95 of fifteen events) has no variance,
+    // or only rounding's, or no value in an arm by chance, and alarmed on healthy
+    // experiments, pausing them (a quarter of A/A reads of a ratio whose denominator one
+    // unit in a thousand has).
+    let carried = |g: &Group| g.units_carrying(metric.kind) >= config.min_units_per_arm as f64;
     let error = match guardrail_check(chosen, metric.kind, c, t, config) {
         Ok(check) => {
             let status = match check.status {
                 GuardrailStatus::InsufficientData => "insufficient_data",
+                GuardrailStatus::Alarm if !(carried(c) && carried(t)) => "insufficient_data",
                 GuardrailStatus::Healthy => "healthy",
                 GuardrailStatus::Alarm => "alarm",
             };
@@ -563,7 +572,7 @@ fn guardrail_view(
         return view("insufficient_data", None, Some(describe(&error)));
     }
     match (c.value(metric.kind), t.value(metric.kind)) {
-        (Some(_), None) => view(
+        (Some(_), None) if carried(c) => view(
             "alarm",
             None,
             Some(format!(
@@ -572,7 +581,9 @@ fn guardrail_view(
                 describe(&error)
             )),
         ),
-        (Some(control), Some(treatment)) if harm * (treatment - control) > 0.0 => {
+        (Some(control), Some(treatment))
+            if harm * (treatment - control) > 0.0 && carried(c) && carried(t) =>
+        {
             let mut alarmed = view(
                 "alarm",
                 None,
@@ -584,6 +595,9 @@ fn guardrail_view(
             alarmed.harmful_effect = harm * (treatment - control);
             alarmed.p_value = 0.0;
             alarmed
+        }
+        (Some(_), _) if !(carried(c) && carried(t)) => {
+            view("insufficient_data", None, Some(describe(&error)))
         }
         _ => view("error", None, Some(describe(&error))),
     }
@@ -776,6 +790,19 @@ impl Group {
             actual: 0,
         })
     }
+    /// How many units the metric's value rests on: every exposed unit for a conversion or
+    /// a mean (a unit without events counts as 0), the units with events for a quantile,
+    /// and for a ratio the effective number of units carrying its denominator,
+    /// (Σy)² / Σy² (the count of such units when each carries about as much).
+    fn units_carrying(&self, kind: MetricKind) -> f64 {
+        match kind {
+            MetricKind::Ratio if self.s.sum_y2 > 0.0 => self.s.sum_y * self.s.sum_y / self.s.sum_y2,
+            MetricKind::Ratio => 0.0,
+            MetricKind::Quantile => self.q.map_or(0.0, |q| q.units as f64),
+            _ => self.n as f64,
+        }
+    }
+
     fn value(&self, kind: MetricKind) -> Option<f64> {
         match kind {
             MetricKind::Ratio => (self.s.sum_y != 0.0).then(|| self.s.sum_x / self.s.sum_y),

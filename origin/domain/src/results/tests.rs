@@ -343,6 +343,46 @@ fn a_guardrail_whose_treatment_lost_its_data_alarms() {
     recommends(&results, "Stop");
 }
 
+/// Without a test, a guardrail alarms only on as much data as a test would need: a ratio
+/// whose denominator one unit per arm carries (by chance none in the treatment, or no
+/// variance in either) is `insufficient_data`, never an alarm that pauses a healthy
+/// experiment, although 10,000 units per arm are exposed.
+#[test]
+fn sparse_guardrails_do_not_alarm() {
+    let metrics = HashMap::from([
+        metric("converted", MetricKind::Conversion, Direction::Increase),
+        ratio_metric("errors_per_session", "session"),
+    ]);
+    let e = experiment("checkout", &["errors_per_session"]);
+    // One unit with a session in control (3 errors in 2 sessions), and the same unit's
+    // kind in the treatment with more errors, or none with a session at all.
+    let one_unit = |variant: &str, errors: f64| MetricRollup {
+        variant: variant.into(),
+        metric: "errors_per_session".into(),
+        day: DAY,
+        sums: Sums {
+            sum_x: errors,
+            sum_x2: errors * errors,
+            sum_y: 2.0,
+            sum_y2: 4.0,
+            sum_xy: errors * 2.0,
+            ..Sums::default()
+        },
+    };
+    for treatment in [
+        one_unit("treatment", 6.0),
+        ratio("treatment", "errors_per_session", 0.0, 0.0),
+    ] {
+        let mut rollups = ten_percent_lift();
+        rollups.metrics.push(one_unit("control", 3.0));
+        rollups.metrics.push(treatment);
+        let results = compute(&e, &metrics, &rollups, NOW, false);
+        let guardrail = &results.guardrails[0];
+        assert_eq!(guardrail.status, "insufficient_data", "{guardrail:?}");
+        assert!(!results.recommended_action.starts_with("Stop"));
+    }
+}
+
 /// A guardrail that cannot be checked although both arms have units is shown as an error,
 /// and no "Ship" is recommended over it.
 #[test]
