@@ -958,12 +958,18 @@ async fn next_chunk(reader: &ReadableStreamDefaultReader) -> JsResult<Option<Uin
     ))
 }
 
-/// Sends events to the origin, retrying network errors, 429 and 5xx.
+/// Sends events to the origin in bodies it takes (`events::MAX_FORWARD_BYTES` each).
 async fn forward_events(config: Rc<Config>, batch: Vec<serde_json::Value>) {
-    let body = events::origin_body(&batch);
+    for (count, body) in events::origin_bodies(&batch, events::MAX_FORWARD_BYTES) {
+        forward_body(&config, count, &body).await;
+    }
+}
+
+/// Sends one body of `count` events to the origin, retrying network errors, 429 and 5xx.
+async fn forward_body(config: &Config, count: usize, body: &str) {
     let url = route::forward_url(&config.origin, "/api/v1/events", None);
     for attempt in 0..FORWARD_ATTEMPTS {
-        let outcome = post_events(&config, url.as_str(), &body).await;
+        let outcome = post_events(config, url.as_str(), body).await;
         let retry_after_ms = match outcome {
             Ok((status, _)) if (200..300).contains(&status) => {
                 with(|g| g.forwarded_batches += 1);
@@ -981,8 +987,7 @@ async fn forward_events(config: Rc<Config>, batch: Vec<serde_json::Value>) {
             }
             Ok((status, _)) => {
                 worker::console_error!(
-                    "abx: the origin refused a batch of {} events: HTTP {status}",
-                    batch.len()
+                    "abx: the origin refused a batch of {count} events: HTTP {status}"
                 );
                 break;
             }

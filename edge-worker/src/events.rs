@@ -275,10 +275,39 @@ pub fn exposure(
     event
 }
 
-/// The body sent to the origin.
-pub fn origin_body(events: &[Value]) -> String {
-    // Serializing a `json!` tree of strings and numbers cannot fail.
-    serde_json::to_string(&json!({ "events": events })).unwrap_or_default()
+/// The most bytes of one body sent to the origin: half the origin's limit (1 MiB). The
+/// edge adds an id, a time, a unit and its attribute to each event it takes, and its own
+/// exposures to the batch, so a client's body of up to 1 MiB can grow past the origin's
+/// limit; the origin refused such a batch whole (413), after the client had been told 202.
+pub const MAX_FORWARD_BYTES: usize = MAX_JSON_BYTES / 2;
+
+/// The bodies sent to the origin for `events`, in order, each `{"events": […]}` of at most
+/// `max_bytes` (or of one event, should one alone be larger), with how many events each
+/// holds.
+pub fn origin_bodies(events: &[Value], max_bytes: usize) -> Vec<(usize, String)> {
+    const OPEN: &str = "{\"events\":[";
+    const CLOSE: &str = "]}";
+    let mut bodies = Vec::new();
+    let (mut body, mut count) = (String::from(OPEN), 0);
+    for event in events {
+        // Serializing a `json!` tree of strings and numbers cannot fail.
+        let text = serde_json::to_string(event).unwrap_or_default();
+        if count > 0 && body.len() + 1 + text.len() + CLOSE.len() > max_bytes {
+            body.push_str(CLOSE);
+            bodies.push((count, std::mem::replace(&mut body, String::from(OPEN))));
+            count = 0;
+        }
+        if count > 0 {
+            body.push(',');
+        }
+        body.push_str(&text);
+        count += 1;
+    }
+    if count > 0 {
+        body.push_str(CLOSE);
+        bodies.push((count, body));
+    }
+    bodies
 }
 
 /// Exposures the edge logged itself, waiting to ride along with the next beacon or to be
@@ -493,6 +522,39 @@ mod tests {
         assert_eq!(pending.dropped, 5);
     }
 
+    /// A client's body of up to 1 MiB grows as the edge fills its events in: it goes to
+    /// the origin in bodies within half its limit, every event once and in order.
+    #[test]
+    fn large_batches_go_to_the_origin_in_bodies_it_takes() {
+        let events: Vec<Value> = (0..2_000)
+            .map(|n| json!({"event_id": format!("e{n}"), "properties": {"note": "x".repeat(600)}}))
+            .collect();
+        let bodies = origin_bodies(&events, MAX_FORWARD_BYTES);
+        assert!(bodies.len() >= 3, "{} bodies", bodies.len());
+        let mut ids = Vec::new();
+        for (count, body) in &bodies {
+            assert!(body.len() <= MAX_FORWARD_BYTES, "{} bytes", body.len());
+            let parsed: Value = serde_json::from_str(body).unwrap();
+            let list = parsed["events"].as_array().unwrap();
+            assert_eq!(list.len(), *count);
+            ids.extend(
+                list.iter()
+                    .map(|e| e["event_id"].as_str().unwrap().to_string()),
+            );
+        }
+        let expected: Vec<String> = (0..2_000).map(|n| format!("e{n}")).collect();
+        assert_eq!(ids, expected);
+        // One event larger than the limit still goes, alone; nothing goes for nothing.
+        let big = [
+            json!({"n": 1}),
+            json!({"pad": "y".repeat(100)}),
+            json!({"n": 3}),
+        ];
+        let counts: Vec<usize> = origin_bodies(&big, 60).iter().map(|b| b.0).collect();
+        assert_eq!(counts, [1, 1, 1]);
+        assert!(origin_bodies(&[], MAX_FORWARD_BYTES).is_empty());
+    }
+
     #[test]
     fn origin_body_wraps_events() {
         let none = abx_core::ExposureAttributes::default();
@@ -504,7 +566,9 @@ mod tests {
         let with = exposure("id".into(), "u", "user_id", ("x", "a"), &carried, 5);
         // The edge's own exposures are built from the snapshot, so they are valid by
         // construction; this checks only the wrapping.
-        let body: Value = serde_json::from_str(&origin_body(&[event, with])).unwrap();
+        let bodies = origin_bodies(&[event, with], MAX_FORWARD_BYTES);
+        assert_eq!(bodies.len(), 1);
+        let body: Value = serde_json::from_str(&bodies[0].1).unwrap();
         assert_eq!(body["events"][0]["kind"], "exposure");
         assert_eq!(body["events"][0]["variant"], "treatment");
         assert_eq!(body["events"][0]["timestamp"], 5);
