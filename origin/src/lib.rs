@@ -299,8 +299,9 @@ pub struct Origin {
     /// The pipeline's figures for `/metrics` and when they were computed (see
     /// `refresh_gauges`).
     gauges: RwLock<Option<(std::time::Instant, Arc<api::PipelineStatus>)>>,
-    /// When the databases last answered a health check (see `api::system::health`).
-    pub(crate) healthy_at: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// When the databases were last checked for health, and whether they answered (see
+    /// `api::system::health`).
+    pub(crate) health_checked: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl Deref for AppState {
@@ -311,7 +312,7 @@ impl Deref for AppState {
 }
 
 /// How often the pipeline's gauges for `/metrics` are computed.
-const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often every process looks for a newer stored snapshot: another admin process, or the
 /// pipeline's guardrail monitor pausing an experiment, may have published one. This bounds
@@ -458,7 +459,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
             ),
             gauges: RwLock::new(None),
-            healthy_at: tokio::sync::Mutex::new(None),
+            health_checked: tokio::sync::Mutex::new(None),
             signing_seed,
             settings,
             db,

@@ -505,6 +505,11 @@ fn metric_roles(e: &Experiment) -> Vec<(String, MetricRole)> {
     roles
 }
 
+/// The fewest units that must carry a guardrail's metric in an arm a verdict rests on
+/// (see [`guardrail_view`]): with 30, a treatment with none of what control's 30 have is a
+/// chance of e⁻³⁰ when nothing changed, and a quantile's rank is below its top event.
+const MIN_UNITS_CARRYING: f64 = 30.0;
+
 /// A guardrail metric's check of one treatment against control. A check whose statistics
 /// cannot be computed is never dropped: with enough units carrying the metric in the arms
 /// the verdict rests on, it alarms when the treatment is certainly worse (every unit moved
@@ -537,13 +542,14 @@ fn guardrail_view(
         non_inferior: margin.map(|_| false),
         note,
     };
-    // A verdict needs the arms it rests on to carry the metric in at least
-    // `min_units_per_arm` units, not only to have that many exposed. A sparse ratio or
-    // quantile (one unit with a session per arm, a p95 of fifteen events) has no variance,
-    // or only rounding's, or no value in an arm by chance, and alarmed on healthy
-    // experiments, pausing them (a quarter of A/A reads of a ratio whose denominator one
-    // unit in a thousand has).
-    let carried = |g: &Group| g.units_carrying(metric.kind) >= config.min_units_per_arm as f64;
+    // Besides `min_units_per_arm` exposed units, a verdict needs the arms it rests on to
+    // carry the metric in at least `MIN_UNITS_CARRYING` units. A sparse ratio or quantile
+    // (one unit with a session per arm, a p95 of fifteen events) has no variance, or only
+    // rounding's, or no value in an arm by chance, and alarmed on healthy experiments,
+    // pausing them (a quarter of A/A reads of a ratio whose denominator one unit in a
+    // thousand has). The floor is low, so that a real harm carried by few units (sessions
+    // spread unevenly over units, a ratio's effective count far below its units) alarms.
+    let carried = |g: &Group| g.units_carrying(metric.kind) >= MIN_UNITS_CARRYING;
     let error = match guardrail_check(chosen, metric.kind, c, t, config) {
         Ok(check) => {
             let status = match check.status {

@@ -427,8 +427,10 @@ pub async fn refresh(
     state: &Pipeline,
     warehouse: &ClickHouse,
 ) -> Result<Option<usize>, crate::Error> {
-    let retention_days = state.settings.warehouse_retention_days;
-    refresh_with_margin(&state.db, retention_days, warehouse, LOAD_MARGIN_MS).await
+    // Exposures may be stamped before a start by as much as the collector takes.
+    let lead_ms = EXPOSED_BEFORE_START_MS.max(state.settings.event_window.max_age_ms);
+    let retention = (state.settings.warehouse_retention_days, lead_ms);
+    refresh_with(&state.db, retention, warehouse, LOAD_MARGIN_MS).await
 }
 
 /// The repair: computes the rollups of every experiment that may still hold results in
@@ -492,10 +494,22 @@ pub async fn refresh_with_margin(
     warehouse: &ClickHouse,
     margin_ms: i64,
 ) -> Result<Option<usize>, crate::Error> {
+    let retention = (retention_days, EXPOSED_BEFORE_START_MS);
+    refresh_with(db, retention, warehouse, margin_ms).await
+}
+
+/// [`refresh_with_margin`], keeping raw events from `lead_ms` before the earliest start of
+/// an experiment that still collects (see [`needs_raw_events_from`]).
+async fn refresh_with(
+    db: &Db,
+    (retention_days, lead_ms): (Option<i64>, i64),
+    warehouse: &ClickHouse,
+    margin_ms: i64,
+) -> Result<Option<usize>, crate::Error> {
     let Some(lease) = Lease::take(db).await? else {
         return Ok(None);
     };
-    let ticked = tick(db, (retention_days, margin_ms), warehouse, &lease).await;
+    let ticked = tick(db, (retention_days, lead_ms, margin_ms), warehouse, &lease).await;
     lease.release().await;
     ticked.map(Some)
 }
@@ -508,7 +522,7 @@ pub async fn refresh_with_margin(
 /// only a lost lease stops it at once.
 async fn tick(
     db: &Db,
-    (retention_days, margin_ms): (Option<i64>, i64),
+    (retention_days, lead_ms, margin_ms): (Option<i64>, i64, i64),
     warehouse: &ClickHouse,
     lease: &Lease,
 ) -> Result<usize, crate::Error> {
@@ -534,13 +548,13 @@ async fn tick(
             Ok(Ticked::Computed { collecting }) => {
                 refreshed += 1;
                 if collecting {
-                    needed_from = needed_from.min(needs_raw_events_from(e));
+                    needed_from = needed_from.min(needs_raw_events_from(e, lead_ms));
                 }
             }
             Err(error) => {
                 failed.push(went_on_past(error, &e.id)?);
                 // Whether it still collects is unknown: its raw events stay.
-                needed_from = needed_from.min(needs_raw_events_from(e));
+                needed_from = needed_from.min(needs_raw_events_from(e, lead_ms));
             }
         }
     }
@@ -558,19 +572,19 @@ async fn tick(
     all_or_failed(refreshed, failed)
 }
 
-/// How long before its start an experiment's exposures may be stamped: a client whose
-/// clock lags stamps an exposure from the experiment's first snapshot up to the collector's
-/// window before (7 days by default, `--event-retention-days`), and such an exposure counts.
-/// A month covers windows of up to 31 days.
+/// How long before its start an experiment's exposures may be stamped, at least: a client
+/// whose clock lags stamps an exposure from the experiment's first snapshot up to the
+/// collector's window before (7 days by default, `--event-retention-days`; a tick takes the
+/// longer of the two), and such an exposure counts.
 const EXPOSED_BEFORE_START_MS: i64 = 31 * clock::DAY_MS;
 
-/// From when a collecting experiment needs its raw events: its exposures' month may be the
-/// one before its start's, and dropping it would take units out of its results (or move
-/// their first day) at their next tick.
-fn needs_raw_events_from(e: &Experiment) -> i64 {
-    e.started_at_ms.map_or(i64::MIN, |started| {
-        started.saturating_sub(EXPOSED_BEFORE_START_MS)
-    })
+/// From when a collecting experiment needs its raw events, given how long before its start
+/// its exposures may be stamped (`lead_ms`): their month may be one before its start's,
+/// and dropping it would take units out of its results (or move their first day) at their
+/// next tick.
+fn needs_raw_events_from(e: &Experiment, lead_ms: i64) -> i64 {
+    e.started_at_ms
+        .map_or(i64::MIN, |started| started.saturating_sub(lead_ms))
 }
 
 /// One experiment's failure in a tick or a repair, which go on past it: logged, and its id

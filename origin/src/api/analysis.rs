@@ -692,9 +692,15 @@ pub async fn kill(
     body: Option<ApiJson<KillRequest>>,
 ) -> ApiResult<Response> {
     caller.require(Permission::WriteConfig)?;
-    let reason = body
+    // The kill switch must work whatever reason comes with it: one lifecycle reasons refuse
+    // (NUL characters, more than their 1,000 characters) is cleaned and cut instead.
+    let reason: String = body
         .and_then(|b| b.0.reason)
-        .unwrap_or_else(|| "manual kill switch".into());
+        .unwrap_or_else(|| "manual kill switch".into())
+        .chars()
+        .filter(|c| *c != '\0')
+        .take(900)
+        .collect();
     let actor = caller.actor();
     let paused = state
         .mutate(async |conn| {

@@ -58,7 +58,12 @@ fn check_backpressure(state: &AppState) -> ApiResult<()> {
 /// pipeline took its position for 0 and refused every event once the log held more than
 /// the limit; one that does takes the larger of the two.
 fn lag_events(state: &AppState) -> i64 {
-    let measured = state.gauges().map(|(_, status)| status.lag_events);
+    // A measure older than a few refreshes (the databases unreachable since) is no measure:
+    // it would hold a high lag, and refuse every event, for as long as they stay so.
+    let measured = state
+        .gauges()
+        .filter(|(at, _)| at.elapsed() < crate::GAUGE_INTERVAL * 3)
+        .map(|(_, status)| status.lag_events);
     let own = state
         .settings
         .roles
@@ -199,14 +204,21 @@ pub async fn post_events(
         parsed.events.into_iter().map(|(_, e)| e).collect(),
         rejected,
     )
-    .await?;
-    // Counted once the request is answered: one refused for backpressure, or whose events
-    // could not be logged, is sent again, and its exposures were counted again each time.
-    if !mismatches.is_empty() {
+    .await;
+    // Counted once the request has its final answer: one refused for backpressure, or
+    // whose events could not be logged, is sent again, and its exposures were counted
+    // again each time. A request with no valid event (400) is not sent again, and its
+    // refused exposures count too.
+    let settled = match &answer {
+        Ok(_) => true,
+        Err(ApiError::BadRequest { code, .. }) => *code == "no_valid_events",
+        Err(_) => false,
+    };
+    if settled && !mismatches.is_empty() {
         let mut conn = state.db.pool.acquire().await?;
         crate::store::experiments::add_exposure_mismatches(&mut conn, &mismatches).await?;
     }
-    Ok(answer)
+    answer
 }
 
 /// Refused exposures, per experiment and the variant they claimed.

@@ -18,31 +18,47 @@ pub struct Health {
     pub roles: Vec<&'static str>,
 }
 
-/// How long databases that answered a health check are taken to be reachable.
+/// How long a health check's finding stands for the checks after it.
 const HEALTH_CHECKED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a health check waits for each database.
+const HEALTH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Public. 503 when the database cannot be reached (assignment still works from memory).
 #[utoipa::path(get, path = "/api/v1/health", tag = "system", security(()),
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn health(State(state): State<AppState>) -> ApiResult<Response> {
     // Health is public and outside the concurrency limits: one check at a time pings the
-    // databases, at most once a second while they answer, and the others wait for it, so
-    // that a flood of checks cannot take every connection of the pools from real requests.
-    let mut healthy_at = state.healthy_at.lock().await;
-    if !healthy_at.is_some_and(|at| at.elapsed() < HEALTH_CHECKED_FOR) {
-        // The event log is checked too: on SQLite it is a file of its own.
-        for db in [&state.db, &state.pipeline.log] {
-            db.ping().await.map_err(|error| {
+    // databases, at most once a second, and the others answer as it found them, so that a
+    // flood of checks cannot take every connection of the pools from real requests. A ping
+    // that hangs (a half-open connection) gives up after `HEALTH_PING_TIMEOUT`, so that the
+    // checks queued behind it answer soon, unhealthy.
+    let mut checked = state.health_checked.lock().await;
+    let healthy = match *checked {
+        Some((at, healthy)) if at.elapsed() < HEALTH_CHECKED_FOR => healthy,
+        _ => {
+            let mut healthy = true;
+            // The event log is checked too: on SQLite it is a file of its own.
+            for db in [&state.db, &state.pipeline.log] {
+                let error = match tokio::time::timeout(HEALTH_PING_TIMEOUT, db.ping()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => "no answer in time".into(),
+                };
                 tracing::warn!(%error, "health check: database unreachable");
-                ApiError::Unavailable {
-                    message: "the database is unreachable".into(),
-                    retry_after_s: 5,
-                }
-            })?;
+                healthy = false;
+                break;
+            }
+            *checked = Some((std::time::Instant::now(), healthy));
+            healthy
         }
-        *healthy_at = Some(std::time::Instant::now());
+    };
+    drop(checked);
+    if !healthy {
+        return Err(ApiError::Unavailable {
+            message: "the database is unreachable".into(),
+            retry_after_s: 5,
+        });
     }
-    drop(healthy_at);
     let backend = match state.db.backend {
         crate::store::db::Backend::Sqlite => "sqlite",
         crate::store::db::Backend::Postgres => "postgres",

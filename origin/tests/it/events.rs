@@ -747,6 +747,12 @@ async fn backpressure_answers_503_with_retry_after() {
     drain(&o).await;
     let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
     assert_eq!(results.body["mismatched_exposures"], json!({ other: 1 }));
+    // A request whose every event is refused (400, not sent again) counts its exposures.
+    let alone = [exposure(4, "a", &id, other, now())];
+    let reply = o.send_events(&sdk, &alone).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
+    assert_eq!(results.body["mismatched_exposures"], json!({ other: 2 }));
     o.finish().await;
 }
 
@@ -1058,6 +1064,16 @@ async fn nul_characters(o: &TestOrigin) {
         paused.body
     );
     assert_eq!(paused.body["error"]["details"][0]["field"], "reason");
+    // The kill switch works whatever reason comes with it.
+    let reason = format!("a\u{0}{}", "b".repeat(2_000));
+    let killed = o
+        .post(
+            &format!("/api/v1/experiments/{id}/kill"),
+            json!({ "reason": reason }),
+        )
+        .await;
+    assert_eq!(killed.status, StatusCode::OK, "{}", killed.body);
+    assert_eq!(killed.body["status"], "paused");
     drain(o).await;
     let results = o.get(&format!("/api/v1/experiments/{id}/results")).await;
     assert_eq!(results.body["variants"]["control"]["impressions"], 1);

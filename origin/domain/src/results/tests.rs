@@ -383,6 +383,41 @@ fn sparse_guardrails_do_not_alarm() {
     }
 }
 
+/// The floor on units carrying the metric stays low: a ratio whose sessions 500 of 10,000
+/// units carry per arm (an effective count of 500, under the 1,000 exposed units a check
+/// needs) alarms when the treatment's errors per session quadruple.
+#[test]
+fn a_harm_carried_by_few_units_still_alarms() {
+    let metrics = HashMap::from([
+        metric("converted", MetricKind::Conversion, Direction::Increase),
+        ratio_metric("errors_per_session", "session"),
+    ]);
+    let e = experiment("checkout", &["errors_per_session"]);
+    // 500 units with two sessions each; `errors` of them with one error.
+    let sessions = |variant: &str, errors: f64| MetricRollup {
+        variant: variant.into(),
+        metric: "errors_per_session".into(),
+        day: DAY,
+        sums: Sums {
+            sum_x: errors,
+            sum_x2: errors,
+            sum_y: 1_000.0,
+            sum_y2: 2_000.0,
+            sum_xy: 2.0 * errors,
+            ..Sums::default()
+        },
+    };
+    let mut rollups = ten_percent_lift();
+    rollups.metrics.push(sessions("control", 100.0));
+    rollups.metrics.push(sessions("treatment", 400.0));
+    let results = compute(&e, &metrics, &rollups, NOW, false);
+    assert_eq!(
+        results.guardrails[0].status, "alarm",
+        "{:?}",
+        results.guardrails[0]
+    );
+}
+
 /// A guardrail that cannot be checked although both arms have units is shown as an error,
 /// and no "Ship" is recommended over it.
 #[test]
