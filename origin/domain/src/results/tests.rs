@@ -343,40 +343,49 @@ fn a_guardrail_whose_treatment_lost_its_data_alarms() {
     recommends(&results, "Stop");
 }
 
+/// Per-unit sums of a ratio: Σx, Σx², Σy, Σy², Σxy.
+fn ratio_sums([sum_x, sum_x2, sum_y, sum_y2, sum_xy]: [f64; 5]) -> Sums {
+    Sums {
+        sum_x,
+        sum_x2,
+        sum_y,
+        sum_y2,
+        sum_xy,
+        ..Sums::default()
+    }
+}
+
+/// The guardrail check of an experiment whose `errors_per_session` guardrail has these
+/// sums in control and the treatment, over `ten_percent_lift`'s 10,000 units per arm.
+fn errors_per_session_guardrail(control: Sums, treatment: Sums) -> Results {
+    let metrics = HashMap::from([
+        metric("converted", MetricKind::Conversion, Direction::Increase),
+        ratio_metric("errors_per_session", "session"),
+    ]);
+    let e = experiment("checkout", &["errors_per_session"]);
+    let mut rollups = ten_percent_lift();
+    for (variant, sums) in [("control", control), ("treatment", treatment)] {
+        rollups.metrics.push(MetricRollup {
+            variant: variant.into(),
+            metric: "errors_per_session".into(),
+            day: DAY,
+            sums,
+        });
+    }
+    compute(&e, &metrics, &rollups, NOW, false)
+}
+
 /// Without a test, a guardrail alarms only on as much data as a test would need: a ratio
 /// whose denominator one unit per arm carries (by chance none in the treatment, or no
 /// variance in either) is `insufficient_data`, never an alarm that pauses a healthy
 /// experiment, although 10,000 units per arm are exposed.
 #[test]
 fn sparse_guardrails_do_not_alarm() {
-    let metrics = HashMap::from([
-        metric("converted", MetricKind::Conversion, Direction::Increase),
-        ratio_metric("errors_per_session", "session"),
-    ]);
-    let e = experiment("checkout", &["errors_per_session"]);
     // One unit with a session in control (3 errors in 2 sessions), and the same unit's
     // kind in the treatment with more errors, or none with a session at all.
-    let one_unit = |variant: &str, errors: f64| MetricRollup {
-        variant: variant.into(),
-        metric: "errors_per_session".into(),
-        day: DAY,
-        sums: Sums {
-            sum_x: errors,
-            sum_x2: errors * errors,
-            sum_y: 2.0,
-            sum_y2: 4.0,
-            sum_xy: errors * 2.0,
-            ..Sums::default()
-        },
-    };
-    for treatment in [
-        one_unit("treatment", 6.0),
-        ratio("treatment", "errors_per_session", 0.0, 0.0),
-    ] {
-        let mut rollups = ten_percent_lift();
-        rollups.metrics.push(one_unit("control", 3.0));
-        rollups.metrics.push(treatment);
-        let results = compute(&e, &metrics, &rollups, NOW, false);
+    let one_unit = |errors: f64| ratio_sums([errors, errors * errors, 2.0, 4.0, errors * 2.0]);
+    for treatment in [one_unit(6.0), Sums::default()] {
+        let results = errors_per_session_guardrail(one_unit(3.0), treatment);
         let guardrail = &results.guardrails[0];
         assert_eq!(guardrail.status, "insufficient_data", "{guardrail:?}");
         assert!(!results.recommended_action.starts_with("Stop"));
@@ -388,29 +397,9 @@ fn sparse_guardrails_do_not_alarm() {
 /// needs) alarms when the treatment's errors per session quadruple.
 #[test]
 fn a_harm_carried_by_few_units_still_alarms() {
-    let metrics = HashMap::from([
-        metric("converted", MetricKind::Conversion, Direction::Increase),
-        ratio_metric("errors_per_session", "session"),
-    ]);
-    let e = experiment("checkout", &["errors_per_session"]);
     // 500 units with two sessions each; `errors` of them with one error.
-    let sessions = |variant: &str, errors: f64| MetricRollup {
-        variant: variant.into(),
-        metric: "errors_per_session".into(),
-        day: DAY,
-        sums: Sums {
-            sum_x: errors,
-            sum_x2: errors,
-            sum_y: 1_000.0,
-            sum_y2: 2_000.0,
-            sum_xy: 2.0 * errors,
-            ..Sums::default()
-        },
-    };
-    let mut rollups = ten_percent_lift();
-    rollups.metrics.push(sessions("control", 100.0));
-    rollups.metrics.push(sessions("treatment", 400.0));
-    let results = compute(&e, &metrics, &rollups, NOW, false);
+    let sessions = |errors: f64| ratio_sums([errors, errors, 1_000.0, 2_000.0, 2.0 * errors]);
+    let results = errors_per_session_guardrail(sessions(100.0), sessions(400.0));
     assert_eq!(
         results.guardrails[0].status, "alarm",
         "{:?}",
